@@ -1,0 +1,45 @@
+# Shared set-up for scripts/test and scripts/demo: system packages, venv, editable install.
+# Sourced, not executed. Idempotent and quiet when everything is already there.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+SYSTEM_PACKAGES=(python3 python3-venv python3-dev sqlite3 mosquitto mosquitto-clients nats-server)
+
+_need_apt() {
+    local missing=()
+    command -v python3 >/dev/null || missing+=(python3)
+    python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+    command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto mosquitto-clients)
+    command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || missing+=(nats-server)
+    command -v sqlite3 >/dev/null || missing+=(sqlite3)
+    printf '%s\n' "${missing[@]}"
+}
+
+setup_system() {
+    local missing
+    missing=$(_need_apt)
+    if [[ -n "$missing" ]]; then
+        echo "safething: installing system packages: $(echo $missing | tr '\n' ' ')" >&2
+        local sudo=""
+        [[ $(id -u) -eq 0 ]] || sudo="sudo"
+        $sudo apt-get update -qq
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+    fi
+}
+
+setup_venv() {
+    local extras="${1:-dev}"
+    local stamp="$VENV/.safething-installed-$extras"
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        echo "safething: creating virtual environment in .venv" >&2
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install -q --upgrade pip
+    fi
+    if [[ ! -f "$stamp" || "$ROOT/pyproject.toml" -nt "$stamp" ]]; then
+        echo "safething: installing safething[$extras] (editable)" >&2
+        "$VENV/bin/pip" install -q -e "$ROOT[$extras]"
+        touch "$stamp"
+    fi
+    export PATH="$VENV/bin:$PATH"
+}
