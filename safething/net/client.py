@@ -1,0 +1,663 @@
+"""The network client: MutableData over an untrusted store, verified on every read.
+
+``Client(store, identity)`` creates and opens MDs; a :class:`MutableData`
+handle reads and writes entries. Writers sign; the store only does
+compare-and-set; readers verify everything and never return data that fails
+(see :mod:`safething.net.mutable` for the rules).
+
+A client remembers, per MD, the owners it first saw (trust on first use,
+unless ``owner=`` pins them explicitly) and the highest versions it
+verified, so a store that swaps in another owner's header or replays an
+older version of an entry is caught.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from safething.errors import (
+    ConflictError,
+    EntryExistsError,
+    LimitExceededError,
+    NoSuchDataError,
+    NoSuchEntryError,
+    PermissionDeniedError,
+    SafeThingError,
+    TamperedDataError,
+)
+from safething.net.identity import Identity
+from safething.net.keys import PublicSignKey, SecretKey, check_key_type
+from safething.net.mutable import (
+    MAX_ENTRIES,
+    MAX_MD_BYTES,
+    Entry,
+    EntryRecord,
+    MDAddress,
+    MDHeader,
+    PrivateCodec,
+    check_entry_key,
+    needed_action,
+)
+from safething.net.permissions import Action, Grantee, PermissionSet
+from safething.net.xorname import XorName
+from safething.store.base import Change, Quota, Record, Store, Watch, Write
+
+__all__ = ["Client", "EntryWatch", "MutableData", "as_bytes"]
+
+log = logging.getLogger("safething.net")
+
+_MAX_RETRIES = 32
+_SCAN_THRESHOLD = 32
+
+
+def as_bytes(value: bytes | bytearray | memoryview | str, what: str = "value") -> bytes:
+    """Accept the plain strings a user would write; everything else must be bytes."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes or str, got {type(value).__name__}")
+
+
+@dataclass
+class _Pins:
+    """What a client remembers about one MD between reads."""
+
+    owners: tuple[PublicSignKey, ...] | None = None
+    header_version: int = -1
+    header_bytes: bytes = b""
+    header: MDHeader | None = None
+    versions: dict[str, int] = field(default_factory=dict)
+
+
+class Client:
+    """Reads and writes MutableData in ``store`` as ``identity`` (None: read-only)."""
+
+    def __init__(
+        self,
+        store: Store,
+        identity: Identity | None = None,
+        *,
+        on_tampered: Callable[[TamperedDataError], None] | None = None,
+    ) -> None:
+        if identity is not None:
+            check_key_type(identity, Identity, "Client(identity=...)")
+        self.store = store
+        self.identity = identity
+        self.on_tampered = on_tampered
+        self.tampered_count = 0
+        """How many times this client refused data that failed verification."""
+        self._pins: dict[str, _Pins] = {}
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.store.close()
+
+    # --- MDs ----------------------------------------------------------------------
+
+    def md(
+        self,
+        name: XorName | str | bytes,
+        tag: int,
+        *,
+        secret: SecretKey | None = None,
+        owner: PublicSignKey | None = None,
+    ) -> MutableData:
+        """A handle on the MD at (name, tag); nothing is read until it is used.
+
+        ``secret`` opens a private MD. ``owner`` pins the expected owner: a
+        header signed by anyone else is refused even on first contact.
+        """
+        address = MDAddress(XorName.parse(name), tag)
+        if owner is not None:
+            check_key_type(owner, PublicSignKey, "owner")
+            pins = self._pin(address)
+            if pins.owners is None:
+                pins.owners = (owner,)
+            elif owner not in pins.owners:
+                raise TamperedDataError(
+                    f"MD {address}: pinned owners do not include {owner.hex()[:16]}...",
+                    address=str(address),
+                )
+        if secret is not None:
+            check_key_type(secret, SecretKey, "secret")
+        return MutableData(self, address, secret)
+
+    async def create_md(
+        self,
+        name: XorName | str | bytes,
+        tag: int,
+        *,
+        private: bool = False,
+        permissions: PermissionSet | Mapping[Grantee, Action | str] | None = None,
+        owners: tuple[PublicSignKey, ...] | None = None,
+        secret: SecretKey | None = None,
+    ) -> MutableData:
+        """Create an MD owned by this identity (and ``owners``);
+        ``EntryExistsError`` if the address is taken.
+
+        A private MD gets a fresh ``secret`` unless one is given; read it back
+        from ``md.secret`` and keep it: without it the data is unreadable.
+        """
+        me = self._writer()
+        address = MDAddress(XorName.parse(name), tag)
+        if isinstance(permissions, PermissionSet):
+            perms = permissions
+        else:
+            perms = PermissionSet({g: Action.parse(a) for g, a in (permissions or {}).items()})
+        all_owners = tuple({me.public_sign_key, *(owners or ())})
+        for o in all_owners:
+            check_key_type(o, PublicSignKey, "owner")
+        if private and secret is None:
+            secret = SecretKey.generate()
+        header = MDHeader.create(
+            address,
+            signer=me.sign_key,
+            owners=all_owners,
+            permissions=perms,
+            version=0,
+            private=private,
+        )
+        try:
+            await self.store.create(address.header_key, header.to_bytes())
+        except ConflictError:
+            raise EntryExistsError(f"an MD already exists at {address}") from None
+        self._accept_header(address, header, header.to_bytes())
+        return MutableData(self, address, secret if private else None)
+
+    async def list_mds(self, tag: int | None = None) -> list[MDAddress]:
+        """Addresses of the MDs in the store (optionally of one type tag)."""
+        prefix = f"md.{tag}." if tag is not None else "md."
+        result = []
+        for key in await self.store.keys(prefix):
+            parts = key.split(".")
+            if len(parts) == 4 and parts[3] == "h":
+                try:
+                    result.append(MDAddress(XorName.from_hex(parts[2]), int(parts[1])))
+                except (ValueError, SafeThingError):
+                    log.warning("ignoring malformed MD key %r in the store", key)
+        return result
+
+    # --- internals shared by handles ---------------------------------------------
+
+    def _writer(self) -> Identity:
+        if self.identity is None:
+            raise PermissionDeniedError("this client has no identity; it can only read")
+        return self.identity
+
+    def _pin(self, address: MDAddress) -> _Pins:
+        pins = self._pins.get(address.header_key)
+        if pins is None:
+            pins = self._pins[address.header_key] = _Pins()
+        return pins
+
+    def _tampered(self, error: TamperedDataError) -> TamperedDataError:
+        self.tampered_count += 1
+        log.warning("refused data from the store: %s", error)
+        if self.on_tampered is not None:
+            self.on_tampered(error)
+        return error
+
+    def _accept_header(self, address: MDAddress, header: MDHeader, raw: bytes) -> MDHeader:
+        """Verify ``header`` against signatures and pins; remember it."""
+        pins = self._pin(address)
+        if raw == pins.header_bytes and pins.header is not None:
+            return pins.header
+        try:
+            header.verify()
+            if pins.owners is not None and not set(header.owners) & set(pins.owners):
+                raise TamperedDataError(
+                    f"MD {address}: the header names other owners than the ones this client "
+                    "trusts (owner substitution)",
+                    address=str(address),
+                )
+            if header.version < pins.header_version:
+                raise TamperedDataError(
+                    f"MD {address}: permission set went back from version "
+                    f"{pins.header_version} to {header.version} (replayed older header)",
+                    address=str(address),
+                )
+        except TamperedDataError as e:
+            raise self._tampered(e) from None
+        if pins.owners is None:
+            pins.owners = header.owners
+        pins.header_version = header.version
+        pins.header_bytes = raw
+        pins.header = header
+        return header
+
+    async def _header(self, address: MDAddress) -> tuple[MDHeader, int]:
+        record = await self.store.get(address.header_key)
+        if record is None:
+            raise NoSuchDataError(f"no MutableData at {address}")
+        try:
+            header = MDHeader.from_bytes(record.value, address)
+        except TamperedDataError as e:
+            raise self._tampered(e) from None
+        return self._accept_header(address, header, record.value), record.revision
+
+    def _check_version(
+        self, address: MDAddress, store_key: str, version: int, *, stale_ok: bool = False
+    ) -> bool:
+        """Record ``version`` as seen; False (stale_ok) or TamperedDataError if it went back."""
+        pins = self._pin(address)
+        seen = pins.versions.get(store_key, -1)
+        if version < seen:
+            if stale_ok:
+                return False
+            raise self._tampered(
+                TamperedDataError(
+                    f"MD {address}: entry went back from version {seen} to {version} "
+                    "(replayed older version)",
+                    address=str(address),
+                )
+            )
+        pins.versions[store_key] = version
+        return True
+
+
+class MutableData:
+    """A handle on one MD. Get it from :meth:`Client.md` or :meth:`Client.create_md`."""
+
+    def __init__(self, client: Client, address: MDAddress, secret: SecretKey | None) -> None:
+        self.client = client
+        self.address = address
+        self.secret = secret
+        """The private MD's key (``None`` for public MDs or when unknown)."""
+        self._codec = PrivateCodec(secret) if secret is not None else None
+
+    def __repr__(self) -> str:
+        return f"MutableData({self.address})"
+
+    # --- header ------------------------------------------------------------------
+
+    async def header(self) -> MDHeader:
+        """The current header, verified."""
+        header, _ = await self.client._header(self.address)
+        return header
+
+    async def exists(self) -> bool:
+        return await self.client.store.get(self.address.header_key) is not None
+
+    async def set_permissions(self, grantee: Grantee, actions: Action | str) -> MDHeader:
+        """Grant ``grantee`` exactly ``actions`` (``Action.NONE`` revokes). Owners only."""
+        for _ in range(_MAX_RETRIES):
+            header, revision = await self.client._header(self.address)
+            new = self._signed_header(header, header.permissions.with_grant(grantee, actions))
+            try:
+                await self.client.store.update(self.address.header_key, new.to_bytes(), revision)
+            except ConflictError:
+                continue
+            return self.client._accept_header(self.address, new, new.to_bytes())
+        raise ConflictError(self.address.header_key, expected=0, current=0)
+
+    def _signed_header(self, header: MDHeader, permissions: PermissionSet) -> MDHeader:
+        me = self.client._writer()
+        if not header.is_owner(me.public_sign_key):
+            raise PermissionDeniedError(
+                f"only an owner of MD {self.address} can change its permissions"
+            )
+        return MDHeader.create(
+            self.address,
+            signer=me.sign_key,
+            owners=header.owners,
+            permissions=permissions,
+            version=header.version + 1,
+            private=header.private,
+        )
+
+    # --- reading -----------------------------------------------------------------
+
+    def _stored_key(self, key: bytes) -> bytes:
+        return self._codec.stored_key(key) if self._codec is not None else key
+
+    def _need_codec(self, header: MDHeader) -> PrivateCodec | None:
+        if header.private and self._codec is None:
+            raise PermissionDeniedError(
+                f"MD {self.address} is private; open it with its secret key"
+            )
+        if not header.private and self._codec is not None:
+            raise TamperedDataError(
+                f"MD {self.address} was opened as private but its header says public",
+                address=str(self.address),
+            )
+        return self._codec
+
+    def _open(
+        self, header: MDHeader, record: Record, expected: bytes | None, *, live: bool = False
+    ) -> Entry | None:
+        """Decode and verify one stored entry; raise ``TamperedDataError`` if invalid.
+
+        ``live`` (change feed): an entry older than one already seen is stale
+        news, not an attack on this reader, and yields ``None``.
+        """
+        client = self.client
+        codec = self._need_codec(header)
+        try:
+            rec = EntryRecord.from_bytes(record.value, self.address, expected)
+            if self.address.entry_key(rec.stored_key) != record.key:
+                raise TamperedDataError(
+                    f"MD {self.address}: an entry record was stored under another key",
+                    address=str(self.address),
+                )
+            rec.verify(self.address, header)
+            if codec is None:
+                key, value = rec.stored_key, rec.stored_value
+            else:
+                if rec.sealed_key is None:
+                    raise TamperedDataError(
+                        f"MD {self.address}: private entry without a sealed key",
+                        address=str(self.address),
+                    )
+                try:
+                    key = codec.open_key(rec.sealed_key)
+                    value = None if rec.stored_value is None else codec.open_value(rec.stored_value)
+                except ValueError as e:
+                    raise TamperedDataError(
+                        f"MD {self.address}: entry does not decrypt with the MD's key",
+                        address=str(self.address),
+                    ) from e
+                if codec.stored_key(key) != rec.stored_key:
+                    raise TamperedDataError(
+                        f"MD {self.address}: sealed key does not match the entry's address",
+                        address=str(self.address),
+                    )
+        except TamperedDataError as e:
+            raise client._tampered(e) from None
+        if not client._check_version(self.address, record.key, rec.version, stale_ok=live):
+            return None
+        return Entry(key, value, rec.version, rec.signer)
+
+    async def get(self, key: bytes | str, *, include_deleted: bool = False) -> Entry:
+        """The verified entry under ``key``; ``NoSuchEntryError`` if absent (or deleted)."""
+        raw_key = check_entry_key(as_bytes(key, "key"))
+        header, _ = await self.client._header(self.address)
+        self._need_codec(header)
+        stored = self._stored_key(raw_key)
+        record = await self.client.store.get(self.address.entry_key(stored))
+        if record is None:
+            raise NoSuchEntryError(f"MD {self.address} has no entry {raw_key!r}")
+        entry = self._open(header, record, stored)
+        assert entry is not None
+        if entry.deleted and not include_deleted:
+            raise NoSuchEntryError(f"entry {raw_key!r} of MD {self.address} was deleted")
+        return entry
+
+    async def get_value(self, key: bytes | str) -> bytes:
+        """The value under ``key`` (verified)."""
+        value = (await self.get(key)).value
+        assert value is not None
+        return value
+
+    async def entries(
+        self, *, include_deleted: bool = False, skip_tampered: bool = False
+    ) -> dict[bytes, Entry]:
+        """Every verified entry, by key.
+
+        An invalid entry raises ``TamperedDataError``; with ``skip_tampered`` it is
+        left out instead (and still logged and counted by the client).
+        """
+        header, _ = await self.client._header(self.address)
+        result: dict[bytes, Entry] = {}
+        for record in await self.client.store.scan(self.address.entry_prefix):
+            try:
+                entry = self._open(header, record, None)
+            except TamperedDataError:
+                if skip_tampered:
+                    continue
+                raise
+            assert entry is not None
+            if include_deleted or not entry.deleted:
+                result[entry.key] = entry
+        return result
+
+    async def keys(self) -> list[bytes]:
+        return sorted(await self.entries())
+
+    async def usage(self) -> tuple[int, int]:
+        """``(entries, bytes)`` as stored, against ``MAX_ENTRIES`` / ``MAX_MD_BYTES``."""
+        return await self.client.store.usage(self.address.entry_prefix)
+
+    # --- writing -----------------------------------------------------------------
+
+    async def insert(self, key: bytes | str, value: bytes | str) -> Entry:
+        """Add a new entry (version 0); ``EntryExistsError`` if the key exists."""
+        (entry,) = await self._write(
+            {check_entry_key(as_bytes(key, "key")): as_bytes(value)}, mode="insert"
+        )
+        return entry
+
+    async def update(
+        self, key: bytes | str, value: bytes | str, *, version: int | None = None
+    ) -> Entry:
+        """Replace an existing entry's value.
+
+        With ``version`` (the version you read), a concurrent change makes this
+        raise ``ConflictError`` instead of overwriting it.
+        """
+        raw = check_entry_key(as_bytes(key, "key"))
+        (entry,) = await self._write({raw: as_bytes(value)}, mode="update", expect_version=version)
+        return entry
+
+    async def put(self, key: bytes | str, value: bytes | str) -> Entry:
+        """Insert or update, whichever applies."""
+        return (await self.put_many({as_bytes(key, "key"): as_bytes(value)}))[0]
+
+    async def put_many(self, items: Mapping[bytes | str, bytes | str]) -> list[Entry]:
+        """Insert or update many entries, signed one by one, committed in one batch."""
+        clean = {check_entry_key(as_bytes(k, "key")): as_bytes(v) for k, v in items.items()}
+        return await self._write(clean, mode="put")
+
+    async def delete(self, key: bytes | str, *, version: int | None = None) -> Entry:
+        """Delete an entry (a signed tombstone at the next version)."""
+        raw = check_entry_key(as_bytes(key, "key"))
+        (entry,) = await self._write({raw: None}, mode="delete", expect_version=version)
+        return entry
+
+    async def modify(
+        self, key: bytes | str, change: Callable[[bytes | None], bytes | str]
+    ) -> Entry:
+        """Read-modify-write with retries: ``change(old value or None) -> new value``.
+
+        Concurrent modifiers never lose each other's updates.
+        """
+        raw = check_entry_key(as_bytes(key, "key"))
+        for _ in range(_MAX_RETRIES * 4):
+            try:
+                current: Entry | None = await self.get(raw, include_deleted=True)
+            except NoSuchEntryError:
+                current = None
+            new = as_bytes(change(None if current is None else current.value))
+            try:
+                if current is None:
+                    return await self.insert(raw, new)
+                (entry,) = await self._write(
+                    {raw: new}, mode="update", expect_version=current.version
+                )
+                return entry
+            except (ConflictError, EntryExistsError):
+                continue
+        raise ConflictError(self.address.entry_key(self._stored_key(raw)), expected=0, current=0)
+
+    async def _write(
+        self,
+        items: Mapping[bytes, bytes | None],
+        *,
+        mode: str,
+        expect_version: int | None = None,
+    ) -> list[Entry]:
+        client = self.client
+        me = client._writer()
+        store = client.store
+        quota = Quota(self.address.entry_prefix, MAX_ENTRIES, MAX_MD_BYTES)
+        pending = dict(items)
+        done: dict[bytes, Entry] = {}
+        for _attempt in range(_MAX_RETRIES):
+            header, _ = await client._header(self.address)
+            codec = self._need_codec(header)
+            current = await self._current(header, list(pending))
+            writes: list[Write] = []
+            planned: list[tuple[bytes, Entry]] = []
+            for key, value in pending.items():
+                stored = self._stored_key(key)
+                store_key = self.address.entry_key(stored)
+                existing = current.get(key)
+                if existing is None:
+                    if mode in ("update", "delete"):
+                        raise NoSuchEntryError(f"MD {self.address} has no entry {key!r}")
+                    version, expect = 0, 0
+                else:
+                    entry, revision = existing
+                    if mode == "insert" and not entry.deleted:
+                        raise EntryExistsError(
+                            f"MD {self.address} already has an entry {key!r}; use update"
+                        )
+                    if mode in ("update", "delete") and entry.deleted:
+                        raise NoSuchEntryError(f"entry {key!r} of MD {self.address} was deleted")
+                    if expect_version is not None and entry.version != expect_version:
+                        raise ConflictError(
+                            store_key, expected=expect_version, current=entry.version
+                        )
+                    version, expect = entry.version + 1, revision
+                action = needed_action(version, value is None)
+                if not header.allows(me.public_sign_key, action):
+                    raise PermissionDeniedError(
+                        f"{me.public_sign_key.hex()[:16]}... may not "
+                        f"{action.names()[0]} in MD {self.address}"
+                    )
+                stored_value = value if codec is None or value is None else codec.seal_value(value)
+                record = EntryRecord.create(
+                    self.address,
+                    signer=me.sign_key,
+                    stored_key=stored,
+                    sealed_key=None if codec is None else codec.seal_key(key),
+                    stored_value=stored_value,
+                    version=version,
+                )
+                data = record.to_bytes()
+                if len(data) > MAX_MD_BYTES:
+                    raise LimitExceededError(
+                        f"value of {len(value or b'')} bytes is too large for one MD "
+                        f"(limit {MAX_MD_BYTES} bytes in total); store large data as "
+                        "ImmutableData (put_blob) and keep its address here",
+                        limit=MAX_MD_BYTES,
+                        actual=len(data),
+                    )
+                writes.append(Write(store_key, data, expect, quota))
+                planned.append((key, Entry(key, value, version, me.public_sign_key)))
+            results = await store.commit(writes)
+            retry: dict[bytes, bytes | None] = {}
+            for (key, entry), result in zip(planned, results, strict=True):
+                if isinstance(result, ConflictError):
+                    if expect_version is not None:
+                        raise ConflictError(
+                            result.key, expected=expect_version, current=result.current
+                        )
+                    if mode == "insert":
+                        raise EntryExistsError(
+                            f"MD {self.address} already has an entry {key!r}; use update"
+                        )
+                    retry[key] = pending[key]
+                elif isinstance(result, LimitExceededError):
+                    count, size = await self.usage()
+                    raise LimitExceededError(
+                        f"MD {self.address} is full: {count} entries / {size} bytes stored, "
+                        f"limits {MAX_ENTRIES} entries / {MAX_MD_BYTES} bytes; nothing of "
+                        f"entry {key!r} was written",
+                        limit=result.limit,
+                        actual=result.actual,
+                    ) from None
+                elif isinstance(result, Exception):
+                    raise result
+                else:
+                    client._check_version(
+                        self.address, self.address.entry_key(self._stored_key(key)), entry.version
+                    )
+                    done[key] = entry
+            if not retry:
+                return [done[k] for k in items]
+            pending = retry
+        raise ConflictError(self.address.entry_prefix, expected=0, current=0)
+
+    async def _current(self, header: MDHeader, keys: list[bytes]) -> dict[bytes, tuple[Entry, int]]:
+        """Verified current entries (and their store revisions) for ``keys``."""
+        store = self.client.store
+        wanted = {self.address.entry_key(self._stored_key(k)): k for k in keys}
+        if len(keys) > _SCAN_THRESHOLD:
+            records = [r for r in await store.scan(self.address.entry_prefix) if r.key in wanted]
+        else:
+            records = [r for r in [await store.get(k) for k in wanted] if r is not None]
+        result = {}
+        for record in records:
+            key = wanted[record.key]
+            entry = self._open(header, record, self._stored_key(key))
+            assert entry is not None
+            result[key] = (entry, record.revision)
+        return result
+
+    # --- watching ------------------------------------------------------------------
+
+    def watch(self, *, since: int | None = None) -> EntryWatch:
+        """Verified entries as they change: ``async with md.watch() as w: async for e in w``.
+
+        Invalid changes are refused (logged, counted, reported to
+        ``Client(on_tampered=...)``) and skipped, never yielded.
+        """
+        return EntryWatch(self, self.client.store.watch(self.address.prefix, since=since))
+
+
+class EntryWatch:
+    """Async iterator of verified :class:`Entry` changes of one MD."""
+
+    def __init__(self, md: MutableData, watch: Watch) -> None:
+        self._md = md
+        self._watch = watch
+        self.last_revision = 0
+        """Store revision of the last change seen; resume with ``watch(since=...)``."""
+
+    def __aiter__(self) -> AsyncIterator[Entry]:
+        return self
+
+    async def __anext__(self) -> Entry:
+        md = self._md
+        while True:
+            change: Change = await self._watch.__anext__()
+            self.last_revision = change.revision
+            if change.key == md.address.header_key:
+                continue  # the next entry read re-verifies the header
+            if change.value is None:
+                log.warning("store dropped entry record %s of MD %s", change.key, md.address)
+                continue
+            try:
+                header, _ = await md.client._header(md.address)
+                record = Record(change.key, change.value, change.revision)
+                entry = md._open(header, record, None, live=True)
+            except (TamperedDataError, NoSuchDataError, PermissionDeniedError):
+                continue
+            if entry is not None:
+                return entry
+
+    async def close(self) -> None:
+        await self._watch.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from safething.errors import BadKeyError, IdentityError, WrongPasswordError
+from safething.net import (
+    EncryptionKey,
+    Identity,
+    PublicSignKey,
+    SecretKey,
+    SigningKey,
+    XorName,
+    closest,
+)
+
+FAST_KDF = {"opslimit": 1, "memlimit": 8192 * 1024}
+
+
+def test_xorname_hashes_and_round_trips() -> None:
+    name = XorName.of("thing-0001")
+    assert len(name.value) == 32
+    assert XorName.from_hex(name.hex()) == name
+    assert XorName.of(b"thing-0001") == name
+    assert XorName.of("thing-0002") != name
+    with pytest.raises(ValueError, match="32 bytes"):
+        XorName(b"short")
+    with pytest.raises(ValueError, match="hex"):
+        XorName.from_hex("zz" * 32)
+
+
+def test_xor_distance_and_closest() -> None:
+    zero = XorName(bytes(32))
+    one = XorName(bytes(31) + b"\x01")
+    far = XorName(b"\x80" + bytes(31))
+    assert zero.distance(zero) == 0
+    assert zero.distance(one) == 1
+    assert one.distance(zero) == 1
+    assert (zero ^ far) == far
+    assert zero.common_prefix_bits(one) == 255
+    assert zero.common_prefix_bits(far) == 0
+    names = [XorName.of(str(i)) for i in range(50)]
+    target = XorName.of("target")
+    best = closest(target, names, 5)
+    assert len(best) == 5
+    assert best == sorted(names, key=target.distance)[:5]
+    assert all(
+        target.distance(b) <= target.distance(n) for b in best for n in names[5:] if n not in best
+    )
+
+
+def test_sign_and_verify() -> None:
+    key = SigningKey.generate()
+    sig = key.sign(b"hello")
+    assert key.public.verify(b"hello", sig)
+    assert not key.public.verify(b"hellO", sig)
+    assert not SigningKey.generate().public.verify(b"hello", sig)
+    assert not key.public.verify(b"hello", sig[:10])
+    assert SigningKey(key.seed).public == key.public
+
+
+def test_wrong_key_types_are_refused() -> None:
+    with pytest.raises(BadKeyError, match="32 bytes"):
+        SigningKey(b"x" * 31)
+    with pytest.raises(BadKeyError, match="got str"):
+        PublicSignKey("00" * 32)  # type: ignore[arg-type]
+    with pytest.raises(BadKeyError):
+        Identity(EncryptionKey.generate(), EncryptionKey.generate())  # type: ignore[arg-type]
+
+
+def test_sealed_box_and_secret_key() -> None:
+    enc = EncryptionKey.generate()
+    sealed = enc.public.seal(b"reading")
+    assert enc.unseal(sealed) == b"reading"
+    with pytest.raises(ValueError, match="could not be opened"):
+        EncryptionKey.generate().unseal(sealed)
+    secret = SecretKey.generate()
+    box = secret.encrypt(b"value")
+    assert secret.decrypt(box) == b"value"
+    with pytest.raises(ValueError):
+        SecretKey.generate().decrypt(box)
+    assert secret.derive("a") != secret.derive("b")
+
+
+def test_identity_file_is_private_and_round_trips(tmp_path: Path) -> None:
+    ident = Identity.generate("kitchen")
+    path = ident.save(tmp_path / "id.json")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    loaded = Identity.load(path)
+    assert loaded.public_sign_key == ident.public_sign_key
+    assert loaded.public_encryption_key == ident.public_encryption_key
+    assert loaded.name == "kitchen"
+    with pytest.raises(IdentityError, match="refusing to overwrite"):
+        ident.save(path)
+    assert Identity.read_public(path)["encrypted"] is False
+
+
+def test_identity_with_password(tmp_path: Path) -> None:
+    ident = Identity.generate()
+    path = ident.save(tmp_path / "id.json", password="correct horse", **FAST_KDF)
+    assert ident.sign_key.seed.hex() not in path.read_text()
+    assert Identity.load(path, password="correct horse").public_sign_key == ident.public_sign_key
+    with pytest.raises(WrongPasswordError, match="wrong password"):
+        Identity.load(path, password="battery staple")
+    with pytest.raises(WrongPasswordError, match="password-protected"):
+        Identity.load(path)
+
+
+def test_identity_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(IdentityError, match="safething identity create"):
+        Identity.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json")
+    with pytest.raises(IdentityError, match="not JSON"):
+        Identity.load(bad)
+    path = Identity.generate().save(tmp_path / "open.json")
+    os.chmod(path, 0o644)
+    with pytest.raises(IdentityError, match="chmod 600"):
+        Identity.load(path)
+    other = tmp_path / "swapped.json"
+    text = (tmp_path / "open.json").read_text()
+    pub = Identity.read_public(path)["public_sign_key"]
+    other.write_text(text.replace(pub, Identity.generate().public_sign_key.hex()))
+    os.chmod(other, 0o600)
+    with pytest.raises(IdentityError, match="do not match"):
+        Identity.load(other)

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from safething.errors import (
+    ConflictError,
+    EntryExistsError,
+    LimitExceededError,
+    NoSuchDataError,
+    NoSuchEntryError,
+    PermissionDeniedError,
+    ReservedTypeTagError,
+)
+from safething.net import (
+    ANYONE,
+    MAX_ENTRIES,
+    TAG_THING,
+    Action,
+    Client,
+    Identity,
+    MDAddress,
+    XorName,
+)
+from safething.store import Store
+
+NAME = XorName.of("thing-0001")
+
+
+async def test_insert_get_update_delete(client: Client, alice: Identity) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    e0 = await md.insert("moisture", b"4.2")
+    assert (e0.version, e0.value, e0.signer) == (0, b"4.2", alice.public_sign_key)
+    assert (await md.get("moisture")).value == b"4.2"
+    e1 = await md.update("moisture", "4.3")
+    assert e1.version == 1
+    assert await md.get_value(b"moisture") == b"4.3"
+    with pytest.raises(EntryExistsError, match="use update"):
+        await md.insert("moisture", b"1")
+    with pytest.raises(NoSuchEntryError):
+        await md.update("missing", b"1")
+    deleted = await md.delete("moisture")
+    assert deleted.deleted and deleted.version == 2
+    with pytest.raises(NoSuchEntryError, match="deleted"):
+        await md.get("moisture")
+    assert (await md.get("moisture", include_deleted=True)).version == 2
+    again = await md.put("moisture", b"5")
+    assert again.version == 3 and not again.deleted
+    assert set(await md.entries()) == {b"moisture"}
+
+
+async def test_put_many_and_entries(client: Client) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    items = {f"k{i}": f"v{i}" for i in range(100)}
+    written = await md.put_many(items)
+    assert [e.version for e in written] == [0] * 100
+    again = await md.put_many({"k1": "x", "k2": "y", "new": "z"})
+    assert [e.version for e in again] == [1, 1, 0]
+    entries = await md.entries()
+    assert len(entries) == 101
+    assert entries[b"k1"].value == b"x" and entries[b"k50"].value == b"v50"
+    assert (await md.usage())[0] == 101
+
+
+async def test_a_second_reader_verifies(store: Store, client: Client, alice: Identity) -> None:
+    md = await client.create_md(NAME, TAG_THING, permissions={ANYONE: "read"})
+    await md.insert("a", "1")
+    reader = Client(store)  # no identity: read-only
+    other = reader.md(NAME, TAG_THING, owner=alice.public_sign_key)
+    assert await other.get_value("a") == b"1"
+    with pytest.raises(PermissionDeniedError, match="only read"):
+        await other.put("a", "2")
+    with pytest.raises(NoSuchDataError):
+        await reader.md(XorName.of("nope"), TAG_THING).get("a")
+
+
+async def test_permissions_are_enforced_for_writers(
+    store: Store, client: Client, bob: Identity
+) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    await md.insert("a", "1")
+    bobs = Client(store, bob).md(NAME, TAG_THING)
+    with pytest.raises(PermissionDeniedError, match="may not insert"):
+        await bobs.insert("b", "1")
+    await md.set_permissions(bob.public_sign_key, "insert")
+    await bobs.insert("b", "1")
+    with pytest.raises(PermissionDeniedError, match="may not update"):
+        await bobs.update("a", "2")
+    with pytest.raises(PermissionDeniedError, match="owner"):
+        await bobs.set_permissions(bob.public_sign_key, "all")
+    await md.set_permissions(bob.public_sign_key, Action.INSERT | Action.UPDATE)
+    await bobs.update("a", "2")
+    assert (await md.header()).version == 2
+    assert await md.get_value("a") == b"2"
+
+
+async def test_revoked_writer_entries_are_refused(
+    store: Store, client: Client, bob: Identity
+) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    await md.set_permissions(bob.public_sign_key, "insert")
+    await Client(store, bob).md(NAME, TAG_THING).insert("b", "1")
+    await md.set_permissions(bob.public_sign_key, Action.NONE)
+    fresh = Client(store).md(NAME, TAG_THING)
+    assert await fresh.entries(skip_tampered=True) == {}
+    with pytest.raises(Exception, match="lacks insert permission"):
+        await fresh.get("b")
+
+
+async def test_private_md_hides_keys_and_values(store: Store, client: Client) -> None:
+    md = await client.create_md(NAME, TAG_THING, private=True)
+    assert md.secret is not None
+    await md.insert("front-door-code", "1234-secret")
+    assert await md.get_value("front-door-code") == b"1234-secret"
+    dump = b"".join(r.key.encode() + r.value for r in await store.scan(""))
+    assert b"front-door-code" not in dump and b"front-door-code".hex().encode() not in dump
+    assert b"1234-secret" not in dump
+    # without the key: refused, clearly
+    with pytest.raises(PermissionDeniedError, match="private"):
+        await Client(store).md(NAME, TAG_THING).get("front-door-code")
+    # with the key: a second reader decrypts
+    reader = Client(store).md(NAME, TAG_THING, secret=md.secret)
+    assert (await reader.entries())[b"front-door-code"].value == b"1234-secret"
+
+
+async def test_limits_before_anything_is_written(client: Client) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    with pytest.raises(LimitExceededError, match="ImmutableData"):
+        await md.insert("big", b"x" * (1024 * 1024 + 1))
+    with pytest.raises(LimitExceededError, match="entry key"):
+        await md.insert(b"k" * 300, b"x")
+    assert await md.entries() == {}
+    await md.put_many({f"k{i}": b"" for i in range(MAX_ENTRIES)})
+    with pytest.raises(LimitExceededError, match="is full") as info:
+        await md.insert("one-too-many", b"x")
+    assert info.value.limit == MAX_ENTRIES
+    assert (await md.usage())[0] == MAX_ENTRIES
+    # large values: the byte limit
+    big = await client.create_md(XorName.of("big"), TAG_THING)
+    await big.insert("a", b"x" * 600_000)
+    with pytest.raises(LimitExceededError, match="bytes"):
+        await big.insert("b", b"x" * 600_000)
+    assert set(await big.entries()) == {b"a"}
+
+
+async def test_reserved_type_tags_and_bad_input(client: Client) -> None:
+    with pytest.raises(ReservedTypeTagError, match="reserved"):
+        await client.create_md(NAME, 10_000)
+    with pytest.raises(ReservedTypeTagError):
+        client.md(NAME, 5)
+    with pytest.raises(TypeError, match="integer"):
+        MDAddress(NAME, "27417")  # type: ignore[arg-type]
+    md = await client.create_md(NAME, TAG_THING)
+    with pytest.raises(TypeError, match="bytes or str"):
+        await md.insert("k", 42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        await md.insert("", b"x")
+    with pytest.raises(EntryExistsError, match="already exists"):
+        await client.create_md(NAME, TAG_THING)
+
+
+async def test_concurrent_modifiers_lose_no_update(store: Store, alice: Identity) -> None:
+    md = await Client(store, alice).create_md(NAME, TAG_THING)
+    await md.insert("counter", b"0")
+    writers = [Client(store, alice).md(NAME, TAG_THING) for _ in range(2)]
+
+    async def bump(handle: object, n: int) -> None:
+        for _ in range(n):
+            await handle.modify("counter", lambda v: str(int(v or b"0") + 1))  # type: ignore[attr-defined]
+
+    await asyncio.gather(bump(writers[0], 25), bump(writers[1], 25))
+    final = await md.get("counter")
+    assert final.value == b"50"
+    assert final.version == 50
+
+
+async def test_versioned_update_conflicts(client: Client) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    await md.insert("a", "1")
+    await md.update("a", "2", version=0)
+    with pytest.raises(ConflictError):
+        await md.update("a", "3", version=0)
+
+
+async def test_watch_yields_verified_changes(store: Store, client: Client) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    reader = Client(store).md(NAME, TAG_THING)
+    async with reader.watch() as changes:
+        await md.insert("a", "1")
+        await md.update("a", "2")
+        await md.insert("b", "x")
+        seen = []
+        async with asyncio.timeout(5):
+            async for entry in changes:
+                seen.append((entry.key, entry.value))
+                if entry.key == b"b":
+                    break
+    assert seen[-1] == (b"b", b"x")
+    assert (b"a", b"2") in seen
