@@ -80,7 +80,7 @@ def test_sealed_box_and_secret_key() -> None:
     secret = SecretKey.generate()
     box = secret.encrypt(b"value")
     assert secret.decrypt(box) == b"value"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="could not be decrypted"):
         SecretKey.generate().decrypt(box)
     assert secret.derive("a") != secret.derive("b")
 
