@@ -1,0 +1,255 @@
+"""An attacker with write access to the SQLite file, bypassing every client.
+
+Each test writes something bad straight into the database with the sqlite3
+module and checks that a reader refuses it with a clear error and returns
+none of it as data.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from safething.errors import (
+    FormatVersionError,
+    MalformedRecordError,
+    TamperedDataError,
+)
+from safething.net import (
+    ANYONE,
+    TAG_THING,
+    Action,
+    Client,
+    Identity,
+    MDHeader,
+    PermissionSet,
+    XorName,
+    get_blob,
+    put_blob,
+)
+from safething.net.mutable import EntryRecord
+from safething.store import Store, open_store
+
+NAME = XorName.of("greenhouse-01")
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
+    async with await open_store(f"sqlite://{tmp_path}/vault.db") as s:
+        yield s
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(tmp_path / "vault.db", isolation_level=None, timeout=10)
+    yield conn  # type: ignore[misc]
+    conn.close()
+
+
+def raw_get(db: sqlite3.Connection, key: str) -> bytes:
+    row = db.execute("SELECT value FROM records WHERE key = ?", (key,)).fetchone()
+    assert row is not None, key
+    return bytes(row[0])
+
+
+def raw_put(db: sqlite3.Connection, key: str, value: bytes) -> None:
+    """Overwrite (or add) a record behind the clients' backs."""
+    db.execute(
+        "INSERT INTO records(key, value, rev) VALUES (?, ?, 999999) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+async def setup_md(store: Store, owner: Identity) -> Client:
+    client = Client(store, owner)
+    md = await client.create_md(NAME, TAG_THING, permissions={ANYONE: "read"})
+    await md.insert("valve", b"closed")
+    await md.insert("moisture", b"41")
+    return client
+
+
+async def test_forged_entry_signature(
+    sqlite_store: Store, db: sqlite3.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    alice = Identity.generate()
+    await setup_md(sqlite_store, alice)
+    md = Client(sqlite_store).md(NAME, TAG_THING, owner=alice.public_sign_key)
+    key = md.address.entry_key(b"valve")
+    genuine = cbor2.loads(raw_get(db, key))
+    genuine["v"] = b"open"  # same signature, different value
+    raw_put(db, key, cbor2.dumps(genuine))
+    with (
+        caplog.at_level(logging.WARNING, logger="safething.net"),
+        pytest.raises(TamperedDataError, match=r"forged entry \(bad signature\)"),
+    ):
+        await md.get("valve")
+    assert "refused data from the store" in caplog.text
+    assert md.client.tampered_count == 1
+    entries = await md.entries(skip_tampered=True)
+    assert set(entries) == {b"moisture"}  # the forged value is never returned
+    with pytest.raises(TamperedDataError):
+        await md.entries()
+
+
+async def test_entry_signed_by_a_key_without_permission(
+    sqlite_store: Store, db: sqlite3.Connection
+) -> None:
+    alice, mallory = Identity.generate(), Identity.generate()
+    await setup_md(sqlite_store, alice)
+    md = Client(sqlite_store).md(NAME, TAG_THING)
+    forged = EntryRecord.create(
+        md.address,
+        signer=mallory.sign_key,
+        stored_key=b"command",
+        sealed_key=None,
+        stored_value=b"open valve",
+        version=0,
+    )
+    raw_put(db, md.address.entry_key(b"command"), forged.to_bytes())
+    with pytest.raises(TamperedDataError, match="lacks insert permission"):
+        await md.get("command")
+    assert b"command" not in await md.entries(skip_tampered=True)
+
+
+async def test_replayed_older_version(sqlite_store: Store, db: sqlite3.Connection) -> None:
+    alice = Identity.generate()
+    writer = await setup_md(sqlite_store, alice)
+    wmd = writer.md(NAME, TAG_THING)
+    key = wmd.address.entry_key(b"valve")
+    old = raw_get(db, key)  # version 0, validly signed
+    await wmd.update("valve", b"open")
+    reader = Client(sqlite_store).md(NAME, TAG_THING, owner=alice.public_sign_key)
+    assert (await reader.get("valve")).version == 1
+    raw_put(db, key, old)  # roll the entry back
+    with pytest.raises(TamperedDataError, match="went back from version 1 to 0"):
+        await reader.get("valve")
+    # the writer notices too, and refuses to build on the replayed version
+    with pytest.raises(TamperedDataError, match="replayed older version"):
+        await wmd.update("valve", b"closed")
+
+
+async def test_permission_set_not_signed_by_an_owner(
+    sqlite_store: Store, db: sqlite3.Connection
+) -> None:
+    alice, mallory = Identity.generate(), Identity.generate()
+    await setup_md(sqlite_store, alice)
+    md = Client(sqlite_store).md(NAME, TAG_THING)
+    header = await md.header()
+    # Mallory grants herself Insert and signs the set with her own key
+    part = MDHeader.signed_part(
+        md.address,
+        header.owners,
+        header.permissions.with_grant(mallory.public_sign_key, Action.all()),
+        header.version + 1,
+        header.private,
+    )
+    doc = cbor2.loads(raw_get(db, md.address.header_key))
+    doc.update(
+        perms=PermissionSet({mallory.public_sign_key: Action.all()}).to_wire(),
+        ver=header.version + 1,
+        by=mallory.public_sign_key.value,
+        sig=mallory.sign_key.sign(part),
+    )
+    raw_put(db, md.address.header_key, cbor2.dumps(doc))
+    fresh = Client(sqlite_store).md(NAME, TAG_THING)
+    with pytest.raises(TamperedDataError, match="who is not an owner"):
+        await fresh.get("valve")
+    # a header whose signature does not cover its content
+    doc.update(by=alice.public_sign_key.value)
+    raw_put(db, md.address.header_key, cbor2.dumps(doc))
+    with pytest.raises(TamperedDataError, match="bad owner signature"):
+        await Client(sqlite_store).md(NAME, TAG_THING).entries()
+
+
+async def test_owner_substitution(sqlite_store: Store, db: sqlite3.Connection) -> None:
+    alice, mallory = Identity.generate(), Identity.generate()
+    await setup_md(sqlite_store, alice)
+    reader = Client(sqlite_store).md(NAME, TAG_THING)
+    await reader.get("valve")  # first contact: alice is pinned
+    fake = MDHeader.create(
+        reader.address,
+        signer=mallory.sign_key,
+        owners=(mallory.public_sign_key,),
+        permissions=PermissionSet(),
+        version=5,
+        private=False,
+    )
+    raw_put(db, reader.address.header_key, fake.to_bytes())
+    with pytest.raises(TamperedDataError, match="owner substitution"):
+        await reader.get("valve")
+    # a reader that was told the owner refuses it even on first contact
+    pinned = Client(sqlite_store).md(NAME, TAG_THING, owner=alice.public_sign_key)
+    with pytest.raises(TamperedDataError, match="owner substitution"):
+        await pinned.get("valve")
+
+
+async def test_records_moved_between_addresses(sqlite_store: Store, db: sqlite3.Connection) -> None:
+    alice = Identity.generate()
+    client = await setup_md(sqlite_store, alice)
+    other = await client.create_md(XorName.of("other"), TAG_THING)
+    md = client.md(NAME, TAG_THING)
+    # another MD's header under this address
+    raw_put(db, md.address.header_key, raw_get(db, other.address.header_key))
+    with pytest.raises(TamperedDataError, match="header of another MD"):
+        await Client(sqlite_store).md(NAME, TAG_THING).get("valve")
+
+
+async def test_entry_copied_under_another_key(sqlite_store: Store, db: sqlite3.Connection) -> None:
+    alice = Identity.generate()
+    await setup_md(sqlite_store, alice)
+    md = Client(sqlite_store).md(NAME, TAG_THING)
+    raw_put(db, md.address.entry_key(b"moisture"), raw_get(db, md.address.entry_key(b"valve")))
+    with pytest.raises(TamperedDataError, match="another entry"):
+        await md.get("moisture")
+    with pytest.raises(TamperedDataError, match="stored under another key"):
+        await md.entries()
+
+
+async def test_malformed_and_future_records(sqlite_store: Store, db: sqlite3.Connection) -> None:
+    alice = Identity.generate()
+    await setup_md(sqlite_store, alice)
+    md = Client(sqlite_store).md(NAME, TAG_THING)
+    raw_put(db, md.address.entry_key(b"valve"), b"\xff\x00garbage")
+    with pytest.raises(MalformedRecordError, match="not valid CBOR"):
+        await md.get("valve")
+    raw_put(db, md.address.entry_key(b"valve"), cbor2.dumps({"f": 99, "t": "entry"}))
+    with pytest.raises(FormatVersionError, match="upgrade safething"):
+        await md.get("valve")
+    raw_put(db, md.address.entry_key(b"valve"), cbor2.dumps({"f": 1, "t": "entry", "k": 5}))
+    with pytest.raises(MalformedRecordError, match="'k' is missing or invalid"):
+        await md.get("valve")
+    raw_put(db, md.address.header_key, cbor2.dumps([1, 2, 3]))
+    with pytest.raises(MalformedRecordError, match="not a map"):
+        await Client(sqlite_store).md(NAME, TAG_THING).get("moisture")
+
+
+async def test_private_md_ciphertext_swapped(sqlite_store: Store, db: sqlite3.Connection) -> None:
+    alice = Identity.generate()
+    client = Client(sqlite_store, alice)
+    md = await client.create_md(NAME, TAG_THING, private=True)
+    await md.insert("a", b"1")
+    await md.insert("b", b"2")
+    keys = [r.key for r in await sqlite_store.scan(md.address.entry_prefix)]
+    raw_put(db, keys[0], raw_get(db, keys[1]))
+    reader = Client(sqlite_store).md(NAME, TAG_THING, secret=md.secret)
+    entries = await reader.entries(skip_tampered=True)
+    assert len(entries) == 1
+    assert reader.client.tampered_count == 1
+
+
+async def test_corrupted_chunk_in_a_blob(sqlite_store: Store, db: sqlite3.Connection) -> None:
+    data = bytes(range(256)) * 5000
+    ref = await put_blob(sqlite_store, data)
+    raw_map = cbor2.loads(
+        db.execute("SELECT data FROM chunks WHERE address = ?", (ref.address.hex(),)).fetchone()[0]
+    )
+    first = raw_map["chunks"][0][0].hex()
+    db.execute("UPDATE chunks SET data = ? WHERE address = ?", (b"evil firmware", first))
+    with pytest.raises(TamperedDataError, match="does not match its address"):
+        await get_blob(sqlite_store, ref)
