@@ -72,6 +72,12 @@ class PublicNames:
         """
         service, public_id = parse_safe_url(url)
         id_md = await self.register_public_id(public_id)
+        try:
+            await id_md.get(service, include_deleted=True)
+        except NoSuchEntryError:
+            pass
+        else:
+            raise NameTakenError(f"{url} is already registered")
         name = XorName(nacl.utils.random(32))
         service_md = await self.client.create_md(
             name, TAG_SERVICE, permissions={ANYONE: Action.READ}
