@@ -1,0 +1,7 @@
+"""``python -m safething`` is the ``safething`` command."""
+
+import sys
+
+from safething.cli import main
+
+sys.exit(main())
