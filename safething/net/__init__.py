@@ -1,7 +1,7 @@
 """The data network: names, keys, signed MutableData, ImmutableData, public names."""
 
 from safething.net.client import Client, EntryWatch, MutableData
-from safething.net.identity import Identity
+from safething.net.identity import Identity, PublicIdentity
 from safething.net.immutable import BlobRef, get_blob, get_chunk, put_blob, put_chunk
 from safething.net.keys import (
     EncryptionKey,
@@ -43,6 +43,7 @@ __all__ = [
     "MutableData",
     "PermissionSet",
     "PublicEncryptionKey",
+    "PublicIdentity",
     "PublicNames",
     "PublicSignKey",
     "SecretKey",

@@ -52,6 +52,7 @@ log = logging.getLogger("safething.net")
 
 _MAX_RETRIES = 32
 _SCAN_THRESHOLD = 32
+_KNOWN_MAX = 20_000
 
 
 def as_bytes(value: bytes | bytearray | memoryview | str, what: str = "value") -> bytes:
@@ -92,6 +93,15 @@ class Client:
         self.tampered_count = 0
         """How many times this client refused data that failed verification."""
         self._pins: dict[str, _Pins] = {}
+        # store key -> (verified or self-written entry, store revision). Used only as the
+        # compare-and-set expectation of the next write: if anyone else wrote since, the
+        # store refuses the write and the writer re-reads and re-verifies.
+        self._known: dict[str, tuple[Entry, int]] = {}
+
+    def _remember(self, store_key: str, entry: Entry, revision: int) -> None:
+        if len(self._known) >= _KNOWN_MAX:
+            self._known.clear()
+        self._known[store_key] = (entry, revision)
 
     async def __aenter__(self) -> Self:
         return self
@@ -377,7 +387,9 @@ class MutableData:
             raise client._tampered(e) from None
         if not client._check_version(self.address, record.key, rec.version, stale_ok=live):
             return None
-        return Entry(key, value, rec.version, rec.signer)
+        entry = Entry(key, value, rec.version, rec.signer)
+        client._remember(record.key, entry, record.revision)
+        return entry
 
     async def get(self, key: bytes | str, *, include_deleted: bool = False) -> Entry:
         """The verified entry under ``key``; ``NoSuchEntryError`` if absent (or deleted)."""
@@ -559,7 +571,9 @@ class MutableData:
             results = await store.commit(writes)
             retry: dict[bytes, bytes | None] = {}
             for (key, entry), result in zip(planned, results, strict=True):
+                store_key = self.address.entry_key(self._stored_key(key))
                 if isinstance(result, ConflictError):
+                    client._known.pop(store_key, None)
                     if expect_version is not None:
                         raise ConflictError(
                             result.key, expected=expect_version, current=result.current
@@ -581,9 +595,8 @@ class MutableData:
                 elif isinstance(result, Exception):
                     raise result
                 else:
-                    client._check_version(
-                        self.address, self.address.entry_key(self._stored_key(key)), entry.version
-                    )
+                    client._check_version(self.address, store_key, entry.version)
+                    client._remember(store_key, entry, result)
                     done[key] = entry
             if not retry:
                 return [done[k] for k in items]
@@ -593,12 +606,21 @@ class MutableData:
     async def _current(self, header: MDHeader, keys: list[bytes]) -> dict[bytes, tuple[Entry, int]]:
         """Verified current entries (and their store revisions) for ``keys``."""
         store = self.client.store
-        wanted = {self.address.entry_key(self._stored_key(k)): k for k in keys}
-        if len(keys) > _SCAN_THRESHOLD:
+        known = self.client._known
+        result: dict[bytes, tuple[Entry, int]] = {}
+        wanted: dict[str, bytes] = {}
+        for k in keys:
+            store_key = self.address.entry_key(self._stored_key(k))
+            if store_key in known:
+                result[k] = known[store_key]
+            else:
+                wanted[store_key] = k
+        if not wanted:
+            return result
+        if len(wanted) > _SCAN_THRESHOLD:
             records = [r for r in await store.scan(self.address.entry_prefix) if r.key in wanted]
         else:
             records = [r for r in [await store.get(k) for k in wanted] if r is not None]
-        result = {}
         for record in records:
             key = wanted[record.key]
             entry = self._open(header, record, self._stored_key(key))

@@ -37,12 +37,45 @@ from safething.net.keys import (
     check_key_type,
 )
 
-__all__ = ["Identity"]
+__all__ = ["Identity", "PublicIdentity"]
 
 FORMAT = "safething-identity"
 VERSION = 1
 OPSLIMIT = nacl.pwhash.argon2id.OPSLIMIT_MODERATE
 MEMLIMIT = nacl.pwhash.argon2id.MEMLIMIT_INTERACTIVE  # 64 MiB: fits a Pi Zero
+
+
+@dataclass(frozen=True, slots=True)
+class PublicIdentity:
+    """The public half of an identity: what others need to verify and to seal to."""
+
+    sign_key: PublicSignKey
+    """Verifies this identity's signatures."""
+    encryption_key: PublicEncryptionKey
+    """Seals data only this identity can open."""
+    name: str = ""
+    """A label for people."""
+
+    def __post_init__(self) -> None:
+        check_key_type(self.sign_key, PublicSignKey, "a public identity's sign_key")
+        check_key_type(
+            self.encryption_key, PublicEncryptionKey, "a public identity's encryption_key"
+        )
+
+    def to_dict(self) -> dict[str, str]:
+        return {"sign": self.sign_key.hex(), "enc": self.encryption_key.hex(), "name": self.name}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, str]) -> PublicIdentity:
+        """Inverse of :meth:`to_dict`; ``IdentityError`` when malformed."""
+        try:
+            return cls(
+                PublicSignKey.from_hex(doc["sign"]),
+                PublicEncryptionKey.from_hex(doc["enc"]),
+                str(doc.get("name", "")),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise IdentityError(f"malformed public identity: {e}") from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +105,11 @@ class Identity:
     @property
     def public_encryption_key(self) -> PublicEncryptionKey:
         return self.encryption_key.public
+
+    @property
+    def public(self) -> PublicIdentity:
+        """What others may know of this identity."""
+        return PublicIdentity(self.public_sign_key, self.public_encryption_key, self.name)
 
     # --- files -----------------------------------------------------------------
 

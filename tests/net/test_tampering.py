@@ -61,7 +61,7 @@ def raw_put(db: sqlite3.Connection, key: str, value: bytes) -> None:
     """Overwrite (or add) a record behind the clients' backs."""
     db.execute(
         "INSERT INTO records(key, value, rev) VALUES (?, ?, 999999) "
-        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value, rev = rev + 1000000",
         (key, value),
     )
 
