@@ -1,0 +1,304 @@
+"""``memory://``: a store in plain dicts, for tests and for trying things out.
+
+Nothing survives the process. The semantics are those of every backend
+(see :mod:`safething.store.base`): store-wide revisions, compare-and-set,
+quotas checked atomically with the write, a change feed with replay.
+
+A write runs to completion without awaiting anything, so a batch is atomic
+with respect to every other task on the event loop. The change log keeps the
+last :attr:`MemoryStore.change_log_size` changes for ``watch(since=...)``;
+since every accepted write takes the next revision, the log is a list whose
+index follows from the revision. Watches pull from the log when their
+consumer asks for the next change, so a slow consumer never makes the store
+buffer anything beyond the bounded log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from safething.errors import ConflictError, LimitExceededError, StoreError
+from safething.store.base import (
+    Change,
+    Quota,
+    Record,
+    Store,
+    StoreInfo,
+    Watch,
+    Write,
+    check_key,
+    check_prefix,
+)
+
+__all__ = ["MemoryStore"]
+
+_FETCH_LIMIT = 512
+"""Most changes a watch takes from the log at once."""
+
+_SAFETY_NET_S = 1.0
+"""A waiting watch looks at the log at least this often, even without a wake-up."""
+
+
+def _check_chunk_address(address: str) -> str:
+    if not isinstance(address, str) or not address:
+        raise ValueError(f"invalid chunk address {address!r}: use a non-empty string")
+    return address
+
+
+class MemoryStore(Store):
+    """A store held in this process's memory.
+
+    ``MemoryStore("memory://")``; every instance is a separate, empty store.
+    """
+
+    change_log_size: int = 100_000
+    """How many recent changes ``watch(since=...)`` can replay."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._records: dict[str, Record] = {}
+        self._chunks: dict[str, bytes] = {}
+        self._revision = 0
+        self._log: list[Change] = []
+        self._watches: set[_MemoryWatch] = set()
+        self._closed = False
+
+    # --- records ---------------------------------------------------------------
+
+    async def get(self, key: str) -> Record | None:
+        check_key(key)
+        self._check_open()
+        return self._records.get(key)
+
+    async def commit(self, writes: Sequence[Write]) -> list[int | Exception]:
+        self._check_open()
+        for write in writes:
+            if not isinstance(write, Write):
+                raise TypeError(f"commit takes Write objects, not {type(write).__name__}")
+        usage: dict[str, list[int]] = {}
+        results: list[int | Exception] = []
+        for write in writes:
+            try:
+                results.append(self._apply(write, usage))
+            except (ConflictError, LimitExceededError) as e:
+                results.append(e)
+        self._wake_watches()
+        return results
+
+    def _apply(self, write: Write, usage: dict[str, list[int]]) -> int:
+        old = self._records.get(write.key)
+        current = old.revision if old is not None else 0
+        if write.expect is not None and write.expect != current:
+            raise ConflictError(write.key, expected=write.expect, current=current)
+        if write.value is None and old is None:
+            return 0
+        old_len = len(old.value) if old is not None else -1
+        new_len = len(write.value) if write.value is not None else -1
+        if write.quota is not None:
+            self._check_quota(write.quota, write.key, old_len, new_len, usage)
+        self._revision += 1
+        revision = self._revision
+        if write.value is None:
+            del self._records[write.key]
+        else:
+            self._records[write.key] = Record(write.key, write.value, revision)
+        for prefix, counts in usage.items():
+            if write.key.startswith(prefix):
+                _add_effect(counts, old_len, new_len)
+        self._log.append(Change(write.key, write.value, revision))
+        if len(self._log) >= 2 * self.change_log_size:
+            del self._log[: len(self._log) - self.change_log_size]
+        return revision
+
+    def _check_quota(
+        self, quota: Quota, key: str, old_len: int, new_len: int, usage: dict[str, list[int]]
+    ) -> None:
+        counts = usage.get(quota.prefix)
+        if counts is None:
+            counts = list(self._usage(quota.prefix))
+            usage[quota.prefix] = counts
+        after = list(counts)
+        if key.startswith(quota.prefix):
+            _add_effect(after, old_len, new_len)
+        _enforce(quota, counts, after)
+
+    async def scan(self, prefix: str) -> list[Record]:
+        check_prefix(prefix)
+        self._check_open()
+        return sorted(
+            (r for k, r in self._records.items() if k.startswith(prefix)), key=lambda r: r.key
+        )
+
+    async def usage(self, prefix: str) -> tuple[int, int]:
+        check_prefix(prefix)
+        self._check_open()
+        return self._usage(prefix)
+
+    def _usage(self, prefix: str) -> tuple[int, int]:
+        count = size = 0
+        for key, record in self._records.items():
+            if key.startswith(prefix):
+                count += 1
+                size += len(record.value)
+        return count, size
+
+    def watch(self, prefix: str, *, since: int | None = None) -> Watch:
+        check_prefix(prefix)
+        self._check_open()
+        if since is not None and since < 0:
+            raise ValueError("since must be None or a revision >= 0")
+        watch = _MemoryWatch(self, prefix, self._revision if since is None else since)
+        self._watches.add(watch)
+        return watch
+
+    # --- change log, as watches see it -------------------------------------------
+
+    def _changes_after(self, prefix: str, after: int) -> tuple[list[Change], int]:
+        """Changes under ``prefix`` above revision ``after`` (a bounded batch), and
+        the revision the caller has seen once it has taken them."""
+        if after >= self._revision:
+            return [], after
+        changes: list[Change] = []
+        first = self._log[0].revision if self._log else self._revision + 1
+        if after + 1 < first:
+            # The log no longer reaches back that far: the current value of
+            # every record written in the gap stands in for its lost history.
+            changes = sorted(
+                (
+                    Change(r.key, r.value, r.revision)
+                    for r in self._records.values()
+                    if after < r.revision < first and r.key.startswith(prefix)
+                ),
+                key=lambda c: c.revision,
+            )
+            after = first - 1
+        index = after + 1 - first
+        while index < len(self._log) and len(changes) < _FETCH_LIMIT:
+            change = self._log[index]
+            if change.key.startswith(prefix):
+                changes.append(change)
+            index += 1
+        return changes, first - 1 + index
+
+    def _wake_watches(self) -> None:
+        for watch in self._watches:
+            watch._wake()
+
+    # --- immutable chunks ------------------------------------------------------
+
+    async def put_chunk(self, address: str, data: bytes) -> None:
+        _check_chunk_address(address)
+        if not isinstance(data, bytes):
+            raise TypeError("a chunk must be bytes")
+        self._check_open()
+        self._chunks.setdefault(address, data)
+
+    async def get_chunk(self, address: str) -> bytes | None:
+        _check_chunk_address(address)
+        self._check_open()
+        return self._chunks.get(address)
+
+    # --- housekeeping ----------------------------------------------------------
+
+    async def info(self) -> StoreInfo:
+        self._check_open()
+        count, size = self._usage("")
+        return StoreInfo(
+            url=self.url,
+            backend="memory",
+            records=count,
+            record_bytes=size,
+            chunks=len(self._chunks),
+            chunk_bytes=sum(len(c) for c in self._chunks.values()),
+            revision=self._revision,
+        )
+
+    async def close(self) -> None:
+        self._closed = True
+        for watch in list(self._watches):
+            await watch.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"store {self.url} is closed")
+
+
+def _add_effect(counts: list[int], old_len: int, new_len: int) -> None:
+    """Apply a write's effect to ``[count, bytes]``; a length of -1 means "absent"."""
+    counts[0] += (new_len >= 0) - (old_len >= 0)
+    counts[1] += max(new_len, 0) - max(old_len, 0)
+
+
+def _enforce(quota: Quota, before: list[int], after: list[int]) -> None:
+    """Refuse a write that leaves the prefix above a limit and grows that measure.
+
+    A write that shrinks or keeps a measure passes even when the prefix is
+    already over the limit (say, after the limit was lowered).
+    """
+    if after[0] > quota.max_count and after[0] > before[0]:
+        raise LimitExceededError(
+            f"quota on {quota.prefix!r}: {after[0]} records would exceed the limit of "
+            f"{quota.max_count}",
+            limit=quota.max_count,
+            actual=after[0],
+        )
+    if after[1] > quota.max_bytes and after[1] > before[1]:
+        raise LimitExceededError(
+            f"quota on {quota.prefix!r}: {after[1]} bytes would exceed the limit of "
+            f"{quota.max_bytes}",
+            limit=quota.max_bytes,
+            actual=after[1],
+        )
+
+
+class _MemoryWatch(Watch):
+    def __init__(self, store: MemoryStore, prefix: str, after: int) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._after = after
+        self._pending: list[Change] = []
+        self._next = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[Change]:
+        return self
+
+    async def __anext__(self) -> Change:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._next < len(self._pending):
+                change = self._pending[self._next]
+                self._next += 1
+                return change
+            self._pending, self._after = self._store._changes_after(self._prefix, self._after)
+            self._next = 0
+            if not self._pending:
+                await self._wait()
+
+    async def _wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(_SAFETY_NET_S, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _resolve(self._waiter)
+
+    async def close(self) -> None:
+        self._closed = True
+        self._pending = []
+        self._store._watches.discard(self)
+        self._wake()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

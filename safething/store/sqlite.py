@@ -1,0 +1,1063 @@
+"""``sqlite:///path/vault.db``: the embedded default store, one SQLite file.
+
+Several processes on one host may open the same file at once; they share
+revisions, compare-and-set and the change feed.
+
+Layout (schema version in ``PRAGMA user_version``)::
+
+    records(key TEXT PRIMARY KEY, value BLOB, rev INTEGER)   -- WITHOUT ROWID
+    changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT, deleted INTEGER)
+    chunks(address TEXT PRIMARY KEY, data BLOB)
+
+The revision of a write *is* the ``changes.seq`` its transaction inserts: one
+store-wide, monotonic counter shared by every process. ``AUTOINCREMENT``
+guarantees a sequence number is never reused, even after the change log is
+trimmed to its last :attr:`SQLiteStore.change_log_size` rows. Prefix queries
+use the range ``prefix <= key < prefix_upper`` on the primary key; keys are
+ASCII, ``'/'`` follows ``'.'``, so ``"a."`` ranges up to ``"a/"``.
+
+Threads and connections
+    Writes go to one writer thread that owns the only writing connection.
+    It takes every commit waiting in its queue (group commit) and runs them
+    in one ``BEGIN IMMEDIATE`` transaction, each write checked on its own,
+    so the event loop never waits for a lock. Point reads (``get``,
+    ``get_chunk``, the change feed) run directly on the event-loop thread
+    on a second, query-only connection: in WAL mode a reader never waits
+    for a writer, and a primary-key lookup costs a few microseconds, far
+    less than a hop to a thread. Reads of unbounded size (``scan``,
+    ``usage``, ``info``) run on a third connection in a reader thread, so a
+    large prefix cannot stall the loop. Every read statement is stepped to
+    its end, so each read sees every commit that returned before it.
+
+Change feed across processes
+    A watch does not poll at a fixed rate and no task runs in the
+    background: when its consumer asks for the next change and none is
+    buffered, it reads ``changes LEFT JOIN records`` for sequence numbers
+    above the last it has seen, under its prefix, and only if that is empty
+    does it wait for a wake-up. Each record carries the revision of its
+    latest write, so a change whose key was rewritten since is skipped (the
+    later change delivers the newer value) and the feed never goes back in
+    time. Wake-ups come from three places:
+
+    * the writer thread of this store, right after its transactions commit;
+    * other store objects and processes: a store with watches binds an
+      ``AF_UNIX`` datagram socket ``<db>.notify/<pid>-<random>.sock``
+      (directory mode 0700) and reads it with ``loop.add_reader``; after a
+      commit, each writer sends one byte to every socket in that directory.
+      The writer caches the listing and re-reads it when the directory's
+      mtime changes (or changed too recently to trust a coarse clock); a
+      socket nobody has bound any more (``ECONNREFUSED``: its process died)
+      is unlinked. A full socket buffer already holds a wake-up, so
+      ``EAGAIN`` is ignored. Long paths are reached through
+      ``/proc/self/fd/<dirfd>/``;
+    * a safety-net timer: a waiting watch re-reads the log every second, in
+      case a datagram was lost or the file was written by something else.
+
+    ``watch(prefix, since=n)`` starts its cursor at ``n`` instead of the
+    current revision, so replay and live changes come from the same query,
+    without gap or duplicate. A cursor older than the trimmed log first gets
+    the current value of every record written in the gap (deletes in the gap
+    are lost), then continues with the log.
+
+Durability
+    WAL mode. With the default ``synchronous=normal`` a commit that returned
+    survives the process being killed at any moment; ``?synchronous=full``
+    also fsyncs every commit, so it survives power loss (about twenty times
+    slower on a virtual disk, more on SD cards). Other processes' writers
+    are waited for up to ``busy_timeout`` milliseconds (default 10 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import queue
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future as ThreadFuture
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from safething.errors import ConflictError, LimitExceededError, StoreError, StoreURLError
+from safething.store.base import (
+    Change,
+    Quota,
+    Record,
+    Store,
+    StoreInfo,
+    Watch,
+    Write,
+    check_key,
+    check_prefix,
+)
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""Version of the table layout, kept in ``PRAGMA user_version``."""
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS records ("
+    "key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL, rev INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS changes ("
+    "seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, deleted INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS chunks (address TEXT PRIMARY KEY NOT NULL, data BLOB NOT NULL)",
+)
+_OUR_TABLES = {"records", "changes", "chunks", "sqlite_sequence"}
+
+_GET = "SELECT value, rev FROM records WHERE key = ?"
+_INSERT_CHANGE = "INSERT INTO changes (seq, key, deleted) VALUES (?, ?, ?)"
+_UPSERT_RECORD = (
+    "INSERT INTO records (key, value, rev) VALUES (?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, rev = excluded.rev"
+)
+_DELETE_RECORD = "DELETE FROM records WHERE key = ?"
+_INSERT_CHUNK = "INSERT OR IGNORE INTO chunks (address, data) VALUES (?, ?)"
+_TRIM = "DELETE FROM changes WHERE seq <= ?"
+_STATE_SIZES = (1, 16, 128)
+_STATE_CHUNK = _STATE_SIZES[-1]
+_STATE_SQL = {
+    n: f"SELECT key, rev, length(value) FROM records WHERE key IN ({', '.join('?' * n)})"
+    for n in _STATE_SIZES
+}
+_USAGE = "SELECT count(*), coalesce(sum(length(value)), 0) FROM records WHERE key >= ? AND key < ?"
+_SCAN = "SELECT key, value, rev FROM records WHERE key >= ? AND key < ? ORDER BY key"
+_SCAN_SMALL = _SCAN + " LIMIT ?"
+_USAGE_SMALL = (
+    "SELECT count(*), coalesce(sum(n), 0) FROM "
+    "(SELECT length(value) AS n FROM records WHERE key >= ? AND key < ? LIMIT ?)"
+)
+_LOG_BOUNDS = "SELECT min(seq), max(seq) FROM changes"
+_FEED = (
+    "SELECT c.seq, c.key, c.deleted, r.rev, r.value FROM changes AS c "
+    "LEFT JOIN records AS r ON r.key = c.key "
+    "WHERE c.seq > ? AND c.seq <= ? AND c.key >= ? AND c.key < ? ORDER BY c.seq LIMIT ?"
+)
+_FEED_GAP = (
+    "SELECT key, value, rev FROM records "
+    "WHERE key >= ? AND key < ? AND rev > ? AND rev < ? ORDER BY rev"
+)
+_REVISION = "SELECT seq FROM sqlite_sequence WHERE name = 'changes'"
+
+_DEFAULT_BUSY_TIMEOUT_MS = 10_000
+_SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+_OPTIONS_HELP = "synchronous=normal|full, busy_timeout=<milliseconds>"
+
+_GROUP_WRITES = 8192
+"""The writer merges queued commits into one transaction up to about this many writes."""
+
+_SMALL_SCAN = 256
+_SMALL_USAGE = 4096
+"""A prefix with at most this many records is scanned or counted on the event
+loop (tens of microseconds); a bigger one on the reader thread."""
+
+_FETCH_LIMIT = 512
+"""Most changes a watch reads at once."""
+
+_SAFETY_NET_S = 1.0
+"""A waiting watch re-reads the change log at least this often."""
+
+_FALLBACK_POLL_S = 0.05
+"""Re-read interval when no notification socket could be bound."""
+
+_SETTLE_NS = 100_000_000
+"""A directory mtime younger than this may hide later changes (coarse clocks)."""
+
+_UNIX_PATH_MAX = 107
+
+_T = TypeVar("_T")
+
+
+def _prefix_range(prefix: str) -> tuple[str, str]:
+    """``(low, high)`` such that ``low <= key < high`` iff ``key`` starts with ``prefix``."""
+    if prefix == "":
+        return "", "\x7f"
+    return prefix, prefix[:-1] + "/"
+
+
+def _check_chunk_address(address: str) -> str:
+    if not isinstance(address, str) or not address:
+        raise ValueError(f"invalid chunk address {address!r}: use a non-empty string")
+    return address
+
+
+def _parse_options(url: str, options: dict[str, str]) -> tuple[str, int]:
+    synchronous = "NORMAL"
+    busy_timeout = _DEFAULT_BUSY_TIMEOUT_MS
+    for name, raw in options.items():
+        value = str(raw).strip().lower()
+        if name == "synchronous":
+            if value not in _SYNCHRONOUS:
+                raise StoreURLError(
+                    f"sqlite URL {url!r}: synchronous={raw!r} is not allowed; "
+                    "use synchronous=normal or synchronous=full"
+                )
+            synchronous = _SYNCHRONOUS[value]
+        elif name == "busy_timeout":
+            if not value.isdigit():
+                raise StoreURLError(
+                    f"sqlite URL {url!r}: busy_timeout={raw!r} is not a number of milliseconds"
+                )
+            busy_timeout = int(value)
+        else:
+            raise StoreURLError(
+                f"sqlite URL {url!r}: unknown option {name!r}; known: {_OPTIONS_HELP}"
+            )
+    return synchronous, busy_timeout
+
+
+def _store_error(e: BaseException, path: Path, what: str) -> StoreError:
+    """A :class:`StoreError` a person can act on, for a failed sqlite operation."""
+    text = str(e)
+    lowered = text.lower()
+    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        message = (
+            f"{path} is not a SAFEthing store or is damaged ({text}); "
+            "move it away or point SAFETHING_STORE elsewhere"
+        )
+    elif "locked" in lowered or "busy" in lowered:
+        message = f"{path} is locked by another process ({what} gave up waiting: {text})"
+    elif "readonly" in lowered or "unable to open" in lowered:
+        message = f"cannot write {path} ({what}: {text}); check its permissions"
+    else:
+        message = f"store {path}: {what} failed: {text}"
+    error = StoreError(message)
+    error.__cause__ = e
+    return error
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parents with mode 0700."""
+    missing: list[Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+
+
+def _create_file(path: str | os.PathLike[str]) -> Path:
+    """Create the database file (mode 0600) and its directories (0700); its absolute path."""
+    db = Path(os.path.abspath(os.path.expanduser(path)))
+    try:
+        _make_private_dirs(db.parent)
+        fd = os.open(db, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+    except OSError as e:
+        raise StoreError(f"cannot open store file {db}: {e.strerror or e}") from e
+    return db
+
+
+def _connect(path: Path, busy_timeout_ms: int, *, query_only: bool) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout_ms / 1000, isolation_level=None, cached_statements=64
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if query_only:
+            conn.execute("PRAGMA query_only = 1")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+# --- notification sockets ---------------------------------------------------------
+
+
+def _socket_base(directory: Path) -> tuple[str, int | None]:
+    """The path prefix to reach sockets in ``directory``: the directory itself,
+    or ``/proc/self/fd/<fd>`` (with that fd) when the path is too long for AF_UNIX."""
+    base = str(directory)
+    if len(base) + 40 <= _UNIX_PATH_MAX or not os.path.isdir("/proc/self/fd"):
+        return base, None
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{fd}", fd
+
+
+class _Doorbell:
+    """Writer side: one byte to every listening socket in the notify directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = directory
+        self._names: list[str] = []
+        self._mtime = -1
+        self._settled = False
+        self._base: str | None = None
+        self._dirfd: int | None = None
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+
+    def ring(self, skip: str | None) -> None:
+        try:
+            mtime = os.stat(self._dir).st_mtime_ns
+        except OSError:
+            self._names = []
+            return
+        if mtime != self._mtime or not self._settled:
+            self._mtime = mtime
+            self._settled = time.time_ns() - mtime > _SETTLE_NS
+            try:
+                self._names = [n for n in os.listdir(self._dir) if n.endswith(".sock")]
+            except OSError:
+                self._names = []
+        if self._base is None:
+            try:
+                self._base, self._dirfd = _socket_base(self._dir)
+            except OSError:
+                return
+        for name in self._names:
+            if name == skip:
+                continue
+            try:
+                self._sock.sendto(b"!", f"{self._base}/{name}")
+            except BlockingIOError:
+                pass  # its queue is full: it already has wake-ups waiting
+            except OSError as e:
+                if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                    # Nobody is bound there any more: its process is gone.
+                    with contextlib.suppress(OSError):
+                        os.unlink(self._dir / name)
+                    self._settled = False
+
+    def close(self) -> None:
+        self._sock.close()
+        if self._dirfd is not None:
+            os.close(self._dirfd)
+            self._dirfd = None
+
+
+class _Listener:
+    """Watcher side: a datagram socket in the notify directory, read by the loop."""
+
+    def __init__(
+        self, directory: Path, loop: asyncio.AbstractEventLoop, on_ring: Callable[[], None]
+    ) -> None:
+        _make_private_dirs(directory)
+        self.name = f"{os.getpid()}-{secrets.token_hex(8)}.sock"
+        self._path = directory / self.name
+        self._loop = loop
+        self._on_ring = on_ring
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            self._sock.setblocking(False)
+            base, dirfd = _socket_base(directory)
+            try:
+                self._sock.bind(f"{base}/{self.name}")
+            finally:
+                if dirfd is not None:
+                    os.close(dirfd)
+            loop.add_reader(self._sock.fileno(), self._readable)
+        except BaseException:
+            self._sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
+            raise
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                self._sock.recv(64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+        self._on_ring()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._path)
+
+
+# --- the writer thread -------------------------------------------------------------
+
+
+class _Job:
+    """A commit (``writes``) or a chunk (``chunk``) waiting for the writer."""
+
+    __slots__ = ("chunk", "future", "writes")
+
+    def __init__(
+        self,
+        future: asyncio.Future[Any],
+        writes: Sequence[Write] = (),
+        chunk: tuple[str, bytes] | None = None,
+    ) -> None:
+        self.future = future
+        self.writes = writes
+        self.chunk = chunk
+
+
+class _Writer:
+    """Owns the writing connection and the thread that uses it."""
+
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str,
+        busy_timeout_ms: int,
+        loop: asyncio.AbstractEventLoop,
+        on_committed: Callable[[list[_Job], list[Any], bool], None],
+        change_log_size: int,
+    ) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._loop = loop
+        self._on_committed = on_committed
+        self._keep = change_log_size
+        self._trim_every = max(1, change_log_size // 10)
+        self._since_trim = self._trim_every  # trim once soon after opening
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._ready: ThreadFuture[None] = ThreadFuture()
+        self._stopped: asyncio.Future[None] = loop.create_future()
+        self._doorbell = _Doorbell(Path(f"{path}.notify"))
+        self.skip_socket: str | None = None
+        """Name of this store's own listening socket, woken directly instead."""
+        self._conn: sqlite3.Connection | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"safething-sqlite-writer:{path.name}", daemon=True
+        )
+
+    async def start(self) -> None:
+        self._thread.start()
+        await asyncio.wrap_future(self._ready)
+
+    def submit(self, job: _Job) -> None:
+        self._queue.put(job)
+
+    async def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            await self._stopped
+
+    # everything below runs on the writer thread
+
+    def _run(self) -> None:
+        try:
+            self._conn = self._open()
+        except BaseException as e:
+            self._doorbell.close()
+            self._ready.set_exception(e)
+            self._call_soon(_resolve, self._stopped)
+            return
+        self._ready.set_result(None)
+        try:
+            stop = False
+            while not stop:
+                job = self._queue.get()
+                if job is None:
+                    break
+                group = [job]
+                size = len(job.writes)
+                while size < _GROUP_WRITES:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stop = True
+                        break
+                    group.append(more)
+                    size += len(more.writes)
+                self._run_group(group)
+        finally:
+            self._conn.close()
+            self._doorbell.close()
+            self._call_soon(_resolve, self._stopped)
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = _connect(self._path, self._busy_timeout_ms, query_only=False)
+        except sqlite3.Error as e:
+            raise _store_error(e, self._path, "open") from e
+        try:
+            self._prepare(conn)
+        except BaseException as e:
+            conn.close()
+            if isinstance(e, sqlite3.Error):
+                raise _store_error(e, self._path, "open") from e
+            raise
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                (mode,) = conn.execute("PRAGMA journal_mode").fetchall()[0]
+                if str(mode).lower() != "wal":
+                    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchall()[0]
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{self._path}: cannot switch to WAL mode (journal mode is {mode})")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchall()[0]
+            if version == 0:
+                tables = {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table'"
+                    ).fetchall()
+                }
+                if tables - _OUR_TABLES:
+                    raise StoreError(
+                        f"{self._path} is an SQLite database of some other program "
+                        f"(tables {sorted(tables - _OUR_TABLES)}), not a SAFEthing store"
+                    )
+                for statement in _TABLES:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self._path} has store format {version}, newer than this SAFEthing "
+                    f"understands ({SCHEMA_VERSION}); upgrade SAFEthing"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    def _call_soon(self, callback: Callable[..., object], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _run_group(self, group: list[_Job]) -> None:
+        try:
+            outcomes, changed = self._transaction(group)
+        except Exception as e:
+            if len(group) == 1:
+                outcomes, changed = [self._failure(e)], False
+            else:
+                # One bad job must not fail the others: retry each on its own.
+                outcomes, changed = [], False
+                for job in group:
+                    try:
+                        (outcome,), job_changed = self._transaction([job])
+                    except Exception as e1:
+                        outcome, job_changed = self._failure(e1), False
+                    outcomes.append(outcome)
+                    changed = changed or job_changed
+        if changed:
+            try:
+                self._doorbell.ring(self.skip_socket)
+            except Exception:  # pragma: no cover - waking others is best effort
+                log.exception("could not notify other processes of a commit")
+        self._call_soon(self._on_committed, group, outcomes, changed)
+
+    def _failure(self, e: Exception) -> Exception:
+        if isinstance(e, sqlite3.Error):
+            return _store_error(e, self._path, "commit")
+        return e
+
+    def _transaction(self, group: list[_Job]) -> tuple[list[Any], bool]:
+        assert self._conn is not None
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            batch = _Batch(cur, [w.key for job in group for w in job.writes])
+            outcomes: list[Any] = []
+            for job in group:
+                if job.chunk is not None:
+                    cur.execute(_INSERT_CHUNK, job.chunk)
+                    outcomes.append(None)
+                    continue
+                results: list[int | Exception] = []
+                for write in job.writes:
+                    try:
+                        results.append(batch.apply(write))
+                    except (ConflictError, LimitExceededError) as e:
+                        results.append(e)
+                outcomes.append(results)
+            changed = batch.flush()
+            self._since_trim += changed
+            if self._since_trim >= self._trim_every:
+                cur.execute(_TRIM, (batch.seq - self._keep,))
+                self._since_trim = 0
+            cur.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                cur.execute("ROLLBACK")
+            raise
+        finally:
+            cur.close()
+        return outcomes, changed > 0
+
+
+class _Batch:
+    """The writes of one transaction.
+
+    Each write is decided in Python against the records as they were when
+    the transaction began (read in a few ``IN`` queries) plus the effect of
+    the writes before it; the outcome is then written with three
+    ``executemany`` calls. The writer holds the database's write lock
+    throughout, so nobody else can change what the decisions rest on.
+    """
+
+    def __init__(self, cur: sqlite3.Cursor, keys: list[str]) -> None:
+        self._cur = cur
+        self._state: dict[str, tuple[int, int]] = {}
+        """key -> (revision, value length); (0, -1) when absent."""
+        unique = list(dict.fromkeys(keys))
+        for i in range(0, len(unique), _STATE_CHUNK):
+            part = unique[i : i + _STATE_CHUNK]
+            size = next(n for n in _STATE_SIZES if n >= len(part))
+            part += part[-1:] * (size - len(part))
+            for key, revision, length in cur.execute(_STATE_SQL[size], part).fetchall():
+                self._state[key] = (revision, length)
+        rows = cur.execute(_REVISION).fetchall() if unique else []
+        self.seq: int = rows[0][0] if rows else 0
+        """The last revision handed out."""
+        self._changes: list[tuple[int, str, bool]] = []
+        self._final: dict[str, tuple[bytes | None, int]] = {}
+        self._effects: list[tuple[str, int, int]] = []
+        self._usage: dict[str, list[int]] = {}
+
+    def apply(self, write: Write) -> int:
+        """Decide one write; its revision, 0 for a delete of nothing, or raise."""
+        key = write.key
+        current, old_len = self._state.get(key, (0, -1))
+        if write.expect is not None and write.expect != current:
+            raise ConflictError(key, expected=write.expect, current=current)
+        value = write.value
+        if value is None and current == 0:
+            return 0
+        new_len = -1 if value is None else len(value)
+        if write.quota is not None:
+            self._check_quota(write.quota, key, old_len, new_len)
+        self.seq += 1
+        self._changes.append((self.seq, key, value is None))
+        self._final[key] = (value, self.seq)
+        self._state[key] = (0, -1) if value is None else (self.seq, new_len)
+        self._effects.append((key, old_len, new_len))
+        for prefix, counts in self._usage.items():
+            if key.startswith(prefix):
+                _add_effect(counts, old_len, new_len)
+        return self.seq
+
+    def _check_quota(self, quota: Quota, key: str, old_len: int, new_len: int) -> None:
+        counts = self._usage.get(quota.prefix)
+        if counts is None:
+            # As the file holds it (nothing is flushed yet), plus this batch so far.
+            counts = list(self._cur.execute(_USAGE, _prefix_range(quota.prefix)).fetchall()[0])
+            for other, before, after in self._effects:
+                if other.startswith(quota.prefix):
+                    _add_effect(counts, before, after)
+            self._usage[quota.prefix] = counts
+        after_write = list(counts)
+        if key.startswith(quota.prefix):
+            _add_effect(after_write, old_len, new_len)
+        _enforce(quota, counts, after_write)
+
+    def flush(self) -> int:
+        """Write the accepted changes; how many there were."""
+        if not self._changes:
+            return 0
+        cur = self._cur
+        cur.executemany(_INSERT_CHANGE, self._changes)
+        upserts = [(k, v, rev) for k, (v, rev) in self._final.items() if v is not None]
+        deletes = [(k,) for k, (v, _) in self._final.items() if v is None]
+        if upserts:
+            cur.executemany(_UPSERT_RECORD, upserts)
+        if deletes:
+            cur.executemany(_DELETE_RECORD, deletes)
+        return len(self._changes)
+
+
+def _add_effect(counts: list[int], old_len: int, new_len: int) -> None:
+    """Apply a write's effect to ``[count, bytes]``; a length of -1 means "absent"."""
+    counts[0] += (new_len >= 0) - (old_len >= 0)
+    counts[1] += max(new_len, 0) - max(old_len, 0)
+
+
+def _enforce(quota: Quota, before: list[int], after: list[int]) -> None:
+    """Refuse a write that leaves the prefix above a limit and grows that measure.
+
+    A write that shrinks or keeps a measure passes even when the prefix is
+    already over the limit (say, after the limit was lowered).
+    """
+    if after[0] > quota.max_count and after[0] > before[0]:
+        raise LimitExceededError(
+            f"quota on {quota.prefix!r}: {after[0]} records would exceed the limit of "
+            f"{quota.max_count}",
+            limit=quota.max_count,
+            actual=after[0],
+        )
+    if after[1] > quota.max_bytes and after[1] > before[1]:
+        raise LimitExceededError(
+            f"quota on {quota.prefix!r}: {after[1]} bytes would exceed the limit of "
+            f"{quota.max_bytes}",
+            limit=quota.max_bytes,
+            actual=after[1],
+        )
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+# --- the store ---------------------------------------------------------------------
+
+
+class SQLiteStore(Store):
+    """The embedded store in one SQLite file. Open with :meth:`open`."""
+
+    change_log_size: int = 100_000
+    """How many recent changes the file keeps for ``watch(since=...)``."""
+
+    def __init__(self, url: str, path: Path, synchronous: str, busy_timeout_ms: int) -> None:
+        """Use :meth:`open`."""
+        self.url = url
+        self.path = path
+        """The database file."""
+        self._loop = asyncio.get_running_loop()
+        self._busy_timeout_ms = busy_timeout_ms
+        self._writer = _Writer(
+            path, synchronous, busy_timeout_ms, self._loop, self._committed, self.change_log_size
+        )
+        self._reader: sqlite3.Connection | None = None
+        self._bulk = ThreadPoolExecutor(
+            1, thread_name_prefix=f"safething-sqlite-reader:{path.name}"
+        )
+        self._bulk_conn: sqlite3.Connection | None = None
+        self._watches: set[_SQLiteWatch] = set()
+        self._listener: _Listener | None = None
+        self._poll_s = _SAFETY_NET_S
+        self._closed = False
+        self._closing: asyncio.Future[None] | None = None
+
+    @classmethod
+    async def open(cls, url: str, path: str | os.PathLike[str], **options: str) -> SQLiteStore:
+        """Open (creating if needed) the store file at ``path``.
+
+        Options (from the URL query): ``synchronous=normal|full``,
+        ``busy_timeout=<ms>``. Raises :class:`StoreURLError` for an unknown
+        option and :class:`StoreError` for a file that cannot be used.
+        """
+        synchronous, busy_timeout_ms = _parse_options(url, options)
+        db = _create_file(path)
+        store = cls(url, db, synchronous, busy_timeout_ms)
+        try:
+            await store._writer.start()
+            try:
+                store._reader = _connect(db, busy_timeout_ms, query_only=True)
+            except sqlite3.Error as e:
+                raise _store_error(e, db, "open") from e
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    # --- records ---------------------------------------------------------------
+
+    async def get(self, key: str) -> Record | None:
+        check_key(key)
+        try:
+            rows = self._read_conn().execute(_GET, (key,)).fetchall()
+        except sqlite3.Error as e:
+            raise _store_error(e, self.path, "get") from e
+        if not rows:
+            return None
+        value, revision = rows[0]
+        return Record(key, value, revision)
+
+    async def commit(self, writes: Sequence[Write]) -> list[int | Exception]:
+        writes = list(writes)
+        for write in writes:
+            if not isinstance(write, Write):
+                raise TypeError(f"commit takes Write objects, not {type(write).__name__}")
+        self._check_open()
+        if not writes:
+            return []
+        future: asyncio.Future[list[int | Exception]] = self._loop.create_future()
+        self._writer.submit(_Job(future, writes=writes))
+        return await future
+
+    def _committed(self, group: list[_Job], outcomes: list[Any], changed: bool) -> None:
+        """On the loop: hand results to the waiting callers, wake local watches."""
+        for job, outcome in zip(group, outcomes, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+        if changed:
+            self._wake_watches()
+
+    async def scan(self, prefix: str) -> list[Record]:
+        check_prefix(prefix)
+        low, high = _prefix_range(prefix)
+        rows = self._read(_SCAN_SMALL, (low, high, _SMALL_SCAN + 1), "scan")
+        if len(rows) > _SMALL_SCAN:
+            rows = await self._bulk_read(_SCAN, (low, high), "scan")
+        return [Record(key, value, revision) for key, value, revision in rows]
+
+    async def usage(self, prefix: str) -> tuple[int, int]:
+        check_prefix(prefix)
+        low, high = _prefix_range(prefix)
+        ((count, size),) = self._read(_USAGE_SMALL, (low, high, _SMALL_USAGE + 1), "usage")
+        if count > _SMALL_USAGE:
+            ((count, size),) = await self._bulk_read(_USAGE, (low, high), "usage")
+        return count, size
+
+    def watch(self, prefix: str, *, since: int | None = None) -> Watch:
+        check_prefix(prefix)
+        if since is not None and since < 0:
+            raise ValueError("since must be None or a revision >= 0")
+        conn = self._read_conn()
+        if since is None:
+            try:
+                rows = conn.execute(_LOG_BOUNDS).fetchall()
+            except sqlite3.Error as e:
+                raise _store_error(e, self.path, "watch") from e
+            since = rows[0][1] or 0
+        if self._listener is None:
+            try:
+                self._listener = _Listener(
+                    Path(f"{self.path}.notify"), self._loop, self._wake_watches
+                )
+            except OSError as e:
+                log.warning(
+                    "cannot bind a notification socket next to %s (%s); watches poll instead",
+                    self.path,
+                    e,
+                )
+                self._poll_s = _FALLBACK_POLL_S
+            else:
+                self._writer.skip_socket = self._listener.name
+        watch = _SQLiteWatch(self, prefix, since)
+        self._watches.add(watch)
+        return watch
+
+    def _feed(self, prefix: str, after: int) -> tuple[list[Change], int]:
+        """Changes under ``prefix`` above revision ``after`` (a bounded batch), and
+        the revision the caller has seen once it has taken them."""
+        conn = self._read_conn()
+        low, high = _prefix_range(prefix)
+        try:
+            ((first, last),) = conn.execute(_LOG_BOUNDS).fetchall()
+            if last is None or last <= after:
+                return [], after
+            changes: list[Change] = []
+            if after + 1 < first:
+                # The log was trimmed past our cursor: the current value of each
+                # record written in the gap stands in for its lost history.
+                for key, value, revision in conn.execute(
+                    _FEED_GAP, (low, high, after, first)
+                ).fetchall():
+                    changes.append(Change(key, value, revision))
+                after = first - 1
+            rows = conn.execute(_FEED, (after, last, low, high, _FETCH_LIMIT)).fetchall()
+        except sqlite3.Error as e:
+            raise _store_error(e, self.path, "watch") from e
+        for seq, key, deleted, revision, value in rows:
+            if deleted:
+                if revision is None:
+                    changes.append(Change(key, None, seq))
+            elif revision == seq:
+                changes.append(Change(key, value, seq))
+            # else: rewritten since; a later change in the log delivers it
+        if len(rows) < _FETCH_LIMIT:
+            return changes, last
+        return changes, rows[-1][0]
+
+    def _wake_watches(self) -> None:
+        for watch in self._watches:
+            watch._wake()
+
+    def _watch_closed(self, watch: _SQLiteWatch) -> None:
+        self._watches.discard(watch)
+        if not self._watches and self._listener is not None:
+            self._writer.skip_socket = None
+            self._listener.close()
+            self._listener = None
+
+    # --- immutable chunks ------------------------------------------------------
+
+    async def put_chunk(self, address: str, data: bytes) -> None:
+        _check_chunk_address(address)
+        if not isinstance(data, bytes):
+            raise TypeError("a chunk must be bytes")
+        self._check_open()
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._writer.submit(_Job(future, chunk=(address, data)))
+        await future
+
+    async def get_chunk(self, address: str) -> bytes | None:
+        _check_chunk_address(address)
+        try:
+            rows = (
+                self._read_conn()
+                .execute("SELECT data FROM chunks WHERE address = ?", (address,))
+                .fetchall()
+            )
+        except sqlite3.Error as e:
+            raise _store_error(e, self.path, "get_chunk") from e
+        return rows[0][0] if rows else None
+
+    # --- housekeeping ----------------------------------------------------------
+
+    async def info(self) -> StoreInfo:
+        self._check_open()
+
+        def counts(conn: sqlite3.Connection) -> tuple[int, int, int, int, int]:
+            records, record_bytes = conn.execute(
+                "SELECT count(*), coalesce(sum(length(value)), 0) FROM records"
+            ).fetchall()[0]
+            chunks, chunk_bytes = conn.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0) FROM chunks"
+            ).fetchall()[0]
+            rows = conn.execute(_REVISION).fetchall()
+            return records, record_bytes, chunks, chunk_bytes, rows[0][0] if rows else 0
+
+        records, record_bytes, chunks, chunk_bytes, revision = await self._on_bulk(counts, "info")
+        file_bytes = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                file_bytes += os.stat(f"{self.path}{suffix}").st_size
+        return StoreInfo(
+            url=self.url,
+            backend="sqlite",
+            records=records,
+            record_bytes=record_bytes,
+            chunks=chunks,
+            chunk_bytes=chunk_bytes,
+            revision=revision,
+            file_bytes=file_bytes,
+        )
+
+    async def close(self) -> None:
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+            return
+        self._closed = True
+        self._closing = self._loop.create_future()
+        try:
+            for watch in list(self._watches):
+                await watch.close()
+            await self._writer.stop()
+            if self._bulk_conn is not None:
+                await self._loop.run_in_executor(self._bulk, self._close_bulk_conn)
+            self._bulk.shutdown(wait=True)
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        finally:
+            self._closing.set_result(None)
+
+    # --- plumbing --------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"store {self.url} is closed")
+
+    def _read(self, sql: str, params: tuple[Any, ...], what: str) -> list[Any]:
+        """Run a small query on the event loop's connection."""
+        try:
+            return self._read_conn().execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise _store_error(e, self.path, what) from e
+
+    def _read_conn(self) -> sqlite3.Connection:
+        if self._closed or self._reader is None:
+            raise StoreError(f"store {self.url} is closed")
+        return self._reader
+
+    async def _bulk_read(self, sql: str, params: tuple[Any, ...], what: str) -> list[Any]:
+        def run(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(sql, params).fetchall()
+
+        return await self._on_bulk(run, what)
+
+    async def _on_bulk(self, fn: Callable[[sqlite3.Connection], _T], what: str) -> _T:
+        """Run ``fn(connection)`` on the reader thread."""
+        self._check_open()
+
+        def call() -> _T:
+            if self._bulk_conn is None:
+                self._bulk_conn = _connect(self.path, self._busy_timeout_ms, query_only=True)
+            return fn(self._bulk_conn)
+
+        try:
+            return await self._loop.run_in_executor(self._bulk, call)
+        except sqlite3.Error as e:
+            raise _store_error(e, self.path, what) from e
+
+    def _close_bulk_conn(self) -> None:
+        if self._bulk_conn is not None:
+            self._bulk_conn.close()
+            self._bulk_conn = None
+
+
+class _SQLiteWatch(Watch):
+    def __init__(self, store: SQLiteStore, prefix: str, after: int) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._after = after
+        self._pending: list[Change] = []
+        self._next = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def __aiter__(self) -> AsyncIterator[Change]:
+        return self
+
+    async def __anext__(self) -> Change:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._next < len(self._pending):
+                change = self._pending[self._next]
+                self._next += 1
+                return change
+            self._pending, self._after = self._store._feed(self._prefix, self._after)
+            self._next = 0
+            if not self._pending:
+                await self._wait()
+
+    async def _wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(self._store._poll_s, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _resolve(self._waiter)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pending = []
+        self._store._watch_closed(self)
+        self._wake()

@@ -1,0 +1,53 @@
+"""Fixtures for the store tests: one store per backend, on fresh tmp paths."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from safething.store import Store, open_store
+
+OpenPeer = Callable[[], Awaitable[Store]]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """URL of an empty store of each backend."""
+    if request.param == "memory":
+        return "memory://"
+    return f"sqlite://{tmp_path / 'vault.db'}"
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """An open, empty store; closed after the test."""
+    opened = await open_store(store_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def open_peer(store: Store, store_url: str) -> AsyncIterator[OpenPeer]:
+    """Open another store object on the same data, as a second process would.
+
+    For SQLite a separate opening of the same file (own connections, own
+    writer thread); ``memory://`` cannot be shared, so it is the same object.
+    """
+    peers: list[Store] = []
+
+    async def open_one() -> Store:
+        if store_url.startswith("memory"):
+            return store
+        peer = await open_store(store_url)
+        peers.append(peer)
+        return peer
+
+    try:
+        yield open_one
+    finally:
+        for peer in peers:
+            await peer.close()
