@@ -1,0 +1,308 @@
+"""SQLite backend: separate OS processes, crashes, damaged files, options."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from safething.errors import ConflictError, StoreError, StoreURLError
+from safething.store import Change, Record, open_store
+from safething.store.sqlite import SCHEMA_VERSION, SQLiteStore
+
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = Path(__file__).with_name("_sqlite_child.py")
+TIMEOUT = 10.0
+
+
+def url_for(path: Path) -> str:
+    return f"sqlite://{path}"
+
+
+async def spawn(*args: str) -> asyncio.subprocess.Process:
+    """Start ``_sqlite_child.py`` with ``args`` in a fresh interpreter."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(CHILD),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finish(process: asyncio.subprocess.Process) -> None:
+    async with asyncio.timeout(TIMEOUT * 3):
+        _, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+
+
+# --- several processes ------------------------------------------------------------
+
+
+async def test_watch_receives_changes_from_another_process(tmp_path: Path) -> None:
+    count = 50
+    url = url_for(tmp_path / "vault.db")
+    async with await open_store(url) as store, store.watch("x.") as watch:
+        child = await spawn("write", url, str(count))
+        received: list[tuple[Change, float]] = []
+        async with asyncio.timeout(TIMEOUT * 3):
+            async for change in watch:
+                received.append((change, time.time()))
+                if len(received) == count:
+                    break
+        await finish(child)
+        for i, (change, arrived) in enumerate(received):
+            index, _, written = change.value.partition(b":")  # type: ignore[union-attr]
+            assert (change.key, int(index)) == (f"x.{i}", i)
+            assert arrived - float(written) < 2.0, "a change took seconds to arrive"
+            assert await store.get(change.key) == Record(change.key, change.value, change.revision)  # type: ignore[arg-type]
+        revisions = [c.revision for c, _ in received]
+        assert revisions == sorted(set(revisions))
+
+
+async def test_processes_racing_cas_lose_no_update(tmp_path: Path) -> None:
+    url = url_for(tmp_path / "vault.db")
+    children = [await spawn("incr", url, "counter", "40") for _ in range(3)]
+    async with await open_store(url) as store:
+        for _ in range(40):
+            record = await store.get("counter")
+            while True:
+                try:
+                    if record is None:
+                        await store.create("counter", b"1")
+                    else:
+                        await store.update(
+                            "counter", str(int(record.value) + 1).encode(), record.revision
+                        )
+                    break
+                except ConflictError:
+                    record = await store.get("counter")
+        for child in children:
+            await finish(child)
+        record = await store.get("counter")
+        assert record is not None
+        assert int(record.value) == 4 * 40
+
+
+# --- crashes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+async def test_acknowledged_writes_survive_sigkill(tmp_path: Path, synchronous: str) -> None:
+    path = tmp_path / "vault.db"
+    url = f"{url_for(path)}?synchronous={synchronous}"
+    child = await spawn("ack", url)
+    assert child.stdout is not None
+    acked: dict[str, int] = {}
+    async with asyncio.timeout(TIMEOUT * 3):
+        while len(acked) < 400:
+            line = await child.stdout.readline()
+            assert line, (await child.stderr.read()).decode()  # type: ignore[union-attr]
+            key, revision = line.decode().split()
+            acked[key] = int(revision)
+    child.send_signal(signal.SIGKILL)
+    rest, _ = await child.communicate()  # what it printed before dying was acknowledged too
+    for line in rest.decode().splitlines():
+        parts = line.split()
+        if len(parts) == 2:  # the last line may be cut short by the kill
+            acked[parts[0]] = int(parts[1])
+    assert child.returncode == -signal.SIGKILL
+
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
+    async with await open_store(url_for(path)) as store:
+        for key, revision in acked.items():
+            assert await store.get(key) == Record(key, key.encode(), revision)
+        info = await store.info()
+        assert info.revision >= max(acked.values())
+        after = await store.put("ack.after", b"still works")
+        assert after > info.revision
+
+
+# --- files and URLs ---------------------------------------------------------------
+
+
+async def test_corrupt_file_is_a_clear_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(StoreError, match="not a SAFEthing store or is damaged") as info:
+        await open_store(url_for(path))
+    assert str(path) in str(info.value)
+    assert isinstance(info.value.__cause__, sqlite3.DatabaseError)
+
+
+async def test_another_programs_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="some other program"):
+        await open_store(url_for(path))
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    async with await open_store(url_for(path)):
+        pass
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this SAFEthing"):
+        await open_store(url_for(path))
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("colour=blue", "unknown option 'colour'"),
+        ("synchronous=sometimes", "synchronous=normal or synchronous=full"),
+        ("busy_timeout=soon", "milliseconds"),
+    ],
+)
+async def test_bad_url_options(tmp_path: Path, query: str, message: str) -> None:
+    with pytest.raises(StoreURLError, match=message):
+        await open_store(f"{url_for(tmp_path / 'vault.db')}?{query}")
+    assert not (tmp_path / "vault.db").exists()
+
+
+async def test_options_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    async with await open_store(f"{url_for(path)}?synchronous=FULL&busy_timeout=2000") as store:
+        revision = await store.put("k", b"v")
+    async with await open_store(url_for(path)) as store:
+        assert await store.get("k") == Record("k", b"v", revision)
+        assert await store.put("k2", b"w") > revision
+
+
+async def test_files_and_directories_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "deeper" / "vault.db"
+    async with await open_store(url_for(path)) as store, store.watch("a."):
+        for directory in (path.parent, path.parent.parent, Path(f"{path}.notify")):
+            assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        info = await store.info()
+        assert info.file_bytes is not None
+        assert info.file_bytes >= path.stat().st_size
+
+
+async def test_unusable_path_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "vault.db").mkdir()
+    with pytest.raises(StoreError, match="cannot open store file"):
+        await open_store(url_for(tmp_path / "vault.db"))
+
+
+# --- the change feed's machinery --------------------------------------------------
+
+
+def sockets(notify: Path) -> list[Path]:
+    return sorted(notify.glob("*.sock"))
+
+
+def leave_stale_socket(notify: Path) -> Path:
+    """A socket file nobody is bound to, as a crashed process leaves behind."""
+    notify.mkdir(mode=0o700, exist_ok=True)
+    stale = notify / "1-deadbeef.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(stale))
+    sock.close()
+    return stale
+
+
+async def test_watch_socket_lives_as_long_as_the_watches(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    notify = Path(f"{path}.notify")
+    async with await open_store(url_for(path)) as store:
+        first = store.watch("a.")
+        second = store.watch("b.")
+        assert len(sockets(notify)) == 1
+        await first.close()
+        assert len(sockets(notify)) == 1
+        await second.close()
+        assert sockets(notify) == []
+        store.watch("c.")
+        assert len(sockets(notify)) == 1
+    assert sockets(notify) == []
+
+
+async def test_sockets_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    async with await open_store(url_for(path)) as store:
+        stale = leave_stale_socket(Path(f"{path}.notify"))
+        assert sockets(stale.parent) == [stale]
+        await store.put("a", b"1")
+        assert sockets(stale.parent) == []
+
+
+def write_without_wake_up(path: Path, key: str) -> int:
+    """Commit a change the way a foreign writer would: plain sqlite3, no datagram."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        seq = conn.execute("INSERT INTO changes (key, deleted) VALUES (?, 0)", (key,)).lastrowid
+        conn.execute("INSERT INTO records (key, value, rev) VALUES (?, x'01', ?)", (key, seq))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    assert seq is not None
+    return seq
+
+
+async def test_safety_net_finds_changes_nobody_announced(tmp_path: Path) -> None:
+    path = tmp_path / "vault.db"
+    async with await open_store(url_for(path)) as store, store.watch("quiet.") as watch:
+        waiting = asyncio.create_task(watch.__anext__(), name="waiting-watcher")
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        started = time.monotonic()
+        seq = write_without_wake_up(path, "quiet.x")
+        async with asyncio.timeout(TIMEOUT):
+            change = await waiting
+        assert change == Change("quiet.x", b"\x01", seq)
+        assert time.monotonic() - started < 3.0
+
+
+async def test_watch_on_a_long_path(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    path = deep / "vault.db"
+    assert len(str(path)) > 110  # too long for a plain AF_UNIX address
+    async with (
+        await open_store(url_for(path)) as store,
+        await open_store(url_for(path)) as peer,
+        store.watch("l.") as watch,
+    ):
+        waiting = asyncio.create_task(watch.__anext__(), name="waiting-watcher")
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        revision = await peer.put("l.x", b"1")
+        async with asyncio.timeout(TIMEOUT):
+            change = await waiting
+        assert change == Change("l.x", b"1", revision)
+        assert time.monotonic() - started < 0.5  # woken by the socket, not the safety net
+
+
+async def test_second_opening_sees_the_same_revisions(tmp_path: Path) -> None:
+    url = url_for(tmp_path / "vault.db")
+    async with await open_store(url) as first, await open_store(url) as second:
+        a = await first.put("s.a", b"1")
+        b = await second.put("s.b", b"2")
+        c = await first.put("s.c", b"3")
+        assert a < b < c
+        assert await second.get("s.c") == Record("s.c", b"3", c)
+        assert isinstance(first, SQLiteStore)
+        assert (await second.info()).revision == c
