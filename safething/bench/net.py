@@ -1,0 +1,639 @@
+"""Benchmarks of the data-network layer: signed MutableData on the SQLite store.
+
+Every group opens its stores as ``sqlite:///<workdir>/<name>.db`` with the
+default settings (WAL, ``synchronous=NORMAL``) and compares against plain
+``sqlite3`` with the same pragmas in the same run. What each metric means
+and how it is measured is written up in ``docs/benchmarks.md``.
+
+Groups:
+
+``net.write``
+    ``md_signed_write_rate``, ``sqlite_raw_insert_rate``,
+    ``md_private_write_rate`` and their ratios.
+``net.read``
+    ``md_verified_read_rate``, ``md_verified_scan_rate``,
+    ``sqlite_raw_read_rate``, ``sqlite_raw_scan_rate`` and their ratios.
+``net.watch.inprocess``
+    ``watch_latency_inprocess_*`` (store change feed) and
+    ``md_watch_latency_inprocess_*`` (verified MD entry feed).
+``net.watch.xproc``
+    ``watch_latency_xproc_*`` and ``md_watch_latency_xproc_*``: a child
+    process writes, this one watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import safething
+from safething.bench._xproc_writer import decode_stamp, encode_stamp
+from safething.bench.runner import (
+    BenchContext,
+    GroupFunc,
+    Metric,
+    latency_metrics,
+    rate_metric,
+    ratio_metric,
+)
+from safething.net import MAX_ENTRIES, TAG_THING, Client, Identity, MutableData, XorName
+from safething.store import Store, open_store
+
+__all__ = ["GROUPS", "read_rates", "watch_inprocess", "watch_xproc", "write_rates"]
+
+WRITE_TARGET_PER_S = 8_000.0
+"""Issue target: signed, stored and verified entry writes per second (2 cores)."""
+XPROC_P99_TARGET_MS = 50.0
+"""Issue target: p99 of the change feed across processes."""
+INPROCESS_P50_TARGET_MS = 5.0
+"""Our reading of the issue's "a few ms" for the in-process p50."""
+
+_STORE_SETTINGS = "sqlite WAL, synchronous=NORMAL"
+_DELIVERY_TIMEOUT_S = 10.0
+"""A change that takes longer than this to arrive fails the run."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Sizes:
+    entries: int
+    """N: entries written or read per rate metric."""
+    batch: int
+    """Entries per ``put_many`` call, rows per raw transaction."""
+    value_bytes: int
+    """Size of each entry's value (before signing and encoding)."""
+    samples: int
+    """Latency samples kept per latency metric."""
+    warmup: int
+    """Latency samples taken first and left out (named in ``params``)."""
+    gap_s: float
+    """In-process: pause after each delivered change before the next write."""
+    xproc_gap_s: float
+    """Cross-process: pause between the child's writes."""
+
+
+def _sizes(ctx: BenchContext) -> _Sizes:
+    return _Sizes(
+        entries=ctx.size(20_000, 1_000),
+        batch=ctx.size(500, 250),
+        value_bytes=100,
+        samples=ctx.size(300, 20),
+        warmup=ctx.size(5, 2),
+        gap_s=0.002,
+        xproc_gap_s=ctx.size(5, 2) / 1000,
+    )
+
+
+def _url(path: Path) -> str:
+    return f"sqlite://{path.resolve()}"
+
+
+def _value(index: int, size: int) -> bytes:
+    """A ``size``-byte value that differs per entry."""
+    return (b"%09d;" % index * (size // 10 + 1))[:size]
+
+
+def _target(m: Metric, op: str, value: float) -> Metric:
+    """Note the issue's target next to a metric (reported, never asserted)."""
+    measured = m["value"]
+    assert isinstance(measured, float)
+    meets = measured >= value if op == ">=" else measured < value if op == "<" else None
+    if meets is None:
+        raise ValueError(f"unknown target operator {op!r}")
+    return {**m, "target": {"op": op, "value": value}, "meets_target": meets}
+
+
+# --- workload ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Workload:
+    """N entries split into batches, each batch for one MD."""
+
+    batches: list[tuple[int, dict[bytes, bytes]]]
+    """``(md index, {key: value})`` per ``put_many`` call, in write order."""
+    mds: int
+    """How many MDs the entries need."""
+    per_md: int
+    """Entries per MD (at most ``MAX_ENTRIES``)."""
+
+    @property
+    def entries(self) -> int:
+        return sum(len(items) for _, items in self.batches)
+
+
+def _workload(sizes: _Sizes) -> _Workload:
+    if sizes.batch > MAX_ENTRIES:
+        raise ValueError(f"a batch of {sizes.batch} exceeds the {MAX_ENTRIES}-entry MD limit")
+    per_md = (MAX_ENTRIES // sizes.batch) * sizes.batch
+    batches: list[tuple[int, dict[bytes, bytes]]] = []
+    for start in range(0, sizes.entries, sizes.batch):
+        stop = min(start + sizes.batch, sizes.entries)
+        items = {b"reading-%07d" % i: _value(i, sizes.value_bytes) for i in range(start, stop)}
+        batches.append((start // per_md, items))
+    return _Workload(batches, mds=batches[-1][0] + 1, per_md=per_md)
+
+
+def _write_params(sizes: _Sizes, work: _Workload) -> dict[str, object]:
+    return {
+        "entries": work.entries,
+        "batch": sizes.batch,
+        "value_bytes": sizes.value_bytes,
+        "mds": work.mds,
+        "entries_per_md": work.per_md,
+        "store": _STORE_SETTINGS,
+    }
+
+
+def _raw_params(sizes: _Sizes, how: str) -> dict[str, object]:
+    return {
+        "rows": sizes.entries,
+        "batch": sizes.batch,
+        "value_bytes": sizes.value_bytes,
+        "how": how,
+        "store": f"plain sqlite3 table, same pragmas ({_STORE_SETTINGS})",
+    }
+
+
+async def _create_mds(
+    client: Client, label: str, count: int, *, private: bool = False
+) -> list[MutableData]:
+    return [
+        await client.create_md(XorName.of(f"bench-{label}-{i}"), TAG_THING, private=private)
+        for i in range(count)
+    ]
+
+
+async def _put_all(mds: Sequence[MutableData], work: _Workload) -> float:
+    """Write every batch with ``put_many``, one call at a time; the seconds it took."""
+    started = time.perf_counter()
+    for md_index, items in work.batches:
+        # put_many takes str keys and values too; Mapping is invariant in its key type.
+        await mds[md_index].put_many(cast("dict[bytes | str, bytes | str]", items))
+    return time.perf_counter() - started
+
+
+# --- plain sqlite3, the baseline ----------------------------------------------------
+
+
+def _raw_connect(path: Path, *, create: bool) -> sqlite3.Connection:
+    """A plain connection with the store's pragmas: WAL, synchronous=NORMAL."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if str(mode).lower() != "wal":
+        raise RuntimeError(f"{path}: sqlite refused WAL mode ({mode})")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    if create:
+        conn.execute(
+            "CREATE TABLE raw (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL) WITHOUT ROWID"
+        )
+    return conn
+
+
+def _raw_rows(mds: Sequence[MutableData], work: _Workload) -> list[list[tuple[str, bytes]]]:
+    """The workload as raw rows, keyed like the store keys of the MD entries."""
+    return [
+        [(mds[i].address.entry_key(k), v) for k, v in items.items()] for i, items in work.batches
+    ]
+
+
+def _raw_insert(conn: sqlite3.Connection, batches: Sequence[Sequence[tuple[str, bytes]]]) -> float:
+    """One transaction per batch; the seconds it took."""
+    started = time.perf_counter()
+    for rows in batches:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO raw (key, value) VALUES (?, ?)", rows)
+        conn.execute("COMMIT")
+    return time.perf_counter() - started
+
+
+def _raw_read(conn: sqlite3.Connection, keys: Sequence[str]) -> float:
+    """``SELECT`` each key by primary key, one by one; the seconds it took."""
+    sql = "SELECT value FROM raw WHERE key = ?"
+    started = time.perf_counter()
+    for key in keys:
+        if conn.execute(sql, (key,)).fetchone() is None:
+            raise RuntimeError(f"raw row {key} is missing")
+    return time.perf_counter() - started
+
+
+def _raw_scan(conn: sqlite3.Connection, prefixes: Sequence[str]) -> tuple[int, float]:
+    """Read every row under each prefix (a key range); ``(rows, seconds)``."""
+    sql = "SELECT key, value FROM raw WHERE key >= ? AND key < ? ORDER BY key"
+    started = time.perf_counter()
+    rows = 0
+    for prefix in prefixes:
+        rows += len(conn.execute(sql, (prefix, prefix[:-1] + "/")).fetchall())
+    return rows, time.perf_counter() - started
+
+
+# --- net.write ----------------------------------------------------------------------
+
+
+async def write_rates(ctx: BenchContext) -> list[Metric]:
+    """Signed public and private MD entry writes against raw sqlite inserts."""
+    sizes = _sizes(ctx)
+    work = _workload(sizes)
+    params = _write_params(sizes, work)
+    identity = Identity.generate("bench-writer")
+
+    async with await open_store(_url(ctx.workdir / "signed.db")) as store:
+        mds = await _create_mds(Client(store, identity), "signed", work.mds)
+        signed_s = await _put_all(mds, work)
+    signed = _target(
+        rate_metric("md_signed_write_rate", work.entries, signed_s, "entries/s", params=params),
+        ">=",
+        WRITE_TARGET_PER_S,
+    )
+
+    rows = _raw_rows(mds, work)
+    conn = _raw_connect(ctx.workdir / "raw.db", create=True)
+    try:
+        raw_s = _raw_insert(conn, rows)
+    finally:
+        conn.close()
+    raw = rate_metric(
+        "sqlite_raw_insert_rate",
+        sum(len(r) for r in rows),
+        raw_s,
+        "rows/s",
+        params=_raw_params(sizes, "one transaction per batch"),
+    )
+
+    async with await open_store(_url(ctx.workdir / "private.db")) as store:
+        private_mds = await _create_mds(Client(store, identity), "private", work.mds, private=True)
+        private_s = await _put_all(private_mds, work)
+    private = rate_metric(
+        "md_private_write_rate", work.entries, private_s, "entries/s", params=params
+    )
+
+    return [
+        signed,
+        raw,
+        ratio_metric("md_signed_write_vs_raw_insert_ratio", signed, raw),
+        private,
+        ratio_metric("md_private_vs_signed_write_ratio", private, signed),
+    ]
+
+
+# --- net.read -----------------------------------------------------------------------
+
+
+async def read_rates(ctx: BenchContext) -> list[Metric]:
+    """Verified point reads and scans by a fresh client against raw sqlite reads."""
+    sizes = _sizes(ctx)
+    work = _workload(sizes)
+    params = _write_params(sizes, work)
+    identity = Identity.generate("bench-writer")
+    order = [(i, key) for i, items in work.batches for key in items]
+    random.Random(20261121).shuffle(order)
+    fresh = "a new read-only Client: nothing verified or pinned before"
+    get_params = {**params, "order": "shuffled, same order for both sides", "client": fresh}
+    scan_params = {**params, "order": "one MD after the other", "client": fresh}
+
+    async with await open_store(_url(ctx.workdir / "read.db")) as store:
+        mds = await _create_mds(Client(store, identity), "read", work.mds)
+        await _put_all(mds, work)  # setup, not timed
+        read_s = await _verified_gets(store, mds, order)
+        scanned, scan_s = await _verified_scans(store, mds)
+    if scanned != work.entries:
+        raise RuntimeError(f"the scan returned {scanned} entries, {work.entries} were written")
+
+    # Like the store: a writing connection stays open, a second one reads.
+    writer = _raw_connect(ctx.workdir / "raw.db", create=True)
+    try:
+        _raw_insert(writer, _raw_rows(mds, work))  # setup, not timed
+        reader = _raw_connect(ctx.workdir / "raw.db", create=False)
+        try:
+            raw_read_s = _raw_read(reader, [mds[i].address.entry_key(key) for i, key in order])
+            raw_scanned, raw_scan_s = _raw_scan(reader, [md.address.entry_prefix for md in mds])
+        finally:
+            reader.close()
+    finally:
+        writer.close()
+
+    read = rate_metric("md_verified_read_rate", len(order), read_s, "entries/s", params=get_params)
+    scan = rate_metric("md_verified_scan_rate", scanned, scan_s, "entries/s", params=scan_params)
+    raw_read = rate_metric(
+        "sqlite_raw_read_rate",
+        len(order),
+        raw_read_s,
+        "rows/s",
+        params=_raw_params(sizes, "SELECT by primary key, shuffled, same order as the MD reads"),
+    )
+    raw_scan = rate_metric(
+        "sqlite_raw_scan_rate",
+        raw_scanned,
+        raw_scan_s,
+        "rows/s",
+        params=_raw_params(sizes, "SELECT of each MD's key range, one after the other"),
+    )
+    return [
+        read,
+        scan,
+        raw_read,
+        raw_scan,
+        ratio_metric("md_verified_read_vs_raw_read_ratio", read, raw_read),
+        ratio_metric("md_verified_scan_vs_raw_read_ratio", scan, raw_read),
+        ratio_metric("md_verified_scan_vs_raw_scan_ratio", scan, raw_scan),
+    ]
+
+
+async def _verified_gets(
+    store: Store, mds: Sequence[MutableData], order: Sequence[tuple[int, bytes]]
+) -> float:
+    """``MutableData.get`` of every key by a new read-only client; the seconds it took."""
+    reader = Client(store)
+    handles = [reader.md(md.address.name, md.address.tag) for md in mds]
+    started = time.perf_counter()
+    for md_index, key in order:
+        await handles[md_index].get(key)
+    return time.perf_counter() - started
+
+
+async def _verified_scans(store: Store, mds: Sequence[MutableData]) -> tuple[int, float]:
+    """``MutableData.entries()`` of every MD by a new read-only client; ``(entries, seconds)``."""
+    reader = Client(store)
+    handles = [reader.md(md.address.name, md.address.tag) for md in mds]
+    started = time.perf_counter()
+    count = 0
+    for handle in handles:
+        count += len(await handle.entries())
+    return count, time.perf_counter() - started
+
+
+# --- latency sampling -------------------------------------------------------------------
+
+
+async def _collect(
+    values: AsyncGenerator[bytes | None, None],
+    total: int,
+    clock: Callable[[], int],
+    latencies: dict[int, float],
+    arrived: asyncio.Event,
+) -> None:
+    """Record ``clock() - stamp`` (ms) for each stamped value until ``total`` arrived."""
+    try:
+        async with contextlib.aclosing(values):
+            async for value in values:
+                now = clock()
+                index, stamp = decode_stamp(value)
+                latencies.setdefault(index, (now - stamp) / 1e6)
+                arrived.set()
+                if len(latencies) >= total:
+                    return
+    finally:
+        arrived.set()  # a waiting writer sees the end (or the error) at once
+
+
+async def _inprocess_latencies(
+    values: AsyncGenerator[bytes | None, None],
+    write: Callable[[int, bytes], Awaitable[object]],
+    sizes: _Sizes,
+) -> list[float]:
+    """Write stamped values one at a time; each waits for delivery, then a short gap."""
+    total = sizes.warmup + sizes.samples
+    latencies: dict[int, float] = {}
+    arrived = asyncio.Event()
+    consumer = asyncio.create_task(
+        _collect(values, total, time.perf_counter_ns, latencies, arrived),
+        name="safething-bench-watch-consumer",
+    )
+    try:
+        await asyncio.sleep(sizes.gap_s)  # the consumer is now waiting for a change
+        for i in range(total):
+            await write(i, encode_stamp(i, time.perf_counter_ns()))
+            while i not in latencies:
+                if consumer.done():
+                    consumer.result()
+                    raise RuntimeError(f"the watch ended before change {i} arrived")
+                arrived.clear()
+                try:
+                    await asyncio.wait_for(arrived.wait(), _DELIVERY_TIMEOUT_S)
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"change {i} was not delivered within {_DELIVERY_TIMEOUT_S} s"
+                    ) from None
+            await asyncio.sleep(sizes.gap_s)
+        await consumer
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+    return [latencies[i] for i in range(sizes.warmup, total)]
+
+
+def _latency_params(sizes: _Sizes, gap_s: float, **extra: object) -> dict[str, object]:
+    return {
+        "warmup": sizes.warmup,
+        "gap_ms": gap_s * 1000,
+        "store": _STORE_SETTINGS,
+        "percentiles": "nearest rank over every sample",
+        **extra,
+    }
+
+
+def _with_p_targets(metrics: list[Metric], p: str, op: str, value: float) -> list[Metric]:
+    suffix = f"_{p}_ms"
+    return [_target(m, op, value) if str(m["name"]).endswith(suffix) else m for m in metrics]
+
+
+# --- net.watch.inprocess ---------------------------------------------------------------
+
+
+async def watch_inprocess(ctx: BenchContext) -> list[Metric]:
+    """Change feed latency inside one process: write call -> watcher's ``__anext__`` returns."""
+    sizes = _sizes(ctx)
+    identity = Identity.generate("bench-writer")
+    async with await open_store(_url(ctx.workdir / "watch.db")) as store:
+        prefix = "bench.watch."
+
+        def put(i: int, value: bytes) -> Awaitable[int]:
+            return store.create(f"{prefix}{i}", value)
+
+        async with store.watch(prefix) as changes:
+            store_ms = await _inprocess_latencies((c.value async for c in changes), put, sizes)
+
+        writer = await Client(store, identity).create_md(XorName.of("bench-watch"), TAG_THING)
+        watched = Client(store).md(writer.address.name, TAG_THING, owner=identity.public_sign_key)
+
+        def insert(i: int, value: bytes) -> Awaitable[object]:
+            return writer.insert(f"s{i}", value)
+
+        async with watched.watch() as entries:
+            md_ms = await _inprocess_latencies((e.value async for e in entries), insert, sizes)
+
+    store_params = _latency_params(
+        sizes, sizes.gap_s, write="Store.create", watch="Store.watch", clock="perf_counter"
+    )
+    md_params = _latency_params(
+        sizes,
+        sizes.gap_s,
+        write="MutableData.insert (header read, sign, commit)",
+        watch="MutableData.watch (verifies each entry)",
+        clock="perf_counter",
+    )
+    return [
+        *_with_p_targets(
+            latency_metrics(
+                "watch_latency_inprocess", store_ms, params=store_params, layer="store"
+            ),
+            "p50",
+            "<",
+            INPROCESS_P50_TARGET_MS,
+        ),
+        *_with_p_targets(
+            latency_metrics("md_watch_latency_inprocess", md_ms, params=md_params, layer="md"),
+            "p50",
+            "<",
+            INPROCESS_P50_TARGET_MS,
+        ),
+    ]
+
+
+# --- net.watch.xproc ----------------------------------------------------------------
+
+
+def _child_env() -> dict[str, str]:
+    """The environment for the child, with this copy of ``safething`` importable."""
+    env = dict(os.environ)
+    root = str(Path(safething.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+async def _xproc_latencies(
+    values: AsyncGenerator[bytes | None, None], url: str, mode_args: Sequence[str], sizes: _Sizes
+) -> list[float]:
+    """Start the writer child; collect its stamped changes from ``values``."""
+    total = sizes.warmup + sizes.samples
+    latencies: dict[int, float] = {}
+    arrived = asyncio.Event()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "safething.bench._xproc_writer",
+        "--url",
+        url,
+        "--count",
+        str(total),
+        "--gap-ms",
+        str(sizes.xproc_gap_s * 1000),
+        *mode_args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=_child_env(),
+    )
+    consumer = asyncio.create_task(
+        _collect(values, total, time.monotonic_ns, latencies, arrived),
+        name="safething-bench-xproc-consumer",
+    )
+    child = asyncio.create_task(proc.communicate(), name="safething-bench-xproc-child")
+    timeout = total * sizes.xproc_gap_s + 30 + _DELIVERY_TIMEOUT_S
+
+    def failed(what: str) -> RuntimeError:
+        stderr = child.result()[1] if child.done() and not child.cancelled() else b""
+        return RuntimeError(
+            f"cross-process watch: {what} (child exit status {proc.returncode}); "
+            f"child stderr: {stderr.decode(errors='replace').strip() or '(empty)'}"
+        )
+
+    try:
+        await asyncio.wait({consumer, child}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if child.done() and not consumer.done():
+            if proc.returncode != 0:
+                raise failed("the writer process failed")
+            # The child wrote everything; give the last changes time to arrive.
+            await asyncio.wait({consumer}, timeout=_DELIVERY_TIMEOUT_S)
+        if not consumer.done():
+            raise failed(f"only {len(latencies)} of {total} changes arrived")
+        consumer.result()
+        await asyncio.wait({child}, timeout=_DELIVERY_TIMEOUT_S)
+        if not child.done() or proc.returncode != 0:
+            raise failed("the writer process did not finish cleanly")
+    finally:
+        consumer.cancel()
+        if proc.returncode is None:
+            proc.kill()
+        for task in (consumer, child):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    return [latencies[i] for i in range(sizes.warmup, total)]
+
+
+async def watch_xproc(ctx: BenchContext) -> list[Metric]:
+    """Change feed latency across processes: a child writes, this process watches."""
+    sizes = _sizes(ctx)
+    url = _url(ctx.workdir / "xproc.db")
+    identity = Identity.generate("bench-xproc-writer")
+    identity_file = identity.save(ctx.workdir / "writer.identity")
+    async with await open_store(url) as store:
+        prefix = "bench.xproc."
+        async with store.watch(prefix) as changes:
+            store_ms = await _xproc_latencies(
+                (c.value async for c in changes), url, ["store", "--prefix", prefix], sizes
+            )
+
+        md = await Client(store, identity).create_md(XorName.of("bench-xproc"), TAG_THING)
+        watched = Client(store).md(md.address.name, TAG_THING, owner=identity.public_sign_key)
+        md_args = [
+            "md",
+            "--identity",
+            str(identity_file),
+            "--name",
+            md.address.name.hex(),
+            "--tag",
+            str(TAG_THING),
+        ]
+        async with watched.watch() as entries:
+            md_ms = await _xproc_latencies((e.value async for e in entries), url, md_args, sizes)
+
+    wake = "AF_UNIX datagram doorbell per commit (sqlite store notify directory)"
+    store_params = _latency_params(
+        sizes,
+        sizes.xproc_gap_s,
+        write="child process: Store.create",
+        watch="Store.watch",
+        clock="monotonic_ns across processes",
+        wake_up=wake,
+    )
+    md_params = _latency_params(
+        sizes,
+        sizes.xproc_gap_s,
+        write="child process: MutableData.insert (header read, sign, commit)",
+        watch="MutableData.watch (verifies each entry)",
+        clock="monotonic_ns across processes",
+        wake_up=wake,
+    )
+    return [
+        *_with_p_targets(
+            latency_metrics("watch_latency_xproc", store_ms, params=store_params, layer="store"),
+            "p99",
+            "<",
+            XPROC_P99_TARGET_MS,
+        ),
+        *_with_p_targets(
+            latency_metrics("md_watch_latency_xproc", md_ms, params=md_params, layer="md"),
+            "p99",
+            "<",
+            XPROC_P99_TARGET_MS,
+        ),
+    ]
+
+
+GROUPS: dict[str, GroupFunc] = {
+    "net.write": write_rates,
+    "net.read": read_rates,
+    "net.watch.inprocess": watch_inprocess,
+    "net.watch.xproc": watch_xproc,
+}
+"""Metric groups of this module, in run order (registered in ``runner.GROUP_MODULES``)."""

@@ -1,0 +1,129 @@
+"""Smoke test of ``safething bench``: one quick run, every metric present and sane.
+
+No timing assertions: the figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from safething.bench import group_names, print_json, run_benchmarks
+from safething.bench.runner import percentile
+
+EXPECTED = {
+    "md_signed_write_rate",
+    "sqlite_raw_insert_rate",
+    "md_signed_write_vs_raw_insert_ratio",
+    "md_private_write_rate",
+    "md_private_vs_signed_write_ratio",
+    "md_verified_read_rate",
+    "md_verified_scan_rate",
+    "sqlite_raw_read_rate",
+    "sqlite_raw_scan_rate",
+    "md_verified_read_vs_raw_read_ratio",
+    "md_verified_scan_vs_raw_read_ratio",
+    "md_verified_scan_vs_raw_scan_ratio",
+    *(
+        f"{base}_{p}_ms"
+        for base in (
+            "watch_latency_inprocess",
+            "md_watch_latency_inprocess",
+            "watch_latency_xproc",
+            "md_watch_latency_xproc",
+        )
+        for p in ("p50", "p99", "max")
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, object]], Path]:
+    workdir = tmp_path_factory.mktemp("bench")
+    return run_benchmarks(quick=True, workdir=workdir), workdir
+
+
+def _check_positive(m: object) -> None:
+    assert isinstance(m, dict)
+    assert isinstance(m["name"], str) and isinstance(m["unit"], str)
+    value = m["value"]
+    assert isinstance(value, float) and math.isfinite(value) and value > 0, m
+
+
+def test_every_metric_is_present_and_positive(
+    quick_run: tuple[list[dict[str, object]], Path],
+) -> None:
+    metrics, _ = quick_run
+    names = [m["name"] for m in metrics]
+    assert len(names) == len(set(names))
+    assert set(names) == EXPECTED
+    for m in metrics:
+        _check_positive(m)
+        assert isinstance(m["group"], str) and m["group"].startswith("net.")
+
+
+def test_ratios_carry_both_sides(quick_run: tuple[list[dict[str, object]], Path]) -> None:
+    metrics, _ = quick_run
+    ratios = [m for m in metrics if m["unit"] == "ratio"]
+    assert {m["name"] for m in ratios} == {n for n in EXPECTED if n.endswith("_ratio")}
+    by_name = {m["name"]: m for m in metrics}
+    for m in ratios:
+        num, den = m["numerator"], m["denominator"]
+        _check_positive(num)
+        _check_positive(den)
+        assert isinstance(num, dict) and isinstance(den, dict)
+        assert num["name"] in by_name and den["name"] in by_name
+        assert num["value"] == by_name[num["name"]]["value"]
+        assert den["value"] == by_name[den["name"]]["value"]
+        assert isinstance(num["value"], float) and isinstance(den["value"], float)
+        assert m["value"] == pytest.approx(num["value"] / den["value"], rel=1e-3)
+
+
+def test_latencies_report_their_sample_count(
+    quick_run: tuple[list[dict[str, object]], Path],
+) -> None:
+    metrics, _ = quick_run
+    for m in metrics:
+        if m["unit"] == "ms":
+            assert isinstance(m["samples"], int) and m["samples"] > 0
+    by_name = {m["name"]: m["value"] for m in metrics}
+    for base in ("watch_latency_inprocess", "watch_latency_xproc"):
+        p50, p99, top = (by_name[f"{base}_{p}_ms"] for p in ("p50", "p99", "max"))
+        assert isinstance(p50, float) and isinstance(p99, float) and isinstance(top, float)
+        assert p50 <= p99 <= top
+
+
+def test_workdir_is_left_empty(quick_run: tuple[list[dict[str, object]], Path]) -> None:
+    _, workdir = quick_run
+    assert list(workdir.iterdir()) == []
+
+
+def test_print_json_writes_one_object_per_line(
+    quick_run: tuple[list[dict[str, object]], Path],
+) -> None:
+    metrics, _ = quick_run
+    out = io.StringIO()
+    print_json(metrics, out)
+    lines = out.getvalue().splitlines()
+    assert [json.loads(line) for line in lines] == metrics
+
+
+def test_only_filters_by_prefix_and_refuses_unknown_groups() -> None:
+    names = group_names()
+    assert {"net.write", "net.read", "net.watch.inprocess", "net.watch.xproc"} <= set(names)
+    with pytest.raises(ValueError, match="selects no benchmark group"):
+        run_benchmarks(quick=True, only=["no-such-group"])
+
+
+def test_percentile_is_nearest_rank() -> None:
+    samples = [float(x) for x in range(100, 0, -1)]
+    assert percentile(samples, 50) == 50.0
+    assert percentile(samples, 99) == 99.0
+    assert percentile(samples, 100) == 100.0
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError, match="no samples"):
+        percentile([], 50)
