@@ -10,6 +10,8 @@ prints ``str(error)`` and never a traceback.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
+    "ActionFailedError",
     "BadKeyError",
     "ChunkError",
     "ConflictError",
@@ -27,6 +29,7 @@ __all__ = [
     "StoreError",
     "StoreURLError",
     "TamperedDataError",
+    "ThingError",
     "WrongPasswordError",
 ]
 
@@ -149,3 +152,23 @@ class ConflictError(SafeThingError):
         super().__init__(
             f"conflict on {key!r}: expected revision {expected}, found {current or 'none'}"
         )
+
+
+# --- things ---------------------------------------------------------------------
+
+
+class AccessDeniedError(SafeThingError, PermissionError):
+    """This identity holds no key for data of that access type (Owner, Group, Thing)."""
+
+
+class ThingError(SafeThingError):
+    """A thing cannot do what was asked in its current state (not registered, disabled...)."""
+
+
+class ActionFailedError(SafeThingError):
+    """An action ended in failed, rejected, timed_out or cancelled; ``state`` and ``reason`` say why."""
+
+    def __init__(self, message: str, *, state: str, reason: str = "") -> None:
+        self.state = state
+        self.reason = reason
+        super().__init__(message)

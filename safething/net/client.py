@@ -628,23 +628,48 @@ class MutableData:
             result[key] = (entry, record.revision)
         return result
 
+    async def purge(self, key: bytes | str) -> None:
+        """Remove an entry's record from the store altogether (owners' housekeeping).
+
+        Unlike :meth:`delete` this leaves no signed tombstone: use it for keys
+        that are never reused (processed requests, expired states).
+        """
+        raw = check_entry_key(as_bytes(key, "key"))
+        me = self.client._writer()
+        header, _ = await self.client._header(self.address)
+        if not header.is_owner(me.public_sign_key):
+            raise PermissionDeniedError(f"only an owner of MD {self.address} can purge entries")
+        store_key = self.address.entry_key(self._stored_key(raw))
+        await self.client.store.delete(store_key)
+        self.client._known.pop(store_key, None)
+        self.client._pin(self.address).versions.pop(store_key, None)
+
     # --- watching ------------------------------------------------------------------
 
-    def watch(self, *, since: int | None = None) -> EntryWatch:
+    def watch(self, *, since: int | None = None, prefixes: tuple[bytes, ...] = ()) -> EntryWatch:
         """Verified entries as they change: ``async with md.watch() as w: async for e in w``.
 
-        Invalid changes are refused (logged, counted, reported to
-        ``Client(on_tampered=...)``) and skipped, never yielded.
+        ``prefixes`` limits the feed to entry keys starting with one of them
+        (checked before verification for public MDs, so unrelated changes
+        cost nothing). Invalid changes are refused (logged, counted, reported
+        to ``Client(on_tampered=...)``) and skipped, never yielded.
         """
-        return EntryWatch(self, self.client.store.watch(self.address.prefix, since=since))
+        watch = self.client.store.watch(self.address.prefix, since=since)
+        return EntryWatch(self, watch, prefixes)
 
 
 class EntryWatch:
     """Async iterator of verified :class:`Entry` changes of one MD."""
 
-    def __init__(self, md: MutableData, watch: Watch) -> None:
+    def __init__(self, md: MutableData, watch: Watch, prefixes: tuple[bytes, ...] = ()) -> None:
         self._md = md
         self._watch = watch
+        self._prefixes = prefixes
+        self._store_prefixes = (
+            tuple(md.address.entry_prefix + p.hex() for p in prefixes)
+            if prefixes and md.secret is None
+            else ()
+        )
         self.last_revision = 0
         """Store revision of the last change seen; resume with ``watch(since=...)``."""
 
@@ -658,8 +683,10 @@ class EntryWatch:
             self.last_revision = change.revision
             if change.key == md.address.header_key:
                 continue  # the next entry read re-verifies the header
+            if self._store_prefixes and not change.key.startswith(self._store_prefixes):
+                continue
             if change.value is None:
-                log.warning("store dropped entry record %s of MD %s", change.key, md.address)
+                log.debug("entry record %s of MD %s was removed", change.key, md.address)
                 continue
             try:
                 header, _ = await md.client._header(md.address)
@@ -667,7 +694,7 @@ class EntryWatch:
                 entry = md._open(header, record, None, live=True)
             except (TamperedDataError, NoSuchDataError, PermissionDeniedError):
                 continue
-            if entry is not None:
+            if entry is not None and (not self._prefixes or entry.key.startswith(self._prefixes)):
                 return entry
 
     async def close(self) -> None:
