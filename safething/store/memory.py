@@ -16,7 +16,7 @@ buffer anything beyond the bounded log.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 
 from safething.errors import ConflictError, LimitExceededError, StoreError
 from safething.store.base import (
@@ -58,6 +58,8 @@ class MemoryStore(Store):
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._records: dict[str, Record] = {}
+        self._index: dict[str, set[str]] = {}
+        """Every prefix (``"a."``, ``"a.b."``...) of a live key -> the keys under it."""
         self._chunks: dict[str, bytes] = {}
         self._revision = 0
         self._log: list[Change] = []
@@ -101,8 +103,16 @@ class MemoryStore(Store):
         revision = self._revision
         if write.value is None:
             del self._records[write.key]
+            for prefix in _prefixes(write.key):
+                keys = self._index[prefix]
+                keys.discard(write.key)
+                if not keys:
+                    del self._index[prefix]
         else:
             self._records[write.key] = Record(write.key, write.value, revision)
+            if old is None:
+                for prefix in _prefixes(write.key):
+                    self._index.setdefault(prefix, set()).add(write.key)
         for prefix, counts in usage.items():
             if write.key.startswith(prefix):
                 _add_effect(counts, old_len, new_len)
@@ -126,22 +136,19 @@ class MemoryStore(Store):
     async def scan(self, prefix: str) -> list[Record]:
         check_prefix(prefix)
         self._check_open()
-        return sorted(
-            (r for k, r in self._records.items() if k.startswith(prefix)), key=lambda r: r.key
-        )
+        return [self._records[k] for k in sorted(self._keys_under(prefix))]
 
     async def usage(self, prefix: str) -> tuple[int, int]:
         check_prefix(prefix)
         self._check_open()
         return self._usage(prefix)
 
+    def _keys_under(self, prefix: str) -> Collection[str]:
+        return self._records.keys() if prefix == "" else self._index.get(prefix, ())
+
     def _usage(self, prefix: str) -> tuple[int, int]:
-        count = size = 0
-        for key, record in self._records.items():
-            if key.startswith(prefix):
-                count += 1
-                size += len(record.value)
-        return count, size
+        keys = self._keys_under(prefix)
+        return len(keys), sum(len(self._records[k].value) for k in keys)
 
     def watch(self, prefix: str, *, since: int | None = None) -> Watch:
         check_prefix(prefix)
@@ -222,6 +229,14 @@ class MemoryStore(Store):
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"store {self.url} is closed")
+
+
+def _prefixes(key: str) -> Iterator[str]:
+    """``"a.b.c"`` -> ``"a."``, ``"a.b."``."""
+    end = key.find(".")
+    while end != -1:
+        yield key[: end + 1]
+        end = key.find(".", end + 1)
 
 
 def _add_effect(counts: list[int], old_len: int, new_len: int) -> None:
