@@ -288,9 +288,10 @@ class _MemoryWatch(Watch):
                 change = self._pending[self._next]
                 self._next += 1
                 return change
+            seen = self._after
             self._pending, self._after = self._store._changes_after(self._prefix, self._after)
             self._next = 0
-            if not self._pending:
+            if not self._pending and self._after == seen:
                 await self._wait()
 
     async def _wait(self) -> None:

@@ -596,7 +596,7 @@ class _Writer:
                 outcomes.append(results)
             changed = batch.flush()
             self._since_trim += changed
-            if self._since_trim >= self._trim_every:
+            if self._since_trim >= self._trim_every and batch.seq > 0:
                 cur.execute(_TRIM, (batch.seq - self._keep,))
                 self._since_trim = 0
             cur.execute("COMMIT")
@@ -1037,9 +1037,10 @@ class _SQLiteWatch(Watch):
                 change = self._pending[self._next]
                 self._next += 1
                 return change
+            seen = self._after
             self._pending, self._after = self._store._feed(self._prefix, self._after)
             self._next = 0
-            if not self._pending:
+            if not self._pending and self._after == seen:
                 await self._wait()
 
     async def _wait(self) -> None:

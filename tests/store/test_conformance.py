@@ -561,3 +561,24 @@ async def test_info(store: Store, store_url: str) -> None:
 async def test_commit_rejects_non_writes(store: Store) -> None:
     with pytest.raises(TypeError):
         await store.commit([("k", b"v")])  # type: ignore[list-item]
+
+
+async def test_a_watcher_behind_many_rewrites_catches_up_at_once(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without the safety-net timer, only a wake-up or the read itself can
+    # bring the changes: a feed that stalls after a batch of skipped
+    # rewrites would hang here.
+    monkeypatch.setattr("safething.store.memory._SAFETY_NET_S", 3600.0)
+    monkeypatch.setattr("safething.store.sqlite._SAFETY_NET_S", 3600.0)
+    async with await open_store(store_url) as store:
+        watch = store.watch("many.")
+        for start in range(0, 1500, 500):
+            await store.commit(
+                [Write("many.key", str(i).encode(), None) for i in range(start, start + 500)]
+            )
+        end = await store.put("many.end", b"")
+        changes = await take_until(watch, lambda c: c.key == "many.end")
+        await watch.close()
+    assert changes[-1] == Change("many.end", b"", end)
+    assert changes[-2].value == b"1499"
