@@ -449,6 +449,7 @@ class _Writer:
         if self._thread.is_alive():
             self._queue.put(None)
             await self._stopped
+            self._thread.join()  # it has nothing left to do but return
 
     # everything below runs on the writer thread
 
@@ -843,12 +844,15 @@ class SQLiteStore(Store):
                 self._listener = _Listener(
                     Path(f"{self.path}.notify"), self._loop, self._wake_watches
                 )
-            except OSError as e:
-                log.warning(
-                    "cannot bind a notification socket next to %s (%s); watches poll instead",
-                    self.path,
-                    e,
-                )
+            except (OSError, NotImplementedError) as e:
+                if self._poll_s != _FALLBACK_POLL_S:
+                    log.warning(
+                        "cannot bind a notification socket next to %s (%s); "
+                        "watches poll every %.2f s instead",
+                        self.path,
+                        e,
+                        _FALLBACK_POLL_S,
+                    )
                 self._poll_s = _FALLBACK_POLL_S
             else:
                 self._writer.skip_socket = self._listener.name

@@ -295,3 +295,24 @@ async def test_second_opening_sees_the_same_revisions(tmp_path: Path) -> None:
         assert await second.get("s.c") == Record("s.c", b"3", c)
         assert isinstance(first, SQLiteStore)
         assert (await second.info()).revision == c
+
+
+async def test_watch_polls_when_no_socket_can_be_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(*args: object) -> None:
+        raise OSError("no AF_UNIX here")
+
+    monkeypatch.setattr("safething.store.sqlite._Listener", refuse)
+    url = url_for(tmp_path / "vault.db")
+    async with (
+        await open_store(url) as store,
+        await open_store(url) as peer,
+        store.watch("p.") as watch,
+    ):
+        waiting = asyncio.create_task(watch.__anext__(), name="waiting-watcher")
+        await asyncio.sleep(0.05)
+        revision = await peer.put("p.x", b"1")
+        async with asyncio.timeout(TIMEOUT):
+            assert await waiting == Change("p.x", b"1", revision)
+    assert "watches poll every" in caplog.text
