@@ -10,7 +10,9 @@ last :attr:`MemoryStore.change_log_size` changes for ``watch(since=...)``;
 since every accepted write takes the next revision, the log is a list whose
 index follows from the revision. Watches pull from the log when their
 consumer asks for the next change, so a slow consumer never makes the store
-buffer anything beyond the bounded log.
+buffer anything beyond the bounded log. An index from every prefix of a
+live key to the keys under it keeps ``scan``, ``usage`` and quota checks
+proportional to the prefix, not to the whole store.
 """
 
 from __future__ import annotations
