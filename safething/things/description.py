@@ -95,8 +95,8 @@ MAX_STRING_LIMIT: Final = 1024 * 1024
 _E = TypeVar("_E", bound=StrEnum)
 _T = TypeVar("_T", "Attribute", "Topic", "Action")
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
-_THING_ID = re.compile(r"^[A-Za-z0-9_.:-]{5,64}$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+_THING_ID = re.compile(r"[A-Za-z0-9_.:-]{5,64}")
 
 
 # --- errors -----------------------------------------------------------------------
@@ -213,7 +213,7 @@ def _num(value: float) -> str:
 def _check_name(name: Any, *, path: str = "name") -> str:
     if not isinstance(name, str):
         raise DescriptionError(f"expected a string, got {_type_name(name)}", path=path)
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise DescriptionError(
             f"invalid name {name!r}: use 1-64 letters, digits, '_' and '-', "
             "starting with a letter or '_'",
@@ -1285,7 +1285,7 @@ class ThingDescription:
         self.__post_init__()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not _THING_ID.match(self.id):
+        if not isinstance(self.id, str) or not _THING_ID.fullmatch(self.id):
             raise DescriptionError(
                 f"invalid thing id {_show(self.id)}: use 5-64 letters, digits and '-_.:'",
                 path="id",

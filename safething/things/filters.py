@@ -44,7 +44,7 @@ from safething.errors import SafeThingError
 
 __all__ = ["Filter", "FilterError", "FilterKind", "FilterState"]
 
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 class FilterError(SafeThingError, ValueError):
@@ -106,9 +106,9 @@ def _number_text(value: float) -> str:
 
 def _parse_number(text: str, *, what: str, source: str) -> float:
     text = text.strip()
-    if not _NUMBER.match(text):
+    if not _NUMBER.fullmatch(text):
         raise FilterError(f"filter {source!r}: {what} must be a number, got {text!r}")
-    number: float = int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+    number: float = int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else float(text)
     if _finite(number) is None:
         raise FilterError(f"filter {source!r}: {what} must be a finite number")
     return number

@@ -387,7 +387,7 @@ def test_bad_attributes_are_refused(kwargs: dict[str, Any], path: str) -> None:
     assert e.value.path == path
 
 
-@pytest.mark.parametrize("name", ["", "1abc", "has space", "a/b", "x" * 65, "é", 3])
+@pytest.mark.parametrize("name", ["", "1abc", "has space", "a/b", "x" * 65, "é", "ok\n", 3])
 def test_bad_names_are_refused(name: Any) -> None:
     with pytest.raises(DescriptionError) as e:
         Topic(name)
@@ -576,7 +576,9 @@ def test_valid_thing_ids(good: str) -> None:
     assert ThingDescription(good).id == good
 
 
-@pytest.mark.parametrize("bad", ["abcd", "", "x" * 65, "has space", "a/b/c/d", "ünïcode", 12345])
+@pytest.mark.parametrize(
+    "bad", ["abcd", "", "x" * 65, "has space", "a/b/c/d", "ünïcode", "garden-01\n", 12345]
+)
 def test_invalid_thing_ids(bad: Any) -> None:
     with pytest.raises(DescriptionError, match="invalid thing id") as e:
         ThingDescription(bad)

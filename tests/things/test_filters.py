@@ -98,6 +98,7 @@ def test_to_dict_has_only_the_used_operands() -> None:
         ("gt:abc", "must be a number"),
         ("gt:0x10", "must be a number"),
         ("gt:1_000", "must be a number"),
+        ("gt:\u0663", "must be a number"),
         ("gt:nan", "must be a number"),
         ("gt:inf", "must be a number"),
         ("gt:1e999", "finite"),
