@@ -530,6 +530,11 @@ class Schema:
             props[key] = _as_schema(value, path=f"properties.{key}")
         _set(self, properties=MappingProxyType(props))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ``properties`` is a read-only mapping proxy, which cannot be pickled or
+        # deep-copied; rebuild from the dict form instead.
+        return (Schema.from_dict, (self.to_dict(),))
+
     # --- values --------------------------------------------------------------------
 
     @property

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import math
+import pickle
 from typing import Any
 
 import pytest
@@ -633,6 +634,15 @@ def test_round_trip_through_json_is_exact(make: Any) -> None:
     assert again == desc
     assert again.to_dict() == data
     assert json.loads(json.dumps(data)) == data
+
+
+def test_descriptions_copy_and_pickle() -> None:
+    desc = everything()
+    assert copy.deepcopy(desc) == desc
+    assert copy.copy(desc) == desc
+    assert pickle.loads(pickle.dumps(desc)) == desc
+    where = desc.attribute("where").schema
+    assert pickle.loads(pickle.dumps(where)).properties == where.properties
 
 
 def test_to_dict_is_plain_and_detached() -> None:
