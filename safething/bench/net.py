@@ -2,8 +2,10 @@
 
 Every group opens its stores as ``sqlite:///<workdir>/<name>.db`` with the
 default settings (WAL, ``synchronous=NORMAL``) and compares against plain
-``sqlite3`` with the same pragmas in the same run. What each metric means
-and how it is measured is written up in ``docs/benchmarks.md``.
+``sqlite3`` with the same pragmas in the same run. Rates are the median of
+three rounds (every round in ``params.round_rates``); latencies are
+percentiles over every sample after a few named warm-up writes. What each
+metric means and how it is measured is written up in ``docs/benchmarks.md``.
 
 Groups:
 
@@ -70,6 +72,8 @@ class _Sizes:
     """Entries per ``put_many`` call, rows per raw transaction."""
     value_bytes: int
     """Size of each entry's value (before signing and encoding)."""
+    rounds: int
+    """Each rate is measured this many times; the median is reported."""
     samples: int
     """Latency samples kept per latency metric."""
     warmup: int
@@ -85,6 +89,7 @@ def _sizes(ctx: BenchContext) -> _Sizes:
         entries=ctx.size(20_000, 1_000),
         batch=ctx.size(500, 250),
         value_bytes=100,
+        rounds=ctx.size(3, 1),
         samples=ctx.size(300, 20),
         warmup=ctx.size(5, 2),
         gap_s=0.002,
@@ -238,43 +243,67 @@ def _raw_scan(conn: sqlite3.Connection, prefixes: Sequence[str]) -> tuple[int, f
 # --- net.write ----------------------------------------------------------------------
 
 
+async def _timed_md_writes(
+    path: Path, identity: Identity, work: _Workload, *, private: bool
+) -> tuple[list[MutableData], float]:
+    """A new store at ``path``, its MDs created (not timed), then every batch written."""
+    async with await open_store(_url(path)) as store:
+        label = "private" if private else "signed"
+        mds = await _create_mds(Client(store, identity), label, work.mds, private=private)
+        return mds, await _put_all(mds, work)
+
+
+def _timed_raw_inserts(path: Path, rows: Sequence[Sequence[tuple[str, bytes]]]) -> float:
+    conn = _raw_connect(path, create=True)
+    try:
+        return _raw_insert(conn, rows)
+    finally:
+        conn.close()
+
+
 async def write_rates(ctx: BenchContext) -> list[Metric]:
-    """Signed public and private MD entry writes against raw sqlite inserts."""
+    """Signed public and private MD entry writes against raw sqlite inserts.
+
+    Each round writes the whole workload three ways, each into a new file:
+    signed public MDs, plain sqlite rows, private MDs. Rates are the median
+    of the rounds.
+    """
     sizes = _sizes(ctx)
     work = _workload(sizes)
     params = _write_params(sizes, work)
     identity = Identity.generate("bench-writer")
+    signed_s: list[float] = []
+    raw_s: list[float] = []
+    private_s: list[float] = []
+    raw_count = 0
+    for r in range(sizes.rounds):
+        mds, seconds = await _timed_md_writes(
+            ctx.workdir / f"signed-{r}.db", identity, work, private=False
+        )
+        signed_s.append(seconds)
+        rows = _raw_rows(mds, work)
+        raw_count = sum(len(batch) for batch in rows)
+        raw_s.append(_timed_raw_inserts(ctx.workdir / f"raw-{r}.db", rows))
+        _, seconds = await _timed_md_writes(
+            ctx.workdir / f"private-{r}.db", identity, work, private=True
+        )
+        private_s.append(seconds)
 
-    async with await open_store(_url(ctx.workdir / "signed.db")) as store:
-        mds = await _create_mds(Client(store, identity), "signed", work.mds)
-        signed_s = await _put_all(mds, work)
     signed = _target(
         rate_metric("md_signed_write_rate", work.entries, signed_s, "entries/s", params=params),
         ">=",
         WRITE_TARGET_PER_S,
     )
-
-    rows = _raw_rows(mds, work)
-    conn = _raw_connect(ctx.workdir / "raw.db", create=True)
-    try:
-        raw_s = _raw_insert(conn, rows)
-    finally:
-        conn.close()
     raw = rate_metric(
         "sqlite_raw_insert_rate",
-        sum(len(r) for r in rows),
+        raw_count,
         raw_s,
         "rows/s",
         params=_raw_params(sizes, "one transaction per batch"),
     )
-
-    async with await open_store(_url(ctx.workdir / "private.db")) as store:
-        private_mds = await _create_mds(Client(store, identity), "private", work.mds, private=True)
-        private_s = await _put_all(private_mds, work)
     private = rate_metric(
         "md_private_write_rate", work.entries, private_s, "entries/s", params=params
     )
-
     return [
         signed,
         raw,
@@ -288,50 +317,64 @@ async def write_rates(ctx: BenchContext) -> list[Metric]:
 
 
 async def read_rates(ctx: BenchContext) -> list[Metric]:
-    """Verified point reads and scans by a fresh client against raw sqlite reads."""
+    """Verified point reads and scans by a fresh client against raw sqlite reads.
+
+    The data is written once (not timed); each round then reads it all four
+    ways, each MD read with a new client. Rates are the median of the rounds.
+    """
     sizes = _sizes(ctx)
     work = _workload(sizes)
     params = _write_params(sizes, work)
     identity = Identity.generate("bench-writer")
     order = [(i, key) for i, items in work.batches for key in items]
     random.Random(20261121).shuffle(order)
-    fresh = "a new read-only Client: nothing verified or pinned before"
+    fresh = "a new read-only Client per round: nothing verified or pinned before"
     get_params = {**params, "order": "shuffled, same order for both sides", "client": fresh}
     scan_params = {**params, "order": "one MD after the other", "client": fresh}
+    read_s: list[float] = []
+    scan_s: list[float] = []
+    raw_read_s: list[float] = []
+    raw_scan_s: list[float] = []
 
     async with await open_store(_url(ctx.workdir / "read.db")) as store:
         mds = await _create_mds(Client(store, identity), "read", work.mds)
         await _put_all(mds, work)  # setup, not timed
-        read_s = await _verified_gets(store, mds, order)
-        scanned, scan_s = await _verified_scans(store, mds)
-    if scanned != work.entries:
-        raise RuntimeError(f"the scan returned {scanned} entries, {work.entries} were written")
-
-    # Like the store: a writing connection stays open, a second one reads.
-    writer = _raw_connect(ctx.workdir / "raw.db", create=True)
-    try:
-        _raw_insert(writer, _raw_rows(mds, work))  # setup, not timed
+        raw_keys = [mds[i].address.entry_key(key) for i, key in order]
+        prefixes = [md.address.entry_prefix for md in mds]
+        # Like the store: a writing connection stays open, a second one reads.
+        writer = _raw_connect(ctx.workdir / "raw.db", create=True)
         reader = _raw_connect(ctx.workdir / "raw.db", create=False)
         try:
-            raw_read_s = _raw_read(reader, [mds[i].address.entry_key(key) for i, key in order])
-            raw_scanned, raw_scan_s = _raw_scan(reader, [md.address.entry_prefix for md in mds])
+            _raw_insert(writer, _raw_rows(mds, work))  # setup, not timed
+            for _ in range(sizes.rounds):
+                read_s.append(await _verified_gets(store, mds, order))
+                scanned, seconds = await _verified_scans(store, mds)
+                if scanned != work.entries:
+                    raise RuntimeError(f"a scan returned {scanned} of {work.entries} entries")
+                scan_s.append(seconds)
+                raw_read_s.append(_raw_read(reader, raw_keys))
+                raw_scanned, seconds = _raw_scan(reader, prefixes)
+                if raw_scanned != work.entries:
+                    raise RuntimeError(f"a raw scan returned {raw_scanned} of {work.entries} rows")
+                raw_scan_s.append(seconds)
         finally:
             reader.close()
-    finally:
-        writer.close()
+            writer.close()
 
     read = rate_metric("md_verified_read_rate", len(order), read_s, "entries/s", params=get_params)
-    scan = rate_metric("md_verified_scan_rate", scanned, scan_s, "entries/s", params=scan_params)
+    scan = rate_metric(
+        "md_verified_scan_rate", work.entries, scan_s, "entries/s", params=scan_params
+    )
     raw_read = rate_metric(
         "sqlite_raw_read_rate",
-        len(order),
+        len(raw_keys),
         raw_read_s,
         "rows/s",
         params=_raw_params(sizes, "SELECT by primary key, shuffled, same order as the MD reads"),
     )
     raw_scan = rate_metric(
         "sqlite_raw_scan_rate",
-        raw_scanned,
+        work.entries,
         raw_scan_s,
         "rows/s",
         params=_raw_params(sizes, "SELECT of each MD's key range, one after the other"),

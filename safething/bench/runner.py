@@ -21,6 +21,7 @@ import importlib
 import json
 import logging
 import math
+import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -95,19 +96,26 @@ def metric(name: str, value: float, unit: str, **fields: object) -> Metric:
 
 
 def rate_metric(
-    name: str, count: int, seconds: float, unit: str, *, params: Mapping[str, object]
+    name: str, count: int, seconds: Sequence[float], unit: str, *, params: Mapping[str, object]
 ) -> Metric:
-    """``count`` operations in ``seconds``, as operations per second.
+    """``count`` operations per round, timed once per round: the median rate.
 
-    ``params`` gets ``count`` and ``seconds`` added, so the rate can be checked.
+    ``params`` gets ``count`` (per round) and ``round_rates`` (every round,
+    in run order) added, so the median can be checked and the spread seen.
     """
-    if count <= 0 or seconds <= 0:
+    if count <= 0 or not seconds or min(seconds) <= 0:
         raise ValueError(f"{name}: cannot make a rate of {count} operations in {seconds} s")
+    rates = [count / s for s in seconds]
     return metric(
         name,
-        round(count / seconds, 1),
+        round(statistics.median(rates), 1),
         unit,
-        params={**params, "count": count, "seconds": round(seconds, 6)},
+        params={
+            **params,
+            "count": count,
+            "rounds": len(rates),
+            "round_rates": [round(r, 1) for r in rates],
+        },
     )
 
 
