@@ -1,0 +1,63 @@
+"""The SAFEthing API: things that register, publish, notify, subscribe and act.
+
+``safething.things.Action`` is an action a thing offers; the MD permission
+flags of the same name live in ``safething.net``.
+"""
+
+from safething.things.consumer import (
+    FINAL_STATES,
+    ActionHandle,
+    ActionStatus,
+    Subscription,
+    ThingClient,
+)
+from safething.things.description import (
+    AccessType,
+    Action,
+    Attribute,
+    DescriptionError,
+    MissingParamError,
+    Param,
+    Schema,
+    ThingDescription,
+    Topic,
+    UnknownFieldError,
+    ValueType,
+    ValueTypeError,
+)
+from safething.things.filters import Filter, FilterError, FilterKind, FilterState
+from safething.things.owner import ThingOwner
+from safething.things.thing import ActionRequest, StoredSubscription, Thing
+from safething.things.values import Notification, Reading
+from safething.things.wot import to_thing_description
+
+__all__ = [
+    "FINAL_STATES",
+    "AccessType",
+    "Action",
+    "ActionHandle",
+    "ActionRequest",
+    "ActionStatus",
+    "Attribute",
+    "DescriptionError",
+    "Filter",
+    "FilterError",
+    "FilterKind",
+    "FilterState",
+    "MissingParamError",
+    "Notification",
+    "Param",
+    "Reading",
+    "Schema",
+    "StoredSubscription",
+    "Subscription",
+    "Thing",
+    "ThingClient",
+    "ThingDescription",
+    "ThingOwner",
+    "Topic",
+    "UnknownFieldError",
+    "ValueType",
+    "ValueTypeError",
+    "to_thing_description",
+]

@@ -1,0 +1,94 @@
+"""Where a thing's data lives: its MDs and the entry keys inside them.
+
+A thing with id ``garden-01`` owns four MDs, all named from its id:
+
+=========  =====  ===============================  ==================================
+MD         tag    owners / permissions              entries
+=========  =====  ===============================  ==================================
+thing      27417  thing + owner; anyone reads      ``desc``, ``keys``, ``status``,
+                                                    ``k/owner``, ``k/thing``, ``k/group``,
+                                                    ``a/<attr>`` (latest value),
+                                                    ``ah/<attr>/<slot>`` (history ring),
+                                                    ``e/<topic>`` (latest event),
+                                                    ``e/<topic>/<slot>`` (event ring),
+                                                    ``sub/<id>`` (its subscriptions)
+inbox      27418  thing + owner; anyone inserts    ``r/<request id>`` action requests,
+                                                    ``c/<request id>`` cancellations,
+                                                    ``d/<attr>/<id>`` desired values
+outbox     27419  thing + owner; anyone reads      ``r/<request id>`` action states
+group      27420  owner only                        ``m/<member sign key hex>`` members
+=========  =====  ===============================  ==================================
+
+The inbox is insert-only for everyone: a request is a signed entry, so the
+thing knows who asked and checks the action's access type before running
+anything. Processed inbox records are purged by the thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from safething.net import TAG_THING, MDAddress, XorName
+
+__all__ = [
+    "TAG_GROUP",
+    "TAG_INBOX",
+    "TAG_OUTBOX",
+    "TAG_THING",
+    "ThingAddresses",
+    "attr_history_key",
+    "attr_key",
+    "event_key",
+    "event_pointer",
+    "event_prefix",
+]
+
+TAG_INBOX = 27418
+TAG_OUTBOX = 27419
+TAG_GROUP = 27420
+
+DESC = b"desc"
+KEYS = b"keys"
+STATUS = b"status"
+
+
+@dataclass(frozen=True, slots=True)
+class ThingAddresses:
+    """The four MD addresses of one thing id."""
+
+    thing_id: str
+    thing: MDAddress
+    inbox: MDAddress
+    outbox: MDAddress
+    group: MDAddress
+
+    @classmethod
+    def of(cls, thing_id: str) -> ThingAddresses:
+        return cls(
+            thing_id,
+            MDAddress(XorName.of(thing_id), TAG_THING),
+            MDAddress(XorName.of(thing_id + "/inbox"), TAG_INBOX),
+            MDAddress(XorName.of(thing_id + "/outbox"), TAG_OUTBOX),
+            MDAddress(XorName.of(thing_id + "/group"), TAG_GROUP),
+        )
+
+
+def attr_key(name: str) -> bytes:
+    return f"a/{name}".encode()
+
+
+def attr_history_key(name: str, seq: int, size: int) -> bytes:
+    return f"ah/{name}/{seq % size}".encode()
+
+
+def event_pointer(topic: str) -> bytes:
+    """The latest event of ``topic`` (claims sequence numbers)."""
+    return f"e/{topic}".encode()
+
+
+def event_prefix(topic: str) -> bytes:
+    return f"e/{topic}/".encode()
+
+
+def event_key(topic: str, seq: int, size: int) -> bytes:
+    return event_prefix(topic) + str(seq % size).encode()

@@ -1,0 +1,774 @@
+"""A SAFEthing: register, publish, set attributes, notify topics, serve actions.
+
+::
+
+    async with Thing(description, identity=me, owner=owner_public) as thing:
+        @thing.action("OpenValve")
+        async def open_valve(request):
+            await request.progress(50, "opening")
+            return {"opened": True}
+
+        await thing.register()
+        await thing.publish()
+        await thing.set("moisture", 41.5)
+        await thing.notify("VeryDryAlarm", 12.0)
+
+The thing writes only signed entries into its own MDs (see
+:mod:`safething.things.layout`). Requests arrive through the inbox feed,
+are checked against the action's access type and typed parameters before a
+handler runs, and every state change is written to the outbox where the
+requester follows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from safething.errors import (
+    AccessDeniedError,
+    ConflictError,
+    EntryExistsError,
+    LimitExceededError,
+    NoSuchDataError,
+    NoSuchEntryError,
+    SafeThingError,
+    ThingError,
+)
+from safething.net import (
+    ANYONE,
+    MAX_ENTRIES,
+    Action,
+    Client,
+    Entry,
+    Identity,
+    MutableData,
+    PublicIdentity,
+    PublicSignKey,
+    SecretKey,
+)
+from safething.net.permissions import Grantee
+from safething.store import Store, open_store
+from safething.things import layout
+from safething.things.access import KeyRing, make_key_record
+from safething.things.consumer import ActionHandle, Subscription, ThingClient, level_of
+from safething.things.description import AccessType, ThingDescription
+from safething.things.filters import Filter
+from safething.things.layout import ThingAddresses
+from safething.things.values import Notification, dumps, encode_payload, loads
+
+__all__ = ["ActionRequest", "StoredSubscription", "Thing"]
+
+log = logging.getLogger("safething.things")
+
+_OUTBOX_KEEP = 200
+_MAX_SUBSCRIPTIONS = 64
+_FIXED_ENTRIES = 6  # desc, keys, status, k/owner, k/group, k/thing
+
+Callback = Callable[[Notification], Awaitable[None] | None]
+
+
+@dataclass
+class ActionRequest:
+    """What an action handler receives."""
+
+    request_id: str
+    """Unique id of this request."""
+    action: str
+    """Action name."""
+    args: dict[str, Any]
+    """Arguments, validated against the action's parameters, defaults filled in."""
+    requester: PublicSignKey
+    """Key that signed the request."""
+    deadline: float
+    """Unix time after which the requester stops waiting."""
+    _thing: Thing = field(repr=False)
+
+    async def progress(self, percent: float | None = None, message: str = "") -> None:
+        """Report progress (0..100) and/or a message; the requester sees state *running*."""
+        await self._thing._write_state(
+            self.request_id, "running", progress=percent, message=message
+        )
+
+
+@dataclass
+class StoredSubscription:
+    """A subscription this thing keeps on the network (entry ``sub/<id>``)."""
+
+    sid: str
+    thing_id: str
+    kind: str
+    name: str
+    filter: Filter
+    last: int
+    callback: Callback | None = None
+    task: asyncio.Task[None] | None = None
+
+    def to_record(self) -> bytes:
+        return dumps(
+            {
+                "thing": self.thing_id,
+                "kind": self.kind,
+                "name": self.name,
+                "filter": self.filter.to_dict(),
+                "last": self.last,
+            }
+        )
+
+
+class Thing:
+    """A thing with its own identity, in a store given as a URL or a :class:`Store`."""
+
+    def __init__(
+        self,
+        description: ThingDescription,
+        *,
+        identity: Identity,
+        owner: PublicIdentity | Identity | None = None,
+        store: Store | str | None = None,
+    ) -> None:
+        if not isinstance(description, ThingDescription):
+            raise TypeError("Thing needs a ThingDescription")
+        if not isinstance(identity, Identity):
+            raise TypeError("Thing needs the thing's own Identity (identity=...)")
+        self.description = description
+        self.id = description.id
+        self.identity = identity
+        self.owner = (
+            owner.public if isinstance(owner, Identity) else owner if owner else identity.public
+        )
+        self.addresses = ThingAddresses.of(self.id)
+        self.status = "unregistered"
+        self._store_arg = store
+        self._own_store = False
+        self._store: Store | None = None
+        self._client: Client | None = None
+        self._things: ThingClient | None = None
+        self._ring = KeyRing(identity.encryption_key)
+        self._seq: dict[bytes, tuple[int, int | None]] = {}
+        self._handlers: dict[str, Callable[[ActionRequest], Any]] = {}
+        self._desired_handlers: dict[str, Callable[[Any], Any]] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._finished: deque[str] = deque(maxlen=_OUTBOX_KEEP)
+        self._cancel_requested: set[str] = set()
+        self._subs: dict[str, StoredSubscription] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._inbox_task: asyncio.Task[None] | None = None
+        self._rescan = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._closed = False
+
+    # --- lifecycle of the object ------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Open the store (if given as a URL). Called by ``async with``."""
+        if self._client is not None:
+            return
+        if isinstance(self._store_arg, Store):
+            self._store = self._store_arg
+        else:
+            self._store = await open_store(self._store_arg)
+            self._own_store = True
+        self._client = Client(self._store, self.identity)
+        self._things = ThingClient(self._client)
+
+    async def close(self) -> None:
+        """Stop serving: cancel and await every task; close the store if this thing opened it."""
+        if self._closed:
+            return
+        self._closed = True
+        for rid, task in list(self._running.items()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            self._running.pop(rid, None)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._things is not None:
+            await self._things.close()
+        if self._own_store and self._store is not None:
+            await self._store.close()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            raise ThingError(f"thing {self.id!r} is not started; use 'async with Thing(...)'")
+        return self._client
+
+    @property
+    def things(self) -> ThingClient:
+        """A :class:`ThingClient` acting as this thing (to use other things)."""
+        if self._things is None:
+            raise ThingError(f"thing {self.id!r} is not started; use 'async with Thing(...)'")
+        return self._things
+
+    def _md(self, which: str) -> MutableData:
+        address = getattr(self.addresses, which)
+        return self.client.md(address.name, address.tag)
+
+    # --- registration ---------------------------------------------------------------
+
+    def _budget(self) -> int:
+        d = self.description
+        used = _FIXED_ENTRIES + _MAX_SUBSCRIPTIONS
+        used += sum(1 + a.history for a in d.attributes if a.dynamic)
+        used += sum(1 + t.history for t in d.topics)
+        return used
+
+    async def register(self) -> None:
+        """Create or update the thing's MDs and description; keeps history and subscriptions.
+
+        A new thing starts *registered*; a registered or published thing keeps
+        its status across restarts. Starts serving the inbox.
+        """
+        client = self.client
+        budget = self._budget()
+        if budget > MAX_ENTRIES:
+            raise LimitExceededError(
+                f"thing {self.id!r} needs {budget} entries for its histories; an MD holds "
+                f"{MAX_ENTRIES}: shorten attribute or topic histories",
+                limit=MAX_ENTRIES,
+                actual=budget,
+            )
+        owners = (self.owner.sign_key,)
+        grants: tuple[tuple[str, dict[Grantee, Action]], ...] = (
+            ("thing", {ANYONE: Action.READ}),
+            ("inbox", {ANYONE: Action.READ | Action.INSERT}),
+            ("outbox", {ANYONE: Action.READ}),
+        )
+        for which, perms in grants:
+            address = getattr(self.addresses, which)
+            try:
+                await client.create_md(address.name, address.tag, owners=owners, permissions=perms)
+            except EntryExistsError:
+                header = await client.md(address.name, address.tag).header()
+                if not header.is_owner(self.identity.public_sign_key):
+                    raise ThingError(
+                        f"thing id {self.id!r} is taken by another identity in this store"
+                    ) from None
+        md = self._md("thing")
+        await self._put_if_changed(
+            md,
+            layout.KEYS,
+            {"thing": self.identity.public.to_dict(), "owner": self.owner.to_dict()},
+        )
+        await self._ensure_level_keys(md)
+        await self._put_if_changed(md, layout.DESC, self.description.to_dict())
+        try:
+            status = loads(await md.get_value(layout.STATUS), "status")
+            self.status = str(status["s"])
+        except NoSuchEntryError:
+            await self._set_status("registered")
+        await self._restore_sequences(md)
+        await self.things.view(self.id, refresh=True)
+        if self._inbox_task is None:
+            self._inbox_task = self._spawn(self._serve_inbox(), "inbox")
+
+    async def _put_if_changed(self, md: MutableData, key: bytes, doc: Any) -> None:
+        data = dumps(doc)
+        try:
+            if await md.get_value(key) == data:
+                return
+        except NoSuchEntryError:
+            pass
+        await md.put(key, data)
+
+    async def _ensure_level_keys(self, md: MutableData) -> None:
+        readers = {
+            "thing": [self.identity.public],
+            "owner": [self.owner, self.identity.public],
+            "group": [self.owner, self.identity.public],
+        }
+        for level, who in readers.items():
+            key = f"k/{level}"
+            try:
+                record = await md.get_value(key)
+            except NoSuchEntryError:
+                secret = SecretKey.generate()
+                await md.insert(key, make_key_record(0, secret, who))
+                self._ring.add(level, 0, secret)
+                continue
+            if not self._ring.learn(level, record):
+                raise ThingError(
+                    f"thing {self.id!r}: its {level} key is not sealed to this identity"
+                )
+
+    async def _refresh_group_key(self) -> None:
+        with contextlib.suppress(NoSuchEntryError):
+            self._ring.learn("group", await self._md("thing").get_value("k/group"))
+
+    async def _restore_sequences(self, md: MutableData) -> None:
+        pointers = [layout.attr_key(a.name) for a in self.description.attributes if a.dynamic]
+        pointers += [layout.event_pointer(t.name) for t in self.description.topics]
+        for pointer in pointers:
+            try:
+                entry = await md.get(pointer, include_deleted=True)
+                self._seq[pointer] = (int(loads(entry.value or b"", "pointer")["n"]), entry.version)
+            except NoSuchEntryError:
+                self._seq[pointer] = (0, None)
+
+    async def _set_status(self, status: str) -> None:
+        await self._md("thing").put(layout.STATUS, dumps({"s": status, "t": time.time()}))
+        self.status = status
+        self._rescan.set()
+
+    async def publish(self) -> None:
+        """Make the thing operative: pending requests are served from now on."""
+        self._need_registered()
+        await self._set_status("published")
+
+    async def disable(self) -> None:
+        """Stop accepting requests (they end *rejected*); data stays readable."""
+        self._need_registered()
+        await self._set_status("disabled")
+
+    def _need_registered(self) -> None:
+        if self.status == "unregistered":
+            raise ThingError(f"thing {self.id!r} is not registered; call register() first")
+
+    # --- data -----------------------------------------------------------------------
+
+    async def set(self, attribute: str, value: Any) -> int:
+        """Publish a new value of a dynamic attribute; returns its sequence number."""
+        self._need_registered()
+        attr = self.description.attribute(attribute)
+        if not attr.dynamic:
+            raise ValueError(f"attribute {attribute!r} is static; its value is in the description")
+        clean = attr.schema.validate(value, field=f"attribute {attribute!r}")
+        return await self._append(
+            layout.attr_key(attribute),
+            lambda seq: layout.attr_history_key(attribute, seq, attr.history),
+            clean,
+            level_of(attr.access),
+        )
+
+    async def notify(self, topic: str, data: Any = None) -> int:
+        """Append an event to ``topic``'s history; subscribers are notified. Returns its seq."""
+        self._need_registered()
+        spec = self.description.topic(topic)
+        clean = spec.validate(data)
+        return await self._append(
+            layout.event_pointer(topic),
+            lambda seq: layout.event_key(topic, seq, spec.history),
+            clean,
+            level_of(spec.access),
+        )
+
+    async def _append(
+        self, pointer: bytes, slot: Callable[[int], bytes], value: Any, level: str | None
+    ) -> int:
+        """Claim the next sequence number with a compare-and-set on ``pointer`` (so two
+        writers never reuse one), then fill its history slot."""
+        md = self._md("thing")
+        async with self._write_lock:
+            if level == "group":
+                await self._refresh_group_key()
+            for _ in range(64):
+                seq, version = self._seq.get(pointer, (0, None))
+                data = encode_payload(
+                    seq=seq + 1, t=time.time(), value=value, level=level, ring=self._ring
+                )
+                try:
+                    if version is None:
+                        entry = await md.insert(pointer, data)
+                    else:
+                        entry = await md.update(pointer, data, version=version)
+                except (ConflictError, EntryExistsError):
+                    current = await md.get(pointer, include_deleted=True)
+                    doc = loads(current.value or b"", "sequence pointer")
+                    self._seq[pointer] = (int(doc["n"]), current.version)
+                    continue
+                self._seq[pointer] = (seq + 1, entry.version)
+                await md.put(slot(seq + 1), data)
+                return seq + 1
+        raise ConflictError(pointer.decode(), expected=0, current=0)
+
+    # --- handlers -------------------------------------------------------------------
+
+    def action(
+        self, name: str
+    ) -> Callable[[Callable[[ActionRequest], Any]], Callable[[ActionRequest], Any]]:
+        """Decorator: ``@thing.action("OpenValve") async def handler(request): ...``."""
+        self.description.action(name)
+
+        def register(fn: Callable[[ActionRequest], Any]) -> Callable[[ActionRequest], Any]:
+            self._handlers[name] = fn
+            return fn
+
+        return register
+
+    def on_action(self, name: str, handler: Callable[[ActionRequest], Any]) -> None:
+        """Same as the decorator, for plain calls."""
+        self.action(name)(handler)
+
+    def on_desired(self, attribute: str, handler: Callable[[Any], Any]) -> None:
+        """Called with a new desired value before it becomes the reported value;
+        raise to refuse it."""
+        attr = self.description.attribute(attribute)
+        if not attr.writable:
+            raise ValueError(f"attribute {attribute!r} is not writable")
+        self._desired_handlers[attribute] = handler
+
+    # --- using other things ---------------------------------------------------------
+
+    async def request(
+        self, thing_id: str, action: str, /, *, timeout: float | None = None, **args: Any
+    ) -> ActionHandle:
+        """Request an action of another thing (signed by this thing)."""
+        return await self.things.request(thing_id, action, timeout=timeout, **args)
+
+    async def subscribe(
+        self,
+        thing_id: str,
+        *,
+        topic: str | None = None,
+        attribute: str | None = None,
+        filter: Filter | str | None = None,
+        callback: Callback,
+    ) -> StoredSubscription:
+        """Subscribe and keep the subscription on the network.
+
+        Subscribing again with the same target and filter (e.g. after a
+        restart) resumes where the last run stopped: missed notifications
+        are delivered first, in order, without duplicates.
+        """
+        self._need_registered()
+        if (topic is None) == (attribute is None):
+            raise ValueError("subscribe to exactly one of topic= or attribute=")
+        kind, name = ("event", topic) if topic is not None else ("attribute", attribute)
+        assert name is not None
+        parsed = (
+            Filter.parse(filter) if isinstance(filter, str) else (filter or Filter.parse("any"))
+        )
+        sid = hashlib.sha256(
+            f"{thing_id}|{kind}|{name}|{dumps(parsed.to_dict()).hex()}".encode()
+        ).hexdigest()[:16]
+        if sid in self._subs and self._subs[sid].task is not None:
+            raise ValueError(f"already subscribed to {kind} {name!r} of {thing_id!r}")
+        md = self._md("thing")
+        stored: StoredSubscription
+        try:
+            doc = loads(await md.get_value(f"sub/{sid}"), "subscription")
+            stored = StoredSubscription(sid, thing_id, kind, name, parsed, int(doc["last"]))
+        except NoSuchEntryError:
+            if len(self._subs) >= _MAX_SUBSCRIPTIONS:
+                raise LimitExceededError(
+                    f"a thing keeps at most {_MAX_SUBSCRIPTIONS} subscriptions",
+                    limit=_MAX_SUBSCRIPTIONS,
+                    actual=len(self._subs) + 1,
+                ) from None
+            stored = StoredSubscription(sid, thing_id, kind, name, parsed, -1)
+        stored.callback = callback
+        stream = self.things.subscribe(
+            thing_id,
+            topic=topic,
+            attribute=attribute,
+            filter=parsed,
+            after=None if stored.last < 0 else stored.last,
+        )
+        await stream.start()
+        if stored.last < 0:
+            stored.last = stream.last
+            await md.put(f"sub/{sid}", stored.to_record())
+        self._subs[sid] = stored
+        stored.task = self._spawn(self._deliver(stored, stream), f"sub-{sid}")
+        return stored
+
+    async def _deliver(self, stored: StoredSubscription, stream: Subscription) -> None:
+        md = self._md("thing")
+        try:
+            async for note in stream:
+                try:
+                    result = stored.callback(note) if stored.callback else None
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("subscription callback of %s failed", self.id)
+                stored.last = note.seq
+                await md.put(f"sub/{stored.sid}", stored.to_record())
+        finally:
+            await stream.close()
+
+    async def unsubscribe(self, sub: StoredSubscription) -> None:
+        """Stop and forget a stored subscription."""
+        if sub.task is not None:
+            sub.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sub.task
+        self._subs.pop(sub.sid, None)
+        with contextlib.suppress(NoSuchEntryError):
+            await self._md("thing").purge(f"sub/{sub.sid}")
+
+    async def stored_subscriptions(self) -> list[dict[str, Any]]:
+        """The subscription records kept in this thing's MD."""
+        result = []
+        for key, entry in (await self._md("thing").entries()).items():
+            if key.startswith(b"sub/") and entry.value is not None:
+                doc = loads(entry.value, "subscription")
+                doc["id"] = key[4:].decode()
+                result.append(doc)
+        return result
+
+    # --- serving the inbox ----------------------------------------------------------
+
+    async def _serve_inbox(self) -> None:
+        inbox = self._md("inbox")
+        async with inbox.watch() as feed:
+            feed_task = self._spawn(self._consume(feed), "inbox-feed")
+            try:
+                while True:
+                    self._rescan.clear()
+                    await self._scan_inbox(inbox)
+                    await self._rescan.wait()
+            finally:
+                feed_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feed_task
+
+    async def _consume(self, feed: Any) -> None:
+        async for entry in feed:
+            await self._on_inbox(entry)
+
+    async def _scan_inbox(self, inbox: MutableData) -> None:
+        entries = await inbox.entries(skip_tampered=True)
+        for _, entry in sorted(entries.items(), key=lambda kv: kv[0]):
+            await self._on_inbox(entry)
+
+    async def _on_inbox(self, entry: Entry) -> None:
+        try:
+            key = entry.key.decode()
+            if entry.value is None:
+                return
+            if key.startswith("r/"):
+                await self._on_request(key[2:], entry)
+            elif key.startswith("c/"):
+                await self._on_cancel(key[2:])
+            elif key.startswith("d/"):
+                await self._on_desired(key, entry)
+            else:
+                await self._md("inbox").purge(entry.key)
+        except asyncio.CancelledError:
+            raise
+        except (SafeThingError, ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
+            log.warning("thing %s: dropping bad inbox entry %r: %s", self.id, entry.key, e)
+            with contextlib.suppress(SafeThingError):
+                await self._md("inbox").purge(entry.key)
+
+    async def _allowed(self, access: AccessType, signer: PublicSignKey) -> bool:
+        if signer == self.identity.public_sign_key:
+            return True
+        if access == AccessType.ALL:
+            return True
+        if access == AccessType.OWNER:
+            return signer == self.owner.sign_key
+        if access == AccessType.GROUP:
+            return signer == self.owner.sign_key or signer in await self._members()
+        return False
+
+    async def _members(self) -> frozenset[PublicSignKey]:
+        group = self.addresses.group
+        md = self.client.md(group.name, group.tag, owner=self.owner.sign_key)
+        try:
+            entries = await md.entries(skip_tampered=True)
+        except NoSuchDataError:
+            return frozenset()
+        return frozenset(
+            PublicSignKey.from_hex(k[2:].decode())
+            for k, e in entries.items()
+            if k.startswith(b"m/") and e.signer == self.owner.sign_key
+        )
+
+    async def _on_request(self, rid: str, entry: Entry) -> None:
+        if rid in self._running or rid in self._finished:
+            return
+        doc = loads(entry.value or b"", "request")
+        name = str(doc.get("a"))
+        now = time.time()
+        deadline = float(doc.get("exp", now))
+        try:
+            spec = self.description.action(name)
+        except SafeThingError as e:
+            await self._finish(rid, "rejected", message=str(e))
+            return
+        if self.status == "disabled":
+            await self._finish(rid, "rejected", message=f"thing {self.id!r} is disabled")
+            return
+        if self.status != "published":
+            return  # waits in the inbox until publish()
+        if now > deadline:
+            await self._finish(rid, "timed_out", message="request expired before it was served")
+            return
+        if rid in self._cancel_requested:
+            await self._finish(rid, "cancelled", message="cancelled before it started")
+            return
+        if not await self._allowed(spec.access, entry.signer):
+            await self._finish(
+                rid,
+                "rejected",
+                message=f"access denied: action {name} is for {spec.access.name.lower()} access",
+            )
+            return
+        try:
+            if "x" in doc:
+                args = loads(self.identity.encryption_key.unseal(doc["x"]), "arguments")
+            else:
+                args = doc.get("args", {})
+            clean = spec.validate_args(args)
+        except (SafeThingError, ValueError, TypeError) as e:
+            await self._finish(rid, "rejected", message=str(e))
+            return
+        handler = self._handlers.get(name)
+        if handler is None:
+            await self._finish(
+                rid, "rejected", message=f"thing {self.id!r} has no handler for {name}"
+            )
+            return
+        enc = doc.get("enc") if level_of(spec.access) is not None else None
+        request = ActionRequest(rid, name, clean, entry.signer, deadline, self)
+        await self._write_state(rid, "accepted")
+        self._running[rid] = self._spawn(self._run(request, handler, enc), f"action-{rid}")
+
+    async def _run(
+        self, request: ActionRequest, handler: Callable[[ActionRequest], Any], enc: bytes | None
+    ) -> None:
+        rid = request.request_id
+        spec = self.description.action(request.action)
+        try:
+            await self._write_state(rid, "running")
+            result = handler(request)
+            if inspect.isawaitable(result):
+                result = await result
+            result = spec.validate_output(result)
+        except asyncio.CancelledError:
+            if rid in self._cancel_requested:
+                await asyncio.shield(
+                    self._finish(rid, "cancelled", message="cancelled by requester")
+                )
+            elif self._closed:
+                await asyncio.shield(
+                    self._finish(rid, "failed", message="interrupted: the thing shut down")
+                )
+            raise
+        except Exception as e:
+            await self._finish(rid, "failed", message=f"{type(e).__name__}: {e}")
+        else:
+            await self._finish(rid, "done", result=result, seal_to=enc)
+        finally:
+            self._running.pop(rid, None)
+
+    async def _write_state(
+        self,
+        rid: str,
+        state: str,
+        *,
+        progress: float | None = None,
+        message: str = "",
+        result: Any = None,
+        seal_to: bytes | None = None,
+    ) -> None:
+        doc: dict[str, Any] = {"s": state, "t": time.time()}
+        if progress is not None:
+            doc["p"] = float(progress)
+        if message:
+            doc["m"] = message
+        if result is not None:
+            if seal_to is not None:
+                from safething.net import PublicEncryptionKey
+
+                doc["x"] = PublicEncryptionKey(seal_to).seal(dumps(result))
+            else:
+                doc["r"] = result
+        await self._md("outbox").put(f"r/{rid}", dumps(doc))
+
+    async def _finish(self, rid: str, state: str, **kwargs: Any) -> None:
+        await self._write_state(rid, state, **kwargs)
+        self._finished.append(rid)
+        self._cancel_requested.discard(rid)
+        inbox = self._md("inbox")
+        for key in (f"r/{rid}", f"c/{rid}"):
+            with contextlib.suppress(NoSuchEntryError, NoSuchDataError):
+                await inbox.purge(key)
+        await self._trim_outbox()
+
+    async def _trim_outbox(self) -> None:
+        outbox = self._md("outbox")
+        count, _ = await outbox.usage()
+        if count <= _OUTBOX_KEEP:
+            return
+        entries = await outbox.entries(skip_tampered=True)
+        oldest = sorted(
+            entries.items(), key=lambda kv: loads(kv[1].value or b"", "state").get("t", 0)
+        )
+        for key, _ in oldest[: count - _OUTBOX_KEEP]:
+            await outbox.purge(key)
+
+    async def _on_cancel(self, rid: str) -> None:
+        self._cancel_requested.add(rid)
+        task = self._running.get(rid)
+        if task is not None:
+            task.cancel()
+            return
+        with contextlib.suppress(NoSuchEntryError):
+            await self._md("inbox").get(f"r/{rid}")
+            await self._finish(rid, "cancelled", message="cancelled before it started")
+            return
+        if rid in self._finished:
+            with contextlib.suppress(NoSuchEntryError):
+                await self._md("inbox").purge(f"c/{rid}")
+
+    async def _on_desired(self, key: str, entry: Entry) -> None:
+        _, name, _ = key.split("/", 2)
+        inbox = self._md("inbox")
+        try:
+            attr = self.description.attribute(name)
+            if not attr.writable:
+                raise ValueError(f"attribute {name!r} is not writable")
+            if not await self._allowed(attr.access, entry.signer):
+                raise AccessDeniedError(f"not allowed to set attribute {name!r}")
+            doc = loads(entry.value or b"", "desired value")
+            value = (
+                loads(self.identity.encryption_key.unseal(doc["x"]), "desired value")
+                if "x" in doc
+                else doc.get("v")
+            )
+            clean = attr.schema.validate(value, field=f"attribute {name!r}")
+            handler = self._desired_handlers.get(name)
+            if handler is not None:
+                result = handler(clean)
+                if inspect.isawaitable(result):
+                    await result
+            await self.set(name, clean)
+        except (SafeThingError, ValueError, TypeError) as e:
+            log.warning("thing %s: refused desired value %s: %s", self.id, key, e)
+        await inbox.purge(entry.key)

@@ -1,0 +1,453 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from safething.errors import (
+    AccessDeniedError,
+    ActionFailedError,
+    LimitExceededError,
+    NoSuchDataError,
+    ThingError,
+)
+from safething.net import Client, Identity
+from safething.store import Store
+from safething.things import (
+    ActionRequest,
+    Attribute,
+    Notification,
+    Thing,
+    ThingClient,
+    ThingDescription,
+    UnknownFieldError,
+    ValueTypeError,
+)
+
+from .conftest import garden_description
+
+
+async def test_lifecycle(garden: Thing, stranger: ThingClient) -> None:
+    assert garden.status == "registered"
+    assert await stranger.status("garden-01") == "registered"
+    await garden.publish()
+    assert await stranger.status("garden-01") == "published"
+    await garden.disable()
+    assert await stranger.status("garden-01") == "disabled"
+    await garden.set("moisture", 40)  # data stays writable and readable
+    assert (await stranger.read("garden-01", "moisture")).value == 40.0
+    assert (await stranger.read("garden-01", "model")).value == "GD-1"
+    assert (await stranger.describe("garden-01")).title == "Gardening device"
+
+
+async def test_unregistered_and_unknown(
+    store: Store, device: Identity, stranger: ThingClient
+) -> None:
+    async with Thing(garden_description("garden-99"), identity=device, store=store) as t:
+        with pytest.raises(ThingError, match="register"):
+            await t.set("moisture", 1)
+    with pytest.raises(NoSuchDataError, match="no thing 'nothing-here'"):
+        await stranger.read("nothing-here", "moisture")
+
+
+async def test_thing_id_taken_by_another_identity(store: Store, garden: Thing) -> None:
+    async with Thing(garden_description(), identity=Identity.generate(), store=store) as impostor:
+        with pytest.raises(ThingError, match="taken by another identity"):
+            await impostor.register()
+
+
+async def test_typed_values_are_checked(garden: Thing) -> None:
+    with pytest.raises(ValueTypeError, match="attribute 'moisture'"):
+        await garden.set("moisture", "wet")
+    with pytest.raises(ValueTypeError, match="between 0 and 100"):
+        await garden.set("moisture", 140)
+    with pytest.raises(ValueTypeError):
+        await garden.set("valve", "ajar")
+    with pytest.raises(UnknownFieldError, match="no attribute 'colour'"):
+        await garden.set("colour", 1)
+    with pytest.raises(ValueError, match="static"):
+        await garden.set("model", "GD-2")
+    with pytest.raises(ValueTypeError):
+        await garden.notify("VeryDryAlarm", "very")
+
+
+async def test_history_ring_wraps(garden: Thing, stranger: ThingClient) -> None:
+    for i in range(20):
+        assert await garden.set("moisture", float(i)) == i + 1
+    history = await stranger.history("garden-01", "moisture")
+    assert [r.seq for r in history] == list(range(13, 21))
+    assert [r.value for r in history] == [float(i) for i in range(12, 20)]
+    assert (await stranger.read("garden-01", "moisture")).seq == 20
+    for i in range(11):
+        await garden.notify("VeryDryAlarm", float(i))
+    events = await stranger.events("garden-01", "VeryDryAlarm")
+    assert [e.seq for e in events] == list(range(4, 12))
+    count, _ = await garden._md("thing").usage()
+    assert count < 60  # bounded, however long it runs
+
+
+async def test_rerregister_keeps_history(store: Store, owner: Identity, device: Identity) -> None:
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        await t.register()
+        await t.publish()
+        await t.set("moisture", 10)
+        await t.notify("VeryDryAlarm", 1.0)
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        await t.register()
+        assert t.status == "published"
+        assert await t.set("moisture", 11) == 2
+        assert await t.notify("VeryDryAlarm", 2.0) == 2
+
+
+async def test_two_writers_lose_no_update(store: Store, owner: Identity, device: Identity) -> None:
+    async with (
+        Thing(garden_description(history=50), identity=device, owner=owner, store=store) as a,
+        Thing(garden_description(history=50), identity=device, owner=owner, store=store) as b,
+    ):
+        await a.register()
+        await b.register()
+
+        async def burst(t: Thing, base: float) -> list[int]:
+            return [await t.notify("VeryDryAlarm", base + i) for i in range(20)]
+
+        seqs_a, seqs_b = await asyncio.gather(burst(a, 0), burst(b, 100))
+        assert sorted(seqs_a + seqs_b) == list(range(1, 41))  # no sequence number reused
+        events = await ThingClient(Client(store)).events("garden-01", "VeryDryAlarm")
+        assert len(events) == 40
+        assert {e.value for e in events} == {float(i) for i in range(20)} | {
+            100.0 + i for i in range(20)
+        }
+
+
+async def test_description_budget(store: Store, device: Identity) -> None:
+    big = ThingDescription(
+        "huge-thing",
+        attributes=[Attribute(f"a{i}", "number", dynamic=True, history=300) for i in range(4)],
+    )
+    async with Thing(big, identity=device, store=store) as t:
+        with pytest.raises(LimitExceededError, match="shorten"):
+            await t.register()
+
+
+async def test_wot_export_of_a_registered_thing(garden: Thing, stranger: ThingClient) -> None:
+    from safething.things import to_thing_description
+
+    td = to_thing_description(await stranger.describe("garden-01"))
+    assert set(td["actions"]) == {"OpenValve", "CloseValve", "Reboot", "Water", "SelfTest"}
+    assert "moisture" in td["properties"]
+
+
+# --- subscriptions ----------------------------------------------------------------
+
+
+async def collect(sub: object, n: int, timeout: float = 5) -> list[Notification]:
+    got: list[Notification] = []
+    async with asyncio.timeout(timeout):
+        async for note in sub:  # type: ignore[attr-defined]
+            got.append(note)
+            if len(got) == n:
+                break
+    return got
+
+
+async def test_subscription_is_pushed_and_filtered(garden: Thing, stranger: ThingClient) -> None:
+    async with stranger.subscribe("garden-01", attribute="moisture", filter="lt:20") as sub:
+        for v in (50, 15, 60, 10):
+            await garden.set("moisture", v)
+        got = await collect(sub, 2)
+    assert [n.value for n in got] == [15.0, 10.0]
+    assert [n.seq for n in got] == [2, 4]
+    assert got[0].kind == "attribute"
+
+
+async def test_deadband_subscription(garden: Thing, stranger: ThingClient) -> None:
+    async with stranger.subscribe("garden-01", attribute="moisture", filter="deadband:5") as sub:
+        for v in (50, 52, 54, 56, 57, 40):
+            await garden.set("moisture", v)
+            await asyncio.sleep(0.01)  # deadband compares every value: let each arrive
+        got = await collect(sub, 3)
+    assert [n.value for n in got] == [50.0, 56.0, 40.0]
+
+
+async def test_topic_catch_up_in_order_without_duplicates(
+    garden: Thing, stranger: ThingClient
+) -> None:
+    async with stranger.subscribe("garden-01", topic="VeryDryAlarm") as sub:
+        await garden.notify("VeryDryAlarm", 1.0)
+        first = await collect(sub, 1)
+        last = sub.last
+    # offline: three events happen
+    for v in (2.0, 3.0, 4.0):
+        await garden.notify("VeryDryAlarm", v)
+    async with stranger.subscribe("garden-01", topic="VeryDryAlarm", after=last) as sub:
+        await garden.notify("VeryDryAlarm", 5.0)
+        rest = await collect(sub, 4)
+        assert sub.lost == 0
+    assert [n.value for n in first + rest] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [n.seq for n in first + rest] == [1, 2, 3, 4, 5]
+
+
+async def test_catch_up_reports_events_lost_to_the_ring(
+    garden: Thing, stranger: ThingClient
+) -> None:
+    for i in range(12):  # history is 8: events 1..4 are gone
+        await garden.notify("VeryDryAlarm", float(i))
+    async with stranger.subscribe("garden-01", topic="VeryDryAlarm", after=0) as sub:
+        got = await collect(sub, 8)
+        assert sub.lost == 4
+    assert [n.seq for n in got] == list(range(5, 13))
+
+
+async def test_stored_subscription_resumes_after_restart(
+    store: Store, garden: Thing, owner: Identity
+) -> None:
+    controller_id = Identity.generate()
+    desc = ThingDescription("controller-01")
+    received: list[float] = []
+    got_one = asyncio.Event()
+
+    def on_alarm(note: Notification) -> None:
+        received.append(note.value)
+        got_one.set()
+
+    async with Thing(desc, identity=controller_id, store=store) as ctl:
+        await ctl.register()
+        await ctl.subscribe("garden-01", topic="VeryDryAlarm", callback=on_alarm)
+        await garden.notify("VeryDryAlarm", 1.0)
+        async with asyncio.timeout(5):
+            await got_one.wait()
+        assert len(await ctl.stored_subscriptions()) == 1
+    # the controller is down; the garden keeps alarming
+    await garden.notify("VeryDryAlarm", 2.0)
+    await garden.notify("VeryDryAlarm", 3.0)
+    async with Thing(desc, identity=controller_id, store=store) as ctl:
+        await ctl.register()
+        got_one.clear()
+        await ctl.subscribe("garden-01", topic="VeryDryAlarm", callback=on_alarm)
+        await garden.notify("VeryDryAlarm", 4.0)
+        async with asyncio.timeout(5):
+            while len(received) < 4:
+                await asyncio.sleep(0.01)
+    assert received == [1.0, 2.0, 3.0, 4.0]
+
+
+# --- actions ----------------------------------------------------------------------
+
+
+async def test_action_done_with_progress(garden: Thing, stranger: ThingClient) -> None:
+    @garden.action("OpenValve")
+    async def open_valve(request: ActionRequest) -> dict[str, object]:
+        await request.progress(50, "half open")
+        return {"psi": request.args["psi"]}
+
+    await garden.publish()
+    handle = await stranger.request("garden-01", "OpenValve", psi=45)
+    assert await handle.result(timeout=5) == {"psi": 45.0}
+    states = [s.state for s in handle.history]
+    assert states[0] == "requested"
+    assert states[-1] == "done"
+    assert "accepted" in states
+    assert any(s.progress == 50 and s.message == "half open" for s in handle.history)
+    default = await stranger.request("garden-01", "OpenValve")
+    assert await default.result(timeout=5) == {"psi": 30.0}
+
+
+async def test_action_failed(garden: Thing, stranger: ThingClient) -> None:
+    @garden.action("CloseValve")
+    async def close_valve(request: ActionRequest) -> None:
+        raise RuntimeError("valve stuck")
+
+    await garden.publish()
+    handle = await stranger.request("garden-01", "CloseValve")
+    with pytest.raises(ActionFailedError, match="valve stuck") as info:
+        await handle.result(timeout=5)
+    assert info.value.state == "failed"
+
+
+async def test_action_rejections(garden: Thing, stranger: ThingClient) -> None:
+    garden.on_action("OpenValve", lambda request: {"ok": True})
+    with pytest.raises(ValueTypeError, match="psi"):  # checked before sending
+        await stranger.request("garden-01", "OpenValve", psi=500)
+    with pytest.raises(UnknownFieldError, match="Fly"):
+        await stranger.request("garden-01", "Fly")
+    await garden.disable()
+    handle = await stranger.request("garden-01", "OpenValve")
+    status = await handle.wait(5)
+    assert status.state == "rejected"
+    assert "disabled" in status.message
+
+
+async def test_bad_arguments_injected_past_the_client_are_rejected(
+    garden: Thing, stranger: ThingClient
+) -> None:
+    garden.on_action("OpenValve", lambda request: {"ok": True})
+    await garden.publish()
+    view = await stranger.view("garden-01")
+    import time
+
+    from safething.things.values import dumps
+
+    await view.inbox.insert(
+        "r/handcrafted1",
+        dumps(
+            {
+                "a": "OpenValve",
+                "args": {"psi": "lots"},
+                "t": time.time(),
+                "exp": time.time() + 30,
+                "enc": b"",
+            }
+        ),
+    )
+    outbox = view.outbox
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                from safething.things.values import loads
+
+                doc = loads(await outbox.get_value("r/handcrafted1"), "state")
+                if doc["s"] == "rejected":
+                    break
+            except NoSuchDataError:
+                pass
+            await asyncio.sleep(0.01)
+    assert "psi" in doc["m"]
+
+
+async def test_action_timed_out_and_cancelled(garden: Thing, stranger: ThingClient) -> None:
+    started = asyncio.Event()
+
+    @garden.action("CloseValve")
+    async def slow(request: ActionRequest) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    await garden.publish()
+    handle = await stranger.request("garden-01", "CloseValve", timeout=0.3)
+    status = await handle.wait()
+    assert status.state == "timed_out"
+    started.clear()
+    handle = await stranger.request("garden-01", "CloseValve")
+    async with asyncio.timeout(5):
+        await started.wait()
+    status = await handle.cancel()
+    assert status.state == "cancelled"
+    async with asyncio.timeout(5):  # both handlers were really stopped
+        while garden._running:
+            await asyncio.sleep(0.01)
+
+
+async def test_requests_are_durable_while_the_thing_is_offline(
+    store: Store, owner: Identity, device: Identity, stranger: ThingClient
+) -> None:
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        await t.register()
+        await t.publish()
+    handle = await stranger.request("garden-01", "OpenValve", psi=10)  # nobody serves it
+    await asyncio.sleep(0.05)
+    assert handle.state == "requested"
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        t.on_action("OpenValve", lambda request: {"psi": request.args["psi"]})
+        await t.register()
+        assert await handle.result(timeout=5) == {"psi": 10.0}
+
+
+async def test_registered_thing_holds_requests_until_published(
+    garden: Thing, stranger: ThingClient
+) -> None:
+    garden.on_action("CloseValve", lambda request: None)
+    handle = await stranger.request("garden-01", "CloseValve")
+    await asyncio.sleep(0.05)
+    assert handle.state == "requested"
+    await garden.publish()
+    assert (await handle.wait(5)).state == "done"
+
+
+# --- access types -----------------------------------------------------------------
+
+
+async def test_owner_access(
+    garden: Thing, stranger: ThingClient, owner_client: ThingClient
+) -> None:
+    await garden.set("secret_code", "4711")
+    assert (await owner_client.read("garden-01", "secret_code")).value == "4711"
+    with pytest.raises(AccessDeniedError, match="encrypted for other readers"):
+        await stranger.read("garden-01", "secret_code")
+    garden.on_action("Reboot", lambda request: "rebooting")
+    await garden.publish()
+    denied = await (await stranger.request("garden-01", "Reboot")).wait(5)
+    assert denied.state == "rejected"
+    assert "owner access" in denied.message
+    assert await (await owner_client.request("garden-01", "Reboot")).result(5) == "rebooting"
+
+
+async def test_thing_access(garden: Thing, owner_client: ThingClient) -> None:
+    garden.on_action("SelfTest", lambda request: "ok")
+    await garden.publish()
+    assert (await (await owner_client.request("garden-01", "SelfTest")).wait(5)).state == "rejected"
+    assert await (await garden.request("garden-01", "SelfTest")).result(5) == "ok"
+
+
+async def test_group_access_and_removal(
+    store: Store, garden: Thing, owner: Identity, stranger: ThingClient
+) -> None:
+    from safething.things import ThingOwner
+
+    alice = Identity.generate("alice")
+    admin = ThingOwner(Client(store, owner), "garden-01")
+    await admin.add_member(alice.public)
+    async with ThingClient(Client(store, alice)) as member:
+        await garden.set("group_note", "before")
+        assert (await member.read("garden-01", "group_note")).value == "before"
+        garden.on_action("Water", lambda request: request.args["litres"])
+        await garden.publish()
+        assert await (await member.request("garden-01", "Water", litres=2)).result(5) == 2.0
+        refused = await (await stranger.request("garden-01", "Water", litres=2)).wait(5)
+        assert refused.state == "rejected"
+        with pytest.raises(AccessDeniedError):
+            await stranger.read("garden-01", "group_note")
+
+        await admin.remove_member(alice.public_sign_key)
+        await garden.set("group_note", "after")
+        # alice keeps no key for data written after her removal, even with fresh keys
+        fresh = ThingClient(Client(store, alice))
+        with pytest.raises(AccessDeniedError):
+            await fresh.read("garden-01", "group_note")
+        again = await (await fresh.request("garden-01", "Water", litres=1)).wait(5)
+        assert again.state == "rejected"
+        await fresh.close()
+    async with ThingClient(Client(store, owner)) as o:
+        assert (await o.read("garden-01", "group_note")).value == "after"
+
+
+async def test_a_store_only_attacker(store: Store, garden: Thing) -> None:
+    """Holds the store and nothing else: sees ciphertext, cannot get a request run."""
+    ran: list[str] = []
+    garden.on_action("Reboot", lambda request: ran.append("reboot"))
+    garden.on_action("CloseValve", lambda request: ran.append("close"))
+    await garden.publish()
+    await garden.set("secret_code", "correct-horse")
+    raw = b"".join(r.value for r in await store.scan(""))
+    assert b"correct-horse" not in raw
+    # inject a request record with a signature of its own key (any key it can make)
+    mallory = Client(store, Identity.generate("mallory"))
+    async with ThingClient(mallory) as m:
+        status = await (await m.request("garden-01", "Reboot")).wait(5)
+    assert status.state == "rejected"
+    # overwrite a genuine owner's request record bytes: the signature no longer verifies
+    view = await ThingClient(Client(store)).view("garden-01")
+    key = view.inbox.address.entry_key(b"r/forged0001")
+    from safething.net.mutable import EntryRecord
+
+    record = EntryRecord.create(
+        view.inbox.address,
+        signer=Identity.generate().sign_key,
+        stored_key=b"r/forged0001",
+        sealed_key=None,
+        stored_value=b"\xa1ax\x00",
+        version=0,
+    )
+    forged = record.to_bytes().replace(b"\xa1ax\x00", b"\xa1ay\x00")
+    await store.put(key, forged)
+    await asyncio.sleep(0.1)
+    assert ran == []
