@@ -166,7 +166,7 @@ class ThingError(SafeThingError):
 
 
 class ActionFailedError(SafeThingError):
-    """An action ended in failed, rejected, timed_out or cancelled; ``state`` and ``reason`` say why."""
+    """An action ended failed, rejected, timed_out or cancelled (see ``state``, ``reason``)."""
 
     def __init__(self, message: str, *, state: str, reason: str = "") -> None:
         self.state = state
