@@ -251,6 +251,9 @@ class Client:
         record = await self.store.get(address.header_key)
         if record is None:
             raise NoSuchDataError(f"no MutableData at {address}")
+        pins = self._pins.get(address.header_key)
+        if pins is not None and pins.header is not None and pins.header_bytes == record.value:
+            return pins.header, record.revision  # the very bytes verified before
         try:
             header = MDHeader.from_bytes(record.value, address)
         except TamperedDataError as e:

@@ -24,6 +24,7 @@ Validity, checked by every reader:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any, Self
@@ -87,6 +88,11 @@ def _check_tag(tag: int) -> int:
     return tag
 
 
+@functools.lru_cache(maxsize=4096)
+def _entry_prefix(name: bytes, tag: int) -> str:
+    return f"md.{tag}.{name.hex()}.e."
+
+
 @dataclass(frozen=True, slots=True)
 class MDAddress:
     """Where an MD lives: its XorName and type tag."""
@@ -127,7 +133,7 @@ class MDAddress:
     @property
     def entry_prefix(self) -> str:
         """Store-key prefix of every entry record."""
-        return f"md.{self.tag}.{self.name.hex()}.e."
+        return _entry_prefix(self.name.value, self.tag)
 
     def entry_key(self, stored_key: bytes) -> str:
         """Store key of the entry whose stored key is ``stored_key``."""
