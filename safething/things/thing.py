@@ -294,6 +294,7 @@ class Thing:
         await self.things.view(self.id, refresh=True)
         if self._inbox_task is None:
             self._inbox_task = self._spawn(self._serve_inbox(), "inbox")
+            self._spawn(self._follow_status(), "status")
 
     async def _put_if_changed(self, md: MutableData, key: bytes, doc: Any) -> None:
         data = dumps(doc)
@@ -539,6 +540,22 @@ class Thing:
                 doc["id"] = key[4:].decode()
                 result.append(doc)
         return result
+
+    async def _follow_status(self) -> None:
+        """The owner may publish or disable the thing (``safething thing publish``)."""
+        async with self._md("thing").watch(prefixes=(layout.STATUS,)) as feed:
+            async for entry in feed:
+                if entry.key != layout.STATUS or entry.value is None:
+                    continue
+                try:
+                    status = str(loads(entry.value, "status")["s"])
+                except (SafeThingError, KeyError, TypeError) as e:
+                    log.warning("thing %s: ignoring a malformed status: %s", self.id, e)
+                    continue
+                if status in ("registered", "published", "disabled") and status != self.status:
+                    log.info("thing %s: status %s -> %s", self.id, self.status, status)
+                    self.status = status
+                    self._rescan.set()
 
     # --- serving the inbox ----------------------------------------------------------
 

@@ -451,3 +451,20 @@ async def test_a_store_only_attacker(store: Store, garden: Thing) -> None:
     await store.put(key, forged)
     await asyncio.sleep(0.1)
     assert ran == []
+
+
+async def test_owner_changes_the_status_of_a_running_thing(
+    store: Store, garden: Thing, owner: Identity, stranger: ThingClient
+) -> None:
+    from safething.things.values import dumps
+
+    garden.on_action("CloseValve", lambda request: None)
+    md = Client(store, owner).md(garden.addresses.thing.name, garden.addresses.thing.tag)
+    await md.put("status", dumps({"s": "published", "t": 0.0}))
+    assert (await (await stranger.request("garden-01", "CloseValve")).wait(5)).state == "done"
+    assert garden.status == "published"
+    await md.put("status", dumps({"s": "disabled", "t": 0.0}))
+    async with asyncio.timeout(5):
+        while garden.status != "disabled":
+            await asyncio.sleep(0.01)
+    assert (await (await stranger.request("garden-01", "CloseValve")).wait(5)).state == "rejected"
