@@ -468,3 +468,78 @@ async def test_owner_changes_the_status_of_a_running_thing(
         while garden.status != "disabled":
             await asyncio.sleep(0.01)
     assert (await (await stranger.request("garden-01", "CloseValve")).wait(5)).state == "rejected"
+
+
+async def test_desired_values_wait_for_a_sleepy_thing(
+    store: Store, owner: Identity, device: Identity, stranger: ThingClient
+) -> None:
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        await t.register()
+        await t.publish()
+    # the device sleeps; someone sets a new target (and a bad one)
+    await stranger.set_desired("garden-01", "target", 55)
+    with pytest.raises(ValueTypeError, match="target"):
+        await stranger.set_desired("garden-01", "target", 500)
+    with pytest.raises(ValueError, match="not writable"):
+        await stranger.set_desired("garden-01", "moisture", 5)
+    applied: list[float] = []
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        t.on_desired("target", applied.append)
+        await t.register()  # wakes up and catches up
+        async with asyncio.timeout(5):
+            while not applied:
+                await asyncio.sleep(0.01)
+        assert applied == [55.0]
+        reading = await stranger.read("garden-01", "target")
+        assert reading.value == 55.0
+        # a refused desired value leaves the reported one alone
+        t.on_desired("target", lambda v: (_ for _ in ()).throw(ValueError("too wet")))
+        await stranger.set_desired("garden-01", "target", 90)
+        await asyncio.sleep(0.1)
+        assert (await stranger.read("garden-01", "target")).value == 55.0
+        inbox = (await stranger.view("garden-01")).inbox
+        assert await inbox.entries() == {}  # processed and purged either way
+
+
+async def test_thing_expires_requests_it_finds_too_late(
+    store: Store, owner: Identity, device: Identity, stranger: ThingClient
+) -> None:
+    from safething.things.values import loads
+
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        await t.register()
+        await t.publish()
+    handle = await stranger.request("garden-01", "CloseValve", timeout=0.05)
+    assert (await handle.wait()).state == "timed_out"  # the requester gave up
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        ran: list[object] = []
+        t.on_action("CloseValve", ran.append)
+        await t.register()
+        outbox = (await stranger.view("garden-01")).outbox
+        async with asyncio.timeout(5):
+            while True:
+                try:
+                    doc = loads(await outbox.get_value(f"r/{handle.request_id}"), "state")
+                    break
+                except NoSuchDataError:
+                    await asyncio.sleep(0.01)
+        assert doc["s"] in ("timed_out", "cancelled")
+        assert ran == []
+
+
+async def test_two_writers_of_one_attribute(
+    store: Store, owner: Identity, device: Identity
+) -> None:
+    desc = garden_description(history=50)
+    async with (
+        Thing(desc, identity=device, owner=owner, store=store) as a,
+        Thing(desc, identity=device, owner=owner, store=store) as b,
+    ):
+        await a.register()
+        await b.register()
+        seqs = await asyncio.gather(
+            *(t.set("moisture", float(i)) for i in range(15) for t in (a, b))
+        )
+        assert sorted(seqs) == list(range(1, 31))
+        history = await ThingClient(Client(store)).history("garden-01", "moisture")
+        assert [r.seq for r in history] == list(range(1, 31))
