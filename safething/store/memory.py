@@ -17,8 +17,7 @@ proportional to the prefix, not to the whole store.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 from safething.errors import ConflictError, LimitExceededError, StoreError
 from safething.store.base import (
@@ -32,6 +31,7 @@ from safething.store.base import (
     check_key,
     check_prefix,
 )
+from safething.store.feed import FeedWatch
 
 __all__ = ["MemoryStore"]
 
@@ -192,7 +192,7 @@ class MemoryStore(Store):
 
     def _wake_watches(self) -> None:
         for watch in self._watches:
-            watch._wake()
+            watch.wake()
 
     # --- immutable chunks ------------------------------------------------------
 
@@ -269,54 +269,13 @@ def _enforce(quota: Quota, before: list[int], after: list[int]) -> None:
         )
 
 
-class _MemoryWatch(Watch):
+class _MemoryWatch(FeedWatch):
     def __init__(self, store: MemoryStore, prefix: str, after: int) -> None:
+        super().__init__(prefix, after, interval=_SAFETY_NET_S)
         self._store = store
-        self._prefix = prefix
-        self._after = after
-        self._pending: list[Change] = []
-        self._next = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
 
-    def __aiter__(self) -> AsyncIterator[Change]:
-        return self
+    def _fetch(self, prefix: str, after: int) -> tuple[list[Change], int]:
+        return self._store._changes_after(prefix, after)
 
-    async def __anext__(self) -> Change:
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._next < len(self._pending):
-                change = self._pending[self._next]
-                self._next += 1
-                return change
-            seen = self._after
-            self._pending, self._after = self._store._changes_after(self._prefix, self._after)
-            self._next = 0
-            if not self._pending and self._after == seen:
-                await self._wait()
-
-    async def _wait(self) -> None:
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(_SAFETY_NET_S, _resolve, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            _resolve(self._waiter)
-
-    async def close(self) -> None:
-        self._closed = True
-        self._pending = []
+    def _release(self) -> None:
         self._store._watches.discard(self)
-        self._wake()
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -86,7 +86,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -104,6 +104,7 @@ from safething.store.base import (
     check_key,
     check_prefix,
 )
+from safething.store.feed import FeedWatch, resolve
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -459,7 +460,7 @@ class _Writer:
         except BaseException as e:
             self._doorbell.close()
             self._ready.set_exception(e)
-            self._call_soon(_resolve, self._stopped)
+            self._call_soon(resolve, self._stopped)
             return
         self._ready.set_result(None)
         try:
@@ -484,7 +485,7 @@ class _Writer:
         finally:
             self._conn.close()
             self._doorbell.close()
-            self._call_soon(_resolve, self._stopped)
+            self._call_soon(resolve, self._stopped)
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -718,11 +719,6 @@ def _enforce(quota: Quota, before: list[int], after: list[int]) -> None:
         )
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 # --- the store ---------------------------------------------------------------------
 
 
@@ -894,7 +890,7 @@ class SQLiteStore(Store):
 
     def _wake_watches(self) -> None:
         for watch in self._watches:
-            watch._wake()
+            watch.wake()
 
     def _watch_closed(self, watch: _SQLiteWatch) -> None:
         self._watches.discard(watch)
@@ -1020,51 +1016,16 @@ class SQLiteStore(Store):
             self._bulk_conn = None
 
 
-class _SQLiteWatch(Watch):
+class _SQLiteWatch(FeedWatch):
     def __init__(self, store: SQLiteStore, prefix: str, after: int) -> None:
+        super().__init__(prefix, after, interval=store._poll_s)
         self._store = store
-        self._prefix = prefix
-        self._after = after
-        self._pending: list[Change] = []
-        self._next = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
 
-    def __aiter__(self) -> AsyncIterator[Change]:
-        return self
+    def _interval_s(self) -> float:
+        return self._store._poll_s  # shortened when no doorbell socket can be bound
 
-    async def __anext__(self) -> Change:
-        while True:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._next < len(self._pending):
-                change = self._pending[self._next]
-                self._next += 1
-                return change
-            seen = self._after
-            self._pending, self._after = self._store._feed(self._prefix, self._after)
-            self._next = 0
-            if not self._pending and self._after == seen:
-                await self._wait()
+    def _fetch(self, prefix: str, after: int) -> tuple[list[Change], int]:
+        return self._store._feed(prefix, after)
 
-    async def _wait(self) -> None:
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(self._store._poll_s, _resolve, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            _resolve(self._waiter)
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._pending = []
+    def _release(self) -> None:
         self._store._watch_closed(self)
-        self._wake()

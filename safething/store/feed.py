@@ -1,0 +1,86 @@
+"""A watch that pulls changes from its store when woken: shared by the backends.
+
+The backend supplies how to read the changes after a revision
+(:meth:`FeedWatch._fetch`), how long to wait before a safety-net re-check
+(``interval``) and what to release on close (:meth:`FeedWatch._release`);
+its commit path calls :meth:`FeedWatch.wake`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import abstractmethod
+from collections.abc import AsyncIterator
+
+from safething.store.base import Change, Watch
+
+__all__ = ["FeedWatch", "resolve"]
+
+
+def resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class FeedWatch(Watch):
+    """Delivers changes under ``prefix`` after revision ``after``, in order."""
+
+    def _interval_s(self) -> float:
+        """Seconds to wait for a wake-up before re-reading anyway."""
+        return self._interval
+
+    def __init__(self, prefix: str, after: int, *, interval: float) -> None:
+        self._prefix = prefix
+        self._after = after
+        self._interval = interval
+        self._pending: list[Change] = []
+        self._next = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    @abstractmethod
+    def _fetch(self, prefix: str, after: int) -> tuple[list[Change], int]:
+        """Changes under ``prefix`` after ``after`` and the new position."""
+
+    def _release(self) -> None:
+        """Backend hook: forget this watch (called once, on close)."""
+
+    def __aiter__(self) -> AsyncIterator[Change]:
+        return self
+
+    async def __anext__(self) -> Change:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._next < len(self._pending):
+                change = self._pending[self._next]
+                self._next += 1
+                return change
+            seen = self._after
+            self._pending, self._after = self._fetch(self._prefix, self._after)
+            self._next = 0
+            if not self._pending and self._after == seen:
+                await self._wait()
+
+    async def _wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(self._interval_s(), resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def wake(self) -> None:
+        """Something was committed: re-read on the next iteration."""
+        if self._waiter is not None:
+            resolve(self._waiter)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._pending = []
+        self._release()
+        self.wake()
