@@ -16,8 +16,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
 
 from safething.errors import (
     ConflictError,
@@ -44,6 +42,7 @@ from safething.net.mutable import (
 )
 from safething.net.permissions import Action, Grantee, PermissionSet
 from safething.net.xorname import XorName
+from safething.resource import AsyncResource
 from safething.store.base import Change, Quota, Record, Store, Watch, Write
 
 __all__ = ["Client", "EntryWatch", "MutableData", "as_bytes"]
@@ -75,7 +74,7 @@ class _Pins:
     versions: dict[str, int] = field(default_factory=dict)
 
 
-class Client:
+class Client(AsyncResource):
     """Reads and writes MutableData in ``store`` as ``identity`` (None: read-only)."""
 
     def __init__(
@@ -98,21 +97,14 @@ class Client:
         # store refuses the write and the writer re-reads and re-verifies.
         self._known: dict[str, tuple[Entry, int]] = {}
 
+    async def close(self) -> None:
+        """Close the store this client uses."""
+        await self.store.close()
+
     def _remember(self, store_key: str, entry: Entry, revision: int) -> None:
         if len(self._known) >= _KNOWN_MAX:
             self._known.clear()
         self._known[store_key] = (entry, revision)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.store.close()
 
     # --- MDs ----------------------------------------------------------------------
 
@@ -661,7 +653,7 @@ class MutableData:
         return EntryWatch(self, watch, prefixes)
 
 
-class EntryWatch:
+class EntryWatch(AsyncResource):
     """Async iterator of verified :class:`Entry` changes of one MD."""
 
     def __init__(self, md: MutableData, watch: Watch, prefixes: tuple[bytes, ...] = ()) -> None:
@@ -702,14 +694,3 @@ class EntryWatch:
 
     async def close(self) -> None:
         await self._watch.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

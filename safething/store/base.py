@@ -17,8 +17,8 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
+
+from safething.resource import AsyncResource
 
 __all__ = [
     "MAX_KEY_LENGTH",
@@ -153,7 +153,7 @@ class StoreInfo:
     """Size on disk, for file-backed stores."""
 
 
-class Watch(ABC):
+class Watch(AsyncResource, ABC):
     """A live feed of changes under a prefix: an async iterator and context manager.
 
     ``async with store.watch("md.27417.") as changes: async for c in changes: ...``
@@ -173,19 +173,8 @@ class Watch(ABC):
     async def close(self) -> None:
         """Stop the feed; a pending ``__anext__`` ends with ``StopAsyncIteration``."""
 
-    async def __aenter__(self) -> Self:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-
-class Store(ABC):
+class Store(AsyncResource, ABC):
     """Abstract store. Open one with :func:`safething.store.open_store`.
 
     All methods are coroutines except :meth:`watch`, which returns a
@@ -275,17 +264,6 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Release connections, threads and watchers. Idempotent."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     @staticmethod
     def _one(results: list[int | Exception]) -> int:

@@ -29,6 +29,7 @@ from safething.errors import (
     TamperedDataError,
 )
 from safething.net import Client, Entry, EntryWatch, MutableData, PublicIdentity
+from safething.resource import AsyncResource
 from safething.things import layout
 from safething.things.access import KeyRing
 from safething.things.description import AccessType, ThingDescription
@@ -94,24 +95,13 @@ class ActionStatus:
         return self.state in FINAL_STATES
 
 
-class ThingClient:
+class ThingClient(AsyncResource):
     """Talk to things in ``client``'s store as ``client.identity`` (None: read-only)."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
         self._views: dict[str, ThingView] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Cancel and await every background task (action followers)."""
@@ -452,7 +442,7 @@ class ActionHandle:
         return await self.wait()
 
 
-class Subscription:
+class Subscription(AsyncResource):
     """A stream of :class:`Notification` for one topic or attribute of one thing."""
 
     def __init__(
