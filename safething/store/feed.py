@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from abc import abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 from safething.store.base import Change, Watch
 
-__all__ = ["FeedWatch", "resolve"]
+__all__ = ["FeedWatch", "WatchSet", "resolve"]
 
 
 def resolve(future: asyncio.Future[None]) -> None:
@@ -84,3 +84,51 @@ class FeedWatch(Watch):
         self._pending = []
         self._release()
         self.wake()
+
+
+class WatchSet:
+    """A store's open watches, indexed by prefix, so that a commit wakes only the
+    watches whose prefix covers a written key (a gateway holds thousands)."""
+
+    def __init__(self) -> None:
+        self._by_prefix: dict[str, set[FeedWatch]] = {}
+
+    def add(self, watch: FeedWatch) -> None:
+        self._by_prefix.setdefault(watch._prefix, set()).add(watch)
+
+    def discard(self, watch: FeedWatch) -> None:
+        group = self._by_prefix.get(watch._prefix)
+        if group is not None:
+            group.discard(watch)
+            if not group:
+                del self._by_prefix[watch._prefix]
+
+    def __iter__(self) -> Iterator[FeedWatch]:
+        for group in list(self._by_prefix.values()):
+            yield from list(group)
+
+    def __len__(self) -> int:
+        return sum(len(g) for g in self._by_prefix.values())
+
+    def __bool__(self) -> bool:
+        return bool(self._by_prefix)
+
+    def wake_all(self) -> None:
+        for watch in self:
+            watch.wake()
+
+    def wake_for(self, keys: Iterable[str]) -> None:
+        """Wake the watches whose prefix is ``""`` or a ``.``-prefix of one of ``keys``."""
+        by_prefix = self._by_prefix
+        woken: set[str] = set()
+        for key in keys:
+            end = 0
+            while True:
+                prefix = key[:end]
+                if prefix not in woken and prefix in by_prefix:
+                    woken.add(prefix)
+                    for watch in by_prefix[prefix]:
+                        watch.wake()
+                end = key.find(".", end) + 1
+                if end == 0:
+                    break

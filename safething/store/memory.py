@@ -31,7 +31,7 @@ from safething.store.base import (
     check_key,
     check_prefix,
 )
-from safething.store.feed import FeedWatch
+from safething.store.feed import FeedWatch, WatchSet
 
 __all__ = ["MemoryStore"]
 
@@ -65,7 +65,7 @@ class MemoryStore(Store):
         self._chunks: dict[str, bytes] = {}
         self._revision = 0
         self._log: list[Change] = []
-        self._watches: set[_MemoryWatch] = set()
+        self._watches = WatchSet()
         self._closed = False
 
     # --- records ---------------------------------------------------------------
@@ -87,7 +87,7 @@ class MemoryStore(Store):
                 results.append(self._apply(write, usage))
             except (ConflictError, LimitExceededError) as e:
                 results.append(e)
-        self._wake_watches()
+        self._watches.wake_for(w.key for w in writes)
         return results
 
     def _apply(self, write: Write, usage: dict[str, list[int]]) -> int:
@@ -190,9 +190,6 @@ class MemoryStore(Store):
             index += 1
         return changes, first - 1 + index
 
-    def _wake_watches(self) -> None:
-        for watch in self._watches:
-            watch.wake()
 
     # --- immutable chunks ------------------------------------------------------
 

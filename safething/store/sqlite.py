@@ -104,7 +104,7 @@ from safething.store.base import (
     check_key,
     check_prefix,
 )
-from safething.store.feed import FeedWatch, resolve
+from safething.store.feed import FeedWatch, WatchSet, resolve
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -743,7 +743,7 @@ class SQLiteStore(Store):
             1, thread_name_prefix=f"safething-sqlite-reader:{path.name}"
         )
         self._bulk_conn: sqlite3.Connection | None = None
-        self._watches: set[_SQLiteWatch] = set()
+        self._watches = WatchSet()
         self._listener: _Listener | None = None
         self._poll_s = _SAFETY_NET_S
         self._closed = False
@@ -806,7 +806,7 @@ class SQLiteStore(Store):
             else:
                 job.future.set_result(outcome)
         if changed:
-            self._wake_watches()
+            self._watches.wake_for(w.key for job in group for w in (job.writes or ()))
 
     async def scan(self, prefix: str) -> list[Record]:
         check_prefix(prefix)
@@ -889,8 +889,7 @@ class SQLiteStore(Store):
         return changes, rows[-1][0]
 
     def _wake_watches(self) -> None:
-        for watch in self._watches:
-            watch.wake()
+        self._watches.wake_all()
 
     def _watch_closed(self, watch: _SQLiteWatch) -> None:
         self._watches.discard(watch)

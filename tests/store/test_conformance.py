@@ -582,3 +582,20 @@ async def test_a_watcher_behind_many_rewrites_catches_up_at_once(
         await watch.close()
     assert changes[-1] == Change("many.end", b"", end)
     assert changes[-2].value == b"1499"
+
+
+async def test_a_commit_wakes_only_matching_watches(store: Store) -> None:
+    """Thousands of unrelated watches must not all re-read on every commit."""
+    from safething.store.feed import FeedWatch
+
+    near = store.watch("a.b.")
+    far = store.watch("z.")
+    assert isinstance(near, FeedWatch)
+    assert isinstance(far, FeedWatch)
+    woken: list[str] = []
+    near.wake = lambda: woken.append("near")  # type: ignore[method-assign]
+    far.wake = lambda: woken.append("far")  # type: ignore[method-assign]
+    await store.put("a.b.c", b"1")
+    assert woken == ["near"]
+    await near.close()
+    await far.close()
