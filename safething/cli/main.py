@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from safething import __version__
-from safething.cli import bench, demo, identity, md, vault
+from safething.cli import bench, demo, identity, md, thing, vault
 from safething.errors import SafeThingError, TamperedDataError
 
 __all__ = ["build_parser", "main"]
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     vault.register(sub)
     bench.register(sub)
     demo.register(sub)
+    thing.register(sub)
     return parser
 
 
