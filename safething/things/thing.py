@@ -697,6 +697,8 @@ class Thing:
                     self._finish(rid, "failed", message="interrupted: the thing shut down")
                 )
             raise
+        except TimeoutError as e:
+            await self._finish(rid, "timed_out", message=str(e) or "the handler timed out")
         except Exception as e:
             await self._finish(rid, "failed", message=f"{type(e).__name__}: {e}")
         else:

@@ -1,0 +1,505 @@
+"""The gateway: every device becomes a custodial SAFEthing.
+
+Bridges (MQTT, CoAP, HTTP) hand each device message to
+:meth:`Gateway.handle` and push what :meth:`Gateway.send` queues. The
+gateway checks the frame, the MAC, the device's state and counter and a
+per-device rate, decodes and type-checks the body against the device's
+declared description, and acts through the device's :class:`Thing` (whose
+keys it holds). Action requests for the device and desired values go
+through a durable queue and are pushed when the device is reachable or
+fetched when it polls; the device acknowledges them by counter.
+
+Nothing acknowledged is lost: if the store is unreachable, verified
+readings are buffered in the registry and replayed in order later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from safething.errors import SafeThingError, StoreError
+from safething.net import Identity
+from safething.resource import AsyncResource
+from safething.store import Store
+from safething.things import (
+    ActionRequest,
+    DescriptionError,
+    Thing,
+    ThingDescription,
+    UnknownFieldError,
+    ValueTypeError,
+)
+from safething_gateway.metrics import Metrics
+from safething_gateway.protocol import (
+    PayloadError,
+    ProtocolError,
+    RateLimitedError,
+    check_channel,
+    check_device_id,
+    decode_body,
+    encode_body,
+    frame,
+    parse_frame,
+)
+from safething_gateway.registry import DeviceRecord, Downlink, Registry
+
+__all__ = ["Bridge", "DeviceActionError", "Gateway"]
+
+log = logging.getLogger("safething.gateway")
+
+_EARLY_RESULT_TTL = 300.0
+
+
+class DeviceActionError(SafeThingError):
+    """The device reported an action as failed or rejected."""
+
+
+class Bridge(AsyncResource, ABC):
+    """A transport between devices and the gateway (one module per protocol)."""
+
+    name: str = "bridge"
+
+    @abstractmethod
+    async def start(self, gateway: Gateway) -> None:
+        """Connect / listen. Called once by :meth:`Gateway.start`."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop; every task cancelled and awaited."""
+
+    def can_push(self, device_id: str) -> bool:
+        """True when a message for ``device_id`` can be delivered now."""
+        return False
+
+    async def push(self, device_id: str, channel: str, message: bytes) -> bool:
+        """Deliver a framed downlink; True once handed over (e.g. MQTT PUBACK)."""
+        return False
+
+    def connected(self) -> int:
+        """Devices connected through this bridge now (for metrics)."""
+        return 0
+
+    def endpoints(self) -> list[str]:
+        """URLs a person can use, e.g. ``mqtt://127.0.0.1:1883``."""
+        return []
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float = field(default_factory=time.monotonic)
+
+
+class Gateway(AsyncResource):
+    """One gateway process: a registry, a store, the owner identity, bridges."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        registry: Registry,
+        owner: Identity,
+        bridges: Sequence[Bridge] = (),
+        rate: float = 50.0,
+        burst: int = 100,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.owner = owner
+        """Owns every custodial thing (the owner key of the gateway)."""
+        self.bridges = list(bridges)
+        self.rate = rate
+        self.burst = burst
+        self.metrics = Metrics()
+        self.things: dict[str, Thing] = {}
+        self._buckets: dict[str, _Bucket] = {}
+        self._waiting: dict[tuple[str, str], asyncio.Queue[dict[str, Any]]] = {}
+        self._early: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
+        self._buffering = False
+        self._flush_task: asyncio.Task[None] | None = None
+        self._started = False
+        self._describe_metrics()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bring up the custodial things of known devices, then the bridges."""
+        if self._started:
+            return
+        self._started = True
+        self._buffering = self.registry.buffer_depth() > 0
+        for record in self.registry.devices():
+            if record.description and not record.revoked:
+                try:
+                    await self._thing_for(record, record.description)
+                except (SafeThingError, ValueError) as e:
+                    log.warning("device %s: cannot restore its thing: %s", record.device_id, e)
+        for bridge in self.bridges:
+            await bridge.start(self)
+        self._flush_task = asyncio.get_running_loop().create_task(
+            self._flush_loop(), name="gateway:flush-buffer"
+        )
+
+    async def close(self) -> None:
+        """Stop bridges, things and tasks; nothing half-written (each write is atomic)."""
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush_task
+            self._flush_task = None
+        for bridge in reversed(self.bridges):
+            try:
+                await bridge.close()
+            except Exception:
+                log.exception("bridge %s did not close cleanly", bridge.name)
+        for thing in list(self.things.values()):
+            await thing.close()
+        self.things.clear()
+
+    def endpoints(self) -> list[str]:
+        return [e for b in self.bridges for e in b.endpoints()]
+
+    def bridge_for(self, device_id: str) -> Bridge | None:
+        record = self.registry.find(device_id)
+        if record is None:
+            return None
+        for bridge in self.bridges:
+            if bridge.name == record.transport:
+                return bridge
+        return None
+
+    # --- uplink --------------------------------------------------------------------------
+
+    async def handle(
+        self,
+        device_id: str,
+        channel: str,
+        data: bytes,
+        *,
+        content_format: str = "json",
+        transport: str = "",
+    ) -> list[bytes]:
+        """Check and act on one device message. Returns framed downlinks to send back
+        in the same exchange (only for ``poll``). Raises a :class:`ProtocolError` that the
+        bridge turns into its transport's error reply."""
+        try:
+            result = await self._handle(device_id, channel, data, content_format)
+        except ProtocolError as e:
+            self.metrics.inc(
+                "safething_gateway_rejected_total", reason=e.reason, transport=transport
+            )
+            log.info("rejected %s/%s via %s: %s", device_id, channel, transport, e)
+            raise
+        self.metrics.inc("safething_gateway_messages_in_total", transport=transport)
+        return result
+
+    async def _handle(
+        self, device_id: str, channel: str, data: bytes, content_format: str
+    ) -> list[bytes]:
+        check_device_id(device_id)
+        check_channel(channel)
+        message = parse_frame(data)
+        record = self.registry.get(device_id)
+        message.verify(record.secret, device_id, channel)
+        self._rate_limit(device_id)
+        body = decode_body(message.body, content_format)
+        if channel == "state" and isinstance(body, dict) and body.get("online") is False:
+            if not self.registry.use_will(device_id, message.counter):
+                self.registry.accept_counter(device_id, message.counter)
+        else:
+            self.registry.accept_counter(device_id, message.counter)
+        return await self._dispatch(record, channel, body, message.body, content_format)
+
+    def _rate_limit(self, device_id: str) -> None:
+        now = time.monotonic()
+        bucket = self._buckets.get(device_id)
+        if bucket is None:
+            bucket = self._buckets[device_id] = _Bucket(float(self.burst), now)
+        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.stamp) * self.rate)
+        bucket.stamp = now
+        if bucket.tokens < 1.0:
+            raise RateLimitedError(
+                f"device {device_id!r} sends faster than {self.rate:g} messages/s"
+            )
+        bucket.tokens -= 1.0
+
+    async def _dispatch(
+        self,
+        record: DeviceRecord,
+        channel: str,
+        body: Any,
+        raw: bytes,
+        content_format: str,
+    ) -> list[bytes]:
+        device_id = record.device_id
+        if channel == "birth":
+            await self._birth(record, body)
+            await self.deliver(device_id)
+        elif channel == "state":
+            online = _field(body, "online", bool)
+            self.registry.set_online(device_id, online)
+            if online:
+                will = body.get("will")
+                if will is not None and not isinstance(will, int):
+                    raise PayloadError("state.will must be the counter of the last-will message")
+                self.registry.set_will(device_id, will)
+                await self.deliver(device_id)
+        elif channel == "ack":
+            self.registry.ack(device_id, _field(body, "down", int))
+        elif channel == "poll":
+            self.registry.set_online(device_id, True)
+            return [self._frame(record, d) for d in self.registry.pending(device_id)]
+        elif channel.startswith("result/"):
+            self._result(device_id, channel[len("result/") :], body)
+        else:  # reading, event/<topic>: data for the store
+            if self._buffering:
+                self.registry.buffer(device_id, channel, raw, content_format)
+                return []
+            try:
+                await self._data(record, channel, body)
+            except StoreError as e:
+                log.warning("store unreachable (%s): buffering %s/%s", e, device_id, channel)
+                self.registry.buffer(device_id, channel, raw, content_format)
+                self._buffering = True
+        return []
+
+    async def _birth(self, record: DeviceRecord, body: Any) -> None:
+        doc = body.get("description") if isinstance(body, dict) else None
+        if not isinstance(doc, dict):
+            raise PayloadError("birth needs {'description': <thing description>}")
+        try:
+            desc = ThingDescription.from_dict(doc)
+        except (DescriptionError, ValueError, TypeError) as e:
+            raise PayloadError(f"bad description: {e}") from e
+        if desc.id != record.device_id:
+            raise PayloadError(
+                f"description id {desc.id!r} is not the device id {record.device_id!r}"
+            )
+        await self._thing_for(record, desc.to_dict())
+        self.registry.set_description(record.device_id, desc.to_dict())
+        self.registry.set_online(record.device_id, True)
+
+    async def _thing_for(self, record: DeviceRecord, doc: dict[str, Any]) -> Thing:
+        """The device's custodial thing, (re)registered if its description changed."""
+        desc = ThingDescription.from_dict(doc)
+        current = self.things.get(record.device_id)
+        if current is not None and current.description == desc:
+            return current
+        if current is not None:
+            await current.close()
+        thing = Thing(desc, identity=record.identity, owner=self.owner.public, store=self.store)
+        await thing.start()
+        for action in desc.actions:
+            thing.on_action(action.name, self._forwarder(record.device_id))
+        for attr in desc.attributes:
+            if attr.writable:
+                thing.on_desired(attr.name, self._desired_sender(record.device_id, attr.name))
+        await thing.register()
+        if thing.status == "registered":
+            await thing.publish()
+        self.things[record.device_id] = thing
+        return thing
+
+    async def _data(self, record: DeviceRecord, channel: str, body: Any) -> None:
+        thing = self.things.get(record.device_id)
+        if thing is None:
+            raise PayloadError(f"device {record.device_id!r} must send 'birth' before data")
+        try:
+            if channel == "reading":
+                if not isinstance(body, dict) or not body:
+                    raise PayloadError("a reading is an object of attribute -> value")
+                for name, value in body.items():
+                    await thing.set(name, value)
+            elif channel.startswith("event/"):
+                await thing.notify(channel[len("event/") :], body)
+        except (ValueTypeError, UnknownFieldError, ValueError) as e:
+            if isinstance(e, ProtocolError):
+                raise
+            raise PayloadError(str(e)) from e
+
+    async def _flush_loop(self) -> None:
+        """Replay buffered readings, in order, once the store answers again."""
+        while True:
+            await asyncio.sleep(0.5)
+            if not self._buffering:
+                continue
+            try:
+                await self.flush()
+            except StoreError:
+                continue
+            except Exception:
+                log.exception("flushing buffered readings failed")
+
+    async def flush(self) -> int:
+        """Write buffered readings to the store; returns how many were written."""
+        done = 0
+        while True:
+            batch = self.registry.buffered()
+            if not batch:
+                self._buffering = False
+                return done
+            for item in batch:
+                record = self.registry.find(item.device_id)
+                if record is not None and not record.revoked:
+                    try:
+                        body = decode_body(item.body, item.content_format)
+                        await self._data(record, item.channel, body)
+                    except ProtocolError as e:
+                        log.warning("dropping buffered %s/%s: %s", item.device_id, item.channel, e)
+                self.registry.unbuffer([item.id])
+                done += 1
+
+    # --- actions and desired values ------------------------------------------------------
+
+    def _forwarder(self, device_id: str) -> Any:
+        async def forward(request: ActionRequest) -> Any:
+            return await self._forward(device_id, request)
+
+        return forward
+
+    async def _forward(self, device_id: str, request: ActionRequest) -> Any:
+        key = (device_id, request.request_id)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        early = self._early.pop(key, None)
+        if early is not None:
+            for update in early[1]:
+                queue.put_nowait(update)
+        self._waiting[key] = queue
+        try:
+            if early is None:
+                body = {
+                    "id": request.request_id,
+                    "action": request.action,
+                    "args": request.args,
+                    "deadline": request.deadline,
+                }
+                await self.send(
+                    device_id, f"action/{request.request_id}", body, expires=request.deadline
+                )
+            while True:
+                remaining = request.deadline - time.time()
+                if remaining <= 0:
+                    raise TimeoutError(f"device {device_id!r} did not finish before the deadline")
+                try:
+                    update = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    raise TimeoutError(
+                        f"device {device_id!r} did not finish before the deadline"
+                    ) from None
+                state = update.get("state")
+                if state == "running":
+                    progress = update.get("progress")
+                    await request.progress(
+                        float(progress) if isinstance(progress, int | float) else None,
+                        str(update.get("message", "")),
+                    )
+                elif state == "done":
+                    return update.get("result")
+                elif state in ("failed", "rejected"):
+                    raise DeviceActionError(str(update.get("message") or f"device: {state}"))
+        finally:
+            self._waiting.pop(key, None)
+
+    def _result(self, device_id: str, request_id: str, body: Any) -> None:
+        if not isinstance(body, dict) or body.get("state") not in (
+            "running",
+            "done",
+            "failed",
+            "rejected",
+        ):
+            raise PayloadError("a result is {'state': running|done|failed|rejected, ...}")
+        queue = self._waiting.get((device_id, request_id))
+        if queue is not None:
+            queue.put_nowait(body)
+            return
+        now = time.monotonic()
+        self._early = {k: v for k, v in self._early.items() if now - v[0] < _EARLY_RESULT_TTL}
+        self._early.setdefault((device_id, request_id), (now, []))[1].append(body)
+
+    def _desired_sender(self, device_id: str, attribute: str) -> Any:
+        async def send_desired(value: Any) -> None:
+            await self.send(device_id, "desired", {attribute: value})
+
+        return send_desired
+
+    async def send(
+        self, device_id: str, channel: str, body: Any, *, expires: float | None = None
+    ) -> Downlink:
+        """Queue a downlink durably and push it if the device is reachable."""
+        record = self.registry.get(device_id)
+        fmt = "json"
+        downlink = self.registry.enqueue(
+            device_id, channel, encode_body(body, fmt), expires=expires
+        )
+        bridge = self.bridge_for(device_id)
+        if bridge is not None and bridge.can_push(device_id):
+            await self._push(bridge, record, downlink)
+        return downlink
+
+    async def deliver(self, device_id: str) -> int:
+        """Push every queued downlink of a device that just came online."""
+        bridge = self.bridge_for(device_id)
+        if bridge is None or not bridge.can_push(device_id):
+            return 0
+        record = self.registry.get(device_id)
+        sent = 0
+        for downlink in self.registry.pending(device_id):
+            if not await self._push(bridge, record, downlink):
+                break
+            sent += 1
+        return sent
+
+    async def _push(self, bridge: Bridge, record: DeviceRecord, downlink: Downlink) -> bool:
+        ok = await bridge.push(record.device_id, downlink.channel, self._frame(record, downlink))
+        if ok:
+            self.metrics.inc("safething_gateway_messages_out_total", transport=bridge.name)
+        return ok
+
+    def _frame(self, record: DeviceRecord, downlink: Downlink) -> bytes:
+        return frame(
+            record.secret, record.device_id, downlink.channel, downlink.counter, downlink.body
+        )
+
+    def error_body(self, error: ProtocolError) -> bytes:
+        """What a bridge sends a device on its error channel."""
+        return encode_body(error.problem())
+
+    # --- metrics ---------------------------------------------------------------------
+
+    def _describe_metrics(self) -> None:
+        m = self.metrics
+        m.describe("safething_gateway_messages_in_total", "Device messages accepted")
+        m.describe("safething_gateway_messages_out_total", "Messages pushed to devices")
+        m.describe("safething_gateway_rejected_total", "Device messages refused, by reason")
+        m.gauge(
+            "safething_gateway_connected_devices",
+            "Devices connected now, by transport",
+            lambda: {(("transport", b.name),): float(b.connected()) for b in self.bridges},
+        )
+        m.gauge(
+            "safething_gateway_queue_depth",
+            "Messages waiting: downlinks for devices, uplinks buffered for the store",
+            lambda: {
+                (("queue", "downlink"),): float(self.registry.queue_depth()),
+                (("queue", "uplink_buffer"),): float(self.registry.buffer_depth()),
+            },
+        )
+        m.gauge(
+            "safething_gateway_devices",
+            "Provisioned devices",
+            lambda: {(): float(len(self.registry.devices()))},
+        )
+
+
+def _field(body: Any, name: str, kind: type) -> Any:
+    value = body.get(name) if isinstance(body, dict) else None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise PayloadError(f"field {name!r} must be a {kind.__name__}")
+    return value

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from safething.net import Identity
+from safething.store import Store, open_store
+from safething_gateway.core import Gateway
+from safething_gateway.protocol import frame
+from safething_gateway.registry import Registry
+
+SENSOR = {
+    "format": 1,
+    "id": "sensor-01",
+    "title": "Soil sensor",
+    "attributes": [
+        {"name": "moisture", "type": "number", "minimum": 0, "maximum": 100, "dynamic": True},
+        {"name": "target", "type": "number", "dynamic": True, "writable": True},
+    ],
+    "topics": [{"name": "VeryDryAlarm", "type": "number"}],
+    "actions": [
+        {"name": "OpenValve", "params": [{"name": "psi", "type": "number", "default": 30}]}
+    ],
+}
+
+
+class Device:
+    """A device's side of the link, written from docs/protocol.md."""
+
+    def __init__(self, device_id: str, secret: bytes) -> None:
+        self.device_id = device_id
+        self.secret = secret
+        self.counter = 0
+
+    def message(self, channel: str, body: Any, *, counter: int | None = None) -> bytes:
+        if counter is None:
+            self.counter += 1
+            counter = self.counter
+        raw = json.dumps(body).encode() if not isinstance(body, bytes) else body
+        return frame(self.secret, self.device_id, channel, counter, raw)
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[Store]:
+    async with await open_store("memory://") as s:
+        yield s
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    r = Registry(tmp_path / "gateway.db")
+    yield r  # type: ignore[misc]
+    r.close()
+
+
+@pytest.fixture
+async def gateway(store: Store, registry: Registry) -> AsyncIterator[Gateway]:
+    async with Gateway(store=store, registry=registry, owner=Identity.generate("owner")) as g:
+        await g.start()
+        yield g

@@ -1,0 +1,138 @@
+"""The gateway core, driven exactly as a bridge drives it (transport-free)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from safething.net import Client
+from safething.store import Store
+from safething.things import ThingClient
+from safething_gateway.core import Gateway
+from safething_gateway.protocol import (
+    BadMacError,
+    BadMessageError,
+    PayloadError,
+    RateLimitedError,
+    ReplayError,
+    RevokedDeviceError,
+    TooLargeError,
+    UnknownChannelError,
+    UnknownDeviceError,
+    parse_frame,
+)
+
+from .conftest import SENSOR, Device
+
+
+@pytest.fixture
+def device(gateway: Gateway) -> Device:
+    record = gateway.registry.add("sensor-01", "http")
+    return Device("sensor-01", record.secret)
+
+
+async def test_birth_reading_event_reach_a_subscriber(
+    gateway: Gateway, device: Device, store: Store
+) -> None:
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    things = ThingClient(Client(store))
+    assert await things.status("sensor-01") == "published"
+    async with things.subscribe("sensor-01", topic="VeryDryAlarm") as sub:
+        await gateway.handle("sensor-01", "reading", device.message("reading", {"moisture": 12}))
+        await gateway.handle(
+            "sensor-01", "event/VeryDryAlarm", device.message("event/VeryDryAlarm", 12)
+        )
+        async with asyncio.timeout(5):
+            note = await anext(aiter(sub))
+    assert note.value == 12.0
+    assert (await things.read("sensor-01", "moisture")).value == 12.0
+    assert gateway.metrics.get("safething_gateway_messages_in_total", transport="") == 3
+
+
+async def test_action_forwarded_and_answered_by_polling(
+    gateway: Gateway, device: Device, store: Store
+) -> None:
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    things = ThingClient(Client(store, __import__("safething").Identity.generate()))
+    handle = await things.request("sensor-01", "OpenValve", psi=40)
+    async with asyncio.timeout(5):
+        while True:
+            down = await gateway.handle("sensor-01", "poll", device.message("poll", {}))
+            if down:
+                break
+            await asyncio.sleep(0.02)
+    msg = parse_frame(down[0])
+    msg.verify(device.secret, "sensor-01", f"action/{handle.request_id}")
+    request = json.loads(msg.body)
+    assert request["action"] == "OpenValve"
+    assert request["args"] == {"psi": 40.0}
+    await gateway.handle("sensor-01", "ack", device.message("ack", {"down": msg.counter}))
+    rid = request["id"]
+    await gateway.handle(
+        "sensor-01",
+        f"result/{rid}",
+        device.message(f"result/{rid}", {"state": "running", "progress": 50}),
+    )
+    await gateway.handle(
+        "sensor-01",
+        f"result/{rid}",
+        device.message(f"result/{rid}", {"state": "done", "result": None}),
+    )
+    assert (await handle.wait(5)).state == "done"
+    assert any(s.progress == 50 for s in handle.history)
+    assert gateway.registry.pending("sensor-01") == []
+    await things.close()
+
+
+async def test_rejections(gateway: Gateway, device: Device) -> None:
+    good = device.message("birth", {"description": SENSOR})
+    await gateway.handle("sensor-01", "birth", good)
+    with pytest.raises(ReplayError, match="not above"):
+        await gateway.handle("sensor-01", "birth", good)
+    forged = device.message("reading", {"moisture": 1})
+    with pytest.raises(BadMacError):
+        await gateway.handle("sensor-01", "reading", forged.replace(b'1}', b'2}'))
+    with pytest.raises(BadMacError):  # a valid message moved to another channel
+        await gateway.handle("sensor-01", "event/VeryDryAlarm", device.message("reading", 5))
+    with pytest.raises(UnknownDeviceError):
+        await gateway.handle("nobody-01", "reading", device.message("reading", {}))
+    with pytest.raises(UnknownChannelError):
+        await gateway.handle("sensor-01", "launch", device.message("launch", {}))
+    with pytest.raises(BadMessageError):
+        await gateway.handle("sensor-01", "reading", b"moisture=12")
+    with pytest.raises(TooLargeError):
+        await gateway.handle("sensor-01", "reading", b"x" * 20_000)
+    with pytest.raises(PayloadError, match="not valid JSON"):
+        await gateway.handle("sensor-01", "reading", device.message("reading", b"{nope"))
+    with pytest.raises(PayloadError, match="moisture"):
+        await gateway.handle("sensor-01", "reading", device.message("reading", {"moisture": "wet"}))
+    with pytest.raises(PayloadError, match="colour"):
+        await gateway.handle("sensor-01", "reading", device.message("reading", {"colour": 1}))
+    gateway.registry.revoke("sensor-01")
+    with pytest.raises(RevokedDeviceError):
+        await gateway.handle("sensor-01", "reading", device.message("reading", {"moisture": 1}))
+    rejected = {
+        labels: v for (name, labels), v in gateway.metrics.counters.items() if "rejected" in name
+    }
+    assert sum(rejected.values()) == 11
+
+
+async def test_rate_limit_per_device(gateway: Gateway, device: Device) -> None:
+    gateway.rate, gateway.burst = 1.0, 3
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    for _ in range(2):
+        await gateway.handle("sensor-01", "poll", device.message("poll", {}))
+    with pytest.raises(RateLimitedError):
+        await gateway.handle("sensor-01", "poll", device.message("poll", {}))
+
+
+async def test_last_will_counter_is_accepted_once(gateway: Gateway, device: Device) -> None:
+    will = device.message("state", {"online": False})  # counter 1, kept by the broker
+    await gateway.handle("sensor-01", "state", device.message("state", {"online": True, "will": 1}))
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    await gateway.handle("sensor-01", "state", will)  # the broker publishes it later
+    assert gateway.registry.get("sensor-01").online is False
+    with pytest.raises(ReplayError):
+        await gateway.handle("sensor-01", "state", will)
