@@ -41,7 +41,7 @@ from safething.things import (
     to_thing_description,
 )
 from safething.things.admin import set_status
-from safething.things.consumer import STATUSES, ThingView
+from safething.things.consumer import STATUSES, ThingView, level_of
 from safething.things.discovery import ThingSummary, list_things
 
 __all__ = ["clock", "parse_arg", "register", "stop_on_interrupt"]
@@ -365,62 +365,79 @@ async def _pump(sub: Subscription, queue: asyncio.Queue[Notification | str | Non
 
 async def cmd_watch(args: argparse.Namespace) -> int:
     identity = _reader(args.identity)
-    async with await open_cli_store(args.store) as store:
+    async with (
+        stop_on_interrupt() as stop,
+        await open_cli_store(args.store) as store,
+    ):
         things = ThingClient(Client(store, identity))
-        view = await things.view(args.id, refresh=True)
-        d = view.description
-        explicit = bool(args.topic or args.attribute)
-        targets = [("topic", t) for t in args.topic] + [("attribute", a) for a in args.attribute]
-        if not explicit:
-            targets = [("attribute", a.name) for a in d.attributes if a.dynamic]
-            targets += [("topic", t.name) for t in d.topics]
         subs: list[Subscription] = []
         try:
-            for kind, name in targets:
-                sub = things.subscribe(args.id, filter=args.filter, **{kind: name})
-                try:
-                    await sub.start()
-                except AccessDeniedError:
-                    await sub.close()
-                    if explicit:
-                        raise
-                    access = (d.topic(name) if kind == "topic" else d.attribute(name)).access
-                    _err(f"skipping {name}: <encrypted: {access.value} access>")
-                    continue
+            for kind, name in await _targets(things, args):
+                sub = things.subscribe(
+                    args.id,
+                    topic=name if kind == "topic" else None,
+                    attribute=name if kind == "attribute" else None,
+                    filter=args.filter,
+                )
+                await sub.start()
                 subs.append(sub)
-            if not subs:
-                raise AccessDeniedError(f"nothing of {args.id!r} is readable with this identity")
-            names = ", ".join(s.name for s in subs)
-            _err(f"watching {args.id}: {names} (Ctrl-C to stop)")
-            await _stream(subs, args.json)
+            _err(f"watching {args.id}: {', '.join(s.name for s in subs)} (Ctrl-C to stop)")
+            await _stream(subs, stop, args.json)
         finally:
             for sub in subs:
                 await sub.close()
+    _err("stopped")
     return 0
 
 
-async def _stream(subs: list[Subscription], as_json: bool) -> None:
+async def _targets(things: ThingClient, args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``(kind, name)`` to watch: those asked for, else every readable one."""
+    view = await things.view(args.id, refresh=True)
+    d = view.description
+    explicit = bool(args.topic or args.attribute)
+    targets = [("topic", t) for t in args.topic] + [("attribute", a) for a in args.attribute]
+    if not explicit:
+        targets = [("attribute", a.name) for a in d.attributes if a.dynamic]
+        targets += [("topic", t.name) for t in d.topics]
+    readable = []
+    for kind, name in targets:
+        access = (d.topic(name) if kind == "topic" else d.attribute(name)).access
+        level = level_of(access)
+        if level is not None and (view.ring is None or not view.ring.has(level)):
+            if explicit:
+                raise AccessDeniedError(
+                    f"{kind} {name!r} of thing {args.id!r} is for {access.value} "
+                    "access and this identity holds no key for it"
+                )
+            _err(f"skipping {name}: <encrypted: {access.value} access>")
+            continue
+        readable.append((kind, name))
+    if not readable:
+        raise AccessDeniedError(f"nothing of {args.id!r} is readable with this identity")
+    return readable
+
+
+async def _stream(subs: list[Subscription], stop: asyncio.Event, as_json: bool) -> None:
+    """Print notifications of ``subs`` as they come, until ``stop`` is set."""
     queue: asyncio.Queue[Notification | str | None] = asyncio.Queue()
     tasks = [
         asyncio.create_task(_pump(sub, queue), name=f"watch-{sub.kind}-{sub.name}") for sub in subs
     ]
+    tasks.append(asyncio.create_task(_on_stop(stop, queue), name="watch-stop"))
     try:
-        async with stop_on_interrupt() as stop:
-            tasks.append(asyncio.create_task(_on_stop(stop, queue), name="watch-stop"))
-            while (item := await queue.get()) is not None:
-                if isinstance(item, str):
-                    _err(item)
-                elif as_json:
-                    out(json.dumps(_note_dict(item), ensure_ascii=False, default=str))
-                else:
-                    out(_note_line(item))
+        while (item := await queue.get()) is not None:
+            if isinstance(item, str):
+                _err(item)
+            elif as_json:
+                out(json.dumps(_note_dict(item), ensure_ascii=False, default=str))
+            else:
+                out(_note_line(item))
     finally:
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    _err("stopped")
 
 
 async def _on_stop(stop: asyncio.Event, queue: asyncio.Queue[Notification | str | None]) -> None:

@@ -1,0 +1,349 @@
+"""``safething thing ...`` against a real SQLite store, with a thing serving in the test's loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from safething.cli import main
+from safething.cli.thing import parse_arg
+from safething.net import Identity
+from safething.things import ActionRequest, Thing, ThingDescription, ValueType
+from safething.things.description import Schema
+from tests.things.conftest import garden_description
+
+Run = tuple[int, str, str]
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SAFETHING_STORE", f"sqlite://{tmp_path}/vault.db")
+    monkeypatch.setenv("SAFETHING_IDENTITY", str(tmp_path / "owner.json"))
+    monkeypatch.delenv("SAFETHING_PASSWORD", raising=False)
+    Identity.generate("owner").save(tmp_path / "owner.json")
+    Identity.generate("stranger").save(tmp_path / "stranger.json")
+    return tmp_path
+
+
+def as_stranger(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAFETHING_IDENTITY", str(env / "stranger.json"))
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Run:
+    """Run the CLI in a thread (it has its own event loop) while the thing serves here."""
+    code = await asyncio.to_thread(main, list(argv))
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.out, captured.err
+
+
+def description() -> ThingDescription:
+    return garden_description("garden-01")
+
+
+@pytest.fixture
+async def garden(env: Path) -> AsyncIterator[Thing]:
+    owner = Identity.load(env / "owner.json")
+    store = f"sqlite://{env}/vault.db"
+    async with Thing(
+        description(), identity=Identity.generate("device"), owner=owner, store=store
+    ) as t:
+
+        @t.action("OpenValve")
+        async def open_valve(request: ActionRequest) -> dict[str, float]:
+            await request.progress(50, "opening")
+            await asyncio.sleep(0.05)
+            return {"psi": request.args["psi"]}
+
+        t.on_action("Reboot", lambda request: "rebooted")
+        await t.register()
+        await t.set("moisture", 41.5)
+        await t.set("valve", "closed")
+        await t.set("secret_code", "1234")
+        await t.notify("VeryDryAlarm", 18.0)
+        yield t
+
+
+async def test_list(
+    garden: Thing, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = await cli(capsys, "thing", "list")
+    assert code == 0
+    assert out.splitlines()[0].split() == [
+        "ID",
+        "STATUS",
+        "TITLE",
+        "ATTRIBUTES",
+        "TOPICS",
+        "ACTIONS",
+    ]
+    assert out.splitlines()[1].startswith("garden-01  registered  Gardening device  moisture,")
+    code, out, _ = await cli(capsys, "thing", "list", "--json", "--search", "DRYalarm")
+    assert json.loads(out)["topics"] == ["VeryDryAlarm", "VeryWetAlarm"]
+    code, out, _ = await cli(capsys, "thing", "list", "--status", "published")
+    assert out.startswith("no matching things in sqlite://")
+    monkeypatch.setenv("SAFETHING_STORE", "memory://")
+    assert (await cli(capsys, "thing", "list"))[1].startswith("no things in memory://")
+
+
+async def test_show_values_events_and_encrypted_ones(
+    garden: Thing,
+    env: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code, out, _ = await cli(capsys, "thing", "show", "garden-01")
+    assert code == 0
+    assert "status:    registered" in out
+    assert "(you)" in out
+    assert "moisture     41.5 %  (seq 1, " in out
+    assert "secret_code  1234  (seq 1" in out
+    assert "target       <no value yet>" in out
+    assert "model        GD-1  [static, all access]" in out
+    assert "OpenValve(psi: number between 0 and 100 = 30.0) -> object  [all access]" in out
+    assert "VeryDryAlarm  18.0  (seq 1)" in out
+
+    as_stranger(env, monkeypatch)
+    code, out, _ = await cli(capsys, "thing", "show", "garden-01")
+    assert "secret_code  <encrypted: owner access>" in out
+    assert "(you)" not in out
+    code, out, _ = await cli(capsys, "thing", "show", "garden-01", "--json")
+    doc = json.loads(out)
+    values = {a["name"]: a for a in doc["attributes"]}
+    assert values["moisture"]["value"] == 41.5
+    assert values["secret_code"]["encrypted"] is True
+    assert doc["events"][0]["value"] == 18.0
+
+    monkeypatch.setenv("SAFETHING_IDENTITY", str(env / "nobody.json"))  # no file: read-only
+    assert (
+        "secret_code  <encrypted: owner access>"
+        in (await cli(capsys, "thing", "show", "garden-01"))[1]
+    )
+
+
+async def test_td(garden: Thing, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = await cli(capsys, "thing", "td", "garden-01")
+    td = json.loads(out)
+    assert code == 0
+    assert td["id"] == "urn:safething:thing:garden-01"
+    assert td["properties"]["moisture"]["observable"] is True
+    assert "OpenValve" in td["actions"]
+
+
+async def test_owner_publishes_and_disables(
+    garden: Thing,
+    env: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code, out, _ = await cli(capsys, "thing", "publish", "garden-01")
+    assert (code, out) == (0, "garden-01: registered -> published\n")
+    async with asyncio.timeout(5):
+        while garden.status != "published":  # the running thing follows its owner
+            await asyncio.sleep(0.01)
+    assert (await cli(capsys, "thing", "publish", "garden-01"))[
+        1
+    ] == "garden-01 was already published\n"
+    code, out, _ = await cli(capsys, "thing", "request", "garden-01", "CloseValve")
+    assert code == 1  # published, but no handler: the thing answered
+    assert (await cli(capsys, "thing", "disable", "garden-01"))[0] == 0
+    async with asyncio.timeout(5):
+        while garden.status != "disabled":
+            await asyncio.sleep(0.01)
+    code, _, err = await cli(capsys, "thing", "request", "garden-01", "OpenValve")
+    assert code == 1
+    assert err == (
+        "safething: error: OpenValve on garden-01 ended rejected: thing 'garden-01' is disabled\n"
+    )
+
+    as_stranger(env, monkeypatch)
+    code, _, err = await cli(capsys, "thing", "publish", "garden-01")
+    assert code == 1
+    assert err.startswith("safething: error: only the owner of thing 'garden-01'")
+    assert "listing" not in err and len(err.splitlines()) == 1
+
+
+async def test_request_prints_every_state(
+    garden: Thing, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await garden.publish()
+    code, out, err = await cli(capsys, "thing", "request", "garden-01", "OpenValve", "psi=40")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert " OpenValve  requested  (request " in lines[0]
+    assert any(" OpenValve  running 50%: opening" in line for line in lines)
+    assert lines[-1].endswith('OpenValve  done  result: {"psi": 40.0}')
+
+    code, out, _ = await cli(capsys, "thing", "request", "garden-01", "OpenValve", "--json")
+    states = [json.loads(line) for line in out.splitlines()]
+    assert states[0]["state"] == "requested"
+    assert states[-1]["state"] == "done"
+    assert states[-1]["result"] == {"psi": 30.0}
+    assert {s["request"] for s in states} == {states[0]["request"]}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["garden-01", "OpenValve", "psi=abc"], "param 'psi': expected number between 0 and 100"),
+        (["garden-01", "OpenValve", "psi=500"], "param 'psi': expected number between 0 and 100"),
+        (["garden-01", "OpenValve", "pressure=3"], "has no param 'pressure'"),
+        (["garden-01", "OpenValve", "psi"], "write NAME=VALUE"),
+        (["garden-01", "OpenValve", "psi=1", "psi=2"], "given twice"),
+        (["garden-01", "Explode"], "thing 'garden-01' has no action 'Explode'"),
+        (["garden-99", "OpenValve"], "no thing 'garden-99' in this store"),
+    ],
+)
+async def test_request_errors_are_one_line(
+    garden: Thing, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, out, err = await cli(capsys, "thing", "request", *argv)
+    assert code == 1
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert out == ""
+
+
+async def test_request_access_denied_and_timeout(
+    garden: Thing,
+    env: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code, out, err = await cli(
+        capsys, "thing", "request", "garden-01", "Reboot", "--timeout", "0.3"
+    )
+    assert code == 1  # registered, not published: the request waits in the inbox
+    assert "timed_out" in out.splitlines()[-1]
+    assert err == "safething: error: Reboot on garden-01 ended timed_out: no result within 0.3 s\n"
+    await garden.publish()
+    assert (await cli(capsys, "thing", "request", "garden-01", "Reboot"))[0] == 0
+    as_stranger(env, monkeypatch)
+    code, out, err = await cli(capsys, "thing", "request", "garden-01", "Reboot")
+    assert code == 1
+    assert "rejected: access denied: action Reboot is for owner access" in err
+    monkeypatch.setenv("SAFETHING_IDENTITY", str(env / "nobody.json"))
+    code, _, err = await cli(capsys, "thing", "request", "garden-01", "Reboot")
+    assert code == 1
+    assert "safething identity create" in err
+
+
+async def test_unknown_thing_is_one_line(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["show", "nothing-1"], ["td", "nothing-1"], ["publish", "nothing-1"]):
+        code, _, err = await cli(capsys, "thing", *argv)
+        assert (code, err) == (1, "safething: error: no thing 'nothing-1' in this store\n")
+    code, _, err = await cli(capsys, "thing", "watch", "nothing-1")
+    assert code == 1
+
+
+def test_parse_arg() -> None:
+    assert parse_arg(Schema("number"), "30") == 30
+    assert parse_arg(Schema("number"), "2.5e1") == 25.0
+    assert parse_arg(Schema("boolean"), "Yes") is True
+    assert parse_arg(Schema("boolean"), "false") is False
+    assert parse_arg(Schema("string"), "42") == "42"
+    assert parse_arg(Schema("enum", choices=["open", "1"]), "1") == "1"
+    assert parse_arg(Schema("object"), '{"a": [1, null]}') == {"a": [1, None]}
+    assert parse_arg(Schema(ValueType.NUMBER), "wet") == "wet"  # the type check names it
+
+
+async def _watch(*argv: str) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """Start ``safething thing watch garden-01 ARGV``; returns it once it is watching, with
+    the lines it wrote on stderr before."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "safething",
+        "thing",
+        "watch",
+        "garden-01",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=os.environ.copy(),
+    )
+    assert proc.stderr is not None
+    before: list[str] = []
+    async with asyncio.timeout(20):
+        while not (line := (await proc.stderr.readline()).decode()).startswith("watching "):
+            assert line, before
+            before.append(line)
+    assert line.startswith("watching garden-01: ")
+    return proc, before
+
+
+async def _lines(proc: asyncio.subprocess.Process, count: int) -> list[str]:
+    assert proc.stdout is not None
+    async with asyncio.timeout(10):
+        return [(await proc.stdout.readline()).decode() for _ in range(count)]
+
+
+async def _interrupt(proc: asyncio.subprocess.Process) -> str:
+    proc.send_signal(signal.SIGINT)
+    async with asyncio.timeout(10):
+        _, err = await proc.communicate()
+    assert proc.returncode == 0
+    return err.decode()
+
+
+async def test_watch_streams_until_ctrl_c(garden: Thing) -> None:
+    proc, _ = await _watch()
+    await garden.set("moisture", 12.5)
+    await garden.notify("VeryDryAlarm", 12.5)
+    await garden.notify("VeryWetAlarm")
+    lines = await _lines(proc, 3)
+    assert lines[0].endswith("  garden-01  moisture = 12.5  (seq 2)\n")
+    assert lines[1].endswith("  garden-01  VeryDryAlarm ! 12.5  (seq 2)\n")
+    assert lines[2].endswith("  garden-01  VeryWetAlarm ! (event)  (seq 1)\n")
+    err = await _interrupt(proc)
+    assert err == "stopped\n"
+
+
+async def test_watch_json_with_filter_and_access(
+    garden: Thing, env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    as_stranger(env, monkeypatch)
+    proc, _ = await _watch("--attribute", "moisture", "--filter", "gt:50", "--json")
+    for value in (12.0, 60.0, 30.0, 70.0):
+        await garden.set("moisture", value)
+        await asyncio.sleep(0.2)  # an attribute keeps its latest value: let each be seen
+    notes = [json.loads(line) for line in await _lines(proc, 2)]
+    assert [(n["name"], n["value"], n["seq"]) for n in notes] == [
+        ("moisture", 60.0, 3),
+        ("moisture", 70.0, 5),
+    ]
+    assert notes[0]["thing"] == "garden-01"
+    assert notes[0]["kind"] == "attribute"
+    await _interrupt(proc)
+
+    proc, skipped = await _watch()  # everything readable; the rest is skipped, said so
+    assert skipped == [
+        "skipping secret_code: <encrypted: owner access>\n",
+        "skipping group_note: <encrypted: group access>\n",
+    ]
+    await _interrupt(proc)
+
+
+async def test_watch_refuses_what_it_cannot_read(
+    garden: Thing, env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    as_stranger(env, monkeypatch)
+    code, _, err = await cli(capsys, "thing", "watch", "garden-01", "--attribute", "secret_code")
+    assert code == 1
+    assert "is for owner access and this identity holds no key" in err
+    code, _, err = await cli(capsys, "thing", "watch", "garden-01", "--topic", "Nope")
+    assert code == 1
+    assert err == (
+        "safething: error: thing 'garden-01' has no topic 'Nope' "
+        "(topics: VeryDryAlarm, VeryWetAlarm)\n"
+    )
+    code, _, err = await cli(capsys, "thing", "watch", "garden-01", "--filter", "bigger:3")
+    assert code == 1
+    assert "filter" in err
