@@ -1,0 +1,217 @@
+"""Assemble a gateway from its configuration and run it until SIGTERM or Ctrl-C.
+
+Start-up order: store, registry, owner identity, (private broker), gateway
+with its bridges. Shutdown runs in reverse, every task cancelled and
+awaited; each write the gateway makes is a single atomic transaction, so a
+stop never leaves anything half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from safething.errors import IdentityError
+from safething.net import Identity
+from safething.resource import AsyncResource
+from safething.store import Store, open_store
+from safething_gateway.config import GatewayConfig
+from safething_gateway.core import Bridge, Gateway
+from safething_gateway.registry import Registry
+from safething_gateway.testing import Mosquitto, free_port
+
+__all__ = ["GatewayApp", "configure_logging", "serve"]
+
+log = logging.getLogger("safething.gateway")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "t": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def configure_logging(fmt: str = "text", *, verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _owner(config: GatewayConfig, identity: Identity | None) -> Identity:
+    if identity is not None:
+        return identity
+    from safething.cli.common import default_identity_path, load_identity
+
+    path = Path(config.gateway.identity).expanduser() if config.gateway.identity else None
+    try:
+        return load_identity(path or default_identity_path())
+    except IdentityError as e:
+        raise IdentityError(f"the gateway needs an owner identity: {e}") from e
+
+
+class GatewayApp(AsyncResource):
+    """A configured gateway: ``async with GatewayApp(config) as app: ...``."""
+
+    def __init__(self, config: GatewayConfig, *, identity: Identity | None = None) -> None:
+        self.config = config
+        self._identity = identity
+        self.store: Store | None = None
+        self.registry: Registry | None = None
+        self.broker: Mosquitto | None = None
+        self.gateway: Gateway | None = None
+        self._broker_dir: Any = None
+
+    async def __aenter__(self) -> GatewayApp:
+        await self.start()
+        return self
+
+    async def start(self) -> None:
+        cfg = self.config
+        try:
+            self.store = await open_store(cfg.gateway.store or None)
+            self.registry = Registry(cfg.gateway.registry_path)
+            owner = _owner(cfg, self._identity)
+            mqtt_port = cfg.mqtt.port
+            if cfg.mqtt.enabled and cfg.mqtt.start_broker:
+                mqtt_port = self._start_broker(mqtt_port)
+            bridges = self._bridges(mqtt_port)
+            self.gateway = Gateway(
+                store=self.store,
+                registry=self.registry,
+                owner=owner,
+                bridges=bridges,
+                rate=cfg.gateway.rate_limit,
+                burst=cfg.gateway.burst,
+            )
+            await self.gateway.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    def _start_broker(self, port: int) -> int:
+        import tempfile
+
+        self._broker_dir = tempfile.TemporaryDirectory(prefix="safething-broker-")
+        broker = Mosquitto(port or free_port(), Path(self._broker_dir.name))
+        broker.start()
+        self.broker = broker
+        log.info("started a private Mosquitto on %s (no broker was configured)", broker.url)
+        return broker.port
+
+    def _bridges(self, mqtt_port: int) -> list[Bridge]:
+        cfg = self.config
+        bridges: list[Bridge] = []
+        mqtt_auth = {
+            "username": cfg.mqtt.username or None,
+            "password": cfg.mqtt.password or None,
+        }
+        if cfg.mqtt.enabled:
+            from safething_gateway.bridges.mqtt import MqttBridge
+
+            bridges.append(
+                MqttBridge(cfg.mqtt.host, mqtt_port, prefix=cfg.mqtt.prefix, **mqtt_auth)
+            )
+        if cfg.coap.enabled:
+            from safething_gateway.bridges.coap import CoapBridge
+
+            bridges.append(CoapBridge(cfg.coap.bind, cfg.coap.port))
+        if cfg.http.enabled:
+            from safething_gateway.bridges.http import HttpBridge
+
+            bridges.append(HttpBridge(cfg.http.bind, cfg.http.port))
+        if cfg.adoption.homeassistant or cfg.adoption.homie or cfg.homeassistant.publish:
+            from safething_gateway import adoption
+
+            if cfg.adoption.homeassistant:
+                bridges.append(
+                    adoption.HomeAssistantAdopter(
+                        cfg.mqtt.host,
+                        mqtt_port,
+                        discovery_prefix=cfg.adoption.discovery_prefix,
+                        **mqtt_auth,
+                    )
+                )
+            if cfg.adoption.homie:
+                bridges.append(adoption.HomieAdopter(cfg.mqtt.host, mqtt_port, **mqtt_auth))
+            if cfg.homeassistant.publish:
+                bridges.append(
+                    adoption.HomeAssistantPublisher(
+                        cfg.mqtt.host,
+                        mqtt_port,
+                        discovery_prefix=cfg.adoption.discovery_prefix,
+                        **mqtt_auth,
+                    )
+                )
+        return bridges
+
+    def endpoints(self) -> list[str]:
+        return self.gateway.endpoints() if self.gateway else []
+
+    async def close(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.close()
+            self.gateway = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+        if self._broker_dir is not None:
+            self._broker_dir.cleanup()
+            self._broker_dir = None
+        if self.registry is not None:
+            self.registry.close()
+            self.registry = None
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+
+
+async def serve(
+    config: GatewayConfig,
+    *,
+    identity: Identity | None = None,
+    on_ready: Callable[[GatewayApp], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); clean shutdown either way."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    started = time.monotonic()
+    try:
+        async with GatewayApp(config, identity=identity) as app:
+            log.info(
+                "gateway up in %.0f ms: %s",
+                (time.monotonic() - started) * 1000,
+                ", ".join(app.endpoints()) or "no bridges",
+            )
+            if on_ready is not None:
+                on_ready(app)
+            await stop.wait()
+            log.info("stopping")
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

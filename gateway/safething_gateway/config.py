@@ -1,0 +1,218 @@
+"""``gateway.toml``: every setting with a sensible default.
+
+::
+
+    [gateway]
+    store = ""                 # "" = $SAFETHING_STORE or the default SQLite vault
+    registry = ""              # "" = <user data dir>/safething/gateway.db
+    identity = ""              # owner identity; "" = the safething default identity
+    rate_limit = 50.0          # messages per second per device
+    burst = 100
+    log_format = "text"        # or "json"
+
+    [mqtt]
+    enabled = true
+    host = "127.0.0.1"
+    port = 1883                # 0 with start_broker = true: any free port
+    username = ""              # the gateway's broker login ("" = anonymous)
+    password = ""
+    start_broker = false       # start a private Mosquitto (demo, development)
+    prefix = "st/v1"
+    password_file = ""         # Mosquitto password_file managed by `safething provision`
+    acl_file = ""              # Mosquitto acl_file managed by `safething provision`
+    reload_command = ""        # e.g. "systemctl reload mosquitto"
+
+    [coap]
+    enabled = true
+    bind = "127.0.0.1"
+    port = 5683
+
+    [http]
+    enabled = true
+    bind = "127.0.0.1"
+    port = 8080
+
+    [adoption]
+    homeassistant = false
+    homie = false
+    discovery_prefix = "homeassistant"
+
+    [homeassistant]
+    publish = false
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from safething.errors import SafeThingError
+
+__all__ = [
+    "AdoptionConfig",
+    "CoapConfig",
+    "ConfigError",
+    "GatewayConfig",
+    "GatewaySection",
+    "HttpConfig",
+    "MqttConfig",
+    "default_registry_path",
+    "load_config",
+]
+
+ENV_CONFIG = "SAFETHING_GATEWAY_CONFIG"
+
+
+class ConfigError(SafeThingError, ValueError):
+    """The configuration file is missing, not TOML, or has a wrong key or value."""
+
+
+def default_registry_path() -> Path:
+    return Path(platformdirs.user_data_dir("safething", appauthor=False)) / "gateway.db"
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    store: str = ""
+    registry: str = ""
+    identity: str = ""
+    rate_limit: float = 50.0
+    burst: int = 100
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.rate_limit <= 0 or self.burst < 1:
+            raise ConfigError("gateway.rate_limit must be > 0 and gateway.burst >= 1")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("gateway.log_format is 'text' or 'json'")
+
+    @property
+    def registry_path(self) -> Path:
+        return Path(self.registry).expanduser() if self.registry else default_registry_path()
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = ""
+    password: str = ""
+    start_broker: bool = False
+    prefix: str = "st/v1"
+    password_file: str = ""
+    acl_file: str = ""
+    reload_command: str = ""
+
+
+@dataclass(frozen=True)
+class CoapConfig:
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 5683
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class AdoptionConfig:
+    homeassistant: bool = False
+    homie: bool = False
+    discovery_prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True)
+class HomeAssistantConfig:
+    publish: bool = False
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    coap: CoapConfig = field(default_factory=CoapConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    adoption: AdoptionConfig = field(default_factory=AdoptionConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    source: str = "defaults"
+
+    def with_overrides(self, **sections: dict[str, Any]) -> GatewayConfig:
+        """A copy with some values replaced: ``with_overrides(http={"port": 0})``."""
+        changed: dict[str, Any] = {}
+        for name, values in sections.items():
+            changed[name] = _section(
+                type(getattr(self, name)), values, name, base=getattr(self, name)
+            )
+        return dataclasses.replace(self, **changed)
+
+
+_SECTIONS = {
+    "gateway": GatewaySection,
+    "mqtt": MqttConfig,
+    "coap": CoapConfig,
+    "http": HttpConfig,
+    "adoption": AdoptionConfig,
+    "homeassistant": HomeAssistantConfig,
+}
+
+
+def _section(cls: type, values: Any, name: str, *, base: Any = None) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) in [{name}]: {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(fields)})"
+        )
+    current = dataclasses.asdict(base) if base is not None else {}
+    for key, value in values.items():
+        default = getattr(cls(), key)
+        expected: type = type(default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"[{name}] {key} must be a {expected.__name__}, got {type(value).__name__}"
+            )
+        current[key] = value
+    try:
+        return cls(**current)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"[{name}]: {e}") from e
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
+    """Read ``path`` (or ``$SAFETHING_GATEWAY_CONFIG``); defaults when neither is given."""
+    source = path or os.environ.get(ENV_CONFIG) or None
+    if source is None:
+        return GatewayConfig()
+    target = Path(source).expanduser()
+    try:
+        data = tomllib.loads(target.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no configuration file at {target}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{target} is not valid TOML: {e}") from e
+    unknown = set(data) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"{target}: unknown section(s) {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(_SECTIONS)})"
+        )
+    sections = {name: _section(cls, data.get(name, {}), name) for name, cls in _SECTIONS.items()}
+    return GatewayConfig(**sections, source=str(target))

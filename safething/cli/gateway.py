@@ -1,0 +1,250 @@
+"""``safething gateway``, ``safething provision``, ``safething device list|revoke``.
+
+The gateway lives in the ``safething_gateway`` package (``pip install
+'safething[gateway]'``); it is imported only when one of these runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shlex
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from safething.cli.common import out
+from safething.errors import SafeThingError
+
+__all__ = ["register"]
+
+
+class GatewayMissingError(SafeThingError, ImportError):
+    """The gateway extra is not installed."""
+
+
+def _need_gateway() -> None:
+    try:
+        import safething_gateway.config  # noqa: F401
+    except ImportError as e:
+        raise GatewayMissingError(
+            f"the gateway is not installed ({e.name} missing): pip install 'safething[gateway]'"
+        ) from e
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    g = sub.add_parser("gateway", help="run the Raspberry Pi gateway (MQTT, CoAP, HTTP bridges)")
+    g.add_argument(
+        "--config",
+        metavar="TOML",
+        default=None,
+        help="gateway.toml (default: $SAFETHING_GATEWAY_CONFIG or built-in defaults)",
+    )
+    g.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("provision", help="provision a device: secret, custodial thing, config file")
+    p.add_argument("device_id", help="5-64 characters: letters, digits, '-' and '_'")
+    p.add_argument("--transport", choices=("mqtt", "coap", "http"), required=True)
+    p.add_argument("--config", metavar="TOML", default=None, help="the gateway's gateway.toml")
+    p.add_argument(
+        "--host",
+        default=None,
+        help="address the device uses to reach the gateway (default: from the config)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="device config file to write (default: ./<device_id>.json, mode 0600)",
+    )
+    p.add_argument("--wifi-ssid", default="", help="Wi-Fi network for the device's config")
+    p.add_argument("--wifi-password", default="", help="Wi-Fi password for the device's config")
+    p.add_argument("--no-qr", action="store_true", help="do not print the QR code")
+    p.set_defaults(func=cmd_provision)
+
+    d = sub.add_parser("device", help="list or revoke provisioned devices")
+    dsub = d.add_subparsers(dest="device_command", required=True, metavar="COMMAND")
+    ls = dsub.add_parser("list", help="devices in the gateway's registry")
+    ls.add_argument("--config", metavar="TOML", default=None)
+    ls.add_argument("--json", action="store_true", help="print JSON lines")
+    ls.set_defaults(func=cmd_device_list)
+    rv = dsub.add_parser("revoke", help="refuse a device from now on (and remove its broker login)")
+    rv.add_argument("device_id")
+    rv.add_argument("--config", metavar="TOML", default=None)
+    rv.set_defaults(func=cmd_device_revoke)
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    _need_gateway()
+    from safething_gateway.app import configure_logging, serve
+    from safething_gateway.config import load_config
+
+    config = load_config(args.config)
+    configure_logging(config.gateway.log_format, verbose=args.verbose)
+
+    def ready(app: Any) -> None:
+        for endpoint in app.endpoints():
+            out(f"serving {endpoint}")
+
+    asyncio.run(serve(config, on_ready=ready))
+    return 0
+
+
+def _device_config(
+    config: Any,
+    device_id: str,
+    transport: str,
+    secret: bytes,
+    host: str | None,
+    extra: dict[str, Any],
+    wifi: dict[str, str],
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "format": "safething-device",
+        "version": 1,
+        "device_id": device_id,
+        "secret": secret.hex(),
+        "transport": transport,
+        "wifi": wifi,
+    }
+    if transport == "mqtt":
+        doc["mqtt"] = {
+            "host": host or config.mqtt.host,
+            "port": config.mqtt.port,
+            "prefix": config.mqtt.prefix,
+            **extra,
+        }
+    elif transport == "coap":
+        doc["coap"] = {"host": host or config.coap.bind, "port": config.coap.port}
+    else:
+        doc["http"] = {"url": f"http://{host or config.http.bind}:{config.http.port}"}
+    return doc
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".device-", dir=path.parent)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _reload_broker(command: str) -> None:
+    if not command:
+        out("reload the broker so the login takes effect (e.g. systemctl reload mosquitto)")
+        return
+    result = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise OSError(f"'{command}' failed: {result.stderr.strip() or result.returncode}")
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    _need_gateway()
+    from safething_gateway.config import load_config
+    from safething_gateway.registry import Registry
+
+    config = load_config(args.config)
+    registry = Registry(config.gateway.registry_path)
+    try:
+        secret = secrets.token_bytes(32)
+        extra: dict[str, Any] = {}
+        if args.transport == "mqtt" and config.mqtt.password_file and config.mqtt.acl_file:
+            from safething_gateway.mosquitto import MosquittoAuth
+
+            auth = MosquittoAuth(Path(config.mqtt.password_file), Path(config.mqtt.acl_file))
+            extra = {"username": args.device_id, "password": auth.add_device(args.device_id)}
+        record = registry.add(
+            args.device_id, args.transport, secret=secret, meta={"provisioned": time.time()}
+        )
+        if extra:
+            _reload_broker(config.mqtt.reload_command)
+    finally:
+        registry.close()
+    doc = _device_config(
+        config,
+        args.device_id,
+        args.transport,
+        record.secret,
+        args.host,
+        extra,
+        {"ssid": args.wifi_ssid, "password": args.wifi_password},
+    )
+    text = json.dumps(doc, indent=2) + "\n"
+    target = args.out or Path(f"{args.device_id}.json")
+    _write_private(target, text)
+    out(
+        f"provisioned {args.device_id} ({args.transport}); thing key "
+        f"{record.identity.public_sign_key.hex()[:16]}..."
+    )
+    out(f"device config written to {target} (mode 0600): copy it to the device as config.json")
+    if not args.no_qr:
+        import segno
+
+        qr = segno.make(json.dumps(doc, separators=(",", ":")), error="l")
+        out("scan this with the SAFEthing console or a phone to configure the device:")
+        qr.terminal(compact=True)
+    return 0
+
+
+def cmd_device_list(args: argparse.Namespace) -> int:
+    _need_gateway()
+    from safething_gateway.config import load_config
+    from safething_gateway.registry import Registry
+
+    config = load_config(args.config)
+    registry = Registry(config.gateway.registry_path)
+    try:
+        records = registry.devices()
+    finally:
+        registry.close()
+    for r in records:
+        row = {
+            "device_id": r.device_id,
+            "transport": r.transport,
+            "state": "revoked" if r.revoked else ("online" if r.online else "offline"),
+            "described": r.description is not None,
+            "last_seen": r.last_seen,
+            "counter": r.rx_counter,
+        }
+        if args.json:
+            out(json.dumps(row))
+        else:
+            seen = (
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.last_seen))
+                if r.last_seen
+                else "never"
+            )
+            out(f"{r.device_id:24s} {r.transport:6s} {row['state']:8s} last seen {seen}")
+    if not args.json:
+        out(f"{len(records)} device(s) in {config.gateway.registry_path}")
+    return 0
+
+
+def cmd_device_revoke(args: argparse.Namespace) -> int:
+    _need_gateway()
+    from safething_gateway.config import load_config
+    from safething_gateway.registry import Registry
+
+    config = load_config(args.config)
+    registry = Registry(config.gateway.registry_path)
+    try:
+        record = registry.get(args.device_id, allow_revoked=True)
+        registry.revoke(args.device_id)
+    finally:
+        registry.close()
+    out(f"revoked {args.device_id}: the gateway refuses it from now on")
+    if record.transport == "mqtt" and config.mqtt.password_file and config.mqtt.acl_file:
+        from safething_gateway.mosquitto import MosquittoAuth
+
+        MosquittoAuth(Path(config.mqtt.password_file), Path(config.mqtt.acl_file)).remove_device(
+            args.device_id
+        )
+        _reload_broker(config.mqtt.reload_command)
+        out("its broker login and ACL were removed")
+    return 0

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from safething.cli import main
+from safething_gateway.config import ConfigError, load_config
+from safething_gateway.registry import Registry
+
+
+def test_defaults_and_file(tmp_path: Path) -> None:
+    assert load_config().http.port == 8080
+    path = tmp_path / "gateway.toml"
+    path.write_text('[http]\nport = 9000\n[gateway]\nrate_limit = 5\n')
+    config = load_config(path)
+    assert config.http.port == 9000
+    assert config.gateway.rate_limit == 5.0
+    assert config.with_overrides(http={"port": 0}).http.port == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[htp]\nport = 1\n", "unknown section"),
+        ("[http]\nprot = 1\n", "unknown setting"),
+        ('[http]\nport = "80"\n', "must be a int"),
+        ("[gateway]\nrate_limit = 0\n", "rate_limit"),
+        ("[http\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_provision_list_revoke(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[gateway]\nregistry = "{tmp_path}/gw.db"\n[coap]\nport = 5999\n')
+    out = tmp_path / "dev.json"
+    code = main(["provision", "sensor-07", "--transport", "coap", "--config", str(config),
+                 "--out", str(out), "--host", "192.0.2.10"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "provisioned sensor-07" in printed
+    assert "\u2588" in printed or "\u2580" in printed  # a QR code was drawn
+    doc = json.loads(out.read_text())
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert doc["coap"] == {"host": "192.0.2.10", "port": 5999}
+    registry = Registry(tmp_path / "gw.db")
+    assert registry.get("sensor-07").secret.hex() == doc["secret"]
+    registry.close()
+    assert main(["provision", "sensor-07", "--transport", "coap", "--config", str(config),
+                 "--out", str(out), "--no-qr"]) == 1
+    assert "already provisioned" in capsys.readouterr().err
+    assert main(["device", "list", "--config", str(config), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["device_id"] == "sensor-07"
+    assert row["state"] == "offline"
+    assert main(["device", "revoke", "sensor-07", "--config", str(config)]) == 0
+    capsys.readouterr()
+    main(["device", "list", "--config", str(config), "--json"])
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["state"] == "revoked"
+    assert main(["device", "revoke", "nobody-00", "--config", str(config)]) == 1
+    assert main(["provision", "x", "--transport", "http", "--config", str(config)]) == 1
+    assert "invalid device id" in capsys.readouterr().err
