@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from safething import __version__
-from safething.cli import bench, demo, identity, md, thing, vault
+from safething.cli import bench, demo, gateway, identity, md, thing, vault
 from safething.errors import SafeThingError, TamperedDataError
 
 __all__ = ["build_parser", "main"]
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.register(sub)
     demo.register(sub)
     thing.register(sub)
+    gateway.register(sub)
     return parser
 
 
