@@ -80,7 +80,7 @@ class GroupModule(NamedTuple):
 
 GROUP_MODULES: tuple[GroupModule, ...] = (
     GroupModule("net", "safething.bench.net"),
-    # GroupModule("things", "safething.bench.things"),
+    GroupModule("things", "safething.bench.things"),
 )
 """Every module of metric groups, in run order. One line per module."""
 
