@@ -39,6 +39,24 @@ EXPECTED = {
         for p in ("p50", "p99", "max")
     ),
 }
+THINGS_EXPECTED = {
+    "things_attribute_update_rate",
+    "original_blob_update_rate",
+    "things_notify_latency_vs_original_poll_ratio",
+    "things_update_rate_vs_original_blob_ratio",
+    *(
+        f"{base}_{p}_ms"
+        for base in (
+            "things_notify_latency_inprocess",
+            "things_notify_callback_latency_inprocess",
+            "things_notify_latency_xproc",
+            "things_action_roundtrip",
+            "original_poll_notify_latency",
+        )
+        for p in ("p50", "p99", "max")
+    ),
+}
+EXPECTED |= THINGS_EXPECTED
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +81,8 @@ def test_every_metric_is_present_and_positive(
     assert set(names) == EXPECTED
     for m in metrics:
         _check_positive(m)
-        assert isinstance(m["group"], str) and m["group"].startswith("net.")
+        group = "things" if m["name"] in THINGS_EXPECTED else "net."
+        assert isinstance(m["group"], str) and m["group"].startswith(group)
 
 
 def test_ratios_carry_both_sides(quick_run: tuple[list[dict[str, object]], Path]) -> None:
@@ -91,7 +110,15 @@ def test_latencies_report_their_sample_count(
         if m["unit"] == "ms":
             assert isinstance(m["samples"], int) and m["samples"] > 0
     by_name = {m["name"]: m["value"] for m in metrics}
-    for base in ("watch_latency_inprocess", "watch_latency_xproc"):
+    for base in (
+        "watch_latency_inprocess",
+        "watch_latency_xproc",
+        "things_notify_latency_inprocess",
+        "things_notify_callback_latency_inprocess",
+        "things_notify_latency_xproc",
+        "things_action_roundtrip",
+        "original_poll_notify_latency",
+    ):
         p50, p99, top = (by_name[f"{base}_{p}_ms"] for p in ("p50", "p99", "max"))
         assert isinstance(p50, float) and isinstance(p99, float) and isinstance(top, float)
         assert p50 <= p99 <= top
@@ -114,9 +141,37 @@ def test_print_json_writes_one_object_per_line(
 
 def test_only_filters_by_prefix_and_refuses_unknown_groups() -> None:
     names = group_names()
-    assert {"net.write", "net.read", "net.watch.inprocess", "net.watch.xproc"} <= set(names)
+    known = {"net.write", "net.read", "net.watch.inprocess", "net.watch.xproc", "things"}
+    assert known <= set(names)
     with pytest.raises(ValueError, match="selects no benchmark group"):
         run_benchmarks(quick=True, only=["no-such-group"])
+
+
+def test_things_targets_and_quick_poll_period_are_reported(
+    quick_run: tuple[list[dict[str, object]], Path],
+) -> None:
+    metrics, _ = quick_run
+    by_name = {m["name"]: m for m in metrics}
+    for name, op, value in (
+        ("things_notify_latency_inprocess_p50_ms", "<=", 2.0),
+        ("things_notify_callback_latency_inprocess_p50_ms", "<=", 2.0),
+        ("things_notify_latency_xproc_p99_ms", "<=", 50.0),
+        ("things_action_roundtrip_p50_ms", "<=", 5.0),
+    ):
+        m = by_name[name]
+        assert m["target"] == {"op": op, "value": value}
+        measured = m["value"]
+        assert isinstance(measured, float)
+        assert m["meets_target"] is (measured <= value)
+    poll = by_name["original_poll_notify_latency_p50_ms"]["params"]
+    assert isinstance(poll, dict)
+    # A quick run polls every 0.5 s instead of 5 s, and says so.
+    assert poll["quick_period"] is True and poll["period_s"] == 0.5
+    assert by_name["original_poll_notify_latency_p50_ms"]["samples"] == poll["events"]
+    updates = by_name["things_attribute_update_rate"]["params"]
+    assert isinstance(updates, dict)
+    assert updates["sent"] == updates["count"]
+    assert isinstance(updates["received"], list) and all(r > 0 for r in updates["received"])
 
 
 def test_percentile_is_nearest_rank() -> None:
