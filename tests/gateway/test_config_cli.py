@@ -70,3 +70,9 @@ def test_provision_list_revoke(
     assert main(["device", "revoke", "nobody-00", "--config", str(config)]) == 1
     assert main(["provision", "x", "--transport", "http", "--config", str(config)]) == 1
     assert "invalid device id" in capsys.readouterr().err
+
+
+def test_the_shipped_example_config_loads() -> None:
+    config = load_config(Path(__file__).parents[2] / "gateway" / "gateway.example.toml")
+    assert config.mqtt.reload_command == "systemctl reload mosquitto"
+    assert config.gateway.log_format == "json"
