@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import time
 from collections import Counter
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 Echo = Callable[[str], None]
+
+log = logging.getLogger("safething.demo")
 
 DRY_BELOW = 20.0
 """Moisture (%) under which the device raises ``VeryDryAlarm``."""
@@ -156,6 +159,11 @@ class Soil:
         return self.moisture
 
 
+def _report(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("garden demo: task %s failed", task.get_name(), exc_info=error)
+
+
 def _clock(t: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
 
@@ -237,6 +245,7 @@ class GardenDemo:
         task = asyncio.get_running_loop().create_task(coro, name=f"garden-demo:{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_report)
 
     def _line(self, kind: str, text: str, t: float | None = None) -> None:
         self.echo(f"{_clock(time.time() if t is None else t)}  {kind:<12}  {text}")
