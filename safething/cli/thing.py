@@ -44,7 +44,7 @@ from safething.things.admin import set_status
 from safething.things.consumer import STATUSES, ThingView, level_of
 from safething.things.discovery import ThingSummary, list_things
 
-__all__ = ["clock", "parse_arg", "register", "stop_on_interrupt"]
+__all__ = ["clock", "follow", "parse_arg", "register", "stop_on_interrupt"]
 
 _EVENTS_SHOWN = 10
 
@@ -67,13 +67,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_identity_option(show)
     show.set_defaults(func=cmd_show, is_async=True)
 
-    for name, verb in (("publish", "serve requests"), ("disable", "reject requests")):
+    for name, status, verb in (
+        ("publish", "published", "serve requests"),
+        ("disable", "disabled", "reject requests"),
+    ):
         s = tsub.add_parser(name, help=f"as its owner, make a thing {verb}")
         s.add_argument("id", help="thing id")
         add_store_option(s)
         add_identity_option(s)
-        s.set_defaults(func=cmd_set_status, status={"publish": "published"}.get(name, "disabled"))
-        s.set_defaults(is_async=True)
+        s.set_defaults(func=cmd_set_status, status=status, is_async=True)
 
     w = tsub.add_parser("watch", help="print a thing's notifications as they happen (Ctrl-C)")
     w.add_argument("id", help="thing id")
