@@ -4,6 +4,7 @@
 flags of the same name live in ``safething.net``.
 """
 
+from safething.things.admin import set_status
 from safething.things.consumer import (
     FINAL_STATES,
     ActionHandle,
@@ -25,6 +26,7 @@ from safething.things.description import (
     ValueType,
     ValueTypeError,
 )
+from safething.things.discovery import ThingSummary, list_things
 from safething.things.filters import Filter, FilterError, FilterKind, FilterState
 from safething.things.owner import ThingOwner
 from safething.things.thing import ActionRequest, StoredSubscription, Thing
@@ -55,9 +57,12 @@ __all__ = [
     "ThingClient",
     "ThingDescription",
     "ThingOwner",
+    "ThingSummary",
     "Topic",
     "UnknownFieldError",
     "ValueType",
     "ValueTypeError",
+    "list_things",
+    "set_status",
     "to_thing_description",
 ]
