@@ -158,7 +158,7 @@ class Thing:
         self._handlers: dict[str, Callable[[ActionRequest], Any]] = {}
         self._desired_handlers: dict[str, Callable[[Any], Any]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._finished: deque[str] = deque(maxlen=_OUTBOX_KEEP)
+        self._finished: deque[str] = deque()  # outbox states this run wrote, oldest first
         self._cancel_requested: set[str] = set()
         self._subs: dict[str, StoredSubscription] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -291,6 +291,7 @@ class Thing:
         except NoSuchEntryError:
             await self._set_status("registered")
         await self._restore_sequences(md)
+        await self._trim_outbox()
         await self.things.view(self.id, refresh=True)
         if self._inbox_task is None:
             self._inbox_task = self._spawn(self._serve_inbox(), "inbox")
@@ -732,15 +733,20 @@ class Thing:
 
     async def _finish(self, rid: str, state: str, **kwargs: Any) -> None:
         await self._write_state(rid, state, **kwargs)
-        self._finished.append(rid)
+        cancelled = rid in self._cancel_requested
         self._cancel_requested.discard(rid)
         inbox = self._md("inbox")
-        for key in (f"r/{rid}", f"c/{rid}"):
+        for key in (f"r/{rid}", f"c/{rid}") if cancelled else (f"r/{rid}",):
             with contextlib.suppress(NoSuchEntryError, NoSuchDataError):
                 await inbox.purge(key)
-        await self._trim_outbox()
+        self._finished.append(rid)
+        outbox = self._md("outbox")
+        while len(self._finished) > _OUTBOX_KEEP:  # keep the newest states, drop our oldest
+            with contextlib.suppress(NoSuchEntryError, NoSuchDataError):
+                await outbox.purge(f"r/{self._finished.popleft()}")
 
     async def _trim_outbox(self) -> None:
+        """Once at start: drop the oldest states left by earlier runs beyond the limit."""
         outbox = self._md("outbox")
         count, _ = await outbox.usage()
         if count <= _OUTBOX_KEEP:
