@@ -10,6 +10,7 @@ prints ``str(error)`` and never a traceback.
 from __future__ import annotations
 
 __all__ = [
+    "AbortedWriteError",
     "AccessDeniedError",
     "ActionFailedError",
     "BadKeyError",
@@ -172,3 +173,15 @@ class ActionFailedError(SafeThingError):
         self.state = state
         self.reason = reason
         super().__init__(message)
+
+
+class AbortedWriteError(ConflictError):
+    """Not applied: another write of the same all-or-nothing batch was refused."""
+
+    def __init__(self, key: str) -> None:
+        SafeThingError.__init__(
+            self, f"{key!r} not written: another write of the same atomic batch was refused"
+        )
+        self.key = key
+        self.expected = 0
+        self.current = 0

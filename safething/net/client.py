@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from safething.errors import (
+    AbortedWriteError,
     ConflictError,
     EntryExistsError,
     LimitExceededError,
@@ -461,10 +462,22 @@ class MutableData:
         """Insert or update, whichever applies."""
         return (await self.put_many({as_bytes(key, "key"): as_bytes(value)}))[0]
 
-    async def put_many(self, items: Mapping[bytes | str, bytes | str]) -> list[Entry]:
-        """Insert or update many entries, signed one by one, committed in one batch."""
+    async def put_many(
+        self,
+        items: Mapping[bytes | str, bytes | str],
+        *,
+        versions: Mapping[bytes | str, int | None] | None = None,
+        atomic: bool = False,
+    ) -> list[Entry]:
+        """Insert or update many entries, signed one by one, committed in one batch.
+
+        ``versions`` names, for some keys, the version you read (``None``: the
+        key must not exist); any other raises ``ConflictError``. With
+        ``atomic`` all entries are written or none is.
+        """
         clean = {check_entry_key(as_bytes(k, "key")): as_bytes(v) for k, v in items.items()}
-        return await self._write(clean, mode="put")
+        expected = {as_bytes(k, "key"): v for k, v in (versions or {}).items()}
+        return await self._write(clean, mode="put", versions=expected, atomic=atomic)
 
     async def delete(self, key: bytes | str, *, version: int | None = None) -> Entry:
         """Delete an entry (a signed tombstone at the next version)."""
@@ -503,8 +516,11 @@ class MutableData:
         *,
         mode: str,
         expect_version: int | None = None,
+        versions: Mapping[bytes, int | None] | None = None,
+        atomic: bool = False,
     ) -> list[Entry]:
         client = self.client
+        versions = versions or {}
         me = client._writer()
         store = client.store
         quota = Quota(self.address.entry_prefix, MAX_ENTRIES, MAX_MD_BYTES)
@@ -520,6 +536,15 @@ class MutableData:
                 stored = self._stored_key(key)
                 store_key = self.address.entry_key(stored)
                 existing = current.get(key)
+                if key in versions:
+                    found = None if existing is None else existing[0].version
+                    wanted = versions[key]
+                    if found != wanted:
+                        raise ConflictError(
+                            store_key,
+                            expected=-1 if wanted is None else wanted,
+                            current=-1 if found is None else found,
+                        )
                 if existing is None:
                     if mode in ("update", "delete"):
                         raise NoSuchEntryError(f"MD {self.address} has no entry {key!r}")
@@ -563,15 +588,26 @@ class MutableData:
                     )
                 writes.append(Write(store_key, data, expect, quota))
                 planned.append((key, Entry(key, value, version, me.public_sign_key)))
-            results = await store.commit(writes)
+            results = await store.commit(writes, atomic=atomic)
             retry: dict[bytes, bytes | None] = {}
+            if atomic and any(isinstance(r, Exception) for r in results):
+                for key, _ in planned:
+                    client._known.pop(self.address.entry_key(self._stored_key(key)), None)
+                refusal = next(
+                    r
+                    for r in results
+                    if isinstance(r, Exception) and not isinstance(r, AbortedWriteError)
+                )
+                if not isinstance(refusal, ConflictError) or versions or expect_version is not None:
+                    raise refusal
+                continue  # nothing was written: decide the whole batch again
             for (key, entry), result in zip(planned, results, strict=True):
                 store_key = self.address.entry_key(self._stored_key(key))
                 if isinstance(result, ConflictError):
                     client._known.pop(store_key, None)
-                    if expect_version is not None:
+                    if expect_version is not None or key in versions:
                         raise ConflictError(
-                            result.key, expected=expect_version, current=result.current
+                            result.key, expected=result.expected, current=result.current
                         )
                     if mode == "insert":
                         raise EntryExistsError(

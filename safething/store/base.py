@@ -215,13 +215,17 @@ class Store(AsyncResource, ABC):
         return self._one(await self.commit([Write(key, None, revision)]))
 
     @abstractmethod
-    async def commit(self, writes: Sequence[Write]) -> list[int | Exception]:
+    async def commit(
+        self, writes: Sequence[Write], *, atomic: bool = False
+    ) -> list[int | Exception]:
         """Apply several writes in one transaction, in order, each on its own terms.
 
         Returns one item per write: the new revision, or the exception
         (``ConflictError``, ``LimitExceededError``) that refused that write; a
-        refused write does not stop the others. Everything accepted is durable
-        when this returns. A delete of a missing key without condition yields 0.
+        refused write does not stop the others. With ``atomic=True`` it is all
+        or nothing: if one write is refused, none is applied and the others
+        report ``AbortedWriteError``. Everything accepted is durable when this
+        returns. A delete of a missing key without condition yields 0.
         """
 
     @abstractmethod

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 
-from safething.errors import ConflictError, LimitExceededError, StoreError
+from safething.errors import AbortedWriteError, ConflictError, LimitExceededError, StoreError
 from safething.store.base import (
     Change,
     Quota,
@@ -75,20 +75,55 @@ class MemoryStore(Store):
         self._check_open()
         return self._records.get(key)
 
-    async def commit(self, writes: Sequence[Write]) -> list[int | Exception]:
+    async def commit(
+        self, writes: Sequence[Write], *, atomic: bool = False
+    ) -> list[int | Exception]:
         self._check_open()
         for write in writes:
             if not isinstance(write, Write):
                 raise TypeError(f"commit takes Write objects, not {type(write).__name__}")
         usage: dict[str, list[int]] = {}
         results: list[int | Exception] = []
+        undo: list[tuple[str, Record | None]] = []
+        revision_before = self._revision
         for write in writes:
+            undo.append((write.key, self._records.get(write.key)))
             try:
                 results.append(self._apply(write, usage))
             except (ConflictError, LimitExceededError) as e:
                 results.append(e)
+        if atomic and any(isinstance(r, Exception) for r in results):
+            applied = sum(1 for r in results if isinstance(r, int) and r > 0)
+            self._undo(undo, revision_before, applied)
+            return [
+                r if isinstance(r, Exception) else AbortedWriteError(w.key)
+                for r, w in zip(results, writes, strict=True)
+            ]
         self._watches.wake_for(w.key for w in writes)
         return results
+
+    def _undo(
+        self, undo: list[tuple[str, Record | None]], revision: int, applied: int
+    ) -> None:
+        """Put back what an aborted atomic batch changed (nothing was announced yet)."""
+        for key, old in reversed(undo):
+            now = self._records.get(key)
+            if old is None and now is not None:
+                del self._records[key]
+                for prefix in _prefixes(key):
+                    keys = self._index.get(prefix)
+                    if keys is not None:
+                        keys.discard(key)
+                        if not keys:
+                            del self._index[prefix]
+            elif old is not None:
+                self._records[key] = old
+                if now is None:
+                    for prefix in _prefixes(key):
+                        self._index.setdefault(prefix, set()).add(key)
+        self._revision = revision
+        if applied:  # each applied write appended one change; trims only cut the front
+            del self._log[-applied:]
 
     def _apply(self, write: Write, usage: dict[str, list[int]]) -> int:
         old = self._records.get(write.key)

@@ -92,7 +92,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from safething.errors import ConflictError, LimitExceededError, StoreError, StoreURLError
+from safething.errors import (
+    AbortedWriteError,
+    ConflictError,
+    LimitExceededError,
+    StoreError,
+    StoreURLError,
+)
 from safething.store.base import (
     Change,
     Quota,
@@ -395,17 +401,19 @@ class _Listener:
 class _Job:
     """A commit (``writes``) or a chunk (``chunk``) waiting for the writer."""
 
-    __slots__ = ("chunk", "future", "writes")
+    __slots__ = ("atomic", "chunk", "future", "writes")
 
     def __init__(
         self,
         future: asyncio.Future[Any],
         writes: Sequence[Write] = (),
         chunk: tuple[str, bytes] | None = None,
+        atomic: bool = False,
     ) -> None:
         self.future = future
         self.writes = writes
         self.chunk = chunk
+        self.atomic = atomic
 
 
 class _Writer:
@@ -590,11 +598,18 @@ class _Writer:
                     outcomes.append(None)
                     continue
                 results: list[int | Exception] = []
+                mark = batch.mark() if job.atomic else None
                 for write in job.writes:
                     try:
                         results.append(batch.apply(write))
                     except (ConflictError, LimitExceededError) as e:
                         results.append(e)
+                if mark is not None and any(isinstance(r, Exception) for r in results):
+                    batch.rewind(mark)
+                    results = [
+                        r if isinstance(r, Exception) else AbortedWriteError(w.key)
+                        for r, w in zip(results, job.writes, strict=True)
+                    ]
                 outcomes.append(results)
             changed = batch.flush()
             self._since_trim += changed
@@ -639,6 +654,24 @@ class _Batch:
         self._final: dict[str, tuple[bytes | None, int]] = {}
         self._effects: list[tuple[str, int, int]] = []
         self._usage: dict[str, list[int]] = {}
+
+    def mark(self) -> tuple[Any, ...]:
+        """Where the batch stands, to rewind an all-or-nothing job that failed."""
+        return (
+            self.seq,
+            len(self._changes),
+            len(self._effects),
+            dict(self._state),
+            dict(self._final),
+            {k: list(v) for k, v in self._usage.items()},
+        )
+
+    def rewind(self, mark: tuple[Any, ...]) -> None:
+        seq, changes, effects, state, final, usage = mark
+        self.seq = seq
+        del self._changes[changes:]
+        del self._effects[effects:]
+        self._state, self._final, self._usage = state, final, usage
 
     def apply(self, write: Write) -> int:
         """Decide one write; its revision, 0 for a delete of nothing, or raise."""
@@ -784,7 +817,9 @@ class SQLiteStore(Store):
         value, revision = rows[0]
         return Record(key, value, revision)
 
-    async def commit(self, writes: Sequence[Write]) -> list[int | Exception]:
+    async def commit(
+        self, writes: Sequence[Write], *, atomic: bool = False
+    ) -> list[int | Exception]:
         writes = list(writes)
         for write in writes:
             if not isinstance(write, Write):
@@ -793,7 +828,7 @@ class SQLiteStore(Store):
         if not writes:
             return []
         future: asyncio.Future[list[int | Exception]] = self._loop.create_future()
-        self._writer.submit(_Job(future, writes=writes))
+        self._writer.submit(_Job(future, writes=writes, atomic=atomic))
         return await future
 
     def _committed(self, group: list[_Job], outcomes: list[Any], changed: bool) -> None:

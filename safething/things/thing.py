@@ -391,7 +391,7 @@ class Thing:
         self, pointer: bytes, slot: Callable[[int], bytes], value: Any, level: str | None
     ) -> int:
         """Claim the next sequence number with a compare-and-set on ``pointer`` (so two
-        writers never reuse one), then fill its history slot."""
+        writers never reuse one) and fill its history slot, in one atomic commit."""
         md = self._md("thing")
         async with self._write_lock:
             if level == "group":
@@ -402,17 +402,17 @@ class Thing:
                     seq=seq + 1, t=time.time(), value=value, level=level, ring=self._ring
                 )
                 try:
-                    if version is None:
-                        entry = await md.insert(pointer, data)
-                    else:
-                        entry = await md.update(pointer, data, version=version)
-                except (ConflictError, EntryExistsError):
+                    entry, _ = await md.put_many(
+                        {pointer: data, slot(seq + 1): data},
+                        versions={pointer: version},
+                        atomic=True,
+                    )
+                except ConflictError:
                     current = await md.get(pointer, include_deleted=True)
                     doc = loads(current.value or b"", "sequence pointer")
                     self._seq[pointer] = (int(doc["n"]), current.version)
                     continue
                 self._seq[pointer] = (seq + 1, entry.version)
-                await md.put(slot(seq + 1), data)
                 return seq + 1
         raise ConflictError(pointer.decode(), expected=0, current=0)
 

@@ -599,3 +599,30 @@ async def test_a_commit_wakes_only_matching_watches(store: Store) -> None:
     assert woken == ["near"]
     await near.close()
     await far.close()
+
+
+async def test_atomic_commit_is_all_or_nothing(store: Store) -> None:
+    from safething.errors import AbortedWriteError, ConflictError
+    from safething.store import Write
+
+    first = await store.put("t.a", b"1")
+    before = await store.info()
+    results = await store.commit(
+        [Write("t.b", b"new", 0), Write("t.a", b"2", first + 999), Write("t.c", b"x", None)],
+        atomic=True,
+    )
+    assert isinstance(results[0], AbortedWriteError)
+    assert isinstance(results[1], ConflictError)
+    assert not isinstance(results[1], AbortedWriteError)
+    assert isinstance(results[2], AbortedWriteError)
+    assert await store.get("t.b") is None
+    assert await store.get("t.c") is None
+    assert (await store.get("t.a")).value == b"1"  # type: ignore[union-attr]
+    after = await store.info()
+    assert after.revision == before.revision
+    assert after.records == before.records
+    async with store.watch("t.", since=first) as feed:  # nothing of the aborted batch
+        ok = await store.commit([Write("t.b", b"ok", 0), Write("t.a", b"3", first)], atomic=True)
+        assert all(isinstance(r, int) for r in ok)
+        got = [await anext(aiter(feed)), await anext(aiter(feed))]
+    assert [(c.key, c.value) for c in got] == [("t.b", b"ok"), ("t.a", b"3")]
