@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from safething.errors import SafeThingError, StoreError
+from safething.errors import LimitExceededError, SafeThingError, StoreError, ThingError
 from safething.net import Identity
 from safething.resource import AsyncResource
 from safething.store import Store
@@ -296,14 +296,20 @@ class Gateway(AsyncResource):
             await current.close()
         thing = Thing(desc, identity=record.identity, owner=self.owner.public, store=self.store)
         await thing.start()
-        for action in desc.actions:
-            thing.on_action(action.name, self._forwarder(record.device_id))
-        for attr in desc.attributes:
-            if attr.writable:
-                thing.on_desired(attr.name, self._desired_sender(record.device_id, attr.name))
-        await thing.register()
-        if thing.status == "registered":
-            await thing.publish()
+        try:
+            for action in desc.actions:
+                thing.on_action(action.name, self._forwarder(record.device_id))
+            for attr in desc.attributes:
+                if attr.writable:
+                    thing.on_desired(attr.name, self._desired_sender(record.device_id, attr.name))
+            await thing.register()
+            if thing.status == "registered":
+                await thing.publish()
+        except BaseException as e:
+            await thing.close()
+            if isinstance(e, LimitExceededError | ThingError):
+                raise PayloadError(f"description refused: {e}") from e
+            raise
         self.things[record.device_id] = thing
         return thing
 

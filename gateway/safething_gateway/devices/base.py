@@ -82,7 +82,7 @@ class DeviceLink:
         message.verify(self.secret, self.device_id, channel)
         if message.counter <= self.down_counter:
             return [("ack", self.up("ack", {"down": self.down_counter}))]
-        body = decode_body(message.body, self.content_format)
+        body = decode_body(message.body, "json")  # downlink bodies are always JSON
         self.down_counter = message.counter
         self._save()
         out: list[tuple[str, bytes]] = [("ack", self.up("ack", {"down": message.counter}))]
