@@ -1,10 +1,12 @@
-"""``safething demo``: the gardening device and its controller, on the embedded SQLite store.
+"""``safething demo``: the gardening pair through the gateway, on the embedded SQLite store.
 
-Creates (or reuses) your identity, which owns two things with identities of
-their own (kept next to yours), and runs them in this process until Ctrl-C
-or ``--seconds``. ``safething demo --net`` is the walkthrough of the data
-network underneath (signed MDs, private MDs, blobs, the change feed, public
-names, a lying store being caught).
+By default: the gateway with its MQTT (a private Mosquitto), CoAP and HTTP
+bridges, one simulated gardening device per transport, and a controller
+SAFEthing that waters each of them; everything is printed as it happens.
+``--local`` runs the gardening device and controller as two SAFEthings in
+this process, without the gateway. ``--net`` walks through the data network
+underneath (signed MDs, private MDs, blobs, the change feed, public names, a
+lying store being caught). All stop cleanly on Ctrl-C or after ``--seconds``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--net", action="store_true", help="walk through the data network instead (and exit)"
     )
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="the gardening pair as two SAFEthings in this process, without the gateway",
+    )
     add_store_option(p)
     add_identity_option(p)
     p.set_defaults(func=cmd_demo, is_async=True)
@@ -88,7 +95,34 @@ async def cmd_demo(args: argparse.Namespace) -> int:
             out()
             out("done. Inspect it with: safething md ls   |   safething vault info")
             return 0
-        return await _garden(args, store, owner, path)
+        if args.local:
+            return await _garden(args, store, owner, path)
+        return await _gateway(args, store, owner, path)
+
+
+async def _gateway(args: argparse.Namespace, store: Store, owner: Identity, path: Path) -> int:
+    from safething.cli.gateway import _need_gateway
+
+    _need_gateway()
+    from safething_gateway.demo import GatewayDemo
+
+    state_dir = path.with_name(f"{path.stem}.gateway-demo")
+    store_flag = f" --store {args.store}" if args.store else ""
+    until = f"for {args.seconds:g} s or until Ctrl-C" if args.seconds else "until Ctrl-C"
+    async with (
+        stop_on_interrupt() as stop,
+        GatewayDemo(store, owner, state_dir, echo=out) as demo,
+    ):
+        started = time.monotonic()
+        out(f"running {until}. From a second terminal: safething thing list{store_flag}")
+        out(f"  safething thing watch {demo.devices[0].link.device_id}{store_flag}")
+        out(f"  mosquitto_sub -p {demo.broker.port if demo.broker else 1883} -t 'st/v1/#' -v")
+        out(f"  curl http://127.0.0.1:{demo.http_port}/metrics")
+        out()
+        await demo.run(seconds=args.seconds, stop=stop)
+    out()
+    out(f"stopped after {time.monotonic() - started:.1f} s: {demo.summary()}")
+    return 0
 
 
 async def _garden(args: argparse.Namespace, store: Store, owner: Identity, path: Path) -> int:

@@ -1,4 +1,4 @@
-"""``safething demo``: the gardening device and controller, and ``--net``."""
+"""``safething demo``: through the gateway (default), ``--local`` and ``--net``."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_garden_demo(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = f"sqlite:///{env}/vault.db"
-    code = main(["demo", "--seconds", "6", "--store", store])
+    code = main(["demo", "--local", "--seconds", "6", "--store", store])
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")
     device = re.search(r"device: +(garden-device-[0-9a-f]{8})", out)
@@ -40,7 +40,7 @@ def test_garden_demo(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
     # a second run in another process reuses the identities and the things; Ctrl-C stops it
     proc = subprocess.Popen(
-        [sys.executable, "-m", "safething", "demo", "--store", store],
+        [sys.executable, "-m", "safething", "demo", "--local", "--store", store],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -75,3 +75,25 @@ def test_bad_seconds(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
         main(["demo", "--seconds", "0"])
     assert exit_info.value.code == 2
     assert "expected seconds above 0" in capsys.readouterr().err
+
+
+def test_gateway_demo(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The main job: a private broker, three bridges, a device on each, a controller."""
+    store = f"sqlite:///{env}/vault.db"
+    code = main(["demo", "--seconds", "8", "--store", store])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "started a private Mosquitto on mqtt://127.0.0.1:" in out
+    for scheme in ("mqtt", "coap", "http"):
+        assert re.search(rf"^  {scheme}://127\.0\.0\.1:\d+$", out, re.M), scheme
+        assert re.search(rf"device garden-{scheme}-\w+ is online over {scheme}", out)
+        assert re.search(rf"reading +garden-{scheme}-\w+ +moisture = [0-9.]+ %", out)
+    assert re.search(r"notification +VeryDryAlarm [0-9.]+ % from garden-", out)
+    assert re.search(r"action +OpenValve on garden-\w+-\w+: done ->", out)
+    assert "stopped after 8." in out
+    # the registry and counters are kept: a second run continues without replays
+    code = main(["demo", "--seconds", "3", "--store", store])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "replay" not in out + err
+    assert re.search(r"reading +garden-mqtt-\w+ +moisture", out)

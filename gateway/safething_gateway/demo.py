@@ -1,0 +1,341 @@
+"""The gateway demo: three simulated gardening devices, one per transport, and a controller.
+
+A private Mosquitto on a free port, the gateway with its MQTT, CoAP and HTTP
+bridges, one gardening device (soil moisture sensor and valve) speaking each
+transport with its own secret and counters, and a controller SAFEthing that
+subscribes to every device's alarms and opens or closes its valve through
+the gateway. Every reading, notification and action state is printed as it
+happens. The registry and device counters live in ``state_dir`` so a rerun
+continues where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from safething.net import Client, Identity
+from safething.store import Store
+from safething.things import ActionStatus, Notification, Thing, ThingClient, ThingDescription
+from safething_gateway.core import Bridge, Gateway
+from safething_gateway.devices.base import DeviceLink
+from safething_gateway.registry import Registry
+from safething_gateway.testing import Mosquitto, free_port
+
+__all__ = ["GatewayDemo", "device_description"]
+
+log = logging.getLogger("safething.gateway.demo")
+
+Echo = Callable[[str], None]
+TRANSPORTS = ("mqtt", "coap", "http")
+DRY_BELOW = 20.0
+WET_ABOVE = 75.0
+TICK_S = 0.5
+
+
+def device_description(device_id: str) -> dict[str, Any]:
+    """What a gardening device announces in its birth message (protocol §3)."""
+    return {
+        "format": 1,
+        "id": device_id,
+        "title": "Gardening device",
+        "description": "Soil moisture sensor and a valve, bridged by the gateway",
+        "attributes": [
+            {
+                "name": "moisture",
+                "type": "number",
+                "unit": "%",
+                "minimum": 0,
+                "maximum": 100,
+                "dynamic": True,
+            },
+            {"name": "valve", "type": "enum", "choices": ["open", "closed"], "dynamic": True},
+            {"name": "model", "type": "string", "value": "GD-1 (simulated)"},
+        ],
+        "topics": [
+            {"name": "VeryDryAlarm", "type": "number", "unit": "%"},
+            {"name": "VeryWetAlarm", "type": "number", "unit": "%"},
+        ],
+        "actions": [
+            {
+                "name": "OpenValve",
+                "params": [
+                    {"name": "psi", "type": "number", "minimum": 0, "maximum": 100, "default": 30}
+                ],
+                "output": {"type": "object"},
+                "timeout_s": 20,
+            },
+            {"name": "CloseValve", "output": {"type": "object"}, "timeout_s": 20},
+        ],
+    }
+
+
+class _Soil:
+    """Dries slowly; the open valve wets it quickly."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.moisture = self.rng.uniform(22, 40)
+        self.valve = "closed"
+
+    def step(self) -> float:
+        delta = 9.0 if self.valve == "open" else -self.rng.uniform(1.5, 3.5)
+        self.moisture = round(min(100.0, max(0.0, self.moisture + delta)), 1)
+        return self.moisture
+
+
+class _SimulatedDevice:
+    """One gardening device: a DeviceLink and a transport client."""
+
+    def __init__(self, demo: GatewayDemo, transport: str, link: DeviceLink, seed: int) -> None:
+        self.demo = demo
+        self.transport = transport
+        self.link = link
+        self.soil = _Soil(seed)
+        self.client: Any = None
+        link.on_action = self._act
+
+    def _act(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
+        if action == "OpenValve":
+            self.soil.valve = "open"
+            return {"valve": "open", "psi": args.get("psi")}
+        if action == "CloseValve":
+            self.soil.valve = "closed"
+            return {"valve": "closed"}
+        raise ValueError(f"unknown action {action}")
+
+    async def start(self) -> None:
+        demo = self.demo
+        if self.transport == "mqtt":
+            from safething_gateway.devices.mqtt import MqttDevice
+
+            assert demo.broker is not None
+            self.client = MqttDevice(self.link, "127.0.0.1", demo.broker.port)
+        elif self.transport == "coap":
+            from safething_gateway.devices.coap import CoapDevice
+
+            self.client = CoapDevice(self.link, "127.0.0.1", demo.coap_port)
+        else:
+            from safething_gateway.devices.http import HttpDevice
+
+            self.client = HttpDevice(self.link, f"http://127.0.0.1:{demo.http_port}")
+        await self.client.start()
+        await self.client.reading({"moisture": self.soil.moisture, "valve": self.soil.valve})
+        if self.transport == "coap":
+            await self.client.observe()
+        elif self.transport == "http":
+            demo.spawn(self._long_poll(), f"{self.link.device_id}:poll")
+        demo.spawn(self._sense(), f"{self.link.device_id}:sense")
+
+    async def _long_poll(self) -> None:
+        while True:
+            await self.client.poll(wait=5)
+
+    async def _sense(self) -> None:
+        shown_valve = self.soil.valve
+        while True:
+            await asyncio.sleep(TICK_S)
+            value = self.soil.step()
+            reading: dict[str, Any] = {"moisture": value}
+            if self.soil.valve != shown_valve:
+                reading["valve"] = shown_valve = self.soil.valve
+            await self.client.reading(reading)
+            if value < DRY_BELOW and self.soil.valve == "closed":
+                await self.client.event("VeryDryAlarm", value)
+            elif value > WET_ABOVE and self.soil.valve == "open":
+                await self.client.event("VeryWetAlarm", value)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+
+class GatewayDemo:
+    """``async with GatewayDemo(store, owner, state_dir) as demo: await demo.run(...)``."""
+
+    def __init__(
+        self, store: Store, owner: Identity, state_dir: Path, *, echo: Echo = print
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.state_dir = state_dir
+        self.echo = echo
+        self.counts: Counter[str] = Counter()
+        self.broker: Mosquitto | None = None
+        self.registry: Registry | None = None
+        self.gateway: Gateway | None = None
+        self.coap_port = 0
+        self.http_port = 0
+        self.devices: list[_SimulatedDevice] = []
+        self.controller: Thing | None = None
+        self.console = ThingClient(Client(store))
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._busy: set[str] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"gateway-demo:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_report)
+
+    def line(self, kind: str, text: str) -> None:
+        now = time.time()
+        stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+        self.echo(f"{stamp}  {kind:<12}  {text}")
+
+    async def __aenter__(self) -> GatewayDemo:
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _start(self) -> None:
+        from safething_gateway.bridges.coap import CoapBridge
+        from safething_gateway.bridges.http import HttpBridge
+        from safething_gateway.bridges.mqtt import MqttBridge
+
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        broker_dir = self.state_dir / "broker"
+        broker_dir.mkdir(exist_ok=True)
+        self.broker = Mosquitto(free_port(), broker_dir)
+        self.broker.start()
+        self.echo(f"no MQTT broker configured: started a private Mosquitto on {self.broker.url}")
+        self.registry = Registry(self.state_dir / "gateway.db")
+        coap = CoapBridge("127.0.0.1", 0)
+        http = HttpBridge("127.0.0.1", 0)
+        bridges: list[Bridge] = [MqttBridge("127.0.0.1", self.broker.port), coap, http]
+        self.gateway = Gateway(
+            store=self.store, registry=self.registry, owner=self.owner, bridges=bridges
+        )
+        await self.gateway.start()
+        self.coap_port, self.http_port = coap.port, http.port
+        self.echo("gateway endpoints:")
+        for endpoint in self.gateway.endpoints():
+            self.echo(f"  {endpoint}")
+        self.echo(f"  http://127.0.0.1:{self.http_port}/metrics   /healthz   /openapi.json")
+        suffix = self.owner.public_sign_key.hex()[:6]
+        for i, transport in enumerate(TRANSPORTS):
+            device_id = f"garden-{transport}-{suffix}"
+            record = self.registry.find(device_id) or self.registry.add(device_id, transport)
+            link = DeviceLink(
+                device_id,
+                record.secret,
+                device_description(device_id),
+                state_file=self.state_dir / f"{device_id}.counters.json",
+            )
+            self.devices.append(_SimulatedDevice(self, transport, link, seed=i))
+        for device in self.devices:
+            await device.start()
+            self.echo(f"device {device.link.device_id} is online over {device.transport}")
+        await self._start_controller(suffix)
+
+    async def _start_controller(self, suffix: str) -> None:
+        ids = [d.link.device_id for d in self.devices]
+        identity_path = self.state_dir / "controller.identity.json"
+        identity = (
+            Identity.load(identity_path)
+            if identity_path.exists()
+            else Identity.generate("controller")
+        )
+        if not identity_path.exists():
+            identity.save(identity_path)
+        description = ThingDescription(
+            f"garden-controller-{suffix}", title="Gardening controller (via the gateway)"
+        )
+        self.controller = Thing(description, identity=identity, owner=self.owner, store=self.store)
+        await self.controller.start()
+        await self.controller.register()
+        await self.controller.publish()
+        for device_id in ids:
+            await self.controller.subscribe(device_id, topic="VeryDryAlarm", callback=self._dry)
+            await self.controller.subscribe(
+                device_id, attribute="moisture", filter=f"gt:{WET_ABOVE:g}", callback=self._wet
+            )
+            self.spawn(self._show(device_id), f"show:{device_id}")
+
+    async def _show(self, device_id: str) -> None:
+        async with self.console.subscribe(device_id, attribute="moisture") as readings:
+            async for note in readings:
+                self.line("reading", f"{device_id}  moisture = {note.value:g} %  (seq {note.seq})")
+
+    def _dry(self, note: Notification) -> None:
+        self.counts["VeryDryAlarm"] += 1
+        self.line("notification", f"VeryDryAlarm {note.value:g} % from {note.thing_id}")
+        self._want(note.thing_id, "OpenValve", psi=30)
+
+    def _wet(self, note: Notification) -> None:
+        self.line("notification", f"moisture {note.value:g} % > {WET_ABOVE:g} % on {note.thing_id}")
+        self._want(note.thing_id, "CloseValve")
+
+    def _want(self, device_id: str, action: str, **args: Any) -> None:
+        if device_id in self._busy:
+            return
+        self._busy.add(device_id)
+        self.spawn(self._request(device_id, action, args), f"{action}:{device_id}")
+
+    async def _request(self, device_id: str, action: str, args: dict[str, Any]) -> None:
+        assert self.controller is not None
+        try:
+            handle = await self.controller.request(device_id, action, **args)
+            shown = f"{action} on {device_id}"
+            async for status in handle.states():
+                self._state(shown, status)
+            self.counts[f"{action} {handle.state}"] += 1
+        finally:
+            self._busy.discard(device_id)
+
+    def _state(self, shown: str, status: ActionStatus) -> None:
+        extra = ""
+        if status.state == "done":
+            extra = f" -> {status.result}"
+        elif status.message:
+            extra = f" ({status.message})"
+        self.line("action", f"{shown}: {status.state}{extra}")
+
+    async def run(self, *, seconds: float | None = None, stop: asyncio.Event | None = None) -> None:
+        waiter = stop or asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await waiter.wait()
+
+    def summary(self) -> str:
+        parts = [f"{self.counts['VeryDryAlarm']} VeryDryAlarm"]
+        parts += [f"{k} {n}" for k, n in sorted(self.counts.items()) if " " in k]
+        return ", ".join(parts)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for device in self.devices:
+            with contextlib.suppress(Exception):
+                await device.close()
+        if self.controller is not None:
+            await self.controller.close()
+        await self.console.close()
+        if self.gateway is not None:
+            await self.gateway.close()
+        if self.registry is not None:
+            self.registry.close()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def _report(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("demo task %s failed", task.get_name(), exc_info=task.exception())
