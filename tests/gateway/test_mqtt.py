@@ -8,7 +8,10 @@ import os
 import pwd
 import secrets
 import shutil
+import socket
+import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -168,11 +171,12 @@ def site(store: Store, registry: Registry) -> Iterator[Site]:
             yield Site(store, registry, server, auth, user, password)
 
 
-def _login(port: int, user: str, password: str) -> bool:
-    """One MQTT CONNECT with these credentials: True if the broker accepts it."""
+def _login(port: int, user: str | None, password: str | None) -> bool:
+    """One MQTT CONNECT with these credentials (None: anonymous): True if accepted."""
     answer: list[bool] = []
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=uid("probe"))
-    client.username_pw_set(user, password)
+    if user is not None:
+        client.username_pw_set(user, password)
     client.on_connect = lambda c, u, flags, reason, props: answer.append(not reason.is_failure)
     client.connect("127.0.0.1", port)
     try:
@@ -226,6 +230,57 @@ def test_password_hash_is_mosquitto_passwd_format(tmp_path: Path) -> None:
     for bad in ("x\ntopic readwrite #", "sensor-03\n", "a b"):
         with pytest.raises(ValueError, match="invalid broker user name"):
             auth.add_device(bad)
+
+
+def test_shipped_mosquitto_snippet_loads_and_locks_the_broker() -> None:
+    """gateway/mosquitto-safething.conf under a main config like Debian's."""
+    snippet = Path(__file__).parents[2] / "gateway" / "mosquitto-safething.conf"
+    user = _broker_user()
+    with tempfile.TemporaryDirectory(prefix="safething-conf-") as tmp:
+        root = Path(tmp)
+        (root / "conf.d").mkdir()
+        (root / "lib").mkdir()
+        port = free_port()
+        auth = MosquittoAuth(
+            root / "etc" / "mosquitto.passwd", root / "etc" / "mosquitto.acl", owner=user
+        )
+        password = auth.add_gateway_user("safething-gateway")
+        text = (
+            snippet.read_text()
+            .replace("/etc/safething/", f"{root}/etc/")
+            .replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+        )
+        (root / "conf.d" / "safething.conf").write_text(text)
+        (root / "mosquitto.conf").write_text(
+            f"pid_file {root}/mosquitto.pid\npersistence true\n"
+            f"persistence_location {root}/lib/\nlog_dest stderr\ninclude_dir {root}/conf.d\n"
+        )
+        if user is not None:
+            for path in (root, root / "lib", root / "etc"):
+                shutil.chown(path, user)
+        process = subprocess.Popen(
+            ["mosquitto", "-c", str(root / "mosquitto.conf")],
+            stderr=subprocess.PIPE,
+            executable=shutil.which("mosquitto") or "/usr/sbin/mosquitto",
+        )
+        try:
+            deadline = time.monotonic() + 5
+            while True:
+                assert process.poll() is None, process.stderr.read()  # type: ignore[union-attr]
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+            assert _login(port, "safething-gateway", password)
+            assert not _login(port, "safething-gateway", "wrong")
+            assert not _login(port, None, None)
+        finally:
+            process.terminate()
+            process.wait(5)
+            assert process.stderr is not None
+            process.stderr.close()
 
 
 async def test_provision_birth_readings_and_an_action(site: Site) -> None:
@@ -433,22 +488,24 @@ async def test_gateway_restart_delivers_the_pending_action_of_a_sleepy_device(
     link, password = await site.provision()
     device_id = link.device_id
     link.on_action = lambda action, args: None
-    async with site.gateway():
-        async with site.device(link, password) as device:
-            await device.start()
-            await published(site.store, device_id)
-        # the device sleeps; a SAFEthing asks it to act
+    device = site.device(link, password)
+    async with site.gateway() as (gateway, _):
+        await device.start()
+        await published(site.store, device_id)
+        await device.close()  # goes to sleep: state offline
+        assert not gateway.registry.get(device_id).online
         requester = ThingClient(Client(site.store, Identity.generate()))
         handle = await requester.request(device_id, "OpenValve", timeout=30, psi=10)
         await until(lambda: site.registry.pending(device_id))
         assert handle.state in ("requested", "accepted", "running")
     # the gateway is down; the request waits in the registry
     assert site.registry.pending(device_id)
-    async with site.gateway() as (gateway, _), site.device(link, password) as device:
-        await device.start()  # state online: the new bridge pushes the queued request
+    async with site.gateway() as (gateway, _):
+        await device.start()  # wakes up: state online, the new bridge pushes the request
         await until(lambda: link.actions_run == [handle.request_id])
         await until(lambda: gateway.registry.pending(device_id) == [])
         status = await handle.wait(15)
+        await device.close()
     await requester.close()
     if status.state == "failed" and status.message == "interrupted: the thing shut down":
         pytest.xfail(

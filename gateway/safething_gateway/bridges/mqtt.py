@@ -194,8 +194,8 @@ class MqttConnection:
         client.on_subscribe = self._paho_subscribe
         client.on_socket_open = self._paho_socket_open
         client.on_pre_connect = self._paho_pre_connect
-        client.connect_async(host, port, keepalive)
         self.client = client
+        self.keepalive = keepalive
 
     @property
     def url(self) -> str:
@@ -205,11 +205,13 @@ class MqttConnection:
     # --- lifecycle (event loop) ----------------------------------------------------------
 
     async def start(self) -> None:
-        """Start paho's network thread; it connects (and reconnects) in the background."""
+        """Start paho's network thread; it connects (and reconnects) in the background.
+        Can be called again after :meth:`close`."""
         if self._started:
             return
         self._loop = asyncio.get_running_loop()
         self._started = True
+        self.client.connect_async(self.host, self.port, self.keepalive)
         self.client.loop_start()
 
     async def wait_connected(
