@@ -1,0 +1,1611 @@
+"""Adopting devices that announce themselves with Home Assistant MQTT discovery.
+
+Tasmota, Zigbee2MQTT, ESPHome, OpenMQTTGateway and many others publish a
+retained JSON *config* per entity (``homeassistant/<component>/[<node>/]
+<object>/config``) or one per device (``homeassistant/device/<id>/config``
+with ``cmps``). :class:`HomeAssistantAdopter` reads them, groups the
+entities by device (``dev.ids``), and makes each device a custodial
+SAFEthing ``ha-<identifier>``:
+
+=============  =============================================================
+component      SAFEthing
+=============  =============================================================
+sensor         dynamic number (``unit_of_meas``, ``stat_cla`` or a numeric
+               ``dev_cla``), enum (``dev_cla: enum`` with ``options``) or
+               string attribute
+binary_sensor  dynamic boolean attribute (``pl_on``/``pl_off``)
+switch, light  writable boolean attribute; actions ``TurnOn``/``TurnOff``
+               publish ``pl_on``/``pl_off`` (``{"state": "ON"}`` for a JSON
+               light) on ``cmd_t``
+number         writable number attribute (``min``/``max``/``step``); action
+               ``Set(value)``
+select         writable enum attribute (``options``)
+=============  =============================================================
+
+With more than one switch/light (or number) on a device, the actions take a
+``target`` parameter naming the attribute (default: the first). Values come
+from ``stat_t`` through ``val_tpl``; only simple templates are understood
+(see :class:`ValueTemplate`): an entity whose template is not is skipped
+with a log line, as is every malformed config. The bridge never stops on a
+bad message. An empty retained config removes the entity; a device with no
+entity left has its thing disabled.
+
+Adopted devices cannot sign: whatever reaches the broker on their topics is
+taken as theirs. Their registry record says ``"broker_authenticated": true``
+and so does their description text (:data:`BROKER_AUTHENTICATED`).
+
+This module also holds the MQTT plumbing the Homie adopter and the Home
+Assistant publisher share: :class:`MqttBridge` (one paho client, its
+network thread feeding one worker task on the event loop) and
+:class:`MqttAdopter` (registering an adopted device with the gateway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import math
+import re
+import secrets
+import threading
+from abc import abstractmethod
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from safething.errors import SafeThingError
+from safething.things import (
+    AccessType,
+    Action,
+    ActionRequest,
+    Attribute,
+    Param,
+    Thing,
+    ThingDescription,
+)
+from safething_gateway.core import Bridge, Gateway
+
+__all__ = [
+    "ABBREVIATIONS",
+    "BROKER_AUTHENTICATED",
+    "BrokerUnavailableError",
+    "ConfigError",
+    "HomeAssistantAdopter",
+    "MqttAdopter",
+    "MqttBridge",
+    "TemplateError",
+    "ValueTemplate",
+    "expand_config",
+]
+
+log = logging.getLogger("safething.gateway.adoption")
+
+BROKER_AUTHENTICATED: Final = "broker_authenticated: true"
+"""Marker in the description text of every adopted thing (a console shows it)."""
+
+ADOPTED_HISTORY: Final = 16
+"""Values kept per adopted attribute: small, so that a device with many entities fits an MD."""
+
+_MAX_DYNAMIC: Final = 50
+"""Most dynamic attributes of one adopted thing (its histories must fit in one MD)."""
+
+Job = Callable[[], Awaitable[None]]
+
+
+class BrokerUnavailableError(SafeThingError, ConnectionError):
+    """The MQTT broker cannot take a message now (not connected, or no acknowledgement)."""
+
+
+class ConfigError(SafeThingError, ValueError):
+    """A discovery config (or announcement) cannot be adopted; it is skipped."""
+
+
+class TemplateError(ConfigError):
+    """A template is outside the supported subset, or does not apply to a payload."""
+
+
+# --- MQTT plumbing -------------------------------------------------------------------
+
+
+class MqttBridge(Bridge):
+    """A bridge holding one paho-mqtt client.
+
+    paho's network thread hands every message, in arrival order, to one
+    worker task on the event loop (:meth:`on_message`), which is where all
+    the bridge's state lives; :meth:`submit` and :meth:`later` queue more
+    work for that task. Reconnects are paho's; subscriptions are renewed on
+    every connection.
+    """
+
+    name = "mqtt-client"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        connect_timeout: float = 5.0,
+        publish_timeout: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.publish_timeout = publish_timeout
+        self._username = username
+        self._password = password
+        self._gateway: Gateway | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: mqtt.Client | None = None
+        self._jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._lock = threading.Lock()
+        self._topics: set[str] = set()
+        self._up = False
+        self._ready = asyncio.Event()
+        self._connect_mid: int | None = None
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._closed = False
+
+    # --- for subclasses -----------------------------------------------------------------
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            raise RuntimeError(f"bridge {self.name} is not started")
+        return self._gateway
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def topics(self) -> Iterable[str]:
+        """Topic filters subscribed on every connection."""
+        return ()
+
+    def prepare(self, client: mqtt.Client) -> None:
+        """Called once before connecting (e.g. to set a last will)."""
+
+    async def on_connected(self) -> None:
+        """Called on the worker after each connection, once its subscriptions are granted."""
+
+    @abstractmethod
+    async def on_message(self, topic: str, payload: bytes, retain: bool) -> None:
+        """One MQTT message, on the worker, in arrival order."""
+
+    async def on_close(self) -> None:
+        """Called before disconnecting (e.g. to say "offline")."""
+
+    def submit(self, job: Job) -> None:
+        """Run ``job`` on the worker after what is already queued."""
+        self._jobs.put_nowait(job)
+
+    def later(self, delay: float, job: Job) -> None:
+        """Run ``job`` on the worker in ``delay`` seconds (cancelled by :meth:`close`)."""
+        loop = self._running_loop()
+        handle: asyncio.TimerHandle | None = None
+
+        def fire() -> None:
+            if handle is not None:
+                self._timers.discard(handle)
+            self.submit(job)
+
+        handle = loop.call_later(delay, fire)
+        self._timers.add(handle)
+
+    def subscribe(self, *topics: str) -> None:
+        """Subscribe now (if connected) and on every reconnection."""
+        with self._lock:
+            new = [t for t in topics if t not in self._topics]
+            self._topics.update(new)
+            up = self._up
+        if new and up and self._client is not None:
+            self._client.subscribe([(t, 1) for t in new])
+
+    def unsubscribe(self, *topics: str) -> None:
+        with self._lock:
+            gone = [t for t in topics if t in self._topics]
+            self._topics.difference_update(gone)
+            up = self._up
+        if gone and up and self._client is not None:
+            self._client.unsubscribe(gone)
+
+    def is_connected(self) -> bool:
+        with self._lock:
+            return self._up
+
+    async def publish(
+        self, topic: str, payload: str | bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish and wait until the broker has it (PUBACK for QoS 1).
+
+        Raises :class:`BrokerUnavailableError` at once when not connected
+        (nothing is queued for later: a command must not fire long after it
+        was asked for).
+        """
+        client = self._client
+        if client is None or self._closed or not self.is_connected():
+            raise BrokerUnavailableError(f"not connected to the MQTT broker {self.url}")
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise BrokerUnavailableError(
+                f"cannot publish to {topic!r}: {mqtt.error_string(info.rc)}"
+            )
+        future: asyncio.Future[None] = self._running_loop().create_future()
+        self._acks[info.mid] = future
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                await future
+        except TimeoutError:
+            raise BrokerUnavailableError(
+                f"the broker {self.url} did not acknowledge a message on {topic!r}"
+            ) from None
+        finally:
+            self._acks.pop(info.mid, None)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError(f"bridge {self.name} is not started")
+        return self._loop
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self, gateway: Gateway) -> None:
+        if self._client is not None:
+            return
+        self._gateway = gateway
+        self._loop = asyncio.get_running_loop()
+        with self._lock:
+            self._topics.update(self.topics())
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"safething-{self.name}-{secrets.token_hex(4)}",
+            clean_session=True,
+        )
+        if self._username is not None:
+            client.username_pw_set(self._username, self._password)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
+        client.reconnect_delay_set(1, 30)
+        self.prepare(client)
+        self._client = client
+        self._worker = self._loop.create_task(self._work(), name=f"{self.name}:worker")
+        client.connect_async(self.host, self.port, keepalive=30)
+        client.loop_start()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await self._ready.wait()
+        except TimeoutError:
+            log.warning(
+                "%s: broker %s not reachable yet; retrying in the background", self.name, self.url
+            )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        if self._client is not None and self.is_connected():
+            try:
+                await self.on_close()
+            except Exception:
+                log.exception("%s: closing hook failed", self.name)
+        self._closed = True
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        client = self._client
+        if client is not None:
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+        for future in self._acks.values():
+            if not future.done():
+                future.set_exception(BrokerUnavailableError(f"bridge {self.name} closed"))
+        self._acks.clear()
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: a handler failed; the bridge keeps going", self.name)
+
+    # --- paho callbacks (network thread) ------------------------------------------
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is shutting down
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.warning(
+                "%s: broker %s refused the connection: %s", self.name, self.url, reason_code
+            )
+            return
+        with self._lock:
+            self._up = True
+            topics = sorted(self._topics)
+        mid: int | None = None
+        if topics:
+            _, mid = client.subscribe([(t, 1) for t in topics])
+        self._call(self._connected, mid)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: Any,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            self._up = False
+        if not self._closed:
+            log.info(
+                "%s: disconnected from %s (%s); reconnecting", self.name, self.url, reason_code
+            )
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        self._call(self._subscribed, mid, refused)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            log.warning("%s: dropping a message whose topic is not UTF-8", self.name)
+            return
+        job = functools.partial(self.on_message, topic, bytes(message.payload), message.retain)
+        self._call(self._jobs.put_nowait, job)
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._call(self._published, mid)
+
+    # --- back on the event loop -------------------------------------------------------
+
+    def _connected(self, mid: int | None) -> None:
+        self._connect_mid = mid
+        if mid is None:
+            self._became_ready()
+
+    def _subscribed(self, mid: int, refused: list[str]) -> None:
+        if refused:
+            log.warning("%s: the broker refused a subscription: %s", self.name, ", ".join(refused))
+        if mid == self._connect_mid:
+            self._became_ready()
+
+    def _became_ready(self) -> None:
+        self._ready.set()
+        self.submit(self.on_connected)
+
+    def _published(self, mid: int) -> None:
+        future = self._acks.get(mid)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+
+# --- adoption ----------------------------------------------------------------------------
+
+
+class MqttAdopter(MqttBridge):
+    """An :class:`MqttBridge` that makes devices it finds on the broker custodial things.
+
+    ``access`` is the access type of what adopted devices report (readings,
+    state); ``control`` that of their actions and writable attributes
+    (default: only the gateway's owner may command them).
+    """
+
+    source = "mqtt"
+    """``meta["source"]`` of the devices this bridge adopts."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        settle: float = 0.1,
+        access: AccessType | str = AccessType.ALL,
+        control: AccessType | str = AccessType.OWNER,
+    ) -> None:
+        super().__init__(host, port, username=username, password=password)
+        self.settle = settle
+        """Seconds to wait after an announcement for the rest of the device's announcements."""
+        self.access = AccessType(access)
+        self.control = AccessType(control)
+
+    def endpoints(self) -> list[str]:
+        return [self.url]
+
+    def note(self, *parts: str) -> str:
+        """The description text of an adopted thing, with the broker-authenticated marker."""
+        text = " ".join(
+            (
+                f"{BROKER_AUTHENTICATED}.",
+                *parts,
+                "It cannot sign: its readings and commands are only as trustworthy as the "
+                "MQTT broker's authentication.",
+            )
+        )
+        return text[:1024]
+
+    async def adopt(
+        self, thing_id: str, description: ThingDescription, meta: Mapping[str, Any]
+    ) -> Thing | None:
+        """Register the device (if new) and bring up its custodial thing with ``description``.
+
+        None if the id belongs to a device that is not ours to adopt (provisioned
+        another way, or revoked by the owner).
+        """
+        registry = self.gateway.registry
+        record = registry.find(thing_id)
+        full_meta: dict[str, Any] = {
+            "source": self.source,
+            "broker_authenticated": True,
+            "broker": self.url,
+            **meta,
+        }
+        if record is None:
+            record = registry.add(thing_id, "adopted", meta=full_meta)
+            log.info("%s: adopted %s (%s)", self.name, thing_id, description.title)
+        elif record.transport != "adopted" or record.meta.get("source") != self.source:
+            log.error(
+                "%s: cannot adopt %s: the id belongs to a device provisioned another way (%s)",
+                self.name,
+                thing_id,
+                record.transport,
+            )
+            return None
+        elif record.revoked:
+            log.info("%s: %s is revoked; not adopting it again", self.name, thing_id)
+            return None
+        if record.meta != full_meta:
+            registry.set_meta(thing_id, full_meta)
+        doc = description.to_dict()
+        thing = await self.gateway._thing_for(record, doc)
+        if record.description != doc:
+            registry.set_description(thing_id, doc)
+        if thing.status == "disabled" and record.meta.get("removed"):
+            await thing.publish()
+            log.info("%s: %s announced itself again; published", self.name, thing_id)
+        return thing
+
+    async def retire(self, thing_id: str) -> None:
+        """The device withdrew its announcement: disable its thing (its data stays readable)."""
+        registry = self.gateway.registry
+        record = registry.find(thing_id)
+        if record is None or record.meta.get("source") != self.source:
+            return
+        registry.set_meta(thing_id, {**record.meta, "removed": True})
+        registry.set_online(thing_id, False)
+        thing = self.gateway.things.get(thing_id)
+        if thing is not None and thing.status != "disabled":
+            await thing.disable()
+            log.info("%s: %s withdrew its announcement; disabled", self.name, thing_id)
+
+    async def report(self, thing_id: str, attribute: str, value: Any) -> bool:
+        """``thing.set`` with a log line instead of an exception for a value that does not fit."""
+        thing = self.gateway.things.get(thing_id)
+        if thing is None:
+            return False
+        try:
+            await thing.set(attribute, value)
+        except (SafeThingError, ValueError) as e:
+            log.warning("%s: %s: dropping a value of %s: %s", self.name, thing_id, attribute, e)
+            return False
+        return True
+
+
+def thing_id_for(prefix: str, raw: str) -> str:
+    """A valid thing and device id (``[A-Za-z0-9_-]``, 5-64) for an outside identifier.
+
+    Clean identifiers map to ``<prefix>-<raw>``; others are cleaned and get a
+    short hash so that two identifiers never fold into one id.
+    """
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "-", raw).strip("-_")
+    suffix = ""
+    if clean != raw or not clean:
+        suffix = "-" + hashlib.sha256(raw.encode()).hexdigest()[:6]
+    room = 64 - len(prefix) - 1 - len(suffix)
+    if len(clean) > room:
+        suffix = "-" + hashlib.sha256(raw.encode()).hexdigest()[:8]
+        room = 64 - len(prefix) - 1 - len(suffix)
+    return f"{prefix}-{clean[:room]}{suffix}".replace("--", "-")
+
+
+def attr_name(text: Any) -> str | None:
+    """A SAFEthing name from free text ("Living Room Temp." -> ``living_room_temp``)."""
+    if not isinstance(text, str | int | float) or isinstance(text, bool):
+        return None
+    slug = re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_")[:63]
+    if not slug:
+        return None
+    return slug if slug[0].isalpha() else f"_{slug}"
+
+
+class UniqueNames:
+    """Hands out distinct names: the first free candidate, else the first with a number."""
+
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        self.used = set(reserved)
+
+    def take(self, *candidates: Any) -> str:
+        names = [n for n in (attr_name(c) for c in candidates) if n]
+        for name in names:
+            if name not in self.used:
+                self.used.add(name)
+                return name
+        base = names[0] if names else "value"
+        n = 2
+        while f"{base[:58]}_{n}" in self.used:
+            n += 1
+        name = f"{base[:58]}_{n}"
+        self.used.add(name)
+        return name
+
+
+# --- the Home Assistant discovery format -------------------------------------------------
+
+ABBREVIATIONS: Final[Mapping[str, str]] = {
+    "act_t": "action_topic",
+    "act_tpl": "action_template",
+    "avty": "availability",
+    "avty_mode": "availability_mode",
+    "avty_t": "availability_topic",
+    "avty_tpl": "availability_template",
+    "bri_cmd_t": "brightness_command_topic",
+    "bri_cmd_tpl": "brightness_command_template",
+    "bri_scl": "brightness_scale",
+    "bri_stat_t": "brightness_state_topic",
+    "bri_val_tpl": "brightness_value_template",
+    "cmd_off_tpl": "command_off_template",
+    "cmd_on_tpl": "command_on_template",
+    "cmd_t": "command_topic",
+    "cmd_tpl": "command_template",
+    "cmps": "components",
+    "def_ent_id": "default_entity_id",
+    "dev": "device",
+    "dev_cla": "device_class",
+    "e": "encoding",
+    "en": "enabled_by_default",
+    "ent_cat": "entity_category",
+    "ent_pic": "entity_picture",
+    "exp_aft": "expire_after",
+    "frc_upd": "force_update",
+    "ic": "icon",
+    "json_attr": "json_attributes",
+    "json_attr_t": "json_attributes_topic",
+    "json_attr_tpl": "json_attributes_template",
+    "max": "max",
+    "min": "min",
+    "mode": "mode",
+    "name": "name",
+    "o": "origin",
+    "obj_id": "object_id",
+    "off_dly": "off_delay",
+    "on_cmd_type": "on_command_type",
+    "ops": "options",
+    "opt": "optimistic",
+    "p": "platform",
+    "pl": "payload",
+    "pl_avail": "payload_available",
+    "pl_not_avail": "payload_not_available",
+    "pl_off": "payload_off",
+    "pl_on": "payload_on",
+    "pl_prs": "payload_press",
+    "qos": "qos",
+    "ret": "retain",
+    "stat_cla": "state_class",
+    "stat_off": "state_off",
+    "stat_on": "state_on",
+    "stat_t": "state_topic",
+    "stat_tpl": "state_template",
+    "stat_val_tpl": "state_value_template",
+    "step": "step",
+    "sug_dsp_prc": "suggested_display_precision",
+    "t": "topic",
+    "uniq_id": "unique_id",
+    "unit_of_meas": "unit_of_measurement",
+    "val_tpl": "value_template",
+}
+"""Short keys of discovery configs (the subset that matters for adoption, plus common ones)."""
+
+_DEVICE_ABBREVIATIONS: Final[Mapping[str, str]] = {
+    "cu": "configuration_url",
+    "cns": "connections",
+    "ids": "identifiers",
+    "mf": "manufacturer",
+    "mdl": "model",
+    "mdl_id": "model_id",
+    "hw": "hw_version",
+    "sw": "sw_version",
+    "sa": "suggested_area",
+    "sn": "serial_number",
+}
+_ORIGIN_ABBREVIATIONS: Final[Mapping[str, str]] = {"sw": "sw_version", "url": "support_url"}
+
+_SHARED: Final = (
+    "~",
+    "state_topic",
+    "command_topic",
+    "qos",
+    "encoding",
+    "availability",
+    "availability_topic",
+    "availability_mode",
+    "availability_template",
+    "payload_available",
+    "payload_not_available",
+)
+"""Options a device-based config may give once for all its components."""
+
+
+def _long_keys(doc: Mapping[str, Any], table: Mapping[str, str]) -> dict[str, Any]:
+    return {table.get(k, k): v for k, v in doc.items()}
+
+
+def expand_config(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Long keys for a discovery config, its ``device``, ``origin`` and ``availability``
+    items. Components (``cmps``) are left as they are; ``~`` is not substituted yet
+    (see :func:`apply_base`)."""
+    out = _long_keys(doc, ABBREVIATIONS)
+    if isinstance(out.get("device"), Mapping):
+        out["device"] = _long_keys(out["device"], _DEVICE_ABBREVIATIONS)
+    if isinstance(out.get("origin"), Mapping):
+        out["origin"] = _long_keys(out["origin"], _ORIGIN_ABBREVIATIONS)
+    if isinstance(out.get("availability"), list):
+        out["availability"] = [
+            _long_keys(item, ABBREVIATIONS) if isinstance(item, Mapping) else item
+            for item in out["availability"]
+        ]
+    return out
+
+
+def apply_base(config: dict[str, Any]) -> dict[str, Any]:
+    """Replace a leading or trailing ``~`` in every ``*_topic`` (and availability ``topic``)."""
+    base = config.get("~")
+    if not isinstance(base, str):
+        return config
+
+    def sub(value: Any) -> Any:
+        if isinstance(value, str):
+            if value.startswith("~"):
+                return base + value[1:]
+            if value.endswith("~"):
+                return value[:-1] + base
+        return value
+
+    for key in list(config):
+        if key.endswith("_topic"):
+            config[key] = sub(config[key])
+    if isinstance(config.get("availability"), list):
+        config["availability"] = [
+            {**item, "topic": sub(item.get("topic"))} if isinstance(item, Mapping) else item
+            for item in config["availability"]
+        ]
+    return config
+
+
+_TEMPLATE: Final = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.S)
+_ROOT: Final = re.compile(r"\s*(?P<root>value_json|value)(?![A-Za-z0-9_])")
+_STEP: Final = re.compile(
+    r"""\s*(?:\.(?P<attr>[A-Za-z_][A-Za-z0-9_]*)"""
+    r"""|\[\s*(?:'(?P<sq>[^']*)'|"(?P<dq>[^"]*)"|(?P<idx>\d+))\s*\])"""
+)
+_FILTER: Final = re.compile(
+    r"^(?P<name>float|int|round|lower|upper|string|trim)(?:\(\s*(?P<arg>-?[0-9.]*)\s*\))?$"
+)
+
+
+@dataclass(frozen=True)
+class ValueTemplate:
+    """The subset of Home Assistant value templates an adopter understands.
+
+    ``{{ value }}`` and ``{{ value_json.<path> }}`` where the path is made of
+    ``.key``, ``['key']``, ``["key"]`` and ``[index]`` steps, followed by any
+    of the filters ``float``, ``int``, ``round(n)``, ``lower``, ``upper``,
+    ``string``, ``trim``. Anything else (``{% if %}``, arithmetic, other
+    filters...) raises :class:`TemplateError` when parsed.
+    """
+
+    source: str
+    """The template text."""
+    json: bool
+    """Whether the payload is parsed as JSON (``value_json``)."""
+    path: tuple[str | int, ...] = ()
+    """Keys and indexes into the JSON payload."""
+    filters: tuple[tuple[str, str | None], ...] = ()
+    """Filters applied in order, with their argument."""
+
+    @classmethod
+    def parse(cls, text: str) -> ValueTemplate:
+        match = _TEMPLATE.match(text)
+        if match is None or "{%" in text or text.count("{{") != 1:
+            raise TemplateError(f"unsupported template {text!r}")
+        pieces = match["expr"].split("|")
+        expr = pieces[0]
+        root = _ROOT.match(expr)
+        if root is None:
+            raise TemplateError(f"unsupported template {text!r}: only value and value_json")
+        pos = root.end()
+        path: list[str | int] = []
+        while pos < len(expr.rstrip()):
+            step = _STEP.match(expr, pos)
+            if step is None:
+                raise TemplateError(f"unsupported template {text!r}")
+            if step["idx"] is not None:
+                path.append(int(step["idx"]))
+            else:
+                path.append(step["attr"] or step["sq"] or step["dq"] or "")
+            pos = step.end()
+        if path and root["root"] == "value":
+            raise TemplateError(f"unsupported template {text!r}: use value_json for a path")
+        filters: list[tuple[str, str | None]] = []
+        for piece in pieces[1:]:
+            f = _FILTER.match(piece.strip())
+            if f is None:
+                raise TemplateError(f"unsupported template {text!r}: filter {piece.strip()!r}")
+            filters.append((f["name"], f["arg"] or None))
+        return cls(text, root["root"] == "value_json", tuple(path), tuple(filters))
+
+    def render(self, payload: str) -> Any:
+        """The template's value for ``payload``; :class:`TemplateError` if it has none."""
+        value: Any = payload
+        if self.json:
+            try:
+                value = json.loads(payload)
+            except ValueError:
+                raise TemplateError(f"{payload[:40]!r} is not JSON") from None
+        for step in self.path:
+            try:
+                value = value[step]
+            except (KeyError, IndexError, TypeError):
+                raise TemplateError(f"no {step!r} in the payload") from None
+        for name, arg in self.filters:
+            value = _filter(name, arg, value)
+        return value
+
+
+def _filter(name: str, arg: str | None, value: Any) -> Any:
+    if name in ("float", "int", "round"):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            if arg is not None and name != "round":
+                number = float(arg)
+            else:
+                raise TemplateError(f"{value!r} is not a number") from None
+        if name == "int":
+            return int(number) if math.isfinite(number) else number
+        if name == "round":
+            return round(number, int(float(arg)) if arg else 0)
+        return number
+    text = jinja_text(value)
+    return {"lower": text.lower(), "upper": text.upper(), "trim": text.strip()}.get(name, text)
+
+
+def jinja_text(value: Any) -> str:
+    """A value as a Jinja template would print it (``True``, ``21.5``, ``{'a': 1}``)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def command_template(text: str) -> str:
+    """Check a command template: plain text with ``{{ value }}`` placeholders only."""
+    if "{%" in text:
+        raise TemplateError(f"unsupported command template {text!r}")
+    for expr in re.findall(r"\{\{(.*?)\}\}", text, re.S):
+        if expr.strip() != "value":
+            raise TemplateError(f"unsupported command template {text!r}")
+    return text
+
+
+def number_text(value: Any) -> str:
+    """``21`` for 21.0, ``21.5`` for 21.5 (what devices expect on a command topic)."""
+    number = float(value)
+    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else repr(number)
+
+
+_NUMERIC_CLASSES_NOT: Final = frozenset({"timestamp", "date", "enum"})
+_SUPPORTED: Final = ("sensor", "binary_sensor", "switch", "light", "number", "select")
+_SWITCHES: Final = ("switch", "light")
+_STATE_JSON: Final = ValueTemplate.parse("{{ value_json.state }}")
+
+
+@dataclass(frozen=True)
+class _Availability:
+    topic: str
+    online: str
+    offline: str
+    template: ValueTemplate | None
+
+
+class _NoValue(ValueError):
+    """A state payload that is no value of the entity (``unavailable``, another key...)."""
+
+
+@dataclass(eq=False)
+class _Entity:
+    """One discovered entity and how it maps to a SAFEthing attribute."""
+
+    key: str
+    source: str
+    component: str
+    object_id: str
+    name: Any
+    device_key: str
+    kind: str
+    state_topic: str | None = None
+    command_topic: str | None = None
+    template: ValueTemplate | None = None
+    command_template: str | None = None
+    unit: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    choices: tuple[str, ...] | None = None
+    payload_on: Any = "ON"
+    payload_off: Any = "OFF"
+    state_on: Any = "ON"
+    state_off: Any = "OFF"
+    json_light: bool = False
+    optimistic: bool = False
+    qos: int = 0
+    retain: bool = False
+    availability: tuple[_Availability, ...] = ()
+    attr: str = ""
+    value: Any = None
+    fresh: bool = False
+
+    @property
+    def writable(self) -> bool:
+        return self.command_topic is not None
+
+    def parse(self, payload: str) -> Any:
+        template = self.template or (_STATE_JSON if self.json_light else None)
+        raw: Any = template.render(payload) if template is not None else payload
+        if self.kind == "boolean":
+            text = jinja_text(raw)
+            if text == jinja_text(self.state_on):
+                return True
+            if text == jinja_text(self.state_off):
+                return False
+            raise _NoValue(f"{text[:40]!r} is neither {self.state_on!r} nor {self.state_off!r}")
+        if self.kind == "number":
+            if isinstance(raw, bool):
+                raise _NoValue(f"{raw!r} is not a number")
+            try:
+                number = float(raw if isinstance(raw, int | float) else str(raw).strip())
+            except ValueError:
+                raise _NoValue(f"{jinja_text(raw)[:40]!r} is not a number") from None
+            if not math.isfinite(number):
+                raise _NoValue(f"{number!r} is not a finite number")
+            return number
+        text = jinja_text(raw)
+        if self.kind == "enum" and text not in (self.choices or ()):
+            raise _NoValue(f"{text[:40]!r} is not one of the options")
+        if len(text) > 1024:
+            raise _NoValue("longer than 1024 characters")
+        return text
+
+    def command(self, value: Any) -> str:
+        if self.kind == "boolean":
+            if self.json_light:
+                return json.dumps({"state": "ON" if value else "OFF"})
+            payload = self.payload_on if value else self.payload_off
+            return jinja_text(payload)
+        text = number_text(value) if self.kind == "number" else str(value)
+        if self.command_template is not None:
+            return re.sub(r"\{\{\s*value\s*\}\}", lambda _: text, self.command_template)
+        return text
+
+
+def _topic(config: Mapping[str, Any], key: str) -> str | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or "+" in value or "#" in value:
+        raise ConfigError(f"{key} must be a topic name, got {value!r}")
+    return value
+
+
+def _template(config: Mapping[str, Any], key: str) -> ValueTemplate | None:
+    text = config.get(key)
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise ConfigError(f"{key} must be a string")
+    return ValueTemplate.parse(text)
+
+
+def _number(config: Mapping[str, Any], key: str, default: float | None) -> float | None:
+    value = config.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _availability(config: Mapping[str, Any]) -> tuple[_Availability, ...]:
+    online = config.get("payload_available", "online")
+    offline = config.get("payload_not_available", "offline")
+    items: list[_Availability] = []
+    listed = config.get("availability")
+    if isinstance(listed, list):
+        for item in listed:
+            if not isinstance(item, Mapping):
+                raise ConfigError("availability items must be objects")
+            topic = _topic(item, "topic")
+            if topic is None:
+                raise ConfigError("an availability item needs a topic")
+            items.append(
+                _Availability(
+                    topic,
+                    jinja_text(item.get("payload_available", online)),
+                    jinja_text(item.get("payload_not_available", offline)),
+                    _template(item, "value_template"),
+                )
+            )
+    topic = _topic(config, "availability_topic")
+    if topic is not None:
+        items.append(
+            _Availability(
+                topic,
+                jinja_text(online),
+                jinja_text(offline),
+                _template(config, "availability_template"),
+            )
+        )
+    return tuple(items)
+
+
+def _device_key(config: Mapping[str, Any], fallback: str) -> str:
+    device = config.get("device")
+    if isinstance(device, Mapping):
+        ids = device.get("identifiers")
+        if isinstance(ids, list) and ids:
+            ids = ids[0]
+        if isinstance(ids, str | int) and not isinstance(ids, bool) and str(ids):
+            return str(ids)
+        connections = device.get("connections")
+        if isinstance(connections, list) and connections:
+            first = connections[0]
+            if isinstance(first, list) and len(first) == 2:
+                return f"{first[0]}_{first[1]}"
+    unique = config.get("unique_id")
+    if isinstance(unique, str | int) and not isinstance(unique, bool) and str(unique):
+        return str(unique)
+    return fallback
+
+
+def _entity(
+    key: str, source: str, component: str, object_id: str, config: Mapping[str, Any]
+) -> _Entity:
+    """Map one expanded config to an entity; :class:`ConfigError` if it cannot be adopted."""
+    if component not in _SUPPORTED:
+        raise ConfigError(f"unsupported component {component!r}")
+    qos = config.get("qos", 0)
+    entity = _Entity(
+        key=key,
+        source=source,
+        component=component,
+        object_id=object_id,
+        name=config.get("name", object_id),
+        device_key=_device_key(config, object_id),
+        kind="string",
+        state_topic=_topic(config, "state_topic"),
+        command_topic=_topic(config, "command_topic"),
+        template=_template(config, "value_template"),
+        qos=qos if qos in (0, 1, 2) else 0,
+        retain=config.get("retain") is True,
+        optimistic=config.get("optimistic") is True,
+        availability=_availability(config),
+    )
+    if component in ("sensor", "binary_sensor") and entity.state_topic is None:
+        raise ConfigError(f"a {component} needs a state_topic")
+    if component in ("switch", "light", "number", "select") and entity.command_topic is None:
+        raise ConfigError(f"a {component} needs a command_topic")
+    if component == "sensor":
+        options = config.get("options")
+        device_class = config.get("device_class")
+        unit = config.get("unit_of_measurement")
+        if device_class == "enum" and isinstance(options, list) and options:
+            entity.kind = "enum"
+            entity.choices = tuple(dict.fromkeys(jinja_text(o)[:128] for o in options if o != ""))
+            if not entity.choices:
+                raise ConfigError("an enum sensor needs at least one non-empty option")
+        elif (
+            unit is not None
+            or config.get("state_class") is not None
+            or (isinstance(device_class, str) and device_class not in _NUMERIC_CLASSES_NOT)
+        ):
+            entity.kind = "number"
+            if isinstance(unit, str) and 0 < len(unit) <= 32:
+                entity.unit = unit
+    elif component == "binary_sensor":
+        entity.kind = "boolean"
+        entity.state_on = config.get("payload_on", "ON")
+        entity.state_off = config.get("payload_off", "OFF")
+    elif component in _SWITCHES:
+        entity.kind = "boolean"
+        entity.payload_on = config.get("payload_on", "ON")
+        entity.payload_off = config.get("payload_off", "OFF")
+        entity.state_on = config.get("state_on", entity.payload_on)
+        entity.state_off = config.get("state_off", entity.payload_off)
+        if component == "light":
+            schema = config.get("schema", "default")
+            if schema == "json":
+                entity.json_light = True
+            elif schema in ("default", "basic"):
+                entity.template = _template(config, "state_value_template")
+            else:
+                raise ConfigError(f"unsupported light schema {schema!r}")
+        if entity.state_topic is None:
+            entity.optimistic = True
+    elif component == "number":
+        entity.kind = "number"
+        entity.minimum = _number(config, "min", 1.0)
+        entity.maximum = _number(config, "max", 100.0)
+        entity.step = _number(config, "step", 1.0)
+        low, high = entity.minimum, entity.maximum
+        if low is not None and high is not None and low > high:
+            raise ConfigError("min is above max")
+        unit = config.get("unit_of_measurement")
+        if isinstance(unit, str) and 0 < len(unit) <= 32:
+            entity.unit = unit
+    elif component == "select":
+        options = config.get("options")
+        if not isinstance(options, list) or not options:
+            raise ConfigError("a select needs a list of options")
+        entity.kind = "enum"
+        entity.choices = tuple(dict.fromkeys(jinja_text(o)[:128] for o in options if o != ""))
+        if not entity.choices:
+            raise ConfigError("a select needs at least one non-empty option")
+    if component in ("number", "select") and config.get("command_template") is not None:
+        text = config["command_template"]
+        if not isinstance(text, str):
+            raise ConfigError("command_template must be a string")
+        entity.command_template = command_template(text)
+    if component in ("number", "select") and entity.state_topic is None:
+        entity.optimistic = True
+    return entity
+
+
+@dataclass(eq=False)
+class _Device:
+    key: str
+    thing_id: str
+    info: dict[str, Any] = field(default_factory=dict)
+    origin: dict[str, Any] = field(default_factory=dict)
+    entities: dict[str, _Entity] = field(default_factory=dict)
+    available: bool | None = None
+    available_fresh: bool = False
+    dirty: bool = False
+    due: float = 0.0
+    adopted: bool = False
+
+
+# --- the adopter ------------------------------------------------------------------------
+
+
+class HomeAssistantAdopter(MqttAdopter):
+    """Adopts every device announced with Home Assistant MQTT discovery on a broker."""
+
+    name = "ha-adopt"
+    source = "homeassistant"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        discovery_prefix: str = "homeassistant",
+        settle: float = 0.1,
+        access: AccessType | str = AccessType.ALL,
+        control: AccessType | str = AccessType.OWNER,
+    ) -> None:
+        super().__init__(
+            host,
+            port,
+            username=username,
+            password=password,
+            settle=settle,
+            access=access,
+            control=control,
+        )
+        self.discovery_prefix = discovery_prefix.rstrip("/")
+        self._devices: dict[str, _Device] = {}
+        self._by_source: dict[str, list[_Entity]] = {}
+        self._state_index: dict[str, list[_Entity]] = {}
+        self._avail_index: dict[str, list[tuple[str, _Availability]]] = {}
+        self._last: dict[str, str] = {}
+
+    def topics(self) -> list[str]:
+        p = self.discovery_prefix
+        return [f"{p}/+/+/config", f"{p}/+/+/+/config"]
+
+    def connected(self) -> int:
+        return sum(1 for d in self._devices.values() if d.adopted and d.available is not False)
+
+    def devices(self) -> dict[str, str]:
+        """Thing id of every device seen, by its Home Assistant identifier."""
+        return {key: d.thing_id for key, d in self._devices.items()}
+
+    # --- messages --------------------------------------------------------------------------
+
+    async def on_message(self, topic: str, payload: bytes, retain: bool) -> None:
+        prefix = self.discovery_prefix + "/"
+        if topic.startswith(prefix) and topic.endswith("/config"):
+            levels = topic[len(prefix) :].split("/")
+            if len(levels) in (3, 4):
+                await self._on_config(topic, levels[0], levels[-2], payload)
+                return
+        await self._on_state(topic, payload.decode("utf-8", errors="replace"))
+
+    async def _on_config(self, topic: str, component: str, object_id: str, payload: bytes) -> None:
+        entities: list[_Entity] = []
+        if payload.strip():
+            try:
+                doc = json.loads(payload)
+                if not isinstance(doc, dict):
+                    raise ConfigError("the payload is not a JSON object")
+                if component == "device":
+                    entities = self._device_entities(topic, object_id, doc)
+                else:
+                    config = apply_base(expand_config(doc))
+                    entities = [_entity(topic, topic, component, object_id, config)]
+                    self._learn_device(entities[0].device_key, config)
+            except (ValueError, ConfigError) as e:
+                log.warning("%s: skipping discovery config %s: %s", self.name, topic, e)
+                return
+        self._replace(topic, entities)
+
+    def _device_entities(self, topic: str, object_id: str, doc: dict[str, Any]) -> list[_Entity]:
+        top = expand_config(doc)
+        components = top.get("components")
+        if not isinstance(components, Mapping) or not components:
+            raise ConfigError("a device config needs a 'cmps' object of components")
+        device = top.get("device")
+        if not isinstance(device, Mapping) or not device.get("identifiers"):
+            raise ConfigError("a device config needs 'dev' with 'ids'")
+        shared: dict[str, Any] = {k: top[k] for k in _SHARED if k in top}
+        entities: list[_Entity] = []
+        for cid, raw in components.items():
+            if not isinstance(raw, Mapping):
+                log.warning("%s: %s: skipping component %r: not an object", self.name, topic, cid)
+                continue
+            config = expand_config(raw)
+            platform = config.pop("platform", None)
+            if not config:  # only the platform: the component is being removed
+                continue
+            config = apply_base({**shared, **config, "device": device})
+            try:
+                if not isinstance(platform, str):
+                    raise ConfigError("the component has no platform ('p')")
+                entity = _entity(f"{topic}#{cid}", topic, platform, str(cid), config)
+            except ConfigError as e:
+                log.warning("%s: %s: skipping component %r: %s", self.name, topic, cid, e)
+                continue
+            entities.append(entity)
+        if entities:
+            self._learn_device(entities[0].device_key, {"device": device, **top})
+        return entities
+
+    def _learn_device(self, key: str, config: Mapping[str, Any]) -> None:
+        device = self._devices.get(key)
+        if device is None:
+            device = self._devices[key] = _Device(key, thing_id_for("ha", key))
+        if isinstance(config.get("device"), Mapping):
+            device.info.update(config["device"])
+        if isinstance(config.get("origin"), Mapping):
+            device.origin.update(config["origin"])
+
+    def _replace(self, source: str, entities: list[_Entity]) -> None:
+        touched: set[str] = set()
+        previous: dict[str, _Entity] = {}
+        for old in self._by_source.pop(source, []):
+            previous[old.key] = old
+            device = self._devices.get(old.device_key)
+            if device is not None:
+                device.entities.pop(old.key, None)
+                touched.add(device.key)
+        for entity in entities:
+            before = previous.get(entity.key)
+            if before is not None and before.kind == entity.kind:
+                entity.value, entity.fresh = before.value, before.fresh
+            device = self._devices[entity.device_key]
+            device.entities[entity.key] = entity
+            touched.add(device.key)
+        if entities:
+            self._by_source[source] = entities
+        self._reindex()
+        for entity in entities:  # topics already followed send no retained message again
+            if entity.key in previous:
+                continue
+            cached = self._last.get(entity.state_topic or "")
+            if cached is not None:
+                self._take(entity, cached)
+            for a in entity.availability:
+                if a.topic in self._last:
+                    self._availability(self._devices[entity.device_key], a, self._last[a.topic])
+        for key in touched:
+            self._schedule(key)
+
+    def _reindex(self) -> None:
+        states: dict[str, list[_Entity]] = {}
+        avail: dict[str, list[tuple[str, _Availability]]] = {}
+        for device in self._devices.values():
+            for entity in device.entities.values():
+                if entity.state_topic is not None:
+                    states.setdefault(entity.state_topic, []).append(entity)
+                for a in entity.availability:
+                    avail.setdefault(a.topic, []).append((device.key, a))
+        wanted = set(states) | set(avail)
+        current = set(self._state_index) | set(self._avail_index)
+        self._state_index, self._avail_index = states, avail
+        if wanted - current:
+            self.subscribe(*sorted(wanted - current))
+        if current - wanted:
+            self.unsubscribe(*sorted(current - wanted))
+            for topic in current - wanted:
+                self._last.pop(topic, None)
+
+    async def _on_state(self, topic: str, text: str) -> None:
+        entities = self._state_index.get(topic, [])
+        availability = self._avail_index.get(topic, [])
+        if not entities and not availability:
+            return
+        self._last[topic] = text
+        touched: set[str] = set()
+        for entity in entities:
+            if self._take(entity, text):
+                touched.add(entity.device_key)
+        for key, a in availability:
+            device = self._devices.get(key)
+            if device is not None and self._availability(device, a, text):
+                touched.add(key)
+        for key in touched:
+            device = self._devices.get(key)
+            if device is not None:
+                await self._flush(device)
+
+    def _availability(self, device: _Device, a: _Availability, text: str) -> bool:
+        try:
+            value = jinja_text(a.template.render(text)) if a.template else text
+        except TemplateError as e:
+            log.debug("%s: availability of %s: %s", self.name, device.thing_id, e)
+            return False
+        if value not in (a.online, a.offline):
+            return False
+        device.available = value == a.online
+        device.available_fresh = True
+        return True
+
+    def _take(self, entity: _Entity, text: str) -> bool:
+        try:
+            entity.value = entity.parse(text)
+        except (_NoValue, TemplateError) as e:
+            log.debug("%s: %s: no value in %r: %s", self.name, entity.key, text[:60], e)
+            return False
+        entity.fresh = True
+        return True
+
+    async def _flush(self, device: _Device) -> None:
+        """Write the values that arrived since the last write (unless a rebuild is due)."""
+        if device.dirty or not device.adopted:
+            return
+        thing = self.gateway.things.get(device.thing_id)
+        if thing is None:
+            return
+        for entity in sorted(device.entities.values(), key=lambda e: e.key):
+            if entity.fresh and entity.attr:
+                entity.fresh = False
+                await self.report(device.thing_id, entity.attr, entity.value)
+        if device.available_fresh and device.available is not None:
+            device.available_fresh = False
+            await self.report(device.thing_id, "available", device.available)
+            self.gateway.registry.set_online(device.thing_id, device.available)
+
+    # --- (re)building a device's thing -------------------------------------------------
+
+    def _schedule(self, key: str) -> None:
+        device = self._devices.get(key)
+        if device is None:
+            return
+        device.dirty = True
+        device.due = self._running_loop().time() + self.settle
+
+        async def rebuild() -> None:
+            await self._rebuild(key)
+
+        self.later(self.settle, rebuild)
+
+    async def _rebuild(self, key: str) -> None:
+        device = self._devices.get(key)
+        if device is None or not device.dirty:
+            return
+        if self._running_loop().time() < device.due - 0.001:
+            return  # a newer announcement: its own timer comes later
+        device.dirty = False
+        if not device.entities:
+            del self._devices[key]
+            if device.adopted:
+                await self.retire(device.thing_id)
+            return
+        try:
+            description = self._describe(device)
+            thing = await self.adopt(device.thing_id, description, self._meta(device))
+        except (SafeThingError, ValueError) as e:
+            log.warning("%s: cannot adopt %s: %s", self.name, device.thing_id, e)
+            return
+        device.adopted = thing is not None
+        if thing is None:
+            return
+        self._install(device, thing)
+        await self._flush(device)
+
+    def _meta(self, device: _Device) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "identifier": device.key,
+            "discovery": sorted({e.source for e in device.entities.values()}),
+        }
+        for key in ("manufacturer", "model", "name"):
+            if isinstance(device.info.get(key), str):
+                meta[key] = device.info[key]
+        if isinstance(device.origin.get("name"), str):
+            meta["origin"] = device.origin["name"]
+        return meta
+
+    def _describe(self, device: _Device) -> ThingDescription:
+        names = UniqueNames(("available", "manufacturer", "model", "sw_version", "hw_version"))
+        attributes: list[Attribute] = []
+        for key in ("manufacturer", "model", "sw_version", "hw_version"):
+            value = device.info.get(key)
+            if isinstance(value, str | int | float) and str(value).strip():
+                attributes.append(Attribute(key, "string", value=str(value)[:1024]))
+        dynamic = 0
+        if any(e.availability for e in device.entities.values()):
+            attributes.append(
+                Attribute(
+                    "available",
+                    "boolean",
+                    dynamic=True,
+                    history=ADOPTED_HISTORY,
+                    access=self.access,
+                    description="the device's availability topic says online",
+                )
+            )
+            dynamic += 1
+        device_name = device.info.get("name")
+        switches: list[_Entity] = []
+        numbers: list[_Entity] = []
+        for entity in sorted(device.entities.values(), key=lambda e: e.key):
+            if dynamic >= _MAX_DYNAMIC:
+                log.warning(
+                    "%s: %s: too many entities; leaving out %s",
+                    self.name,
+                    device.thing_id,
+                    entity.key,
+                )
+                entity.attr = ""
+                continue
+            stripped = _strip(entity.name, device_name)
+            if attr_name(stripped) is None:  # the device's main feature: name it by its kind
+                entity.attr = names.take(entity.component, entity.object_id)
+            else:
+                entity.attr = names.take(stripped, entity.object_id, entity.component)
+            try:
+                attributes.append(self._attribute(entity))
+            except ValueError as e:
+                log.warning("%s: %s: leaving out %s: %s", self.name, device.thing_id, entity.key, e)
+                names.used.discard(entity.attr)
+                entity.attr = ""
+                continue
+            dynamic += 1
+            if entity.component in _SWITCHES:
+                switches.append(entity)
+            elif entity.component == "number":
+                numbers.append(entity)
+        actions: list[Action] = []
+        if switches:
+            target = _target_param([e.attr for e in switches])
+            for verb, text in (("TurnOn", "on"), ("TurnOff", "off")):
+                actions.append(
+                    Action(
+                        verb,
+                        params=target,
+                        access=self.control,
+                        timeout_s=15.0,
+                        description=f"publish the {text} payload on the command topic",
+                    )
+                )
+        if numbers:
+            first = numbers[0]
+            value = (
+                Param("value", "number", minimum=first.minimum, maximum=first.maximum)
+                if len(numbers) == 1
+                else Param("value", "number")
+            )
+            actions.append(
+                Action(
+                    "Set",
+                    params=[value, *_target_param([e.attr for e in numbers])],
+                    access=self.control,
+                    timeout_s=15.0,
+                    description="publish a new value on the number's command topic",
+                )
+            )
+        origin = device.origin.get("name")
+        title = device_name if isinstance(device_name, str) and device_name.strip() else None
+        return ThingDescription(
+            device.thing_id,
+            title=(title or device.thing_id)[:128],
+            description=self.note(
+                "Adopted from Home Assistant MQTT discovery"
+                + (f" (origin: {origin})." if isinstance(origin, str) else ".")
+            ),
+            attributes=attributes,
+            actions=actions,
+        )
+
+    def _attribute(self, entity: _Entity) -> Attribute:
+        label = entity.name if isinstance(entity.name, str) else entity.object_id
+        text = f"Home Assistant {entity.component} {label[:200]!r}"
+        if entity.step is not None:
+            text += f", step {number_text(entity.step)}"
+        return Attribute(
+            entity.attr,
+            entity.kind,
+            unit=entity.unit,
+            minimum=entity.minimum,
+            maximum=entity.maximum,
+            choices=entity.choices,
+            dynamic=True,
+            writable=entity.writable,
+            history=ADOPTED_HISTORY,
+            access=self.control if entity.writable else self.access,
+            description=text,
+        )
+
+    # --- commands -------------------------------------------------------------------------
+
+    def _install(self, device: _Device, thing: Thing) -> None:
+        key = device.key
+        for action in thing.description.actions:
+            if action.name in ("TurnOn", "TurnOff"):
+                thing.on_action(action.name, self._switch_handler(key, action.name == "TurnOn"))
+            elif action.name == "Set":
+                thing.on_action(action.name, self._set_handler(key))
+        for entity in device.entities.values():
+            if entity.attr and entity.writable:
+                thing.on_desired(entity.attr, self._desired_handler(key, entity.attr))
+
+    def _entity_for(self, key: str, attr: str | None, components: tuple[str, ...]) -> _Entity:
+        device = self._devices.get(key)
+        found = sorted(
+            (
+                e
+                for e in (device.entities.values() if device else ())
+                if e.attr and e.component in components
+            ),
+            key=lambda e: e.key,
+        )
+        for entity in found:
+            if attr is None or entity.attr == attr:
+                return entity
+        raise ConfigError(f"the device no longer announces {attr or components[0]!r}")
+
+    async def _command(self, key: str, entity: _Entity, value: Any) -> None:
+        assert entity.command_topic is not None
+        await self.publish(
+            entity.command_topic,
+            entity.command(value),
+            qos=max(entity.qos, 1),
+            retain=entity.retain,
+        )
+        log.info("%s: %s <- %s", self.name, entity.command_topic, entity.command(value))
+
+    def _switch_handler(self, key: str, on: bool) -> Callable[[ActionRequest], Awaitable[None]]:
+        async def run(request: ActionRequest) -> None:
+            entity = self._entity_for(key, request.args.get("target"), _SWITCHES)
+            await self._command(key, entity, on)
+            if entity.optimistic:
+                await self.report(self._devices[key].thing_id, entity.attr, on)
+
+        return run
+
+    def _set_handler(self, key: str) -> Callable[[ActionRequest], Awaitable[None]]:
+        async def run(request: ActionRequest) -> None:
+            entity = self._entity_for(key, request.args.get("target"), ("number",))
+            thing_id = self._devices[key].thing_id
+            thing = self.gateway.things[thing_id]
+            value = thing.description.attribute(entity.attr).validate(request.args["value"])
+            await self._command(key, entity, value)
+            if entity.optimistic:
+                await self.report(thing_id, entity.attr, value)
+
+        return run
+
+    def _desired_handler(self, key: str, attr: str) -> Callable[[Any], Awaitable[None]]:
+        async def apply(value: Any) -> None:
+            entity = self._entity_for(key, attr, _SUPPORTED)
+            await self._command(key, entity, value)
+
+        return apply
+
+
+def _strip(name: Any, device_name: Any) -> Any:
+    """An entity name without its device's name in front ("Kitchen Temp" -> "Temp")."""
+    if (
+        isinstance(name, str)
+        and isinstance(device_name, str)
+        and device_name
+        and name.lower().startswith(device_name.lower())
+    ):
+        return name[len(device_name) :].strip(" -_:")
+    return name
+
+
+def _target_param(names: list[str]) -> list[Param]:
+    if len(names) < 2:
+        return []
+    return [
+        Param(
+            "target",
+            "enum",
+            choices=names,
+            default=names[0],
+            description="which attribute of the device",
+        )
+    ]
