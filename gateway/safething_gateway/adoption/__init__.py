@@ -1,0 +1,40 @@
+"""Adopting existing MQTT devices, and showing SAFEthings to Home Assistant.
+
+* :class:`HomeAssistantAdopter` - devices announced with Home Assistant MQTT
+  discovery (Tasmota, Zigbee2MQTT, ESPHome...) become custodial things
+  ``ha-<identifier>``;
+* :class:`HomieAdopter` - devices following the Homie convention (v4, v5)
+  become custodial things ``homie-<device>``;
+* :class:`HomeAssistantPublisher` - the gateway's things appear in Home
+  Assistant through device-based MQTT discovery.
+
+Adopted devices cannot sign: their registry records carry
+``"broker_authenticated": true`` and their descriptions
+:data:`BROKER_AUTHENTICATED`.
+"""
+
+from safething_gateway.adoption.homeassistant import (
+    BROKER_AUTHENTICATED,
+    BrokerUnavailableError,
+    ConfigError,
+    HomeAssistantAdopter,
+    MqttAdopter,
+    MqttBridge,
+    TemplateError,
+    ValueTemplate,
+)
+from safething_gateway.adoption.homie import HomieAdopter
+from safething_gateway.adoption.publish import HomeAssistantPublisher
+
+__all__ = [
+    "BROKER_AUTHENTICATED",
+    "BrokerUnavailableError",
+    "ConfigError",
+    "HomeAssistantAdopter",
+    "HomeAssistantPublisher",
+    "HomieAdopter",
+    "MqttAdopter",
+    "MqttBridge",
+    "TemplateError",
+    "ValueTemplate",
+]
