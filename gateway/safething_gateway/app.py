@@ -121,15 +121,19 @@ class GatewayApp(AsyncResource):
     def _bridges(self, mqtt_port: int) -> list[Bridge]:
         cfg = self.config
         bridges: list[Bridge] = []
-        mqtt_auth = {
-            "username": cfg.mqtt.username or None,
-            "password": cfg.mqtt.password or None,
-        }
+        username = cfg.mqtt.username or None
+        password = cfg.mqtt.password or None
         if cfg.mqtt.enabled:
             from safething_gateway.bridges.mqtt import MqttBridge
 
             bridges.append(
-                MqttBridge(cfg.mqtt.host, mqtt_port, prefix=cfg.mqtt.prefix, **mqtt_auth)
+                MqttBridge(
+                    cfg.mqtt.host,
+                    mqtt_port,
+                    prefix=cfg.mqtt.prefix,
+                    username=username,
+                    password=password,
+                )
             )
         if cfg.coap.enabled:
             from safething_gateway.bridges.coap import CoapBridge
@@ -148,18 +152,24 @@ class GatewayApp(AsyncResource):
                         cfg.mqtt.host,
                         mqtt_port,
                         discovery_prefix=cfg.adoption.discovery_prefix,
-                        **mqtt_auth,
+                        username=username,
+                        password=password,
                     )
                 )
             if cfg.adoption.homie:
-                bridges.append(adoption.HomieAdopter(cfg.mqtt.host, mqtt_port, **mqtt_auth))
+                bridges.append(
+                    adoption.HomieAdopter(
+                        cfg.mqtt.host, mqtt_port, username=username, password=password
+                    )
+                )
             if cfg.homeassistant.publish:
                 bridges.append(
                     adoption.HomeAssistantPublisher(
                         cfg.mqtt.host,
                         mqtt_port,
                         discovery_prefix=cfg.adoption.discovery_prefix,
-                        **mqtt_auth,
+                        username=username,
+                        password=password,
                     )
                 )
         return bridges

@@ -297,11 +297,14 @@ class Gateway(AsyncResource):
         thing = Thing(desc, identity=record.identity, owner=self.owner.public, store=self.store)
         await thing.start()
         try:
-            for action in desc.actions:
-                thing.on_action(action.name, self._forwarder(record.device_id))
-            for attr in desc.attributes:
-                if attr.writable:
-                    thing.on_desired(attr.name, self._desired_sender(record.device_id, attr.name))
+            if record.transport != "adopted":  # adopters install their own handlers
+                for action in desc.actions:
+                    thing.on_action(action.name, self._forwarder(record.device_id))
+                for attr in desc.attributes:
+                    if attr.writable:
+                        thing.on_desired(
+                            attr.name, self._desired_sender(record.device_id, attr.name)
+                        )
             await thing.register()
             if thing.status == "registered":
                 await thing.publish()

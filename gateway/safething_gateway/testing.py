@@ -69,11 +69,12 @@ class Mosquitto:
         return path
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [_binary(), "-c", str(self._config())],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "mosquitto.log", "ab"),  # noqa: SIM115
-        )
+        with open(self.workdir / "mosquitto.log", "ab") as log_file:
+            self.process = subprocess.Popen(
+                [_binary(), "-c", str(self._config())],
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
