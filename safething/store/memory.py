@@ -102,9 +102,7 @@ class MemoryStore(Store):
         self._watches.wake_for(w.key for w in writes)
         return results
 
-    def _undo(
-        self, undo: list[tuple[str, Record | None]], revision: int, applied: int
-    ) -> None:
+    def _undo(self, undo: list[tuple[str, Record | None]], revision: int, applied: int) -> None:
         """Put back what an aborted atomic batch changed (nothing was announced yet)."""
         for key, old in reversed(undo):
             now = self._records.get(key)
@@ -224,7 +222,6 @@ class MemoryStore(Store):
                 changes.append(change)
             index += 1
         return changes, first - 1 + index
-
 
     # --- immutable chunks ------------------------------------------------------
 

@@ -14,7 +14,7 @@ from safething_gateway.registry import Registry
 def test_defaults_and_file(tmp_path: Path) -> None:
     assert load_config().http.port == 8080
     path = tmp_path / "gateway.toml"
-    path.write_text('[http]\nport = 9000\n[gateway]\nrate_limit = 5\n')
+    path.write_text("[http]\nport = 9000\n[gateway]\nrate_limit = 5\n")
     config = load_config(path)
     assert config.http.port == 9000
     assert config.gateway.rate_limit == 5.0
@@ -44,8 +44,20 @@ def test_provision_list_revoke(
     config = tmp_path / "gateway.toml"
     config.write_text(f'[gateway]\nregistry = "{tmp_path}/gw.db"\n[coap]\nport = 5999\n')
     out = tmp_path / "dev.json"
-    code = main(["provision", "sensor-07", "--transport", "coap", "--config", str(config),
-                 "--out", str(out), "--host", "192.0.2.10"])
+    code = main(
+        [
+            "provision",
+            "sensor-07",
+            "--transport",
+            "coap",
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--host",
+            "192.0.2.10",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "provisioned sensor-07" in printed
@@ -56,8 +68,22 @@ def test_provision_list_revoke(
     registry = Registry(tmp_path / "gw.db")
     assert registry.get("sensor-07").secret.hex() == doc["secret"]
     registry.close()
-    assert main(["provision", "sensor-07", "--transport", "coap", "--config", str(config),
-                 "--out", str(out), "--no-qr"]) == 1
+    assert (
+        main(
+            [
+                "provision",
+                "sensor-07",
+                "--transport",
+                "coap",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                "--no-qr",
+            ]
+        )
+        == 1
+    )
     assert "already provisioned" in capsys.readouterr().err
     assert main(["device", "list", "--config", str(config), "--json"]) == 0
     row = json.loads(capsys.readouterr().out.splitlines()[0])

@@ -93,7 +93,7 @@ async def test_rejections(gateway: Gateway, device: Device) -> None:
         await gateway.handle("sensor-01", "birth", good)
     forged = device.message("reading", {"moisture": 1})
     with pytest.raises(BadMacError):
-        await gateway.handle("sensor-01", "reading", forged.replace(b'1}', b'2}'))
+        await gateway.handle("sensor-01", "reading", forged.replace(b"1}", b"2}"))
     with pytest.raises(BadMacError):  # a valid message moved to another channel
         await gateway.handle("sensor-01", "event/VeryDryAlarm", device.message("reading", 5))
     with pytest.raises(UnknownDeviceError):
