@@ -694,9 +694,9 @@ class Thing:
                     self._finish(rid, "cancelled", message="cancelled by requester")
                 )
             elif self._closed:
-                await asyncio.shield(
-                    self._finish(rid, "failed", message="interrupted: the thing shut down")
-                )
+                # Shutting down: the request stays in the inbox and is served again when
+                # the thing comes back (at least once; a gateway's device deduplicates by id).
+                log.info("thing %s: request %s interrupted by shutdown; kept", self.id, rid)
             raise
         except TimeoutError as e:
             await self._finish(rid, "timed_out", message=str(e) or "the handler timed out")

@@ -543,3 +543,27 @@ async def test_two_writers_of_one_attribute(
         assert sorted(seqs) == list(range(1, 31))
         history = await ThingClient(Client(store)).history("garden-01", "moisture")
         assert [r.seq for r in history] == list(range(1, 31))
+
+
+async def test_a_request_interrupted_by_shutdown_is_served_after_restart(
+    store: Store, owner: Identity, device: Identity, stranger: ThingClient
+) -> None:
+    started = asyncio.Event()
+
+    async def slow(request: ActionRequest) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        t.on_action("CloseValve", slow)
+        await t.register()
+        await t.publish()
+        handle = await stranger.request("garden-01", "CloseValve", timeout=30)
+        async with asyncio.timeout(5):
+            await started.wait()
+    # the thing stopped mid-action: the request was not failed, it waits
+    assert handle.state in ("accepted", "running")
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        t.on_action("CloseValve", lambda request: None)
+        await t.register()
+        assert (await handle.wait(5)).state == "done"
