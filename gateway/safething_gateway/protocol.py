@@ -132,7 +132,7 @@ class RateLimitedError(ProtocolError):
 
 
 def check_device_id(device_id: str) -> str:
-    if not isinstance(device_id, str) or not _DEVICE_ID.match(device_id):
+    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
         raise UnknownDeviceError(
             f"invalid device id {device_id!r}: 5-64 characters of letters, digits, '-' and '_'"
         )
@@ -144,7 +144,7 @@ def check_channel(channel: str, *, uplink: bool = True) -> str:
     known = CHANNELS_UP if uplink else CHANNELS_DOWN
     for item in known:
         if item.endswith("/"):
-            if channel.startswith(item) and _NAME.match(channel[len(item) :]):
+            if channel.startswith(item) and _NAME.fullmatch(channel[len(item) :]):
                 return channel
         elif channel == item:
             return channel

@@ -7,6 +7,7 @@ their own devices and bridges the way SAFEthing tests its own.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -49,6 +50,9 @@ class Mosquitto:
 
     def _config(self) -> Path:
         lines = [
+            # as root, Mosquitto would switch to the 'mosquitto' user and could not write
+            # its persistence file into our private directory: stay who we are
+            *(["user root"] if os.geteuid() == 0 else []),
             f"listener {self.port} 127.0.0.1",
             "set_tcp_nodelay true",
             "persistence true",

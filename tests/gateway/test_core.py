@@ -136,3 +136,12 @@ async def test_last_will_counter_is_accepted_once(gateway: Gateway, device: Devi
     assert gateway.registry.get("sensor-01").online is False
     with pytest.raises(ReplayError):
         await gateway.handle("sensor-01", "state", will)
+
+
+def test_names_with_a_trailing_newline_are_refused() -> None:
+    from safething_gateway.protocol import check_channel, check_device_id
+
+    with pytest.raises(UnknownDeviceError):
+        check_device_id("sensor-01\n")
+    with pytest.raises(UnknownChannelError):
+        check_channel("event/Alarm\n")
