@@ -67,6 +67,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-qr", action="store_true", help="do not print the QR code")
     p.set_defaults(func=cmd_provision)
 
+    b = sub.add_parser(
+        "broker-login", help="create the gateway's own Mosquitto login (run once, then reload)"
+    )
+    b.add_argument("--config", metavar="TOML", default=None)
+    b.add_argument("--username", default=None, help="default: [mqtt] username or safething-gateway")
+    b.set_defaults(func=cmd_broker_login)
+
     d = sub.add_parser("device", help="list or revoke provisioned devices")
     dsub = d.add_subparsers(dest="device_command", required=True, metavar="COMMAND")
     ls = dsub.add_parser("list", help="devices in the gateway's registry")
@@ -155,10 +162,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
         secret = secrets.token_bytes(32)
         extra: dict[str, Any] = {}
         if args.transport == "mqtt" and config.mqtt.password_file and config.mqtt.acl_file:
-            from safething_gateway.mosquitto import MosquittoAuth
-
-            auth = MosquittoAuth(Path(config.mqtt.password_file), Path(config.mqtt.acl_file))
-            extra = {"username": args.device_id, "password": auth.add_device(args.device_id)}
+            extra = {
+                "username": args.device_id,
+                "password": _auth(config).add_device(args.device_id),
+            }
         record = registry.add(
             args.device_id, args.transport, secret=secret, meta={"provisioned": time.time()}
         )
@@ -189,6 +196,28 @@ def cmd_provision(args: argparse.Namespace) -> int:
         qr = segno.make(json.dumps(doc, separators=(",", ":")), error="l")
         out("scan this with the SAFEthing console or a phone to configure the device:")
         qr.terminal(compact=True)
+    return 0
+
+
+def _auth(config: Any) -> Any:
+    if not (config.mqtt.password_file and config.mqtt.acl_file):
+        raise ValueError("set [mqtt] password_file and acl_file in the gateway config first")
+    from safething_gateway.mosquitto import MosquittoAuth
+
+    return MosquittoAuth(Path(config.mqtt.password_file), Path(config.mqtt.acl_file))
+
+
+def cmd_broker_login(args: argparse.Namespace) -> int:
+    _need_gateway()
+    from safething_gateway.config import load_config
+
+    config = load_config(args.config)
+    username = args.username or config.mqtt.username or "safething-gateway"
+    password = _auth(config).add_gateway_user(username)
+    _reload_broker(config.mqtt.reload_command)
+    out(f"created the broker login {username!r} for the gateway; put these in [mqtt]:")
+    out(f'username = "{username}"')
+    out(f'password = "{password}"')
     return 0
 
 
@@ -240,11 +269,7 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
         registry.close()
     out(f"revoked {args.device_id}: the gateway refuses it from now on")
     if record.transport == "mqtt" and config.mqtt.password_file and config.mqtt.acl_file:
-        from safething_gateway.mosquitto import MosquittoAuth
-
-        MosquittoAuth(Path(config.mqtt.password_file), Path(config.mqtt.acl_file)).remove_device(
-            args.device_id
-        )
+        _auth(config).remove_device(args.device_id)
         _reload_broker(config.mqtt.reload_command)
         out("its broker login and ACL were removed")
     return 0

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,64 @@ def test_the_shipped_example_config_loads() -> None:
     config = load_config(Path(__file__).parents[2] / "gateway" / "gateway.example.toml")
     assert config.mqtt.reload_command == "systemctl reload mosquitto"
     assert config.gateway.log_format == "json"
+
+
+def test_mqtt_provisioning_creates_a_broker_login_that_works(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import paho.mqtt.client as mqtt
+
+    from safething_gateway.testing import mosquitto
+
+    passwd, acl = tmp_path / "mosquitto.passwd", tmp_path / "mosquitto.acl"
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\nregistry = "{tmp_path}/gw.db"\n'
+        f'[mqtt]\npassword_file = "{passwd}"\nacl_file = "{acl}"\n'
+    )
+    assert main(["broker-login", "--config", str(config)]) == 0
+    assert 'username = "safething-gateway"' in capsys.readouterr().out
+    out = tmp_path / "dev.json"
+    assert (
+        main(
+            [
+                "provision",
+                "valve-01",
+                "--transport",
+                "mqtt",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                "--no-qr",
+            ]
+        )
+        == 0
+    )
+    creds = json.loads(out.read_text())["mqtt"]
+    assert creds["username"] == "valve-01"
+
+    with mosquitto(password_file=passwd, acl_file=acl) as broker:
+        result: dict[str, object] = {}
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client.username_pw_set(creds["username"], creds["password"])
+        client.on_connect = lambda c, u, f, rc, p: result.setdefault("rc", rc)
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        deadline = time.monotonic() + 10
+        while "rc" not in result and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client.loop_stop()
+        client.disconnect()
+        assert str(result.get("rc")) == "Success"
+        wrong: dict[str, object] = {}
+        bad = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        bad.username_pw_set("valve-01", "not-the-password")
+        bad.on_connect = lambda c, u, f, rc, p: wrong.setdefault("rc", rc)
+        bad.connect("127.0.0.1", broker.port)
+        bad.loop_start()
+        deadline = time.monotonic() + 10
+        while "rc" not in wrong and time.monotonic() < deadline:
+            time.sleep(0.01)
+        bad.loop_stop()
+        assert str(wrong.get("rc")) != "Success"
