@@ -13,13 +13,11 @@ Adopted devices cannot sign: their registry records carry
 :data:`BROKER_AUTHENTICATED`.
 """
 
+from safething_gateway.adoption.base import BROKER_AUTHENTICATED, MqttAdopter
+from safething_gateway.adoption.client import BrokerUnavailableError, MqttBridge
 from safething_gateway.adoption.homeassistant import (
-    BROKER_AUTHENTICATED,
-    BrokerUnavailableError,
     ConfigError,
     HomeAssistantAdopter,
-    MqttAdopter,
-    MqttBridge,
     TemplateError,
     ValueTemplate,
 )

@@ -33,34 +33,17 @@ entity left has its thing disabled.
 Adopted devices cannot sign: whatever reaches the broker on their topics is
 taken as theirs. Their registry record says ``"broker_authenticated": true``
 and so does their description text (:data:`BROKER_AUTHENTICATED`).
-
-This module also holds the MQTT plumbing the Homie adopter and the Home
-Assistant publisher share: :class:`MqttBridge` (one paho client, its
-network thread feeding one worker task on the event loop) and
-:class:`MqttAdopter` (registering an adopted device with the gateway).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import hashlib
 import json
 import logging
 import math
 import re
-import secrets
-import threading
-from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from safething.errors import SafeThingError
 from safething.things import (
@@ -72,16 +55,25 @@ from safething.things import (
     Thing,
     ThingDescription,
 )
-from safething_gateway.core import Bridge, Gateway
+from safething_gateway.adoption.base import (
+    ADOPTED_HISTORY,
+    BROKER_AUTHENTICATED,
+    MqttAdopter,
+    UniqueNames,
+    attr_name,
+    number_text,
+    thing_id_for,
+)
+from safething_gateway.adoption.client import BrokerUnavailableError, MqttBridge
 
 __all__ = [
     "ABBREVIATIONS",
-    "BROKER_AUTHENTICATED",
-    "BrokerUnavailableError",
+    "BROKER_AUTHENTICATED",  # from base, still importable from here
+    "BrokerUnavailableError",  # from client, still importable from here
     "ConfigError",
     "HomeAssistantAdopter",
-    "MqttAdopter",
-    "MqttBridge",
+    "MqttAdopter",  # from base, still importable from here
+    "MqttBridge",  # from client, still importable from here
     "TemplateError",
     "ValueTemplate",
     "expand_config",
@@ -89,20 +81,8 @@ __all__ = [
 
 log = logging.getLogger("safething.gateway.adoption")
 
-BROKER_AUTHENTICATED: Final = "broker_authenticated: true"
-"""Marker in the description text of every adopted thing (a console shows it)."""
-
-ADOPTED_HISTORY: Final = 16
-"""Values kept per adopted attribute: small, so that a device with many entities fits an MD."""
-
 _MAX_DYNAMIC: Final = 50
 """Most dynamic attributes of one adopted thing (its histories must fit in one MD)."""
-
-Job = Callable[[], Awaitable[None]]
-
-
-class BrokerUnavailableError(SafeThingError, ConnectionError):
-    """The MQTT broker cannot take a message now (not connected, or no acknowledgement)."""
 
 
 class ConfigError(SafeThingError, ValueError):
@@ -111,482 +91,6 @@ class ConfigError(SafeThingError, ValueError):
 
 class TemplateError(ConfigError):
     """A template is outside the supported subset, or does not apply to a payload."""
-
-
-# --- MQTT plumbing -------------------------------------------------------------------
-
-
-class MqttBridge(Bridge):
-    """A bridge holding one paho-mqtt client.
-
-    paho's network thread hands every message, in arrival order, to one
-    worker task on the event loop (:meth:`on_message`), which is where all
-    the bridge's state lives; :meth:`submit` and :meth:`later` queue more
-    work for that task. Reconnects are paho's; subscriptions are renewed on
-    every connection.
-    """
-
-    name = "mqtt-client"
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        username: str | None = None,
-        password: str | None = None,
-        connect_timeout: float = 5.0,
-        publish_timeout: float = 10.0,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.connect_timeout = connect_timeout
-        self.publish_timeout = publish_timeout
-        self._username = username
-        self._password = password
-        self._gateway: Gateway | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: mqtt.Client | None = None
-        self._jobs: asyncio.Queue[Job] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._lock = threading.Lock()
-        self._topics: set[str] = set()
-        self._up = False
-        self._ready = asyncio.Event()
-        self._connect_mid: int | None = None
-        self._acks: dict[int, asyncio.Future[None]] = {}
-        self._closed = False
-
-    # --- for subclasses -----------------------------------------------------------------
-
-    @property
-    def gateway(self) -> Gateway:
-        if self._gateway is None:
-            raise RuntimeError(f"bridge {self.name} is not started")
-        return self._gateway
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
-
-    def topics(self) -> Iterable[str]:
-        """Topic filters subscribed on every connection."""
-        return ()
-
-    def prepare(self, client: mqtt.Client) -> None:
-        """Called once before connecting (e.g. to set a last will)."""
-
-    async def on_connected(self) -> None:
-        """Called on the worker after each connection, once its subscriptions are granted."""
-
-    @abstractmethod
-    async def on_message(self, topic: str, payload: bytes, retain: bool) -> None:
-        """One MQTT message, on the worker, in arrival order."""
-
-    async def on_close(self) -> None:
-        """Called before disconnecting (e.g. to say "offline")."""
-
-    def submit(self, job: Job) -> None:
-        """Run ``job`` on the worker after what is already queued."""
-        self._jobs.put_nowait(job)
-
-    def later(self, delay: float, job: Job) -> None:
-        """Run ``job`` on the worker in ``delay`` seconds (cancelled by :meth:`close`)."""
-        loop = self._running_loop()
-        handle: asyncio.TimerHandle | None = None
-
-        def fire() -> None:
-            if handle is not None:
-                self._timers.discard(handle)
-            self.submit(job)
-
-        handle = loop.call_later(delay, fire)
-        self._timers.add(handle)
-
-    def subscribe(self, *topics: str) -> None:
-        """Subscribe now (if connected) and on every reconnection."""
-        with self._lock:
-            new = [t for t in topics if t not in self._topics]
-            self._topics.update(new)
-            up = self._up
-        if new and up and self._client is not None:
-            self._client.subscribe([(t, 1) for t in new])
-
-    def unsubscribe(self, *topics: str) -> None:
-        with self._lock:
-            gone = [t for t in topics if t in self._topics]
-            self._topics.difference_update(gone)
-            up = self._up
-        if gone and up and self._client is not None:
-            self._client.unsubscribe(gone)
-
-    def is_connected(self) -> bool:
-        with self._lock:
-            return self._up
-
-    async def publish(
-        self, topic: str, payload: str | bytes, *, qos: int = 1, retain: bool = False
-    ) -> None:
-        """Publish and wait until the broker has it (PUBACK for QoS 1).
-
-        Raises :class:`BrokerUnavailableError` at once when not connected
-        (nothing is queued for later: a command must not fire long after it
-        was asked for).
-        """
-        client = self._client
-        if client is None or self._closed or not self.is_connected():
-            raise BrokerUnavailableError(f"not connected to the MQTT broker {self.url}")
-        info = client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise BrokerUnavailableError(
-                f"cannot publish to {topic!r}: {mqtt.error_string(info.rc)}"
-            )
-        future: asyncio.Future[None] = self._running_loop().create_future()
-        self._acks[info.mid] = future
-        try:
-            async with asyncio.timeout(self.publish_timeout):
-                await future
-        except TimeoutError:
-            raise BrokerUnavailableError(
-                f"the broker {self.url} did not acknowledge a message on {topic!r}"
-            ) from None
-        finally:
-            self._acks.pop(info.mid, None)
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            raise RuntimeError(f"bridge {self.name} is not started")
-        return self._loop
-
-    # --- lifecycle -------------------------------------------------------------------
-
-    async def start(self, gateway: Gateway) -> None:
-        if self._client is not None:
-            return
-        self._gateway = gateway
-        self._loop = asyncio.get_running_loop()
-        with self._lock:
-            self._topics.update(self.topics())
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"safething-{self.name}-{secrets.token_hex(4)}",
-            clean_session=True,
-        )
-        if self._username is not None:
-            client.username_pw_set(self._username, self._password)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        client.on_publish = self._on_publish
-        client.reconnect_delay_set(1, 30)
-        self.prepare(client)
-        self._client = client
-        self._worker = self._loop.create_task(self._work(), name=f"{self.name}:worker")
-        client.connect_async(self.host, self.port, keepalive=30)
-        client.loop_start()
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                await self._ready.wait()
-        except TimeoutError:
-            log.warning(
-                "%s: broker %s not reachable yet; retrying in the background", self.name, self.url
-            )
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        if self._client is not None and self.is_connected():
-            try:
-                await self.on_close()
-            except Exception:
-                log.exception("%s: closing hook failed", self.name)
-        self._closed = True
-        for handle in self._timers:
-            handle.cancel()
-        self._timers.clear()
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
-        client = self._client
-        if client is not None:
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
-        for future in self._acks.values():
-            if not future.done():
-                future.set_exception(BrokerUnavailableError(f"bridge {self.name} closed"))
-        self._acks.clear()
-
-    async def _work(self) -> None:
-        while True:
-            job = await self._jobs.get()
-            try:
-                await job()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s: a handler failed; the bridge keeps going", self.name)
-
-    # --- paho callbacks (network thread) ------------------------------------------
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is shutting down
-            loop.call_soon_threadsafe(fn, *args)
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: Any,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            log.warning(
-                "%s: broker %s refused the connection: %s", self.name, self.url, reason_code
-            )
-            return
-        with self._lock:
-            self._up = True
-            topics = sorted(self._topics)
-        mid: int | None = None
-        if topics:
-            _, mid = client.subscribe([(t, 1) for t in topics])
-        self._call(self._connected, mid)
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: Any,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        with self._lock:
-            self._up = False
-        if not self._closed:
-            log.info(
-                "%s: disconnected from %s (%s); reconnecting", self.name, self.url, reason_code
-            )
-
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        refused = [str(rc) for rc in reason_codes if rc.is_failure]
-        self._call(self._subscribed, mid, refused)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            log.warning("%s: dropping a message whose topic is not UTF-8", self.name)
-            return
-        job = functools.partial(self.on_message, topic, bytes(message.payload), message.retain)
-        self._call(self._jobs.put_nowait, job)
-
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._call(self._published, mid)
-
-    # --- back on the event loop -------------------------------------------------------
-
-    def _connected(self, mid: int | None) -> None:
-        self._connect_mid = mid
-        if mid is None:
-            self._became_ready()
-
-    def _subscribed(self, mid: int, refused: list[str]) -> None:
-        if refused:
-            log.warning("%s: the broker refused a subscription: %s", self.name, ", ".join(refused))
-        if mid == self._connect_mid:
-            self._became_ready()
-
-    def _became_ready(self) -> None:
-        self._ready.set()
-        self.submit(self.on_connected)
-
-    def _published(self, mid: int) -> None:
-        future = self._acks.get(mid)
-        if future is not None and not future.done():
-            future.set_result(None)
-
-
-# --- adoption ----------------------------------------------------------------------------
-
-
-class MqttAdopter(MqttBridge):
-    """An :class:`MqttBridge` that makes devices it finds on the broker custodial things.
-
-    ``access`` is the access type of what adopted devices report (readings,
-    state); ``control`` that of their actions and writable attributes
-    (default: only the gateway's owner may command them).
-    """
-
-    source = "mqtt"
-    """``meta["source"]`` of the devices this bridge adopts."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        username: str | None = None,
-        password: str | None = None,
-        settle: float = 0.1,
-        access: AccessType | str = AccessType.ALL,
-        control: AccessType | str = AccessType.OWNER,
-    ) -> None:
-        super().__init__(host, port, username=username, password=password)
-        self.settle = settle
-        """Seconds to wait after an announcement for the rest of the device's announcements."""
-        self.access = AccessType(access)
-        self.control = AccessType(control)
-
-    def endpoints(self) -> list[str]:
-        return [self.url]
-
-    def note(self, *parts: str) -> str:
-        """The description text of an adopted thing, with the broker-authenticated marker."""
-        text = " ".join(
-            (
-                f"{BROKER_AUTHENTICATED}.",
-                *parts,
-                "It cannot sign: its readings and commands are only as trustworthy as the "
-                "MQTT broker's authentication.",
-            )
-        )
-        return text[:1024]
-
-    async def adopt(
-        self, thing_id: str, description: ThingDescription, meta: Mapping[str, Any]
-    ) -> Thing | None:
-        """Register the device (if new) and bring up its custodial thing with ``description``.
-
-        None if the id belongs to a device that is not ours to adopt (provisioned
-        another way, or revoked by the owner).
-        """
-        registry = self.gateway.registry
-        record = registry.find(thing_id)
-        full_meta: dict[str, Any] = {
-            "source": self.source,
-            "broker_authenticated": True,
-            "broker": self.url,
-            **meta,
-        }
-        if record is None:
-            record = registry.add(thing_id, "adopted", meta=full_meta)
-            log.info("%s: adopted %s (%s)", self.name, thing_id, description.title)
-        elif record.transport != "adopted" or record.meta.get("source") != self.source:
-            log.error(
-                "%s: cannot adopt %s: the id belongs to a device provisioned another way (%s)",
-                self.name,
-                thing_id,
-                record.transport,
-            )
-            return None
-        elif record.revoked:
-            log.info("%s: %s is revoked; not adopting it again", self.name, thing_id)
-            return None
-        if record.meta != full_meta:
-            registry.set_meta(thing_id, full_meta)
-        doc = description.to_dict()
-        thing = await self.gateway._thing_for(record, doc)
-        if record.description != doc:
-            registry.set_description(thing_id, doc)
-        if thing.status == "disabled" and record.meta.get("removed"):
-            await thing.publish()
-            log.info("%s: %s announced itself again; published", self.name, thing_id)
-        return thing
-
-    async def retire(self, thing_id: str) -> None:
-        """The device withdrew its announcement: disable its thing (its data stays readable)."""
-        registry = self.gateway.registry
-        record = registry.find(thing_id)
-        if record is None or record.meta.get("source") != self.source:
-            return
-        registry.set_meta(thing_id, {**record.meta, "removed": True})
-        registry.set_online(thing_id, False)
-        thing = self.gateway.things.get(thing_id)
-        if thing is not None and thing.status != "disabled":
-            await thing.disable()
-            log.info("%s: %s withdrew its announcement; disabled", self.name, thing_id)
-
-    async def report(self, thing_id: str, attribute: str, value: Any) -> bool:
-        """``thing.set`` with a log line instead of an exception for a value that does not fit."""
-        thing = self.gateway.things.get(thing_id)
-        if thing is None:
-            return False
-        try:
-            await thing.set(attribute, value)
-        except (SafeThingError, ValueError) as e:
-            log.warning("%s: %s: dropping a value of %s: %s", self.name, thing_id, attribute, e)
-            return False
-        return True
-
-
-def thing_id_for(prefix: str, raw: str) -> str:
-    """A valid thing and device id (``[A-Za-z0-9_-]``, 5-64) for an outside identifier.
-
-    Clean identifiers map to ``<prefix>-<raw>``; others are cleaned and get a
-    short hash so that two identifiers never fold into one id.
-    """
-    clean = re.sub(r"[^A-Za-z0-9_-]+", "-", raw).strip("-_")
-    suffix = ""
-    if clean != raw or not clean:
-        suffix = "-" + hashlib.sha256(raw.encode()).hexdigest()[:6]
-    room = 64 - len(prefix) - 1 - len(suffix)
-    if len(clean) > room:
-        suffix = "-" + hashlib.sha256(raw.encode()).hexdigest()[:8]
-        room = 64 - len(prefix) - 1 - len(suffix)
-    return f"{prefix}-{clean[:room]}{suffix}".replace("--", "-")
-
-
-def attr_name(text: Any) -> str | None:
-    """A SAFEthing name from free text ("Living Room Temp." -> ``living_room_temp``)."""
-    if not isinstance(text, str | int | float) or isinstance(text, bool):
-        return None
-    slug = re.sub(r"[^a-z0-9]+", "_", str(text).lower()).strip("_")[:63]
-    if not slug:
-        return None
-    return slug if slug[0].isalpha() else f"_{slug}"
-
-
-class UniqueNames:
-    """Hands out distinct names: the first free candidate, else the first with a number."""
-
-    def __init__(self, reserved: Iterable[str] = ()) -> None:
-        self.used = set(reserved)
-
-    def take(self, *candidates: Any) -> str:
-        names = [n for n in (attr_name(c) for c in candidates) if n]
-        for name in names:
-            if name not in self.used:
-                self.used.add(name)
-                return name
-        base = names[0] if names else "value"
-        n = 2
-        while f"{base[:58]}_{n}" in self.used:
-            n += 1
-        name = f"{base[:58]}_{n}"
-        self.used.add(name)
-        return name
 
 
 # --- the Home Assistant discovery format -------------------------------------------------
@@ -846,12 +350,6 @@ def command_template(text: str) -> str:
         if expr.strip() != "value":
             raise TemplateError(f"unsupported command template {text!r}")
     return text
-
-
-def number_text(value: Any) -> str:
-    """``21`` for 21.0, ``21.5`` for 21.5 (what devices expect on a command topic)."""
-    number = float(value)
-    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else repr(number)
 
 
 _NUMERIC_CLASSES_NOT: Final = frozenset({"timestamp", "date", "enum"})

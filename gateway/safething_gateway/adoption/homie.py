@@ -57,7 +57,7 @@ from safething.things import (
     ThingDescription,
     Topic,
 )
-from safething_gateway.adoption.homeassistant import (
+from safething_gateway.adoption.base import (
     ADOPTED_HISTORY,
     MqttAdopter,
     UniqueNames,

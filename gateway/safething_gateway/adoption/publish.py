@@ -46,7 +46,7 @@ import paho.mqtt.client as mqtt
 from safething.errors import NoSuchDataError, SafeThingError
 from safething.net import Client
 from safething.things import AccessType, Attribute, ThingClient, ThingDescription, ValueType
-from safething_gateway.adoption.homeassistant import MqttBridge
+from safething_gateway.adoption.client import MqttBridge
 from safething_gateway.core import Gateway
 
 __all__ = ["HomeAssistantPublisher"]
