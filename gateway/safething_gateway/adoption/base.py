@@ -12,16 +12,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from safething.errors import SafeThingError
 from safething.things import AccessType, Thing, ThingDescription
-from safething_gateway.adoption.client import MqttBridge
+from safething_gateway.adoption.client import Job, MqttBridge
 
 __all__ = [
     "ADOPTED_HISTORY",
     "BROKER_AUTHENTICATED",
+    "AdoptedDevice",
     "MqttAdopter",
     "UniqueNames",
     "attr_name",
@@ -36,6 +38,20 @@ BROKER_AUTHENTICATED: Final = "broker_authenticated: true"
 
 ADOPTED_HISTORY: Final = 16
 """Values kept per adopted attribute: small, so that a device with many entities fits an MD."""
+
+
+@dataclass(eq=False, kw_only=True)
+class AdoptedDevice:
+    """What :class:`MqttAdopter` keeps of every device; each adopter extends it."""
+
+    thing_id: str
+    """The id of the device's custodial thing (and registry record)."""
+    dirty: bool = False
+    """Its announcements changed: its thing is rebuilt once they settle."""
+    due: float = 0.0
+    """Event-loop time at which the latest announcement has settled."""
+    adopted: bool = False
+    """The last rebuild brought its thing up."""
 
 
 class MqttAdopter(MqttBridge):
@@ -65,9 +81,6 @@ class MqttAdopter(MqttBridge):
         """Seconds to wait after an announcement for the rest of the device's announcements."""
         self.access = AccessType(access)
         self.control = AccessType(control)
-
-    def endpoints(self) -> list[str]:
-        return [self.url]
 
     def note(self, *parts: str) -> str:
         """The description text of an adopted thing, with the broker-authenticated marker."""
@@ -146,6 +159,53 @@ class MqttAdopter(MqttBridge):
             log.warning("%s: %s: dropping a value of %s: %s", self.name, thing_id, attribute, e)
             return False
         return True
+
+    # --- (re)building a device's thing once its announcements settle -------------------
+
+    def schedule(self, device: AdoptedDevice, rebuild: Job) -> None:
+        """Mark ``device`` dirty and run ``rebuild`` on the worker in ``settle`` seconds.
+
+        Every announcement schedules one; only the last one's :meth:`settled` says go.
+        """
+        device.dirty = True
+        device.due = self._running_loop().time() + self.settle
+        self.later(self.settle, rebuild)
+
+    def settled(self, device: AdoptedDevice) -> bool:
+        """Whether a scheduled rebuild of ``device`` runs now (and clears its mark): not
+        when it is no longer dirty, nor when a newer announcement comes with its own timer."""
+        if not device.dirty:
+            return False
+        if self._running_loop().time() < device.due - 0.001:
+            return False  # a newer announcement: its own timer comes later
+        device.dirty = False
+        return True
+
+    async def bring_up(
+        self,
+        device: AdoptedDevice,
+        build: Callable[[], tuple[ThingDescription, Mapping[str, Any]]],
+    ) -> Thing | None:
+        """:meth:`adopt` ``device`` with the description and meta ``build`` returns.
+
+        None when it is not ours to adopt, or (with a log line) when ``build`` or
+        the adoption fails; ``device.adopted`` says whether its thing is up.
+        """
+        try:
+            description, meta = build()
+            thing = await self.adopt(device.thing_id, description, meta)
+        except (SafeThingError, ValueError) as e:
+            log.warning("%s: cannot adopt %s: %s", self.name, device.thing_id, e)
+            return None
+        device.adopted = thing is not None
+        return thing
+
+    def live_thing(self, device: AdoptedDevice) -> Thing | None:
+        """The device's thing when values may be written to it now: adopted and no
+        rebuild pending (that one writes them)."""
+        if device.dirty or not device.adopted:
+            return None
+        return self.gateway.things.get(device.thing_id)
 
 
 def thing_id_for(prefix: str, raw: str) -> str:

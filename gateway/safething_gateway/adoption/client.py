@@ -94,6 +94,9 @@ class MqttBridge(Bridge):
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
+    def endpoints(self) -> list[str]:
+        return [self.url]
+
     def topics(self) -> Iterable[str]:
         """Topic filters subscribed on every connection."""
         return ()

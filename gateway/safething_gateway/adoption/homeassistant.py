@@ -37,6 +37,7 @@ and so does their description text (:data:`BROKER_AUTHENTICATED`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -58,6 +59,7 @@ from safething.things import (
 from safething_gateway.adoption.base import (
     ADOPTED_HISTORY,
     BROKER_AUTHENTICATED,
+    AdoptedDevice,
     MqttAdopter,
     UniqueNames,
     attr_name,
@@ -619,17 +621,13 @@ def _entity(
 
 
 @dataclass(eq=False)
-class _Device:
+class _Device(AdoptedDevice):
     key: str
-    thing_id: str
     info: dict[str, Any] = field(default_factory=dict)
     origin: dict[str, Any] = field(default_factory=dict)
     entities: dict[str, _Entity] = field(default_factory=dict)
     available: bool | None = None
     available_fresh: bool = False
-    dirty: bool = False
-    due: float = 0.0
-    adopted: bool = False
 
 
 # --- the adopter ------------------------------------------------------------------------
@@ -743,7 +741,7 @@ class HomeAssistantAdopter(MqttAdopter):
     def _learn_device(self, key: str, config: Mapping[str, Any]) -> None:
         device = self._devices.get(key)
         if device is None:
-            device = self._devices[key] = _Device(key, thing_id_for("ha", key))
+            device = self._devices[key] = _Device(key, thing_id=thing_id_for("ha", key))
         if isinstance(config.get("device"), Mapping):
             device.info.update(config["device"])
         if isinstance(config.get("origin"), Mapping):
@@ -841,10 +839,7 @@ class HomeAssistantAdopter(MqttAdopter):
 
     async def _flush(self, device: _Device) -> None:
         """Write the values that arrived since the last write (unless a rebuild is due)."""
-        if device.dirty or not device.adopted:
-            return
-        thing = self.gateway.things.get(device.thing_id)
-        if thing is None:
+        if self.live_thing(device) is None:
             return
         for entity in sorted(device.entities.values(), key=lambda e: e.key):
             if entity.fresh and entity.attr:
@@ -859,35 +854,19 @@ class HomeAssistantAdopter(MqttAdopter):
 
     def _schedule(self, key: str) -> None:
         device = self._devices.get(key)
-        if device is None:
-            return
-        device.dirty = True
-        device.due = self._running_loop().time() + self.settle
-
-        async def rebuild() -> None:
-            await self._rebuild(key)
-
-        self.later(self.settle, rebuild)
+        if device is not None:
+            self.schedule(device, functools.partial(self._rebuild, key))
 
     async def _rebuild(self, key: str) -> None:
         device = self._devices.get(key)
-        if device is None or not device.dirty:
+        if device is None or not self.settled(device):
             return
-        if self._running_loop().time() < device.due - 0.001:
-            return  # a newer announcement: its own timer comes later
-        device.dirty = False
         if not device.entities:
             del self._devices[key]
             if device.adopted:
                 await self.retire(device.thing_id)
             return
-        try:
-            description = self._describe(device)
-            thing = await self.adopt(device.thing_id, description, self._meta(device))
-        except (SafeThingError, ValueError) as e:
-            log.warning("%s: cannot adopt %s: %s", self.name, device.thing_id, e)
-            return
-        device.adopted = thing is not None
+        thing = await self.bring_up(device, lambda: (self._describe(device), self._meta(device)))
         if thing is None:
             return
         self._install(device, thing)

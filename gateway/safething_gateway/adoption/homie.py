@@ -37,6 +37,7 @@ and descriptions say ``broker_authenticated``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -59,6 +60,7 @@ from safething.things import (
 )
 from safething_gateway.adoption.base import (
     ADOPTED_HISTORY,
+    AdoptedDevice,
     MqttAdopter,
     UniqueNames,
     number_text,
@@ -168,11 +170,10 @@ def _camel(name: str) -> str:
 
 
 @dataclass(eq=False)
-class _Device:
+class _Device(AdoptedDevice):
     version: int
     id: str
     root: str
-    thing_id: str
     attrs: dict[str, str] = field(default_factory=dict)
     """v4: ``$homie``, ``$nodes``, ``<node>/$properties``, ``<node>/<prop>/$datatype``..."""
     document: dict[str, Any] | None = None
@@ -187,9 +188,6 @@ class _Device:
     """Properties mapped to topics (momentary events)."""
     actions: dict[str, tuple[str, str]] = field(default_factory=dict)
     """``Set<Prop>`` action name -> (node, prop)."""
-    dirty: bool = False
-    due: float = 0.0
-    adopted: bool = False
 
 
 class HomieAdopter(MqttAdopter):
@@ -271,7 +269,7 @@ class HomieAdopter(MqttAdopter):
                 return None  # a device we never saw, being cleared
             root = f"{self.base}/5/{device_id}" if version == 5 else f"{self.base}/{device_id}"
             device = self._devices[key] = _Device(
-                version, device_id, root, thing_id_for("homie", device_id)
+                version, device_id, root, thing_id=thing_id_for("homie", device_id)
             )
         return device
 
@@ -307,9 +305,7 @@ class HomieAdopter(MqttAdopter):
         await self._flush(device)
 
     async def _flush(self, device: _Device) -> None:
-        if device.dirty or not device.adopted:
-            return
-        thing = self.gateway.things.get(device.thing_id)
+        thing = self.live_thing(device)
         if thing is None:
             return
         for key, text in list(device.raw.items()):
@@ -342,22 +338,12 @@ class HomieAdopter(MqttAdopter):
     # --- (re)building ---------------------------------------------------------------------
 
     def _schedule(self, device: _Device) -> None:
-        device.dirty = True
-        device.due = self._running_loop().time() + self.settle
-        key = (device.version, device.id)
-
-        async def rebuild() -> None:
-            await self._rebuild(key)
-
-        self.later(self.settle, rebuild)
+        self.schedule(device, functools.partial(self._rebuild, (device.version, device.id)))
 
     async def _rebuild(self, key: tuple[int, str]) -> None:
         device = self._devices.get(key)
-        if device is None or not device.dirty:
+        if device is None or not self.settled(device):
             return
-        if self._running_loop().time() < device.due - 0.001:
-            return
-        device.dirty = False
         try:
             model = self._model(device)
         except (ValueError, TypeError, KeyError, AttributeError) as e:
@@ -370,17 +356,13 @@ class HomieAdopter(MqttAdopter):
             return
         title, version, props = model
         before = set(device.props)
-        try:
-            description = self._describe(device, title, version, props)
-            thing = await self.adopt(
-                device.thing_id,
-                description,
+        thing = await self.bring_up(
+            device,
+            lambda: (
+                self._describe(device, title, version, props),
                 {"homie": version, "topic": device.root, "name": title},
-            )
-        except (SafeThingError, ValueError) as e:
-            log.warning("%s: cannot adopt %s: %s", self.name, device.thing_id, e)
-            return
-        device.adopted = thing is not None
+            ),
+        )
         if thing is None:
             return
         self._install(device, thing)

@@ -105,9 +105,6 @@ class HomeAssistantPublisher(MqttBridge):
             f"{self.state_prefix}/+/$action/+",
         ]
 
-    def endpoints(self) -> list[str]:
-        return [self.url]
-
     def prepare(self, client: mqtt.Client) -> None:
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
 
