@@ -1,0 +1,4 @@
+# SAFEthing device library for MicroPython (ESP8266-class boards).
+# Nothing is imported here: each module is loaded only when used, to spare RAM.
+# Start with safething.device.Device; see firmware/README.md.
+__version__ = "1.0.0"
