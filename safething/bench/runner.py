@@ -81,6 +81,7 @@ class GroupModule(NamedTuple):
 GROUP_MODULES: tuple[GroupModule, ...] = (
     GroupModule("net", "safething.bench.net"),
     GroupModule("things", "safething.bench.things"),
+    GroupModule("gateway", "safething.bench.gateway"),
 )
 """Every module of metric groups, in run order. One line per module."""
 

@@ -1,0 +1,1011 @@
+"""Benchmarks of the gateway: devices on MQTT, CoAP and HTTP becoming SAFEthings.
+
+Everything runs on ``127.0.0.1``: a private Mosquitto on a free port
+(:func:`safething_gateway.testing.mosquitto`), the gateway's registry and a
+SQLite store (WAL, ``synchronous=NORMAL``) in the group's temporary
+directory. What each metric means and how it is measured is written up in
+``docs/benchmarks.md``.
+
+Groups:
+
+``gateway.latency``
+    ``gateway_<transport>_device_to_subscriber_latency_*`` for ``mqtt``,
+    ``coap`` and ``http``: the reference device of that transport sends a
+    reading, the gateway verifies it and writes it to the device's custodial
+    thing, a :class:`~safething.things.ThingClient` subscription yields it.
+    Next to each, in the same run and interleaved sample by sample,
+    ``raw_<transport>_latency_*``: the same payload over the bare transport
+    (paho -> Mosquitto -> paho; aiocoap POST to a resource that only
+    answers; httpx POST to a FastAPI route that only answers), and
+    ``gateway_<transport>_vs_raw_latency_ratio``.
+``gateway.load``
+    ``gateway_sustained_readings_per_s``: a gateway in a child process
+    (:mod:`safething.bench._gateway_child`) with 1,000 provisioned devices,
+    each born over MQTT, then a stream of readings spread over every device
+    for a bounded time; readings are counted in the store at the end (each
+    device's last sequence number). ``gateway_peak_rss_mb``: the child's
+    peak resident set (``VmHWM``) over start, births and load.
+    ``gateway_startup_s``: a new gateway process starting on the same
+    registry and store, restoring every device's custodial thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import errno
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiocoap
+import httpx
+import paho.mqtt.client as mqtt
+import uvicorn
+from aiocoap import resource
+from aiocoap.numbers.codes import Code
+from aiocoap.numbers.contentformat import ContentFormat
+from fastapi import FastAPI, Request, Response
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+import safething
+import safething_gateway
+from safething.bench.runner import (
+    BenchContext,
+    GroupFunc,
+    Metric,
+    latency_metrics,
+    metric,
+    rate_metric,
+    ratio_metric,
+)
+from safething.errors import NoSuchDataError
+from safething.net import Client, Identity
+from safething.store import open_store
+from safething.things import Notification, Subscription, ThingClient
+from safething_gateway.bridges.coap import JSON, CoapBridge
+from safething_gateway.bridges.http import HttpBridge
+from safething_gateway.bridges.mqtt import MqttBridge, MqttConnection, Topics
+from safething_gateway.core import Bridge, Gateway
+from safething_gateway.devices.base import DeviceLink
+from safething_gateway.devices.coap import CoapDevice
+from safething_gateway.devices.http import HttpDevice
+from safething_gateway.devices.mqtt import MqttDevice
+from safething_gateway.protocol import frame
+from safething_gateway.registry import Registry
+from safething_gateway.testing import Mosquitto, free_port, mosquitto
+
+__all__ = ["GROUPS", "TRANSPORTS", "latency_group", "load_group", "sensor_description"]
+
+TRANSPORTS = ("mqtt", "coap", "http")
+"""Every device transport, in the order they are measured."""
+RSS_TARGET_MB = 150.0
+"""Issue target: the gateway's peak resident set with 1,000 devices (a 1 GB Raspberry Pi 3)."""
+
+_STORE_SETTINGS = "sqlite WAL, synchronous=NORMAL"
+_DELIVERY_TIMEOUT_S = 10.0
+"""A reading that takes longer than this to reach its subscriber fails the run."""
+_MIB = 1024
+"""KiB per MiB: ``VmRSS`` and ``VmHWM`` are in KiB."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Sizes:
+    samples: int
+    """Latency samples kept per latency metric."""
+    warmup: int
+    """Latency samples taken first and left out (named in ``params``)."""
+    gap_s: float
+    """Pause after each sample, raw or through the gateway."""
+    devices: int
+    """Devices of the load run."""
+    load_s: float
+    """How long the load generator sends readings."""
+    backlog: int
+    """Most readings sent and not yet handled by the gateway during the load run."""
+    connections: int
+    """MQTT connections the load generator shares among the devices."""
+    report_s: float
+    """Period of the gateway child's progress reports."""
+
+
+def _sizes(ctx: BenchContext) -> _Sizes:
+    return _Sizes(
+        samples=ctx.size(300, 20),
+        warmup=ctx.size(5, 2),
+        gap_s=0.010,
+        devices=ctx.size(1_000, 100),
+        load_s=ctx.size(20, 3),
+        backlog=500,
+        connections=4,
+        report_s=0.05,
+    )
+
+
+def _url(path: Path) -> str:
+    return f"sqlite://{path.resolve()}"
+
+
+def sensor_description(device_id: str) -> dict[str, Any]:
+    """The soil sensor of ``docs/protocol.md`` §3 (the gateway tests' ``SENSOR``)."""
+    return copy.deepcopy(
+        {
+            "format": 1,
+            "id": device_id,
+            "title": "Soil sensor",
+            "attributes": [
+                {
+                    "name": "moisture",
+                    "type": "number",
+                    "unit": "%",
+                    "minimum": 0,
+                    "maximum": 100,
+                    "dynamic": True,
+                },
+                {"name": "model", "type": "string", "value": "GD-1"},
+                {"name": "target", "type": "number", "dynamic": True, "writable": True},
+            ],
+            "topics": [{"name": "VeryDryAlarm", "type": "number"}],
+            "actions": [
+                {
+                    "name": "OpenValve",
+                    "params": [{"name": "psi", "type": "number", "minimum": 0, "maximum": 100}],
+                },
+                {"name": "CloseValve"},
+            ],
+        }
+    )
+
+
+def _reading(i: int) -> dict[str, float]:
+    """Reading ``i``: consecutive readings always differ."""
+    return {"moisture": float(i % 101)}
+
+
+def _target(m: Metric, op: str, value: float) -> Metric:
+    """Note the issue's target next to a metric (reported, never asserted)."""
+    measured = m["value"]
+    assert isinstance(measured, float)
+    checks: dict[str, Callable[[float, float], bool]] = {
+        "<": lambda a, b: a < b,
+        ">=": lambda a, b: a >= b,
+    }
+    if op not in checks:
+        raise ValueError(f"unknown target operator {op!r}")
+    return {**m, "target": {"op": op, "value": value}, "meets_target": checks[op](measured, value)}
+
+
+def _by_name(metrics: Sequence[Metric], name: str) -> Metric:
+    (found,) = (m for m in metrics if m["name"] == name)
+    return found
+
+
+async def _until(check: Callable[[], bool], what: str, timeout: float) -> None:
+    """Until ``check()`` is true, looking every 10 ms (for state owned by other code)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g} s")
+        await asyncio.sleep(0.01)
+
+
+# --- raw transports: the same payload, nothing behind it -----------------------------------
+
+
+Sampler = Callable[[int], Awaitable[float]]
+"""Takes sample ``i``; returns its latency in ms."""
+
+
+def _payload(i: int) -> bytes:
+    """A raw payload of the size of a framed reading (header line, MAC, JSON body)."""
+    body = json.dumps(_reading(i)).encode()
+    return frame(b"\x00" * 32, "bench-raw-01", "reading", i + 1, body)
+
+
+class _PahoClient:
+    """A bare paho client on its own network thread (TCP_NODELAY, as our clients set)."""
+
+    def __init__(self, port: int, client_id: str) -> None:
+        self.port = port
+        self.loop = asyncio.get_running_loop()
+        self.connected: asyncio.Future[None] = self.loop.create_future()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv311
+        )
+        self.client.on_socket_open = self._socket_open
+        self.client.on_connect = self._connect
+
+    @staticmethod
+    def _socket_open(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self._resolve(self.connected, None if not reason.is_failure else str(reason))
+
+    def _resolve(self, future: asyncio.Future[None], error: str | None) -> None:
+        def settle() -> None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(ConnectionError(f"raw MQTT client: {error}"))
+
+        self.loop.call_soon_threadsafe(settle)
+
+    async def start(self) -> None:
+        self.client.connect_async("127.0.0.1", self.port, keepalive=30)
+        self.client.loop_start()
+        async with asyncio.timeout(_DELIVERY_TIMEOUT_S):
+            await self.connected
+
+    async def stop(self) -> None:
+        self.client.disconnect()
+        await asyncio.to_thread(self.client.loop_stop)
+
+
+@asynccontextmanager
+async def _raw_mqtt(port: int) -> AsyncIterator[Sampler]:
+    """paho publishes (QoS 1) -> Mosquitto -> a paho subscriber (QoS 1) stamps it."""
+    topic = "bench/raw/reading"
+    arrivals: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
+    subscriber = _PahoClient(port, "safething-bench-raw-sub")
+    subscribed: asyncio.Future[None] = subscriber.loop.create_future()
+
+    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        now = time.perf_counter_ns()  # on paho's thread, as soon as the message is read
+        subscriber.loop.call_soon_threadsafe(arrivals.put_nowait, (bytes(message.payload), now))
+
+    def on_subscribe(client: mqtt.Client, userdata: Any, *args: Any) -> None:
+        subscriber._resolve(subscribed, None)
+
+    subscriber.client.on_message = on_message
+    subscriber.client.on_subscribe = on_subscribe
+    publisher = _PahoClient(port, "safething-bench-raw-pub")
+    await subscriber.start()
+    try:
+        subscriber.client.subscribe(topic, qos=1)
+        async with asyncio.timeout(_DELIVERY_TIMEOUT_S):
+            await subscribed
+        await publisher.start()
+        try:
+
+            async def sample(i: int) -> float:
+                payload = _payload(i)
+                stamp = time.perf_counter_ns()
+                publisher.client.publish(topic, payload, qos=1)
+                async with asyncio.timeout(_DELIVERY_TIMEOUT_S):
+                    got, arrived = await arrivals.get()
+                if got != payload:
+                    raise RuntimeError(f"raw MQTT: sample {i} received another payload")
+                return (arrived - stamp) / 1e6
+
+            yield sample
+        finally:
+            await publisher.stop()
+    finally:
+        await subscriber.stop()
+
+
+class _Sink(resource.Resource):  # type: ignore[misc]
+    """A CoAP resource that takes a POST and answers 2.04 Changed, nothing else."""
+
+    async def render_post(self, request: Any) -> aiocoap.Message:
+        return aiocoap.Message(code=Code.CHANGED)
+
+
+@asynccontextmanager
+async def _raw_coap() -> AsyncIterator[Sampler]:
+    """aiocoap POST (confirmable) -> a trivial aiocoap resource -> 2.04 back."""
+    site = resource.Site()
+    site.add_resource(["sink"], _Sink())
+    server: Any = None
+    port = 0
+    for attempt in range(5):
+        port = free_port(socket.SOCK_DGRAM)
+        try:
+            server = await aiocoap.Context.create_server_context(
+                site, bind=("127.0.0.1", port), transports=["udp6"]
+            )
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or attempt == 4:
+                raise
+            continue
+        break
+    try:
+        client = await aiocoap.Context.create_client_context(transports=["udp6"])
+        try:
+
+            async def sample(i: int) -> float:
+                request = aiocoap.Message(
+                    code=Code.POST,
+                    uri=f"coap://127.0.0.1:{port}/sink",
+                    payload=_payload(i),
+                    content_format=ContentFormat(JSON),
+                )
+                stamp = time.perf_counter_ns()
+                async with asyncio.timeout(_DELIVERY_TIMEOUT_S):
+                    response = await client.request(request).response
+                done = time.perf_counter_ns()
+                if response.code != Code.CHANGED:
+                    raise RuntimeError(f"raw CoAP: sample {i} answered {response.code}")
+                return (done - stamp) / 1e6
+
+            yield sample
+        finally:
+            await client.shutdown()
+    finally:
+        await server.shutdown()
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn inside this event loop, leaving the process's signal handlers alone."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _sink_app() -> FastAPI:
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.post("/sink", status_code=204)
+    async def sink(request: Request) -> Response:
+        await request.body()
+        return Response(status_code=204)
+
+    return app
+
+
+@asynccontextmanager
+async def _raw_http() -> AsyncIterator[Sampler]:
+    """httpx POST (keep-alive) -> a trivial FastAPI route on uvicorn -> 204 back."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
+    config = uvicorn.Config(
+        _sink_app(), log_config=None, access_log=False, lifespan="off", server_header=False
+    )
+    server = _Uvicorn(config)
+    task = asyncio.get_running_loop().create_task(
+        server.serve(sockets=[sock]), name="bench-raw-http:serve"
+    )
+    try:
+        await _until(lambda: server.started or task.done(), "raw HTTP server start", 10)
+        if task.done():
+            task.result()
+            raise RuntimeError("raw HTTP server stopped at start")
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=_DELIVERY_TIMEOUT_S
+        ) as client:
+
+            async def sample(i: int) -> float:
+                payload = _payload(i)
+                stamp = time.perf_counter_ns()
+                response = await client.post(
+                    "/sink", content=payload, headers={"Content-Type": "application/json"}
+                )
+                done = time.perf_counter_ns()
+                if response.status_code != 204:
+                    raise RuntimeError(f"raw HTTP: sample {i} answered {response.status_code}")
+                return (done - stamp) / 1e6
+
+            yield sample
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sock.close()
+
+
+def _raw(transport: str, broker: Mosquitto) -> contextlib.AbstractAsyncContextManager[Sampler]:
+    if transport == "mqtt":
+        return _raw_mqtt(broker.port)
+    if transport == "coap":
+        return _raw_coap()
+    return _raw_http()
+
+
+# --- through the gateway: reference device -> gateway -> store -> subscriber ---------------
+
+
+Sender = Callable[[dict[str, Any]], Awaitable[None]]
+"""Sends one reading from the device."""
+
+
+@asynccontextmanager
+async def _device(
+    transport: str, link: DeviceLink, bridges: dict[str, Bridge], broker: Mosquitto
+) -> AsyncIterator[Sender]:
+    """The reference device of ``transport``, started (its ``birth`` sent)."""
+    if transport == "mqtt":
+        async with MqttDevice(link, "127.0.0.1", broker.port) as mqtt_device:
+            await mqtt_device.start()
+            yield mqtt_device.reading
+    elif transport == "coap":
+        coap = bridges["coap"]
+        assert isinstance(coap, CoapBridge)
+        async with CoapDevice(link, "127.0.0.1", coap.port) as coap_device:
+            await coap_device.start()
+            yield coap_device.reading
+    else:
+        (endpoint,) = bridges["http"].endpoints()
+        async with HttpDevice(link, endpoint, timeout=_DELIVERY_TIMEOUT_S) as http_device:
+            await http_device.start()
+            yield http_device.reading
+
+
+async def _receive(sub: Subscription, arrivals: asyncio.Queue[tuple[Notification, int]]) -> None:
+    """Stamp each notification the moment the subscription yields it."""
+    async for note in sub:
+        arrivals.put_nowait((note, time.perf_counter_ns()))
+
+
+@dataclass
+class _Run:
+    """The samples of one transport, taken in turns: raw, gateway, raw, gateway..."""
+
+    gateway_ms: list[float] = field(default_factory=list)
+    raw_ms: list[float] = field(default_factory=list)
+
+
+async def _transport_run(
+    transport: str,
+    gateway: Gateway,
+    things: ThingClient,
+    bridges: dict[str, Bridge],
+    broker: Mosquitto,
+    sizes: _Sizes,
+) -> _Run:
+    device_id = f"bench-{transport}-01"
+    record = gateway.registry.add(device_id, transport)
+    link = DeviceLink(device_id, record.secret, sensor_description(device_id))
+    run = _Run()
+    async with _device(transport, link, bridges, broker) as send, _raw(transport, broker) as raw:
+        await _until(lambda: device_id in gateway.things, f"{transport} birth", _DELIVERY_TIMEOUT_S)
+        async with things.subscribe(device_id, attribute="moisture") as sub:
+            arrivals: asyncio.Queue[tuple[Notification, int]] = asyncio.Queue()
+            receiver = asyncio.get_running_loop().create_task(
+                _receive(sub, arrivals), name=f"bench-gateway:{transport}:receive"
+            )
+            try:
+                for i in range(sizes.warmup + sizes.samples):
+                    run.raw_ms.append(await raw(i))
+                    await asyncio.sleep(sizes.gap_s)
+                    values = _reading(i)
+                    stamp = time.perf_counter_ns()
+                    await send(values)
+                    try:
+                        async with asyncio.timeout(_DELIVERY_TIMEOUT_S):
+                            note, arrived = await arrivals.get()
+                    except TimeoutError:
+                        raise RuntimeError(
+                            f"{transport}: reading {i} did not reach the subscriber within "
+                            f"{_DELIVERY_TIMEOUT_S:g} s"
+                        ) from None
+                    if note.value != values["moisture"]:
+                        raise RuntimeError(
+                            f"{transport}: reading {i} was {values}, the subscriber got "
+                            f"{note.value!r}"
+                        )
+                    run.gateway_ms.append((arrived - stamp) / 1e6)
+                    await asyncio.sleep(sizes.gap_s)
+            finally:
+                receiver.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await receiver
+    run.gateway_ms = run.gateway_ms[sizes.warmup :]
+    run.raw_ms = run.raw_ms[sizes.warmup :]
+    return run
+
+
+_GATEWAY_PATH = {
+    "mqtt": "MqttDevice.reading (QoS 1) -> Mosquitto -> MqttBridge -> Gateway.handle",
+    "coap": "CoapDevice.reading (confirmable POST) -> CoapBridge (aiocoap) -> Gateway.handle",
+    "http": "HttpDevice.reading (httpx POST) -> HttpBridge (FastAPI on uvicorn) -> Gateway.handle",
+}
+_RAW_PATH = {
+    "mqtt": "paho publish (QoS 1) -> Mosquitto -> paho subscriber (QoS 1); one way",
+    "coap": "aiocoap confirmable POST -> aiocoap resource answering 2.04; round trip",
+    "http": "httpx POST (keep-alive) -> FastAPI route on uvicorn answering 204; round trip",
+}
+
+
+def _latency_report(transport: str, run: _Run, sizes: _Sizes) -> list[Metric]:
+    common = {
+        "warmup": sizes.warmup,
+        "gap_ms": sizes.gap_s * 1000,
+        "clock": "perf_counter, one process",
+        "interleaved": "raw and gateway samples taken in turns, one at a time",
+        "percentiles": "nearest rank over every sample",
+        "payload_bytes": len(_payload(0)),
+    }
+    through = latency_metrics(
+        f"gateway_{transport}_device_to_subscriber_latency",
+        run.gateway_ms,
+        params={
+            **common,
+            "transport": transport,
+            "path": _GATEWAY_PATH[transport]
+            + " (MAC, counter, rate limit, type check) -> Thing.set (signed, one store commit)"
+            " -> ThingClient.subscribe(attribute='moisture') yields it",
+            "from": "just before the device's reading() is called",
+            "to": "the subscription yields the notification",
+            "store": _STORE_SETTINGS,
+            "in_one_process": "device, bridges, gateway, subscriber (Mosquitto apart)",
+        },
+        layer="gateway",
+    )
+    raw = latency_metrics(
+        f"raw_{transport}_latency",
+        run.raw_ms,
+        params={**common, "transport": transport, "path": _RAW_PATH[transport]},
+        layer="raw",
+    )
+    ratio = ratio_metric(
+        f"gateway_{transport}_vs_raw_latency_ratio",
+        _by_name(through, f"gateway_{transport}_device_to_subscriber_latency_p50_ms"),
+        _by_name(raw, f"raw_{transport}_latency_p50_ms"),
+    )
+    return [*through, *raw, ratio]
+
+
+async def latency_group(ctx: BenchContext) -> list[Metric]:
+    """Device -> gateway -> subscriber on each transport, next to the bare transport."""
+    sizes = _sizes(ctx)
+    runs: dict[str, _Run] = {}
+    with mosquitto() as broker:
+        registry = Registry(ctx.workdir / "registry.db")
+        try:
+            async with await open_store(_url(ctx.workdir / "latency.db")) as store:
+                bridges: dict[str, Bridge] = {
+                    "mqtt": MqttBridge(
+                        "127.0.0.1", broker.port, client_id="safething-bench-latency"
+                    ),
+                    "coap": CoapBridge("127.0.0.1", 0),
+                    "http": HttpBridge("127.0.0.1", 0),
+                }
+                async with Gateway(
+                    store=store,
+                    registry=registry,
+                    owner=Identity.generate("bench-owner"),
+                    bridges=list(bridges.values()),
+                ) as gateway:
+                    await gateway.start()
+                    async with ThingClient(Client(store)) as things:
+                        for transport in TRANSPORTS:
+                            runs[transport] = await _transport_run(
+                                transport, gateway, things, bridges, broker, sizes
+                            )
+        finally:
+            registry.close()
+    return [
+        m for transport in TRANSPORTS for m in _latency_report(transport, runs[transport], sizes)
+    ]
+
+
+# --- sustained load: 1,000 devices over MQTT, the gateway in a child process ---------------
+
+
+def _child_env() -> dict[str, str]:
+    """The environment for the child, with these copies of both packages importable."""
+    env = dict(os.environ)
+    roots = [
+        str(Path(package.__file__ or "").resolve().parent.parent)
+        for package in (safething, safething_gateway)
+    ]
+    env["PYTHONPATH"] = os.pathsep.join(
+        dict.fromkeys(p for p in (*roots, env.get("PYTHONPATH", "")) if p)
+    )
+    return env
+
+
+class _GatewayChild:
+    """``python -m safething.bench._gateway_child`` and what it reports (JSON lines)."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.reports: list[dict[str, Any]] = []
+        """Every line the child wrote, in order."""
+        self.ready: dict[str, Any] = {}
+        self.closed: dict[str, Any] = {}
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    @property
+    def latest(self) -> dict[str, Any]:
+        return self.reports[-1]
+
+    def failed(self, what: str) -> RuntimeError:
+        code = self._proc.returncode if self._proc is not None else None
+        try:
+            log = self.log_path.read_text(errors="replace").strip()[-2000:]
+        except OSError:
+            log = ""
+        return RuntimeError(
+            f"gateway child: {what} (exit status {code}); its log: {log or '(empty)'}"
+        )
+
+    async def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        try:
+            while line := await self._proc.stdout.readline():
+                doc = json.loads(line)
+                self.reports.append(doc)
+                if doc["event"] == "ready":
+                    self.ready = doc
+                elif doc["event"] == "closed":
+                    self.closed = doc
+                self._changed.set()
+        finally:
+            self._changed.set()
+
+    async def wait(self, done: Callable[[dict[str, Any]], bool], what: str, timeout: float) -> None:
+        """Until a report satisfies ``done``; fails when the child ends first."""
+        assert self._reader is not None
+        try:
+            async with asyncio.timeout(timeout):
+                while not (self.reports and done(self.latest)):
+                    if self._reader.done():
+                        self._reader.result()
+                        raise self.failed(f"ended while waiting for {what}")
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise self.failed(f"{what}: not within {timeout:g} s") from None
+
+    async def next_report(self) -> None:
+        """Until the child writes its next line."""
+        count = len(self.reports)
+        await self.wait(lambda _: len(self.reports) > count, "a report", _DELIVERY_TIMEOUT_S)
+
+    @asynccontextmanager
+    async def running(self, startup_timeout: float) -> AsyncIterator[_GatewayChild]:
+        log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "safething.bench._gateway_child",
+                *self.args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                env=_child_env(),
+            )
+        finally:
+            os.close(log)  # the child has its own copy
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read(), name="bench-gateway:child-reports"
+        )
+        try:
+            await self.wait(lambda r: r["event"] == "ready", "start", startup_timeout)
+            yield self
+            await self._stop()
+        finally:
+            if self._proc.returncode is None:
+                self._proc.kill()
+                await self._proc.wait()
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+
+    async def _stop(self) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(b"stop\n")
+        await self._proc.stdin.drain()
+        self._proc.stdin.close()
+        await self.wait(lambda r: r["event"] == "closed", "a clean stop", 60)
+        async with asyncio.timeout(30):
+            await self._proc.wait()
+        if self._proc.returncode != 0:
+            raise self.failed("did not exit cleanly")
+
+
+class _LoadGenerator:
+    """Many devices sharing a few MQTT connections; each device frames with its own
+    id, secret and counter, and always goes through the same connection (in order)."""
+
+    def __init__(self, port: int, links: Sequence[DeviceLink], connections: int) -> None:
+        self.links = links
+        self.topics = Topics()
+        self.connections = [
+            MqttConnection(
+                "127.0.0.1",
+                port,
+                client_id=f"safething-bench-load-{k}",
+                max_inflight=100,
+                label=f"bench load {k}",
+            )
+            for k in range(connections)
+        ]
+        self.published = 0
+        self.acked = 0
+        self.refused = 0
+
+    async def start(self) -> None:
+        for connection in self.connections:
+            await connection.start()
+        for connection in self.connections:
+            if not await connection.wait_connected(_DELIVERY_TIMEOUT_S):
+                raise ConnectionError(f"load generator: no broker at {connection.url}")
+
+    async def close(self) -> None:
+        for connection in self.connections:
+            await connection.close()
+
+    def _acked(self, future: asyncio.Future[bool]) -> None:
+        if future.result():
+            self.acked += 1
+        else:
+            self.refused += 1
+
+    def send(self, index: int, channel: str, body: Any) -> None:
+        """Frame ``body`` for device ``index`` with its next counter and publish it (QoS 1)."""
+        link = self.links[index]
+        connection = self.connections[index % len(self.connections)]
+        data = link.birth() if channel == "birth" else link.up(channel, body)
+        _, future = connection.publish(self.topics.up(link.device_id, channel), data, 1)
+        future.add_done_callback(self._acked)
+        self.published += 1
+
+
+@dataclass
+class _LoadRun:
+    births_s: float
+    load_s: float
+    """From the first reading sent to the report that saw the last one handled."""
+    sent: int
+    handled: int
+    rejected: int
+    per_device: list[int]
+    """Readings sent per device."""
+    per_second: list[int]
+    """Readings the gateway handled in each second of the run."""
+    ready: dict[str, Any]
+    after_births: dict[str, Any]
+    drained: dict[str, Any]
+    closed: dict[str, Any]
+    broker_acks: int
+
+
+def _handled(report: dict[str, Any]) -> int:
+    return int(report["in"]) + int(report["rejected"])
+
+
+def _per_second(reports: Sequence[dict[str, Any]], start: float, base: int) -> list[int]:
+    """Messages handled in each whole second after ``start`` (from the child's reports)."""
+    counts: list[int] = []
+    mark, last = start + 1.0, base
+    for report in reports:
+        if report["event"] != "report" or report["t"] < start:
+            continue
+        while report["t"] >= mark:
+            counts.append(_handled(report) - last)
+            last = _handled(report)
+            mark += 1.0
+    return counts
+
+
+def _provision(path: Path, count: int) -> list[DeviceLink]:
+    """``count`` devices in a new registry, each with its own secret and thing keys."""
+    registry = Registry(path)
+    try:
+        links = []
+        for i in range(count):
+            device_id = f"bench-load-{i:05d}"
+            record = registry.add(device_id, "mqtt")
+            links.append(DeviceLink(device_id, record.secret, sensor_description(device_id)))
+        return links
+    finally:
+        registry.close()
+
+
+def _child_args(workdir: Path, url: str, port: int, sizes: _Sizes) -> list[str]:
+    return [
+        "--store",
+        url,
+        "--registry",
+        str(workdir / "registry.db"),
+        "--owner",
+        str(workdir / "owner.identity"),
+        "--mqtt-port",
+        str(port),
+        "--report-ms",
+        str(sizes.report_s * 1000),
+    ]
+
+
+async def _load_run(
+    child: _GatewayChild, generator: _LoadGenerator, sizes: _Sizes
+) -> tuple[float, float, int, list[int], dict[str, Any], dict[str, Any]]:
+    """Births, then readings for ``sizes.load_s`` with at most ``sizes.backlog`` unhandled."""
+    n = len(generator.links)
+    started = time.monotonic()
+    for index in range(n):
+        generator.send(index, "birth", None)
+    await child.wait(lambda r: _handled(r) >= n, f"{n} births", 30 + 0.5 * n)
+    after_births = child.latest
+    if after_births["rejected"]:
+        raise child.failed(f"{after_births['rejected']} of {n} births were refused")
+    births_s = after_births["t"] - started
+
+    per_device = [0] * n
+    base = _handled(after_births)
+    sent = 0
+    started = time.monotonic()
+    end = started + sizes.load_s
+    while time.monotonic() < end:
+        room = sizes.backlog - (sent - (_handled(child.latest) - base))
+        if room <= 0:
+            await child.next_report()
+            continue
+        for _ in range(min(room, 100)):
+            index = sent % n
+            generator.send(index, "reading", _reading(per_device[index]))
+            per_device[index] += 1
+            sent += 1
+        await asyncio.sleep(0)
+    await child.wait(
+        lambda r: _handled(r) - base >= sent, "the last readings", 30 + sizes.backlog * 0.2
+    )
+    drained = child.latest
+    return births_s, drained["t"] - started, sent, per_device, after_births, drained
+
+
+async def _stored(url: str, links: Sequence[DeviceLink]) -> list[int]:
+    """Each device's readings in the store: the last sequence number of its ``moisture``."""
+    counts = []
+    async with await open_store(url) as store, ThingClient(Client(store)) as things:
+        for link in links:
+            try:
+                counts.append((await things.read(link.device_id, "moisture")).seq)
+            except NoSuchDataError:
+                counts.append(0)
+    return counts
+
+
+async def load_group(ctx: BenchContext) -> list[Metric]:
+    """1,000 devices over MQTT against a gateway in its own process: rate, memory, start-up."""
+    sizes = _sizes(ctx)
+    url = _url(ctx.workdir / "load.db")
+    links = _provision(ctx.workdir / "registry.db", sizes.devices)
+    Identity.generate("bench-owner").save(ctx.workdir / "owner.identity")
+    with mosquitto() as broker:
+        args = _child_args(ctx.workdir, url, broker.port, sizes)
+        child = _GatewayChild(args, ctx.workdir / "gateway-child.log")
+        async with child.running(startup_timeout=60) as running:
+            generator = _LoadGenerator(broker.port, links, sizes.connections)
+            await generator.start()
+            try:
+                births_s, load_s, sent, per_device, after_births, drained = await _load_run(
+                    running, generator, sizes
+                )
+                await _until(
+                    lambda: generator.acked + generator.refused >= generator.published,
+                    "the broker's acknowledgements",
+                    _DELIVERY_TIMEOUT_S,
+                )
+            finally:
+                await generator.close()
+        run = _LoadRun(
+            births_s=births_s,
+            load_s=load_s,
+            sent=sent,
+            handled=_handled(drained) - _handled(after_births),
+            rejected=int(drained["rejected"]),
+            per_device=per_device,
+            per_second=_per_second(child.reports, drained["t"] - load_s, _handled(after_births)),
+            ready=child.ready,
+            after_births=after_births,
+            drained=drained,
+            closed=child.closed,
+            broker_acks=generator.acked,
+        )
+        restart = _GatewayChild(args, ctx.workdir / "gateway-restart.log")
+        async with restart.running(startup_timeout=60 + 0.5 * sizes.devices):
+            pass
+    stored = await _stored(url, links)
+    return _load_report(run, restart, stored, sizes)
+
+
+def _mb(kib: object) -> float:
+    assert isinstance(kib, int)
+    return round(kib / _MIB, 1)
+
+
+def _load_report(
+    run: _LoadRun, restart: _GatewayChild, stored: list[int], sizes: _Sizes
+) -> list[Metric]:
+    n = len(run.per_device)
+    total = sum(stored)
+    lost = sum(max(0, s - k) for s, k in zip(run.per_device, stored, strict=True))
+    extra = sum(max(0, k - s) for s, k in zip(run.per_device, stored, strict=True))
+    common = {
+        "devices": n,
+        "transport": "mqtt (QoS 1) through Mosquitto, "
+        f"{sizes.connections} load-generator connections shared by the devices",
+        "store": _STORE_SETTINGS,
+        "gateway": "own process (safething.bench._gateway_child): Gateway + MqttBridge",
+    }
+    rate = rate_metric(
+        "gateway_sustained_readings_per_s",
+        total,
+        [run.load_s],
+        "readings/s",
+        params={
+            **common,
+            "load_s": sizes.load_s,
+            "elapsed_s": round(run.load_s, 3),
+            "elapsed": "first reading sent -> the gateway has handled the last one",
+            "reading": "one attribute per reading ({'moisture': x}), devices in turn",
+            "backlog": sizes.backlog,
+            "backlog_means": "readings sent and not yet handled by the gateway, at most",
+            "sent": run.sent,
+            "handled": run.handled,
+            "rejected": run.rejected,
+            "stored": total,
+            "stored_means": "sum over devices of the last sequence number of 'moisture', "
+            "read back from the store after the gateway stopped",
+            "lost": lost,
+            "unexpected": extra,
+            "broker_acks": run.broker_acks,
+            "per_second": run.per_second,
+            "births_s": round(run.births_s, 3),
+            "births_per_s": round(n / run.births_s, 1),
+        },
+    )
+    peak = _target(
+        metric(
+            "gateway_peak_rss_mb",
+            _mb(run.drained["hwm_kb"]),
+            "MB",
+            params={
+                **common,
+                "measure": "VmHWM of the gateway process at the end of the load run "
+                "(peak over start, births and load); MB = 2^20 bytes",
+                "rss_ready_mb": _mb(run.ready["rss_kb"]),
+                "rss_after_births_mb": _mb(run.after_births["rss_kb"]),
+                "rss_end_of_load_mb": _mb(run.drained["rss_kb"]),
+                "rss_per_device_kb": round(
+                    (run.after_births["rss_kb"] - run.ready["rss_kb"]) / n, 1
+                ),
+                "things": run.after_births["things"],
+                "rss_after_restart_mb": _mb(restart.ready["rss_kb"]),
+            },
+        ),
+        "<",
+        RSS_TARGET_MB,
+    )
+    startup = metric(
+        "gateway_startup_s",
+        round(float(restart.ready["startup_s"]), 3),
+        "s",
+        params={
+            **common,
+            "what": "Gateway.start() in a new process on the registry and store of the load "
+            "run: the custodial thing of every device is restored, then the MQTT bridge "
+            "connects",
+            "things": restart.ready["things"],
+            "first_start_s": round(float(run.ready["startup_s"]), 3),
+            "first_start": "the same with no device born yet",
+        },
+    )
+    return [rate, peak, startup]
+
+
+GROUPS: dict[str, GroupFunc] = {"gateway.latency": latency_group, "gateway.load": load_group}
+"""Metric groups of this module (registered in ``runner.GROUP_MODULES``)."""
