@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,12 +58,31 @@ THINGS_EXPECTED = {
     ),
 }
 EXPECTED |= THINGS_EXPECTED
+TRANSPORTS = ("mqtt", "coap", "http")
+GATEWAY_LATENCIES = tuple(
+    base
+    for t in TRANSPORTS
+    for base in (f"gateway_{t}_device_to_subscriber_latency", f"raw_{t}_latency")
+)
+GATEWAY_EXPECTED = {
+    "gateway_sustained_readings_per_s",
+    "gateway_peak_rss_mb",
+    "gateway_startup_s",
+    *(f"gateway_{t}_vs_raw_latency_ratio" for t in TRANSPORTS),
+    *(f"{base}_{p}_ms" for base in GATEWAY_LATENCIES for p in ("p50", "p99", "max")),
+}
+# The gateway groups need a Mosquitto broker; without one the smoke run leaves them out.
+HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
+if HAVE_MOSQUITTO:
+    EXPECTED |= GATEWAY_EXPECTED
+needs_mosquitto = pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto is not installed")
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, object]], Path]:
     workdir = tmp_path_factory.mktemp("bench")
-    return run_benchmarks(quick=True, workdir=workdir), workdir
+    only = None if HAVE_MOSQUITTO else [n for n in group_names() if not n.startswith("gateway")]
+    return run_benchmarks(quick=True, only=only, workdir=workdir), workdir
 
 
 def _check_positive(m: object) -> None:
@@ -81,7 +101,13 @@ def test_every_metric_is_present_and_positive(
     assert set(names) == EXPECTED
     for m in metrics:
         _check_positive(m)
-        group = "things" if m["name"] in THINGS_EXPECTED else "net."
+        group = (
+            "things"
+            if m["name"] in THINGS_EXPECTED
+            else "gateway."
+            if m["name"] in GATEWAY_EXPECTED
+            else "net."
+        )
         assert isinstance(m["group"], str) and m["group"].startswith(group)
 
 
@@ -118,6 +144,7 @@ def test_latencies_report_their_sample_count(
         "things_notify_latency_xproc",
         "things_action_roundtrip",
         "original_poll_notify_latency",
+        *(GATEWAY_LATENCIES if HAVE_MOSQUITTO else ()),
     ):
         p50, p99, top = (by_name[f"{base}_{p}_ms"] for p in ("p50", "p99", "max"))
         assert isinstance(p50, float) and isinstance(p99, float) and isinstance(top, float)
@@ -142,6 +169,7 @@ def test_print_json_writes_one_object_per_line(
 def test_only_filters_by_prefix_and_refuses_unknown_groups() -> None:
     names = group_names()
     known = {"net.write", "net.read", "net.watch.inprocess", "net.watch.xproc", "things"}
+    known |= {"gateway.latency", "gateway.load"}
     assert known <= set(names)
     with pytest.raises(ValueError, match="selects no benchmark group"):
         run_benchmarks(quick=True, only=["no-such-group"])
@@ -172,6 +200,33 @@ def test_things_targets_and_quick_poll_period_are_reported(
     assert isinstance(updates, dict)
     assert updates["sent"] == updates["count"]
     assert isinstance(updates["received"], list) and all(r > 0 for r in updates["received"])
+
+
+@needs_mosquitto
+def test_gateway_load_is_counted_in_the_store_and_the_rss_target_reported(
+    quick_run: tuple[list[dict[str, object]], Path],
+) -> None:
+    metrics, _ = quick_run
+    by_name = {m["name"]: m for m in metrics}
+    load = by_name["gateway_sustained_readings_per_s"]["params"]
+    assert isinstance(load, dict)
+    # Every reading sent was handled and is in the store; nothing refused, nothing lost.
+    assert load["sent"] == load["handled"] == load["stored"] == load["count"] > 0
+    assert load["rejected"] == 0 and load["lost"] == 0 and load["unexpected"] == 0
+    assert load["devices"] == 100  # a quick run; a full one has 1,000
+    rss = by_name["gateway_peak_rss_mb"]
+    assert rss["target"] == {"op": "<", "value": 150.0}
+    value = rss["value"]
+    assert isinstance(value, float)
+    assert rss["meets_target"] is (value < 150.0)
+    params = rss["params"]
+    assert isinstance(params, dict) and params["things"] == 100
+    startup = by_name["gateway_startup_s"]["params"]
+    assert isinstance(startup, dict) and startup["things"] == 100
+    for t in TRANSPORTS:
+        latency = by_name[f"gateway_{t}_device_to_subscriber_latency_p50_ms"]
+        assert latency["samples"] == 20
+        assert by_name[f"raw_{t}_latency_p50_ms"]["samples"] == 20
 
 
 def test_percentile_is_nearest_rank() -> None:
