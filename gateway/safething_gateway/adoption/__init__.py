@@ -11,9 +11,14 @@
 Adopted devices cannot sign: their registry records carry
 ``"broker_authenticated": true`` and their descriptions
 :data:`BROKER_AUTHENTICATED`.
+
+All three are :class:`MqttBridge` s (``client``: one paho client feeding one
+worker task); the adopters build on :class:`MqttAdopter` (``base``:
+registering adopted devices, rebuilding their things once announcements
+settle).
 """
 
-from safething_gateway.adoption.base import BROKER_AUTHENTICATED, MqttAdopter
+from safething_gateway.adoption.base import BROKER_AUTHENTICATED, AdoptedDevice, MqttAdopter
 from safething_gateway.adoption.client import BrokerUnavailableError, MqttBridge
 from safething_gateway.adoption.homeassistant import (
     ConfigError,
@@ -26,6 +31,7 @@ from safething_gateway.adoption.publish import HomeAssistantPublisher
 
 __all__ = [
     "BROKER_AUTHENTICATED",
+    "AdoptedDevice",
     "BrokerUnavailableError",
     "ConfigError",
     "HomeAssistantAdopter",
