@@ -7,9 +7,9 @@ import json
 import random
 import socket
 
-from safething import port
-from safething.port import const
-from safething.link import Refused
+from . import port
+from .port import const
+from .link import Refused
 
 _CON = const(0)
 _NON = const(1)

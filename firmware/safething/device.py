@@ -18,9 +18,9 @@
 import json
 from binascii import unhexlify
 
-from safething import port
-from safething.link import Link, Refused
-from safething.ring import Ring
+from . import port
+from .link import Link, Refused
+from .ring import Ring
 
 _OUT = port.const(8)  # framed messages kept while offline
 
@@ -29,11 +29,11 @@ def transport(cfg):
     # The transport named by the config; only its module is loaded (RAM).
     t = cfg["transport"]
     if t == "mqtt":
-        from safething.mqtt import Mqtt as T
+        from .mqtt import Mqtt as T
     elif t == "coap":
-        from safething.coap import Coap as T  # type: ignore[assignment]
+        from .coap import Coap as T  # type: ignore[assignment]
     elif t == "http":
-        from safething.http import Http as T  # type: ignore[assignment]
+        from .http import Http as T  # type: ignore[assignment]
     else:
         raise ValueError(t)
     return T(cfg[t], cfg["device_id"])

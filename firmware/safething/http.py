@@ -7,7 +7,7 @@ try:
 except ImportError:
     import urequests as requests  # type: ignore[no-redef]
 
-from safething.link import Refused
+from .link import Refused
 
 
 class Http:

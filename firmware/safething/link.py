@@ -17,11 +17,11 @@ except ImportError:  # pragma: no cover
 try:
     import hmac  # type: ignore[import-not-found]  # the port's or micropython-lib's
 except ImportError:
-    from safething import hmac
+    from . import hmac
 from binascii import hexlify
 import os
 
-from safething.port import const
+from .port import const
 
 BLOCK = const(32)
 

@@ -6,7 +6,7 @@
 # collected by the callback and handed out by poll().
 from umqtt.simple import MQTTClient
 
-from safething import port
+from . import port
 
 
 class Mqtt:
