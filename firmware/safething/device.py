@@ -20,12 +20,18 @@ from binascii import unhexlify
 
 from . import port
 from .link import Link, Refused
+from .port import const
 from .ring import Ring
 
-_OUT = port.const(8)  # framed messages kept while offline
+TYPE_CHECKING = const(0)  # mypy reads the block below; the compiler drops it
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+_OUT = const(8)  # framed messages kept while offline
 
 
 def transport(cfg):
+    # type: (dict[str, Any]) -> Any
     # The transport named by the config; only its module is loaded (RAM).
     t = cfg["transport"]
     if t == "mqtt":
@@ -41,6 +47,7 @@ def transport(cfg):
 
 class Device:
     def __init__(self, cfg, description, net=None, ring=16, path="st_", rtc=None):
+        # type: (dict[str, Any], dict[str, Any], Any, int, str, Any) -> None
         self.id = cfg["device_id"]
         d = description
         d["format"] = 1
@@ -54,23 +61,26 @@ class Device:
         self.net = net or transport(cfg)
         self.online = False
         self.born = self.link.born
-        self.error = None  # (channel, reason) of the last refusal
-        self._out = []  # [(channel, framed)]
-        self._act = {}
-        self._want = {}
-        self._done = []  # recent action request ids (a resend runs nothing)
+        self.error = None  # type: Any  # (channel, reason) of the last refusal
+        self._out = []  # type: list[tuple[str, bytes]]
+        self._act = {}  # type: dict[str, Callable[[dict[str, Any]], Any]]
+        self._want = {}  # type: dict[str, Callable[[Any], Any]]
+        self._done = []  # type: list[str]  # recent action request ids
 
     def on_action(self, name, fn):
+        # type: (str, Callable[[dict[str, Any]], Any]) -> None
         # fn(args) -> result, run when the gateway forwards action `name`; raise to fail.
         self._act[name] = fn
 
     def on_desired(self, name, fn):
+        # type: (str, Callable[[Any], Any]) -> None
         # fn(value) -> value now (None: as asked), for a writable attribute.
         self._want[name] = fn
 
     # --- sending -----------------------------------------------------------------
 
     def start(self, birth=True):
+        # type: (bool) -> bool
         # Connect (MQTT: last will, then online) and send the birth. False if unreachable.
         lk = self.link
         will = None
@@ -92,15 +102,18 @@ class Device:
         return ok
 
     def reading(self, values):
+        # type: (dict[str, Any]) -> bool
         # Send attribute values ({"moisture": 41}); kept in the ring while offline.
         self.ring.push("reading", json.dumps(values).encode())
         return self.flush()
 
     def event(self, topic, data=None):
+        # type: (str, Any) -> bool
         self.ring.push("event/" + topic, b"" if data is None else json.dumps(data).encode())
         return self.flush()
 
     def _emit(self, channel, body):
+        # type: (str, bytes) -> None
         o = self._out
         o.append((channel, self.link.frame(channel, body)))
         if len(o) > _OUT:
@@ -108,6 +121,7 @@ class Device:
         self.flush()
 
     def flush(self):
+        # type: () -> bool
         # Send what waits, in counter order. True when everything went out.
         if not self.online:
             return False
@@ -135,6 +149,7 @@ class Device:
             return self._lost()
 
     def _lost(self, clean=False):
+        # type: (bool) -> bool
         self.online = False
         try:
             self.net.close(clean)
@@ -145,6 +160,7 @@ class Device:
     # --- receiving ---------------------------------------------------------------
 
     def poll(self, wait=0):
+        # type: (int) -> int
         # Fetch and act on waiting downlinks (MQTT: those pushed within `wait` ms).
         k = 0
         more = True
@@ -160,6 +176,7 @@ class Device:
         return k
 
     def _down(self, channel, data):
+        # type: (str, bytes) -> None
         try:
             body = self.link.accept(channel, data)
         except Refused as e:  # forged or garbled: ignored, never acknowledged
@@ -185,12 +202,13 @@ class Device:
             self.error = (channel, v)
 
     def _run(self, rid, v):
+        # type: (str, Any) -> None
         if rid in self._done:
             return
         self._done.append(rid)
         if len(self._done) > 4:
             self._done.pop(0)
-        a = v.get("action") if isinstance(v, dict) else None
+        a = str(v.get("action")) if isinstance(v, dict) else ""
         fn = self._act.get(a)
         if fn is None:
             r = {"state": "rejected", "message": "no action %s" % a}
@@ -204,6 +222,7 @@ class Device:
     # --- life cycles -------------------------------------------------------------
 
     def stop(self):
+        # type: () -> None
         # Say offline (MQTT), keep unsent data on flash, disconnect. Unsent
         # readings and events go back into the ring unframed (a new counter
         # next time); unsent acks and results are dropped (the gateway sends
@@ -219,11 +238,13 @@ class Device:
         self._lost(True)
 
     def sleep(self, ms):
+        # type: (int) -> None
         self.stop()
         self.link.sleep(self.born)
         port.deepsleep(ms)
 
     def _read(self, read):
+        # type: (Callable[[], dict[str, Any] | None]) -> None
         try:
             v = read()
         except Exception as e:  # a sensor that fails once must not stop the device
@@ -233,6 +254,7 @@ class Device:
             self.ring.push("reading", json.dumps(v).encode())
 
     def cycle(self, read, ms, wait=2000):
+        # type: (Callable[[], dict[str, Any] | None], int, int) -> None
         # One wake of a sleepy device: read, send, fetch actions and desired
         # values, deep sleep `ms`. The birth goes only after a cold start.
         self._read(read)
@@ -241,6 +263,7 @@ class Device:
         self.sleep(ms)
 
     def run(self, read=None, every=60000, wait=1000):
+        # type: (Callable[[], dict[str, Any] | None] | None, int, int) -> None
         # An always-on device: read every `every` ms, reconnect with back-off,
         # act on downlinks (MQTT: as pushed; CoAP/HTTP: a poll every `wait` ms).
         t = port.ticks_add(port.ticks_ms(), -every)

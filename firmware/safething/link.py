@@ -24,6 +24,9 @@ import os
 from .port import const
 
 BLOCK = const(32)
+TYPE_CHECKING = const(0)  # mypy reads the block below; the compiler drops it
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Refused(Exception):
@@ -33,6 +36,7 @@ class Refused(Exception):
 
 
 def same(a, b):
+    # type: (bytes, bytes) -> bool
     # Constant-time comparison of two byte strings.
     if len(a) != len(b):
         return False
@@ -44,6 +48,7 @@ def same(a, b):
 
 class Link:
     def __init__(self, device_id, secret, path="st_link", block=BLOCK, rtc=None):
+        # type: (str, bytes, str, int, Any) -> None
         self.id = device_id
         self.key = secret
         self.path = path
@@ -83,6 +88,7 @@ class Link:
         os.rename(t, self.path)
 
     def next(self):
+        # type: () -> int
         # The next uplink counter; a new block is written to flash when needed.
         self.up += 1
         if self.up > self.end:
@@ -91,17 +97,20 @@ class Link:
         return self.up
 
     def mac(self, channel, counter, body):
+        # type: (str, int, bytes) -> bytes
         h = hmac.new(self.key, None, hashlib.sha256)
         h.update(("ST1\n%s\n%s\n%d\n" % (self.id, channel, counter)).encode())
         h.update(body)
         return hexlify(h.digest())
 
     def frame(self, channel, body=b""):
+        # type: (str, bytes) -> bytes
         # A complete uplink with the next counter. body: bytes, MACed as sent.
         c = self.next()
         return b"ST1 %d %s\n" % (c, self.mac(channel, c, body)) + body
 
     def accept(self, channel, data):
+        # type: (str, bytes) -> bytes | None
         # Check a downlink: its body (bytes) if new, None if seen before
         # (acknowledge again, do not act), Refused if forged or malformed.
         i = data.find(b"\n")
@@ -119,6 +128,7 @@ class Link:
         return body
 
     def sleep(self, born=True):
+        # type: (bool) -> None
         # Leave the exact counter in RTC memory for the next wake.
         if self.rtc:
             self.rtc.memory(b"STL %d %d %d" % (self.up, self.end, 1 if born else 0))

@@ -7,11 +7,19 @@
 # the next start reads it back once; flash is not touched per reading.
 
 
+from .port import const
+
+TYPE_CHECKING = const(0)  # mypy reads the block below; the compiler drops it
+if TYPE_CHECKING:
+    from typing import Any
+
+
 class Ring:
     def __init__(self, size=16, path=None):
+        # type: (int, str | None) -> None
         self.size = size
         self.path = path
-        self._b = [None] * size
+        self._b = [None] * size  # type: list[Any]
         self._h = 0  # index of the oldest item
         self.n = 0  # items held
         self.dropped = 0  # items dropped because the ring was full (ever, persisted)
@@ -20,6 +28,7 @@ class Ring:
             self.load()
 
     def push(self, channel, body, front=False):
+        # type: (str, bytes, bool) -> None
         # front: an item older than all held (put back unsent); dropped if full.
         if self.n == self.size:
             self.dropped += 1
@@ -34,9 +43,11 @@ class Ring:
         self.n += 1
 
     def peek(self):
+        # type: () -> tuple[str, bytes]
         return self._b[self._h]
 
     def pop(self):
+        # type: () -> tuple[str, bytes]
         item = self._b[self._h]
         self._b[self._h] = None
         self._h = (self._h + 1) % self.size
@@ -46,6 +57,7 @@ class Ring:
     # File: "<dropped> <told>\n" then one "<channel> <body>\n" per item
     # (JSON bodies never hold a raw newline).
     def save(self):
+        # type: () -> None
         if not self.path:
             return
         import os
@@ -62,15 +74,19 @@ class Ring:
                     f.write(c.encode() + b" " + b + b"\n")
 
     def load(self):
+        # type: () -> None
         import os
 
+        p = self.path
+        if not p:
+            return
         try:
-            with open(self.path, "rb") as f:
+            with open(p, "rb") as f:
                 a = f.readline().split()
                 self.dropped, self.told = int(a[0]), int(a[1])
                 for line in f:
                     i = line.find(b" ")  # (no str.partition on ESP8266)
                     self.push(line[:i].decode(), line[i + 1 :].rstrip(b"\n"))
-            os.remove(self.path)  # at most once: a crash before save() loses, never repeats
+            os.remove(p)  # at most once: a crash before save() loses, never repeats
         except (OSError, ValueError, IndexError):
             pass
