@@ -3,6 +3,7 @@
 # next to it; the transport (mqtt, coap or http) comes from that file.
 # For a sleepy, battery-powered device see examples/dht22.py.
 import machine
+import time
 
 from safething.device import Device
 from safething.port import config
@@ -19,9 +20,9 @@ def blink(args):
     n = int(args.get("times", 3))
     for _ in range(n):
         led(0)
-        machine.lightsleep(200)
+        time.sleep_ms(200)
         led(1)
-        machine.lightsleep(200)
+        time.sleep_ms(200)
     return n
 
 
