@@ -426,6 +426,7 @@ class Thing:
 
         def register(fn: Callable[[ActionRequest], Any]) -> Callable[[ActionRequest], Any]:
             self._handlers[name] = fn
+            self._rescan.set()  # requests that arrived before the handler can run now
             return fn
 
         return register
@@ -667,10 +668,8 @@ class Thing:
             await self._finish(rid, "rejected", message=str(e))
             return
         handler = self._handlers.get(name)
-        if handler is None:
-            await self._finish(
-                rid, "rejected", message=f"thing {self.id!r} has no handler for {name}"
-            )
+        if handler is None:  # not yet: registering the handler rescans the inbox
+            log.debug("thing %s: request %s waits for a %s handler", self.id, rid, name)
             return
         enc = doc.get("enc") if level_of(spec.access) is not None else None
         request = ActionRequest(rid, name, clean, entry.signer, deadline, self)

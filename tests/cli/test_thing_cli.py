@@ -151,8 +151,11 @@ async def test_owner_publishes_and_disables(
     assert (await cli(capsys, "thing", "publish", "garden-01"))[
         1
     ] == "garden-01 was already published\n"
-    code, out, _ = await cli(capsys, "thing", "request", "garden-01", "CloseValve")
-    assert code == 1  # published, but no handler: the thing answered
+    code, out, _ = await cli(
+        capsys, "thing", "request", "garden-01", "CloseValve", "--timeout", "0.5"
+    )
+    assert code == 1  # published, but no handler yet: the request waits, the requester gives up
+    assert "timed_out" in out
     assert (await cli(capsys, "thing", "disable", "garden-01"))[0] == 0
     async with asyncio.timeout(5):
         while garden.status != "disabled":

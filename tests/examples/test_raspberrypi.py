@@ -248,11 +248,6 @@ def test_thermometer_publishes_the_w1_file(pins: MockFactory, store: str, tmp_pa
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SyncThing serves its inbox (status 'published' is restored) before on_action "
-    "can be called, so a request queued while the script was down ends 'rejected: no handler'",
-)
 def test_a_request_queued_while_the_script_was_down_runs_after_a_restart(
     pins: MockFactory, store: str
 ) -> None:
