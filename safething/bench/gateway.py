@@ -985,6 +985,9 @@ def _load_report(
                 ),
                 "things": run.after_births["things"],
                 "rss_after_restart_mb": _mb(restart.ready["rss_kb"]),
+                "restart_peak_mb": _mb(restart.closed["hwm_kb"]),
+                "restart": "a new gateway process on the same registry and store (see "
+                "gateway_startup_s): every thing restored, no load",
             },
         ),
         "<",
