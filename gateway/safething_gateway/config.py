@@ -20,7 +20,8 @@
     prefix = "st/v1"
     password_file = ""         # Mosquitto password_file managed by `safething provision`
     acl_file = ""              # Mosquitto acl_file managed by `safething provision`
-    reload_command = ""        # e.g. "systemctl reload mosquitto"
+    files_group = ""           # e.g. "mosquitto": both files mode 0640, readable by the broker
+    reload_command = ""        # e.g. "sudo systemctl reload mosquitto"
 
     [coap]
     enabled = true
@@ -108,6 +109,7 @@ class MqttConfig:
     prefix: str = "st/v1"
     password_file: str = ""
     acl_file: str = ""
+    files_group: str = ""
     reload_command: str = ""
 
 

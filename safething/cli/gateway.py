@@ -143,12 +143,18 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _reload_broker(command: str) -> None:
+    """Ask the broker to re-read its files; on failure say what to run (nothing is undone)."""
     if not command:
-        out("reload the broker so the login takes effect (e.g. systemctl reload mosquitto)")
+        out("reload the broker so the change takes effect (e.g. sudo systemctl reload mosquitto)")
         return
-    result = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=30)
-    if result.returncode != 0:
-        raise OSError(f"'{command}' failed: {result.stderr.strip() or result.returncode}")
+    try:
+        result = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=30)
+        failed = result.stderr.strip() or f"exit code {result.returncode}"
+        ok = result.returncode == 0
+    except OSError as e:
+        ok, failed = False, str(e)
+    if not ok:
+        out(f"warning: '{command}' failed ({failed}); run it yourself so the change takes effect")
 
 
 def cmd_provision(args: argparse.Namespace) -> int:
@@ -169,8 +175,6 @@ def cmd_provision(args: argparse.Namespace) -> int:
         record = registry.add(
             args.device_id, args.transport, secret=secret, meta={"provisioned": time.time()}
         )
-        if extra:
-            _reload_broker(config.mqtt.reload_command)
     finally:
         registry.close()
     doc = _device_config(
@@ -190,6 +194,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
         f"{record.identity.public_sign_key.hex()[:16]}..."
     )
     out(f"device config written to {target} (mode 0600): copy it to the device as config.json")
+    if extra:
+        _reload_broker(config.mqtt.reload_command)
     if not args.no_qr:
         import segno
 
@@ -204,7 +210,13 @@ def _auth(config: Any) -> Any:
         raise ValueError("set [mqtt] password_file and acl_file in the gateway config first")
     from safething_gateway.mosquitto import MosquittoAuth
 
-    return MosquittoAuth(Path(config.mqtt.password_file), Path(config.mqtt.acl_file))
+    group = config.mqtt.files_group or None
+    return MosquittoAuth(
+        Path(config.mqtt.password_file),
+        Path(config.mqtt.acl_file),
+        mode=0o640 if group else 0o600,
+        group=group,
+    )
 
 
 def cmd_broker_login(args: argparse.Namespace) -> int:

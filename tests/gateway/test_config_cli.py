@@ -101,7 +101,8 @@ def test_provision_list_revoke(
 
 def test_the_shipped_example_config_loads() -> None:
     config = load_config(Path(__file__).parents[2] / "gateway" / "gateway.example.toml")
-    assert config.mqtt.reload_command == "systemctl reload mosquitto"
+    assert config.mqtt.reload_command == "sudo systemctl reload mosquitto"
+    assert config.mqtt.files_group == "mosquitto"
     assert config.gateway.log_format == "json"
 
 
