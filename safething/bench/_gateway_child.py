@@ -24,8 +24,9 @@ Every line carries ``t`` (``time.monotonic()``: one clock for every process
 of a Linux host), ``in`` (device messages the gateway accepted, i.e. that it
 verified and acted on: a reading is in the store when it counts),
 ``rejected`` (messages it refused, every reason), ``things`` (custodial
-things running), and ``rss_kb`` / ``hwm_kb``: this process's resident set
-now and at its peak (``VmRSS`` / ``VmHWM`` of ``/proc/self/status``).
+things running), ``rss_kb`` / ``hwm_kb``: this process's resident set now
+and at its peak (``VmRSS`` / ``VmHWM`` of ``/proc/self/status``), and
+``cpu_s``: the CPU time of all its threads so far (``time.process_time()``).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def _state(gateway: Gateway, event: str, **extra: Any) -> dict[str, Any]:
         "things": len(gateway.things),
         "rss_kb": rss,
         "hwm_kb": hwm,
+        "cpu_s": time.process_time(),
         **extra,
     }
 

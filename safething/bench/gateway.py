@@ -964,6 +964,13 @@ def _load_report(
             "unexpected": extra,
             "broker_acks": run.broker_acks,
             "per_second": run.per_second,
+            "gateway_cpu": round(
+                (run.drained["cpu_s"] - run.after_births["cpu_s"])
+                / (run.drained["t"] - run.after_births["t"]),
+                3,
+            ),
+            "gateway_cpu_means": "CPU seconds per second of the gateway process (all its "
+            "threads) from the end of the births to the last reading handled; 1.0 = one core",
             "births_s": round(run.births_s, 3),
             "births_per_s": round(n / run.births_s, 1),
         },
