@@ -32,6 +32,7 @@ from safething.store.base import (
     check_prefix,
 )
 from safething.store.feed import FeedWatch, WatchSet
+from safething.store.quota import add_effect, enforce
 
 __all__ = ["MemoryStore"]
 
@@ -150,7 +151,7 @@ class MemoryStore(Store):
                     self._index.setdefault(prefix, set()).add(write.key)
         for prefix, counts in usage.items():
             if write.key.startswith(prefix):
-                _add_effect(counts, old_len, new_len)
+                add_effect(counts, old_len, new_len)
         self._log.append(Change(write.key, write.value, revision))
         if len(self._log) >= 2 * self.change_log_size:
             del self._log[: len(self._log) - self.change_log_size]
@@ -165,8 +166,8 @@ class MemoryStore(Store):
             usage[quota.prefix] = counts
         after = list(counts)
         if key.startswith(quota.prefix):
-            _add_effect(after, old_len, new_len)
-        _enforce(quota, counts, after)
+            add_effect(after, old_len, new_len)
+        enforce(quota, counts, after)
 
     async def scan(self, prefix: str) -> list[Record]:
         check_prefix(prefix)
@@ -268,34 +269,6 @@ def _prefixes(key: str) -> Iterator[str]:
     while end != -1:
         yield key[: end + 1]
         end = key.find(".", end + 1)
-
-
-def _add_effect(counts: list[int], old_len: int, new_len: int) -> None:
-    """Apply a write's effect to ``[count, bytes]``; a length of -1 means "absent"."""
-    counts[0] += (new_len >= 0) - (old_len >= 0)
-    counts[1] += max(new_len, 0) - max(old_len, 0)
-
-
-def _enforce(quota: Quota, before: list[int], after: list[int]) -> None:
-    """Refuse a write that leaves the prefix above a limit and grows that measure.
-
-    A write that shrinks or keeps a measure passes even when the prefix is
-    already over the limit (say, after the limit was lowered).
-    """
-    if after[0] > quota.max_count and after[0] > before[0]:
-        raise LimitExceededError(
-            f"quota on {quota.prefix!r}: {after[0]} records would exceed the limit of "
-            f"{quota.max_count}",
-            limit=quota.max_count,
-            actual=after[0],
-        )
-    if after[1] > quota.max_bytes and after[1] > before[1]:
-        raise LimitExceededError(
-            f"quota on {quota.prefix!r}: {after[1]} bytes would exceed the limit of "
-            f"{quota.max_bytes}",
-            limit=quota.max_bytes,
-            actual=after[1],
-        )
 
 
 class _MemoryWatch(FeedWatch):

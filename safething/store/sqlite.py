@@ -111,6 +111,7 @@ from safething.store.base import (
     check_prefix,
 )
 from safething.store.feed import FeedWatch, WatchSet, resolve
+from safething.store.quota import add_effect, enforce
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -706,7 +707,7 @@ class _Batch:
         self._effects.append((key, old_len, new_len))
         for prefix, counts in self._usage.items():
             if key.startswith(prefix):
-                _add_effect(counts, old_len, new_len)
+                add_effect(counts, old_len, new_len)
         return self.seq
 
     def _check_quota(self, quota: Quota, key: str, old_len: int, new_len: int) -> None:
@@ -716,12 +717,12 @@ class _Batch:
             counts = list(self._cur.execute(_USAGE, _prefix_range(quota.prefix)).fetchall()[0])
             for other, before, after in self._effects:
                 if other.startswith(quota.prefix):
-                    _add_effect(counts, before, after)
+                    add_effect(counts, before, after)
             self._usage[quota.prefix] = counts
         after_write = list(counts)
         if key.startswith(quota.prefix):
-            _add_effect(after_write, old_len, new_len)
-        _enforce(quota, counts, after_write)
+            add_effect(after_write, old_len, new_len)
+        enforce(quota, counts, after_write)
 
     def flush(self) -> int:
         """Write the accepted changes; how many there were."""
@@ -736,34 +737,6 @@ class _Batch:
         if deletes:
             cur.executemany(_DELETE_RECORD, deletes)
         return len(self._changes)
-
-
-def _add_effect(counts: list[int], old_len: int, new_len: int) -> None:
-    """Apply a write's effect to ``[count, bytes]``; a length of -1 means "absent"."""
-    counts[0] += (new_len >= 0) - (old_len >= 0)
-    counts[1] += max(new_len, 0) - max(old_len, 0)
-
-
-def _enforce(quota: Quota, before: list[int], after: list[int]) -> None:
-    """Refuse a write that leaves the prefix above a limit and grows that measure.
-
-    A write that shrinks or keeps a measure passes even when the prefix is
-    already over the limit (say, after the limit was lowered).
-    """
-    if after[0] > quota.max_count and after[0] > before[0]:
-        raise LimitExceededError(
-            f"quota on {quota.prefix!r}: {after[0]} records would exceed the limit of "
-            f"{quota.max_count}",
-            limit=quota.max_count,
-            actual=after[0],
-        )
-    if after[1] > quota.max_bytes and after[1] > before[1]:
-        raise LimitExceededError(
-            f"quota on {quota.prefix!r}: {after[1]} bytes would exceed the limit of "
-            f"{quota.max_bytes}",
-            limit=quota.max_bytes,
-            actual=after[1],
-        )
 
 
 # --- the store ---------------------------------------------------------------------
