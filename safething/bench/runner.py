@@ -82,6 +82,7 @@ GROUP_MODULES: tuple[GroupModule, ...] = (
     GroupModule("net", "safething.bench.net"),
     GroupModule("things", "safething.bench.things"),
     GroupModule("gateway", "safething.bench.gateway"),
+    GroupModule("firmware", "safething.bench.firmware"),
 )
 """Every module of metric groups, in run order. One line per module."""
 

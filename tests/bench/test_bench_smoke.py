@@ -71,17 +71,26 @@ GATEWAY_EXPECTED = {
     *(f"gateway_{t}_vs_raw_latency_ratio" for t in TRANSPORTS),
     *(f"{base}_{p}_ms" for base in GATEWAY_LATENCIES for p in ("p50", "p99", "max")),
 }
-# The gateway groups need a Mosquitto broker; without one the smoke run leaves them out.
+FIRMWARE_LATENCY = "firmware_device_to_subscriber_latency"
+FIRMWARE_SIZE_EXPECTED = {"firmware_mpy_bytes"}
+FIRMWARE_LATENCY_EXPECTED = {f"{FIRMWARE_LATENCY}_{p}_ms" for p in ("p50", "p99", "max")}
+FIRMWARE_EXPECTED = FIRMWARE_SIZE_EXPECTED | FIRMWARE_LATENCY_EXPECTED
+EXPECTED |= FIRMWARE_SIZE_EXPECTED
+# The gateway groups and the firmware's latency need a Mosquitto broker; without one the
+# smoke run leaves them out.
 HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
+NEED_MOSQUITTO = ("gateway", "firmware.latency")
 if HAVE_MOSQUITTO:
-    EXPECTED |= GATEWAY_EXPECTED
+    EXPECTED |= GATEWAY_EXPECTED | FIRMWARE_LATENCY_EXPECTED
 needs_mosquitto = pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto is not installed")
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, object]], Path]:
     workdir = tmp_path_factory.mktemp("bench")
-    only = None if HAVE_MOSQUITTO else [n for n in group_names() if not n.startswith("gateway")]
+    only = (
+        None if HAVE_MOSQUITTO else [n for n in group_names() if not n.startswith(NEED_MOSQUITTO)]
+    )
     return run_benchmarks(quick=True, only=only, workdir=workdir), workdir
 
 
@@ -106,6 +115,8 @@ def test_every_metric_is_present_and_positive(
             if m["name"] in THINGS_EXPECTED
             else "gateway."
             if m["name"] in GATEWAY_EXPECTED
+            else "firmware."
+            if m["name"] in FIRMWARE_EXPECTED
             else "net."
         )
         assert isinstance(m["group"], str) and m["group"].startswith(group)
@@ -145,6 +156,7 @@ def test_latencies_report_their_sample_count(
         "things_action_roundtrip",
         "original_poll_notify_latency",
         *(GATEWAY_LATENCIES if HAVE_MOSQUITTO else ()),
+        *((FIRMWARE_LATENCY,) if HAVE_MOSQUITTO else ()),
     ):
         p50, p99, top = (by_name[f"{base}_{p}_ms"] for p in ("p50", "p99", "max"))
         assert isinstance(p50, float) and isinstance(p99, float) and isinstance(top, float)
@@ -169,7 +181,7 @@ def test_print_json_writes_one_object_per_line(
 def test_only_filters_by_prefix_and_refuses_unknown_groups() -> None:
     names = group_names()
     known = {"net.write", "net.read", "net.watch.inprocess", "net.watch.xproc", "things"}
-    known |= {"gateway.latency", "gateway.load"}
+    known |= {"gateway.latency", "gateway.load", "firmware.size", "firmware.latency"}
     assert known <= set(names)
     with pytest.raises(ValueError, match="selects no benchmark group"):
         run_benchmarks(quick=True, only=["no-such-group"])
@@ -227,6 +239,39 @@ def test_gateway_load_is_counted_in_the_store_and_the_rss_target_reported(
         latency = by_name[f"gateway_{t}_device_to_subscriber_latency_p50_ms"]
         assert latency["samples"] == 20
         assert by_name[f"raw_{t}_latency_p50_ms"]["samples"] == 20
+
+
+def test_firmware_size_is_reported_per_file_against_the_budget(
+    quick_run: tuple[list[dict[str, object]], Path],
+) -> None:
+    metrics, _ = quick_run
+    size = {m["name"]: m for m in metrics}["firmware_mpy_bytes"]
+    assert size["unit"] == "bytes" and size["group"] == "firmware.size"
+    assert size["target"] == {"op": "<", "value": 12 * 1024.0}
+    value = size["value"]
+    assert isinstance(value, float)
+    assert size["meets_target"] is (value < 12 * 1024)
+    params = size["params"]
+    assert isinstance(params, dict) and params["budget_bytes"] == 12 * 1024
+    files = params["files"]
+    assert isinstance(files, dict) and "safething/device.mpy" in files
+    assert all(name.startswith("safething/") and name.endswith(".mpy") for name in files)
+    assert sum(files.values()) == value  # the library only: no boot.py, main.py, examples
+
+
+@needs_mosquitto
+def test_firmware_latency_is_the_device_process_to_a_subscriber(
+    quick_run: tuple[list[dict[str, object]], Path],
+) -> None:
+    metrics, _ = quick_run
+    by_name = {m["name"]: m for m in metrics}
+    for name in FIRMWARE_LATENCY_EXPECTED:
+        m = by_name[name]
+        assert m["group"] == "firmware.latency" and m["layer"] == "firmware"
+        assert m["samples"] == 20  # a quick run; a full one takes 300
+        params = m["params"]
+        assert isinstance(params, dict)
+        assert params["warmup"] == 2 and "umqtt.simple" in str(params["mqtt_client"])
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -1,0 +1,346 @@
+"""Benchmarks of the device firmware (``firmware/``, MicroPython for ESP8266 boards).
+
+Both groups need a source checkout: ``firmware/`` and ``tests/firmware/`` next to
+the ``safething`` package (neither is in the wheel).
+
+Groups:
+
+``firmware.size``
+    ``firmware_mpy_bytes``: the device library (``firmware/safething/*.py``) as
+    ``mpy-cross -march=xtensa`` compiles it for the board, the total of
+    ``firmware/build.py``'s ``firmware_sizes()``; each file's size in ``params``,
+    the 12 KB budget (``build.BUDGET``) as the target.
+``firmware.latency``
+    ``firmware_device_to_subscriber_latency_*``: the firmware on this host in a
+    child process (``tests/firmware/e2e_device.py`` running
+    ``firmware/examples/garden.py`` under CPython, only the board faked: the ADC
+    is a ramp that reports each sample), over MQTT with micropython-lib's
+    ``umqtt.simple`` through a private Mosquitto (a login and an ACL per
+    device), the gateway's :class:`~safething_gateway.bridges.mqtt.MqttBridge`
+    and a SQLite store, to a :class:`~safething.things.ThingClient`
+    subscription. From the ADC sample in the child to the subscription yielding
+    its moisture value here; both stamps are ``time.monotonic_ns()`` (one clock
+    for every process of the machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import safething
+from safething.bench.runner import BenchContext, GroupFunc, Metric, latency_metrics, metric
+from safething.net import Client, Identity
+from safething.store import open_store
+from safething.things import ThingClient
+from safething_gateway.bridges.mqtt import MqttBridge
+from safething_gateway.core import Gateway
+from safething_gateway.mosquitto import MosquittoAuth
+from safething_gateway.registry import Registry
+from safething_gateway.testing import mosquitto
+
+__all__ = ["GROUPS", "latency_group", "size_group"]
+
+ROOT = Path(safething.__file__).resolve().parent.parent
+"""The source checkout this ``safething`` package lives in."""
+FIRMWARE = ROOT / "firmware"
+DEVICE = ROOT / "tests" / "firmware" / "e2e_device.py"
+"""Runs a firmware app as a board would, in a process of its own."""
+
+_STORE_SETTINGS = "sqlite WAL, synchronous=NORMAL"
+_DELIVERY_TIMEOUT_S = 10.0
+"""A reading that takes longer than this to reach its subscriber fails the run."""
+_START_TIMEOUT_S = 20.0
+"""The device process's start, Wi-Fi, connection and birth."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Sizes:
+    samples: int
+    """Latency samples kept."""
+    warmup: int
+    """Latency samples taken first and left out (named in ``params``)."""
+    every_ms: int
+    """The device's reading period (``Device.run(every=...)``)."""
+    wait_ms: int
+    """The device's poll period between readings (``Device.run(wait=...)``)."""
+
+
+def _sizes(ctx: BenchContext) -> _Sizes:
+    return _Sizes(samples=ctx.size(300, 20), warmup=ctx.size(5, 2), every_ms=50, wait_ms=20)
+
+
+def _checkout(path: Path) -> Path:
+    if not path.exists():
+        raise RuntimeError(
+            f"the firmware benchmarks need a source checkout: {path} is missing "
+            f"(safething is loaded from {ROOT})"
+        )
+    return path
+
+
+def _build_module() -> ModuleType:
+    """``firmware/build.py`` (a script, not a package module)."""
+    path = _checkout(FIRMWARE / "build.py")
+    spec = importlib.util.spec_from_file_location("safething_firmware_build", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _target(m: Metric, op: str, value: float) -> Metric:
+    """Note the issue's target next to a metric (reported, never asserted)."""
+    measured = m["value"]
+    assert isinstance(measured, float)
+    if op != "<":
+        raise ValueError(f"unknown target operator {op!r}")
+    return {**m, "target": {"op": op, "value": value}, "meets_target": measured < value}
+
+
+# --- firmware.size ------------------------------------------------------------------------
+
+
+async def size_group(ctx: BenchContext) -> list[Metric]:
+    """The compiled device library's size against its flash budget."""
+    build = _build_module()
+    sizes: dict[str, int] = dict(await asyncio.to_thread(build.firmware_sizes))
+    total = sizes.pop("total")
+    budget = int(build.BUDGET)
+    m = metric(
+        "firmware_mpy_bytes",
+        float(total),
+        "bytes",
+        params={
+            "files": sizes,
+            "budget_bytes": budget,
+            "compiler": f"{build.MPY_CROSS} -march={build.ARCH} (ESP8266)",
+            "what": "firmware/safething/*.py as .mpy (boot.py, main.py, examples not counted)",
+        },
+    )
+    return [_target(m, "<", float(budget))]
+
+
+# --- firmware.latency ---------------------------------------------------------------------
+
+
+def _moisture(raw: int) -> float:
+    """What ``firmware/examples/garden.py`` makes of an ADC value."""
+    return round(raw * 100 / 1024, 1)
+
+
+class _DeviceProcess:
+    """``e2e_device.py`` running the garden example; its ADC samples as they are reported."""
+
+    def __init__(self, config: Path, state: Path, log: Path, sizes: _Sizes) -> None:
+        self.args = [
+            str(_checkout(DEVICE)),
+            str(config),
+            str(state),
+            "--app",
+            "garden",
+            "--every",
+            str(sizes.every_ms),
+            "--wait",
+            str(sizes.wait_ms),
+        ]
+        self.log = log
+        self.samples: list[tuple[float, int]] = []
+        """``(moisture, monotonic ns of the ADC read)`` in the order the device read them."""
+        self.proc: asyncio.subprocess.Process | None = None
+
+    def failed(self, what: str) -> RuntimeError:
+        code = self.proc.returncode if self.proc is not None else None
+        try:
+            text = self.log.read_text(errors="replace").strip()[-2000:]
+        except OSError:
+            text = ""
+        return RuntimeError(
+            f"firmware device: {what} (exit status {code}); its stderr: {text or '(empty)'}"
+        )
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if isinstance(doc, dict) and doc.get("hw") == "adc":
+                    self.samples.append((_moisture(int(doc["raw"])), int(doc["t"])))
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The process, started; at the end killed, and its output read to the end."""
+        err = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *self.args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+            )
+        finally:
+            os.close(err)  # the child has its own copy
+        reader = asyncio.get_running_loop().create_task(self._read(), name="bench-fw:device")
+        try:
+            yield
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+            await self.proc.wait()
+            await reader
+
+
+def _match(
+    samples: list[tuple[float, int]], arrivals: list[tuple[float, int]]
+) -> tuple[list[float], int]:
+    """Pair each value the subscriber got with the ADC sample it came from (in order);
+    ``(latencies in ms, samples read after the first arrival that never arrived)``."""
+    latencies: list[float] = []
+    lost = 0
+    i = 0
+    for value, arrived in arrivals:
+        start = i
+        while i < len(samples) and samples[i][0] != value:
+            i += 1
+        if i == len(samples):
+            raise RuntimeError(f"the subscriber got {value!r}, which no ADC sample gave")
+        if latencies:
+            lost += i - start
+        latencies.append((arrived - samples[i][1]) / 1e6)
+        i += 1
+    return latencies, lost
+
+
+async def _wait_birth(things: ThingClient, device_id: str, device: _DeviceProcess) -> None:
+    async def published() -> bool:
+        try:
+            return await things.status(device_id) == "published"
+        except Exception:
+            return False
+
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while not await published():
+        if device.proc is not None and device.proc.returncode is not None:
+            raise device.failed("ended before its birth reached the gateway")
+        if time.monotonic() > deadline:
+            raise device.failed(f"no birth within {_START_TIMEOUT_S:g} s")
+        await asyncio.sleep(0.01)  # the store announces no status change: look every 10 ms
+
+
+async def latency_group(ctx: BenchContext) -> list[Metric]:
+    """The firmware's readings, device process -> Mosquitto -> gateway -> subscriber."""
+    sizes = _sizes(ctx)
+    total = sizes.warmup + sizes.samples
+    device_id = "bench-garden-01"
+    auth = MosquittoAuth(ctx.workdir / "mosquitto.passwd", ctx.workdir / "mosquitto.acl")
+    gateway_user = "bench-gateway"
+    gateway_password = auth.add_gateway_user(gateway_user)
+    device_password = auth.add_device(device_id)  # before the broker starts: no reload
+    registry = Registry(ctx.workdir / "registry.db")
+    arrivals: list[tuple[float, int]] = []
+    try:
+        record = registry.add(device_id, "mqtt")
+        with mosquitto(password_file=auth.password_file, acl_file=auth.acl_file) as broker:
+            board = ctx.workdir / "board"  # the board's flash
+            config = ctx.workdir / f"{device_id}.json"
+            config.write_text(
+                json.dumps(
+                    {  # docs/protocol.md section 1, as `safething provision` writes it
+                        "format": "safething-device",
+                        "version": 1,
+                        "device_id": device_id,
+                        "secret": record.secret.hex(),
+                        "transport": "mqtt",
+                        "mqtt": {
+                            "host": "127.0.0.1",
+                            "port": broker.port,
+                            "prefix": "st/v1",
+                            "username": device_id,
+                            "password": device_password,
+                        },
+                        "wifi": {"ssid": "bench", "password": "bench"},
+                    }
+                )
+            )
+            bridge = MqttBridge(
+                "127.0.0.1",
+                broker.port,
+                username=gateway_user,
+                password=gateway_password,
+                client_id="safething-bench-firmware",
+            )
+            async with (
+                await open_store(f"sqlite://{(ctx.workdir / 'firmware.db').resolve()}") as store,
+                Gateway(
+                    store=store,
+                    registry=registry,
+                    owner=Identity.generate("bench-owner"),
+                    bridges=[bridge],
+                ) as gateway,
+                ThingClient(Client(store)) as things,
+            ):
+                await gateway.start()
+                device = _DeviceProcess(config, board, ctx.workdir / "device.log", sizes)
+                async with device.running():
+                    await _wait_birth(things, device_id, device)
+                    async with things.subscribe(device_id, attribute="moisture") as sub:
+                        timeout = total * (sizes.every_ms / 1000 + 0.1) + _DELIVERY_TIMEOUT_S
+                        try:
+                            async with asyncio.timeout(timeout):
+                                async for note in sub:
+                                    arrivals.append((note.value, time.monotonic_ns()))
+                                    if len(arrivals) >= total:
+                                        break
+                        except TimeoutError:
+                            raise device.failed(
+                                f"{len(arrivals)} of {total} readings arrived in {timeout:g} s"
+                            ) from None
+                # the device is stopped and its output read to the end: every sample is known
+                samples = list(device.samples)
+    finally:
+        registry.close()
+    latencies, lost = _match(samples, arrivals)
+    if lost:
+        raise RuntimeError(f"{lost} readings of the firmware never reached the subscriber")
+    params = {
+        "warmup": sizes.warmup,
+        "every_ms": sizes.every_ms,
+        "wait_ms": sizes.wait_ms,
+        "device": "firmware/examples/garden.py on the firmware library under CPython "
+        "(tests/firmware/e2e_device.py, a child process; only the board faked)",
+        "mqtt_client": "micropython-lib umqtt.simple 1.3.4 (QoS 1, waits for PUBACK) on "
+        "CPython TCP sockets with TCP_NODELAY",
+        "path": "ADC read -> Device: ring, frame + HMAC, publish -> Mosquitto (login + ACL) "
+        "-> MqttBridge -> Gateway.handle (MAC, counter, rate limit, type check) -> Thing.set "
+        "(signed, one store commit) -> ThingClient.subscribe(attribute='moisture') yields it",
+        "from": "the fake ADC's read() in the device process",
+        "to": "the subscription yields the notification",
+        "clock": "time.monotonic_ns in both processes",
+        "store": _STORE_SETTINGS,
+        "percentiles": "nearest rank over every sample",
+    }
+    return latency_metrics(
+        "firmware_device_to_subscriber_latency",
+        latencies[sizes.warmup :],
+        params=params,
+        layer="firmware",
+    )
+
+
+GROUPS: dict[str, GroupFunc] = {
+    "firmware.size": size_group,
+    "firmware.latency": latency_group,
+}
+"""Metric groups of this module, in run order (registered in ``runner.GROUP_MODULES``)."""
