@@ -89,14 +89,15 @@ class Device:
             w = lk.up
         try:
             self.net.open(will)
-        except OSError as e:
+        except Exception as e:  # OSError, or umqtt's MQTTException for a refused login
             self.error = ("open", e)
             return self._lost()
         self.online = True
+        # state and birth go out before anything buffered: the gateway needs the birth first
         if will:
-            self._emit("state", b'{"online": true, "will": %d}' % w)
+            self._emit("state", b'{"online": true, "will": %d}' % w, False)
         if birth:
-            self._emit("birth", json.dumps({"description": self.description}).encode())
+            self._emit("birth", json.dumps({"description": self.description}).encode(), False)
         ok = self.flush()
         self.born = self.born or (birth and ok)
         return ok
@@ -112,13 +113,14 @@ class Device:
         self.ring.push("event/" + topic, b"" if data is None else json.dumps(data).encode())
         return self.flush()
 
-    def _emit(self, channel, body):
-        # type: (str, bytes) -> None
+    def _emit(self, channel, body, send=True):
+        # type: (str, bytes, bool) -> None
         o = self._out
         o.append((channel, self.link.frame(channel, body)))
         if len(o) > _OUT:
             o.pop(0)
-        self.flush()
+        if send:
+            self.flush()
 
     def flush(self):
         # type: () -> bool

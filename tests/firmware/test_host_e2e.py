@@ -20,8 +20,8 @@ at a subscriber; an action flipping the relay and ending *done* (and a stranger'
 refused); broker restarts and outages, the ring's readings in order after the
 reconnect, and the drop count when it overflowed; a power cut and reboot that goes
 on with fresh counters. CoAP: garden.py's readings and an action. HTTP: dht22.py,
-sleepy: four deep-sleep cycles, the counter carried in RTC memory. One strict xfail
-records a firmware bug (readings buffered before the first birth are refused).
+sleepy: four deep-sleep cycles, the counter carried in RTC memory. Readings buffered
+before the first birth are delivered after it.
 Every device process is killed when its test ends.
 """
 
@@ -603,12 +603,6 @@ async def test_a_reboot_continues_the_counter(site: Site) -> None:
         assert again.hw("wifi") and not [w for w in again.hw("wifi") if w["event"] == "connect"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="firmware bug: Device.start() sends the online state, and with it (flush) the "
-    "readings buffered before the connection, before the birth; the gateway refuses data "
-    "of a device it has no description of (bad_payload), so a new MQTT device loses them",
-)
 async def test_readings_taken_before_the_first_birth_are_not_lost(site: Site) -> None:
     async with site.gateway("mqtt") as gateway:
         device_id, config = await site.provision("mqtt")
