@@ -48,6 +48,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from safething.errors import SafeThingError
+from safething.things.words import Word
 
 __all__ = [
     "DEFAULT_HISTORY",
@@ -347,7 +348,7 @@ class ValueType(StrEnum):
         return None
 
 
-class AccessType(StrEnum):
+class AccessType(Word):
     """Who may read an attribute or topic, or request an action.
 
     Parsed case-insensitively (``"owner"``, ``"All"``). Owner and Group data
@@ -362,15 +363,6 @@ class AccessType(StrEnum):
     """The thing, its owner and the members of its group."""
     ALL = "all"
     """Anyone."""
-
-    @classmethod
-    def _missing_(cls, value: object) -> AccessType | None:
-        if isinstance(value, str):
-            text = value.strip().lower()
-            for member in cls:
-                if member.value == text:
-                    return member
-        return None
 
 
 # --- schema ---------------------------------------------------------------------------

@@ -37,10 +37,10 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from safething.errors import SafeThingError
+from safething.things.words import Word
 
 __all__ = ["Filter", "FilterError", "FilterKind", "FilterState"]
 
@@ -51,7 +51,7 @@ class FilterError(SafeThingError, ValueError):
     """A filter that cannot be built: unknown kind, bad or missing operands, bad text."""
 
 
-class FilterKind(StrEnum):
+class FilterKind(Word):
     """The kinds of filter; parsed case-insensitively."""
 
     ANY = "any"
@@ -64,15 +64,6 @@ class FilterKind(StrEnum):
     GE = "ge"
     BETWEEN = "between"
     DEADBAND = "deadband"
-
-    @classmethod
-    def _missing_(cls, value: object) -> FilterKind | None:
-        if isinstance(value, str):
-            text = value.strip().lower()
-            for member in cls:
-                if member.value == text:
-                    return member
-        return None
 
 
 _COMPARISONS = (FilterKind.LT, FilterKind.LE, FilterKind.GT, FilterKind.GE)
