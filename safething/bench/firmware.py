@@ -39,6 +39,13 @@ from pathlib import Path
 from types import ModuleType
 
 import safething
+from safething.bench.common import (
+    DELIVERY_TIMEOUT_S,
+    PERCENTILES,
+    STORE_SETTINGS,
+    sqlite_url,
+    with_target,
+)
 from safething.bench.runner import BenchContext, GroupFunc, Metric, latency_metrics, metric
 from safething.net import Client, Identity
 from safething.store import open_store
@@ -57,9 +64,6 @@ FIRMWARE = ROOT / "firmware"
 DEVICE = ROOT / "tests" / "firmware" / "e2e_device.py"
 """Runs a firmware app as a board would, in a process of its own."""
 
-_STORE_SETTINGS = "sqlite WAL, synchronous=NORMAL"
-_DELIVERY_TIMEOUT_S = 10.0
-"""A reading that takes longer than this to reach its subscriber fails the run."""
 _START_TIMEOUT_S = 20.0
 """The device process's start, Wi-Fi, connection and birth."""
 
@@ -100,15 +104,6 @@ def _build_module() -> ModuleType:
     return module
 
 
-def _target(m: Metric, op: str, value: float) -> Metric:
-    """Note the issue's target next to a metric (reported, never asserted)."""
-    measured = m["value"]
-    assert isinstance(measured, float)
-    if op != "<":
-        raise ValueError(f"unknown target operator {op!r}")
-    return {**m, "target": {"op": op, "value": value}, "meets_target": measured < value}
-
-
 # --- firmware.size ------------------------------------------------------------------------
 
 
@@ -129,7 +124,7 @@ async def size_group(ctx: BenchContext) -> list[Metric]:
             "what": "firmware/safething/*.py as .mpy (boot.py, main.py, examples not counted)",
         },
     )
-    return [_target(m, "<", float(budget))]
+    return [with_target(m, "<", float(budget))]
 
 
 # --- firmware.latency ---------------------------------------------------------------------
@@ -282,7 +277,7 @@ async def latency_group(ctx: BenchContext) -> list[Metric]:
                 client_id="safething-bench-firmware",
             )
             async with (
-                await open_store(f"sqlite://{(ctx.workdir / 'firmware.db').resolve()}") as store,
+                await open_store(sqlite_url(ctx.workdir / "firmware.db")) as store,
                 Gateway(
                     store=store,
                     registry=registry,
@@ -296,7 +291,7 @@ async def latency_group(ctx: BenchContext) -> list[Metric]:
                 async with device.running():
                     await _wait_birth(things, device_id, device)
                     async with things.subscribe(device_id, attribute="moisture") as sub:
-                        timeout = total * (sizes.every_ms / 1000 + 0.1) + _DELIVERY_TIMEOUT_S
+                        timeout = total * (sizes.every_ms / 1000 + 0.1) + DELIVERY_TIMEOUT_S
                         try:
                             async with asyncio.timeout(timeout):
                                 async for note in sub:
@@ -328,8 +323,8 @@ async def latency_group(ctx: BenchContext) -> list[Metric]:
         "from": "the fake ADC's read() in the device process",
         "to": "the subscription yields the notification",
         "clock": "time.monotonic_ns in both processes",
-        "store": _STORE_SETTINGS,
-        "percentiles": "nearest rank over every sample",
+        "store": STORE_SETTINGS,
+        "percentiles": PERCENTILES,
     }
     return latency_metrics(
         "firmware_device_to_subscriber_latency",

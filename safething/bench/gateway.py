@@ -58,6 +58,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 import safething
 import safething_gateway
+from safething.bench.common import (
+    DELIVERY_TIMEOUT_S,
+    PERCENTILES,
+    STORE_SETTINGS,
+    by_name,
+    sqlite_url,
+    with_target,
+)
 from safething.bench.runner import (
     BenchContext,
     GroupFunc,
@@ -90,9 +98,6 @@ TRANSPORTS = ("mqtt", "coap", "http")
 RSS_TARGET_MB = 150.0
 """Issue target: the gateway's peak resident set with 1,000 devices (a 1 GB Raspberry Pi 3)."""
 
-_STORE_SETTINGS = "sqlite WAL, synchronous=NORMAL"
-_DELIVERY_TIMEOUT_S = 10.0
-"""A reading that takes longer than this to reach its subscriber fails the run."""
 _MIB = 1024
 """KiB per MiB: ``VmRSS`` and ``VmHWM`` are in KiB."""
 
@@ -130,10 +135,6 @@ def _sizes(ctx: BenchContext) -> _Sizes:
     )
 
 
-def _url(path: Path) -> str:
-    return f"sqlite://{path.resolve()}"
-
-
 def sensor_description(device_id: str) -> dict[str, Any]:
     """The soil sensor of ``docs/protocol.md`` §3 (the gateway tests' ``SENSOR``)."""
     return copy.deepcopy(
@@ -168,24 +169,6 @@ def sensor_description(device_id: str) -> dict[str, Any]:
 def _reading(i: int) -> dict[str, float]:
     """Reading ``i``: consecutive readings always differ."""
     return {"moisture": float(i % 101)}
-
-
-def _target(m: Metric, op: str, value: float) -> Metric:
-    """Note the issue's target next to a metric (reported, never asserted)."""
-    measured = m["value"]
-    assert isinstance(measured, float)
-    checks: dict[str, Callable[[float, float], bool]] = {
-        "<": lambda a, b: a < b,
-        ">=": lambda a, b: a >= b,
-    }
-    if op not in checks:
-        raise ValueError(f"unknown target operator {op!r}")
-    return {**m, "target": {"op": op, "value": value}, "meets_target": checks[op](measured, value)}
-
-
-def _by_name(metrics: Sequence[Metric], name: str) -> Metric:
-    (found,) = (m for m in metrics if m["name"] == name)
-    return found
 
 
 async def _until(check: Callable[[], bool], what: str, timeout: float) -> None:
@@ -248,7 +231,7 @@ class _PahoClient:
     async def start(self) -> None:
         self.client.connect_async("127.0.0.1", self.port, keepalive=30)
         self.client.loop_start()
-        async with asyncio.timeout(_DELIVERY_TIMEOUT_S):
+        async with asyncio.timeout(DELIVERY_TIMEOUT_S):
             await self.connected
 
     async def stop(self) -> None:
@@ -277,7 +260,7 @@ async def _raw_mqtt(port: int) -> AsyncIterator[Sampler]:
     await subscriber.start()
     try:
         subscriber.client.subscribe(topic, qos=1)
-        async with asyncio.timeout(_DELIVERY_TIMEOUT_S):
+        async with asyncio.timeout(DELIVERY_TIMEOUT_S):
             await subscribed
         await publisher.start()
         try:
@@ -286,7 +269,7 @@ async def _raw_mqtt(port: int) -> AsyncIterator[Sampler]:
                 payload = _payload(i)
                 stamp = time.perf_counter_ns()
                 publisher.client.publish(topic, payload, qos=1)
-                async with asyncio.timeout(_DELIVERY_TIMEOUT_S):
+                async with asyncio.timeout(DELIVERY_TIMEOUT_S):
                     got, arrived = await arrivals.get()
                 if got != payload:
                     raise RuntimeError(f"raw MQTT: sample {i} received another payload")
@@ -336,7 +319,7 @@ async def _raw_coap() -> AsyncIterator[Sampler]:
                     content_format=ContentFormat(JSON),
                 )
                 stamp = time.perf_counter_ns()
-                async with asyncio.timeout(_DELIVERY_TIMEOUT_S):
+                async with asyncio.timeout(DELIVERY_TIMEOUT_S):
                     response = await client.request(request).response
                 done = time.perf_counter_ns()
                 if response.code != Code.CHANGED:
@@ -387,7 +370,7 @@ async def _raw_http() -> AsyncIterator[Sampler]:
             task.result()
             raise RuntimeError("raw HTTP server stopped at start")
         async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", timeout=_DELIVERY_TIMEOUT_S
+            base_url=f"http://127.0.0.1:{port}", timeout=DELIVERY_TIMEOUT_S
         ) as client:
 
             async def sample(i: int) -> float:
@@ -441,7 +424,7 @@ async def _device(
             yield coap_device.reading
     else:
         (endpoint,) = bridges["http"].endpoints()
-        async with HttpDevice(link, endpoint, timeout=_DELIVERY_TIMEOUT_S) as http_device:
+        async with HttpDevice(link, endpoint, timeout=DELIVERY_TIMEOUT_S) as http_device:
             await http_device.start()
             yield http_device.reading
 
@@ -473,7 +456,7 @@ async def _transport_run(
     link = DeviceLink(device_id, record.secret, sensor_description(device_id))
     run = _Run()
     async with _device(transport, link, bridges, broker) as send, _raw(transport, broker) as raw:
-        await _until(lambda: device_id in gateway.things, f"{transport} birth", _DELIVERY_TIMEOUT_S)
+        await _until(lambda: device_id in gateway.things, f"{transport} birth", DELIVERY_TIMEOUT_S)
         async with things.subscribe(device_id, attribute="moisture") as sub:
             arrivals: asyncio.Queue[tuple[Notification, int]] = asyncio.Queue()
             receiver = asyncio.get_running_loop().create_task(
@@ -487,12 +470,12 @@ async def _transport_run(
                     stamp = time.perf_counter_ns()
                     await send(values)
                     try:
-                        async with asyncio.timeout(_DELIVERY_TIMEOUT_S):
+                        async with asyncio.timeout(DELIVERY_TIMEOUT_S):
                             note, arrived = await arrivals.get()
                     except TimeoutError:
                         raise RuntimeError(
                             f"{transport}: reading {i} did not reach the subscriber within "
-                            f"{_DELIVERY_TIMEOUT_S:g} s"
+                            f"{DELIVERY_TIMEOUT_S:g} s"
                         ) from None
                     if note.value != values["moisture"]:
                         raise RuntimeError(
@@ -528,7 +511,7 @@ def _latency_report(transport: str, run: _Run, sizes: _Sizes) -> list[Metric]:
         "gap_ms": sizes.gap_s * 1000,
         "clock": "perf_counter, one process",
         "interleaved": "raw and gateway samples taken in turns, one at a time",
-        "percentiles": "nearest rank over every sample",
+        "percentiles": PERCENTILES,
         "payload_bytes": len(_payload(0)),
     }
     through = latency_metrics(
@@ -542,7 +525,7 @@ def _latency_report(transport: str, run: _Run, sizes: _Sizes) -> list[Metric]:
             " -> ThingClient.subscribe(attribute='moisture') yields it",
             "from": "just before the device's reading() is called",
             "to": "the subscription yields the notification",
-            "store": _STORE_SETTINGS,
+            "store": STORE_SETTINGS,
             "in_one_process": "device, bridges, gateway, subscriber (Mosquitto apart)",
         },
         layer="gateway",
@@ -555,8 +538,8 @@ def _latency_report(transport: str, run: _Run, sizes: _Sizes) -> list[Metric]:
     )
     ratio = ratio_metric(
         f"gateway_{transport}_vs_raw_latency_ratio",
-        _by_name(through, f"gateway_{transport}_device_to_subscriber_latency_p50_ms"),
-        _by_name(raw, f"raw_{transport}_latency_p50_ms"),
+        by_name(through, f"gateway_{transport}_device_to_subscriber_latency_p50_ms"),
+        by_name(raw, f"raw_{transport}_latency_p50_ms"),
     )
     return [*through, *raw, ratio]
 
@@ -568,7 +551,7 @@ async def latency_group(ctx: BenchContext) -> list[Metric]:
     with mosquitto() as broker:
         registry = Registry(ctx.workdir / "registry.db")
         try:
-            async with await open_store(_url(ctx.workdir / "latency.db")) as store:
+            async with await open_store(sqlite_url(ctx.workdir / "latency.db")) as store:
                 bridges: dict[str, Bridge] = {
                     "mqtt": MqttBridge(
                         "127.0.0.1", broker.port, client_id="safething-bench-latency"
@@ -670,7 +653,7 @@ class _GatewayChild:
     async def next_report(self) -> None:
         """Until the child writes its next line."""
         count = len(self.reports)
-        await self.wait(lambda _: len(self.reports) > count, "a report", _DELIVERY_TIMEOUT_S)
+        await self.wait(lambda _: len(self.reports) > count, "a report", DELIVERY_TIMEOUT_S)
 
     @asynccontextmanager
     async def running(self, startup_timeout: float) -> AsyncIterator[_GatewayChild]:
@@ -740,7 +723,7 @@ class _LoadGenerator:
         for connection in self.connections:
             await connection.start()
         for connection in self.connections:
-            if not await connection.wait_connected(_DELIVERY_TIMEOUT_S):
+            if not await connection.wait_connected(DELIVERY_TIMEOUT_S):
                 raise ConnectionError(f"load generator: no broker at {connection.url}")
 
     async def close(self) -> None:
@@ -881,7 +864,7 @@ async def _stored(url: str, links: Sequence[DeviceLink]) -> list[int]:
 async def load_group(ctx: BenchContext) -> list[Metric]:
     """1,000 devices over MQTT against a gateway in its own process: rate, memory, start-up."""
     sizes = _sizes(ctx)
-    url = _url(ctx.workdir / "load.db")
+    url = sqlite_url(ctx.workdir / "load.db")
     links = _provision(ctx.workdir / "registry.db", sizes.devices)
     Identity.generate("bench-owner").save(ctx.workdir / "owner.identity")
     with mosquitto() as broker:
@@ -897,7 +880,7 @@ async def load_group(ctx: BenchContext) -> list[Metric]:
                 await _until(
                     lambda: generator.acked + generator.refused >= generator.published,
                     "the broker's acknowledgements",
-                    _DELIVERY_TIMEOUT_S,
+                    DELIVERY_TIMEOUT_S,
                 )
             finally:
                 await generator.close()
@@ -938,7 +921,7 @@ def _load_report(
         "devices": n,
         "transport": "mqtt (QoS 1) through Mosquitto, "
         f"{sizes.connections} load-generator connections shared by the devices",
-        "store": _STORE_SETTINGS,
+        "store": STORE_SETTINGS,
         "gateway": "own process (safething.bench._gateway_child): Gateway + MqttBridge",
     }
     rate = rate_metric(
@@ -975,7 +958,7 @@ def _load_report(
             "births_per_s": round(n / run.births_s, 1),
         },
     )
-    peak = _target(
+    peak = with_target(
         metric(
             "gateway_peak_rss_mb",
             _mb(run.drained["hwm_kb"]),

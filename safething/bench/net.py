@@ -39,6 +39,14 @@ from typing import cast
 
 import safething
 from safething.bench._xproc_writer import decode_stamp, encode_stamp
+from safething.bench.common import (
+    DELIVERY_TIMEOUT_S,
+    PERCENTILES,
+    STORE_SETTINGS,
+    sqlite_url,
+    with_p_target,
+    with_target,
+)
 from safething.bench.runner import (
     BenchContext,
     GroupFunc,
@@ -58,10 +66,6 @@ XPROC_P99_TARGET_MS = 50.0
 """Issue target: p99 of the change feed across processes."""
 INPROCESS_P50_TARGET_MS = 5.0
 """Our reading of the issue's "a few ms" for the in-process p50."""
-
-_STORE_SETTINGS = "sqlite WAL, synchronous=NORMAL"
-_DELIVERY_TIMEOUT_S = 10.0
-"""A change that takes longer than this to arrive fails the run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,23 +101,9 @@ def _sizes(ctx: BenchContext) -> _Sizes:
     )
 
 
-def _url(path: Path) -> str:
-    return f"sqlite://{path.resolve()}"
-
-
 def _value(index: int, size: int) -> bytes:
     """A ``size``-byte value that differs per entry."""
     return (b"%09d;" % index * (size // 10 + 1))[:size]
-
-
-def _target(m: Metric, op: str, value: float) -> Metric:
-    """Note the issue's target next to a metric (reported, never asserted)."""
-    measured = m["value"]
-    assert isinstance(measured, float)
-    meets = measured >= value if op == ">=" else measured < value if op == "<" else None
-    if meets is None:
-        raise ValueError(f"unknown target operator {op!r}")
-    return {**m, "target": {"op": op, "value": value}, "meets_target": meets}
 
 
 # --- workload ---------------------------------------------------------------------
@@ -154,7 +144,7 @@ def _write_params(sizes: _Sizes, work: _Workload) -> dict[str, object]:
         "value_bytes": sizes.value_bytes,
         "mds": work.mds,
         "entries_per_md": work.per_md,
-        "store": _STORE_SETTINGS,
+        "store": STORE_SETTINGS,
     }
 
 
@@ -164,7 +154,7 @@ def _raw_params(sizes: _Sizes, how: str) -> dict[str, object]:
         "batch": sizes.batch,
         "value_bytes": sizes.value_bytes,
         "how": how,
-        "store": f"plain sqlite3 table, same pragmas ({_STORE_SETTINGS})",
+        "store": f"plain sqlite3 table, same pragmas ({STORE_SETTINGS})",
     }
 
 
@@ -247,7 +237,7 @@ async def _timed_md_writes(
     path: Path, identity: Identity, work: _Workload, *, private: bool
 ) -> tuple[list[MutableData], float]:
     """A new store at ``path``, its MDs created (not timed), then every batch written."""
-    async with await open_store(_url(path)) as store:
+    async with await open_store(sqlite_url(path)) as store:
         label = "private" if private else "signed"
         mds = await _create_mds(Client(store, identity), label, work.mds, private=private)
         return mds, await _put_all(mds, work)
@@ -289,7 +279,7 @@ async def write_rates(ctx: BenchContext) -> list[Metric]:
         )
         private_s.append(seconds)
 
-    signed = _target(
+    signed = with_target(
         rate_metric("md_signed_write_rate", work.entries, signed_s, "entries/s", params=params),
         ">=",
         WRITE_TARGET_PER_S,
@@ -336,7 +326,7 @@ async def read_rates(ctx: BenchContext) -> list[Metric]:
     raw_read_s: list[float] = []
     raw_scan_s: list[float] = []
 
-    async with await open_store(_url(ctx.workdir / "read.db")) as store:
+    async with await open_store(sqlite_url(ctx.workdir / "read.db")) as store:
         mds = await _create_mds(Client(store, identity), "read", work.mds)
         await _put_all(mds, work)  # setup, not timed
         raw_keys = [mds[i].address.entry_key(key) for i, key in order]
@@ -460,10 +450,10 @@ async def _inprocess_latencies(
                     raise RuntimeError(f"the watch ended before change {i} arrived")
                 arrived.clear()
                 try:
-                    await asyncio.wait_for(arrived.wait(), _DELIVERY_TIMEOUT_S)
+                    await asyncio.wait_for(arrived.wait(), DELIVERY_TIMEOUT_S)
                 except TimeoutError:
                     raise TimeoutError(
-                        f"change {i} was not delivered within {_DELIVERY_TIMEOUT_S} s"
+                        f"change {i} was not delivered within {DELIVERY_TIMEOUT_S} s"
                     ) from None
             await asyncio.sleep(sizes.gap_s)
         await consumer
@@ -478,15 +468,10 @@ def _latency_params(sizes: _Sizes, gap_s: float, **extra: object) -> dict[str, o
     return {
         "warmup": sizes.warmup,
         "gap_ms": gap_s * 1000,
-        "store": _STORE_SETTINGS,
-        "percentiles": "nearest rank over every sample",
+        "store": STORE_SETTINGS,
+        "percentiles": PERCENTILES,
         **extra,
     }
-
-
-def _with_p_targets(metrics: list[Metric], p: str, op: str, value: float) -> list[Metric]:
-    suffix = f"_{p}_ms"
-    return [_target(m, op, value) if str(m["name"]).endswith(suffix) else m for m in metrics]
 
 
 # --- net.watch.inprocess ---------------------------------------------------------------
@@ -496,7 +481,7 @@ async def watch_inprocess(ctx: BenchContext) -> list[Metric]:
     """Change feed latency inside one process: write call -> watcher's ``__anext__`` returns."""
     sizes = _sizes(ctx)
     identity = Identity.generate("bench-writer")
-    async with await open_store(_url(ctx.workdir / "watch.db")) as store:
+    async with await open_store(sqlite_url(ctx.workdir / "watch.db")) as store:
         prefix = "bench.watch."
 
         def put(i: int, value: bytes) -> Awaitable[int]:
@@ -525,7 +510,7 @@ async def watch_inprocess(ctx: BenchContext) -> list[Metric]:
         clock="perf_counter",
     )
     return [
-        *_with_p_targets(
+        *with_p_target(
             latency_metrics(
                 "watch_latency_inprocess", store_ms, params=store_params, layer="store"
             ),
@@ -533,7 +518,7 @@ async def watch_inprocess(ctx: BenchContext) -> list[Metric]:
             "<",
             INPROCESS_P50_TARGET_MS,
         ),
-        *_with_p_targets(
+        *with_p_target(
             latency_metrics("md_watch_latency_inprocess", md_ms, params=md_params, layer="md"),
             "p50",
             "<",
@@ -581,7 +566,7 @@ async def _xproc_latencies(
         name="safething-bench-xproc-consumer",
     )
     child = asyncio.create_task(proc.communicate(), name="safething-bench-xproc-child")
-    timeout = total * sizes.xproc_gap_s + 30 + _DELIVERY_TIMEOUT_S
+    timeout = total * sizes.xproc_gap_s + 30 + DELIVERY_TIMEOUT_S
 
     def failed(what: str) -> RuntimeError:
         stderr = child.result()[1] if child.done() and not child.cancelled() else b""
@@ -596,11 +581,11 @@ async def _xproc_latencies(
             if proc.returncode != 0:
                 raise failed("the writer process failed")
             # The child wrote everything; give the last changes time to arrive.
-            await asyncio.wait({consumer}, timeout=_DELIVERY_TIMEOUT_S)
+            await asyncio.wait({consumer}, timeout=DELIVERY_TIMEOUT_S)
         if not consumer.done():
             raise failed(f"only {len(latencies)} of {total} changes arrived")
         consumer.result()
-        await asyncio.wait({child}, timeout=_DELIVERY_TIMEOUT_S)
+        await asyncio.wait({child}, timeout=DELIVERY_TIMEOUT_S)
         if not child.done() or proc.returncode != 0:
             raise failed("the writer process did not finish cleanly")
     finally:
@@ -616,7 +601,7 @@ async def _xproc_latencies(
 async def watch_xproc(ctx: BenchContext) -> list[Metric]:
     """Change feed latency across processes: a child writes, this process watches."""
     sizes = _sizes(ctx)
-    url = _url(ctx.workdir / "xproc.db")
+    url = sqlite_url(ctx.workdir / "xproc.db")
     identity = Identity.generate("bench-xproc-writer")
     identity_file = identity.save(ctx.workdir / "writer.identity")
     async with await open_store(url) as store:
@@ -658,13 +643,13 @@ async def watch_xproc(ctx: BenchContext) -> list[Metric]:
         wake_up=wake,
     )
     return [
-        *_with_p_targets(
+        *with_p_target(
             latency_metrics("watch_latency_xproc", store_ms, params=store_params, layer="store"),
             "p99",
             "<",
             XPROC_P99_TARGET_MS,
         ),
-        *_with_p_targets(
+        *with_p_target(
             latency_metrics("md_watch_latency_xproc", md_ms, params=md_params, layer="md"),
             "p99",
             "<",

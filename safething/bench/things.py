@@ -45,6 +45,14 @@ from typing import Any
 
 import safething
 from safething.bench._things_child import TICK, bench_description
+from safething.bench.common import (
+    DELIVERY_TIMEOUT_S,
+    PERCENTILES,
+    STORE_SETTINGS,
+    by_name,
+    sqlite_url,
+    with_p_target,
+)
 from safething.bench.runner import (
     BenchContext,
     GroupFunc,
@@ -70,9 +78,6 @@ ACTION_P50_TARGET_MS = 5.0
 ORIGINAL_POLL_PERIOD_S = 5.0
 """The 2017 SAFEthing polled the network at this fixed period."""
 
-_STORE_SETTINGS = "sqlite WAL, synchronous=NORMAL"
-_DELIVERY_TIMEOUT_S = 10.0
-"""A notification or action result that takes longer than this fails the run."""
 _SIGNATURE_LEN = 64
 _BLOB_KEY = "bench.original.thing"
 _POLL_SEED = 2017
@@ -113,39 +118,12 @@ def _sizes(ctx: BenchContext) -> _Sizes:
     )
 
 
-def _url(path: Path) -> str:
-    return f"sqlite://{path.resolve()}"
-
-
-def _target(m: Metric, op: str, value: float) -> Metric:
-    """Note the issue's target next to a metric (reported, never asserted)."""
-    measured = m["value"]
-    assert isinstance(measured, float)
-    checks: dict[str, Callable[[float, float], bool]] = {
-        "<=": lambda a, b: a <= b,
-        ">=": lambda a, b: a >= b,
-    }
-    if op not in checks:
-        raise ValueError(f"unknown target operator {op!r}")
-    return {**m, "target": {"op": op, "value": value}, "meets_target": checks[op](measured, value)}
-
-
-def _with_p_target(metrics: list[Metric], p: str, op: str, value: float) -> list[Metric]:
-    suffix = f"_{p}_ms"
-    return [_target(m, op, value) if str(m["name"]).endswith(suffix) else m for m in metrics]
-
-
-def _by_name(metrics: Sequence[Metric], name: str) -> Metric:
-    (found,) = (m for m in metrics if m["name"] == name)
-    return found
-
-
 def _latency_params(sizes: _Sizes, gap_s: float, **extra: object) -> dict[str, object]:
     return {
         "warmup": sizes.warmup,
         "gap_ms": gap_s * 1000,
-        "store": _STORE_SETTINGS,
-        "percentiles": "nearest rank over every sample",
+        "store": STORE_SETTINGS,
+        "percentiles": PERCENTILES,
         **extra,
     }
 
@@ -176,7 +154,7 @@ class _Arrivals:
     async def wait_for(self, seq: int, receiver: asyncio.Task[Any] | None = None) -> None:
         """Until ``seq`` has arrived; fails when ``receiver`` ends first or on timeout."""
         try:
-            async with asyncio.timeout(_DELIVERY_TIMEOUT_S):
+            async with asyncio.timeout(DELIVERY_TIMEOUT_S):
                 while seq not in self.ms:
                     if receiver is not None and receiver.done():
                         receiver.result()
@@ -185,7 +163,7 @@ class _Arrivals:
                     await self._event.wait()
         except TimeoutError:
             raise TimeoutError(
-                f"event {seq} was not delivered within {_DELIVERY_TIMEOUT_S} s"
+                f"event {seq} was not delivered within {DELIVERY_TIMEOUT_S} s"
             ) from None
 
 
@@ -311,7 +289,7 @@ async def _notify_xproc(
             _receive(sub, arrivals, total), name="safething-bench-things-xproc-receiver"
         )
         child = asyncio.create_task(proc.communicate(), name="safething-bench-things-child")
-        timeout = total * sizes.xproc_gap_s + 30 + _DELIVERY_TIMEOUT_S
+        timeout = total * sizes.xproc_gap_s + 30 + DELIVERY_TIMEOUT_S
 
         def failed(what: str) -> RuntimeError:
             stderr = child.result()[1] if child.done() and not child.cancelled() else b""
@@ -328,11 +306,11 @@ async def _notify_xproc(
                 if proc.returncode != 0:
                     raise failed("the notifying process failed")
                 # The child notified everything; give the last events time to arrive.
-                await asyncio.wait({receiver}, timeout=_DELIVERY_TIMEOUT_S)
+                await asyncio.wait({receiver}, timeout=DELIVERY_TIMEOUT_S)
             if not receiver.done():
                 raise failed(f"only {len(arrivals.ms)} of {total} events arrived")
             receiver.result()
-            await asyncio.wait({child}, timeout=_DELIVERY_TIMEOUT_S)
+            await asyncio.wait({child}, timeout=DELIVERY_TIMEOUT_S)
             if not child.done() or proc.returncode != 0:
                 raise failed("the notifying process did not finish cleanly")
         finally:
@@ -375,7 +353,7 @@ async def _action_roundtrips(store: Store, owner: Identity, sizes: _Sizes) -> li
             for _ in range(sizes.warmup + sizes.samples):
                 started = time.perf_counter_ns()
                 handle = await client.request(thing.id, "CloseValve")
-                await handle.result(timeout=_DELIVERY_TIMEOUT_S)
+                await handle.result(timeout=DELIVERY_TIMEOUT_S)
                 latencies.append((time.perf_counter_ns() - started) / 1e6)
                 await asyncio.sleep(sizes.gap_s)
     return latencies
@@ -447,7 +425,7 @@ async def _update_rounds(
                         last = await thing.set("moisture", float(i % 101))
                     done = time.perf_counter()
                     seconds.append(done - started)
-                    async with asyncio.timeout(_DELIVERY_TIMEOUT_S):
+                    async with asyncio.timeout(DELIVERY_TIMEOUT_S):
                         while counter.last_seq < last:
                             if consumer.done():
                                 consumer.result()
@@ -587,7 +565,7 @@ class _Poller:
 
     async def wait(self, done: Callable[[], bool], task: asyncio.Task[None]) -> None:
         """Until ``done()`` after a poll; raises what the poller task raised."""
-        async with asyncio.timeout(3 * self.period + _DELIVERY_TIMEOUT_S), self.polled:
+        async with asyncio.timeout(3 * self.period + DELIVERY_TIMEOUT_S), self.polled:
             await self.polled.wait_for(lambda: done() or task.done())
         if task.done():
             task.result()
@@ -650,7 +628,7 @@ async def _poll_latencies(original: _OriginalThing, sizes: _Sizes) -> _PollRun:
 async def things_group(ctx: BenchContext) -> list[Metric]:
     """Every things metric and the emulated 2017 design, in one run on one store file."""
     sizes = _sizes(ctx)
-    url = _url(ctx.workdir / "things.db")
+    url = sqlite_url(ctx.workdir / "things.db")
     owner = Identity.generate("bench-owner")
     async with await open_store(url) as store:
         client_ms, callback_ms = await _notify_inprocess(store, owner, sizes)
@@ -663,7 +641,7 @@ async def things_group(ctx: BenchContext) -> list[Metric]:
         poll = await _poll_latencies(original, sizes)
 
     inprocess = _latency_params(sizes, sizes.gap_s, clock="perf_counter")
-    notify = _with_p_target(
+    notify = with_p_target(
         latency_metrics(
             "things_notify_latency_inprocess",
             client_ms,
@@ -678,7 +656,7 @@ async def things_group(ctx: BenchContext) -> list[Metric]:
         "<=",
         NOTIFY_P50_TARGET_MS,
     )
-    callback = _with_p_target(
+    callback = with_p_target(
         latency_metrics(
             "things_notify_callback_latency_inprocess",
             callback_ms,
@@ -694,7 +672,7 @@ async def things_group(ctx: BenchContext) -> list[Metric]:
         "<=",
         NOTIFY_P50_TARGET_MS,
     )
-    xproc = _with_p_target(
+    xproc = with_p_target(
         latency_metrics(
             "things_notify_latency_xproc",
             xproc_ms,
@@ -711,7 +689,7 @@ async def things_group(ctx: BenchContext) -> list[Metric]:
         "<=",
         XPROC_P99_TARGET_MS,
     )
-    action = _with_p_target(
+    action = with_p_target(
         latency_metrics(
             "things_action_roundtrip",
             action_all_ms[sizes.warmup :],
@@ -744,7 +722,7 @@ async def things_group(ctx: BenchContext) -> list[Metric]:
             "received": update_received,
             "drain_ms": [round(ms, 2) for ms in update_drain_ms],
             "attributes": len(bench_description("bench-update").attributes),
-            "store": _STORE_SETTINGS,
+            "store": STORE_SETTINGS,
         },
     )
     blob = rate_metric(
@@ -759,7 +737,7 @@ async def things_group(ctx: BenchContext) -> list[Metric]:
             "attributes": len(bench_description("bench-original").attributes),
             "writer_verifies_own_blob": False,
             "subscribers": 0,
-            "store": _STORE_SETTINGS,
+            "store": STORE_SETTINGS,
         },
     )
     read_p50 = statistics.median(poll.read_ms)
@@ -781,8 +759,8 @@ async def things_group(ctx: BenchContext) -> list[Metric]:
             "read": "store.get, ed25519 verify of the blob, json.loads",
             "blob_bytes": blob_bytes,
             "warmup": 0,
-            "percentiles": "nearest rank over every sample",
-            "store": _STORE_SETTINGS,
+            "percentiles": PERCENTILES,
+            "store": STORE_SETTINGS,
         },
         layer="original-2017",
     )
@@ -796,8 +774,8 @@ async def things_group(ctx: BenchContext) -> list[Metric]:
         blob,
         ratio_metric(
             "things_notify_latency_vs_original_poll_ratio",
-            _by_name(original_poll, "original_poll_notify_latency_p50_ms"),
-            _by_name(notify, "things_notify_latency_inprocess_p50_ms"),
+            by_name(original_poll, "original_poll_notify_latency_p50_ms"),
+            by_name(notify, "things_notify_latency_inprocess_p50_ms"),
         ),
         ratio_metric("things_update_rate_vs_original_blob_ratio", updates, blob),
     ]
