@@ -1,14 +1,23 @@
 """What the benchmark modules share beyond the harness (:mod:`safething.bench.runner`).
 
-Store URLs and settings, the delivery timeout, targets next to metrics.
+Store URLs and settings, the delivery timeout, targets next to metrics, and
+child processes: their environment and the run of a child that sends stamped
+items to this process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import operator
-from collections.abc import Callable, Sequence
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
+import safething
 from safething.bench.runner import Metric
 
 __all__ = [
@@ -16,6 +25,8 @@ __all__ = [
     "PERCENTILES",
     "STORE_SETTINGS",
     "by_name",
+    "child_env",
+    "run_stamping_child",
     "sqlite_url",
     "with_p_target",
     "with_target",
@@ -66,3 +77,87 @@ def by_name(metrics: Sequence[Metric], name: str) -> Metric:
     """The one metric called ``name``."""
     (found,) = (m for m in metrics if m["name"] == name)
     return found
+
+
+# --- child processes ----------------------------------------------------------------
+
+
+def child_env(*packages: ModuleType) -> dict[str, str]:
+    """This process's environment, with these copies of ``packages`` importable in a child
+    (the directory each is loaded from goes first on ``PYTHONPATH``)."""
+    env = dict(os.environ)
+    roots = [str(Path(package.__file__ or "").resolve().parent.parent) for package in packages]
+    env["PYTHONPATH"] = os.pathsep.join(
+        dict.fromkeys(p for p in (*roots, env.get("PYTHONPATH", "")) if p)
+    )
+    return env
+
+
+async def run_stamping_child(
+    module: str,
+    args: Sequence[str],
+    receive: Callable[[], Coroutine[Any, Any, object]],
+    *,
+    received: Callable[[], int],
+    total: int,
+    gap_s: float,
+    what: str,
+    sender: str,
+    items: str,
+    name: str,
+) -> None:
+    """Run ``python -m <module> --count <total> --gap-ms <gap_s in ms> <args>``, a child
+    that sends ``total`` stamped items ``gap_s`` apart, while ``receive()`` takes them in
+    here (it returns once all ``total`` have arrived).
+
+    Fails with a ``RuntimeError`` that names ``what`` (the benchmark), quotes the
+    child's stderr and says what went wrong: ``sender`` (``"the writer process"``)
+    failed or did not finish cleanly, or only ``received()`` of ``total`` ``items``
+    arrived (within :data:`DELIVERY_TIMEOUT_S` of the child's end). The child is
+    killed on the way out, ``receive()`` cancelled; ``name`` prefixes their tasks.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        "--count",
+        str(total),
+        "--gap-ms",
+        str(gap_s * 1000),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_env(safething),
+    )
+    receiver = asyncio.create_task(receive(), name=f"{name}-receiver")
+    child = asyncio.create_task(proc.communicate(), name=f"{name}-child")
+    timeout = total * gap_s + 30 + DELIVERY_TIMEOUT_S
+
+    def failed(problem: str) -> RuntimeError:
+        stderr = child.result()[1] if child.done() and not child.cancelled() else b""
+        return RuntimeError(
+            f"{what}: {problem} (child exit status {proc.returncode}); "
+            f"child stderr: {stderr.decode(errors='replace').strip() or '(empty)'}"
+        )
+
+    try:
+        await asyncio.wait({receiver, child}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if child.done() and not receiver.done():
+            if proc.returncode != 0:
+                raise failed(f"{sender} failed")
+            # The child sent everything; give the last items time to arrive.
+            await asyncio.wait({receiver}, timeout=DELIVERY_TIMEOUT_S)
+        if not receiver.done():
+            raise failed(f"only {received()} of {total} {items} arrived")
+        receiver.result()
+        await asyncio.wait({child}, timeout=DELIVERY_TIMEOUT_S)
+        if not child.done() or proc.returncode != 0:
+            raise failed(f"{sender} did not finish cleanly")
+    finally:
+        receiver.cancel()
+        if proc.returncode is None:
+            proc.kill()
+        for task in (receiver, child):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -63,6 +63,7 @@ from safething.bench.common import (
     PERCENTILES,
     STORE_SETTINGS,
     by_name,
+    child_env,
     sqlite_url,
     with_target,
 )
@@ -581,19 +582,6 @@ async def latency_group(ctx: BenchContext) -> list[Metric]:
 # --- sustained load: 1,000 devices over MQTT, the gateway in a child process ---------------
 
 
-def _child_env() -> dict[str, str]:
-    """The environment for the child, with these copies of both packages importable."""
-    env = dict(os.environ)
-    roots = [
-        str(Path(package.__file__ or "").resolve().parent.parent)
-        for package in (safething, safething_gateway)
-    ]
-    env["PYTHONPATH"] = os.pathsep.join(
-        dict.fromkeys(p for p in (*roots, env.get("PYTHONPATH", "")) if p)
-    )
-    return env
-
-
 class _GatewayChild:
     """``python -m safething.bench._gateway_child`` and what it reports (JSON lines)."""
 
@@ -667,7 +655,7 @@ class _GatewayChild:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
-                env=_child_env(),
+                env=child_env(safething, safething_gateway),
             )
         finally:
             os.close(log)  # the child has its own copy

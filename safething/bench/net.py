@@ -27,22 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import sqlite3
-import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-import safething
 from safething.bench._xproc_writer import decode_stamp, encode_stamp
 from safething.bench.common import (
     DELIVERY_TIMEOUT_S,
     PERCENTILES,
     STORE_SETTINGS,
+    run_stamping_child,
     sqlite_url,
     with_p_target,
     with_target,
@@ -530,14 +528,6 @@ async def watch_inprocess(ctx: BenchContext) -> list[Metric]:
 # --- net.watch.xproc ----------------------------------------------------------------
 
 
-def _child_env() -> dict[str, str]:
-    """The environment for the child, with this copy of ``safething`` importable."""
-    env = dict(os.environ)
-    root = str(Path(safething.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
 async def _xproc_latencies(
     values: AsyncGenerator[bytes | None, None], url: str, mode_args: Sequence[str], sizes: _Sizes
 ) -> list[float]:
@@ -545,56 +535,18 @@ async def _xproc_latencies(
     total = sizes.warmup + sizes.samples
     latencies: dict[int, float] = {}
     arrived = asyncio.Event()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
+    await run_stamping_child(
         "safething.bench._xproc_writer",
-        "--url",
-        url,
-        "--count",
-        str(total),
-        "--gap-ms",
-        str(sizes.xproc_gap_s * 1000),
-        *mode_args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=_child_env(),
+        ["--url", url, *mode_args],
+        lambda: _collect(values, total, time.monotonic_ns, latencies, arrived),
+        received=lambda: len(latencies),
+        total=total,
+        gap_s=sizes.xproc_gap_s,
+        what="cross-process watch",
+        sender="the writer process",
+        items="changes",
+        name="safething-bench-xproc",
     )
-    consumer = asyncio.create_task(
-        _collect(values, total, time.monotonic_ns, latencies, arrived),
-        name="safething-bench-xproc-consumer",
-    )
-    child = asyncio.create_task(proc.communicate(), name="safething-bench-xproc-child")
-    timeout = total * sizes.xproc_gap_s + 30 + DELIVERY_TIMEOUT_S
-
-    def failed(what: str) -> RuntimeError:
-        stderr = child.result()[1] if child.done() and not child.cancelled() else b""
-        return RuntimeError(
-            f"cross-process watch: {what} (child exit status {proc.returncode}); "
-            f"child stderr: {stderr.decode(errors='replace').strip() or '(empty)'}"
-        )
-
-    try:
-        await asyncio.wait({consumer, child}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if child.done() and not consumer.done():
-            if proc.returncode != 0:
-                raise failed("the writer process failed")
-            # The child wrote everything; give the last changes time to arrive.
-            await asyncio.wait({consumer}, timeout=DELIVERY_TIMEOUT_S)
-        if not consumer.done():
-            raise failed(f"only {len(latencies)} of {total} changes arrived")
-        consumer.result()
-        await asyncio.wait({child}, timeout=DELIVERY_TIMEOUT_S)
-        if not child.done() or proc.returncode != 0:
-            raise failed("the writer process did not finish cleanly")
-    finally:
-        consumer.cancel()
-        if proc.returncode is None:
-            proc.kill()
-        for task in (consumer, child):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
     return [latencies[i] for i in range(sizes.warmup, total)]
 
 

@@ -33,23 +33,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safething
 from safething.bench._things_child import TICK, bench_description
 from safething.bench.common import (
     DELIVERY_TIMEOUT_S,
     PERCENTILES,
     STORE_SETTINGS,
     by_name,
+    run_stamping_child,
     sqlite_url,
     with_p_target,
 )
@@ -240,14 +238,6 @@ async def _notify_inprocess(
 # --- things_notify_latency_xproc --------------------------------------------------------
 
 
-def _child_env() -> dict[str, str]:
-    """The environment for the child, with this copy of ``safething`` importable."""
-    env = dict(os.environ)
-    root = str(Path(safething.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
 async def _notify_xproc(
     store: Store, url: str, owner: Identity, workdir: Path, sizes: _Sizes
 ) -> list[float]:
@@ -264,62 +254,27 @@ async def _notify_xproc(
         ThingClient(Client(store, Identity.generate("bench-xproc-subscriber"))) as client,
         client.subscribe(description.id, topic=TICK) as sub,
     ):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
+        await run_stamping_child(
             "safething.bench._things_child",
-            "--url",
-            url,
-            "--identity",
-            str(identity_file),
-            "--owner",
-            json.dumps(owner.public.to_dict()),
-            "--thing-id",
-            description.id,
-            "--count",
-            str(total),
-            "--gap-ms",
-            str(sizes.xproc_gap_s * 1000),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=_child_env(),
+            [
+                "--url",
+                url,
+                "--identity",
+                str(identity_file),
+                "--owner",
+                json.dumps(owner.public.to_dict()),
+                "--thing-id",
+                description.id,
+            ],
+            lambda: _receive(sub, arrivals, total),
+            received=lambda: len(arrivals.ms),
+            total=total,
+            gap_s=sizes.xproc_gap_s,
+            what="cross-process notify",
+            sender="the notifying process",
+            items="events",
+            name="safething-bench-things-xproc",
         )
-        receiver = asyncio.create_task(
-            _receive(sub, arrivals, total), name="safething-bench-things-xproc-receiver"
-        )
-        child = asyncio.create_task(proc.communicate(), name="safething-bench-things-child")
-        timeout = total * sizes.xproc_gap_s + 30 + DELIVERY_TIMEOUT_S
-
-        def failed(what: str) -> RuntimeError:
-            stderr = child.result()[1] if child.done() and not child.cancelled() else b""
-            return RuntimeError(
-                f"cross-process notify: {what} (child exit status {proc.returncode}); "
-                f"child stderr: {stderr.decode(errors='replace').strip() or '(empty)'}"
-            )
-
-        try:
-            await asyncio.wait(
-                {receiver, child}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if child.done() and not receiver.done():
-                if proc.returncode != 0:
-                    raise failed("the notifying process failed")
-                # The child notified everything; give the last events time to arrive.
-                await asyncio.wait({receiver}, timeout=DELIVERY_TIMEOUT_S)
-            if not receiver.done():
-                raise failed(f"only {len(arrivals.ms)} of {total} events arrived")
-            receiver.result()
-            await asyncio.wait({child}, timeout=DELIVERY_TIMEOUT_S)
-            if not child.done() or proc.returncode != 0:
-                raise failed("the notifying process did not finish cleanly")
-        finally:
-            receiver.cancel()
-            if proc.returncode is None:
-                proc.kill()
-            for task in (receiver, child):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
     seqs = sorted(arrivals.ms)
     if len(seqs) != total or seqs != list(range(seqs[0], seqs[0] + total)):
         raise RuntimeError(f"cross-process notify: events {seqs} are not {total} in a row")

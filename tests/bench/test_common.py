@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from safething.bench.common import by_name, sqlite_url, with_p_target, with_target
+from safething.bench import common
+from safething.bench.common import (
+    by_name,
+    run_stamping_child,
+    sqlite_url,
+    with_p_target,
+    with_target,
+)
 from safething.bench.runner import latency_metrics, metric
 
 
@@ -49,3 +57,46 @@ def test_with_p_target_marks_only_that_percentile() -> None:
 def test_sqlite_url_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert sqlite_url(Path("a.db")) == f"sqlite://{tmp_path.resolve()}/a.db"
+
+
+async def _never() -> None:
+    await asyncio.Event().wait()
+
+
+async def test_run_stamping_child_reports_a_failing_child_with_its_stderr() -> None:
+    with pytest.raises(RuntimeError) as failure:
+        await run_stamping_child(
+            "safething.bench._xproc_writer",
+            ["--url", "nosuchscheme://x", "store", "--prefix", "bench.test."],
+            _never,
+            received=lambda: 0,
+            total=3,
+            gap_s=0.001,
+            what="test watch",
+            sender="the writer process",
+            items="changes",
+            name="safething-bench-test",
+        )
+    message = str(failure.value)
+    assert message.startswith("test watch: the writer process failed (child exit status 1)")
+    assert "child stderr: " in message and "(empty)" not in message
+
+
+async def test_run_stamping_child_says_how_many_items_arrived(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(common, "DELIVERY_TIMEOUT_S", 0.2)
+    url = sqlite_url(tmp_path / "child.db")
+    with pytest.raises(RuntimeError, match=r"^test watch: only 0 of 3 changes arrived \(child"):
+        await run_stamping_child(
+            "safething.bench._xproc_writer",
+            ["--url", url, "store", "--prefix", "bench.test."],
+            _never,
+            received=lambda: 0,
+            total=3,
+            gap_s=0.001,
+            what="test watch",
+            sender="the writer process",
+            items="changes",
+            name="safething-bench-test",
+        )
