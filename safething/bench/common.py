@@ -1,8 +1,8 @@
 """What the benchmark modules share beyond the harness (:mod:`safething.bench.runner`).
 
-Store URLs and settings, the delivery timeout, targets next to metrics, and
-child processes: their environment and the run of a child that sends stamped
-items to this process.
+Store URLs and settings, the delivery timeout, latency sampling sizes and
+``params``, targets next to metrics, and child processes: their environment and
+the run of a child that sends stamped items to this process.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import operator
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,8 +25,10 @@ __all__ = [
     "DELIVERY_TIMEOUT_S",
     "PERCENTILES",
     "STORE_SETTINGS",
+    "Sampling",
     "by_name",
     "child_env",
+    "latency_params",
     "run_stamping_child",
     "sqlite_url",
     "with_p_target",
@@ -39,6 +42,32 @@ PERCENTILES = "nearest rank over every sample"
 DELIVERY_TIMEOUT_S = 10.0
 """A delivery (a change, a notification, a reading, an action result, a child's
 report) that takes longer than this fails the run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """The sizes of a latency metric; each module's ``_Sizes`` adds its own."""
+
+    samples: int
+    """Latency samples kept per latency metric."""
+    warmup: int
+    """Latency samples taken first and left out (named in ``params``)."""
+
+    @property
+    def total(self) -> int:
+        """Samples taken: the warm-up ones first, then the kept ones."""
+        return self.warmup + self.samples
+
+
+def latency_params(sizes: Sampling, gap_s: float, **extra: object) -> dict[str, object]:
+    """The ``params`` of a latency metric whose samples are taken ``gap_s`` apart."""
+    return {
+        "warmup": sizes.warmup,
+        "gap_ms": gap_s * 1000,
+        "store": STORE_SETTINGS,
+        "percentiles": PERCENTILES,
+        **extra,
+    }
 
 
 def sqlite_url(path: Path) -> str:

@@ -43,6 +43,7 @@ from safething.bench.common import (
     DELIVERY_TIMEOUT_S,
     PERCENTILES,
     STORE_SETTINGS,
+    Sampling,
     sqlite_url,
     with_target,
 )
@@ -69,11 +70,7 @@ _START_TIMEOUT_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
-class _Sizes:
-    samples: int
-    """Latency samples kept."""
-    warmup: int
-    """Latency samples taken first and left out (named in ``params``)."""
+class _Sizes(Sampling):
     every_ms: int
     """The device's reading period (``Device.run(every=...)``)."""
     wait_ms: int
@@ -237,7 +234,7 @@ async def _wait_birth(things: ThingClient, device_id: str, device: _DeviceProces
 async def latency_group(ctx: BenchContext) -> list[Metric]:
     """The firmware's readings, device process -> Mosquitto -> gateway -> subscriber."""
     sizes = _sizes(ctx)
-    total = sizes.warmup + sizes.samples
+    total = sizes.total
     device_id = "bench-garden-01"
     auth = MosquittoAuth(ctx.workdir / "mosquitto.passwd", ctx.workdir / "mosquitto.acl")
     gateway_user = "bench-gateway"

@@ -62,6 +62,7 @@ from safething.bench.common import (
     DELIVERY_TIMEOUT_S,
     PERCENTILES,
     STORE_SETTINGS,
+    Sampling,
     by_name,
     child_env,
     sqlite_url,
@@ -104,11 +105,7 @@ _MIB = 1024
 
 
 @dataclass(frozen=True, slots=True)
-class _Sizes:
-    samples: int
-    """Latency samples kept per latency metric."""
-    warmup: int
-    """Latency samples taken first and left out (named in ``params``)."""
+class _Sizes(Sampling):
     gap_s: float
     """Pause after each sample, raw or through the gateway."""
     devices: int
@@ -464,7 +461,7 @@ async def _transport_run(
                 _receive(sub, arrivals), name=f"bench-gateway:{transport}:receive"
             )
             try:
-                for i in range(sizes.warmup + sizes.samples):
+                for i in range(sizes.total):
                     run.raw_ms.append(await raw(i))
                     await asyncio.sleep(sizes.gap_s)
                     values = _reading(i)

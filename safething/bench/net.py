@@ -38,8 +38,9 @@ from typing import cast
 from safething.bench._xproc_writer import decode_stamp, encode_stamp
 from safething.bench.common import (
     DELIVERY_TIMEOUT_S,
-    PERCENTILES,
     STORE_SETTINGS,
+    Sampling,
+    latency_params,
     run_stamping_child,
     sqlite_url,
     with_p_target,
@@ -67,7 +68,7 @@ INPROCESS_P50_TARGET_MS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
-class _Sizes:
+class _Sizes(Sampling):
     entries: int
     """N: entries written or read per rate metric."""
     batch: int
@@ -76,10 +77,6 @@ class _Sizes:
     """Size of each entry's value (before signing and encoding)."""
     rounds: int
     """Each rate is measured this many times; the median is reported."""
-    samples: int
-    """Latency samples kept per latency metric."""
-    warmup: int
-    """Latency samples taken first and left out (named in ``params``)."""
     gap_s: float
     """In-process: pause after each delivered change before the next write."""
     xproc_gap_s: float
@@ -431,7 +428,7 @@ async def _inprocess_latencies(
     sizes: _Sizes,
 ) -> list[float]:
     """Write stamped values one at a time; each waits for delivery, then a short gap."""
-    total = sizes.warmup + sizes.samples
+    total = sizes.total
     latencies: dict[int, float] = {}
     arrived = asyncio.Event()
     consumer = asyncio.create_task(
@@ -462,16 +459,6 @@ async def _inprocess_latencies(
     return [latencies[i] for i in range(sizes.warmup, total)]
 
 
-def _latency_params(sizes: _Sizes, gap_s: float, **extra: object) -> dict[str, object]:
-    return {
-        "warmup": sizes.warmup,
-        "gap_ms": gap_s * 1000,
-        "store": STORE_SETTINGS,
-        "percentiles": PERCENTILES,
-        **extra,
-    }
-
-
 # --- net.watch.inprocess ---------------------------------------------------------------
 
 
@@ -497,10 +484,10 @@ async def watch_inprocess(ctx: BenchContext) -> list[Metric]:
         async with watched.watch() as entries:
             md_ms = await _inprocess_latencies((e.value async for e in entries), insert, sizes)
 
-    store_params = _latency_params(
+    store_params = latency_params(
         sizes, sizes.gap_s, write="Store.create", watch="Store.watch", clock="perf_counter"
     )
-    md_params = _latency_params(
+    md_params = latency_params(
         sizes,
         sizes.gap_s,
         write="MutableData.insert (header read, sign, commit)",
@@ -532,7 +519,7 @@ async def _xproc_latencies(
     values: AsyncGenerator[bytes | None, None], url: str, mode_args: Sequence[str], sizes: _Sizes
 ) -> list[float]:
     """Start the writer child; collect its stamped changes from ``values``."""
-    total = sizes.warmup + sizes.samples
+    total = sizes.total
     latencies: dict[int, float] = {}
     arrived = asyncio.Event()
     await run_stamping_child(
@@ -578,7 +565,7 @@ async def watch_xproc(ctx: BenchContext) -> list[Metric]:
             md_ms = await _xproc_latencies((e.value async for e in entries), url, md_args, sizes)
 
     wake = "AF_UNIX datagram doorbell per commit (sqlite store notify directory)"
-    store_params = _latency_params(
+    store_params = latency_params(
         sizes,
         sizes.xproc_gap_s,
         write="child process: Store.create",
@@ -586,7 +573,7 @@ async def watch_xproc(ctx: BenchContext) -> list[Metric]:
         clock="monotonic_ns across processes",
         wake_up=wake,
     )
-    md_params = _latency_params(
+    md_params = latency_params(
         sizes,
         sizes.xproc_gap_s,
         write="child process: MutableData.insert (header read, sign, commit)",

@@ -46,7 +46,9 @@ from safething.bench.common import (
     DELIVERY_TIMEOUT_S,
     PERCENTILES,
     STORE_SETTINGS,
+    Sampling,
     by_name,
+    latency_params,
     run_stamping_child,
     sqlite_url,
     with_p_target,
@@ -83,11 +85,7 @@ _POLL_SEED = 2017
 
 
 @dataclass(frozen=True, slots=True)
-class _Sizes:
-    samples: int
-    """Latency samples kept per latency metric."""
-    warmup: int
-    """Latency samples taken first and left out (named in ``params``)."""
+class _Sizes(Sampling):
     gap_s: float
     """In-process: pause after each delivery before the next notify or request."""
     xproc_gap_s: float
@@ -114,16 +112,6 @@ def _sizes(ctx: BenchContext) -> _Sizes:
         poll_period_s=ORIGINAL_POLL_PERIOD_S if not ctx.quick else ORIGINAL_POLL_PERIOD_S / 10,
         poll_events=ctx.size(5, 3),
     )
-
-
-def _latency_params(sizes: _Sizes, gap_s: float, **extra: object) -> dict[str, object]:
-    return {
-        "warmup": sizes.warmup,
-        "gap_ms": gap_s * 1000,
-        "store": STORE_SETTINGS,
-        "percentiles": PERCENTILES,
-        **extra,
-    }
 
 
 # --- waiting for deliveries ----------------------------------------------------------
@@ -182,7 +170,7 @@ async def _notify_latencies(
     """Notify one stamped event at a time; each waits for its delivery, then a short gap."""
     seqs: list[int] = []
     await asyncio.sleep(sizes.gap_s)  # the receiver now waits for an event
-    for _ in range(sizes.warmup + sizes.samples):
+    for _ in range(sizes.total):
         stamp = time.perf_counter_ns()
         seq = await thing.notify(TICK, stamp)
         seqs.append(seq)
@@ -198,7 +186,7 @@ async def _notify_inprocess(
     store: Store, owner: Identity, sizes: _Sizes
 ) -> tuple[list[float], list[float]]:
     """``(ThingClient subscription ms, stored subscription callback ms)``."""
-    total = sizes.warmup + sizes.samples
+    total = sizes.total
     async with Thing(
         bench_description("bench-notify"),
         identity=Identity.generate("bench-notify"),
@@ -242,7 +230,7 @@ async def _notify_xproc(
     store: Store, url: str, owner: Identity, workdir: Path, sizes: _Sizes
 ) -> list[float]:
     """A child process notifies ``Tick`` events; this process's subscription receives them."""
-    total = sizes.warmup + sizes.samples
+    total = sizes.total
     identity = Identity.generate("bench-xproc")
     identity_file = identity.save(workdir / "xproc-thing.identity")
     description = bench_description("bench-xproc")
@@ -305,7 +293,7 @@ async def _action_roundtrips(store: Store, owner: Identity, sizes: _Sizes) -> li
         await thing.publish()
         async with ThingClient(Client(store, Identity.generate("bench-requester"))) as client:
             await client.view(thing.id)  # the description, read once, as any client would
-            for _ in range(sizes.warmup + sizes.samples):
+            for _ in range(sizes.total):
                 started = time.perf_counter_ns()
                 handle = await client.request(thing.id, "CloseValve")
                 await handle.result(timeout=DELIVERY_TIMEOUT_S)
@@ -595,7 +583,7 @@ async def things_group(ctx: BenchContext) -> list[Metric]:
         blob_s = await _blob_update_rounds(original, sizes)
         poll = await _poll_latencies(original, sizes)
 
-    inprocess = _latency_params(sizes, sizes.gap_s, clock="perf_counter")
+    inprocess = latency_params(sizes, sizes.gap_s, clock="perf_counter")
     notify = with_p_target(
         latency_metrics(
             "things_notify_latency_inprocess",
@@ -631,7 +619,7 @@ async def things_group(ctx: BenchContext) -> list[Metric]:
         latency_metrics(
             "things_notify_latency_xproc",
             xproc_ms,
-            params=_latency_params(
+            params=latency_params(
                 sizes,
                 sizes.xproc_gap_s,
                 clock="monotonic_ns across processes",
@@ -648,7 +636,7 @@ async def things_group(ctx: BenchContext) -> list[Metric]:
         latency_metrics(
             "things_action_roundtrip",
             action_all_ms[sizes.warmup :],
-            params=_latency_params(
+            params=latency_params(
                 sizes,
                 sizes.gap_s,
                 clock="perf_counter",
