@@ -51,7 +51,7 @@ from safething_gateway.protocol import (
 )
 from safething_gateway.registry import DeviceRecord, Downlink, Registry
 
-__all__ = ["Bridge", "DeviceActionError", "Gateway"]
+__all__ = ["Bridge", "DeviceActionError", "Gateway", "OutboundDownlink"]
 
 log = logging.getLogger("safething.gateway")
 
@@ -60,6 +60,18 @@ _EARLY_RESULT_TTL = 300.0
 
 class DeviceActionError(SafeThingError):
     """The device reported an action as failed or rejected."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundDownlink:
+    """A downlink framed for its device, with what the frame itself does not carry."""
+
+    channel: str
+    """The downlink's channel: its MAC covers it, so the device needs it to verify."""
+    counter: int
+    """The gateway's counter for this device (also in the frame's header line)."""
+    frame: bytes
+    """The framed message ``ST1 <counter> <mac>\\n<body>``, exactly as sent."""
 
 
 class Bridge(AsyncResource, ABC):
@@ -189,10 +201,11 @@ class Gateway(AsyncResource):
         *,
         content_format: str = "json",
         transport: str = "",
-    ) -> list[bytes]:
-        """Check and act on one device message. Returns framed downlinks to send back
-        in the same exchange (only for ``poll``). Raises a :class:`ProtocolError` that the
-        bridge turns into its transport's error reply."""
+    ) -> list[OutboundDownlink]:
+        """Check and act on one device message. Returns the downlinks to send back in the
+        same exchange, oldest first, each with its channel (only for ``poll``: every one
+        waiting). Raises a :class:`ProtocolError` that the bridge turns into its
+        transport's error reply."""
         try:
             result = await self._handle(device_id, channel, data, content_format)
         except ProtocolError as e:
@@ -206,7 +219,7 @@ class Gateway(AsyncResource):
 
     async def _handle(
         self, device_id: str, channel: str, data: bytes, content_format: str
-    ) -> list[bytes]:
+    ) -> list[OutboundDownlink]:
         check_device_id(device_id)
         check_channel(channel)
         message = parse_frame(data)
@@ -241,7 +254,7 @@ class Gateway(AsyncResource):
         body: Any,
         raw: bytes,
         content_format: str,
-    ) -> list[bytes]:
+    ) -> list[OutboundDownlink]:
         device_id = record.device_id
         if channel == "birth":
             await self._birth(record, body)
@@ -259,7 +272,7 @@ class Gateway(AsyncResource):
             self.registry.ack(device_id, _field(body, "down", int))
         elif channel == "poll":
             self.registry.set_online(device_id, True)
-            return [self._frame(record, d) for d in self.registry.pending(device_id)]
+            return [self._outbound(record, d) for d in self.registry.pending(device_id)]
         elif channel.startswith("result/"):
             self._result(device_id, channel[len("result/") :], body)
         else:  # reading, event/<topic>: data for the store
@@ -470,15 +483,17 @@ class Gateway(AsyncResource):
         return sent
 
     async def _push(self, bridge: Bridge, record: DeviceRecord, downlink: Downlink) -> bool:
-        ok = await bridge.push(record.device_id, downlink.channel, self._frame(record, downlink))
+        out = self._outbound(record, downlink)
+        ok = await bridge.push(record.device_id, out.channel, out.frame)
         if ok:
             self.metrics.inc("safething_gateway_messages_out_total", transport=bridge.name)
         return ok
 
-    def _frame(self, record: DeviceRecord, downlink: Downlink) -> bytes:
-        return frame(
+    def _outbound(self, record: DeviceRecord, downlink: Downlink) -> OutboundDownlink:
+        data = frame(
             record.secret, record.device_id, downlink.channel, downlink.counter, downlink.body
         )
+        return OutboundDownlink(downlink.channel, downlink.counter, data)
 
     def error_body(self, error: ProtocolError) -> bytes:
         """What a bridge sends a device on its error channel."""

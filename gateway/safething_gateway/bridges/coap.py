@@ -84,7 +84,6 @@ from safething_gateway.protocol import (
     RateLimitedError,
     TooLargeError,
     check_channel,
-    parse_frame,
 )
 from safething_gateway.testing import free_port
 
@@ -460,15 +459,9 @@ class CoapBridge(Bridge):
         """``Gateway.handle`` with its errors turned into replies; downlinks with channels."""
         gateway = self._gateway()
         try:
-            frames = await gateway.handle(
+            downlinks = await gateway.handle(
                 device_id, channel, data, content_format=content_format, transport="coap"
             )
-            if not frames:
-                return []
-            # The core returns frames without their channels (which the device needs to
-            # check the MAC); the registry still holds them, unchanged since handle()
-            # returned: nothing ran in between.
-            channels = {d.counter: d.channel for d in gateway.registry.pending(device_id)}
         except ProtocolError as e:  # counted and logged by the gateway
             raise _Reply(_error_reply(e, gateway)) from None
         except StoreError as e:
@@ -486,14 +479,7 @@ class CoapBridge(Bridge):
             raise _Reply(
                 _diagnostic(Code.INTERNAL_SERVER_ERROR, "internal_error", "see the gateway log")
             ) from None
-        out = []
-        for data in frames:
-            known = channels.get(parse_frame(data).counter)
-            if known is None:  # pragma: no cover - defensive, see above
-                log.warning("%s: downlink without a queued channel skipped", device_id)
-                continue
-            out.append((known, data))
-        return out
+        return [(d.channel, d.frame) for d in downlinks]
 
     async def _uplink(self, device_id: str, channel: str, request: Any) -> aiocoap.Message:
         body_format = _body_format(request)

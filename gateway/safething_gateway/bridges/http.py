@@ -485,17 +485,6 @@ def create_app(
     app.state.hub = hub
     _install_error_handlers(app)
 
-    def with_channels(device_id: str, messages: list[bytes]) -> list[tuple[str, bytes]]:
-        """Pair framed downlinks with their channels (the MAC covers the channel, the
-        frame does not carry it); one that expired meanwhile is left out."""
-        channels = {d.counter: d.channel for d in gateway.registry.pending(device_id)}
-        pairs = []
-        for message in messages:
-            channel = channels.get(parse_frame(message).counter)
-            if channel is not None:
-                pairs.append((channel, message))
-        return pairs
-
     def sent(count: int = 1) -> None:
         gateway.metrics.inc("safething_gateway_messages_out_total", count, transport=TRANSPORT)
 
@@ -549,10 +538,10 @@ def create_app(
         )
         if channel != "poll":
             return Response(status_code=204)
-        waiting = with_channels(device_id, downlinks)
-        if waiting:
+        if downlinks:
             sent()
-            return downlink_response(*waiting[0], more=len(waiting) - 1)
+            first = downlinks[0]
+            return downlink_response(first.channel, first.frame, more=len(downlinks) - 1)
         if wait > 0:
             listener = hub.listen(device_id, once=True)
             try:
@@ -594,15 +583,14 @@ def create_app(
         m: str = Query(description="MAC (64 hex digits) of the empty `poll` message"),
     ) -> Response:
         header = b"%s %s %s\n" % (MAGIC, c.encode(), m.encode())
-        downlinks = await gateway.handle(device_id, "poll", header, transport=TRANSPORT)
-        first = with_channels(device_id, downlinks)
+        first = await gateway.handle(device_id, "poll", header, transport=TRANSPORT)
         listener = hub.listen(device_id, once=False)
 
         async def events() -> AsyncIterator[str]:
             yield ": SAFEthing downlinks\n\n"
-            for channel, message in first:
+            for downlink in first:
                 sent()
-                yield _sse_event(channel, message)
+                yield _sse_event(downlink.channel, downlink.frame)
             while True:
                 try:
                     item = await asyncio.wait_for(listener.queue.get(), ping_interval)
