@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import json
 import logging
@@ -45,6 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from safething.bench.common import background
 from safething.net import Identity
 from safething.store import open_store
 from safething_gateway.bridges.mqtt import MqttBridge
@@ -154,15 +154,10 @@ async def _run(args: argparse.Namespace) -> None:
                 if not bridge.connection.connected:
                     raise RuntimeError(f"no MQTT broker on 127.0.0.1:{args.mqtt_port}")
                 _say(_state(gateway, "ready", pid=os.getpid(), startup_s=startup_s))
-                reporter = asyncio.get_running_loop().create_task(
-                    _report(gateway, args.report_ms / 1000), name="bench-gateway:report"
-                )
-                try:
+                async with background(
+                    _report(gateway, args.report_ms / 1000), "bench-gateway:report"
+                ):
                     await _until_stop()
-                finally:
-                    reporter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await reporter
             _say(_state(gateway, "closed"))
     finally:
         registry.close()

@@ -1,8 +1,10 @@
 """What the benchmark modules share beyond the harness (:mod:`safething.bench.runner`).
 
 Store URLs and settings, the delivery timeout, latency sampling sizes and
-``params``, targets next to metrics, and child processes: their environment and
-the run of a child that sends stamped items to this process.
+``params``, targets next to metrics, the receipt of stamped items one at a
+time (:class:`Arrivals`, :func:`paced_latencies`), tasks in the background, and
+child processes: their environment and the run of a child that sends stamped
+items to this process.
 """
 
 from __future__ import annotations
@@ -12,11 +14,18 @@ import contextlib
 import operator
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import safething
 from safething.bench.runner import Metric
@@ -25,10 +34,13 @@ __all__ = [
     "DELIVERY_TIMEOUT_S",
     "PERCENTILES",
     "STORE_SETTINGS",
+    "Arrivals",
     "Sampling",
+    "background",
     "by_name",
     "child_env",
     "latency_params",
+    "paced_latencies",
     "run_stamping_child",
     "sqlite_url",
     "with_p_target",
@@ -42,6 +54,8 @@ PERCENTILES = "nearest rank over every sample"
 DELIVERY_TIMEOUT_S = 10.0
 """A delivery (a change, a notification, a reading, an action result, a child's
 report) that takes longer than this fails the run."""
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +120,102 @@ def by_name(metrics: Sequence[Metric], name: str) -> Metric:
     """The one metric called ``name``."""
     (found,) = (m for m in metrics if m["name"] == name)
     return found
+
+
+# --- stamped items, one at a time ------------------------------------------------------
+
+
+class Arrivals(Generic[T]):
+    """Latencies (ms) of stamped items by their number, recorded as a receiver takes them in."""
+
+    def __init__(
+        self,
+        clock: Callable[[], int],
+        stamp: Callable[[T], tuple[int, int]],
+        *,
+        item: str,
+        source: str,
+    ) -> None:
+        """``clock`` is the receiver's, in ns (the one the sender stamps with);
+        ``stamp(item)`` is ``(number, stamp in ns)``; ``item`` and ``source`` name
+        an item and what delivers them in errors (``"change"``, ``"the watch"``)."""
+        self.ms: dict[int, float] = {}
+        """Latency in ms by item number; the first arrival of a number counts."""
+        self._clock = clock
+        self._stamp = stamp
+        self._item = item
+        self._source = source
+        self._event = asyncio.Event()
+
+    def record(self, item: T) -> None:
+        """On receipt: the receiver's clock minus the stamp ``item`` carries."""
+        now = self._clock()
+        number, stamp_ns = self._stamp(item)
+        self.ms.setdefault(number, (now - stamp_ns) / 1e6)
+        self._event.set()
+
+    async def receive(self, items: AsyncIterable[T], total: int) -> None:
+        """Record every item of ``items`` until ``total`` have arrived."""
+        try:
+            async for item in items:
+                self.record(item)
+                if len(self.ms) >= total:
+                    return
+        finally:
+            self._event.set()  # a waiter sees the end (or the error) at once
+
+    async def wait_for(self, number: int, receiver: asyncio.Task[Any] | None = None) -> None:
+        """Until item ``number`` has arrived; fails when ``receiver`` ends first, or after
+        :data:`DELIVERY_TIMEOUT_S`."""
+        try:
+            async with asyncio.timeout(DELIVERY_TIMEOUT_S):
+                while number not in self.ms:
+                    if receiver is not None and receiver.done():
+                        receiver.result()
+                        raise RuntimeError(
+                            f"{self._source} ended before {self._item} {number} arrived"
+                        )
+                    self._event.clear()
+                    await self._event.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"{self._item} {number} was not delivered within {DELIVERY_TIMEOUT_S} s"
+            ) from None
+
+
+async def paced_latencies(
+    send: Callable[[int], Awaitable[int]],
+    arrivals: Arrivals[Any],
+    sizes: Sampling,
+    gap_s: float,
+    receiver: asyncio.Task[Any] | None,
+) -> list[float]:
+    """``sizes.total`` items, one at a time: ``send(i)`` stamps and sends item ``i`` and
+    returns its number, then its arrival is awaited, then a gap of ``gap_s``.
+
+    The latencies (ms) of the items after the warm-up, in the order sent.
+    """
+    numbers: list[int] = []
+    await asyncio.sleep(gap_s)  # the receiver now waits for an item
+    for i in range(sizes.total):
+        number = await send(i)
+        numbers.append(number)
+        await arrivals.wait_for(number, receiver)
+        await asyncio.sleep(gap_s)
+    return [arrivals.ms[n] for n in numbers[sizes.warmup :]]
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Coroutine[Any, Any, T], name: str) -> AsyncIterator[asyncio.Task[T]]:
+    """``coro`` running as a task named ``name`` during the ``async with`` block; at its
+    end the task is cancelled and awaited (what it raised, but its cancellation, goes on)."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 # --- child processes ----------------------------------------------------------------

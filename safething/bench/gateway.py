@@ -63,6 +63,7 @@ from safething.bench.common import (
     PERCENTILES,
     STORE_SETTINGS,
     Sampling,
+    background,
     by_name,
     child_env,
     sqlite_url,
@@ -457,10 +458,7 @@ async def _transport_run(
         await _until(lambda: device_id in gateway.things, f"{transport} birth", DELIVERY_TIMEOUT_S)
         async with things.subscribe(device_id, attribute="moisture") as sub:
             arrivals: asyncio.Queue[tuple[Notification, int]] = asyncio.Queue()
-            receiver = asyncio.get_running_loop().create_task(
-                _receive(sub, arrivals), name=f"bench-gateway:{transport}:receive"
-            )
-            try:
+            async with background(_receive(sub, arrivals), f"bench-gateway:{transport}:receive"):
                 for i in range(sizes.total):
                     run.raw_ms.append(await raw(i))
                     await asyncio.sleep(sizes.gap_s)
@@ -482,10 +480,6 @@ async def _transport_run(
                         )
                     run.gateway_ms.append((arrived - stamp) / 1e6)
                     await asyncio.sleep(sizes.gap_s)
-            finally:
-                receiver.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await receiver
     run.gateway_ms = run.gateway_ms[sizes.warmup :]
     run.raw_ms = run.raw_ms[sizes.warmup :]
     return run

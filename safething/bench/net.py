@@ -25,7 +25,6 @@ Groups:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 import sqlite3
@@ -37,10 +36,12 @@ from typing import cast
 
 from safething.bench._xproc_writer import decode_stamp, encode_stamp
 from safething.bench.common import (
-    DELIVERY_TIMEOUT_S,
     STORE_SETTINGS,
+    Arrivals,
     Sampling,
+    background,
     latency_params,
+    paced_latencies,
     run_stamping_child,
     sqlite_url,
     with_p_target,
@@ -401,25 +402,16 @@ async def _verified_scans(store: Store, mds: Sequence[MutableData]) -> tuple[int
 # --- latency sampling -------------------------------------------------------------------
 
 
+def _arrivals(clock: Callable[[], int]) -> Arrivals[bytes | None]:
+    return Arrivals(clock, decode_stamp, item="change", source="the watch")
+
+
 async def _collect(
-    values: AsyncGenerator[bytes | None, None],
-    total: int,
-    clock: Callable[[], int],
-    latencies: dict[int, float],
-    arrived: asyncio.Event,
+    values: AsyncGenerator[bytes | None, None], arrivals: Arrivals[bytes | None], total: int
 ) -> None:
-    """Record ``clock() - stamp`` (ms) for each stamped value until ``total`` arrived."""
-    try:
-        async with contextlib.aclosing(values):
-            async for value in values:
-                now = clock()
-                index, stamp = decode_stamp(value)
-                latencies.setdefault(index, (now - stamp) / 1e6)
-                arrived.set()
-                if len(latencies) >= total:
-                    return
-    finally:
-        arrived.set()  # a waiting writer sees the end (or the error) at once
+    """Record each stamped value until ``total`` arrived, then close ``values``."""
+    async with contextlib.aclosing(values):
+        await arrivals.receive(values, total)
 
 
 async def _inprocess_latencies(
@@ -428,35 +420,18 @@ async def _inprocess_latencies(
     sizes: _Sizes,
 ) -> list[float]:
     """Write stamped values one at a time; each waits for delivery, then a short gap."""
-    total = sizes.total
-    latencies: dict[int, float] = {}
-    arrived = asyncio.Event()
-    consumer = asyncio.create_task(
-        _collect(values, total, time.perf_counter_ns, latencies, arrived),
-        name="safething-bench-watch-consumer",
-    )
-    try:
-        await asyncio.sleep(sizes.gap_s)  # the consumer is now waiting for a change
-        for i in range(total):
-            await write(i, encode_stamp(i, time.perf_counter_ns()))
-            while i not in latencies:
-                if consumer.done():
-                    consumer.result()
-                    raise RuntimeError(f"the watch ended before change {i} arrived")
-                arrived.clear()
-                try:
-                    await asyncio.wait_for(arrived.wait(), DELIVERY_TIMEOUT_S)
-                except TimeoutError:
-                    raise TimeoutError(
-                        f"change {i} was not delivered within {DELIVERY_TIMEOUT_S} s"
-                    ) from None
-            await asyncio.sleep(sizes.gap_s)
+    arrivals = _arrivals(time.perf_counter_ns)
+
+    async def send(i: int) -> int:
+        await write(i, encode_stamp(i, time.perf_counter_ns()))
+        return i
+
+    async with background(
+        _collect(values, arrivals, sizes.total), "safething-bench-watch-consumer"
+    ) as consumer:
+        latencies = await paced_latencies(send, arrivals, sizes, sizes.gap_s, consumer)
         await consumer
-    finally:
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer
-    return [latencies[i] for i in range(sizes.warmup, total)]
+    return latencies
 
 
 # --- net.watch.inprocess ---------------------------------------------------------------
@@ -520,13 +495,12 @@ async def _xproc_latencies(
 ) -> list[float]:
     """Start the writer child; collect its stamped changes from ``values``."""
     total = sizes.total
-    latencies: dict[int, float] = {}
-    arrived = asyncio.Event()
+    arrivals = _arrivals(time.monotonic_ns)
     await run_stamping_child(
         "safething.bench._xproc_writer",
         ["--url", url, *mode_args],
-        lambda: _collect(values, total, time.monotonic_ns, latencies, arrived),
-        received=lambda: len(latencies),
+        lambda: _collect(values, arrivals, total),
+        received=lambda: len(arrivals.ms),
         total=total,
         gap_s=sizes.xproc_gap_s,
         what="cross-process watch",
@@ -534,7 +508,7 @@ async def _xproc_latencies(
         items="changes",
         name="safething-bench-xproc",
     )
-    return [latencies[i] for i in range(sizes.warmup, total)]
+    return [arrivals.ms[i] for i in range(sizes.warmup, total)]
 
 
 async def watch_xproc(ctx: BenchContext) -> list[Metric]:

@@ -31,7 +31,6 @@ Metrics:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import statistics
@@ -46,9 +45,12 @@ from safething.bench.common import (
     DELIVERY_TIMEOUT_S,
     PERCENTILES,
     STORE_SETTINGS,
+    Arrivals,
     Sampling,
+    background,
     by_name,
     latency_params,
+    paced_latencies,
     run_stamping_child,
     sqlite_url,
     with_p_target,
@@ -117,66 +119,30 @@ def _sizes(ctx: BenchContext) -> _Sizes:
 # --- waiting for deliveries ----------------------------------------------------------
 
 
-class _Arrivals:
-    """Latencies (ms) by sequence number, recorded by whoever receives the notifications."""
-
-    def __init__(self, clock: Callable[[], int]) -> None:
-        self.ms: dict[int, float] = {}
-        self._clock = clock
-        self._event = asyncio.Event()
-
-    def record(self, note: Notification) -> None:
-        """Called on receipt: the receiver's clock minus the stamp the event carries."""
-        now = self._clock()
-        if not isinstance(note.value, int):
-            raise TypeError(f"a {TICK} event carries a stamp, got {note.value!r}")
-        self.ms.setdefault(note.seq, (now - note.value) / 1e6)
-        self._event.set()
-
-    def wake(self) -> None:
-        """Let a waiter look again (the receiver ended)."""
-        self._event.set()
-
-    async def wait_for(self, seq: int, receiver: asyncio.Task[Any] | None = None) -> None:
-        """Until ``seq`` has arrived; fails when ``receiver`` ends first or on timeout."""
-        try:
-            async with asyncio.timeout(DELIVERY_TIMEOUT_S):
-                while seq not in self.ms:
-                    if receiver is not None and receiver.done():
-                        receiver.result()
-                        raise RuntimeError(f"the subscription ended before event {seq} arrived")
-                    self._event.clear()
-                    await self._event.wait()
-        except TimeoutError:
-            raise TimeoutError(
-                f"event {seq} was not delivered within {DELIVERY_TIMEOUT_S} s"
-            ) from None
+def _tick(note: Notification) -> tuple[int, int]:
+    """``(seq, stamp)`` of a ``Tick`` event."""
+    if not isinstance(note.value, int):
+        raise TypeError(f"a {TICK} event carries a stamp, got {note.value!r}")
+    return note.seq, note.value
 
 
-async def _receive(sub: Subscription, arrivals: _Arrivals, total: int) -> None:
-    """Record every notification of ``sub`` until ``total`` have arrived."""
-    try:
-        async for note in sub:
-            arrivals.record(note)
-            if len(arrivals.ms) >= total:
-                return
-    finally:
-        arrivals.wake()
+def _arrivals(clock: Callable[[], int]) -> Arrivals[Notification]:
+    """Latencies of ``Tick`` events by sequence number, recorded by whoever receives them."""
+    return Arrivals(clock, _tick, item="event", source="the subscription")
 
 
 async def _notify_latencies(
-    thing: Thing, arrivals: _Arrivals, sizes: _Sizes, receiver: asyncio.Task[Any] | None
+    thing: Thing,
+    arrivals: Arrivals[Notification],
+    sizes: _Sizes,
+    receiver: asyncio.Task[Any] | None,
 ) -> list[float]:
     """Notify one stamped event at a time; each waits for its delivery, then a short gap."""
-    seqs: list[int] = []
-    await asyncio.sleep(sizes.gap_s)  # the receiver now waits for an event
-    for _ in range(sizes.total):
-        stamp = time.perf_counter_ns()
-        seq = await thing.notify(TICK, stamp)
-        seqs.append(seq)
-        await arrivals.wait_for(seq, receiver)
-        await asyncio.sleep(sizes.gap_s)
-    return [arrivals.ms[s] for s in seqs[sizes.warmup :]]
+
+    async def send(_: int) -> int:
+        return await thing.notify(TICK, time.perf_counter_ns())
+
+    return await paced_latencies(send, arrivals, sizes, sizes.gap_s, receiver)
 
 
 # --- things_notify_latency_inprocess, things_notify_callback_latency_inprocess ---------------
@@ -196,18 +162,15 @@ async def _notify_inprocess(
         await thing.register()
 
         async with ThingClient(Client(store, Identity.generate("bench-subscriber"))) as client:
-            arrivals = _Arrivals(time.perf_counter_ns)
-            async with client.subscribe(thing.id, topic=TICK) as sub:
-                receiver = asyncio.create_task(
-                    _receive(sub, arrivals, total), name="safething-bench-things-receiver"
-                )
-                try:
-                    client_ms = await _notify_latencies(thing, arrivals, sizes, receiver)
-                    await receiver
-                finally:
-                    receiver.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await receiver
+            arrivals = _arrivals(time.perf_counter_ns)
+            async with (
+                client.subscribe(thing.id, topic=TICK) as sub,
+                background(
+                    arrivals.receive(sub, total), "safething-bench-things-receiver"
+                ) as receiver,
+            ):
+                client_ms = await _notify_latencies(thing, arrivals, sizes, receiver)
+                await receiver
 
         async with Thing(
             bench_description("bench-controller"),
@@ -216,7 +179,7 @@ async def _notify_inprocess(
             store=store,
         ) as controller:
             await controller.register()
-            arrivals = _Arrivals(time.perf_counter_ns)
+            arrivals = _arrivals(time.perf_counter_ns)
             stored = await controller.subscribe(thing.id, topic=TICK, callback=arrivals.record)
             callback_ms = await _notify_latencies(thing, arrivals, sizes, stored.task)
             await controller.unsubscribe(stored)
@@ -237,7 +200,7 @@ async def _notify_xproc(
     async with Thing(description, identity=identity, owner=owner, store=store) as thing:
         await thing.register()  # the child starts the same thing again and notifies
 
-    arrivals = _Arrivals(time.monotonic_ns)
+    arrivals = _arrivals(time.monotonic_ns)
     async with (
         ThingClient(Client(store, Identity.generate("bench-xproc-subscriber"))) as client,
         client.subscribe(description.id, topic=TICK) as sub,
@@ -254,7 +217,7 @@ async def _notify_xproc(
                 "--thing-id",
                 description.id,
             ],
-            lambda: _receive(sub, arrivals, total),
+            lambda: arrivals.receive(sub, total),
             received=lambda: len(arrivals.ms),
             total=total,
             gap_s=sizes.xproc_gap_s,
@@ -356,10 +319,9 @@ async def _update_rounds(
         ):
             counter = _Counter()
             changed = asyncio.Event()
-            consumer = asyncio.create_task(
-                _count(sub, counter, changed), name="safething-bench-things-update-consumer"
-            )
-            try:
+            async with background(
+                _count(sub, counter, changed), "safething-bench-things-update-consumer"
+            ) as consumer:
                 for _ in range(sizes.rounds):
                     before = counter.received
                     started = time.perf_counter()
@@ -377,10 +339,6 @@ async def _update_rounds(
                             await changed.wait()
                     drain_ms.append((time.perf_counter() - done) * 1000)
                     received.append(counter.received - before)
-            finally:
-                consumer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await consumer
     return seconds, received, drain_ms
 
 
@@ -531,7 +489,6 @@ async def _poll_latencies(original: _OriginalThing, sizes: _Sizes) -> _PollRun:
     offsets = [(i + rng.random()) / n * period for i in range(n)]
     rng.shuffle(offsets)
     poller = _Poller(original, period, loop.time() + sizes.gap_s)
-    task = asyncio.create_task(poller.run(), name="safething-bench-original-poller")
     latencies: list[float] = []
     after_poll = 0  # the next change goes into the period after this poll
     value = 0.0
@@ -542,7 +499,7 @@ async def _poll_latencies(original: _OriginalThing, sizes: _Sizes) -> _PollRun:
     def value_seen() -> bool:
         return value in poller.seen
 
-    try:
+    async with background(poller.run(), "safething-bench-original-poller") as task:
         for i, offset in enumerate(offsets):
             await poller.wait(poll_passed, task)
             due = poller.first_poll + after_poll * period + offset
@@ -553,10 +510,6 @@ async def _poll_latencies(original: _OriginalThing, sizes: _Sizes) -> _PollRun:
             await poller.wait(value_seen, task)
             after_poll, detected = poller.seen[value]
             latencies.append((detected - stamp) / 1e6)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
     return _PollRun(
         latencies_ms=latencies,
         offsets_ms=[round(o * 1000, 1) for o in offsets],

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from safething.bench import common
 from safething.bench.common import (
+    Arrivals,
+    Sampling,
+    background,
     by_name,
+    paced_latencies,
     run_stamping_child,
     sqlite_url,
     with_p_target,
@@ -100,3 +106,48 @@ async def test_run_stamping_child_says_how_many_items_arrived(
             items="changes",
             name="safething-bench-test",
         )
+
+
+_NOW_NS = 100_000_000
+
+
+async def test_paced_latencies_take_one_item_at_a_time_after_the_warmup() -> None:
+    queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+
+    async def items() -> AsyncGenerator[tuple[int, int], None]:
+        while True:
+            yield await queue.get()
+
+    async def send(i: int) -> int:
+        assert queue.empty()  # the one before has arrived
+        queue.put_nowait((i, _NOW_NS - i * 1_000_000))  # item i: a latency of i ms
+        return i
+
+    arrivals = Arrivals(lambda: _NOW_NS, lambda item: item, item="change", source="the test")
+    async with (
+        contextlib.aclosing(items()) as stream,
+        background(arrivals.receive(stream, 5), "safething-bench-test") as receiver,
+    ):
+        latencies = await paced_latencies(
+            send, arrivals, Sampling(samples=3, warmup=2), 0, receiver
+        )
+        await receiver
+    assert latencies == [2.0, 3.0, 4.0]
+    assert arrivals.ms == {i: float(i) for i in range(5)}
+
+
+async def test_arrivals_say_when_the_receiver_ended_first() -> None:
+    async def one() -> AsyncIterator[tuple[int, int]]:
+        yield (0, _NOW_NS)
+
+    arrivals = Arrivals(lambda: _NOW_NS, lambda item: item, item="change", source="the test")
+    async with background(arrivals.receive(one(), 2), "safething-bench-test") as receiver:
+        await arrivals.wait_for(0, receiver)
+        with pytest.raises(RuntimeError, match=r"^the test ended before change 1 arrived$"):
+            await arrivals.wait_for(1, receiver)
+
+
+async def test_background_cancels_its_task_at_the_end() -> None:
+    async with background(_never(), "safething-bench-test") as task:
+        await asyncio.sleep(0)
+    assert task.cancelled()
