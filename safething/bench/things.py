@@ -116,6 +116,13 @@ def _sizes(ctx: BenchContext) -> _Sizes:
     )
 
 
+def _bench_thing(name: str, owner: Identity, store: Store) -> Thing:
+    """A new thing ``name`` of :func:`bench_description`, with an identity of its own."""
+    return Thing(
+        bench_description(name), identity=Identity.generate(name), owner=owner, store=store
+    )
+
+
 # --- waiting for deliveries ----------------------------------------------------------
 
 
@@ -153,12 +160,7 @@ async def _notify_inprocess(
 ) -> tuple[list[float], list[float]]:
     """``(ThingClient subscription ms, stored subscription callback ms)``."""
     total = sizes.total
-    async with Thing(
-        bench_description("bench-notify"),
-        identity=Identity.generate("bench-notify"),
-        owner=owner,
-        store=store,
-    ) as thing:
+    async with _bench_thing("bench-notify", owner, store) as thing:
         await thing.register()
 
         async with ThingClient(Client(store, Identity.generate("bench-subscriber"))) as client:
@@ -172,12 +174,7 @@ async def _notify_inprocess(
                 client_ms = await _notify_latencies(thing, arrivals, sizes, receiver)
                 await receiver
 
-        async with Thing(
-            bench_description("bench-controller"),
-            identity=Identity.generate("bench-controller"),
-            owner=owner,
-            store=store,
-        ) as controller:
+        async with _bench_thing("bench-controller", owner, store) as controller:
             await controller.register()
             arrivals = _arrivals(time.perf_counter_ns)
             stored = await controller.subscribe(thing.id, topic=TICK, callback=arrivals.record)
@@ -241,12 +238,7 @@ async def _action_roundtrips(store: Store, owner: Identity, sizes: _Sizes) -> li
     Every request's latency, warm-up included, in order.
     """
     latencies: list[float] = []
-    async with Thing(
-        bench_description("bench-action"),
-        identity=Identity.generate("bench-action"),
-        owner=owner,
-        store=store,
-    ) as thing:
+    async with _bench_thing("bench-action", owner, store) as thing:
 
         @thing.action("CloseValve")
         async def close_valve(request: ActionRequest) -> None:
@@ -306,12 +298,7 @@ async def _update_rounds(
     seconds: list[float] = []
     received: list[int] = []
     drain_ms: list[float] = []
-    async with Thing(
-        bench_description("bench-update"),
-        identity=Identity.generate("bench-update"),
-        owner=owner,
-        store=store,
-    ) as thing:
+    async with _bench_thing("bench-update", owner, store) as thing:
         await thing.register()
         async with (
             ThingClient(Client(store, Identity.generate("bench-update-subscriber"))) as client,
