@@ -21,11 +21,11 @@ notification arrives.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 from collections.abc import Sequence
 
+from safething.bench.common import send_paced, stamping_main, stamping_parser
 from safething.net import Identity, PublicIdentity
 from safething.things import Action, Attribute, Param, Thing, ThingDescription, Topic
 
@@ -80,16 +80,15 @@ def bench_description(thing_id: str) -> ThingDescription:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m safething.bench._things_child",
-        description="Notify time-stamped Tick events for the cross-process things benchmark.",
+    parser = stamping_parser(
+        "safething.bench._things_child",
+        "Notify time-stamped Tick events for the cross-process things benchmark.",
+        count_help="events to notify",
+        gap_help="pause between events",
     )
-    parser.add_argument("--url", required=True, help="store URL, sqlite:///path/file.db")
     parser.add_argument("--identity", required=True, help="identity file of the thing")
     parser.add_argument("--owner", required=True, help="the owner's public identity as JSON")
     parser.add_argument("--thing-id", required=True, help="id of the registered thing")
-    parser.add_argument("--count", type=int, required=True, help="events to notify")
-    parser.add_argument("--gap-ms", type=float, required=True, help="pause between events")
     return parser
 
 
@@ -100,19 +99,12 @@ async def _notify_all(args: argparse.Namespace) -> None:
         bench_description(args.thing_id), identity=identity, owner=owner, store=args.url
     ) as thing:
         await thing.register()
-        for i in range(args.count):
-            if i:
-                await asyncio.sleep(args.gap_ms / 1000)
-            await thing.notify(TICK, time.monotonic_ns())
+        await send_paced(args.count, args.gap_ms, lambda _: thing.notify(TICK, time.monotonic_ns()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, notify the events, return the exit status."""
-    args = _parser().parse_args(argv)
-    if args.count < 1 or args.gap_ms < 0:
-        _parser().error("--count must be positive and --gap-ms not negative")
-    asyncio.run(_notify_all(args))
-    return 0
+    return stamping_main(_parser(), argv, _notify_all)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ every process on a Linux host, so the parent subtracts the stamp from its own
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from safething.bench.common import send_paced, stamping_main, stamping_parser
 from safething.net import Client, Identity, XorName
 from safething.store import open_store
 
@@ -42,13 +42,12 @@ def decode_stamp(value: bytes | None) -> tuple[int, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m safething.bench._xproc_writer",
-        description="Write time-stamped records for the cross-process watch benchmark.",
+    parser = stamping_parser(
+        "safething.bench._xproc_writer",
+        "Write time-stamped records for the cross-process watch benchmark.",
+        count_help="records to write",
+        gap_help="pause between writes",
     )
-    parser.add_argument("--url", required=True, help="store URL, sqlite:///path/file.db")
-    parser.add_argument("--count", type=int, required=True, help="records to write")
-    parser.add_argument("--gap-ms", type=float, required=True, help="pause between writes")
     modes = parser.add_subparsers(dest="mode", required=True)
     store = modes.add_parser("store", help="plain store records (Store.create)")
     store.add_argument("--prefix", required=True, help="key prefix, ending in '.'")
@@ -75,19 +74,12 @@ async def _write_all(args: argparse.Namespace) -> None:
             def write(i: int) -> Awaitable[object]:
                 return md.insert(f"s{i}", encode_stamp(i, time.monotonic_ns()))
 
-        for i in range(args.count):
-            if i:
-                await asyncio.sleep(args.gap_ms / 1000)
-            await write(i)
+        await send_paced(args.count, args.gap_ms, write)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, write the records, return the exit status."""
-    args = _parser().parse_args(argv)
-    if args.count < 1 or args.gap_ms < 0:
-        _parser().error("--count must be positive and --gap-ms not negative")
-    asyncio.run(_write_all(args))
-    return 0
+    return stamping_main(_parser(), argv, _write_all)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
 Store URLs and settings, the delivery timeout, latency sampling sizes and
 ``params``, targets next to metrics, the receipt of stamped items one at a
 time (:class:`Arrivals`, :func:`paced_latencies`), tasks in the background, and
-child processes: their environment and the run of a child that sends stamped
-items to this process.
+child processes: their environment, the run of a child that sends stamped items
+to this process (:func:`run_stamping_child`) and, in that child, its command line
+and its paced sends (:func:`stamping_parser`, :func:`stamping_main`,
+:func:`send_paced`).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import operator
@@ -42,7 +45,10 @@ __all__ = [
     "latency_params",
     "paced_latencies",
     "run_stamping_child",
+    "send_paced",
     "sqlite_url",
+    "stamping_main",
+    "stamping_parser",
     "with_p_target",
     "with_target",
 ]
@@ -300,3 +306,40 @@ async def run_stamping_child(
         for task in (receiver, child):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+# --- in the child -------------------------------------------------------------------
+
+
+def stamping_parser(
+    module: str, description: str, *, count_help: str, gap_help: str
+) -> argparse.ArgumentParser:
+    """The command line of a child that :func:`run_stamping_child` starts: ``--url``
+    (its own store on the parent's file), ``--count`` and ``--gap-ms``; add the rest."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    parser.add_argument("--url", required=True, help="store URL, sqlite:///path/file.db")
+    parser.add_argument("--count", type=int, required=True, help=count_help)
+    parser.add_argument("--gap-ms", type=float, required=True, help=gap_help)
+    return parser
+
+
+def stamping_main(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    send_all: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
+) -> int:
+    """Parse ``argv`` with ``parser`` (from :func:`stamping_parser`), run
+    ``send_all(args)``, return the exit status."""
+    args = parser.parse_args(argv)
+    if args.count < 1 or args.gap_ms < 0:
+        parser.error("--count must be positive and --gap-ms not negative")
+    asyncio.run(send_all(args))
+    return 0
+
+
+async def send_paced(count: int, gap_ms: float, send: Callable[[int], Awaitable[object]]) -> None:
+    """``await send(i)`` for ``i`` in ``range(count)``, ``gap_ms`` apart (``send`` stamps)."""
+    for i in range(count):
+        if i:
+            await asyncio.sleep(gap_ms / 1000)
+        await send(i)
