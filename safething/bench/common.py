@@ -3,7 +3,8 @@
 Store URLs and settings, the delivery timeout, latency sampling sizes and
 ``params``, targets next to metrics, the receipt of stamped items one at a
 time (:class:`Arrivals`, :func:`paced_latencies`), tasks in the background, and
-child processes: their environment, the run of a child that sends stamped items
+child processes: their environment, a child logging to a file
+(:func:`start_logged`, :func:`logged_child_error`), the run of a child that sends stamped items
 to this process (:func:`run_stamping_child`) and, in that child, its command line
 and its paced sends (:func:`stamping_parser`, :func:`stamping_main`,
 :func:`send_paced`).
@@ -43,12 +44,14 @@ __all__ = [
     "by_name",
     "child_env",
     "latency_params",
+    "logged_child_error",
     "paced_latencies",
     "run_stamping_child",
     "send_paced",
     "sqlite_url",
     "stamping_main",
     "stamping_parser",
+    "start_logged",
     "with_p_target",
     "with_target",
 ]
@@ -236,6 +239,37 @@ def child_env(*packages: ModuleType) -> dict[str, str]:
         dict.fromkeys(p for p in (*roots, env.get("PYTHONPATH", "")) if p)
     )
     return env
+
+
+async def start_logged(
+    args: Sequence[str], log: Path, *, stdin: int, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """``python <args>`` started, its stdout a pipe, its stderr written to ``log`` (a new
+    file); ``env`` its environment (default: this process's)."""
+    err = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            *args,
+            stdin=stdin,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            env=env,
+        )
+    finally:
+        os.close(err)  # the child has its own copy
+
+
+def logged_child_error(
+    label: str, what: str, proc: asyncio.subprocess.Process | None, log: Path, log_name: str
+) -> RuntimeError:
+    """``"<label>: <what> (exit status <code>); <log_name>: <the end of log>"``."""
+    code = proc.returncode if proc is not None else None
+    try:
+        text = log.read_text(errors="replace").strip()[-2000:]
+    except OSError:
+        text = ""
+    return RuntimeError(f"{label}: {what} (exit status {code}); {log_name}: {text or '(empty)'}")
 
 
 async def run_stamping_child(

@@ -29,8 +29,6 @@ import asyncio
 import contextlib
 import importlib.util
 import json
-import os
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,7 +42,9 @@ from safething.bench.common import (
     PERCENTILES,
     STORE_SETTINGS,
     Sampling,
+    logged_child_error,
     sqlite_url,
+    start_logged,
     with_target,
 )
 from safething.bench.runner import BenchContext, GroupFunc, Metric, latency_metrics, metric
@@ -153,14 +153,7 @@ class _DeviceProcess:
         self.proc: asyncio.subprocess.Process | None = None
 
     def failed(self, what: str) -> RuntimeError:
-        code = self.proc.returncode if self.proc is not None else None
-        try:
-            text = self.log.read_text(errors="replace").strip()[-2000:]
-        except OSError:
-            text = ""
-        return RuntimeError(
-            f"firmware device: {what} (exit status {code}); its stderr: {text or '(empty)'}"
-        )
+        return logged_child_error("firmware device", what, self.proc, self.log, "its stderr")
 
     async def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -173,17 +166,7 @@ class _DeviceProcess:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """The process, started; at the end killed, and its output read to the end."""
-        err = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                *self.args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-            )
-        finally:
-            os.close(err)  # the child has its own copy
+        self.proc = await start_logged(self.args, self.log, stdin=asyncio.subprocess.DEVNULL)
         reader = asyncio.get_running_loop().create_task(self._read(), name="bench-fw:device")
         try:
             yield

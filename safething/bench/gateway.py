@@ -36,9 +36,7 @@ import contextlib
 import copy
 import errno
 import json
-import os
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -66,7 +64,9 @@ from safething.bench.common import (
     background,
     by_name,
     child_env,
+    logged_child_error,
     sqlite_url,
+    start_logged,
     with_target,
 )
 from safething.bench.runner import (
@@ -592,14 +592,7 @@ class _GatewayChild:
         return self.reports[-1]
 
     def failed(self, what: str) -> RuntimeError:
-        code = self._proc.returncode if self._proc is not None else None
-        try:
-            log = self.log_path.read_text(errors="replace").strip()[-2000:]
-        except OSError:
-            log = ""
-        return RuntimeError(
-            f"gateway child: {what} (exit status {code}); its log: {log or '(empty)'}"
-        )
+        return logged_child_error("gateway child", what, self._proc, self.log_path, "its log")
 
     async def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -636,20 +629,12 @@ class _GatewayChild:
 
     @asynccontextmanager
     async def running(self, startup_timeout: float) -> AsyncIterator[_GatewayChild]:
-        log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "safething.bench._gateway_child",
-                *self.args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-                env=child_env(safething, safething_gateway),
-            )
-        finally:
-            os.close(log)  # the child has its own copy
+        self._proc = await start_logged(
+            ["-m", "safething.bench._gateway_child", *self.args],
+            self.log_path,
+            stdin=asyncio.subprocess.PIPE,
+            env=child_env(safething, safething_gateway),
+        )
         self._reader = asyncio.get_running_loop().create_task(
             self._read(), name="bench-gateway:child-reports"
         )

@@ -15,9 +15,11 @@ from safething.bench.common import (
     Sampling,
     background,
     by_name,
+    logged_child_error,
     paced_latencies,
     run_stamping_child,
     sqlite_url,
+    start_logged,
     with_p_target,
     with_target,
 )
@@ -151,3 +153,15 @@ async def test_background_cancels_its_task_at_the_end() -> None:
     async with background(_never(), "safething-bench-test") as task:
         await asyncio.sleep(0)
     assert task.cancelled()
+
+
+async def test_a_logged_child_fails_with_the_end_of_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    code = "import sys; print('out'); sys.stderr.write('boom\\n'); sys.exit(3)"
+    proc = await start_logged(["-c", code], log, stdin=asyncio.subprocess.DEVNULL)
+    out, _ = await proc.communicate()
+    assert out == b"out\n"
+    error = logged_child_error("test child", "ended", proc, log, "its log")
+    assert str(error) == "test child: ended (exit status 3); its log: boom"
+    missing = logged_child_error("test child", "never ran", None, tmp_path / "no.log", "its log")
+    assert str(missing) == "test child: never ran (exit status None); its log: (empty)"
