@@ -1,13 +1,14 @@
 """What the benchmark modules share beyond the harness (:mod:`safething.bench.runner`).
 
-Store URLs and settings, the delivery timeout, latency sampling sizes and
-``params``, targets next to metrics, the receipt of stamped items one at a
-time (:class:`Arrivals`, :func:`paced_latencies`), tasks in the background, and
-child processes: their environment, a child logging to a file
-(:func:`start_logged`, :func:`logged_child_error`), the run of a child that sends stamped items
-to this process (:func:`run_stamping_child`) and, in that child, its command line
-and its paced sends (:func:`stamping_parser`, :func:`stamping_main`,
-:func:`send_paced`).
+- store URLs and settings, the delivery timeout, latency sizes and ``params``;
+- targets next to metrics (:func:`with_target`, :func:`with_p_target`);
+- stamped items received one at a time (:class:`Arrivals`, :func:`paced_latencies`)
+  and tasks in the background (:func:`background`);
+- child processes: their environment (:func:`child_env`), a child logging to a
+  file (:func:`start_logged`, :func:`logged_child_error`), a child that sends
+  stamped items to this process (:func:`run_stamping_child`) and, in that child,
+  its command line and paced sends (:func:`stamping_parser`, :func:`stamping_main`,
+  :func:`send_paced`).
 """
 
 from __future__ import annotations

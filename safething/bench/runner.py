@@ -6,7 +6,9 @@ runs on its own event loop in a fresh temporary directory
 JSON-ready dict ``{"name": str, "value": float, "unit": str, ...}``; a ratio
 also carries the two metrics it divides, measured in the same run
 (``"numerator"``, ``"denominator"``). Build them with :func:`metric`,
-:func:`rate_metric`, :func:`ratio_metric` and :func:`latency_metrics`.
+:func:`rate_metric`, :func:`ratio_metric` and :func:`latency_metrics`; what the
+modules of groups share besides (targets, store settings, child processes) is in
+:mod:`safething.bench.common`.
 
 Adding groups: write a module that defines ``GROUPS: dict[str, GroupFunc]``
 (every group name starting with the module's prefix) and add one line to
