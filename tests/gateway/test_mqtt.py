@@ -24,7 +24,7 @@ import pytest
 from safething.net import Client, Identity
 from safething.store import Store
 from safething.things import ThingClient
-from safething_gateway.bridges.mqtt import MqttBridge, Topics
+from safething_gateway.bridges.mqtt import MqttBridge, MqttConnection, Topics, _Acks, _Received
 from safething_gateway.core import Gateway
 from safething_gateway.devices.base import DeviceLink
 from safething_gateway.devices.mqtt import MqttDevice
@@ -96,18 +96,21 @@ class Site:
 
         await until(answered)
 
-    def bridge(self) -> MqttBridge:
+    def bridge(self, **options: Any) -> MqttBridge:
         return MqttBridge(
             "127.0.0.1",
             self.broker.port,
             username=self.gateway_user,
             password=self.gateway_password,
             client_id=self.client_id,
+            **options,
         )
 
     @asynccontextmanager
-    async def gateway(self, **options: Any) -> AsyncIterator[tuple[Gateway, MqttBridge]]:
-        bridge = self.bridge()
+    async def gateway(
+        self, bridge_options: dict[str, Any] | None = None, **options: Any
+    ) -> AsyncIterator[tuple[Gateway, MqttBridge]]:
+        bridge = self.bridge(**(bridge_options or {}))
         async with Gateway(
             store=self.store,
             registry=self.registry,
@@ -508,3 +511,211 @@ async def test_gateway_restart_delivers_the_pending_action_of_a_sleepy_device(
         await device.close()
     await requester.close()
     assert status.state == "done", status
+
+
+# --- concurrency across devices, order within each -----------------------------------------
+
+
+class Spy:
+    """Wraps the gateway's ``handle`` and the bridge's PUBACKs: how many messages are
+    handled at once (per device and in all), which are handled, in what order the
+    bridge received and acknowledged them. ``gates[device]`` holds that device's
+    messages until set; ``delay`` stretches every handling."""
+
+    def __init__(self, gateway: Gateway, bridge: MqttBridge, *, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.gates: dict[str, asyncio.Event] = {}
+        self.running: dict[str, int] = {}
+        self.most = 0
+        self.most_per_device = 0
+        self.arrived: list[bytes] = []
+        self.handled: set[bytes] = set()
+        self.acked: list[bytes] = []
+        self.acked_early: list[bytes] = []
+        self._handle = gateway.handle
+        gateway.handle = self.handle  # type: ignore[method-assign]
+        connection = bridge.connection
+        received, ack = connection._on_message, connection.ack
+        assert received is not None
+
+        def on_message(message: mqtt.MQTTMessage, generation: int) -> None:
+            self.arrived.append(bytes(message.payload))
+            received(message, generation)
+
+        def on_ack(message: mqtt.MQTTMessage, generation: int) -> None:
+            payload = bytes(message.payload)
+            if payload not in self.handled:
+                self.acked_early.append(payload)
+            self.acked.append(payload)
+            ack(message, generation)
+
+        connection._on_message = on_message
+        connection.ack = on_ack  # type: ignore[method-assign]
+
+    async def handle(self, device_id: str, channel: str, data: bytes, **options: Any) -> Any:
+        self.running[device_id] = self.running.get(device_id, 0) + 1
+        self.most_per_device = max(self.most_per_device, self.running[device_id])
+        self.most = max(self.most, sum(self.running.values()))
+        try:
+            gate = self.gates.get(device_id)
+            if gate is not None:
+                await gate.wait()
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            return await self._handle(device_id, channel, data, **options)
+        finally:
+            self.running[device_id] -= 1
+            self.handled.add(data)
+
+
+@asynccontextmanager
+async def publisher(port: int) -> AsyncIterator[MqttConnection]:
+    """One MQTT connection that publishes for many devices (the ACL-less broker allows it)."""
+    connection = MqttConnection("127.0.0.1", port, client_id=uid("pub"), label="test publisher")
+    await connection.start()
+    assert await connection.wait_connected(5)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+def send(connection: MqttConnection, link: DeviceLink, channel: str, body: Any) -> bytes:
+    data = link.birth() if channel == "birth" else link.up(channel, body)
+    connection.publish(Topics().up(link.device_id, channel), data, 1)
+    return data
+
+
+def bridge_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("mqtt-bridge")]
+
+
+async def test_devices_are_handled_concurrently_each_in_order(
+    store: Store, registry: Registry
+) -> None:
+    devices, readings = 12, 25
+    with broker() as server:
+        site = Site(store, registry, server, None, None, None)
+        async with site.gateway(rate=10_000.0, burst=10_000) as (gateway, bridge):
+            assert len(bridge_tasks()) == bridge.concurrency
+            links = [(await site.provision())[0] for _ in range(devices)]
+            spy = Spy(gateway, bridge, delay=0.005)
+            async with publisher(server.port) as pub:
+                for link in links:
+                    send(pub, link, "birth", None)
+                await until(lambda: all(link.device_id in gateway.things for link in links))
+                for n in range(1, readings + 1):  # the devices' messages interleaved
+                    for link in links:
+                        send(pub, link, "reading", {"n": n})
+                total = devices * (readings + 1)
+                await until(lambda: len(spy.acked) == total, timeout=30)
+            reader = ThingClient(Client(store))
+            for link in links:
+                await until(lambda: _value_is(reader, link.device_id, "n", readings))  # noqa: B023
+                history = await reader.history(link.device_id, "n")
+                assert [r.value for r in history] == list(range(1, readings + 1))
+            assert spy.most_per_device == 1  # each device's messages one after the other
+            assert spy.most > 1  # different devices' at the same time
+            assert spy.most <= bridge.concurrency
+            assert spy.acked_early == []  # PUBACK only once handled...
+            assert spy.acked == spy.arrived  # ...and in the order they came
+            assert len(set(spy.arrived)) == total
+            refused = [k for k in gateway.metrics.counters if k[0].endswith("rejected_total")]
+            assert refused == []
+        assert bridge_tasks() == []
+
+
+async def test_a_slow_device_holds_up_no_other(store: Store, registry: Registry) -> None:
+    with broker() as server:
+        site = Site(store, registry, server, None, None, None)
+        async with site.gateway() as (gateway, bridge):
+            slow, quick = [(await site.provision())[0] for _ in range(2)]
+            spy = Spy(gateway, bridge)
+            reader = ThingClient(Client(store))
+            async with publisher(server.port) as pub:
+                for link in (slow, quick):
+                    send(pub, link, "birth", None)
+                await until(lambda: len(spy.acked) == 2)
+                gate = spy.gates[slow.device_id] = asyncio.Event()
+                held = send(pub, slow, "reading", {"n": 1})
+                await until(lambda: spy.running.get(slow.device_id))
+                for n in range(1, 6):
+                    send(pub, quick, "reading", {"n": n})
+                await until(lambda: _value_is(reader, quick.device_id, "n", 5))
+                assert spy.running[slow.device_id] == 1  # still held
+                assert len(spy.acked) == 2  # the quick ones' PUBACKs wait behind the held one
+                gate.set()
+                await until(lambda: _value_is(reader, slow.device_id, "n", 1))
+                await until(lambda: len(spy.acked) == 8)
+            assert spy.acked[2] == held
+            assert spy.acked == spy.arrived
+            assert spy.acked_early == []
+
+
+async def test_close_finishes_what_is_being_handled_and_leaves_the_rest_to_the_broker(
+    store: Store, registry: Registry
+) -> None:
+    with broker() as server:
+        site = Site(store, registry, server, None, None, None)
+        a, b = [(await site.provision())[0] for _ in range(2)]
+        async with publisher(server.port) as pub:
+            async with site.gateway(bridge_options={"close_timeout": 1.0}) as (gateway, bridge):
+                spy = Spy(gateway, bridge)
+                for link in (a, b):
+                    send(pub, link, "birth", None)
+                await until(lambda: len(spy.acked) == 2)
+                spy.gates[a.device_id] = asyncio.Event()  # never set: cut short by close()
+                spy.delay = 0.3  # b's reading is handled during close()
+                send(pub, b, "reading", {"n": 1})
+                send(pub, a, "reading", {"n": 1})
+                await until(lambda: spy.running.get(a.device_id) and spy.running.get(b.device_id))
+                started = time.monotonic()
+            assert time.monotonic() - started < 3
+            assert bridge_tasks() == []
+            assert len(spy.acked) == 3  # b's reading, not a's
+            # The next session: the broker sends a's reading again, not b's.
+            async with site.gateway() as (gateway, bridge):
+                reader = ThingClient(Client(store))
+                await until(lambda: _value_is(reader, a.device_id, "n", 1))
+                await until(lambda: _value_is(reader, b.device_id, "n", 1))
+                await asyncio.sleep(0.2)
+                assert gateway.metrics.get("safething_gateway_rejected_total", reason="replay") == 0
+            assert bridge_tasks() == []
+
+
+class _FakeConnection:
+    def __init__(self) -> None:
+        self.acks: list[tuple[int, int]] = []
+
+    def ack(self, message: mqtt.MQTTMessage, generation: int) -> None:
+        self.acks.append((message.mid, generation))
+
+
+def test_pubacks_go_out_in_arrival_order() -> None:
+    connection = _FakeConnection()
+    acks = _Acks(connection)  # type: ignore[arg-type]
+
+    def received(mid: int, generation: int, qos: int = 1) -> _Received:
+        message = mqtt.MQTTMessage(mid)
+        message.qos = qos
+        item = _Received(message, generation, None)
+        acks.expect(item)
+        return item
+
+    one, two, three = received(1, 1), received(2, 1), received(3, 1)
+    acks.handled(two)
+    acks.handled(three)
+    assert connection.acks == []  # 1 is not handled yet
+    acks.handled(one)
+    assert connection.acks == [(1, 1), (2, 1), (3, 1)]
+    # QoS 0 needs no PUBACK and holds none up
+    four, five = received(4, 1, qos=0), received(5, 1)
+    acks.handled(five)
+    acks.handled(four)
+    assert connection.acks[3:] == [(5, 1)]
+    # a new connection: what the old one left is sent again by the broker, not waited for
+    stale = received(6, 1)
+    fresh = received(6, 2)
+    acks.handled(fresh)
+    acks.handled(stale)
+    assert connection.acks[4:] == [(6, 2)]

@@ -18,12 +18,20 @@ message; it is sent with QoS 0.
 **Quality of service.** The gateway subscribes with QoS 1 and a persistent
 session (``clean_session`` false), so the broker keeps what devices publish
 while the gateway is away; it acknowledges each message (PUBACK) only after
-:meth:`Gateway.handle` is done with it. Downlinks are published with QoS 1
-and count as delivered to the broker when the PUBACK arrives; at most
+:meth:`Gateway.handle` is done with it and with every message that arrived
+before it (PUBACKs go out in arrival order, MQTT 3.1.1 §4.6). Downlinks are
+published with QoS 1 and count as delivered to the broker when the PUBACK
+arrives; at most
 ``max_inflight`` wait for one at a time (paho's 16-bit message ids must never
 wrap under load). The device acknowledges downlinks end to end with its
 ``ack`` channel; the registry keeps them until then and the bridge pushes
 them again whenever the device announces itself online.
+
+**Order and concurrency.** Each device's messages are handled one at a time,
+in the order they arrived (their counters must rise). Different devices'
+messages are handled concurrently, at most ``concurrency`` at once, so that
+one device's store commit does not hold up the others and the store's writer
+can merge their commits.
 
 **Presence.** A device sets its last will to a framed ``state``
 ``{"online": false}`` with a counter it reserves, then publishes ``state``
@@ -43,6 +51,7 @@ import json
 import logging
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,8 +69,8 @@ __all__ = ["MqttBridge", "MqttConnection", "Topics"]
 log = logging.getLogger("safething.gateway.mqtt")
 
 _QUEUE_LIMIT = 10_000
-"""Messages waiting for the gateway; QoS 1 is bounded by the broker's in-flight window,
-this bounds what QoS 0 publishers can pile up."""
+"""Messages received and not yet handled; QoS 1 is bounded by the broker's in-flight
+window, this bounds what QoS 0 publishers can pile up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,8 +457,51 @@ def _refusal(label: str, url: str, username: str | None, reason: ReasonCode) -> 
 # --- the bridge -----------------------------------------------------------------------
 
 
-class _Reconnected:
-    """Queue marker: the broker connection is (re)established."""
+@dataclass(eq=False, slots=True)
+class _Received:
+    """A message from the broker: waiting for its device's turn, then for its PUBACK."""
+
+    message: mqtt.MQTTMessage
+    generation: int
+    """The connection it came on (:meth:`MqttConnection.ack`)."""
+    route: tuple[str, str, str] | None
+    """:meth:`Topics.parse` of its topic."""
+    handled: bool = False
+
+
+class _Deliver:
+    """Lane marker: push what waits for this device (the bridge has (re)connected)."""
+
+
+_DELIVER = _Deliver()
+
+
+class _Acks:
+    """PUBACKs in the order the messages arrived, as MQTT 3.1.1 §4.6 asks, each sent only
+    once its message and every earlier one of the same connection are handled."""
+
+    def __init__(self, connection: MqttConnection) -> None:
+        self._connection = connection
+        self._order: deque[_Received] = deque()
+        self._generation = 0
+
+    def expect(self, item: _Received) -> None:
+        """Called in arrival order for every message."""
+        if item.message.qos == 0:
+            return
+        if item.generation != self._generation:
+            # A new connection: the broker sends again what the old one left unacknowledged,
+            # and an ack on the new one cannot name a message of the old (see ack()).
+            self._order.clear()
+            self._generation = item.generation
+        self._order.append(item)
+
+    def handled(self, item: _Received) -> None:
+        item.handled = True
+        order = self._order
+        while order and order[0].handled:
+            head = order.popleft()
+            self._connection.ack(head.message, head.generation)
 
 
 class MqttBridge(Bridge):
@@ -470,7 +522,11 @@ class MqttBridge(Bridge):
         keepalive: int = 30,
         push_timeout: float = 10.0,
         connect_timeout: float = 10.0,
+        concurrency: int = 32,
+        close_timeout: float = 5.0,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         self.host = host
         self.port = port
         self.topics = Topics(prefix)
@@ -478,12 +534,19 @@ class MqttBridge(Bridge):
         """Seconds to wait for the broker's PUBACK of a downlink."""
         self.connect_timeout = connect_timeout
         """Seconds :meth:`start` waits for the first connection (it keeps trying after)."""
+        self.concurrency = concurrency
+        """Messages handled at the same time at most (each of a different device)."""
+        self.close_timeout = close_timeout
+        """Seconds :meth:`close` lets messages being handled finish (and be acknowledged)."""
         self.errors_sent = 0
         """Problem reports published to devices' ``err`` topics."""
         self._gateway: Gateway | None = None
-        self._queue: asyncio.Queue[tuple[mqtt.MQTTMessage, int] | _Reconnected] = asyncio.Queue()
+        self._lanes: dict[str, deque[_Received | _Deliver]] = {}
+        self._ready: asyncio.Queue[str | None] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._backlog = 0
+        self._closing = False
         self._slots = asyncio.Semaphore(max_inflight)
-        self._consumer: asyncio.Task[None] | None = None
         self._dropped = 0
         self.connection = MqttConnection(
             host,
@@ -501,6 +564,7 @@ class MqttBridge(Bridge):
             fail_on_disconnect=True,
             label="mqtt bridge",
         )
+        self._acks = _Acks(self.connection)
 
     # --- Bridge --------------------------------------------------------------------
 
@@ -508,9 +572,12 @@ class MqttBridge(Bridge):
         if self._gateway is not None:
             return
         self._gateway = gateway
-        self._consumer = asyncio.get_running_loop().create_task(
-            self._consume(), name="mqtt-bridge:consume"
-        )
+        self._closing = False
+        loop = asyncio.get_running_loop()
+        self._workers = [
+            loop.create_task(self._work(), name=f"mqtt-bridge:worker-{i}")
+            for i in range(self.concurrency)
+        ]
         await self.connection.start()
         if not await self.connection.wait_connected(self.connect_timeout):
             log.warning(
@@ -521,12 +588,27 @@ class MqttBridge(Bridge):
             )
 
     async def close(self) -> None:
-        await self.connection.close()
-        if self._consumer is not None:
-            self._consumer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._consumer
-            self._consumer = None
+        """Take no new message; let those being handled finish and be acknowledged (for
+        at most :attr:`close_timeout` seconds), then disconnect. What is left is not
+        acknowledged: the broker keeps it for the gateway's next session."""
+        self._closing = True
+        workers, self._workers = self._workers, []
+        try:
+            for _ in workers:
+                self._ready.put_nowait(None)  # wakes the idle ones: they return
+            if workers:
+                await asyncio.wait(workers, timeout=self.close_timeout)
+        finally:
+            for task in workers:
+                task.cancel()
+            for outcome in await asyncio.gather(*workers, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.error("mqtt bridge: a worker failed", exc_info=outcome)
+            await self.connection.close()
+            self._lanes.clear()
+            self._ready = asyncio.Queue()
+            self._acks = _Acks(self.connection)
+            self._backlog = 0
 
     def can_push(self, device_id: str) -> bool:
         if not self.connection.connected or self._gateway is None:
@@ -570,11 +652,30 @@ class MqttBridge(Bridge):
 
     # --- receiving ---------------------------------------------------------------------
 
+    # Each device's messages wait in its own lane (a deque) and are handled one at a
+    # time, in arrival order; a pool of ``concurrency`` workers takes turns over the
+    # devices that have something waiting (``_ready``: each such device once, unless a
+    # worker has it). Different devices' messages are handled concurrently, so their
+    # store commits can be merged. A lane goes as soon as it is empty.
+
     def _connected(self, generation: int) -> None:
-        self._queue.put_nowait(_Reconnected())
+        """After (re)connecting: push what waits for every device believed online, each
+        in its lane, before the messages of the new connection."""
+        if self._closing or self._gateway is None:
+            return
+        try:
+            records = self._gateway.registry.devices()
+        except Exception:
+            log.exception("mqtt bridge: cannot list the devices to deliver to")
+            return
+        for record in records:
+            if record.transport == self.name and record.online and not record.revoked:
+                self._enqueue(record.device_id, _DELIVER)
 
     def _received(self, message: mqtt.MQTTMessage, generation: int) -> None:
-        if message.qos == 0 and self._queue.qsize() >= _QUEUE_LIMIT:
+        if self._closing:
+            return  # not acknowledged: the broker keeps it for the next session
+        if message.qos == 0 and self._backlog >= _QUEUE_LIMIT:
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 1000 == 0:
                 log.warning(
@@ -582,36 +683,55 @@ class MqttBridge(Bridge):
                     self._dropped,
                 )
             return
-        self._queue.put_nowait((message, generation))
+        route = self.topics.parse(message.topic)
+        item = _Received(message, generation, route)
+        self._acks.expect(item)
+        self._backlog += 1
+        self._enqueue(route[0] if route is not None else "", item)
 
-    async def _consume(self) -> None:
-        """One task, so each device's messages are handled (and acknowledged) in order."""
+    def _enqueue(self, key: str, item: _Received | _Deliver) -> None:
+        lane = self._lanes.get(key)
+        if lane is None:
+            self._lanes[key] = deque((item,))
+            self._ready.put_nowait(key)
+        else:
+            lane.append(item)  # its device is in _ready or with a worker: it comes round
+
+    async def _work(self) -> None:
         while True:
-            item = await self._queue.get()
-            if isinstance(item, _Reconnected):
-                await self._deliver_all()
-                continue
-            message, generation = item
+            key = await self._ready.get()
+            if key is None or self._closing:
+                return
+            lane = self._lanes[key]
+            item = lane.popleft()
             try:
-                await self._handle(message)
-            except Exception:
-                log.exception("mqtt bridge: unexpected error on %s", message.topic)
+                await self._process(key, item)
             finally:
-                self.connection.ack(message, generation)
+                if lane:
+                    self._ready.put_nowait(key)  # behind the devices already waiting
+                else:
+                    del self._lanes[key]
 
-    async def _deliver_all(self) -> None:
-        """After (re)connecting: push what waits for every device believed online."""
+    async def _process(self, key: str, item: _Received | _Deliver) -> None:
         assert self._gateway is not None
-        for record in self._gateway.registry.devices():
-            if record.transport == self.name and record.online and not record.revoked:
-                try:
-                    await self._gateway.deliver(record.device_id)
-                except Exception:
-                    log.exception("mqtt bridge: delivering to %s failed", record.device_id)
+        if isinstance(item, _Deliver):
+            try:
+                await self._gateway.deliver(key)
+            except Exception:
+                log.exception("mqtt bridge: delivering to %s failed", key)
+            return
+        try:
+            try:
+                await self._handle(item)
+            except Exception:
+                log.exception("mqtt bridge: unexpected error on %s", item.message.topic)
+            self._acks.handled(item)  # not when cancelled: then the broker sends it again
+        finally:
+            self._backlog -= 1
 
-    async def _handle(self, message: mqtt.MQTTMessage) -> None:
+    async def _handle(self, item: _Received) -> None:
         assert self._gateway is not None
-        parsed = self.topics.parse(message.topic)
+        message, parsed = item.message, item.route
         if parsed is None or parsed[1] != "up":
             log.debug("mqtt bridge: ignoring %s (not an uplink topic)", message.topic)
             return
