@@ -168,7 +168,12 @@ _FEED_BY_KEY = (  # the same, for narrow prefixes: walk the key index instead of
     "WHERE c.seq > ? AND c.seq <= ? AND c.key >= ? AND c.key < ? ORDER BY c.seq LIMIT ?"
 )
 _NARROW = 3
-"""Prefixes with at least this many tokens (``md.<tag>.<name>.``) use the key index."""
+"""Prefixes with at least this many tokens (``md.<tag>.<name>.``) may use the key index."""
+_BEHIND = 512
+"""...when the cursor is more than this many changes behind: the key index then reads
+only the prefix's own changes, whereas the log scan would read every change since the
+cursor. Close behind (a watch woken by a commit), the log scan is the cheaper one: the
+key index would walk the prefix's whole history in the log."""
 _FEED_GAP = (
     "SELECT key, value, rev FROM records "
     "WHERE key >= ? AND key < ? AND rev > ? AND rev < ? ORDER BY rev"
@@ -896,7 +901,8 @@ class SQLiteStore(Store):
                 ).fetchall():
                     changes.append(Change(key, value, revision))
                 after = first - 1
-            query = _FEED_BY_KEY if prefix.count(".") >= _NARROW else _FEED
+            narrow = prefix.count(".") >= _NARROW and last - after > _BEHIND
+            query = _FEED_BY_KEY if narrow else _FEED
             rows = conn.execute(query, (after, last, low, high, _FETCH_LIMIT)).fetchall()
         except sqlite3.Error as e:
             raise _store_error(e, self.path, "watch") from e
