@@ -681,13 +681,19 @@ class Thing:
     ) -> None:
         rid = request.request_id
         spec = self.description.action(request.action)
+        work: asyncio.Future[Any] | None = None
         try:
-            await self._write_state(rid, "running")
             result = handler(request)
             if inspect.isawaitable(result):
-                result = await result
+                work = asyncio.ensure_future(result)
+                await asyncio.sleep(0)  # a handler with nothing to wait for ends here
+                if not work.done():  # still at work: say so before waiting for it
+                    await self._write_state(rid, "running")
+                result = await work
             result = spec.validate_output(result)
         except asyncio.CancelledError:
+            if work is not None and not work.done():
+                work.cancel()
             if rid in self._cancel_requested:
                 await asyncio.shield(
                     self._finish(rid, "cancelled", message="cancelled by requester")

@@ -567,3 +567,25 @@ async def test_a_request_interrupted_by_shutdown_is_served_after_restart(
         t.on_action("CloseValve", lambda request: None)
         await t.register()
         assert (await handle.wait(5)).state == "done"
+
+
+async def test_running_is_reported_for_a_handler_that_takes_time(
+    garden: Thing, stranger: ThingClient
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(request: ActionRequest) -> None:
+        await release.wait()
+
+    garden.on_action("CloseValve", slow)
+    garden.on_action("OpenValve", lambda request: {"quick": True})
+    await garden.publish()
+    handle = await stranger.request("garden-01", "CloseValve")
+    async with asyncio.timeout(5):
+        async for status in handle.states():
+            if status.state == "running":
+                break
+    release.set()
+    assert (await handle.wait(5)).state == "done"
+    quick = await stranger.request("garden-01", "OpenValve")
+    assert await quick.result(5) == {"quick": True}  # done without a separate running write
