@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from safething.net import Client, Identity
+from safething.resource import Tasks
 from safething.store import Store
 from safething.things import ActionStatus, Notification, Thing, ThingClient, ThingDescription
 from safething_gateway.core import Bridge, Gateway
@@ -176,14 +177,11 @@ class GatewayDemo:
         self.devices: list[_SimulatedDevice] = []
         self.controller: Thing | None = None
         self.console = ThingClient(Client(store))
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks("gateway-demo:", log=log)
         self._busy: set[str] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=f"gateway-demo:{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(_report)
+        self._tasks.spawn(coro, name)
 
     def line(self, kind: str, text: str) -> None:
         now = time.time()
@@ -316,12 +314,7 @@ class GatewayDemo:
         return ", ".join(parts)
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel_all()
         for device in self.devices:
             with contextlib.suppress(Exception):
                 await device.close()
@@ -334,8 +327,3 @@ class GatewayDemo:
             self.registry.close()
         if self.broker is not None:
             self.broker.stop()
-
-
-def _report(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("demo task %s failed", task.get_name(), exc_info=task.exception())

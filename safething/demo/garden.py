@@ -28,12 +28,13 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from safething.errors import NoSuchDataError, SafeThingError
 from safething.net import Client, Identity
+from safething.resource import Tasks
 from safething.store import Store
 from safething.things import (
     Action,
@@ -159,11 +160,6 @@ class Soil:
         return self.moisture
 
 
-def _report(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and (error := task.exception()) is not None:
-        log.error("garden demo: task %s failed", task.get_name(), exc_info=error)
-
-
 def _clock(t: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
 
@@ -211,7 +207,7 @@ class GardenDemo:
         )
         self.console = ThingClient(Client(store, owner))
         self._stack = contextlib.AsyncExitStack()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks("garden-demo:", log=log)
         self._busy = False
 
     # --- lifecycle ------------------------------------------------------------------
@@ -232,20 +228,8 @@ class GardenDemo:
 
     async def close(self) -> None:
         """Cancel and await every task, then close the things (controller first)."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        await self._tasks.cancel_all()
         await self._stack.aclose()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=f"garden-demo:{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(_report)
 
     def _line(self, kind: str, text: str, t: float | None = None) -> None:
         self.echo(f"{_clock(time.time() if t is None else t)}  {kind:<12}  {text}")
@@ -264,10 +248,10 @@ class GardenDemo:
         owner = ThingOwner(Client(self.store, self.owner), self.device_id)
         if self.controller.identity.public_sign_key not in await owner.members():
             await owner.add_member(self.controller.identity.public)
-        self._spawn(self._show(attribute="moisture", filter="any"), "show-moisture")
-        self._spawn(self._show(attribute="valve", filter="changed"), "show-valve")
+        self._tasks.spawn(self._show(attribute="moisture", filter="any"), "show-moisture")
+        self._tasks.spawn(self._show(attribute="valve", filter="changed"), "show-valve")
         await self._subscribe_controller()
-        self._spawn(self._sense(), "sensor")
+        self._tasks.spawn(self._sense(), "sensor")
 
     async def run(self, *, seconds: float | None = None, stop: asyncio.Event | None = None) -> None:
         """Run until ``stop`` is set or ``seconds`` have passed (neither: until cancelled)."""
@@ -367,7 +351,7 @@ class GardenDemo:
     def _want(self, action: str, valve: str, note: Notification, **args: Any) -> None:
         if not self._busy:
             self._busy = True
-            self._spawn(self._act(action, valve, note, args), f"{action}-{note.seq}")
+            self._tasks.spawn(self._act(action, valve, note, args), f"{action}-{note.seq}")
 
     async def _act(self, action: str, valve: str, note: Notification, args: dict[str, Any]) -> None:
         """Request ``action`` if the valve is ``valve``; print each state of the request."""

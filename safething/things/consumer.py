@@ -16,7 +16,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Self
 
 from safething.errors import (
@@ -29,7 +28,7 @@ from safething.errors import (
     TamperedDataError,
 )
 from safething.net import Client, Entry, EntryWatch, MutableData, PublicIdentity
-from safething.resource import AsyncResource
+from safething.resource import AsyncResource, Tasks
 from safething.things import layout
 from safething.things.access import KeyRing
 from safething.things.description import AccessType, ThingDescription
@@ -101,23 +100,11 @@ class ThingClient(AsyncResource):
     def __init__(self, client: Client) -> None:
         self.client = client
         self._views: dict[str, ThingView] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks()
 
     async def close(self) -> None:
         """Cancel and await every background task (action followers)."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        await self._tasks.cancel_all()
 
     # --- reading -------------------------------------------------------------------
 
@@ -338,7 +325,7 @@ class ActionHandle:
     async def _start(self) -> None:
         key = f"r/{self.request_id}".encode()
         self._watch = self._view.outbox.watch(prefixes=(key,))
-        self._task = self.things._spawn(self._follow(), f"action-{self.request_id}")
+        self._task = self.things._tasks.spawn(self._follow(), f"action-{self.request_id}")
 
     async def _stop(self) -> None:
         if self._task is not None and self._task is not asyncio.current_task():
@@ -472,14 +459,6 @@ class Subscription(AsyncResource):
     async def __aenter__(self) -> Self:
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Open the live feed first, then read what was missed: nothing falls between."""

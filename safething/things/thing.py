@@ -31,7 +31,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Self
 
 from safething.errors import (
@@ -57,6 +56,7 @@ from safething.net import (
     SecretKey,
 )
 from safething.net.permissions import Grantee
+from safething.resource import AsyncResource, Tasks
 from safething.store import Store, open_store
 from safething.things import layout
 from safething.things.access import KeyRing, make_key_record
@@ -125,7 +125,7 @@ class StoredSubscription:
         )
 
 
-class Thing:
+class Thing(AsyncResource):
     """A thing with its own identity, in a store given as a URL or a :class:`Store`."""
 
     def __init__(
@@ -161,7 +161,7 @@ class Thing:
         self._finished: deque[str] = deque()  # outbox states this run wrote, oldest first
         self._cancel_requested: set[str] = set()
         self._subs: dict[str, StoredSubscription] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks(f"{self.id}:")
         self._inbox_task: asyncio.Task[None] | None = None
         self._rescan = asyncio.Event()
         self._write_lock = asyncio.Lock()
@@ -172,14 +172,6 @@ class Thing:
     async def __aenter__(self) -> Self:
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Open the store (if given as a URL). Called by ``async with``."""
@@ -203,22 +195,11 @@ class Thing:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
             self._running.pop(rid, None)
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel_all()
         if self._things is not None:
             await self._things.close()
         if self._own_store and self._store is not None:
             await self._store.close()
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}:{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     @property
     def client(self) -> Client:
@@ -294,8 +275,8 @@ class Thing:
         await self._trim_outbox()
         await self.things.view(self.id, refresh=True)
         if self._inbox_task is None:
-            self._inbox_task = self._spawn(self._serve_inbox(), "inbox")
-            self._spawn(self._follow_status(), "status")
+            self._inbox_task = self._tasks.spawn(self._serve_inbox(), "inbox")
+            self._tasks.spawn(self._follow_status(), "status")
 
     async def _put_if_changed(self, md: MutableData, key: bytes, doc: Any) -> None:
         data = dumps(doc)
@@ -505,7 +486,7 @@ class Thing:
             stored.last = stream.last
             await md.put(f"sub/{sid}", stored.to_record())
         self._subs[sid] = stored
-        stored.task = self._spawn(self._deliver(stored, stream), f"sub-{sid}")
+        stored.task = self._tasks.spawn(self._deliver(stored, stream), f"sub-{sid}")
         return stored
 
     async def _deliver(self, stored: StoredSubscription, stream: Subscription) -> None:
@@ -564,7 +545,7 @@ class Thing:
     async def _serve_inbox(self) -> None:
         inbox = self._md("inbox")
         async with inbox.watch() as feed:
-            feed_task = self._spawn(self._consume(feed), "inbox-feed")
+            feed_task = self._tasks.spawn(self._consume(feed), "inbox-feed")
             try:
                 while True:
                     self._rescan.clear()
@@ -674,7 +655,7 @@ class Thing:
         enc = doc.get("enc") if level_of(spec.access) is not None else None
         request = ActionRequest(rid, name, clean, entry.signer, deadline, self)
         await self._write_state(rid, "accepted")
-        self._running[rid] = self._spawn(self._run(request, handler, enc), f"action-{rid}")
+        self._running[rid] = self._tasks.spawn(self._run(request, handler, enc), f"action-{rid}")
 
     async def _run(
         self, request: ActionRequest, handler: Callable[[ActionRequest], Any], enc: bytes | None
