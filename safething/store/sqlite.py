@@ -1,7 +1,10 @@
 """``sqlite:///path/vault.db``: the embedded default store, one SQLite file.
 
-Several processes on one host may open the same file at once; they share
-revisions, compare-and-set and the change feed.
+Several processes on one host, and several store objects in one process, may
+open the same file at once; they share revisions, compare-and-set and the
+change feed. Nothing but SQLite ever opens a file descriptor on an existing
+database file (see :func:`_create_file`): closing one would drop the locks
+of every connection of the process.
 
 Layout (schema version in ``PRAGMA user_version``)::
 
@@ -282,14 +285,29 @@ def _make_private_dirs(directory: Path) -> None:
 
 
 def _create_file(path: str | os.PathLike[str]) -> Path:
-    """Create the database file (mode 0600) and its directories (0700); its absolute path."""
+    """Create the database file (mode 0600) and its directories (0700); its absolute path.
+
+    An existing file is never opened here. Closing *any* file descriptor on a
+    database file drops every POSIX lock the process holds on it, those of
+    SQLite's own connections included (SQLite's "How To Corrupt An SQLite
+    Database File", section 2.2): another process could then take the
+    exclusive lock, checkpoint and delete the WAL that this process is still
+    committing into. So the file is created with ``O_EXCL`` (no connection of
+    this process can have a file open that did not exist) and otherwise left
+    to SQLite, whose connections in one process share one set of locks per
+    file and defer closing a descriptor while any of them holds a lock.
+    """
     db = Path(os.path.abspath(os.path.expanduser(path)))
     try:
         _make_private_dirs(db.parent)
-        fd = os.open(db, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.close(fd)
+        fd = os.open(db, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        if not db.is_file():  # a stat, not an open
+            raise StoreError(f"cannot open store file {db}: it is not a regular file") from None
+        return db
     except OSError as e:
         raise StoreError(f"cannot open store file {db}: {e.strerror or e}") from e
+    os.close(fd)
     return db
 
 

@@ -5,11 +5,16 @@ Modes:
   ack URL                write forever (single and batched commits); after each commit
                          returns print ``<key> <revision>`` per accepted write, flushed
   incr URL KEY N         add 1 to the counter under KEY N times (read, update, retry)
+  two URL TAG            open two store objects on URL (the second once the first has
+                         committed), then write forever through both in turn; print
+                         ``<key> <revision>`` after each commit returns, flushed
+  touch URL              open the file with the sqlite3 module and with a store, read, close
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 import time
 
@@ -53,6 +58,34 @@ async def incr(url: str, key: str, count: int) -> None:
             done += 1
 
 
+async def two(url: str, tag: str) -> None:
+    async with await open_store(url) as first:
+        key = f"two.{tag}.first"
+        print(key, await first.create(key, key.encode()), flush=True)
+        # The second store object opens the file while the first holds connections
+        # (and their locks) on it.
+        async with await open_store(url) as second:
+            i = 0
+            while True:
+                key = f"two.{tag}.{i}"
+                store = first if i % 2 else second
+                print(key, await store.create(key, key.encode()), flush=True)
+                i += 1
+
+
+async def touch(url: str) -> None:
+    from safething.store.registry import sqlite_path_from_url
+
+    path, _ = sqlite_path_from_url(url)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("SELECT count(*) FROM records").fetchall()
+    finally:
+        conn.close()
+    async with await open_store(url) as store:
+        await store.get("two.none")
+
+
 def main(argv: list[str]) -> None:
     mode, url, *rest = argv
     if mode == "write":
@@ -61,6 +94,10 @@ def main(argv: list[str]) -> None:
         asyncio.run(ack(url))
     elif mode == "incr":
         asyncio.run(incr(url, rest[0], int(rest[1])))
+    elif mode == "two":
+        asyncio.run(two(url, rest[0]))
+    elif mode == "touch":
+        asyncio.run(touch(url))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

@@ -122,6 +122,52 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path, synchronous: 
         assert after > info.revision
 
 
+async def _read_acks(child: asyncio.subprocess.Process, acked: dict[str, int], n: int) -> None:
+    assert child.stdout is not None
+    target = len(acked) + n
+    while len(acked) < target:
+        line = await child.stdout.readline()
+        assert line, (await child.stderr.read()).decode()  # type: ignore[union-attr]
+        key, revision = line.decode().split()
+        acked[key] = int(revision)
+
+
+ROUNDS = 12
+
+
+async def test_two_stores_in_one_process_others_touching_the_file_and_sigkill(
+    tmp_path: Path,
+) -> None:
+    # Issue 8, attack 5: a second store object on the same file used to open and close
+    # a descriptor on it, which dropped every POSIX lock of the process; another process
+    # opening and closing the file then deleted the WAL the first kept committing into.
+    path = tmp_path / "vault.db"
+    url = url_for(path)
+    acked: dict[str, int] = {}
+    for round_ in range(ROUNDS):
+        child = await spawn("two", url, str(round_))
+        async with asyncio.timeout(TIMEOUT * 3):
+            await _read_acks(child, acked, 20)  # both store objects are open and writing
+            for _ in range(2):
+                await finish(await spawn("touch", url))
+            await _read_acks(child, acked, 20)  # it kept committing after the others left
+        child.send_signal(signal.SIGKILL)
+        rest, _ = await child.communicate()
+        for line in rest.decode().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                acked[parts[0]] = int(parts[1])
+        assert child.returncode == -signal.SIGKILL
+        async with await open_store(url) as store:
+            missing = [
+                k for k, r in acked.items() if await store.get(k) != Record(k, k.encode(), r)
+            ]
+        assert not missing, (
+            f"round {round_}: {len(missing)} of {len(acked)} acknowledged writes lost"
+        )
+    assert len(acked) >= ROUNDS * 41
+
+
 # --- files and URLs ---------------------------------------------------------------
 
 
