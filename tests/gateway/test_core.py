@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
-from safething.net import Client
-from safething.store import Store
+from safething.net import Client, Identity
+from safething.store import Store, open_store
 from safething.things import ThingClient
 from safething_gateway.core import Gateway
 from safething_gateway.protocol import (
@@ -23,6 +24,7 @@ from safething_gateway.protocol import (
     UnknownDeviceError,
     parse_frame,
 )
+from safething_gateway.registry import Registry
 
 from .conftest import SENSOR, Device
 
@@ -123,11 +125,72 @@ async def test_rejections(gateway: Gateway, device: Device) -> None:
 
 async def test_rate_limit_per_device(gateway: Gateway, device: Device) -> None:
     gateway.rate, gateway.burst = 1.0, 3
+    other = Device("sensor-02", gateway.registry.add("sensor-02", "http").secret)
     await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
     for _ in range(2):
         await gateway.handle("sensor-01", "poll", device.message("poll", {}))
     with pytest.raises(RateLimitedError):
         await gateway.handle("sensor-01", "poll", device.message("poll", {}))
+    # the flooding device has used its bucket up; the other device has its own
+    for _ in range(3):
+        await gateway.handle("sensor-02", "poll", other.message("poll", {}))
+    with pytest.raises(RateLimitedError):
+        await gateway.handle("sensor-02", "poll", other.message("poll", {}))
+
+
+async def test_revocation_drops_the_queued_downlinks(gateway: Gateway, device: Device) -> None:
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    await gateway.send("sensor-01", "desired", {"target": 5})
+    await gateway.send("sensor-01", "desired", {"target": 6})
+    assert len(gateway.registry.pending("sensor-01")) == 2  # queued, not yet fetched
+    gateway.registry.revoke("sensor-01")
+    assert gateway.registry.pending("sensor-01") == []
+    assert gateway.registry.queue_depth() == 0
+    with pytest.raises(RevokedDeviceError):  # nor can it poll for them any more
+        await gateway.handle("sensor-01", "poll", device.message("poll", {}))
+
+
+async def test_a_device_cannot_claim_another_things_id(gateway: Gateway, device: Device) -> None:
+    other = Device("sensor-02", gateway.registry.add("sensor-02", "http").secret)
+    squat = {**SENSOR, "id": "sensor-02", "title": "not yours"}
+    with pytest.raises(PayloadError, match="not the device id"):
+        await gateway.handle("sensor-01", "birth", device.message("birth", {"description": squat}))
+    assert "sensor-02" not in gateway.things
+    # the real owner of the id registers it afterwards, with its own description
+    mine = {**SENSOR, "id": "sensor-02", "title": "Soil sensor 2"}
+    await gateway.handle("sensor-02", "birth", other.message("birth", {"description": mine}))
+    things = ThingClient(Client(gateway.store))
+    assert await things.status("sensor-02") == "published"
+    assert (await things.describe("sensor-02")).title == "Soil sensor 2"
+
+
+async def test_a_replay_after_the_registry_is_reopened_is_refused(tmp_path: Path) -> None:
+    owner = Identity.generate("owner")
+    async with await open_store("memory://") as store:
+        registry = Registry(tmp_path / "gateway.db")
+        device = Device("sensor-01", registry.add("sensor-01", "http").secret)
+        birth = device.message("birth", {"description": SENSOR})
+        last = device.message("reading", {"moisture": 3})
+        async with Gateway(store=store, registry=registry, owner=owner) as gateway:
+            await gateway.start()
+            await gateway.handle("sensor-01", "birth", birth)
+            await gateway.handle("sensor-01", "reading", last)
+        registry.close()
+        registry = Registry(tmp_path / "gateway.db")  # the gateway restarts
+        try:
+            async with Gateway(store=store, registry=registry, owner=owner) as gateway:
+                await gateway.start()
+                for channel, replayed in (("reading", last), ("birth", birth)):
+                    with pytest.raises(ReplayError, match="not above the last accepted"):
+                        await gateway.handle("sensor-01", channel, replayed)
+                # the device's next message is served: the counters were kept, not lost
+                await gateway.handle(
+                    "sensor-01", "reading", device.message("reading", {"moisture": 4})
+                )
+                things = ThingClient(Client(store))
+                assert (await things.read("sensor-01", "moisture")).value == 4.0
+        finally:
+            registry.close()
 
 
 async def test_last_will_counter_is_accepted_once(gateway: Gateway, device: Device) -> None:
