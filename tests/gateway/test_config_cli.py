@@ -106,11 +106,9 @@ def test_the_shipped_example_config_loads() -> None:
     assert config.gateway.log_format == "json"
 
 
-def test_mqtt_provisioning_creates_a_broker_login_that_works(
+def test_mqtt_provisioning_creates_a_broker_login_and_revoke_removes_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import paho.mqtt.client as mqtt
-
     from safething_gateway.testing import mosquitto
 
     passwd, acl = tmp_path / "mosquitto.passwd", tmp_path / "mosquitto.acl"
@@ -142,26 +140,40 @@ def test_mqtt_provisioning_creates_a_broker_login_that_works(
     assert creds["username"] == "valve-01"
 
     with mosquitto(password_file=passwd, acl_file=acl) as broker:
-        result: dict[str, object] = {}
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        client.username_pw_set(creds["username"], creds["password"])
-        client.on_connect = lambda c, u, f, rc, p: result.setdefault("rc", rc)
-        client.connect("127.0.0.1", broker.port)
-        client.loop_start()
+        assert _login(broker.port, "valve-01", creds["password"]) == "Success"
+        assert _login(broker.port, "valve-01", "not-the-password") != "Success"
+        # revoking through the CLI removes the login and reloads the broker
+        assert broker.process is not None
+        config.write_text(
+            config.read_text() + f'reload_command = "kill -HUP {broker.process.pid}"\n'
+        )
+        capsys.readouterr()
+        assert main(["device", "revoke", "valve-01", "--config", str(config)]) == 0
+        assert "its broker login and ACL were removed" in capsys.readouterr().out
+        assert "valve-01" not in passwd.read_text()
+        assert "valve-01" not in acl.read_text()
+        deadline = time.monotonic() + 10  # the broker re-reads its files on SIGHUP
+        while _login(broker.port, "valve-01", creds["password"]) == "Success":
+            assert time.monotonic() < deadline, "the revoked device can still log in"
+            time.sleep(0.05)
+
+
+def _login(port: int, username: str, password: str) -> str:
+    """The broker's answer to a login, e.g. "Success" or "Not authorized"."""
+    import paho.mqtt.client as mqtt
+
+    result: dict[str, object] = {}
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.username_pw_set(username, password)
+    client.on_connect = lambda c, u, f, rc, p: result.setdefault("rc", rc)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
         deadline = time.monotonic() + 10
         while "rc" not in result and time.monotonic() < deadline:
             time.sleep(0.01)
+    finally:
         client.loop_stop()
         client.disconnect()
-        assert str(result.get("rc")) == "Success"
-        wrong: dict[str, object] = {}
-        bad = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        bad.username_pw_set("valve-01", "not-the-password")
-        bad.on_connect = lambda c, u, f, rc, p: wrong.setdefault("rc", rc)
-        bad.connect("127.0.0.1", broker.port)
-        bad.loop_start()
-        deadline = time.monotonic() + 10
-        while "rc" not in wrong and time.monotonic() < deadline:
-            time.sleep(0.01)
-        bad.loop_stop()
-        assert str(wrong.get("rc")) != "Success"
+    assert "rc" in result, "the broker did not answer the login"
+    return str(result["rc"])
