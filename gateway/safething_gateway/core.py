@@ -136,6 +136,8 @@ class Gateway(AsyncResource):
         self._waiting: dict[tuple[str, str], asyncio.Queue[dict[str, Any]]] = {}
         self._early: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
         self._buffering = False
+        self._unborn: set[str] = set()
+        """Devices whose birth was accepted while the store was unreachable."""
         self._flush_task: asyncio.Task[None] | None = None
         self._started = False
         self._describe_metrics()
@@ -148,10 +150,15 @@ class Gateway(AsyncResource):
             return
         self._started = True
         self._buffering = self.registry.buffer_depth() > 0
+        self._unborn.clear()
         for record in self.registry.devices():
             if record.description and not record.revoked:
                 try:
                     await self._thing_for(record, record.description)
+                except StoreError as e:
+                    log.warning("device %s: its thing waits for the store: %s", record.device_id, e)
+                    self._unborn.add(record.device_id)
+                    self._buffering = True
                 except (SafeThingError, ValueError) as e:
                     log.warning("device %s: cannot restore its thing: %s", record.device_id, e)
         for bridge in self.bridges:
@@ -299,7 +306,15 @@ class Gateway(AsyncResource):
             raise PayloadError(
                 f"description id {desc.id!r} is not the device id {record.device_id!r}"
             )
-        await self._thing_for(record, desc.to_dict())
+        try:
+            await self._thing_for(record, desc.to_dict())
+        except StoreError as e:
+            # Its counter is taken (and over MQTT the message acknowledged): the device
+            # will not send it again, so keep the verified birth and register the thing
+            # when the store answers, before the readings buffered after it.
+            log.warning("store unreachable (%s): keeping the birth of %s", e, record.device_id)
+            self._unborn.add(record.device_id)
+            self._buffering = True
         self.registry.set_description(record.device_id, desc.to_dict())
         self.registry.set_online(record.device_id, True)
 
@@ -364,7 +379,16 @@ class Gateway(AsyncResource):
                 log.exception("flushing buffered readings failed")
 
     async def flush(self) -> int:
-        """Write buffered readings to the store; returns how many were written."""
+        """Register the things of births kept during an outage, then write buffered
+        readings to the store; returns how many readings were written."""
+        for device_id in sorted(self._unborn):
+            record = self.registry.find(device_id)
+            if record is not None and record.description and not record.revoked:
+                try:
+                    await self._thing_for(record, record.description)
+                except ProtocolError as e:
+                    log.warning("dropping the kept birth of %s: %s", device_id, e)
+            self._unborn.discard(device_id)
         done = 0
         while True:
             batch = self.registry.buffered()

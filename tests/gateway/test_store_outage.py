@@ -82,3 +82,35 @@ async def test_buffer_survives_a_gateway_restart(tmp_path: Path) -> None:
     await gateway.close()
     registry.close()
     await store.close()
+
+
+async def test_a_birth_during_a_store_outage_is_kept_and_registered_later(
+    tmp_path: Path,
+) -> None:
+    """The gateway accepts the birth's counter, so the device cannot send the same
+    message again; over MQTT the message is acknowledged to the broker and the device
+    believes it was born. The gateway must therefore keep the birth, not drop it."""
+    url = f"sqlite://{tmp_path}/vault.db?busy_timeout=100"
+    store = await open_store(url)
+    registry = Registry(tmp_path / "gateway.db")
+    gateway = Gateway(store=store, registry=registry, owner=Identity.generate())
+    await gateway.start()
+    record = registry.add("sensor-01", "http")
+    device = Device("sensor-01", record.secret)
+    lock = sqlite3.connect(tmp_path / "vault.db", isolation_level=None, timeout=5)
+    lock.execute("BEGIN EXCLUSIVE")  # the store is now unreachable for writers
+    try:
+        await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+        await gateway.handle("sensor-01", "reading", device.message("reading", {"moisture": 9}))
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    things = ThingClient(Client(store))
+    async with asyncio.timeout(10):
+        while registry.buffer_depth() or "sensor-01" not in gateway.things:
+            await asyncio.sleep(0.05)
+    assert await things.status("sensor-01") == "published"
+    assert (await things.read("sensor-01", "moisture")).value == 9.0
+    await gateway.close()
+    registry.close()
+    await store.close()
