@@ -304,15 +304,17 @@ async def test_safety_net_finds_changes_nobody_announced(tmp_path: Path) -> None
         waiting = asyncio.create_task(watch.__anext__(), name="waiting-watcher")
         await asyncio.sleep(0.05)
         assert not waiting.done()
-        started = time.monotonic()
         seq = write_without_wake_up(path, "quiet.x")
         async with asyncio.timeout(TIMEOUT):
             change = await waiting
         assert change == Change("quiet.x", b"\x01", seq)
-        assert time.monotonic() - started < 3.0
 
 
-async def test_watch_on_a_long_path(tmp_path: Path) -> None:
+async def test_watch_on_a_long_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safething.store.sqlite
+
+    # only the socket can wake the watch within TIMEOUT: the safety net is an hour away
+    monkeypatch.setattr(safething.store.sqlite, "_SAFETY_NET_S", 3600.0)
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     path = deep / "vault.db"
     assert len(str(path)) > 110  # too long for a plain AF_UNIX address
@@ -323,12 +325,10 @@ async def test_watch_on_a_long_path(tmp_path: Path) -> None:
     ):
         waiting = asyncio.create_task(watch.__anext__(), name="waiting-watcher")
         await asyncio.sleep(0.05)
-        started = time.monotonic()
         revision = await peer.put("l.x", b"1")
         async with asyncio.timeout(TIMEOUT):
             change = await waiting
         assert change == Change("l.x", b"1", revision)
-        assert time.monotonic() - started < 0.5  # woken by the socket, not the safety net
 
 
 async def test_second_opening_sees_the_same_revisions(tmp_path: Path) -> None:
