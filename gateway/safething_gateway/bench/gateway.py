@@ -20,7 +20,7 @@ Groups:
     ``gateway_<transport>_vs_raw_latency_ratio``.
 ``gateway.load``
     ``gateway_sustained_readings_per_s``: a gateway in a child process
-    (:mod:`safething.bench._gateway_child`) with 1,000 provisioned devices,
+    (:mod:`safething_gateway.bench._gateway_child`) with 1,000 provisioned devices,
     each born over MQTT, then a stream of readings spread over every device
     for a bounded time; readings are counted in the store at the end (each
     device's last sequence number). ``gateway_peak_rss_mb``: the child's
@@ -574,7 +574,7 @@ async def latency_group(ctx: BenchContext) -> list[Metric]:
 
 
 class _GatewayChild:
-    """``python -m safething.bench._gateway_child`` and what it reports (JSON lines)."""
+    """``python -m safething_gateway.bench._gateway_child`` and what it reports (JSON lines)."""
 
     def __init__(self, args: list[str], log_path: Path) -> None:
         self.args = args
@@ -630,7 +630,7 @@ class _GatewayChild:
     @asynccontextmanager
     async def running(self, startup_timeout: float) -> AsyncIterator[_GatewayChild]:
         self._proc = await start_logged(
-            ["-m", "safething.bench._gateway_child", *self.args],
+            ["-m", "safething_gateway.bench._gateway_child", *self.args],
             self.log_path,
             stdin=asyncio.subprocess.PIPE,
             env=child_env(safething, safething_gateway),
@@ -886,7 +886,7 @@ def _load_report(
         "transport": "mqtt (QoS 1) through Mosquitto, "
         f"{sizes.connections} load-generator connections shared by the devices",
         "store": STORE_SETTINGS,
-        "gateway": "own process (safething.bench._gateway_child): Gateway + MqttBridge",
+        "gateway": "own process (safething_gateway.bench._gateway_child): Gateway + MqttBridge",
     }
     rate = rate_metric(
         "gateway_sustained_readings_per_s",

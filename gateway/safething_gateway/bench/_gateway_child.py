@@ -1,8 +1,8 @@
 """Child process of the gateway load benchmark: one gateway, its MQTT bridge, nothing else.
 
-Started by :mod:`safething.bench.gateway` as::
+Started by :mod:`safething_gateway.bench.gateway` as::
 
-    python -m safething.bench._gateway_child --store sqlite:///.../load.db \\
+    python -m safething_gateway.bench._gateway_child --store sqlite:///.../load.db \\
         --registry .../registry.db --owner .../owner.identity --mqtt-port 41883
 
 It runs the gateway in a process of its own, so that the memory this
@@ -80,7 +80,7 @@ def memory_kb(pid: int | str = "self") -> tuple[int, int]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m safething.bench._gateway_child",
+        prog="python -m safething_gateway.bench._gateway_child",
         description="Run a gateway with an MQTT bridge for the gateway load benchmark.",
     )
     parser.add_argument("--store", required=True, help="store URL, sqlite:///path/file.db")
