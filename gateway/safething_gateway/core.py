@@ -2,10 +2,27 @@
 
 Bridges (MQTT, CoAP, HTTP) hand each device message to
 :meth:`Gateway.handle` and push what :meth:`Gateway.send` queues. The
-gateway checks the frame, the MAC, the device's state and counter and a
-per-device rate, decodes and type-checks the body against the device's
-declared description, and acts through the device's :class:`Thing` (whose
-keys it holds). Action requests for the device and desired values go
+gateway checks, in this order, the frame (a counter below 2^63), the MAC
+(an unknown device and a wrong MAC get the same answer), whether the
+device is revoked, the body's fields that the link itself uses, the counter
+(above the last accepted), and only then the device's rate, so a replayed
+or forged frame cannot spend the device's tokens, and a refused message does
+not spend its counter (the device may send it again). Then it decodes and
+type-checks the body against the device's declared description and acts
+through the device's :class:`Thing` (whose keys it holds).
+
+**Rate.** Each device has a token bucket (``rate`` per second, ``burst``
+deep). A backlog is not a flood: when the gateway starts, a device's bucket
+also holds what the device may have sent since its last accepted message
+(``rate`` x that time, at most ``backlog``), and when a bridge reconnects
+after an outage every bucket gains ``rate`` x its length, so what a broker
+kept while the gateway was away is not refused.
+
+**Bounds.** Results for request ids the gateway is not waiting for (yet)
+are kept at most :data:`EARLY_RESULT_TTL` seconds, :data:`EARLY_PER_DEVICE`
+request ids per device and :data:`EARLY_TOTAL` in all;
+:data:`~safething_gateway.registry.MAX_PENDING_DOWNLINKS` downlinks wait
+per device. Action requests for the device and desired values go
 through a durable queue and are pushed when the device is reachable or
 fetched when it polls; the device acknowledges them by counter.
 
@@ -18,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -39,9 +58,13 @@ from safething.things import (
 )
 from safething_gateway.metrics import Metrics
 from safething_gateway.protocol import (
+    BadMacError,
+    BadMessageError,
     PayloadError,
     ProtocolError,
     RateLimitedError,
+    ReplayError,
+    RevokedDeviceError,
     check_channel,
     check_device_id,
     decode_body,
@@ -51,11 +74,32 @@ from safething_gateway.protocol import (
 )
 from safething_gateway.registry import DeviceRecord, Downlink, Registry
 
-__all__ = ["Bridge", "DeviceActionError", "Gateway", "OutboundDownlink"]
+__all__ = [
+    "EARLY_PER_DEVICE",
+    "EARLY_RESULT_TTL",
+    "EARLY_TOTAL",
+    "MAX_COUNTER",
+    "Bridge",
+    "DeviceActionError",
+    "Gateway",
+    "OutboundDownlink",
+]
 
 log = logging.getLogger("safething.gateway")
 
-_EARLY_RESULT_TTL = 300.0
+MAX_COUNTER = 2**63 - 1
+"""Largest counter a device may use (a signed 64-bit integer, as the registry keeps it)."""
+EARLY_RESULT_TTL = 300.0
+"""Seconds a result for a request the gateway is not waiting for is kept."""
+EARLY_PER_DEVICE = 16
+"""Such results (request ids) kept per device; more are refused."""
+EARLY_TOTAL = 1024
+"""Such results kept in all; the oldest goes first."""
+_EARLY_UPDATES = 8
+"""Updates kept per early request id (running..., then the final state)."""
+_RESULT_STATES = ("running", "done", "failed", "rejected")
+_UNKNOWN_SECRET = secrets.token_bytes(32)
+"""An unknown device's frame is checked against this, so it costs what a wrong MAC costs."""
 
 
 class DeviceActionError(SafeThingError):
@@ -122,6 +166,7 @@ class Gateway(AsyncResource):
         bridges: Sequence[Bridge] = (),
         rate: float = 50.0,
         burst: int = 100,
+        backlog: int = 10_000,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -130,11 +175,14 @@ class Gateway(AsyncResource):
         self.bridges = list(bridges)
         self.rate = rate
         self.burst = burst
+        self.backlog = backlog
+        """Most messages a device's bucket may hold after an outage (what a broker keeps)."""
         self.metrics = Metrics()
         self.things: dict[str, Thing] = {}
         self._buckets: dict[str, _Bucket] = {}
         self._waiting: dict[tuple[str, str], asyncio.Queue[dict[str, Any]]] = {}
         self._early: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
+        self._early_count: dict[str, int] = {}
         self._buffering = False
         self._unborn: set[str] = set()
         """Devices whose birth was accepted while the store was unreachable."""
@@ -230,29 +278,70 @@ class Gateway(AsyncResource):
         check_device_id(device_id)
         check_channel(channel)
         message = parse_frame(data)
-        record = self.registry.get(device_id)
+        if message.counter > MAX_COUNTER:
+            raise BadMessageError(f"the counter must be below 2^63, got {message.counter}")
+        record = self.registry.find(device_id)
+        if record is None:
+            # the same work and the same answer as a wrong MAC: ids cannot be listed
+            with contextlib.suppress(BadMacError):
+                message.verify(_UNKNOWN_SECRET, device_id, channel)
+            raise BadMacError(f"wrong MAC for {device_id}/{channel} counter {message.counter}")
         message.verify(record.secret, device_id, channel)
-        self._rate_limit(device_id)
+        if record.revoked:
+            raise RevokedDeviceError(f"device {device_id!r} is revoked")
         body = decode_body(message.body, content_format)
-        if channel == "state" and isinstance(body, dict) and body.get("online") is False:
-            if not self.registry.use_will(device_id, message.counter):
-                self.registry.accept_counter(device_id, message.counter)
-        else:
-            self.registry.accept_counter(device_id, message.counter)
+        _check_link_fields(channel, body)
+        will = (
+            channel == "state"
+            and isinstance(body, dict)
+            and body.get("online") is False
+            and record.will_counter == message.counter
+        )
+        if not will and message.counter <= record.rx_counter:
+            raise ReplayError(
+                f"counter {message.counter} of {device_id!r} is not above the last accepted "
+                f"({record.rx_counter}): replayed or old message"
+            )
+        self._rate_limit(record)
+        if not will or not await self.registry.call(
+            self.registry.use_will, device_id, message.counter
+        ):
+            try:
+                await self.registry.call(self.registry.accept_counter, device_id, message.counter)
+            except ReplayError:
+                self._refund(device_id)
+                raise
         return await self._dispatch(record, channel, body, message.body, content_format)
 
-    def _rate_limit(self, device_id: str) -> None:
+    def _rate_limit(self, record: DeviceRecord) -> None:
         now = time.monotonic()
+        device_id = record.device_id
         bucket = self._buckets.get(device_id)
         if bucket is None:
-            bucket = self._buckets[device_id] = _Bucket(float(self.burst), now)
-        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.stamp) * self.rate)
+            # first message since the gateway started: it may be a backlog the broker kept
+            away = time.time() - record.last_seen if record.last_seen is not None else 0.0
+            credit = min(float(self.backlog), max(0.0, away) * self.rate)
+            bucket = self._buckets[device_id] = _Bucket(float(self.burst) + credit, now)
+        elif bucket.tokens < self.burst:
+            bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.stamp) * self.rate)
         bucket.stamp = now
         if bucket.tokens < 1.0:
             raise RateLimitedError(
                 f"device {device_id!r} sends faster than {self.rate:g} messages/s"
             )
         bucket.tokens -= 1.0
+
+    def _refund(self, device_id: str) -> None:
+        bucket = self._buckets.get(device_id)
+        if bucket is not None:
+            bucket.tokens += 1.0
+
+    def outage(self, seconds: float) -> None:
+        """A bridge was cut off for ``seconds``: what devices sent meanwhile may arrive at
+        once, so every bucket may hold that much more (up to :attr:`backlog`)."""
+        credit = min(float(self.backlog), max(0.0, seconds) * self.rate)
+        for bucket in self._buckets.values():
+            bucket.tokens = min(bucket.tokens + credit, float(self.burst + self.backlog))
 
     async def _dispatch(
         self,
@@ -263,34 +352,32 @@ class Gateway(AsyncResource):
         content_format: str,
     ) -> list[OutboundDownlink]:
         device_id = record.device_id
+        registry = self.registry
         if channel == "birth":
             await self._birth(record, body)
             await self.deliver(device_id)
         elif channel == "state":
             online = _field(body, "online", bool)
-            self.registry.set_online(device_id, online)
+            await registry.call(registry.set_online, device_id, online)
             if online:
-                will = body.get("will")
-                if will is not None and not isinstance(will, int):
-                    raise PayloadError("state.will must be the counter of the last-will message")
-                self.registry.set_will(device_id, will)
+                await registry.call(registry.set_will, device_id, body.get("will"))
                 await self.deliver(device_id)
         elif channel == "ack":
-            self.registry.ack(device_id, _field(body, "down", int))
+            await registry.call(registry.ack, device_id, _field(body, "down", int))
         elif channel == "poll":
-            self.registry.set_online(device_id, True)
-            return [self._outbound(record, d) for d in self.registry.pending(device_id)]
+            await registry.call(registry.set_online, device_id, True)
+            return [self._outbound(record, d) for d in registry.pending(device_id)]
         elif channel.startswith("result/"):
             self._result(device_id, channel[len("result/") :], body)
         else:  # reading, event/<topic>: data for the store
             if self._buffering:
-                self.registry.buffer(device_id, channel, raw, content_format)
+                await registry.call(registry.buffer, device_id, channel, raw, content_format)
                 return []
             try:
                 await self._data(record, channel, body)
             except StoreError as e:
                 log.warning("store unreachable (%s): buffering %s/%s", e, device_id, channel)
-                self.registry.buffer(device_id, channel, raw, content_format)
+                await registry.call(registry.buffer, device_id, channel, raw, content_format)
                 self._buffering = True
         return []
 
@@ -315,8 +402,9 @@ class Gateway(AsyncResource):
             log.warning("store unreachable (%s): keeping the birth of %s", e, record.device_id)
             self._unborn.add(record.device_id)
             self._buffering = True
-        self.registry.set_description(record.device_id, desc.to_dict())
-        self.registry.set_online(record.device_id, True)
+        registry = self.registry
+        await registry.call(registry.set_description, record.device_id, desc.to_dict())
+        await registry.call(registry.set_online, record.device_id, True)
 
     async def _thing_for(self, record: DeviceRecord, doc: dict[str, Any]) -> Thing:
         """The device's custodial thing, (re)registered if its description changed."""
@@ -403,7 +491,7 @@ class Gateway(AsyncResource):
                         await self._data(record, item.channel, body)
                     except ProtocolError as e:
                         log.warning("dropping buffered %s/%s: %s", item.device_id, item.channel, e)
-                self.registry.unbuffer([item.id])
+                await self.registry.call(self.registry.unbuffer, [item.id])
                 done += 1
 
     # --- actions and desired values ------------------------------------------------------
@@ -417,7 +505,7 @@ class Gateway(AsyncResource):
     async def _forward(self, device_id: str, request: ActionRequest) -> Any:
         key = (device_id, request.request_id)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        early = self._early.pop(key, None)
+        early = self._forget_early(key)
         if early is not None:
             for update in early[1]:
                 queue.put_nowait(update)
@@ -465,13 +553,42 @@ class Gateway(AsyncResource):
             "rejected",
         ):
             raise PayloadError("a result is {'state': running|done|failed|rejected, ...}")
-        queue = self._waiting.get((device_id, request_id))
+        key = (device_id, request_id)
+        queue = self._waiting.get(key)
         if queue is not None:
             queue.put_nowait(body)
             return
+        # A result for a request the gateway is not waiting for (yet: after a restart the
+        # thing hands it the request again). Kept briefly, and bounded: a device cannot
+        # grow the gateway by sending results for made-up request ids.
         now = time.monotonic()
-        self._early = {k: v for k, v in self._early.items() if now - v[0] < _EARLY_RESULT_TTL}
-        self._early.setdefault((device_id, request_id), (now, []))[1].append(body)
+        early = self._early
+        for old in list(itertools.islice(early, 64)):
+            if now - early[old][0] < EARLY_RESULT_TTL and len(early) < EARLY_TOTAL:
+                break
+            self._forget_early(old)
+        entry = early.get(key)
+        if entry is None:
+            if self._early_count.get(device_id, 0) >= EARLY_PER_DEVICE:
+                raise PayloadError(
+                    f"results for {EARLY_PER_DEVICE} requests the gateway is not waiting for "
+                    "are held already; this one is refused"
+                )
+            entry = early[key] = (now, [])
+            self._early_count[device_id] = self._early_count.get(device_id, 0) + 1
+        if len(entry[1]) >= _EARLY_UPDATES:
+            del entry[1][0]
+        entry[1].append(body)
+
+    def _forget_early(self, key: tuple[str, str]) -> tuple[float, list[dict[str, Any]]] | None:
+        entry = self._early.pop(key, None)
+        if entry is not None:
+            left = self._early_count.get(key[0], 0) - 1
+            if left > 0:
+                self._early_count[key[0]] = left
+            else:
+                self._early_count.pop(key[0], None)
+        return entry
 
     def _desired_sender(self, device_id: str, attribute: str) -> Any:
         async def send_desired(value: Any) -> None:
@@ -485,8 +602,8 @@ class Gateway(AsyncResource):
         """Queue a downlink durably and push it if the device is reachable."""
         record = self.registry.get(device_id)
         fmt = "json"
-        downlink = self.registry.enqueue(
-            device_id, channel, encode_body(body, fmt), expires=expires
+        downlink = await self.registry.call(
+            self.registry.enqueue, device_id, channel, encode_body(body, fmt), expires=expires
         )
         bridge = self.bridge_for(device_id)
         if bridge is not None and bridge.can_push(device_id):
@@ -554,4 +671,22 @@ def _field(body: Any, name: str, kind: type) -> Any:
     value = body.get(name) if isinstance(body, dict) else None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise PayloadError(f"field {name!r} must be a {kind.__name__}")
+    if isinstance(value, int) and not 0 <= value <= MAX_COUNTER:
+        raise PayloadError(f"field {name!r} must be a counter from 0 to 2^63-1, got {value}")
     return value
+
+
+def _check_link_fields(channel: str, body: Any) -> None:
+    """The body fields the link itself uses, checked before the counter is spent."""
+    if channel == "state":
+        if _field(body, "online", bool) and body.get("will") is not None:
+            _field(body, "will", int)
+    elif channel == "ack":
+        _field(body, "down", int)
+    elif channel == "reading":
+        if not isinstance(body, dict) or not body:
+            raise PayloadError("a reading is an object of attribute -> value")
+    elif channel.startswith("result/") and (
+        not isinstance(body, dict) or body.get("state") not in _RESULT_STATES
+    ):
+        raise PayloadError("a result is {'state': running|done|failed|rejected, ...}")

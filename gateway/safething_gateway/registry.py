@@ -5,21 +5,43 @@ the custodial thing's keys, the link counters in both directions, the
 durable queue of messages waiting for a device (action requests, desired
 values) and the buffer of readings accepted while the store was
 unreachable. Every change is committed before the gateway acknowledges it.
+
+**Off the event loop, with bounded waits.** Writes go through one
+connection, serialised by a lock; the gateway runs them on the registry's
+own worker thread (:meth:`Registry.call`), so another process holding a
+lock on the file (a backup, an ``sqlite3`` shell) stalls only the messages
+that need a write, never the event loop. A write waits at most
+``write_timeout`` seconds for the file's lock, then fails with
+:class:`RegistryBusyError` (a :class:`~safething.errors.StoreError`: the
+device is told to retry, an MQTT message is kept unacknowledged and tried
+again). Reads use a second connection: in WAL mode they never wait for a
+writer, so they stay on the loop (microseconds).
+
+**File mode.** The file is created with mode 0600, and an existing file
+with a looser mode is set to 0600 when it is opened (it holds every
+device's secret).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import json
+import logging
 import os
 import secrets
 import sqlite3
+import stat
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from safething.errors import StoreError
+from safething.errors import LimitExceededError, StoreError
 from safething.net import EncryptionKey, Identity, SigningKey
 from safething_gateway.protocol import (
     ReplayError,
@@ -28,7 +50,24 @@ from safething_gateway.protocol import (
     check_device_id,
 )
 
-__all__ = ["BufferedUplink", "DeviceRecord", "Downlink", "Registry"]
+__all__ = [
+    "MAX_PENDING_DOWNLINKS",
+    "BufferedUplink",
+    "DeviceRecord",
+    "Downlink",
+    "DownlinkQueueFullError",
+    "Registry",
+    "RegistryBusyError",
+]
+
+log = logging.getLogger("safething.gateway.registry")
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+MAX_PENDING_DOWNLINKS = 256
+"""Downlinks queued for one device at most (action requests and desired values it has
+not acknowledged); the total is this times the provisioned devices."""
 
 TRANSPORTS = ("mqtt", "coap", "http", "adopted")
 
@@ -66,6 +105,14 @@ CREATE TABLE IF NOT EXISTS uplinks (
     received REAL NOT NULL
 );
 """
+
+
+class RegistryBusyError(StoreError):
+    """The registry file stayed locked (by another process) longer than the write timeout."""
+
+
+class DownlinkQueueFullError(LimitExceededError):
+    """A device already has :data:`MAX_PENDING_DOWNLINKS` downlinks it has not acknowledged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,24 +160,92 @@ class BufferedUplink:
 
 
 class Registry:
-    """Synchronous, fast (microseconds per call): used directly on the event loop."""
+    """The registry file. Its methods are synchronous; the gateway runs writes on the
+    registry's worker thread with :meth:`call` (see the module docstring)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        write_timeout: float = 2.0,
+        read_timeout: float = 0.2,
+        max_pending: int = MAX_PENDING_DOWNLINKS,
+    ) -> None:
         self.path = path
+        self.write_timeout = write_timeout
+        """Seconds a write waits for another process's lock before :class:`RegistryBusyError`."""
+        self.max_pending = max_pending
+        """Unacknowledged downlinks per device at most (:class:`DownlinkQueueFullError`)."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
+        try:
+            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            if mode & 0o077:
+                os.fchmod(fd, 0o600)
+                log.warning(
+                    "%s had mode %04o, readable by others; set to 0600 (it holds device secrets)",
+                    path,
+                    mode,
+                )
+        finally:
+            os.close(fd)
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="safething-registry"
+        )
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.execute(f"PRAGMA busy_timeout={int(write_timeout * 1000)}")
             self._db.executescript(_SCHEMA)
+            self._rdb = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._rdb.execute(f"PRAGMA busy_timeout={int(read_timeout * 1000)}")
+        except sqlite3.OperationalError as e:
+            raise RegistryBusyError(f"{path} is locked or unreadable ({e})") from e
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{path} is not a gateway registry or is damaged ({e})") from e
+        for name in (path.name + "-wal", path.name + "-shm"):
+            side = path.with_name(name)
+            if side.exists() and stat.S_IMODE(side.stat().st_mode) & 0o077:
+                side.chmod(0o600)
 
     def close(self) -> None:
+        self._executor.shutdown(wait=True)
         self._db.close()
+        self._rdb.close()
+
+    async def call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run ``fn(*args, **kwargs)`` (a method of this registry) on the registry's
+        worker thread, so the event loop never waits for the file's lock."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The write connection, serialised; SQLite's lock errors become StoreErrors."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.OperationalError as e:
+                if self._db.in_transaction:
+                    self._db.rollback()
+                text = str(e)
+                if "locked" in text or "busy" in text:
+                    raise RegistryBusyError(
+                        f"the device registry {self.path} stayed locked for more than "
+                        f"{self.write_timeout:g} s ({text})"
+                    ) from e
+                raise StoreError(f"the device registry {self.path} failed: {text}") from e
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._read_lock:
+            try:
+                yield self._rdb
+            except sqlite3.OperationalError as e:
+                raise RegistryBusyError(f"the device registry {self.path}: {e}") from e
 
     # --- devices -----------------------------------------------------------------
 
@@ -150,140 +265,185 @@ class Registry:
         secret = secret or secrets.token_bytes(32)
         identity = identity or Identity.generate(device_id)
         keys = identity.sign_key.seed + identity.encryption_key.secret
-        try:
-            self._db.execute(
-                "INSERT INTO devices(id, transport, secret, keys, created, meta) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (device_id, transport, secret, keys, time.time(), json.dumps(meta or {})),
-            )
-        except sqlite3.IntegrityError:
-            raise ValueError(f"device {device_id!r} is already provisioned") from None
+        with self._writing() as db:
+            try:
+                db.execute(
+                    "INSERT INTO devices(id, transport, secret, keys, created, meta) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (device_id, transport, secret, keys, time.time(), json.dumps(meta or {})),
+                )
+            except sqlite3.IntegrityError:
+                raise ValueError(f"device {device_id!r} is already provisioned") from None
         return self.get(device_id, allow_revoked=True)
 
     def get(self, device_id: str, *, allow_revoked: bool = False) -> DeviceRecord:
-        row = self._db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
-        if row is None:
+        record = self.find(device_id)
+        if record is None:
             raise UnknownDeviceError(f"unknown device {device_id!r}")
-        record = _record(row)
         if record.revoked and not allow_revoked:
             raise RevokedDeviceError(f"device {device_id!r} is revoked")
         return record
 
     def find(self, device_id: str) -> DeviceRecord | None:
-        row = self._db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
         return None if row is None else _record(row)
 
     def devices(self) -> list[DeviceRecord]:
-        return [_record(r) for r in self._db.execute("SELECT * FROM devices ORDER BY id")]
+        with self._reading() as db:
+            rows = db.execute("SELECT * FROM devices ORDER BY id").fetchall()
+        return [_record(r) for r in rows]
 
     def revoke(self, device_id: str) -> None:
-        cur = self._db.execute(
-            "UPDATE devices SET revoked = 1, online = 0 WHERE id = ?", (device_id,)
-        )
-        if cur.rowcount == 0:
-            raise UnknownDeviceError(f"unknown device {device_id!r}")
-        self._db.execute("DELETE FROM downlinks WHERE device_id = ?", (device_id,))
+        with self._writing() as db, db:
+            db.execute("BEGIN IMMEDIATE")
+            cur = db.execute(
+                "UPDATE devices SET revoked = 1, online = 0 WHERE id = ?", (device_id,)
+            )
+            if cur.rowcount == 0:
+                raise UnknownDeviceError(f"unknown device {device_id!r}")
+            db.execute("DELETE FROM downlinks WHERE device_id = ?", (device_id,))
 
     def accept_counter(self, device_id: str, counter: int) -> None:
         """Record ``counter`` as the device's newest; ``ReplayError`` unless it is newer."""
-        cur = self._db.execute(
-            "UPDATE devices SET rx_counter = ?, last_seen = ? WHERE id = ? AND rx_counter < ?",
-            (counter, time.time(), device_id, counter),
-        )
-        if cur.rowcount == 0:
-            last = self.get(device_id, allow_revoked=True).rx_counter
-            raise ReplayError(
-                f"counter {counter} of {device_id!r} is not above the last accepted ({last}): "
-                "replayed or old message"
+        with self._writing() as db:
+            cur = db.execute(
+                "UPDATE devices SET rx_counter = ?, last_seen = ? WHERE id = ? AND rx_counter < ?",
+                (counter, time.time(), device_id, counter),
             )
+            if cur.rowcount == 0:
+                row = db.execute(
+                    "SELECT rx_counter FROM devices WHERE id = ?", (device_id,)
+                ).fetchone()
+                if row is None:
+                    raise UnknownDeviceError(f"unknown device {device_id!r}")
+                raise ReplayError(
+                    f"counter {counter} of {device_id!r} is not above the last accepted "
+                    f"({row[0]}): replayed or old message"
+                )
 
     def set_will(self, device_id: str, counter: int | None) -> None:
-        self._db.execute("UPDATE devices SET will_counter = ? WHERE id = ?", (counter, device_id))
+        with self._writing() as db:
+            db.execute("UPDATE devices SET will_counter = ? WHERE id = ?", (counter, device_id))
 
     def use_will(self, device_id: str, counter: int) -> bool:
         """Accept the announced last-will counter once (the broker sends the will later)."""
-        cur = self._db.execute(
-            "UPDATE devices SET will_counter = NULL WHERE id = ? AND will_counter = ?",
-            (device_id, counter),
-        )
-        return cur.rowcount == 1
+        with self._writing() as db:
+            cur = db.execute(
+                "UPDATE devices SET will_counter = NULL WHERE id = ? AND will_counter = ?",
+                (device_id, counter),
+            )
+            return cur.rowcount == 1
 
     def set_online(self, device_id: str, online: bool) -> None:
-        self._db.execute(
-            "UPDATE devices SET online = ?, last_seen = ? WHERE id = ?",
-            (int(online), time.time(), device_id),
-        )
+        with self._writing() as db:
+            db.execute(
+                "UPDATE devices SET online = ?, last_seen = ? WHERE id = ?",
+                (int(online), time.time(), device_id),
+            )
 
     def set_description(self, device_id: str, description: dict[str, Any]) -> None:
-        self._db.execute(
-            "UPDATE devices SET description = ? WHERE id = ?",
-            (json.dumps(description), device_id),
-        )
+        with self._writing() as db:
+            db.execute(
+                "UPDATE devices SET description = ? WHERE id = ?",
+                (json.dumps(description), device_id),
+            )
 
     def set_meta(self, device_id: str, meta: dict[str, Any]) -> None:
-        self._db.execute("UPDATE devices SET meta = ? WHERE id = ?", (json.dumps(meta), device_id))
+        with self._writing() as db:
+            db.execute("UPDATE devices SET meta = ? WHERE id = ?", (json.dumps(meta), device_id))
 
     # --- downlinks ---------------------------------------------------------------
 
     def enqueue(
         self, device_id: str, channel: str, body: bytes, *, expires: float | None = None
     ) -> Downlink:
-        """Take the next gateway counter and queue a message for the device, durably."""
+        """Take the next gateway counter and queue a message for the device, durably;
+        :class:`DownlinkQueueFullError` when it already has :attr:`max_pending` waiting."""
         now = time.time()
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute(
+        with self._writing() as db, db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "DELETE FROM downlinks WHERE device_id = ? AND expires IS NOT NULL AND expires < ?",
+                (device_id, now),
+            )
+            waiting = db.execute(
+                "SELECT COUNT(*) FROM downlinks WHERE device_id = ?", (device_id,)
+            ).fetchone()[0]
+            if waiting >= self.max_pending:
+                raise DownlinkQueueFullError(
+                    f"device {device_id!r} has {waiting} downlinks it has not acknowledged "
+                    f"(the limit is {self.max_pending})",
+                    limit=self.max_pending,
+                    actual=waiting,
+                )
+            row = db.execute(
                 "UPDATE devices SET tx_counter = tx_counter + 1 WHERE id = ? RETURNING tx_counter",
                 (device_id,),
             ).fetchone()
             if row is None:
                 raise UnknownDeviceError(f"unknown device {device_id!r}")
-            self._db.execute(
+            db.execute(
                 "INSERT INTO downlinks VALUES (?, ?, ?, ?, ?, ?)",
                 (device_id, row[0], channel, body, now, expires),
             )
         return Downlink(device_id, row[0], channel, body, now, expires)
 
     def pending(self, device_id: str) -> list[Downlink]:
-        """Queued messages for a device, oldest first; expired ones are dropped."""
+        """Queued messages for a device, oldest first; expired ones are left out (and
+        dropped by :meth:`expire` or the next :meth:`enqueue`)."""
         now = time.time()
-        self._db.execute(
-            "DELETE FROM downlinks WHERE device_id = ? AND expires IS NOT NULL AND expires < ?",
-            (device_id, now),
-        )
-        rows = self._db.execute(
-            "SELECT * FROM downlinks WHERE device_id = ? ORDER BY counter", (device_id,)
-        ).fetchall()
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT * FROM downlinks WHERE device_id = ? AND (expires IS NULL OR expires >= ?)"
+                " ORDER BY counter",
+                (device_id, now),
+            ).fetchall()
         return [Downlink(*r) for r in rows]
+
+    def expire(self, device_id: str) -> int:
+        """Drop the device's expired downlinks; returns how many."""
+        with self._writing() as db:
+            cur = db.execute(
+                "DELETE FROM downlinks WHERE device_id = ? AND expires IS NOT NULL AND expires < ?",
+                (device_id, time.time()),
+            )
+            return cur.rowcount
 
     def ack(self, device_id: str, counter: int) -> bool:
         """The device has the downlink ``counter`` (and all before it)."""
-        cur = self._db.execute(
-            "DELETE FROM downlinks WHERE device_id = ? AND counter <= ?", (device_id, counter)
-        )
-        return cur.rowcount > 0
+        with self._writing() as db:
+            cur = db.execute(
+                "DELETE FROM downlinks WHERE device_id = ? AND counter <= ?", (device_id, counter)
+            )
+            return cur.rowcount > 0
 
     def queue_depth(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM downlinks").fetchone()[0])
+        with self._reading() as db:
+            return int(db.execute("SELECT COUNT(*) FROM downlinks").fetchone()[0])
 
     # --- buffered uplinks (store unreachable) ------------------------------------
 
     def buffer(self, device_id: str, channel: str, body: bytes, content_format: str) -> None:
-        self._db.execute(
-            "INSERT INTO uplinks(device_id, channel, body, content_format, received) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (device_id, channel, body, content_format, time.time()),
-        )
+        with self._writing() as db:
+            db.execute(
+                "INSERT INTO uplinks(device_id, channel, body, content_format, received) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (device_id, channel, body, content_format, time.time()),
+            )
 
     def buffered(self, limit: int = 500) -> list[BufferedUplink]:
-        rows = self._db.execute("SELECT * FROM uplinks ORDER BY id LIMIT ?", (limit,)).fetchall()
+        with self._reading() as db:
+            rows = db.execute("SELECT * FROM uplinks ORDER BY id LIMIT ?", (limit,)).fetchall()
         return [BufferedUplink(*r) for r in rows]
 
     def unbuffer(self, ids: list[int]) -> None:
-        self._db.executemany("DELETE FROM uplinks WHERE id = ?", [(i,) for i in ids])
+        with self._writing() as db:
+            db.executemany("DELETE FROM uplinks WHERE id = ?", [(i,) for i in ids])
 
     def buffer_depth(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM uplinks").fetchone()[0])
+        with self._reading() as db:
+            return int(db.execute("SELECT COUNT(*) FROM uplinks").fetchone()[0])
 
 
 @functools.lru_cache(maxsize=4096)

@@ -273,7 +273,7 @@ async def test_rejections_carry_code_and_diagnostic(
     await rejected(await post(client, bridge, "event/VeryDryAlarm", moved), "4.01", "bad_mac")
     other = dev.message("reading", {})
     await rejected(
-        await post(client, bridge, "reading", other, device="nobody-01"), "4.04", "unknown_device"
+        await post(client, bridge, "reading", other, device="nobody-01"), "4.01", "bad_mac"
     )
     text = await rejected(
         await post(client, bridge, "reading", b"moisture=12"), "4.00", "bad_message"

@@ -100,7 +100,7 @@ async def test_rejections(gateway: Gateway, device: Device) -> None:
         await gateway.handle("sensor-01", "reading", forged.replace(b"1}", b"2}"))
     with pytest.raises(BadMacError):  # a valid message moved to another channel
         await gateway.handle("sensor-01", "event/VeryDryAlarm", device.message("reading", 5))
-    with pytest.raises(UnknownDeviceError):
+    with pytest.raises(BadMacError):  # an unknown device is answered like a wrong MAC
         await gateway.handle("nobody-01", "reading", device.message("reading", {}))
     with pytest.raises(UnknownChannelError):
         await gateway.handle("sensor-01", "launch", device.message("launch", {}))

@@ -237,7 +237,7 @@ async def test_rejections_are_problem_documents(
     assert (r.status_code, reason(r)) == (401, "bad_mac")
     assert r.headers["WWW-Authenticate"].startswith("ST1")
     r = await http.post("/st/v1/devices/nobody-01/reading", content=sender.message("reading", {}))
-    assert (r.status_code, reason(r)) == (404, "unknown_device")
+    assert (r.status_code, reason(r)) == (401, "bad_mac")  # alike: ids cannot be listed
     r = await http.post(f"{url}/launch", content=sender.message("launch", {}))
     assert (r.status_code, reason(r)) == (404, "unknown_channel")
     r = await http.post(f"{url}/reading", content=b"moisture=12")

@@ -51,6 +51,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from safething.errors import StoreError
 from safething_gateway.core import Bridge, Gateway
 from safething_gateway.protocol import ProtocolError, ReplayError, parse_frame
+from safething_gateway.registry import RegistryBusyError
 
 __all__ = ["MqttBridge", "MqttConnection", "Topics"]
 
@@ -548,6 +550,7 @@ class MqttBridge(Bridge):
         self._closing = False
         self._slots = asyncio.Semaphore(max_inflight)
         self._dropped = 0
+        self._down_since: float | None = None
         self.connection = MqttConnection(
             host,
             port,
@@ -560,6 +563,7 @@ class MqttBridge(Bridge):
             keepalive=keepalive,
             subscriptions=[(self.topics.all_up, 1)],
             on_connect=self._connected,
+            on_disconnect=self._disconnected,
             on_message=self._received,
             fail_on_disconnect=True,
             label="mqtt bridge",
@@ -663,6 +667,10 @@ class MqttBridge(Bridge):
         in its lane, before the messages of the new connection."""
         if self._closing or self._gateway is None:
             return
+        if self._down_since is not None:
+            # what devices published meanwhile comes at once: not a flood (Gateway.outage)
+            self._gateway.outage(time.monotonic() - self._down_since)
+            self._down_since = None
         try:
             records = self._gateway.registry.devices()
         except Exception:
@@ -671,6 +679,9 @@ class MqttBridge(Bridge):
         for record in records:
             if record.transport == self.name and record.online and not record.revoked:
                 self._enqueue(record.device_id, _DELIVER)
+
+    def _disconnected(self) -> None:
+        self._down_since = time.monotonic()
 
     def _received(self, message: mqtt.MQTTMessage, generation: int) -> None:
         if self._closing:
@@ -721,10 +732,23 @@ class MqttBridge(Bridge):
                 log.exception("mqtt bridge: delivering to %s failed", key)
             return
         try:
-            try:
-                await self._handle(item)
-            except Exception:
-                log.exception("mqtt bridge: unexpected error on %s", item.message.topic)
+            delay = 0.05
+            while True:
+                try:
+                    await self._handle(item)
+                except RegistryBusyError as e:
+                    # The broker has acknowledged this message to its device: it must not be
+                    # lost. Keep it (unacknowledged, its device's later ones behind it) and
+                    # try again until the registry answers or the gateway stops.
+                    log.warning(
+                        "mqtt bridge: %s waits, the registry is busy: %s", item.message.topic, e
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                except Exception:
+                    log.exception("mqtt bridge: unexpected error on %s", item.message.topic)
+                break
             self._acks.handled(item)  # not when cancelled: then the broker sends it again
         finally:
             self._backlog -= 1
@@ -750,6 +774,8 @@ class MqttBridge(Bridge):
             problem = json.loads(self._gateway.error_body(e))
             self._report(device_id, channel, data, problem)
             return
+        except RegistryBusyError:
+            raise
         except StoreError as e:
             log.warning(
                 "mqtt bridge: %s/%s not handled, store unavailable: %s", device_id, channel, e
