@@ -56,6 +56,8 @@ import platformdirs
 from safething.errors import SafeThingError
 
 __all__ = [
+    "DEFAULT_CONFIG",
+    "ENV_CONFIG",
     "AdoptionConfig",
     "CoapConfig",
     "ConfigError",
@@ -68,6 +70,7 @@ __all__ = [
 ]
 
 ENV_CONFIG = "SAFETHING_GATEWAY_CONFIG"
+DEFAULT_CONFIG = Path("/etc/safething/gateway.toml")
 
 
 class ConfigError(SafeThingError, ValueError):
@@ -199,10 +202,13 @@ def _section(cls: type, values: Any, name: str, *, base: Any = None) -> Any:
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
-    """Read ``path`` (or ``$SAFETHING_GATEWAY_CONFIG``); defaults when neither is given."""
-    source = path or os.environ.get(ENV_CONFIG) or None
+    """Read ``path``, else ``$SAFETHING_GATEWAY_CONFIG``, else ``/etc/safething/gateway.toml``
+    when it exists; the built-in defaults when there is none of them."""
+    source = path or os.environ.get(ENV_CONFIG, "").strip() or None
     if source is None:
-        return GatewayConfig()
+        if not DEFAULT_CONFIG.exists():
+            return GatewayConfig()
+        source = DEFAULT_CONFIG
     target = Path(source).expanduser()
     try:
         data = tomllib.loads(target.read_text())

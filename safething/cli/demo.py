@@ -88,7 +88,7 @@ def _thing_identity(owner_path: Path, role: str) -> Identity:
 async def cmd_demo(args: argparse.Namespace) -> int:
     path = args.identity or default_identity_path()
     owner = _owner(path)
-    async with await open_cli_store(args.store) as store:
+    async with await open_cli_store(args.store, create=True) as store:
         out(f"store: {store.url}")
         if args.net:
             await run_network_demo(store, owner, echo=out)

@@ -23,6 +23,11 @@ from safething.errors import SafeThingError
 
 __all__ = ["register"]
 
+CONFIG_HELP = (
+    "gateway.toml (default: $SAFETHING_GATEWAY_CONFIG, else /etc/safething/gateway.toml "
+    "when it exists, else the built-in defaults)"
+)
+
 
 class GatewayMissingError(SafeThingError, ImportError):
     """The gateway extra is not installed."""
@@ -43,18 +48,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--config",
         metavar="TOML",
         default=None,
-        help="gateway.toml (default: $SAFETHING_GATEWAY_CONFIG or built-in defaults)",
+        help=CONFIG_HELP,
     )
     g.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("provision", help="provision a device: secret, custodial thing, config file")
     p.add_argument("device_id", help="5-64 characters: letters, digits, '-' and '_'")
     p.add_argument("--transport", choices=("mqtt", "coap", "http"), required=True)
-    p.add_argument("--config", metavar="TOML", default=None, help="the gateway's gateway.toml")
+    p.add_argument("--config", metavar="TOML", default=None, help=CONFIG_HELP)
     p.add_argument(
         "--host",
         default=None,
-        help="address the device uses to reach the gateway (default: from the config)",
+        help="address the device uses to reach the gateway (default: from the config, "
+        "unless that is a loopback or wildcard address a board cannot reach)",
     )
     p.add_argument(
         "--out",
@@ -62,7 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="device config file to write (default: ./<device_id>.json, mode 0600)",
     )
-    p.add_argument("--wifi-ssid", default="", help="Wi-Fi network for the device's config")
+    p.add_argument("--wifi-ssid", default=None, help="Wi-Fi network for the device's config")
     p.add_argument("--wifi-password", default="", help="Wi-Fi password for the device's config")
     p.add_argument("--no-qr", action="store_true", help="do not print the QR code")
     p.set_defaults(func=cmd_provision)
@@ -70,19 +76,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = sub.add_parser(
         "broker-login", help="create the gateway's own Mosquitto login (run once, then reload)"
     )
-    b.add_argument("--config", metavar="TOML", default=None)
+    b.add_argument("--config", metavar="TOML", default=None, help=CONFIG_HELP)
     b.add_argument("--username", default=None, help="default: [mqtt] username or safething-gateway")
     b.set_defaults(func=cmd_broker_login)
 
     d = sub.add_parser("device", help="list or revoke provisioned devices")
     dsub = d.add_subparsers(dest="device_command", required=True, metavar="COMMAND")
     ls = dsub.add_parser("list", help="devices in the gateway's registry")
-    ls.add_argument("--config", metavar="TOML", default=None)
+    ls.add_argument("--config", metavar="TOML", default=None, help=CONFIG_HELP)
     ls.add_argument("--json", action="store_true", help="print JSON lines")
     ls.set_defaults(func=cmd_device_list)
     rv = dsub.add_parser("revoke", help="refuse a device from now on (and remove its broker login)")
     rv.add_argument("device_id")
-    rv.add_argument("--config", metavar="TOML", default=None)
+    rv.add_argument("--config", metavar="TOML", default=None, help=CONFIG_HELP)
     rv.set_defaults(func=cmd_device_revoke)
 
 
@@ -107,7 +113,7 @@ def _device_config(
     device_id: str,
     transport: str,
     secret: bytes,
-    host: str | None,
+    host: str,
     extra: dict[str, Any],
     wifi: dict[str, str],
 ) -> dict[str, Any]:
@@ -121,16 +127,80 @@ def _device_config(
     }
     if transport == "mqtt":
         doc["mqtt"] = {
-            "host": host or config.mqtt.host,
+            "host": host,
             "port": config.mqtt.port,
             "prefix": config.mqtt.prefix,
             **extra,
         }
     elif transport == "coap":
-        doc["coap"] = {"host": host or config.coap.bind, "port": config.coap.port}
+        doc["coap"] = {"host": host, "port": config.coap.port}
     else:
-        doc["http"] = {"url": f"http://{host or config.http.bind}:{config.http.port}"}
+        name = f"[{host}]" if ":" in host else host
+        doc["http"] = {"url": f"http://{name}:{config.http.port}"}
     return doc
+
+
+def lan_address() -> str | None:
+    """This machine's address on the network its default route leads to (no packet is sent:
+    connecting a UDP socket only picks the route), None when there is none."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: never answered, only routed
+            address: str = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if _unreachable(address) else address
+
+
+def _unreachable(host: str) -> bool:
+    """Loopback or wildcard: an address that names no machine a board could reach."""
+    import ipaddress
+
+    if host.strip().lower() in ("", "localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
+
+
+def _device_host(config: Any, transport: str, given: str | None) -> str:
+    """The address written into the device's config: ``--host``, else the gateway's own
+    address from its config, refused when that is one a device cannot reach."""
+    if given is not None:
+        if not given.strip():
+            raise ValueError("--host is empty")
+        return given.strip()
+    section = {"mqtt": config.mqtt, "coap": config.coap, "http": config.http}[transport]
+    host: str = section.host if transport == "mqtt" else section.bind
+    if _unreachable(host):
+        detected = lan_address()
+        hint = (
+            f"this machine's LAN address looks like {detected}: --host {detected}"
+            if detected
+            else "this machine's LAN address could not be detected (see: ip -brief address)"
+        )
+        raise ValueError(
+            f"the {transport} address in the gateway config is {host!r}, which a device "
+            f"cannot reach; give the address it should use with --host ({hint})"
+        )
+    return host
+
+
+def _wifi(ssid: str | None, password: str) -> dict[str, str]:
+    if ssid is None:
+        if password:
+            raise ValueError("--wifi-password without --wifi-ssid")
+        out("note: no --wifi-ssid, so the config joins no Wi-Fi network (a board needs one)")
+        return {}
+    if not ssid.strip():
+        raise ValueError("--wifi-ssid is empty: give the name of the Wi-Fi network")
+    if len(ssid.encode()) > 32:
+        raise ValueError("--wifi-ssid is longer than 32 bytes, the most a Wi-Fi name can be")
+    return {"ssid": ssid, "password": password}
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -163,6 +233,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
     from safething_gateway.registry import Registry
 
     config = load_config(args.config)
+    host = _device_host(config, args.transport, args.host)
+    wifi = _wifi(args.wifi_ssid, args.wifi_password)
     registry = Registry(config.gateway.registry_path)
     try:
         secret = secrets.token_bytes(32)
@@ -182,9 +254,9 @@ def cmd_provision(args: argparse.Namespace) -> int:
         args.device_id,
         args.transport,
         record.secret,
-        args.host,
+        host,
         extra,
-        {"ssid": args.wifi_ssid, "password": args.wifi_password},
+        wifi,
     )
     text = json.dumps(doc, indent=2) + "\n"
     target = args.out or Path(f"{args.device_id}.json")
@@ -233,13 +305,31 @@ def cmd_broker_login(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_registry(config: Any) -> Path:
+    """The registry a read or revoke works on: it must exist (nothing is created here)."""
+    path: Path = config.gateway.registry_path
+    if not path.exists():
+        where = "the built-in defaults" if config.source == "defaults" else config.source
+        raise SafeThingError(
+            f"no gateway registry at {path} (from {where}); name the gateway's config with "
+            "--config /etc/safething/gateway.toml (or $SAFETHING_GATEWAY_CONFIG), or provision "
+            "a device first"
+        )
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise SafeThingError(
+            f"cannot open the gateway registry {path}: permission denied; run as the gateway's "
+            "user, e.g. sudo -u safething safething device list --config ..."
+        )
+    return path
+
+
 def cmd_device_list(args: argparse.Namespace) -> int:
     _need_gateway()
     from safething_gateway.config import load_config
     from safething_gateway.registry import Registry
 
     config = load_config(args.config)
-    registry = Registry(config.gateway.registry_path)
+    registry = Registry(_existing_registry(config))
     try:
         records = registry.devices()
     finally:
@@ -273,7 +363,7 @@ def cmd_device_revoke(args: argparse.Namespace) -> int:
     from safething_gateway.registry import Registry
 
     config = load_config(args.config)
-    registry = Registry(config.gateway.registry_path)
+    registry = Registry(_existing_registry(config))
     try:
         record = registry.get(args.device_id, allow_revoked=True)
         registry.revoke(args.device_id)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from safething import __version__
 from safething.cli import bench, demo, gateway, identity, md, thing, vault
+from safething.cli.common import add_identity_option, add_store_option
 from safething.errors import SafeThingError, TamperedDataError
 
 __all__ = ["build_parser", "main"]
@@ -32,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="SAFEthing: IoT things on a data network nobody has to trust.",
     )
     parser.add_argument("--version", action="version", version=f"safething {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    _add_global_options(parser, top=True)
+    add_store_option(parser, top=True)
+    add_identity_option(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     identity.register(sub)
     md.register(sub)
@@ -42,7 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     thing.register(sub)
     gateway.register(sub)
+    for command in _commands(parser):
+        _add_global_options(command, top=False)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--debug`` and ``-v/--verbose``, before or after the subcommand (``safething --debug
+    demo`` and ``safething demo --debug`` alike). A subcommand's copy has no default, so
+    it does not undo the option given before it; one with its own ``--verbose`` keeps it."""
+    default: object = False if top else argparse.SUPPRESS
+    taken = parser._option_string_actions
+    if "--verbose" not in taken:
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", default=default, help="log more"
+        )
+    parser.add_argument(
+        "--debug", action="store_true", default=default, help="show tracebacks on errors"
+    )
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every subcommand's parser, nested ones included (``thing list``)."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.append(child)
+                found.extend(_commands(child))
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -135,7 +135,7 @@ async def cmd_ls(args: argparse.Namespace) -> int:
 async def cmd_create(args: argparse.Namespace) -> int:
     address = parse_address(args.address)
     identity = load_identity(args.identity)
-    async with await open_cli_store(args.store) as store:
+    async with await open_cli_store(args.store, create=True) as store:
         md = await Client(store, identity).create_md(
             address.name, address.tag, private=args.private, permissions=_grants(args)
         )

@@ -30,19 +30,32 @@ def default_store_url() -> str:
 
 
 def sqlite_path_from_url(url: str) -> tuple[Path, dict[str, str]]:
-    """Split ``sqlite:///abs/path.db?synchronous=full`` into a path and options."""
+    """Split ``sqlite:///abs/path.db?synchronous=full`` into a path and options.
+
+    ``~`` and ``$VARIABLES`` in the path are expanded, so the default written
+    out (``sqlite:///~/.local/share/safething/vault.db``) and
+    ``sqlite:///$HOME/vault.db`` name the file in the home directory.
+    """
     parts = urlsplit(url)
     if parts.scheme != "sqlite":
         raise StoreURLError(f"not a sqlite URL: {url!r}")
-    if parts.netloc not in ("", "localhost"):
+    netloc, path = parts.netloc, parts.path
+    if netloc.startswith(("~", "$")):  # sqlite://~/vault.db: the user's path, not a host
+        netloc, path = "", netloc + path
+    if netloc not in ("", "localhost"):
         raise StoreURLError(
-            f"sqlite URL {url!r} names a host; use sqlite:///absolute/path.db "
-            "or sqlite://relative/path.db is not allowed"
+            f"sqlite URL {url!r} reads as host {netloc!r}: write an absolute path after "
+            f"three slashes, e.g. sqlite:///{netloc}{path}"
         )
-    if not parts.path or parts.path == "/":
-        raise StoreURLError(f"sqlite URL {url!r} has no file path (sqlite:///path/vault.db)")
+    if path.startswith(("/~", "/$")):  # sqlite:///~/x.db, sqlite:///$HOME/x.db
+        path = path[1:]
+    path = os.path.expanduser(os.path.expandvars(path))
+    if not path or path == "/" or path.endswith("/"):
+        raise StoreURLError(f"sqlite URL {url!r} has no file name (sqlite:///path/vault.db)")
+    if "$" in path:
+        raise StoreURLError(f"sqlite URL {url!r}: an environment variable in it is not set")
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    return Path(parts.path), options
+    return Path(path), options
 
 
 async def open_store(url: str | None = None) -> Store:

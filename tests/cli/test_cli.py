@@ -100,6 +100,9 @@ def test_bad_input_gives_one_clear_line(
 ) -> None:
     if argv[1] == "create":
         run(capsys, "identity", "create")
+    if argv[:3] == ["md", "get", "missing:27417"]:  # a vault that exists, without that MD
+        run(capsys, "identity", "create")
+        run(capsys, "md", "create", "other:27417")
     code, out, err = run(capsys, *argv)
     assert code == 1
     assert message in err
@@ -130,5 +133,106 @@ def test_entry_point_runs_as_a_program(env: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 1
-    assert proc.stderr.startswith("safething: error: no MutableData")
+    assert proc.stderr.startswith(f"safething: error: no vault at {env / 'vault.db'}")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["thing", "list"],
+        ["md", "ls"],
+        ["vault", "info"],
+        ["thing", "show", "garden-01"],
+        ["md", "get", "kitchen:27417"],
+    ],
+)
+def test_reading_a_vault_that_does_not_exist_is_refused(
+    env: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """A mistyped URL is an error, not an empty vault (and creates nothing)."""
+    typo = env / "typo.db"
+    for where in ([*argv, "--store", f"sqlite://{typo}"], ["--store", f"sqlite://{typo}", *argv]):
+        code, _, err = run(capsys, *where)
+        assert code == 1
+        assert err.startswith(f"safething: error: no vault at {typo};")
+        assert "safething md create" in err
+        assert not typo.exists()
+        assert not (env / "vault.db").exists()
+
+
+def test_store_urls_expand_home_and_variables(
+    env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = env / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("VAULTS", str(env))
+    run(capsys, "identity", "create")
+    assert run(capsys, "md", "create", "kitchen:27417", "--store", "sqlite:///~/v.db")[0] == 0
+    assert (home / "v.db").is_file()
+    assert not Path("/~").exists()
+    for url in ("sqlite://~/v.db", "sqlite:///$HOME/v.db", "sqlite:///${HOME}/v.db"):
+        code, out, _ = run(capsys, "md", "ls", "--store", url)
+        assert code == 0
+        assert "1 MutableData" in out
+    assert run(capsys, "md", "create", "k:27417", "--store", "sqlite:///$VAULTS/w.db")[0] == 0
+    assert (env / "w.db").is_file()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite://tmp/x.db", "reads as host 'tmp': write an absolute path after three slashes"),
+        ("sqlite:///$SAFETHING_NO_SUCH_VARIABLE/x.db", "an environment variable in it is not set"),
+        ("sqlite:///tmp/", "has no file name"),
+    ],
+)
+def test_bad_store_urls_are_clear_errors(
+    env: Path, capsys: pytest.CaptureFixture[str], url: str, message: str
+) -> None:
+    run(capsys, "identity", "create")
+    code, out, err = run(capsys, "md", "create", "x:27417", "--store", url)
+    assert code == 1
+    assert message in err
+    assert "Traceback" not in out + err
+
+
+def test_writing_makes_no_directories_for_a_path_given(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "identity", "create")
+    target = env / "no" / "such" / "dir" / "x.db"
+    code, _, err = run(capsys, "md", "create", "x:27417", "--store", f"sqlite://{target}")
+    assert code == 1
+    assert f"the directory {target.parent} does not exist" in err
+    assert not (env / "no").exists()
+
+
+def test_default_vault_directory_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SAFETHING_STORE", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("SAFETHING_IDENTITY", str(tmp_path / "identity.json"))
+    run(capsys, "identity", "create")
+    assert run(capsys, "md", "create", "x:27417")[0] == 0
+    assert (tmp_path / "data" / "safething" / "vault.db").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--debug", "md", "ls", "--store", "sqlite:///nope/x.db"],
+        ["md", "ls", "--debug", "--store", "sqlite:///nope/x.db"],
+        ["--store", "sqlite:///nope/x.db", "md", "ls", "--debug"],
+    ],
+)
+def test_global_options_before_or_after_the_subcommand(
+    env: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """--debug raises (shows the traceback) wherever it is written; --store too."""
+    from safething.errors import StoreError
+
+    with pytest.raises(StoreError, match=r"no vault at /nope/x\.db"):
+        main(argv)

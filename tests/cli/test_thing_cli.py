@@ -15,6 +15,7 @@ import pytest
 from safething.cli import main
 from safething.cli.thing import parse_arg
 from safething.net import Identity
+from safething.store import open_store
 from safething.things import ActionRequest, Thing, ThingDescription, ValueType
 from safething.things.description import Schema
 from tests.things.conftest import garden_description
@@ -239,6 +240,8 @@ async def test_request_access_denied_and_timeout(
 
 
 async def test_unknown_thing_is_one_line(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with await open_store(f"sqlite://{env}/vault.db"):
+        pass  # a vault, without that thing
     for argv in (["show", "nothing-1"], ["td", "nothing-1"], ["publish", "nothing-1"]):
         code, _, err = await cli(capsys, "thing", *argv)
         assert (code, err) == (1, "safething: error: no thing 'nothing-1' in this store\n")

@@ -80,6 +80,8 @@ def test_provision_list_revoke(
                 str(config),
                 "--out",
                 str(out),
+                "--host",
+                "192.0.2.10",
                 "--no-qr",
             ]
         )
@@ -95,8 +97,101 @@ def test_provision_list_revoke(
     main(["device", "list", "--config", str(config), "--json"])
     assert json.loads(capsys.readouterr().out.splitlines()[0])["state"] == "revoked"
     assert main(["device", "revoke", "nobody-00", "--config", str(config)]) == 1
-    assert main(["provision", "x", "--transport", "http", "--config", str(config)]) == 1
+    argv = ["provision", "x", "--transport", "http", "--config", str(config), "--host", "gw"]
+    assert main(argv) == 1
     assert "invalid device id" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("transport", "section"),
+    [("mqtt", '[mqtt]\nhost = "127.0.0.1"'), ("coap", '[coap]\nbind = "0.0.0.0"'), ("http", "")],
+)
+def test_provision_refuses_an_address_a_board_cannot_reach(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], transport: str, section: str
+) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[gateway]\nregistry = "{tmp_path}/gw.db"\n{section}\n')
+    out = tmp_path / "dev.json"
+    argv = ["provision", "sensor-07", "--transport", transport, "--config", str(config)]
+    argv += ["--out", str(out), "--no-qr", "--wifi-ssid", "garden"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"the {transport} address in the gateway config is" in err
+    assert "which a device cannot reach; give the address it should use with --host" in err
+    assert not out.exists()
+    assert not (tmp_path / "gw.db").exists() or not Registry(tmp_path / "gw.db").devices()
+    # said on purpose (a device on this machine): accepted as written
+    assert main([*argv, "--host", "127.0.0.1"]) == 0
+    doc = json.loads(out.read_text())
+    written = doc[transport].get("host") or doc[transport]["url"]
+    assert "127.0.0.1" in written
+
+
+def test_lan_address_suggested_is_not_loopback() -> None:
+    from safething.cli.gateway import lan_address
+
+    address = lan_address()
+    assert address is None or not address.startswith("127.")
+
+
+@pytest.mark.parametrize(
+    ("wifi", "message"),
+    [
+        (["--wifi-ssid", ""], "--wifi-ssid is empty"),
+        (["--wifi-ssid", "   "], "--wifi-ssid is empty"),
+        (["--wifi-password", "x"], "--wifi-password without --wifi-ssid"),
+        (["--wifi-ssid", "x" * 33], "longer than 32 bytes"),
+    ],
+)
+def test_provision_refuses_a_wifi_network_without_a_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], wifi: list[str], message: str
+) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[gateway]\nregistry = "{tmp_path}/gw.db"\n')
+    out = tmp_path / "dev.json"
+    argv = ["provision", "sensor-07", "--transport", "coap", "--config", str(config)]
+    assert main([*argv, "--out", str(out), "--host", "192.0.2.10", "--no-qr", *wifi]) == 1
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_device_list_without_a_registry_creates_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("SAFETHING_GATEWAY_CONFIG", raising=False)
+    for argv in (["device", "list"], ["device", "revoke", "sensor-07"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert "no gateway registry at" in err
+        assert "--config /etc/safething/gateway.toml" in err
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_config_comes_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[gateway]\nregistry = "{tmp_path}/gw.db"\n')
+    monkeypatch.setenv("SAFETHING_GATEWAY_CONFIG", str(config))
+    assert load_config().source == str(config)
+    argv = ["provision", "sensor-07", "--transport", "coap", "--host", "192.0.2.10"]
+    assert main([*argv, "--out", str(tmp_path / "d.json"), "--no-qr"]) == 0
+    assert main(["device", "list"]) == 0
+    assert "sensor-07" in capsys.readouterr().out
+
+
+def test_the_default_config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With neither --config nor the variable: /etc/safething/gateway.toml when it exists."""
+    from safething_gateway import config as config_module
+
+    monkeypatch.delenv("SAFETHING_GATEWAY_CONFIG", raising=False)
+    assert Path("/etc/safething/gateway.toml") == config_module.DEFAULT_CONFIG
+    monkeypatch.setattr(config_module, "DEFAULT_CONFIG", tmp_path / "gateway.toml")
+    assert load_config().source == "defaults"
+    (tmp_path / "gateway.toml").write_text("[coap]\nport = 5999\n")
+    loaded = load_config()
+    assert (loaded.source, loaded.coap.port) == (str(tmp_path / "gateway.toml"), 5999)
 
 
 def test_the_shipped_example_config_loads() -> None:
@@ -131,6 +226,8 @@ def test_mqtt_provisioning_creates_a_broker_login_and_revoke_removes_it(
                 str(config),
                 "--out",
                 str(out),
+                "--host",
+                "192.0.2.10",
                 "--no-qr",
             ]
         )
