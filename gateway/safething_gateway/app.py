@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from safething.errors import IdentityError
+from safething.local_identity import default_identity_path, load_identity
 from safething.net import Identity
 from safething.resource import AsyncResource
 from safething.store import Store, open_store
+from safething_gateway.broker import Mosquitto, free_port
 from safething_gateway.config import GatewayConfig
 from safething_gateway.core import Bridge, Gateway
 from safething_gateway.registry import Registry
-from safething_gateway.testing import Mosquitto, free_port
 
 __all__ = ["GatewayApp", "configure_logging", "serve"]
 
@@ -60,8 +61,6 @@ def configure_logging(fmt: str = "text", *, verbose: bool = False) -> None:
 def _owner(config: GatewayConfig, identity: Identity | None) -> Identity:
     if identity is not None:
         return identity
-    from safething.cli.common import default_identity_path, load_identity
-
     path = Path(config.gateway.identity).expanduser() if config.gateway.identity else None
     try:
         return load_identity(path or default_identity_path())

@@ -82,6 +82,7 @@ __all__ = [
     "Bridge",
     "DeviceActionError",
     "Gateway",
+    "Health",
     "OutboundDownlink",
 ]
 
@@ -116,6 +117,17 @@ class OutboundDownlink:
     """The gateway's counter for this device (also in the frame's header line)."""
     frame: bytes
     """The framed message ``ST1 <counter> <mac>\\n<body>``, exactly as sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What :meth:`Gateway.health` found: both parts answer, or the first that does not."""
+
+    devices: int
+    """Provisioned devices (0 when the registry did not answer)."""
+    problem: tuple[str, str] | None = None
+    """``(reason, detail)`` of the part that does not answer
+    (``"registry_unavailable"``, ``"store_unavailable"``); None when healthy."""
 
 
 class Bridge(AsyncResource, ABC):
@@ -236,6 +248,22 @@ class Gateway(AsyncResource):
 
     def endpoints(self) -> list[str]:
         return [e for b in self.bridges for e in b.endpoints()]
+
+    async def health(self, *, timeout: float = 5.0) -> Health:
+        """Whether the device registry and the data store answer (the store within
+        ``timeout`` seconds); never raises."""
+        try:
+            devices = len(self.registry.devices())
+        except Exception as e:
+            log.warning("health: registry does not answer: %s", e)
+            return Health(0, ("registry_unavailable", f"the device registry does not answer: {e}"))
+        try:
+            async with asyncio.timeout(timeout):
+                await self.store.get("gateway.healthz")
+        except Exception as e:
+            log.warning("health: store does not answer: %s", e)
+            return Health(devices, ("store_unavailable", f"the data store does not answer: {e}"))
+        return Health(devices)
 
     def bridge_for(self, device_id: str) -> Bridge | None:
         record = self.registry.find(device_id)
@@ -406,6 +434,16 @@ class Gateway(AsyncResource):
         await registry.call(registry.set_description, record.device_id, desc.to_dict())
         await registry.call(registry.set_online, record.device_id, True)
 
+    async def custodial_thing(self, record: DeviceRecord, description: ThingDescription) -> Thing:
+        """The device's custodial thing, started, registered and published; the running
+        one when its description is unchanged, else a new one in its place.
+
+        A device with a device link (:attr:`DeviceRecord.linked`) gets its actions and
+        writable attributes forwarded to it; any other (an adopted device) gets no
+        handlers: its adapter installs its own on the returned thing.
+        """
+        return await self._thing_for(record, description.to_dict())
+
     async def _thing_for(self, record: DeviceRecord, doc: dict[str, Any]) -> Thing:
         """The device's custodial thing, (re)registered if its description changed."""
         desc = ThingDescription.from_dict(doc)
@@ -417,7 +455,7 @@ class Gateway(AsyncResource):
         thing = Thing(desc, identity=record.identity, owner=self.owner.public, store=self.store)
         await thing.start()
         try:
-            if record.transport != "adopted":  # adopters install their own handlers
+            if record.linked:  # adapters of adopted devices install their own handlers
                 for action in desc.actions:
                     thing.on_action(action.name, self._forwarder(record.device_id))
                 for attr in desc.attributes:

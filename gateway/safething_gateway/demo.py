@@ -25,10 +25,10 @@ from safething.net import Client, Identity
 from safething.resource import Tasks
 from safething.store import Store
 from safething.things import ActionStatus, Notification, Thing, ThingClient, ThingDescription
+from safething_gateway.broker import Mosquitto, free_port
 from safething_gateway.core import Bridge, Gateway
 from safething_gateway.devices.base import DeviceLink
 from safething_gateway.registry import Registry
-from safething_gateway.testing import Mosquitto, free_port
 
 __all__ = ["GatewayDemo", "device_description"]
 

@@ -69,7 +69,9 @@ MAX_PENDING_DOWNLINKS = 256
 """Downlinks queued for one device at most (action requests and desired values it has
 not acknowledged); the total is this times the provisioned devices."""
 
-TRANSPORTS = ("mqtt", "coap", "http", "adopted")
+LINKED_TRANSPORTS = ("mqtt", "coap", "http")
+"""Transports of devices that speak the device link (docs/protocol.md) to the gateway."""
+TRANSPORTS = (*LINKED_TRANSPORTS, "adopted")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -133,6 +135,12 @@ class DeviceRecord:
     online: bool
     last_seen: float | None
     meta: dict[str, Any]
+
+    @property
+    def linked(self) -> bool:
+        """The device speaks the device link, so the gateway forwards its actions and
+        desired values to it; an adopted device's adapter handles its own."""
+        return self.transport in LINKED_TRANSPORTS
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
-import sys
 from pathlib import Path
 
-import platformdirs
-
-from safething.errors import IdentityError, StoreError, WrongPasswordError
-from safething.net import Identity, PublicSignKey, SecretKey
+from safething.errors import StoreError
+from safething.local_identity import (
+    ENV_IDENTITY,
+    ENV_PASSWORD,
+    default_identity_path,
+    load_identity,
+    read_password,
+)
+from safething.net import PublicSignKey, SecretKey
 from safething.store import ENV_VAR as ENV_STORE
 from safething.store import Store, default_store_url, open_store
 from safething.store.registry import sqlite_path_from_url
@@ -29,17 +32,6 @@ __all__ = [
     "parse_secret",
     "read_password",
 ]
-
-ENV_IDENTITY = "SAFETHING_IDENTITY"
-ENV_PASSWORD = "SAFETHING_PASSWORD"
-
-
-def default_identity_path() -> Path:
-    """``$SAFETHING_IDENTITY``, else ``identity.json`` in the user's config dir."""
-    env = os.environ.get(ENV_IDENTITY, "").strip()
-    if env:
-        return Path(env).expanduser()
-    return Path(platformdirs.user_config_dir("safething", appauthor=False)) / "identity.json"
 
 
 def add_store_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
@@ -62,32 +54,6 @@ def add_identity_option(parser: argparse.ArgumentParser, *, top: bool = False) -
         default=None if top else argparse.SUPPRESS,
         help=f"identity file (default: ${ENV_IDENTITY} or {default_identity_path()})",
     )
-
-
-def read_password(*, confirm: bool = False, prompt: str = "Password: ") -> str | None:
-    """``$SAFETHING_PASSWORD``, else ask on the terminal; None when there is no terminal."""
-    env = os.environ.get(ENV_PASSWORD)
-    if env is not None:
-        return env
-    if not sys.stdin.isatty():
-        return None
-    first = getpass.getpass(prompt)
-    if confirm and getpass.getpass("Repeat password: ") != first:
-        raise IdentityError("the two passwords differ")
-    return first
-
-
-def load_identity(path: Path | None) -> Identity:
-    """Load the identity, asking for its password only if the file needs one."""
-    target = path or default_identity_path()
-    if Identity.read_public(target)["encrypted"]:
-        password = read_password(prompt=f"Password for {target}: ")
-        if password is None:
-            raise WrongPasswordError(
-                f"{target} is password-protected: set ${ENV_PASSWORD} or run in a terminal"
-            )
-        return Identity.load(target, password=password)
-    return Identity.load(target)
 
 
 def _vault_file(url: str) -> Path | None:

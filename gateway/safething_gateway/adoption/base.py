@@ -127,7 +127,7 @@ class MqttAdopter(MqttBridge):
         if record.meta != full_meta:
             registry.set_meta(thing_id, full_meta)
         doc = description.to_dict()
-        thing = await self.gateway._thing_for(record, doc)
+        thing = await self.gateway.custodial_thing(record, description)
         if record.description != doc:
             registry.set_description(thing_id, doc)
         if thing.status == "disabled" and record.meta.get("removed"):

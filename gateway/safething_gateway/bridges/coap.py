@@ -76,6 +76,7 @@ from aiocoap.numbers.contentformat import ContentFormat
 from aiocoap.util.linkformat import Link, LinkFormat
 
 from safething.errors import SafeThingError, StoreError
+from safething_gateway.broker import free_port
 from safething_gateway.core import Bridge, Gateway
 from safething_gateway.protocol import (
     MAX_MESSAGE_BYTES,
@@ -85,7 +86,6 @@ from safething_gateway.protocol import (
     TooLargeError,
     check_channel,
 )
-from safething_gateway.testing import free_port
 
 __all__ = ["PREFIX", "CoapBridge", "decode_downlinks", "encode_downlinks"]
 

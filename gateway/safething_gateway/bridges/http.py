@@ -631,21 +631,10 @@ def create_app(
         tags=["operations"],
     )
     async def healthz() -> Response:
-        try:
-            devices = len(gateway.registry.devices())
-        except Exception as e:
-            log.warning("health: registry does not answer: %s", e)
-            return problem_response(
-                _problem(503, "registry_unavailable", f"the device registry does not answer: {e}")
-            )
-        try:
-            async with asyncio.timeout(5):
-                await gateway.store.get("gateway.healthz")
-        except Exception as e:
-            log.warning("health: store does not answer: %s", e)
-            return problem_response(
-                _problem(503, "store_unavailable", f"the data store does not answer: {e}")
-            )
+        health = await gateway.health()
+        if health.problem is not None:
+            return problem_response(_problem(503, *health.problem))
+        devices = health.devices
         bridges = [
             {"name": b.name, "endpoints": b.endpoints(), "connected": b.connected()}
             for b in gateway.bridges
