@@ -1,4 +1,4 @@
-"""``safething thing list|show|publish|disable|watch|request|td``: things from a terminal.
+"""``safething thing list|show|publish|disable|watch|request|history|td``: things from a terminal.
 
 Reading needs no identity (``list``, ``td``); ``show`` and ``watch`` use
 yours if there is one, to decrypt Owner and Group data you hold keys for;
@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from safething.cli import history
 from safething.cli.common import (
     add_identity_option,
     add_store_option,
@@ -98,6 +99,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_store_option(r)
     add_identity_option(r)
     r.set_defaults(func=cmd_request, is_async=True)
+
+    history.add_parser(tsub)
 
     td = tsub.add_parser("td", help="the W3C WoT Thing Description (JSON)")
     td.add_argument("id", help="thing id")

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Self, overload
 
 from safething.errors import (
     AccessDeniedError,
@@ -33,6 +33,14 @@ from safething.things import layout
 from safething.things.access import KeyRing
 from safething.things.description import AccessType, ThingDescription
 from safething.things.filters import Filter
+from safething.things.history import (
+    Bucket,
+    downsample,
+    merge_points,
+    notifications,
+    read_archive,
+    readings,
+)
 from safething.things.layout import ThingAddresses
 from safething.things.values import Notification, Reading, decode_payload, dumps, loads
 
@@ -188,15 +196,97 @@ class ThingClient(AsyncResource):
         seq, t, value = self._decode(view, data, f"attribute {attribute!r}")
         return Reading(thing_id, attribute, value, seq, t)
 
-    async def history(self, thing_id: str, attribute: str) -> list[Reading]:
-        """The attribute's kept history, oldest first."""
+    @overload
+    async def history(
+        self,
+        thing_id: str,
+        attribute: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        every: None = None,
+    ) -> list[Reading]: ...
+
+    @overload
+    async def history(
+        self,
+        thing_id: str,
+        attribute: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        every: float,
+    ) -> list[Bucket]: ...
+
+    async def history(
+        self,
+        thing_id: str,
+        attribute: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        every: float | None = None,
+    ) -> list[Reading] | list[Bucket]:
+        """The attribute's values, oldest first.
+
+        Without ``since``/``until``/``every``: the values kept in the ring (the
+        newest ``history`` of them). With any of them: the archive too, every
+        value with a time in ``[since, until]`` (Unix times; ``since`` 0 or
+        None: from the start, ``until`` None: now). ``every`` (seconds)
+        summarises them instead: one :class:`Bucket` (min/max/mean/last) per
+        ``every`` seconds from ``since``. Every archived segment used is
+        verified (hash, the thing's signature, the index signed by the thing
+        or owner); ``TamperedDataError`` otherwise.
+        """
         view = await self.view(thing_id)
         attr = view.description.attribute(attribute)
-        result = []
+        recent = []
         for entry in await self._ring_entries(view, f"ah/{attribute}/", attr.history):
             seq, t, value = self._decode(view, entry.value or b"", f"attribute {attribute!r}")
-            result.append(Reading(thing_id, attribute, value, seq, t))
-        return sorted(result, key=lambda r: r.seq)
+            recent.append((seq, t, value))
+        if since is None and until is None and every is None:
+            return readings(thing_id, attribute, sorted(recent, key=lambda p: p[0]))
+        points = await self._archived("a", view, attribute, recent, since, until)
+        if every is not None:
+            return downsample(points, every=every, origin=since or (points[0][1] if points else 0))
+        return readings(thing_id, attribute, points)
+
+    async def event_history(
+        self,
+        thing_id: str,
+        topic: str,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[Notification]:
+        """Events of ``topic`` in ``[since, until]``, archived and kept, oldest first."""
+        view = await self.view(thing_id)
+        recent = [(n.seq, n.timestamp, n.value) for n in await self.events(thing_id, topic)]
+        points = await self._archived("e", view, topic, recent, since, until)
+        return notifications(thing_id, topic, points, view.thing.sign_key)
+
+    async def _archived(
+        self,
+        kind: str,
+        view: ThingView,
+        name: str,
+        recent: list[tuple[int, float, Any]],
+        since: float | None,
+        until: float | None,
+    ) -> list[tuple[int, float, Any]]:
+        low = float(since or 0.0)
+        high = float(until if until is not None else time.time() + 3600)
+        history_md = self.client.md(view.addresses.history.name, view.addresses.history.tag)
+        try:
+            archived = await read_archive(
+                view, history_md, kind=kind, name=name, since=low, until=high
+            )
+        except AccessDeniedError:
+            raise AccessDeniedError(
+                f"history of {name!r} of thing {view.thing_id!r} is encrypted for other "
+                "readers (access type Owner/Group/Thing); this identity holds no key for it"
+            ) from None
+        return merge_points(archived, [p for p in recent if low <= p[1] <= high])
 
     async def events(self, thing_id: str, topic: str, *, after: int = 0) -> list[Notification]:
         """Kept events of ``topic`` with a sequence number above ``after``, oldest first."""

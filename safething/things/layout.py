@@ -1,6 +1,6 @@
 """Where a thing's data lives: its MDs and the entry keys inside them.
 
-A thing with id ``garden-01`` owns four MDs, all named from its id:
+A thing with id ``garden-01`` owns five MDs, all named from its id:
 
 =========  =====  ===============================  ==================================
 MD         tag    owners / permissions              entries
@@ -17,6 +17,9 @@ inbox      27418  thing + owner; anyone inserts    ``r/<request id>`` action req
                                                     ``d/<attr>/<id>`` desired values
 outbox     27419  thing + owner; anyone reads      ``r/<request id>`` action states
 group      27420  owner only                        ``m/<member sign key hex>`` members
+history    27421  thing + owner; anyone reads      ``a/<attr>/<day>``, ``e/<topic>/<day>``:
+                                                    index of archived segments (see
+                                                    :mod:`safething.things.history`)
 =========  =====  ===============================  ==================================
 
 The inbox is insert-only for everyone: a request is a signed entry, so the
@@ -32,6 +35,7 @@ from safething.net import TAG_THING, MDAddress, XorName
 
 __all__ = [
     "TAG_GROUP",
+    "TAG_HISTORY",
     "TAG_INBOX",
     "TAG_OUTBOX",
     "TAG_THING",
@@ -46,6 +50,7 @@ __all__ = [
 TAG_INBOX = 27418
 TAG_OUTBOX = 27419
 TAG_GROUP = 27420
+TAG_HISTORY = 27421
 
 DESC = b"desc"
 KEYS = b"keys"
@@ -54,13 +59,14 @@ STATUS = b"status"
 
 @dataclass(frozen=True, slots=True)
 class ThingAddresses:
-    """The four MD addresses of one thing id."""
+    """The MD addresses of one thing id."""
 
     thing_id: str
     thing: MDAddress
     inbox: MDAddress
     outbox: MDAddress
     group: MDAddress
+    history: MDAddress
 
     @classmethod
     def of(cls, thing_id: str) -> ThingAddresses:
@@ -70,6 +76,7 @@ class ThingAddresses:
             MDAddress(XorName.of(thing_id + "/inbox"), TAG_INBOX),
             MDAddress(XorName.of(thing_id + "/outbox"), TAG_OUTBOX),
             MDAddress(XorName.of(thing_id + "/group"), TAG_GROUP),
+            MDAddress(XorName.of(thing_id + "/history"), TAG_HISTORY),
         )
 
 

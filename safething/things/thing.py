@@ -63,6 +63,7 @@ from safething.things.access import KeyRing, make_key_record
 from safething.things.consumer import ActionHandle, Subscription, ThingClient, level_of
 from safething.things.description import AccessType, ThingDescription
 from safething.things.filters import Filter
+from safething.things.history import Archive
 from safething.things.layout import ThingAddresses
 from safething.things.values import Notification, dumps, encode_payload, loads
 
@@ -126,7 +127,12 @@ class StoredSubscription:
 
 
 class Thing(AsyncResource):
-    """A thing with its own identity, in a store given as a URL or a :class:`Store`."""
+    """A thing with its own identity, in a store given as a URL or a :class:`Store`.
+
+    ``retention_days``: how long archived history is kept (values older than
+    an attribute's or topic's ring; see :mod:`safething.things.history`);
+    default 30 days, fewer for a thing with very many attributes and topics.
+    """
 
     def __init__(
         self,
@@ -135,6 +141,7 @@ class Thing(AsyncResource):
         identity: Identity,
         owner: PublicIdentity | Identity | None = None,
         store: Store | str | None = None,
+        retention_days: float | None = None,
     ) -> None:
         if not isinstance(description, ThingDescription):
             raise TypeError("Thing needs a ThingDescription")
@@ -166,6 +173,7 @@ class Thing(AsyncResource):
         self._rescan = asyncio.Event()
         self._write_lock = asyncio.Lock()
         self._closed = False
+        self._archive = Archive(self, retention_days=retention_days)
 
     # --- lifecycle of the object ------------------------------------------------------
 
@@ -242,11 +250,13 @@ class Thing(AsyncResource):
                 limit=MAX_ENTRIES,
                 actual=budget,
             )
+        self._archive.check_budget()
         owners = (self.owner.sign_key,)
         grants: tuple[tuple[str, dict[Grantee, Action]], ...] = (
             ("thing", {ANYONE: Action.READ}),
             ("inbox", {ANYONE: Action.READ | Action.INSERT}),
             ("outbox", {ANYONE: Action.READ}),
+            ("history", {ANYONE: Action.READ}),
         )
         for which, perms in grants:
             address = getattr(self.addresses, which)
@@ -272,6 +282,7 @@ class Thing(AsyncResource):
         except NoSuchEntryError:
             await self._set_status("registered")
         await self._restore_sequences(md)
+        await self._archive.restore(self._streams())
         await self._trim_outbox()
         await self.things.view(self.id, refresh=True)
         if self._inbox_task is None:
@@ -320,6 +331,18 @@ class Thing(AsyncResource):
                 self._seq[pointer] = (int(loads(entry.value or b"", "pointer")["n"]), entry.version)
             except NoSuchEntryError:
                 self._seq[pointer] = (0, None)
+
+    def _streams(self) -> dict[bytes, tuple[str, str, str | None, int]]:
+        """Ring pointer -> (kind, name, level, ring size) of every archived stream."""
+        d = self.description
+        streams = {
+            layout.attr_key(a.name): ("a", a.name, level_of(a.access), a.history)
+            for a in d.attributes
+            if a.dynamic
+        }
+        for t in d.topics:
+            streams[layout.event_pointer(t.name)] = ("e", t.name, level_of(t.access), t.history)
+        return streams
 
     async def _set_status(self, status: str) -> None:
         await self._md("thing").put(layout.STATUS, dumps({"s": status, "t": time.time()}))
@@ -379,9 +402,8 @@ class Thing(AsyncResource):
                 await self._refresh_group_key()
             for _ in range(64):
                 seq, version = self._seq.get(pointer, (0, None))
-                data = encode_payload(
-                    seq=seq + 1, t=time.time(), value=value, level=level, ring=self._ring
-                )
+                t = time.time()
+                data = encode_payload(seq=seq + 1, t=t, value=value, level=level, ring=self._ring)
                 try:
                     entry, _ = await md.put_many(
                         {pointer: data, slot(seq + 1): data},
@@ -394,6 +416,7 @@ class Thing(AsyncResource):
                     self._seq[pointer] = (int(doc["n"]), current.version)
                     continue
                 self._seq[pointer] = (seq + 1, entry.version)
+                await self._archive.record(pointer, seq + 1, t, value)
                 return seq + 1
         raise ConflictError(pointer.decode(), expected=0, current=0)
 

@@ -353,3 +353,29 @@ async def test_watch_refuses_what_it_cannot_read(
     code, _, err = await cli(capsys, "thing", "watch", "garden-01", "--filter", "bigger:3")
     assert code == 1
     assert "filter" in err
+
+
+async def test_history_returns_more_than_the_ring_in_order(
+    env: Path, garden: Thing, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ring = garden.description.attribute("moisture").history
+    first = (await garden.things.read("garden-01", "moisture")).seq + 1  # the fixture's value
+    for i in range(ring * 3 + 5):
+        await garden.set("moisture", float(i))
+    code, out, _ = await cli(capsys, "thing", "history", "garden-01", "moisture", "--json")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()][first - 1 :]
+    assert [r["value"] for r in rows] == [float(i) for i in range(ring * 3 + 5)]
+    assert [r["seq"] for r in rows] == list(range(first, first + ring * 3 + 5))
+    code, out, _ = await cli(
+        capsys, "thing", "history", "garden-01", "moisture", "--since", "1h", "--every", "1d"
+    )
+    assert code == 0 and f"n={ring * 3 + 5 + first - 1}" in out and "min=0.0" in out
+    for i in range(40):
+        await garden.set("secret_code", f"s{i}")
+    as_stranger(env, monkeypatch)
+    code, _, err = await cli(capsys, "thing", "history", "garden-01", "secret_code")
+    assert code != 0 and "encrypted" in err
+    with pytest.raises(SystemExit):
+        await cli(capsys, "thing", "history", "garden-01", "moisture", "--since", "x")
+    assert "not a duration" in capsys.readouterr().err
