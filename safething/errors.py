@@ -31,6 +31,7 @@ __all__ = [
     "StoreURLError",
     "TamperedDataError",
     "ThingError",
+    "ThingOfflineError",
     "WrongPasswordError",
 ]
 
@@ -164,6 +165,15 @@ class AccessDeniedError(SafeThingError, PermissionError):
 
 class ThingError(SafeThingError):
     """A thing cannot do what was asked in its current state (not registered, disabled...)."""
+
+
+class ThingOfflineError(ThingError):
+    """The thing is offline and the requester asked not to queue (see ``last_seen``)."""
+
+    def __init__(self, message: str, *, thing_id: str, last_seen: float | None) -> None:
+        self.thing_id = thing_id
+        self.last_seen = last_seen
+        super().__init__(message)
 
 
 class ActionFailedError(SafeThingError):

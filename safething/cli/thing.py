@@ -96,6 +96,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument("args", nargs="*", metavar="NAME=VALUE", help="arguments, e.g. psi=30")
     r.add_argument("--timeout", type=float, metavar="S", help="seconds (default: the action's)")
     r.add_argument("--json", action="store_true", help="print each state as a JSON line")
+    r.add_argument(
+        "--refuse-offline",
+        action="store_true",
+        help="fail at once if the thing is offline (default: queue until it returns)",
+    )
     add_store_option(r)
     add_identity_option(r)
     r.set_defaults(func=cmd_request, is_async=True)
@@ -186,12 +191,14 @@ async def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _table(found: list[ThingSummary]) -> None:
-    rows = [("ID", "STATUS", "TITLE", "ATTRIBUTES", "TOPICS", "ACTIONS")]
+    rows = [("ID", "STATUS", "AVAILABLE", "SEEN", "TITLE", "ATTRIBUTES", "TOPICS", "ACTIONS")]
     for s in found:
         rows.append(
             (
                 s.id,
                 s.status,
+                s.availability,
+                clock(s.last_seen) if s.last_seen is not None else "-",
                 s.title,
                 ",".join(s.attributes) or "-",
                 ",".join(s.topics) or "-",
@@ -550,7 +557,13 @@ async def cmd_request(args: argparse.Namespace) -> int:
         view = await things.view(args.id, refresh=True)
         spec = view.description.action(args.action)
         values = _parse_args(spec, args.args)
-        handle = await things.request(args.id, args.action, timeout=args.timeout, **values)
+        handle = await things.request(
+            args.id,
+            args.action,
+            timeout=args.timeout,
+            queue_if_offline=not args.refuse_offline,
+            **values,
+        )
         final = await follow(handle, as_json=args.json)
     if final.state != "done":
         raise ActionFailedError(

@@ -5,6 +5,7 @@ flags of the same name live in ``safething.net``.
 """
 
 from safething.things.admin import set_status
+from safething.things.availability import Availability, AvailabilityWatch
 from safething.things.consumer import (
     FINAL_STATES,
     ActionHandle,
@@ -28,6 +29,7 @@ from safething.things.description import (
 )
 from safething.things.discovery import ThingSummary, list_things
 from safething.things.filters import Filter, FilterError, FilterKind, FilterState
+from safething.things.history import Bucket
 from safething.things.owner import ThingOwner
 from safething.things.thing import ActionRequest, StoredSubscription, Thing
 from safething.things.values import Notification, Reading
@@ -41,6 +43,9 @@ __all__ = [
     "ActionRequest",
     "ActionStatus",
     "Attribute",
+    "Availability",
+    "AvailabilityWatch",
+    "Bucket",
     "DescriptionError",
     "Filter",
     "FilterError",

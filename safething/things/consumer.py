@@ -26,11 +26,13 @@ from safething.errors import (
     NoSuchEntryError,
     SafeThingError,
     TamperedDataError,
+    ThingOfflineError,
 )
 from safething.net import Client, Entry, EntryWatch, MutableData, PublicIdentity
 from safething.resource import AsyncResource, Tasks
 from safething.things import layout
 from safething.things.access import KeyRing
+from safething.things.availability import Availability, AvailabilityWatch, read_availability
 from safething.things.description import AccessType, ThingDescription
 from safething.things.filters import Filter
 from safething.things.history import (
@@ -162,6 +164,15 @@ class ThingClient(AsyncResource):
             with contextlib.suppress(NoSuchEntryError):
                 ring.learn(level, await md.get_value(f"k/{level}"))
         return ring
+
+    async def availability(self, thing_id: str) -> Availability:
+        """Whether ``thing_id`` is online now and when it was last seen (verified)."""
+        return await read_availability(await self.view(thing_id))
+
+    def follow_availability(self, thing_id: str) -> AvailabilityWatch:
+        """Changes of availability, the current state first:
+        ``async with things.follow_availability(id) as watch: async for a in watch``."""
+        return AvailabilityWatch(self, thing_id)
 
     async def describe(self, thing_id: str) -> ThingDescription:
         return (await self.view(thing_id, refresh=True)).description
@@ -335,13 +346,23 @@ class ThingClient(AsyncResource):
     # --- actions -------------------------------------------------------------------
 
     async def request(
-        self, thing_id: str, action: str, /, *, timeout: float | None = None, **args: Any
+        self,
+        thing_id: str,
+        action: str,
+        /,
+        *,
+        timeout: float | None = None,
+        queue_if_offline: bool = True,
+        **args: Any,
     ) -> ActionHandle:
         """Ask ``thing_id`` to run ``action``; returns at once with a handle to follow it.
 
         Arguments are checked against the description here (a type error names
         the parameter) and again by the thing. Requests are durable: a thing
-        that is offline runs them when it comes back, unless they expired.
+        that is offline runs them when it comes back, unless they expired; the
+        handle says so at once (``handle.offline``, a message on the
+        *requested* state). ``queue_if_offline=False``: raise
+        :class:`~safething.errors.ThingOfflineError` instead.
         """
         identity = self.client._writer()
         view = await self.view(thing_id)
@@ -350,6 +371,13 @@ class ThingClient(AsyncResource):
         limit = float(timeout if timeout is not None else spec.timeout_s)
         if limit <= 0:
             raise ValueError("timeout must be positive")
+        live = await read_availability(view)
+        if live.online is False and not queue_if_offline:
+            raise ThingOfflineError(
+                f"thing {thing_id!r} is offline ({_offline_text(live)}); request not sent",
+                thing_id=thing_id,
+                last_seen=live.last_seen,
+            )
         request_id = secrets.token_hex(8)
         now = time.time()
         doc: dict[str, Any] = {
@@ -363,6 +391,14 @@ class ThingClient(AsyncResource):
         else:
             doc["x"] = view.thing.encryption_key.seal(dumps(clean))
         handle = ActionHandle(self, view, request_id, action, limit)
+        if live.online is False:
+            handle.offline = True
+            handle.status = ActionStatus(
+                "requested",
+                message=f"thing is offline ({_offline_text(live)}); queued until it returns",
+                timestamp=handle.status.timestamp,
+            )
+            handle.history = [handle.status]
         await handle._start()
         try:
             await view.inbox.insert(f"r/{request_id}", dumps(doc))
@@ -389,6 +425,13 @@ class ThingClient(AsyncResource):
         )
 
 
+def _offline_text(live: Availability) -> str:
+    if live.last_seen is None:
+        return "never seen"
+    seen = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(live.last_seen))
+    return f"last seen {seen}" + (f", {live.reason}" if live.reason else "")
+
+
 class ActionHandle:
     """Follows one action request: ``await handle.result()``, ``handle.state``,
     ``async for status in handle.states()``, ``await handle.cancel()``."""
@@ -403,6 +446,8 @@ class ActionHandle:
         self.timeout = timeout
         self.status = ActionStatus("requested", timestamp=time.time())
         self.history: list[ActionStatus] = [self.status]
+        self.offline = False
+        """True when the thing was offline as the request was sent (it waits in its inbox)."""
         self._view = view
         self._changed = asyncio.Condition()
         self._watch: EntryWatch | None = None

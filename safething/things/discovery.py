@@ -18,6 +18,7 @@ from typing import Any
 from safething.errors import NoSuchDataError, NoSuchEntryError, SafeThingError
 from safething.net import TAG_THING, Client, MDAddress
 from safething.things import layout
+from safething.things.availability import Availability, read_availability
 from safething.things.consumer import STATUSES, ThingClient, ThingView
 from safething.things.layout import ThingAddresses
 from safething.things.values import loads
@@ -43,6 +44,10 @@ class ThingSummary:
     """Names of its event topics."""
     actions: tuple[str, ...] = ()
     """Names of its actions."""
+    availability: str = "unknown"
+    """``online``, ``offline`` or ``unknown`` (see :mod:`safething.things.availability`)."""
+    last_seen: float | None = None
+    """Unix time the thing (or its gateway) last vouched for it."""
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -68,6 +73,8 @@ class ThingSummary:
             "attributes": list(self.attributes),
             "topics": list(self.topics),
             "actions": list(self.actions),
+            "availability": self.availability,
+            "last_seen": self.last_seen,
         }
 
 
@@ -75,7 +82,7 @@ def _known() -> str:
     return ", ".join(STATUSES)
 
 
-def summarize(view: ThingView) -> ThingSummary:
+def summarize(view: ThingView, live: Availability | None = None) -> ThingSummary:
     """The summary of a thing a :class:`ThingClient` has loaded."""
     d = view.description
     return ThingSummary(
@@ -85,6 +92,8 @@ def summarize(view: ThingView) -> ThingSummary:
         tuple(a.name for a in d.attributes),
         tuple(t.name for t in d.topics),
         tuple(a.name for a in d.actions),
+        live.state if live is not None else "unknown",
+        live.last_seen if live is not None else None,
     )
 
 
@@ -128,7 +137,13 @@ async def list_things(
     for address in await client.list_mds(TAG_THING):
         try:
             thing_id = await _thing_id_at(client, address)
-            summary = summarize(await things.view(thing_id, refresh=True))
+            view = await things.view(thing_id, refresh=True)
+            try:
+                live = await read_availability(view)
+            except SafeThingError as e:
+                log.warning("thing %s: availability unreadable: %s", thing_id, e)
+                live = None
+            summary = summarize(view, live)
         except NoSuchEntryError:
             log.debug("MD %s has no description: not a thing", address)
             continue

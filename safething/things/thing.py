@@ -60,6 +60,7 @@ from safething.resource import AsyncResource, Tasks
 from safething.store import Store, open_store
 from safething.things import layout
 from safething.things.access import KeyRing, make_key_record
+from safething.things.availability import DEFAULT_HEARTBEAT_S, LIVE, live_record
 from safething.things.consumer import ActionHandle, Subscription, ThingClient, level_of
 from safething.things.description import AccessType, ThingDescription
 from safething.things.filters import Filter
@@ -132,6 +133,10 @@ class Thing(AsyncResource):
     ``retention_days``: how long archived history is kept (values older than
     an attribute's or topic's ring; see :mod:`safething.things.history`);
     default 30 days, fewer for a thing with very many attributes and topics.
+    ``heartbeat``: seconds between the "I am online" writes of a running thing
+    (see :mod:`safething.things.availability`); ``None`` when someone else
+    (a gateway, for the devices it bridges) reports availability with
+    :meth:`set_availability`.
     """
 
     def __init__(
@@ -142,6 +147,7 @@ class Thing(AsyncResource):
         owner: PublicIdentity | Identity | None = None,
         store: Store | str | None = None,
         retention_days: float | None = None,
+        heartbeat: float | None = DEFAULT_HEARTBEAT_S,
     ) -> None:
         if not isinstance(description, ThingDescription):
             raise TypeError("Thing needs a ThingDescription")
@@ -174,6 +180,10 @@ class Thing(AsyncResource):
         self._write_lock = asyncio.Lock()
         self._closed = False
         self._archive = Archive(self, retention_days=retention_days)
+        if heartbeat is not None and not heartbeat > 0:
+            raise ValueError("heartbeat must be a positive number of seconds (or None)")
+        self._heartbeat = heartbeat
+        self._online_since: float | None = None
 
     # --- lifecycle of the object ------------------------------------------------------
 
@@ -198,6 +208,9 @@ class Thing(AsyncResource):
         if self._closed:
             return
         self._closed = True
+        if self._heartbeat is not None and self._online_since is not None:
+            with contextlib.suppress(SafeThingError):
+                await self.set_availability(False, reason="stopped")
         for rid, task in list(self._running.items()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -288,6 +301,32 @@ class Thing(AsyncResource):
         if self._inbox_task is None:
             self._inbox_task = self._tasks.spawn(self._serve_inbox(), "inbox")
             self._tasks.spawn(self._follow_status(), "status")
+            if self._heartbeat is not None:
+                await self.set_availability(True)
+                self._tasks.spawn(self._beat(self._heartbeat), "heartbeat")
+
+    async def set_availability(self, online: bool, *, reason: str = "") -> None:
+        """Say whether the thing is reachable (a running thing does this itself; a gateway
+        for each device it bridges, with ``heartbeat=None``)."""
+        was = self._online_since is not None
+        if online and not was:
+            self._online_since = time.time()
+        since = self._online_since if online else time.time()
+        assert since is not None
+        await self._md("thing").put(
+            LIVE,
+            live_record(online=online, since=since, heartbeat=self._heartbeat, reason=reason),
+        )
+        if not online:
+            self._online_since = None
+
+    async def _beat(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.set_availability(True)
+            except SafeThingError as e:
+                log.warning("thing %s: heartbeat not written: %s", self.id, e)
 
     async def _put_if_changed(self, md: MutableData, key: bytes, doc: Any) -> None:
         data = dumps(doc)

@@ -80,12 +80,15 @@ async def test_list(
     assert out.splitlines()[0].split() == [
         "ID",
         "STATUS",
+        "AVAILABLE",
+        "SEEN",
         "TITLE",
         "ATTRIBUTES",
         "TOPICS",
         "ACTIONS",
     ]
-    assert out.splitlines()[1].startswith("garden-01  registered  Gardening device  moisture,")
+    assert out.splitlines()[1].startswith("garden-01  registered  online     ")
+    assert "  Gardening device  moisture," in out.splitlines()[1]
     code, out, _ = await cli(capsys, "thing", "list", "--json", "--search", "DRYalarm")
     assert json.loads(out)["topics"] == ["VeryDryAlarm", "VeryWetAlarm"]
     code, out, _ = await cli(capsys, "thing", "list", "--status", "published")
