@@ -79,6 +79,7 @@ class Mosquitto:
                 [_binary(), "-c", str(self._config())],
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, not the broker
             )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -4,9 +4,10 @@ A private Mosquitto on a free port, the gateway with its MQTT, CoAP and HTTP
 bridges, one gardening device (soil moisture sensor and valve) speaking each
 transport with its own secret and counters, and a controller SAFEthing that
 subscribes to every device's alarms and opens or closes its valve through
-the gateway. Every reading, notification and action state is printed as it
-happens. The registry and device counters live in ``state_dir`` so a rerun
-continues where the last one stopped.
+the gateway. By default one line per event that matters (an alarm and the
+action it led to, when that action ends); ``verbose`` prints every reading
+and every action state as it happens. The registry and device counters live
+in ``state_dir`` so a rerun continues where the last one stopped.
 """
 
 from __future__ import annotations
@@ -101,13 +102,16 @@ class _SimulatedDevice:
         self.link = link
         self.soil = _Soil(seed)
         self.client: Any = None
+        self.needless = 0  # valve actions that found the valve already as asked
         link.on_action = self._act
 
     def _act(self, action: str, args: dict[str, Any]) -> dict[str, Any]:
         if action == "OpenValve":
+            self.needless += self.soil.valve == "open"
             self.soil.valve = "open"
             return {"valve": "open", "psi": args.get("psi")}
         if action == "CloseValve":
+            self.needless += self.soil.valve == "closed"
             self.soil.valve = "closed"
             return {"valve": "closed"}
         raise ValueError(f"unknown action {action}")
@@ -162,12 +166,19 @@ class GatewayDemo:
     """``async with GatewayDemo(store, owner, state_dir) as demo: await demo.run(...)``."""
 
     def __init__(
-        self, store: Store, owner: Identity, state_dir: Path, *, echo: Echo = print
+        self,
+        store: Store,
+        owner: Identity,
+        state_dir: Path,
+        *,
+        echo: Echo = print,
+        verbose: bool = False,
     ) -> None:
         self.store = store
         self.owner = owner
         self.state_dir = state_dir
         self.echo = echo
+        self.verbose = verbose
         self.counts: Counter[str] = Counter()
         self.broker: Mosquitto | None = None
         self.registry: Registry | None = None
@@ -179,6 +190,7 @@ class GatewayDemo:
         self.console = ThingClient(Client(store))
         self._tasks = Tasks("gateway-demo:", log=log)
         self._busy: set[str] = set()
+        self._valve: dict[str, str] = {}  # what the controller knows of each valve
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.spawn(coro, name)
@@ -261,7 +273,8 @@ class GatewayDemo:
             await self.controller.subscribe(
                 device_id, attribute="moisture", filter=f"gt:{WET_ABOVE:g}", callback=self._wet
             )
-            self.spawn(self._show(device_id), f"show:{device_id}")
+            if self.verbose:
+                self.spawn(self._show(device_id), f"show:{device_id}")
 
     async def _show(self, device_id: str) -> None:
         async with self.console.subscribe(device_id, attribute="moisture") as readings:
@@ -270,27 +283,41 @@ class GatewayDemo:
 
     def _dry(self, note: Notification) -> None:
         self.counts["VeryDryAlarm"] += 1
-        self.line("notification", f"VeryDryAlarm {note.value:g} % from {note.thing_id}")
-        self._want(note.thing_id, "OpenValve", psi=30)
+        cause = f"VeryDryAlarm {note.value:g} %"
+        if self.verbose:
+            self.line("notification", f"{cause} from {note.thing_id}")
+        self._want(note.thing_id, "OpenValve", "open", cause, psi=30)
 
     def _wet(self, note: Notification) -> None:
-        self.line("notification", f"moisture {note.value:g} % > {WET_ABOVE:g} % on {note.thing_id}")
-        self._want(note.thing_id, "CloseValve")
+        cause = f"moisture {note.value:g} % > {WET_ABOVE:g} %"
+        if self.verbose:
+            self.line("notification", f"{cause} on {note.thing_id}")
+        self._want(note.thing_id, "CloseValve", "closed", cause)
 
-    def _want(self, device_id: str, action: str, **args: Any) -> None:
-        if device_id in self._busy:
+    def _want(self, device_id: str, action: str, valve: str, cause: str, **args: Any) -> None:
+        """Request ``action`` unless one is under way or the valve is known to be ``valve``."""
+        if device_id in self._busy or self._valve.get(device_id) == valve:
             return
         self._busy.add(device_id)
-        self.spawn(self._request(device_id, action, args), f"{action}:{device_id}")
+        self.spawn(self._request(device_id, action, cause, args), f"{action}:{device_id}")
 
-    async def _request(self, device_id: str, action: str, args: dict[str, Any]) -> None:
+    async def _request(self, device_id: str, action: str, cause: str, args: dict[str, Any]) -> None:
         assert self.controller is not None
         try:
+            started = time.monotonic()
             handle = await self.controller.request(device_id, action, **args)
             shown = f"{action} on {device_id}"
-            async for status in handle.states():
-                self._state(shown, status)
-            self.counts[f"{action} {handle.state}"] += 1
+            if self.verbose:
+                async for status in handle.states():
+                    self._state(shown, status)
+            status = await handle.wait()
+            self.counts[f"{action} {status.state}"] += 1
+            if status.state == "done" and isinstance(status.result, dict):
+                self._valve[device_id] = str(status.result.get("valve", ""))
+            if not self.verbose:
+                took = (time.monotonic() - started) * 1000
+                result = f" -> {status.result}" if status.state == "done" else ""
+                self.line("action", f"{shown}: {status.state} in {took:.0f} ms ({cause}){result}")
         finally:
             self._busy.discard(device_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import subprocess
@@ -80,7 +81,7 @@ def test_bad_seconds(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_gateway_demo(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The main job: a private broker, three bridges, a device on each, a controller."""
     store = f"sqlite:///{env}/vault.db"
-    code = main(["demo", "--seconds", "8", "--store", store])
+    code = main(["demo", "--seconds", "8", "--store", store, "--verbose"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "started a private Mosquitto on mqtt://127.0.0.1:" in out
@@ -92,8 +93,53 @@ def test_gateway_demo(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert re.search(r"action +OpenValve on garden-\w+-\w+: done ->", out)
     assert "stopped after 8." in out
     # the registry and counters are kept: a second run continues without replays
-    code = main(["demo", "--seconds", "3", "--store", store])
+    code = main(["demo", "--seconds", "3", "--store", store, "--verbose"])
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "replay" not in out + err
     assert re.search(r"reading +garden-mqtt-\w+ +moisture", out)
+
+
+def test_gateway_demo_is_calm_and_keeps_its_own_vault(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --store or --identity: its own vault and owner, said where; no readings shown."""
+    for name in ("SAFETHING_STORE", "SAFETHING_IDENTITY", "SAFETHING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    demo = tmp_path / "data" / "safething" / "demo"
+    code = main(["demo", "--seconds", "6"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"owner: a new identity in {demo / 'owner.json'} (mode 0600)" in out
+    assert f"vault: sqlite://{demo / 'vault.db'}" in out
+    assert f"gateway state (registry, device counters, broker files): {demo}" in out
+    assert f"to start afresh: rm -r {demo}" in out
+    assert f"safething thing list --store sqlite://{demo / 'vault.db'}" in out
+    assert (demo / "vault.db").is_file()
+    assert not (tmp_path / "data" / "safething" / "vault.db").exists()  # the user's vault
+    assert not (tmp_path / "config").exists()  # nor the user's identity
+    assert " reading " not in out
+    done = re.findall(r"action +OpenValve on garden-\w+-\w+: done in \d+ ms \(VeryDryAlarm", out)
+    assert done
+    shown = out.split("curl http://")[1].splitlines()[2:]
+    assert len([line for line in shown if line.strip()]) <= 3 + 6 * 2  # about 1 line per second
+
+
+async def test_gateway_demo_closes_only_open_valves(tmp_path: Path) -> None:
+    """The controller remembers what it did: no CloseValve to a closed valve (nor Open to an
+    open one), while moisture readings above the threshold keep coming after a close."""
+    from safething.net import Identity
+    from safething.store import open_store
+    from safething_gateway.demo import GatewayDemo
+
+    lines: list[str] = []
+    async with await open_store("memory://") as store:
+        owner = Identity.generate("owner")
+        async with GatewayDemo(store, owner, tmp_path / "state", echo=lines.append) as demo:
+            async with asyncio.timeout(300):  # a hang guard only
+                while demo.counts["CloseValve done"] < 4:
+                    await asyncio.sleep(0.1)
+    assert [d.needless for d in demo.devices] == [0, 0, 0]
+    assert demo.counts["OpenValve done"] >= demo.counts["CloseValve done"]
