@@ -9,6 +9,7 @@ import io
 import json
 import math
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,35 @@ def test_every_metric_is_present_and_positive(
             else "net."
         )
         assert isinstance(m["group"], str) and m["group"].startswith(group)
+
+
+def test_figures_are_computed_from_what_was_measured(
+    quick_run: tuple[list[dict[str, object]], Path],
+) -> None:
+    """A constant or made-up figure fails here: each rate is the median of its rounds'
+    rates, and each latency spread shows samples that differ (real timings do)."""
+    metrics, _ = quick_run
+    rates = [
+        m for m in metrics if isinstance(m.get("params"), dict) and "round_rates" in m["params"]
+    ]  # type: ignore[operator]
+    assert len(rates) >= 6
+    for m in rates:
+        params = m["params"]
+        assert isinstance(params, dict)
+        round_rates = params["round_rates"]
+        assert isinstance(round_rates, list) and len(round_rates) == params["rounds"] >= 1
+        assert isinstance(params["count"], int) and params["count"] > 0
+        assert m["value"] == pytest.approx(statistics.median(round_rates), abs=0.11), m["name"]
+    latencies = [m for m in metrics if m["unit"] == "ms" and str(m["name"]).endswith("_max_ms")]
+    assert latencies
+    for top in latencies:
+        base = str(top["name"])[: -len("_max_ms")]
+        p50 = next(m for m in metrics if m["name"] == f"{base}_p50_ms")
+        samples = top["samples"]
+        assert isinstance(samples, int)
+        if samples >= 5:  # five timings of real work are never all equal to 0.1 µs
+            assert isinstance(top["value"], float) and isinstance(p50["value"], float)
+            assert top["value"] > p50["value"], base
 
 
 def test_ratios_carry_both_sides(quick_run: tuple[list[dict[str, object]], Path]) -> None:
