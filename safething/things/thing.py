@@ -94,9 +94,11 @@ class ActionRequest:
     deadline: float
     """Unix time after which the requester stops waiting."""
     _thing: Thing = field(repr=False)
+    _reported: bool = field(default=False, repr=False)
 
     async def progress(self, percent: float | None = None, message: str = "") -> None:
         """Report progress (0..100) and/or a message; the requester sees state *running*."""
+        self._reported = True
         await self._thing._write_state(
             self.request_id, "running", progress=percent, message=message
         )
@@ -730,7 +732,8 @@ class Thing(AsyncResource):
             if inspect.isawaitable(result):
                 work = asyncio.ensure_future(result)
                 await asyncio.sleep(0)  # a handler with nothing to wait for ends here
-                if not work.done():  # still at work: say so before waiting for it
+                # still at work and silent so far: say so (never over its own progress)
+                if not work.done() and not request._reported:
                     await self._write_state(rid, "running")
                 result = await work
             result = spec.validate_output(result)

@@ -49,6 +49,10 @@ def description() -> ThingDescription:
     return garden_description("garden-01")
 
 
+VALVE_GATES: dict[float, asyncio.Event] = {}
+"""OpenValve with this psi waits, after reporting progress, until its event is set."""
+
+
 @pytest.fixture
 async def garden(env: Path) -> AsyncIterator[Thing]:
     owner = Identity.load(env / "owner.json")
@@ -60,6 +64,9 @@ async def garden(env: Path) -> AsyncIterator[Thing]:
         @t.action("OpenValve")
         async def open_valve(request: ActionRequest) -> dict[str, float]:
             await request.progress(50, "opening")
+            gate = VALVE_GATES.get(request.args["psi"])
+            if gate is not None:  # the test lets it finish once the requester saw 'running'
+                await gate.wait()
             await asyncio.sleep(0.05)
             return {"psi": request.args["psi"]}
 
@@ -181,7 +188,25 @@ async def test_request_prints_every_state(
     garden: Thing, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await garden.publish()
-    code, out, err = await cli(capsys, "thing", "request", "garden-01", "OpenValve", "psi=40")
+    # a requester shows the states it observes; a state replaced within milliseconds can
+    # be skipped on a loaded machine, so the handler holds until 'running' was printed
+    VALVE_GATES[40.0] = gate = asyncio.Event()
+    try:
+        run = asyncio.create_task(
+            asyncio.to_thread(main, ["thing", "request", "garden-01", "OpenValve", "psi=40"])
+        )
+        out = err = ""
+        async with asyncio.timeout(20):
+            while "running 50%" not in out and not run.done():
+                captured = capsys.readouterr()
+                out, err = out + captured.out, err + captured.err
+                await asyncio.sleep(0.02)
+        gate.set()
+        code = await run
+    finally:
+        del VALVE_GATES[40.0]
+    captured = capsys.readouterr()
+    out, err = out + captured.out, err + captured.err
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert " OpenValve  requested  (request " in lines[0]
