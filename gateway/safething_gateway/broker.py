@@ -59,12 +59,22 @@ class Mosquitto:
             "persistence true",
             f"persistence_location {self.workdir}/",
             "max_queued_messages 100000",
+            "max_queued_bytes 268435456",
+            # as the shipped config (gateway/mosquitto-safething.conf): no message a
+            # device could use to make the gateway hold megabytes
+            "message_size_limit 65536",
+            "max_packet_size 70000",
             "log_dest stderr",
             "log_type error",
             "log_type warning",
         ]
         if self.password_file is not None:
-            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+            lines += [
+                "allow_anonymous false",
+                f"password_file {self.password_file}",
+                # a client id is its login: nobody takes the gateway's (or a device's) id
+                "use_username_as_clientid true",
+            ]
         else:
             lines.append("allow_anonymous true")
         if self.acl_file is not None:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +202,24 @@ def _section(cls: type, values: Any, name: str, *, base: Any = None) -> Any:
         raise ConfigError(f"[{name}]: {e}") from e
 
 
+def _check_mode(target: Path, mode: int, data: dict[str, Any]) -> None:
+    """Refuse a file others may change, or one holding a secret that others may read
+    (group read is allowed: ``root:safething`` mode 0640 is how the unit reads it)."""
+    if mode & 0o022:
+        raise ConfigError(
+            f"{target} has mode {mode:04o}: others may change it (and so where the gateway "
+            f"connects and as whom); run: chmod go-w {target}"
+        )
+    mqtt = data.get("mqtt")
+    secret = isinstance(mqtt, dict) and bool(mqtt.get("password"))
+    if secret and mode & 0o037:
+        raise ConfigError(
+            f"{target} holds the broker password ([mqtt] password) and has mode {mode:04o}: "
+            f"readable by other users; run: chmod 600 {target} (or 640 with the gateway's "
+            "group)"
+        )
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
     """Read ``path``, else ``$SAFETHING_GATEWAY_CONFIG``, else ``/etc/safething/gateway.toml``
     when it exists; the built-in defaults when there is none of them."""
@@ -211,11 +230,14 @@ def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
         source = DEFAULT_CONFIG
     target = Path(source).expanduser()
     try:
-        data = tomllib.loads(target.read_text())
+        text = target.read_text()
+        mode = stat.S_IMODE(target.stat().st_mode)
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"no configuration file at {target}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{target} is not valid TOML: {e}") from e
+    _check_mode(target, mode, data)
     unknown = set(data) - set(_SECTIONS)
     if unknown:
         raise ConfigError(

@@ -8,7 +8,10 @@ promises: a clear 4xx answer, no counter spent, no tokens spent, bounded memory.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import resource
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -205,9 +208,65 @@ async def test_downlinks_per_device_are_capped(tmp_path: Path) -> None:
         registry.close()
 
 
-def test_an_existing_registry_with_a_loose_mode_is_set_to_0600(tmp_path: Path) -> None:
-    path = tmp_path / "gateway.db"
-    Registry(path).close()
-    path.chmod(0o644)
-    Registry(path).close()
-    assert path.stat().st_mode & 0o777 == 0o600
+async def test_half_open_connections_do_not_stop_device_requests(
+    store: Store, registry: Registry
+) -> None:
+    """Slowloris: the attacker opens more connections than the process has file
+    descriptors for and sends half a request head on each. The oldest half-open ones are
+    closed to make room, so a device's request still gets through."""
+    bridge = HttpBridge("127.0.0.1", 0, max_connections=100, header_timeout=60)
+    owner = Identity.generate("owner")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    attackers: list[socket.socket] = []
+    try:
+        async with Gateway(store=store, registry=registry, owner=owner, bridges=[bridge]) as gw:
+            await gw.start()
+            record = gw.registry.add("sensor-01", "http")
+            device = Device("sensor-01", record.secret)
+            url = bridge.endpoints()[0]
+            # 2 descriptors per attacker connection in this process (client and server
+            # side): room for 300 + 100 and a few more, not for 300 + 300
+            in_use = len(os.listdir("/proc/self/fd"))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 460, hard))
+            accepted = 0
+            for _ in range(300):
+                try:
+                    s = socket.create_connection(("127.0.0.1", bridge.port))
+                except OSError:
+                    break
+                s.sendall(b"POST /st/v1/devices/sensor-01/reading HTTP/1.1\r\nHost: x\r\n")
+                attackers.append(s)
+                await asyncio.sleep(0.002)  # the server accepts as they come
+                accepted += 1
+            assert accepted == 300  # every attacker connection got through to the server
+            async with httpx.AsyncClient(base_url=url, timeout=20) as http:
+                r = await post(http, device, "birth", {"description": SENSOR})
+                assert r.status_code == 204, r.text
+            # the oldest half-open connections were closed by the server
+            closed = 0
+            for s in attackers[:50]:
+                s.settimeout(5)
+                try:
+                    closed += s.recv(1) == b""
+                except OSError:
+                    closed += 1
+            assert closed == 50
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for s in attackers:
+            s.close()
+
+
+async def test_a_connection_without_a_request_head_is_closed(
+    store: Store, registry: Registry
+) -> None:
+    bridge = HttpBridge("127.0.0.1", 0, header_timeout=0.5)
+    owner = Identity.generate("owner")
+    async with Gateway(store=store, registry=registry, owner=owner, bridges=[bridge]) as gw:
+        await gw.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\n")  # half a head, never finished
+        await writer.drain()
+        async with asyncio.timeout(30):
+            assert await reader.read() == b""  # closed by the server
+        writer.close()

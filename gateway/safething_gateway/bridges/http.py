@@ -660,6 +660,59 @@ def create_app(
 # --- the bridge -----------------------------------------------------------------------
 
 
+def _guarded_protocol(
+    base: type[asyncio.Protocol], *, header_timeout: float, max_connections: int
+) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol with two limits it lacks, against slowloris: a connection
+    that has not sent a whole request head within ``header_timeout`` seconds is closed,
+    and above ``max_connections`` the oldest such half-open connection is closed to make
+    room (the newcomer is refused only when every connection is busy with a request)."""
+    waiting: dict[Any, asyncio.TimerHandle] = {}  # half-open connections, oldest first
+    open_: set[Any] = set()
+
+    class Guarded(base):  # type: ignore[valid-type, misc]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            open_.add(self)
+            if len(open_) > max_connections:
+                victim = next((p for p in waiting if p is not self), None)
+                if victim is None:
+                    log.warning("http: %d connections, all busy: refusing one", len(open_))
+                    transport.close()
+                    return
+                log.info("http: %d connections: closing the oldest half-open one", len(open_))
+                victim._st_close()
+            loop = asyncio.get_running_loop()
+            waiting[self] = loop.call_later(header_timeout, self._st_expired)
+
+        def _st_expired(self) -> None:
+            waiting.pop(self, None)
+            if getattr(self, "cycle", None) is None:  # still no request head
+                self._st_close()
+
+        def _st_close(self) -> None:
+            timer = waiting.pop(self, None)
+            if timer is not None:
+                timer.cancel()
+            transport = getattr(self, "transport", None)
+            if transport is not None:
+                transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            open_.discard(self)
+            timer = waiting.pop(self, None)
+            if timer is not None:
+                timer.cancel()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self in waiting and getattr(self, "cycle", None) is not None:
+                waiting.pop(self).cancel()  # a request head arrived: no longer half-open
+
+    return Guarded
+
+
 class _Server(uvicorn.Server):
     """uvicorn inside someone else's event loop: it reports when it listens and leaves
     the process's signal handlers alone (the gateway's owner handles signals)."""
@@ -690,9 +743,20 @@ class HttpBridge(Bridge):
         *,
         ping_interval: float = 15.0,
         access_log: bool = False,
+        header_timeout: float = 10.0,
+        keep_alive: int = 5,
+        max_connections: int = 1000,
     ) -> None:
         self.bind = bind
         self.port = port
+        self.header_timeout = header_timeout
+        """Seconds a new connection has to send a whole request head (slowloris)."""
+        self.keep_alive = keep_alive
+        """Seconds an idle keep-alive connection stays open (also bounds a slow second
+        request head)."""
+        self.max_connections = max_connections
+        """Open connections at most; the oldest half-open one makes room for a new one.
+        Keep it well below the process's file limit (``LimitNOFILE`` in the unit)."""
         self.ping_interval = ping_interval
         self.access_log = access_log
         self.hub = DownlinkHub()
@@ -715,6 +779,14 @@ class HttpBridge(Bridge):
             lifespan="on",
             timeout_graceful_shutdown=5,
             server_header=False,
+            timeout_keep_alive=self.keep_alive,
+            backlog=128,  # accepted in one go before the limits above can act
+        )
+        config.load()
+        config.http_protocol_class = _guarded_protocol(
+            config.http_protocol_class,
+            header_timeout=self.header_timeout,
+            max_connections=self.max_connections,
         )
         server = self._server = _Server(config)
         task = asyncio.get_running_loop().create_task(
