@@ -9,13 +9,17 @@ mutant is harmless; docs/security.md lists the survivors and why each is harmles
     scripts/mutation safething/net/keys.py gateway/safething_gateway/protocol.py
     scripts/mutation --list               the modules and the tests run against each
 
-Sessions (SQLite, one per module) are kept in .mutation/ for ``cr-report`` and
-``cr-html``; the summary is printed at the end and written to .mutation/summary.txt.
+Mutants inside annotations are not run (with ``from __future__ import annotations``
+Python never evaluates them). Survivors inside ``log.*()`` calls are marked "logging
+only". Sessions (SQLite, one per module) are kept in .mutation/ for ``cr-report`` and
+``cr-html``; each module's line of the summary is appended to .mutation/summary.txt and
+its survivors, with their diffs, written to .mutation/<module>.survivors.txt.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -85,6 +89,77 @@ def _config(module: str, tests: list[str], timeout: float) -> str:
     )
 
 
+def _spans(module: Path, *, logging: bool) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where annotations are (``logging=False``) or the arguments of ``log.*()`` calls."""
+    tree = ast.parse(module.read_text())
+    nodes: list[ast.AST] = []
+    for node in ast.walk(tree):
+        if logging:
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "log"
+            ):
+                nodes.append(node)
+        elif isinstance(node, ast.arg | ast.AnnAssign) and node.annotation is not None:
+            nodes.append(node.annotation)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns:
+            nodes.append(node.returns)
+    return [
+        ((n.lineno, n.col_offset), (n.end_lineno or n.lineno, n.end_col_offset or 0))
+        for n in nodes
+        if hasattr(n, "lineno")
+    ]
+
+
+def _inside(row: int, col: int, spans: list[tuple[tuple[int, int], tuple[int, int]]]) -> bool:
+    return any(start <= (row, col) < end for start, end in spans)
+
+
+def _skip_annotations(session: Path, module: Path) -> int:
+    """Mark mutants of annotations as not run: with ``from __future__ import annotations``
+    Python never evaluates them, so such a mutant cannot change behaviour."""
+    if "from __future__ import annotations" not in module.read_text():
+        return 0
+    spans = _spans(module, logging=False)
+    db = sqlite3.connect(session)
+    try:
+        rows = db.execute("SELECT job_id, start_pos_row, start_pos_col FROM mutation_specs")
+        skipped = [job for job, row, col in rows.fetchall() if _inside(row, col, spans)]
+        db.executemany(
+            "INSERT INTO work_results (worker_outcome, output, test_outcome, diff, job_id) "
+            "VALUES ('SKIPPED', 'annotation: never evaluated', NULL, '', ?)",
+            [(job,) for job in skipped],
+        )
+        db.commit()
+    finally:
+        db.close()
+    return len(skipped)
+
+
+def _survivors(session: Path, module: Path) -> tuple[list[str], int]:
+    """Each surviving mutant (line, operator, diff), and how many only change logging."""
+    spans = _spans(module, logging=True)
+    db = sqlite3.connect(session)
+    try:
+        rows = db.execute(
+            "SELECT m.start_pos_row, m.start_pos_col, m.operator_name, r.diff "
+            "FROM mutation_specs m JOIN work_results r USING (job_id) "
+            "WHERE r.worker_outcome = 'NORMAL' AND r.test_outcome = 'SURVIVED' "
+            "ORDER BY m.start_pos_row, m.start_pos_col"
+        ).fetchall()
+    finally:
+        db.close()
+    out, logging_only = [], 0
+    for row, col, operator, diff in rows:
+        tag = ""
+        if _inside(row, col, spans):
+            tag, logging_only = "  [logging only]", logging_only + 1
+        out.append(f"{module}:{row}:{col} {operator}{tag}\n{diff}")
+    return out, logging_only
+
+
 def _outcomes(session: Path) -> dict[str, int]:
     db = sqlite3.connect(session)
     try:
@@ -95,7 +170,7 @@ def _outcomes(session: Path) -> dict[str, int]:
         ).fetchall()
     finally:
         db.close()
-    counts = {"mutants": total, "killed": 0, "survived": 0, "other": 0}
+    counts = {"mutants": total, "killed": 0, "survived": 0, "annotation": 0, "other": 0}
     for worker, test, n in rows:
         worker, test = str(worker).lower(), str(test).lower()
         if worker == "normal" and test in ("killed", "incompetent"):
@@ -104,8 +179,10 @@ def _outcomes(session: Path) -> dict[str, int]:
             counts["survived"] += n
         elif worker == "abnormal":
             counts["killed"] += n  # the tests crashed
+        elif worker == "skipped":
+            counts["annotation"] += n
         else:
-            counts["other"] += n  # skipped, or Cosmic Ray itself failed: look at the session
+            counts["other"] += n  # Cosmic Ray itself failed: look at the session
     return counts
 
 
@@ -118,6 +195,7 @@ def _run(module: str, tests: list[str], work: Path, env: dict[str, str], timeout
     bin_dir = Path(sys.executable).parent
     started = time.monotonic()
     subprocess.run([bin_dir / "cosmic-ray", "init", config, session], cwd=work, env=env, check=True)
+    _skip_annotations(session, work / module)
     baseline = subprocess.run(
         [*PYTEST.split(), *tests], cwd=work, env=env, capture_output=True, text=True
     )
@@ -125,25 +203,20 @@ def _run(module: str, tests: list[str], work: Path, env: dict[str, str], timeout
         sys.exit(f"{module}: its tests fail without any mutant:\n{baseline.stdout[-3000:]}")
     subprocess.run([bin_dir / "cosmic-ray", "exec", config, session], cwd=work, env=env, check=True)
     counts = _outcomes(session)
+    survivors, logging_only = _survivors(session, work / module)
     seconds = time.monotonic() - started
-    done = counts["killed"]
-    score = 100.0 * done / max(1, counts["mutants"])
+    run = counts["mutants"] - counts["annotation"]
+    score = 100.0 * counts["killed"] / max(1, run)
     line = (
-        f"{module:45s} {counts['mutants']:5d} mutants  {done:5d} killed  "
-        f"{counts['survived']:4d} survived  {counts['other']:3d} other  "
-        f"score {score:5.1f}%  ({seconds / 60:.1f} min)"
+        f"{module:40s} {run:4d} mutants {counts['killed']:4d} killed "
+        f"{counts['survived']:3d} survived ({logging_only} logging only) "
+        f"score {score:5.1f}%  [{counts['annotation']} in annotations not run, "
+        f"{counts['other']} errors; {seconds / 60:.1f} min]"
     )
     print(line, flush=True)
     with (OUT / "summary.txt").open("a") as f:
-        f.write(line + "\n")
-    report = subprocess.run(
-        [bin_dir / "cr-report", "--surviving-only", "--show-diff", session],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    (OUT / f"{name}.survivors.txt").write_text(report.stdout)
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M')} {line}\n")
+    (OUT / f"{name}.survivors.txt").write_text("\n".join(survivors))
 
 
 def main() -> None:
