@@ -12,8 +12,9 @@ mutant is harmless; docs/security.md lists the survivors and why each is harmles
 Mutants inside annotations are not run (with ``from __future__ import annotations``
 Python never evaluates them). Survivors inside ``log.*()`` calls are marked "logging
 only". Sessions (SQLite, one per module) are kept in .mutation/ for ``cr-report`` and
-``cr-html``; each module's line of the summary is appended to .mutation/summary.txt and
-its survivors, with their diffs, written to .mutation/<module>.survivors.txt.
+``cr-html``, with the module as it was mutated; each module's line of the summary is
+appended to .mutation/summary.txt and its survivors, with their diffs, written to
+.mutation/<module>.survivors.txt (``--report`` summarises the kept sessions again).
 """
 
 from __future__ import annotations
@@ -138,52 +139,65 @@ def _skip_annotations(session: Path, module: Path) -> int:
     return len(skipped)
 
 
-def _survivors(session: Path, module: Path) -> tuple[list[str], int]:
-    """Each surviving mutant (line, operator, diff), and how many only change logging."""
-    spans = _spans(module, logging=True)
+def _summary(session: Path, source: Path) -> tuple[dict[str, int], list[str]]:
+    """Counts by outcome, and each surviving mutant (place, operator, diff). ``source`` is
+    the module as it was mutated (kept beside the session)."""
+    annotations = (
+        _spans(source, logging=False)
+        if "from __future__ import annotations" in source.read_text()
+        else []
+    )
+    logging = _spans(source, logging=True)
     db = sqlite3.connect(session)
     try:
         rows = db.execute(
-            "SELECT m.start_pos_row, m.start_pos_col, m.operator_name, r.diff "
-            "FROM mutation_specs m JOIN work_results r USING (job_id) "
-            "WHERE r.worker_outcome = 'NORMAL' AND r.test_outcome = 'SURVIVED' "
+            "SELECT m.start_pos_row, m.start_pos_col, m.operator_name, "
+            "r.worker_outcome, r.test_outcome, r.diff "
+            "FROM mutation_specs m LEFT JOIN work_results r USING (job_id) "
             "ORDER BY m.start_pos_row, m.start_pos_col"
         ).fetchall()
     finally:
         db.close()
-    out, logging_only = [], 0
-    for row, col, operator, diff in rows:
-        tag = ""
-        if _inside(row, col, spans):
-            tag, logging_only = "  [logging only]", logging_only + 1
-        out.append(f"{module}:{row}:{col} {operator}{tag}\n{diff}")
-    return out, logging_only
-
-
-def _outcomes(session: Path) -> dict[str, int]:
-    db = sqlite3.connect(session)
-    try:
-        total = db.execute("SELECT COUNT(*) FROM work_items").fetchone()[0]
-        rows = db.execute(
-            "SELECT worker_outcome, test_outcome, COUNT(*) FROM work_results "
-            "GROUP BY worker_outcome, test_outcome"
-        ).fetchall()
-    finally:
-        db.close()
-    counts = {"mutants": total, "killed": 0, "survived": 0, "annotation": 0, "other": 0}
-    for worker, test, n in rows:
+    counts = dict.fromkeys(
+        ("mutants", "annotation", "killed", "survived", "logging", "pending", "error"), 0
+    )
+    survivors = []
+    for row, col, operator, worker, test, diff in rows:
         worker, test = str(worker).lower(), str(test).lower()
-        if worker == "normal" and test in ("killed", "incompetent"):
-            counts["killed"] += n  # a failing test, a timeout, or a mutant that cannot run
+        if _inside(row, col, annotations):
+            counts["annotation"] += 1  # never evaluated: not a mutant of the behaviour
+            continue
+        counts["mutants"] += 1
+        if worker == "none":
+            counts["pending"] += 1
+        elif (worker == "normal" and test in ("killed", "incompetent")) or worker == "abnormal":
+            counts["killed"] += 1  # a failing test, a timeout, a crash, or cannot even run
         elif worker == "normal" and test == "survived":
-            counts["survived"] += n
-        elif worker == "abnormal":
-            counts["killed"] += n  # the tests crashed
-        elif worker == "skipped":
-            counts["annotation"] += n
+            counts["survived"] += 1
+            tag = ""
+            if _inside(row, col, logging):
+                counts["logging"] += 1
+                tag = "  [logging only]"
+            survivors.append(f"{source.name}:{row}:{col} {operator}{tag}\n{diff}")
         else:
-            counts["other"] += n  # Cosmic Ray itself failed: look at the session
-    return counts
+            counts["error"] += 1  # Cosmic Ray itself failed on it: see the session
+    return counts, survivors
+
+
+def _report(module: str, minutes: float | None = None) -> str:
+    name = module.replace("/", ".").removesuffix(".py")
+    counts, survivors = _summary(OUT / f"{name}.sqlite", OUT / f"{name}.py.mutated")
+    (OUT / f"{name}.survivors.txt").write_text("\n".join(survivors))
+    done = counts["mutants"] - counts["pending"]
+    score = 100.0 * counts["killed"] / max(1, done)
+    took = f"; {minutes:.1f} min" if minutes is not None else ""
+    pending = f", {counts['pending']} NOT RUN YET" if counts["pending"] else ""
+    return (
+        f"{module:40s} {counts['mutants']:4d} mutants {counts['killed']:4d} killed "
+        f"{counts['survived']:3d} survived ({counts['logging']} in logging) "
+        f"score {score:5.1f}%  [{counts['annotation']} in annotations not run"
+        f"{pending}, {counts['error']} errors{took}]"
+    )
 
 
 def _run(module: str, tests: list[str], work: Path, env: dict[str, str], timeout: float) -> None:
@@ -192,6 +206,7 @@ def _run(module: str, tests: list[str], work: Path, env: dict[str, str], timeout
     session = OUT / f"{name}.sqlite"
     config.write_text(_config(module, tests, timeout))
     session.unlink(missing_ok=True)
+    shutil.copy2(work / module, OUT / f"{name}.py.mutated")
     bin_dir = Path(sys.executable).parent
     started = time.monotonic()
     subprocess.run([bin_dir / "cosmic-ray", "init", config, session], cwd=work, env=env, check=True)
@@ -202,21 +217,10 @@ def _run(module: str, tests: list[str], work: Path, env: dict[str, str], timeout
     if baseline.returncode != 0:
         sys.exit(f"{module}: its tests fail without any mutant:\n{baseline.stdout[-3000:]}")
     subprocess.run([bin_dir / "cosmic-ray", "exec", config, session], cwd=work, env=env, check=True)
-    counts = _outcomes(session)
-    survivors, logging_only = _survivors(session, work / module)
-    seconds = time.monotonic() - started
-    run = counts["mutants"] - counts["annotation"]
-    score = 100.0 * counts["killed"] / max(1, run)
-    line = (
-        f"{module:40s} {run:4d} mutants {counts['killed']:4d} killed "
-        f"{counts['survived']:3d} survived ({logging_only} logging only) "
-        f"score {score:5.1f}%  [{counts['annotation']} in annotations not run, "
-        f"{counts['other']} errors; {seconds / 60:.1f} min]"
-    )
+    line = _report(module, (time.monotonic() - started) / 60)
     print(line, flush=True)
     with (OUT / "summary.txt").open("a") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M')} {line}\n")
-    (OUT / f"{name}.survivors.txt").write_text("\n".join(survivors))
 
 
 def main() -> None:
@@ -224,10 +228,19 @@ def main() -> None:
     parser.add_argument("modules", nargs="*", help="modules to mutate (default: all of them)")
     parser.add_argument("--list", action="store_true", help="show the modules and their tests")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per mutant's tests")
+    parser.add_argument(
+        "--report", action="store_true", help="summarise the kept sessions again, run nothing"
+    )
     args = parser.parse_args()
     if args.list:
         for module, tests in TARGETS.items():
             print(f"{module:45s} {' '.join(tests)}")
+        return
+    if args.report:
+        for module in args.modules or list(TARGETS):
+            name = module.replace("/", ".").removesuffix(".py")
+            if (OUT / f"{name}.sqlite").exists() and (OUT / f"{name}.py.mutated").exists():
+                print(_report(module))
         return
     unknown = [m for m in args.modules if m not in TARGETS]
     if unknown:
