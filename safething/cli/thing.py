@@ -2,7 +2,7 @@
 
 Reading needs no identity (``list``, ``td``); ``show`` and ``watch`` use
 yours if there is one, to decrypt Owner and Group data you hold keys for;
-``publish``, ``disable`` and ``request`` sign with it.
+``publish``, ``disable``, ``rm`` and ``request`` sign with it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from safething.things import (
     ValueType,
     to_thing_description,
 )
-from safething.things.admin import set_status
+from safething.things.admin import remove_thing, set_status
 from safething.things.consumer import STATUSES, ThingView, level_of
 from safething.things.discovery import ThingSummary, list_things
 
@@ -77,6 +77,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         add_store_option(s)
         add_identity_option(s)
         s.set_defaults(func=cmd_set_status, status=status, is_async=True)
+
+    rm = tsub.add_parser("rm", help="as its owner, remove a thing from the store (its id is free)")
+    rm.add_argument("id", help="thing id")
+    add_store_option(rm)
+    add_identity_option(rm)
+    rm.set_defaults(func=cmd_rm, is_async=True)
 
     w = tsub.add_parser("watch", help="print a thing's notifications as they happen (Ctrl-C)")
     w.add_argument("id", help="thing id")
@@ -344,6 +350,14 @@ async def cmd_set_status(args: argparse.Namespace) -> int:
         out(f"{args.id} was already {old}")
     else:
         out(f"{args.id}: {old} -> {args.status}")
+    return 0
+
+
+async def cmd_rm(args: argparse.Namespace) -> int:
+    identity = load_identity(args.identity)
+    async with await open_cli_store(args.store) as store:
+        removed = await remove_thing(Client(store, identity), args.id)
+    out(f"removed {args.id} ({removed} records); the id can be registered again")
     return 0
 
 

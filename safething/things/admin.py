@@ -1,4 +1,4 @@
-"""What an owner does to a thing's lifecycle from a console: publish, disable.
+"""What an owner does to a thing's lifecycle from a console: publish, disable, remove.
 
 A thing publishes itself (:meth:`Thing.publish`), but the seed's register &
 publish sequence also lets an owner publish a thing that registered when it
@@ -18,7 +18,7 @@ from safething.things import layout
 from safething.things.consumer import STATUSES, ThingClient
 from safething.things.values import dumps
 
-__all__ = ["set_status"]
+__all__ = ["remove_thing", "set_status"]
 
 
 async def set_status(client: Client, thing_id: str, status: str) -> str:
@@ -42,3 +42,36 @@ async def set_status(client: Client, thing_id: str, status: str) -> str:
     old = await things.status(thing_id)
     await view.md.put(layout.STATUS, dumps({"s": status, "t": time.time()}))
     return old
+
+
+async def remove_thing(client: Client, thing_id: str) -> int:
+    """Remove ``thing_id`` from the store as its owner; returns how many records went.
+
+    Every record of the thing's MDs (description, values, events, inbox,
+    outbox, group keys, history index) is deleted, so the id can be registered
+    again, by a new identity too. Like :meth:`MutableData.purge` this is
+    housekeeping in the owner's own vault: a store can always drop records, so
+    it grants nothing the store did not already have. The caller must be the
+    thing's owner (checked on the signed view); the thing itself may not.
+    """
+    me = client._writer().public_sign_key
+    view = await ThingClient(client).view(thing_id, refresh=True)
+    if me != view.owner.sign_key:
+        raise PermissionDeniedError(
+            f"only the owner of thing {thing_id!r} may remove it; it is owned by "
+            f"{view.owner.sign_key.hex()[:16]}..., this identity is {me.hex()[:16]}..."
+        )
+    removed = 0
+    addresses = layout.ThingAddresses.of(thing_id)
+    for address in (
+        addresses.inbox,
+        addresses.outbox,
+        addresses.group,
+        addresses.history,
+        addresses.thing,  # last: until it goes, the thing is still listed and removable
+    ):
+        keys = await client.store.keys(address.prefix)
+        for key in sorted(keys, key=lambda k: k == address.header_key):  # the header last
+            await client.store.delete(key)
+            removed += 1
+    return removed
