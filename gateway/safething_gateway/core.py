@@ -674,10 +674,6 @@ class Gateway(AsyncResource):
         )
         return OutboundDownlink(downlink.channel, downlink.counter, data)
 
-    def error_body(self, error: ProtocolError) -> bytes:
-        """What a bridge sends a device on its error channel."""
-        return encode_body(error.problem())
-
     # --- metrics ---------------------------------------------------------------------
 
     def _describe_metrics(self) -> None:

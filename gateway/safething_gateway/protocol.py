@@ -74,20 +74,12 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
 
 class ProtocolError(SafeThingError):
     """A device message the gateway refuses. ``http``/``coap`` are the status to reply
-    with, ``reason`` a short machine-readable word (metrics label, MQTT error topic)."""
+    with, ``reason`` a short machine-readable word (metrics label, MQTT error topic);
+    :func:`safething_gateway.replies.reply_for` turns it into each transport's reply."""
 
     http = 400
     coap = "4.00"
     reason = "bad_message"
-
-    def problem(self) -> dict[str, Any]:
-        """RFC 9457 problem details."""
-        return {
-            "type": f"https://safething.dev/problems/{self.reason}",
-            "title": self.reason.replace("_", " "),
-            "status": self.http,
-            "detail": str(self),
-        }
 
 
 class BadMessageError(ProtocolError):

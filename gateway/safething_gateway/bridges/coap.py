@@ -52,7 +52,9 @@ reason word separates the two kinds of 4.03 (``revoked``, ``replay``) and of
 4.04 (``unknown_device``, ``unknown_channel``; ``not_found`` for a path
 outside the layout). 4.29 carries ``Max-Age``, the seconds to wait. A store
 outage is 5.03 (``store_unavailable``), any other failure 5.00
-(``internal_error``) with its text: nothing escapes to aiocoap's bare 5.00.
+(``internal_error``), its text in the gateway's log only: nothing escapes to
+aiocoap's bare 5.00. The mapping is :func:`safething_gateway.replies.reply_for`,
+the same for every transport.
 """
 
 from __future__ import annotations
@@ -61,10 +63,8 @@ import asyncio
 import errno
 import json
 import logging
-import math
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiocoap
@@ -75,17 +75,17 @@ from aiocoap.numbers.codes import Code
 from aiocoap.numbers.contentformat import ContentFormat
 from aiocoap.util.linkformat import Link, LinkFormat
 
-from safething.errors import SafeThingError, StoreError
+from safething_gateway.bridges.waiters import Waiters
 from safething_gateway.broker import free_port
 from safething_gateway.core import Bridge, Gateway
 from safething_gateway.protocol import (
     MAX_MESSAGE_BYTES,
     BadMessageError,
     ProtocolError,
-    RateLimitedError,
     TooLargeError,
     check_channel,
 )
+from safething_gateway.replies import Reply, reply_for
 
 __all__ = ["PREFIX", "CoapBridge", "decode_downlinks", "encode_downlinks"]
 
@@ -156,14 +156,19 @@ def _diagnostic(code: Code | str, reason: str, detail: str, **options: Any) -> a
     )
 
 
-def _error_reply(error: ProtocolError, gateway: Gateway) -> aiocoap.Message:
-    """The CoAP reply to a :class:`ProtocolError`: its code and a diagnostic payload."""
+def coap_reply(reply: Reply) -> aiocoap.Message:
+    """The CoAP rendering of a :class:`Reply` (see :mod:`safething_gateway.replies`):
+    its code and a diagnostic payload; 4.13 with ``Size1``, a wait as ``Max-Age``."""
     options: dict[str, Any] = {}
-    if isinstance(error, TooLargeError):
+    if reply.reason == TooLargeError.reason:
         options["size1"] = MAX_MESSAGE_BYTES
-    elif isinstance(error, RateLimitedError):
-        options["max_age"] = max(1, math.ceil(1 / max(gateway.rate, 1e-3)))
-    return _diagnostic(error.coap, error.reason, str(error), **options)
+    if reply.retry_after is not None and reply.status == 429:
+        options["max_age"] = reply.retry_after
+    return aiocoap.Message(code=_code(reply.coap), payload=reply.diagnostic(), **options)
+
+
+def _error_reply(error: BaseException, gateway: Gateway, where: str) -> aiocoap.Message:
+    return coap_reply(reply_for(error, where=where, rate=gateway.rate))
 
 
 class _Reply(Exception):
@@ -172,27 +177,6 @@ class _Reply(Exception):
     def __init__(self, message: aiocoap.Message) -> None:
         super().__init__(message.code)
         self.message = message
-
-
-# --- observations ------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class _Observation:
-    """One device's active Observe registration on ``down``."""
-
-    device_id: str
-    outbox: list[tuple[str, bytes]] = field(default_factory=list)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    end_reason: str | None = None
-
-    def push(self, channel: str, data: bytes) -> None:
-        self.outbox.append((channel, data))
-        self.wake.set()
-
-    def end(self, reason: str) -> None:
-        self.end_reason = reason
-        self.wake.set()
 
 
 def _batch(
@@ -259,12 +243,9 @@ class _DeviceResources(resource.Resource, resource.PathCapable):  # type: ignore
             await super().render_to_pipe(pipe)
         except coap_error.RenderableError:
             raise  # aiocoap's own replies, e.g. 2.31 Continue between Block1 blocks
-        except Exception:
-            log.exception("CoAP request %r failed", pipe.request)
-            pipe.add_response(
-                _diagnostic(Code.INTERNAL_SERVER_ERROR, "internal_error", "see the gateway log"),
-                is_last=True,
-            )
+        except Exception as e:
+            where = f"CoAP request {pipe.request!r}"
+            pipe.add_response(coap_reply(reply_for(e, where=where)), is_last=True)
         finally:
             if task is not None:
                 self.bridge._tasks.discard(task)
@@ -371,7 +352,8 @@ class CoapBridge(Bridge):
         self.port = port
         self.gateway: Gateway | None = None
         self._context: Any = None
-        self._observations: dict[str, _Observation] = {}
+        self._observations = Waiters(exclusive=True)
+        """One waiter per device holding an Observe registration on ``down``."""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -380,6 +362,7 @@ class CoapBridge(Bridge):
         if self._context is not None:
             return
         self.gateway = gateway
+        self._observations = Waiters(exclusive=True)
         site = _Root()
         site.add_resource(
             [".well-known", "core"], resource.WKCResource(self._links, impl_info=None)
@@ -406,8 +389,7 @@ class CoapBridge(Bridge):
         """End every observation (final 5.03), finish in-flight requests, stop aiocoap."""
         if self._context is None:
             return
-        for observation in list(self._observations.values()):
-            observation.end("the gateway is shutting down")
+        self._observations.close("the gateway is shutting down")
         tasks = set(self._tasks)
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=_CLOSE_GRACE)
@@ -416,22 +398,17 @@ class CoapBridge(Bridge):
             await asyncio.gather(*tasks, return_exceptions=True)
         context, self._context = self._context, None
         await context.shutdown()
-        self._observations.clear()
 
     # --- Bridge ------------------------------------------------------------------------
 
     def can_push(self, device_id: str) -> bool:
-        return device_id in self._observations
+        return self._observations.can_push(device_id)
 
     async def push(self, device_id: str, channel: str, message: bytes) -> bool:
-        observation = self._observations.get(device_id)
-        if observation is None or observation.end_reason is not None:
-            return False
-        observation.push(channel, message)
-        return True
+        return self._observations.push(device_id, channel, message)
 
     def connected(self) -> int:
-        return len(self._observations)
+        return self._observations.connected()
 
     def endpoints(self) -> list[str]:
         host = f"[{self.bind}]" if ":" in self.bind else self.bind
@@ -446,7 +423,7 @@ class CoapBridge(Bridge):
             "safething_gateway_rejected_total", reason=error.reason, transport="coap"
         )
         log.info("rejected a CoAP request: %s", error)
-        return _error_reply(error, gateway)
+        return _error_reply(error, gateway, "CoAP request")
 
     def _gateway(self) -> Gateway:
         if self.gateway is None:
@@ -462,23 +439,8 @@ class CoapBridge(Bridge):
             downlinks = await gateway.handle(
                 device_id, channel, data, content_format=content_format, transport="coap"
             )
-        except ProtocolError as e:  # counted and logged by the gateway
-            raise _Reply(_error_reply(e, gateway)) from None
-        except StoreError as e:
-            log.warning("%s/%s: %s", device_id, channel, e)
-            raise _Reply(
-                _diagnostic(Code.SERVICE_UNAVAILABLE, "store_unavailable", str(e))
-            ) from None
-        except SafeThingError as e:  # not the device's fault as far as the gateway says
-            log.warning("%s/%s: %s", device_id, channel, e)
-            raise _Reply(
-                _diagnostic(Code.INTERNAL_SERVER_ERROR, "internal_error", str(e))
-            ) from None
-        except Exception:
-            log.exception("%s/%s: internal error", device_id, channel)
-            raise _Reply(
-                _diagnostic(Code.INTERNAL_SERVER_ERROR, "internal_error", "see the gateway log")
-            ) from None
+        except Exception as e:  # a refusal (counted and logged by the gateway), or not
+            raise _Reply(_error_reply(e, gateway, f"{device_id}/{channel}")) from None
         return [(d.channel, d.frame) for d in downlinks]
 
     async def _uplink(self, device_id: str, channel: str, request: Any) -> aiocoap.Message:
@@ -517,11 +479,7 @@ class CoapBridge(Bridge):
         pending = await self._poll(device_id, request)
         # Registered in the same step as the poll above (no await in between), so no
         # downlink queued meanwhile can miss both the first reply and the observation.
-        observation = _Observation(device_id)
-        previous = self._observations.get(device_id)
-        if previous is not None:
-            previous.end("superseded by a newer observation")
-        self._observations[device_id] = observation
+        observation = self._observations.add(device_id)
         sequence = 0
         try:
             while True:
@@ -536,23 +494,21 @@ class CoapBridge(Bridge):
                     is_last=False,
                 )
                 sequence = (sequence + 1) & 0xFFFFFF
-                while not pending:
-                    await observation.wake.wait()
-                    observation.wake.clear()
-                    if observation.end_reason is not None:
+                if not pending:
+                    taken = await observation.take()
+                    if taken is None:
                         pipe.add_response(
                             _diagnostic(
                                 Code.SERVICE_UNAVAILABLE,
                                 "observation_ended",
-                                observation.end_reason,
+                                observation.end_reason or "ended",
                             ),
                             is_last=True,
                         )
                         return
-                    pending, observation.outbox = observation.outbox, []
+                    pending = taken
         finally:
-            if self._observations.get(device_id) is observation:
-                del self._observations[device_id]
+            self._observations.remove(observation)
 
     # --- /.well-known/core ---------------------------------------------------------------
 

@@ -67,7 +67,6 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
@@ -79,7 +78,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from safething.errors import StoreError
+from safething_gateway.bridges.waiters import Waiter, Waiters
 from safething_gateway.core import Bridge, Gateway
 from safething_gateway.protocol import (
     MAGIC,
@@ -89,8 +88,9 @@ from safething_gateway.protocol import (
     TooLargeError,
     parse_frame,
 )
+from safething_gateway.replies import Reply, problem, reply_for
 
-__all__ = ["DownlinkHub", "HttpBridge", "UnsupportedFormatError", "create_app"]
+__all__ = ["HttpBridge", "UnsupportedFormatError", "create_app", "reply_response"]
 
 log = logging.getLogger("safething.gateway.http")
 
@@ -99,6 +99,9 @@ FRAME_TYPE = "application/octet-stream"
 PROMETHEUS_TYPE = "text/plain; version=0.0.4"
 MAX_WAIT = 60.0
 """Longest long-poll, in seconds."""
+_HELD = 256
+"""Downlinks an event stream or long-poll holds before further pushes stay queued."""
+_SHUTTING_DOWN = "the gateway is shutting down"
 TRANSPORT = "http"
 
 _FORMATS = {"": "json", "application/json": "json", "application/cbor": "cbor"}
@@ -110,88 +113,7 @@ class UnsupportedFormatError(ProtocolError):
     http, coap, reason = 415, "4.15", "unsupported_format"
 
 
-# --- downlinks waiting for a listening device ----------------------------------------
-
-
-@dataclass(eq=False)
-class _Listener:
-    """One waiting long-poll (``once``) or one open event stream."""
-
-    device_id: str
-    once: bool
-    queue: asyncio.Queue[tuple[str, bytes] | None] = field(
-        default_factory=lambda: asyncio.Queue(maxsize=256)
-    )
-
-
-class DownlinkHub:
-    """The devices listening now (long-polls and event streams) and how to reach them.
-
-    :meth:`push` hands a framed downlink to every listener of the device; a
-    long-poll takes exactly one and stops listening. The message stays in the
-    registry's queue until the device acknowledges it, so a listener that goes
-    away with it loses nothing: the next poll returns it again.
-    """
-
-    def __init__(self) -> None:
-        self._listeners: dict[str, list[_Listener]] = {}
-        self.closed = False
-
-    def listen(self, device_id: str, *, once: bool) -> _Listener:
-        listener = _Listener(device_id, once)
-        if self.closed:
-            listener.queue.put_nowait(None)
-        else:
-            self._listeners.setdefault(device_id, []).append(listener)
-        return listener
-
-    def unlisten(self, listener: _Listener) -> None:
-        listeners = self._listeners.get(listener.device_id, [])
-        with contextlib.suppress(ValueError):
-            listeners.remove(listener)
-        if not listeners:
-            self._listeners.pop(listener.device_id, None)
-
-    def can_push(self, device_id: str) -> bool:
-        return any(not lst.queue.full() for lst in self._listeners.get(device_id, ()))
-
-    def push(self, device_id: str, channel: str, message: bytes) -> bool:
-        delivered = False
-        for listener in list(self._listeners.get(device_id, ())):
-            try:
-                listener.queue.put_nowait((channel, message))
-            except asyncio.QueueFull:
-                log.warning("device %s: event stream full, downlink left queued", device_id)
-                continue
-            delivered = True
-            if listener.once:
-                self.unlisten(listener)
-        return delivered
-
-    def connected(self) -> int:
-        return len(self._listeners)
-
-    def close(self) -> None:
-        """Wake every listener with the end mark; later listeners end at once."""
-        self.closed = True
-        for listeners in list(self._listeners.values()):
-            for listener in listeners:
-                with contextlib.suppress(asyncio.QueueFull):
-                    listener.queue.put_nowait(None)
-        self._listeners.clear()
-
-
 # --- errors as problem details, in one place ------------------------------------------
-
-
-def _problem(status: int, reason: str, detail: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": f"https://safething.dev/problems/{reason}",
-        "title": reason.replace("_", " "),
-        "status": status,
-        "detail": detail,
-        **extra,
-    }
 
 
 def problem_response(
@@ -203,13 +125,23 @@ def problem_response(
     )
 
 
-def _protocol_error_response(error: ProtocolError) -> JSONResponse:
+def reply_response(reply: Reply) -> JSONResponse:
+    """The HTTP rendering of a :class:`Reply` (see :mod:`safething_gateway.replies`)."""
     headers = {}
-    if error.http == 401:
+    if reply.status == 401:
         headers["WWW-Authenticate"] = 'ST1 realm="safething"'
-    elif error.http == 429:
-        headers["Retry-After"] = "1"
-    return problem_response(error.problem(), headers=headers)
+    if reply.retry_after is not None:
+        headers["Retry-After"] = str(reply.retry_after)
+    return problem_response(reply.problem(), headers=headers)
+
+
+def _where(request: Request) -> str:
+    return f"{request.method} {request.url.path}"
+
+
+def _rate(request: Request) -> float | None:
+    gateway = getattr(request.app.state, "gateway", None)
+    return None if gateway is None else float(gateway.rate)
 
 
 _HTTP_REASONS = {
@@ -222,9 +154,8 @@ _HTTP_REASONS = {
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    async def protocol_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProtocolError)
-        return _protocol_error_response(exc)
+    async def refused(request: Request, exc: Exception) -> Response:
+        return reply_response(reply_for(exc, where=_where(request), rate=_rate(request)))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
@@ -235,7 +166,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             detail = f"{request.method} is not allowed on {request.url.path}"
         else:
             detail = str(exc.detail)
-        return problem_response(_problem(exc.status_code, reason, detail), headers=exc.headers)
+        return problem_response(problem(exc.status_code, reason, detail), headers=exc.headers)
 
     async def validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -244,25 +175,18 @@ def _install_error_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        return problem_response(_problem(422, "invalid_request", detail, errors=errors))
+        return problem_response(problem(422, "invalid_request", detail, errors=errors))
 
-    async def unexpected_error(request: Request, exc: Exception) -> Response:
-        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return problem_response(_internal_problem())
-
-    app.add_exception_handler(ProtocolError, protocol_error)
+    app.add_exception_handler(ProtocolError, refused)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(Exception, unexpected_error)
-
-
-def _internal_problem() -> dict[str, Any]:
-    return _problem(500, "internal_error", "the gateway failed to handle the request; see its log")
+    app.add_exception_handler(Exception, refused)
 
 
 class _GuardedRoute(APIRoute):
-    """Turns a store outage into 503 and any unexpected exception into a logged, generic
-    500 inside the route (Starlette's last-resort handler would re-raise it to the server)."""
+    """Answers a refusal, a store outage (503) or an unexpected exception (a logged,
+    generic 500) inside the route, through :func:`reply_for` (Starlette's last-resort
+    handler would re-raise it to the server)."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -270,20 +194,13 @@ class _GuardedRoute(APIRoute):
         async def guarded(request: Request) -> Response:
             try:
                 return await handler(request)
-            except (ProtocolError, StarletteHTTPException, RequestValidationError):
+            except (StarletteHTTPException, RequestValidationError):
                 raise
             except ClientDisconnect:  # gone while sending its body: nobody to answer
                 log.debug("client left during %s %s", request.method, request.url.path)
                 return Response(status_code=400)
-            except StoreError as e:
-                log.warning("store unavailable on %s %s: %s", request.method, request.url.path, e)
-                return problem_response(
-                    _problem(503, "store_unavailable", "the data store does not answer; retry"),
-                    headers={"Retry-After": "5"},
-                )
-            except Exception:
-                log.exception("unexpected error on %s %s", request.method, request.url.path)
-                return problem_response(_internal_problem())
+            except Exception as e:  # the one mapping of errors to replies
+                return reply_response(reply_for(e, where=_where(request), rate=_rate(request)))
 
         return guarded
 
@@ -415,15 +332,13 @@ async def _until_disconnect(request: Request) -> None:
 
 
 async def _wait_for_downlink(
-    request: Request, listener: _Listener, timeout: float
+    request: Request, waiter: Waiter, timeout: float
 ) -> tuple[str, bytes] | None:
-    """The first downlink pushed to ``listener``; ``None`` on timeout or disconnect.
+    """The first downlink pushed to ``waiter``; ``None`` on timeout or disconnect.
     Raises ``_Closing`` when the bridge shuts down."""
     loop = asyncio.get_running_loop()
-    got = loop.create_task(listener.queue.get(), name=f"http:long-poll:{listener.device_id}")
-    gone = loop.create_task(
-        _until_disconnect(request), name=f"http:disconnect:{listener.device_id}"
-    )
+    got = loop.create_task(waiter.get(), name=f"http:long-poll:{waiter.device_id}")
+    gone = loop.create_task(_until_disconnect(request), name=f"http:disconnect:{waiter.device_id}")
     try:
         await asyncio.wait({got, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -444,7 +359,7 @@ class _Closing(Exception):
 
 def _closing_response() -> JSONResponse:
     return problem_response(
-        _problem(503, "shutting_down", "the gateway is shutting down; retry"),
+        problem(503, "shutting_down", "the gateway is shutting down; retry"),
         headers={"Retry-After": "5"},
     )
 
@@ -456,22 +371,22 @@ def _sse_event(channel: str, message: bytes) -> str:
 
 
 def create_app(
-    gateway: Gateway, *, hub: DownlinkHub | None = None, ping_interval: float = 15.0
+    gateway: Gateway, *, waiters: Waiters | None = None, ping_interval: float = 15.0
 ) -> FastAPI:
     """The REST bridge's ASGI application for ``gateway``.
 
-    ``hub`` is where long-polls and event streams wait for pushed downlinks
-    (:class:`HttpBridge` passes its own); without one, a private hub is used and
+    ``waiters`` is where long-polls and event streams wait for pushed downlinks
+    (:class:`HttpBridge` passes its own); without one, a private one is used and
     waiting requests see only what is queued when they arrive or poll.
     """
-    hub = hub if hub is not None else DownlinkHub()
+    hub = waiters if waiters is not None else Waiters()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            hub.close()
+            hub.close(_SHUTTING_DOWN)
 
     app = FastAPI(
         title="SAFEthing gateway",
@@ -482,7 +397,7 @@ def create_app(
     )
     app.router.route_class = _GuardedRoute
     app.state.gateway = gateway
-    app.state.hub = hub
+    app.state.waiters = hub
     _install_error_handlers(app)
 
     def sent(count: int = 1) -> None:
@@ -543,13 +458,13 @@ def create_app(
             first = downlinks[0]
             return downlink_response(first.channel, first.frame, more=len(downlinks) - 1)
         if wait > 0:
-            listener = hub.listen(device_id, once=True)
+            waiter = hub.add(device_id, once=True, limit=_HELD)
             try:
-                item = await _wait_for_downlink(request, listener, min(wait, MAX_WAIT))
+                item = await _wait_for_downlink(request, waiter, min(wait, MAX_WAIT))
             except _Closing:
                 return _closing_response()
             finally:
-                hub.unlisten(listener)
+                hub.remove(waiter)
             if item is not None:
                 down_channel, message = item
                 counter = parse_frame(message).counter
@@ -584,7 +499,7 @@ def create_app(
     ) -> Response:
         header = b"%s %s %s\n" % (MAGIC, c.encode(), m.encode())
         first = await gateway.handle(device_id, "poll", header, transport=TRANSPORT)
-        listener = hub.listen(device_id, once=False)
+        stream = hub.add(device_id, limit=_HELD)
 
         async def events() -> AsyncIterator[str]:
             yield ": SAFEthing downlinks\n\n"
@@ -593,7 +508,7 @@ def create_app(
                 yield _sse_event(downlink.channel, downlink.frame)
             while True:
                 try:
-                    item = await asyncio.wait_for(listener.queue.get(), ping_interval)
+                    item = await asyncio.wait_for(stream.get(), ping_interval)
                 except TimeoutError:
                     yield ": ping\n\n"
                     continue
@@ -601,7 +516,7 @@ def create_app(
                     return
                 yield _sse_event(*item)
 
-        return _EventStream(events(), on_close=lambda: hub.unlisten(listener))
+        return _EventStream(events(), on_close=lambda: hub.remove(stream))
 
     @app.get(
         "/healthz",
@@ -633,7 +548,7 @@ def create_app(
     async def healthz() -> Response:
         health = await gateway.health()
         if health.problem is not None:
-            return problem_response(_problem(503, *health.problem))
+            return problem_response(problem(503, *health.problem))
         devices = health.devices
         bridges = [
             {"name": b.name, "endpoints": b.endpoints(), "connected": b.connected()}
@@ -759,7 +674,7 @@ class HttpBridge(Bridge):
         Keep it well below the process's file limit (``LimitNOFILE`` in the unit)."""
         self.ping_interval = ping_interval
         self.access_log = access_log
-        self.hub = DownlinkHub()
+        self.waiters = Waiters()
         self.app: FastAPI | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -767,8 +682,8 @@ class HttpBridge(Bridge):
     async def start(self, gateway: Gateway) -> None:
         if self._task is not None:
             return
-        self.hub = DownlinkHub()
-        self.app = create_app(gateway, hub=self.hub, ping_interval=self.ping_interval)
+        self.waiters = Waiters()
+        self.app = create_app(gateway, waiters=self.waiters, ping_interval=self.ping_interval)
         family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
         sock = socket.create_server((self.bind, self.port), family=family)
         self.port = int(sock.getsockname()[1])
@@ -825,7 +740,9 @@ class HttpBridge(Bridge):
     async def close(self) -> None:
         task, server = self._task, self._server
         self._task = self._server = None
-        self.hub.close()  # waiting requests answer now, so uvicorn need not wait for them
+        self.waiters.close(
+            _SHUTTING_DOWN
+        )  # waiting requests answer now, so uvicorn need not wait for them
         if task is None or server is None:
             return
         server.should_exit = True
@@ -838,13 +755,13 @@ class HttpBridge(Bridge):
             log.exception("HTTP bridge stopped with an error")
 
     def can_push(self, device_id: str) -> bool:
-        return self.hub.can_push(device_id)
+        return self.waiters.can_push(device_id)
 
     async def push(self, device_id: str, channel: str, message: bytes) -> bool:
-        return self.hub.push(device_id, channel, message)
+        return self.waiters.push(device_id, channel, message)
 
     def connected(self) -> int:
-        return self.hub.connected()
+        return self.waiters.connected()
 
     def endpoints(self) -> list[str]:
         host = f"[{self.bind}]" if ":" in self.bind else self.bind

@@ -61,10 +61,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from safething.errors import StoreError
 from safething_gateway.core import Bridge, Gateway
 from safething_gateway.protocol import ProtocolError, ReplayError, parse_frame
 from safething_gateway.registry import RegistryBusyError
+from safething_gateway.replies import reply_for
 
 __all__ = ["MqttBridge", "MqttConnection", "Topics"]
 
@@ -768,25 +768,13 @@ class MqttBridge(Bridge):
             await self._gateway.handle(
                 device_id, channel, data, content_format="json", transport=self.name
             )
-        except ProtocolError as e:
-            if message.dup and isinstance(e, ReplayError):
-                return  # the broker sent again what was handled before a reconnect
-            problem = json.loads(self._gateway.error_body(e))
-            self._report(device_id, channel, data, problem)
-            return
         except RegistryBusyError:
             raise
-        except StoreError as e:
-            log.warning(
-                "mqtt bridge: %s/%s not handled, store unavailable: %s", device_id, channel, e
-            )
-            self._report(device_id, channel, data, _problem(503, "store_unavailable", str(e)))
-            return
-        except Exception as e:
-            log.exception("mqtt bridge: handling %s/%s failed", device_id, channel)
-            self._report(
-                device_id, channel, data, _problem(500, "internal_error", type(e).__name__)
-            )
+        except Exception as e:  # a refusal, a store outage or a bug: one mapping
+            if message.dup and isinstance(e, ReplayError):
+                return  # the broker sent again what was handled before a reconnect
+            reply = reply_for(e, where=f"mqtt {device_id}/{channel}", rate=self._gateway.rate)
+            self._report(device_id, channel, data, reply.problem())
             return
         if channel == "poll":  # answered by pushing, each downlink on its own topic
             await self._gateway.deliver(device_id)
@@ -799,12 +787,3 @@ class MqttBridge(Bridge):
         body = json.dumps(problem, separators=(",", ":")).encode()
         self.connection.publish(self.topics.err(device_id), body, qos=0)
         self.errors_sent += 1
-
-
-def _problem(status: int, reason: str, detail: str) -> dict[str, Any]:
-    return {
-        "type": f"https://safething.dev/problems/{reason}",
-        "title": reason.replace("_", " "),
-        "status": status,
-        "detail": detail,
-    }
