@@ -8,6 +8,7 @@ mutant is harmless; docs/security.md lists the survivors and why each is harmles
     scripts/mutation                      every module below (slow: about an hour)
     scripts/mutation safething/net/keys.py gateway/safething_gateway/protocol.py
     scripts/mutation --list               the modules and the tests run against each
+    scripts/mutation --again MODULE       only its survivors again, after adding tests
 
 Mutants inside annotations are not run (with ``from __future__ import annotations``
 Python never evaluates them). Survivors inside ``log.*()`` calls are marked "logging
@@ -200,17 +201,43 @@ def _report(module: str, minutes: float | None = None) -> str:
     )
 
 
-def _run(module: str, tests: list[str], work: Path, env: dict[str, str], timeout: float) -> None:
+def _run(
+    module: str,
+    tests: list[str],
+    work: Path,
+    env: dict[str, str],
+    timeout: float,
+    *,
+    again: bool = False,
+) -> None:
     name = module.replace("/", ".").removesuffix(".py")
     config = OUT / f"{name}.toml"
     session = OUT / f"{name}.sqlite"
+    kept = OUT / f"{name}.py.mutated"
     config.write_text(_config(module, tests, timeout))
-    session.unlink(missing_ok=True)
-    shutil.copy2(work / module, OUT / f"{name}.py.mutated")
     bin_dir = Path(sys.executable).parent
     started = time.monotonic()
-    subprocess.run([bin_dir / "cosmic-ray", "init", config, session], cwd=work, env=env, check=True)
-    _skip_annotations(session, work / module)
+    if again:
+        # Only the survivors run again: the module is unchanged and tests were only added,
+        # so a mutant killed before is still killed.
+        if not (session.exists() and kept.exists()):
+            sys.exit(f"{module}: no kept session to run again; run it in full first")
+        if kept.read_bytes() != (work / module).read_bytes():
+            sys.exit(f"{module} changed since its session: run it in full")
+        db = sqlite3.connect(session)
+        with db:
+            db.execute(
+                "DELETE FROM work_results WHERE worker_outcome = 'NORMAL' "
+                "AND test_outcome = 'SURVIVED'"
+            )
+        db.close()
+    else:
+        session.unlink(missing_ok=True)
+        shutil.copy2(work / module, kept)
+        subprocess.run(
+            [bin_dir / "cosmic-ray", "init", config, session], cwd=work, env=env, check=True
+        )
+        _skip_annotations(session, work / module)
     baseline = subprocess.run(
         [*PYTEST.split(), *tests], cwd=work, env=env, capture_output=True, text=True
     )
@@ -230,6 +257,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per mutant's tests")
     parser.add_argument(
         "--report", action="store_true", help="summarise the kept sessions again, run nothing"
+    )
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="run only the survivors of the kept sessions again (after adding tests)",
     )
     args = parser.parse_args()
     if args.list:
@@ -254,7 +286,7 @@ def main() -> None:
         env["PYTHONPATH"] = os.pathsep.join([str(work), str(work / "gateway")])
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         for module in args.modules or list(TARGETS):
-            _run(module, TARGETS[module], work, env, args.timeout)
+            _run(module, TARGETS[module], work, env, args.timeout, again=args.again)
     print(f"sessions in {OUT}; survivors with their diffs in {OUT}/*.survivors.txt")
 
 
