@@ -1,0 +1,89 @@
+"""Only the thing and its owner change its description and status.
+
+Anyone else (here a stranger who can write to the store) writes the records
+straight into the store, signed with its own key at the next version, as a
+malicious client would: the thing itself and every reader refuse them and count
+them as tampered; the thing goes on with what it and its owner wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from safething.errors import PermissionDeniedError, TamperedDataError
+from safething.net import Client, Identity
+from safething.net.mutable import EntryRecord
+from safething.store import Store
+from safething.things import Thing, ThingClient, layout
+from safething.things.values import dumps
+
+
+async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+async def _forge(store: Store, garden: Thing, signer: Identity, key: bytes, value: bytes) -> None:
+    """Write ``key`` of the thing's MD at the next version, signed by ``signer``."""
+    address = garden.addresses.thing
+    current = await Client(store).md(address.name, address.tag).get(key)
+    record = EntryRecord.create(
+        address,
+        signer=signer.sign_key,
+        stored_key=key,
+        sealed_key=None,
+        stored_value=value,
+        version=current.version + 1,
+    )
+    await store.put(address.entry_key(key), record.to_bytes())
+
+
+async def test_a_stranger_cannot_disable_the_thing(store: Store, garden: Thing) -> None:
+    await garden.publish()
+    mallory = Identity.generate("mallory")
+    address = garden.addresses.thing
+    # through the API: refused before anything is written
+    with pytest.raises(PermissionDeniedError):
+        await (
+            Client(store, mallory)
+            .md(address.name, address.tag)
+            .put("status", dumps({"s": "disabled", "t": 0.0}))
+        )
+    # straight into the store, signed by its own key
+    tampered = garden.client.tampered_count
+    await _forge(store, garden, mallory, layout.STATUS, dumps({"s": "disabled", "t": 0.0}))
+    await _until(lambda: garden.client.tampered_count > tampered)  # the thing saw it
+    assert garden.status == "published"
+    async with ThingClient(Client(store, Identity.generate())) as anyone:
+        # a reader that never saw the genuine status refuses the forged one, never
+        # reports it
+        with pytest.raises(TamperedDataError, match="lacks update permission"):
+            await anyone.status("garden-01")
+
+
+async def test_a_stranger_cannot_rewrite_the_description(store: Store, garden: Thing) -> None:
+    await garden.publish()
+    mallory = Identity.generate("mallory")
+    doc = garden.description.to_dict()
+    doc["title"] = "Send your password here"
+    await _forge(store, garden, mallory, layout.DESC, dumps(doc))
+    async with ThingClient(Client(store)) as reader:
+        with pytest.raises(TamperedDataError, match="lacks update permission"):
+            await reader.describe("garden-01")
+        assert reader.client.tampered_count == 1
+
+
+async def test_the_owner_can_and_the_thing_follows(
+    store: Store, garden: Thing, owner: Identity
+) -> None:
+    """The same write, signed by the owner, is accepted: the refusals above are about
+    the signer, not the way the record was written."""
+    await garden.publish()
+    await _forge(store, garden, owner, layout.STATUS, dumps({"s": "disabled", "t": 0.0}))
+    await _until(lambda: garden.status == "disabled")
+    async with ThingClient(Client(store)) as anyone:
+        assert await anyone.status("garden-01") == "disabled"
