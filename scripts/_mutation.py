@@ -37,7 +37,13 @@ OUT = ROOT / ".mutation"
 
 # module -> the tests that guard it (only those run against each of its mutants)
 NET = ["tests/net"]
-THINGS = ["tests/things/test_thing.py", "tests/things/test_store_attacker.py"]
+THINGS = [
+    "tests/things/test_key_ring.py",
+    "tests/things/test_thing.py",
+    "tests/things/test_thing_authority.py",
+    "tests/things/test_forged_requests.py",
+    "tests/things/test_store_attacker.py",
+]
 GATEWAY_CORE = [
     "tests/gateway/test_core.py",
     "tests/gateway/test_device_link.py",
