@@ -433,24 +433,10 @@ async def test_a_store_only_attacker(store: Store, garden: Thing) -> None:
     mallory = Client(store, Identity.generate("mallory"))
     async with ThingClient(mallory) as m:
         status = await (await m.request("garden-01", "Reboot")).wait(5)
-    assert status.state == "rejected"
-    # overwrite a genuine owner's request record bytes: the signature no longer verifies
-    view = await ThingClient(Client(store)).view("garden-01")
-    key = view.inbox.address.entry_key(b"r/forged0001")
-    from safething.net.mutable import EntryRecord
-
-    record = EntryRecord.create(
-        view.inbox.address,
-        signer=Identity.generate().sign_key,
-        stored_key=b"r/forged0001",
-        sealed_key=None,
-        stored_value=b"\xa1ax\x00",
-        version=0,
-    )
-    forged = record.to_bytes().replace(b"\xa1ax\x00", b"\xa1ay\x00")
-    await store.put(key, forged)
-    await asyncio.sleep(0.1)
+    assert status.state == "rejected"  # it arrived, and was refused
     assert ran == []
+    # Forged records (the owner's request replayed, edited or fabricated) are
+    # tests/things/test_forged_requests.py: there the thing is shown to see each one.
 
 
 async def test_owner_changes_the_status_of_a_running_thing(
