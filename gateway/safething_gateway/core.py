@@ -41,7 +41,7 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from safething.errors import LimitExceededError, SafeThingError, StoreError, ThingError
@@ -49,6 +49,7 @@ from safething.net import Identity
 from safething.resource import AsyncResource
 from safething.store import Store
 from safething.things import (
+    AccessType,
     ActionRequest,
     DescriptionError,
     Thing,
@@ -60,6 +61,7 @@ from safething_gateway.metrics import Metrics
 from safething_gateway.protocol import (
     BadMacError,
     BadMessageError,
+    Frame,
     PayloadError,
     ProtocolError,
     RateLimitedError,
@@ -116,7 +118,8 @@ class OutboundDownlink:
     counter: int
     """The gateway's counter for this device (also in the frame's header line)."""
     frame: bytes
-    """The framed message ``ST1 <counter> <mac>\\n<body>``, exactly as sent."""
+    """The framed message ``ST2 <counter> <tag>\\n<ciphertext>`` (``ST1 ...`` for a
+    device provisioned with ST1), exactly as sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,7 @@ class Gateway(AsyncResource):
         self._waiting: dict[tuple[str, str], asyncio.Queue[dict[str, Any]]] = {}
         self._early: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
         self._early_count: dict[str, int] = {}
+        self._warned_st1: set[str] = set()
         self._buffering = False
         self._unborn: set[str] = set()
         """Devices whose birth was accepted while the store was unreachable."""
@@ -280,7 +284,7 @@ class Gateway(AsyncResource):
         self,
         device_id: str,
         channel: str,
-        data: bytes,
+        data: bytes | Frame,
         *,
         content_format: str = "json",
         transport: str = "",
@@ -301,23 +305,23 @@ class Gateway(AsyncResource):
         return result
 
     async def _handle(
-        self, device_id: str, channel: str, data: bytes, content_format: str
+        self, device_id: str, channel: str, data: bytes | Frame, content_format: str
     ) -> list[OutboundDownlink]:
         check_device_id(device_id)
         check_channel(channel)
-        message = parse_frame(data)
+        message = data if isinstance(data, Frame) else parse_frame(data)
         if message.counter > MAX_COUNTER:
             raise BadMessageError(f"the counter must be below 2^63, got {message.counter}")
         record = self.registry.find(device_id)
         if record is None:
             # the same work and the same answer as a wrong MAC: ids cannot be listed
             with contextlib.suppress(BadMacError):
-                message.verify(_UNKNOWN_SECRET, device_id, channel)
+                message.verify(_UNKNOWN_SECRET, device_id, channel, uplink=True)
             raise BadMacError(f"wrong MAC for {device_id}/{channel} counter {message.counter}")
-        message.verify(record.secret, device_id, channel)
+        plain = self._open(record, channel, message)
         if record.revoked:
             raise RevokedDeviceError(f"device {device_id!r} is revoked")
-        body = decode_body(message.body, content_format)
+        body = decode_body(plain, content_format)  # its errors quote no content
         _check_link_fields(channel, body)
         will = (
             channel == "state"
@@ -339,7 +343,52 @@ class Gateway(AsyncResource):
             except ReplayError:
                 self._refund(device_id)
                 raise
-        return await self._dispatch(record, channel, body, message.body, content_format)
+        try:
+            return await self._dispatch(record, channel, body, plain, content_format)
+        except PayloadError as e:
+            raise self._sealed_reason(record, channel, e) from e
+
+    def _open(self, record: DeviceRecord, channel: str, message: Frame) -> bytes:
+        """The body in clear, once the frame's version is the device's and its tag right.
+
+        A frame of the other version is refused like a wrong MAC (after the same work),
+        so that the answer does not tell which version a device id speaks."""
+        if message.version is None:  # an empty poll built from a query
+            message = replace(message, version=record.protocol)
+        elif message.version != record.protocol:
+            with contextlib.suppress(BadMacError):
+                message.verify(record.secret, record.device_id, channel, uplink=True)
+            log.info(
+                "device %s was provisioned for ST%d: an ST%d message is refused",
+                record.device_id,
+                record.protocol,
+                message.version,
+            )
+            raise BadMacError(
+                f"wrong MAC for {record.device_id}/{channel} counter {message.counter}"
+            )
+        plain = message.open(record.secret, record.device_id, channel, uplink=True)
+        if record.protocol == 1 and record.device_id not in self._warned_st1:
+            self._warned_st1.add(record.device_id)
+            log.warning(
+                "device %s speaks ST1: its messages travel in clear (a broker, proxy or LAN "
+                "sniffer reads them); provision it again for ST2",
+                record.device_id,
+            )
+        return plain
+
+    def _sealed_reason(
+        self, record: DeviceRecord, channel: str, error: PayloadError
+    ) -> PayloadError:
+        """What a refused body's reply may say. An ST2 body is sealed, so is the reason
+        (it can quote the values): the detail goes only to the gateway log."""
+        if record.protocol == 1:
+            return error
+        log.info("refused %s/%s body: %s", record.device_id, channel, error)
+        return PayloadError(
+            f"the {channel} body of {record.device_id} was refused (it is sealed: "
+            "the reason is in the gateway log)"
+        )
 
     def _rate_limit(self, record: DeviceRecord) -> None:
         now = time.monotonic()
@@ -541,6 +590,7 @@ class Gateway(AsyncResource):
         return forward
 
     async def _forward(self, device_id: str, request: ActionRequest) -> Any:
+        self._check_sealed_args(device_id, request)
         key = (device_id, request.request_id)
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         early = self._forget_early(key)
@@ -582,6 +632,20 @@ class Gateway(AsyncResource):
                     raise DeviceActionError(str(update.get("message") or f"device: {state}"))
         finally:
             self._waiting.pop(key, None)
+
+    def _check_sealed_args(self, device_id: str, request: ActionRequest) -> None:
+        """Arguments sealed on the data network (an action whose access is not ``all``)
+        never travel in clear: a device on ST1 cannot be sent them."""
+        record = self.registry.get(device_id)
+        thing = self.things.get(device_id)
+        if record.protocol != 1 or thing is None:
+            return
+        action = next((a for a in thing.description.actions if a.name == request.action), None)
+        if action is not None and action.access != AccessType.ALL and request.args:
+            raise DeviceActionError(
+                f"{device_id} speaks ST1 (in clear): the arguments of {request.action!r} "
+                f"({action.access.value} access) are not sent to it; provision it for ST2"
+            )
 
     def _result(self, device_id: str, request_id: str, body: Any) -> None:
         if not isinstance(body, dict) or body.get("state") not in (
@@ -670,7 +734,13 @@ class Gateway(AsyncResource):
 
     def _outbound(self, record: DeviceRecord, downlink: Downlink) -> OutboundDownlink:
         data = frame(
-            record.secret, record.device_id, downlink.channel, downlink.counter, downlink.body
+            record.secret,
+            record.device_id,
+            downlink.channel,
+            downlink.counter,
+            downlink.body,
+            version=record.protocol,
+            uplink=False,
         )
         return OutboundDownlink(downlink.channel, downlink.counter, data)
 

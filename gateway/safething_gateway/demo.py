@@ -244,6 +244,7 @@ class GatewayDemo:
                 record.secret,
                 device_description(device_id),
                 state_file=self.state_dir / f"{device_id}.counters.json",
+                version=record.protocol,
             )
             self.devices.append(_SimulatedDevice(self, transport, link, seed=i))
         for device in self.devices:

@@ -1,33 +1,45 @@
-"""The device link: framing, MAC and counters, the same over MQTT, CoAP and HTTP.
+"""The device link: framing, encryption, MAC and counters, the same over MQTT, CoAP and HTTP.
 
 Every message between a device and the gateway is one byte string::
 
-    ST1 <counter> <mac>\\n<body>
+    ST2 <counter> <tag>\\n<ciphertext>
 
 * ``counter``: decimal, strictly increasing per device and direction (gaps
-  allowed), persisted by both sides so a reboot never reuses one;
-* ``mac``: 64 lowercase hex digits,
-  ``HMAC-SHA256(secret, "ST1\\n" + device_id + "\\n" + channel + "\\n" + counter + "\\n" + body)``;
-* ``body``: JSON (UTF-8) or CBOR, as the transport says (MQTT: JSON;
-  CoAP: content-format 50 JSON / 60 CBOR; HTTP: ``Content-Type``).
+  allowed), persisted by both sides so a reboot never reuses one; it is the
+  nonce of the encryption;
+* ``ciphertext``: the body (JSON or CBOR, as the transport says) encrypted
+  with AES-128-CTR under the direction's encryption key, initial counter block
+  ``counter`` (8 bytes big-endian) followed by 8 zero bytes;
+* ``tag``: 64 lowercase hex digits, ``HMAC-SHA256(mac key, "ST2\\n" + device_id
+  + "\\n" + channel + "\\n" + counter + "\\n" + ciphertext)`` (encrypt-then-MAC);
+* keys: ``HKDF-Expand-SHA256(secret, "safething ST2 <up|down> <enc|mac>")``,
+  16 bytes for AES, 32 for HMAC, one pair per direction.
+
+The old version ``ST1 <counter> <mac>\\n<body>`` carries the body in clear with
+``mac = HMAC-SHA256(secret, "ST1\\n" + device_id + "\\n" + channel + "\\n" +
+counter + "\\n" + body)``; the gateway accepts it only from devices provisioned
+with it.
 
 The *channel* is the logical name of the message, identical on every
 transport (MQTT topic ``st/v1/<device>/up/<channel>``, CoAP and HTTP path
-``.../<device>/<channel>``), so a MAC binds the message to its device and
-its meaning. Only ``hashlib`` and string concatenation are needed on the
-device: no canonical JSON. See ``docs/protocol.md``.
+``.../<device>/<channel>``), so a tag binds the message to its device, its
+direction and its meaning. See ``docs/protocol.md``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cbor2
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from safething.errors import SafeThingError
 
@@ -36,9 +48,11 @@ __all__ = [
     "CHANNELS_UP",
     "MAGIC",
     "MAX_MESSAGE_BYTES",
+    "VERSION",
     "BadMacError",
     "BadMessageError",
     "Frame",
+    "LinkKeys",
     "PayloadError",
     "ProtocolError",
     "RateLimitedError",
@@ -50,13 +64,19 @@ __all__ = [
     "check_channel",
     "check_device_id",
     "decode_body",
+    "empty_frame",
     "encode_body",
     "frame",
+    "link_keys",
     "mac",
     "parse_frame",
 ]
 
-MAGIC = b"ST1"
+VERSION = 2
+"""The link version new devices are provisioned with (``ST2``: bodies encrypted)."""
+_MAGICS = {1: b"ST1", 2: b"ST2"}
+_VERSIONS = {v: k for k, v in _MAGICS.items()}
+MAGIC = _MAGICS[VERSION]
 MAX_MESSAGE_BYTES = 16 * 1024
 """Largest message accepted from a device (frame + body)."""
 
@@ -143,52 +163,146 @@ def check_channel(channel: str, *, uplink: bool = True) -> str:
     raise UnknownChannelError(f"unknown channel {channel!r}")
 
 
-def mac(secret: bytes, device_id: str, channel: str, counter: int, body: bytes) -> str:
-    """The hex HMAC-SHA256 of a message."""
-    message = b"\n".join((MAGIC, device_id.encode(), channel.encode(), str(counter).encode(), body))
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+def link_keys(secret: bytes) -> LinkKeys:
+    """The four ST2 keys of a device secret (cached: four HMACs per device, not per message)."""
+    return _link_keys(bytes(secret))
 
 
-def frame(secret: bytes, device_id: str, channel: str, counter: int, body: bytes) -> bytes:
-    """A complete message: header line and body."""
-    tag = mac(secret, device_id, channel, counter, body)
-    return b"%s %d %s\n" % (MAGIC, counter, tag.encode()) + body
+@functools.lru_cache(maxsize=8192)
+def _link_keys(secret: bytes) -> LinkKeys:
+    def expand(label: bytes, length: int) -> bytes:
+        return HKDFExpand(algorithm=hashes.SHA256(), length=length, info=label).derive(secret)
+
+    return LinkKeys(
+        enc_up=expand(b"safething ST2 up enc", 16),
+        mac_up=expand(b"safething ST2 up mac", 32),
+        enc_down=expand(b"safething ST2 down enc", 16),
+        mac_down=expand(b"safething ST2 down mac", 32),
+    )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class LinkKeys:
+    """The keys of one device's ST2 link, derived from its secret (never sent)."""
+
+    enc_up: bytes
+    """AES-128 key of device -> gateway bodies."""
+    mac_up: bytes
+    """HMAC-SHA256 key of device -> gateway tags."""
+    enc_down: bytes
+    """AES-128 key of gateway -> device bodies."""
+    mac_down: bytes
+    """HMAC-SHA256 key of gateway -> device tags."""
+
+    def enc(self, *, uplink: bool) -> bytes:
+        return self.enc_up if uplink else self.enc_down
+
+    def mac(self, *, uplink: bool) -> bytes:
+        return self.mac_up if uplink else self.mac_down
+
+
+def _ctr(key: bytes, counter: int, data: bytes) -> bytes:
+    """AES-128-CTR with the initial block ``counter (8 bytes BE) || 0 (8 bytes)``."""
+    if not data:
+        return b""
+    iv = counter.to_bytes(8, "big") + bytes(8)
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    return encryptor.update(data) + encryptor.finalize()
+
+
+def mac(
+    secret: bytes,
+    device_id: str,
+    channel: str,
+    counter: int,
+    body: bytes,
+    *,
+    version: int = VERSION,
+    uplink: bool = True,
+) -> str:
+    """The hex tag of a message: over the body (ST1) or the ciphertext (ST2)."""
+    magic = _MAGICS[version]
+    message = b"\n".join((magic, device_id.encode(), channel.encode(), str(counter).encode(), body))
+    key = secret if version == 1 else link_keys(secret).mac(uplink=uplink)
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def frame(
+    secret: bytes,
+    device_id: str,
+    channel: str,
+    counter: int,
+    body: bytes,
+    *,
+    version: int = VERSION,
+    uplink: bool,
+) -> bytes:
+    """A complete message: header line and body (ST2: the body encrypted).
+
+    ``uplink`` says the direction (device -> gateway): each has its own keys."""
+    if version not in _MAGICS:
+        raise ValueError(f"unknown link version {version!r}: 1 or 2")
+    if version == 2:
+        body = _ctr(link_keys(secret).enc(uplink=uplink), counter, body)
+    tag = mac(secret, device_id, channel, counter, body, version=version, uplink=uplink)
+    return b"%s %d %s\n" % (_MAGICS[version], counter, tag.encode()) + body
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """A parsed message whose MAC is not yet checked."""
+    """A parsed message whose tag is not yet checked."""
 
     counter: int
     """The sender's counter."""
     mac: str
-    """The MAC as sent (hex)."""
+    """The tag as sent (hex)."""
     body: bytes
-    """The body bytes exactly as sent (what the MAC covers)."""
+    """The bytes after the header line exactly as sent (what the tag covers): the body
+    (ST1) or its ciphertext (ST2)."""
+    version: int | None = VERSION
+    """1 (``ST1``) or 2 (``ST2``); None for a frame a bridge built from a query (an empty
+    ``poll``), which takes the device's own version."""
 
-    def verify(self, secret: bytes, device_id: str, channel: str) -> None:
-        """Raise ``BadMacError`` unless the MAC is right (constant-time compare)."""
-        expected = mac(secret, device_id, channel, self.counter, self.body)
+    def verify(self, secret: bytes, device_id: str, channel: str, *, uplink: bool) -> None:
+        """Raise ``BadMacError`` unless the tag is right (constant-time compare)."""
+        version = self.version or VERSION
+        expected = mac(
+            secret, device_id, channel, self.counter, self.body, version=version, uplink=uplink
+        )
         if not hmac.compare_digest(expected, self.mac):
             raise BadMacError(f"wrong MAC for {device_id}/{channel} counter {self.counter}")
 
+    def open(self, secret: bytes, device_id: str, channel: str, *, uplink: bool) -> bytes:
+        """The body in clear, once the tag is verified (``BadMacError`` otherwise)."""
+        self.verify(secret, device_id, channel, uplink=uplink)
+        if (self.version or VERSION) == 1:
+            return self.body
+        return _ctr(link_keys(secret).enc(uplink=uplink), self.counter, self.body)
+
 
 def parse_frame(data: bytes) -> Frame:
-    """Split a message into counter, MAC and body; ``BadMessageError`` if malformed."""
+    """Split a message into version, counter, tag and body; ``BadMessageError`` if malformed."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise TooLargeError(f"message of {len(data)} bytes; the limit is {MAX_MESSAGE_BYTES}")
     head, sep, body = data.partition(b"\n")
     parts = head.split(b" ")
-    if not sep or len(parts) != 3 or parts[0] != MAGIC:
+    version = _VERSIONS.get(parts[0])
+    if not sep or len(parts) != 3 or version is None:
         raise BadMessageError(
-            "not a SAFEthing device message: expected 'ST1 <counter> <mac>\\n<body>'"
+            "not a SAFEthing device message: expected 'ST2 <counter> <tag>\\n<ciphertext>'"
         )
     counter_text, tag = parts[1], parts[2]
     if not counter_text.isdigit() or len(counter_text) > 19:
         raise BadMessageError("the counter must be a decimal number")
     if len(tag) != 64 or not re.fullmatch(rb"[0-9a-f]{64}", tag):
         raise BadMessageError("the MAC must be 64 lowercase hex digits")
-    return Frame(int(counter_text), tag.decode(), body)
+    return Frame(int(counter_text), tag.decode(), body, version)
+
+
+def empty_frame(counter: str, tag: str) -> Frame:
+    """The empty ``poll`` a query ``?c=<counter>&m=<tag>`` stands for (the device's own
+    version); ``BadMessageError`` if either is malformed."""
+    return replace(parse_frame(b"ST2 %s %s\n" % (counter.encode(), tag.encode())), version=None)
 
 
 def decode_body(body: bytes, content_format: str) -> Any:
@@ -199,6 +313,8 @@ def decode_body(body: bytes, content_format: str) -> Any:
         if content_format == "cbor":
             return cbor2.loads(body)
         return json.loads(body)
+    except UnicodeDecodeError as e:  # its text would quote a byte of the body
+        raise PayloadError(f"body is not valid JSON: not UTF-8 at byte {e.start}") from e
     except Exception as e:
         raise PayloadError(f"body is not valid {content_format.upper()}: {e}") from e
 

@@ -44,6 +44,7 @@ from typing import Any, ParamSpec, TypeVar
 from safething.errors import LimitExceededError, StoreError
 from safething.net import EncryptionKey, Identity, SigningKey
 from safething_gateway.protocol import (
+    VERSION,
     ReplayError,
     RevokedDeviceError,
     UnknownDeviceError,
@@ -87,7 +88,8 @@ CREATE TABLE IF NOT EXISTS devices (
     description TEXT,
     online INTEGER NOT NULL DEFAULT 0,
     last_seen REAL,
-    meta TEXT NOT NULL DEFAULT '{}'
+    meta TEXT NOT NULL DEFAULT '{}',
+    protocol INTEGER NOT NULL DEFAULT 1
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS downlinks (
     device_id TEXT NOT NULL,
@@ -135,6 +137,9 @@ class DeviceRecord:
     online: bool
     last_seen: float | None
     meta: dict[str, Any]
+    protocol: int = 1
+    """The link version the device was provisioned with: 2 (``ST2``, bodies encrypted)
+    or 1 (``ST1``, bodies in clear; accepted with a warning). No other is accepted."""
 
     @property
     def linked(self) -> bool:
@@ -208,6 +213,11 @@ class Registry:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(f"PRAGMA busy_timeout={int(write_timeout * 1000)}")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
+            if "protocol" not in columns:  # a registry from before ST2: its devices speak ST1
+                self._db.execute(
+                    "ALTER TABLE devices ADD COLUMN protocol INTEGER NOT NULL DEFAULT 1"
+                )
             self._rdb = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._rdb.execute(f"PRAGMA busy_timeout={int(read_timeout * 1000)}")
         except sqlite3.OperationalError as e:
@@ -265,20 +275,32 @@ class Registry:
         secret: bytes | None = None,
         identity: Identity | None = None,
         meta: dict[str, Any] | None = None,
+        protocol: int = VERSION,
     ) -> DeviceRecord:
-        """Provision a device; ``ValueError`` if the id exists or the transport is unknown."""
+        """Provision a device; ``ValueError`` if the id exists, the transport or the link
+        version (``protocol``: 2, or 1 for an old device) is unknown."""
         check_device_id(device_id)
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
+        if protocol not in (1, 2):
+            raise ValueError(f"unknown link version {protocol!r}: 2 (ST2), or 1 (ST1, in clear)")
         secret = secret or secrets.token_bytes(32)
         identity = identity or Identity.generate(device_id)
         keys = identity.sign_key.seed + identity.encryption_key.secret
         with self._writing() as db:
             try:
                 db.execute(
-                    "INSERT INTO devices(id, transport, secret, keys, created, meta) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (device_id, transport, secret, keys, time.time(), json.dumps(meta or {})),
+                    "INSERT INTO devices(id, transport, secret, keys, created, meta, protocol) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        device_id,
+                        transport,
+                        secret,
+                        keys,
+                        time.time(),
+                        json.dumps(meta or {}),
+                        protocol,
+                    ),
                 )
             except sqlite3.IntegrityError:
                 raise ValueError(f"device {device_id!r} is already provisioned") from None
@@ -475,6 +497,7 @@ def _record(row: tuple[Any, ...]) -> DeviceRecord:
         online,
         last_seen,
         meta,
+        protocol,
     ) = row
     identity = _identity(bytes(keys), device_id)
     return DeviceRecord(
@@ -491,4 +514,5 @@ def _record(row: tuple[Any, ...]) -> DeviceRecord:
         bool(online),
         last_seen,
         json.loads(meta),
+        int(protocol),
     )

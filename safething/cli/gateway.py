@@ -71,6 +71,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--wifi-ssid", default=None, help="Wi-Fi network for the device's config")
     p.add_argument("--wifi-password", default="", help="Wi-Fi password for the device's config")
     p.add_argument("--no-qr", action="store_true", help="do not print the QR code")
+    p.add_argument(
+        "--link",
+        choices=("ST2", "ST1"),
+        default="ST2",
+        help="link version: ST2 (default; bodies encrypted) or ST1 (bodies in clear, for a "
+        "device whose firmware predates ST2; the gateway logs a warning for it)",
+    )
     p.set_defaults(func=cmd_provision)
 
     b = sub.add_parser(
@@ -116,12 +123,14 @@ def _device_config(
     host: str,
     extra: dict[str, Any],
     wifi: dict[str, str],
+    protocol: int = 2,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "format": "safething-device",
         "version": 1,
         "device_id": device_id,
         "secret": secret.hex(),
+        "link": f"ST{protocol}",
         "transport": transport,
         "wifi": wifi,
     }
@@ -245,7 +254,11 @@ def cmd_provision(args: argparse.Namespace) -> int:
                 "password": _auth(config).add_device(args.device_id),
             }
         record = registry.add(
-            args.device_id, args.transport, secret=secret, meta={"provisioned": time.time()}
+            args.device_id,
+            args.transport,
+            secret=secret,
+            meta={"provisioned": time.time()},
+            protocol=int(args.link[2:]),
         )
     finally:
         registry.close()
@@ -257,6 +270,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
         host,
         extra,
         wifi,
+        record.protocol,
     )
     text = json.dumps(doc, indent=2) + "\n"
     target = args.out or Path(f"{args.device_id}.json")
@@ -266,6 +280,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
         f"{record.identity.public_sign_key.hex()[:16]}..."
     )
     out(f"device config written to {target} (mode 0600): copy it to the device as config.json")
+    if record.protocol == 1:
+        out("warning: ST1 sends bodies in clear; the broker and the LAN can read them")
     if extra:
         _reload_broker(config.mqtt.reload_command)
     if not args.no_qr:
@@ -338,6 +354,7 @@ def cmd_device_list(args: argparse.Namespace) -> int:
         row = {
             "device_id": r.device_id,
             "transport": r.transport,
+            "link": f"ST{r.protocol}",
             "state": "revoked" if r.revoked else ("online" if r.online else "offline"),
             "described": r.description is not None,
             "last_seen": r.last_seen,
@@ -351,7 +368,10 @@ def cmd_device_list(args: argparse.Namespace) -> int:
                 if r.last_seen
                 else "never"
             )
-            out(f"{r.device_id:24s} {r.transport:6s} {row['state']:8s} last seen {seen}")
+            out(
+                f"{r.device_id:24s} {r.transport:6s} {row['link']} {row['state']:8s} "
+                f"last seen {seen}"
+            )
     if not args.json:
         out(f"{len(records)} device(s) in {config.gateway.registry_path}")
     return 0

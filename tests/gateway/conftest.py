@@ -28,12 +28,19 @@ SENSOR = {
 }
 
 
+def tamper(message: bytes) -> bytes:
+    """The message with the last bit of its body flipped (an attacker who changes a byte
+    of ciphertext, or of an ST1 body, without the keys)."""
+    return message[:-1] + bytes([message[-1] ^ 1])
+
+
 class Device:
     """A device's side of the link, written from docs/protocol.md."""
 
-    def __init__(self, device_id: str, secret: bytes) -> None:
+    def __init__(self, device_id: str, secret: bytes, *, version: int = 2) -> None:
         self.device_id = device_id
         self.secret = secret
+        self.version = version
         self.counter = 0
 
     def message(self, channel: str, body: Any, *, counter: int | None = None) -> bytes:
@@ -41,7 +48,9 @@ class Device:
             self.counter += 1
             counter = self.counter
         raw = json.dumps(body).encode() if not isinstance(body, bytes) else body
-        return frame(self.secret, self.device_id, channel, counter, raw)
+        return frame(
+            self.secret, self.device_id, channel, counter, raw, version=self.version, uplink=True
+        )
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,10 +27,16 @@ from safething_gateway.bridges.coap import (
 from safething_gateway.core import Gateway
 from safething_gateway.devices.base import DeviceLink
 from safething_gateway.devices.coap import CoapDevice
-from safething_gateway.protocol import MAX_MESSAGE_BYTES, frame, mac, parse_frame
+from safething_gateway.protocol import (
+    MAX_MESSAGE_BYTES,
+    BadMessageError,
+    frame,
+    mac,
+    parse_frame,
+)
 from safething_gateway.registry import Registry
 
-from .conftest import SENSOR, Device
+from .conftest import SENSOR, Device, tamper
 
 ID = "sensor-01"
 
@@ -196,8 +203,8 @@ async def test_unacknowledged_downlinks_come_again_on_the_next_registration(
         [(channel, data)] = decode_downlinks(response.payload, JSON)
         assert channel == "desired"
         message = parse_frame(data)
-        message.verify(link.secret, ID, "desired")
-        assert (message.counter, json.loads(message.body)) == (sent.counter, {"target": 7})
+        body = message.open(link.secret, ID, "desired", uplink=False)
+        assert (message.counter, json.loads(body)) == (sent.counter, {"target": 7})
     await post(client, bridge, "ack", dev.message("ack", {"down": sent.counter}))
     assert gateway.registry.pending(ID) == []
 
@@ -267,7 +274,7 @@ async def test_rejections_carry_code_and_diagnostic(
         return str(response.payload.decode())
 
     await rejected(await post(client, bridge, "birth", birth), "4.03", "replay")
-    forged = dev.message("reading", {"moisture": 1}).replace(b"1}", b"2}")
+    forged = tamper(dev.message("reading", {"moisture": 1}))
     await rejected(await post(client, bridge, "reading", forged), "4.01", "bad_mac")
     moved = dev.message("reading", 5)  # a valid message posted to another channel
     await rejected(await post(client, bridge, "event/VeryDryAlarm", moved), "4.01", "bad_mac")
@@ -278,7 +285,7 @@ async def test_rejections_carry_code_and_diagnostic(
     text = await rejected(
         await post(client, bridge, "reading", b"moisture=12"), "4.00", "bad_message"
     )
-    assert "ST1 <counter> <mac>" in text
+    assert "ST2 <counter> <tag>" in text
     text = await rejected(
         await post(client, bridge, "reading", dev.message("reading", b"{nope")),
         "4.22",
@@ -379,13 +386,13 @@ async def test_cbor_bodies_and_downlink_lists(
         assert await device.poll() == 0
     assert (await ThingClient(Client(store)).read(ID, "moisture")).value == 33.5
     await gateway.send(ID, "desired", {"target": 3})
-    poll = frame(record.secret, ID, "poll", link.up_counter + 1, b"")
+    poll = frame(record.secret, ID, "poll", link.up_counter + 1, b"", uplink=True)
     response = await post(client, bridge, "poll", poll, cf=CBOR)
     assert int(response.opt.content_format) == CBOR
     [[channel, data]] = cbor2.loads(response.payload)
     assert channel == "desired"
     assert isinstance(data, bytes)
-    parse_frame(data).verify(record.secret, ID, "desired")
+    parse_frame(data).verify(record.secret, ID, "desired", uplink=False)
 
 
 async def test_a_large_birth_goes_blockwise(
@@ -409,10 +416,19 @@ async def test_a_large_birth_goes_blockwise(
 
 
 def test_downlink_list_encodings() -> None:
-    items = [("action/r1", b"ST1 7 " + b"a" * 64 + b"\n{}"), ("desired", b"ST1 8 x\n{}")]
+    sealed = frame(bytes(32), ID, "desired", 9, b'{"target": 1}', uplink=False)
+    items = [
+        ("action/r1", b"ST1 7 " + b"a" * 64 + b"\n{}"),
+        ("desired", b"ST1 8 x\n{}"),
+        ("desired", sealed),
+    ]
     for cf in (CBOR, JSON):
         assert decode_downlinks(encode_downlinks(items, cf), cf) == items
-    assert json.loads(encode_downlinks(items, JSON))[0][0] == "action/r1"
+    listed = json.loads(encode_downlinks(items, JSON))
+    assert listed[0] == ["action/r1", "ST1 7 " + "a" * 64 + "\n{}"]  # ST1: the frame as text
+    assert base64.b64decode(listed[2][1]) == sealed  # ST2 (binary): base64
+    with pytest.raises(BadMessageError):
+        decode_downlinks(b'[["desired", "not base64!"]]', JSON)
     assert cbor2.loads(encode_downlinks([], CBOR)) == []
 
 

@@ -33,7 +33,7 @@ from safething_gateway.mosquitto import MosquittoAuth, hash_password
 from safething_gateway.registry import Registry
 from safething_gateway.testing import Mosquitto, free_port
 
-from .conftest import SENSOR
+from .conftest import SENSOR, tamper
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
@@ -360,7 +360,7 @@ async def test_rejections_are_reported_on_the_err_topic(site: Site) -> None:
             )
 
         # wrong MAC: the body changed after framing
-        forged = a_link.up("reading", {"moisture": 1}).replace(b":1}", b":2}")
+        forged = tamper(a_link.up("reading", {"moisture": 1}))
         raw(a, topics.up(a_id, "reading"), forged)
         problem = await refused(a, "bad_mac")
         assert problem["status"] == 401

@@ -190,7 +190,7 @@ Sampler = Callable[[int], Awaitable[float]]
 def _payload(i: int) -> bytes:
     """A raw payload of the size of a framed reading (header line, MAC, JSON body)."""
     body = json.dumps(_reading(i)).encode()
-    return frame(b"\x00" * 32, "bench-raw-01", "reading", i + 1, body)
+    return frame(b"\x00" * 32, "bench-raw-01", "reading", i + 1, body, uplink=True)
 
 
 class _PahoClient:

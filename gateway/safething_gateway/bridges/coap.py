@@ -9,8 +9,8 @@ Resources (``<device>`` is the device id, ``<channel>`` an uplink channel of
     GET  /.well-known/core
 
 **Uplinks.** The payload of a ``POST`` is one framed message
-``ST1 <counter> <mac>\\n<body>``; the MAC covers the channel named by the
-path. Content-Format 50 (``application/json``) or 60 (``application/cbor``)
+``ST2 <counter> <tag>\\n<ciphertext>`` (``ST1`` for a device provisioned with
+it); the tag covers the channel named by the path. Content-Format 50 (``application/json``) or 60 (``application/cbor``)
 says how the body is encoded (absent: JSON; anything else: 4.15). The reply
 is 2.04 Changed with no payload, or for ``poll`` 2.05 Content carrying the
 downlink list. Bodies larger than a datagram go block-wise (RFC 7959, Block1);
@@ -20,8 +20,8 @@ anything else is done with it.
 
 **Downlinks.** ``GET .../down`` is authenticated as a ``poll`` uplink with an
 empty body: the query carries that message's counter ``c`` and MAC ``m``
-(the frame the gateway checks is ``ST1 <c> <m>\\n``, so
-``m = HMAC-SHA256(secret, "ST1\\n<device>\\npoll\\n<c>\\n")``). The reply is
+(the frame the gateway checks is ``ST2 <c> <m>\\n``, so
+``m = HMAC-SHA256(mac key up, "ST2\\n<device>\\npoll\\n<c>\\n")``). The reply is
 2.05 with every pending downlink. With ``Observe: 0`` the request also
 registers an observation (RFC 7641): each downlink queued afterwards is sent
 as a notification (2.05, confirmable when the registration was) as soon as
@@ -32,13 +32,13 @@ downlinks and sends them again in the reply to the next poll or registration.
 
 **Downlink list** (reply to ``poll``, ``GET .../down`` and each notification):
 an array of ``[channel, frame]`` pairs, oldest first, possibly empty, where
-``frame`` is the framed downlink ``ST1 <counter> <mac>\\n<body>`` (body JSON)
-whose MAC covers ``channel``:
+``frame`` is the framed downlink ``ST2 <counter> <tag>\\n<ciphertext>`` (body
+JSON) whose tag covers ``channel``:
 
 * Content-Format 60 (CBOR, the default): ``[[text, bytes], ...]``, e.g.
   ``[["action/r1", h'5354312037...']]``;
-* Content-Format 50 (JSON): ``[["action/r1", "ST1 7 9f2c...\\n{...}"]]``, the
-  frame as a string.
+* Content-Format 50 (JSON): ``[["action/r1", "U1QyIDcg..."]]``, the frame in
+  base64 (an ST1 frame as it is: ``"ST1 7 9f2c...\\n{...}"``).
 
 The format is the request's Accept option (50 or 60; anything else: 4.06),
 else the Content-Format of the ``poll`` request, else CBOR. A notification
@@ -60,6 +60,7 @@ the same for every transport.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import json
 import logging
@@ -81,9 +82,11 @@ from safething_gateway.core import Bridge, Gateway
 from safething_gateway.protocol import (
     MAX_MESSAGE_BYTES,
     BadMessageError,
+    Frame,
     ProtocolError,
     TooLargeError,
     check_channel,
+    empty_frame,
 )
 from safething_gateway.replies import Reply, reply_for
 
@@ -115,9 +118,26 @@ _LINKS = (
 def encode_downlinks(downlinks: Sequence[tuple[str, bytes]], content_format: int = CBOR) -> bytes:
     """The downlink list: ``[[channel, frame], ...]`` in CBOR (60) or JSON (50)."""
     if content_format == JSON:
-        items = [[channel, data.decode()] for channel, data in downlinks]
+        items = [[channel, _frame_text(data)] for channel, data in downlinks]
         return json.dumps(items, separators=(",", ":")).encode()
     return bytes(cbor2.dumps([[channel, bytes(data)] for channel, data in downlinks]))
+
+
+def _frame_text(data: bytes) -> str:
+    """A frame as a JSON string: an ST1 frame as it is (text), any other in base64 (an ST2
+    frame's ciphertext is binary)."""
+    if data.startswith(b"ST1 "):
+        return data.decode()
+    return base64.b64encode(data).decode()
+
+
+def _frame_bytes(text: str) -> bytes:
+    if text.startswith("ST1 "):
+        return text.encode()
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError as e:
+        raise BadMessageError(f"a JSON downlink frame is ST1 text or base64: {e}") from e
 
 
 def decode_downlinks(payload: bytes, content_format: int = CBOR) -> list[tuple[str, bytes]]:
@@ -134,7 +154,7 @@ def decode_downlinks(payload: bytes, content_format: int = CBOR) -> list[tuple[s
     for item in items:
         if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
             raise BadMessageError("a downlink list is an array of [channel, frame] pairs")
-        data = item[1].encode() if isinstance(item[1], str) else item[1]
+        data = _frame_bytes(item[1]) if isinstance(item[1], str) else item[1]
         if not isinstance(data, bytes):
             raise BadMessageError("a downlink frame is a byte or text string")
         out.append((item[0], data))
@@ -431,7 +451,7 @@ class CoapBridge(Bridge):
         return self.gateway
 
     async def _handle(
-        self, device_id: str, channel: str, data: bytes, content_format: str
+        self, device_id: str, channel: str, data: bytes | Frame, content_format: str
     ) -> list[tuple[str, bytes]]:
         """``Gateway.handle`` with its errors turned into replies; downlinks with channels."""
         gateway = self._gateway()
@@ -461,8 +481,7 @@ class CoapBridge(Bridge):
         counter, tag = query.get("c"), query.get("m")
         if not counter or not tag:
             raise BadMessageError("down needs ?c=<counter>&m=<mac of an empty poll message>")
-        data = f"ST1 {counter} {tag}\n".encode()
-        return await self._handle(device_id, "poll", data, "json")
+        return await self._handle(device_id, "poll", empty_frame(counter, tag), "json")
 
     async def _fetch(self, device_id: str, request: Any) -> aiocoap.Message:
         reply_format = _reply_format(request)

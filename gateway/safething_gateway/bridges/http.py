@@ -6,7 +6,7 @@ endpoints (``/healthz``, ``/metrics``) and its own OpenAPI document.
 
 Uplinks
     ``POST /st/v1/devices/<device_id>/<channel>`` with the framed message
-    (``ST1 <counter> <mac>\\n<body>``, see :mod:`safething_gateway.protocol`)
+    (``ST2 <counter> <tag>\\n<ciphertext>``, see :mod:`safething_gateway.protocol`)
     as the request body. ``Content-Type: application/json`` (also assumed
     when the header is missing) or ``application/cbor`` says how the body
     after the header line is encoded; anything else is refused with 415.
@@ -34,7 +34,7 @@ Downlinks, by polling
 Downlinks, by Server-Sent Events
     ``GET /st/v1/devices/<device_id>/down/stream?c=<counter>&m=<mac>`` is
     authenticated like a poll: ``c`` and ``m`` are the counter and MAC of a
-    ``poll`` message with an empty body (``ST1 <c> <m>\\n``). The stream
+    ``poll`` message with an empty body (``ST2 <c> <m>\\n``). The stream
     (``text/event-stream``) carries every waiting and every new downlink as
     one event::
 
@@ -86,6 +86,7 @@ from safething_gateway.protocol import (
     BadMessageError,
     ProtocolError,
     TooLargeError,
+    empty_frame,
     parse_frame,
 )
 from safething_gateway.replies import Reply, problem, reply_for
@@ -129,7 +130,7 @@ def reply_response(reply: Reply) -> JSONResponse:
     """The HTTP rendering of a :class:`Reply` (see :mod:`safething_gateway.replies`)."""
     headers = {}
     if reply.status == 401:
-        headers["WWW-Authenticate"] = 'ST1 realm="safething"'
+        headers["WWW-Authenticate"] = f'{MAGIC.decode()} realm="safething"'
     if reply.retry_after is not None:
         headers["Retry-After"] = str(reply.retry_after)
     return problem_response(reply.problem(), headers=headers)
@@ -246,8 +247,8 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _FRAME_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "A framed device message: `ST1 <counter> <mac>\\n<body>`; the body "
-        "after the header line is JSON or CBOR as `Content-Type` says.",
+        "description": "A framed device message: `ST2 <counter> <tag>\\n<ciphertext>`; the body "
+        "it seals is JSON or CBOR as `Content-Type` says.",
         "content": {
             "application/json": {"schema": {"type": "string", "format": "binary"}},
             "application/cbor": {"schema": {"type": "string", "format": "binary"}},
@@ -421,7 +422,7 @@ def create_app(
         "/st/v1/devices/{device_id}/{channel:path}",
         summary="Send a device message (uplink), or poll for downlinks",
         description=(
-            "The body is one framed message `ST1 <counter> <mac>\\n<body>` for this device "
+            "The body is one framed message `ST2 <counter> <tag>\\n<ciphertext>` for this device "
             "and channel (`birth`, `reading`, `event/<topic>`, `result/<request>`, `state`, "
             "`ack`, `poll`). Uplinks answer 204. `poll` answers 200 with one framed "
             "downlink (headers `ST-Channel`, `ST-More`) or 204 when none is waiting; "
@@ -477,7 +478,7 @@ def create_app(
         summary="Receive downlinks as Server-Sent Events",
         description=(
             "Authenticated like a poll: `c` and `m` are the counter and MAC of a `poll` "
-            "message with an empty body (`ST1 <c> <m>\\n`). Each waiting and each new "
+            "message with an empty body (`ST2 <c> <m>\\n`). Each waiting and each new "
             "downlink is one event: `id:` its counter, `event:` its channel, `data:` the "
             "framed downlink in standard base64. Comment lines (`: ping`) keep the "
             "connection alive."
@@ -497,7 +498,10 @@ def create_app(
         c: str = Query(description="Counter of the empty `poll` message"),
         m: str = Query(description="MAC (64 hex digits) of the empty `poll` message"),
     ) -> Response:
-        header = b"%s %s %s\n" % (MAGIC, c.encode(), m.encode())
+        try:
+            header = empty_frame(c, m)
+        except ProtocolError as e:
+            raise rejected(e) from None
         first = await gateway.handle(device_id, "poll", header, transport=TRANSPORT)
         stream = hub.add(device_id, limit=_HELD)
 

@@ -8,7 +8,7 @@ later layout run beside this one)::
     <prefix>/<device>/down/<channel>   gateway -> device: action/<request-id>, desired
     <prefix>/<device>/err              gateway -> device: why a message was refused
 
-**Payloads.** Up and down: one framed message ``ST1 <counter> <mac>\\n<body>``
+**Payloads.** Up and down: one framed message ``ST2 <counter> <tag>\\n<ciphertext>``
 with a JSON body (:mod:`safething_gateway.protocol`); the MAC covers the
 channel named by the topic, so a message moved to another topic or another
 device's topic fails its MAC. ``err`` carries RFC 9457 problem details (JSON)

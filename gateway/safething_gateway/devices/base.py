@@ -1,4 +1,4 @@
-"""The transport-independent device side: counters, framing, downlink handling."""
+"""The transport-independent device side: counters, sealing and opening, downlink handling."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from safething_gateway.protocol import (
+    VERSION,
+    BadMessageError,
     ReplayError,
     check_channel,
     decode_body,
@@ -35,9 +37,12 @@ class DeviceLink:
         *,
         state_file: Path | None = None,
         content_format: str = "json",
+        version: int = VERSION,
     ) -> None:
         self.device_id = device_id
         self.secret = secret
+        self.version = version
+        """The link version the device was provisioned with (2: ST2, bodies encrypted)."""
         self.description = description
         self.content_format = content_format
         self.state_file = state_file
@@ -66,7 +71,15 @@ class DeviceLink:
         self.up_counter += 1
         self._save()
         raw = body if isinstance(body, bytes) else encode_body(body, self.content_format)
-        return frame(self.secret, self.device_id, channel, self.up_counter, raw)
+        return frame(
+            self.secret,
+            self.device_id,
+            channel,
+            self.up_counter,
+            raw,
+            version=self.version,
+            uplink=True,
+        )
 
     def birth(self) -> bytes:
         return self.up("birth", {"description": self.description})
@@ -79,10 +92,12 @@ class DeviceLink:
         """
         check_channel(channel, uplink=False)
         message = parse_frame(data)
-        message.verify(self.secret, self.device_id, channel)
+        if message.version != self.version:
+            raise BadMessageError(f"an ST{message.version} downlink on an ST{self.version} link")
+        plain = message.open(self.secret, self.device_id, channel, uplink=False)
         if message.counter <= self.down_counter:
             return [("ack", self.up("ack", {"down": self.down_counter}))]
-        body = decode_body(message.body, "json")  # downlink bodies are always JSON
+        body = decode_body(plain, "json")  # downlink bodies are always JSON
         self.down_counter = message.counter
         self._save()
         out: list[tuple[str, bytes]] = [("ack", self.up("ack", {"down": message.counter}))]
