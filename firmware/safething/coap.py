@@ -2,10 +2,12 @@
 # retransmission and exponential back-off, piggybacked or separate replies,
 # Block1 for large uplinks and Block2 for large poll answers (RFC 7959).
 # POST coap://<host>/st/v1/<id>/<channel>, Content-Format 50 (JSON body);
-# the poll answer is then a JSON array of [channel, message] pairs.
+# the poll answer is then a JSON array of [channel, message] pairs (ST2
+# messages in base64).
 import json
 import random
 import socket
+from binascii import a2b_base64
 
 from . import port
 from .port import const
@@ -181,4 +183,5 @@ class Coap:
 
     def poll(self, link, wait):
         b = self.send("poll", link.frame("poll"))
-        return [(c, m.encode()) for c, m in json.loads(b)] if b else [], False
+        # JSON carries an ST2 frame (binary) in base64, an ST1 frame as text
+        return [(c, m.encode() if m[:4] == "ST1 " else a2b_base64(m.encode())) for c, m in json.loads(b)] if b else [], False

@@ -12,7 +12,7 @@
 # when sent. Transports (safething.mqtt/coap/http) are duck-typed:
 #   PUSH              connection-oriented: last will, online state, pushed downlinks
 #   open(will)        connect; `will` is the framed last will or None
-#   send(channel, m)  deliver one framed message; OSError: try later, Refused: dropped
+#   send(channel, m)  deliver one sealed message; OSError: try later, Refused: dropped
 #   poll(link, wait)  -> ([(channel, frame), ...], more)
 #   close(clean)      clean: a goodbye (MQTT DISCONNECT); else just drop the line
 import json
@@ -56,7 +56,13 @@ class Device:
         if "dropped" not in [x["name"] for x in a]:  # readings lost while offline
             a.append({"name": "dropped", "type": "integer", "minimum": 0, "dynamic": True})
         self.description = d
-        self.link = Link(self.id, unhexlify(cfg["secret"]), path + "link", rtc=port.rtc() if rtc is None else rtc)
+        self.link = Link(
+            self.id,
+            unhexlify(cfg["secret"]),
+            path + "link",
+            rtc=port.rtc() if rtc is None else rtc,
+            v=2 if cfg.get("link") == "ST2" else 1,
+        )
         self.ring = Ring(ring, path + "ring")
         self.net = net or transport(cfg)
         self.online = False
@@ -235,7 +241,7 @@ class Device:
         while o:
             c, m = o.pop()
             if c == "reading" or c[:6] == "event/":
-                self.ring.push(c, m[m.find(b"\n") + 1 :], True)
+                self.ring.push(c, self.link.body(m), True)
         self.ring.save()
         self._lost(True)
 

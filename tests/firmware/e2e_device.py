@@ -18,7 +18,8 @@ Fake: the hardware only, ``machine``, ``network``, ``dht``, ``esp``
 (``tests/firmware/fakes``). Shimmed here, outside the libraries: the MicroPython
 names of standard modules (``usocket`` = CPython sockets with MicroPython's
 stream methods ``read``/``write``/``readline``; ``ustruct``, ``ubinascii``...;
-``time.sleep_ms`` and ``time.ticks_*``).
+``time.sleep_ms`` and ``time.ticks_*``; ``cryptolib``, the board's AES, on the
+``cryptography`` package).
 
 Options that change the app's timing (the app files are not edited):
 ``--every``/``--wait`` replace the arguments of ``Device.run`` (the garden
@@ -151,6 +152,27 @@ class MpSocket:
         self._s.close()
 
 
+def _cryptolib() -> types.ModuleType:
+    """MicroPython's ``cryptolib`` (C in the board's firmware: AES), ECB mode, on the
+    ``cryptography`` package."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    class Aes:
+        def __init__(self, key: bytes, mode: int, iv: bytes | None = None) -> None:
+            if mode != 1:
+                raise ValueError("the shim has ECB (mode 1) only")
+            self._e = Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor()
+
+        def encrypt(self, data: bytes) -> bytes:
+            if len(data) % 16:
+                raise ValueError("ECB takes whole 16-byte blocks")
+            return self._e.update(bytes(data))
+
+    module = types.ModuleType("cryptolib")
+    module.aes = Aes  # type: ignore[attr-defined]
+    return module
+
+
 def install_shims() -> None:
     usocket = types.ModuleType("usocket")
     for name in dir(socket):
@@ -170,6 +192,7 @@ def install_shims() -> None:
         ("uselect", select),
     ):
         sys.modules[micro] = std
+    sys.modules["cryptolib"] = _cryptolib()
 
     def sleep_ms(ms: int) -> None:
         time.sleep(ms / 1000)

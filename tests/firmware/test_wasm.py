@@ -32,7 +32,8 @@ from aiocoap import ACK, CON, Code, Message
 from aiocoap.optiontypes import BlockOption
 
 from safething.things import ThingDescription
-from safething_gateway.protocol import decode_body, frame, parse_frame
+from safething_gateway.bridges.coap import JSON, encode_downlinks
+from safething_gateway.protocol import BadMacError, decode_body, frame, parse_frame
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
@@ -110,7 +111,20 @@ def _template(code: Code, payload: bytes = b"", **options: Any) -> str:
 
 
 def _downlinks_json(items: list[tuple[str, bytes]]) -> bytes:
-    return json.dumps([[c, m.decode()] for c, m in items], separators=(",", ":")).encode()
+    """A poll answer as the gateway's CoAP bridge makes it (ST2 frames in base64)."""
+    return encode_downlinks(items, JSON)
+
+
+def down(
+    channel: str, counter: int, body: bytes, *, version: int = 2, key: bytes = SECRET
+) -> bytes:
+    """A downlink as the gateway seals it."""
+    return frame(key, DEVICE, channel, counter, body, version=version, uplink=False)
+
+
+def up(channel: str, counter: int, body: bytes, *, version: int = 2) -> bytes:
+    """An uplink as the gateway's own code seals it (the reference for the firmware's)."""
+    return frame(SECRET, DEVICE, channel, counter, body, version=version, uplink=True)
 
 
 def _block2(code: Code, payload: bytes, num: int, more: bool) -> str:
@@ -128,17 +142,20 @@ def _action(rid: str, action: str, args: dict[str, Any] | None = None) -> bytes:
 
 
 def _vectors() -> dict[str, Any]:
-    down_good = frame(SECRET, DEVICE, "action/r1", 3, _action("r1", "OpenValve", {"psi": 30}))
-    desired = frame(SECRET, DEVICE, "desired", 4, b'{"target": 40}')
-    forged = bytearray(frame(SECRET, DEVICE, "desired", 9, b'{"target": 99}'))
-    forged[10] ^= 1 if forged[10] != ord("f") else 3  # one hex digit of the MAC
+    down_good = down("action/r1", 3, _action("r1", "OpenValve", {"psi": 30}))
+    desired = down("desired", 4, b'{"target": 40}')
+    forged = bytearray(down("desired", 9, b'{"target": 99}'))
+    forged[10] ^= 1 if forged[10] != ord("f") else 3  # one hex digit of the tag
+    flipped = bytearray(down("desired", 10, b'{"target": 98}'))
+    flipped[-3] ^= 1  # one bit of the ciphertext
     big_list = [
-        (f"action/b{i}", frame(SECRET, DEVICE, f"action/b{i}", 20 + i, _action(f"b{i}", "X" * 300)))
+        (f"action/b{i}", down(f"action/b{i}", 20 + i, _action(f"b{i}", "X" * 300)))
         for i in range(3)
     ]
     big = _downlinks_json(big_list)
     poll_list = [("action/p1", down_good), ("desired", desired)]
-    open_valve = frame(SECRET, DEVICE, "action/r1", 1, _action("r1", "OpenValve", {"psi": 30}))
+    open_valve = down("action/r1", 1, _action("r1", "OpenValve", {"psi": 30}))
+    st1_good = down("desired", 4, b'{"target": 40}', version=1)
     ok = _template(Code.CHANGED)
     return {
         "device_id": DEVICE,
@@ -163,14 +180,29 @@ def _vectors() -> dict[str, Any]:
             ["desired", desired.hex()],  # fresh
             ["desired", bytes(forged).hex()],  # one MAC digit changed
             ["action/r1", desired.hex()],  # a frame moved to another channel
-            ["desired", frame(b"x" * 32, DEVICE, "desired", 50, b"{}").hex()],  # other key
-            ["desired", frame(SECRET, "sensor-02", "desired", 51, b"{}").hex()],  # other device
-            ["desired", b"ST1 52\n{}".hex()],  # malformed
+            ["desired", down("desired", 50, b"{}", key=b"x" * 32).hex()],  # other key
+            [
+                "desired",
+                frame(SECRET, "sensor-02", "desired", 51, b"{}", uplink=False).hex(),
+            ],  # other device
+            ["desired", b"ST2 52\n{}".hex()],  # malformed
             ["desired", (b"XX1 53 " + b"0" * 64 + b"\n{}").hex()],
-            ["desired", (b"ST1 -5 " + b"0" * 64 + b"\n").hex()],
-            ["desired", frame(SECRET, DEVICE, "desired", 2, b"{}").hex()],  # below: replay
-            ["desired", frame(SECRET, DEVICE, "desired", 60, b"").hex()],  # empty body
+            ["desired", (b"ST2 -5 " + b"0" * 64 + b"\n").hex()],
+            ["desired", up("desired", 54, b"{}").hex()],  # sealed the other way (uplink keys)
+            ["desired", st1_good.hex()],  # the old version: not on an ST2 link
+            ["desired", bytes(flipped).hex()],  # one bit of ciphertext changed
+            ["desired", down("desired", 2, b"{}").hex()],  # below: replay
+            ["desired", down("desired", 60, b"").hex()],  # empty body
         ],
+        "down_st1": [
+            ["desired", st1_good.hex()],
+            ["desired", desired.hex()],  # an ST2 frame on an ST1 link
+            ["desired", down("desired", 5, b'{"target": 41}', version=1, key=b"x" * 32).hex()],
+        ],
+        "cost_down_st2": down("action/r1", 7, _action("r1", "OpenValve", {"psi": 30})).hex(),
+        "cost_down_st1": down(
+            "action/r1", 7, _action("r1", "OpenValve", {"psi": 30}), version=1
+        ).hex(),
         "coap_responses": [
             _template(Code.CHANGED),
             _template(Code.CONTENT, b'[["a","b"]]', content_format=50),
@@ -180,12 +212,12 @@ def _vectors() -> dict[str, Any]:
             _block2(Code.CONTENT, b"y" * 1024, 5, True),
         ],
         "coap_scripts": [
-            ["reading", [ok], "reading", frame(SECRET, DEVICE, "reading", 1, b"{}").hex()],
+            ["reading", [ok], "reading", up("reading", 1, b"{}").hex()],
             [
                 "event",
                 [ok],
                 "event/VeryDryAlarm",
-                frame(SECRET, DEVICE, "event/VeryDryAlarm", 2, b"").hex(),
+                up("event/VeryDryAlarm", 2, b"").hex(),
             ],
             ["lost_once", ["lose", ok], "reading", b"m1".hex()],
             ["separate", ["sep:" + ok], "reading", b"m2".hex()],
@@ -227,11 +259,11 @@ def _vectors() -> dict[str, Any]:
         ],
         "device_down": [
             ["action/r1", open_valve.hex()],
-            ["desired", frame(SECRET, DEVICE, "desired", 2, b'{"target": 70}').hex()],
+            ["desired", down("desired", 2, b'{"target": 70}').hex()],
             ["action/r1", open_valve.hex()],  # sent again
             ["action/r9", bytes(forged).hex()],
-            ["action/r2", frame(SECRET, DEVICE, "action/r2", 3, _action("r2", "CloseValve")).hex()],
-            ["action/r3", frame(SECRET, DEVICE, "action/r3", 4, _action("r3", "Dance")).hex()],
+            ["action/r2", down("action/r2", 3, _action("r2", "CloseValve")).hex()],
+            ["action/r3", down("action/r3", 4, _action("r3", "Dance")).hex()],
         ],
         "_expected": {"poll": poll_list, "poll_block2": big_list},
     }
@@ -269,10 +301,10 @@ def result(
 
 
 def _verify(channel: str, data: bytes) -> tuple[int, Any]:
-    """Check a MicroPython-made uplink as the gateway does; (counter, decoded body)."""
+    """Open a MicroPython-made uplink as the gateway does; (counter, decoded body)."""
     message = parse_frame(data)
-    message.verify(SECRET, DEVICE, channel)
-    return message.counter, decode_body(message.body, "json")
+    assert message.version == 2, data[:3]
+    return message.counter, decode_body(message.open(SECRET, DEVICE, channel, uplink=True), "json")
 
 
 def _increasing(counters: list[int]) -> bool:
@@ -293,16 +325,25 @@ def test_hmac_equals_python(result: dict[str, Any], vectors: dict[str, Any]) -> 
 def test_uplink_frames_verify_with_the_gateway(
     result: dict[str, Any], vectors: dict[str, Any]
 ) -> None:
-    counters = []
-    for (channel, body), made in zip(vectors["up"], result["frames"], strict=True):
-        data = bytes.fromhex(made)
-        message = parse_frame(data)
-        message.verify(SECRET, DEVICE, channel)
-        assert message.body == bytes.fromhex(body)
-        # byte for byte what the gateway's own frame() makes for the same counter
-        assert data == frame(SECRET, DEVICE, channel, message.counter, bytes.fromhex(body))
-        counters.append(message.counter)
-    assert counters == list(range(1, len(counters) + 1))
+    for version, key in ((2, "frames"), (1, "frames_st1")):
+        counters = []
+        for (channel, body), made in zip(vectors["up"], result[key], strict=True):
+            data = bytes.fromhex(made)
+            message = parse_frame(data)
+            assert message.version == version
+            plain = bytes.fromhex(body)
+            assert message.open(SECRET, DEVICE, channel, uplink=True) == plain
+            if version == 2 and plain:
+                assert plain not in data  # sealed
+            # byte for byte what the gateway's own frame() makes for the same counter
+            assert data == up(channel, message.counter, plain, version=version)
+            # and nothing else opens it: the other direction's keys, another channel
+            with pytest.raises(BadMacError):
+                message.open(SECRET, DEVICE, channel, uplink=False) if version == 2 else (
+                    message.open(SECRET, DEVICE, "other", uplink=True)
+                )
+            counters.append(message.counter)
+        assert counters == list(range(1, len(counters) + 1))
 
 
 def test_downlinks_framed_by_the_gateway(result: dict[str, Any]) -> None:
@@ -317,10 +358,18 @@ def test_downlinks_framed_by_the_gateway(result: dict[str, Any]) -> None:
         "refused:bad_message",
         "refused:bad_message",
         "refused:bad_message",
+        "refused:bad_mac",  # uplink keys: a frame reflected back is refused
+        "refused:bad_message",  # ST1 on an ST2 link
+        "refused:bad_mac",  # a flipped ciphertext bit
         None,
         "",
     ]
     assert result["down_after"] == 60
+    assert result["accept_st1"] == [
+        b'{"target": 40}'.hex(),
+        "refused:bad_message",
+        "refused:bad_mac",
+    ]
 
 
 def test_counters_survive_reboots_and_spare_flash(result: dict[str, Any]) -> None:

@@ -10,8 +10,9 @@ Resources (``<device>`` is the device id, ``<channel>`` an uplink channel of
 
 **Uplinks.** The payload of a ``POST`` is one framed message
 ``ST2 <counter> <tag>\\n<ciphertext>`` (``ST1`` for a device provisioned with
-it); the tag covers the channel named by the path. Content-Format 50 (``application/json``) or 60 (``application/cbor``)
-says how the body is encoded (absent: JSON; anything else: 4.15). The reply
+it); the tag covers the channel named by the path. Content-Format 50
+(``application/json``) or 60 (``application/cbor``) says how the sealed body is
+encoded (absent: JSON; anything else: 4.15). The reply
 is 2.04 Changed with no payload, or for ``poll`` 2.05 Content carrying the
 downlink list. Bodies larger than a datagram go block-wise (RFC 7959, Block1);
 a message above ``MAX_MESSAGE_BYTES`` is refused with 4.13 and ``Size1`` as

@@ -43,6 +43,12 @@ for (const name of fs.readdirSync(pkg)) {
         mp.FS.writeFile("/lib/safething/" + name, fs.readFileSync(path.join(pkg, name)));
     }
 }
+// MicroPython's cryptolib (AES) is missing from the WebAssembly build: a stand-in
+// written in Python (tests only; the boards have it in C).
+const shim = path.join(here, "cryptolib.py");
+if (fs.existsSync(shim)) {
+    mp.FS.writeFile("/lib/cryptolib.py", fs.readFileSync(shim));
+}
 if (input) {
     mp.FS.writeFile("/input.json", fs.readFileSync(input));
 }
