@@ -68,6 +68,15 @@ def test_provision_list_revoke(
     assert doc["coap"] == {"host": "192.0.2.10", "port": 5999}
     registry = Registry(tmp_path / "gw.db")
     assert registry.get("sensor-07").secret.hex() == doc["secret"]
+    assert doc["link"] == "ST2" and registry.get("sensor-07").protocol == 2  # the default
+    registry.close()
+    old = tmp_path / "old.json"
+    args = ["provision", "sensor-08", "--transport", "http", "--config", str(config)]
+    assert main([*args, "--out", str(old), "--no-qr", "--link", "ST1"]) == 0
+    assert "ST1 sends bodies in clear" in capsys.readouterr().out
+    assert json.loads(old.read_text())["link"] == "ST1"
+    registry = Registry(tmp_path / "gw.db")
+    assert registry.get("sensor-08").protocol == 1
     registry.close()
     assert (
         main(
@@ -92,6 +101,7 @@ def test_provision_list_revoke(
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert row["device_id"] == "sensor-07"
     assert row["state"] == "offline"
+    assert row["link"] == "ST2"
     assert main(["device", "revoke", "sensor-07", "--config", str(config)]) == 0
     capsys.readouterr()
     main(["device", "list", "--config", str(config), "--json"])
