@@ -243,6 +243,8 @@ def frame(
     if version not in _MAGICS:
         raise ValueError(f"unknown link version {version!r}: 1 or 2")
     if version == 2:
+        if not 0 <= counter < 2**64:
+            raise ValueError(f"an ST2 counter is 0 to 2^64 - 1 (the nonce's 8 bytes): {counter}")
         body = _ctr(link_keys(secret).enc(uplink=uplink), counter, body)
     tag = mac(secret, device_id, channel, counter, body, version=version, uplink=uplink)
     return b"%s %d %s\n" % (_MAGICS[version], counter, tag.encode()) + body

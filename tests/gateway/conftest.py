@@ -48,6 +48,8 @@ class Device:
             self.counter += 1
             counter = self.counter
         raw = json.dumps(body).encode() if not isinstance(body, bytes) else body
+        if counter >= 2**64:  # no nonce for it: an attacker's header with any tag
+            return b"ST%d %d %s\n" % (self.version, counter, b"0" * 64) + raw
         return frame(
             self.secret, self.device_id, channel, counter, raw, version=self.version, uplink=True
         )

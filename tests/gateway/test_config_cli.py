@@ -72,6 +72,7 @@ def test_provision_list_revoke(
     registry.close()
     old = tmp_path / "old.json"
     args = ["provision", "sensor-08", "--transport", "http", "--config", str(config)]
+    args += ["--host", "192.0.2.10"]
     assert main([*args, "--out", str(old), "--no-qr", "--link", "ST1"]) == 0
     assert "ST1 sends bodies in clear" in capsys.readouterr().out
     assert json.loads(old.read_text())["link"] == "ST1"

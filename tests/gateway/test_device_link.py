@@ -13,7 +13,7 @@ import pytest
 from safething_gateway.devices.base import DeviceLink
 from safething_gateway.protocol import BadMacError, frame, parse_frame
 
-from .conftest import SENSOR
+from .conftest import SENSOR, tamper
 
 
 def _link(tmp_path: Path) -> tuple[DeviceLink, list[tuple[str, dict[str, Any]]]]:
@@ -26,7 +26,7 @@ def _link(tmp_path: Path) -> tuple[DeviceLink, list[tuple[str, dict[str, Any]]]]
 def _action(secret: bytes, counter: int, request_id: str = "r1") -> tuple[str, bytes]:
     channel = f"action/{request_id}"
     body = json.dumps({"id": request_id, "action": "OpenValve", "args": {"psi": 90}}).encode()
-    return channel, frame(secret, "sensor-01", channel, counter, body)
+    return channel, frame(secret, "sensor-01", channel, counter, body, uplink=False)
 
 
 def test_a_forged_downlink_is_refused_and_not_run(tmp_path: Path) -> None:
@@ -38,7 +38,11 @@ def test_a_forged_downlink_is_refused_and_not_run(tmp_path: Path) -> None:
     # a valid downlink whose body was changed on the way
     channel, genuine = _action(link.secret, 1)
     with pytest.raises(BadMacError):
-        link.handle_down(channel, genuine.replace(b'"psi": 90', b'"psi": 99'))
+        link.handle_down(channel, tamper(genuine))
+    # sealed with the right secret but the uplink keys (a frame reflected back)
+    reflected = frame(link.secret, "sensor-01", channel, 1, b"{}", uplink=True)
+    with pytest.raises(BadMacError):
+        link.handle_down(channel, reflected)
     # a valid downlink moved to another channel
     with pytest.raises(BadMacError):
         link.handle_down("action/r2", genuine)
@@ -50,8 +54,7 @@ def test_a_forged_downlink_is_refused_and_not_run(tmp_path: Path) -> None:
     assert ran == [("OpenValve", {"psi": 90})]
     assert [c for c, _ in out] == ["ack", "result/r1", "result/r1"]
     ack = parse_frame(out[0][1])
-    ack.verify(link.secret, "sensor-01", "ack")
-    assert json.loads(ack.body) == {"down": 1}
+    assert json.loads(ack.open(link.secret, "sensor-01", "ack", uplink=True)) == {"down": 1}
 
 
 def test_a_replayed_downlink_is_acknowledged_again_but_not_run_twice(tmp_path: Path) -> None:

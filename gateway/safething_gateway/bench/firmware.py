@@ -237,6 +237,7 @@ async def latency_group(ctx: BenchContext) -> list[Metric]:
                         "version": 1,
                         "device_id": device_id,
                         "secret": record.secret.hex(),
+                        "link": f"ST{record.protocol}",
                         "transport": "mqtt",
                         "mqtt": {
                             "host": "127.0.0.1",
