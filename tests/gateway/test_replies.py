@@ -55,7 +55,7 @@ def test_each_transport_renders_the_same_reply() -> None:
     reply = reply_for(BadMacError("wrong MAC"), where="s/reading")
     http = reply_response(reply)
     assert http.status_code == 401
-    assert http.headers["WWW-Authenticate"].startswith("ST1")
+    assert http.headers["WWW-Authenticate"].startswith("ST2")
     assert json.loads(bytes(http.body))["detail"] == "wrong MAC"
     coap = coap_reply(reply)
     assert (coap.code, coap.payload) == (Code.UNAUTHORIZED, b"bad_mac: wrong MAC")
