@@ -14,6 +14,9 @@ from safething.errors import MalformedRecordError, TamperedDataError
 from safething.net import TAG_THING, Action, Identity, PermissionSet, XorName
 from safething.net.keys import SecretKey
 from safething.net.mutable import (
+    MAX_ENTRIES,
+    MAX_ENTRY_KEY_BYTES,
+    MAX_MD_BYTES,
     TAG_PUBLIC_ID,
     TAG_SERVICE,
     EntryRecord,
@@ -44,9 +47,11 @@ def _edited(record: bytes, **changes: Any) -> bytes:
     return bytes(cbor2.dumps(doc))
 
 
-def test_the_network_tags_are_fixed() -> None:
-    """Other implementations and stored data rely on these numbers (docs/protocol.md)."""
+def test_the_network_tags_and_limits_are_fixed() -> None:
+    """Other implementations and stored data rely on these numbers (docs/architecture.md:
+    type tags, "up to 1000 entries and 1 MiB in total")."""
     assert (TAG_PUBLIC_ID, TAG_SERVICE, TAG_THING) == (15001, 15002, 27417)
+    assert (MAX_ENTRIES, MAX_MD_BYTES, MAX_ENTRY_KEY_BYTES) == (1000, 1024 * 1024, 256)
 
 
 def test_a_header_round_trips_and_is_immutable() -> None:
