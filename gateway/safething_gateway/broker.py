@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Mosquitto", "free_port", "mosquitto"]
+__all__ = ["Mosquitto", "broker_user", "free_port", "mosquitto"]
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -26,6 +27,23 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def broker_user() -> str | None:
+    """Who a broker started here runs as: the one rule for every private broker.
+
+    Started by root, Mosquitto drops to its own ``mosquitto`` user (Debian's
+    package creates it), so its directory and every file it reads (password
+    file, ACL) must belong to that user: pass this as ``MosquittoAuth(owner=...)``.
+    Without that user it stays root; started by anyone else it runs as them
+    (None: nothing to hand over).
+    """
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("mosquitto").pw_name
+    except KeyError:
+        return "root"
 
 
 def _binary() -> str:
@@ -50,10 +68,9 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def _config(self) -> Path:
+        user = broker_user()
         lines = [
-            # as root, Mosquitto would switch to the 'mosquitto' user and could not write
-            # its persistence file into our private directory: stay who we are
-            *(["user root"] if os.geteuid() == 0 else []),
+            *([f"user {user}"] if user is not None else []),
             f"listener {self.port} 127.0.0.1",
             "set_tcp_nodelay true",
             "persistence true",
@@ -84,6 +101,9 @@ class Mosquitto:
         return path
 
     def start(self) -> None:
+        user = broker_user()
+        if user is not None and user != "root":  # it writes its persistence file here
+            shutil.chown(self.workdir, user)
         with open(self.workdir / "mosquitto.log", "ab") as log_file:
             self.process = subprocess.Popen(
                 [_binary(), "-c", str(self._config())],

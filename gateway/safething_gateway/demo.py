@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -181,6 +182,7 @@ class GatewayDemo:
         self.verbose = verbose
         self.counts: Counter[str] = Counter()
         self.broker: Mosquitto | None = None
+        self._broker_dir: tempfile.TemporaryDirectory[str] | None = None
         self.registry: Registry | None = None
         self.gateway: Gateway | None = None
         self.coap_port = 0
@@ -217,9 +219,9 @@ class GatewayDemo:
         from safething_gateway.bridges.mqtt import MqttBridge
 
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        broker_dir = self.state_dir / "broker"
-        broker_dir.mkdir(exist_ok=True)
-        self.broker = Mosquitto(free_port(), broker_dir)
+        # its own directory, which the broker's user (broker_user()) can reach
+        self._broker_dir = tempfile.TemporaryDirectory(prefix="safething-demo-broker-")
+        self.broker = Mosquitto(free_port(), Path(self._broker_dir.name))
         self.broker.start()
         self.echo(f"no MQTT broker configured: started a private Mosquitto on {self.broker.url}")
         self.registry = Registry(self.state_dir / "gateway.db")
@@ -355,3 +357,6 @@ class GatewayDemo:
             self.registry.close()
         if self.broker is not None:
             self.broker.stop()
+        if self._broker_dir is not None:
+            self._broker_dir.cleanup()
+            self._broker_dir = None

@@ -33,34 +33,26 @@ import hashlib
 import itertools
 import json
 import os
-import pwd
-import secrets
 import shutil
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from safething.cli.gateway import _device_config
 from safething.net import Client, Identity
-from safething.store import Store, open_store
 from safething.things import Notification, Subscription, ThingClient
 from safething_gateway.bridges.coap import CoapBridge
-from safething_gateway.bridges.http import HttpBridge
-from safething_gateway.bridges.mqtt import MqttBridge
 from safething_gateway.config import GatewayConfig
-from safething_gateway.core import Bridge, Gateway
-from safething_gateway.mosquitto import MosquittoAuth
-from safething_gateway.registry import Registry
-from safething_gateway.testing import Mosquitto, free_port
+from safething_gateway.core import Gateway
+from safething_gateway.testing import GatewaySite, open_site
+from safething_gateway.testing import unique_id as uid
 
 HERE = Path(__file__).resolve().parent
 E2E = HERE / "e2e_device.py"
@@ -75,10 +67,6 @@ R = TypeVar("R")
 VALVE = 5  # garden.py: the relay on GPIO5
 UMQTT_SIMPLE_SHA256 = "8555d2f654deb8eb0d724f79b0811a78cc94029d070f3d96bbd74288653d63a5"
 PWRON_RESET, DEEPSLEEP_RESET = 0, 5  # machine.reset_cause() values (MicroPython, ESP8266)
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(4)}"
 
 
 def moisture(raw: int) -> float:
@@ -274,68 +262,12 @@ def gaps(numbers: list[int]) -> list[tuple[int, int]]:
 # --- the site: broker with logins and ACLs, registry, SQLite store, gateway --------------------
 
 
-def _broker_user() -> str | None:
-    """Started as root, files the broker reads must belong to its 'mosquitto' user."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam("mosquitto").pw_name
-    except KeyError:
-        return None
-
-
-def _login(port: int, user: str, password: str) -> bool:
-    """One MQTT CONNECT with these credentials: True if accepted."""
-    answer: list[bool] = []
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=uid("probe"))
-    client.username_pw_set(user, password)
-    client.on_connect = lambda c, u, flags, reason, props: answer.append(not reason.is_failure)
-    client.connect("127.0.0.1", port)
-    try:
-        for _ in range(100):
-            client.loop(0.05)
-            if answer:
-                return answer[0]
-    finally:
-        client.disconnect()
-    raise TimeoutError("no CONNACK")
-
-
 @dataclass
-class Site:
-    """What a gateway host runs, plus the boards (state dirs = their flash) and their files."""
+class Site(GatewaySite):
+    """The shared test site (safething_gateway.testing), plus the boards (state dirs =
+    their flash) and their config files."""
 
-    root: Path
-    store: Store
-    registry: Registry
-    broker: Mosquitto
-    auth: MosquittoAuth
-    gateway_user: str
-    gateway_password: str
-    owner: Identity = field(default_factory=lambda: Identity.generate("owner"))
     boards: list[Board] = field(default_factory=list)
-    bridges: dict[str, Bridge] = field(default_factory=dict)
-
-    @asynccontextmanager
-    async def gateway(self, transport: str) -> AsyncIterator[Gateway]:
-        if transport == "mqtt":
-            bridge: Bridge = MqttBridge(
-                "127.0.0.1",
-                self.broker.port,
-                username=self.gateway_user,
-                password=self.gateway_password,
-                client_id=uid("gw"),
-            )
-        elif transport == "coap":
-            bridge = CoapBridge("127.0.0.1", 0)
-        else:
-            bridge = HttpBridge("127.0.0.1", 0)
-        self.bridges[transport] = bridge
-        async with Gateway(
-            store=self.store, registry=self.registry, owner=self.owner, bridges=[bridge]
-        ) as gateway:
-            await gateway.start()
-            yield gateway
 
     def config(self) -> GatewayConfig:
         ports: dict[str, dict[str, Any]] = {"mqtt": {"port": self.broker.port}}
@@ -345,19 +277,14 @@ class Site:
                 ports[name] = {"port": bridge.port}  # type: ignore[attr-defined]
         return GatewayConfig().with_overrides(**ports)
 
-    async def provision(self, transport: str, prefix: str = "garden") -> tuple[str, Path]:
+    async def provision(  # type: ignore[override]
+        self, transport: str, prefix: str = "garden"
+    ) -> tuple[str, Path]:
         """What ``safething provision`` does: registry entry, broker login, config file."""
-        device_id = uid(prefix)
-        record = self.registry.add(device_id, transport)
+        record, password = await super().provision(transport, uid(prefix))
+        device_id = record.device_id
         extra: dict[str, Any] = {}
-        if transport == "mqtt":
-            password = self.auth.add_device(device_id)
-            self.broker.reload()
-
-            async def accepted() -> bool:
-                return await asyncio.to_thread(_login, self.broker.port, device_id, password)
-
-            await until(accepted, "the broker takes the new login")
+        if password is not None:
             extra = {"username": device_id, "password": password}
         doc = _device_config(
             self.config(),
@@ -388,41 +315,15 @@ class Site:
         return {k: v - since.get(k, 0.0) for k, v in counts.items() if v > since.get(k, 0.0)}
 
 
-@contextlib.contextmanager
-def _broker(auth: MosquittoAuth) -> Iterator[Mosquitto]:
-    with tempfile.TemporaryDirectory(prefix="safething-fw-mqtt-") as tmp:
-        workdir = Path(tmp)
-        user = _broker_user()
-        if user is not None:
-            shutil.chown(workdir, user)
-        server = Mosquitto(free_port(), workdir, auth.password_file, auth.acl_file)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-
-
 @pytest.fixture
 async def site(tmp_path: Path) -> AsyncIterator[Site]:
-    files = tmp_path / "auth"
-    files.mkdir()
-    files.chmod(0o755)
-    auth = MosquittoAuth(files / "mosquitto.passwd", files / "mosquitto.acl", owner=_broker_user())
-    gateway_user = uid("gateway")
-    gateway_password = auth.add_gateway_user(gateway_user)
-    registry = Registry(tmp_path / "gateway.db")
-    try:
-        with _broker(auth) as broker:
-            async with await open_store(f"sqlite://{tmp_path / 'store.db'}") as store:
-                s = Site(tmp_path, store, registry, broker, auth, gateway_user, gateway_password)
-                try:
-                    yield s
-                finally:
-                    for board in s.boards:  # every device process ends with its test
-                        await board.kill()
-    finally:
-        registry.close()
+    async with open_site(tmp_path) as shared:
+        s = Site(**{f.name: getattr(shared, f.name) for f in fields(GatewaySite)})
+        try:
+            yield s
+        finally:
+            for board in s.boards:  # every device process ends with its test
+                await board.kill()
 
 
 async def published(things: ThingClient, device_id: str, board: Board | None = None) -> None:

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import queue
-import secrets
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -36,7 +35,7 @@ from safething_gateway.adoption import (
 from safething_gateway.adoption.homeassistant import thing_id_for
 from safething_gateway.core import Bridge, Gateway
 from safething_gateway.registry import Registry
-from safething_gateway.testing import Mosquitto, mosquitto
+from safething_gateway.testing import Mosquitto, mosquitto, unique_id
 
 from .conftest import SENSOR, Device
 
@@ -69,9 +68,7 @@ class Probe:
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
         self._acks: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"probe-{secrets.token_hex(4)}"
-        )
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique_id("probe"))
         self.client.on_message = self._message
         self.client.on_subscribe = self._suback
         self.client.connect("127.0.0.1", port)

@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import cbor2
@@ -25,6 +25,7 @@ from safething_gateway.devices.base import DeviceLink
 from safething_gateway.devices.http import HttpDevice
 from safething_gateway.protocol import ReplayError, frame, parse_frame
 from safething_gateway.registry import Registry
+from safething_gateway.testing import wait_until as until
 
 from .conftest import SENSOR, Device, tamper
 
@@ -69,12 +70,6 @@ async def device(gateway_: Gateway, bridge: HttpBridge) -> AsyncIterator[HttpDev
 async def requester(store: Store) -> AsyncIterator[ThingClient]:
     async with ThingClient(Client(store, Identity.generate())) as things:
         yield things
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)
 
 
 def raw(device: HttpDevice) -> Device:

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import os
-import pwd
-import secrets
 import shutil
 import socket
 import sqlite3
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,16 @@ from safething_gateway.devices.base import DeviceLink
 from safething_gateway.devices.mqtt import MqttDevice
 from safething_gateway.mosquitto import MosquittoAuth, hash_password
 from safething_gateway.registry import Registry
-from safething_gateway.testing import Mosquitto, free_port
+from safething_gateway.testing import (
+    GatewaySite,
+    broker_user,
+    free_port,
+    mosquitto,
+    mqtt_login,
+    open_site,
+)
+from safething_gateway.testing import unique_id as uid
+from safething_gateway.testing import wait_until as until
 
 from .conftest import SENSOR, tamper
 
@@ -39,10 +45,6 @@ pytestmark = pytest.mark.skipif(
     shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
     reason="mosquitto is not installed",
 )
-
-
-def uid(prefix: str) -> str:
-    return f"{prefix}-{secrets.token_hex(4)}"
 
 
 def describe(device_id: str) -> dict[str, Any]:
@@ -53,51 +55,20 @@ def describe(device_id: str) -> dict[str, Any]:
     return doc
 
 
-async def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy."""
-    async with asyncio.timeout(timeout):
-        while True:
-            value = check()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-            await asyncio.sleep(0.01)
-
-
 @dataclass
-class Site:
-    """One broker with logins and ACLs, a registry and a store: what a Pi runs."""
+class Site(GatewaySite):
+    """The shared test site (safething_gateway.testing), seen from these tests: devices
+    come as reference MQTT devices, the gateway with its one MQTT bridge."""
 
-    store: Store
-    registry: Registry
-    broker: Mosquitto
-    auth: MosquittoAuth | None
-    gateway_user: str | None
-    gateway_password: str | None
     client_id: str = field(default_factory=lambda: uid("gw"))
-    owner: Identity = field(default_factory=lambda: Identity.generate("owner"))
 
-    async def provision(self) -> tuple[DeviceLink, str | None]:
-        """What provisioning does: registry entry, broker login, reload."""
-        device_id = uid("mq")
-        record = self.registry.add(device_id, "mqtt")
-        password = None
-        if self.auth is not None:
-            password = self.auth.add_device(device_id)
-            self.broker.reload()
-            await self.login_works(device_id, password, True)
-        return DeviceLink(device_id, record.secret, describe(device_id)), password
+    async def provision(  # type: ignore[override]
+        self, transport: str = "mqtt", device_id: str | None = None
+    ) -> tuple[DeviceLink, str | None]:
+        record, password = await super().provision(transport, device_id or uid("mq"))
+        return DeviceLink(record.device_id, record.secret, describe(record.device_id)), password
 
-    async def login_works(self, user: str, password: str, expected: bool) -> None:
-        """Wait until the broker has re-read its files (SIGHUP is handled asynchronously)."""
-
-        async def answered() -> bool:
-            return await asyncio.to_thread(_login, self.broker.port, user, password) == expected
-
-        await until(answered)
-
-    def bridge(self, **options: Any) -> MqttBridge:
+    def bridge(self, transport: str = "mqtt", **options: Any) -> MqttBridge:  # type: ignore[override]
         return MqttBridge(
             "127.0.0.1",
             self.broker.port,
@@ -108,7 +79,7 @@ class Site:
         )
 
     @asynccontextmanager
-    async def gateway(
+    async def gateway(  # type: ignore[override]
         self, bridge_options: dict[str, Any] | None = None, **options: Any
     ) -> AsyncIterator[tuple[Gateway, MqttBridge]]:
         bridge = self.bridge(**(bridge_options or {}))
@@ -134,63 +105,19 @@ class Site:
         )
 
 
-def _broker_user() -> str | None:
-    """Started as root, Mosquitto drops to the 'mosquitto' user: its files must be its own."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam("mosquitto").pw_name
-    except KeyError:
-        return None
-
-
-@contextmanager
-def broker(password_file: Path | None = None, acl_file: Path | None = None) -> Iterator[Mosquitto]:
-    """Like ``testing.mosquitto()``, in a directory the broker's user can write (its
-    persistence file must survive ``restart()``)."""
-    with tempfile.TemporaryDirectory(prefix="safething-mqtt-") as tmp:
-        workdir = Path(tmp)
-        user = _broker_user()
-        if user is not None:
-            shutil.chown(workdir, user)
-        server = Mosquitto(free_port(), workdir, password_file, acl_file)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
-
-
 @pytest.fixture
-def site(store: Store, registry: Registry) -> Iterator[Site]:
-    with tempfile.TemporaryDirectory(prefix="safething-auth-") as tmp:
-        files = Path(tmp)
-        files.chmod(0o755)
-        auth = MosquittoAuth(
-            files / "mosquitto.passwd", files / "mosquitto.acl", owner=_broker_user()
+async def site(store: Store, registry: Registry, tmp_path: Path) -> AsyncIterator[Site]:
+    async with open_site(tmp_path / "site", store=store, registry=registry) as shared:
+        assert shared.auth is not None
+        yield Site(
+            shared.root,
+            store,
+            registry,
+            shared.broker,
+            shared.auth,
+            shared.gateway_user,
+            shared.gateway_password,
         )
-        user = uid("gateway")
-        password = auth.add_gateway_user(user)
-        with broker(auth.password_file, auth.acl_file) as server:
-            yield Site(store, registry, server, auth, user, password)
-
-
-def _login(port: int, user: str | None, password: str | None) -> bool:
-    """One MQTT CONNECT with these credentials (None: anonymous): True if accepted."""
-    answer: list[bool] = []
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=uid("probe"))
-    if user is not None:
-        client.username_pw_set(user, password)
-    client.on_connect = lambda c, u, flags, reason, props: answer.append(not reason.is_failure)
-    client.connect("127.0.0.1", port)
-    try:
-        for _ in range(100):
-            client.loop(0.05)
-            if answer:
-                return answer[0]
-    finally:
-        client.disconnect()
-    raise TimeoutError("no CONNACK")
 
 
 async def published(store: Store, thing_id: str) -> None:
@@ -239,7 +166,7 @@ def test_password_hash_is_mosquitto_passwd_format(tmp_path: Path) -> None:
 def test_shipped_mosquitto_snippet_loads_and_locks_the_broker() -> None:
     """gateway/mosquitto-safething.conf under a main config like Debian's."""
     snippet = Path(__file__).parents[2] / "gateway" / "mosquitto-safething.conf"
-    user = _broker_user()
+    user = broker_user()
     with tempfile.TemporaryDirectory(prefix="safething-conf-") as tmp:
         root = Path(tmp)
         (root / "conf.d").mkdir()
@@ -277,9 +204,9 @@ def test_shipped_mosquitto_snippet_loads_and_locks_the_broker() -> None:
                 except OSError:
                     assert time.monotonic() < deadline
                     time.sleep(0.02)
-            assert _login(port, "safething-gateway", password)
-            assert not _login(port, "safething-gateway", "wrong")
-            assert not _login(port, None, None)
+            assert mqtt_login(port, "safething-gateway", password)
+            assert not mqtt_login(port, "safething-gateway", "wrong")
+            assert not mqtt_login(port, None, None)
         finally:
             process.terminate()
             process.wait(5)
@@ -428,8 +355,8 @@ async def _value_is(things: ThingClient, thing_id: str, attribute: str, value: A
 async def test_without_acl_the_gateway_refuses_another_devices_topic(
     tmp_path: Path, store: Store, registry: Registry
 ) -> None:
-    with broker() as server:  # anonymous, no ACL: only the MAC protects b
-        site = Site(store, registry, server, None, None, None)
+    with mosquitto() as server:  # anonymous, no ACL: only the MAC protects b
+        site = Site(server.workdir, store, registry, server, None, None, None)
         async with site.gateway() as (gateway, _):
             a_link, _ = await site.provision()
             b_link, _ = await site.provision()
@@ -595,8 +522,8 @@ async def test_devices_are_handled_concurrently_each_in_order(
     store: Store, registry: Registry
 ) -> None:
     devices, readings = 12, 25
-    with broker() as server:
-        site = Site(store, registry, server, None, None, None)
+    with mosquitto() as server:
+        site = Site(server.workdir, store, registry, server, None, None, None)
         async with site.gateway(rate=10_000.0, burst=10_000) as (gateway, bridge):
             assert len(bridge_tasks()) == bridge.concurrency
             links = [(await site.provision())[0] for _ in range(devices)]
@@ -627,8 +554,8 @@ async def test_devices_are_handled_concurrently_each_in_order(
 
 
 async def test_a_slow_device_holds_up_no_other(store: Store, registry: Registry) -> None:
-    with broker() as server:
-        site = Site(store, registry, server, None, None, None)
+    with mosquitto() as server:
+        site = Site(server.workdir, store, registry, server, None, None, None)
         async with site.gateway() as (gateway, bridge):
             slow, quick = [(await site.provision())[0] for _ in range(2)]
             spy = Spy(gateway, bridge)
@@ -656,8 +583,8 @@ async def test_a_slow_device_holds_up_no_other(store: Store, registry: Registry)
 async def test_close_finishes_what_is_being_handled_and_leaves_the_rest_to_the_broker(
     store: Store, registry: Registry
 ) -> None:
-    with broker() as server:
-        site = Site(store, registry, server, None, None, None)
+    with mosquitto() as server:
+        site = Site(server.workdir, store, registry, server, None, None, None)
         a, b = [(await site.provision())[0] for _ in range(2)]
         async with publisher(server.port) as pub:
             # the guard only stops a hang: close() would wait forever for a's held handler
@@ -694,8 +621,8 @@ async def test_a_birth_during_a_store_outage_is_not_lost(
     gateway keeps it through the outage and registers the thing once the store answers."""
     store = await open_store(f"sqlite://{tmp_path}/vault.db?busy_timeout=100")
     try:
-        with broker() as server:
-            site = Site(store, registry, server, None, None, None)
+        with mosquitto() as server:
+            site = Site(server.workdir, store, registry, server, None, None, None)
             async with site.gateway() as (gateway, _):
                 link, _ = await site.provision()
                 lock = sqlite3.connect(tmp_path / "vault.db", isolation_level=None, timeout=5)

@@ -51,11 +51,9 @@ from safething.bench.runner import BenchContext, GroupFunc, Metric, latency_metr
 from safething.net import Client, Identity
 from safething.store import open_store
 from safething.things import ThingClient
-from safething_gateway.bridges.mqtt import MqttBridge
 from safething_gateway.core import Gateway
-from safething_gateway.mosquitto import MosquittoAuth
 from safething_gateway.registry import Registry
-from safething_gateway.testing import mosquitto
+from safething_gateway.testing import open_site
 
 __all__ = ["GROUPS", "latency_group", "size_group"]
 
@@ -219,15 +217,12 @@ async def latency_group(ctx: BenchContext) -> list[Metric]:
     sizes = _sizes(ctx)
     total = sizes.total
     device_id = "bench-garden-01"
-    auth = MosquittoAuth(ctx.workdir / "mosquitto.passwd", ctx.workdir / "mosquitto.acl")
-    gateway_user = "bench-gateway"
-    gateway_password = auth.add_gateway_user(gateway_user)
-    device_password = auth.add_device(device_id)  # before the broker starts: no reload
     registry = Registry(ctx.workdir / "registry.db")
     arrivals: list[tuple[float, int]] = []
     try:
-        record = registry.add(device_id, "mqtt")
-        with mosquitto(password_file=auth.password_file, acl_file=auth.acl_file) as broker:
+        async with open_site(ctx.workdir / "site", registry=registry) as site:
+            record, device_password = await site.provision("mqtt", device_id)
+            broker = site.broker
             board = ctx.workdir / "board"  # the board's flash
             config = ctx.workdir / f"{device_id}.json"
             config.write_text(
@@ -250,13 +245,7 @@ async def latency_group(ctx: BenchContext) -> list[Metric]:
                     }
                 )
             )
-            bridge = MqttBridge(
-                "127.0.0.1",
-                broker.port,
-                username=gateway_user,
-                password=gateway_password,
-                client_id="safething-bench-firmware",
-            )
+            bridge = site.bridge("mqtt", client_id="safething-bench-firmware")
             async with (
                 await open_store(sqlite_url(ctx.workdir / "firmware.db")) as store,
                 Gateway(
