@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,7 @@ from safething_gateway.registry import DeviceRecord, Registry
 __all__ = [
     "GatewaySite",
     "Mosquitto",
+    "broker_files_dir",
     "broker_user",
     "free_port",
     "mosquitto",
@@ -63,6 +64,17 @@ async def wait_until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
             if value:
                 return value
             await asyncio.sleep(0.01)
+
+
+@contextlib.contextmanager
+def broker_files_dir() -> Iterator[Path]:
+    """A new directory the broker's user (:func:`broker_user`) can reach, for the files
+    it reads (password file, ACL); removed on exit. A test's ``tmp_path`` is not one:
+    pytest makes it private to whoever runs the tests."""
+    with tempfile.TemporaryDirectory(prefix="safething-broker-files-") as tmp:
+        path = Path(tmp)
+        path.chmod(0o755)
+        yield path
 
 
 def mqtt_login(port: int, user: str | None, password: str | None) -> bool:
@@ -187,9 +199,7 @@ async def open_site(
     auth_dir = None
     with contextlib.ExitStack() as stack:
         if logins:
-            # the broker's user reads these files: a directory of their own it can reach
-            auth_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="st-auth-")))
-            auth_dir.chmod(0o755)
+            auth_dir = stack.enter_context(broker_files_dir())
             auth = MosquittoAuth(
                 auth_dir / "mosquitto.passwd", auth_dir / "mosquitto.acl", owner=broker_user()
             )

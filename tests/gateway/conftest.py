@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ from safething.store import Store, open_store
 from safething_gateway.core import Gateway
 from safething_gateway.protocol import frame
 from safething_gateway.registry import Registry
+from safething_gateway.testing import broker_files_dir
 
 SENSOR = {
     "format": 1,
@@ -59,6 +60,13 @@ class Device:
 async def store() -> AsyncIterator[Store]:
     async with await open_store("memory://") as s:
         yield s
+
+
+@pytest.fixture
+def broker_files() -> Iterator[Path]:
+    """A directory for the files a test broker reads (its user must reach them)."""
+    with broker_files_dir() as path:
+        yield path
 
 
 @pytest.fixture

@@ -213,15 +213,17 @@ def test_the_shipped_example_config_loads() -> None:
 
 
 def test_mqtt_provisioning_creates_a_broker_login_and_revoke_removes_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, broker_files: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from safething_gateway.testing import mosquitto
+    from safething_gateway.testing import broker_user, mosquitto
 
-    passwd, acl = tmp_path / "mosquitto.passwd", tmp_path / "mosquitto.acl"
+    passwd, acl = broker_files / "mosquitto.passwd", broker_files / "mosquitto.acl"
+    user = broker_user()  # as on a Pi: the files are readable by the broker's group
+    group = f'files_group = "{user}"\n' if user not in (None, "root") else ""
     config = tmp_path / "gateway.toml"
     config.write_text(
         f'[gateway]\nregistry = "{tmp_path}/gw.db"\n'
-        f'[mqtt]\npassword_file = "{passwd}"\nacl_file = "{acl}"\n'
+        f'[mqtt]\npassword_file = "{passwd}"\nacl_file = "{acl}"\n{group}'
     )
     assert main(["broker-login", "--config", str(config)]) == 0
     assert 'username = "safething-gateway"' in capsys.readouterr().out
