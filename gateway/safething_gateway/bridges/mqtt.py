@@ -183,6 +183,7 @@ class MqttConnection:
         self._pubs: dict[int, asyncio.Future[bool]] = {}
         self._lock = threading.Lock()
         self._generation = 0
+        self._subscribe_mid: int | None = None
         self._failing = False
         self._started = False
         client = mqtt.Client(
@@ -228,7 +229,8 @@ class MqttConnection:
     async def wait_connected(
         self, timeout: float | None = None, *, until_refused: bool = False
     ) -> bool:
-        """True once connected; False if ``timeout`` seconds pass first or, with
+        """True once connected and the broker has granted the subscriptions (so nothing
+        published from now on is missed); False if ``timeout`` seconds pass first or, with
         ``until_refused``, as soon as the broker refuses the login (see :attr:`refused`)."""
         try:
             async with asyncio.timeout(timeout):
@@ -339,7 +341,9 @@ class MqttConnection:
             self._generation += 1
             generation = self._generation
         if self.subscriptions:
-            client.subscribe(self.subscriptions)
+            _, self._subscribe_mid = client.subscribe(self.subscriptions)
+        else:
+            self._subscribe_mid = None
         if self._failing or self.connects:
             log.info("%s: connected to %s again", self.label, self.url)
         else:
@@ -384,6 +388,8 @@ class MqttConnection:
         reasons: list[ReasonCode],
         properties: Any,
     ) -> None:
+        if mid == self._subscribe_mid:
+            self._post(self._loop_subscribed)
         for (topic, _), reason in zip(self.subscriptions, reasons, strict=False):
             if reason.is_failure:
                 log.error(
@@ -412,10 +418,16 @@ class MqttConnection:
         self.connected = True
         self.connects += 1
         self.refused = None
-        self._up.set()
+        if not self.subscriptions:
+            self._up.set()  # else once the broker has granted them (_loop_subscribed)
         self._answer.set()
         if self._on_connect is not None:
             self._on_connect(generation)
+
+    def _loop_subscribed(self) -> None:
+        if self._started and self.connected:
+            self._up.set()
+            self._answer.set()
 
     def _loop_refused(self, reason: str) -> None:
         self.refused = reason

@@ -1,0 +1,337 @@
+"""Attacks on the gateway over MQTT, against a real Mosquitto on a free port.
+
+The attacker holds one device's own broker login (or none), as in docs/security.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+
+from safething.net import Client, Identity
+from safething.store import Store, open_store
+from safething.things import ThingClient
+from safething_gateway.bridges.http import HttpBridge
+from safething_gateway.bridges.mqtt import MqttConnection, Topics
+from safething_gateway.core import Gateway
+from safething_gateway.devices.base import DeviceLink
+from safething_gateway.registry import Registry
+
+from .test_mqtt import Site, _value_is, broker, describe, published, uid, until
+from .test_mqtt import site as _site_fixture
+
+site = _site_fixture  # the fixture, under its own name
+
+
+def _connect(port: int, user: str, password: str, client_id: str) -> tuple[bool, mqtt.Client]:
+    """One CONNECT with a clean session; True if the broker accepted it."""
+    answer: list[bool] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    client.username_pw_set(user, password)
+    client.on_connect = lambda c, u, flags, reason, props: answer.append(not reason.is_failure)
+    client.connect("127.0.0.1", port)
+    for _ in range(200):
+        client.loop(0.05)
+        if answer:
+            return answer[0], client
+    raise TimeoutError("no CONNACK")
+
+
+async def test_a_device_login_cannot_take_the_gateways_client_id(site: Site) -> None:
+    """A device login connects again and again with the gateway's client id (and with
+    its login as id) and a clean session, while another device streams readings. The
+    broker names each connection after its login, so the gateway is never kicked off,
+    its session is never discarded, and every reading arrives, in order."""
+    total = 200
+    async with site.gateway(rate=10_000.0, burst=10_000) as (_, bridge):
+        link, password = await site.provision()
+        attacker, attacker_password = await site.provision()
+        assert attacker_password is not None
+        async with site.device(link, password) as device:
+            await device.start()
+            await published(site.store, link.device_id)
+            connects = bridge.connection.connects
+
+            async def stream() -> None:
+                for n in range(1, total + 1):
+                    await device.reading({"n": n})
+                    await asyncio.sleep(0.002)
+
+            producer = asyncio.create_task(stream())
+            accepted = 0
+            for i in range(20):
+                victim_id = site.client_id if i % 2 else str(site.gateway_user)
+                ok, client = await asyncio.to_thread(
+                    _connect, site.broker.port, attacker.device_id, attacker_password, victim_id
+                )
+                accepted += ok
+                client.disconnect()
+                await asyncio.sleep(0.02)
+            await producer
+            await device.flush(20)
+            assert accepted == 20  # the attacker's logins were accepted (as its own id)
+            reader = ThingClient(Client(site.store))
+            await until(lambda: _value_is(reader, link.device_id, "n", total), timeout=30)
+            history = await reader.history(link.device_id, "n")
+            assert [r.value for r in history] == list(range(1, total + 1))
+            assert bridge.connection.connects == connects  # never kicked off
+
+
+async def test_an_oversized_publish_is_refused_by_the_broker(site: Site) -> None:
+    """A device publishes 2 MB on its own uplink topic: the broker refuses it (and drops
+    the connection), so the gateway never holds it; a normal reading after it arrives."""
+    async with site.gateway() as (gateway, bridge):
+        link, password = await site.provision()
+        assert password is not None
+        sizes: list[int] = []
+        received = bridge.connection._on_message
+        assert received is not None
+
+        def spy(message: mqtt.MQTTMessage, generation: int) -> None:
+            sizes.append(len(message.payload))
+            received(message, generation)
+
+        bridge.connection._on_message = spy
+        async with site.device(link, password) as device:
+            await device.start()
+            await published(site.store, link.device_id)
+            dropped = threading.Event()
+            ok, client = await asyncio.to_thread(
+                _connect, site.broker.port, link.device_id, password, link.device_id
+            )
+            assert ok
+            client.on_disconnect = lambda *args: dropped.set()
+            client.publish(Topics().up(link.device_id, "reading"), b"x" * 2_000_000, qos=1)
+
+            def pump() -> None:
+                for _ in range(400):
+                    client.loop(0.05)
+                    if dropped.is_set():
+                        return
+
+            await asyncio.to_thread(pump)
+            assert dropped.is_set()  # the broker cut the sender off: the input arrived
+            await device.reading({"n": 1})
+            reader = ThingClient(Client(site.store))
+            await until(lambda: _value_is(reader, link.device_id, "n", 1))
+        assert sizes and max(sizes) <= 65536
+        too_large = gateway.metrics.get(
+            "safething_gateway_rejected_total", reason="too_large", transport="mqtt"
+        )
+        assert not too_large  # never reached the gateway
+
+
+# --- the registry locked by another process --------------------------------------------
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[threading.Event]:
+    """Hold the registry file's write lock (as a backup or an sqlite3 shell would) until
+    the event is set or 60 s pass."""
+    release = threading.Event()
+    holding = threading.Event()
+
+    def hold() -> None:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        holding.set()
+        release.wait(60)
+        db.rollback()
+        db.close()
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert holding.wait(10)
+    try:
+        yield release
+    finally:
+        release.set()
+        thread.join()
+
+
+async def test_a_locked_registry_freezes_nothing_and_loses_nothing(
+    store: Store, tmp_path: Path
+) -> None:
+    """While another process holds gateway.db's lock for longer than a write may wait,
+    /healthz still answers at once and MQTT readings wait unacknowledged; once the lock
+    goes, every one of them is stored, in order."""
+    registry = Registry(tmp_path / "gateway.db", write_timeout=10.0)
+    try:
+        with broker() as server:
+            site = Site(store, registry, server, None, None, None)
+            http_bridge = HttpBridge("127.0.0.1", 0)
+            mqtt_bridge = site.bridge()
+            async with Gateway(
+                store=store,
+                registry=registry,
+                owner=site.owner,
+                bridges=[mqtt_bridge, http_bridge],
+            ) as gateway:
+                await gateway.start()
+                link, _ = await site.provision()
+                async with (
+                    site.device(link, None) as device,
+                    httpx.AsyncClient(base_url=http_bridge.endpoints()[0], timeout=60) as http,
+                ):
+                    await device.start()
+                    await published(store, link.device_id)
+                    with locked(registry.path) as release:
+                        for n in range(1, 6):
+                            await device.reading({"n": n})
+                        await device.flush(20)  # the broker has them (acknowledged)
+                        await until(lambda: mqtt_bridge._backlog >= 5)  # the gateway too
+                        # longer than a write may wait (10 s): how long did the loop stall?
+                        stall = 0.0
+                        slowest = 0.0
+                        started = time.monotonic()
+                        while time.monotonic() - started < 12:
+                            before = time.monotonic()
+                            r = await http.get("/healthz")
+                            assert r.status_code == 200, r.text
+                            slowest = max(slowest, time.monotonic() - before)
+                            before = time.monotonic()
+                            await asyncio.sleep(0.05)
+                            stall = max(stall, time.monotonic() - before)
+                        still_locked = not release.is_set()
+                        assert mqtt_bridge._backlog >= 5  # nothing acknowledged meanwhile
+                        release.set()
+                    assert still_locked
+                    # a write waits up to 10 s for the lock; the event loop did not
+                    assert stall < 5.0 and slowest < 5.0, (stall, slowest)
+                    reader = ThingClient(Client(store))
+                    await until(lambda: _value_is(reader, link.device_id, "n", 5), timeout=60)
+                    history = await reader.history(link.device_id, "n")
+                    assert [r.value for r in history] == [1, 2, 3, 4, 5]
+    finally:
+        registry.close()
+
+
+# --- a gateway killed with SIGKILL, then a backlog -------------------------------------
+
+
+class ChildGateway:
+    """``safething_gateway.bench._gateway_child`` in its own process (SIGKILL-able)."""
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        self.workdir = workdir
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        w = self.workdir
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "safething_gateway.bench._gateway_child",
+                "--store",
+                f"sqlite:///{w}/vault.db",
+                "--registry",
+                str(w / "gateway.db"),
+                "--owner",
+                str(w / "owner.identity"),
+                "--mqtt-port",
+                str(self.port),
+                "--report-ms",
+                "100",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if json.loads(line)["event"] == "ready":
+                break
+        else:
+            raise RuntimeError("the child gateway did not start")
+        threading.Thread(target=self._drain, args=(self.process,), daemon=True).start()
+        self.last: dict[str, int] = {}
+
+    def _drain(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.last = json.loads(line)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            self.process.wait(30)
+            self.process = None
+
+
+@asynccontextmanager
+async def child_site(
+    devices: int,
+) -> AsyncIterator[tuple[ChildGateway, list[DeviceLink], Store, int]]:
+    with tempfile.TemporaryDirectory(prefix="safething-kill-") as tmp, broker() as server:
+        workdir = Path(tmp)
+        Identity.generate("owner").save(workdir / "owner.identity")
+        registry = Registry(workdir / "gateway.db")
+        links = []
+        try:
+            for _ in range(devices):
+                device_id = uid("kill")
+                record = registry.add(device_id, "mqtt")
+                links.append(DeviceLink(device_id, record.secret, describe(device_id)))
+        finally:
+            registry.close()
+        child = ChildGateway(workdir, server.port)
+        await asyncio.to_thread(child.start)
+        try:
+            async with await open_store(f"sqlite:///{workdir}/vault.db") as store:
+                yield child, links, store, server.port
+        finally:
+            await asyncio.to_thread(child.stop)
+
+
+async def test_a_backlog_after_sigkill_is_not_refused_by_the_rate_limiter() -> None:
+    """The device sends at its allowed pace (40/s against 50/s); the gateway is killed
+    with SIGKILL and comes back after the device sent 300 readings. The broker hands it
+    the whole backlog at once: none is refused, none lost, their order kept."""
+    total = 300
+    async with child_site(1) as (child, [link], store, port):
+        sender = MqttConnection("127.0.0.1", port, client_id=uid("sender"))
+        await sender.start()
+        assert await sender.wait_connected(10)
+        topics = Topics()
+        try:
+            _, done = sender.publish(topics.up(link.device_id, "birth"), link.birth(), 1)
+            assert await done
+            await published(store, link.device_id)
+            for n in range(1, total + 1):
+                data = link.up("reading", {"n": n})
+                _, done = sender.publish(topics.up(link.device_id, "reading"), data, 1)
+                assert await done  # the broker acknowledged it
+                if n == 40:
+                    await asyncio.to_thread(child.kill)
+                await asyncio.sleep(1 / 40)
+            await asyncio.to_thread(child.start)
+            reader = ThingClient(Client(store))
+            await until(lambda: _value_is(reader, link.device_id, "n", total), timeout=60)
+            history = await reader.history(link.device_id, "n")
+            assert [r.value for r in history] == list(range(1, total + 1))
+            await until(lambda: child.last.get("in", 0) >= total - 40)
+            assert child.last["rejected"] == 0
+        finally:
+            await sender.close()
