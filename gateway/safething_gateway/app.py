@@ -27,6 +27,7 @@ from safething.store import Store, open_store
 from safething_gateway.broker import Mosquitto, free_port
 from safething_gateway.config import GatewayConfig
 from safething_gateway.core import Bridge, Gateway
+from safething_gateway.mosquitto import GATEWAY_LOGIN_ROLES
 from safething_gateway.registry import Registry
 
 __all__ = ["GatewayApp", "configure_logging", "serve"]
@@ -122,6 +123,12 @@ class GatewayApp(AsyncResource):
         bridges: list[Bridge] = []
         username = cfg.mqtt.username or None
         password = cfg.mqtt.password or None
+
+        def login(role: str) -> str | None:
+            """Each MQTT connection its own login (the broker binds client id to login, so
+            two connections with one login would throw each other off), one password."""
+            return f"{username}-{role}" if username else None
+
         if cfg.mqtt.enabled:
             from safething_gateway.bridges.mqtt import MqttBridge
 
@@ -151,14 +158,17 @@ class GatewayApp(AsyncResource):
                         cfg.mqtt.host,
                         mqtt_port,
                         discovery_prefix=cfg.adoption.discovery_prefix,
-                        username=username,
+                        username=login(GATEWAY_LOGIN_ROLES[0]),
                         password=password,
                     )
                 )
             if cfg.adoption.homie:
                 bridges.append(
                     adoption.HomieAdopter(
-                        cfg.mqtt.host, mqtt_port, username=username, password=password
+                        cfg.mqtt.host,
+                        mqtt_port,
+                        username=login(GATEWAY_LOGIN_ROLES[1]),
+                        password=password,
                     )
                 )
             if cfg.homeassistant.publish:
@@ -167,7 +177,7 @@ class GatewayApp(AsyncResource):
                         cfg.mqtt.host,
                         mqtt_port,
                         discovery_prefix=cfg.adoption.discovery_prefix,
-                        username=username,
+                        username=login(GATEWAY_LOGIN_ROLES[2]),
                         password=password,
                     )
                 )

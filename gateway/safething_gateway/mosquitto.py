@@ -9,16 +9,30 @@ random password, and may only touch its own topics::
     topic read st/v1/<device>/err
 
 The gateway user reads every device's uplinks and writes their downlinks and
-error reports (and, for adopting existing devices, reads Home Assistant
-discovery and Homie topics and writes Home Assistant's)::
+error reports::
 
     user <gateway>
     topic read st/v1/+/up/#
     topic write st/v1/+/down/#
     topic write st/v1/+/err
-    topic read homeassistant/#
-    topic read homie/#
-    topic write homeassistant/#
+
+Each further MQTT connection of the gateway has a login of its own, with the
+same password (the broker binds a client id to its login, so two connections
+sharing one would throw each other off), written only when the feature is on
+in the gateway config (run ``safething broker-login`` again after turning one
+on): ``<gateway>-ha-adopt`` reads and writes every topic (``topic readwrite
+#``), because an adopted device's state and command topics can be anything
+(``tele/...``, ``cmnd/...``, ``zigbee2mqtt/...``); ``<gateway>-homie-adopt``
+reads and writes ``homie/#``; ``<gateway>-ha-publish`` reads and writes
+Home Assistant discovery and the state, availability and command topics it
+publishes under (``safething/#``). None of that gives the gateway power over
+SAFEthing devices it does not already have (it holds their secrets); a
+device's own login stays confined to its topics.
+
+Other clients get a login with the topics they need: Home Assistant
+(:meth:`MosquittoAuth.add_homeassistant_user`) and devices that are not
+SAFEthing devices, such as a Tasmota plug to adopt
+(:meth:`MosquittoAuth.add_client_user` with their topics).
 
 Passwords are stored the way ``mosquitto_passwd`` (Mosquitto 2.x) stores them:
 ``<user>:$7$<iterations>$<base64 salt>$<base64 PBKDF2-HMAC-SHA512>``. They are
@@ -56,6 +70,18 @@ ITERATIONS = 101
 
 _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MARK = "# safething:"
+
+
+GATEWAY_LOGIN_ROLES = ("ha-adopt", "homie-adopt", "ha-publish")
+"""Suffixes of the gateway's further logins: ``<gateway login>-<role>``."""
+
+
+def _topic(text: str) -> str:
+    """A topic or filter fit for an ACL line: no spaces, no line breaks, no NUL."""
+    clean = text.strip().rstrip("/")
+    if not clean or any(c.isspace() or c == "\0" for c in clean):
+        raise ValueError(f"not an MQTT topic: {text!r}")
+    return clean
 
 
 def hash_password(password: str, *, salt: bytes | None = None, iterations: int = ITERATIONS) -> str:
@@ -110,18 +136,72 @@ class MosquittoAuth:
         ]
         return self._add(device_id, "device", rules)
 
-    def add_gateway_user(self, username: str) -> str:
-        """Create (or replace) the gateway's login; returns its new random password."""
+    def add_gateway_user(
+        self,
+        username: str,
+        *,
+        publish: bool = False,
+        adopt_homeassistant: bool = False,
+        adopt_homie: bool = False,
+        discovery_prefix: str = "homeassistant",
+        state_prefix: str = "safething",
+    ) -> str:
+        """Create (or replace) the gateway's logins; returns their new random password.
+
+        ``publish``: Home Assistant publishing is on; ``adopt_*``: adoption is on
+        (see the module docstring for what each login may do)."""
         prefix = self.topics.prefix
+        password = secrets.token_urlsafe(24)
+        users: dict[str, tuple[str, list[str]]] = {
+            username: (
+                "gateway",
+                [
+                    f"topic read {prefix}/+/up/#",
+                    f"topic write {prefix}/+/down/#",
+                    f"topic write {prefix}/+/err",
+                ],
+            )
+        }
+        dp, sp = _topic(discovery_prefix), _topic(state_prefix)
+        ha_adopt, homie_adopt, ha_publish = (f"{username}-{r}" for r in GATEWAY_LOGIN_ROLES)
+        if adopt_homeassistant:
+            users[ha_adopt] = ("gateway", ["topic readwrite #"])
+        if adopt_homie:
+            users[homie_adopt] = ("gateway", ["topic readwrite homie/#"])
+        if publish:
+            users[ha_publish] = ("gateway", [f"topic readwrite {dp}/#", f"topic readwrite {sp}/#"])
+        for name in (ha_adopt, homie_adopt, ha_publish):
+            if name not in users:
+                self.remove_device(name)  # a feature turned off: its login goes
+        for name, (kind, rules) in users.items():
+            self._add(name, kind, rules, password=password)
+        return password
+
+    def add_homeassistant_user(
+        self,
+        username: str,
+        *,
+        discovery_prefix: str = "homeassistant",
+        state_prefix: str = "safething",
+    ) -> str:
+        """Home Assistant's login: discovery, the states the gateway publishes (read) and
+        the commands it takes (write). Adopted devices' topics: add them with
+        :meth:`add_client_user` if Home Assistant should use those devices too."""
+        sp = _topic(state_prefix)
         rules = [
-            f"topic read {prefix}/+/up/#",
-            f"topic write {prefix}/+/down/#",
-            f"topic write {prefix}/+/err",
-            "topic read homeassistant/#",
-            "topic read homie/#",
-            "topic write homeassistant/#",
+            f"topic readwrite {_topic(discovery_prefix)}/#",
+            f"topic read {sp}/#",
+            f"topic write {sp}/+/+/set",
+            f"topic write {sp}/+/$action/+",
         ]
-        return self._add(username, "gateway", rules)
+        return self._add(username, "homeassistant", rules)
+
+    def add_client_user(self, username: str, topics: list[str]) -> str:
+        """A login for another client (e.g. a Tasmota plug to adopt) that may read and
+        write exactly ``topics`` (MQTT filters such as ``tele/plug-1/#``)."""
+        if not topics:
+            raise ValueError("give the topics this login may use (e.g. --topic 'tele/plug/#')")
+        return self._add(username, "client", [f"topic readwrite {_topic(t)}" for t in topics])
 
     def remove_device(self, device_id: str) -> bool:
         """Delete the device's login and ACL; False if it had none."""
@@ -140,9 +220,11 @@ class MosquittoAuth:
 
     # --- files ---------------------------------------------------------------------
 
-    def _add(self, username: str, kind: str, rules: list[str]) -> str:
+    def _add(
+        self, username: str, kind: str, rules: list[str], *, password: str | None = None
+    ) -> str:
         _check_user(username)
-        password = secrets.token_urlsafe(24)
+        password = password or secrets.token_urlsafe(24)
         passwords = self._read_passwords()
         passwords[username] = hash_password(password)
         blocks = self._read_acl()

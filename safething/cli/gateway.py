@@ -81,10 +81,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_provision)
 
     b = sub.add_parser(
-        "broker-login", help="create the gateway's own Mosquitto login (run once, then reload)"
+        "broker-login",
+        help="create a Mosquitto login: the gateway's own (default), Home Assistant's, or "
+        "another client's such as a device to adopt",
     )
     b.add_argument("--config", metavar="TOML", default=None, help=CONFIG_HELP)
-    b.add_argument("--username", default=None, help="default: [mqtt] username or safething-gateway")
+    b.add_argument(
+        "--for",
+        dest="role",
+        choices=("gateway", "homeassistant", "client"),
+        default="gateway",
+        help="gateway: its topics, plus safething/# with [homeassistant] publish and every "
+        "topic with [adoption] on; homeassistant: discovery and the published states; "
+        "client: only the --topic filters given",
+    )
+    b.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="with --for client (repeatable), e.g. 'tele/plug-1/#'",
+    )
+    b.add_argument(
+        "--username",
+        default=None,
+        help="default: [mqtt] username or safething-gateway; homeassistant for Home Assistant",
+    )
     b.set_defaults(func=cmd_broker_login)
 
     d = sub.add_parser("device", help="list or revoke provisioned devices")
@@ -310,14 +332,53 @@ def _auth(config: Any) -> Any:
 def cmd_broker_login(args: argparse.Namespace) -> int:
     _need_gateway()
     from safething_gateway.config import load_config
+    from safething_gateway.mosquitto import GATEWAY_LOGIN_ROLES
 
     config = load_config(args.config)
-    username = args.username or config.mqtt.username or "safething-gateway"
-    password = _auth(config).add_gateway_user(username)
+    auth = _auth(config)
+    prefix = config.adoption.discovery_prefix
+    if args.topic and args.role != "client":
+        raise ValueError("--topic goes with --for client")
+    if args.role == "client":
+        if not args.username:
+            raise ValueError("--for client needs --username (the login the device will use)")
+        password = auth.add_client_user(args.username, args.topic)
+        username = args.username
+    elif args.role == "homeassistant":
+        username = args.username or "homeassistant"
+        password = auth.add_homeassistant_user(username, discovery_prefix=prefix)
+    else:
+        username = args.username or config.mqtt.username or "safething-gateway"
+        password = auth.add_gateway_user(
+            username,
+            publish=config.homeassistant.publish,
+            adopt_homeassistant=config.adoption.homeassistant,
+            adopt_homie=config.adoption.homie,
+            discovery_prefix=prefix,
+        )
     _reload_broker(config.mqtt.reload_command)
-    out(f"created the broker login {username!r} for the gateway; put these in [mqtt]:")
-    out(f'username = "{username}"')
-    out(f'password = "{password}"')
+    if args.role == "gateway":
+        more = [
+            f"{username}-{role}"
+            for role, on in zip(
+                GATEWAY_LOGIN_ROLES,
+                (
+                    config.adoption.homeassistant,
+                    config.adoption.homie,
+                    config.homeassistant.publish,
+                ),
+                strict=True,
+            )
+            if on
+        ]
+        also = f" (and {', '.join(more)} for adoption/publishing)" if more else ""
+        out(f"created the broker login {username!r}{also}; put these in [mqtt]:")
+        out(f'username = "{username}"')
+        out(f'password = "{password}"')
+    else:
+        out(f"created the broker login {username!r} ({args.role}):")
+        out(f"username: {username}")
+        out(f"password: {password}")
     return 0
 
 

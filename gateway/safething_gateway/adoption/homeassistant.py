@@ -173,6 +173,10 @@ _DEVICE_ABBREVIATIONS: Final[Mapping[str, str]] = {
     "sa": "suggested_area",
     "sn": "serial_number",
 }
+PUBLISHER_ORIGIN: Final = "safething-gateway"
+"""The ``origin`` name of the discovery configs the gateway publishes for its SAFEthings
+(:mod:`~safething_gateway.adoption.publish`); adoption skips them."""
+
 _ORIGIN_ABBREVIATIONS: Final[Mapping[str, str]] = {"sw": "sw_version", "url": "support_url"}
 
 _SHARED: Final = (
@@ -696,6 +700,9 @@ class HomeAssistantAdopter(MqttAdopter):
                 doc = json.loads(payload)
                 if not isinstance(doc, dict):
                     raise ConfigError("the payload is not a JSON object")
+                origin = doc.get("origin", doc.get("o"))
+                if isinstance(origin, Mapping) and origin.get("name") == PUBLISHER_ORIGIN:
+                    return  # a SAFEthing published by a gateway: a thing already, not a device
                 if component == "device":
                     entities = self._device_entities(topic, object_id, doc)
                 else:

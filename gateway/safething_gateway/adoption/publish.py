@@ -47,13 +47,14 @@ from safething.errors import NoSuchDataError, SafeThingError
 from safething.net import Client
 from safething.things import AccessType, Attribute, ThingClient, ThingDescription, ValueType
 from safething_gateway.adoption.client import MqttBridge
+from safething_gateway.adoption.homeassistant import PUBLISHER_ORIGIN
 from safething_gateway.core import Gateway
 
 __all__ = ["HomeAssistantPublisher"]
 
 log = logging.getLogger("safething.gateway.adoption")
 
-_ORIGIN = {"name": "safething-gateway"}
+_ORIGIN = {"name": PUBLISHER_ORIGIN}
 
 
 @dataclass(eq=False)
