@@ -24,6 +24,8 @@ def test_parse_accepts_what_people_write() -> None:
     assert Action.parse("managepermissions") == Action.MANAGE_PERMISSIONS
     assert Action.parse("all") == Action.all()
     assert Action.parse("read,,") == Action.READ
+    assert Action.parse("read,,insert") == Action.READ | Action.INSERT  # empty words skipped
+    assert Action.parse(["", "update"]) == Action.UPDATE
     assert Action.parse("") == Action.NONE
     assert Action.parse(Action.UPDATE) is Action.UPDATE
     with pytest.raises(ValueError, match="unknown permission 'fly'"):
@@ -47,6 +49,9 @@ def test_allows_needs_every_flag_from_the_key_or_anyone() -> None:
     assert perms.allows(BOB, Action.READ)
     assert not perms.allows(BOB, Action.INSERT)
     assert not PermissionSet().allows(ALICE, Action.READ)
+    both = PermissionSet({ALICE: "read,insert", ANYONE: "read"})  # read granted twice
+    assert both.allows(ALICE, Action.READ)
+    assert both.allows(ALICE, Action.READ | Action.INSERT)
 
 
 def test_with_grant_sets_exactly_and_none_removes() -> None:

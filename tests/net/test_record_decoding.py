@@ -10,7 +10,7 @@ from typing import Any
 import cbor2
 import pytest
 
-from safething.errors import MalformedRecordError, TamperedDataError
+from safething.errors import LimitExceededError, MalformedRecordError, TamperedDataError
 from safething.net import TAG_THING, Action, Identity, PermissionSet, XorName
 from safething.net.keys import SecretKey
 from safething.net.mutable import (
@@ -23,6 +23,7 @@ from safething.net.mutable import (
     MDAddress,
     MDHeader,
     PrivateCodec,
+    check_entry_key,
     needed_action,
 )
 
@@ -170,3 +171,13 @@ def test_private_keys_are_32_byte_keyed_hashes() -> None:
         codec.open_key(codec.seal_value(b"front-door"))  # a value is not a key
     with pytest.raises(ValueError, match="not a sealed entry value"):
         codec.open_value(codec.seal_key(b"1234"))
+
+
+def test_entry_keys_up_to_the_limit() -> None:
+    assert check_entry_key(b"k" * MAX_ENTRY_KEY_BYTES) == b"k" * MAX_ENTRY_KEY_BYTES
+    with pytest.raises(LimitExceededError, match="entry key is 257 bytes; the limit is 256"):
+        check_entry_key(b"k" * (MAX_ENTRY_KEY_BYTES + 1))
+    with pytest.raises(ValueError, match="must not be empty"):
+        check_entry_key(b"")
+    with pytest.raises(TypeError, match="bytes or str, got int"):
+        check_entry_key(5)  # type: ignore[arg-type]
