@@ -57,6 +57,7 @@ from safething.things import (
     UnknownFieldError,
     ValueTypeError,
 )
+from safething_gateway.liveness import DEFAULT_OFFLINE_AFTER_S, Liveness
 from safething_gateway.metrics import Metrics
 from safething_gateway.protocol import (
     BadMacError,
@@ -182,6 +183,7 @@ class Gateway(AsyncResource):
         rate: float = 50.0,
         burst: int = 100,
         backlog: int = 10_000,
+        offline_after: float = DEFAULT_OFFLINE_AFTER_S,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -194,6 +196,8 @@ class Gateway(AsyncResource):
         """Most messages a device's bucket may hold after an outage (what a broker keeps)."""
         self.metrics = Metrics()
         self.things: dict[str, Thing] = {}
+        self.liveness = Liveness(self.things, offline_after=offline_after)
+        """Availability of the devices, written into their things."""
         self._buckets: dict[str, _Bucket] = {}
         self._waiting: dict[tuple[str, str], asyncio.Queue[dict[str, Any]]] = {}
         self._early: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
@@ -203,6 +207,7 @@ class Gateway(AsyncResource):
         self._unborn: set[str] = set()
         """Devices whose birth was accepted while the store was unreachable."""
         self._flush_task: asyncio.Task[None] | None = None
+        self._liveness_task: asyncio.Task[None] | None = None
         self._started = False
         self._describe_metrics()
 
@@ -230,22 +235,27 @@ class Gateway(AsyncResource):
         self._flush_task = asyncio.get_running_loop().create_task(
             self._flush_loop(), name="gateway:flush-buffer"
         )
+        self._liveness_task = asyncio.get_running_loop().create_task(
+            self.liveness.run(), name="gateway:liveness"
+        )
         # Thousands of long-lived things: keep full collections from walking them all
         # (60-170 ms pauses with 1,000 devices, docs/benchmarks.md).
         gc.freeze()
 
     async def close(self) -> None:
         """Stop bridges, things and tasks; nothing half-written (each write is atomic)."""
-        if self._flush_task is not None:
-            self._flush_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flush_task
-            self._flush_task = None
+        for task in (self._flush_task, self._liveness_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._flush_task = self._liveness_task = None
         for bridge in reversed(self.bridges):
             try:
                 await bridge.close()
             except Exception:
                 log.exception("bridge %s did not close cleanly", bridge.name)
+        await self.liveness.close()
         for thing in list(self.things.values()):
             await thing.close()
         self.things.clear()
@@ -344,9 +354,14 @@ class Gateway(AsyncResource):
                 self._refund(device_id)
                 raise
         try:
-            return await self._dispatch(record, channel, body, plain, content_format)
+            result = await self._dispatch(record, channel, body, plain, content_format)
         except PayloadError as e:
             raise self._sealed_reason(record, channel, e) from e
+        if channel == "state" and body.get("online") is False:
+            await self.liveness.mark(device_id, False, "last will" if will else "said offline")
+        else:
+            await self.liveness.seen(device_id)
+        return result
 
     def _open(self, record: DeviceRecord, channel: str, message: Frame) -> bytes:
         """The body in clear, once the frame's version is the device's and its tag right.
@@ -501,7 +516,13 @@ class Gateway(AsyncResource):
             return current
         if current is not None:
             await current.close()
-        thing = Thing(desc, identity=record.identity, owner=self.owner.public, store=self.store)
+        thing = Thing(
+            desc,
+            identity=record.identity,
+            owner=self.owner.public,
+            store=self.store,
+            heartbeat=None,
+        )
         await thing.start()
         try:
             if record.linked:  # adapters of adopted devices install their own handlers
@@ -521,6 +542,9 @@ class Gateway(AsyncResource):
                 raise PayloadError(f"description refused: {e}") from e
             raise
         self.things[record.device_id] = thing
+        self.liveness.forget(record.device_id)
+        if record.online and record.last_seen is not None:
+            await self.liveness.seen(record.device_id, record.last_seen)
         return thing
 
     async def _data(self, record: DeviceRecord, channel: str, body: Any) -> None:

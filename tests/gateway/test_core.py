@@ -208,6 +208,35 @@ async def test_last_will_counter_is_accepted_once(gateway: Gateway, device: Devi
         await gateway.handle("sensor-01", "state", will)
 
 
+async def test_availability_of_a_bridged_device(store: Store, registry: Registry) -> None:
+    """Online on its messages, offline after a silence (CoAP/HTTP devices), and a request
+    to it says so at once."""
+    async with Gateway(
+        store=store, registry=registry, owner=Identity.generate("owner"), offline_after=0.3
+    ) as gateway:
+        await gateway.start()
+        record = gateway.registry.add("sensor-01", "http")
+        device = Device("sensor-01", record.secret)
+        await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+        things = ThingClient(Client(store, Identity.generate()))
+        assert (await things.availability("sensor-01")).online is True
+        async with things.follow_availability("sensor-01") as watch:
+            assert (await anext(watch)).online is True
+            async with asyncio.timeout(30):
+                while gateway.liveness.online("sensor-01"):
+                    await gateway.liveness.sweep()
+                    await asyncio.sleep(0.05)
+                gone = await anext(watch)
+        assert (gone.online, gone.reason) == (False, "inactive")
+        handle = await things.request("sensor-01", "OpenValve", psi=40)
+        assert handle.offline and "offline" in handle.status.message
+        await gateway.handle("sensor-01", "poll", device.message("poll", {}))
+        assert (await things.availability("sensor-01")).online is True
+    # the gateway stopped: nobody vouches for its devices any more
+    live = await ThingClient(Client(store)).availability("sensor-01")
+    assert (live.online, live.reason) == (False, "gateway stopped")
+
+
 def test_names_with_a_trailing_newline_are_refused() -> None:
     from safething_gateway.protocol import check_channel, check_device_id
 

@@ -257,9 +257,19 @@ async def test_last_will_marks_a_vanished_device_offline(site: Site) -> None:
         await device.start()
         await published(site.store, link.device_id)
         await device.flush(5)
+        things = ThingClient(Client(site.store))
+        await until(lambda: _availability(things, link.device_id, "online"))
         await device.abort()  # no DISCONNECT: the broker publishes the will
         await until(lambda: not gateway.registry.get(link.device_id).online)
         assert gateway.metrics.get("safething_gateway_rejected_total", reason="replay") == 0
+        # every reader sees it, from the verified thing MD
+        gone = await until(lambda: _availability(things, link.device_id, "offline"))
+        assert gone.reason == "last will"
+
+
+async def _availability(things: ThingClient, thing_id: str, state: str) -> Any:
+    live = await things.availability(thing_id)
+    return live if live.state == state else None
 
 
 # --- rejections ------------------------------------------------------------------------
