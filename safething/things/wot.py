@@ -73,6 +73,7 @@ CONTENT_TYPE: Final = "application/cbor"
 SECURITY_SCHEME: Final = "safething:SignedRecords"
 """The additional security scheme that describes SAFEthing's signed records."""
 _SECURITY_NAME: Final = "safething_sc"
+_BEARER_NAME: Final = "bearer_sc"
 
 _TD_TYPES: Final = {
     ValueType.NUMBER: "number",
@@ -119,6 +120,53 @@ def _href(prefix: str, kind: str, name: str) -> str:
 
 def _form(href: str, ops: list[str]) -> dict[str, Any]:
     return {"href": href, "op": ops, "contentType": CONTENT_TYPE}
+
+
+def _http_form(href: str, ops: list[str], **extra: Any) -> dict[str, Any]:
+    return {"href": href, "op": ops, "contentType": "application/json", **extra}
+
+
+def _http_forms(td: dict[str, Any], desc: ThingDescription, http: str) -> None:
+    """Add the gateway's WoT HTTP binding forms (JSON, bearer token) beside the safe:// ones."""
+    root = f"{http.rstrip('/')}/wot/{quote(desc.id, safe='-_.')}/"
+    for attr in desc.attributes:
+        forms = td["properties"][attr.name]["forms"]
+        href = _href(root, "properties", attr.name)
+        ops = ["readproperty"] + (["writeproperty"] if attr.writable else [])
+        forms.append(_http_form(href, ops))
+        if attr.dynamic:
+            forms.append(
+                _http_form(
+                    href + "/observe",
+                    ["observeproperty", "unobserveproperty"],
+                    subprotocol="longpoll",
+                )
+            )
+    for action in desc.actions:
+        href = _href(root, "actions", action.name)
+        td["actions"][action.name]["forms"].append(_http_form(href, ["invokeaction"]))
+    for topic in desc.topics:
+        href = _href(root, "events", topic.name)
+        td["events"][topic.name]["forms"].append(
+            _http_form(href, ["subscribeevent", "unsubscribeevent"], subprotocol="longpoll")
+        )
+    for section in ("properties", "actions", "events"):
+        for interaction in td[section].values():
+            for form in interaction["forms"]:
+                if not form["href"].startswith(("http://", "https://")):
+                    form.setdefault("security", [_SECURITY_NAME])
+    td["securityDefinitions"][_BEARER_NAME] = {
+        "scheme": "bearer",
+        "in": "header",
+        "name": "Authorization",
+        "format": "opaque",
+        "description": (
+            "HTTP forms: a token the owner issued to one identity (safething gateway token "
+            "add); the gateway turns each request into a request signed by that identity "
+            "and serves only values it verified."
+        ),
+    }
+    td["security"] = [_BEARER_NAME]
 
 
 def _property(attr: Attribute, prefix: str) -> dict[str, Any]:
@@ -181,13 +229,18 @@ def _event(topic: Topic, prefix: str) -> dict[str, Any]:
     return out
 
 
-def to_thing_description(desc: ThingDescription, *, base: str | None = None) -> dict[str, Any]:
+def to_thing_description(
+    desc: ThingDescription, *, base: str | None = None, http: str | None = None
+) -> dict[str, Any]:
     """A WoT Thing Description 1.1 document (a JSON-compatible dict) for ``desc``.
 
     Without ``base``, hrefs are absolute: ``safe://<thing id>/properties/<name>``.
     With ``base`` (a URL such as ``safe://garden.alice``), the document
     carries ``base`` (with a ``/`` added if missing) and relative hrefs
-    (``properties/<name>``).
+    (``properties/<name>``). With ``http`` (a gateway's URL, e.g.
+    ``http://pi.local:8080``), each interaction also gets the forms of the
+    gateway's WoT HTTP binding (JSON; observe and events by long-poll), secured
+    by a bearer token; the ``safe://`` forms keep ``safething_sc``.
     """
     if not isinstance(desc, ThingDescription):
         raise TypeError(f"expected a ThingDescription, got {type(desc).__name__}")
@@ -225,4 +278,8 @@ def to_thing_description(desc: ThingDescription, *, base: str | None = None) -> 
     td["properties"] = {a.name: _property(a, prefix) for a in desc.attributes}
     td["actions"] = {a.name: _action(a, prefix) for a in desc.actions}
     td["events"] = {t.name: _event(t, prefix) for t in desc.topics}
+    if http is not None:
+        if not isinstance(http, str) or not http.startswith(("http://", "https://")):
+            raise ValueError(f"http must be the gateway's http(s):// URL, got {http!r}")
+        _http_forms(td, desc, http)
     return td

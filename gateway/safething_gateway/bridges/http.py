@@ -79,6 +79,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from safething_gateway.bridges.waiters import Waiter, Waiters
+from safething_gateway.bridges.wot import WotBinding, wot_router
 from safething_gateway.core import Bridge, Gateway
 from safething_gateway.protocol import (
     MAGIC,
@@ -90,6 +91,7 @@ from safething_gateway.protocol import (
     parse_frame,
 )
 from safething_gateway.replies import Reply, problem, reply_for
+from safething_gateway.tokens import TokenStore
 
 __all__ = ["HttpBridge", "UnsupportedFormatError", "create_app", "reply_response"]
 
@@ -372,13 +374,18 @@ def _sse_event(channel: str, message: bytes) -> str:
 
 
 def create_app(
-    gateway: Gateway, *, waiters: Waiters | None = None, ping_interval: float = 15.0
+    gateway: Gateway,
+    *,
+    waiters: Waiters | None = None,
+    ping_interval: float = 15.0,
+    wot: WotBinding | None = None,
 ) -> FastAPI:
     """The REST bridge's ASGI application for ``gateway``.
 
     ``waiters`` is where long-polls and event streams wait for pushed downlinks
     (:class:`HttpBridge` passes its own); without one, a private one is used and
     waiting requests see only what is queued when they arrive or poll.
+    ``wot``: also serve the WoT HTTP binding (:mod:`safething_gateway.bridges.wot`).
     """
     hub = waiters if waiters is not None else Waiters()
 
@@ -388,6 +395,8 @@ def create_app(
             yield
         finally:
             hub.close(_SHUTTING_DOWN)
+            if wot is not None:
+                await wot.close()
 
     app = FastAPI(
         title="SAFEthing gateway",
@@ -400,6 +409,8 @@ def create_app(
     app.state.gateway = gateway
     app.state.waiters = hub
     _install_error_handlers(app)
+    if wot is not None:
+        app.include_router(wot_router(wot))
 
     def sent(count: int = 1) -> None:
         gateway.metrics.inc("safething_gateway_messages_out_total", count, transport=TRANSPORT)
@@ -665,8 +676,12 @@ class HttpBridge(Bridge):
         header_timeout: float = 10.0,
         keep_alive: int = 5,
         max_connections: int = 1000,
+        tokens: TokenStore | None = None,
     ) -> None:
         self.bind = bind
+        self.tokens = tokens
+        """With a token directory, the WoT HTTP binding is served too."""
+        self.wot: WotBinding | None = None
         self.port = port
         self.header_timeout = header_timeout
         """Seconds a new connection has to send a whole request head (slowloris)."""
@@ -687,7 +702,10 @@ class HttpBridge(Bridge):
         if self._task is not None:
             return
         self.waiters = Waiters()
-        self.app = create_app(gateway, waiters=self.waiters, ping_interval=self.ping_interval)
+        self.wot = WotBinding(gateway, self.tokens) if self.tokens is not None else None
+        self.app = create_app(
+            gateway, waiters=self.waiters, ping_interval=self.ping_interval, wot=self.wot
+        )
         family = socket.AF_INET6 if ":" in self.bind else socket.AF_INET
         sock = socket.create_server((self.bind, self.port), family=family)
         self.port = int(sock.getsockname()[1])
@@ -744,9 +762,10 @@ class HttpBridge(Bridge):
     async def close(self) -> None:
         task, server = self._task, self._server
         self._task = self._server = None
-        self.waiters.close(
-            _SHUTTING_DOWN
-        )  # waiting requests answer now, so uvicorn need not wait for them
+        # waiting requests answer now, so uvicorn need not wait for them
+        self.waiters.close(_SHUTTING_DOWN)
+        if self.wot is not None:
+            self.wot.closing.set()
         if task is None or server is None:
             return
         server.should_exit = True
