@@ -94,7 +94,7 @@ class GatewayApp(AsyncResource):
             mqtt_port = cfg.mqtt.port
             if cfg.mqtt.enabled and cfg.mqtt.start_broker:
                 mqtt_port = self._start_broker(mqtt_port)
-            bridges = self._bridges(mqtt_port)
+            bridges = self._bridges(mqtt_port, owner)
             self.gateway = Gateway(
                 store=self.store,
                 registry=self.registry,
@@ -102,6 +102,7 @@ class GatewayApp(AsyncResource):
                 bridges=bridges,
                 rate=cfg.gateway.rate_limit,
                 burst=cfg.gateway.burst,
+                offline_after=cfg.gateway.offline_after,
             )
             await self.gateway.start()
         except BaseException:
@@ -118,7 +119,7 @@ class GatewayApp(AsyncResource):
         log.info("started a private Mosquitto on %s (no broker was configured)", broker.url)
         return broker.port
 
-    def _bridges(self, mqtt_port: int) -> list[Bridge]:
+    def _bridges(self, mqtt_port: int, owner: Identity) -> list[Bridge]:
         cfg = self.config
         bridges: list[Bridge] = []
         username = cfg.mqtt.username or None
@@ -148,7 +149,12 @@ class GatewayApp(AsyncResource):
         if cfg.http.enabled:
             from safething_gateway.bridges.http import HttpBridge
 
-            bridges.append(HttpBridge(cfg.http.bind, cfg.http.port))
+            tokens = None
+            if cfg.http.wot:
+                from safething_gateway.tokens import TokenStore
+
+                tokens = TokenStore(cfg.gateway.tokens_path, owner=owner)
+            bridges.append(HttpBridge(cfg.http.bind, cfg.http.port, tokens=tokens))
         if cfg.adoption.homeassistant or cfg.adoption.homie or cfg.homeassistant.publish:
             from safething_gateway import adoption
 

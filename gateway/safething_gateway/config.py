@@ -9,6 +9,8 @@
     rate_limit = 50.0          # messages per second per device
     burst = 100
     log_format = "text"        # or "json"
+    offline_after = 600.0      # seconds of silence before a device is called offline
+    tokens = ""                # WoT HTTP tokens directory; "" = <registry dir>/http-tokens
 
     [mqtt]
     enabled = true
@@ -32,6 +34,7 @@
     enabled = true
     bind = "127.0.0.1"
     port = 8080
+    wot = false                # serve the WoT HTTP binding (/wot/...) with bearer tokens
 
     [adoption]
     homeassistant = false
@@ -90,8 +93,12 @@ class GatewaySection:
     rate_limit: float = 50.0
     burst: int = 100
     log_format: str = "text"
+    offline_after: float = 600.0
+    tokens: str = ""
 
     def __post_init__(self) -> None:
+        if not self.offline_after > 0:
+            raise ConfigError("gateway.offline_after must be > 0 seconds")
         if self.rate_limit <= 0 or self.burst < 1:
             raise ConfigError("gateway.rate_limit must be > 0 and gateway.burst >= 1")
         if self.log_format not in ("text", "json"):
@@ -100,6 +107,13 @@ class GatewaySection:
     @property
     def registry_path(self) -> Path:
         return Path(self.registry).expanduser() if self.registry else default_registry_path()
+
+    @property
+    def tokens_path(self) -> Path:
+        """Where the WoT HTTP binding's bearer tokens live."""
+        if self.tokens:
+            return Path(self.tokens).expanduser()
+        return self.registry_path.parent / "http-tokens"
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,7 @@ class HttpConfig:
     enabled: bool = True
     bind: str = "127.0.0.1"
     port: int = 8080
+    wot: bool = False
 
 
 @dataclass(frozen=True)

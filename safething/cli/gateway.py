@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from safething.cli import tokens
 from safething.cli.common import out
 from safething.errors import SafeThingError
 
@@ -119,6 +120,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rv.add_argument("device_id")
     rv.add_argument("--config", metavar="TOML", default=None, help=CONFIG_HELP)
     rv.set_defaults(func=cmd_device_revoke)
+
+    tokens.register(sub)
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:

@@ -226,3 +226,36 @@ async def test_history_over_http(site: Site, garden: Thing) -> None:
         assert bucket["count"] == 71 and bucket["max"] == 49.0
         live = (await http.get(f"{site.url}/wot/garden-01/availability", headers=bearer)).json()
         assert live["state"] == "online"
+
+
+async def test_token_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safething.cli import main
+
+    (tmp_path / "gateway.toml").write_text(
+        f'[gateway]\nregistry = "{tmp_path}/gateway.db"\n[http]\nwot = true\n'
+    )
+    owner = Identity.generate("owner")
+    owner.save(tmp_path / "owner.json")
+    store_url = f"sqlite://{tmp_path}/vault.db"
+    monkeypatch.setenv("SAFETHING_GATEWAY_CONFIG", str(tmp_path / "gateway.toml"))
+    monkeypatch.setenv("SAFETHING_STORE", store_url)
+    monkeypatch.setenv("SAFETHING_IDENTITY", str(tmp_path / "owner.json"))
+    async with Thing(
+        garden_description(), identity=Identity.generate(), owner=owner, store=store_url
+    ) as t:
+        await t.register()
+    code = await asyncio.to_thread(main, ["token", "add", "node-red", "--group", "garden-01"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and lines[1].startswith("stt_")
+    grant = TokenStore(tmp_path / "http-tokens").check(f"Bearer {lines[1]}")
+    async with await open_store(store_url) as store:
+        members = await ThingOwner(Client(store, owner), "garden-01").members()
+    assert grant.identity.public_sign_key in members
+    assert await asyncio.to_thread(main, ["token", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "node-red"
+    assert await asyncio.to_thread(main, ["token", "revoke", "node-red"]) == 0
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["token", "revoke", "node-red"]) == 1
+    assert "no token named" in capsys.readouterr().err
