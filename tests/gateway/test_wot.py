@@ -118,7 +118,7 @@ async def test_node_wot_reads_observes_and_invokes_the_demo_garden(site: Site, n
         err = (await consumer.stderr.read()).decode()
         assert consumer.returncode == 0, err
         moisture = [r.value for r in await demo.console.history(demo.device_id, "moisture")]
-    assert isinstance(steps["read"], float) and 0 <= steps["read"] <= 100
+    assert isinstance(steps["read"], int | float) and 0 <= steps["read"] <= 100
     assert steps["observing"] is True
     # the observed value is one the device wrote (verified on its way out)
     assert steps["observed"] != steps["read"] and steps["observed"] in moisture
