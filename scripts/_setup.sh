@@ -3,7 +3,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
-SYSTEM_PACKAGES=(python3 python3-venv python3-dev sqlite3 mosquitto mosquitto-clients nats-server)
+SYSTEM_PACKAGES=(python3 python3-venv python3-dev sqlite3 mosquitto mosquitto-clients nats-server nodejs npm)
 
 _need_apt() {
     local missing=()
@@ -12,6 +12,8 @@ _need_apt() {
     command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto mosquitto-clients)
     command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || missing+=(nats-server)
     command -v sqlite3 >/dev/null || missing+=(sqlite3)
+    command -v node >/dev/null || missing+=(nodejs)
+    command -v npm >/dev/null || missing+=(npm)
     printf '%s\n' "${missing[@]}"
 }
 
