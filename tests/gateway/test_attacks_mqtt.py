@@ -30,8 +30,11 @@ from safething_gateway.bridges.mqtt import MqttConnection, Topics
 from safething_gateway.core import Gateway
 from safething_gateway.devices.base import DeviceLink
 from safething_gateway.registry import Registry
+from safething_gateway.testing import mosquitto as broker
+from safething_gateway.testing import unique_id as uid
+from safething_gateway.testing import wait_until as until
 
-from .test_mqtt import Site, _value_is, broker, describe, published, uid, until
+from .test_mqtt import Site, _value_is, describe, published
 from .test_mqtt import site as _site_fixture
 
 site = _site_fixture  # the fixture, under its own name
@@ -172,7 +175,7 @@ async def test_a_locked_registry_freezes_nothing_and_loses_nothing(
     registry = Registry(tmp_path / "gateway.db", write_timeout=10.0)
     try:
         with broker() as server:
-            site = Site(store, registry, server, None, None, None)
+            site = Site(server.workdir, store, registry, server, None, None, None)
             http_bridge = HttpBridge("127.0.0.1", 0)
             mqtt_bridge = site.bridge()
             async with Gateway(
@@ -335,3 +338,45 @@ async def test_a_backlog_after_sigkill_is_not_refused_by_the_rate_limiter() -> N
             assert child.last["rejected"] == 0
         finally:
             await sender.close()
+
+
+async def test_the_adapters_ride_on_the_gateways_one_connection(site: Site) -> None:
+    """The broker binds a client id to its login: the device bridge, both adopters and
+    the Home Assistant publisher (one login) share one connection, so they never throw
+    each other off, and the device link keeps working beside them."""
+    from safething_gateway.adoption import (
+        HomeAssistantAdopter,
+        HomeAssistantPublisher,
+        HomieAdopter,
+    )
+
+    login = {"username": site.gateway_user, "password": site.gateway_password}
+    port = site.broker.port
+    bridge = site.bridge()
+    adapters = [
+        HomeAssistantAdopter("127.0.0.1", port, **login),
+        HomieAdopter("127.0.0.1", port, **login),
+        HomeAssistantPublisher("127.0.0.1", port, **login),
+    ]
+    async with Gateway(
+        store=site.store,
+        registry=site.registry,
+        owner=site.owner,
+        bridges=[bridge, *adapters],
+        rate=10_000.0,
+        burst=10_000,
+    ) as gateway:
+        await gateway.start()
+        assert all(a.connection is bridge.connection for a in adapters)
+        assert all(a.is_connected() for a in adapters)
+        connects = bridge.connection.connects
+        link, password = await site.provision()
+        async with site.device(link, password) as device:
+            await device.start()
+            await published(site.store, link.device_id)
+            for n in range(1, 51):
+                await device.reading({"n": n})
+            await device.flush(20)
+            reader = ThingClient(Client(site.store))
+            await until(lambda: _value_is(reader, link.device_id, "n", 50), timeout=30)
+        assert bridge.connection.connects == connects  # nobody was thrown off

@@ -12,16 +12,18 @@ Adopted devices cannot sign: their registry records carry
 ``"broker_authenticated": true`` and their descriptions
 :data:`BROKER_AUTHENTICATED`.
 
-All three are :class:`MqttBridge` s (``client``: one paho client feeding one
-worker task); the adopters build on :class:`MqttAdopter` (``base``:
-registering adopted devices, rebuilding their things once announcements
-settle).
+All three are :class:`MqttAdapter` s (``client``: on the gateway's one MQTT
+connection per broker login, feeding one worker task); the adopters build on
+:class:`MqttAdopter` (``base``: registering adopted devices, rebuilding their
+things once announcements settle).
 """
 
+from typing import Any
+
 from safething_gateway.adoption.base import BROKER_AUTHENTICATED, AdoptedDevice, MqttAdopter
-from safething_gateway.adoption.client import BrokerUnavailableError, MqttBridge
+from safething_gateway.adoption.client import BrokerUnavailableError, MqttAdapter
 from safething_gateway.adoption.homeassistant import (
-    ConfigError,
+    DiscoveryConfigError,
     HomeAssistantAdopter,
     TemplateError,
     ValueTemplate,
@@ -33,12 +35,24 @@ __all__ = [
     "BROKER_AUTHENTICATED",
     "AdoptedDevice",
     "BrokerUnavailableError",
-    "ConfigError",
+    "DiscoveryConfigError",
     "HomeAssistantAdopter",
     "HomeAssistantPublisher",
     "HomieAdopter",
+    "MqttAdapter",
     "MqttAdopter",
-    "MqttBridge",
     "TemplateError",
     "ValueTemplate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Old names, with a warning: class names are unique across the gateway package."""
+    import warnings
+
+    renamed = {"ConfigError": DiscoveryConfigError, "MqttBridge": MqttAdapter}
+    if name in renamed:
+        new = renamed[name]
+        warnings.warn(f"{__name__}.{name} is now {new.__name__}", DeprecationWarning, stacklevel=2)
+        return new
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The adopter base: making devices found on an MQTT broker custodial things.
 
-:class:`MqttAdopter` is the :class:`~safething_gateway.adoption.client.MqttBridge`
+:class:`MqttAdopter` is the :class:`~safething_gateway.adoption.client.MqttAdapter`
 the Home Assistant and Homie adopters build on: it registers an adopted
 device with the gateway (``"broker_authenticated": true``), brings up or
 disables its custodial thing, and writes the values the device reports.
@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from safething.errors import SafeThingError
 from safething.things import AccessType, Thing, ThingDescription
-from safething_gateway.adoption.client import Job, MqttBridge
+from safething_gateway.adoption.client import Job, MqttAdapter
 
 __all__ = [
     "ADOPTED_HISTORY",
@@ -54,8 +54,8 @@ class AdoptedDevice:
     """The last rebuild brought its thing up."""
 
 
-class MqttAdopter(MqttBridge):
-    """An :class:`MqttBridge` that makes devices it finds on the broker custodial things.
+class MqttAdopter(MqttAdapter):
+    """An :class:`MqttAdapter` that makes devices it finds on the broker custodial things.
 
     ``access`` is the access type of what adopted devices report (readings,
     state); ``control`` that of their actions and writable attributes

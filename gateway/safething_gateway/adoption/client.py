@@ -1,11 +1,14 @@
-"""The MQTT plumbing the adopters and the Home Assistant publisher share.
+"""What the adopters and the Home Assistant publisher share: :class:`MqttAdapter`.
 
-:class:`MqttBridge` is a gateway bridge holding one paho-mqtt client: paho's
-network thread hands every message, in arrival order, to one worker task on
-the event loop, where the bridge keeps all its state. Subscriptions are kept
-across reconnects; :meth:`MqttBridge.publish` waits for the broker's
-acknowledgement and fails at once (:class:`BrokerUnavailableError`) when the
-broker is not connected.
+An adapter is a gateway bridge that talks to an MQTT broker through the gateway's one
+MQTT client module (:mod:`safething_gateway.mqtt_client`): TCP_NODELAY, the in-flight
+cap, no paho queue while disconnected, reconnects, subscriptions changed at run time.
+When the gateway's device bridge talks to the same broker with the same login, the
+adapter rides on its connection (the broker binds a client id to its login, so a second
+connection would throw the first off); otherwise it opens its own. Messages reach one
+worker task on the event loop, in arrival order, where the adapter keeps all its
+state; :meth:`MqttAdapter.publish` waits for the broker's acknowledgement and fails at
+once (:class:`BrokerUnavailableError`) when the broker is not connected.
 """
 
 from __future__ import annotations
@@ -15,20 +18,18 @@ import contextlib
 import functools
 import logging
 import secrets
-import threading
+import warnings
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from safething.errors import SafeThingError
 from safething_gateway.core import Bridge, Gateway
+from safething_gateway.mqtt_client import MqttConnection, Will
 
-__all__ = ["BrokerUnavailableError", "Job", "MqttBridge"]
+__all__ = ["BrokerUnavailableError", "Job", "MqttAdapter"]
 
 log = logging.getLogger("safething.gateway.adoption")
 
@@ -40,14 +41,12 @@ class BrokerUnavailableError(SafeThingError, ConnectionError):
     """The MQTT broker cannot take a message now (not connected, or no acknowledgement)."""
 
 
-class MqttBridge(Bridge):
-    """A bridge holding one paho-mqtt client.
+class MqttAdapter(Bridge):
+    """A bridge on the gateway's MQTT connection (see the module docstring).
 
-    paho's network thread hands every message, in arrival order, to one
-    worker task on the event loop (:meth:`on_message`), which is where all
-    the bridge's state lives; :meth:`submit` and :meth:`later` queue more
-    work for that task. Reconnects are paho's; subscriptions are renewed on
-    every connection.
+    Messages of :meth:`topics` (and of :meth:`subscribe`) are handed, in arrival order,
+    to one worker task on the event loop (:meth:`on_message`), which is where all the
+    bridge's state lives; :meth:`submit` and :meth:`later` queue more work for it.
     """
 
     name = "mqtt-client"
@@ -70,16 +69,14 @@ class MqttBridge(Bridge):
         self._password = password
         self._gateway: Gateway | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: mqtt.Client | None = None
+        self._connection: MqttConnection | None = None
+        self._owned = False
         self._jobs: asyncio.Queue[Job] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
-        self._lock = threading.Lock()
         self._topics: set[str] = set()
-        self._up = False
         self._ready = asyncio.Event()
-        self._connect_mid: int | None = None
-        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._forget_listener: Callable[[], None] | None = None
         self._closed = False
 
     # --- for subclasses -----------------------------------------------------------------
@@ -94,6 +91,12 @@ class MqttBridge(Bridge):
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
+    @property
+    def connection(self) -> MqttConnection:
+        if self._connection is None:
+            raise RuntimeError(f"bridge {self.name} is not started")
+        return self._connection
+
     def endpoints(self) -> list[str]:
         return [self.url]
 
@@ -101,8 +104,9 @@ class MqttBridge(Bridge):
         """Topic filters subscribed on every connection."""
         return ()
 
-    def prepare(self, client: mqtt.Client) -> None:
-        """Called once before connecting (e.g. to set a last will)."""
+    def will(self) -> Will | None:
+        """The last will to register for the connection (e.g. "offline"), or None."""
+        return None
 
     async def on_connected(self) -> None:
         """Called on the worker after each connection, once its subscriptions are granted."""
@@ -133,24 +137,19 @@ class MqttBridge(Bridge):
 
     def subscribe(self, *topics: str) -> None:
         """Subscribe now (if connected) and on every reconnection."""
-        with self._lock:
-            new = [t for t in topics if t not in self._topics]
-            self._topics.update(new)
-            up = self._up
-        if new and up and self._client is not None:
-            self._client.subscribe([(t, 1) for t in new])
+        new = [t for t in topics if t not in self._topics]
+        self._topics.update(new)
+        if new and self._connection is not None:
+            self._connection.route(new, self._on_message)
 
     def unsubscribe(self, *topics: str) -> None:
-        with self._lock:
-            gone = [t for t in topics if t in self._topics]
-            self._topics.difference_update(gone)
-            up = self._up
-        if gone and up and self._client is not None:
-            self._client.unsubscribe(gone)
+        gone = [t for t in topics if t in self._topics]
+        self._topics.difference_update(gone)
+        if gone and self._connection is not None:
+            self._connection.unroute(gone)
 
     def is_connected(self) -> bool:
-        with self._lock:
-            return self._up
+        return self._connection is not None and self._connection.connected
 
     async def publish(
         self, topic: str, payload: str | bytes, *, qos: int = 1, retain: bool = False
@@ -161,25 +160,20 @@ class MqttBridge(Bridge):
         (nothing is queued for later: a command must not fire long after it
         was asked for).
         """
-        client = self._client
-        if client is None or self._closed or not self.is_connected():
+        connection = self._connection
+        if connection is None or self._closed or not connection.connected:
             raise BrokerUnavailableError(f"not connected to the MQTT broker {self.url}")
-        info = client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise BrokerUnavailableError(
-                f"cannot publish to {topic!r}: {mqtt.error_string(info.rc)}"
-            )
-        future: asyncio.Future[None] = self._running_loop().create_future()
-        self._acks[info.mid] = future
+        data = payload.encode() if isinstance(payload, str) else payload
+        _, delivered = connection.publish(topic, data, qos, retain=retain)
         try:
             async with asyncio.timeout(self.publish_timeout):
-                await future
+                ok = await asyncio.shield(delivered)
         except TimeoutError:
             raise BrokerUnavailableError(
                 f"the broker {self.url} did not acknowledge a message on {topic!r}"
             ) from None
-        finally:
-            self._acks.pop(info.mid, None)
+        if not ok:
+            raise BrokerUnavailableError(f"cannot publish to {topic!r} on {self.url}")
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -188,34 +182,61 @@ class MqttBridge(Bridge):
 
     # --- lifecycle -------------------------------------------------------------------
 
+    def _shared_connection(self, gateway: Gateway) -> MqttConnection | None:
+        """The device bridge's connection, when it is to the same broker as this login."""
+        from safething_gateway.bridges.mqtt import MqttBridge
+
+        for bridge in gateway.bridges:
+            if (
+                isinstance(bridge, MqttBridge)
+                and bridge.host == self.host
+                and bridge.port == self.port
+                and bridge.connection.username == self._username
+            ):
+                return bridge.connection
+        return None
+
     async def start(self, gateway: Gateway) -> None:
-        if self._client is not None:
+        if self._connection is not None:
             return
         self._gateway = gateway
         self._loop = asyncio.get_running_loop()
-        with self._lock:
-            self._topics.update(self.topics())
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"safething-{self.name}-{secrets.token_hex(4)}",
-            clean_session=True,
-        )
-        if self._username is not None:
-            client.username_pw_set(self._username, self._password)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        client.on_publish = self._on_publish
-        client.reconnect_delay_set(1, 30)
-        self.prepare(client)
-        self._client = client
+        self._topics.update(self.topics())
         self._worker = self._loop.create_task(self._work(), name=f"{self.name}:worker")
-        client.connect_async(self.host, self.port, keepalive=30)
-        client.loop_start()
+        shared = self._shared_connection(gateway)
+        will = self.will()
+        if shared is not None:
+            self._connection = shared
+            self._forget_listener = shared.on_ready(self._became_ready)
+            if will is not None:
+                shared.set_will(self.will, now=True)  # registered by reconnecting
+            granted = shared.route(sorted(self._topics), self._on_message)
+            if shared.connected and not self._ready.is_set():
+                if granted is not None:
+                    await self._wait(granted)
+                if will is None:
+                    self._became_ready()
+        else:
+            connection = MqttConnection(
+                self.host,
+                self.port,
+                client_id=f"safething-{self.name}-{secrets.token_hex(4)}",
+                username=self._username,
+                password=self._password,
+                clean_session=True,
+                will=self.will,
+                label=self.name,
+            )
+            self._connection, self._owned = connection, True
+            self._forget_listener = connection.on_ready(self._became_ready)
+            connection.route(sorted(self._topics), self._on_message)
+            await connection.start()
+        await self._wait(self._ready.wait())
+
+    async def _wait(self, what: Awaitable[Any]) -> None:
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await self._ready.wait()
+                await what
         except TimeoutError:
             log.warning(
                 "%s: broker %s not reachable yet; retrying in the background", self.name, self.url
@@ -224,7 +245,7 @@ class MqttBridge(Bridge):
     async def close(self) -> None:
         if self._closed:
             return
-        if self._client is not None and self.is_connected():
+        if self.is_connected():
             try:
                 await self.on_close()
             except Exception:
@@ -238,14 +259,15 @@ class MqttBridge(Bridge):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        client = self._client
-        if client is not None:
-            client.disconnect()
-            await asyncio.to_thread(client.loop_stop)
-        for future in self._acks.values():
-            if not future.done():
-                future.set_exception(BrokerUnavailableError(f"bridge {self.name} closed"))
-        self._acks.clear()
+        if self._forget_listener is not None:
+            self._forget_listener()
+            self._forget_listener = None
+        connection = self._connection
+        if connection is not None:
+            if self._owned:
+                await connection.close()
+            else:
+                connection.unroute(sorted(self._topics))
 
     async def _work(self) -> None:
         while True:
@@ -257,99 +279,31 @@ class MqttBridge(Bridge):
             except Exception:
                 log.exception("%s: a handler failed; the bridge keeps going", self.name)
 
-    # --- paho callbacks (network thread) ------------------------------------------
+    # --- from the connection (event loop) -------------------------------------------
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is shutting down
-            loop.call_soon_threadsafe(fn, *args)
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: Any,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        if reason_code.is_failure:
-            log.warning(
-                "%s: broker %s refused the connection: %s", self.name, self.url, reason_code
-            )
-            return
-        with self._lock:
-            self._up = True
-            topics = sorted(self._topics)
-        mid: int | None = None
-        if topics:
-            _, mid = client.subscribe([(t, 1) for t in topics])
-        self._call(self._connected, mid)
-
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: Any,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        with self._lock:
-            self._up = False
-        if not self._closed:
-            log.info(
-                "%s: disconnected from %s (%s); reconnecting", self.name, self.url, reason_code
-            )
-
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        refused = [str(rc) for rc in reason_codes if rc.is_failure]
-        self._call(self._subscribed, mid, refused)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
         try:
             topic = message.topic
         except UnicodeDecodeError:
             log.warning("%s: dropping a message whose topic is not UTF-8", self.name)
             return
         job = functools.partial(self.on_message, topic, bytes(message.payload), message.retain)
-        self._call(self._jobs.put_nowait, job)
-
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        self._call(self._published, mid)
-
-    # --- back on the event loop -------------------------------------------------------
-
-    def _connected(self, mid: int | None) -> None:
-        self._connect_mid = mid
-        if mid is None:
-            self._became_ready()
-
-    def _subscribed(self, mid: int, refused: list[str]) -> None:
-        if refused:
-            log.warning("%s: the broker refused a subscription: %s", self.name, ", ".join(refused))
-        if mid == self._connect_mid:
-            self._became_ready()
+        self._jobs.put_nowait(job)
 
     def _became_ready(self) -> None:
+        if self._closed:
+            return
         self._ready.set()
         self.submit(self.on_connected)
 
-    def _published(self, mid: int) -> None:
-        future = self._acks.get(mid)
-        if future is not None and not future.done():
-            future.set_result(None)
+
+def __getattr__(name: str) -> Any:
+    if name == "MqttBridge":
+        warnings.warn(
+            "safething_gateway.adoption.client.MqttBridge is now MqttAdapter (the device "
+            "bridge is safething_gateway.bridges.mqtt.MqttBridge)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return MqttAdapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -66,16 +66,16 @@ from safething_gateway.adoption.base import (
     number_text,
     thing_id_for,
 )
-from safething_gateway.adoption.client import BrokerUnavailableError, MqttBridge
+from safething_gateway.adoption.client import BrokerUnavailableError, MqttAdapter
 
 __all__ = [
     "ABBREVIATIONS",
     "BROKER_AUTHENTICATED",  # from base, still importable from here
     "BrokerUnavailableError",  # from client, still importable from here
-    "ConfigError",
+    "DiscoveryConfigError",
     "HomeAssistantAdopter",
+    "MqttAdapter",  # from client, still importable from here
     "MqttAdopter",  # from base, still importable from here
-    "MqttBridge",  # from client, still importable from here
     "TemplateError",
     "ValueTemplate",
     "expand_config",
@@ -87,11 +87,11 @@ _MAX_DYNAMIC: Final = 50
 """Most dynamic attributes of one adopted thing (its histories must fit in one MD)."""
 
 
-class ConfigError(SafeThingError, ValueError):
+class DiscoveryConfigError(SafeThingError, ValueError):
     """A discovery config (or announcement) cannot be adopted; it is skipped."""
 
 
-class TemplateError(ConfigError):
+class TemplateError(DiscoveryConfigError):
     """A template is outside the supported subset, or does not apply to a payload."""
 
 
@@ -457,7 +457,7 @@ def _topic(config: Mapping[str, Any], key: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or "+" in value or "#" in value:
-        raise ConfigError(f"{key} must be a topic name, got {value!r}")
+        raise DiscoveryConfigError(f"{key} must be a topic name, got {value!r}")
     return value
 
 
@@ -466,7 +466,7 @@ def _template(config: Mapping[str, Any], key: str) -> ValueTemplate | None:
     if text is None:
         return None
     if not isinstance(text, str):
-        raise ConfigError(f"{key} must be a string")
+        raise DiscoveryConfigError(f"{key} must be a string")
     return ValueTemplate.parse(text)
 
 
@@ -475,7 +475,7 @@ def _number(config: Mapping[str, Any], key: str, default: float | None) -> float
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{key} must be a number, got {value!r}")
+        raise DiscoveryConfigError(f"{key} must be a number, got {value!r}")
     return float(value)
 
 
@@ -487,10 +487,10 @@ def _availability(config: Mapping[str, Any]) -> tuple[_Availability, ...]:
     if isinstance(listed, list):
         for item in listed:
             if not isinstance(item, Mapping):
-                raise ConfigError("availability items must be objects")
+                raise DiscoveryConfigError("availability items must be objects")
             topic = _topic(item, "topic")
             if topic is None:
-                raise ConfigError("an availability item needs a topic")
+                raise DiscoveryConfigError("an availability item needs a topic")
             items.append(
                 _Availability(
                     topic,
@@ -534,9 +534,10 @@ def _device_key(config: Mapping[str, Any], fallback: str) -> str:
 def _entity(
     key: str, source: str, component: str, object_id: str, config: Mapping[str, Any]
 ) -> _Entity:
-    """Map one expanded config to an entity; :class:`ConfigError` if it cannot be adopted."""
+    """Map one expanded config to an entity; :class:`DiscoveryConfigError` if it cannot be
+    adopted."""
     if component not in _SUPPORTED:
-        raise ConfigError(f"unsupported component {component!r}")
+        raise DiscoveryConfigError(f"unsupported component {component!r}")
     qos = config.get("qos", 0)
     entity = _Entity(
         key=key,
@@ -555,9 +556,9 @@ def _entity(
         availability=_availability(config),
     )
     if component in ("sensor", "binary_sensor") and entity.state_topic is None:
-        raise ConfigError(f"a {component} needs a state_topic")
+        raise DiscoveryConfigError(f"a {component} needs a state_topic")
     if component in ("switch", "light", "number", "select") and entity.command_topic is None:
-        raise ConfigError(f"a {component} needs a command_topic")
+        raise DiscoveryConfigError(f"a {component} needs a command_topic")
     if component == "sensor":
         options = config.get("options")
         device_class = config.get("device_class")
@@ -566,7 +567,7 @@ def _entity(
             entity.kind = "enum"
             entity.choices = tuple(dict.fromkeys(jinja_text(o)[:128] for o in options if o != ""))
             if not entity.choices:
-                raise ConfigError("an enum sensor needs at least one non-empty option")
+                raise DiscoveryConfigError("an enum sensor needs at least one non-empty option")
         elif (
             unit is not None
             or config.get("state_class") is not None
@@ -592,7 +593,7 @@ def _entity(
             elif schema in ("default", "basic"):
                 entity.template = _template(config, "state_value_template")
             else:
-                raise ConfigError(f"unsupported light schema {schema!r}")
+                raise DiscoveryConfigError(f"unsupported light schema {schema!r}")
         if entity.state_topic is None:
             entity.optimistic = True
     elif component == "number":
@@ -602,22 +603,22 @@ def _entity(
         entity.step = _number(config, "step", 1.0)
         low, high = entity.minimum, entity.maximum
         if low is not None and high is not None and low > high:
-            raise ConfigError("min is above max")
+            raise DiscoveryConfigError("min is above max")
         unit = config.get("unit_of_measurement")
         if isinstance(unit, str) and 0 < len(unit) <= 32:
             entity.unit = unit
     elif component == "select":
         options = config.get("options")
         if not isinstance(options, list) or not options:
-            raise ConfigError("a select needs a list of options")
+            raise DiscoveryConfigError("a select needs a list of options")
         entity.kind = "enum"
         entity.choices = tuple(dict.fromkeys(jinja_text(o)[:128] for o in options if o != ""))
         if not entity.choices:
-            raise ConfigError("a select needs at least one non-empty option")
+            raise DiscoveryConfigError("a select needs at least one non-empty option")
     if component in ("number", "select") and config.get("command_template") is not None:
         text = config["command_template"]
         if not isinstance(text, str):
-            raise ConfigError("command_template must be a string")
+            raise DiscoveryConfigError("command_template must be a string")
         entity.command_template = command_template(text)
     if component in ("number", "select") and entity.state_topic is None:
         entity.optimistic = True
@@ -699,7 +700,7 @@ class HomeAssistantAdopter(MqttAdopter):
             try:
                 doc = json.loads(payload)
                 if not isinstance(doc, dict):
-                    raise ConfigError("the payload is not a JSON object")
+                    raise DiscoveryConfigError("the payload is not a JSON object")
                 origin = doc.get("origin", doc.get("o"))
                 if isinstance(origin, Mapping) and origin.get("name") == PUBLISHER_ORIGIN:
                     return  # a SAFEthing published by a gateway: a thing already, not a device
@@ -709,7 +710,7 @@ class HomeAssistantAdopter(MqttAdopter):
                     config = apply_base(expand_config(doc))
                     entities = [_entity(topic, topic, component, object_id, config)]
                     self._learn_device(entities[0].device_key, config)
-            except (ValueError, ConfigError) as e:
+            except (ValueError, DiscoveryConfigError) as e:
                 log.warning("%s: skipping discovery config %s: %s", self.name, topic, e)
                 return
         self._replace(topic, entities)
@@ -718,10 +719,10 @@ class HomeAssistantAdopter(MqttAdopter):
         top = expand_config(doc)
         components = top.get("components")
         if not isinstance(components, Mapping) or not components:
-            raise ConfigError("a device config needs a 'cmps' object of components")
+            raise DiscoveryConfigError("a device config needs a 'cmps' object of components")
         device = top.get("device")
         if not isinstance(device, Mapping) or not device.get("identifiers"):
-            raise ConfigError("a device config needs 'dev' with 'ids'")
+            raise DiscoveryConfigError("a device config needs 'dev' with 'ids'")
         shared: dict[str, Any] = {k: top[k] for k in _SHARED if k in top}
         entities: list[_Entity] = []
         for cid, raw in components.items():
@@ -735,9 +736,9 @@ class HomeAssistantAdopter(MqttAdopter):
             config = apply_base({**shared, **config, "device": device})
             try:
                 if not isinstance(platform, str):
-                    raise ConfigError("the component has no platform ('p')")
+                    raise DiscoveryConfigError("the component has no platform ('p')")
                 entity = _entity(f"{topic}#{cid}", topic, platform, str(cid), config)
-            except ConfigError as e:
+            except DiscoveryConfigError as e:
                 log.warning("%s: %s: skipping component %r: %s", self.name, topic, cid, e)
                 continue
             entities.append(entity)
@@ -1028,7 +1029,7 @@ class HomeAssistantAdopter(MqttAdopter):
         for entity in found:
             if attr is None or entity.attr == attr:
                 return entity
-        raise ConfigError(f"the device no longer announces {attr or components[0]!r}")
+        raise DiscoveryConfigError(f"the device no longer announces {attr or components[0]!r}")
 
     async def _command(self, key: str, entity: _Entity, value: Any) -> None:
         assert entity.command_topic is not None
@@ -1093,3 +1094,18 @@ def _target_param(names: list[str]) -> list[Param]:
             description="which attribute of the device",
         )
     ]
+
+
+def __getattr__(name: str) -> Any:
+    import warnings
+
+    renamed = {"ConfigError": "DiscoveryConfigError", "MqttBridge": "MqttAdapter"}
+    if name in renamed:
+        warnings.warn(
+            f"{__name__}.{name} is now {renamed[name]} (class names are unique across the "
+            "gateway package)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[renamed[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -41,14 +41,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from safething.errors import NoSuchDataError, SafeThingError
 from safething.net import Client
 from safething.things import AccessType, Attribute, ThingClient, ThingDescription, ValueType
-from safething_gateway.adoption.client import MqttBridge
+from safething_gateway.adoption.client import MqttAdapter
 from safething_gateway.adoption.homeassistant import PUBLISHER_ORIGIN
 from safething_gateway.core import Gateway
+from safething_gateway.mqtt_client import Will
 
 __all__ = ["HomeAssistantPublisher"]
 
@@ -65,7 +64,7 @@ class _Published:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
-class HomeAssistantPublisher(MqttBridge):
+class HomeAssistantPublisher(MqttAdapter):
     """Makes the gateway's custodial things devices in Home Assistant."""
 
     name = "ha-publish"
@@ -106,8 +105,8 @@ class HomeAssistantPublisher(MqttBridge):
             f"{self.state_prefix}/+/$action/+",
         ]
 
-    def prepare(self, client: mqtt.Client) -> None:
-        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+    def will(self) -> Will:
+        return (self.status_topic, b"offline", True)
 
     def config_topic(self, thing_id: str) -> str:
         return f"{self.discovery_prefix}/device/{_node(thing_id)}/config"

@@ -1,0 +1,494 @@
+"""The one MQTT client of the gateway: a paho-mqtt client on its own thread, reporting
+to the event loop.
+
+Every MQTT user in the gateway goes through :class:`MqttConnection` (the device bridge,
+the adoption adapters, the Home Assistant publisher, the reference device), so the
+lessons learnt once hold everywhere: ``TCP_NODELAY`` on the socket (without it each
+QoS 1 exchange waits ~40 ms for Nagle and delayed ACKs), a cap on unacknowledged QoS 1
+messages in flight (paho's 16-bit message ids must never wrap), nothing queued by paho
+while disconnected (``max_queued_messages_set(0)``: a publish either goes out or fails
+at once), reconnects with back-off, and subscriptions added or removed at run time,
+renewed on every connection.
+
+**One connection per broker login.** The shipped Mosquitto config binds a client id to
+its login (``use_username_as_clientid``), so two connections with the gateway's login
+would throw each other off. The adapters therefore share the device bridge's connection
+when it talks to the same broker with the same login (:meth:`MqttConnection.route`):
+the messages of their topic filters go to them, everything else to the bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+__all__ = ["MqttConnection", "Will"]
+
+log = logging.getLogger("safething.gateway.mqtt")
+
+Will = tuple[str, bytes] | tuple[str, bytes, bool]
+"""A last will: ``(topic, payload)`` or ``(topic, payload, retain)``; sent with QoS 1."""
+
+MessageHandler = Callable[[mqtt.MQTTMessage], None]
+
+
+class MqttConnection:
+    """A paho-mqtt client on its own network thread, reporting to an asyncio loop.
+
+    paho's thread does sockets, keep-alive and reconnects with back-off; the
+    owner's callbacks (``on_connect(generation)``, ``on_disconnect()``,
+    ``on_message(message, generation)``) run on the event loop, in paho's order.
+    ``will`` runs on paho's thread before every connection attempt and returns the
+    last-will ``(topic, payload)`` to register for it. Used by the bridge and by
+    the reference device.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        client_id: str,
+        username: str | None = None,
+        password: str | None = None,
+        clean_session: bool = True,
+        manual_ack: bool = False,
+        max_inflight: int = 20,
+        keepalive: int = 30,
+        reconnect_delay: tuple[int, int] = (1, 30),
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_connect: Callable[[int], None] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+        on_message: Callable[[mqtt.MQTTMessage, int], None] | None = None,
+        will: Callable[[], Will | None] | None = None,
+        fail_on_disconnect: bool = False,
+        label: str = "mqtt",
+    ) -> None:
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+        self.host = host
+        self.port = port
+        self.username = username
+        self.label = label
+        self.subscriptions = list(subscriptions)
+        self.fail_on_disconnect = fail_on_disconnect
+        self._manual_ack = manual_ack
+        """Resolve unacknowledged publishes as False when the connection drops (paho
+        still sends them again after reconnecting)."""
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._on_message = on_message
+        self._will = will
+        self._routes: dict[str, MessageHandler] = {}
+        """Topic filter -> who gets its messages (instead of ``on_message``)."""
+        self._ready_listeners: list[Callable[[], None]] = []
+        self._subacks: dict[int, asyncio.Future[None]] = {}
+        self.connected = False
+        """The event loop's view: CONNACK seen and no disconnect since."""
+        self.connects = 0
+        """Successful connections so far (1 + reconnects)."""
+        self.last_error = ""
+        """Why the last connection attempt failed or the connection dropped."""
+        self.refused: str | None = None
+        """The broker's reason when it refused the last login (CONNACK), else None."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._up = asyncio.Event()
+        self._answer = asyncio.Event()
+        self._pubs: dict[int, asyncio.Future[bool]] = {}
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._subscribe_mid: int | None = None
+        self._failing = False
+        self._started = False
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv311,
+            clean_session=clean_session,
+            manual_ack=manual_ack,
+        )
+        if username is not None:
+            client.username_pw_set(username, password)
+        client.max_inflight_messages_set(max_inflight)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(*reconnect_delay)
+        client.on_connect = self._paho_connect
+        client.on_disconnect = self._paho_disconnect
+        client.on_connect_fail = self._paho_connect_fail
+        client.on_message = self._paho_message
+        client.on_publish = self._paho_publish
+        client.on_subscribe = self._paho_subscribe
+        client.on_socket_open = self._paho_socket_open
+        client.on_pre_connect = self._paho_pre_connect
+        self.client = client
+        self.keepalive = keepalive
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtt://{host}:{self.port}"
+
+    # --- lifecycle (event loop) ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start paho's network thread; it connects (and reconnects) in the background.
+        Can be called again after :meth:`close`."""
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._started = True
+        self.client.connect_async(self.host, self.port, self.keepalive)
+        self.client.loop_start()
+
+    async def wait_connected(
+        self, timeout: float | None = None, *, until_refused: bool = False
+    ) -> bool:
+        """True once connected and the broker has granted the subscriptions (so nothing
+        published from now on is missed); False if ``timeout`` seconds pass first or, with
+        ``until_refused``, as soon as the broker refuses the login (see :attr:`refused`)."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not self._up.is_set():
+                    if until_refused and self.refused is not None:
+                        return False
+                    self._answer.clear()
+                    await self._answer.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Disconnect cleanly (the broker drops the last will) and stop the thread."""
+        if not self._started:
+            return
+        self._started = False
+        self.client.disconnect()
+        await asyncio.to_thread(self.client.loop_stop)
+        self._set_down()
+        self._fail_pending()
+
+    async def abort(self) -> None:
+        """Drop the TCP connection without DISCONNECT, as a power cut would: the broker
+        publishes the last will. For tests and demos."""
+        if not self._started:
+            return
+        self._started = False
+
+        def cut() -> None:
+            sock = self.client.socket()
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self.client.loop_stop()
+
+        await asyncio.to_thread(cut)
+        self._set_down()
+        self._fail_pending()
+
+    # --- publishing and acknowledging (event loop) ------------------------------------
+
+    def publish(
+        self, topic: str, payload: bytes, qos: int, *, retain: bool = False
+    ) -> tuple[int, asyncio.Future[bool]]:
+        """Hand a message to paho; the future becomes True when it is delivered to the
+        broker (PUBACK for QoS 1, written to the socket for QoS 0)."""
+        assert self._loop is not None, "start() first"
+        future: asyncio.Future[bool] = self._loop.create_future()
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            log.warning(
+                "%s: cannot publish to %s: %s", self.label, topic, mqtt.error_string(info.rc)
+            )
+            future.set_result(False)
+        elif info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
+            future.set_result(False)  # paho keeps only QoS > 0 messages for later
+        else:
+            self._pubs[info.mid] = future
+        return info.mid, future
+
+    def ack(self, message: mqtt.MQTTMessage, generation: int) -> None:
+        """PUBACK a message received with ``manual_ack``, unless it came on an earlier
+        connection (its id may name another message now; the broker sends it again)."""
+        if message.qos == 0 or not self._manual_ack:
+            return
+        with self._lock:
+            if generation == self._generation and self.client.is_connected():
+                self.client.ack(message.mid, message.qos)
+
+    # --- paho's thread -> event loop ------------------------------------------------------
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _paho_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        if self._will is None:
+            return
+        try:
+            will = self._will()
+            if will is None:
+                client.will_clear()
+                return
+            retain = bool(will[2]) if len(will) == 3 else False
+            client.will_set(will[0], will[1], qos=1, retain=retain)
+        except Exception:
+            log.exception("%s: cannot prepare the last will", self.label)
+
+    def _paho_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Without TCP_NODELAY each QoS 1 exchange waits for Nagle + delayed ACK (~40 ms).
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _paho_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Any,
+    ) -> None:
+        if reason.is_failure:
+            self.last_error = str(reason)
+            if not self._failing:
+                self._failing = True
+                log.error("%s", _refusal(self.label, self.url, self.username, reason))
+            self._post(self._loop_refused, str(reason))
+            return
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        with self._lock:
+            wanted = list(self.subscriptions)
+        if wanted:
+            _, self._subscribe_mid = client.subscribe(wanted)
+        else:
+            self._subscribe_mid = None
+        if self._failing or self.connects:
+            log.info("%s: connected to %s again", self.label, self.url)
+        else:
+            log.info("%s: connected to %s", self.label, self.url)
+        self._failing = False
+        self._post(self._loop_connected, generation)
+
+    def _paho_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Any,
+    ) -> None:
+        if self._started and not self._failing:
+            self.last_error = str(reason)
+            log.warning(
+                "%s: lost the connection to %s (%s); reconnecting with back-off",
+                self.label,
+                self.url,
+                reason,
+            )
+        self._post(self._loop_disconnected)
+
+    def _paho_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self.last_error = "connection refused or unreachable"
+        if not self._failing:
+            self._failing = True
+            log.warning(
+                "%s: cannot reach the MQTT broker at %s (is Mosquitto running?); "
+                "retrying with back-off",
+                self.label,
+                self.url,
+            )
+
+    def _paho_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Any,
+    ) -> None:
+        if mid == self._subscribe_mid:
+            self._post(self._loop_subscribed)
+        else:
+            self._post(self._loop_suback, mid)
+        for (topic, _), reason in zip(self.subscriptions, reasons, strict=False):
+            if reason.is_failure:
+                log.error(
+                    "%s: the broker refused the subscription to %s (%s): check the ACL of %r",
+                    self.label,
+                    topic,
+                    reason,
+                    self.username,
+                )
+
+    def _paho_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        generation = self._generation  # paho's thread is the only writer
+        self._post(self._loop_message, message, generation)
+
+    def _paho_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any
+    ) -> None:
+        self._post(self._loop_published, mid, not reason.is_failure)
+
+    # --- event loop side ---------------------------------------------------------------
+
+    def _loop_connected(self, generation: int) -> None:
+        if not self._started:
+            return
+        self.connected = True
+        self.connects += 1
+        self.refused = None
+        if not self.subscriptions:
+            self._up.set()  # else once the broker has granted them (_loop_subscribed)
+        self._answer.set()
+        if not self.subscriptions:
+            self._tell_ready()
+        if self._on_connect is not None:
+            self._on_connect(generation)
+
+    def _loop_subscribed(self) -> None:
+        if self._started and self.connected:
+            self._up.set()
+            self._answer.set()
+            self._tell_ready()
+
+    def _loop_suback(self, mid: int) -> None:
+        granted = self._subacks.pop(mid, None)
+        if granted is not None and not granted.done():
+            granted.set_result(None)
+
+    def _tell_ready(self) -> None:
+        for listener in list(self._ready_listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("%s: a connection listener failed", self.label)
+
+    def _loop_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
+        handler = self._route_of(message)
+        if handler is not None:
+            try:
+                handler(message)
+            finally:
+                self.ack(message, generation)  # routed messages are taken at once
+            return
+        if self._on_message is not None:
+            self._on_message(message, generation)
+        elif self._manual_ack:
+            self.ack(message, generation)
+
+    def _route_of(self, message: mqtt.MQTTMessage) -> MessageHandler | None:
+        if not self._routes:
+            return None
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            return None
+        for pattern, handler in self._routes.items():
+            if mqtt.topic_matches_sub(pattern, topic):
+                return handler
+        return None
+
+    # --- run-time subscriptions and routes (event loop) ------------------------------
+
+    def route(
+        self, topics: Sequence[str], handler: MessageHandler, *, qos: int = 1
+    ) -> asyncio.Future[None] | None:
+        """Subscribe to ``topics`` now (if connected) and on every connection, and hand
+        their messages to ``handler`` on the event loop instead of ``on_message``.
+        Returns, when subscribed now, a future done once the broker granted it."""
+        new = [t for t in topics if t not in self._routes]
+        for topic in topics:
+            self._routes[topic] = handler
+        with self._lock:
+            known = {t for t, _ in self.subscriptions}
+            self.subscriptions += [(t, qos) for t in new if t not in known]
+        if new and self.connected and self._loop is not None:
+            _, mid = self.client.subscribe([(t, qos) for t in new])
+            granted: asyncio.Future[None] = self._loop.create_future()
+            if mid is None:
+                granted.set_result(None)  # not sent (the connection just dropped)
+            else:
+                self._subacks[mid] = granted
+            return granted
+        return None
+
+    def unroute(self, topics: Sequence[str]) -> None:
+        """Unsubscribe from ``topics`` (given to :meth:`route`)."""
+        gone = [t for t in topics if self._routes.pop(t, None) is not None]
+        with self._lock:
+            self.subscriptions = [(t, q) for t, q in self.subscriptions if t not in gone]
+        if gone and self.connected:
+            self.client.unsubscribe(gone)
+
+    def on_ready(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` on the event loop after each connection, once the broker
+        has granted the subscriptions; returns a function that removes it."""
+        self._ready_listeners.append(listener)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._ready_listeners.remove(listener)
+
+        return remove
+
+    def set_will(self, will: Callable[[], Will | None] | None, *, now: bool = False) -> None:
+        """Change the last will; it is registered at the next connection, or at once
+        with ``now`` (the connection is dropped and made again: a persistent session
+        keeps what the broker holds)."""
+        self._will = will
+        if now and self._started and self.connected:
+            sock = self.client.socket()
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _loop_refused(self, reason: str) -> None:
+        self.refused = reason
+        self._answer.set()
+
+    def _loop_disconnected(self) -> None:
+        was = self.connected
+        self._set_down()
+        if self.fail_on_disconnect:
+            self._fail_pending()
+        if was and self._on_disconnect is not None:
+            self._on_disconnect()
+
+    def _loop_published(self, mid: int, ok: bool) -> None:
+        future = self._pubs.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(ok)
+
+    def _set_down(self) -> None:
+        self.connected = False
+        self._up.clear()
+
+    def _fail_pending(self) -> None:
+        pubs, self._pubs = self._pubs, {}
+        for future in pubs.values():
+            if not future.done():
+                future.set_result(False)
+
+
+def _refusal(label: str, url: str, username: str | None, reason: ReasonCode) -> str:
+    text = str(reason)
+    if text in ("Not authorized", "Bad user name or password"):
+        who = f"the login {username!r}" if username else "an anonymous login"
+        return (
+            f"{label}: the broker at {url} refused {who} ({text}): check the password "
+            "file and the ACL, then reload Mosquitto; retrying with back-off"
+        )
+    return f"{label}: the broker at {url} refused the connection ({text}); retrying with back-off"
