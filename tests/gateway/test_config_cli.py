@@ -205,6 +205,37 @@ def test_the_default_config_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (loaded.source, loaded.coap.port) == (str(tmp_path / "gateway.toml"), 5999)
 
 
+def test_the_example_config_shows_every_setting_with_its_default_unless_marked() -> None:
+    """gateway.example.toml says: every setting; the default unless marked (default: ...)."""
+    import dataclasses
+    import tomllib
+
+    from safething_gateway.config import GatewayConfig
+
+    path = Path(__file__).parents[2] / "gateway" / "gateway.example.toml"
+    marked: set[tuple[str, str]] = set()
+    section_name = ""
+    for line in path.read_text().splitlines():
+        if line.startswith("["):
+            section_name = line.strip("[] ")
+        elif "=" in line and "(default:" in line:
+            marked.add((section_name, line.split("=")[0].strip()))
+    data = tomllib.loads(path.read_text())
+    defaults = GatewayConfig()
+    for section in dataclasses.fields(GatewayConfig):
+        if section.name == "source":
+            continue
+        shown = data.get(section.name)
+        assert shown is not None, f"[{section.name}] is missing"
+        for field in dataclasses.fields(getattr(defaults, section.name)):
+            assert field.name in shown, f"[{section.name}] {field.name} is missing"
+            if (section.name, field.name) not in marked:
+                default = getattr(getattr(defaults, section.name), field.name)
+                assert shown[field.name] == default, (
+                    f"[{section.name}] {field.name} differs from the default without saying so"
+                )
+
+
 def test_the_shipped_example_config_loads() -> None:
     config = load_config(Path(__file__).parents[2] / "gateway" / "gateway.example.toml")
     assert config.mqtt.reload_command == "sudo systemctl reload mosquitto"

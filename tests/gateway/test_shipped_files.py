@@ -50,7 +50,8 @@ def shipped_broker(etc: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
     text = snippet.replace("/etc/safething/", f"{etc}/").replace(
         "listener 1883 127.0.0.1", f"listener {port} 127.0.0.1"
     )
-    assert text.count(str(etc)) == 2 and f"listener {port} " in text
+    assert f"password_file {etc}/" in text and f"acl_file {etc}/" in text
+    assert f"listener {port} " in text
     (root / "conf.d" / "safething.conf").write_text(text)
     main_conf = (
         f"pid_file {root}/mosquitto.pid\npersistence true\npersistence_location {root}/mosq-lib/\n"
