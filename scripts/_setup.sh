@@ -30,6 +30,18 @@ setup_system() {
     fi
 }
 
+# Debian's Chromium for the console's browser tests (Playwright drives it; browsers are never
+# downloaded by `playwright install`). Only ./scripts/test needs it.
+setup_browser() {
+    if ! command -v chromium >/dev/null && [[ ! -x /usr/bin/chromium ]]; then
+        echo "safething: installing chromium (console browser tests)" >&2
+        local sudo=""
+        [[ $(id -u) -eq 0 ]] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    fi
+}
+
 setup_venv() {
     local extras="${1:-dev}"
     local stamp="$VENV/.safething-installed-$extras"

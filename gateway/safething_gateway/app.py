@@ -79,6 +79,8 @@ class GatewayApp(AsyncResource):
         self.registry: Registry | None = None
         self.broker: Mosquitto | None = None
         self.gateway: Gateway | None = None
+        self.console: Any = None
+        """The web console (``[console] enabled``), serving once :meth:`start` returns."""
         self._broker_dir: Any = None
 
     async def __aenter__(self) -> GatewayApp:
@@ -105,9 +107,37 @@ class GatewayApp(AsyncResource):
                 offline_after=cfg.gateway.offline_after,
             )
             await self.gateway.start()
+            if cfg.console.enabled:
+                await self._start_console(owner, mqtt_port)
         except BaseException:
             await self.close()
             raise
+
+    async def _start_console(self, owner: Identity, mqtt_port: int) -> None:
+        from dataclasses import replace
+
+        from safething_gateway.console import Console, ConsoleSettings
+        from safething_gateway.provisioning import DeviceEndpoints
+
+        c = self.config.console
+        assert self.store is not None and self.gateway is not None
+        self.console = Console(
+            store=self.store,
+            owner=owner,
+            settings=ConsoleSettings(
+                c.state_path,
+                bind=c.bind,
+                port=c.port,
+                session_idle_s=c.session_idle_s,
+                session_max_s=c.session_max_s,
+                tls_cert=c.tls_cert,
+                tls_key=c.tls_key,
+            ),
+            gateway=self.gateway,
+            endpoints=replace(DeviceEndpoints.from_config(self.config), mqtt_port=mqtt_port),
+        )
+        await self.console.start()
+        await self.console.serve()
 
     def _start_broker(self, port: int) -> int:
         import tempfile
@@ -190,9 +220,13 @@ class GatewayApp(AsyncResource):
         return bridges
 
     def endpoints(self) -> list[str]:
-        return self.gateway.endpoints() if self.gateway else []
+        found = self.gateway.endpoints() if self.gateway else []
+        return found + ([self.console.url] if self.console is not None else [])
 
     async def close(self) -> None:
+        if self.console is not None:
+            await self.console.close()
+            self.console = None
         if self.gateway is not None:
             await self.gateway.close()
             self.gateway = None

@@ -43,6 +43,16 @@
 
     [homeassistant]
     publish = false
+
+    [console]
+    enabled = false            # the web console in the gateway process
+    bind = "127.0.0.1"         # beyond loopback: set tls_cert/tls_key too
+    port = 8088
+    state_dir = ""             # "" = <user data dir>/safething/console (owner binding, audit log)
+    session_idle_s = 1800.0
+    session_max_s = 43200.0
+    tls_cert = ""              # PEM; its SHA-256 goes into provisioning QR codes
+    tls_key = ""
 """
 
 from __future__ import annotations
@@ -65,6 +75,7 @@ __all__ = [
     "AdoptionConfig",
     "CoapConfig",
     "ConfigError",
+    "ConsoleConfig",
     "GatewayConfig",
     "GatewaySection",
     "HttpConfig",
@@ -159,6 +170,24 @@ class HomeAssistantConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = 8088
+    state_dir: str = ""
+    session_idle_s: float = 1800.0
+    session_max_s: float = 43200.0
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    @property
+    def state_path(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        return Path(platformdirs.user_data_dir("safething", appauthor=False)) / "console"
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -166,6 +195,7 @@ class GatewayConfig:
     http: HttpConfig = field(default_factory=HttpConfig)
     adoption: AdoptionConfig = field(default_factory=AdoptionConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     source: str = "defaults"
 
     def with_overrides(self, **sections: dict[str, Any]) -> GatewayConfig:
@@ -185,6 +215,7 @@ _SECTIONS = {
     "http": HttpConfig,
     "adoption": AdoptionConfig,
     "homeassistant": HomeAssistantConfig,
+    "console": ConsoleConfig,
 }
 
 

@@ -195,6 +195,8 @@ class Gateway(AsyncResource):
         self.backlog = backlog
         """Most messages a device's bucket may hold after an outage (what a broker keeps)."""
         self.metrics = Metrics()
+        self.rejected_by_device: dict[str, dict[str, int]] = {}
+        """Refused messages per provisioned device and reason, since start (the console)."""
         self.things: dict[str, Thing] = {}
         self.liveness = Liveness(self.things, offline_after=offline_after)
         """Availability of the devices, written into their things."""
@@ -309,6 +311,9 @@ class Gateway(AsyncResource):
             self.metrics.inc(
                 "safething_gateway_rejected_total", reason=e.reason, transport=transport
             )
+            if self.registry.find(device_id) is not None:  # bounded: known devices only
+                counts = self.rejected_by_device.setdefault(device_id, {})
+                counts[e.reason] = counts.get(e.reason, 0) + 1
             log.info("rejected %s/%s via %s: %s", device_id, channel, transport, e)
             raise
         self.metrics.inc("safething_gateway_messages_in_total", transport=transport)

@@ -135,6 +135,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     def ready(app: Any) -> None:
         for endpoint in app.endpoints():
             out(f"serving {endpoint}")
+        if app.console is not None:
+            for line in app.console.announce():
+                out(line)
 
     asyncio.run(serve(config, on_ready=ready))
     return 0
@@ -150,28 +153,17 @@ def _device_config(
     wifi: dict[str, str],
     protocol: int = 2,
 ) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "format": "safething-device",
-        "version": 1,
-        "device_id": device_id,
-        "secret": secret.hex(),
-        "link": f"ST{protocol}",
-        "transport": transport,
-        "wifi": wifi,
-    }
-    if transport == "mqtt":
-        doc["mqtt"] = {
-            "host": host,
-            "port": config.mqtt.port,
-            "prefix": config.mqtt.prefix,
-            **extra,
-        }
-    elif transport == "coap":
-        doc["coap"] = {"host": host, "port": config.coap.port}
-    else:
-        name = f"[{host}]" if ":" in host else host
-        doc["http"] = {"url": f"http://{name}:{config.http.port}"}
-    return doc
+    from safething_gateway.provisioning import DeviceEndpoints, device_config
+
+    return device_config(
+        DeviceEndpoints.from_config(config, host),
+        device_id,
+        transport,
+        secret,
+        wifi=wifi,
+        mqtt_login=extra,
+        protocol=protocol,
+    )
 
 
 def lan_address() -> str | None:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from safething import __version__
-from safething.cli import bench, demo, gateway, identity, md, thing, vault
+from safething.cli import bench, console, demo, gateway, identity, md, thing, vault
 from safething.cli.common import add_identity_option, add_store_option
 from safething.errors import SafeThingError, TamperedDataError
 
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.register(sub)
     thing.register(sub)
     gateway.register(sub)
+    console.register(sub)
     for command in _commands(parser):
         _add_global_options(command, top=False)
     return parser

@@ -1,0 +1,455 @@
+"""Where the console's data comes from: things through a verified ThingClient, devices
+through the gateway's registry. The one module to switch when the data sources change.
+
+Every thing value the console shows comes from :class:`ThingClient` (or the
+:class:`MutableData` handles it opened), which verified its signature,
+permission and version and decrypted it with the owner's keys. The thing list
+is an index kept in memory, loaded once (each description verified) and kept
+current by the store's change feed, so a page of 10,000 things is a slice of
+a sorted list rather than 10,000 verified reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import itertools
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from safething.errors import (
+    AccessDeniedError,
+    NoSuchDataError,
+    NoSuchEntryError,
+    SafeThingError,
+)
+from safething.net import TAG_THING, Client, Identity, PublicIdentity, PublicSignKey
+from safething.store import Store
+from safething.things import ThingClient, ThingOwner, layout, set_status
+from safething.things.consumer import ThingView
+from safething.things.values import decode_payload, loads
+
+__all__ = [
+    "RANGES",
+    "AttributeValue",
+    "ConsoleData",
+    "DeviceRow",
+    "ThingIndex",
+    "ThingRow",
+    "fingerprint",
+]
+
+log = logging.getLogger("safething.console")
+
+RANGES = {"hour": 3600.0, "day": 86400.0, "30days": 30 * 86400.0}
+"""Chart ranges the thing page offers, in seconds."""
+CHART_POINTS = 240
+"""A chart never gets more points than this: the server downsamples (mean per bucket)."""
+
+
+def fingerprint(key: PublicSignKey | str) -> str:
+    """A key as people compare it: 64 hex digits in groups of four."""
+    text = key if isinstance(key, str) else key.hex()
+    return " ".join(text[i : i + 4] for i in range(0, len(text), 4))
+
+
+@dataclass(frozen=True, slots=True)
+class ThingRow:
+    """One thing in the index."""
+
+    id: str
+    title: str
+    status: str
+    key: str
+    """The thing's public sign key (hex)."""
+    owner: str
+    """Its owner's public sign key (hex)."""
+    attributes: tuple[str, ...]
+    topics: tuple[str, ...]
+    actions: tuple[str, ...]
+    registered: float = field(default_factory=time.time)
+    """When the console first saw it (for "new")."""
+
+    def matches(self, text: str) -> bool:
+        needle = text.casefold()
+        return any(
+            needle in item.casefold()
+            for item in (self.id, self.title, *self.attributes, *self.topics, *self.actions)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """One device of this gateway, as the devices page shows it."""
+
+    id: str
+    transport: str
+    state: str
+    """``online``, ``offline`` or ``revoked``."""
+    last_seen: float | None
+    rejected: dict[str, int]
+    """Refused messages by reason since the gateway started."""
+    described: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeValue:
+    """A dynamic attribute's latest value, verified."""
+
+    name: str
+    value: Any
+    seq: int
+    t: float
+    signer: str
+    """Hex sign key of the writer the net layer verified."""
+    error: str = ""
+
+
+class ThingIndex:
+    """Every thing in the store, verified once, kept current by the change feed."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, ThingRow] = {}
+        self.by_name: dict[str, str] = {}
+        """XorName hex of the thing MD -> thing id."""
+        self.loaded = False
+        self.version = 0
+        """Bumped on every change (pages that cache a sorted list compare it)."""
+        self._sorted: list[ThingRow] | None = None
+
+    def put(self, row: ThingRow, name_hex: str) -> None:
+        old = self.rows.get(row.id)
+        if old is not None:
+            row = ThingRow(**{**_fields(row), "registered": old.registered})
+        self.rows[row.id] = row
+        self.by_name[name_hex] = row.id
+        self.version += 1
+        self._sorted = None
+
+    def ordered(self) -> list[ThingRow]:
+        if self._sorted is None:
+            self._sorted = sorted(self.rows.values(), key=lambda r: r.id)
+        return self._sorted
+
+    def query(
+        self,
+        *,
+        search: str = "",
+        status: str = "",
+        has: str = "",
+        ids: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[ThingRow], int]:
+        """A page of things and how many match in all."""
+        only = set(ids) if ids is not None else None
+        skip = set(exclude) if exclude is not None else None
+        needle = has.casefold()
+        found = []
+        for row in self.ordered():
+            if status and row.status != status:
+                continue
+            if only is not None and row.id not in only:
+                continue
+            if skip is not None and row.id in skip:
+                continue
+            if needle and not any(needle in n.casefold() for n in (*row.topics, *row.actions)):
+                continue
+            if search and not row.matches(search):
+                continue
+            found.append(row)
+        return found[offset : offset + limit], len(found)
+
+
+def _fields(row: ThingRow) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in ThingRow.__slots__}
+
+
+def _row(view: ThingView) -> ThingRow:
+    d = view.description
+    return ThingRow(
+        d.id,
+        d.title,
+        view.status,
+        view.thing.sign_key.hex(),
+        view.owner.sign_key.hex(),
+        tuple(a.name for a in d.attributes),
+        tuple(t.name for t in d.topics),
+        tuple(a.name for a in d.actions),
+    )
+
+
+class ConsoleData:
+    """Things (verified reads, owner-signed writes) and the gateway's devices."""
+
+    def __init__(
+        self,
+        store: Store,
+        owner: Identity,
+        *,
+        registry: Any = None,
+        gateway: Any = None,
+    ) -> None:
+        self.store = store
+        self.owner = owner
+        self.registry = registry if registry is not None else getattr(gateway, "registry", None)
+        self.gateway = gateway
+        self.reader = ThingClient(Client(store, owner))
+        """Reads as the owner, so Owner and Group values can be decrypted."""
+        self.index = ThingIndex()
+        self._clients: dict[str, ThingClient] = {}
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+        await self.reader.close()
+
+    def client_for(self, key: str, identity: Identity) -> ThingClient:
+        """The ThingClient that signs as ``identity`` (one per session)."""
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = ThingClient(Client(self.store, identity))
+        return client
+
+    async def forget_client(self, key: str) -> None:
+        client = self._clients.pop(key, None)
+        if client is not None:
+            await client.close()
+
+    # --- the index -------------------------------------------------------------------
+
+    async def load_index(self) -> int:
+        """Read every thing in the store (each verified); returns how many were found."""
+        client = self.reader.client
+        for address in await client.list_mds(TAG_THING):
+            await self.learn(address.name.hex())
+        self.index.loaded = True
+        return len(self.index.rows)
+
+    async def learn(self, name_hex: str) -> ThingRow | None:
+        """(Re)read the thing whose MD has this XorName; None if it is not a valid thing."""
+        thing_id = self.index.by_name.get(name_hex)
+        try:
+            if thing_id is None:
+                thing_id = await self._thing_id(name_hex)
+            view = await self.reader.view(thing_id, refresh=True)
+        except (NoSuchEntryError, NoSuchDataError):
+            return None
+        except (SafeThingError, ValueError, TypeError, KeyError) as e:
+            log.warning("skipping MD %s: not a valid thing: %s", name_hex[:16], e)
+            return None
+        row = _row(view)
+        self.index.put(row, name_hex)
+        return self.index.rows[row.id]
+
+    async def _thing_id(self, name_hex: str) -> str:
+        from safething.net import XorName
+
+        md = self.reader.client.md(XorName.from_hex(name_hex), TAG_THING)
+        doc = loads(await md.get_value(layout.DESC), "description")
+        thing_id = doc.get("id") if isinstance(doc, dict) else None
+        if (
+            not isinstance(thing_id, str)
+            or layout.ThingAddresses.of(thing_id).thing.name.hex() != name_hex
+        ):
+            raise ValueError("its description names another thing")
+        return thing_id
+
+    # --- one thing -------------------------------------------------------------------
+
+    async def view(self, thing_id: str) -> ThingView:
+        return await self.reader.view(thing_id, refresh=True)
+
+    async def value(self, view: ThingView, name: str) -> AttributeValue:
+        """The latest value of dynamic attribute ``name``, verified, with its signer."""
+        try:
+            entry = await view.md.get(layout.attr_key(name))
+        except NoSuchEntryError:
+            return AttributeValue(name, None, 0, 0.0, "", "no value yet")
+        try:
+            seq, t, value = decode_payload(entry.value or b"", view.ring, f"attribute {name!r}")
+        except AccessDeniedError:
+            return AttributeValue(name, None, 0, 0.0, entry.signer.hex(), "encrypted for others")
+        return AttributeValue(name, value, seq, t, entry.signer.hex())
+
+    async def events(self, view: ThingView, topic: str, limit: int = 10) -> list[dict[str, Any]]:
+        try:
+            notes = await self.reader.events(view.thing_id, topic)
+        except AccessDeniedError:
+            return []
+        return [
+            {
+                "seq": n.seq,
+                "t": n.timestamp,
+                "value": n.value,
+                "signer": n.signer.hex() if n.signer else "",
+            }
+            for n in notes[-limit:]
+        ][::-1]
+
+    async def subscriptions(self, view: ThingView) -> list[dict[str, Any]]:
+        """The subscriptions this thing keeps (its ``sub/`` entries)."""
+        result = []
+        with contextlib.suppress(SafeThingError):
+            for key, entry in (await view.md.entries()).items():
+                if not key.startswith(b"sub/") or entry.value is None:
+                    continue
+                with contextlib.suppress(SafeThingError):
+                    doc = loads(entry.value, "subscription")
+                    if isinstance(doc, dict):
+                        result.append(
+                            {
+                                "thing": str(doc.get("thing", "")),
+                                "kind": str(doc.get("kind", "")),
+                                "name": str(doc.get("name", "")),
+                                "filter": str(doc.get("filter", "")),
+                            }
+                        )
+        return result
+
+    def subscribers(self, thing_id: str) -> list[str]:
+        """Things known to subscribe to ``thing_id`` (not tracked yet: empty)."""
+        return []
+
+    async def members(self, identity: Identity, thing_id: str) -> list[str]:
+        try:
+            return [
+                k.hex() for k in await ThingOwner(Client(self.store, identity), thing_id).members()
+            ]
+        except SafeThingError:
+            return []
+
+    async def history(self, thing_id: str, attribute: str, range_name: str) -> dict[str, Any]:
+        """Chart data: times, values (None where there is a gap), downsampled on the server."""
+        span = RANGES.get(range_name, RANGES["hour"])
+        until = time.time()
+        since = until - span
+        every = span / CHART_POINTS
+        view = await self.reader.view(thing_id)
+        attr = view.description.attribute(attribute)
+        points = await self._points(thing_id, attribute, since, until, every)
+        return {
+            "unit": attr.schema.unit or "",
+            "since": since,
+            "until": until,
+            **_buckets(points, since, until, every),
+        }
+
+    async def _points(
+        self, thing_id: str, attribute: str, since: float, until: float, every: float
+    ) -> list[tuple[float, float]]:
+        history = self.reader.history
+        params = inspect.signature(history).parameters
+        if "since" in params:  # the archived history API
+            readings: Any = await history(  # type: ignore[call-arg]
+                thing_id, attribute, since=since, until=until
+            )
+        else:
+            readings = await history(thing_id, attribute)
+        points = []
+        for r in readings:
+            t = getattr(r, "timestamp", None)
+            v = getattr(r, "value", None)
+            if (
+                isinstance(t, int | float)
+                and isinstance(v, int | float)
+                and not isinstance(v, bool)
+            ) and since <= t <= until:
+                points.append((float(t), float(v)))
+        return sorted(points)
+
+    # --- commands (signed by the session's identity) --------------------------------------
+
+    async def set_status(self, identity: Identity, thing_id: str, status: str) -> str:
+        old = await set_status(Client(self.store, identity), thing_id, status)
+        await self.learn(layout.ThingAddresses.of(thing_id).thing.name.hex())
+        return old
+
+    async def add_member(
+        self, identity: Identity, thing_id: str, sign_hex: str, enc_hex: str
+    ) -> None:
+        from safething.net import PublicEncryptionKey
+
+        member = PublicIdentity(
+            PublicSignKey.from_hex(sign_hex.strip()), PublicEncryptionKey.from_hex(enc_hex.strip())
+        )
+        await ThingOwner(Client(self.store, identity), thing_id).add_member(member)
+
+    async def remove_member(self, identity: Identity, thing_id: str, sign_hex: str) -> None:
+        await ThingOwner(Client(self.store, identity), thing_id).remove_member(
+            PublicSignKey.from_hex(sign_hex.strip())
+        )
+
+    # --- devices of this gateway ---------------------------------------------------------
+
+    def devices(self) -> list[DeviceRow]:
+        if self.registry is None:
+            return []
+        rejected: dict[str, dict[str, int]] = getattr(self.gateway, "rejected_by_device", {}) or {}
+        return [
+            DeviceRow(
+                r.device_id,
+                r.transport,
+                "revoked" if r.revoked else ("online" if r.online else "offline"),
+                r.last_seen,
+                dict(rejected.get(r.device_id, {})),
+                r.description is not None,
+            )
+            for r in self.registry.devices()
+        ]
+
+    def device_map(self) -> dict[str, DeviceRow]:
+        return {d.id: d for d in self.devices()}
+
+    def revoke(self, device_id: str) -> None:
+        if self.registry is None:
+            raise NoSuchDataError("this console runs without a gateway: no devices")
+        self.registry.revoke(device_id)
+
+
+def _buckets(
+    points: list[tuple[float, float]], since: float, until: float, every: float
+) -> dict[str, list[Any]]:
+    """Raw points when few, else the mean per bucket; a gap in the data stays a gap (None)."""
+    if len(points) <= CHART_POINTS:
+        return _raw(points)
+    sums: dict[int, list[float]] = {}
+    for t, v in points:
+        b = min(int((t - since) // every), CHART_POINTS - 1)
+        acc = sums.setdefault(b, [0.0, 0.0, math.inf, -math.inf])
+        acc[0] += v
+        acc[1] += 1
+        acc[2] = min(acc[2], v)
+        acc[3] = max(acc[3], v)
+    times: list[float] = []
+    values: list[float | None] = []
+    last: int | None = None
+    for b in sorted(sums):
+        if last is not None and b - last > 2:
+            times.append(since + (last + 1) * every)
+            values.append(None)
+        s = sums[b]
+        times.append(round(since + (b + 0.5) * every, 3))
+        values.append(round(s[0] / s[1], 6))
+        last = b
+    return {"t": times, "v": values}
+
+
+def _raw(points: list[tuple[float, float]]) -> dict[str, list[Any]]:
+    steps = sorted(b[0] - a[0] for a, b in itertools.pairwise(points))
+    typical = steps[len(steps) // 2] if steps else 0.0
+    times: list[float] = []
+    values: list[float | None] = []
+    for i, (t, v) in enumerate(points):
+        if i and typical > 0 and t - points[i - 1][0] > 5 * typical:
+            times.append(points[i - 1][0] + typical)
+            values.append(None)
+        times.append(round(t, 3))
+        values.append(v)
+    return {"t": times, "v": values}
