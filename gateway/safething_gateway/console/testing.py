@@ -56,7 +56,9 @@ class ConsoleSite:
         self.with_garden = with_garden
         self.owner = Identity.generate("owner")
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="console-site", daemon=True)
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="console-site", daemon=True
+        )
         self.store: Store | None = None
         self.registry: Registry | None = None
         self.gateway: Gateway | None = None
