@@ -27,6 +27,7 @@ PACKAGES = {
 OWNERS = {
     "safething_gateway": "gateway",
     "safething.store.nats": "nats",
+    "safething_gateway.console": "console",
 }
 """Module prefix -> the extra that must be installed to import it."""
 

@@ -311,8 +311,10 @@ class Gateway(AsyncResource):
             self.metrics.inc(
                 "safething_gateway_rejected_total", reason=e.reason, transport=transport
             )
-            if self.registry.find(device_id) is not None:  # bounded: known devices only
-                counts = self.rejected_by_device.setdefault(device_id, {})
+            counts = self.rejected_by_device.get(device_id)
+            if counts is None and len(self.rejected_by_device) < 10_000:  # bounded
+                counts = self.rejected_by_device[device_id] = {}
+            if counts is not None:
                 counts[e.reason] = counts.get(e.reason, 0) + 1
             log.info("rejected %s/%s via %s: %s", device_id, channel, transport, e)
             raise

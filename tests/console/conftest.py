@@ -20,7 +20,7 @@ from safething_gateway.console.testing import CHROMIUM, ConsoleSite, launch_chro
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # sync Playwright keeps a loop running: never past this module
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (./scripts/test installs it)")

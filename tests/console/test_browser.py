@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from safething.net import Client, Identity
 from safething.things import Attribute, Thing, ThingClient, ThingDescription
@@ -129,6 +130,7 @@ def test_find_the_gardening_device(page: Any, site: ConsoleSite, shots: Path) ->
 
 def test_publish_a_new_thing_after_comparing_its_fingerprint(page: Any, site: ConsoleSite) -> None:
     page.goto(site.url + "/things?status=registered")
+    page.wait_for_selector("body[data-stream='open']")
     identity = register_new_thing(site, "greenhouse-fan-01")
     row = page.locator("li.thing-row[data-thing='greenhouse-fan-01']")
     row.wait_for()  # the list follows the store: the new thing appears without a reload
@@ -153,16 +155,13 @@ def test_a_dynamic_attribute_changes_live_and_its_chart_gains_a_point(
     page.goto(f"{site.url}/things/{site.garden_id}")
     chart = page.locator(".chart[data-attr='moisture']")
     page.wait_for_selector(".chart[data-attr='moisture'][data-ready='1']")
+    page.wait_for_selector("body[data-stream='open']")
     before = int(chart.get_attribute("data-points") or 0)
     assert site.garden is not None
     site.call(site.garden.set("moisture", 77.5))
     value = page.locator(f"[data-value='{site.garden_id}|moisture']")
-    page.wait_for_function(
-        "el => el.textContent === '77.5'", arg=value.element_handle(), timeout=10_000
-    )
-    page.wait_for_function(
-        f"el => Number(el.dataset.points) > {before}", arg=chart.element_handle()
-    )
+    expect(value).to_have_text("77.5")
+    expect(chart).to_have_attribute("data-points", str(before + 1))
     assert site.garden.identity.public_sign_key.hex().startswith(
         page.get_attribute(f"[data-signer='{site.garden_id}|moisture']", "title")[:16]
     )
@@ -259,7 +258,7 @@ def test_a_cross_site_post_is_refused(
     )
     assert status_of(site, site.garden_id) == "published"
     page.goto(url + "/prize")
-    page.wait_for_function("document.body && document.body.innerText.includes('refused')")
+    expect(page.locator("body")).to_contain_text("refused")
     # the forged request reached the console (the owner's cookie went with it: same site)...
     assert "cross-site request refused" in page.inner_text("body")
     # ...and did nothing
@@ -301,7 +300,7 @@ def test_the_stream_closes_while_the_tab_is_hidden(page: Any, site: ConsoleSite)
     assert site.console is not None
     hub = site.console.hub
     page.goto(f"{site.url}/things/{site.garden_id}")
-    page.wait_for_function("document.body.dataset.stream === 'open'")
+    page.wait_for_selector("body[data-stream='open']")
     key = f"thing:{site.garden_id}"
     deadline = time.monotonic() + 10
     while not hub.watching(key) and time.monotonic() < deadline:
@@ -312,7 +311,7 @@ def test_the_stream_closes_while_the_tab_is_hidden(page: Any, site: ConsoleSite)
         time.sleep(0.05)
     assert not hub.watching(key), "the server dropped the hidden tab's stream"
     page.evaluate(SET_VISIBILITY, "visible")
-    page.wait_for_function("document.body.dataset.stream === 'open'")
+    page.wait_for_selector("body[data-stream='open']")
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,14 @@ a sorted list rather than 10,000 verified reads.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import itertools
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,22 @@ class ThingIndex:
         self.version = 0
         """Bumped on every change (pages that cache a sorted list compare it)."""
         self._sorted: list[ThingRow] | None = None
+        self._changed = asyncio.Event()
+
+    def _bump(self) -> None:
+        self.version += 1
+        self._sorted = None
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def set_loaded(self) -> None:
+        self.loaded = True
+        self._bump()
+
+    async def wait_for(self, predicate: Callable[[ThingIndex], bool]) -> None:
+        """Until ``predicate(index)`` holds (checked after every change)."""
+        while not predicate(self):
+            await self._changed.wait()
 
     def put(self, row: ThingRow, name_hex: str) -> None:
         old = self.rows.get(row.id)
@@ -127,8 +144,7 @@ class ThingIndex:
             row = ThingRow(**{**_fields(row), "registered": old.registered})
         self.rows[row.id] = row
         self.by_name[name_hex] = row.id
-        self.version += 1
-        self._sorted = None
+        self._bump()
 
     def ordered(self) -> list[ThingRow]:
         if self._sorted is None:
@@ -229,7 +245,7 @@ class ConsoleData:
         client = self.reader.client
         for address in await client.list_mds(TAG_THING):
             await self.learn(address.name.hex())
-        self.index.loaded = True
+        self.index.set_loaded()
         return len(self.index.rows)
 
     async def learn(self, name_hex: str) -> ThingRow | None:

@@ -85,7 +85,7 @@ class Hub:
         listener = Listener(keys)
         self.listeners.add(listener)
         try:
-            yield "retry: 2000\n\n"
+            yield "retry: 2000\n\n" + _sse("hello", {"keys": sorted(keys)})
             for key in keys:
                 if key.startswith("thing:"):
                     await self._snapshot(listener, key[len("thing:") :])

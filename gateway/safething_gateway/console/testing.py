@@ -153,8 +153,7 @@ class ConsoleSite:
         assert self.console is not None
         index = self.console.data.index
         async with asyncio.timeout(timeout):
-            while not index.loaded or (thing_id is not None and thing_id not in index.rows):
-                await asyncio.sleep(0.02)
+            await index.wait_for(lambda i: i.loaded and (thing_id is None or thing_id in i.rows))
 
     async def _stop(self) -> None:
         if self.console is not None:

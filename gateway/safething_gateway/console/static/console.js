@@ -68,8 +68,10 @@
   function open() {
     if (source || !keys()) return;
     source = new EventSource("/live?keys=" + encodeURIComponent(keys()));
-    document.body.dataset.stream = "open";
+    document.body.dataset.stream = "opening";
     function on(name, fn) { source.addEventListener(name, function (e) { fn(JSON.parse(e.data)); }); }
+    // the server listens from here on; catch up on what changed while the stream was closed
+    on("hello", function () { document.body.dataset.stream = "open"; refresh("things-rows"); refresh("devices-rows"); });
     on("value", onValue);
     on("event", onEvent);
     on("action", onAction);
