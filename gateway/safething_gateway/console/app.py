@@ -218,12 +218,8 @@ def create_app(console: Console) -> Any:
         where = q.get("gateway", "")
         ids: set[str] | None = None
         exclude: set[str] | None = None
-        if online or transport or where == "this":
-            ids = {
-                d.id
-                for d in devices.values()
-                if (not online or d.state == online) and (not transport or d.transport == transport)
-            }
+        if transport or where == "this":
+            ids = {d.id for d in devices.values() if not transport or d.transport == transport}
         elif where == "other":
             exclude = set(devices)
         try:
@@ -235,6 +231,7 @@ def create_app(console: Console) -> Any:
         rows, total = data.index.query(
             search=q.get("q", "")[:100],
             status=q.get("status", ""),
+            online=online,
             has=q.get("has", "")[:100],
             ids=ids,
             exclude=exclude,
@@ -288,6 +285,7 @@ def create_app(console: Console) -> Any:
             members=await data.members(session.identity, thing_id),
             is_owner=view.owner.sign_key == session.identity.public_sign_key,
             device=data.device_map().get(thing_id),
+            row=data.index.rows.get(thing_id),
             ranges=list(RANGES),
             input_of=_input_of,
         )

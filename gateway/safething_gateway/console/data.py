@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import itertools
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,7 +27,7 @@ from safething.errors import (
 )
 from safething.net import TAG_THING, Client, Identity, PublicIdentity, PublicSignKey
 from safething.store import Store
-from safething.things import ThingClient, ThingOwner, layout, set_status
+from safething.things import Availability, ThingClient, ThingOwner, layout, set_status
 from safething.things.consumer import ThingView
 from safething.things.values import decode_payload, loads
 
@@ -72,6 +69,10 @@ class ThingRow:
     attributes: tuple[str, ...]
     topics: tuple[str, ...]
     actions: tuple[str, ...]
+    online: bool | None = None
+    """Availability as last written (by the thing or its gateway): None when never said."""
+    last_seen: float | None = None
+    """When it (or its gateway) last vouched for it."""
     registered: float = field(default_factory=time.time)
     """When the console first saw it (for "new")."""
 
@@ -156,6 +157,7 @@ class ThingIndex:
         *,
         search: str = "",
         status: str = "",
+        online: str = "",
         has: str = "",
         ids: Iterable[str] | None = None,
         exclude: Iterable[str] | None = None,
@@ -169,6 +171,8 @@ class ThingIndex:
         found = []
         for row in self.ordered():
             if status and row.status != status:
+                continue
+            if online and {True: "online", False: "offline", None: "unknown"}[row.online] != online:
                 continue
             if only is not None and row.id not in only:
                 continue
@@ -186,7 +190,7 @@ def _fields(row: ThingRow) -> dict[str, Any]:
     return {name: getattr(row, name) for name in ThingRow.__slots__}
 
 
-def _row(view: ThingView) -> ThingRow:
+def _row(view: ThingView, live: Availability) -> ThingRow:
     d = view.description
     return ThingRow(
         d.id,
@@ -197,6 +201,8 @@ def _row(view: ThingView) -> ThingRow:
         tuple(a.name for a in d.attributes),
         tuple(t.name for t in d.topics),
         tuple(a.name for a in d.actions),
+        live.online,
+        live.last_seen,
     )
 
 
@@ -260,7 +266,11 @@ class ConsoleData:
         except (SafeThingError, ValueError, TypeError, KeyError) as e:
             log.warning("skipping MD %s: not a valid thing: %s", name_hex[:16], e)
             return None
-        row = _row(view)
+        try:
+            live = await self.reader.availability(thing_id)
+        except (SafeThingError, ValueError, KeyError, TypeError):
+            live = Availability(thing_id, None)
+        row = _row(view, live)
         self.index.put(row, name_hex)
         return self.index.rows[row.id]
 
@@ -354,31 +364,21 @@ class ConsoleData:
             "unit": attr.schema.unit or "",
             "since": since,
             "until": until,
-            **_buckets(points, since, until, every),
+            **_series(points, every),
         }
 
     async def _points(
         self, thing_id: str, attribute: str, since: float, until: float, every: float
-    ) -> list[tuple[float, float]]:
-        history = self.reader.history
-        params = inspect.signature(history).parameters
-        if "since" in params:  # the archived history API
-            readings: Any = await history(  # type: ignore[call-arg]
-                thing_id, attribute, since=since, until=until
-            )
-        else:
-            readings = await history(thing_id, attribute)
-        points = []
-        for r in readings:
-            t = getattr(r, "timestamp", None)
-            v = getattr(r, "value", None)
-            if (
-                isinstance(t, int | float)
-                and isinstance(v, int | float)
-                and not isinstance(v, bool)
-            ) and since <= t <= until:
-                points.append((float(t), float(v)))
-        return sorted(points)
+    ) -> list[tuple[float, float | None]]:
+        """Mean per ``every`` seconds from the archive and the ring (verified by ThingClient)."""
+        buckets = await self.reader.history(
+            thing_id, attribute, since=since, until=until, every=every
+        )
+        return [
+            (b.start + every / 2, b.mean if b.count else None)
+            for b in buckets
+            if b.start + every / 2 <= until
+        ]
 
     # --- commands (signed by the session's identity) --------------------------------------
 
@@ -429,43 +429,19 @@ class ConsoleData:
         self.registry.revoke(device_id)
 
 
-def _buckets(
-    points: list[tuple[float, float]], since: float, until: float, every: float
-) -> dict[str, list[Any]]:
-    """Raw points when few, else the mean per bucket; a gap in the data stays a gap (None)."""
-    if len(points) <= CHART_POINTS:
-        return _raw(points)
-    sums: dict[int, list[float]] = {}
+def _series(points: list[tuple[float, float | None]], every: float) -> dict[str, list[Any]]:
+    """Times and values for the chart; a run of empty buckets is one gap (None)."""
+    times: list[float] = []
+    values: list[float | None] = []
     for t, v in points:
-        b = min(int((t - since) // every), CHART_POINTS - 1)
-        acc = sums.setdefault(b, [0.0, 0.0, math.inf, -math.inf])
-        acc[0] += v
-        acc[1] += 1
-        acc[2] = min(acc[2], v)
-        acc[3] = max(acc[3], v)
-    times: list[float] = []
-    values: list[float | None] = []
-    last: int | None = None
-    for b in sorted(sums):
-        if last is not None and b - last > 2:
-            times.append(since + (last + 1) * every)
-            values.append(None)
-        s = sums[b]
-        times.append(round(since + (b + 0.5) * every, 3))
-        values.append(round(s[0] / s[1], 6))
-        last = b
-    return {"t": times, "v": values}
-
-
-def _raw(points: list[tuple[float, float]]) -> dict[str, list[Any]]:
-    steps = sorted(b[0] - a[0] for a, b in itertools.pairwise(points))
-    typical = steps[len(steps) // 2] if steps else 0.0
-    times: list[float] = []
-    values: list[float | None] = []
-    for i, (t, v) in enumerate(points):
-        if i and typical > 0 and t - points[i - 1][0] > 5 * typical:
-            times.append(points[i - 1][0] + typical)
+        if v is None:
+            if values and values[-1] is not None:
+                times.append(round(t, 3))
+                values.append(None)
+            continue
+        if times and t - times[-1] > 2.5 * every and values[-1] is not None:
+            times.append(round(times[-1] + every, 3))
             values.append(None)
         times.append(round(t, 3))
-        values.append(v)
+        values.append(round(v, 6))
     return {"t": times, "v": values}

@@ -109,7 +109,14 @@ class Hub:
                 listener.send(
                     _sse("value", self._value_doc(thing_id, await self.data.value(view, attr.name)))
                 )
-        listener.send(_sse("status", {"thing": thing_id, "status": view.status}))
+        row = self.data.index.rows.get(thing_id)
+        if row is not None:
+            listener.send(_sse("status", self._status_doc(row)))
+
+    @staticmethod
+    def _status_doc(row: Any) -> dict[str, Any]:
+        online = {True: "online", False: "offline", None: "unknown"}[row.online]
+        return {"thing": row.id, "status": row.status, "online": online, "last_seen": row.last_seen}
 
     @staticmethod
     def _value_doc(thing_id: str, v: Any) -> dict[str, Any]:
@@ -146,12 +153,12 @@ class Hub:
             return
         key = bytes.fromhex(parts[4]).decode(errors="replace")
         thing_id = self.data.index.by_name.get(name_hex)
-        if key in ("desc", "keys", "status") or thing_id is None:
+        if key in ("desc", "keys", "status", "live") or thing_id is None:
             row = await self.data.learn(name_hex)
             if row is None:
                 return
             self.publish("things", "things", {"thing": row.id})
-            self.publish(f"thing:{row.id}", "status", {"thing": row.id, "status": row.status})
+            self.publish(f"thing:{row.id}", "status", self._status_doc(row))
             return
         listen = f"thing:{thing_id}"
         if not self.watching(listen):

@@ -61,7 +61,11 @@
     });
   }
 
-  function onStatus(m) { each(sel("data-status", m.thing), function (el) { el.textContent = m.status; el.className = "badge " + m.status; }); }
+  function onStatus(m) {
+    each(sel("data-status", m.thing), function (el) { el.textContent = m.status; el.className = "badge " + m.status; });
+    each(sel("data-online", m.thing), function (el) { el.textContent = m.online; el.className = "badge " + m.online; });
+    each(sel("data-seen", m.thing), function (el) { el.textContent = when(m.last_seen); });
+  }
 
   function refresh(id) { var el = document.getElementById(id); if (el && window.htmx) htmx.trigger(el, "refresh"); }
 
