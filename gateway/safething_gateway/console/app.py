@@ -457,6 +457,7 @@ def create_app(console: Console) -> Any:
                 record.secret,
                 wifi={"ssid": f.get("wifi_ssid", ""), "password": f.get("wifi_password", "")},
                 console_tls=console.tls_fingerprint,
+                protocol=record.protocol,
             )
         except (SafeThingError, ValueError) as e:
             return page(request, "provision.html", 400, doc=None, gateway=True, error=str(e))

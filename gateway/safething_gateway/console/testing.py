@@ -22,9 +22,7 @@ from safething.net import Identity
 from safething.store import Store, open_store
 from safething.things import ActionRequest, Thing
 from safething_gateway.console.console import Console, ConsoleSettings
-from safething_gateway.core import Gateway
 from safething_gateway.provisioning import DeviceEndpoints
-from safething_gateway.registry import Registry
 
 __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "ConsoleSite", "launch_chromium"]
 
@@ -60,8 +58,10 @@ class ConsoleSite:
             target=self.loop.run_forever, name="console-site", daemon=True
         )
         self.store: Store | None = None
-        self.registry: Registry | None = None
-        self.gateway: Gateway | None = None
+        self.registry: Any = None
+        """The gateway's :class:`~safething_gateway.registry.Registry`."""
+        self.gateway: Any = None
+        """The :class:`~safething_gateway.core.Gateway` (its HTTP bridge only)."""
         self.console: Console | None = None
         self.garden: Thing | None = None
         self.garden_id = ""
@@ -103,7 +103,10 @@ class ConsoleSite:
         return self.console.binding.setup_code
 
     async def _start(self) -> None:
+        # the gateway extra: imported when a site starts, so the console extra alone imports
         from safething_gateway.bridges.http import HttpBridge
+        from safething_gateway.core import Gateway
+        from safething_gateway.registry import Registry
 
         self.store = await open_store(f"sqlite:///{self.root / 'vault.db'}")
         self.registry = Registry(self.root / "gateway.db")
