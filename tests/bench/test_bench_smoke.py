@@ -75,8 +75,13 @@ GATEWAY_EXPECTED = {
 FIRMWARE_LATENCY = "firmware_device_to_subscriber_latency"
 FIRMWARE_SIZE_EXPECTED = {"firmware_mpy_bytes"}
 FIRMWARE_LATENCY_EXPECTED = {f"{FIRMWARE_LATENCY}_{p}_ms" for p in ("p50", "p99", "max")}
-FIRMWARE_EXPECTED = FIRMWARE_SIZE_EXPECTED | FIRMWARE_LATENCY_EXPECTED
+FIRMWARE_LINK_EXPECTED = {f"firmware_link_{op}_st{v}_us" for op in ("seal", "open") for v in (1, 2)}
+FIRMWARE_EXPECTED = FIRMWARE_SIZE_EXPECTED | FIRMWARE_LATENCY_EXPECTED | FIRMWARE_LINK_EXPECTED
 EXPECTED |= FIRMWARE_SIZE_EXPECTED
+# The firmware's link costs run under MicroPython's WebAssembly port: node and npm.
+HAVE_NODE = shutil.which("node") is not None and shutil.which("npm") is not None
+if HAVE_NODE:
+    EXPECTED |= FIRMWARE_LINK_EXPECTED
 # The gateway groups and the firmware's latency need a Mosquitto broker; without one the
 # smoke run leaves them out.
 HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
@@ -89,9 +94,8 @@ needs_mosquitto = pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto is no
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, object]], Path]:
     workdir = tmp_path_factory.mktemp("bench")
-    only = (
-        None if HAVE_MOSQUITTO else [n for n in group_names() if not n.startswith(NEED_MOSQUITTO)]
-    )
+    skip = (() if HAVE_MOSQUITTO else NEED_MOSQUITTO) + (() if HAVE_NODE else ("firmware.link",))
+    only = [n for n in group_names() if not n.startswith(skip)] if skip else None
     return run_benchmarks(quick=True, only=only, workdir=workdir), workdir
 
 
@@ -212,6 +216,7 @@ def test_only_filters_by_prefix_and_refuses_unknown_groups() -> None:
     names = group_names()
     known = {"net.write", "net.read", "net.watch.inprocess", "net.watch.xproc", "things"}
     known |= {"gateway.latency", "gateway.load", "firmware.size", "firmware.latency"}
+    known |= {"firmware.link"}
     assert known <= set(names)
     with pytest.raises(ValueError, match="selects no benchmark group"):
         run_benchmarks(quick=True, only=["no-such-group"])
@@ -269,6 +274,24 @@ def test_gateway_load_is_counted_in_the_store_and_the_rss_target_reported(
         latency = by_name[f"gateway_{t}_device_to_subscriber_latency_p50_ms"]
         assert latency["samples"] == 20
         assert by_name[f"raw_{t}_latency_p50_ms"]["samples"] == 20
+
+
+@pytest.mark.skipif(not HAVE_NODE, reason="node and npm are not installed")
+def test_firmware_link_cost_is_measured_under_micropython(
+    quick_run: tuple[list[dict[str, object]], Path],
+) -> None:
+    metrics, _ = quick_run
+    by_name = {m["name"]: m for m in metrics}
+    for op in ("seal", "open"):
+        sealed, clear = by_name[f"firmware_link_{op}_st2_us"], by_name[f"firmware_link_{op}_st1_us"]
+        assert sealed["group"] == "firmware.link" and sealed["unit"] == "us"
+        params = sealed["params"]
+        assert isinstance(params, dict) and "WebAssembly" in str(params["port"])
+        # the stand-in AES's share is measured, and is part of the ST2 figure
+        standin, rest = params["aes_standin_us"], params["without_aes_standin_us"]
+        assert isinstance(standin, float) and isinstance(rest, float) and standin > 0
+        assert standin + rest == sealed["value"]
+        assert "aes_standin_us" not in clear["params"]  # type: ignore[operator]
 
 
 def test_firmware_size_is_reported_per_file_against_the_budget(

@@ -10,6 +10,14 @@ Groups:
     ``mpy-cross -march=xtensa`` compiles it for the board, the total of
     ``firmware/build.py``'s ``firmware_sizes()``; each file's size in ``params``,
     the 12 KB budget (``build.BUDGET``) as the target.
+``firmware.link``
+    ``firmware_link_{seal,open}_st{2,1}_us``: microseconds per message of the device
+    link under real MicroPython (the WebAssembly port from npm, as the firmware
+    tests run it; ``tests/firmware/node/cost.py``), the library loaded as the
+    ``.mpy`` files made for the board: a reading sealed, an action downlink the
+    gateway sealed opened (tag check, counter saved to the file system, decrypt).
+    That port has no ``cryptolib``: a pure-Python AES stands in, so ST2's figures
+    carry its share, given apart in ``params`` (on an ESP8266 AES is C).
 ``firmware.latency``
     ``firmware_device_to_subscriber_latency_*``: the firmware on this host in a
     child process (``tests/firmware/e2e_device.py`` running
@@ -29,6 +37,9 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,10 +63,11 @@ from safething.net import Client, Identity
 from safething.store import open_store
 from safething.things import ThingClient
 from safething_gateway.core import Gateway
+from safething_gateway.protocol import frame
 from safething_gateway.registry import Registry
 from safething_gateway.testing import open_site
 
-__all__ = ["GROUPS", "latency_group", "size_group"]
+__all__ = ["GROUPS", "latency_group", "link_group", "size_group"]
 
 ROOT = Path(safething.__file__).resolve().parent.parent
 """The source checkout this ``safething`` package lives in."""
@@ -304,8 +316,108 @@ async def latency_group(ctx: BenchContext) -> list[Metric]:
     )
 
 
+# --- firmware.link ----------------------------------------------------------------------
+
+LINK_RUNNER = ROOT / "tests" / "firmware" / "node" / "run.mjs"
+"""Runs a script under MicroPython's WebAssembly port (npm package in ``firmware/``)."""
+LINK_SCRIPT = ROOT / "tests" / "firmware" / "node" / "cost.py"
+"""Seals and opens messages with the library as the board runs it (.mpy)."""
+
+
+def _node() -> str:
+    """``node``, with the MicroPython WebAssembly package installed (``npm ci``)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        raise RuntimeError("firmware.link needs node and npm (MicroPython's WebAssembly port)")
+    package = FIRMWARE / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
+    if not (package / "package.json").exists():
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--prefer-offline"],
+            cwd=FIRMWARE,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    return node
+
+
+async def link_group(ctx: BenchContext) -> list[Metric]:
+    """The device link's cost per message under real MicroPython (WebAssembly port)."""
+    build = _build_module()
+    node = await asyncio.to_thread(_node)
+    lib = ctx.workdir / "mpy"
+    await asyncio.to_thread(build.build, lib, include_app=False)
+    secret = bytes(range(32))
+    device_id = "bench-link-01"
+    action = json.dumps(
+        {"id": "r1", "action": "OpenValve", "args": {"psi": 30.5}, "deadline": 2e9}
+    ).encode()
+    n = ctx.size(200, 20)
+    data = ctx.workdir / "link-input.json"
+    data.write_text(
+        json.dumps(
+            {
+                "device_id": device_id,
+                "secret": secret.hex(),
+                "n": n,
+                "body": '{"moisture": 41.5, "temperature": 21.25}',
+                "channel": "action/r1",
+                "down_body_bytes": len(action),
+                **{
+                    f"down_st{v}": frame(
+                        secret, device_id, "action/r1", 7, action, version=v, uplink=False
+                    ).hex()
+                    for v in (1, 2)
+                },
+            }
+        )
+    )
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [node, str(_checkout(LINK_RUNNER)), str(lib), str(_checkout(LINK_SCRIPT)), str(data)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "SAFETHING_FIRMWARE": str(FIRMWARE)},
+    )
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    if run.returncode != 0 or not lines:
+        raise RuntimeError(f"MicroPython failed: {run.stderr[-2000:]}")
+    got = json.loads(lines[-1][len("RESULT ") :])
+    params = {
+        "port": "MicroPython 1.27 WebAssembly (npm @micropython/micropython-webassembly-pyscript)"
+        ", the library as mpy-cross -march=xtensa .mpy",
+        "messages": n,
+        "reading_body_bytes": got["body_bytes"],
+        "action_body_bytes": len(action),
+        "aes": "the WebAssembly build has no cryptolib: a pure-Python AES stands in "
+        "(ESP8266 builds have it in C); its share is given apart",
+        "timer": "time.ticks_us (millisecond steps on this port: averaged over the messages)",
+    }
+    out = []
+    for v in (2, 1):
+        for op, what in (("seal", "a reading sealed"), ("open", "an action downlink opened")):
+            extra = {}
+            if v == 2:
+                standin = float(got[f"aes_{op}_us"])
+                extra = {
+                    "aes_standin_us": standin,
+                    "without_aes_standin_us": float(got[f"{op}_st2_us"]) - standin,
+                }
+            out.append(
+                metric(
+                    f"firmware_link_{op}_st{v}_us",
+                    float(got[f"{op}_st{v}_us"]),
+                    "us",
+                    params={**params, "what": f"{what} (ST{v})", **extra},
+                )
+            )
+    return out
+
+
 GROUPS: dict[str, GroupFunc] = {
     "firmware.size": size_group,
+    "firmware.link": link_group,
     "firmware.latency": latency_group,
 }
 """Metric groups of this module, in run order (registered in ``runner.GROUP_MODULES``)."""
