@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -28,22 +27,16 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from safething.net import Client, Identity
-from safething.store import Store
+from safething.net import Client
 from safething.things import ThingClient
-from safething_gateway.bridges.coap import CoapBridge
-from safething_gateway.bridges.http import HttpBridge
-from safething_gateway.bridges.mqtt import MqttBridge
 from safething_gateway.core import Gateway
 from safething_gateway.devices.base import DeviceLink
 from safething_gateway.devices.coap import CoapDevice, CoapDeviceError
 from safething_gateway.devices.http import GatewayHttpError, HttpDevice
 from safething_gateway.devices.mqtt import MqttDevice
-from safething_gateway.mosquitto import MosquittoAuth
 from safething_gateway.protocol import ProtocolError
-from safething_gateway.registry import Registry
-
-from .test_mqtt import _broker_user, _login, broker, uid
+from safething_gateway.testing import GatewaySite, open_site
+from safething_gateway.testing import unique_id as uid
 
 # --- the attacker's taps ---------------------------------------------------------------
 
@@ -199,21 +192,25 @@ DESCRIPTION = {
 
 @dataclass
 class Site:
-    server: Any
+    site: GatewaySite
     gateway: Gateway
-    registry: Registry
-    auth: MosquittoAuth
-    broker_port: int
     http: TcpTap
     coap: UdpTap
     admin: BrokerAdmin
 
+    @property
+    def broker_port(self) -> int:
+        return self.site.broker.port
+
     async def provision(self, transport: str, version: int) -> tuple[DeviceLink, str | None]:
         device_id = uid(f"{transport}{version}")
-        record = self.registry.add(device_id, transport, protocol=version)
+        record = self.site.registry.add(device_id, transport, protocol=version)
         password = None
         if transport == "mqtt":
-            password = self.auth.add_device(device_id)
+            assert self.site.auth is not None
+            password = self.site.auth.add_device(device_id)
+            self.site.broker.reload()
+            await self.site.login_works(device_id, password, True)
         link = DeviceLink(
             device_id, record.secret, dict(DESCRIPTION, id=device_id), version=version
         )
@@ -221,46 +218,26 @@ class Site:
 
 
 @pytest.fixture
-async def site(store: Store, registry: Registry) -> AsyncIterator[Site]:
-    with tempfile.TemporaryDirectory(prefix="safething-capture-") as tmp:
-        files = Path(tmp)
-        await asyncio.to_thread(files.chmod, 0o755)
-        auth = MosquittoAuth(
-            files / "mosquitto.passwd", files / "mosquitto.acl", owner=_broker_user()
-        )
-        gateway_user = uid("gateway")
-        gateway_password = auth.add_gateway_user(gateway_user)
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    async with open_site(tmp_path / "site") as gs:
+        assert gs.auth is not None
         admin_user = uid("admin")
-        admin_password = auth._add(admin_user, "admin", ["topic read #"])  # the broker's admin
-        with broker(auth.password_file, auth.acl_file) as server:
-            mqtt_bridge = MqttBridge(
-                "127.0.0.1",
-                server.port,
-                username=gateway_user,
-                password=gateway_password,
-                client_id=uid("gw"),
-            )
-            coap_bridge = CoapBridge(port=0)
-            http_bridge = HttpBridge("127.0.0.1", 0)
-            admin = BrokerAdmin(server.port, admin_user, admin_password)
-            await asyncio.to_thread(admin.wait_subscribed)
-            async with Gateway(
-                store=store,
-                registry=registry,
-                owner=Identity.generate("owner"),
-                bridges=[mqtt_bridge, coap_bridge, http_bridge],
-            ) as gateway:
-                await gateway.start()
-                http = TcpTap(http_bridge.port)
-                await http.start()
-                coap = UdpTap(coap_bridge.port)
-                await coap.start()
-                try:
-                    yield Site(server, gateway, registry, auth, server.port, http, coap, admin)
-                finally:
-                    await http.close()
-                    coap.close()
-                    admin.close()
+        admin_password = gs.auth._add(admin_user, "admin", ["topic read #"])  # the broker's admin
+        gs.broker.reload()
+        await gs.login_works(admin_user, admin_password, True)
+        admin = BrokerAdmin(gs.broker.port, admin_user, admin_password)
+        await asyncio.to_thread(admin.wait_subscribed)
+        async with gs.gateway("mqtt", "coap", "http") as gateway:
+            http = TcpTap(gs.bridges["http"].port)  # type: ignore[attr-defined]
+            await http.start()
+            coap = UdpTap(gs.bridges["coap"].port)  # type: ignore[attr-defined]
+            await coap.start()
+            try:
+                yield Site(gs, gateway, http, coap, admin)
+            finally:
+                await http.close()
+                coap.close()
+                admin.close()
 
 
 async def until(check: Callable[[], Any], timeout: float = 15) -> Any:
@@ -293,10 +270,6 @@ async def _one_device(site: Site, transport: str, version: int) -> Marks:
     values = {"moisture": marks.moisture, "note": marks.note}
     device: Any
     if transport == "mqtt":
-        site.server.reload()
-        async with asyncio.timeout(15):  # the broker re-reads its files asynchronously
-            while not await asyncio.to_thread(_login, site.broker_port, link.device_id, password):
-                await asyncio.sleep(0.05)
         device = MqttDevice(
             link, "127.0.0.1", site.broker_port, username=link.device_id, password=password
         )

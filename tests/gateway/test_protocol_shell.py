@@ -12,23 +12,16 @@ import json
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from safething.net import Client, Identity
-from safething.store import Store
+from safething.net import Client
 from safething.things import ThingClient
-from safething_gateway.bridges.http import HttpBridge
-from safething_gateway.bridges.mqtt import MqttBridge
 from safething_gateway.core import Gateway
-from safething_gateway.mosquitto import MosquittoAuth
-from safething_gateway.registry import Registry
-
-from .test_mqtt import _broker_user, _login, broker, uid
+from safething_gateway.testing import open_site
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 DEVICE = "sensor-01"
@@ -73,39 +66,20 @@ class Served:
 
 
 @pytest.fixture
-async def served(store: Store, registry: Registry) -> AsyncIterator[Served]:
-    with tempfile.TemporaryDirectory(prefix="safething-shell-") as tmp:
-        folder = Path(tmp)
-        await asyncio.to_thread(folder.chmod, 0o755)
-        auth = MosquittoAuth(
-            folder / "mosquitto.passwd", folder / "mosquitto.acl", owner=_broker_user()
-        )
-        user = uid("gateway")
-        gateway_password = auth.add_gateway_user(user)
-        password = auth.add_device(DEVICE)
-        record = registry.add(DEVICE, "http")  # what `safething provision` does
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    async with open_site(tmp_path / "site") as site:
+        record, password = await site.provision("http", DEVICE)  # with a broker login below
+        assert site.auth is not None
+        password = site.auth.add_device(DEVICE)
+        site.broker.reload()
+        await site.login_works(DEVICE, password, True)
+        folder = tmp_path / "device"
+        await asyncio.to_thread(folder.mkdir)
         config = {"device_id": DEVICE, "secret": record.secret.hex(), "link": "ST2"}
         await asyncio.to_thread((folder / f"{DEVICE}.json").write_text, json.dumps(config))
-        with broker(auth.password_file, auth.acl_file) as server:
-            async with asyncio.timeout(15):
-                while not await asyncio.to_thread(_login, server.port, DEVICE, password):
-                    await asyncio.sleep(0.05)
-            mqtt = MqttBridge(
-                "127.0.0.1",
-                server.port,
-                username=user,
-                password=gateway_password,
-                client_id=uid("gw"),
-            )
-            http = HttpBridge("127.0.0.1", 0)
-            async with Gateway(
-                store=store,
-                registry=registry,
-                owner=Identity.generate("owner"),
-                bridges=[mqtt, http],
-            ) as gateway:
-                await gateway.start()
-                yield Served(gateway, http.port, server.port, password, folder)
+        async with site.gateway("mqtt", "http") as gateway:
+            http_port = site.bridges["http"].port  # type: ignore[attr-defined]
+            yield Served(gateway, http_port, site.broker.port, password, folder)
 
 
 def _run(served: Served, script: str) -> str:
