@@ -51,6 +51,7 @@ from safething.store import Store
 from safething.things import (
     AccessType,
     ActionRequest,
+    ActionState,
     DescriptionError,
     Thing,
     ThingDescription,
@@ -101,7 +102,13 @@ EARLY_TOTAL = 1024
 """Such results kept in all; the oldest goes first."""
 _EARLY_UPDATES = 8
 """Updates kept per early request id (running..., then the final state)."""
-_RESULT_STATES = ("running", "done", "failed", "rejected")
+_RESULT_STATES = (
+    ActionState.RUNNING,
+    ActionState.DONE,
+    ActionState.FAILED,
+    ActionState.REJECTED,
+)
+"""The states a device may report for an action (docs/protocol.md)."""
 _UNKNOWN_SECRET = secrets.token_bytes(32)
 """An unknown device's frame is checked against this, so it costs what a wrong MAC costs."""
 
@@ -562,8 +569,7 @@ class Gateway(AsyncResource):
             if channel == "reading":
                 if not isinstance(body, dict) or not body:
                     raise PayloadError("a reading is an object of attribute -> value")
-                for name, value in body.items():
-                    await thing.set(name, value)
+                await thing.set_many(body)  # one signed commit for the whole reading
             elif channel.startswith("event/"):
                 await thing.notify(channel[len("event/") :], body)
         except (ValueTypeError, UnknownFieldError, ValueError) as e:
@@ -651,15 +657,15 @@ class Gateway(AsyncResource):
                         f"device {device_id!r} did not finish before the deadline"
                     ) from None
                 state = update.get("state")
-                if state == "running":
+                if state == ActionState.RUNNING:
                     progress = update.get("progress")
                     await request.progress(
                         float(progress) if isinstance(progress, int | float) else None,
                         str(update.get("message", "")),
                     )
-                elif state == "done":
+                elif state == ActionState.DONE:
                     return update.get("result")
-                elif state in ("failed", "rejected"):
+                elif state in (ActionState.FAILED, ActionState.REJECTED):
                     raise DeviceActionError(str(update.get("message") or f"device: {state}"))
         finally:
             self._waiting.pop(key, None)
@@ -679,12 +685,7 @@ class Gateway(AsyncResource):
             )
 
     def _result(self, device_id: str, request_id: str, body: Any) -> None:
-        if not isinstance(body, dict) or body.get("state") not in (
-            "running",
-            "done",
-            "failed",
-            "rejected",
-        ):
+        if not isinstance(body, dict) or body.get("state") not in _RESULT_STATES:
             raise PayloadError("a result is {'state': running|done|failed|rejected, ...}")
         key = (device_id, request_id)
         queue = self._waiting.get(key)

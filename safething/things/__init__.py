@@ -7,7 +7,6 @@ flags of the same name live in ``safething.net``.
 from safething.things.admin import set_status
 from safething.things.availability import Availability, AvailabilityWatch
 from safething.things.consumer import (
-    FINAL_STATES,
     ActionHandle,
     ActionStatus,
     Subscription,
@@ -31,6 +30,7 @@ from safething.things.discovery import ThingSummary, list_things
 from safething.things.filters import Filter, FilterError, FilterKind, FilterState
 from safething.things.history import Bucket
 from safething.things.owner import ThingOwner
+from safething.things.states import FINAL_STATES, ActionState
 from safething.things.thing import ActionRequest, StoredSubscription, Thing
 from safething.things.values import Notification, Reading
 from safething.things.wot import to_thing_description
@@ -41,6 +41,7 @@ __all__ = [
     "Action",
     "ActionHandle",
     "ActionRequest",
+    "ActionState",
     "ActionStatus",
     "Attribute",
     "Availability",

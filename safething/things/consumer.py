@@ -44,6 +44,7 @@ from safething.things.history import (
     readings,
 )
 from safething.things.layout import ThingAddresses
+from safething.things.states import FINAL_STATES, ActionState
 from safething.things.values import Notification, Reading, decode_payload, dumps, loads
 
 __all__ = [
@@ -58,7 +59,6 @@ __all__ = [
 
 log = logging.getLogger("safething.things")
 
-FINAL_STATES = frozenset({"done", "failed", "rejected", "timed_out", "cancelled"})
 STATUSES = ("registered", "published", "disabled")
 
 
@@ -89,7 +89,8 @@ class ActionStatus:
     """One state of an action request, as the requester sees it."""
 
     state: str
-    """requested, accepted, running, done, failed, rejected, timed_out or cancelled."""
+    """An :class:`ActionState` value: requested, accepted, running, done, failed,
+    rejected, timed_out or cancelled."""
     progress: float | None = None
     """0..100 when the handler reports progress."""
     message: str = ""
@@ -394,7 +395,7 @@ class ThingClient(AsyncResource):
         if live.online is False:
             handle.offline = True
             handle.status = ActionStatus(
-                "requested",
+                ActionState.REQUESTED,
                 message=f"thing is offline ({_offline_text(live)}); queued until it returns",
                 timestamp=handle.status.timestamp,
             )
@@ -444,7 +445,7 @@ class ActionHandle:
         self.request_id = request_id
         self.action = action
         self.timeout = timeout
-        self.status = ActionStatus("requested", timestamp=time.time())
+        self.status = ActionStatus(ActionState.REQUESTED, timestamp=time.time())
         self.history: list[ActionStatus] = [self.status]
         self.offline = False
         """True when the thing was offline as the request was sent (it waits in its inbox)."""
@@ -534,7 +535,9 @@ class ActionHandle:
         except TimeoutError:
             await self._set(
                 ActionStatus(
-                    "timed_out", message=f"no result within {limit:g} s", timestamp=time.time()
+                    ActionState.TIMED_OUT,
+                    message=f"no result within {limit:g} s",
+                    timestamp=time.time(),
                 )
             )
             with contextlib.suppress(SafeThingError):
@@ -545,7 +548,7 @@ class ActionHandle:
     async def result(self, timeout: float | None = None) -> Any:
         """The result of a *done* action; ``ActionFailedError`` for any other final state."""
         status = await self.wait(timeout)
-        if status.state != "done":
+        if status.state != ActionState.DONE:
             raise ActionFailedError(
                 f"action {self.action} on {self.thing_id} ended {status.state}"
                 + (f": {status.message}" if status.message else ""),

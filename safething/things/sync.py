@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -105,6 +105,10 @@ class SyncThing:
     def set(self, attribute: str, value: Any) -> int:
         """Publish a new value of a dynamic attribute (type-checked); returns its seq."""
         return self._run(self.thing.set(attribute, value))
+
+    def set_many(self, values: Mapping[str, Any]) -> dict[str, int]:
+        """Publish several dynamic attributes in one signed commit; their seqs."""
+        return self._run(self.thing.set_many(values))
 
     def notify(self, topic: str, data: Any = None) -> int:
         """Raise an event on ``topic``; returns its seq."""

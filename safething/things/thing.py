@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -66,6 +67,7 @@ from safething.things.description import AccessType, ThingDescription
 from safething.things.filters import Filter
 from safething.things.history import Archive
 from safething.things.layout import ThingAddresses
+from safething.things.states import ActionState
 from safething.things.values import Notification, dumps, encode_payload, loads
 
 __all__ = ["ActionRequest", "StoredSubscription", "Thing"]
@@ -100,7 +102,7 @@ class ActionRequest:
         """Report progress (0..100) and/or a message; the requester sees state *running*."""
         self._reported = True
         await self._thing._write_state(
-            self.request_id, "running", progress=percent, message=message
+            self.request_id, ActionState.RUNNING, progress=percent, message=message
         )
 
 
@@ -408,58 +410,88 @@ class Thing(AsyncResource):
 
     async def set(self, attribute: str, value: Any) -> int:
         """Publish a new value of a dynamic attribute; returns its sequence number."""
+        return (await self.set_many({attribute: value}))[attribute]
+
+    async def set_many(self, values: Mapping[str, Any]) -> dict[str, int]:
+        """Publish new values of several dynamic attributes in one signed, atomic commit
+        (a reading of several sensors); returns each one's sequence number.
+
+        Every value is checked first: if one is refused, nothing is written.
+        """
         self._need_registered()
-        attr = self.description.attribute(attribute)
-        if not attr.dynamic:
-            raise ValueError(f"attribute {attribute!r} is static; its value is in the description")
-        clean = attr.schema.validate(value, field=f"attribute {attribute!r}")
-        return await self._append(
-            layout.attr_key(attribute),
-            lambda seq: layout.attr_history_key(attribute, seq, attr.history),
-            clean,
-            level_of(attr.access),
-        )
+        if not values:
+            raise ValueError("set_many needs at least one attribute")
+        items: list[tuple[bytes, Callable[[int], bytes], Any, str | None]] = []
+        for attribute, value in values.items():
+            attr = self.description.attribute(attribute)
+            if not attr.dynamic:
+                raise ValueError(
+                    f"attribute {attribute!r} is static; its value is in the description"
+                )
+            clean = attr.schema.validate(value, field=f"attribute {attribute!r}")
+            items.append(
+                (
+                    layout.attr_key(attribute),
+                    functools.partial(layout.attr_history_key, attribute, size=attr.history),
+                    clean,
+                    level_of(attr.access),
+                )
+            )
+        seqs = await self._append(items)
+        return dict(zip(values, seqs, strict=True))
 
     async def notify(self, topic: str, data: Any = None) -> int:
         """Append an event to ``topic``'s history; subscribers are notified. Returns its seq."""
         self._need_registered()
         spec = self.description.topic(topic)
         clean = spec.validate(data)
-        return await self._append(
-            layout.event_pointer(topic),
-            lambda seq: layout.event_key(topic, seq, spec.history),
-            clean,
-            level_of(spec.access),
-        )
+        pointer = layout.event_pointer(topic)
+        slot = functools.partial(layout.event_key, topic, size=spec.history)
+        (seq,) = await self._append([(pointer, slot, clean, level_of(spec.access))])
+        return seq
 
     async def _append(
-        self, pointer: bytes, slot: Callable[[int], bytes], value: Any, level: str | None
-    ) -> int:
-        """Claim the next sequence number with a compare-and-set on ``pointer`` (so two
-        writers never reuse one) and fill its history slot, in one atomic commit."""
+        self, items: Sequence[tuple[bytes, Callable[[int], bytes], Any, str | None]]
+    ) -> list[int]:
+        """For each ``(pointer, slot, value, level)``: claim the next sequence number with
+        a compare-and-set on ``pointer`` (so two writers never reuse one) and fill its
+        history slot ``slot(seq)``; all of them in one atomic commit."""
         md = self._md("thing")
         async with self._write_lock:
-            if level == "group":
+            if any(level == "group" for _, _, _, level in items):
                 await self._refresh_group_key()
             for _ in range(64):
-                seq, version = self._seq.get(pointer, (0, None))
                 t = time.time()
-                data = encode_payload(seq=seq + 1, t=t, value=value, level=level, ring=self._ring)
-                try:
-                    entry, _ = await md.put_many(
-                        {pointer: data, slot(seq + 1): data},
-                        versions={pointer: version},
-                        atomic=True,
+                writes: dict[bytes | str, bytes | str] = {}
+                versions: dict[bytes | str, int | None] = {}
+                seqs: list[int] = []
+                for pointer, slot, value, level in items:
+                    seq, version = self._seq.get(pointer, (0, None))
+                    data = encode_payload(
+                        seq=seq + 1, t=t, value=value, level=level, ring=self._ring
                     )
+                    writes[pointer] = data
+                    writes[slot(seq + 1)] = data
+                    versions[pointer] = version
+                    seqs.append(seq + 1)
+                try:
+                    entries = await md.put_many(writes, versions=versions, atomic=True)
                 except ConflictError:
-                    current = await md.get(pointer, include_deleted=True)
-                    doc = loads(current.value or b"", "sequence pointer")
-                    self._seq[pointer] = (int(doc["n"]), current.version)
+                    for pointer, _, _, _ in items:
+                        try:
+                            current = await md.get(pointer, include_deleted=True)
+                        except NoSuchEntryError:
+                            self._seq.pop(pointer, None)
+                            continue
+                        doc = loads(current.value or b"", "sequence pointer")
+                        self._seq[pointer] = (int(doc["n"]), current.version)
                     continue
-                self._seq[pointer] = (seq + 1, entry.version)
-                await self._archive.record(pointer, seq + 1, t, value)
-                return seq + 1
-        raise ConflictError(pointer.decode(), expected=0, current=0)
+                written = {entry.key: entry.version for entry in entries}
+                for (pointer, _, value, _), seq in zip(items, seqs, strict=True):
+                    self._seq[pointer] = (seq, written[pointer])
+                    await self._archive.record(pointer, seq, t, value)
+                return seqs
+        raise ConflictError(items[0][0].decode(), expected=0, current=0)
 
     # --- handlers -------------------------------------------------------------------
 
@@ -683,23 +715,25 @@ class Thing(AsyncResource):
         try:
             spec = self.description.action(name)
         except SafeThingError as e:
-            await self._finish(rid, "rejected", message=str(e))
+            await self._finish(rid, ActionState.REJECTED, message=str(e))
             return
         if self.status == "disabled":
-            await self._finish(rid, "rejected", message=f"thing {self.id!r} is disabled")
+            await self._finish(rid, ActionState.REJECTED, message=f"thing {self.id!r} is disabled")
             return
         if self.status != "published":
             return  # waits in the inbox until publish()
         if now > deadline:
-            await self._finish(rid, "timed_out", message="request expired before it was served")
+            await self._finish(
+                rid, ActionState.TIMED_OUT, message="request expired before it was served"
+            )
             return
         if rid in self._cancel_requested:
-            await self._finish(rid, "cancelled", message="cancelled before it started")
+            await self._finish(rid, ActionState.CANCELLED, message="cancelled before it started")
             return
         if not await self._allowed(spec.access, entry.signer):
             await self._finish(
                 rid,
-                "rejected",
+                ActionState.REJECTED,
                 message=f"access denied: action {name} is for {spec.access.name.lower()} access",
             )
             return
@@ -710,7 +744,7 @@ class Thing(AsyncResource):
                 args = doc.get("args", {})
             clean = spec.validate_args(args)
         except (SafeThingError, ValueError, TypeError) as e:
-            await self._finish(rid, "rejected", message=str(e))
+            await self._finish(rid, ActionState.REJECTED, message=str(e))
             return
         handler = self._handlers.get(name)
         if handler is None:  # not yet: registering the handler rescans the inbox
@@ -718,7 +752,7 @@ class Thing(AsyncResource):
             return
         enc = doc.get("enc") if level_of(spec.access) is not None else None
         request = ActionRequest(rid, name, clean, entry.signer, deadline, self)
-        await self._write_state(rid, "accepted")
+        await self._write_state(rid, ActionState.ACCEPTED)
         self._running[rid] = self._tasks.spawn(self._run(request, handler, enc), f"action-{rid}")
 
     async def _run(
@@ -734,7 +768,7 @@ class Thing(AsyncResource):
                 await asyncio.sleep(0)  # a handler with nothing to wait for ends here
                 # still at work and silent so far: say so (never over its own progress)
                 if not work.done() and not request._reported:
-                    await self._write_state(rid, "running")
+                    await self._write_state(rid, ActionState.RUNNING)
                 result = await work
             result = spec.validate_output(result)
         except asyncio.CancelledError:
@@ -742,7 +776,7 @@ class Thing(AsyncResource):
                 work.cancel()
             if rid in self._cancel_requested:
                 await asyncio.shield(
-                    self._finish(rid, "cancelled", message="cancelled by requester")
+                    self._finish(rid, ActionState.CANCELLED, message="cancelled by requester")
                 )
             elif self._closed:
                 # Shutting down: the request stays in the inbox and is served again when
@@ -750,11 +784,13 @@ class Thing(AsyncResource):
                 log.info("thing %s: request %s interrupted by shutdown; kept", self.id, rid)
             raise
         except TimeoutError as e:
-            await self._finish(rid, "timed_out", message=str(e) or "the handler timed out")
+            await self._finish(
+                rid, ActionState.TIMED_OUT, message=str(e) or "the handler timed out"
+            )
         except Exception as e:
-            await self._finish(rid, "failed", message=f"{type(e).__name__}: {e}")
+            await self._finish(rid, ActionState.FAILED, message=f"{type(e).__name__}: {e}")
         else:
-            await self._finish(rid, "done", result=result, seal_to=enc)
+            await self._finish(rid, ActionState.DONE, result=result, seal_to=enc)
         finally:
             self._running.pop(rid, None)
 
@@ -817,7 +853,7 @@ class Thing(AsyncResource):
             return
         with contextlib.suppress(NoSuchEntryError):
             await self._md("inbox").get(f"r/{rid}")
-            await self._finish(rid, "cancelled", message="cancelled before it started")
+            await self._finish(rid, ActionState.CANCELLED, message="cancelled before it started")
             return
         if rid in self._finished:
             with contextlib.suppress(NoSuchEntryError):
