@@ -3,7 +3,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
-SYSTEM_PACKAGES=(python3 python3-venv python3-dev sqlite3 mosquitto mosquitto-clients nats-server nodejs npm)
+SYSTEM_PACKAGES=(python3 python3-venv python3-dev sqlite3 mosquitto mosquitto-clients nats-server nodejs npm
+    openssl curl libcoap3-bin)
 
 _need_apt() {
     local missing=()
@@ -14,6 +15,11 @@ _need_apt() {
     command -v sqlite3 >/dev/null || missing+=(sqlite3)
     command -v node >/dev/null || missing+=(nodejs)
     command -v npm >/dev/null || missing+=(npm)
+    # the shell recipe of docs/protocol.md §7, run by tests/gateway/test_protocol_shell.py
+    command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
+    command -v openssl >/dev/null || missing+=(openssl)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v coap-client-notls >/dev/null || missing+=(libcoap3-bin)
     printf '%s\n' "${missing[@]}"
 }
 

@@ -27,8 +27,10 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 DEVICE = "sensor-01"
 
 pytestmark = pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("bash", "openssl", "curl", "mosquitto_pub")),
-    reason="needs bash, openssl, curl and mosquitto_pub (mosquitto-clients)",
+    not all(
+        shutil.which(t) for t in ("bash", "openssl", "curl", "mosquitto_pub", "coap-client-notls")
+    ),
+    reason="needs bash, openssl, curl, mosquitto_pub and coap-client-notls (scripts/_setup.sh)",
 )
 
 
@@ -44,6 +46,8 @@ class Recipe:
     """The curl command that posts the reading."""
     mqtt: str
     """The mosquitto_pub command that publishes the reading."""
+    coap: str
+    """The coap-client command that posts the reading."""
 
 
 def recipe() -> Recipe:
@@ -52,8 +56,9 @@ def recipe() -> Recipe:
     assert len(blocks) == 3, "§7 has three sh blocks: keys and seal, messages, poll"
     http = re.search(r"^- HTTP: `(.*?)`$", section, re.M)
     mqtt = re.search(r"^- MQTT: `(.*?)`$", section, re.M)
-    assert http and mqtt
-    return Recipe(*blocks, http.group(1), mqtt.group(1))
+    coap = re.search(r"^  `(coap-client-notls .*?)`$", section, re.M)
+    assert http and mqtt and coap
+    return Recipe(*blocks, http.group(1), mqtt.group(1), coap.group(1))
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Served:
     gateway: Gateway
     http_port: int
     mqtt_port: int
+    coap_port: int
     password: str
     folder: Path
 
@@ -77,12 +83,13 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         await asyncio.to_thread(folder.mkdir)
         config = {"device_id": DEVICE, "secret": record.secret.hex(), "link": "ST2"}
         await asyncio.to_thread((folder / f"{DEVICE}.json").write_text, json.dumps(config))
-        async with site.gateway("mqtt", "http") as gateway:
+        async with site.gateway("mqtt", "http", "coap") as gateway:
             http_port = site.bridges["http"].port  # type: ignore[attr-defined]
-            yield Served(gateway, http_port, site.broker.port, password, folder)
+            coap_port = site.bridges["coap"].port  # type: ignore[attr-defined]
+            yield Served(gateway, http_port, site.broker.port, coap_port, password, folder)
 
 
-def _run(served: Served, script: str) -> str:
+def _run(served: Served, script: str, *, stderr: bool = False) -> str:
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=served.folder,
@@ -91,7 +98,7 @@ def _run(served: Served, script: str) -> str:
         timeout=120,
     )
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return done.stdout + (done.stderr if stderr else "")
 
 
 def _http(served: Served, command: str) -> str:
@@ -146,6 +153,21 @@ async def test_the_shell_recipe_talks_to_a_running_gateway(served: Served) -> No
         while (await reader.read(DEVICE, "moisture")).value != 43:
             await asyncio.sleep(0.05)
     assert served.gateway.registry.get(DEVICE).rx_counter == 5
+
+    # CoAP: counter 6 with coap-client; the same message again is refused (4.03 replay)
+    post_coap = doc.coap.replace("coap://127.0.0.1/", f"coap://127.0.0.1:{served.coap_port}/")
+    out = await asyncio.to_thread(
+        _run,
+        served,
+        f"{doc.keys}\nprintf '%s' '{{\"moisture\": 44}}' | seal reading 6 > reading.bin\n"
+        f"{post_coap}\necho ===\n{post_coap}\n",
+        stderr=True,
+    )
+    async with asyncio.timeout(15):
+        while (await reader.read(DEVICE, "moisture")).value != 44:
+            await asyncio.sleep(0.05)
+    assert "4.03" in out.partition("===")[2], out
+    assert served.gateway.registry.get(DEVICE).rx_counter == 6
 
 
 def test_the_recipe_is_the_gateways_sealing(tmp_path: Path) -> None:
