@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -24,6 +25,7 @@ from safething.local_identity import default_identity_path, load_identity
 from safething.net import Identity
 from safething.resource import AsyncResource
 from safething.store import Store, open_store
+from safething_gateway import systemd
 from safething_gateway.broker import Mosquitto, free_port
 from safething_gateway.config import GatewayConfig
 from safething_gateway.core import Bridge, Gateway
@@ -35,6 +37,27 @@ __all__ = ["GatewayApp", "configure_logging", "serve"]
 log = logging.getLogger("safething.gateway")
 
 
+LOG_FIELDS = ("device", "reason", "transport", "channel", "thing")
+"""Record attributes (``log.info(..., extra={"device": ...})``) that JSON logs carry as
+fields of their own, so Loki, jq or journalctl can filter on them."""
+
+_JOURNAL_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+def journal_priority(level: int) -> int:
+    """The syslog priority journald files a record of this level under."""
+    for threshold in sorted(_JOURNAL_PRIORITY, reverse=True):
+        if level >= threshold:
+            return _JOURNAL_PRIORITY[threshold]
+    return 7
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -43,17 +66,40 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for name in LOG_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                doc[name] = value if isinstance(value, int | float | bool) else str(value)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc)
 
 
+class _JournalPrefix(logging.Formatter):
+    """Prefix each line with ``<priority>`` (sd-daemon(3)): journald, reading the unit's
+    stderr, files the line under that priority, so ``journalctl -p warning`` works."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = journal_priority(record.levelno)
+        return "\n".join(f"<{priority}>{line}" for line in self.inner.format(record).split("\n"))
+
+
 def configure_logging(fmt: str = "text", *, verbose: bool = False) -> None:
+    """Logs on stderr, as text or JSON lines; under systemd (``$JOURNAL_STREAM`` set)
+    each line carries its journald priority."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter: logging.Formatter = (
+        _JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    if os.environ.get("JOURNAL_STREAM"):
+        formatter = _JournalPrefix(formatter)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -223,6 +269,14 @@ class GatewayApp(AsyncResource):
         found = self.gateway.endpoints() if self.gateway else []
         return found + ([self.console.url] if self.console is not None else [])
 
+    async def alive(self) -> bool:
+        """For the systemd watchdog: the event loop turns (we are here) and the device
+        registry answers; a store outage does not count (the gateway buffers through it)."""
+        if self.gateway is None:
+            return False
+        health = await self.gateway.health(timeout=5.0)
+        return health.problem is None or health.problem[0] != "registry_unavailable"
+
     async def close(self) -> None:
         if self.console is not None:
             await self.console.close()
@@ -269,7 +323,15 @@ async def serve(
             )
             if on_ready is not None:
                 on_ready(app)
-            await stop.wait()
+            systemd.notify("READY=1", f"STATUS=serving {', '.join(app.endpoints())}")
+            pinger = asyncio.create_task(systemd.watchdog(app.alive), name="watchdog")
+            try:
+                await stop.wait()
+            finally:
+                pinger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pinger
+            systemd.notify("STOPPING=1", "STATUS=stopping")
             log.info("stopping")
     finally:
         for sig in installed:

@@ -106,6 +106,7 @@ class GatewaySection:
     log_format: str = "text"
     offline_after: float = 600.0
     tokens: str = ""
+    secrets: str = ""
 
     def __post_init__(self) -> None:
         if not self.offline_after > 0:
@@ -266,6 +267,52 @@ def _check_mode(target: Path, mode: int, data: dict[str, Any]) -> None:
         )
 
 
+ENV_MQTT_PASSWORD = "SAFETHING_MQTT_PASSWORD"
+SECRET_KEYS = {"mqtt": ("password",)}
+"""What a secrets file may set (the rest belongs in the config)."""
+
+
+def _merge_secrets(config: Path, data: dict[str, Any]) -> None:
+    """Secrets kept out of the config: ``$SAFETHING_MQTT_PASSWORD``, else a TOML file of
+    the same shape (``[mqtt] password = "..."``) that others may not read: ``[gateway]
+    secrets``, else ``secrets.toml`` next to the config when it exists."""
+    section = data.get("gateway", {})
+    named = section.get("secrets", "") if isinstance(section, dict) else ""
+    if not isinstance(named, str):
+        raise ConfigError("[gateway] secrets must be a str (a file path)")
+    path = Path(named).expanduser() if named else config.with_name("secrets.toml")
+    if named or path.exists():
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            secrets = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"no secrets file at {path} ([gateway] secrets)") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from e
+        if mode & 0o037:
+            raise ConfigError(
+                f"{path} holds secrets and has mode {mode:04o}: readable by other users; "
+                f"run: chmod 600 {path} (or 640 with the gateway's group)"
+            )
+        for name, values in secrets.items():
+            allowed = SECRET_KEYS.get(name, ())
+            extra = set(values) - set(allowed) if isinstance(values, dict) else {name}
+            if extra:
+                raise ConfigError(
+                    f"{path}: only secrets belong here ([mqtt] password), not "
+                    f"{', '.join(sorted(extra))}"
+                )
+            target = data.setdefault(name, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"[{name}] must be a table")
+            target.update(values)
+    env = os.environ.get(ENV_MQTT_PASSWORD)
+    if env:
+        mqtt = data.setdefault("mqtt", {})
+        if isinstance(mqtt, dict):
+            mqtt["password"] = env
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
     """Read ``path``, else ``$SAFETHING_GATEWAY_CONFIG``, else ``/etc/safething/gateway.toml``
     when it exists; the built-in defaults when there is none of them."""
@@ -284,6 +331,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{target} is not valid TOML: {e}") from e
     _check_mode(target, mode, data)
+    _merge_secrets(target, data)
     unknown = set(data) - set(_SECTIONS)
     if unknown:
         raise ConfigError(

@@ -323,7 +323,14 @@ class Gateway(AsyncResource):
                 counts = self.rejected_by_device[device_id] = {}
             if counts is not None:
                 counts[e.reason] = counts.get(e.reason, 0) + 1
-            log.info("rejected %s/%s via %s: %s", device_id, channel, transport, e)
+            log.info(
+                "rejected %s/%s via %s: %s",
+                device_id,
+                channel,
+                transport,
+                e,
+                extra={"device": device_id, "reason": e.reason, "transport": transport},
+            )
             raise
         self.metrics.inc("safething_gateway_messages_in_total", transport=transport)
         return result

@@ -367,7 +367,9 @@ def cmd_broker_login(args: argparse.Namespace) -> int:
             if on
         ]
         also = f" (and {', '.join(more)} for adoption/publishing)" if more else ""
-        out(f"created the broker login {username!r}{also}; put these in [mqtt]:")
+        out(f"created the broker login {username!r}{also}.")
+        out("Put the user name in [mqtt] of the gateway config and the password in")
+        out("secrets.toml next to it (mode 0600), or in $SAFETHING_MQTT_PASSWORD:")
         out(f'username = "{username}"')
         out(f'password = "{password}"')
     else:

@@ -236,6 +236,32 @@ def test_the_example_config_shows_every_setting_with_its_default_unless_marked()
                 )
 
 
+def test_secrets_come_from_a_private_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SAFETHING_MQTT_PASSWORD", raising=False)
+    config = tmp_path / "gateway.toml"
+    config.write_text('[mqtt]\nusername = "gw"\n')
+    assert load_config(config).mqtt.password == ""
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('[mqtt]\npassword = "from-file"\n')
+    secrets.chmod(0o644)
+    with pytest.raises(ConfigError, match="holds secrets and has mode 0644"):
+        load_config(config)
+    secrets.chmod(0o600)
+    assert load_config(config).mqtt.password == "from-file"
+    monkeypatch.setenv("SAFETHING_MQTT_PASSWORD", "from-env")
+    assert load_config(config).mqtt.password == "from-env"
+    monkeypatch.delenv("SAFETHING_MQTT_PASSWORD")
+    secrets.write_text('[mqtt]\npassword = "x"\nhost = "evil.example"\n')
+    with pytest.raises(ConfigError, match="only secrets belong here"):
+        load_config(config)
+    other = tmp_path / "elsewhere.toml"
+    config.write_text(f'[gateway]\nsecrets = "{other}"\n')
+    with pytest.raises(ConfigError, match="no secrets file at"):
+        load_config(config)
+
+
 def test_the_shipped_example_config_loads() -> None:
     config = load_config(Path(__file__).parents[2] / "gateway" / "gateway.example.toml")
     assert config.mqtt.reload_command == "sudo systemctl reload mosquitto"

@@ -171,8 +171,9 @@ async def test_home_assistant_publishing_and_adoption_with_the_shipped_files(
     port = free_port()
     config = gateway_config(tmp_path, etc, port)
     user, password = login(capsys, "--config", str(config))
-    text = config.read_text().replace('password = ""', f'password = "{password}"', 1)
-    config.write_text(text)
+    secrets = etc / "secrets.toml"  # next to the config: read without being named
+    secrets.write_text(f'[mqtt]\npassword = "{password}"\n')
+    secrets.chmod(0o600)
     ha_user, ha_password = login(capsys, "--config", str(config), "--for", "homeassistant")
     plug_topics = ["tasmota_A1B2C3/#", "homeassistant/switch/#", "homeassistant/sensor/#"]
     plug = ["--for", "client", "--username", "tasmota-a1b2c3"]
