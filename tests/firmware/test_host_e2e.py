@@ -346,6 +346,45 @@ async def feed(things: ThingClient, device_id: str, attribute: str) -> AsyncIter
             await f.close()
 
 
+class _Admin:
+    """A subscriber on ``#`` with a login whose ACL reads every topic."""
+
+    def __init__(self, port: int, user: str, password: str) -> None:
+        import paho.mqtt.client as mqtt
+
+        self._got: list[tuple[str, bytes]] = []
+        self.subscribed = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user)
+        self.client.username_pw_set(user, password)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("#", 1)
+        self.client.on_subscribe = lambda c, u, m, rc, p: loop.call_soon_threadsafe(
+            self.subscribed.set
+        )
+        self.client.on_message = lambda c, u, m: self._got.append((m.topic, bytes(m.payload)))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def seen(self) -> list[tuple[str, bytes]]:
+        return list(self._got)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+async def _broker_admin(site: Site) -> _Admin:
+    assert site.auth is not None
+    user = uid("admin")
+    password = site.auth._add(user, "admin", ["topic read #"])
+    site.broker.reload()
+    await site.login_works(user, password, True)
+    admin = _Admin(site.broker.port, user, password)
+    async with asyncio.timeout(10):
+        await admin.subscribed.wait()
+    return admin
+
+
 def fast(every: int, wait: int = 50) -> tuple[str, ...]:
     return ("--every", str(every), "--wait", str(wait))
 
@@ -356,6 +395,8 @@ def fast(every: int, wait: int = 50) -> tuple[str, ...]:
 async def test_provisioned_garden_device_readings_reach_a_subscriber(site: Site) -> None:
     async with site.gateway("mqtt") as gateway:
         device_id, config = await site.provision("mqtt")
+        assert json.loads(config.read_text())["link"] == "ST2"
+        wire = await _broker_admin(site)  # the broker's administrator, on #
         board = await site.board(config, *fast(200))
         await board.wait_hw("wifi", "boot.py joins the Wi-Fi", event="connect", ssid="garden-wifi")
         things = ThingClient(Client(site.store))
@@ -368,6 +409,13 @@ async def test_provisioned_garden_device_readings_reach_a_subscriber(site: Site)
             assert gaps(numbers) == []  # each sample once, in the order the ADC gave them
         assert (await things.read(device_id, "valve")).value == "closed"
         assert site.rejected(gateway, born) == {}
+        # on the broker: sealed ST2 messages, no attribute name, description or value
+        up = [p for t, p in wire.seen() if t.startswith(f"st/v1/{device_id}/up/")]
+        wire.close()
+        assert len(up) >= 7  # state, birth, five readings at least
+        assert all(p.startswith(b"ST2 ") for p in up), up[:3]
+        for text in (b"moisture", b"description", b"valve", b"online"):
+            assert not any(text in p for p in up), text
 
 
 async def test_an_action_flips_the_relay_and_ends_done(site: Site) -> None:
