@@ -27,7 +27,12 @@ ActionHandler = Callable[[str, dict[str, Any]], Any]
 
 
 class DeviceLink:
-    """What a device keeps: id, secret, description, and both counters (persisted)."""
+    """What a device keeps: id, secret, description, and both counters (persisted).
+
+    The uplink counter is the nonce of the encryption: without ``state_file`` it lives
+    in memory only, so a new ``DeviceLink`` for a device that already sent messages
+    would send new bodies under old counters (refused as replays, but readable XORed
+    with the old ones). Give a ``state_file`` to anything that outlives a process."""
 
     def __init__(
         self,
