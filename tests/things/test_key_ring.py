@@ -87,6 +87,11 @@ def test_levels_are_kept_apart() -> None:
     with pytest.raises(AccessDeniedError, match="for group access"):
         ring.open(["group", *sealed[1:]])
     assert ring.keys_of("group") == {}
+    group_key = SecretKey.generate()
+    ring.learn("group", make_key_record(3, group_key, [OWNER.public]))
+    assert ring.keys_of("group") == {3: group_key}
+    assert 3 not in ring.keys_of("owner") and 3 not in ring.keys_of("thing")
+    assert set(ring.keys_of("owner")) == {0}
 
 
 @pytest.mark.parametrize(
