@@ -19,6 +19,7 @@ from safething.net.mutable import (
     MAX_MD_BYTES,
     TAG_PUBLIC_ID,
     TAG_SERVICE,
+    Entry,
     EntryRecord,
     MDAddress,
     MDHeader,
@@ -119,6 +120,9 @@ def test_an_entry_round_trips_and_is_immutable() -> None:
         EntryRecord.from_bytes(record.to_bytes(), ADDRESS, b"other")
     with pytest.raises(dataclasses.FrozenInstanceError):
         again.version = 9  # type: ignore[misc]
+    entry = Entry(b"k", b"v", 0, OWNER.public_sign_key)  # what a reader is handed
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entry.value = b"w"  # type: ignore[misc]
 
 
 def test_each_write_needs_its_own_permission() -> None:
