@@ -3,7 +3,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
-SYSTEM_PACKAGES=(python3 python3-venv python3-dev sqlite3 mosquitto mosquitto-clients nats-server nodejs npm
+SYSTEM_PACKAGES=(python3 python3-venv python3-dev sqlite3 mosquitto mosquitto-clients nodejs npm
     openssl curl libcoap3-bin)
 
 _need_apt() {
@@ -11,7 +11,6 @@ _need_apt() {
     command -v python3 >/dev/null || missing+=(python3)
     python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
     command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto mosquitto-clients)
-    command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || missing+=(nats-server)
     command -v sqlite3 >/dev/null || missing+=(sqlite3)
     command -v node >/dev/null || missing+=(nodejs)
     command -v npm >/dev/null || missing+=(npm)
@@ -56,9 +55,9 @@ setup_venv() {
         python3 -m venv "$VENV"
         "$VENV/bin/pip" install -q --upgrade pip
     fi
-    if [[ ! -f "$stamp" || "$ROOT/pyproject.toml" -nt "$stamp" ]]; then
-        echo "safething: installing safething[$extras] (editable)" >&2
-        "$VENV/bin/pip" install -q -e "$ROOT[$extras]"
+    if [[ ! -f "$stamp" || "$ROOT/pyproject.toml" -nt "$stamp" || "$ROOT/constraints.txt" -nt "$stamp" ]]; then
+        echo "safething: installing safething[$extras] (editable, versions from constraints.txt)" >&2
+        "$VENV/bin/pip" install -q -c "$ROOT/constraints.txt" -e "$ROOT[$extras]"
         touch "$stamp"
     fi
     export PATH="$VENV/bin:$PATH"

@@ -26,12 +26,11 @@ PACKAGES = {
 
 OWNERS = {
     "safething_gateway": "gateway",
-    "safething.store.nats": "nats",
     "safething_gateway.console": "console",
 }
 """Module prefix -> the extra that must be installed to import it."""
 
-EXTRAS = ["", "gateway", "nats", "pi", "console"]
+EXTRAS = ["", "gateway", "pi", "console"]
 """The core alone, then every extra of ``pyproject.toml`` but ``dev``."""
 
 pytestmark = pytest.mark.extras
