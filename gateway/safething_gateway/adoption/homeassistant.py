@@ -46,7 +46,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from safething.errors import SafeThingError
 from safething.things import (
     AccessType,
     Action,
@@ -67,10 +66,25 @@ from safething_gateway.adoption.base import (
     thing_id_for,
 )
 from safething_gateway.adoption.client import BrokerUnavailableError, MqttAdapter
+from safething_gateway.adoption.ha_discovery import (
+    _SHARED,
+    ABBREVIATIONS,
+    PUBLISHER_ORIGIN,
+    DiscoveryConfigError,
+    apply_base,
+    expand_config,
+)
+from safething_gateway.adoption.templates import (
+    TemplateError,
+    ValueTemplate,
+    command_template,
+    jinja_text,
+)
 
 __all__ = [
-    "ABBREVIATIONS",
+    "ABBREVIATIONS",  # from ha_discovery, still importable from here
     "BROKER_AUTHENTICATED",  # from base, still importable from here
+    "PUBLISHER_ORIGIN",  # from ha_discovery, still importable from here
     "BrokerUnavailableError",  # from client, still importable from here
     "DiscoveryConfigError",
     "HomeAssistantAdopter",
@@ -85,277 +99,6 @@ log = logging.getLogger("safething.gateway.adoption")
 
 _MAX_DYNAMIC: Final = 50
 """Most dynamic attributes of one adopted thing (its histories must fit in one MD)."""
-
-
-class DiscoveryConfigError(SafeThingError, ValueError):
-    """A discovery config (or announcement) cannot be adopted; it is skipped."""
-
-
-class TemplateError(DiscoveryConfigError):
-    """A template is outside the supported subset, or does not apply to a payload."""
-
-
-# --- the Home Assistant discovery format -------------------------------------------------
-
-ABBREVIATIONS: Final[Mapping[str, str]] = {
-    "act_t": "action_topic",
-    "act_tpl": "action_template",
-    "avty": "availability",
-    "avty_mode": "availability_mode",
-    "avty_t": "availability_topic",
-    "avty_tpl": "availability_template",
-    "bri_cmd_t": "brightness_command_topic",
-    "bri_cmd_tpl": "brightness_command_template",
-    "bri_scl": "brightness_scale",
-    "bri_stat_t": "brightness_state_topic",
-    "bri_val_tpl": "brightness_value_template",
-    "cmd_off_tpl": "command_off_template",
-    "cmd_on_tpl": "command_on_template",
-    "cmd_t": "command_topic",
-    "cmd_tpl": "command_template",
-    "cmps": "components",
-    "def_ent_id": "default_entity_id",
-    "dev": "device",
-    "dev_cla": "device_class",
-    "e": "encoding",
-    "en": "enabled_by_default",
-    "ent_cat": "entity_category",
-    "ent_pic": "entity_picture",
-    "exp_aft": "expire_after",
-    "frc_upd": "force_update",
-    "ic": "icon",
-    "json_attr": "json_attributes",
-    "json_attr_t": "json_attributes_topic",
-    "json_attr_tpl": "json_attributes_template",
-    "max": "max",
-    "min": "min",
-    "mode": "mode",
-    "name": "name",
-    "o": "origin",
-    "obj_id": "object_id",
-    "off_dly": "off_delay",
-    "on_cmd_type": "on_command_type",
-    "ops": "options",
-    "opt": "optimistic",
-    "p": "platform",
-    "pl": "payload",
-    "pl_avail": "payload_available",
-    "pl_not_avail": "payload_not_available",
-    "pl_off": "payload_off",
-    "pl_on": "payload_on",
-    "pl_prs": "payload_press",
-    "qos": "qos",
-    "ret": "retain",
-    "stat_cla": "state_class",
-    "stat_off": "state_off",
-    "stat_on": "state_on",
-    "stat_t": "state_topic",
-    "stat_tpl": "state_template",
-    "stat_val_tpl": "state_value_template",
-    "step": "step",
-    "sug_dsp_prc": "suggested_display_precision",
-    "t": "topic",
-    "uniq_id": "unique_id",
-    "unit_of_meas": "unit_of_measurement",
-    "val_tpl": "value_template",
-}
-"""Short keys of discovery configs (the subset that matters for adoption, plus common ones)."""
-
-_DEVICE_ABBREVIATIONS: Final[Mapping[str, str]] = {
-    "cu": "configuration_url",
-    "cns": "connections",
-    "ids": "identifiers",
-    "mf": "manufacturer",
-    "mdl": "model",
-    "mdl_id": "model_id",
-    "hw": "hw_version",
-    "sw": "sw_version",
-    "sa": "suggested_area",
-    "sn": "serial_number",
-}
-PUBLISHER_ORIGIN: Final = "safething-gateway"
-"""The ``origin`` name of the discovery configs the gateway publishes for its SAFEthings
-(:mod:`~safething_gateway.adoption.publish`); adoption skips them."""
-
-_ORIGIN_ABBREVIATIONS: Final[Mapping[str, str]] = {"sw": "sw_version", "url": "support_url"}
-
-_SHARED: Final = (
-    "~",
-    "state_topic",
-    "command_topic",
-    "qos",
-    "encoding",
-    "availability",
-    "availability_topic",
-    "availability_mode",
-    "availability_template",
-    "payload_available",
-    "payload_not_available",
-)
-"""Options a device-based config may give once for all its components."""
-
-
-def _long_keys(doc: Mapping[str, Any], table: Mapping[str, str]) -> dict[str, Any]:
-    return {table.get(k, k): v for k, v in doc.items()}
-
-
-def expand_config(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """Long keys for a discovery config, its ``device``, ``origin`` and ``availability``
-    items. Components (``cmps``) are left as they are; ``~`` is not substituted yet
-    (see :func:`apply_base`)."""
-    out = _long_keys(doc, ABBREVIATIONS)
-    if isinstance(out.get("device"), Mapping):
-        out["device"] = _long_keys(out["device"], _DEVICE_ABBREVIATIONS)
-    if isinstance(out.get("origin"), Mapping):
-        out["origin"] = _long_keys(out["origin"], _ORIGIN_ABBREVIATIONS)
-    if isinstance(out.get("availability"), list):
-        out["availability"] = [
-            _long_keys(item, ABBREVIATIONS) if isinstance(item, Mapping) else item
-            for item in out["availability"]
-        ]
-    return out
-
-
-def apply_base(config: dict[str, Any]) -> dict[str, Any]:
-    """Replace a leading or trailing ``~`` in every ``*_topic`` (and availability ``topic``)."""
-    base = config.get("~")
-    if not isinstance(base, str):
-        return config
-
-    def sub(value: Any) -> Any:
-        if isinstance(value, str):
-            if value.startswith("~"):
-                return base + value[1:]
-            if value.endswith("~"):
-                return value[:-1] + base
-        return value
-
-    for key in list(config):
-        if key.endswith("_topic"):
-            config[key] = sub(config[key])
-    if isinstance(config.get("availability"), list):
-        config["availability"] = [
-            {**item, "topic": sub(item.get("topic"))} if isinstance(item, Mapping) else item
-            for item in config["availability"]
-        ]
-    return config
-
-
-_TEMPLATE: Final = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.S)
-_ROOT: Final = re.compile(r"\s*(?P<root>value_json|value)(?![A-Za-z0-9_])")
-_STEP: Final = re.compile(
-    r"""\s*(?:\.(?P<attr>[A-Za-z_][A-Za-z0-9_]*)"""
-    r"""|\[\s*(?:'(?P<sq>[^']*)'|"(?P<dq>[^"]*)"|(?P<idx>\d+))\s*\])"""
-)
-_FILTER: Final = re.compile(
-    r"^(?P<name>float|int|round|lower|upper|string|trim)(?:\(\s*(?P<arg>-?[0-9.]*)\s*\))?$"
-)
-
-
-@dataclass(frozen=True)
-class ValueTemplate:
-    """The subset of Home Assistant value templates an adopter understands.
-
-    ``{{ value }}`` and ``{{ value_json.<path> }}`` where the path is made of
-    ``.key``, ``['key']``, ``["key"]`` and ``[index]`` steps, followed by any
-    of the filters ``float``, ``int``, ``round(n)``, ``lower``, ``upper``,
-    ``string``, ``trim``. Anything else (``{% if %}``, arithmetic, other
-    filters...) raises :class:`TemplateError` when parsed.
-    """
-
-    source: str
-    """The template text."""
-    json: bool
-    """Whether the payload is parsed as JSON (``value_json``)."""
-    path: tuple[str | int, ...] = ()
-    """Keys and indexes into the JSON payload."""
-    filters: tuple[tuple[str, str | None], ...] = ()
-    """Filters applied in order, with their argument."""
-
-    @classmethod
-    def parse(cls, text: str) -> ValueTemplate:
-        match = _TEMPLATE.match(text)
-        if match is None or "{%" in text or text.count("{{") != 1:
-            raise TemplateError(f"unsupported template {text!r}")
-        pieces = match["expr"].split("|")
-        expr = pieces[0]
-        root = _ROOT.match(expr)
-        if root is None:
-            raise TemplateError(f"unsupported template {text!r}: only value and value_json")
-        pos = root.end()
-        path: list[str | int] = []
-        while pos < len(expr.rstrip()):
-            step = _STEP.match(expr, pos)
-            if step is None:
-                raise TemplateError(f"unsupported template {text!r}")
-            if step["idx"] is not None:
-                path.append(int(step["idx"]))
-            else:
-                path.append(step["attr"] or step["sq"] or step["dq"] or "")
-            pos = step.end()
-        if path and root["root"] == "value":
-            raise TemplateError(f"unsupported template {text!r}: use value_json for a path")
-        filters: list[tuple[str, str | None]] = []
-        for piece in pieces[1:]:
-            f = _FILTER.match(piece.strip())
-            if f is None:
-                raise TemplateError(f"unsupported template {text!r}: filter {piece.strip()!r}")
-            filters.append((f["name"], f["arg"] or None))
-        return cls(text, root["root"] == "value_json", tuple(path), tuple(filters))
-
-    def render(self, payload: str) -> Any:
-        """The template's value for ``payload``; :class:`TemplateError` if it has none."""
-        value: Any = payload
-        if self.json:
-            try:
-                value = json.loads(payload)
-            except ValueError:
-                raise TemplateError(f"{payload[:40]!r} is not JSON") from None
-        for step in self.path:
-            try:
-                value = value[step]
-            except (KeyError, IndexError, TypeError):
-                raise TemplateError(f"no {step!r} in the payload") from None
-        for name, arg in self.filters:
-            value = _filter(name, arg, value)
-        return value
-
-
-def _filter(name: str, arg: str | None, value: Any) -> Any:
-    if name in ("float", "int", "round"):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            if arg is not None and name != "round":
-                number = float(arg)
-            else:
-                raise TemplateError(f"{value!r} is not a number") from None
-        if name == "int":
-            return int(number) if math.isfinite(number) else number
-        if name == "round":
-            return round(number, int(float(arg)) if arg else 0)
-        return number
-    text = jinja_text(value)
-    return {"lower": text.lower(), "upper": text.upper(), "trim": text.strip()}.get(name, text)
-
-
-def jinja_text(value: Any) -> str:
-    """A value as a Jinja template would print it (``True``, ``21.5``, ``{'a': 1}``)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict | list):
-        return json.dumps(value)
-    return str(value)
-
-
-def command_template(text: str) -> str:
-    """Check a command template: plain text with ``{{ value }}`` placeholders only."""
-    if "{%" in text:
-        raise TemplateError(f"unsupported command template {text!r}")
-    for expr in re.findall(r"\{\{(.*?)\}\}", text, re.S):
-        if expr.strip() != "value":
-            raise TemplateError(f"unsupported command template {text!r}")
-    return text
 
 
 _NUMERIC_CLASSES_NOT: Final = frozenset({"timestamp", "date", "enum"})

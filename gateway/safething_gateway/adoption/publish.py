@@ -45,7 +45,7 @@ from safething.errors import NoSuchDataError, SafeThingError
 from safething.net import Client
 from safething.things import AccessType, Attribute, ThingClient, ThingDescription, ValueType
 from safething_gateway.adoption.client import MqttAdapter
-from safething_gateway.adoption.homeassistant import PUBLISHER_ORIGIN
+from safething_gateway.adoption.ha_discovery import PUBLISHER_ORIGIN
 from safething_gateway.core import Gateway
 from safething_gateway.mqtt_client import Will
 
