@@ -24,9 +24,10 @@ select         writable enum attribute (``options``)
 
 With more than one switch/light (or number) on a device, the actions take a
 ``target`` parameter naming the attribute (default: the first). Values come
-from ``stat_t`` through ``val_tpl``; only simple templates are understood
-(see :class:`ValueTemplate`): an entity whose template is not is skipped
-with a log line, as is every malformed config. The bridge never stops on a
+from ``stat_t`` through ``val_tpl`` (:mod:`safething_gateway.adoption.templates`:
+the common forms directly, the rest in Jinja2's sandbox with limits): an entity
+whose template is refused is skipped with a log line, as is every malformed
+config. The bridge never stops on a
 bad message. An empty retained config removes the entity; a device with no
 entity left has its thing disabled.
 

@@ -36,15 +36,140 @@ _FILTER: Final = re.compile(
 )
 
 
+MAX_TEMPLATE: Final = 1024
+"""Longest template text (characters) compiled by the sandbox."""
+MAX_OUTPUT: Final = 4096
+"""Longest rendered text (characters); a longer one has no value."""
+_MAX_REPEAT: Final = 4096
+"""Largest string or list ``*`` may make, largest exponent ``**`` takes."""
+_NAMES: Final = frozenset({"value", "value_json"})
+_SAFE_FILTERS: Final = frozenset(
+    {
+        "abs",
+        "bool",
+        "capitalize",
+        "d",
+        "default",
+        "first",
+        "float",
+        "int",
+        "last",
+        "length",
+        "lower",
+        "max",
+        "min",
+        "replace",
+        "round",
+        "string",
+        "title",
+        "tojson",
+        "trim",
+        "upper",
+    }
+)
+_FORBIDDEN_NODES: Final = (
+    "For",
+    "Macro",
+    "CallBlock",
+    "Call",
+    "Include",
+    "Import",
+    "FromImport",
+    "Extends",
+    "Block",
+    "FilterBlock",
+    "With",
+    "Assign",
+    "AssignBlock",
+)
+
+
+def _sandbox() -> Any:
+    """Jinja2's immutable sandbox with bounded ``*``/``**`` and strict undefined names;
+    ``float``/``int`` raise on a non-number unless given a default (as Home Assistant)."""
+    from jinja2 import StrictUndefined
+    from jinja2.exceptions import SecurityError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Sandbox(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
+                raise SecurityError("exponent too large")
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if (
+                        isinstance(seq, str | list | tuple)
+                        and isinstance(n, int)
+                        and len(seq) * n > _MAX_REPEAT
+                    ):
+                        raise SecurityError("result too large")
+            return super().call_binop(context, operator, left, right)
+
+    env = Sandbox(undefined=StrictUndefined, autoescape=False)
+    missing = object()
+
+    def number(kind: type) -> Any:
+        def convert(value: Any, default: Any = missing) -> Any:
+            try:
+                return kind(float(value)) if kind is int else float(value)
+            except (TypeError, ValueError, OverflowError):
+                if default is missing:
+                    raise TemplateError(f"{value!r} is not a number") from None
+                return default
+
+        return convert
+
+    env.filters["float"] = number(float)
+    env.filters["int"] = number(int)
+    return env
+
+
+_ENV: Any = None
+
+
+def _compile(text: str) -> Any:
+    """The template compiled in the sandbox, or :class:`TemplateError`."""
+    global _ENV
+    from jinja2 import TemplateSyntaxError, meta, nodes
+
+    if len(text) > MAX_TEMPLATE:
+        raise TemplateError(f"template of {len(text)} characters; the limit is {MAX_TEMPLATE}")
+    if _ENV is None:
+        _ENV = _sandbox()
+    try:
+        tree = _ENV.parse(text)
+    except TemplateSyntaxError as e:
+        raise TemplateError(f"unsupported template {text!r}: {e.message}") from None
+    unknown = meta.find_undeclared_variables(tree) - _NAMES
+    if unknown:
+        raise TemplateError(
+            f"unsupported template {text!r}: only value and value_json, not "
+            + ", ".join(sorted(unknown))
+        )
+    for name in _FORBIDDEN_NODES:
+        if next(tree.find_all(getattr(nodes, name)), None) is not None:
+            raise TemplateError(f"unsupported template {text!r}: no {name.lower()} here")
+    for node in tree.find_all(nodes.Filter):
+        if node.name not in _SAFE_FILTERS:
+            raise TemplateError(f"unsupported template {text!r}: filter {node.name!r}")
+    return _ENV.from_string(tree)
+
+
 @dataclass(frozen=True)
 class ValueTemplate:
-    """The subset of Home Assistant value templates an adopter understands.
+    """A Home Assistant value template, as an adopter reads it.
 
-    ``{{ value }}`` and ``{{ value_json.<path> }}`` where the path is made of
-    ``.key``, ``['key']``, ``["key"]`` and ``[index]`` steps, followed by any
-    of the filters ``float``, ``int``, ``round(n)``, ``lower``, ``upper``,
-    ``string``, ``trim``. Anything else (``{% if %}``, arithmetic, other
-    filters...) raises :class:`TemplateError` when parsed.
+    The common forms are read without Jinja: ``{{ value }}`` and
+    ``{{ value_json.<path> }}`` where the path is made of ``.key``, ``['key']``,
+    ``["key"]`` and ``[index]`` steps, followed by any of the filters ``float``,
+    ``int``, ``round(n)``, ``lower``, ``upper``, ``string``, ``trim``; these
+    render to the value itself (a number stays a number). Anything else
+    (``{% if %}``, arithmetic, text around the value...) is compiled by
+    Jinja2's sandbox (see the module) and renders to text; what the sandbox
+    refuses (other names such as ``states()``, loops, calls, other filters)
+    raises :class:`TemplateError` when parsed.
     """
 
     source: str
@@ -55,9 +180,19 @@ class ValueTemplate:
     """Keys and indexes into the JSON payload."""
     filters: tuple[tuple[str, str | None], ...] = ()
     """Filters applied in order, with their argument."""
+    compiled: Any = None
+    """The sandboxed Jinja template, for a template outside the common forms."""
 
     @classmethod
     def parse(cls, text: str) -> ValueTemplate:
+        try:
+            return cls._parse_simple(text)
+        except TemplateError:
+            compiled = _compile(text)
+            return cls(text, "value_json" in text, compiled=compiled)
+
+    @classmethod
+    def _parse_simple(cls, text: str) -> ValueTemplate:
         match = _TEMPLATE.match(text)
         if match is None or "{%" in text or text.count("{{") != 1:
             raise TemplateError(f"unsupported template {text!r}")
@@ -89,6 +224,8 @@ class ValueTemplate:
 
     def render(self, payload: str) -> Any:
         """The template's value for ``payload``; :class:`TemplateError` if it has none."""
+        if self.compiled is not None:
+            return self._render_sandboxed(payload)
         value: Any = payload
         if self.json:
             try:
@@ -103,6 +240,25 @@ class ValueTemplate:
         for name, arg in self.filters:
             value = _filter(name, arg, value)
         return value
+
+    def _render_sandboxed(self, payload: str) -> str:
+        from jinja2 import TemplateError as JinjaError
+
+        context: dict[str, Any] = {"value": payload}
+        if self.json:
+            try:
+                context["value_json"] = json.loads(payload)
+            except ValueError:
+                raise TemplateError(f"{payload[:40]!r} is not JSON") from None
+        try:
+            text = str(self.compiled.render(context))
+        except TemplateError:
+            raise
+        except (JinjaError, ArithmeticError, TypeError, ValueError, LookupError) as e:
+            raise TemplateError(f"template {self.source!r}: {e}") from None
+        if len(text) > MAX_OUTPUT:
+            raise TemplateError(f"template {self.source!r} made {len(text)} characters")
+        return text.strip()
 
 
 def _filter(name: str, arg: str | None, value: Any) -> Any:
