@@ -83,6 +83,7 @@ class GroupModule(NamedTuple):
 GROUP_MODULES: tuple[GroupModule, ...] = (
     GroupModule("net", "safething.bench.net"),
     GroupModule("things", "safething.bench.things"),
+    GroupModule("history", "safething.bench.history"),
     GroupModule("gateway", "safething_gateway.bench.gateway"),
     GroupModule("firmware", "safething_gateway.bench.firmware"),
 )

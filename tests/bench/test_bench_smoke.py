@@ -59,6 +59,16 @@ THINGS_EXPECTED = {
     ),
 }
 EXPECTED |= THINGS_EXPECTED
+HISTORY_EXPECTED = {
+    *(f"history_bytes_per_reading_ring{r}" for r in (32, 500)),
+    *(
+        f"history_query_30d_{kind}_ring{r}_{p}_ms"
+        for kind in ("all", "500buckets")
+        for r in (32, 500)
+        for p in ("p50", "p99", "max")
+    ),
+}
+EXPECTED |= HISTORY_EXPECTED
 TRANSPORTS = ("mqtt", "coap", "http")
 GATEWAY_LATENCIES = tuple(
     base
@@ -118,6 +128,8 @@ def test_every_metric_is_present_and_positive(
         group = (
             "things"
             if m["name"] in THINGS_EXPECTED
+            else "history"
+            if m["name"] in HISTORY_EXPECTED
             else "gateway."
             if m["name"] in GATEWAY_EXPECTED
             else "firmware."
