@@ -231,6 +231,18 @@ class GatewayApp(AsyncResource):
 
                 tokens = TokenStore(cfg.gateway.tokens_path, owner=owner)
             bridges.append(HttpBridge(cfg.http.bind, cfg.http.port, tokens=tokens))
+        if cfg.mirror.enabled:
+            from safething_gateway.mirror import JsonMirror
+
+            bridges.append(
+                JsonMirror(
+                    cfg.mqtt.host,
+                    mqtt_port,
+                    prefix=cfg.mirror.prefix,
+                    username=login("json-mirror"),
+                    password=password,
+                )
+            )
         if cfg.adoption.homeassistant or cfg.adoption.homie or cfg.homeassistant.publish:
             from safething_gateway import adoption
 

@@ -53,6 +53,10 @@
     session_max_s = 43200.0
     tls_cert = ""              # PEM; its SHA-256 goes into provisioning QR codes
     tls_key = ""
+
+    [mirror]                   # plain-JSON copy of verified public readings (read-only)
+    enabled = false
+    prefix = "safething-json"
 """
 
 from __future__ import annotations
@@ -189,6 +193,12 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class MirrorConfig:
+    enabled: bool = False
+    prefix: str = "safething-json"
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -197,6 +207,7 @@ class GatewayConfig:
     adoption: AdoptionConfig = field(default_factory=AdoptionConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    mirror: MirrorConfig = field(default_factory=MirrorConfig)
     source: str = "defaults"
 
     def with_overrides(self, **sections: dict[str, Any]) -> GatewayConfig:
@@ -217,6 +228,7 @@ _SECTIONS = {
     "adoption": AdoptionConfig,
     "homeassistant": HomeAssistantConfig,
     "console": ConsoleConfig,
+    "mirror": MirrorConfig,
 }
 
 
