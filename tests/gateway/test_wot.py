@@ -250,6 +250,12 @@ async def test_token_cli(
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and lines[1].startswith("stt_")
     grant = TokenStore(tmp_path / "http-tokens").check(f"Bearer {lines[1]}")
+    # only the token's hash is kept, in files no one else may read
+    directory = tmp_path / "http-tokens"
+    assert directory.stat().st_mode & 0o777 == 0o700
+    for path in directory.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert lines[1].encode() not in path.read_bytes() and lines[1] not in path.name
     async with await open_store(store_url) as store:
         members = await ThingOwner(Client(store, owner), "garden-01").members()
     assert grant.identity.public_sign_key in members
