@@ -32,14 +32,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from safething.errors import NoSuchDataError, SafeThingError
 from safething.net import Client
 from safething.things import AccessType, ThingClient, ThingDescription
 from safething.things.discovery import list_things
-from safething_gateway.adoption.client import MqttBridge
+from safething_gateway.adoption.client import MqttAdapter
 from safething_gateway.core import Gateway
+from safething_gateway.mqtt_client import Will
 
 __all__ = ["JsonMirror"]
 
@@ -52,7 +51,7 @@ class _Mirrored:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
-class JsonMirror(MqttBridge):
+class JsonMirror(MqttAdapter):
     """Publishes verified, public readings as plain JSON; never reads a command."""
 
     name = "json-mirror"
@@ -82,8 +81,8 @@ class JsonMirror(MqttBridge):
     def topics(self) -> list[str]:
         return []  # read-only: no subscription, so no command can arrive
 
-    def prepare(self, client: mqtt.Client) -> None:
-        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+    def will(self) -> Will:
+        return (self.status_topic, b"offline", True)
 
     def property_topic(self, thing_id: str, attribute: str) -> str:
         return f"{self.prefix}/{thing_id}/properties/{attribute}"
