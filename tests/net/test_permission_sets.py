@@ -30,6 +30,11 @@ def test_parse_accepts_what_people_write() -> None:
     assert Action.parse(Action.UPDATE) is Action.UPDATE
     with pytest.raises(ValueError, match="unknown permission 'fly'"):
         Action.parse("read,fly")
+    with pytest.raises(ValueError, match="unknown permission 'fly'"):
+        Action.parse("all,fly")  # every word is checked, also after 'all'
+    for word in ("a", "abc", "al"):  # not a prefix of 'all'
+        with pytest.raises(ValueError, match="unknown permission"):
+            Action.parse(word)
 
 
 def test_all_is_every_flag_and_names_are_in_a_fixed_order() -> None:
@@ -83,6 +88,14 @@ def test_wire_form_is_canonical_and_round_trips() -> None:
     flags = {ALICE.value: Action.UPDATE.value, BOB.value: Action.INSERT.value}
     assert wire == [[k, flags[k]] for k in keys] + [[ANYONE, Action.READ.value]]
     assert PermissionSet.from_wire(wire) == one
+    # keys with the same flags: the order is the keys', whatever order they came in
+    carol = Identity.generate("carol").public_sign_key
+    same = [
+        PermissionSet({a: "insert", b: "insert", c: "insert"})
+        for a, b, c in ((ALICE, BOB, carol), (carol, BOB, ALICE), (BOB, carol, ALICE))
+    ]
+    assert same[0].to_wire() == same[1].to_wire() == same[2].to_wire()
+    assert [row[0] for row in same[0].to_wire()] == sorted([ALICE.value, BOB.value, carol.value])
     assert one.describe() == {
         "anyone": ["read"],
         BOB.hex(): ["insert"],
