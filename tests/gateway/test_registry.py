@@ -1,0 +1,120 @@
+"""The device registry on its own: a private file, counters and queues that hold their
+limits, and errors that say what is wrong (written against the mutants of
+safething_gateway/registry.py that survived the gateway's tests)."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from safething.errors import StoreError
+from safething_gateway.protocol import ReplayError, UnknownDeviceError
+from safething_gateway.registry import (
+    MAX_PENDING_DOWNLINKS,
+    DownlinkQueueFullError,
+    Registry,
+)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_registry_and_its_side_files_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    registry = Registry(path)
+    registry.add("sensor-01", "http")
+    assert _mode(path) == 0o600
+    # another process keeps the file open, so its -wal and -shm stay; someone (a backup
+    # tool, a careless copy) opened all three up: the next start closes them again
+    keeper = sqlite3.connect(path)
+    keeper.execute("SELECT COUNT(*) FROM devices").fetchone()
+    registry.close()
+    sides = [path.with_name(path.name + s) for s in ("-wal", "-shm")]
+    for f in [path, *sides]:
+        assert f.exists(), f
+        f.chmod(0o644)
+    again = Registry(path)
+    try:
+        assert _mode(path) == 0o600
+        for f in sides:
+            assert _mode(f) == 0o600, f
+        assert again.get("sensor-01").device_id == "sensor-01"
+    finally:
+        again.close()
+        keeper.close()
+
+
+def test_a_file_that_is_not_a_registry(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    path.write_bytes(b"this is not a database, it is a shopping list\n" * 100)
+    with pytest.raises(StoreError, match="not a gateway registry or is damaged"):
+        Registry(path)
+
+
+def test_unknown_devices_and_replays_are_named(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        with pytest.raises(UnknownDeviceError, match="unknown device 'nobody-01'"):
+            registry.revoke("nobody-01")
+        with pytest.raises(UnknownDeviceError, match="unknown device 'nobody-01'"):
+            registry.accept_counter("nobody-01", 1)
+        registry.add("sensor-01", "http")
+        registry.accept_counter("sensor-01", 7)
+        for old in (7, 6, 0):
+            with pytest.raises(ReplayError, match=rf"counter {old} .* last accepted \(7\)"):
+                registry.accept_counter("sensor-01", old)
+        registry.accept_counter("sensor-01", 9)  # gaps are allowed
+        assert registry.get("sensor-01").rx_counter == 9
+    finally:
+        registry.close()
+
+
+def test_the_downlink_queue_holds_its_limit(tmp_path: Path) -> None:
+    assert MAX_PENDING_DOWNLINKS == 256  # docs/gateway.md
+    path = tmp_path / "gateway.db"
+    registry = Registry(path, max_pending=3)
+    registry.add("sensor-01", "http")
+    for _ in range(3):
+        registry.enqueue("sensor-01", "desired", b"{}")
+    with pytest.raises(DownlinkQueueFullError, match=r"has 3 downlinks .* \(the limit is 3\)"):
+        registry.enqueue("sensor-01", "desired", b"{}")
+    registry.close()
+    # a gateway restarted with a smaller limit refuses more while it is over that limit
+    smaller = Registry(path, max_pending=2)
+    try:
+        with pytest.raises(DownlinkQueueFullError, match="has 3 downlinks"):
+            smaller.enqueue("sensor-01", "desired", b"{}")
+        counters = [d.counter for d in smaller.pending("sensor-01")]
+        assert counters == [1, 2, 3]
+        assert smaller.ack("sensor-01", 2) is True  # the device has 1 and 2
+        assert [d.counter for d in smaller.pending("sensor-01")] == [3]
+        assert smaller.ack("sensor-01", 2) is False  # nothing more to drop
+        smaller.enqueue("sensor-01", "desired", b"{}")  # under the limit again
+    finally:
+        smaller.close()
+
+
+def test_a_write_waits_for_another_process_lock(tmp_path: Path) -> None:
+    """Another process (the CLI's ``device revoke``) holds the write lock for a moment:
+    the gateway's write waits for it (up to write_timeout), it does not fail at once."""
+    path = tmp_path / "gateway.db"
+    registry = Registry(path, write_timeout=30.0)
+    registry.add("sensor-01", "http")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    locked = threading.Event()
+    release = threading.Timer(0.3, lambda: (other.execute("ROLLBACK"), locked.set()))
+    release.start()
+    try:
+        registry.set_online("sensor-01", True)  # blocks until the other lock is gone
+        assert locked.is_set()
+        assert registry.get("sensor-01").online
+    finally:
+        release.join()
+        other.close()
+        registry.close()
