@@ -47,6 +47,7 @@ THINGS = [
 GATEWAY_CORE = [
     "tests/gateway/test_core.py",
     "tests/gateway/test_device_link.py",
+    "tests/gateway/test_link_vectors.py",
     "tests/gateway/test_link_versions.py",
     "tests/gateway/test_protocol_shell.py::test_the_recipe_is_the_gateways_sealing",
     "tests/gateway/test_registry.py",

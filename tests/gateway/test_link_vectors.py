@@ -1,0 +1,126 @@
+"""The device link computed from docs/protocol.md alone (hmac, hashlib and a bare AES
+block), compared with safething_gateway.protocol: a device written from the document
+interoperates, and a change to the link's constants cannot go unnoticed (written
+against the mutants of protocol.py that survived the gateway's tests)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from safething_gateway.protocol import (
+    MAX_MESSAGE_BYTES,
+    BadMacError,
+    BadMessageError,
+    PayloadError,
+    ProtocolError,
+    RateLimitedError,
+    ReplayError,
+    RevokedDeviceError,
+    TooLargeError,
+    UnknownChannelError,
+    UnknownDeviceError,
+    frame,
+    mac,
+    parse_frame,
+)
+
+SECRET = bytes(range(32))
+DEVICE, CHANNEL, BODY = "sensor-01", "reading", b'{"moisture":12}'
+
+
+def _hmac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def _key(label: bytes, length: int) -> bytes:
+    """HKDF-Expand (RFC 5869) with the secret as PRK, for one block: HMAC(PRK, info|1)."""
+    return _hmac(SECRET, label + b"\x01")[:length]
+
+
+def _ctr(key: bytes, counter: int, data: bytes) -> bytes:
+    """AES-128-CTR from single AES blocks: block i is AES(key, counter (8 bytes BE) || i)."""
+    aes = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    out = bytearray()
+    for i in range(0, len(data), 16):
+        block = aes.update(((counter << 64) + i // 16).to_bytes(16, "big"))
+        out += bytes(a ^ b for a, b in zip(data[i : i + 16], block, strict=False))
+    return bytes(out)
+
+
+def _tag(key: bytes, magic: bytes, counter: int, body: bytes) -> str:
+    fields = (magic, DEVICE.encode(), CHANNEL.encode(), str(counter).encode(), body)
+    return hmac.new(key, b"\n".join(fields), hashlib.sha256).hexdigest()
+
+
+def test_st1_is_hmac_of_the_body_under_the_secret() -> None:
+    expected = _tag(SECRET, b"ST1", 7, BODY)
+    assert mac(SECRET, DEVICE, CHANNEL, 7, BODY, version=1) == expected
+    assert frame(SECRET, DEVICE, CHANNEL, 7, BODY, version=1, uplink=True) == (
+        b"ST1 7 " + expected.encode() + b"\n" + BODY
+    )
+
+
+@pytest.mark.parametrize("uplink", [True, False])
+@pytest.mark.parametrize("counter", [0, 1, 41, 2**63 - 1])  # 2**63 - 1: 19 digits
+def test_st2_is_aes_ctr_then_hmac_with_keys_per_direction(uplink: bool, counter: int) -> None:
+    direction = b"up" if uplink else b"down"
+    enc = _key(b"safething ST2 " + direction + b" enc", 16)
+    key = _key(b"safething ST2 " + direction + b" mac", 32)
+    body = BODY * 3  # more than one AES block
+    sealed = _ctr(enc, counter, body)
+    tag = _tag(key, b"ST2", counter, sealed)
+    data = frame(SECRET, DEVICE, CHANNEL, counter, body, version=2, uplink=uplink)
+    assert data == b"ST2 %d %s\n" % (counter, tag.encode()) + sealed
+    parsed = parse_frame(data)
+    assert parsed.open(SECRET, DEVICE, CHANNEL, uplink=uplink) == body
+    with pytest.raises(BadMacError):  # the other direction's keys do not fit
+        parsed.open(SECRET, DEVICE, CHANNEL, uplink=not uplink)
+    assert mac(SECRET, DEVICE, CHANNEL, counter, sealed, uplink=uplink) == tag  # ST2 default
+
+
+@pytest.mark.parametrize("counter", [-1, 2**64])
+def test_st2_counters_fit_the_nonce(counter: int) -> None:
+    with pytest.raises(ValueError, match="an ST2 counter is 0 to 2"):
+        frame(SECRET, DEVICE, CHANNEL, counter, BODY, version=2, uplink=True)
+    # the largest nonce still frames (a frame parses only with up to 19 digits, below)
+    top = frame(SECRET, DEVICE, CHANNEL, 2**64 - 1, BODY, version=2, uplink=True)
+    assert top.startswith(b"ST2 18446744073709551615 ")
+
+
+def test_frame_and_counter_limits() -> None:
+    head = b"ST2 1 " + b"a" * 64 + b"\n"
+    assert MAX_MESSAGE_BYTES == 16 * 1024  # docs/protocol.md: at most 16 KiB per message
+    fits = head + b"x" * (MAX_MESSAGE_BYTES - len(head))
+    assert parse_frame(fits).body == b"x" * (MAX_MESSAGE_BYTES - len(head))
+    with pytest.raises(TooLargeError, match=f"message of {MAX_MESSAGE_BYTES + 1} bytes"):
+        parse_frame(fits + b"x")
+    assert parse_frame(b"ST2 " + b"9" * 19 + b" " + b"a" * 64 + b"\n").counter == int("9" * 19)
+    with pytest.raises(BadMessageError, match="the counter must be a decimal number"):
+        parse_frame(b"ST2 " + b"1" * 20 + b" " + b"a" * 64 + b"\n")
+    for tag in (b"a" * 63, b"a" * 65, b"A" * 64, b"g" * 64):
+        with pytest.raises(BadMessageError, match="64 lowercase hex digits"):
+            parse_frame(b"ST2 1 " + tag + b"\n")
+
+
+@pytest.mark.parametrize(
+    ("error", "http", "coap", "reason"),
+    [  # docs/protocol.md, the table of refusals
+        (BadMessageError, 400, "4.00", "bad_message"),
+        (BadMacError, 401, "4.01", "bad_mac"),
+        (RevokedDeviceError, 403, "4.03", "revoked"),
+        (UnknownDeviceError, 404, "4.04", "unknown_device"),
+        (UnknownChannelError, 404, "4.04", "unknown_channel"),
+        (ReplayError, 409, "4.03", "replay"),
+        (TooLargeError, 413, "4.13", "too_large"),
+        (PayloadError, 422, "4.22", "bad_payload"),
+        (RateLimitedError, 429, "4.29", "rate_limited"),
+    ],
+)
+def test_each_refusal_has_its_documented_codes(
+    error: type[ProtocolError], http: int, coap: str, reason: str
+) -> None:
+    assert (error.http, error.coap, error.reason) == (http, coap, reason)
