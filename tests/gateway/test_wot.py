@@ -265,3 +265,44 @@ async def test_token_cli(
     capsys.readouterr()
     assert await asyncio.to_thread(main, ["token", "revoke", "node-red"]) == 1
     assert "no token named" in capsys.readouterr().err
+
+
+async def test_only_verified_values_are_served(site: Site, garden: Thing, tmp_path: Path) -> None:
+    """The store's attacker rewrites the latest moisture in the SQLite file, keeping the
+    thing's signature: the binding answers 502, never the forged value."""
+    import dataclasses
+    import sqlite3
+
+    from safething.net.mutable import EntryRecord
+    from safething.things.layout import ThingAddresses
+    from safething.things.values import dumps
+
+    token, _ = site.tokens.add("reader")
+    bearer = {"Authorization": f"Bearer {token}"}
+    url = f"{site.url}/wot/garden-01/properties/moisture"
+    async with httpx.AsyncClient(timeout=30) as http:
+        assert (await http.get(url, headers=bearer)).json() == 40.0  # the genuine value
+        address = ThingAddresses.of("garden-01").thing
+        db = sqlite3.connect(tmp_path / "vault.db", isolation_level=None, timeout=10)
+        try:
+            rows = db.execute(
+                "SELECT key, value FROM records WHERE key LIKE ?", (address.entry_prefix + "%",)
+            ).fetchall()
+            [(key, raw)] = [
+                (k, v)
+                for k, v in rows
+                if EntryRecord.from_bytes(bytes(v), address, None).stored_key == b"a/moisture"
+            ]
+            record = EntryRecord.from_bytes(bytes(raw), address, None)
+            forged = dataclasses.replace(record, stored_value=dumps({"n": 1, "t": 0.0, "v": 99.0}))
+            db.execute(
+                "UPDATE records SET value = ?, rev = rev + 1000000 WHERE key = ?",
+                (forged.to_bytes(), key),
+            )
+        finally:
+            db.close()
+        token2, _ = site.tokens.add("fresh-reader")  # a client that never saw the genuine one
+        for headers in (bearer, {"Authorization": f"Bearer {token2}"}):
+            answer = await http.get(url, headers=headers)
+            assert answer.status_code == 502, answer.text
+            assert "99" not in answer.text
