@@ -235,6 +235,12 @@ async def test_tasmota_classic_discovery(
         assert record.meta["source"] == "homeassistant"
         await value_is(store, "ha-A1B2C3", "available", True)  # the retained LWT
 
+        async def online() -> None:  # and every reader sees the thing online
+            async with ThingClient(Client(store)) as things:
+                assert (await things.availability("ha-A1B2C3")).online is True
+
+        await eventually(online)
+
         owner = gateway.owner
         for topic, payload in scenario["live"]:
             await probe.publish(topic, payload)
@@ -518,6 +524,8 @@ async def test_homie_v5_device(
         async def disabled() -> None:
             async with ThingClient(Client(store)) as things:
                 assert await things.status(thing_id) == "disabled"
+                live = await things.availability(thing_id)
+                assert (live.online, live.reason) == (False, "withdrawn")
 
         await eventually(disabled)
 

@@ -143,6 +143,7 @@ class MqttAdopter(MqttAdapter):
             return
         registry.set_meta(thing_id, {**record.meta, "removed": True})
         registry.set_online(thing_id, False)
+        await self.gateway.liveness.mark(thing_id, False, "withdrawn")
         thing = self.gateway.things.get(thing_id)
         if thing is not None and thing.status != "disabled":
             await thing.disable()

@@ -601,6 +601,9 @@ class HomeAssistantAdopter(MqttAdopter):
             device.available_fresh = False
             await self.report(device.thing_id, "available", device.available)
             self.gateway.registry.set_online(device.thing_id, device.available)
+            await self.gateway.liveness.mark(
+                device.thing_id, device.available, "" if device.available else "unavailable"
+            )
 
     # --- (re)building a device's thing -------------------------------------------------
 

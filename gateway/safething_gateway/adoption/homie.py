@@ -334,6 +334,10 @@ class HomieAdopter(MqttAdopter):
             device.state_fresh = False
             await self.report(device.thing_id, "state", device.state)
             self.gateway.registry.set_online(device.thing_id, device.state == "ready")
+            ready = device.state == "ready"
+            await self.gateway.liveness.mark(
+                device.thing_id, ready, "" if ready else f"$state {device.state}"
+            )
 
     # --- (re)building ---------------------------------------------------------------------
 
