@@ -10,7 +10,9 @@ holds its key), so the gateway says for it (see
   with ``online: false``;
 * **offline, "inactive"** after ``offline_after`` seconds without a message
   (CoAP and HTTP devices have no connection to lose);
-* **offline, "gateway stopped"** when the gateway closes.
+* **offline, "gateway stopped"** when the gateway closes;
+* for adopted devices, what their own convention says: Home Assistant's
+  availability topic, Homie's ``$state``, a withdrawn announcement.
 
 Only changes are written, so a device sending every second costs no extra
 store writes.
