@@ -181,7 +181,14 @@ async def _garden(args: argparse.Namespace, store: Store, owner: Identity, path:
     started = time.monotonic()
     async with (
         stop_on_interrupt() as stop,
-        GardenDemo(store, owner=owner, device=device, controller=controller, echo=out) as demo,
+        GardenDemo(
+            store,
+            owner=owner,
+            device=device,
+            controller=controller,
+            echo=out,
+            verbose=args.every_event,
+        ) as demo,
     ):
         await demo.run(seconds=args.seconds, stop=stop)
     out()

@@ -187,8 +187,12 @@ class GardenDemo:
         echo: Echo = print,
         tick: float = TICK_S,
         soil: Soil | None = None,
+        verbose: bool = False,
     ) -> None:
         self.store = store
+        self.verbose = verbose
+        """Every moisture reading and action state; otherwise alarms, valve changes and the
+        end of each action."""
         self.owner = owner
         self.device_id, self.controller_id = garden_ids(device, controller)
         self.echo = echo
@@ -248,7 +252,8 @@ class GardenDemo:
         owner = ThingOwner(Client(self.store, self.owner), self.device_id)
         if self.controller.identity.public_sign_key not in await owner.members():
             await owner.add_member(self.controller.identity.public)
-        self._tasks.spawn(self._show(attribute="moisture", filter="any"), "show-moisture")
+        if self.verbose:
+            self._tasks.spawn(self._show(attribute="moisture", filter="any"), "show-moisture")
         self._tasks.spawn(self._show(attribute="valve", filter="changed"), "show-valve")
         await self._subscribe_controller()
         self._tasks.spawn(self._sense(), "sensor")
@@ -386,6 +391,8 @@ class GardenDemo:
             self._busy = False
 
     def _state(self, shown: str, status: ActionStatus) -> None:
+        if not (self.verbose or status.final):
+            return
         text = f"{shown} on {self.device_id}: {status.state}"
         if status.progress is not None:
             text += f" {status.progress:g}%"

@@ -24,7 +24,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_garden_demo(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = f"sqlite:///{env}/vault.db"
-    code = main(["demo", "--local", "--seconds", "6", "--store", store])
+    code = main(["demo", "--local", "--seconds", "6", "--store", store, "--verbose"])
     out, err = capsys.readouterr()
     assert (code, err) == (0, "")
     device = re.search(r"device: +(garden-device-[0-9a-f]{8})", out)
@@ -41,7 +41,7 @@ def test_garden_demo(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
     # a second run in another process reuses the identities and the things; Ctrl-C stops it
     proc = subprocess.Popen(
-        [sys.executable, "-m", "safething", "demo", "--local", "--store", store],
+        [sys.executable, "-m", "safething", "demo", "--local", "--store", store, "--verbose"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -58,6 +58,15 @@ def test_garden_demo(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "stopped after" in rest
+
+
+def test_garden_demo_is_calm_by_default(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["demo", "--local", "--seconds", "5", "--store", f"sqlite:///{env}/vault.db"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    assert "moisture = " not in out  # no reading stream; valve changes are shown
+    assert re.search(r"action +OpenValve\(psi=30\) on garden-device-\w+: done ->", out)
+    assert "requested by" not in out and ": running" not in out
 
 
 def test_network_demo(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
