@@ -31,10 +31,18 @@ def run_python(code: str, cwd: Path, env: dict[str, str]) -> subprocess.Complete
 
 
 def test_every_readme_python_block_runs(tmp_path: Path) -> None:
+    """Each block alone, but for one that goes on from the thing (``garden``, ``KEY``): it
+    runs after it, with the default identity ``safething identity create`` makes."""
     blocks = python_blocks(ROOT / "README.md")
-    assert len(blocks) >= 2
+    assert len(blocks) >= 3
     env = isolated_env(tmp_path)
+    (thing,) = [b for b in blocks if "ThingDescription(" in b]
+    cli = [sys.executable, "-m", "safething", "identity", "create"]
+    subprocess.run(cli, cwd=tmp_path, env=env, check=True, capture_output=True, timeout=60)
     for block in blocks:
+        if "garden" in block and "ThingDescription(" not in block:
+            check = "\nassert thing.owner.sign_key == owner.public_sign_key\n"
+            block = thing.replace("asyncio.run(main())", "") + block + check
         result = run_python(block, tmp_path, env)
         assert result.returncode == 0, result.stderr
         assert "Traceback" not in result.stderr
