@@ -239,7 +239,7 @@ class GatewayApp(AsyncResource):
                     cfg.mqtt.host,
                     mqtt_port,
                     prefix=cfg.mirror.prefix,
-                    username=login("json-mirror"),
+                    username=login(GATEWAY_LOGIN_ROLES[3]),
                     password=password,
                 )
             )

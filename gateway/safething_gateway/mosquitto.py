@@ -25,7 +25,9 @@ on): ``<gateway>-ha-adopt`` reads and writes every topic (``topic readwrite
 (``tele/...``, ``cmnd/...``, ``zigbee2mqtt/...``); ``<gateway>-homie-adopt``
 reads and writes ``homie/#``; ``<gateway>-ha-publish`` reads and writes
 Home Assistant discovery and the state, availability and command topics it
-publishes under (``safething/#``). None of that gives the gateway power over
+publishes under (``safething/#``); ``<gateway>-json-mirror`` may only write
+the plain-JSON mirror's tree (``topic write safething-json/#``: it reads
+nothing, so it can take no command). None of that gives the gateway power over
 SAFEthing devices it does not already have (it holds their secrets); a
 device's own login stays confined to its topics.
 
@@ -72,7 +74,7 @@ _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MARK = "# safething:"
 
 
-GATEWAY_LOGIN_ROLES = ("ha-adopt", "homie-adopt", "ha-publish")
+GATEWAY_LOGIN_ROLES = ("ha-adopt", "homie-adopt", "ha-publish", "json-mirror")
 """Suffixes of the gateway's further logins: ``<gateway login>-<role>``."""
 
 
@@ -143,8 +145,10 @@ class MosquittoAuth:
         publish: bool = False,
         adopt_homeassistant: bool = False,
         adopt_homie: bool = False,
+        mirror: bool = False,
         discovery_prefix: str = "homeassistant",
         state_prefix: str = "safething",
+        mirror_prefix: str = "safething-json",
     ) -> str:
         """Create (or replace) the gateway's logins; returns their new random password.
 
@@ -163,14 +167,18 @@ class MosquittoAuth:
             )
         }
         dp, sp = _topic(discovery_prefix), _topic(state_prefix)
-        ha_adopt, homie_adopt, ha_publish = (f"{username}-{r}" for r in GATEWAY_LOGIN_ROLES)
+        ha_adopt, homie_adopt, ha_publish, json_mirror = (
+            f"{username}-{r}" for r in GATEWAY_LOGIN_ROLES
+        )
         if adopt_homeassistant:
             users[ha_adopt] = ("gateway", ["topic readwrite #"])
         if adopt_homie:
             users[homie_adopt] = ("gateway", ["topic readwrite homie/#"])
         if publish:
             users[ha_publish] = ("gateway", [f"topic readwrite {dp}/#", f"topic readwrite {sp}/#"])
-        for name in (ha_adopt, homie_adopt, ha_publish):
+        if mirror:  # publishes only: it may write its tree and read nothing
+            users[json_mirror] = ("gateway", [f"topic write {_topic(mirror_prefix)}/#"])
+        for name in (ha_adopt, homie_adopt, ha_publish, json_mirror):
             if name not in users:
                 self.remove_device(name)  # a feature turned off: its login goes
         for name, (kind, rules) in users.items():

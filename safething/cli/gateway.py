@@ -349,7 +349,9 @@ def cmd_broker_login(args: argparse.Namespace) -> int:
             publish=config.homeassistant.publish,
             adopt_homeassistant=config.adoption.homeassistant,
             adopt_homie=config.adoption.homie,
+            mirror=config.mirror.enabled,
             discovery_prefix=prefix,
+            mirror_prefix=config.mirror.prefix,
         )
     _reload_broker(config.mqtt.reload_command)
     if args.role == "gateway":
@@ -361,12 +363,13 @@ def cmd_broker_login(args: argparse.Namespace) -> int:
                     config.adoption.homeassistant,
                     config.adoption.homie,
                     config.homeassistant.publish,
+                    config.mirror.enabled,
                 ),
                 strict=True,
             )
             if on
         ]
-        also = f" (and {', '.join(more)} for adoption/publishing)" if more else ""
+        also = f" (and {', '.join(more)} for adoption/publishing/the mirror)" if more else ""
         out(f"created the broker login {username!r}{also}.")
         out("Put the user name in [mqtt] of the gateway config and the password in")
         out("secrets.toml next to it (mode 0600), or in $SAFETHING_MQTT_PASSWORD:")

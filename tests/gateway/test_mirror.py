@@ -116,3 +116,16 @@ async def test_the_mirror_takes_no_commands(
 def test_prefix_is_checked() -> None:
     with pytest.raises(ValueError, match="wildcards"):
         JsonMirror("127.0.0.1", 1, prefix="a/#")
+
+
+def test_the_mirror_login_may_only_write_its_tree(tmp_path: Path) -> None:
+    from safething_gateway.mosquitto import MosquittoAuth
+
+    auth = MosquittoAuth(tmp_path / "passwd", tmp_path / "acl")
+    auth.add_gateway_user("gw", mirror=True, mirror_prefix="pub-json")
+    assert sorted(auth.users()) == ["gw", "gw-json-mirror"]
+    acl = (tmp_path / "acl").read_text()
+    rules = acl.split("user gw-json-mirror\n", 1)[1].split("\n\n", 1)[0].strip().splitlines()
+    assert [r for r in rules if r.startswith("topic")] == ["topic write pub-json/#"]
+    auth.add_gateway_user("gw")  # the mirror turned off: its login goes
+    assert auth.users() == ["gw"]
