@@ -29,7 +29,7 @@ from safething.store import Store
 from safething.things import ActionStatus, Notification, Thing, ThingClient, ThingDescription
 from safething_gateway.broker import Mosquitto, free_port
 from safething_gateway.core import Bridge, Gateway
-from safething_gateway.devices.base import DeviceLink
+from safething_gateway.device_clients.base import DeviceLink
 from safething_gateway.registry import Registry
 
 __all__ = ["GatewayDemo", "device_description"]
@@ -120,16 +120,16 @@ class _SimulatedDevice:
     async def start(self) -> None:
         demo = self.demo
         if self.transport == "mqtt":
-            from safething_gateway.devices.mqtt import MqttDevice
+            from safething_gateway.device_clients.mqtt import MqttDevice
 
             assert demo.broker is not None
             self.client = MqttDevice(self.link, "127.0.0.1", demo.broker.port)
         elif self.transport == "coap":
-            from safething_gateway.devices.coap import CoapDevice
+            from safething_gateway.device_clients.coap import CoapDevice
 
             self.client = CoapDevice(self.link, "127.0.0.1", demo.coap_port)
         else:
-            from safething_gateway.devices.http import HttpDevice
+            from safething_gateway.device_clients.http import HttpDevice
 
             self.client = HttpDevice(self.link, f"http://127.0.0.1:{demo.http_port}")
         await self.client.start()

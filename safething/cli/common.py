@@ -17,7 +17,7 @@ from safething.local_identity import (
 from safething.net import PublicSignKey, SecretKey
 from safething.store import ENV_VAR as ENV_STORE
 from safething.store import Store, default_store_url, open_store
-from safething.store.registry import sqlite_path_from_url
+from safething.store.urls import sqlite_path_from_url
 
 __all__ = [
     "ENV_IDENTITY",

@@ -28,7 +28,7 @@ from safething.things import ThingClient
 from safething_gateway.bridges.http import HttpBridge
 from safething_gateway.bridges.mqtt import MqttConnection, Topics
 from safething_gateway.core import Gateway
-from safething_gateway.devices.base import DeviceLink
+from safething_gateway.device_clients.base import DeviceLink
 from safething_gateway.registry import Registry
 from safething_gateway.testing import mosquitto as broker
 from safething_gateway.testing import unique_id as uid

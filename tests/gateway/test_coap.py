@@ -25,8 +25,8 @@ from safething_gateway.bridges.coap import (
     encode_downlinks,
 )
 from safething_gateway.core import Gateway
-from safething_gateway.devices.base import DeviceLink
-from safething_gateway.devices.coap import CoapDevice
+from safething_gateway.device_clients.base import DeviceLink
+from safething_gateway.device_clients.coap import CoapDevice
 from safething_gateway.protocol import (
     MAX_MESSAGE_BYTES,
     BadMessageError,

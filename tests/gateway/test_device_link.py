@@ -1,4 +1,4 @@
-"""The reference device's side of the link (``safething_gateway.devices.base``): it acts
+"""The reference device's side of the link (``safething_gateway.device_clients.base``): it acts
 only on downlinks the gateway framed with the device's secret, once each."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from safething_gateway.devices.base import DeviceLink
+from safething_gateway.device_clients.base import DeviceLink
 from safething_gateway.protocol import BadMacError, frame, parse_frame
 
 from .conftest import SENSOR, tamper

@@ -21,8 +21,8 @@ from safething.store import Store
 from safething.things import ThingClient
 from safething_gateway.bridges.http import HttpBridge, create_app
 from safething_gateway.core import Gateway
-from safething_gateway.devices.base import DeviceLink
-from safething_gateway.devices.http import HttpDevice
+from safething_gateway.device_clients.base import DeviceLink
+from safething_gateway.device_clients.http import HttpDevice
 from safething_gateway.protocol import ReplayError, frame, parse_frame
 from safething_gateway.registry import Registry
 from safething_gateway.testing import wait_until as until

@@ -30,10 +30,10 @@ import pytest
 from safething.net import Client
 from safething.things import ThingClient
 from safething_gateway.core import Gateway
-from safething_gateway.devices.base import DeviceLink
-from safething_gateway.devices.coap import CoapDevice, CoapDeviceError
-from safething_gateway.devices.http import GatewayHttpError, HttpDevice
-from safething_gateway.devices.mqtt import MqttDevice
+from safething_gateway.device_clients.base import DeviceLink
+from safething_gateway.device_clients.coap import CoapDevice, CoapDeviceError
+from safething_gateway.device_clients.http import GatewayHttpError, HttpDevice
+from safething_gateway.device_clients.mqtt import MqttDevice
 from safething_gateway.protocol import ProtocolError
 from safething_gateway.testing import GatewaySite, open_site
 from safething_gateway.testing import unique_id as uid

@@ -24,8 +24,8 @@ from safething.store import Store, open_store
 from safething.things import ThingClient
 from safething_gateway.bridges.mqtt import MqttBridge, MqttConnection, Topics, _Acks, _Received
 from safething_gateway.core import Gateway
-from safething_gateway.devices.base import DeviceLink
-from safething_gateway.devices.mqtt import MqttDevice
+from safething_gateway.device_clients.base import DeviceLink
+from safething_gateway.device_clients.mqtt import MqttDevice
 from safething_gateway.mosquitto import MosquittoAuth, hash_password
 from safething_gateway.registry import Registry
 from safething_gateway.testing import (

@@ -33,8 +33,8 @@ from safething_gateway.app import GatewayApp
 from safething_gateway.broker import free_port
 from safething_gateway.config import load_config
 from safething_gateway.demo import device_description
-from safething_gateway.devices.base import DeviceLink
-from safething_gateway.devices.mqtt import MqttDevice
+from safething_gateway.device_clients.base import DeviceLink
+from safething_gateway.device_clients.mqtt import MqttDevice
 
 ROOT = Path(__file__).resolve().parents[2]
 TASMOTA = json.loads((Path(__file__).parent / "data" / "tasmota_sonoff.json").read_text())

@@ -74,7 +74,7 @@ async def two(url: str, tag: str) -> None:
 
 
 async def touch(url: str) -> None:
-    from safething.store.registry import sqlite_path_from_url
+    from safething.store.urls import sqlite_path_from_url
 
     path, _ = sqlite_path_from_url(url)
     conn = sqlite3.connect(path)

@@ -86,10 +86,10 @@ from safething_gateway.bridges.coap import JSON, CoapBridge
 from safething_gateway.bridges.http import HttpBridge
 from safething_gateway.bridges.mqtt import MqttBridge, MqttConnection, Topics
 from safething_gateway.core import Bridge, Gateway
-from safething_gateway.devices.base import DeviceLink
-from safething_gateway.devices.coap import CoapDevice
-from safething_gateway.devices.http import HttpDevice
-from safething_gateway.devices.mqtt import MqttDevice
+from safething_gateway.device_clients.base import DeviceLink
+from safething_gateway.device_clients.coap import CoapDevice
+from safething_gateway.device_clients.http import HttpDevice
+from safething_gateway.device_clients.mqtt import MqttDevice
 from safething_gateway.protocol import frame
 from safething_gateway.registry import Registry
 from safething_gateway.testing import Mosquitto, free_port, mosquitto

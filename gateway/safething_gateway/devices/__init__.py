@@ -1,9 +1,17 @@
-"""Reference devices in Python: the device side of the protocol, per transport.
+"""Deprecated: the reference device clients are :mod:`safething_gateway.device_clients`.
 
-Used by the tests, the demo and the benchmarks, and as a readable model for
-firmware authors (the MicroPython firmware implements the same).
+This package keeps ``safething_gateway.devices.*`` imports working for now,
+with a :class:`DeprecationWarning`.
 """
 
-from safething_gateway.devices.base import DeviceLink
+import warnings
+
+from safething_gateway.device_clients.base import DeviceLink
+
+warnings.warn(
+    "safething_gateway.devices is now safething_gateway.device_clients",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 __all__ = ["DeviceLink"]
