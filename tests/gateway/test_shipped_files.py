@@ -93,6 +93,8 @@ class Peer:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username)
         self.client.username_pw_set(username, password)
         self.client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload)))
+        self.subacks: queue.Queue[int] = queue.Queue()
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subacks.put(mid)
         self.client.on_connect = lambda c, u, f, reason, p: self.connected.put(
             not reason.is_failure
         )
@@ -101,9 +103,12 @@ class Peer:
         assert self.connected.get(timeout=10), f"the broker refused the login {username}"
 
     def subscribe(self, *topics: str) -> None:
+        """Subscribe and wait for the broker's SUBACK of each topic."""
         for topic in topics:
-            result, _ = self.client.subscribe(topic, qos=1)
+            result, mid = self.client.subscribe(topic, qos=1)
             assert result == mqtt.MQTT_ERR_SUCCESS
+            while self.subacks.get(timeout=30) != mid:
+                pass
 
     async def publish(self, topic: str, payload: str, *, retain: bool = False) -> None:
         info = self.client.publish(topic, payload, qos=1, retain=retain)
@@ -195,7 +200,6 @@ async def test_home_assistant_publishing_and_adoption_with_the_shipped_files(
         ha = Peer(port, ha_user, ha_password)
         tasmota = Peer(port, plug_user, plug_password)
         ha.subscribe("homeassistant/device/+/config", "safething/#")
-        await asyncio.sleep(0)  # the SUBSCRIBEs go out before anything is published
         cfg = load_config(config)
         link = DeviceLink(
             "garden-07",
@@ -243,6 +247,17 @@ async def test_home_assistant_publishing_and_adoption_with_the_shipped_files(
                     ids = [t.id for t in await list_things(Client(app.store))]
                 assert "ha-A1B2C3" in ids and "garden-07" in ids
                 assert not [i for i in ids if "safething" in i], ids
+
+                # the plug's login is confined to its topics: a forged state of a SAFEthing
+                # and a forged device uplink are dropped by the broker; the permitted message
+                # it sends after them arrives, so they arrived too and were refused
+                ha.subscribe("homeassistant/sensor/#")
+                await tasmota.publish("safething/garden-07/moisture", "99")
+                await tasmota.publish("st/v1/garden-07/up/reading", "ST1 1 00\n{}")
+                await tasmota.publish("homeassistant/sensor/after/config", "{}")
+                await ha.expect("homeassistant/sensor/after/config")
+                seen = [(t, p) for t, p in ha.seen if t == "safething/garden-07/moisture"]
+                assert b"99" not in [p for _, p in seen], seen
         finally:
             ha.close()
             tasmota.close()
