@@ -25,7 +25,9 @@ __all__ = [
     "NoSuchDataError",
     "NoSuchEntryError",
     "PermissionDeniedError",
+    "ReplayedRequestError",
     "ReservedTypeTagError",
+    "RolledBackError",
     "SafeThingError",
     "StoreError",
     "StoreURLError",
@@ -117,6 +119,25 @@ class MalformedRecordError(TamperedDataError):
 
 class FormatVersionError(TamperedDataError):
     """A stored record uses a format version this release cannot read."""
+
+
+class RolledBackError(TamperedDataError):
+    """The store served an older version than one this reader already verified.
+
+    ``seen`` is the version the reader trusts (kept across restarts by a
+    durable :class:`~safething.net.trust.TrustState`); ``found`` the one served.
+    """
+
+    def __init__(self, message: str, *, seen: int, found: int, **where: object) -> None:
+        self.seen = seen
+        self.found = found
+        super().__init__(message, **where)  # type: ignore[arg-type]
+
+
+class ReplayedRequestError(TamperedDataError):
+    """A request (or cancellation) that was already processed, or that is not
+    allowed to run: replayed, expired, without a bounded expiry, or a
+    cancellation signed by neither the requester nor an owner."""
 
 
 # --- identity -------------------------------------------------------------------

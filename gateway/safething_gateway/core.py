@@ -543,12 +543,13 @@ class Gateway(AsyncResource):
             owner=self.owner.public,
             store=self.store,
             heartbeat=None,
+            trust=self.registry.path.with_name("trust.db"),  # local, beside the device keys
         )
         await thing.start()
         try:
             if record.linked:  # adapters of adopted devices install their own handlers
                 for action in desc.actions:
-                    thing.on_action(action.name, self._forwarder(record.device_id))
+                    thing.on_action(action.name, self._forwarder(record.device_id), resume=True)
                 for attr in desc.attributes:
                     if attr.writable:
                         thing.on_desired(

@@ -5,17 +5,23 @@ handle reads and writes entries. Writers sign; the store only does
 compare-and-set; readers verify everything and never return data that fails
 (see :mod:`safething.net.mutable` for the rules).
 
-A client remembers, per MD, the owners it first saw (trust on first use,
-unless ``owner=`` pins them explicitly) and the highest versions it
-verified, so a store that swaps in another owner's header or replays an
-older version of an entry is caught.
+A client remembers, per MD, the owners and the header it trusts and the
+highest version of every entry it verified, in its
+:class:`~safething.net.trust.TrustState` (in memory, or in a local file so
+that it survives restarts). Owners never change: a header naming other
+owners than the trusted ones is refused, whoever signed it. The first
+header of an MD is trusted on first use, unless ``owner=`` (that key must
+have signed it) or ``owners=`` (exactly these owners) pins it. A store that
+swaps in another header, or serves an older version of a header or an
+entry than one already verified, is caught; while the store's header is
+refused, the client keeps using the header it trusts.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from safething.errors import (
     AbortedWriteError,
@@ -25,6 +31,7 @@ from safething.errors import (
     NoSuchDataError,
     NoSuchEntryError,
     PermissionDeniedError,
+    RolledBackError,
     SafeThingError,
     TamperedDataError,
 )
@@ -42,6 +49,7 @@ from safething.net.mutable import (
     needed_action,
 )
 from safething.net.permissions import Action, Grantee, PermissionSet
+from safething.net.trust import HeaderState, TrustState
 from safething.net.xorname import XorName
 from safething.resource import AsyncResource
 from safething.store.base import Change, Quota, Record, Store, Watch, Write
@@ -66,13 +74,17 @@ def as_bytes(value: bytes | bytearray | memoryview | str, what: str = "value") -
 
 @dataclass
 class _Pins:
-    """What a client remembers about one MD between reads."""
+    """What a client holds about one MD between reads (the trusted part is in its
+    :class:`TrustState`)."""
 
-    owners: tuple[PublicSignKey, ...] | None = None
-    header_version: int = -1
+    first_signers: frozenset[bytes] | None = None
+    """``owner=``: a first header must be signed by one of these."""
+    exact_owners: frozenset[bytes] | None = None
+    """``owners=``: the MD's owners are exactly these."""
     header_bytes: bytes = b""
     header: MDHeader | None = None
-    versions: dict[str, int] = field(default_factory=dict)
+    refused: bytes = b""
+    """The last store header refused (counted once, not again on every read)."""
 
 
 class Client(AsyncResource):
@@ -84,12 +96,17 @@ class Client(AsyncResource):
         identity: Identity | None = None,
         *,
         on_tampered: Callable[[TamperedDataError], None] | None = None,
+        trust: TrustState | None = None,
     ) -> None:
         if identity is not None:
             check_key_type(identity, Identity, "Client(identity=...)")
+        if trust is not None and not isinstance(trust, TrustState):
+            raise TypeError("Client(trust=...) takes a TrustState")
         self.store = store
         self.identity = identity
         self.on_tampered = on_tampered
+        self.trust = trust if trust is not None else TrustState()
+        """What this client verified; durable when opened on a file."""
         self.tampered_count = 0
         """How many times this client refused data that failed verification."""
         self._pins: dict[str, _Pins] = {}
@@ -116,23 +133,37 @@ class Client(AsyncResource):
         *,
         secret: SecretKey | None = None,
         owner: PublicSignKey | None = None,
+        owners: tuple[PublicSignKey, ...] | None = None,
     ) -> MutableData:
         """A handle on the MD at (name, tag); nothing is read until it is used.
 
-        ``secret`` opens a private MD. ``owner`` pins the expected owner: a
-        header signed by anyone else is refused even on first contact.
+        ``secret`` opens a private MD. ``owner`` pins an expected owner: it must
+        be an owner, and a first header signed by anyone else is refused.
+        ``owners`` pins the exact owner set. Either way, a header naming other
+        owners than the ones this client trusts is refused.
         """
         address = MDAddress(XorName.parse(name), tag)
-        if owner is not None:
-            check_key_type(owner, PublicSignKey, "owner")
+        if owner is not None or owners is not None:
             pins = self._pin(address)
-            if pins.owners is None:
-                pins.owners = (owner,)
-            elif owner not in pins.owners:
-                raise TamperedDataError(
-                    f"MD {address}: pinned owners do not include {owner.hex()[:16]}...",
-                    address=str(address),
-                )
+            trusted = self.trust.header(address.header_key)
+            if owner is not None:
+                check_key_type(owner, PublicSignKey, "owner")
+                pins.first_signers = frozenset({owner.value})
+                if trusted is not None and owner.value not in trusted.owners:
+                    raise TamperedDataError(
+                        f"MD {address}: the owners this client trusts do not include "
+                        f"{owner.hex()[:16]}...",
+                        address=str(address),
+                    )
+            if owners is not None:
+                for o in owners:
+                    check_key_type(o, PublicSignKey, "owners")
+                pins.exact_owners = frozenset(o.value for o in owners)
+                if trusted is not None and trusted.owners != pins.exact_owners:
+                    raise TamperedDataError(
+                        f"MD {address}: the owners this client trusts are not the ones given",
+                        address=str(address),
+                    )
         if secret is not None:
             check_key_type(secret, SecretKey, "secret")
         return MutableData(self, address, secret)
@@ -212,64 +243,126 @@ class Client(AsyncResource):
             self.on_tampered(error)
         return error
 
+    def _check_header(self, address: MDAddress, header: MDHeader, raw: bytes) -> None:
+        """Raise ``TamperedDataError`` unless ``header`` may follow the trusted one."""
+        where = str(address)
+        pins = self._pin(address)
+        header.verify()  # signed by one of the owners it names
+        owners = frozenset(o.value for o in header.owners)
+        if pins.exact_owners is not None and owners != pins.exact_owners:
+            raise TamperedDataError(
+                f"MD {where}: the header names other owners than the pinned ones "
+                "(owner substitution)",
+                address=where,
+            )
+        trusted = self.trust.header(address.header_key)
+        if trusted is None:
+            if pins.first_signers is not None and header.signer.value not in pins.first_signers:
+                raise TamperedDataError(
+                    f"MD {where}: header signed by {header.signer.hex()[:16]}..., not by the "
+                    "pinned owner (owner substitution)",
+                    address=where,
+                )
+            return
+        if owners != trusted.owners:
+            raise TamperedDataError(
+                f"MD {where}: the header names other owners than the ones this client trusts "
+                f"(owner substitution: owners of an MD never change; signed by "
+                f"{header.signer.hex()[:16]}...)",
+                address=where,
+            )
+        if header.version < trusted.version:
+            raise RolledBackError(
+                f"MD {where}: permission set went back from version "
+                f"{trusted.version} to {header.version} (replayed older header)",
+                address=where,
+                seen=trusted.version,
+                found=header.version,
+            )
+        if header.version == trusted.version and raw != trusted.raw:
+            raise TamperedDataError(
+                f"MD {where}: a second, different header at version {header.version}",
+                address=where,
+            )
+
     def _accept_header(self, address: MDAddress, header: MDHeader, raw: bytes) -> MDHeader:
-        """Verify ``header`` against signatures and pins; remember it."""
+        """Verify ``header`` against signatures and what this client trusts; remember it."""
         pins = self._pin(address)
         if raw == pins.header_bytes and pins.header is not None:
             return pins.header
         try:
-            header.verify()
-            if pins.owners is not None and not set(header.owners) & set(pins.owners):
-                raise TamperedDataError(
-                    f"MD {address}: the header names other owners than the ones this client "
-                    "trusts (owner substitution)",
-                    address=str(address),
-                )
-            if header.version < pins.header_version:
-                raise TamperedDataError(
-                    f"MD {address}: permission set went back from version "
-                    f"{pins.header_version} to {header.version} (replayed older header)",
-                    address=str(address),
-                )
+            self._check_header(address, header, raw)
         except TamperedDataError as e:
             raise self._tampered(e) from None
-        if pins.owners is None:
-            pins.owners = header.owners
-        pins.header_version = header.version
+        self.trust.set_header(
+            address.header_key,
+            HeaderState(frozenset(o.value for o in header.owners), header.version, raw),
+        )
         pins.header_bytes = raw
         pins.header = header
         return header
 
+    def _trusted_header(self, address: MDAddress) -> MDHeader | None:
+        """The header this client trusts for ``address`` (from memory or its trust state)."""
+        pins = self._pin(address)
+        if pins.header is not None:
+            return pins.header
+        trusted = self.trust.header(address.header_key)
+        if trusted is None:
+            return None
+        header = MDHeader.from_bytes(trusted.raw, address)
+        pins.header, pins.header_bytes = header, trusted.raw
+        return header
+
     async def _header(self, address: MDAddress) -> tuple[MDHeader, int]:
+        """The header to verify entries with, and the store revision of the stored one.
+
+        A stored header that fails verification is counted once and refused;
+        if this client already trusts a header of the MD it carries on with
+        that one (the store cannot grant itself rights by writing headers),
+        otherwise the error is raised.
+        """
         record = await self.store.get(address.header_key)
         if record is None:
             raise NoSuchDataError(f"no MutableData at {address}")
-        pins = self._pins.get(address.header_key)
-        if pins is not None and pins.header is not None and pins.header_bytes == record.value:
+        pins = self._pin(address)
+        if pins.header is not None and pins.header_bytes == record.value:
             return pins.header, record.revision  # the very bytes verified before
+        if record.value == pins.refused:
+            trusted = self._trusted_header(address)
+            if trusted is not None:
+                return trusted, record.revision
         try:
-            header = MDHeader.from_bytes(record.value, address)
-        except TamperedDataError as e:
-            raise self._tampered(e) from None
-        return self._accept_header(address, header, record.value), record.revision
+            try:
+                header = MDHeader.from_bytes(record.value, address)
+            except TamperedDataError as e:
+                raise self._tampered(e) from None
+            return self._accept_header(address, header, record.value), record.revision
+        except TamperedDataError:
+            pins.refused = record.value
+            trusted = self._trusted_header(address)
+            if trusted is None:
+                raise
+            return trusted, record.revision
 
     def _check_version(
         self, address: MDAddress, store_key: str, version: int, *, stale_ok: bool = False
     ) -> bool:
-        """Record ``version`` as seen; False (stale_ok) or TamperedDataError if it went back."""
-        pins = self._pin(address)
-        seen = pins.versions.get(store_key, -1)
+        """Record ``version`` as seen; False (stale_ok) or RolledBackError if it went back."""
+        seen = self.trust.entry_version(store_key)
         if version < seen:
             if stale_ok:
                 return False
             raise self._tampered(
-                TamperedDataError(
+                RolledBackError(
                     f"MD {address}: entry went back from version {seen} to {version} "
                     "(replayed older version)",
                     address=str(address),
+                    seen=seen,
+                    found=version,
                 )
             )
-        pins.versions[store_key] = version
+        self.trust.set_entry_version(store_key, version)
         return True
 
 
@@ -548,7 +641,9 @@ class MutableData:
                 if existing is None:
                     if mode in ("update", "delete"):
                         raise NoSuchEntryError(f"MD {self.address} has no entry {key!r}")
-                    version, expect = 0, 0
+                    # A record dropped by the store after this client verified a version
+                    # of it: write past that version, never back to 0.
+                    version, expect = client.trust.entry_version(store_key) + 1, 0
                 else:
                     entry, revision = existing
                     if mode == "insert" and not entry.deleted:
@@ -654,7 +749,12 @@ class MutableData:
             records = [r for r in [await store.get(k) for k in wanted] if r is not None]
         for record in records:
             key = wanted[record.key]
-            entry = self._open(header, record, self._stored_key(key))
+            try:
+                entry = self._open(header, record, self._stored_key(key))
+            except RolledBackError as e:
+                # The store serves an older version than one already verified: the next
+                # write follows the verified version (and repairs the store).
+                entry = Entry(key, b"", e.seen, self.client._writer().public_sign_key)
             assert entry is not None
             result[key] = (entry, record.revision)
         return result
@@ -673,7 +773,7 @@ class MutableData:
         store_key = self.address.entry_key(self._stored_key(raw))
         await self.client.store.delete(store_key)
         self.client._known.pop(store_key, None)
-        self.client._pin(self.address).versions.pop(store_key, None)
+        self.client.trust.forget_entry(store_key)
 
     # --- watching ------------------------------------------------------------------
 

@@ -126,9 +126,12 @@ class ThingClient(AsyncResource):
         addresses = ThingAddresses.of(thing_id)
         md = self.client.md(addresses.thing.name, addresses.thing.tag)
         try:
-            desc_doc = loads(await md.get_value(layout.DESC), "description")
-            keys = loads(await md.get_value(layout.KEYS), "keys")
-            status = loads(await md.get_value(layout.STATUS), "status")
+            desc_entry = await md.get(layout.DESC)
+            keys_entry = await md.get(layout.KEYS)
+            status_entry = await md.get(layout.STATUS)
+            desc_doc = loads(desc_entry.value or b"", "description")
+            keys = loads(keys_entry.value or b"", "keys")
+            status = loads(status_entry.value or b"", "status")
         except NoSuchEntryError:
             raise NoSuchDataError(f"thing {thing_id!r} is not registered") from None
         except NoSuchDataError:
@@ -140,7 +143,29 @@ class ThingClient(AsyncResource):
             state = str(status["s"])
         except (KeyError, TypeError, ValueError, SafeThingError) as e:
             raise MalformedRecordError(f"thing {thing_id!r}: malformed description: {e}") from e
-        ring = await self._ring(md)
+        authorities = (thing.sign_key, owner.sign_key)
+        header = await md.header()
+        try:
+            if set(header.owners) != set(authorities):
+                raise TamperedDataError(
+                    f"thing {thing_id!r}: its MD is owned by other keys than the thing and "
+                    "the owner its key list names",
+                    address=str(addresses.thing),
+                )
+            if keys_entry.signer != thing.sign_key:
+                raise TamperedDataError(
+                    f"thing {thing_id!r}: key list not signed by the thing it names",
+                    address=str(addresses.thing),
+                )
+            for what, entry in (("description", desc_entry), ("status", status_entry)):
+                if entry.signer not in authorities:
+                    raise TamperedDataError(
+                        f"thing {thing_id!r}: {what} signed by neither the thing nor its owner",
+                        address=str(addresses.thing),
+                    )
+        except TamperedDataError as e:
+            raise self.client._tampered(e) from None
+        ring = await self._ring(md, authorities)
         view = ThingView(
             thing_id,
             addresses,
@@ -156,14 +181,23 @@ class ThingClient(AsyncResource):
         self._views[thing_id] = view
         return view
 
-    async def _ring(self, md: MutableData) -> KeyRing | None:
+    async def _ring(self, md: MutableData, authorities: tuple[Any, ...]) -> KeyRing | None:
         identity = self.client.identity
         if identity is None:
             return None
         ring = KeyRing(identity.encryption_key)
         for level in ("owner", "group", "thing"):
             with contextlib.suppress(NoSuchEntryError):
-                ring.learn(level, await md.get_value(f"k/{level}"))
+                entry = await md.get(f"k/{level}")
+                if entry.signer not in authorities:
+                    raise self.client._tampered(
+                        TamperedDataError(
+                            f"{level} key record of MD {md.address} signed by neither the "
+                            "thing nor its owner",
+                            address=str(md.address),
+                        )
+                    )
+                ring.learn(level, entry.value or b"")
         return ring
 
     async def availability(self, thing_id: str) -> Availability:
@@ -180,7 +214,15 @@ class ThingClient(AsyncResource):
 
     async def status(self, thing_id: str) -> str:
         view = await self.view(thing_id)
-        doc = loads(await view.md.get_value(layout.STATUS), "status")
+        entry = await view.md.get(layout.STATUS)
+        if entry.signer not in (view.thing.sign_key, view.owner.sign_key):
+            raise self.client._tampered(
+                TamperedDataError(
+                    f"thing {thing_id!r}: status signed by neither the thing nor its owner",
+                    address=str(view.addresses.thing),
+                )
+            )
+        doc = loads(entry.value or b"", "status")
         view.status = str(doc.get("s"))
         return view.status
 
@@ -370,8 +412,11 @@ class ThingClient(AsyncResource):
         spec = view.description.action(action)
         clean = spec.validate_args(args)
         limit = float(timeout if timeout is not None else spec.timeout_s)
-        if limit <= 0:
-            raise ValueError("timeout must be positive")
+        if not 0 < limit <= layout.MAX_REQUEST_LIFETIME_S:
+            raise ValueError(
+                f"timeout must be positive and at most {layout.MAX_REQUEST_LIFETIME_S:g} s "
+                "(a request expires; the thing remembers what it ran until then)"
+            )
         live = await read_availability(view)
         if live.online is False and not queue_if_offline:
             raise ThingOfflineError(

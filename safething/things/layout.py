@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from safething.net import TAG_THING, MDAddress, XorName
 
 __all__ = [
+    "CLOCK_SKEW_S",
+    "MAX_REQUEST_LIFETIME_S",
     "TAG_GROUP",
     "TAG_HISTORY",
     "TAG_INBOX",
@@ -51,6 +53,12 @@ TAG_INBOX = 27418
 TAG_OUTBOX = 27419
 TAG_GROUP = 27420
 TAG_HISTORY = 27421
+
+MAX_REQUEST_LIFETIME_S = 24 * 3600.0
+"""Longest a request may stay valid (``exp - t``); a thing refuses requests without an
+expiry or with one further ahead, so it need remember processed ids only this long."""
+CLOCK_SKEW_S = 120.0
+"""How far ahead of the thing's clock a requester's clock may be."""
 
 DESC = b"desc"
 KEYS = b"keys"

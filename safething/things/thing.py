@@ -28,6 +28,7 @@ import functools
 import hashlib
 import inspect
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -41,7 +42,9 @@ from safething.errors import (
     LimitExceededError,
     NoSuchDataError,
     NoSuchEntryError,
+    ReplayedRequestError,
     SafeThingError,
+    TamperedDataError,
     ThingError,
 )
 from safething.net import (
@@ -57,6 +60,7 @@ from safething.net import (
     SecretKey,
 )
 from safething.net.permissions import Grantee
+from safething.net.trust import TrustState
 from safething.resource import AsyncResource, Tasks
 from safething.store import Store, open_store
 from safething.things import layout
@@ -95,6 +99,9 @@ class ActionRequest:
     """Key that signed the request."""
     deadline: float
     """Unix time after which the requester stops waiting."""
+    resumed: bool = field(default=False, kw_only=True)
+    """True when this request was interrupted by a shutdown and is handed to a
+    ``resume=True`` handler again."""
     _thing: Thing = field(repr=False)
     _reported: bool = field(default=False, repr=False)
 
@@ -152,7 +159,13 @@ class Thing(AsyncResource):
         store: Store | str | None = None,
         retention_days: float | None = None,
         heartbeat: float | None = DEFAULT_HEARTBEAT_S,
+        trust: TrustState | str | os.PathLike[str] | None = None,
     ) -> None:
+        """``trust``: where the thing keeps what it verified (highest versions, its
+        trusted status, processed request ids) across restarts: a
+        :class:`TrustState`, a file path, or ``None`` for the default file of this
+        identity in :func:`~safething.net.trust.default_trust_dir` (in memory only
+        for a ``memory://`` store, which does not outlive the process either)."""
         if not isinstance(description, ThingDescription):
             raise TypeError("Thing needs a ThingDescription")
         if not isinstance(identity, Identity):
@@ -166,6 +179,11 @@ class Thing(AsyncResource):
         self.addresses = ThingAddresses.of(self.id)
         self.status = "unregistered"
         self._store_arg = store
+        self._trust_arg = trust
+        self._trust: TrustState | None = None
+        self._own_trust = False
+        self.refused_count = 0
+        """Inbox entries refused as replayed, expired, unbounded or unauthorised."""
         self._own_store = False
         self._store: Store | None = None
         self._client: Client | None = None
@@ -177,6 +195,9 @@ class Thing(AsyncResource):
         self._running: dict[str, asyncio.Task[None]] = {}
         self._finished: deque[str] = deque()  # outbox states this run wrote, oldest first
         self._cancel_requested: set[str] = set()
+        self._requesters: dict[str, PublicSignKey] = {}
+        self._handling: set[str] = set()
+        self._resumable: set[str] = set()
         self._subs: dict[str, StoredSubscription] = {}
         self._tasks = Tasks(f"{self.id}:")
         self._inbox_task: asyncio.Task[None] | None = None
@@ -204,7 +225,22 @@ class Thing(AsyncResource):
         else:
             self._store = await open_store(self._store_arg)
             self._own_store = True
-        self._client = Client(self._store, self.identity)
+        if isinstance(self._trust_arg, TrustState):
+            self._trust = self._trust_arg
+        else:
+            try:
+                if self._trust_arg is not None:
+                    self._trust = TrustState.open(self._trust_arg)
+                elif self._store.url.startswith("memory:"):
+                    self._trust = TrustState()
+                else:
+                    self._trust = TrustState.for_identity(self.identity.public_sign_key.hex())
+            except BaseException:
+                if self._own_store:
+                    await self._store.close()
+                raise
+            self._own_trust = True
+        self._client = Client(self._store, self.identity, trust=self._trust)
         self._things = ThingClient(self._client)
 
     async def close(self) -> None:
@@ -225,6 +261,11 @@ class Thing(AsyncResource):
             await self._things.close()
         if self._own_store and self._store is not None:
             await self._store.close()
+        if self._trust is not None:
+            if self._own_trust:
+                self._trust.close()
+            else:
+                self._trust.sync()
 
     @property
     def client(self) -> Client:
@@ -239,9 +280,27 @@ class Thing(AsyncResource):
             raise ThingError(f"thing {self.id!r} is not started; use 'async with Thing(...)'")
         return self._things
 
+    @property
+    def trust(self) -> TrustState:
+        """What this thing verified and keeps across restarts."""
+        if self._trust is None:
+            raise ThingError(f"thing {self.id!r} is not started; use 'async with Thing(...)'")
+        return self._trust
+
     def _md(self, which: str) -> MutableData:
+        """One of this thing's MDs, pinned to the owners it must have: the thing and its
+        owner (the group MD: the owner alone). No header in the store can change that."""
         address = getattr(self.addresses, which)
-        return self.client.md(address.name, address.tag)
+        owners = (
+            (self.owner.sign_key,)
+            if which == "group"
+            else (self.identity.public_sign_key, self.owner.sign_key)
+        )
+        return self.client.md(address.name, address.tag, owners=owners)
+
+    def _authorities(self) -> tuple[PublicSignKey, PublicSignKey]:
+        """Who may sign this thing's authority entries (level keys, keys, status)."""
+        return (self.identity.public_sign_key, self.owner.sign_key)
 
     # --- registration ---------------------------------------------------------------
 
@@ -295,9 +354,21 @@ class Thing(AsyncResource):
         await self._put_if_changed(md, layout.DESC, self.description.to_dict())
         try:
             status = loads(await md.get_value(layout.STATUS), "status")
-            self.status = str(status["s"])
+            self._trusted_status(str(status["s"]))
         except NoSuchEntryError:
-            await self._set_status("registered")
+            if self.trust.value(self._status_name()) is None:
+                await self._set_status("registered")
+            else:  # the store dropped it: write back what this thing trusts
+                await self._set_status(self.status_trusted())
+        except TamperedDataError as e:
+            # An older or forged status: keep the one this thing verified last.
+            trusted = self.trust.value(self._status_name())
+            if trusted is None:
+                raise
+            log.warning(
+                "thing %s: refused the stored status (%s); keeping %r", self.id, e, trusted.decode()
+            )
+            self.status = trusted.decode()
         await self._restore_sequences(md)
         await self._archive.restore(self._streams())
         await self._trim_outbox()
@@ -363,7 +434,16 @@ class Thing(AsyncResource):
 
     async def _refresh_group_key(self) -> None:
         with contextlib.suppress(NoSuchEntryError):
-            self._ring.learn("group", await self._md("thing").get_value("k/group"))
+            entry = await self._md("thing").get("k/group")
+            if entry.signer not in self._authorities():
+                raise self.client._tampered(
+                    TamperedDataError(
+                        f"thing {self.id!r}: group key record signed by "
+                        f"{entry.signer.hex()[:16]}..., neither the thing nor its owner",
+                        address=str(self.addresses.thing),
+                    )
+                )
+            self._ring.learn("group", entry.value or b"")
 
     async def _restore_sequences(self, md: MutableData) -> None:
         pointers = [layout.attr_key(a.name) for a in self.description.attributes if a.dynamic]
@@ -389,6 +469,20 @@ class Thing(AsyncResource):
 
     async def _set_status(self, status: str) -> None:
         await self._md("thing").put(layout.STATUS, dumps({"s": status, "t": time.time()}))
+        self._trusted_status(status)
+
+    def _status_name(self) -> str:
+        return f"status/{self.id}"
+
+    def status_trusted(self) -> str:
+        """The last status this thing verified or wrote ("registered" if none)."""
+        value = self.trust.value(self._status_name())
+        return "registered" if value is None else value.decode()
+
+    def _trusted_status(self, status: str) -> None:
+        if status not in ("registered", "published", "disabled"):
+            raise ValueError(f"unknown status {status!r}")
+        self.trust.set_value(self._status_name(), status.encode())
         self.status = status
         self._rescan.set()
 
@@ -496,21 +590,34 @@ class Thing(AsyncResource):
     # --- handlers -------------------------------------------------------------------
 
     def action(
-        self, name: str
+        self, name: str, *, resume: bool = False
     ) -> Callable[[Callable[[ActionRequest], Any]], Callable[[ActionRequest], Any]]:
-        """Decorator: ``@thing.action("OpenValve") async def handler(request): ...``."""
+        """Decorator: ``@thing.action("OpenValve") async def handler(request): ...``.
+
+        A request runs at most once: one interrupted by a shutdown ends *failed*
+        when the thing comes back. With ``resume=True`` it is handed to the
+        handler again instead (``request.resumed`` is true): for handlers that
+        are idempotent by request id, such as a gateway forwarding it to a device
+        that deduplicates by id.
+        """
         self.description.action(name)
 
         def register(fn: Callable[[ActionRequest], Any]) -> Callable[[ActionRequest], Any]:
             self._handlers[name] = fn
+            if resume:
+                self._resumable.add(name)
+            else:
+                self._resumable.discard(name)
             self._rescan.set()  # requests that arrived before the handler can run now
             return fn
 
         return register
 
-    def on_action(self, name: str, handler: Callable[[ActionRequest], Any]) -> None:
+    def on_action(
+        self, name: str, handler: Callable[[ActionRequest], Any], *, resume: bool = False
+    ) -> None:
         """Same as the decorator, for plain calls."""
-        self.action(name)(handler)
+        self.action(name, resume=resume)(handler)
 
     def on_desired(self, attribute: str, handler: Callable[[Any], Any]) -> None:
         """Called with a new desired value before it becomes the reported value;
@@ -631,10 +738,11 @@ class Thing(AsyncResource):
                 except (SafeThingError, KeyError, TypeError) as e:
                     log.warning("thing %s: ignoring a malformed status: %s", self.id, e)
                     continue
+                if entry.signer not in self._authorities():
+                    continue  # only the thing or its owner sets the status
                 if status in ("registered", "published", "disabled") and status != self.status:
                     log.info("thing %s: status %s -> %s", self.id, self.status, status)
-                    self.status = status
-                    self._rescan.set()
+                    self._trusted_status(status)
 
     # --- serving the inbox ----------------------------------------------------------
 
@@ -669,13 +777,18 @@ class Thing(AsyncResource):
             if key.startswith("r/"):
                 await self._on_request(key[2:], entry)
             elif key.startswith("c/"):
-                await self._on_cancel(key[2:])
+                await self._on_cancel(key[2:], entry)
             elif key.startswith("d/"):
                 await self._on_desired(key, entry)
             else:
                 await self._md("inbox").purge(entry.key)
         except asyncio.CancelledError:
             raise
+        except ReplayedRequestError as e:
+            self.refused_count += 1
+            self.client._tampered(e)
+            with contextlib.suppress(SafeThingError):
+                await self._md("inbox").purge(entry.key)
         except (SafeThingError, ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
             log.warning("thing %s: dropping bad inbox entry %r: %s", self.id, entry.key, e)
             with contextlib.suppress(SafeThingError):
@@ -705,13 +818,88 @@ class Thing(AsyncResource):
             if k.startswith(b"m/") and e.signer == self.owner.sign_key
         )
 
+    def _check_lifetime(self, rid: str, doc: dict[str, Any], now: float) -> float:
+        """The request's expiry; ``ReplayedRequestError`` unless it is bounded and was
+        issued after this thing's trust state began."""
+        issued, expires = doc.get("t"), doc.get("exp")
+        where = str(self.addresses.inbox)
+        if not isinstance(issued, int | float) or not isinstance(expires, int | float):
+            raise ReplayedRequestError(
+                f"thing {self.id!r}: request {rid} has no issue time or expiry; refused",
+                address=where,
+            )
+        if (
+            expires - issued > layout.MAX_REQUEST_LIFETIME_S
+            or expires > now + layout.MAX_REQUEST_LIFETIME_S + layout.CLOCK_SKEW_S
+        ):
+            raise ReplayedRequestError(
+                f"thing {self.id!r}: request {rid} expires too far ahead "
+                f"(at most {layout.MAX_REQUEST_LIFETIME_S:g} s); refused",
+                address=where,
+            )
+        if self.trust.durable and issued < self.trust.created:
+            raise ReplayedRequestError(
+                f"thing {self.id!r}: request {rid} was issued before this thing's trust "
+                "state began (it may have run already); refused",
+                address=where,
+            )
+        return float(expires)
+
+    async def _on_processed(self, rid: str, entry: Entry) -> bool:
+        """A request this thing already took on is in the inbox again: a replay, or one
+        interrupted by a shutdown (its state is not final). Neither runs again, except
+        an interrupted one whose handler is resumable (True)."""
+        state = None
+        with contextlib.suppress(NoSuchEntryError, SafeThingError, KeyError, TypeError):
+            outbox = await self._md("outbox").get(f"r/{rid}")
+            if outbox.signer == self.identity.public_sign_key:
+                state = loads(outbox.value or b"", "state").get("s")
+        if state in (ActionState.ACCEPTED, ActionState.RUNNING):
+            with contextlib.suppress(SafeThingError, KeyError, TypeError):
+                if str(loads(entry.value or b"", "request").get("a")) in self._resumable:
+                    return True
+            await self._finish(
+                rid,
+                ActionState.FAILED,
+                message="interrupted by a restart; not run again (at most once)",
+            )
+            return False
+        raise ReplayedRequestError(
+            f"thing {self.id!r}: request {rid} was already processed (replayed)",
+            address=str(self.addresses.inbox),
+        )
+
+    def _mark_processed(self, rid: str, expires: float) -> None:
+        """Durably remember ``rid`` until it expires, before acting on it."""
+        self.trust.mark_processed(self.id, rid, expires + layout.CLOCK_SKEW_S)
+        self.trust.sync()
+
     async def _on_request(self, rid: str, entry: Entry) -> None:
-        if rid in self._running or rid in self._finished:
+        # The inbox scan and its feed may deliver one entry twice at once: one handles it.
+        if rid in self._running or rid in self._finished or rid in self._handling:
             return
+        self._handling.add(rid)
+        try:
+            await self._take_request(rid, entry)
+        finally:
+            self._handling.discard(rid)
+
+    async def _take_request(self, rid: str, entry: Entry) -> None:
+        resumed = False
+        if self.trust.processed(self.id, rid):
+            if not await self._on_processed(rid, entry):
+                return
+            resumed = True
         doc = loads(entry.value or b"", "request")
         name = str(doc.get("a"))
         now = time.time()
-        deadline = float(doc.get("exp", now))
+        try:
+            deadline = self._check_lifetime(rid, doc, now)
+        except ReplayedRequestError as e:
+            self.refused_count += 1
+            self.client._tampered(e)
+            await self._finish(rid, ActionState.REJECTED, message=str(e))
+            return
         try:
             spec = self.description.action(name)
         except SafeThingError as e:
@@ -751,7 +939,9 @@ class Thing(AsyncResource):
             log.debug("thing %s: request %s waits for a %s handler", self.id, rid, name)
             return
         enc = doc.get("enc") if level_of(spec.access) is not None else None
-        request = ActionRequest(rid, name, clean, entry.signer, deadline, self)
+        request = ActionRequest(rid, name, clean, entry.signer, deadline, self, resumed=resumed)
+        self._mark_processed(rid, deadline)  # at most once, even across a crash
+        self._requesters[rid] = entry.signer
         await self._write_state(rid, ActionState.ACCEPTED)
         self._running[rid] = self._tasks.spawn(self._run(request, handler, enc), f"action-{rid}")
 
@@ -779,9 +969,9 @@ class Thing(AsyncResource):
                     self._finish(rid, ActionState.CANCELLED, message="cancelled by requester")
                 )
             elif self._closed:
-                # Shutting down: the request stays in the inbox and is served again when
-                # the thing comes back (at least once; a gateway's device deduplicates by id).
-                log.info("thing %s: request %s interrupted by shutdown; kept", self.id, rid)
+                # Shutting down: the request was marked processed before it started, so
+                # it does not run again (at most once); the next start ends it *failed*.
+                log.info("thing %s: request %s interrupted by shutdown", self.id, rid)
             raise
         except TimeoutError as e:
             await self._finish(
@@ -793,6 +983,7 @@ class Thing(AsyncResource):
             await self._finish(rid, ActionState.DONE, result=result, seal_to=enc)
         finally:
             self._running.pop(rid, None)
+            self._requesters.pop(rid, None)
 
     async def _write_state(
         self,
@@ -819,6 +1010,8 @@ class Thing(AsyncResource):
         await self._md("outbox").put(f"r/{rid}", dumps(doc))
 
     async def _finish(self, rid: str, state: str, **kwargs: Any) -> None:
+        if not self.trust.processed(self.id, rid):
+            self._mark_processed(rid, time.time() + layout.MAX_REQUEST_LIFETIME_S)
         await self._write_state(rid, state, **kwargs)
         cancelled = rid in self._cancel_requested
         self._cancel_requested.discard(rid)
@@ -845,19 +1038,31 @@ class Thing(AsyncResource):
         for key, _ in oldest[: count - _OUTBOX_KEEP]:
             await outbox.purge(key)
 
-    async def _on_cancel(self, rid: str) -> None:
-        self._cancel_requested.add(rid)
+    async def _on_cancel(self, rid: str, entry: Entry) -> None:
+        """A cancellation counts only from the request's signer, the thing or its owner;
+        any other, and one for an unknown or finished request, is purged."""
+        requester = self._requesters.get(rid)
         task = self._running.get(rid)
+        if task is None:
+            try:
+                pending = await self._md("inbox").get(f"r/{rid}")
+                requester = pending.signer
+            except NoSuchEntryError:
+                requester = None
+        if requester is None:  # nothing to cancel (unknown, finished or purged)
+            await self._md("inbox").purge(f"c/{rid}")
+            return
+        if entry.signer not in (requester, *self._authorities()):
+            raise ReplayedRequestError(
+                f"thing {self.id!r}: cancellation of {rid} signed by "
+                f"{entry.signer.hex()[:16]}..., neither the requester nor an owner; refused",
+                address=str(self.addresses.inbox),
+            )
+        self._cancel_requested.add(rid)
         if task is not None:
             task.cancel()
             return
-        with contextlib.suppress(NoSuchEntryError):
-            await self._md("inbox").get(f"r/{rid}")
-            await self._finish(rid, ActionState.CANCELLED, message="cancelled before it started")
-            return
-        if rid in self._finished:
-            with contextlib.suppress(NoSuchEntryError):
-                await self._md("inbox").purge(f"c/{rid}")
+        await self._finish(rid, ActionState.CANCELLED, message="cancelled before it started")
 
     async def _on_desired(self, key: str, entry: Entry) -> None:
         _, name, _ = key.split("/", 2)

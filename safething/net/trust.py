@@ -1,0 +1,348 @@
+"""Durable trust state: what a reader has verified, kept beside its identity.
+
+The store is untrusted: after a restart it could serve older records, each
+still correctly signed (a rollback), or replay a request that was already
+run. A :class:`TrustState` is the reader's own memory of what it verified,
+kept in a local file that only this host writes (never in the store):
+
+* per MD: its owners, the highest header version and the exact header
+  accepted at that version (owners never change; see :mod:`.mutable`);
+* per entry: the highest version verified (status, level keys and their
+  epochs, group members, the ``keys`` entry and every other entry);
+* per scope (a thing): the request ids already processed, until they expire;
+* small named values (a thing's last trusted status).
+
+A :class:`~safething.net.client.Client` and a
+:class:`~safething.things.Thing` take one (``trust=``). ``TrustState()``
+alone keeps everything in memory only: a restart forgets it.
+``TrustState.open(path)`` keeps it in an SQLite file (mode 0600); every
+object opened on one path in one process shares one connection.
+
+Writes are batched: a change is written at the end of the event-loop step
+that made it (one transaction for all changes of that step), and at once
+by :meth:`sync`, which a thing calls before it acts on a request. A crash
+can forget only the changes of the last step that had not been written.
+
+When the file is lost (a fresh Pi, a wiped card), :attr:`created` is the
+time the new, empty state was made: a thing then rejects requests issued
+before that moment (they may have run already), and every MD is trusted
+again on first use, as by a new reader (see ``docs/security.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import platformdirs
+
+from safething.errors import StoreError
+
+__all__ = ["ENV_TRUST_DIR", "HeaderState", "TrustState", "default_trust_dir"]
+
+ENV_TRUST_DIR = "SAFETHING_TRUST_DIR"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS headers (
+    md TEXT PRIMARY KEY, owners BLOB NOT NULL, version INTEGER NOT NULL, raw BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS processed (
+    scope TEXT NOT NULL, id TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (scope, id));
+"""
+_PRUNE_EVERY_S = 60.0
+
+
+def default_trust_dir() -> Path:
+    """``$SAFETHING_TRUST_DIR``, else ``trust/`` in the user's SAFEthing data directory."""
+    env = os.environ.get(ENV_TRUST_DIR, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("safething", appauthor=False)) / "trust"
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderState:
+    """The header of one MD a reader trusts."""
+
+    owners: frozenset[bytes]
+    """Owner sign keys (raw bytes); they never change."""
+    version: int
+    """Highest permission version accepted."""
+    raw: bytes
+    """The stored header accepted at that version."""
+
+
+class _File:
+    """One SQLite connection per trust file per process, shared by every TrustState."""
+
+    _open: ClassVar[dict[Path, _File]] = {}
+    _guard: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.users = 0
+        self.lock = threading.Lock()
+        existed = path.exists()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not existed:
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            self.db.executescript(_SCHEMA)
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('created', ?)",
+                (repr(time.time()).encode(),),
+            )
+            (raw,) = self.db.execute("SELECT value FROM meta WHERE name = 'created'").fetchone()
+            self.created = float(raw)
+        except (OSError, sqlite3.Error, ValueError) as e:
+            raise StoreError(
+                f"cannot use the trust state file {path} ({e}); move it away to start "
+                "with a fresh trust state (see docs/security.md, 'losing the trust state')"
+            ) from e
+
+    @classmethod
+    def acquire(cls, path: Path) -> _File:
+        path = Path(os.path.abspath(path.expanduser()))
+        with cls._guard:
+            file = cls._open.get(path)
+            if file is None:
+                file = cls._open[path] = _File(path)
+            file.users += 1
+            return file
+
+    def release(self) -> None:
+        with self._guard:
+            self.users -= 1
+            if self.users == 0:
+                self._open.pop(self.path, None)
+                self.db.close()
+
+
+class TrustState:
+    """A reader's verified high-water marks; in memory, or durable with :meth:`open`."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        """The file, or ``None`` for a state kept in memory only."""
+        self.created = time.time()
+        """When this state began (Unix time): requests issued before it are not trusted."""
+        self._file: _File | None = None
+        self._headers: dict[str, HeaderState | None] = {}
+        self._entries: dict[str, int] = {}
+        self._processed: dict[tuple[str, str], float] = {}
+        self._values: dict[str, bytes | None] = {}
+        self._dirty_headers: set[str] = set()
+        self._dirty_entries: set[str] = set()
+        self._dirty_processed: set[tuple[str, str]] = set()
+        self._dirty_values: set[str] = set()
+        self._forgotten: set[str] = set()
+        self._scheduled = False
+        self._pruned = 0.0
+        self._closed = False
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> TrustState:
+        """The durable state in ``path`` (created with mode 0600 if missing)."""
+        state = cls()
+        state._file = _File.acquire(Path(path))
+        state.path = state._file.path
+        state.created = state._file.created
+        return state
+
+    @classmethod
+    def for_identity(cls, sign_key_hex: str, directory: Path | None = None) -> TrustState:
+        """The durable state of one identity in ``directory`` (:func:`default_trust_dir`)."""
+        return cls.open((directory or default_trust_dir()) / f"{sign_key_hex[:32]}.trust.db")
+
+    @property
+    def durable(self) -> bool:
+        return self._file is not None
+
+    # --- headers -----------------------------------------------------------------
+
+    def header(self, md: str) -> HeaderState | None:
+        if md not in self._headers:
+            found = None
+            if self._file is not None:
+                row = self._query("SELECT owners, version, raw FROM headers WHERE md = ?", (md,))
+                if row is not None:
+                    owners = frozenset(row[0][i : i + 32] for i in range(0, len(row[0]), 32))
+                    found = HeaderState(owners, int(row[1]), bytes(row[2]))
+            self._headers[md] = found
+        return self._headers[md]
+
+    def set_header(self, md: str, state: HeaderState) -> None:
+        self._headers[md] = state
+        self._dirty_headers.add(md)
+        self._schedule()
+
+    # --- entries -----------------------------------------------------------------
+
+    def entry_version(self, key: str) -> int:
+        """Highest version verified for the entry at store key ``key`` (-1: none)."""
+        version = self._entries.get(key)
+        if version is None:
+            version = -1
+            if self._file is not None:
+                row = self._query("SELECT version FROM entries WHERE key = ?", (key,))
+                if row is not None:
+                    version = int(row[0])
+            self._entries[key] = version
+        return version
+
+    def set_entry_version(self, key: str, version: int) -> None:
+        if version > self.entry_version(key):
+            self._entries[key] = version
+            self._dirty_entries.add(key)
+            self._forgotten.discard(key)
+            self._schedule()
+
+    def forget_entry(self, key: str) -> None:
+        """Drop the mark of an entry removed for good (purged; its key may be reused)."""
+        self._entries[key] = -1
+        self._dirty_entries.discard(key)
+        self._forgotten.add(key)
+        self._schedule()
+
+    # --- processed requests ------------------------------------------------------
+
+    def processed(self, scope: str, request_id: str) -> bool:
+        """True if ``request_id`` was processed in ``scope`` (and has not expired)."""
+        expires = self._processed.get((scope, request_id))
+        if expires is None and self._file is not None:
+            row = self._query(
+                "SELECT expires FROM processed WHERE scope = ? AND id = ?", (scope, request_id)
+            )
+            if row is not None:
+                expires = self._processed[(scope, request_id)] = float(row[0])
+        return expires is not None
+
+    def mark_processed(self, scope: str, request_id: str, expires: float) -> None:
+        self._processed[(scope, request_id)] = expires
+        self._dirty_processed.add((scope, request_id))
+        self._schedule()
+
+    # --- named values ------------------------------------------------------------
+
+    def value(self, name: str) -> bytes | None:
+        if name not in self._values:
+            found = None
+            if self._file is not None:
+                row = self._query("SELECT value FROM meta WHERE name = ?", ("v:" + name,))
+                found = None if row is None else bytes(row[0])
+            self._values[name] = found
+        return self._values[name]
+
+    def set_value(self, name: str, value: bytes) -> None:
+        self._values[name] = value
+        self._dirty_values.add(name)
+        self._schedule()
+
+    # --- writing -----------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self._file is None or self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.sync()
+            return
+        self._scheduled = True
+        loop.call_soon(self.sync)
+
+    def sync(self) -> None:
+        """Write every pending change now (one transaction)."""
+        self._scheduled = False
+        file = self._file
+        if file is None or self._closed:
+            return
+        now = time.time()
+        headers = [
+            (md, b"".join(sorted(h.owners)), h.version, h.raw)
+            for md in self._dirty_headers
+            if (h := self._headers.get(md)) is not None
+        ]
+        entries = [(k, self._entries[k]) for k in self._dirty_entries]
+        forgotten = [(k,) for k in self._forgotten if k not in self._dirty_entries]
+        processed = [(s, i, self._processed[(s, i)]) for s, i in self._dirty_processed]
+        values = [
+            ("v:" + n, v) for n in self._dirty_values if (v := self._values.get(n)) is not None
+        ]
+        prune = now - self._pruned > _PRUNE_EVERY_S
+        if not (headers or entries or forgotten or processed or values or prune):
+            return
+        self._dirty_headers.clear()
+        self._dirty_entries.clear()
+        self._dirty_processed.clear()
+        self._dirty_values.clear()
+        self._forgotten.clear()
+        try:
+            with file.lock:
+                db = file.db
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany(
+                        "INSERT INTO headers (md, owners, version, raw) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (md) DO UPDATE SET owners = excluded.owners, "
+                        "version = excluded.version, raw = excluded.raw "
+                        "WHERE excluded.version >= headers.version",
+                        headers,
+                    )
+                    db.executemany(
+                        "INSERT INTO entries (key, version) VALUES (?, ?) ON CONFLICT (key) "
+                        "DO UPDATE SET version = max(version, excluded.version)",
+                        entries,
+                    )
+                    db.executemany("DELETE FROM entries WHERE key = ?", forgotten)
+                    db.executemany(
+                        "INSERT OR REPLACE INTO processed (scope, id, expires) VALUES (?, ?, ?)",
+                        processed,
+                    )
+                    db.executemany(
+                        "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", values
+                    )
+                    if prune:
+                        db.execute("DELETE FROM processed WHERE expires < ?", (now,))
+                    db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot write the trust state file {file.path}: {e}") from e
+        if prune:
+            self._pruned = now
+            for item in [k for k, exp in self._processed.items() if exp < now]:
+                del self._processed[item]
+
+    def _query(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
+        assert self._file is not None
+        try:
+            with self._file.lock:
+                row = self._file.db.execute(sql, params).fetchone()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the trust state file {self._file.path}: {e}") from e
+        return None if row is None else tuple(row)
+
+    def close(self) -> None:
+        """Write what is pending and release the file. Idempotent."""
+        if self._closed:
+            return
+        self.sync()
+        self._closed = True
+        if self._file is not None:
+            self._file.release()
