@@ -19,6 +19,7 @@ refused, the client keeps using the header it trusts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -401,6 +402,56 @@ class MutableData:
             return self.client._accept_header(self.address, new, new.to_bytes())
         raise ConflictError(self.address.header_key, expected=0, current=0)
 
+    async def repair_header(self, *, permissions: PermissionSet | None = None) -> bool:
+        """Write the trusted header again if the store holds another one (a forged or
+        older header): the trusted owners and permissions, signed by this identity (an
+        owner) at a version above both. True if it wrote.
+
+        With no trusted header yet, a handle pinned with ``owners=`` writes those
+        owners and ``permissions`` instead of a stored header it refuses.
+        """
+        client = self.client
+        pins = client._pin(self.address)
+        try:
+            header, _ = await client._header(self.address)
+        except TamperedDataError:
+            if pins.exact_owners is None or permissions is None:
+                raise
+            header = MDHeader.create(
+                self.address,
+                signer=client._writer().sign_key,
+                owners=tuple(PublicSignKey(o) for o in pins.exact_owners),
+                permissions=permissions,
+                version=-1,
+                private=False,
+            )
+        record = await client.store.get(self.address.header_key)
+        if record is not None and record.value == pins.header_bytes:
+            return False
+        version = header.version
+        if record is not None:
+            with contextlib.suppress(TamperedDataError):
+                version = max(version, MDHeader.from_bytes(record.value, self.address).version)
+        me = client._writer()
+        if not header.is_owner(me.public_sign_key):
+            raise PermissionDeniedError(f"only an owner of MD {self.address} can repair it")
+        new = MDHeader.create(
+            self.address,
+            signer=me.sign_key,
+            owners=header.owners,
+            permissions=header.permissions,
+            version=version + 1,
+            private=header.private,
+        )
+        if record is None:
+            await client.store.create(self.address.header_key, new.to_bytes())
+        else:
+            await client.store.update(self.address.header_key, new.to_bytes(), record.revision)
+        client._accept_header(self.address, new, new.to_bytes())
+        pins.refused = b""
+        log.warning("MD %s: wrote the trusted header again (version %d)", self.address, version + 1)
+        return True
+
     def _signed_header(self, header: MDHeader, permissions: PermissionSet) -> MDHeader:
         me = self.client._writer()
         if not header.is_owner(me.public_sign_key):
@@ -751,10 +802,12 @@ class MutableData:
             key = wanted[record.key]
             try:
                 entry = self._open(header, record, self._stored_key(key))
-            except RolledBackError as e:
-                # The store serves an older version than one already verified: the next
-                # write follows the verified version (and repairs the store).
-                entry = Entry(key, b"", e.seen, self.client._writer().public_sign_key)
+            except TamperedDataError:
+                # Refused and counted: an older version than one already verified, or a
+                # record nobody entitled signed. The writer writes past the version it
+                # verified, replacing the bad record (the store is repaired).
+                seen = max(self.client.trust.entry_version(record.key), 0)
+                entry = Entry(key, b"", seen, self.client._writer().public_sign_key)
             assert entry is not None
             result[key] = (entry, record.revision)
         return result

@@ -59,7 +59,8 @@ from safething.net import (
     PublicSignKey,
     SecretKey,
 )
-from safething.net.permissions import Grantee
+from safething.net.mutable import MDHeader
+from safething.net.permissions import Grantee, PermissionSet
 from safething.net.trust import TrustState
 from safething.resource import AsyncResource, Tasks
 from safething.store import Store, open_store
@@ -339,11 +340,18 @@ class Thing(AsyncResource):
             try:
                 await client.create_md(address.name, address.tag, owners=owners, permissions=perms)
             except EntryExistsError:
-                header = await client.md(address.name, address.tag).header()
-                if not header.is_owner(self.identity.public_sign_key):
+                record = await client.store.get(address.header_key)
+                taken = False
+                with contextlib.suppress(SafeThingError):  # unreadable: repaired below
+                    header = MDHeader.from_bytes(record.value if record else b"", address)
+                    header.verify()
+                    taken = not header.is_owner(self.identity.public_sign_key)
+                if taken:
                     raise ThingError(
                         f"thing id {self.id!r} is taken by another identity in this store"
-                    ) from None
+                    )
+            # A header the store swapped in (refused, counted) is replaced by the trusted one.
+            await self._md(which).repair_header(permissions=PermissionSet(perms))
         md = self._md("thing")
         await self._put_if_changed(
             md,
@@ -368,7 +376,7 @@ class Thing(AsyncResource):
             log.warning(
                 "thing %s: refused the stored status (%s); keeping %r", self.id, e, trusted.decode()
             )
-            self.status = trusted.decode()
+            await self._set_status(trusted.decode())  # and repair the store
         await self._restore_sequences(md)
         await self._archive.restore(self._streams())
         await self._trim_outbox()
@@ -410,6 +418,8 @@ class Thing(AsyncResource):
                 return
         except NoSuchEntryError:
             pass
+        except TamperedDataError:
+            pass  # refused and counted; the write below replaces it
         await md.put(key, data)
 
     async def _ensure_level_keys(self, md: MutableData) -> None:
@@ -420,30 +430,64 @@ class Thing(AsyncResource):
         }
         for level, who in readers.items():
             key = f"k/{level}"
+            trusted = self.trust.value(self._level_name(level))
             try:
-                record = await md.get_value(key)
+                record = await self._level_record(md, level)
             except NoSuchEntryError:
-                secret = SecretKey.generate()
-                await md.insert(key, make_key_record(0, secret, who))
-                self._ring.add(level, 0, secret)
-                continue
+                if trusted is None:
+                    secret = SecretKey.generate()
+                    record = make_key_record(0, secret, who)
+                    await md.insert(key, record)
+                    self._ring.add(level, 0, secret)
+                    self.trust.set_value(self._level_name(level), record)
+                    continue
+                record = trusted
+                await md.put(key, record)  # the store dropped it: put back the trusted one
+            except TamperedDataError:
+                if trusted is None:
+                    raise
+                # Refused (counted): a forged or older record. Keep and restore the one
+                # this thing verified last, so nothing is encrypted under a key it chose.
+                record = trusted
+                await md.put(key, record)
+            self.trust.set_value(self._level_name(level), record)
             if not self._ring.learn(level, record):
                 raise ThingError(
                     f"thing {self.id!r}: its {level} key is not sealed to this identity"
                 )
 
-    async def _refresh_group_key(self) -> None:
-        with contextlib.suppress(NoSuchEntryError):
-            entry = await self._md("thing").get("k/group")
-            if entry.signer not in self._authorities():
-                raise self.client._tampered(
-                    TamperedDataError(
-                        f"thing {self.id!r}: group key record signed by "
-                        f"{entry.signer.hex()[:16]}..., neither the thing nor its owner",
-                        address=str(self.addresses.thing),
-                    )
+    def _level_name(self, level: str) -> str:
+        return f"level/{self.id}/{level}"
+
+    async def _level_record(self, md: MutableData, level: str) -> bytes:
+        """The verified ``k/<level>`` record; only the thing or its owner may sign one."""
+        entry = await md.get(f"k/{level}")
+        if entry.signer not in self._authorities():
+            raise self.client._tampered(
+                TamperedDataError(
+                    f"thing {self.id!r}: {level} key record signed by "
+                    f"{entry.signer.hex()[:16]}..., neither the thing nor its owner",
+                    address=str(self.addresses.thing),
                 )
-            self._ring.learn("group", entry.value or b"")
+            )
+        return entry.value or b""
+
+    async def _refresh_group_key(self) -> None:
+        """Follow the owner's changes of the group key (members added or removed); a
+        refused record leaves the key this thing trusts in use."""
+        try:
+            record = await self._level_record(self._md("thing"), "group")
+        except NoSuchEntryError:
+            return
+        except TamperedDataError as e:
+            log.warning("thing %s: keeping its group key: %s", self.id, e)
+            trusted = self.trust.value(self._level_name("group"))
+            if trusted is not None:  # put the trusted record back for the other readers
+                with contextlib.suppress(SafeThingError):
+                    await self._md("thing").put("k/group", trusted)
+            return
+        self._ring.learn("group", record)
+        self.trust.set_value(self._level_name("group"), record)
 
     async def _restore_sequences(self, md: MutableData) -> None:
         pointers = [layout.attr_key(a.name) for a in self.description.attributes if a.dynamic]
@@ -454,6 +498,22 @@ class Thing(AsyncResource):
                 self._seq[pointer] = (int(loads(entry.value or b"", "pointer")["n"]), entry.version)
             except NoSuchEntryError:
                 self._seq[pointer] = (0, None)
+            except TamperedDataError:
+                self._seq[pointer] = await self._recover_pointer(md, pointer, 0)
+
+    async def _recover_pointer(
+        self, md: MutableData, pointer: bytes, seq: int
+    ) -> tuple[int, int | None]:
+        """A sequence pointer the store forged or rolled back: the highest sequence number
+        in the verified history ring, and the version this thing verified last (the next
+        write goes past it and replaces the bad record)."""
+        ring = pointer + b"/" if pointer.startswith(b"e/") else b"ah/" + pointer[2:] + b"/"
+        for key, entry in (await md.entries(skip_tampered=True)).items():
+            if key.startswith(ring) and entry.value is not None:
+                with contextlib.suppress(SafeThingError, KeyError, TypeError, ValueError):
+                    seq = max(seq, int(loads(entry.value, "history slot")["n"]))
+        version = self.trust.entry_version(md.address.entry_key(pointer))
+        return seq, (version if version >= 0 else None)
 
     def _streams(self) -> dict[bytes, tuple[str, str, str | None, int]]:
         """Ring pointer -> (kind, name, level, ring size) of every archived stream."""
@@ -576,6 +636,10 @@ class Thing(AsyncResource):
                             current = await md.get(pointer, include_deleted=True)
                         except NoSuchEntryError:
                             self._seq.pop(pointer, None)
+                            continue
+                        except TamperedDataError:  # refused, counted: build on what we trust
+                            seq, _ = self._seq.get(pointer, (0, None))
+                            self._seq[pointer] = await self._recover_pointer(md, pointer, seq)
                             continue
                         doc = loads(current.value or b"", "sequence pointer")
                         self._seq[pointer] = (int(doc["n"]), current.version)

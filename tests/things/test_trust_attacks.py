@@ -1,0 +1,480 @@
+"""Issue 8: a store-only attacker gains nothing.
+
+The attacker holds the SQLite vault file (it writes through the raw store
+API, under any key) and a key pair of its own; it may run SAFEthing's own
+code with that key. It never holds the thing's, the owner's or a member's
+key. Every test restarts the thing or the reader in between, as a real
+attacker would wait for a reboot. Each attack must be refused with
+``TamperedDataError`` (or a sibling), counted, and the owner's flows must
+keep working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from safething.errors import AccessDeniedError, ActionFailedError, TamperedDataError
+from safething.net import Client, Identity, MDAddress, MDHeader
+from safething.net.mutable import EntryRecord
+from safething.net.trust import TrustState
+from safething.store import Record, Store, open_store
+from safething.things import ActionRequest, Thing, ThingClient, ThingOwner
+from safething.things.access import make_key_record
+from safething.things.admin import set_status
+from safething.things.layout import ThingAddresses
+from safething.things.values import dumps, loads
+
+from .conftest import garden_description
+
+THING = "garden-01"
+ADDR = ThingAddresses.of(THING)
+TIMEOUT = 10.0
+
+
+async def until(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
+    """Wait (bounded, only to avoid a hang) until ``check()`` is true."""
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            result = check()
+            if not isinstance(result, bool):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.01)
+
+
+class Attacker:
+    """Raw store access plus a key pair of its own."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.me = Identity.generate("mallory")
+
+    async def version_of(self, address: MDAddress, key: bytes) -> int:
+        record = await self.store.get(address.entry_key(key))
+        if record is None:
+            return -1
+        return EntryRecord.from_bytes(record.value, address, key).version
+
+    async def sign_entry(self, address: MDAddress, key: bytes, value: bytes | None) -> None:
+        """An entry signed by the attacker's key, one version above the stored one."""
+        record = EntryRecord.create(
+            address,
+            signer=self.me.sign_key,
+            stored_key=key,
+            sealed_key=None,
+            stored_value=value,
+            version=await self.version_of(address, key) + 1,
+        )
+        await self.store.put(address.entry_key(key), record.to_bytes())
+
+    async def co_owner_header(self, address: MDAddress) -> None:
+        """The real owners plus the attacker's key, next version, signed by the attacker."""
+        raw = await self.store.get(address.header_key)
+        assert raw is not None
+        header = MDHeader.from_bytes(raw.value, address)
+        forged = MDHeader.create(
+            address,
+            signer=self.me.sign_key,
+            owners=(*header.owners, self.me.public_sign_key),
+            permissions=header.permissions,
+            version=header.version + 1,
+            private=header.private,
+        )
+        await self.store.put(address.header_key, forged.to_bytes())
+
+    async def snapshot(self, prefix: str) -> list[Record]:
+        return await self.store.scan(prefix)
+
+    async def restore(self, records: list[Record]) -> None:
+        for record in records:
+            await self.store.put(record.key, record.value)
+
+
+def _thing(device: Identity, owner: Identity, url: str) -> Thing:
+    return Thing(garden_description(), identity=device, owner=owner.public, store=url)
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite://{tmp_path}/vault.db"
+
+
+@pytest.fixture
+def owner() -> Identity:
+    return Identity.generate("owner")
+
+
+@pytest.fixture
+def device() -> Identity:
+    return Identity.generate("device")
+
+
+# --- 1. co-owner header ------------------------------------------------------------
+
+
+async def test_co_owner_header_and_the_entries_it_would_authorise(
+    url: str, tmp_path: Path, owner: Identity, device: Identity
+) -> None:
+    ran: list[str] = []
+    owner_trust = TrustState.open(tmp_path / "owner.trust.db")
+    async with await open_store(url) as store, _thing(device, owner, url) as t:
+        t.on_action("Reboot", lambda request: ran.append(request.request_id) or "ok")
+        await t.register()
+        await t.publish()
+        await t.set("secret_code", "correct-horse")
+        await t.set("moisture", 40.0)
+        owner_things = ThingClient(Client(store, owner, trust=owner_trust))
+        assert (await owner_things.read(THING, "secret_code")).value == "correct-horse"
+
+        mallory = Attacker(store)
+        await mallory.co_owner_header(ADDR.thing)
+        # with the forged header, everything below would verify under the attacker's key
+        await mallory.sign_entry(ADDR.thing, b"a/moisture", b"forged")
+        chosen = Identity.generate("mallory-chosen-key").encryption_key
+        from safething.net import SecretKey
+
+        key = SecretKey.generate()
+        readers = [owner.public, device.public, mallory.me.public]
+        for level in ("group", "owner"):
+            await mallory.sign_entry(
+                ADDR.thing, f"k/{level}".encode(), make_key_record(9, key, readers)
+            )
+        keys_doc = {"thing": device.public.to_dict(), "owner": mallory.me.public.to_dict()}
+        await mallory.sign_entry(ADDR.thing, b"keys", dumps(keys_doc))
+        del chosen
+
+        # the running thing keeps its keys: Group data is not encrypted under the chosen key
+        before = t.client.tampered_count
+        await t.set("group_note", "for the group only")
+        assert t.client.tampered_count > before
+
+        # the owner (who verified the thing before) refuses the header and every forged entry
+        owner_client = owner_things.client
+        counted = owner_client.tampered_count
+        with pytest.raises(TamperedDataError):
+            await owner_things.view(THING, refresh=True)
+        assert owner_client.tampered_count > counted
+        # a fresh reader with no trust state at all refuses it too (owners != keys)
+        with pytest.raises(TamperedDataError):
+            await ThingClient(Client(store)).view(THING, refresh=True)
+
+    # restart: the thing restores its header, level keys and key list from what it trusts
+    async with await open_store(url) as store, _thing(device, owner, url) as t:
+        t.on_action("Reboot", lambda request: ran.append(request.request_id) or "ok")
+        await t.register()
+        assert t.client.tampered_count > 0
+        await t.set("secret_code", "correct-horse-2")
+        raw = b"".join(r.value for r in await store.scan(""))
+        assert b"correct-horse" not in raw
+        # the attacker's key opens nothing
+        async with ThingClient(Client(store, mallory.me)) as spy:
+            with pytest.raises((AccessDeniedError, TamperedDataError)):
+                await spy.read(THING, "secret_code")
+            with pytest.raises((AccessDeniedError, TamperedDataError)):
+                await spy.read(THING, "group_note")
+        # the owner's flows keep working: read, Owner action (arguments sealed to the thing)
+        async with ThingClient(Client(store, owner, trust=owner_trust)) as mine:
+            assert (await mine.read(THING, "secret_code")).value == "correct-horse-2"
+            with pytest.raises(TamperedDataError):  # the forged reading: refused, not shown
+                await mine.read(THING, "moisture")
+            await t.set("moisture", 41.0)  # the thing's next reading replaces it
+            assert (await mine.read(THING, "moisture")).value == 41.0
+            assert [r.value for r in await mine.history(THING, "moisture")] == [40.0, 41.0]
+            assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
+        # a new reader accepts the repaired header (owners match the key list again)
+        async with ThingClient(Client(store)) as fresh:
+            assert (await fresh.read(THING, "moisture")).value == 41.0
+    assert len(ran) == 1
+    owner_trust.close()
+
+
+async def test_reader_pinned_to_the_owner_refuses_a_header_it_did_not_sign(
+    url: str, owner: Identity
+) -> None:
+    async with await open_store(url) as store:
+        client = Client(store, owner)
+        md = await client.create_md(ADDR.group.name, ADDR.group.tag)
+        await md.put("m/x", b"member")
+        mallory = Attacker(store)
+        await mallory.co_owner_header(ADDR.group)
+        await mallory.sign_entry(ADDR.group, b"m/y", b"forged member")
+        fresh = Client(store)
+        pinned = fresh.md(ADDR.group.name, ADDR.group.tag, owner=owner.public_sign_key)
+        with pytest.raises(TamperedDataError, match="not by the pinned owner"):
+            await pinned.entries()
+        assert fresh.tampered_count == 1
+        # the owner repairs it; the pinned reader then reads only what the owner signed
+        assert await md.repair_header()
+        entries = await pinned.entries(skip_tampered=True)
+        assert set(entries) == {b"m/x"}
+        assert fresh.tampered_count == 2  # m/y: the attacker holds no permission
+
+
+# --- 2. replayed command -----------------------------------------------------------
+
+
+async def _captured_request(store: Store, things: ThingClient, action: str) -> tuple[str, bytes]:
+    """The owner asks; the attacker copies the inbox record before the thing purges it."""
+    captured: dict[str, bytes] = {}
+    async with store.watch(ADDR.inbox.prefix) as feed:
+        handle = await things.request(THING, action)
+        async with asyncio.timeout(TIMEOUT):
+            async for change in feed:
+                if change.value is not None:
+                    captured[change.key] = change.value
+                    break
+        assert await handle.result(TIMEOUT) == "ok"
+    ((key, value),) = captured.items()
+    return key, value
+
+
+async def test_replayed_command_runs_once(url: str, owner: Identity, device: Identity) -> None:
+    ran: list[str] = []
+
+    def reboot(request: ActionRequest) -> str:
+        ran.append(request.request_id)
+        return "ok"
+
+    async with await open_store(url) as store:
+        mallory = Attacker(store)
+        async with _thing(device, owner, url) as t, ThingClient(Client(store, owner)) as mine:
+            t.on_action("Reboot", reboot)
+            closed: list[str] = []
+            t.on_action("CloseValve", lambda request: closed.append(request.request_id))
+            await t.register()
+            await t.publish()
+            key, value = await _captured_request(store, mine, "Reboot")
+            assert len(ran) == 1
+            # 201 requests of its own (the old memory of processed ids held 200)
+            async with ThingClient(Client(store, mallory.me)) as junk:
+                for _ in range(201):
+                    await junk.request(THING, "CloseValve")
+            await until(lambda: len(closed) == 201, "junk served")
+            await until(lambda: _inbox_empty(store), "junk purged")
+            refused = t.refused_count
+            await store.put(key, value)  # the replay
+            await until(lambda: t.refused_count == refused + 1, "replay refused")
+            assert await store.get(key) is None  # purged
+            assert ran and len(ran) == 1
+        # after a restart of the thing
+        async with _thing(device, owner, url) as t:
+            t.on_action("Reboot", reboot)
+            await t.register()
+            tampered = t.client.tampered_count
+            await store.put(key, value)
+            await until(lambda: t.refused_count == 1, "replay after restart refused")
+            assert t.client.tampered_count == tampered + 1
+            assert len(ran) == 1
+            # the owner's next request still runs
+            async with ThingClient(Client(store, owner)) as mine:
+                assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
+            assert len(ran) == 2
+
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        ({"a": "OpenValve", "args": {"psi": 1}, "t": 0.0}, "no issue time or expiry"),
+        ({"a": "OpenValve", "args": {"psi": 1}}, "no issue time or expiry"),
+        (
+            {"a": "OpenValve", "args": {"psi": 1}, "t": "now", "exp": 1e12},
+            "no issue time or expiry",
+        ),
+        ({"a": "OpenValve", "args": {"psi": 1}, "t": None, "exp": None}, "no issue time"),
+        ("far", "too far ahead"),
+        ("old", "before this thing's trust state began"),
+    ],
+)
+async def test_requests_without_a_bounded_expiry_never_run(
+    url: str, owner: Identity, device: Identity, doc: Any, reason: str
+) -> None:
+    ran: list[str] = []
+    now = time.time()
+    if doc == "far":
+        doc = {"a": "OpenValve", "args": {"psi": 1}, "t": now, "exp": now + 400 * 24 * 3600}
+    elif doc == "old":  # issued before the thing's trust state existed (a fresh Pi)
+        doc = {"a": "OpenValve", "args": {"psi": 1}, "t": now - 3600, "exp": now + 3600}
+    async with await open_store(url) as store, _thing(device, owner, url) as t:
+        t.on_action("OpenValve", lambda request: ran.append(request.request_id) or {})
+        await t.register()
+        await t.publish()
+        mallory = Client(store, Identity.generate())
+        inbox = mallory.md(ADDR.inbox.name, ADDR.inbox.tag)
+        rid = secrets.token_hex(8)
+        async with ThingClient(mallory) as c:
+            view = await c.view(THING)
+            state_feed = view.outbox.watch(prefixes=(f"r/{rid}".encode(),))
+            await inbox.insert(f"r/{rid}", dumps(doc))
+            async with asyncio.timeout(TIMEOUT):
+                async for entry in state_feed:
+                    state = loads(entry.value or b"", "state")
+                    break
+            await state_feed.close()
+        assert state["s"] == "rejected"
+        assert reason in state["m"]
+        assert t.refused_count == 1
+        assert ran == []
+
+
+async def test_a_request_interrupted_by_shutdown_does_not_run_again(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    started = asyncio.Event()
+    calls: list[str] = []
+
+    async def slow(request: ActionRequest) -> None:
+        calls.append(request.request_id)
+        started.set()
+        await asyncio.sleep(60)
+
+    async with await open_store(url) as store, ThingClient(Client(store, owner)) as mine:
+        async with _thing(device, owner, url) as t:
+            t.on_action("CloseValve", slow)
+            await t.register()
+            await t.publish()
+            handle = await mine.request(THING, "CloseValve", timeout=60)
+            async with asyncio.timeout(TIMEOUT):
+                await started.wait()
+        async with _thing(device, owner, url) as t:
+            t.on_action("CloseValve", slow)
+            await t.register()
+            status = await handle.wait(TIMEOUT)
+        assert status.state == "failed"
+        assert "not run again" in status.message
+        assert len(calls) == 1
+
+
+# --- 3. rollback across a restart --------------------------------------------------
+
+
+async def test_rollback_of_group_membership_key_epoch_and_status(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    member = Identity.generate("member")
+    done: list[str] = []
+    async with await open_store(url) as store:
+        mallory = Attacker(store)
+        owner_client = Client(store, owner)
+        async with _thing(device, owner, url) as t:
+            t.on_action("Water", lambda request: done.append(request.request_id) or 1.0)
+            await t.register()
+            await t.publish()
+            await ThingOwner(owner_client, THING).add_member(member.public)
+            async with ThingClient(Client(store, member)) as m:
+                assert await (await m.request(THING, "Water", litres=1)).result(TIMEOUT) == 1.0
+            # the attacker keeps copies of what it may want to serve again later
+            group_then = await mallory.snapshot(ADDR.group.prefix)
+            keys_then = [
+                r
+                for r in await mallory.snapshot(ADDR.thing.entry_prefix)
+                if r.key == ADDR.thing.entry_key(b"k/group")
+            ]
+            status_then = [
+                r
+                for r in await mallory.snapshot(ADDR.thing.entry_prefix)
+                if r.key == ADDR.thing.entry_key(b"status")
+            ]
+            await ThingOwner(owner_client, THING).remove_member(member.public_sign_key)
+            await t.set("group_note", "after removal 1")  # the thing learns the new epoch
+            async with ThingClient(Client(store, member)) as m:
+                with pytest.raises(ActionFailedError, match="access denied"):
+                    await (await m.request(THING, "Water", litres=1)).result(TIMEOUT)
+            await set_status(owner_client, THING, "disabled")
+            await until(lambda: t.status == "disabled", "thing disabled")
+        # while the thing is down, the store goes back to the older, validly signed records
+        await mallory.restore(group_then + keys_then + status_then)
+        async with _thing(device, owner, url) as t:
+            t.on_action("Water", lambda request: done.append(request.request_id) or 1.0)
+            await t.register()
+            assert t.status == "disabled"  # not "published" again
+            assert t.client.tampered_count >= 1
+            await set_status(owner_client, THING, "published")
+            await until(lambda: t.status == "published", "owner publishes again")
+            await mallory.restore(group_then)  # and once more while it runs
+            await t.set("group_note", "after removal 2")
+            async with ThingClient(Client(store, member)) as m:
+                with pytest.raises(ActionFailedError, match="access denied"):
+                    await (await m.request(THING, "Water", litres=1)).result(TIMEOUT)
+                for _ in range(2):
+                    with pytest.raises((AccessDeniedError, TamperedDataError)):
+                        await m.read(THING, "group_note")
+                    await mallory.restore(keys_then)
+            assert len(done) == 1
+            # the thing's next Group write puts the newest key record back; the owner
+            # still reads Group data and runs Group actions
+            await t.set("group_note", "after removal 3")
+            async with ThingClient(Client(store, owner)) as mine:
+                assert (await mine.read(THING, "group_note")).value == "after removal 3"
+                assert await (await mine.request(THING, "Water", litres=2)).result(TIMEOUT) == 1.0
+            assert len(done) == 2
+
+
+# --- 4. cancellations ----------------------------------------------------------------
+
+
+async def test_only_the_requester_or_owner_cancels(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(request: ActionRequest) -> None:
+        await release.wait()
+
+    async with await open_store(url) as store, _thing(device, owner, url) as t:
+        t.on_action("CloseValve", slow)
+        await t.register()
+        await t.publish()
+        requester = ThingClient(Client(store, Identity.generate("requester")))
+        mallory = Client(store, Identity.generate("mallory"))
+        inbox = mallory.md(ADDR.inbox.name, ADDR.inbox.tag)
+        handle = await requester.request(THING, "CloseValve", timeout=30)
+        await until(lambda: handle.request_id in t._running, "running")
+        await inbox.insert(f"c/{handle.request_id}", dumps({"t": time.time()}))
+        await until(lambda: t.refused_count == 1, "foreign cancellation refused")
+        assert await store.get(ADDR.inbox.entry_key(f"c/{handle.request_id}".encode())) is None
+        assert handle.request_id in t._running  # still running
+        release.set()
+        assert (await handle.wait(TIMEOUT)).state == "done"
+        # the requester's own cancellation works
+        release.clear()
+        second = await requester.request(THING, "CloseValve", timeout=30)
+        await until(lambda: second.request_id in t._running, "running")
+        assert (await second.cancel()).state == "cancelled"
+        await requester.close()
+
+
+async def test_cancellations_of_unknown_requests_are_purged_even_after_a_restart(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    async with await open_store(url) as store:
+        mallory = Client(store, Identity.generate("mallory"))
+        inbox = mallory.md(ADDR.inbox.name, ADDR.inbox.tag)
+        async with _thing(device, owner, url) as t:
+            t.on_action("Reboot", lambda request: "ok")
+            await t.register()
+            await t.publish()
+            for _ in range(600):
+                await inbox.insert(f"c/{secrets.token_hex(8)}", b"\xa0")
+            await until(lambda: _inbox_empty(store), "purged while running")
+        # more while the thing is down: purged when it comes back
+        for _ in range(600):
+            await inbox.insert(f"c/{secrets.token_hex(8)}", b"\xa0")
+        async with _thing(device, owner, url) as t:
+            t.on_action("Reboot", lambda request: "ok")
+            await t.register()
+            await until(lambda: _inbox_empty(store), "purged after restart")
+            async with ThingClient(Client(store, owner)) as mine:
+                assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
+
+
+async def _inbox_empty(store: Store) -> bool:
+    count, _ = await store.usage(ADDR.inbox.entry_prefix)
+    return count == 0
