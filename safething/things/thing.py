@@ -349,7 +349,7 @@ class Thing(AsyncResource):
                 if taken:
                     raise ThingError(
                         f"thing id {self.id!r} is taken by another identity in this store"
-                    )
+                    ) from None
             # A header the store swapped in (refused, counted) is replaced by the trusted one.
             await self._md(which).repair_header(permissions=PermissionSet(perms))
         md = self._md("thing")
