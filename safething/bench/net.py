@@ -56,6 +56,7 @@ from safething.bench.runner import (
     ratio_metric,
 )
 from safething.net import MAX_ENTRIES, TAG_THING, Client, Identity, MutableData, XorName
+from safething.net.trust import TrustState
 from safething.store import Store, open_store
 
 __all__ = ["GROUPS", "read_rates", "watch_inprocess", "watch_xproc", "write_rates"]
@@ -230,13 +231,22 @@ def _raw_scan(conn: sqlite3.Connection, prefixes: Sequence[str]) -> tuple[int, f
 
 
 async def _timed_md_writes(
-    path: Path, identity: Identity, work: _Workload, *, private: bool
+    path: Path, identity: Identity, work: _Workload, *, private: bool, trust: Path | None = None
 ) -> tuple[list[MutableData], float]:
-    """A new store at ``path``, its MDs created (not timed), then every batch written."""
-    async with await open_store(sqlite_url(path)) as store:
-        label = "private" if private else "signed"
-        mds = await _create_mds(Client(store, identity), label, work.mds, private=private)
-        return mds, await _put_all(mds, work)
+    """A new store at ``path``, its MDs created (not timed), then every batch written;
+    with ``trust``, the writer keeps its trust state in that (new) file."""
+    state = TrustState.open(trust) if trust is not None else TrustState()
+    try:
+        async with await open_store(sqlite_url(path)) as store:
+            label = "private" if private else "signed"
+            client = Client(store, identity, trust=state)
+            mds = await _create_mds(client, label, work.mds, private=private)
+            started = time.perf_counter()
+            await _put_all(mds, work)
+            state.sync()  # the last changes are written too, inside the timing
+            return mds, time.perf_counter() - started
+    finally:
+        state.close()
 
 
 def _timed_raw_inserts(path: Path, rows: Sequence[Sequence[tuple[str, bytes]]]) -> float:
@@ -259,6 +269,7 @@ async def write_rates(ctx: BenchContext) -> list[Metric]:
     params = _write_params(sizes, work)
     identity = Identity.generate("bench-writer")
     signed_s: list[float] = []
+    durable_s: list[float] = []
     raw_s: list[float] = []
     private_s: list[float] = []
     raw_count = 0
@@ -267,6 +278,14 @@ async def write_rates(ctx: BenchContext) -> list[Metric]:
             ctx.workdir / f"signed-{r}.db", identity, work, private=False
         )
         signed_s.append(seconds)
+        _, seconds = await _timed_md_writes(
+            ctx.workdir / f"durable-{r}.db",
+            identity,
+            work,
+            private=False,
+            trust=ctx.workdir / f"durable-{r}.trust.db",
+        )
+        durable_s.append(seconds)
         rows = _raw_rows(mds, work)
         raw_count = sum(len(batch) for batch in rows)
         raw_s.append(_timed_raw_inserts(ctx.workdir / f"raw-{r}.db", rows))
@@ -290,10 +309,20 @@ async def write_rates(ctx: BenchContext) -> list[Metric]:
     private = rate_metric(
         "md_private_write_rate", work.entries, private_s, "entries/s", params=params
     )
+    durable = rate_metric(
+        "md_signed_write_rate_durable_trust",
+        work.entries,
+        durable_s,
+        "entries/s",
+        params={**params, "trust": "TrustState file (issue 8): every entry version kept"},
+    )
     return [
         signed,
+        durable,
         raw,
         ratio_metric("md_signed_write_vs_raw_insert_ratio", signed, raw),
+        ratio_metric("md_signed_write_durable_trust_vs_raw_insert_ratio", durable, raw),
+        ratio_metric("md_signed_write_durable_vs_memory_trust_ratio", durable, signed),
         private,
         ratio_metric("md_private_vs_signed_write_ratio", private, signed),
     ]
@@ -318,6 +347,7 @@ async def read_rates(ctx: BenchContext) -> list[Metric]:
     get_params = {**params, "order": "shuffled, same order for both sides", "client": fresh}
     scan_params = {**params, "order": "one MD after the other", "client": fresh}
     read_s: list[float] = []
+    durable_read_s: list[float] = []
     scan_s: list[float] = []
     raw_read_s: list[float] = []
     raw_scan_s: list[float] = []
@@ -332,8 +362,13 @@ async def read_rates(ctx: BenchContext) -> list[Metric]:
         reader = _raw_connect(ctx.workdir / "raw.db", create=False)
         try:
             _raw_insert(writer, _raw_rows(mds, work))  # setup, not timed
-            for _ in range(sizes.rounds):
+            for r in range(sizes.rounds):
                 read_s.append(await _verified_gets(store, mds, order))
+                durable_read_s.append(
+                    await _verified_gets(
+                        store, mds, order, trust=ctx.workdir / f"read-{r}.trust.db"
+                    )
+                )
                 scanned, seconds = await _verified_scans(store, mds)
                 if scanned != work.entries:
                     raise RuntimeError(f"a scan returned {scanned} of {work.entries} entries")
@@ -348,6 +383,13 @@ async def read_rates(ctx: BenchContext) -> list[Metric]:
             writer.close()
 
     read = rate_metric("md_verified_read_rate", len(order), read_s, "entries/s", params=get_params)
+    durable_read = rate_metric(
+        "md_verified_read_rate_durable_trust",
+        len(order),
+        durable_read_s,
+        "entries/s",
+        params={**get_params, "trust": "a new TrustState file per round: every version is new"},
+    )
     scan = rate_metric(
         "md_verified_scan_rate", work.entries, scan_s, "entries/s", params=scan_params
     )
@@ -367,25 +409,38 @@ async def read_rates(ctx: BenchContext) -> list[Metric]:
     )
     return [
         read,
+        durable_read,
         scan,
         raw_read,
         raw_scan,
         ratio_metric("md_verified_read_vs_raw_read_ratio", read, raw_read),
+        ratio_metric("md_verified_read_durable_trust_vs_raw_read_ratio", durable_read, raw_read),
+        ratio_metric("md_verified_read_durable_vs_memory_trust_ratio", durable_read, read),
         ratio_metric("md_verified_scan_vs_raw_read_ratio", scan, raw_read),
         ratio_metric("md_verified_scan_vs_raw_scan_ratio", scan, raw_scan),
     ]
 
 
 async def _verified_gets(
-    store: Store, mds: Sequence[MutableData], order: Sequence[tuple[int, bytes]]
+    store: Store,
+    mds: Sequence[MutableData],
+    order: Sequence[tuple[int, bytes]],
+    *,
+    trust: Path | None = None,
 ) -> float:
-    """``MutableData.get`` of every key by a new read-only client; the seconds it took."""
-    reader = Client(store)
-    handles = [reader.md(md.address.name, md.address.tag) for md in mds]
-    started = time.perf_counter()
-    for md_index, key in order:
-        await handles[md_index].get(key)
-    return time.perf_counter() - started
+    """``MutableData.get`` of every key by a new read-only client; the seconds it took.
+    With ``trust``, the client keeps what it verified in that new trust-state file."""
+    state = TrustState.open(trust) if trust is not None else TrustState()
+    try:
+        reader = Client(store, trust=state)
+        handles = [reader.md(md.address.name, md.address.tag) for md in mds]
+        started = time.perf_counter()
+        for md_index, key in order:
+            await handles[md_index].get(key)
+        state.sync()
+        return time.perf_counter() - started
+    finally:
+        state.close()
 
 
 async def _verified_scans(store: Store, mds: Sequence[MutableData]) -> tuple[int, float]:

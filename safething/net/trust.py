@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS processed (
     scope TEXT NOT NULL, id TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (scope, id));
 """
 _PRUNE_EVERY_S = 60.0
+_CACHE_MAX = 200_000
+"""Entry marks a durable state caches in memory before it drops the written ones."""
 
 
 def default_trust_dir() -> Path:
@@ -200,6 +202,8 @@ class TrustState:
                 row = self._query("SELECT version FROM entries WHERE key = ?", (key,))
                 if row is not None:
                     version = int(row[0])
+            if self._file is not None and len(self._entries) >= _CACHE_MAX:  # all in the file
+                self._entries = {k: self._entries[k] for k in self._dirty_entries}
             self._entries[key] = version
         return version
 

@@ -1,0 +1,76 @@
+"""TrustState: what a reader verified survives a restart; a lost file starts afresh."""
+
+from __future__ import annotations
+
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from safething.errors import RolledBackError, StoreError
+from safething.net import TAG_THING, Client, Identity, XorName
+from safething.net.trust import HeaderState, TrustState
+from safething.store import open_store
+
+
+def test_marks_survive_a_reopen_and_only_go_up(tmp_path: Path) -> None:
+    path = tmp_path / "me.trust.db"
+    state = TrustState.open(path)
+    created = state.created
+    state.set_header("md.h", HeaderState(frozenset({b"a" * 32, b"b" * 32}), 3, b"raw"))
+    state.set_entry_version("md.e.1", 5)
+    state.set_entry_version("md.e.1", 2)  # never goes down
+    state.set_entry_version("md.e.2", 1)
+    state.forget_entry("md.e.2")
+    state.mark_processed("thing", "r1", time.time() + 60)
+    state.set_value("status/thing", b"disabled")
+    state.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    again = TrustState.open(path)
+    assert again.created == created
+    assert again.header("md.h") == HeaderState(frozenset({b"a" * 32, b"b" * 32}), 3, b"raw")
+    assert again.entry_version("md.e.1") == 5
+    assert again.entry_version("md.e.2") == -1
+    assert again.processed("thing", "r1")
+    assert not again.processed("thing", "r2")
+    assert again.value("status/thing") == b"disabled"
+    again.close()
+
+
+def test_a_lost_file_is_a_fresh_state(tmp_path: Path) -> None:
+    path = tmp_path / "me.trust.db"
+    TrustState.open(path).close()
+    path.unlink()
+    before = time.time()
+    fresh = TrustState.open(path)
+    assert fresh.created >= before
+    assert fresh.entry_version("anything") == -1
+    fresh.close()
+
+
+def test_a_damaged_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "me.trust.db"
+    path.write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreError, match="trust state file"):
+        TrustState.open(path)
+
+
+async def test_a_restarted_reader_refuses_what_it_had_seen_newer(tmp_path: Path) -> None:
+    owner = Identity.generate()
+    async with await open_store(f"sqlite://{tmp_path}/vault.db") as store:
+        md = await Client(store, owner).create_md(XorName.of("x"), TAG_THING)
+        await md.put("k", "v0")
+        old = await store.get(md.address.entry_key(b"k"))
+        assert old is not None
+        await md.put("k", "v1")
+        reader = Client(store, trust=TrustState.open(tmp_path / "reader.trust.db"))
+        assert (await reader.md(XorName.of("x"), TAG_THING).get("k")).value == b"v1"
+        reader.trust.close()
+        await store.put(old.key, old.value)  # the store goes back while the reader is down
+        restarted = Client(store, trust=TrustState.open(tmp_path / "reader.trust.db"))
+        with pytest.raises(RolledBackError, match="went back from version 1 to 0"):
+            await restarted.md(XorName.of("x"), TAG_THING).get("k")
+        assert restarted.tampered_count == 1
+        restarted.trust.close()
