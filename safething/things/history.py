@@ -342,7 +342,12 @@ class Archive:
             return
         stream.pending.append((seq, t, value))
         if len(stream.pending) >= stream.size:
-            await self.flush(stream)
+            try:
+                await self.flush(stream)
+            except SafeThingError as e:
+                # The value itself is written; its archiving is retried with the next one
+                # (the values stay pending in memory, so the ring may wrap meanwhile).
+                log.warning("thing %s: archiving %s failed: %s", self._thing.id, stream.name, e)
 
     async def flush_all(self) -> None:
         for stream in self._streams.values():

@@ -231,3 +231,21 @@ def test_single_affordances(validator: jsonschema.Draft7Validator) -> None:
     assert errors(validator, td) == []
     assert td["properties"]["pos"]["maxItems"] == 1024
     assert td["actions"]["Go"]["input"]["required"] == ["p"]
+
+
+@pytest.mark.parametrize("make", [garden, everything])
+@pytest.mark.parametrize("base", [None, "safe://garden.alice"])
+def test_http_forms_validate_and_keep_the_safe_ones(
+    validator: jsonschema.Draft7Validator, make: Any, base: str | None
+) -> None:
+    td = to_thing_description(make(), base=base, http="http://pi.local:8080")
+    assert errors(validator, td) == []
+    assert td["security"] == ["bearer_sc"]
+    assert td["securityDefinitions"]["bearer_sc"]["scheme"] == "bearer"
+    for section in ("properties", "actions", "events"):
+        for interaction in td[section].values():
+            safe, *http = interaction["forms"]
+            assert safe["security"] == ["safething_sc"]
+            assert http and all(f["href"].startswith("http://pi.local:8080/wot/") for f in http)
+    with pytest.raises(ValueError, match="http"):
+        to_thing_description(make(), http="ftp://x")
