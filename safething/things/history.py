@@ -80,6 +80,7 @@ DEFAULT_RETENTION_DAYS = 30
 """How long a thing keeps archived history unless told otherwise."""
 _SEGMENT_DOMAIN = "safething/history-segment"
 _FETCH_CONCURRENCY = 32
+_MAX_PENDING = 2000  # values kept in memory while archiving fails
 _MAX_ROWS_PER_ENTRY = 4000  # ~ 300 KB; a writer that fast should use a longer ring
 
 
@@ -348,6 +349,12 @@ class Archive:
                 # The value itself is written; its archiving is retried with the next one
                 # (the values stay pending in memory, so the ring may wrap meanwhile).
                 log.warning("thing %s: archiving %s failed: %s", self._thing.id, stream.name, e)
+                if len(stream.pending) > _MAX_PENDING:  # bounded memory while the store fails
+                    lost = len(stream.pending) - _MAX_PENDING
+                    del stream.pending[:lost]
+                    log.error(
+                        "thing %s: %d values of %s not archived", self._thing.id, lost, stream.name
+                    )
 
     async def flush_all(self) -> None:
         for stream in self._streams.values():

@@ -255,3 +255,21 @@ def test_segment_body_is_small() -> None:
     assert len(chunk) < 500 * 6
     assert cbor2.loads(chunk)["t"] == "hseg"
     assert encode_record("hseg", {}) != chunk
+
+
+async def test_a_failing_archive_does_not_fail_the_write(store: Store, owner: Identity) -> None:
+    """The history MD disappears from the store: values are still written and read;
+    their archiving waits (in bounded memory) instead of failing set()."""
+    async with Thing(
+        garden_description(history=4), identity=Identity.generate(), owner=owner, store=store
+    ) as t:
+        await t.register()
+        name, tag = _history_address("garden-01")
+        md = t.client.md(name, tag)
+        for key in await store.keys(md.address.prefix):
+            await store.delete(key)
+        for i in range(10):
+            assert await t.set("moisture", float(i)) == i + 1
+        assert (await ThingClient(Client(store)).read("garden-01", "moisture")).value == 9.0
+        [stream] = [s for s in t._archive._streams.values() if s.name == "moisture"]
+        assert [p[2] for p in stream.pending] == [float(i) for i in range(10)]
