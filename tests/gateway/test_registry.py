@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from safething.errors import StoreError
-from safething_gateway.protocol import ReplayError, UnknownDeviceError
+from safething_gateway.protocol import ReplayError, RevokedDeviceError, UnknownDeviceError
 from safething_gateway.registry import (
     MAX_PENDING_DOWNLINKS,
     DownlinkQueueFullError,
@@ -117,4 +117,30 @@ def test_a_write_waits_for_another_process_lock(tmp_path: Path) -> None:
     finally:
         release.join()
         other.close()
+        registry.close()
+
+
+def test_records_say_what_they_are(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "private" / "gateway.db")
+    try:
+        assert _mode(tmp_path / "private") == 0o700  # the directory it made is private too
+        assert registry.add("sensor-01", "http").linked is True
+        assert registry.add("valve-001", "mqtt").linked is True
+        assert registry.add("adopted-01", "adopted").linked is False  # its adapter acts
+        with pytest.raises(ValueError, match="'sensor-01' is already provisioned"):
+            registry.add("sensor-01", "coap")
+        with pytest.raises(ValueError, match="unknown transport 'zigbee'"):
+            registry.add("sensor-02", "zigbee")
+        registry.revoke("sensor-01")
+        with pytest.raises(RevokedDeviceError, match="'sensor-01' is revoked"):
+            registry.get("sensor-01")
+        assert registry.get("sensor-01", allow_revoked=True).revoked is True
+        assert registry.get("valve-001").revoked is False
+        # the gateway reads from its worker thread as well as from the event loop's
+        seen: list[str] = []
+        reader = threading.Thread(target=lambda: seen.append(registry.get("valve-001").transport))
+        reader.start()
+        reader.join()
+        assert seen == ["mqtt"]
+    finally:
         registry.close()
