@@ -5,6 +5,7 @@ against the mutants of protocol.py that survived the gateway's tests)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 
@@ -23,7 +24,9 @@ from safething_gateway.protocol import (
     TooLargeError,
     UnknownChannelError,
     UnknownDeviceError,
+    empty_frame,
     frame,
+    link_keys,
     mac,
     parse_frame,
 )
@@ -99,8 +102,9 @@ def test_frame_and_counter_limits() -> None:
     with pytest.raises(TooLargeError, match=f"message of {MAX_MESSAGE_BYTES + 1} bytes"):
         parse_frame(fits + b"x")
     assert parse_frame(b"ST2 " + b"9" * 19 + b" " + b"a" * 64 + b"\n").counter == int("9" * 19)
-    with pytest.raises(BadMessageError, match="the counter must be a decimal number"):
-        parse_frame(b"ST2 " + b"1" * 20 + b" " + b"a" * 64 + b"\n")
+    for counter in (b"1" * 20, b"x1", b"-1", b"1.5", b""):
+        with pytest.raises(BadMessageError, match="the counter must be a decimal number"):
+            parse_frame(b"ST2 " + counter + b" " + b"a" * 64 + b"\n")
     for tag in (b"a" * 63, b"a" * 65, b"A" * 64, b"g" * 64):
         with pytest.raises(BadMessageError, match="64 lowercase hex digits"):
             parse_frame(b"ST2 1 " + tag + b"\n")
@@ -124,3 +128,24 @@ def test_each_refusal_has_its_documented_codes(
     error: type[ProtocolError], http: int, coap: str, reason: str
 ) -> None:
     assert (error.http, error.coap, error.reason) == (http, coap, reason)
+
+
+def test_an_empty_poll_from_a_query() -> None:
+    """``?c=<counter>&m=<tag>`` (HTTP, CoAP) stands for an empty poll of either version."""
+    tag = "b" * 64
+    polled = empty_frame("12", tag)
+    assert (polled.counter, polled.mac, polled.body, polled.version) == (12, tag, b"", None)
+    with pytest.raises(BadMessageError, match="decimal"):
+        empty_frame("twelve", tag)
+    with pytest.raises(BadMessageError, match="64 lowercase hex"):
+        empty_frame("12", "B" * 64)
+
+
+def test_keys_and_frames_cannot_be_changed() -> None:
+    parsed = parse_frame(frame(SECRET, DEVICE, CHANNEL, 3, BODY, version=2, uplink=True))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.counter = 4  # type: ignore[misc]
+    keys = link_keys(SECRET)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        keys.mac_up = bytes(32)  # type: ignore[misc]
+    assert SECRET.hex() not in repr(keys) and keys.mac_up.hex() not in repr(keys)
