@@ -148,4 +148,5 @@ def test_keys_and_frames_cannot_be_changed() -> None:
     keys = link_keys(SECRET)
     with pytest.raises(dataclasses.FrozenInstanceError):
         keys.mac_up = bytes(32)  # type: ignore[misc]
-    assert SECRET.hex() not in repr(keys) and keys.mac_up.hex() not in repr(keys)
+    for key in (keys.enc_up, keys.mac_up, keys.enc_down, keys.mac_down):
+        assert str(key) not in repr(keys) and key.hex() not in repr(keys)
