@@ -86,6 +86,7 @@ GROUP_MODULES: tuple[GroupModule, ...] = (
     GroupModule("history", "safething.bench.history"),
     GroupModule("gateway", "safething_gateway.bench.gateway"),
     GroupModule("firmware", "safething_gateway.bench.firmware"),
+    GroupModule("console", "safething_gateway.bench.console"),
 )
 """Every module of metric groups, in run order. One line per module.
 

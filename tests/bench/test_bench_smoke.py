@@ -98,6 +98,20 @@ EXPECTED |= FIRMWARE_SIZE_EXPECTED
 HAVE_NODE = shutil.which("node") is not None and shutil.which("npm") is not None
 if HAVE_NODE:
     EXPECTED |= FIRMWARE_LINK_EXPECTED
+EXPECTED |= {
+    "console_index_load_s",
+    "console_things_page_render_ms",
+    "console_things_page_render_p50_ms",
+    "console_things_page_response_p50_ms",
+}
+if Path("/usr/bin/chromium").exists():  # ./scripts/test installs it
+    EXPECTED |= {
+        "console_rss_1_client_mb",
+        "console_rss_10_clients_mb",
+        *(f"console_set_to_page_latency_{p}_ms" for p in ("p50", "p99", "max")),
+    }
+else:
+    EXPECTED.add("console_browser_metrics_skipped")
 # The gateway groups and the firmware's latency need a Mosquitto broker; without one the
 # smoke run leaves them out.
 HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()

@@ -251,11 +251,16 @@ def create_app(console: Console) -> Any:
 
     @app.get("/things")
     async def things(request: Request) -> Response:
+        started = time.perf_counter()
         session_of(request)
         ctx = things_query(request)
         if request.headers.get("hx-request") and request.headers.get("hx-target") == "things-rows":
-            return page(request, "_things_rows.html", **ctx)
-        return page(request, "things.html", **ctx)
+            response = page(request, "_things_rows.html", **ctx)
+        else:
+            response = page(request, "things.html", **ctx)
+        spent = (time.perf_counter() - started) * 1000
+        response.headers["server-timing"] = f"render;dur={spent:.2f}"
+        return response
 
     def thing_or_404(thing_id: str) -> None:
         if thing_id not in data.index.rows:
