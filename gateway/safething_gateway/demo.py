@@ -193,6 +193,8 @@ class GatewayDemo:
         self._tasks = Tasks("gateway-demo:", log=log)
         self._busy: set[str] = set()
         self._valve: dict[str, str] = {}  # what the controller knows of each valve
+        self.web: Any = None
+        """The web console, when its extra is installed (``pip install 'safething[console]'``)."""
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.spawn(coro, name)
@@ -237,6 +239,7 @@ class GatewayDemo:
         for endpoint in self.gateway.endpoints():
             self.echo(f"  {endpoint}")
         self.echo(f"  http://127.0.0.1:{self.http_port}/metrics   /healthz   /openapi.json")
+        await self._start_web()
         suffix = self.owner.public_sign_key.hex()[:6]
         for i, transport in enumerate(TRANSPORTS):
             device_id = f"garden-{transport}-{suffix}"
@@ -253,6 +256,40 @@ class GatewayDemo:
             await device.start()
             self.echo(f"device {device.link.device_id} is online over {device.transport}")
         await self._start_controller(suffix)
+
+    async def _start_web(self) -> None:
+        """The console on 127.0.0.1:8088 (or a free port), with its address and setup code."""
+        try:
+            from safething_gateway.console import Console, ConsoleSettings
+        except ImportError:
+            self.echo("web console: not installed (pip install 'safething[console]')")
+            return
+        from safething_gateway.provisioning import DeviceEndpoints
+
+        assert self.gateway is not None and self.broker is not None
+        endpoints = DeviceEndpoints(
+            mqtt_port=self.broker.port,
+            coap_port=self.coap_port,
+            http_url=f"http://127.0.0.1:{self.http_port}",
+        )
+        for port in (8088, 0):
+            web = Console(
+                store=self.store,
+                owner=self.owner,
+                settings=ConsoleSettings(self.state_dir / "console", port=port),
+                gateway=self.gateway,
+                endpoints=endpoints,
+            )
+            try:
+                await web.start()
+                await web.serve()
+            except OSError:
+                await web.close()
+                continue
+            self.web = web
+            for text in web.announce():
+                self.echo(text)
+            return
 
     async def _start_controller(self, suffix: str) -> None:
         ids = [d.link.device_id for d in self.devices]
@@ -351,6 +388,8 @@ class GatewayDemo:
         if self.controller is not None:
             await self.controller.close()
         await self.console.close()
+        if self.web is not None:
+            await self.web.close()
         if self.gateway is not None:
             await self.gateway.close()
         if self.registry is not None:

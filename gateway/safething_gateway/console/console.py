@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,15 +138,24 @@ class Console(AsyncResource):
         )
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None
+        # bind here: a taken port is an OSError for the caller, not uvicorn's sys.exit
+        family = socket.AF_INET6 if ":" in s.bind else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((s.bind, s.port))
+        except OSError as e:
+            sock.close()
+            raise OSError(f"the console cannot listen on {s.bind}:{s.port}: {e}") from e
+        self.port = sock.getsockname()[1]
         self._serving = asyncio.get_running_loop().create_task(
-            self._server.serve(), name="console:http"
+            self._server.serve(sockets=[sock]), name="console:http"
         )
         while not self._server.started:
             if self._serving.done():
                 await self._serving
-                raise OSError(f"the console could not listen on {s.bind}:{s.port}")
+                raise OSError(f"the console could not start on {s.bind}:{self.port}")
             await asyncio.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
 
     def announce(self) -> list[str]:
         """Lines to print at start: the address, and the setup code until an owner is bound."""
