@@ -1,0 +1,253 @@
+"""The console's parts without a browser: the audit chain, back-off, sessions, the origin
+check, and the console as the gateway process and ``safething console`` run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from safething.net import Identity
+from safething_gateway.console.audit import AuditLog
+from safething_gateway.console.auth import Backoff, Sessions, SlowDownError
+from safething_gateway.console.guard import same_origin
+
+
+def _log(tmp_path: Path, signer: Identity | None = None) -> AuditLog:
+    log = AuditLog(tmp_path / "audit.db", signer or Identity.generate("owner"))
+    for i in range(5):
+        log.append("owner", "request", f"garden-{i}", "OpenValve psi=30")
+    return log
+
+
+def test_an_intact_audit_log_verifies(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    entries = list(log.entries())
+    assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
+    assert all(e.ok for e in entries)
+    exported = [json.loads(line) for line in log.export()]
+    assert len(exported) == 5
+    # what is exported checks elsewhere: the owner key verifies each signature
+    assert all(log.key.verify(row["doc"].encode(), bytes.fromhex(row["sig"])) for row in exported)
+
+
+def test_a_removed_audit_entry_breaks_the_chain_at_the_next(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    with sqlite3.connect(log.path) as db:
+        db.execute("DELETE FROM audit WHERE seq = 3")
+    broken = [(e.seq, e.problem) for e in log.entries() if not e.ok]
+    assert broken == [(4, "chain broken: the entry before it was changed or removed")]
+
+
+def test_an_entry_signed_by_another_key_is_refused(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    forger = AuditLog(tmp_path / "audit.db", Identity.generate("attacker"))
+    forger.append("owner", "revoke", "garden-9")  # chained correctly, signed by the attacker
+    entries = list(log.entries())
+    assert [e.ok for e in entries] == [True] * 5 + [False]
+    assert "signature" in entries[-1].problem
+
+
+def test_the_back_off_doubles_is_capped_and_expires() -> None:
+    backoff = Backoff(first_s=0.05, max_wait_s=0.2, forget_s=0.5)
+    assert backoff.failed("addr:1", "account:owner") == pytest.approx(0.05)
+    with pytest.raises(SlowDownError):
+        backoff.check("addr:2", "account:owner")  # another address, the same account
+    assert backoff.failed("addr:1") == pytest.approx(0.1)
+    assert backoff.failed("addr:1") == pytest.approx(0.2)
+    assert backoff.failed("addr:1") == pytest.approx(0.2)  # capped
+    time.sleep(0.6)  # forgotten: never a permanent ban
+    backoff.check("addr:1", "account:owner")
+    assert backoff.failed("addr:1") == pytest.approx(0.05)
+
+
+def test_sessions_expire_when_idle_and_absolutely_and_can_be_revoked() -> None:
+    owner = Identity.generate()
+    sessions = Sessions(idle_s=0.3, max_s=0.8)
+    idle = sessions.create(owner, "127.0.0.1", "test")
+    time.sleep(0.4)
+    assert sessions.get(idle.id) is None
+    busy = sessions.create(owner, "127.0.0.1", "test")
+    for _ in range(5):
+        time.sleep(0.2)
+        if sessions.get(busy.id) is None:
+            break
+    assert sessions.get(busy.id) is None, "used all along, still ended by the absolute limit"
+    other = sessions.create(owner, "127.0.0.1", "test")
+    assert sessions.revoke(other.short)
+    assert sessions.get(other.id) is None
+    assert not sessions.revoke("")
+
+
+def _scope(**headers: str) -> dict[str, object]:
+    return {
+        "scheme": "http",
+        "headers": [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()],
+    }
+
+
+def test_only_same_origin_requests_pass() -> None:
+    assert same_origin(_scope(host="pi:8088", sec_fetch_site="same-origin"))[0]
+    assert not same_origin(_scope(host="pi:8088", sec_fetch_site="same-site"))[0]
+    assert not same_origin(_scope(host="pi:8088", sec_fetch_site="cross-site"))[0]
+    assert same_origin(_scope(host="pi:8088", origin="http://pi:8088"))[0]
+    assert not same_origin(_scope(host="pi:8088", origin="http://pi:9999"))[0]
+    assert not same_origin(_scope(host="pi:8088"))[0]  # neither header: refused
+
+
+def _lines(proc: subprocess.Popen[str], want: int) -> list[str]:
+    assert proc.stdout is not None
+    found: list[str] = []
+    deadline = time.monotonic() + 60
+    while len(found) < want and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("console"):
+            found.append(line.strip())
+    return found
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_the_gateway_process_serves_the_console(tmp_path: Path) -> None:
+    Identity.generate("owner").save(tmp_path / "owner.json")
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+[gateway]
+store = "sqlite://{tmp_path}/vault.db"
+registry = "{tmp_path}/gateway.db"
+identity = "{tmp_path}/owner.json"
+[mqtt]
+enabled = false
+[coap]
+port = 0
+[http]
+port = 0
+[console]
+enabled = true
+port = 0
+state_dir = "{tmp_path}/console"
+"""
+    )
+    config.chmod(0o600)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "safething", "gateway", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SAFETHING_IDENTITY": str(tmp_path / "owner.json")},
+    )
+    try:
+        address, code = _lines(proc, 2)
+        url = address.split("console: ", 1)[1].rstrip("/")
+        assert url.startswith("http://127.0.0.1:")
+        first = httpx.get(url + "/things")
+        assert first.status_code == 303 and first.headers["location"] == "/setup"
+        assert "default-src 'self'" in first.headers["content-security-policy"]
+        setup = httpx.post(
+            url + "/setup",
+            data={
+                "code": code.rsplit(": ", 1)[1],
+                "password": "pw-12345678",
+                "confirm": "pw-12345678",
+            },
+            headers={"origin": url},
+        )
+        assert setup.status_code == 303 and setup.headers["location"] == "/login"
+    finally:
+        _stop(proc)
+    stored = json.loads((tmp_path / "console" / "owner.identity.json").read_text())
+    assert stored["secret"]["kdf"] == "argon2id"
+
+
+def test_safething_console_alone_with_tls(tmp_path: Path) -> None:
+    """``safething console --store URL``; under TLS the cookie is ``__Host-`` and Secure."""
+    if not Path("/usr/bin/openssl").exists():
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-days",
+            "2",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    Identity.generate("owner").save(tmp_path / "owner.json")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "safething",
+            "console",
+            "--store",
+            f"sqlite://{tmp_path}/v.db",
+            "--identity",
+            str(tmp_path / "owner.json"),
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "console"),
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        address, code = _lines(proc, 2)
+        url = address.split("console: ", 1)[1].rstrip("/")
+        assert url.startswith("https://")
+        with httpx.Client(base_url=url, verify=False, headers={"origin": url}) as http:
+            http.post(
+                "/setup",
+                data={
+                    "code": code.rsplit(": ", 1)[1],
+                    "password": "pw-12345678",
+                    "confirm": "pw-12345678",
+                },
+            )
+            login = http.post("/login", data={"password": "pw-12345678"})
+            cookie = login.headers["set-cookie"]
+            assert cookie.startswith("__Host-st-session=")
+            assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+            assert "Path=/" in cookie and "Domain" not in cookie
+            assert http.get("/things").status_code == 200
+    finally:
+        _stop(proc)
