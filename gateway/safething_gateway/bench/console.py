@@ -147,7 +147,7 @@ async def console_group(ctx: BenchContext) -> list[Metric]:
                 url = lines[0].split("console: ", 1)[1].rstrip("/")
                 code = lines[1].rsplit(": ", 1)[1]
                 async with httpx.AsyncClient(
-                    base_url=url, headers={"origin": url}, timeout=60
+                    base_url=url, headers={"origin": url}, timeout=300
                 ) as http:
                     await http.post(
                         "/setup", data={"code": code, "password": PASSWORD, "confirm": PASSWORD}
@@ -167,7 +167,7 @@ async def console_group(ctx: BenchContext) -> list[Metric]:
                                 and "still reading" not in body
                             ):
                                 break
-                            await asyncio.sleep(0.2)
+                            await asyncio.sleep(1.0)
                     load_s = time.perf_counter() - launched
                     renders: list[float] = []
                     responses: list[float] = []

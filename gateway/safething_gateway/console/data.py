@@ -25,10 +25,12 @@ from safething.errors import (
     NoSuchEntryError,
     SafeThingError,
 )
-from safething.net import TAG_THING, Client, Identity, PublicIdentity, PublicSignKey
+from safething.net import TAG_THING, Client, Identity, PublicIdentity, PublicSignKey, XorName
 from safething.store import Store
 from safething.things import Availability, ThingClient, ThingOwner, layout, set_status
+from safething.things.availability import LIVE, availability_of
 from safething.things.consumer import ThingView
+from safething.things.description import ThingDescription
 from safething.things.values import decode_payload, loads
 
 __all__ = [
@@ -251,41 +253,58 @@ class ConsoleData:
         client = self.reader.client
         for address in await client.list_mds(TAG_THING):
             await self.learn(address.name.hex())
+            await asyncio.sleep(0)  # pages keep being served while 10,000 things load
         self.index.set_loaded()
         return len(self.index.rows)
 
     async def learn(self, name_hex: str) -> ThingRow | None:
-        """(Re)read the thing whose MD has this XorName; None if it is not a valid thing."""
-        thing_id = self.index.by_name.get(name_hex)
+        """(Re)read the thing whose MD has this XorName; None if it is not a valid thing.
+
+        Four verified reads (description, keys, status, availability): what the list
+        shows, without the level keys a thing page needs."""
         try:
-            if thing_id is None:
-                thing_id = await self._thing_id(name_hex)
-            view = await self.reader.view(thing_id, refresh=True)
+            row = await self._read_row(name_hex)
         except (NoSuchEntryError, NoSuchDataError):
             return None
         except (SafeThingError, ValueError, TypeError, KeyError) as e:
             log.warning("skipping MD %s: not a valid thing: %s", name_hex[:16], e)
             return None
-        try:
-            live = await self.reader.availability(thing_id)
-        except (SafeThingError, ValueError, KeyError, TypeError):
-            live = Availability(thing_id, None)
-        row = _row(view, live)
         self.index.put(row, name_hex)
         return self.index.rows[row.id]
 
-    async def _thing_id(self, name_hex: str) -> str:
-        from safething.net import XorName
-
-        md = self.reader.client.md(XorName.from_hex(name_hex), TAG_THING)
+    async def _read_row(self, name_hex: str) -> ThingRow:
+        client = self.reader.client
+        md = client.md(XorName.from_hex(name_hex), TAG_THING)
         doc = loads(await md.get_value(layout.DESC), "description")
         thing_id = doc.get("id") if isinstance(doc, dict) else None
-        if (
-            not isinstance(thing_id, str)
-            or layout.ThingAddresses.of(thing_id).thing.name.hex() != name_hex
-        ):
+        if not isinstance(thing_id, str):
+            raise ValueError("its description has no id")
+        addresses = layout.ThingAddresses.of(thing_id)
+        if addresses.thing.name.hex() != name_hex:
             raise ValueError("its description names another thing")
-        return thing_id
+        keys = loads(await md.get_value(layout.KEYS), "keys")
+        status = loads(await md.get_value(layout.STATUS), "status")
+        view = ThingView(
+            thing_id,
+            addresses,
+            ThingDescription.from_dict(doc),
+            str(status["s"]),
+            PublicIdentity.from_dict(keys["thing"]),
+            PublicIdentity.from_dict(keys["owner"]),
+            None,
+            md,
+            client.md(addresses.inbox.name, addresses.inbox.tag),
+            client.md(addresses.outbox.name, addresses.outbox.tag),
+        )
+        try:
+            entry = await md.get(LIVE)
+            live = availability_of(view, entry.value, entry.signer)
+        except NoSuchEntryError:
+            live = Availability(thing_id, None)
+        except (SafeThingError, ValueError, KeyError, TypeError) as e:
+            log.warning("thing %s: unreadable availability: %s", thing_id, e)
+            live = Availability(thing_id, None)
+        return _row(view, live)
 
     # --- one thing -------------------------------------------------------------------
 

@@ -51,6 +51,11 @@ class Listener:
         self.queue.put_nowait(text)
 
 
+def _shown(row: Any) -> tuple[Any, ...]:
+    """What the things list shows of a row (a heartbeat only moves ``last_seen``)."""
+    return (row.title, row.status, row.online, row.attributes, row.topics, row.actions)
+
+
 def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
@@ -154,10 +159,12 @@ class Hub:
         key = bytes.fromhex(parts[4]).decode(errors="replace")
         thing_id = self.data.index.by_name.get(name_hex)
         if key in ("desc", "keys", "status", "live") or thing_id is None:
+            before = self.data.index.rows.get(thing_id) if thing_id else None
             row = await self.data.learn(name_hex)
             if row is None:
                 return
-            self.publish("things", "things", {"thing": row.id})
+            if before is None or _shown(before) != _shown(row):  # not for each heartbeat
+                self.publish("things", "things", {"thing": row.id})
             self.publish(f"thing:{row.id}", "status", self._status_doc(row))
             return
         listen = f"thing:{thing_id}"

@@ -1,5 +1,6 @@
-"""A console with real parts for tests and benchmarks: a SQLite vault, a gateway with
-its registry and HTTP bridge, the demo's gardening device, on free loopback ports.
+"""A console with real parts for tests and benchmarks: the gateway test site
+(:func:`safething_gateway.testing.open_site`: a SQLite store, a registry, a broker)
+with a gateway on its HTTP bridge, the demo's gardening device, on free loopback ports.
 
 It runs in its own thread and event loop so a synchronous browser driver
 (Playwright's sync API) can use it from the test's thread::
@@ -12,6 +13,7 @@ It runs in its own thread and event loop so a synchronous browser driver
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -19,7 +21,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from safething.net import Identity
-from safething.store import Store, open_store
+from safething.store import Store
 from safething.things import ActionRequest, Thing
 from safething_gateway.console.console import Console, ConsoleSettings
 from safething_gateway.provisioning import DeviceEndpoints
@@ -53,6 +55,8 @@ class ConsoleSite:
         self.root = root
         self.with_garden = with_garden
         self.owner = Identity.generate("owner")
+        """Replaced by the gateway site's owner once started."""
+        self._stack = contextlib.AsyncExitStack()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="console-site", daemon=True
@@ -104,17 +108,12 @@ class ConsoleSite:
 
     async def _start(self) -> None:
         # the gateway extra: imported when a site starts, so the console extra alone imports
-        from safething_gateway.bridges.http import HttpBridge
-        from safething_gateway.core import Gateway
-        from safething_gateway.registry import Registry
+        from safething_gateway.testing import open_site
 
-        self.store = await open_store(f"sqlite:///{self.root / 'vault.db'}")
-        self.registry = Registry(self.root / "gateway.db")
-        http = HttpBridge("127.0.0.1", 0)
-        self.gateway = Gateway(
-            store=self.store, registry=self.registry, owner=self.owner, bridges=[http]
-        )
-        await self.gateway.start()
+        site = await self._stack.enter_async_context(open_site(self.root, logins=False))
+        self.store, self.registry, self.owner = site.store, site.registry, site.owner
+        self.gateway = await self._stack.enter_async_context(site.gateway("http"))
+        http = site.bridges["http"]
         if self.with_garden:
             await self._start_garden()
         self.console = Console(
@@ -122,7 +121,9 @@ class ConsoleSite:
             owner=self.owner,
             settings=ConsoleSettings(self.root / "console", port=0),
             gateway=self.gateway,
-            endpoints=DeviceEndpoints(http_url=f"http://127.0.0.1:{http.port}"),
+            endpoints=DeviceEndpoints(
+                mqtt_port=site.broker.port, http_url=f"http://127.0.0.1:{getattr(http, 'port', 0)}"
+            ),
         )
         await self.console.start()
         await self.console.serve()
@@ -163,9 +164,4 @@ class ConsoleSite:
             await self.console.close()
         if self.garden is not None:
             await self.garden.close()
-        if self.gateway is not None:
-            await self.gateway.close()
-        if self.registry is not None:
-            self.registry.close()
-        if self.store is not None:
-            await self.store.close()
+        await self._stack.aclose()

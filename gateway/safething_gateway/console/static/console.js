@@ -3,6 +3,7 @@
 (function () {
   "use strict";
   var source = null;
+  var reopened = false;  // after the first stream, a new one catches up on the lists
   var charts = {};
 
   function keys() { return document.body.dataset.live || ""; }
@@ -67,7 +68,16 @@
     each(sel("data-seen", m.thing), function (el) { el.textContent = when(m.last_seen); });
   }
 
-  function refresh(id) { var el = document.getElementById(id); if (el && window.htmx) htmx.trigger(el, "refresh"); }
+  // a list re-renders at most once a second, however fast the store changes
+  var pending = {};
+  function refresh(id) {
+    if (pending[id]) return;
+    pending[id] = setTimeout(function () {
+      delete pending[id];
+      var el = document.getElementById(id);
+      if (el && window.htmx) htmx.trigger(el, "refresh");
+    }, 1000);
+  }
 
   function open() {
     if (source || !keys()) return;
@@ -75,7 +85,11 @@
     document.body.dataset.stream = "opening";
     function on(name, fn) { source.addEventListener(name, function (e) { fn(JSON.parse(e.data)); }); }
     // the server listens from here on; catch up on what changed while the stream was closed
-    on("hello", function () { document.body.dataset.stream = "open"; refresh("things-rows"); refresh("devices-rows"); });
+    on("hello", function () {
+      document.body.dataset.stream = "open";
+      if (reopened) { refresh("things-rows"); refresh("devices-rows"); }
+      reopened = true;
+    });
     on("value", onValue);
     on("event", onEvent);
     on("action", onAction);
