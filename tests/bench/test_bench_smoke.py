@@ -154,6 +154,8 @@ def test_every_metric_is_present_and_positive(
             if m["name"] in GATEWAY_EXPECTED
             else "firmware."
             if m["name"] in FIRMWARE_EXPECTED
+            else "console"
+            if str(m["name"]).startswith("console_")
             else "net."
         )
         assert isinstance(m["group"], str) and m["group"].startswith(group)
