@@ -185,6 +185,12 @@ async def test_tokens_bind_requests_to_an_identity(site: Site, garden: Thing) ->
         assert (await http.get(f"{base}/properties/moisture", headers=bearer)).status_code == 401
         bad = await http.post(f"{base}/actions/Water", content=b"[1]", headers=mine)
         assert bad.status_code == 400
+        bad = await http.post(f"{base}/actions/Water", content=b"{nope", headers=mine)
+        assert bad.status_code == 400 and "not JSON" in bad.json()["detail"]
+        assert (await http.get(f"{base}/properties/nope", headers=mine)).status_code == 404
+        assert (await http.get(f"{site.url}/wot/no-such-thing", headers=mine)).status_code == 404
+        bad = await http.post(f"{base}/actions/Water", json={"litres": "x"}, headers=mine)
+        assert bad.status_code == 400
 
 
 async def test_long_poll_events_are_not_lost_between_polls(site: Site, garden: Thing) -> None:

@@ -63,7 +63,13 @@ from safething.errors import (
     ThingOfflineError,
 )
 from safething.net import Client
-from safething.things import ActionHandle, Notification, ThingClient, to_thing_description
+from safething.things import (
+    ActionHandle,
+    Notification,
+    ThingClient,
+    UnknownFieldError,
+    to_thing_description,
+)
 from safething.things.discovery import list_things
 from safething_gateway.core import Gateway
 from safething_gateway.tokens import TokenError, TokenGrant, TokenStore
@@ -104,7 +110,7 @@ def error_response(error: Exception) -> JSONResponse:
         return _problem(503, "offline", str(error), last_seen=error.last_seen)
     if isinstance(error, TamperedDataError):
         return _problem(502, "tampered", str(error))
-    if isinstance(error, NoSuchDataError):
+    if isinstance(error, NoSuchDataError | UnknownFieldError):
         return _problem(404, "not_found", str(error))
     if isinstance(error, ActionFailedError):
         return _problem(409, "action_" + error.state, str(error), state=error.state)
