@@ -30,6 +30,7 @@ from safething_gateway.bridges.mqtt import MqttConnection, Topics
 from safething_gateway.core import Gateway
 from safething_gateway.device_clients.base import DeviceLink
 from safething_gateway.registry import Registry
+from safething_gateway.testing import Mosquitto
 from safething_gateway.testing import mosquitto as broker
 from safething_gateway.testing import unique_id as uid
 from safething_gateway.testing import wait_until as until
@@ -229,10 +230,22 @@ async def test_a_locked_registry_freezes_nothing_and_loses_nothing(
 class ChildGateway:
     """``safething_gateway.bench._gateway_child`` in its own process (SIGKILL-able)."""
 
-    def __init__(self, workdir: Path, port: int) -> None:
+    def __init__(self, workdir: Path, broker: Mosquitto) -> None:
         self.workdir = workdir
-        self.port = port
+        self.broker = broker
+        self.port = broker.port
         self.process: subprocess.Popen[bytes] | None = None
+        self.last: dict[str, int] = {}
+        self._before = {"in": 0, "rate_limited": 0}
+
+    @property
+    def accepted(self) -> int:
+        """Messages accepted by every run of the child so far (as last reported)."""
+        return self._before["in"] + self.last.get("in", 0)
+
+    @property
+    def rate_limited(self) -> int:
+        return self._before["rate_limited"] + self.last.get("rate_limited", 0)
 
     def start(self) -> None:
         w = self.workdir
@@ -261,8 +274,8 @@ class ChildGateway:
                 break
         else:
             raise RuntimeError("the child gateway did not start")
+        self.last = {}
         threading.Thread(target=self._drain, args=(self.process,), daemon=True).start()
-        self.last: dict[str, int] = {}
 
     def _drain(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
@@ -274,6 +287,9 @@ class ChildGateway:
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait()
         self.process = None
+        for key in self._before:
+            self._before[key] += self.last.get(key, 0)
+        self.last = {}
 
     def stop(self) -> None:
         if self.process is not None:
@@ -299,7 +315,7 @@ async def child_site(
                 links.append(DeviceLink(device_id, record.secret, describe(device_id)))
         finally:
             registry.close()
-        child = ChildGateway(workdir, server.port)
+        child = ChildGateway(workdir, server)
         await asyncio.to_thread(child.start)
         try:
             async with await open_store(f"sqlite:///{workdir}/vault.db") as store:
@@ -336,6 +352,7 @@ async def test_a_backlog_after_sigkill_is_not_refused_by_the_rate_limiter() -> N
             assert [r.value for r in history] == list(range(1, total + 1))
             await until(lambda: child.last.get("in", 0) >= total - 40)
             assert child.last["rejected"] == 0
+            assert child.rate_limited == 0
         finally:
             await sender.close()
 

@@ -23,7 +23,8 @@ writes one JSON object per line to stdout:
 Every line carries ``t`` (``time.monotonic()``: one clock for every process
 of a Linux host), ``in`` (device messages the gateway accepted, i.e. that it
 verified and acted on: a reading is in the store when it counts),
-``rejected`` (messages it refused, every reason), ``things`` (custodial
+``rejected`` (messages it refused, every reason; ``rate_limited`` those refused
+by the rate limit), ``things`` (custodial
 things running), ``rss_kb`` / ``hwm_kb``: this process's resident set now
 and at its peak (``VmRSS`` / ``VmHWM`` of ``/proc/self/status``), and
 ``cpu_s``: the CPU time of all its threads so far (``time.process_time()``).
@@ -101,6 +102,13 @@ def _state(gateway: Gateway, event: str, **extra: Any) -> dict[str, Any]:
         "t": time.monotonic(),
         "in": int(sum(v for (name, _), v in counters.items() if name == _ACCEPTED)),
         "rejected": int(sum(v for (name, _), v in counters.items() if name == _REJECTED)),
+        "rate_limited": int(
+            sum(
+                v
+                for (name, labels), v in counters.items()
+                if name == _REJECTED and ("reason", "rate_limited") in labels
+            )
+        ),
         "things": len(gateway.things),
         "rss_kb": rss,
         "hwm_kb": hwm,
