@@ -66,6 +66,7 @@ import errno
 import json
 import logging
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,6 +74,8 @@ import aiocoap
 import cbor2
 from aiocoap import error as coap_error
 from aiocoap import resource
+from aiocoap.blockwise import ContinueException, IncompleteException
+from aiocoap.blockwise import _extract_block_key as _block_key
 from aiocoap.numbers.codes import Code
 from aiocoap.numbers.contentformat import ContentFormat
 from aiocoap.util.linkformat import Link, LinkFormat
@@ -232,12 +235,77 @@ class _Root(resource.Site):  # type: ignore[misc]
             )
 
 
+class _Block1Assemblies:
+    """Block1 (RFC 7959) partial bodies, bounded: aiocoap's own spool keeps every one
+    ~93 s (MAX_TRANSMIT_WAIT) with no cap, before any id or MAC can be checked.
+
+    A MAC covers the whole body, so it is checked once the last block is in; the device
+    id is checked at the first block: for an id the registry does not know, only that
+    first block is kept (it carries the frame's header), the others are acknowledged
+    and dropped, and the end is answered like a wrong MAC, as for a whole message. At
+    most ``per_device`` assemblies per device id and ``total`` in all are kept (the
+    oldest goes), each at most ``ttl`` seconds after its last block; a finished one is
+    dropped at once."""
+
+    def __init__(
+        self, bridge: CoapBridge, *, ttl: float = 10.0, per_device: int = 2, total: int = 256
+    ) -> None:
+        self.bridge = bridge
+        self.ttl = ttl
+        self.per_device = per_device
+        self.total = total
+        self.parts: dict[Any, tuple[float, str, bool, Any]] = {}
+        """block key -> (last block's time, device id, known device, assembled request)"""
+
+    def feed_and_take(self, request: Any) -> Any:
+        block1 = request.opt.block1
+        if block1 is None:
+            return request
+        key = _block_key(request)
+        now = time.monotonic()
+        self._expire(now)
+        if block1.block_number == 0:
+            self.parts.pop(key, None)
+            device_id = request.opt.uri_path[0] if request.opt.uri_path else ""
+            known = self.bridge._known_device(device_id)
+            mine = [k for k, v in self.parts.items() if v[1] == device_id]
+            while len(mine) >= self.per_device:
+                self.parts.pop(mine.pop(0), None)
+            while len(self.parts) >= self.total:
+                self.parts.pop(next(iter(self.parts)))
+            self.parts[key] = (now, device_id, known, request)
+        else:
+            entry = self.parts.pop(key, None)
+            if entry is None:
+                raise IncompleteException
+            _, device_id, known, assembled = entry
+            if known:
+                try:
+                    assembled._append_request_block(request)
+                except ValueError:
+                    raise IncompleteException from None
+            else:
+                assembled.opt.block1 = block1  # nothing kept beyond the first block
+            self.parts[key] = (now, device_id, known, assembled)  # now the newest
+        if block1.more:
+            raise ContinueException(block1)
+        return self.parts.pop(key)[3]
+
+    def _expire(self, now: float) -> None:
+        while self.parts:
+            key, (stamp, *_) = next(iter(self.parts.items()))
+            if now - stamp < self.ttl:
+                return
+            del self.parts[key]
+
+
 class _DeviceResources(resource.Resource, resource.PathCapable):  # type: ignore[misc]
     """Everything under ``/st/v1``: routes ``<device>/<channel>`` to the bridge."""
 
     def __init__(self, bridge: CoapBridge) -> None:
         super().__init__()
         self.bridge = bridge
+        self._block1 = bridge.block1
 
     def get_link_description(self) -> None:
         return None  # the bridge lists the per-device resources itself
@@ -376,6 +444,8 @@ class CoapBridge(Bridge):
         self._observations = Waiters(exclusive=True)
         """One waiter per device holding an Observe registration on ``down``."""
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.block1 = _Block1Assemblies(self)
+        """Partial Block1 bodies (bounded; see :class:`_Block1Assemblies`)."""
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -388,7 +458,8 @@ class CoapBridge(Bridge):
         site.add_resource(
             [".well-known", "core"], resource.WKCResource(self._links, impl_info=None)
         )
-        site.add_resource(list(PREFIX), _DeviceResources(self))
+        self.resources = _DeviceResources(self)
+        site.add_resource(list(PREFIX), self.resources)
         for attempt in range(5):
             port = self.port or free_port(socket.SOCK_DGRAM)
             try:
@@ -445,6 +516,16 @@ class CoapBridge(Bridge):
         )
         log.info("rejected a CoAP request: %s", error)
         return _error_reply(error, gateway, "CoAP request")
+
+    def _known_device(self, device_id: str) -> bool:
+        """A provisioned, not revoked device (a read: microseconds, on the loop)."""
+        if self.gateway is None:
+            return False
+        try:
+            record = self.gateway.registry.find(device_id)
+        except Exception:
+            return False
+        return record is not None and not record.revoked
 
     def _gateway(self) -> Gateway:
         if self.gateway is None:

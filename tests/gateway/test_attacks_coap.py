@@ -1,0 +1,127 @@
+"""Block-wise (RFC 7959 Block1) state against a real aiocoap server: bounded per device
+and in all, the id checked at the first block, nothing kept once a message is done."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiocoap
+import pytest
+from aiocoap.numbers.codes import Code
+from aiocoap.optiontypes import BlockOption
+
+from safething.net import Identity
+from safething.store import Store
+from safething_gateway.bridges.coap import JSON, CoapBridge
+from safething_gateway.core import Gateway
+from safething_gateway.registry import Registry
+
+from .conftest import SENSOR, Device
+
+
+@pytest.fixture
+async def bridge(store: Store, registry: Registry) -> AsyncIterator[CoapBridge]:
+    coap = CoapBridge(port=0)
+    async with Gateway(
+        store=store, registry=registry, owner=Identity.generate("owner"), bridges=[coap]
+    ) as gateway:
+        await gateway.start()
+        yield coap
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Any]:
+    context = await aiocoap.Context.create_client_context(transports=["udp6"])
+    yield context
+    await context.shutdown()
+
+
+def held(bridge: CoapBridge) -> list[int]:
+    """The partial bodies the server holds now (whichever spool the resource uses)."""
+    spool = bridge.resources._block1
+    parts = getattr(spool, "parts", None)
+    if parts is not None:
+        return [len(v[3].payload) for v in parts.values()]
+    return [len(m.payload) for m in spool._assemblies._items.values()]
+
+
+async def block(
+    client: Any, bridge: CoapBridge, device: str, channel: str, number: int, data: bytes, more: bool
+) -> Any:
+    message = aiocoap.Message(
+        code=Code.POST,
+        uri=f"coap://127.0.0.1:{bridge.port}/st/v1/{device}/{channel}",
+        payload=data,
+        content_format=JSON,
+    )
+    message.opt.block1 = BlockOption.BlockwiseTuple(number, more, 6)  # 1024-byte blocks
+    async with asyncio.timeout(10):
+        return await client.request(message, handle_blockwise=False).response
+
+
+def code(response: Any) -> str:
+    return f"{int(response.code) >> 5}.{int(response.code) & 31:02d}"
+
+
+async def test_block1_state_is_bounded_per_device_and_in_all(
+    bridge: CoapBridge, client: Any
+) -> None:
+    assert bridge.gateway is not None
+    bridge.gateway.registry.add("sensor-01", "coap")
+    for i in range(10):  # ten unfinished uploads of one device (ten channels)
+        r = await block(client, bridge, "sensor-01", f"event/t{i}", 0, b"x" * 1024, True)
+        assert code(r) == "2.31"  # Continue: the server took the block
+    assert len(held(bridge)) == 2
+    for n in range(8):
+        bridge.gateway.registry.add(f"other-{n:02d}", "coap")
+    bridge.block1.total = 5
+    for n in range(8):
+        r = await block(client, bridge, f"other-{n:02d}", "reading", 0, b"y" * 1024, True)
+        assert code(r) == "2.31"
+    assert len(held(bridge)) == 5
+
+
+async def test_an_unknown_devices_blocks_are_not_kept_and_it_is_answered_like_a_wrong_mac(
+    bridge: CoapBridge, client: Any
+) -> None:
+    assert bridge.gateway is not None
+    bridge.gateway.registry.add("sensor-01", "coap")
+    answers = []
+    for device in (Device("nobody-01", os.urandom(32)), Device("sensor-01", os.urandom(32))):
+        data = device.message("reading", {"v": "z" * 2500})
+        chunks = [data[i : i + 1024] for i in range(0, len(data), 1024)]
+        for number, chunk in enumerate(chunks):
+            more = number < len(chunks) - 1
+            r = await block(client, bridge, device.device_id, "reading", number, chunk, more)
+            if more:
+                assert code(r) == "2.31"
+                sizes = held(bridge)
+                assert len(sizes) == 1
+                if device.device_id == "nobody-01":
+                    assert sizes == [1024]  # only the first block (the frame's header)
+        answers.append((code(r), r.payload.decode().replace(device.device_id, "X")))
+        assert held(bridge) == []  # done: dropped at once
+    assert answers[0] == answers[1]
+    assert answers[0][0] == "4.01"
+
+
+async def test_a_finished_blockwise_message_leaves_nothing_behind(
+    bridge: CoapBridge, client: Any
+) -> None:
+    assert bridge.gateway is not None
+    record = bridge.gateway.registry.add("sensor-01", "coap")
+    device = Device("sensor-01", record.secret)
+    doc = dict(SENSOR, title="d" * 3000)  # a birth of three blocks
+    message = aiocoap.Message(
+        code=Code.POST,
+        uri=f"coap://127.0.0.1:{bridge.port}/st/v1/sensor-01/birth",
+        payload=device.message("birth", {"description": doc}),
+        content_format=JSON,
+    )
+    async with asyncio.timeout(20):
+        r = await client.request(message).response
+    assert code(r) not in ("2.31", "4.08"), r.payload  # the whole message was answered
+    assert held(bridge) == []
