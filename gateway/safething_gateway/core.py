@@ -213,6 +213,10 @@ class Gateway(AsyncResource):
         self._early_count: dict[str, int] = {}
         self._warned_st1: set[str] = set()
         self._buffering = False
+        self._inflight: set[int] = set()
+        """Journal entries (registry uplinks) their handler is writing to the store now."""
+        self._written: set[int] = set()
+        """Journal entries written to the store, not yet dropped (the registry was busy)."""
         self._unborn: set[str] = set()
         """Devices whose birth was accepted while the store was unreachable."""
         self._flush_task: asyncio.Task[None] | None = None
@@ -365,17 +369,37 @@ class Gateway(AsyncResource):
                 f"counter {message.counter} of {device_id!r} is not above the last accepted "
                 f"({record.rx_counter}): replayed or old message"
             )
+        description = None
+        if channel == "birth":
+            try:
+                description = self._birth_description(record, body)
+            except PayloadError as e:
+                raise self._sealed_reason(record, channel, e) from e
         self._rate_limit(record)
+        uplink: int | None = None
         if not will or not await self.registry.call(
             self.registry.use_will, device_id, message.counter
         ):
+            # The counter is spent and, in the same transaction, what must outlive a
+            # crash from here on is kept: a reading until it is in the store, a birth's
+            # description (over MQTT the broker redelivers an unacknowledged message,
+            # but the gateway would refuse it then as a replay).
+            journal = (channel, plain, content_format) if _is_data(channel) else None
             try:
-                await self.registry.call(self.registry.accept_counter, device_id, message.counter)
+                uplink = await self.registry.call(
+                    self.registry.accept,
+                    device_id,
+                    message.counter,
+                    journal=journal,
+                    description=description,
+                )
             except ReplayError:
                 self._refund(device_id)
                 raise
         try:
-            result = await self._dispatch(record, channel, body, plain, content_format)
+            result = await self._dispatch(
+                record, channel, body, plain, content_format, uplink=uplink
+            )
         except PayloadError as e:
             raise self._sealed_reason(record, channel, e) from e
         if channel == "state" and body.get("online") is False:
@@ -463,11 +487,13 @@ class Gateway(AsyncResource):
         body: Any,
         raw: bytes,
         content_format: str,
+        *,
+        uplink: int | None = None,
     ) -> list[OutboundDownlink]:
         device_id = record.device_id
         registry = self.registry
         if channel == "birth":
-            await self._birth(record, body)
+            await self._birth(record, self._birth_description(record, body))
             await self.deliver(device_id)
         elif channel == "state":
             online = _field(body, "online", bool)
@@ -483,18 +509,43 @@ class Gateway(AsyncResource):
         elif channel.startswith("result/"):
             self._result(device_id, channel[len("result/") :], body)
         else:  # reading, event/<topic>: data for the store
+            if uplink is None:  # (not journaled by the caller)
+                uplink = await registry.call(
+                    registry.buffer, device_id, channel, raw, content_format
+                )
             if self._buffering:
-                await registry.call(registry.buffer, device_id, channel, raw, content_format)
-                return []
+                return []  # journaled: flush() writes it, in order, once the store answers
+            self._inflight.add(uplink)
             try:
                 await self._data(record, channel, body)
             except StoreError as e:
                 log.warning("store unreachable (%s): buffering %s/%s", e, device_id, channel)
-                await registry.call(registry.buffer, device_id, channel, raw, content_format)
                 self._buffering = True
+                return []
+            except ProtocolError:
+                await self._unjournal(uplink)
+                raise
+            finally:
+                self._inflight.discard(uplink)
+            await self._unjournal(uplink)
         return []
 
-    async def _birth(self, record: DeviceRecord, body: Any) -> None:
+    async def _unjournal(self, uplink: int) -> None:
+        """Drop a journal entry whose message is done with (later, if the registry is
+        busy: until then flush() must not write it again)."""
+        self._written.add(uplink)
+        try:
+            await self.registry.call(self.registry.unbuffer, sorted(self._written))
+        except StoreError as e:
+            log.warning(
+                "registry busy (%s): %d journal entries dropped later", e, len(self._written)
+            )
+            return
+        self._written.clear()
+
+    @staticmethod
+    def _birth_description(record: DeviceRecord, body: Any) -> dict[str, Any]:
+        """The checked description of a birth (before its counter is spent)."""
         doc = body.get("description") if isinstance(body, dict) else None
         if not isinstance(doc, dict):
             raise PayloadError("birth needs {'description': <thing description>}")
@@ -506,8 +557,11 @@ class Gateway(AsyncResource):
             raise PayloadError(
                 f"description id {desc.id!r} is not the device id {record.device_id!r}"
             )
+        return desc.to_dict()
+
+    async def _birth(self, record: DeviceRecord, description: dict[str, Any]) -> None:
         try:
-            await self._thing_for(record, desc.to_dict())
+            await self._thing_for(record, description)
         except StoreError as e:
             # Its counter is taken (and over MQTT the message acknowledged): the device
             # will not send it again, so keep the verified birth and register the thing
@@ -516,7 +570,7 @@ class Gateway(AsyncResource):
             self._unborn.add(record.device_id)
             self._buffering = True
         registry = self.registry
-        await registry.call(registry.set_description, record.device_id, desc.to_dict())
+        await registry.call(registry.set_description, record.device_id, description)
         await registry.call(registry.set_online, record.device_id, True)
 
     async def custodial_thing(self, record: DeviceRecord, description: ThingDescription) -> Thing:
@@ -610,8 +664,12 @@ class Gateway(AsyncResource):
                     log.warning("dropping the kept birth of %s: %s", device_id, e)
             self._unborn.discard(device_id)
         done = 0
+        if self._written:
+            await self._unjournal(next(iter(self._written)))
         while True:
-            batch = self.registry.buffered()
+            # not those being written by their handler now (nor written, not yet dropped)
+            skip = self._inflight | self._written
+            batch = [i for i in self.registry.buffered() if i.id not in skip]
             if not batch:
                 self._buffering = False
                 return done
@@ -818,6 +876,11 @@ def _field(body: Any, name: str, kind: type) -> Any:
     if isinstance(value, int) and not 0 <= value <= MAX_COUNTER:
         raise PayloadError(f"field {name!r} must be a counter from 0 to 2^63-1, got {value}")
     return value
+
+
+def _is_data(channel: str) -> bool:
+    """A reading or event: data for the store (journaled until written)."""
+    return channel == "reading" or channel.startswith("event/")
 
 
 def _check_link_fields(channel: str, body: Any) -> None:

@@ -352,6 +352,52 @@ class Registry:
                     f"({row[0]}): replayed or old message"
                 )
 
+    def accept(
+        self,
+        device_id: str,
+        counter: int,
+        *,
+        journal: tuple[str, bytes, str] | None = None,
+        description: dict[str, Any] | None = None,
+    ) -> int | None:
+        """:meth:`accept_counter` and, in the same transaction, what the message asks
+        for that must not be lost once its counter is spent: a reading or event kept
+        (``journal``: channel, body, content format) until the gateway has written it
+        to the store (:meth:`unbuffer`; replayed by the gateway after a crash), or a
+        birth's ``description`` (its thing is registered from it after a crash).
+        Returns the journal entry's id."""
+        now = time.time()
+        with self._writing() as db, db:
+            db.execute("BEGIN IMMEDIATE")
+            cur = db.execute(
+                "UPDATE devices SET rx_counter = ?, last_seen = ? WHERE id = ? AND rx_counter < ?",
+                (counter, now, device_id, counter),
+            )
+            if cur.rowcount == 0:
+                row = db.execute(
+                    "SELECT rx_counter FROM devices WHERE id = ?", (device_id,)
+                ).fetchone()
+                if row is None:
+                    raise UnknownDeviceError(f"unknown device {device_id!r}")
+                raise ReplayError(
+                    f"counter {counter} of {device_id!r} is not above the last accepted "
+                    f"({row[0]}): replayed or old message"
+                )
+            if description is not None:
+                db.execute(
+                    "UPDATE devices SET description = ? WHERE id = ?",
+                    (json.dumps(description), device_id),
+                )
+            if journal is None:
+                return None
+            channel, body, content_format = journal
+            cur = db.execute(
+                "INSERT INTO uplinks(device_id, channel, body, content_format, received) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (device_id, channel, body, content_format, now),
+            )
+            return cur.lastrowid
+
     def set_will(self, device_id: str, counter: int | None) -> None:
         with self._writing() as db:
             db.execute("UPDATE devices SET will_counter = ? WHERE id = ?", (counter, device_id))
@@ -454,13 +500,14 @@ class Registry:
 
     # --- buffered uplinks (store unreachable) ------------------------------------
 
-    def buffer(self, device_id: str, channel: str, body: bytes, content_format: str) -> None:
+    def buffer(self, device_id: str, channel: str, body: bytes, content_format: str) -> int:
         with self._writing() as db:
-            db.execute(
+            cur = db.execute(
                 "INSERT INTO uplinks(device_id, channel, body, content_format, received) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (device_id, channel, body, content_format, time.time()),
             )
+            return int(cur.lastrowid or 0)
 
     def buffered(self, limit: int = 500) -> list[BufferedUplink]:
         with self._reading() as db:

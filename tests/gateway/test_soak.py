@@ -26,8 +26,9 @@ from .test_mqtt import _value_is
 pytestmark = pytest.mark.slow
 
 DEVICES = 1_000
-READINGS = 12
-"""Readings per device (plus its birth)."""
+READINGS = 20
+"""Readings per device (plus its birth), one every ``PERIOD`` seconds."""
+PERIOD = 3.0
 PUBLISHERS = 8
 IN_FLIGHT = 400
 
@@ -80,7 +81,7 @@ async def test_soak_1000_devices_through_kills_and_broker_restarts() -> None:
                     data = link.up("reading", {"n": n})
                     await _publish(connection, topics.up(link.device_id, "reading"), data)
                 acked += 1
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(PERIOD)
 
         started = time.monotonic()
         senders = [asyncio.create_task(device(i, link)) for i, link in enumerate(links)]
