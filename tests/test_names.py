@@ -21,6 +21,7 @@ MOVED = [
     ("safething_gateway.devices.coap", "CoapDevice", "safething_gateway.device_clients.coap"),
     ("safething_gateway.devices.http", "HttpDevice", "safething_gateway.device_clients.http"),
     ("safething.store.registry", "open_store", "safething.store.urls"),
+    ("safething.things.consumer", "ThingClient", "safething.things.client"),
 ]
 
 

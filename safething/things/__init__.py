@@ -6,7 +6,7 @@ flags of the same name live in ``safething.net``.
 
 from safething.things.admin import set_status
 from safething.things.availability import Availability, AvailabilityWatch
-from safething.things.consumer import (
+from safething.things.client import (
     ActionHandle,
     ActionStatus,
     Subscription,

@@ -15,7 +15,7 @@ import time
 from safething.errors import PermissionDeniedError
 from safething.net import Client
 from safething.things import layout
-from safething.things.consumer import STATUSES, ThingClient
+from safething.things.client import STATUSES, ThingClient
 from safething.things.values import dumps
 
 __all__ = ["remove_thing", "set_status"]

@@ -33,7 +33,7 @@ from safething.resource import AsyncResource
 from safething.things.values import dumps, loads
 
 if TYPE_CHECKING:
-    from safething.things.consumer import ThingClient, ThingView
+    from safething.things.client import ThingClient, ThingView
 
 __all__ = [
     "DEFAULT_HEARTBEAT_S",

@@ -19,7 +19,7 @@ from safething.errors import NoSuchDataError, NoSuchEntryError, SafeThingError
 from safething.net import TAG_THING, Client, MDAddress
 from safething.things import layout
 from safething.things.availability import Availability, read_availability
-from safething.things.consumer import STATUSES, ThingClient, ThingView
+from safething.things.client import STATUSES, ThingClient, ThingView
 from safething.things.layout import ThingAddresses
 from safething.things.values import loads
 

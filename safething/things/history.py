@@ -59,7 +59,7 @@ from safething.things.access import KeyRing
 from safething.things.values import Notification, Reading, decode_payload
 
 if TYPE_CHECKING:
-    from safething.things.consumer import ThingView
+    from safething.things.client import ThingView
     from safething.things.thing import Thing
 
 __all__ = [

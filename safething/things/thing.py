@@ -67,7 +67,7 @@ from safething.store import Store, open_store
 from safething.things import layout
 from safething.things.access import KeyRing, make_key_record
 from safething.things.availability import DEFAULT_HEARTBEAT_S, LIVE, live_record
-from safething.things.consumer import ActionHandle, Subscription, ThingClient, level_of
+from safething.things.client import ActionHandle, Subscription, ThingClient, level_of
 from safething.things.description import AccessType, ThingDescription
 from safething.things.filters import Filter
 from safething.things.history import Archive

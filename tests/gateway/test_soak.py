@@ -17,7 +17,7 @@ import pytest
 from safething.net import Client
 from safething.things import ThingClient
 from safething_gateway.bridges.mqtt import MqttConnection, Topics
-from safething_gateway.devices.base import DeviceLink
+from safething_gateway.device_clients.base import DeviceLink
 from safething_gateway.testing import wait_until as until
 
 from .test_attacks_mqtt import child_site

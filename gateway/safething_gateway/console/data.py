@@ -29,7 +29,7 @@ from safething.net import TAG_THING, Client, Identity, PublicIdentity, PublicSig
 from safething.store import Store
 from safething.things import Availability, ThingClient, ThingOwner, layout, set_status
 from safething.things.availability import LIVE, availability_of
-from safething.things.consumer import ThingView
+from safething.things.client import ThingView
 from safething.things.description import ThingDescription
 from safething.things.values import decode_payload, loads
 
