@@ -29,7 +29,11 @@ FORBIDDEN: list[tuple[str, str, tuple[str, ...]]] = [
     ("safething.store", "safething.net", ()),
     ("safething.things", "safething.store.", ()),
     # test helpers are for tests, demos and benchmarks, never for production modules
-    ("safething_gateway", "safething_gateway.testing", ("safething_gateway.bench",)),
+    (
+        "safething_gateway",
+        "safething_gateway.testing",
+        ("safething_gateway.bench", "safething_gateway.console.testing"),
+    ),
 ]
 
 
