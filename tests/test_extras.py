@@ -27,10 +27,12 @@ PACKAGES = {
 OWNERS = {
     "safething_gateway": "gateway",
     "safething_gateway.console": "console",
+    "safething.store.nats": "nats",
+    "safething.store.nats_testing": "nats",
 }
 """Module prefix -> the extra that must be installed to import it."""
 
-EXTRAS = ["", "gateway", "pi", "console"]
+EXTRAS = ["", "gateway", "pi", "console", "nats"]
 """The core alone, then every extra of ``pyproject.toml`` but ``dev``."""
 
 pytestmark = pytest.mark.extras

@@ -1,4 +1,5 @@
-"""Choose a store backend by URL: ``memory://``, ``sqlite:///path``, ``nats://host:port``.
+"""Choose a store backend by URL: ``memory://``, ``sqlite:///path``, ``nats://host:port``
+(``tls://host:port`` for NATS over TLS; options in :mod:`safething.store.nats`).
 
 The URL comes from the caller, else ``$SAFETHING_STORE``, else the embedded
 SQLite file under the user's data directory.
@@ -72,8 +73,10 @@ async def open_store(url: str | None = None) -> Store:
 
         path, options = sqlite_path_from_url(url)
         return await SQLiteStore.open(url, path, **options)
-    if scheme == "nats":
-        raise StoreURLError("the nats:// backend is not implemented yet (planned: JetStream KV)")
+    if scheme in ("nats", "tls"):
+        from safething.store.nats import NatsStore
+
+        return await NatsStore.open(url)
     raise StoreURLError(
         f"unknown store URL {url!r}: use memory://, sqlite:///path/vault.db or nats://host:4222"
     )

@@ -2,21 +2,50 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from safething.store import Store, open_store
+from safething.store.nats_testing import NatsCluster, NatsServer, nats_cluster, nats_server
 
 OpenPeer = Callable[[], Awaitable[Store]]
 
+BACKENDS = ["memory", "sqlite", "nats", "nats-r3"]
 
-@pytest.fixture(params=["memory", "sqlite"])
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def nats_single(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
+    """One nats-server for the whole run; each test takes its own bucket."""
+    async with nats_server(tmp_path_factory.mktemp("nats")) as server:
+        yield server
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def nats_r3(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsCluster]:
+    """A 3-node JetStream cluster for the whole run; each test takes its own bucket."""
+    async with nats_cluster(tmp_path_factory.mktemp("nats-cluster")) as cluster:
+        yield cluster
+
+
+def unique_bucket() -> str:
+    return f"t{secrets.token_hex(6)}"
+
+
+@pytest.fixture(params=BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """URL of an empty store of each backend."""
+    """URL of an empty store of each backend (NATS: a fresh bucket on a shared server)."""
     if request.param == "memory":
         return "memory://"
+    if request.param == "nats":
+        server: NatsServer = request.getfixturevalue("nats_single")
+        return f"{server.url}?bucket={unique_bucket()}"
+    if request.param == "nats-r3":
+        cluster: NatsCluster = request.getfixturevalue("nats_r3")
+        return f"{cluster.url}?bucket={unique_bucket()}&replicas=3"
     return f"sqlite://{tmp_path / 'vault.db'}"
 
 
@@ -35,7 +64,7 @@ async def open_peer(store: Store, store_url: str) -> AsyncIterator[OpenPeer]:
     """Open another store object on the same data, as a second process would.
 
     For SQLite a separate opening of the same file (own connections, own
-    writer thread); ``memory://`` cannot be shared, so it is the same object.
+    writer thread), for NATS another connection to the same bucket; ``memory://`` cannot be shared, so it is the same object.
     """
     peers: list[Store] = []
 

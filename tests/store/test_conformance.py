@@ -509,7 +509,12 @@ async def test_watch_beyond_the_trimmed_log(
             live = await store.put("t.live", b"live")
             changes = await take_until(watch, lambda c: c.key == "t.live")
     # Every record still there is delivered once, in revision order, with its
-    # latest value; the delete of t.07 fell out of the log and is not replayed.
+    # latest value; the delete of t.07 fell out of the log and is not replayed
+    # (NATS keeps one message per key, the delete's included, and replays it).
+    if store_url.startswith("nats"):
+        deleted = [c for c in changes if c.key == "t.07"]
+        assert len(deleted) == 1 and deleted[0].deleted
+        changes = [c for c in changes if c.key != "t.07"]
     expected = sorted(revisions.items(), key=lambda kv: kv[1])
     assert [(c.key, c.revision) for c in changes[:-1]] == expected
     assert changes[-1] == Change("t.live", b"live", live)
@@ -553,6 +558,9 @@ async def test_info(store: Store, store_url: str) -> None:
         assert info.backend == "sqlite"
         assert info.file_bytes is not None
         assert info.file_bytes > 0
+    elif store_url.startswith("nats"):
+        assert info.backend == "nats"
+        assert info.file_bytes is None
     else:
         assert info.backend == "memory"
         assert info.file_bytes is None
@@ -590,6 +598,10 @@ async def test_a_commit_wakes_only_matching_watches(store: Store) -> None:
 
     near = store.watch("a.b.")
     far = store.watch("z.")
+    if not isinstance(near, FeedWatch):  # NATS: the server filters per consumer
+        await near.close()
+        await far.close()
+        pytest.skip("a NATS watch is a server-side consumer, woken by the server")
     assert isinstance(near, FeedWatch)
     assert isinstance(far, FeedWatch)
     woken: list[str] = []

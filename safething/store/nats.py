@@ -1,0 +1,1027 @@
+"""``nats://host:port[,host2:port...]``: the store on NATS JetStream, for many gateways.
+
+Needs nats-server >= 2.12 (atomic batch publish) and the ``nats`` extra.
+The store is untrusted like every other: this backend never interprets
+values, it only keeps them, orders them and enforces compare-and-set.
+
+URL
+    ``nats://[user:password@]host:port[,host:port...][?options]``, ``tls://`` for TLS.
+    Options: ``bucket`` (default ``safething``), ``replicas`` (1; 3 in a
+    cluster), ``timeout`` (seconds a write keeps retrying through a leader
+    election, default 30), ``creds`` (a ``.creds`` file: JWT and nkey),
+    ``nkey`` (an nkey seed file), ``tls_ca``, ``tls_cert``, ``tls_key``
+    (PEM files). A password in the URL is visible in ``ps``; prefer
+    ``$SAFETHING_NATS_PASSWORD`` (used when the URL names a user but no
+    password) or a creds file.
+
+Layout
+    Records live in the JetStream stream ``KV_<bucket>`` with the subjects
+    ``$KV.<bucket>.<key>``, one message kept per subject (a NATS key-value
+    bucket with history 1: ``nats kv`` tools can read it). A delete is a
+    message with the header ``KV-Operation: DEL``. Store keys use only
+    ``[A-Za-z0-9_=-]`` and dots, all legal in NATS keys, so keys map to
+    subjects unchanged. Chunks live in a second bucket ``<bucket>-chunks``
+    under ``$KV.<bucket>-chunks.<base64url of the address>``. The revision
+    of a record is the stream sequence of its message: store-wide and
+    increasing, not dense.
+
+Writes
+    Every write is a JetStream publish with ``Nats-Expected-Last-Subject-Sequence``
+    (the compare-and-set; a create expects the tombstone's sequence or 0)
+    and a ``Nats-Msg-Id``. When a publish times out or meets no responders
+    (a leader election in a cluster takes seconds) it is sent again with
+    the same id until ``timeout``: an unconditional write is deduplicated by
+    the server; a conditional one answers "wrong last sequence", and the
+    subject's last message is read back: if it carries our id, it was ours.
+    ``commit(..., atomic=True)`` sends one atomic batch (ADR-50): every
+    expectation holds or nothing is stored.
+
+Quotas (exact among writers that pass one)
+    Each quota prefix has a guard record ``/quota.<prefix>`` (outside the
+    key space: ``/`` is not a key character; scans and watches never show
+    it). A write with a quota reads the guard's revision, counts the prefix
+    (a headers-only scan) and then sends the guard and the write as one
+    atomic batch, the guard expected at the revision it read. Two writers
+    racing for the last slot cannot both succeed: the second batch finds the
+    guard moved and starts over, now counting the first write. A write under
+    the prefix that passes no quota does not take the guard.
+
+Watches
+    A watch is a JetStream push consumer that this module supervises itself
+    (as nats.py's ordered consumer does, without relying on it): in memory,
+    one replica, no acks, flow control, idle heartbeat every second,
+    filtered on ``$KV.<bucket>.<prefix>>``, delivering from sequence
+    ``since + 1``. It remembers the last stream sequence delivered; on a gap
+    in the consumer sequence, a heartbeat that reports more than it
+    delivered, five seconds of silence or an error it recreates the consumer
+    at ``last + 1`` (back-off 50 ms doubling to 2 s). Since a bucket keeps one
+    message per key, a replay delivers the latest change of each key written
+    after ``since``, deletes included.
+
+Durability
+    An acknowledged write is stored by the stream's replicas (a majority of
+    3 with ``replicas=3``). nats-server fsyncs every two minutes by default;
+    set ``sync_interval: always`` in its configuration where an acknowledged
+    write must survive a power cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import ssl
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from safething.errors import (
+    AbortedWriteError,
+    ConflictError,
+    LimitExceededError,
+    StoreError,
+    StoreURLError,
+)
+from safething.store.base import (
+    Change,
+    Record,
+    Store,
+    StoreInfo,
+    Watch,
+    Write,
+    check_key,
+    check_prefix,
+)
+from safething.store.quota import add_effect, enforce
+
+__all__ = ["NatsStore", "parse_nats_url"]
+
+log = logging.getLogger(__name__)
+
+PASSWORD_ENV = "SAFETHING_NATS_PASSWORD"
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_=-]+(\.[A-Za-z0-9_=-]+)*$")
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_WRONG_LAST_SEQUENCE = 10071
+_NOT_FOUND = 10037
+_STREAM_NOT_FOUND = 10059
+_MAX_BATCH = 1000
+"""Most messages one atomic batch may hold (nats-server's limit)."""
+_HEARTBEAT_S = 1.0
+_STALL_S = 5.0
+_REQUEST_S = 5.0
+_GUARD = "/quota."
+
+
+@dataclass(frozen=True)
+class NatsOptions:
+    """What a ``nats://`` URL says."""
+
+    servers: list[str]
+    bucket: str = "safething"
+    replicas: int = 1
+    timeout: float = 30.0
+    user: str | None = None
+    password: str | None = None
+    creds: str | None = None
+    nkey: str | None = None
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+def parse_nats_url(url: str) -> NatsOptions:
+    """Read a ``nats://`` (or ``tls://``) store URL; ``StoreURLError`` if malformed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("nats", "tls"):
+        raise StoreURLError(f"not a nats URL: {url!r}")
+    netloc = parts.netloc
+    user = password = None
+    if "@" in netloc:
+        login, _, netloc = netloc.rpartition("@")
+        user, _, pw = login.partition(":")
+        user, password = unquote(user), (unquote(pw) if pw else None)
+    hosts = [h for h in netloc.split(",") if h]
+    if not hosts:
+        raise StoreURLError(f"nats URL {url!r} names no server (nats://host:4222)")
+    for host in hosts:
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise StoreURLError(f"nats URL {url!r}: write each server as host:port, not {host!r}")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    known = {"bucket", "replicas", "timeout", "creds", "nkey", "tls_ca", "tls_cert", "tls_key"}
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise StoreURLError(f"nats URL {url!r}: unknown option(s) {', '.join(unknown)}")
+    bucket = query.get("bucket", "safething")
+    if not _BUCKET_RE.match(bucket):
+        raise StoreURLError(f"nats URL {url!r}: a bucket name uses only [A-Za-z0-9_-]")
+    try:
+        replicas = int(query.get("replicas", "1"))
+        timeout = float(query.get("timeout", "30"))
+    except ValueError as e:
+        raise StoreURLError(f"nats URL {url!r}: {e}") from None
+    if not 1 <= replicas <= 5 or timeout <= 0:
+        raise StoreURLError(f"nats URL {url!r}: replicas is 1 to 5, timeout above 0")
+    if user and password is None:
+        password = os.environ.get(PASSWORD_ENV) or None
+    tls = parts.scheme == "tls" or any(k.startswith("tls_") for k in query)
+    scheme = "tls" if tls else "nats"
+    return NatsOptions(
+        servers=[f"{scheme}://{h}" for h in hosts],
+        bucket=bucket,
+        replicas=replicas,
+        timeout=timeout,
+        user=user,
+        password=password,
+        creds=query.get("creds"),
+        nkey=query.get("nkey"),
+        tls=tls,
+        tls_ca=query.get("tls_ca"),
+        tls_cert=query.get("tls_cert"),
+        tls_key=query.get("tls_key"),
+    )
+
+
+def _stream_config(name: str, subject: str, replicas: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "subjects": [subject],
+        "retention": "limits",
+        "max_msgs_per_subject": 1,
+        "max_msg_size": -1,
+        "discard": "new",
+        "storage": "file",
+        "num_replicas": replicas,
+        "allow_rollup_hdrs": True,
+        "deny_delete": True,
+        "allow_direct": False,  # every read goes to the stream leader: no stale reads
+        "allow_atomic": True,
+        "duplicate_window": 120_000_000_000,
+    }
+
+
+def _parse_headers(raw: bytes) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in raw.decode("utf-8", "replace").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip()] = value.strip()
+    return headers
+
+
+def _is_delete(headers: dict[str, str] | None) -> bool:
+    return headers is not None and headers.get("KV-Operation") in ("DEL", "PURGE")
+
+
+@dataclass(frozen=True)
+class _Last:
+    """The last message on a subject."""
+
+    seq: int
+    """Its stream sequence (0: the subject never had one)."""
+    value: bytes | None
+    """``None`` for a delete (tombstone) or no message."""
+    msg_id: str | None
+
+
+@dataclass(frozen=True)
+class _Message:
+    subject: str
+    value: bytes | None
+    """``None``: a delete."""
+    expect: int | None
+    """``Nats-Expected-Last-Subject-Sequence``, if any."""
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    index: int
+    error: ConflictError | LimitExceededError
+
+
+class _APIError(Exception):
+    def __init__(self, code: int, description: str) -> None:
+        super().__init__(f"{description} ({code})")
+        # In a cluster a stale expectation inside a batch may come back under
+        # another error code; the description is what they share.
+        self.code = _WRONG_LAST_SEQUENCE if "wrong last sequence" in description else code
+
+
+class NatsStore(Store):
+    """A store in two JetStream key-value buckets. Open with :meth:`open`."""
+
+    def __init__(self, url: str, options: NatsOptions, client: Client) -> None:
+        self.url = url
+        self._options = options
+        self._nc = client
+        self._bucket = options.bucket
+        self._stream = f"KV_{options.bucket}"
+        self._prefix = f"$KV.{options.bucket}."
+        self._chunk_bucket = f"{options.bucket}-chunks"
+        self._chunk_stream = f"KV_{self._chunk_bucket}"
+        self._chunk_prefix = f"$KV.{self._chunk_bucket}."
+        self._watches: set[_NatsWatch] = set()
+        self._starting: set[_NatsWatch] = set()
+        """Watches without ``since`` still learning where "now" is (see :meth:`watch`)."""
+        self._seen = 0
+        """Highest revision this object has seen acknowledged or reported."""
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str) -> NatsStore:
+        options = parse_nats_url(url)
+        kwargs: dict[str, Any] = {
+            "servers": options.servers,
+            "name": "safething-store",
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "connect_timeout": 5,
+            "allow_reconnect": True,
+        }
+        if options.user:
+            kwargs["user"] = options.user
+            kwargs["password"] = options.password or ""
+        if options.creds:
+            kwargs["user_credentials"] = options.creds
+        if options.nkey:
+            kwargs["nkeys_seed"] = options.nkey
+        if options.tls:
+            context = ssl.create_default_context(cafile=options.tls_ca)
+            if options.tls_cert:
+                context.load_cert_chain(options.tls_cert, options.tls_key)
+            kwargs["tls"] = context
+
+        async def _error(e: Exception) -> None:
+            log.warning("nats store %s: %s", url, e)
+
+        kwargs["error_cb"] = _error
+        try:
+            client = await nats.connect(**kwargs)
+        except Exception as e:
+            raise StoreError(f"cannot connect to {', '.join(options.servers)}: {e}") from None
+        store = cls(url, options, client)
+        try:
+            await store._ensure_stream(store._stream, store._prefix + ">")
+            await store._ensure_stream(store._chunk_stream, store._chunk_prefix + ">")
+        except BaseException:
+            await client.close()
+            raise
+        return store
+
+    # --- JetStream API ---------------------------------------------------------
+
+    async def _api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        self._check_open()
+        payload = json.dumps(body).encode() if body is not None else b""
+        deadline = time.monotonic() + self._options.timeout
+        delay = 0.05
+        while True:
+            try:
+                reply = await self._nc.request(f"$JS.API.{subject}", payload, timeout=_REQUEST_S)
+                answer: dict[str, Any] = json.loads(reply.data)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(f"NATS JetStream did not answer {subject}: {e!r}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            except nats.errors.ConnectionClosedError:
+                raise StoreError(f"store {self.url}: the NATS connection is closed") from None
+            error = answer.get("error")
+            if error:
+                code = int(error.get("err_code", 0))
+                if error.get("code") == 503 and time.monotonic() + delay < deadline:
+                    await asyncio.sleep(delay)  # no leader right now (election)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                raise _APIError(code, str(error.get("description", error)))
+            return answer
+
+    async def _ensure_stream(self, name: str, subject: str) -> None:
+        try:
+            info = await self._api(f"STREAM.INFO.{name}")
+        except _APIError as e:
+            if e.code != _STREAM_NOT_FOUND:
+                raise StoreError(f"cannot read stream {name}: {e}") from None
+            config = _stream_config(name, subject, self._options.replicas)
+            try:
+                await self._api(f"STREAM.CREATE.{name}", config)
+                return
+            except _APIError as e2:
+                try:  # another opener created it at the same moment
+                    info = await self._api(f"STREAM.INFO.{name}")
+                except _APIError:
+                    raise StoreError(f"cannot create stream {name}: {e2}") from None
+        if name == self._stream:
+            self._seen = max(self._seen, int(info["state"]["last_seq"]))
+        if not info["config"].get("allow_atomic"):
+            raise StoreError(
+                f"stream {name} exists without allow_atomic (nats-server >= 2.12 needed and "
+                "the stream must allow atomic batches)"
+            )
+
+    async def _last(self, stream: str, subject: str) -> _Last:
+        try:
+            answer = await self._api(f"STREAM.MSG.GET.{stream}", {"last_by_subj": subject})
+        except _APIError as e:
+            if e.code == _NOT_FOUND:
+                return _Last(0, None, None)
+            raise StoreError(f"cannot read {subject}: {e}") from None
+        message = answer["message"]
+        headers = _parse_headers(base64.b64decode(message["hdrs"])) if message.get("hdrs") else {}
+        data = base64.b64decode(message["data"]) if message.get("data") else b""
+        value = None if _is_delete(headers) else data
+        return _Last(int(message["seq"]), value, headers.get("Nats-Msg-Id"))
+
+    async def _publish(
+        self, subject: str, payload: bytes, headers: dict[str, str], *, conditional: bool
+    ) -> int:
+        """Publish until acknowledged (retrying with the same ``Nats-Msg-Id``); the
+        sequence. Raises ``_APIError`` for a refusal (wrong last sequence...)."""
+        msg_id = headers["Nats-Msg-Id"]
+        self._check_size(subject, payload, headers)
+        deadline = time.monotonic() + self._options.timeout
+        delay = 0.05
+        attempt = 0
+        while True:
+            attempt += 1
+            self._check_open()
+            try:
+                reply = await self._nc.request(
+                    subject, payload, timeout=_REQUEST_S, headers=headers
+                )
+                answer = json.loads(reply.data)
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(f"write to {subject} not acknowledged: {e!r}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            except nats.errors.ConnectionClosedError:
+                raise StoreError(f"store {self.url}: the NATS connection is closed") from None
+            error = answer.get("error")
+            if not error:
+                seq = int(answer["seq"])
+                self._saw(seq, seq)
+                return seq
+            code = int(error.get("err_code", 0))
+            if error.get("code") == 503 and time.monotonic() + delay < deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            if code == _WRONG_LAST_SEQUENCE and conditional and attempt > 1:
+                # An earlier attempt may have been stored: is the last message ours?
+                stream = self._stream if subject.startswith(self._prefix) else self._chunk_stream
+                last = await self._last(stream, subject)
+                if last.msg_id == msg_id:
+                    return last.seq
+            raise _APIError(code, str(error.get("description", error)))
+
+    def _saw(self, first: int, last: int) -> None:
+        """Writes ``first..last`` of this object were acknowledged."""
+        self._seen = max(self._seen, last)
+        for watch in self._starting:
+            # only writes that may hide below the start point need remembering
+            top = last if watch._live_from is None else min(last, watch._live_from)
+            watch._own.update(range(first, top + 1))
+
+    def _check_size(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        size = len(payload) + len(subject) + sum(len(k) + len(v) + 4 for k, v in headers.items())
+        limit = self._nc.max_payload
+        if size + 64 > limit:
+            raise StoreError(
+                f"a write of {len(payload)} bytes does not fit the server's max_payload of "
+                f"{limit} bytes (raise max_payload in nats-server.conf)"
+            )
+
+    # --- records ---------------------------------------------------------------
+
+    async def get(self, key: str) -> Record | None:
+        check_key(key)
+        last = await self._last(self._stream, self._prefix + key)
+        if last.value is None:
+            return None
+        return Record(key, last.value, last.seq)
+
+    async def commit(
+        self, writes: Sequence[Write], *, atomic: bool = False
+    ) -> list[int | Exception]:
+        self._check_open()
+        for write in writes:
+            if not isinstance(write, Write):
+                raise TypeError(f"commit takes Write objects, not {type(write).__name__}")
+        if atomic:
+            return await self._commit_atomic(list(writes))
+        results: list[int | Exception] = []
+        for write in writes:
+            try:
+                results.append(await self._write(write))
+            except (ConflictError, LimitExceededError) as e:
+                results.append(e)
+        return results
+
+    async def _write(self, write: Write) -> int:
+        subject = self._prefix + write.key
+        while True:
+            if write.quota is not None:
+                result = await self._guarded([write])
+                if result is not None:
+                    (revision,) = result
+                    return revision
+                continue  # the guard moved: count again
+            current = None
+            if write.expect is not None or write.value is None:
+                current = await self._last(self._stream, subject)
+                live = current.seq if current.value is not None else 0
+                if write.expect is not None and write.expect != live:
+                    raise ConflictError(write.key, expected=write.expect, current=live)
+                if write.value is None and live == 0:
+                    return 0
+            headers = {"Nats-Msg-Id": secrets.token_hex(12)}
+            if current is not None:
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(current.seq)
+            if write.value is None:
+                headers["KV-Operation"] = "DEL"
+            try:
+                return await self._publish(
+                    subject, write.value or b"", headers, conditional=current is not None
+                )
+            except _APIError as e:
+                if e.code != _WRONG_LAST_SEQUENCE:
+                    raise StoreError(f"write to {write.key!r} refused: {e}") from None
+                # Someone wrote in between: decide again on the new state.
+
+    async def _guarded(self, writes: list[Write]) -> list[int] | None:
+        """Check and send ``writes`` with their quotas' guards in one atomic batch:
+        their revisions, or ``None`` when a guard or key moved meanwhile (call again)."""
+        plan = await self._plan(writes)
+        if isinstance(plan, _Refusal):
+            raise plan.error
+        try:
+            return await self._send_batch(*plan)
+        except _APIError as e:
+            if e.code == _WRONG_LAST_SEQUENCE:
+                return None
+            raise StoreError(f"batch refused: {e}") from None
+
+    async def _plan(self, writes: list[Write]) -> tuple[list[_Message], list[int]] | _Refusal:
+        """Decide ``writes`` in order on the current state: the messages to send and,
+        for each write, the index of its message (-1: a delete of nothing, revision
+        0); or the first refusal."""
+        state: dict[str, _Last] = {}
+        usage: dict[str, list[int]] = {}
+        guards: dict[str, int] = {}
+        for write in writes:
+            if write.quota is not None and write.quota.prefix not in guards:
+                guard = self._prefix + _GUARD + write.quota.prefix[:-1]
+                guards[write.quota.prefix] = (await self._last(self._stream, guard)).seq
+        for prefix in guards:
+            counted = await self._usage(prefix)
+            usage[prefix] = [counted[0], counted[1]]
+        messages = [
+            _Message(self._prefix + _GUARD + prefix[:-1], b"", seq)
+            for prefix, seq in guards.items()
+        ]
+        mapping: list[int] = []
+        seen: set[str] = set()
+        for index, write in enumerate(writes):
+            subject = self._prefix + write.key
+            if write.key not in state:
+                state[write.key] = await self._last(self._stream, subject)
+            current = state[write.key]
+            live = current.seq if current.value is not None else 0
+            if write.expect is not None and write.expect != live:
+                return _Refusal(
+                    index, ConflictError(write.key, expected=write.expect, current=live)
+                )
+            if write.value is None and current.value is None:
+                mapping.append(-1)
+                continue
+            old_len = len(current.value) if current.value is not None else -1
+            new_len = len(write.value) if write.value is not None else -1
+            if write.quota is not None:
+                counts = usage[write.quota.prefix]
+                after = list(counts)
+                if write.key.startswith(write.quota.prefix):
+                    add_effect(after, old_len, new_len)
+                try:
+                    enforce(write.quota, counts, after)
+                except LimitExceededError as e:
+                    return _Refusal(index, e)
+            for prefix, counts in usage.items():
+                if write.key.startswith(prefix):
+                    add_effect(counts, old_len, new_len)
+            # The first message on a subject carries the compare-and-set; later ones
+            # of the same batch follow it (their revisions are not known yet).
+            expect = None if subject in seen else current.seq
+            seen.add(subject)
+            mapping.append(len(messages))
+            messages.append(_Message(subject, write.value, expect))
+            state[write.key] = _Last(-1, write.value, None)
+        return messages, mapping
+
+    async def _send_batch(self, messages: list[_Message], mapping: list[int]) -> list[int]:
+        """Send one atomic batch; the revision of each write (0 for a no-op)."""
+        if not messages:
+            return [0 for _ in mapping]
+        if len(messages) > _MAX_BATCH:
+            raise StoreError(f"an atomic batch holds at most {_MAX_BATCH} writes")
+        batch_id = secrets.token_hex(12)
+        last = len(messages) - 1
+        headers: dict[str, str] = {}
+        for i, message in enumerate(messages):
+            headers = {
+                "Nats-Batch-Id": batch_id,
+                "Nats-Batch-Sequence": str(i + 1),
+                "Nats-Msg-Id": f"{batch_id}-{i}",
+            }
+            if message.expect is not None:
+                headers["Nats-Expected-Last-Subject-Sequence"] = str(message.expect)
+            if message.value is None:
+                headers["KV-Operation"] = "DEL"
+            self._check_size(message.subject, message.value or b"", headers)
+            if i < last:
+                try:
+                    await self._nc.publish(message.subject, message.value or b"", headers=headers)
+                except nats.errors.ConnectionClosedError:
+                    raise StoreError(f"store {self.url}: the NATS connection is closed") from None
+        headers["Nats-Batch-Commit"] = "1"
+        final = messages[last]
+        try:
+            reply = await self._nc.request(
+                final.subject, final.value or b"", timeout=self._options.timeout, headers=headers
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+            raise StoreError(f"atomic batch not acknowledged, outcome unknown: {e!r}") from None
+        except nats.errors.ConnectionClosedError:
+            raise StoreError(f"store {self.url}: the NATS connection is closed") from None
+        answer = json.loads(reply.data)
+        error = answer.get("error")
+        if error:
+            raise _APIError(int(error.get("err_code", 0)), str(error.get("description", error)))
+        first = int(answer["seq"]) - len(messages) + 1
+        self._saw(first, int(answer["seq"]))
+        return [0 if m < 0 else first + m for m in mapping]
+
+    async def _commit_atomic(self, writes: list[Write]) -> list[int | Exception]:
+        while True:
+            plan = await self._plan(writes)
+            if isinstance(plan, _Refusal):
+                return [
+                    plan.error if i == plan.index else AbortedWriteError(w.key)
+                    for i, w in enumerate(writes)
+                ]
+            try:
+                return list(await self._send_batch(*plan))
+            except _APIError as e:
+                if e.code != _WRONG_LAST_SEQUENCE:
+                    raise StoreError(f"atomic batch refused: {e}") from None
+                # something moved meanwhile: decide again
+
+    async def scan(self, prefix: str) -> list[Record]:
+        check_prefix(prefix)
+        found = await self._scan(prefix, headers_only=False)
+        return [Record(k, v or b"", s) for k, (v, _n, s) in sorted(found.items())]
+
+    async def usage(self, prefix: str) -> tuple[int, int]:
+        check_prefix(prefix)
+        return await self._usage(prefix)
+
+    async def _usage(self, prefix: str) -> tuple[int, int]:
+        found = await self._scan(prefix, headers_only=True)
+        return len(found), sum(n for _v, n, _s in found.values())
+
+    async def _scan(
+        self, prefix: str, *, headers_only: bool, stream: str | None = None
+    ) -> dict[str, tuple[bytes | None, int, int]]:
+        """key -> (value, size, revision) of the live records under ``prefix``; the
+        value is ``None`` with ``headers_only`` (only the size travels).
+
+        The scan is a consumer delivering the last message of every subject. In a
+        cluster that consumer may sit on a replica that has not applied the latest
+        writes yet, so the scan also asks for the subject of the stream's last
+        message (read from the leader) and starts over until that message is among
+        what it got: then the replica has applied every write acknowledged before."""
+        stream = stream or self._stream
+        while True:
+            barrier = None
+            if self._options.replicas > 1:
+                barrier = await self._barrier(stream)
+            found = await self._scan_once(prefix, headers_only, stream, barrier)
+            if found is not None:
+                return found
+            await asyncio.sleep(0.02)
+
+    async def _barrier(self, stream: str) -> tuple[str, int] | None:
+        """The subject and sequence of the stream's last message (from its leader)."""
+        last = await self._last_sequence(stream)
+        if last == 0:
+            return None
+        try:
+            answer = await self._api(f"STREAM.MSG.GET.{stream}", {"seq": last})
+        except _APIError:
+            return None  # replaced meanwhile: a later write, the scan will see it or not
+        return str(answer["message"]["subject"]), last
+
+    async def _scan_once(
+        self, prefix: str, headers_only: bool, stream: str, barrier: tuple[str, int] | None
+    ) -> dict[str, tuple[bytes | None, int, int]] | None:
+        subject_prefix = self._prefix if stream == self._stream else self._chunk_prefix
+        wanted = subject_prefix + (prefix + ">" if prefix else ">")
+        filters = [wanted]
+        if barrier is not None and not barrier[0].startswith(subject_prefix + prefix):
+            filters.append(barrier[0])
+        found: dict[str, tuple[bytes | None, int, int]] = {}
+        barrier_seen = 0
+        inbox = self._nc.new_inbox()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def receive(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        sub = await self._nc.subscribe(inbox, cb=receive)
+        try:
+            config = {
+                "deliver_policy": "last_per_subject",
+                "ack_policy": "none",
+                "filter_subjects": filters,
+                "deliver_subject": inbox,
+                "flow_control": True,
+                "idle_heartbeat": int(_HEARTBEAT_S * 1e9),
+                "headers_only": headers_only,
+                "mem_storage": True,
+                "num_replicas": 1,
+                "max_deliver": 1,
+                "inactive_threshold": 30_000_000_000,
+            }
+            info = await self._api(
+                f"CONSUMER.CREATE.{stream}", {"stream_name": stream, "config": config}
+            )
+            pending = int(info["num_pending"]) + int(info["delivered"]["consumer_seq"])
+            name = info["name"]
+            delivered = 0
+            try:
+                async with asyncio.timeout(self._options.timeout + 30):
+                    while delivered < pending:
+                        msg = await queue.get()
+                        if _status(msg):
+                            if msg.reply:
+                                await self._nc.publish(msg.reply, b"")
+                            continue
+                        delivered += 1
+                        seq = msg.metadata.sequence.stream
+                        if barrier is not None and msg.subject == barrier[0]:
+                            barrier_seen = seq
+                        if not msg.subject.startswith(subject_prefix + prefix):
+                            continue
+                        key = msg.subject[len(subject_prefix) :]
+                        if _is_delete(msg.headers) or (
+                            stream == self._stream and not _KEY_RE.match(key)
+                        ):
+                            continue
+                        if headers_only:
+                            size = int((msg.headers or {}).get("Nats-Msg-Size", "0"))
+                            found[key] = (None, size, seq)
+                        else:
+                            found[key] = (msg.data, len(msg.data), seq)
+            except TimeoutError:
+                raise StoreError(f"scan of {prefix!r} did not complete") from None
+            finally:
+                with contextlib.suppress(Exception):
+                    await self._nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"")
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if barrier is not None and barrier_seen < barrier[1]:
+            return None  # this replica is behind: ask again
+        return found
+
+    def watch(self, prefix: str, *, since: int | None = None) -> Watch:
+        """Without ``since`` the feed starts from the stream's last sequence as the
+        server reports it to the watch's first request (``async with`` waits for
+        that answer); writes of this store object acknowledged after the call are
+        delivered even if they overtake that request."""
+        check_prefix(prefix)
+        self._check_open()
+        if since is not None and since < 0:
+            raise ValueError("since must be None or a revision >= 0")
+        watch = _NatsWatch(self, prefix, since)
+        self._watches.add(watch)
+        return watch
+
+    async def _last_sequence(self, stream: str | None = None) -> int:
+        try:
+            info = await self._api(f"STREAM.INFO.{stream or self._stream}")
+        except _APIError as e:
+            raise StoreError(f"cannot read stream info: {e}") from None
+        last = int(info["state"]["last_seq"])
+        if (stream or self._stream) == self._stream:
+            self._seen = max(self._seen, last)
+        return last
+
+    # --- immutable chunks ------------------------------------------------------
+
+    def _chunk_subject(self, address: str) -> str:
+        if not isinstance(address, str) or not address:
+            raise ValueError(f"invalid chunk address {address!r}: use a non-empty string")
+        token = base64.urlsafe_b64encode(address.encode()).decode().rstrip("=")
+        return self._chunk_prefix + token
+
+    async def put_chunk(self, address: str, data: bytes) -> None:
+        subject = self._chunk_subject(address)
+        if not isinstance(data, bytes):
+            raise TypeError("a chunk must be bytes")
+        headers = {
+            "Nats-Msg-Id": "chunk-" + secrets.token_hex(12),
+            "Nats-Expected-Last-Subject-Sequence": "0",
+        }
+        try:
+            await self._publish(subject, data, headers, conditional=True)
+        except _APIError as e:
+            if e.code != _WRONG_LAST_SEQUENCE:  # already there: chunks are immutable
+                raise StoreError(f"chunk {address!r} refused: {e}") from None
+
+    async def get_chunk(self, address: str) -> bytes | None:
+        subject = self._chunk_subject(address)
+        return (await self._last(self._chunk_stream, subject)).value
+
+    # --- housekeeping ----------------------------------------------------------
+
+    async def info(self) -> StoreInfo:
+        self._check_open()
+        records = await self._scan("", headers_only=True)
+        chunks = await self._scan("", headers_only=True, stream=self._chunk_stream)
+        return StoreInfo(
+            url=self.url,
+            backend="nats",
+            records=len(records),
+            record_bytes=sum(n for _v, n, _s in records.values()),
+            chunks=len(chunks),
+            chunk_bytes=sum(n for _v, n, _s in chunks.values()),
+            revision=await self._last_sequence(),
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        for watch in list(self._watches):
+            await watch.close()
+        self._closed = True
+        with contextlib.suppress(Exception):
+            await self._nc.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"store {self.url} is closed")
+
+
+def _status(msg: Msg) -> str | None:
+    headers = msg.headers
+    if headers and "Status" in headers:
+        return headers["Status"]
+    if not msg.data and headers is None and msg.reply and not msg.reply.startswith("$JS.ACK"):
+        return "100"
+    return None
+
+
+class _NatsWatch(Watch):
+    """A supervised push consumer on ``$KV.<bucket>.<prefix>>`` (see the module doc)."""
+
+    def __init__(self, store: NatsStore, prefix: str, since: int | None) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._after: int | None = since if since is not None else store._seen
+        """Last stream sequence delivered (or the start point)."""
+        self._live_from: int | None = None
+        """Without ``since``: the stream's last sequence at the start. Changes up to
+        it are delivered only if this store object wrote them after the call."""
+        self._own: set[int] = set()
+        if since is None:
+            store._starting.add(self)
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._sub: Subscription | None = None
+        self._consumer: str | None = None
+        self._consumer_seq = 0
+        self._closed = False
+        self._closing = asyncio.Event()
+        self._failures = 0
+        self._start = asyncio.get_running_loop().create_task(
+            self._begin(since is None), name=f"nats-watch-{prefix}"
+        )
+        self.recreated = 0
+        """How many times the consumer was recreated (a gap, a stall, an error)."""
+
+    async def __aenter__(self) -> Self:
+        with contextlib.suppress(StoreError):
+            await self._start  # the feed starts from here on, before the body runs
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __aiter__(self) -> AsyncIterator[Change]:
+        return self
+
+    async def _begin(self, now: bool) -> None:
+        if now and self._live_from is None:
+            live_from = await self._store._last_sequence()
+            self._live_from = live_from
+            self._own = {s for s in self._own if s <= live_from}
+
+    async def __anext__(self) -> Change:
+        store = self._store
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            try:
+                if not self._start.done():
+                    await self._until_closed(asyncio.shield(self._start))
+                    continue
+                if self._start.exception() is not None:
+                    self._start = asyncio.get_running_loop().create_task(self._begin(True))
+                    await self._back_off()
+                    continue
+                if self._sub is None:
+                    await self._subscribe()
+                    continue
+                msg = await self._until_closed(self._queue.get(), timeout=_STALL_S)
+            except (StoreError, _APIError, nats.errors.Error, OSError) as e:
+                log.info("watch %r: %s; recreating its consumer", self._prefix, e)
+                await self._reset()
+                await self._back_off()
+                continue
+            if msg is None:
+                if not self._closed:  # silence: no heartbeat either
+                    await self._reset()
+                continue
+            status = _status(msg)
+            if status is not None:
+                if msg.reply:  # flow control: we have taken what came before it
+                    with contextlib.suppress(Exception):
+                        await store._nc.publish(msg.reply, b"")
+                delivered = (msg.headers or {}).get("Nats-Last-Consumer")
+                if delivered is not None and int(delivered) != self._consumer_seq:
+                    await self._reset()  # the server sent something we never got
+                continue
+            try:
+                meta = msg.metadata
+            except Exception:
+                continue
+            if meta.sequence.consumer != self._consumer_seq + 1:
+                await self._reset()
+                continue
+            self._consumer_seq = meta.sequence.consumer
+            seq = self._after = meta.sequence.stream
+            self._failures = 0
+            key = msg.subject[len(store._prefix) :]
+            if not _KEY_RE.match(key) or not key.startswith(self._prefix):
+                continue
+            if self._live_from is not None:
+                if seq <= self._live_from:
+                    if seq not in self._own:
+                        continue  # committed before the call
+                else:
+                    store._starting.discard(self)
+                    self._live_from, self._own = None, set()
+            value = None if _is_delete(msg.headers) else msg.data
+            return Change(key, value, meta.sequence.stream)
+
+    async def _until_closed(self, awaitable: Any, timeout: float | None = None) -> Any:
+        """``await awaitable``, or ``None`` when the watch closes or ``timeout`` passes."""
+        task = asyncio.ensure_future(awaitable)
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {task, closing}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closing.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        return None
+
+    async def _back_off(self) -> None:
+        self._failures += 1
+        delay = min(0.05 * 2 ** min(self._failures, 6), 2.0)
+        await self._until_closed(asyncio.sleep(delay))
+
+    async def _subscribe(self) -> None:
+        store = self._store
+        assert self._after is not None
+        inbox = store._nc.new_inbox()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def receive(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        sub = await store._nc.subscribe(inbox, cb=receive)
+        config = {
+            "deliver_policy": "by_start_sequence",
+            "opt_start_seq": self._after + 1,
+            "ack_policy": "none",
+            "filter_subject": store._prefix + (self._prefix + ">" if self._prefix else ">"),
+            "deliver_subject": inbox,
+            "flow_control": True,
+            "idle_heartbeat": int(_HEARTBEAT_S * 1e9),
+            "mem_storage": True,
+            "num_replicas": 1,
+            "max_deliver": 1,
+            "inactive_threshold": 30_000_000_000,
+        }
+        try:
+            info = await store._api(
+                f"CONSUMER.CREATE.{store._stream}", {"stream_name": store._stream, "config": config}
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            raise
+        self._sub, self._queue, self._consumer = sub, queue, info["name"]
+        self._consumer_seq = 0
+
+    async def _reset(self) -> None:
+        """Drop the consumer; the next iteration creates one at ``after + 1``."""
+        sub, consumer = self._sub, self._consumer
+        self._sub = self._consumer = None
+        self._queue = asyncio.Queue()
+        self.recreated += 1
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if consumer is not None and not self._store._closed:
+            with contextlib.suppress(Exception):
+                await self._store._nc.publish(
+                    f"$JS.API.CONSUMER.DELETE.{self._store._stream}.{consumer}", b""
+                )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()
+        self._start.cancel()
+        self._store._watches.discard(self)
+        self._store._starting.discard(self)
+        await self._reset()
