@@ -64,7 +64,8 @@ async def open_peer(store: Store, store_url: str) -> AsyncIterator[OpenPeer]:
     """Open another store object on the same data, as a second process would.
 
     For SQLite a separate opening of the same file (own connections, own
-    writer thread), for NATS another connection to the same bucket; ``memory://`` cannot be shared, so it is the same object.
+    writer thread), for NATS another connection to the same bucket;
+    ``memory://`` cannot be shared, so it is the same object.
     """
     peers: list[Store] = []
 
