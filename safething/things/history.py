@@ -301,8 +301,8 @@ class Archive:
             )
 
     def _md(self) -> MutableData:
-        a = self._thing.addresses.history
-        return self._thing.client.md(a.name, a.tag)
+        """The history MD, pinned to the thing and its owner like the thing's other MDs."""
+        return self._thing._md("history")
 
     async def restore(self, levels: dict[bytes, tuple[str, str, str | None, int]]) -> None:
         """At register: find what is archived and take the ring's newer values as pending.
