@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -40,6 +41,7 @@ __all__ = [
     "nats_cluster",
     "nats_server",
     "server_binary",
+    "unique_bucket",
 ]
 
 MIN_VERSION = (2, 12, 0)
@@ -49,6 +51,11 @@ MAX_PAYLOAD = 8 * 1024 * 1024
 """``max_payload`` of the servers started here: a 1 MiB chunk plus headers fits."""
 
 _START_TIMEOUT_S = 30.0
+
+
+def unique_bucket() -> str:
+    """A bucket name no other test shares (``?bucket=`` of a ``nats://`` URL)."""
+    return f"t{secrets.token_hex(6)}"
 
 
 def free_port() -> int:

@@ -1,18 +1,24 @@
-"""An attacker with write access to the SQLite file, bypassing every client.
+"""An attacker with write access to the store, bypassing every client.
 
-Each test writes something bad straight into the database with the sqlite3
-module and checks that a reader refuses it with a clear error and returns
-none of it as data.
+Each test writes something bad straight into the store, behind the store API:
+into the SQLite file with the sqlite3 module, or into the NATS buckets with a
+plain NATS client of its own (a publish on ``$KV.<bucket>.<key>``, no
+compare-and-set, no safething code), and checks that a reader refuses it with
+a clear error and returns none of it as data.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import cbor2
+import nats
+import nats.aio.client
 import pytest
 
 from safething.errors import (
@@ -34,36 +40,125 @@ from safething.net import (
 )
 from safething.net.mutable import EntryRecord
 from safething.store import Store, open_store
+from safething.store.nats_testing import NatsServer, unique_bucket
 
 NAME = XorName.of("greenhouse-01")
 
 
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with await open_store(f"sqlite://{tmp_path}/vault.db") as s:
-        yield s
+class Raw:
+    """The attacker's own access to the stored bytes."""
+
+    async def get(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    async def put(self, key: str, value: bytes) -> None:
+        """Overwrite (or add) a record behind the clients' backs."""
+        raise NotImplementedError
+
+    async def get_chunk(self, address: str) -> bytes:
+        raise NotImplementedError
+
+    async def put_chunk(self, address: str, data: bytes) -> None:
+        raise NotImplementedError
+
+
+class RawSQLite(Raw):
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=10)
+
+    async def get(self, key: str) -> bytes:
+        row = self.db.execute("SELECT value FROM records WHERE key = ?", (key,)).fetchone()
+        assert row is not None, key
+        return bytes(row[0])
+
+    async def put(self, key: str, value: bytes) -> None:
+        self.db.execute(
+            "INSERT INTO records(key, value, rev) VALUES (?, ?, 999999) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, rev = rev + 1000000",
+            (key, value),
+        )
+
+    async def get_chunk(self, address: str) -> bytes:
+        row = self.db.execute("SELECT data FROM chunks WHERE address = ?", (address,)).fetchone()
+        return bytes(row[0])
+
+    async def put_chunk(self, address: str, data: bytes) -> None:
+        self.db.execute("UPDATE chunks SET data = ? WHERE address = ?", (data, address))
+
+
+class RawNats(Raw):
+    """A plain nats-py connection publishing into the buckets' subjects."""
+
+    def __init__(self, client: nats.aio.client.Client, bucket: str) -> None:
+        self.nc = client
+        self.bucket = bucket
+
+    async def _publish(self, subject: str, value: bytes) -> None:
+        reply = await self.nc.request(subject, value, timeout=10)
+        assert "error" not in json.loads(reply.data), reply.data
+
+    async def _get(self, stream: str, subject: str) -> bytes:
+        reply = await self.nc.request(
+            f"$JS.API.STREAM.MSG.GET.{stream}",
+            json.dumps({"last_by_subj": subject}).encode(),
+            timeout=10,
+        )
+        return base64.b64decode(json.loads(reply.data)["message"].get("data", ""))
+
+    @staticmethod
+    def _chunk_token(address: str) -> str:
+        return base64.urlsafe_b64encode(address.encode()).decode().rstrip("=")
+
+    async def get(self, key: str) -> bytes:
+        return await self._get(f"KV_{self.bucket}", f"$KV.{self.bucket}.{key}")
+
+    async def put(self, key: str, value: bytes) -> None:
+        await self._publish(f"$KV.{self.bucket}.{key}", value)
+
+    async def get_chunk(self, address: str) -> bytes:
+        chunks = f"{self.bucket}-chunks"
+        return await self._get(f"KV_{chunks}", f"$KV.{chunks}.{self._chunk_token(address)}")
+
+    async def put_chunk(self, address: str, data: bytes) -> None:
+        await self._publish(f"$KV.{self.bucket}-chunks.{self._chunk_token(address)}", data)
+
+
+@pytest.fixture(params=["sqlite", "nats"])
+def attacked_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/vault.db"
+    server: NatsServer = request.getfixturevalue("nats_single")
+    return f"{server.url}?bucket={unique_bucket()}"
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(tmp_path / "vault.db", isolation_level=None, timeout=10)
-    yield conn  # type: ignore[misc]
-    conn.close()
+async def attacked(attacked_url: str, tmp_path: Path) -> AsyncIterator[tuple[Store, Raw]]:
+    """A store and the attacker's raw access to what it holds."""
+    async with await open_store(attacked_url) as s:
+        if attacked_url.startswith("sqlite"):
+            raw_sqlite = RawSQLite(tmp_path / "vault.db")
+            try:
+                yield s, raw_sqlite
+            finally:
+                raw_sqlite.db.close()
+            return
+        server, _, bucket = attacked_url.partition("?bucket=")
+        client = await nats.connect(server)
+        try:
+            yield s, RawNats(client, bucket)
+        finally:
+            await client.close()
 
 
-def raw_get(db: sqlite3.Connection, key: str) -> bytes:
-    row = db.execute("SELECT value FROM records WHERE key = ?", (key,)).fetchone()
-    assert row is not None, key
-    return bytes(row[0])
+@pytest.fixture
+def sqlite_store(attacked: tuple[Store, Raw]) -> Store:
+    """The attacked store (SQLite or NATS; the name predates the NATS backend)."""
+    return attacked[0]
 
 
-def raw_put(db: sqlite3.Connection, key: str, value: bytes) -> None:
-    """Overwrite (or add) a record behind the clients' backs."""
-    db.execute(
-        "INSERT INTO records(key, value, rev) VALUES (?, ?, 999999) "
-        "ON CONFLICT(key) DO UPDATE SET value = excluded.value, rev = rev + 1000000",
-        (key, value),
-    )
+@pytest.fixture
+def db(attacked: tuple[Store, Raw]) -> Raw:
+    return attacked[1]
 
 
 async def setup_md(store: Store, owner: Identity) -> Client:
@@ -75,15 +170,15 @@ async def setup_md(store: Store, owner: Identity) -> Client:
 
 
 async def test_forged_entry_signature(
-    sqlite_store: Store, db: sqlite3.Connection, caplog: pytest.LogCaptureFixture
+    sqlite_store: Store, db: Raw, caplog: pytest.LogCaptureFixture
 ) -> None:
     alice = Identity.generate()
     await setup_md(sqlite_store, alice)
     md = Client(sqlite_store).md(NAME, TAG_THING, owner=alice.public_sign_key)
     key = md.address.entry_key(b"valve")
-    genuine = cbor2.loads(raw_get(db, key))
+    genuine = cbor2.loads(await db.get(key))
     genuine["v"] = b"open"  # same signature, different value
-    raw_put(db, key, cbor2.dumps(genuine))
+    await db.put(key, cbor2.dumps(genuine))
     with (
         caplog.at_level(logging.WARNING, logger="safething.net"),
         pytest.raises(TamperedDataError, match=r"forged entry \(bad signature\)"),
@@ -97,9 +192,7 @@ async def test_forged_entry_signature(
         await md.entries()
 
 
-async def test_entry_signed_by_a_key_without_permission(
-    sqlite_store: Store, db: sqlite3.Connection
-) -> None:
+async def test_entry_signed_by_a_key_without_permission(sqlite_store: Store, db: Raw) -> None:
     alice, mallory = Identity.generate(), Identity.generate()
     await setup_md(sqlite_store, alice)
     md = Client(sqlite_store).md(NAME, TAG_THING)
@@ -111,22 +204,22 @@ async def test_entry_signed_by_a_key_without_permission(
         stored_value=b"open valve",
         version=0,
     )
-    raw_put(db, md.address.entry_key(b"command"), forged.to_bytes())
+    await db.put(md.address.entry_key(b"command"), forged.to_bytes())
     with pytest.raises(TamperedDataError, match="lacks insert permission"):
         await md.get("command")
     assert b"command" not in await md.entries(skip_tampered=True)
 
 
-async def test_replayed_older_version(sqlite_store: Store, db: sqlite3.Connection) -> None:
+async def test_replayed_older_version(sqlite_store: Store, db: Raw) -> None:
     alice = Identity.generate()
     writer = await setup_md(sqlite_store, alice)
     wmd = writer.md(NAME, TAG_THING)
     key = wmd.address.entry_key(b"valve")
-    old = raw_get(db, key)  # version 0, validly signed
+    old = await db.get(key)  # version 0, validly signed
     await wmd.update("valve", b"open")
     reader = Client(sqlite_store).md(NAME, TAG_THING, owner=alice.public_sign_key)
     assert (await reader.get("valve")).version == 1
-    raw_put(db, key, old)  # roll the entry back
+    await db.put(key, old)  # roll the entry back
     with pytest.raises(TamperedDataError, match="went back from version 1 to 0"):
         await reader.get("valve")
     # the writer notices too: it builds on the version it verified, not on the replayed
@@ -137,9 +230,7 @@ async def test_replayed_older_version(sqlite_store: Store, db: sqlite3.Connectio
     assert (await reader.get("valve")).value == b"closed"
 
 
-async def test_permission_set_not_signed_by_an_owner(
-    sqlite_store: Store, db: sqlite3.Connection
-) -> None:
+async def test_permission_set_not_signed_by_an_owner(sqlite_store: Store, db: Raw) -> None:
     alice, mallory = Identity.generate(), Identity.generate()
     await setup_md(sqlite_store, alice)
     md = Client(sqlite_store).md(NAME, TAG_THING)
@@ -152,25 +243,25 @@ async def test_permission_set_not_signed_by_an_owner(
         header.version + 1,
         header.private,
     )
-    doc = cbor2.loads(raw_get(db, md.address.header_key))
+    doc = cbor2.loads(await db.get(md.address.header_key))
     doc.update(
         perms=PermissionSet({mallory.public_sign_key: Action.all()}).to_wire(),
         ver=header.version + 1,
         by=mallory.public_sign_key.value,
         sig=mallory.sign_key.sign(part),
     )
-    raw_put(db, md.address.header_key, cbor2.dumps(doc))
+    await db.put(md.address.header_key, cbor2.dumps(doc))
     fresh = Client(sqlite_store).md(NAME, TAG_THING)
     with pytest.raises(TamperedDataError, match="who is not an owner"):
         await fresh.get("valve")
     # a header whose signature does not cover its content
     doc.update(by=alice.public_sign_key.value)
-    raw_put(db, md.address.header_key, cbor2.dumps(doc))
+    await db.put(md.address.header_key, cbor2.dumps(doc))
     with pytest.raises(TamperedDataError, match="bad owner signature"):
         await Client(sqlite_store).md(NAME, TAG_THING).entries()
 
 
-async def test_owner_substitution(sqlite_store: Store, db: sqlite3.Connection) -> None:
+async def test_owner_substitution(sqlite_store: Store, db: Raw) -> None:
     alice, mallory = Identity.generate(), Identity.generate()
     await setup_md(sqlite_store, alice)
     reader = Client(sqlite_store).md(NAME, TAG_THING)
@@ -183,7 +274,7 @@ async def test_owner_substitution(sqlite_store: Store, db: sqlite3.Connection) -
         version=5,
         private=False,
     )
-    raw_put(db, reader.address.header_key, fake.to_bytes())
+    await db.put(reader.address.header_key, fake.to_bytes())
     # refused and counted; the reader carries on with the header it trusts
     before = reader.client.tampered_count
     assert (await reader.get("valve")).signer == alice.public_sign_key
@@ -194,67 +285,65 @@ async def test_owner_substitution(sqlite_store: Store, db: sqlite3.Connection) -
         await pinned.get("valve")
 
 
-async def test_records_moved_between_addresses(sqlite_store: Store, db: sqlite3.Connection) -> None:
+async def test_records_moved_between_addresses(sqlite_store: Store, db: Raw) -> None:
     alice = Identity.generate()
     client = await setup_md(sqlite_store, alice)
     other = await client.create_md(XorName.of("other"), TAG_THING)
     md = client.md(NAME, TAG_THING)
     # another MD's header under this address
-    raw_put(db, md.address.header_key, raw_get(db, other.address.header_key))
+    await db.put(md.address.header_key, await db.get(other.address.header_key))
     with pytest.raises(TamperedDataError, match="header of another MD"):
         await Client(sqlite_store).md(NAME, TAG_THING).get("valve")
 
 
-async def test_entry_copied_under_another_key(sqlite_store: Store, db: sqlite3.Connection) -> None:
+async def test_entry_copied_under_another_key(sqlite_store: Store, db: Raw) -> None:
     alice = Identity.generate()
     await setup_md(sqlite_store, alice)
     md = Client(sqlite_store).md(NAME, TAG_THING)
-    raw_put(db, md.address.entry_key(b"moisture"), raw_get(db, md.address.entry_key(b"valve")))
+    await db.put(md.address.entry_key(b"moisture"), await db.get(md.address.entry_key(b"valve")))
     with pytest.raises(TamperedDataError, match="another entry"):
         await md.get("moisture")
     with pytest.raises(TamperedDataError, match="stored under another key"):
         await md.entries()
 
 
-async def test_malformed_and_future_records(sqlite_store: Store, db: sqlite3.Connection) -> None:
+async def test_malformed_and_future_records(sqlite_store: Store, db: Raw) -> None:
     alice = Identity.generate()
     await setup_md(sqlite_store, alice)
     md = Client(sqlite_store).md(NAME, TAG_THING)
-    raw_put(db, md.address.entry_key(b"valve"), b"\xff\x00garbage")
+    await db.put(md.address.entry_key(b"valve"), b"\xff\x00garbage")
     with pytest.raises(MalformedRecordError, match="not valid CBOR"):
         await md.get("valve")
-    raw_put(db, md.address.entry_key(b"valve"), cbor2.dumps({"f": 99, "t": "entry"}))
+    await db.put(md.address.entry_key(b"valve"), cbor2.dumps({"f": 99, "t": "entry"}))
     with pytest.raises(FormatVersionError, match="upgrade safething"):
         await md.get("valve")
-    raw_put(db, md.address.entry_key(b"valve"), cbor2.dumps({"f": 1, "t": "entry", "k": 5}))
+    await db.put(md.address.entry_key(b"valve"), cbor2.dumps({"f": 1, "t": "entry", "k": 5}))
     with pytest.raises(MalformedRecordError, match="'k' is missing or invalid"):
         await md.get("valve")
-    raw_put(db, md.address.header_key, cbor2.dumps([1, 2, 3]))
+    await db.put(md.address.header_key, cbor2.dumps([1, 2, 3]))
     with pytest.raises(MalformedRecordError, match="not a map"):
         await Client(sqlite_store).md(NAME, TAG_THING).get("moisture")
 
 
-async def test_private_md_ciphertext_swapped(sqlite_store: Store, db: sqlite3.Connection) -> None:
+async def test_private_md_ciphertext_swapped(sqlite_store: Store, db: Raw) -> None:
     alice = Identity.generate()
     client = Client(sqlite_store, alice)
     md = await client.create_md(NAME, TAG_THING, private=True)
     await md.insert("a", b"1")
     await md.insert("b", b"2")
     keys = [r.key for r in await sqlite_store.scan(md.address.entry_prefix)]
-    raw_put(db, keys[0], raw_get(db, keys[1]))
+    await db.put(keys[0], await db.get(keys[1]))
     reader = Client(sqlite_store).md(NAME, TAG_THING, secret=md.secret)
     entries = await reader.entries(skip_tampered=True)
     assert len(entries) == 1
     assert reader.client.tampered_count == 1
 
 
-async def test_corrupted_chunk_in_a_blob(sqlite_store: Store, db: sqlite3.Connection) -> None:
+async def test_corrupted_chunk_in_a_blob(sqlite_store: Store, db: Raw) -> None:
     data = bytes(range(256)) * 5000
     ref = await put_blob(sqlite_store, data)
-    raw_map = cbor2.loads(
-        db.execute("SELECT data FROM chunks WHERE address = ?", (ref.address.hex(),)).fetchone()[0]
-    )
+    raw_map = cbor2.loads(await db.get_chunk(ref.address.hex()))
     first = raw_map["chunks"][0][0].hex()
-    db.execute("UPDATE chunks SET data = ? WHERE address = ?", (b"evil firmware", first))
+    await db.put_chunk(first, b"evil firmware")
     with pytest.raises(TamperedDataError, match="does not match its address"):
         await get_blob(sqlite_store, ref)

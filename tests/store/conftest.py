@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from safething.store import Store, open_store
-from safething.store.nats_testing import NatsCluster, NatsServer, nats_cluster, nats_server
+from safething.store.nats_testing import NatsCluster, NatsServer, unique_bucket
 
 OpenPeer = Callable[[], Awaitable[Store]]
 
 BACKENDS = ["memory", "sqlite", "nats", "nats-r3"]
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def nats_single(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsServer]:
-    """One nats-server for the whole run; each test takes its own bucket."""
-    async with nats_server(tmp_path_factory.mktemp("nats")) as server:
-        yield server
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def nats_r3(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[NatsCluster]:
-    """A 3-node JetStream cluster for the whole run; each test takes its own bucket."""
-    async with nats_cluster(tmp_path_factory.mktemp("nats-cluster")) as cluster:
-        yield cluster
-
-
-def unique_bucket() -> str:
-    return f"t{secrets.token_hex(6)}"
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,4 +1,5 @@
-"""A separate process that holds the SQLite file and no key of the thing or its owner."""
+"""A separate process that holds the store (the SQLite file, or a login to the NATS
+server) and no key of the thing or its owner."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from safething.net import Identity
+from safething.store.nats_testing import NatsServer, unique_bucket
 from safething.things import ActionRequest, Thing
 
 from .conftest import garden_description
@@ -44,8 +48,15 @@ ATTACKER = textwrap.dedent(
 )
 
 
-async def test_a_process_with_only_the_store(tmp_path: Path) -> None:
-    url = f"sqlite://{tmp_path}/vault.db"
+@pytest.fixture(params=["sqlite", "nats"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/vault.db"
+    server: NatsServer = request.getfixturevalue("nats_single")
+    return f"{server.url}?bucket={unique_bucket()}"
+
+
+async def test_a_process_with_only_the_store(url: str) -> None:
     owner, device = Identity.generate(), Identity.generate()
     ran: list[str] = []
 
