@@ -235,6 +235,7 @@ class Client(AsyncResource):
         pins = self._pins.get(address.header_key)
         if pins is None:
             pins = self._pins[address.header_key] = _Pins()
+            self.trust.preload(address.entry_prefix)
         return pins
 
     def _tampered(self, error: TamperedDataError) -> TamperedDataError:

@@ -18,10 +18,11 @@ alone keeps everything in memory only: a restart forgets it.
 ``TrustState.open(path)`` keeps it in an SQLite file (mode 0600); every
 object opened on one path in one process shares one connection.
 
-Writes are batched: a change is written at the end of the event-loop step
-that made it (one transaction for all changes of that step), and at once
-by :meth:`sync`, which a thing calls before it acts on a request. A crash
-can forget only the changes of the last step that had not been written.
+Writes are batched: a header, a processed id or a named value is written at
+the end of the event-loop step that made it, entry marks within 50 ms (one
+transaction for many reads), and everything at once by :meth:`sync`, which
+a thing calls before it acts on a request. A crash can forget only the
+entry marks of those last 50 ms.
 
 When the file is lost (a fresh Pi, a wiped card), :attr:`created` is the
 time the new, empty state was made: a thing then rejects requests issued
@@ -58,6 +59,8 @@ CREATE TABLE IF NOT EXISTS processed (
     scope TEXT NOT NULL, id TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (scope, id));
 """
 _PRUNE_EVERY_S = 60.0
+_ENTRY_DELAY_S = 0.05
+"""Entry marks are written at most this long after they changed (batched across reads)."""
 _CACHE_MAX = 200_000
 """Entry marks a durable state caches in memory before it drops the written ones."""
 
@@ -151,7 +154,8 @@ class TrustState:
         self._dirty_processed: set[tuple[str, str]] = set()
         self._dirty_values: set[str] = set()
         self._forgotten: set[str] = set()
-        self._scheduled = False
+        self._scheduled = ""
+        self._loaded: set[str] = set()
         self._pruned = 0.0
         self._closed = False
 
@@ -198,28 +202,52 @@ class TrustState:
         version = self._entries.get(key)
         if version is None:
             version = -1
-            if self._file is not None:
+            if self._file is not None and key[: key.rfind(".") + 1] not in self._loaded:
                 row = self._query("SELECT version FROM entries WHERE key = ?", (key,))
                 if row is not None:
                     version = int(row[0])
-            if self._file is not None and len(self._entries) >= _CACHE_MAX:  # all in the file
-                self._entries = {k: self._entries[k] for k in self._dirty_entries}
+            self._cache_room()
             self._entries[key] = version
         return version
+
+    def _cache_room(self) -> None:
+        if self._file is not None and len(self._entries) >= _CACHE_MAX:  # all in the file
+            self._entries = {k: self._entries[k] for k in self._dirty_entries}
+            self._loaded.clear()
+
+    def preload(self, prefix: str) -> None:
+        """Read the marks of every entry under ``prefix`` (ending in ``.``) in one query,
+        so that lookups of entries never seen under it need none."""
+        if self._file is None or prefix in self._loaded:
+            return
+        self._cache_room()
+        assert self._file is not None
+        try:
+            with self._file.lock:
+                rows = self._file.db.execute(
+                    "SELECT key, version FROM entries WHERE key >= ? AND key < ?",
+                    (prefix, prefix[:-1] + "/"),
+                ).fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the trust state file {self._file.path}: {e}") from e
+        for key, version in rows:
+            if key not in self._dirty_entries and key not in self._forgotten:
+                self._entries[key] = int(version)
+        self._loaded.add(prefix)
 
     def set_entry_version(self, key: str, version: int) -> None:
         if version > self.entry_version(key):
             self._entries[key] = version
             self._dirty_entries.add(key)
             self._forgotten.discard(key)
-            self._schedule()
+            self._schedule(_ENTRY_DELAY_S)
 
     def forget_entry(self, key: str) -> None:
         """Drop the mark of an entry removed for good (purged; its key may be reused)."""
         self._entries[key] = -1
         self._dirty_entries.discard(key)
         self._forgotten.add(key)
-        self._schedule()
+        self._schedule(_ENTRY_DELAY_S)
 
     # --- processed requests ------------------------------------------------------
 
@@ -257,20 +285,32 @@ class TrustState:
 
     # --- writing -----------------------------------------------------------------
 
-    def _schedule(self) -> None:
-        if self._file is None or self._scheduled:
+    def _schedule(self, delay: float = 0.0) -> None:
+        """Write soon: at the end of this event-loop step (headers, processed ids, values),
+        or within ``delay`` seconds (entry marks: one transaction for many reads)."""
+        if self._file is None or self._scheduled == "soon":
+            return
+        if delay and self._scheduled == "later":
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.sync()
             return
-        self._scheduled = True
-        loop.call_soon(self.sync)
+        if delay:
+            self._scheduled = "later"
+            loop.call_later(delay, self._flush_later)
+        else:
+            self._scheduled = "soon"
+            loop.call_soon(self.sync)
+
+    def _flush_later(self) -> None:
+        if self._scheduled == "later":
+            self.sync()
 
     def sync(self) -> None:
         """Write every pending change now (one transaction)."""
-        self._scheduled = False
+        self._scheduled = ""
         file = self._file
         if file is None or self._closed:
             return
