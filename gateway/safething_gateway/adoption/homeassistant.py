@@ -370,7 +370,7 @@ def _entity(
 
 
 @dataclass(eq=False)
-class _Device(AdoptedDevice):
+class _HaDevice(AdoptedDevice):
     key: str
     info: dict[str, Any] = field(default_factory=dict)
     origin: dict[str, Any] = field(default_factory=dict)
@@ -410,7 +410,7 @@ class HomeAssistantAdopter(MqttAdopter):
             control=control,
         )
         self.discovery_prefix = discovery_prefix.rstrip("/")
-        self._devices: dict[str, _Device] = {}
+        self._devices: dict[str, _HaDevice] = {}
         self._by_source: dict[str, list[_Entity]] = {}
         self._state_index: dict[str, list[_Entity]] = {}
         self._avail_index: dict[str, list[tuple[str, _Availability]]] = {}
@@ -493,7 +493,7 @@ class HomeAssistantAdopter(MqttAdopter):
     def _learn_device(self, key: str, config: Mapping[str, Any]) -> None:
         device = self._devices.get(key)
         if device is None:
-            device = self._devices[key] = _Device(key, thing_id=thing_id_for("ha", key))
+            device = self._devices[key] = _HaDevice(key, thing_id=thing_id_for("ha", key))
         if isinstance(config.get("device"), Mapping):
             device.info.update(config["device"])
         if isinstance(config.get("origin"), Mapping):
@@ -568,7 +568,7 @@ class HomeAssistantAdopter(MqttAdopter):
             if device is not None:
                 await self._flush(device)
 
-    def _availability(self, device: _Device, a: _Availability, text: str) -> bool:
+    def _availability(self, device: _HaDevice, a: _Availability, text: str) -> bool:
         try:
             value = jinja_text(a.template.render(text)) if a.template else text
         except TemplateError as e:
@@ -589,7 +589,7 @@ class HomeAssistantAdopter(MqttAdopter):
         entity.fresh = True
         return True
 
-    async def _flush(self, device: _Device) -> None:
+    async def _flush(self, device: _HaDevice) -> None:
         """Write the values that arrived since the last write (unless a rebuild is due)."""
         if self.live_thing(device) is None:
             return
@@ -627,7 +627,7 @@ class HomeAssistantAdopter(MqttAdopter):
         self._install(device, thing)
         await self._flush(device)
 
-    def _meta(self, device: _Device) -> dict[str, Any]:
+    def _meta(self, device: _HaDevice) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "identifier": device.key,
             "discovery": sorted({e.source for e in device.entities.values()}),
@@ -639,7 +639,7 @@ class HomeAssistantAdopter(MqttAdopter):
             meta["origin"] = device.origin["name"]
         return meta
 
-    def _describe(self, device: _Device) -> ThingDescription:
+    def _describe(self, device: _HaDevice) -> ThingDescription:
         names = UniqueNames(("available", "manufacturer", "model", "sw_version", "hw_version"))
         attributes: list[Attribute] = []
         for key in ("manufacturer", "model", "sw_version", "hw_version"):
@@ -752,7 +752,7 @@ class HomeAssistantAdopter(MqttAdopter):
 
     # --- commands -------------------------------------------------------------------------
 
-    def _install(self, device: _Device, thing: Thing) -> None:
+    def _install(self, device: _HaDevice, thing: Thing) -> None:
         key = device.key
         for action in thing.description.actions:
             if action.name in ("TurnOn", "TurnOff"):

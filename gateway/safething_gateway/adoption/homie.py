@@ -170,7 +170,7 @@ def _camel(name: str) -> str:
 
 
 @dataclass(eq=False)
-class _Device(AdoptedDevice):
+class _HomieDevice(AdoptedDevice):
     version: int
     id: str
     root: str
@@ -218,7 +218,7 @@ class HomieAdopter(MqttAdopter):
             control=control,
         )
         self.base = base.rstrip("/")
-        self._devices: dict[tuple[int, str], _Device] = {}
+        self._devices: dict[tuple[int, str], _HomieDevice] = {}
 
     def topics(self) -> list[str]:
         return [f"{self.base}/#"]
@@ -261,19 +261,19 @@ class HomieAdopter(MqttAdopter):
         elif len(rest) == 2 and not rest[1].startswith("$"):
             await self._on_value(device, (rest[0], rest[1]), text)
 
-    def _device(self, version: int, device_id: str, text: str) -> _Device | None:
+    def _device(self, version: int, device_id: str, text: str) -> _HomieDevice | None:
         key = (version, device_id)
         device = self._devices.get(key)
         if device is None:
             if not text:
                 return None  # a device we never saw, being cleared
             root = f"{self.base}/5/{device_id}" if version == 5 else f"{self.base}/{device_id}"
-            device = self._devices[key] = _Device(
+            device = self._devices[key] = _HomieDevice(
                 version, device_id, root, thing_id=thing_id_for("homie", device_id)
             )
         return device
 
-    async def _on_state(self, device: _Device, text: str) -> None:
+    async def _on_state(self, device: _HomieDevice, text: str) -> None:
         if not text:
             if device.version == 5:  # v5 removes a device by clearing $state and $description
                 device.document = None
@@ -286,7 +286,7 @@ class HomieAdopter(MqttAdopter):
         device.state_fresh = True
         await self._flush(device)
 
-    def _on_description(self, device: _Device, text: str) -> None:
+    def _on_description(self, device: _HomieDevice, text: str) -> None:
         if not text:
             device.document = None
         else:
@@ -300,11 +300,11 @@ class HomieAdopter(MqttAdopter):
             device.document = document
         self._schedule(device)
 
-    async def _on_value(self, device: _Device, key: tuple[str, str], text: str) -> None:
+    async def _on_value(self, device: _HomieDevice, key: tuple[str, str], text: str) -> None:
         device.raw[key] = text
         await self._flush(device)
 
-    async def _flush(self, device: _Device) -> None:
+    async def _flush(self, device: _HomieDevice) -> None:
         thing = self.live_thing(device)
         if thing is None:
             return
@@ -341,7 +341,7 @@ class HomieAdopter(MqttAdopter):
 
     # --- (re)building ---------------------------------------------------------------------
 
-    def _schedule(self, device: _Device) -> None:
+    def _schedule(self, device: _HomieDevice) -> None:
         self.schedule(device, functools.partial(self._rebuild, (device.version, device.id)))
 
     async def _rebuild(self, key: tuple[int, str]) -> None:
@@ -375,7 +375,7 @@ class HomieAdopter(MqttAdopter):
         device.state_fresh = device.state is not None
         await self._flush(device)
 
-    def _model(self, device: _Device) -> tuple[str, str, list[_Prop]] | None:
+    def _model(self, device: _HomieDevice) -> tuple[str, str, list[_Prop]] | None:
         """(name, Homie version, properties), or None when the device is not (or no longer)
         announced."""
         if device.version == 5:
@@ -436,7 +436,7 @@ class HomieAdopter(MqttAdopter):
         return attrs.get("$name") or device.id, attrs["$homie"], props
 
     def _describe(
-        self, device: _Device, title: str, version: str, props: list[_Prop]
+        self, device: _HomieDevice, title: str, version: str, props: list[_Prop]
     ) -> ThingDescription:
         names = UniqueNames(("state", "homie"))
         counts: dict[str, int] = {}
@@ -517,7 +517,7 @@ class HomieAdopter(MqttAdopter):
 
     # --- commands -----------------------------------------------------------------------
 
-    def _install(self, device: _Device, thing: Thing) -> None:
+    def _install(self, device: _HomieDevice, thing: Thing) -> None:
         key = (device.version, device.id)
         for action, prop_key in device.actions.items():
             thing.on_action(action, self._set_handler(key, prop_key))

@@ -80,15 +80,15 @@ _START_TIMEOUT_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
-class _Sizes(Sampling):
+class _FirmwareSizes(Sampling):
     every_ms: int
     """The device's reading period (``Device.run(every=...)``)."""
     wait_ms: int
     """The device's poll period between readings (``Device.run(wait=...)``)."""
 
 
-def _sizes(ctx: BenchContext) -> _Sizes:
-    return _Sizes(samples=ctx.size(300, 20), warmup=ctx.size(5, 2), every_ms=50, wait_ms=20)
+def _sizes(ctx: BenchContext) -> _FirmwareSizes:
+    return _FirmwareSizes(samples=ctx.size(300, 20), warmup=ctx.size(5, 2), every_ms=50, wait_ms=20)
 
 
 def _checkout(path: Path) -> Path:
@@ -145,7 +145,7 @@ def _moisture(raw: int) -> float:
 class _DeviceProcess:
     """``e2e_device.py`` running the garden example; its ADC samples as they are reported."""
 
-    def __init__(self, config: Path, state: Path, log: Path, sizes: _Sizes) -> None:
+    def __init__(self, config: Path, state: Path, log: Path, sizes: _FirmwareSizes) -> None:
         self.args = [
             str(_checkout(DEVICE)),
             str(config),

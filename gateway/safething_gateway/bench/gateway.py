@@ -106,7 +106,7 @@ _MIB = 1024
 
 
 @dataclass(frozen=True, slots=True)
-class _Sizes(Sampling):
+class _GatewaySizes(Sampling):
     gap_s: float
     """Pause after each sample, raw or through the gateway."""
     devices: int
@@ -121,8 +121,8 @@ class _Sizes(Sampling):
     """Period of the gateway child's progress reports."""
 
 
-def _sizes(ctx: BenchContext) -> _Sizes:
-    return _Sizes(
+def _sizes(ctx: BenchContext) -> _GatewaySizes:
+    return _GatewaySizes(
         samples=ctx.size(300, 20),
         warmup=ctx.size(5, 2),
         gap_s=0.010,
@@ -448,7 +448,7 @@ async def _transport_run(
     things: ThingClient,
     bridges: dict[str, Bridge],
     broker: Mosquitto,
-    sizes: _Sizes,
+    sizes: _GatewaySizes,
 ) -> _Run:
     device_id = f"bench-{transport}-01"
     record = gateway.registry.add(device_id, transport)
@@ -497,7 +497,7 @@ _RAW_PATH = {
 }
 
 
-def _latency_report(transport: str, run: _Run, sizes: _Sizes) -> list[Metric]:
+def _latency_report(transport: str, run: _Run, sizes: _GatewaySizes) -> list[Metric]:
     common = {
         "warmup": sizes.warmup,
         "gap_ms": sizes.gap_s * 1000,
@@ -761,7 +761,7 @@ def _provision(path: Path, count: int) -> list[DeviceLink]:
         registry.close()
 
 
-def _child_args(workdir: Path, url: str, port: int, sizes: _Sizes) -> list[str]:
+def _child_args(workdir: Path, url: str, port: int, sizes: _GatewaySizes) -> list[str]:
     return [
         "--store",
         url,
@@ -777,7 +777,7 @@ def _child_args(workdir: Path, url: str, port: int, sizes: _Sizes) -> list[str]:
 
 
 async def _load_run(
-    child: _GatewayChild, generator: _LoadGenerator, sizes: _Sizes
+    child: _GatewayChild, generator: _LoadGenerator, sizes: _GatewaySizes
 ) -> tuple[float, float, int, list[int], dict[str, Any], dict[str, Any]]:
     """Births, then readings for ``sizes.load_s`` with at most ``sizes.backlog`` unhandled."""
     n = len(generator.links)
@@ -875,7 +875,7 @@ def _mb(kib: object) -> float:
 
 
 def _load_report(
-    run: _LoadRun, restart: _GatewayChild, stored: list[int], sizes: _Sizes
+    run: _LoadRun, restart: _GatewayChild, stored: list[int], sizes: _GatewaySizes
 ) -> list[Metric]:
     n = len(run.per_device)
     total = sum(stored)
