@@ -712,6 +712,8 @@ class Gateway(AsyncResource):
                 await self.send(
                     device_id, f"action/{request.request_id}", body, expires=request.deadline
                 )
+                if self.liveness.online(device_id) is False:  # say so, not a silent wait
+                    await request.progress(None, "the device is offline; queued until it returns")
             while True:
                 remaining = request.deadline - time.time()
                 if remaining <= 0:

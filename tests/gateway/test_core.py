@@ -230,6 +230,15 @@ async def test_availability_of_a_bridged_device(store: Store, registry: Registry
         assert (gone.online, gone.reason) == (False, "inactive")
         handle = await things.request("sensor-01", "OpenValve", psi=40)
         assert handle.offline and "offline" in handle.status.message
+        # the gateway's thing accepts it for the device and says why it waits
+        async with asyncio.timeout(30):
+            async for status in handle.states():
+                if status.message.startswith("the device") or status.final:
+                    break
+        assert (status.state, status.message) == (
+            "running",
+            "the device is offline; queued until it returns",
+        )
         await gateway.handle("sensor-01", "poll", device.message("poll", {}))
         assert (await things.availability("sensor-01")).online is True
     # the gateway stopped: nobody vouches for its devices any more
