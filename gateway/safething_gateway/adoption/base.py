@@ -111,7 +111,7 @@ class MqttAdopter(MqttAdapter):
             **meta,
         }
         if record is None:
-            record = registry.add(thing_id, "adopted", meta=full_meta)
+            record = await registry.call(registry.add, thing_id, "adopted", meta=full_meta)
             log.info("%s: adopted %s (%s)", self.name, thing_id, description.title)
         elif record.transport != "adopted" or record.meta.get("source") != self.source:
             log.error(
@@ -125,11 +125,11 @@ class MqttAdopter(MqttAdapter):
             log.info("%s: %s is revoked; not adopting it again", self.name, thing_id)
             return None
         if record.meta != full_meta:
-            registry.set_meta(thing_id, full_meta)
+            await registry.call(registry.set_meta, thing_id, full_meta)
         doc = description.to_dict()
         thing = await self.gateway.custodial_thing(record, description)
         if record.description != doc:
-            registry.set_description(thing_id, doc)
+            await registry.call(registry.set_description, thing_id, doc)
         if thing.status == "disabled" and record.meta.get("removed"):
             await thing.publish()
             log.info("%s: %s announced itself again; published", self.name, thing_id)
@@ -141,8 +141,8 @@ class MqttAdopter(MqttAdapter):
         record = registry.find(thing_id)
         if record is None or record.meta.get("source") != self.source:
             return
-        registry.set_meta(thing_id, {**record.meta, "removed": True})
-        registry.set_online(thing_id, False)
+        await registry.call(registry.set_meta, thing_id, {**record.meta, "removed": True})
+        await registry.call(registry.set_online, thing_id, False)
         await self.gateway.liveness.mark(thing_id, False, "withdrawn")
         thing = self.gateway.things.get(thing_id)
         if thing is not None and thing.status != "disabled":

@@ -600,7 +600,8 @@ class HomeAssistantAdopter(MqttAdopter):
         if device.available_fresh and device.available is not None:
             device.available_fresh = False
             await self.report(device.thing_id, "available", device.available)
-            self.gateway.registry.set_online(device.thing_id, device.available)
+            registry = self.gateway.registry
+            await registry.call(registry.set_online, device.thing_id, device.available)
             await self.gateway.liveness.mark(
                 device.thing_id, device.available, "" if device.available else "unavailable"
             )

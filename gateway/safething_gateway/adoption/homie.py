@@ -333,7 +333,8 @@ class HomieAdopter(MqttAdopter):
         if device.state_fresh and device.state is not None:
             device.state_fresh = False
             await self.report(device.thing_id, "state", device.state)
-            self.gateway.registry.set_online(device.thing_id, device.state == "ready")
+            registry = self.gateway.registry
+            await registry.call(registry.set_online, device.thing_id, device.state == "ready")
             ready = device.state == "ready"
             await self.gateway.liveness.mark(
                 device.thing_id, ready, "" if ready else f"$state {device.state}"
