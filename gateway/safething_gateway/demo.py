@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from safething.errors import SafeThingError
 from safething.net import Client, Identity
 from safething.resource import Tasks
 from safething.store import Store
@@ -142,7 +143,11 @@ class _SimulatedDevice:
 
     async def _long_poll(self) -> None:
         while True:
-            await self.client.poll(wait=5)
+            try:
+                await self.client.poll(wait=5)
+            except SafeThingError as e:  # refused: say so in one line and poll again
+                self.demo.line("refused", f"{self.link.device_id} poll: {e}")
+                await asyncio.sleep(TICK_S)
 
     async def _sense(self) -> None:
         shown_valve = self.soil.valve
@@ -152,11 +157,14 @@ class _SimulatedDevice:
             reading: dict[str, Any] = {"moisture": value}
             if self.soil.valve != shown_valve:
                 reading["valve"] = shown_valve = self.soil.valve
-            await self.client.reading(reading)
-            if value < DRY_BELOW and self.soil.valve == "closed":
-                await self.client.event("VeryDryAlarm", value)
-            elif value > WET_ABOVE and self.soil.valve == "open":
-                await self.client.event("VeryWetAlarm", value)
+            try:
+                await self.client.reading(reading)
+                if value < DRY_BELOW and self.soil.valve == "closed":
+                    await self.client.event("VeryDryAlarm", value)
+                elif value > WET_ABOVE and self.soil.valve == "open":
+                    await self.client.event("VeryWetAlarm", value)
+            except SafeThingError as e:  # refused by the gateway: one line, keep sensing
+                self.demo.line("refused", f"{self.link.device_id}: {e}")
 
     async def close(self) -> None:
         if self.client is not None:

@@ -143,6 +143,10 @@ def _reader(path: Path | None) -> Identity | None:
     return load_identity(target) if target.exists() else None
 
 
+REPEAT_GRACE_S = 1.0
+"""A second Ctrl-C sooner than this after the first is taken as the same one."""
+
+
 @contextlib.asynccontextmanager
 async def stop_on_interrupt() -> AsyncIterator[asyncio.Event]:
     """An event that Ctrl-C (SIGINT) or SIGTERM sets while the block runs.
@@ -150,15 +154,23 @@ async def stop_on_interrupt() -> AsyncIterator[asyncio.Event]:
     A command that streams until interrupted waits on it and then shuts
     down cleanly (exit 0, no traceback). A second Ctrl-C interrupts at once.
     Where signals cannot be caught (another thread, Windows) the event only
-    gets set by the caller.
+    gets set by the caller. A repeat within ``REPEAT_GRACE_S`` of the first is the
+    same interrupt delivered twice (``timeout`` signals the child and then its
+    process group) and is ignored.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    first: list[float] = []
 
     def on_signal() -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
+        now = loop.time()
+        if not first:
+            first.append(now)
+            stop.set()
+            return
+        if now - first[0] < REPEAT_GRACE_S:
+            return
+        raise KeyboardInterrupt
 
     installed: list[tuple[signal.Signals, Any]] = []
     for sig in (signal.SIGINT, signal.SIGTERM):

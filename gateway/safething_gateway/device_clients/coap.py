@@ -67,6 +67,9 @@ class CoapDevice(AsyncResource):
         self._context: Any = None
         self._observation: Any = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._uplink = asyncio.Lock()
+        """Held from taking a counter until the gateway answered: uplinks reach it in
+        counter order (one that overtook a lower counter would make that one a replay)."""
         self.observing = asyncio.Event()
         """Set while an Observe registration is active."""
 
@@ -83,7 +86,8 @@ class CoapDevice(AsyncResource):
         """Open the client endpoint and announce the device (``birth``)."""
         if self._context is None:
             self._context = await aiocoap.Context.create_client_context(transports=["udp6"])
-        await self.send("birth", self.link.birth())
+        async with self._uplink:
+            await self.send("birth", self.link.birth())
 
     async def close(self) -> None:
         """Stop observing and close the endpoint."""
@@ -102,7 +106,9 @@ class CoapDevice(AsyncResource):
     # --- uplinks -----------------------------------------------------------------------
 
     async def send(self, channel: str, message: bytes) -> Any:
-        """POST one framed uplink; the response, or ``CoapDeviceError``."""
+        """POST one framed uplink; the response, or ``CoapDeviceError``.
+
+        The caller frames ``message``; :meth:`up` frames and sends in counter order."""
         if self._context is None:
             raise RuntimeError("call start() first")
         request = aiocoap.Message(
@@ -115,16 +121,20 @@ class CoapDevice(AsyncResource):
         _raise_for(response)
         return response
 
+    async def up(self, channel: str, body: Any) -> Any:
+        """Frame ``body`` with the next counter and POST it, one uplink at a time."""
+        async with self._uplink:
+            return await self.send(channel, self.link.up(channel, body))
+
     async def reading(self, values: dict[str, Any]) -> None:
-        await self.send("reading", self.link.up("reading", values))
+        await self.up("reading", values)
 
     async def event(self, topic: str, data: Any) -> None:
-        channel = f"event/{topic}"
-        await self.send(channel, self.link.up(channel, data))
+        await self.up(f"event/{topic}", data)
 
     async def poll(self) -> int:
         """Fetch pending downlinks, act on them, send acks and results; how many arrived."""
-        response = await self.send("poll", self.link.up("poll", b""))
+        response = await self.up("poll", b"")
         downlinks = decode_downlinks(response.payload, _format_of(response))
         for channel, data in downlinks:
             await self._handle_down(channel, data)
@@ -139,26 +149,28 @@ class CoapDevice(AsyncResource):
             raise RuntimeError("call start() first")
         if self.observing.is_set():
             return
-        poll = parse_frame(self.link.up("poll", b""))
-        request = aiocoap.Message(
-            code=Code.GET,
-            uri=f"{self.base}/down?c={poll.counter}&m={poll.mac}",
-            observe=0,
-            accept=ContentFormat(self.content_format),
-        )
-        pending = self._context.request(request)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        reader = asyncio.get_running_loop().create_task(
-            self._read(pending.observation, queue), name=f"coap-device:{self.link.device_id}:read"
-        )
-        try:
-            first = await pending.response
-            _raise_for(first)
-        except BaseException:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            raise
+        async with self._uplink:  # the registration carries a counter too
+            poll = parse_frame(self.link.up("poll", b""))
+            request = aiocoap.Message(
+                code=Code.GET,
+                uri=f"{self.base}/down?c={poll.counter}&m={poll.mac}",
+                observe=0,
+                accept=ContentFormat(self.content_format),
+            )
+            pending = self._context.request(request)
+            queue: asyncio.Queue[Any] = asyncio.Queue()
+            reader = asyncio.get_running_loop().create_task(
+                self._read(pending.observation, queue),
+                name=f"coap-device:{self.link.device_id}:read",
+            )
+            try:
+                first = await pending.response
+                _raise_for(first)
+            except BaseException:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+                raise
         self._observation = pending.observation
         self.observing.set()
         queue.put_nowait(first)
@@ -191,14 +203,15 @@ class CoapDevice(AsyncResource):
         self.observing.clear()
 
     async def _handle_down(self, channel: str, data: bytes) -> None:
-        try:
-            uplinks = self.link.handle_down(channel, data)
-        except ProtocolError as e:
-            log.warning("%s: refused downlink on %s: %s", self.link.device_id, channel, e)
-            return
-        self.downlinks_handled += 1
-        for up_channel, message in uplinks:
-            await self.send(up_channel, message)
+        async with self._uplink:  # handle_down takes counters for the acks and results
+            try:
+                uplinks = self.link.handle_down(channel, data)
+            except ProtocolError as e:
+                log.warning("%s: refused downlink on %s: %s", self.link.device_id, channel, e)
+                return
+            self.downlinks_handled += 1
+            for up_channel, message in uplinks:
+                await self.send(up_channel, message)
 
 
 def _format_of(message: Any) -> int:

@@ -8,6 +8,7 @@ Server-Sent Events (:meth:`HttpDevice.stream`). See
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -74,6 +75,9 @@ class HttpDevice(AsyncResource):
         self.timeout = timeout
         self._client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
         self._path = f"/st/v1/devices/{link.device_id}"
+        self._uplink = asyncio.Lock()
+        """Held from taking a counter until the gateway answered, so uplinks arrive in
+        counter order; a long poll holds it only while it is framed (it may wait long)."""
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -94,11 +98,13 @@ class HttpDevice(AsyncResource):
 
     async def send(self, channel: str, body: Any) -> httpx.Response:
         """Frame ``body`` for ``channel`` with the next counter and post it."""
-        return await self._post(channel, self.link.up(channel, body))
+        async with self._uplink:
+            return await self._post(channel, self.link.up(channel, body))
 
     async def start(self) -> None:
         """Announce the device and its description (``birth``)."""
-        await self._post("birth", self.link.birth())
+        async with self._uplink:
+            await self._post("birth", self.link.birth())
 
     async def reading(self, values: dict[str, Any]) -> None:
         await self.send("reading", values)
@@ -109,8 +115,9 @@ class HttpDevice(AsyncResource):
     # --- downlinks -----------------------------------------------------------------
 
     async def _handle(self, channel: str, message: bytes) -> None:
-        for up_channel, up in self.link.handle_down(channel, message):
-            await self._post(up_channel, up)
+        async with self._uplink:  # handle_down takes counters for the acks and results
+            for up_channel, up in self.link.handle_down(channel, message):
+                await self._post(up_channel, up)
 
     async def poll(self, wait: float = 0) -> list[str]:
         """Fetch and act on every waiting downlink (acks and results are sent back).
@@ -120,7 +127,13 @@ class HttpDevice(AsyncResource):
         """
         handled: list[str] = []
         while True:
-            response = await self._post("poll", self.link.up("poll", b""), wait=wait)
+            if wait > 0:
+                async with self._uplink:
+                    poll = self.link.up("poll", b"")
+                response = await self._post("poll", poll, wait=wait)
+            else:
+                async with self._uplink:
+                    response = await self._post("poll", self.link.up("poll", b""))
             if response.status_code == 204:
                 return handled
             channel = response.headers["ST-Channel"]
