@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import hmac
 
+import cbor2
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -24,7 +25,9 @@ from safething_gateway.protocol import (
     TooLargeError,
     UnknownChannelError,
     UnknownDeviceError,
+    decode_body,
     empty_frame,
+    encode_body,
     frame,
     link_keys,
     mac,
@@ -150,3 +153,16 @@ def test_keys_and_frames_cannot_be_changed() -> None:
         keys.mac_up = bytes(32)  # type: ignore[misc]
     for key in (keys.enc_up, keys.mac_up, keys.enc_down, keys.mac_down):
         assert str(key) not in repr(keys) and key.hex() not in repr(keys)
+
+
+def test_bodies_in_json_and_cbor() -> None:
+    value = {"moisture": 12.5, "tags": ["a", "b"], "ok": True}
+    for fmt in ("json", "cbor"):
+        assert decode_body(encode_body(value, fmt), fmt) == value
+    assert encode_body(value, "cbor") == cbor2.dumps(value)
+    assert encode_body(value) == b'{"moisture":12.5,"tags":["a","b"],"ok":true}'
+    assert decode_body(b"", "cbor") is None
+    with pytest.raises(PayloadError, match="body is not valid CBOR"):
+        decode_body(b"\xff\xff", "cbor")
+    with pytest.raises(PayloadError, match="body is not valid JSON"):
+        decode_body(cbor2.dumps(value), "json")
