@@ -289,6 +289,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
         view = await things.view(args.id, refresh=True)
         attributes = [await _attribute(things, view, a) for a in view.description.attributes]
         events, hidden = await _recent_events(things, view)
+        live = await things.availability(args.id)
     d = view.description
     mine = identity is not None and identity.public_sign_key == view.owner.sign_key
     if args.json:
@@ -297,6 +298,7 @@ async def cmd_show(args: argparse.Namespace) -> int:
             "title": d.title,
             "description": d.description,
             "status": view.status,
+            "availability": live.to_dict(),
             "owner": view.owner.sign_key.hex(),
             "thing_key": view.thing.sign_key.hex(),
             "attributes": attributes,
@@ -311,6 +313,9 @@ async def cmd_show(args: argparse.Namespace) -> int:
     if d.description:
         out(f"  {d.description}")
     out(f"status:    {view.status}")
+    seen = f", last seen {clock(live.last_seen)}" if live.last_seen is not None else ""
+    why = f" ({live.reason})" if live.reason else ""
+    out(f"available: {live.state}{why}{seen}")
     out(f"owner:     {view.owner.sign_key.hex()}{'  (you)' if mine else ''}")
     out(f"thing key: {view.thing.sign_key.hex()}")
     out("attributes:")

@@ -113,6 +113,7 @@ async def test_show_values_events_and_encrypted_ones(
     code, out, _ = await cli(capsys, "thing", "show", "garden-01")
     assert code == 0
     assert "status:    registered" in out
+    assert "available: online, last seen " in out
     assert "(you)" in out
     assert "moisture     41.5 %  (seq 1, " in out
     assert "secret_code  1234  (seq 1" in out
