@@ -87,7 +87,7 @@ def test_shell_block_runs_as_written(block: Block, tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,  # a hang guard only
+        timeout=900,  # a hang guard only: a block that runs longer needs a skip mark
     )
     assert result.returncode == 0, (
         f"{block.name} failed ({result.returncode}):\n{block.code}\n"
