@@ -54,6 +54,7 @@ GATEWAY_CORE = [
     "tests/gateway/test_store_outage.py",
 ]
 TARGETS: dict[str, list[str]] = {
+    "safething/net/records.py": NET,
     "safething/net/mutable.py": NET,
     "safething/net/keys.py": NET,
     "safething/net/permissions.py": NET,

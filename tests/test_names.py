@@ -58,3 +58,21 @@ def test_the_gateway_package_exports_its_public_api() -> None:
     from safething_gateway.core import Gateway
 
     assert safething_gateway.Gateway is Gateway
+
+
+@pytest.mark.parametrize(
+    ("old", "name", "new"),
+    [
+        ("safething.net.client", "MutableData", "safething.net.mutable"),
+        ("safething.net.client", "EntryWatch", "safething.net.mutable"),
+        ("safething.net.mutable", "MDHeader", "safething.net.records"),
+        ("safething.net.mutable", "EntryRecord", "safething.net.records"),
+    ],
+)
+def test_a_moved_attribute_still_resolves_with_a_deprecation_warning(
+    old: str, name: str, new: str
+) -> None:
+    module = importlib.import_module(old)
+    with pytest.warns(DeprecationWarning, match=f"{new}.{name}".replace(".", r"\.")):
+        value = getattr(module, name)
+    assert value is getattr(importlib.import_module(new), name)

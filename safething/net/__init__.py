@@ -1,6 +1,6 @@
 """The data network: names, keys, signed MutableData, ImmutableData, public names."""
 
-from safething.net.client import Client, EntryWatch, MutableData
+from safething.net.client import Client
 from safething.net.identity import Identity, PublicIdentity
 from safething.net.immutable import BlobRef, get_blob, get_chunk, put_blob, put_chunk
 from safething.net.keys import (
@@ -10,7 +10,10 @@ from safething.net.keys import (
     SecretKey,
     SigningKey,
 )
-from safething.net.mutable import (
+from safething.net.mutable import EntryWatch, MutableData
+from safething.net.names import PublicNames, parse_safe_url
+from safething.net.permissions import ANYONE, Action, PermissionSet
+from safething.net.records import (
     MAX_ENTRIES,
     MAX_MD_BYTES,
     TAG_PUBLIC_ID,
@@ -20,8 +23,6 @@ from safething.net.mutable import (
     MDAddress,
     MDHeader,
 )
-from safething.net.names import PublicNames, parse_safe_url
-from safething.net.permissions import ANYONE, Action, PermissionSet
 from safething.net.xorname import XorName, closest
 
 __all__ = [

@@ -1,454 +1,613 @@
-"""MutableData: the signed records and the rules every reader checks.
+"""MutableData: a handle on one MD, its entries read verified and written signed.
 
-This module is pure: it builds, signs, encodes and verifies records and
-knows nothing of stores. :mod:`safething.net.client` puts them in a store.
-
-An MD at address (name, tag) is kept as one *header* record (owners,
-permission set, permission version, kind, all signed by an owner) and one
-record per *entry* (stored key, stored value or a tombstone, version,
-signer, signature). In a private MD the stored key is a keyed hash of the
-real key (lookups leak nothing) and the real key and value are encrypted
-with the MD's :class:`~safething.net.keys.SecretKey`.
-
-Validity, checked by every reader:
-
-* the header is signed by one of the owners it names, over (name, tag,
-  owners, permissions, permission version, kind);
-* an entry's signature covers (name, tag, stored key, stored value,
-  version) and verifies under its signer;
-* the signer is an owner or holds, in the current permission set, Insert
-  (version 0), Update (a later version with a value) or Delete (a tombstone);
-* versions only move forward: a reader remembers the highest version it
-  verified per entry and per header and refuses anything older.
+Get one from :meth:`safething.net.Client.md` or :meth:`~safething.net.Client.create_md`;
+the record types it reads and writes (addresses, headers, entry records) are
+in :mod:`safething.net.records`.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-from dataclasses import dataclass
-from typing import Any, Self
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from safething.errors import (
+    AbortedWriteError,
+    ConflictError,
+    EntryExistsError,
     LimitExceededError,
-    MalformedRecordError,
-    ReservedTypeTagError,
+    NoSuchDataError,
+    NoSuchEntryError,
+    PermissionDeniedError,
     TamperedDataError,
 )
-from safething.net.codec import decode_record, encode_record, field, signing_bytes
-from safething.net.keys import PublicSignKey, SecretKey, SigningKey
-from safething.net.permissions import Action, PermissionSet
-from safething.net.xorname import XorName
+from safething.net.keys import PublicSignKey, SecretKey
+from safething.net.permissions import Action, Grantee, PermissionSet
+from safething.net.records import MAX_ENTRIES as _MAX_ENTRIES
+from safething.net.records import MAX_MD_BYTES as _MAX_MD_BYTES
+from safething.net.records import Entry as _Entry
+from safething.net.records import EntryRecord as _EntryRecord
+from safething.net.records import MDAddress as _MDAddress
+from safething.net.records import MDHeader as _MDHeader
+from safething.net.records import PrivateCodec as _PrivateCodec
+from safething.net.records import check_entry_key as _check_entry_key
+from safething.net.records import needed_action as _needed_action
+from safething.resource import AsyncResource
+from safething.store.base import Change, Quota, Record, Watch, Write
 
-__all__ = [
-    "MAX_ENTRIES",
-    "MAX_ENTRY_KEY_BYTES",
-    "MAX_MD_BYTES",
-    "RESERVED_TAG_MAX",
-    "TAG_PUBLIC_ID",
-    "TAG_SERVICE",
-    "TAG_THING",
-    "Entry",
-    "EntryRecord",
-    "MDAddress",
-    "MDHeader",
-    "PrivateCodec",
-    "check_entry_key",
-    "needed_action",
-]
+if TYPE_CHECKING:
+    from safething.net.client import Client
 
-RESERVED_TAG_MAX = 10_000
-"""Type tags 0..10000 belong to the network and are refused for user data."""
-TAG_PUBLIC_ID = 15001
-"""Public-id MDs: service name -> service MD (``safe://service.publicid``)."""
-TAG_SERVICE = 15002
-"""Service MDs that a public name points to."""
-TAG_THING = 27417
-"""SAFEthing things."""
-MAX_TAG = 2**64 - 1
+__all__ = ["EntryWatch", "MutableData", "as_bytes"]
 
-MAX_ENTRIES = 1000
-"""Most entries (tombstones included) an MD holds."""
-MAX_MD_BYTES = 1024 * 1024
-"""Most bytes of stored entry records an MD holds."""
-MAX_ENTRY_KEY_BYTES = 256
-"""Longest entry key, in bytes."""
+log = logging.getLogger("safething.net")
 
-_HEADER_DOMAIN = "safething/md-header/v1"
-_ENTRY_DOMAIN = "safething/md-entry/v1"
+_MAX_RETRIES = 32
+_SCAN_THRESHOLD = 32
 
 
-def _check_tag(tag: int) -> int:
-    if not isinstance(tag, int) or isinstance(tag, bool):
-        raise TypeError(f"a type tag is an integer, got {type(tag).__name__}")
-    if tag < 0 or tag > MAX_TAG:
-        raise ValueError(f"type tag {tag} is out of range 10001..{MAX_TAG}")
-    if tag <= RESERVED_TAG_MAX:
-        raise ReservedTypeTagError(tag)
-    return tag
+def as_bytes(value: bytes | bytearray | memoryview | str, what: str = "value") -> bytes:
+    """Accept the plain strings a user would write; everything else must be bytes."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes or str, got {type(value).__name__}")
 
 
-@functools.lru_cache(maxsize=4096)
-def _entry_prefix(name: bytes, tag: int) -> str:
-    return f"md.{tag}.{name.hex()}.e."
+class MutableData:
+    """A handle on one MD. Get it from :meth:`Client.md` or :meth:`Client.create_md`."""
 
+    def __init__(self, client: Client, address: _MDAddress, secret: SecretKey | None) -> None:
+        self.client = client
+        self.address = address
+        self.secret = secret
+        """The private MD's key (``None`` for public MDs or when unknown)."""
+        self._codec = _PrivateCodec(secret) if secret is not None else None
 
-@dataclass(frozen=True, slots=True)
-class MDAddress:
-    """Where an MD lives: its XorName and type tag."""
+    def __repr__(self) -> str:
+        return f"MutableData({self.address})"
 
-    name: XorName
-    """The MD's 32-byte name (hex accepted)."""
-    tag: int
-    """Type tag, above 10000."""
+    # --- header ------------------------------------------------------------------
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "name", XorName.parse(self.name))
-        _check_tag(self.tag)
-
-    @classmethod
-    def parse(cls, text: str) -> Self:
-        """``"<hex name>:<tag>"`` or ``"<hex name>/<tag>"``."""
-        for sep in (":", "/"):
-            if sep in text:
-                name, _, tag = text.rpartition(sep)
-                try:
-                    return cls(XorName.from_hex(name), int(tag))
-                except ValueError as e:
-                    if isinstance(e, ReservedTypeTagError):
-                        raise
-                    raise ValueError(f"bad MD address {text!r}: {e}") from e
-        raise ValueError(f"bad MD address {text!r}: write <64 hex chars>:<type tag>")
-
-    @property
-    def header_key(self) -> str:
-        """Store key of the header record."""
-        return f"md.{self.tag}.{self.name.hex()}.h"
-
-    @property
-    def prefix(self) -> str:
-        """Store-key prefix of the header and every entry (what a watch follows)."""
-        return f"md.{self.tag}.{self.name.hex()}."
-
-    @property
-    def entry_prefix(self) -> str:
-        """Store-key prefix of every entry record."""
-        return _entry_prefix(self.name.value, self.tag)
-
-    def entry_key(self, stored_key: bytes) -> str:
-        """Store key of the entry whose stored key is ``stored_key``."""
-        return self.entry_prefix + stored_key.hex()
-
-    def __str__(self) -> str:
-        return f"{self.name.hex()}:{self.tag}"
-
-
-@dataclass(frozen=True, slots=True)
-class MDHeader:
-    """Owners, permissions and kind of an MD, signed by an owner."""
-
-    address: MDAddress
-    """Where the MD lives."""
-    owners: tuple[PublicSignKey, ...]
-    """Keys that may do anything, including sign the header."""
-    permissions: PermissionSet
-    """Grants for non-owners."""
-    version: int
-    """Permission version: 0 at creation, +1 on every change."""
-    private: bool
-    """Private MDs hold encrypted keys and values."""
-    signer: PublicSignKey
-    """Owner who signed this header."""
-    signature: bytes
-    """Signature over :meth:`signed_part`."""
-
-    @staticmethod
-    def signed_part(
-        address: MDAddress,
-        owners: tuple[PublicSignKey, ...],
-        permissions: PermissionSet,
-        version: int,
-        private: bool,
-    ) -> bytes:
-        return signing_bytes(
-            _HEADER_DOMAIN,
-            [
-                address.name.value,
-                address.tag,
-                sorted(o.value for o in owners),
-                permissions.to_wire(),
-                version,
-                private,
-            ],
-        )
-
-    @classmethod
-    def create(
-        cls,
-        address: MDAddress,
-        *,
-        signer: SigningKey,
-        owners: tuple[PublicSignKey, ...],
-        permissions: PermissionSet,
-        version: int,
-        private: bool,
-    ) -> MDHeader:
-        """Build and sign a header; the signer must be one of the owners."""
-        if not owners:
-            raise ValueError("an MD needs at least one owner")
-        if signer.public not in owners:
-            raise ValueError("only an owner can sign an MD's permission set")
-        owners = tuple(sorted(set(owners), key=lambda k: k.value))
-        sig = signer.sign(cls.signed_part(address, owners, permissions, version, private))
-        return cls(address, owners, permissions, version, private, signer.public, sig)
-
-    def verify(self) -> None:
-        """Raise ``TamperedDataError`` unless an owner signed exactly this header."""
-        where = str(self.address)
-        if self.signer not in self.owners:
-            raise TamperedDataError(
-                f"MD {where}: permission set signed by {self.signer.hex()[:16]}..., "
-                "who is not an owner",
-                address=where,
-            )
-        message = self.signed_part(
-            self.address, self.owners, self.permissions, self.version, self.private
-        )
-        if not self.signer.verify(message, self.signature):
-            raise TamperedDataError(
-                f"MD {where}: bad owner signature on the permission set (version {self.version})",
-                address=where,
-            )
-
-    def is_owner(self, key: PublicSignKey) -> bool:
-        return key in self.owners
-
-    def allows(self, key: PublicSignKey, action: Action) -> bool:
-        """Owners may do anything; others per the permission set."""
-        return key in self.owners or self.permissions.allows(key, action)
-
-    def to_bytes(self) -> bytes:
-        return encode_record(
-            "md",
-            {
-                "name": self.address.name.value,
-                "tag": self.address.tag,
-                "owners": [o.value for o in self.owners],
-                "perms": self.permissions.to_wire(),
-                "ver": self.version,
-                "private": self.private,
-                "by": self.signer.value,
-                "sig": self.signature,
-            },
-        )
-
-    @classmethod
-    def from_bytes(cls, data: bytes, address: MDAddress) -> MDHeader:
-        """Decode a stored header, checking it is for ``address`` (not yet its signature)."""
-        where = str(address)
-        doc = decode_record(data, "md", where=f"MD {where}")
-        try:
-            name = XorName(field(doc, "name", bytes, where=where))
-            tag = field(doc, "tag", int, where=where)
-            owners = tuple(PublicSignKey(o) for o in field(doc, "owners", list, where=where))
-            perms = PermissionSet.from_wire(doc.get("perms"))
-            header = cls(
-                MDAddress(name, tag),
-                owners,
-                perms,
-                field(doc, "ver", int, where=where),
-                field(doc, "private", bool, where=where),
-                PublicSignKey(field(doc, "by", bytes, where=where)),
-                field(doc, "sig", bytes, where=where),
-            )
-        except (ValueError, TypeError) as e:
-            if isinstance(e, MalformedRecordError):
-                raise
-            raise MalformedRecordError(f"MD {where}: malformed header: {e}", address=where) from e
-        if header.address != address:
-            raise TamperedDataError(
-                f"MD {where}: the store returned the header of another MD ({header.address})",
-                address=where,
-            )
+    async def header(self) -> _MDHeader:
+        """The current header, verified."""
+        header, _ = await self.client._header(self.address)
         return header
 
+    async def exists(self) -> bool:
+        return await self.client.store.get(self.address.header_key) is not None
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A verified entry as a reader sees it (plaintext for private MDs)."""
+    async def set_permissions(self, grantee: Grantee, actions: Action | str) -> _MDHeader:
+        """Grant ``grantee`` exactly ``actions`` (``Action.NONE`` revokes). Owners only."""
+        for _ in range(_MAX_RETRIES):
+            header, revision = await self.client._header(self.address)
+            new = self._signed_header(header, header.permissions.with_grant(grantee, actions))
+            try:
+                await self.client.store.update(self.address.header_key, new.to_bytes(), revision)
+            except ConflictError:
+                continue
+            return self.client._accept_header(self.address, new, new.to_bytes())
+        raise ConflictError(self.address.header_key, expected=0, current=0)
 
-    key: bytes
-    """The entry's key."""
-    value: bytes | None
-    """The value, or ``None`` for a deleted entry (tombstone)."""
-    version: int
-    """0 when inserted, +1 on every update or delete."""
-    signer: PublicSignKey
-    """Key that wrote this version."""
+    async def repair_header(self, *, permissions: PermissionSet | None = None) -> bool:
+        """Write the trusted header again if the store holds another one (a forged or
+        older header): the trusted owners and permissions, signed by this identity (an
+        owner) at a version above both. True if it wrote.
 
-    @property
-    def deleted(self) -> bool:
-        return self.value is None
-
-
-@dataclass(frozen=True, slots=True)
-class EntryRecord:
-    """An entry as stored: what the signature covers, plus the sealed key of private MDs."""
-
-    stored_key: bytes
-    """The key in the store: the real key (public MD) or its keyed hash (private MD)."""
-    sealed_key: bytes | None
-    """Private MDs: the real key, encrypted. Public MDs: ``None``."""
-    stored_value: bytes | None
-    """The value, its ciphertext (private) or ``None`` (tombstone)."""
-    version: int
-    """Entry version."""
-    signer: PublicSignKey
-    """Writer's public key."""
-    signature: bytes
-    """Signature over :meth:`signed_part`."""
-
-    @staticmethod
-    def signed_part(
-        address: MDAddress, stored_key: bytes, stored_value: bytes | None, version: int
-    ) -> bytes:
-        return signing_bytes(
-            _ENTRY_DOMAIN,
-            [address.name.value, address.tag, stored_key, stored_value, version],
-        )
-
-    @classmethod
-    def create(
-        cls,
-        address: MDAddress,
-        *,
-        signer: SigningKey,
-        stored_key: bytes,
-        sealed_key: bytes | None,
-        stored_value: bytes | None,
-        version: int,
-    ) -> EntryRecord:
-        sig = signer.sign(cls.signed_part(address, stored_key, stored_value, version))
-        return cls(stored_key, sealed_key, stored_value, version, signer.public, sig)
-
-    def verify(self, address: MDAddress, header: MDHeader) -> None:
-        """Raise ``TamperedDataError`` unless this record is a valid write under ``header``."""
-        where = str(address)
-        message = self.signed_part(address, self.stored_key, self.stored_value, self.version)
-        if not self.signer.verify(message, self.signature):
-            raise TamperedDataError(
-                f"MD {where}: forged entry (bad signature) at version {self.version}",
-                address=where,
-                key=self.stored_key,
-            )
-        action = needed_action(self.version, self.stored_value is None)
-        if not header.allows(self.signer, action):
-            raise TamperedDataError(
-                f"MD {where}: entry version {self.version} signed by "
-                f"{self.signer.hex()[:16]}..., who lacks {action.names()[0]} permission "
-                f"(permission version {header.version})",
-                address=where,
-                key=self.stored_key,
-            )
-
-    def to_bytes(self) -> bytes:
-        fields: dict[str, Any] = {
-            "k": self.stored_key,
-            "v": self.stored_value,
-            "ver": self.version,
-            "by": self.signer.value,
-            "sig": self.signature,
-        }
-        if self.sealed_key is not None:
-            fields["sk"] = self.sealed_key
-        return encode_record("entry", fields)
-
-    @classmethod
-    def from_bytes(cls, data: bytes, address: MDAddress, expected_key: bytes | None) -> Self:
-        """Decode a stored entry; check it is the one asked for (not yet its signature)."""
-        where = str(address)
-        doc = decode_record(data, "entry", where=f"MD {where}")
+        With no trusted header yet, a handle pinned with ``owners=`` writes those
+        owners and ``permissions`` instead of a stored header it refuses.
+        """
+        client = self.client
+        pins = client._pin(self.address)
         try:
-            value = doc.get("v")
-            if value is not None and not isinstance(value, bytes):
-                raise ValueError("value is neither bytes nor null")
-            sealed = doc.get("sk")
-            if sealed is not None and not isinstance(sealed, bytes):
-                raise ValueError("sealed key is not bytes")
-            record = cls(
-                field(doc, "k", bytes, where=where),
-                sealed,
-                value,
-                field(doc, "ver", int, where=where),
-                PublicSignKey(field(doc, "by", bytes, where=where)),
-                field(doc, "sig", bytes, where=where),
-            )
-        except (ValueError, TypeError) as e:
-            if isinstance(e, MalformedRecordError):
+            header, _ = await client._header(self.address)
+        except TamperedDataError:
+            if pins.exact_owners is None or permissions is None:
                 raise
-            raise MalformedRecordError(f"MD {where}: malformed entry: {e}", address=where) from e
-        if record.version < 0:
-            raise MalformedRecordError(f"MD {where}: negative entry version", address=where)
-        if expected_key is not None and record.stored_key != expected_key:
-            raise TamperedDataError(
-                f"MD {where}: the store returned another entry than the one asked for",
-                address=where,
-                key=expected_key,
+            header = _MDHeader.create(
+                self.address,
+                signer=client._writer().sign_key,
+                owners=tuple(PublicSignKey(o) for o in pins.exact_owners),
+                permissions=permissions,
+                version=-1,
+                private=False,
             )
-        return record
-
-
-def needed_action(version: int, tombstone: bool) -> Action:
-    """Permission a write of ``version`` needs: Insert (0), Delete (tombstone) or Update."""
-    if tombstone:
-        return Action.DELETE
-    return Action.INSERT if version == 0 else Action.UPDATE
-
-
-class PrivateCodec:
-    """Encrypts keys and values of a private MD under its secret key.
-
-    The stored key is a keyed BLAKE2b hash of the real key, so a lookup
-    names no plaintext; the real key travels sealed beside it for listing.
-    """
-
-    def __init__(self, secret: SecretKey) -> None:
-        self.secret = secret
-        self._lookup_key = secret.derive("safething/md/lookup")
-        self._value_key = SecretKey(secret.derive("safething/md/value"))
-
-    def stored_key(self, key: bytes) -> bytes:
-        return hashlib.blake2b(key, key=self._lookup_key, digest_size=32).digest()
-
-    def seal_key(self, key: bytes) -> bytes:
-        return self._value_key.encrypt(b"k" + key)
-
-    def open_key(self, sealed: bytes) -> bytes:
-        plain = self._value_key.decrypt(sealed)
-        if not plain.startswith(b"k"):
-            raise ValueError("not a sealed entry key")
-        return plain[1:]
-
-    def seal_value(self, value: bytes) -> bytes:
-        return self._value_key.encrypt(b"v" + value)
-
-    def open_value(self, sealed: bytes) -> bytes:
-        plain = self._value_key.decrypt(sealed)
-        if not plain.startswith(b"v"):
-            raise ValueError("not a sealed entry value")
-        return plain[1:]
-
-
-def check_entry_key(key: bytes) -> bytes:
-    """Validate an entry key given by a user (bytes or str accepted upstream)."""
-    if not isinstance(key, bytes):
-        raise TypeError(f"an entry key is bytes or str, got {type(key).__name__}")
-    if not key:
-        raise ValueError("an entry key must not be empty")
-    if len(key) > MAX_ENTRY_KEY_BYTES:
-        raise LimitExceededError(
-            f"entry key is {len(key)} bytes; the limit is {MAX_ENTRY_KEY_BYTES}",
-            limit=MAX_ENTRY_KEY_BYTES,
-            actual=len(key),
+        record = await client.store.get(self.address.header_key)
+        if record is not None and record.value == pins.header_bytes:
+            return False
+        version = header.version
+        if record is not None:
+            with contextlib.suppress(TamperedDataError):
+                version = max(version, _MDHeader.from_bytes(record.value, self.address).version)
+        me = client._writer()
+        if not header.is_owner(me.public_sign_key):
+            raise PermissionDeniedError(f"only an owner of MD {self.address} can repair it")
+        new = _MDHeader.create(
+            self.address,
+            signer=me.sign_key,
+            owners=header.owners,
+            permissions=header.permissions,
+            version=version + 1,
+            private=header.private,
         )
-    return key
+        if record is None:
+            await client.store.create(self.address.header_key, new.to_bytes())
+        else:
+            await client.store.update(self.address.header_key, new.to_bytes(), record.revision)
+        client._accept_header(self.address, new, new.to_bytes())
+        pins.refused = b""
+        log.warning("MD %s: wrote the trusted header again (version %d)", self.address, version + 1)
+        return True
+
+    def _signed_header(self, header: _MDHeader, permissions: PermissionSet) -> _MDHeader:
+        me = self.client._writer()
+        if not header.is_owner(me.public_sign_key):
+            raise PermissionDeniedError(
+                f"only an owner of MD {self.address} can change its permissions"
+            )
+        return _MDHeader.create(
+            self.address,
+            signer=me.sign_key,
+            owners=header.owners,
+            permissions=permissions,
+            version=header.version + 1,
+            private=header.private,
+        )
+
+    # --- reading -----------------------------------------------------------------
+
+    def _stored_key(self, key: bytes) -> bytes:
+        return self._codec.stored_key(key) if self._codec is not None else key
+
+    def _need_codec(self, header: _MDHeader) -> _PrivateCodec | None:
+        if header.private and self._codec is None:
+            raise PermissionDeniedError(
+                f"MD {self.address} is private; open it with its secret key"
+            )
+        if not header.private and self._codec is not None:
+            raise TamperedDataError(
+                f"MD {self.address} was opened as private but its header says public",
+                address=str(self.address),
+            )
+        return self._codec
+
+    def _open(
+        self, header: _MDHeader, record: Record, expected: bytes | None, *, live: bool = False
+    ) -> _Entry | None:
+        """Decode and verify one stored entry; raise ``TamperedDataError`` if invalid.
+
+        ``live`` (change feed): an entry older than one already seen is stale
+        news, not an attack on this reader, and yields ``None``.
+        """
+        client = self.client
+        codec = self._need_codec(header)
+        try:
+            rec = _EntryRecord.from_bytes(record.value, self.address, expected)
+            if self.address.entry_key(rec.stored_key) != record.key:
+                raise TamperedDataError(
+                    f"MD {self.address}: an entry record was stored under another key",
+                    address=str(self.address),
+                )
+            rec.verify(self.address, header)
+            if codec is None:
+                key, value = rec.stored_key, rec.stored_value
+            else:
+                if rec.sealed_key is None:
+                    raise TamperedDataError(
+                        f"MD {self.address}: private entry without a sealed key",
+                        address=str(self.address),
+                    )
+                try:
+                    key = codec.open_key(rec.sealed_key)
+                    value = None if rec.stored_value is None else codec.open_value(rec.stored_value)
+                except ValueError as e:
+                    raise TamperedDataError(
+                        f"MD {self.address}: entry does not decrypt with the MD's key",
+                        address=str(self.address),
+                    ) from e
+                if codec.stored_key(key) != rec.stored_key:
+                    raise TamperedDataError(
+                        f"MD {self.address}: sealed key does not match the entry's address",
+                        address=str(self.address),
+                    )
+        except TamperedDataError as e:
+            raise client._tampered(e) from None
+        if not client._check_version(self.address, record.key, rec.version, stale_ok=live):
+            return None
+        entry = _Entry(key, value, rec.version, rec.signer)
+        client._remember(record.key, entry, record.revision)
+        return entry
+
+    async def get(self, key: bytes | str, *, include_deleted: bool = False) -> _Entry:
+        """The verified entry under ``key``; ``NoSuchEntryError`` if absent (or deleted)."""
+        raw_key = _check_entry_key(as_bytes(key, "key"))
+        header, _ = await self.client._header(self.address)
+        self._need_codec(header)
+        stored = self._stored_key(raw_key)
+        record = await self.client.store.get(self.address.entry_key(stored))
+        if record is None:
+            raise NoSuchEntryError(f"MD {self.address} has no entry {raw_key!r}")
+        entry = self._open(header, record, stored)
+        assert entry is not None
+        if entry.deleted and not include_deleted:
+            raise NoSuchEntryError(f"entry {raw_key!r} of MD {self.address} was deleted")
+        return entry
+
+    async def get_value(self, key: bytes | str) -> bytes:
+        """The value under ``key`` (verified)."""
+        value = (await self.get(key)).value
+        assert value is not None
+        return value
+
+    async def entries(
+        self, *, include_deleted: bool = False, skip_tampered: bool = False
+    ) -> dict[bytes, _Entry]:
+        """Every verified entry, by key.
+
+        An invalid entry raises ``TamperedDataError``; with ``skip_tampered`` it is
+        left out instead (and still logged and counted by the client).
+        """
+        header, _ = await self.client._header(self.address)
+        result: dict[bytes, _Entry] = {}
+        for record in await self.client.store.scan(self.address.entry_prefix):
+            try:
+                entry = self._open(header, record, None)
+            except TamperedDataError:
+                if skip_tampered:
+                    continue
+                raise
+            assert entry is not None
+            if include_deleted or not entry.deleted:
+                result[entry.key] = entry
+        return result
+
+    async def keys(self) -> list[bytes]:
+        return sorted(await self.entries())
+
+    async def usage(self) -> tuple[int, int]:
+        """``(entries, bytes)`` as stored, against ``MAX_ENTRIES`` / ``MAX_MD_BYTES``."""
+        return await self.client.store.usage(self.address.entry_prefix)
+
+    # --- writing -----------------------------------------------------------------
+
+    async def insert(self, key: bytes | str, value: bytes | str) -> _Entry:
+        """Add a new entry (version 0); ``EntryExistsError`` if the key exists."""
+        (entry,) = await self._write(
+            {_check_entry_key(as_bytes(key, "key")): as_bytes(value)}, mode="insert"
+        )
+        return entry
+
+    async def update(
+        self, key: bytes | str, value: bytes | str, *, version: int | None = None
+    ) -> _Entry:
+        """Replace an existing entry's value.
+
+        With ``version`` (the version you read), a concurrent change makes this
+        raise ``ConflictError`` instead of overwriting it.
+        """
+        raw = _check_entry_key(as_bytes(key, "key"))
+        (entry,) = await self._write({raw: as_bytes(value)}, mode="update", expect_version=version)
+        return entry
+
+    async def put(self, key: bytes | str, value: bytes | str) -> _Entry:
+        """Insert or update, whichever applies."""
+        return (await self.put_many({as_bytes(key, "key"): as_bytes(value)}))[0]
+
+    async def put_many(
+        self,
+        items: Mapping[bytes | str, bytes | str],
+        *,
+        versions: Mapping[bytes | str, int | None] | None = None,
+        atomic: bool = False,
+    ) -> list[_Entry]:
+        """Insert or update many entries, signed one by one, committed in one batch.
+
+        ``versions`` names, for some keys, the version you read (``None``: the
+        key must not exist); any other raises ``ConflictError``. With
+        ``atomic`` all entries are written or none is.
+        """
+        clean = {_check_entry_key(as_bytes(k, "key")): as_bytes(v) for k, v in items.items()}
+        expected = {as_bytes(k, "key"): v for k, v in (versions or {}).items()}
+        return await self._write(clean, mode="put", versions=expected, atomic=atomic)
+
+    async def delete(self, key: bytes | str, *, version: int | None = None) -> _Entry:
+        """Delete an entry (a signed tombstone at the next version)."""
+        raw = _check_entry_key(as_bytes(key, "key"))
+        (entry,) = await self._write({raw: None}, mode="delete", expect_version=version)
+        return entry
+
+    async def modify(
+        self, key: bytes | str, change: Callable[[bytes | None], bytes | str]
+    ) -> _Entry:
+        """Read-modify-write with retries: ``change(old value or None) -> new value``.
+
+        Concurrent modifiers never lose each other's updates.
+        """
+        raw = _check_entry_key(as_bytes(key, "key"))
+        for _ in range(_MAX_RETRIES * 4):
+            try:
+                current: _Entry | None = await self.get(raw, include_deleted=True)
+            except NoSuchEntryError:
+                current = None
+            new = as_bytes(change(None if current is None else current.value))
+            try:
+                if current is None:
+                    return await self.insert(raw, new)
+                (entry,) = await self._write(
+                    {raw: new}, mode="update", expect_version=current.version
+                )
+                return entry
+            except (ConflictError, EntryExistsError):
+                continue
+        raise ConflictError(self.address.entry_key(self._stored_key(raw)), expected=0, current=0)
+
+    async def _write(
+        self,
+        items: Mapping[bytes, bytes | None],
+        *,
+        mode: str,
+        expect_version: int | None = None,
+        versions: Mapping[bytes, int | None] | None = None,
+        atomic: bool = False,
+    ) -> list[_Entry]:
+        client = self.client
+        versions = versions or {}
+        me = client._writer()
+        store = client.store
+        quota = Quota(self.address.entry_prefix, _MAX_ENTRIES, _MAX_MD_BYTES)
+        pending = dict(items)
+        done: dict[bytes, _Entry] = {}
+        for _attempt in range(_MAX_RETRIES):
+            header, _ = await client._header(self.address)
+            codec = self._need_codec(header)
+            current = await self._current(header, list(pending))
+            writes: list[Write] = []
+            planned: list[tuple[bytes, _Entry]] = []
+            for key, value in pending.items():
+                stored = self._stored_key(key)
+                store_key = self.address.entry_key(stored)
+                existing = current.get(key)
+                if key in versions:
+                    found = None if existing is None else existing[0].version
+                    wanted = versions[key]
+                    if found != wanted:
+                        raise ConflictError(
+                            store_key,
+                            expected=-1 if wanted is None else wanted,
+                            current=-1 if found is None else found,
+                        )
+                if existing is None:
+                    if mode in ("update", "delete"):
+                        raise NoSuchEntryError(f"MD {self.address} has no entry {key!r}")
+                    # A record dropped by the store after this client verified a version
+                    # of it: write past that version, never back to 0.
+                    version, expect = client.trust.entry_version(store_key) + 1, 0
+                else:
+                    entry, revision = existing
+                    if mode == "insert" and not entry.deleted:
+                        raise EntryExistsError(
+                            f"MD {self.address} already has an entry {key!r}; use update"
+                        )
+                    if mode in ("update", "delete") and entry.deleted:
+                        raise NoSuchEntryError(f"entry {key!r} of MD {self.address} was deleted")
+                    if expect_version is not None and entry.version != expect_version:
+                        raise ConflictError(
+                            store_key, expected=expect_version, current=entry.version
+                        )
+                    version, expect = entry.version + 1, revision
+                action = _needed_action(version, value is None)
+                if not header.allows(me.public_sign_key, action):
+                    raise PermissionDeniedError(
+                        f"{me.public_sign_key.hex()[:16]}... may not "
+                        f"{action.names()[0]} in MD {self.address}"
+                    )
+                stored_value = value if codec is None or value is None else codec.seal_value(value)
+                record = _EntryRecord.create(
+                    self.address,
+                    signer=me.sign_key,
+                    stored_key=stored,
+                    sealed_key=None if codec is None else codec.seal_key(key),
+                    stored_value=stored_value,
+                    version=version,
+                )
+                data = record.to_bytes()
+                if len(data) > _MAX_MD_BYTES:
+                    raise LimitExceededError(
+                        f"value of {len(value or b'')} bytes is too large for one MD "
+                        f"(limit {_MAX_MD_BYTES} bytes in total); store large data as "
+                        "ImmutableData (put_blob) and keep its address here",
+                        limit=_MAX_MD_BYTES,
+                        actual=len(data),
+                    )
+                writes.append(Write(store_key, data, expect, quota))
+                planned.append((key, _Entry(key, value, version, me.public_sign_key)))
+            results = await store.commit(writes, atomic=atomic)
+            retry: dict[bytes, bytes | None] = {}
+            if atomic and any(isinstance(r, Exception) for r in results):
+                for key, _ in planned:
+                    client._known.pop(self.address.entry_key(self._stored_key(key)), None)
+                refusal = next(
+                    r
+                    for r in results
+                    if isinstance(r, Exception) and not isinstance(r, AbortedWriteError)
+                )
+                if not isinstance(refusal, ConflictError) or versions or expect_version is not None:
+                    raise refusal
+                continue  # nothing was written: decide the whole batch again
+            for (key, entry), result in zip(planned, results, strict=True):
+                store_key = self.address.entry_key(self._stored_key(key))
+                if isinstance(result, ConflictError):
+                    client._known.pop(store_key, None)
+                    if expect_version is not None or key in versions:
+                        raise ConflictError(
+                            result.key, expected=result.expected, current=result.current
+                        )
+                    if mode == "insert":
+                        raise EntryExistsError(
+                            f"MD {self.address} already has an entry {key!r}; use update"
+                        )
+                    retry[key] = pending[key]
+                elif isinstance(result, LimitExceededError):
+                    count, size = await self.usage()
+                    raise LimitExceededError(
+                        f"MD {self.address} is full: {count} entries / {size} bytes stored, "
+                        f"limits {_MAX_ENTRIES} entries / {_MAX_MD_BYTES} bytes; nothing of "
+                        f"entry {key!r} was written",
+                        limit=result.limit,
+                        actual=result.actual,
+                    ) from None
+                elif isinstance(result, Exception):
+                    raise result
+                else:
+                    client._check_version(self.address, store_key, entry.version)
+                    client._remember(store_key, entry, result)
+                    done[key] = entry
+            if not retry:
+                return [done[k] for k in items]
+            pending = retry
+        raise ConflictError(self.address.entry_prefix, expected=0, current=0)
+
+    async def _current(
+        self, header: _MDHeader, keys: list[bytes]
+    ) -> dict[bytes, tuple[_Entry, int]]:
+        """Verified current entries (and their store revisions) for ``keys``."""
+        store = self.client.store
+        known = self.client._known
+        result: dict[bytes, tuple[_Entry, int]] = {}
+        wanted: dict[str, bytes] = {}
+        for k in keys:
+            store_key = self.address.entry_key(self._stored_key(k))
+            if store_key in known:
+                result[k] = known[store_key]
+            else:
+                wanted[store_key] = k
+        if not wanted:
+            return result
+        if len(wanted) > _SCAN_THRESHOLD:
+            records = [r for r in await store.scan(self.address.entry_prefix) if r.key in wanted]
+        else:
+            records = [r for r in [await store.get(k) for k in wanted] if r is not None]
+        for record in records:
+            key = wanted[record.key]
+            try:
+                entry = self._open(header, record, self._stored_key(key))
+            except TamperedDataError:
+                # Refused and counted: an older version than one already verified, or a
+                # record nobody entitled signed. The writer writes past the version it
+                # verified, replacing the bad record (the store is repaired).
+                seen = max(self.client.trust.entry_version(record.key), 0)
+                entry = _Entry(key, b"", seen, self.client._writer().public_sign_key)
+            assert entry is not None
+            result[key] = (entry, record.revision)
+        return result
+
+    async def purge(self, key: bytes | str) -> None:
+        """Remove an entry's record from the store altogether (owners' housekeeping).
+
+        Unlike :meth:`delete` this leaves no signed tombstone: use it for keys
+        that are never reused (processed requests, expired states).
+        """
+        raw = _check_entry_key(as_bytes(key, "key"))
+        me = self.client._writer()
+        header, _ = await self.client._header(self.address)
+        if not header.is_owner(me.public_sign_key):
+            raise PermissionDeniedError(f"only an owner of MD {self.address} can purge entries")
+        store_key = self.address.entry_key(self._stored_key(raw))
+        await self.client.store.delete(store_key)
+        self.client._known.pop(store_key, None)
+        self.client.trust.forget_entry(store_key)
+
+    # --- watching ------------------------------------------------------------------
+
+    def watch(self, *, since: int | None = None, prefixes: tuple[bytes, ...] = ()) -> EntryWatch:
+        """Verified entries as they change: ``async with md.watch() as w: async for e in w``.
+
+        ``prefixes`` limits the feed to entry keys starting with one of them
+        (checked before verification for public MDs, so unrelated changes
+        cost nothing). Invalid changes are refused (logged, counted, reported
+        to ``Client(on_tampered=...)``) and skipped, never yielded.
+        """
+        watch = self.client.store.watch(self.address.prefix, since=since)
+        return EntryWatch(self, watch, prefixes)
+
+
+class EntryWatch(AsyncResource):
+    """Async iterator of verified :class:`Entry` changes of one MD."""
+
+    def __init__(self, md: MutableData, watch: Watch, prefixes: tuple[bytes, ...] = ()) -> None:
+        self._md = md
+        self._watch = watch
+        self._prefixes = prefixes
+        self._store_prefixes = (
+            tuple(md.address.entry_prefix + p.hex() for p in prefixes)
+            if prefixes and md.secret is None
+            else ()
+        )
+        self.last_revision = 0
+        """Store revision of the last change seen; resume with ``watch(since=...)``."""
+
+    def __aiter__(self) -> AsyncIterator[_Entry]:
+        return self
+
+    async def __anext__(self) -> _Entry:
+        md = self._md
+        while True:
+            change: Change = await self._watch.__anext__()
+            self.last_revision = change.revision
+            if change.key == md.address.header_key:
+                continue  # the next entry read re-verifies the header
+            if self._store_prefixes and not change.key.startswith(self._store_prefixes):
+                continue
+            if change.value is None:
+                log.debug("entry record %s of MD %s was removed", change.key, md.address)
+                continue
+            try:
+                header, _ = await md.client._header(md.address)
+                record = Record(change.key, change.value, change.revision)
+                entry = md._open(header, record, None, live=True)
+            except (TamperedDataError, NoSuchDataError, PermissionDeniedError):
+                continue
+            if entry is not None and (not self._prefixes or entry.key.startswith(self._prefixes)):
+                return entry
+
+    async def close(self) -> None:
+        await self._watch.close()
+
+
+_RECORD_NAMES = frozenset(
+    {
+        "MAX_ENTRIES",
+        "MAX_ENTRY_KEY_BYTES",
+        "MAX_MD_BYTES",
+        "MAX_TAG",
+        "RESERVED_TAG_MAX",
+        "TAG_PUBLIC_ID",
+        "TAG_SERVICE",
+        "TAG_THING",
+        "Entry",
+        "EntryRecord",
+        "MDAddress",
+        "MDHeader",
+        "PrivateCodec",
+        "check_entry_key",
+        "needed_action",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    """The record types used to live here: still importable, with a warning."""
+    if name in _RECORD_NAMES:
+        import warnings
+
+        from safething.net import records
+
+        warnings.warn(
+            f"safething.net.mutable.{name} is now safething.net.records.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(records, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

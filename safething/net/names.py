@@ -13,9 +13,10 @@ import re
 import nacl.utils
 
 from safething.errors import EntryExistsError, NameTakenError, NoSuchDataError, NoSuchEntryError
-from safething.net.client import Client, MutableData
-from safething.net.mutable import TAG_PUBLIC_ID, TAG_SERVICE
+from safething.net.client import Client
+from safething.net.mutable import MutableData
 from safething.net.permissions import ANYONE, Action
+from safething.net.records import TAG_PUBLIC_ID, TAG_SERVICE
 from safething.net.xorname import XorName
 
 __all__ = ["PublicNames", "parse_safe_url"]

@@ -59,8 +59,8 @@ from safething.net import (
     PublicSignKey,
     SecretKey,
 )
-from safething.net.mutable import MDHeader
 from safething.net.permissions import Grantee, PermissionSet
+from safething.net.records import MDHeader
 from safething.net.trust import TrustState
 from safething.resource import AsyncResource, Tasks
 from safething.store import Store, open_store

@@ -279,7 +279,7 @@ async def test_only_verified_values_are_served(site: Site, garden: Thing, tmp_pa
     import dataclasses
     import sqlite3
 
-    from safething.net.mutable import EntryRecord
+    from safething.net.records import EntryRecord
     from safething.things.layout import ThingAddresses
     from safething.things.values import dumps
 

@@ -1,5 +1,5 @@
 """MD addresses: type tags 0..10000 are the network's, tags beyond 2**64-1 do not exist
-(written against the mutants of safething/net/mutable.py that survived tests/net)."""
+(written against the mutants of safething/net/records.py (then mutable.py) that survived tests/net)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from safething.errors import ReservedTypeTagError
 from safething.net import TAG_THING, XorName
-from safething.net.mutable import MAX_TAG, RESERVED_TAG_MAX, MDAddress
+from safething.net.records import MAX_TAG, RESERVED_TAG_MAX, MDAddress
 
 NAME = XorName.of("address-01")
 

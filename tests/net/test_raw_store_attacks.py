@@ -12,7 +12,7 @@ import pytest
 
 from safething.errors import TamperedDataError
 from safething.net import TAG_THING, Client, Identity, XorName
-from safething.net.mutable import EntryRecord
+from safething.net.records import EntryRecord
 from safething.store import Store, open_store
 
 NAME = XorName.of("vault-raw-01")

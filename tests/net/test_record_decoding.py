@@ -1,6 +1,6 @@
 """Decoding stored headers and entries: anything malformed is a MalformedRecordError,
 never another exception a caller would not expect (written against the mutants of
-safething/net/mutable.py that survived tests/net)."""
+safething/net/records.py (then mutable.py) that survived tests/net)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from safething.errors import LimitExceededError, MalformedRecordError, TamperedDataError
 from safething.net import TAG_THING, Action, Identity, PermissionSet, XorName
 from safething.net.keys import SecretKey
-from safething.net.mutable import (
+from safething.net.records import (
     MAX_ENTRIES,
     MAX_ENTRY_KEY_BYTES,
     MAX_MD_BYTES,

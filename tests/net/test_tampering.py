@@ -38,7 +38,7 @@ from safething.net import (
     get_blob,
     put_blob,
 )
-from safething.net.mutable import EntryRecord
+from safething.net.records import EntryRecord
 from safething.store import Store, open_store
 from safething.store.nats_testing import NatsServer, unique_bucket
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from safething.errors import SafeThingError
 from safething.net import TAG_THING, Action, Client, Identity, MDHeader, PermissionSet, XorName
-from safething.net.mutable import EntryRecord, MDAddress
+from safething.net.records import EntryRecord, MDAddress
 from safething.net.trust import TrustState
 from safething.store import Record, open_store
 from safething.store.base import Store

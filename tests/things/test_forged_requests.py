@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from safething.net import Client, Identity
-from safething.net.mutable import EntryRecord
+from safething.net.records import EntryRecord
 from safething.store import Store
 from safething.things import ActionRequest, Thing, ThingClient
 from safething.things.values import dumps, loads

@@ -15,7 +15,7 @@ import pytest
 
 from safething.errors import PermissionDeniedError, TamperedDataError
 from safething.net import Client, Identity
-from safething.net.mutable import EntryRecord
+from safething.net.records import EntryRecord
 from safething.store import Store
 from safething.things import Thing, ThingClient, layout
 from safething.things.values import dumps

@@ -22,7 +22,7 @@ import pytest
 
 from safething.errors import AccessDeniedError, ActionFailedError, TamperedDataError
 from safething.net import Client, Identity, MDAddress, MDHeader
-from safething.net.mutable import EntryRecord
+from safething.net.records import EntryRecord
 from safething.net.trust import TrustState
 from safething.store import Record, Store, open_store
 from safething.things import ActionRequest, Thing, ThingClient, ThingOwner
