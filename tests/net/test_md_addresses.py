@@ -1,5 +1,6 @@
 """MD addresses: type tags 0..10000 are the network's, tags beyond 2**64-1 do not exist
-(written against the mutants of safething/net/records.py (then mutable.py) that survived tests/net)."""
+(written against the mutants of safething/net/records.py, then mutable.py, that survived
+tests/net)."""
 
 from __future__ import annotations
 
