@@ -122,3 +122,18 @@ async def test_closing_wakes_every_waiter_and_ends_later_ones_at_once() -> None:
     assert await late.take() is None
     assert late.end_reason == "the gateway is shutting down"
     assert not waiters.push("sensor-02", "desired", b"1")
+
+
+def test_problem_documents_are_built_in_one_place() -> None:
+    """Only replies.py spells out a problem document; every bridge goes through it."""
+    from pathlib import Path
+
+    import safething_gateway
+
+    root = Path(safething_gateway.__file__).parent
+    builders = sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if "safething.dev/problems/" in path.read_text() or '"title": reason' in path.read_text()
+    )
+    assert builders == ["replies.py"]

@@ -72,6 +72,7 @@ from safething.things import (
 )
 from safething.things.discovery import list_things
 from safething_gateway.core import Gateway
+from safething_gateway.replies import problem
 from safething_gateway.tokens import TokenError, TokenGrant, TokenStore
 
 __all__ = ["WotBinding", "wot_router"]
@@ -87,13 +88,7 @@ _MAX_CURSORS = 10_000
 def _problem(status: int, reason: str, detail: str, **extra: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="safething"'} if status == 401 else None
     return JSONResponse(
-        {
-            "type": f"https://safething.dev/problems/{reason}",
-            "title": reason.replace("_", " "),
-            "status": status,
-            "detail": detail,
-            **extra,
-        },
+        problem(status, reason, detail, **extra),
         status_code=status,
         media_type=PROBLEM_JSON,
         headers=headers,
