@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -152,3 +154,32 @@ async def test_gateway_demo_closes_only_open_valves(tmp_path: Path) -> None:
                     await asyncio.sleep(0.1)
     assert [d.needless for d in demo.devices] == [0, 0, 0]
     assert demo.counts["OpenValve done"] >= demo.counts["CloseValve done"]
+
+
+def test_gateway_demo_stops_quietly_on_ctrl_c_to_its_process_group(env: Path) -> None:
+    """A terminal's Ctrl-C signals the whole foreground group: the private broker must not
+    die first (the bridge then warned of a lost connection while the demo stopped)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "safething", "demo", "--store", f"sqlite:///{env}/vault.db"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own group, as a shell gives a foreground job
+    )
+    assert proc.stdout is not None
+    seen: list[str] = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if re.search(r"action +\w+ on garden-\w+-\w+: done", line):
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    output = "".join(seen) + rest
+    assert proc.returncode == 0, output
+    assert "stopped after" in rest
+    assert "lost the connection" not in output and "Traceback" not in output, output

@@ -3,8 +3,9 @@ unless the doc marks it, on the line before, with ``<!-- doc-test: skip (reason)
 (flashing a board, sudo on a Pi, a command that runs until Ctrl-C). The skip is then
 reported with its reason: blocks are left out by rule, never silently.
 
-A block runs in bash (``-e -o pipefail``) from the repository root with an empty HOME, so
-it sees the checkout's ``.venv`` (``source .venv/bin/activate``) and nothing of the user.
+A block runs in bash (``-e -o pipefail``) with an empty HOME, in an empty directory that
+holds only a link to the checkout's ``.venv`` (``source .venv/bin/activate`` works, and
+what a block writes never lands in the checkout), seeing nothing of the user.
 """
 
 from __future__ import annotations
@@ -78,12 +79,15 @@ def test_shell_block_runs_as_written(block: Block, tmp_path: Path) -> None:
         pytest.skip("no .venv in the checkout (./scripts/test makes it)")
     home = tmp_path / "home"
     home.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".venv").symlink_to(ROOT / ".venv")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAFETHING_", "XDG_"))}
     env.pop("VIRTUAL_ENV", None)
     env["HOME"] = str(home)
     result = subprocess.run(
         ["bash", "-e", "-o", "pipefail", "-c", block.code],
-        cwd=ROOT,
+        cwd=work,
         env=env,
         capture_output=True,
         text=True,
