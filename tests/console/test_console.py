@@ -3,10 +3,13 @@ check, and the console as the gateway process and ``safething console`` run it."
 
 from __future__ import annotations
 
+import hashlib
+import html
 import json
 import os
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -225,6 +228,8 @@ def test_safething_console_alone_with_tls(tmp_path: Path) -> None:
             str(cert),
             "--tls-key",
             str(key),
+            "--registry",
+            str(tmp_path / "gateway.db"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -249,5 +254,21 @@ def test_safething_console_alone_with_tls(tmp_path: Path) -> None:
             assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
             assert "Path=/" in cookie and "Domain" not in cookie
             assert http.get("/things").status_code == 200
+            # the provisioning QR code carries the certificate's fingerprint
+            page = http.post("/provision", data={"device_id": "bed-three-01", "transport": "coap"})
+            doc = json.loads(
+                html.unescape(page.text.split('id="config-json">')[1].split("</pre>")[0])
+            )
+            der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+            assert doc["console_tls_sha256"] == hashlib.sha256(der).hexdigest()
     finally:
         _stop(proc)
+
+
+def test_chart_series_keeps_gaps_empty() -> None:
+    from safething_gateway.console.data import _series
+
+    points = [(0.0, 1.0), (10.0, 2.0), (20.0, None), (30.0, None), (40.0, 5.0), (100.0, 6.0)]
+    series = _series(points, 10.0)
+    assert series["v"] == [1.0, 2.0, None, 5.0, None, 6.0]
+    assert series["t"] == sorted(series["t"])
