@@ -272,3 +272,53 @@ def test_chart_series_keeps_gaps_empty() -> None:
     series = _series(points, 10.0)
     assert series["v"] == [1.0, 2.0, None, 5.0, None, 6.0]
     assert series["t"] == sorted(series["t"])
+
+
+def test_owner_disables_publishes_and_manages_the_group(tmp_path: Path) -> None:
+    """The owner's commands over HTTP, as the pages send them: each signed by the owner."""
+    from safething.net import Client
+    from safething.things import ThingClient, ThingOwner
+    from safething_gateway.console.testing import ConsoleSite
+
+    with ConsoleSite(tmp_path) as site:
+        assert site.store is not None and site.console is not None
+        url, garden = site.url, site.garden_id
+        with httpx.Client(base_url=url, headers={"origin": url}) as http:
+            http.post(
+                "/setup",
+                data={"code": site.setup_code, "password": "pw-12345678", "confirm": "pw-12345678"},
+            )
+            assert http.post("/login", data={"password": "pw-12345678"}).status_code == 303
+
+            async def status() -> str:
+                async with ThingClient(Client(site.store)) as things:
+                    return await things.status(garden)
+
+            assert http.post(f"/things/{garden}/disable").status_code == 303
+            assert site.call(status()) == "disabled"
+            key = site.console.data.index.rows[garden].key
+            assert (
+                http.post(f"/things/{garden}/publish", data={"fingerprint": key}).status_code == 303
+            )
+            assert site.call(status()) == "published"
+
+            member = Identity.generate("controller")
+            added = http.post(
+                f"/things/{garden}/members",
+                data={
+                    "sign": member.public_sign_key.hex(),
+                    "enc": member.public_encryption_key.hex(),
+                },
+            )
+            assert added.status_code == 303
+
+            async def members() -> set[str]:
+                found = await ThingOwner(Client(site.store, site.owner), garden).members()
+                return {k.hex() for k in found}
+
+            assert member.public_sign_key.hex() in site.call(members())
+            assert member.public_sign_key.hex() in http.get(f"/things/{garden}").text
+            http.post(f"/things/{garden}/members", data={"remove": member.public_sign_key.hex()})
+            assert member.public_sign_key.hex() not in site.call(members())
+        actions = [e.action for e in site.console.audit.entries() if e.ok]
+        assert actions[-4:] == ["disable", "publish", "add-member", "remove-member"]
