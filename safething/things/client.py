@@ -128,10 +128,20 @@ class ThingClient(AsyncResource):
         try:
             desc_entry = await md.get(layout.DESC)
             keys_entry = await md.get(layout.KEYS)
-            status_entry = await md.get(layout.STATUS)
+            try:
+                status_entry: Entry | None = await md.get(layout.STATUS)
+            except TamperedDataError:
+                # Refused and counted (forged or older than one seen): the thing decides
+                # with the status it trusts; this view keeps the one it knew.
+                status_entry = None
             desc_doc = loads(desc_entry.value or b"", "description")
             keys = loads(keys_entry.value or b"", "keys")
-            status = loads(status_entry.value or b"", "status")
+            known = self._views.get(thing_id)
+            status = (
+                loads(status_entry.value or b"", "status")
+                if status_entry is not None
+                else {"s": known.status if known is not None else "unknown"}
+            )
         except NoSuchEntryError:
             raise NoSuchDataError(f"thing {thing_id!r} is not registered") from None
         except NoSuchDataError:
@@ -158,7 +168,7 @@ class ThingClient(AsyncResource):
                     address=str(addresses.thing),
                 )
             for what, entry in (("description", desc_entry), ("status", status_entry)):
-                if entry.signer not in authorities:
+                if entry is not None and entry.signer not in authorities:
                     raise TamperedDataError(
                         f"thing {thing_id!r}: {what} signed by neither the thing nor its owner",
                         address=str(addresses.thing),

@@ -928,6 +928,10 @@ class Thing(AsyncResource):
                 message="interrupted by a restart; not run again (at most once)",
             )
             return False
+        try:
+            await self._md("inbox").get(f"r/{rid}")
+        except NoSuchEntryError:
+            return False  # a late second delivery of one just served and purged
         raise ReplayedRequestError(
             f"thing {self.id!r}: request {rid} was already processed (replayed)",
             address=str(self.addresses.inbox),
@@ -940,7 +944,7 @@ class Thing(AsyncResource):
 
     async def _on_request(self, rid: str, entry: Entry) -> None:
         # The inbox scan and its feed may deliver one entry twice at once: one handles it.
-        if rid in self._running or rid in self._finished or rid in self._handling:
+        if rid in self._running or rid in self._handling:
             return
         self._handling.add(rid)
         try:

@@ -1,0 +1,142 @@
+"""Issue 8, property at the thing level: the owner's status changes and requests
+interleaved with a store-only attacker (any status record or request record it
+ever saw written back) and restarts of the thing.
+
+Invariant: every request runs at most once, and the thing's status is always
+the last one the owner set (the attacker's older, validly signed statuses are
+refused, before and after a restart). CI runs a few examples; ``-m slow`` more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from safething.net import Client, Identity
+from safething.store import Record, open_store
+from safething.things import ActionRequest, Thing, ThingClient
+from safething.things.admin import set_status
+from safething.things.layout import ThingAddresses
+
+from .conftest import garden_description
+
+THING = "garden-01"
+ADDR = ThingAddresses.of(THING)
+STATUS_KEY = ADDR.thing.entry_key(b"status")
+
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("status"), st.sampled_from(["published", "disabled"])),
+        st.tuples(st.just("request")),
+        st.tuples(st.just("replay_status"), st.integers(0, 1000)),
+        st.tuples(st.just("replay_request"), st.integers(0, 1000)),
+        st.tuples(st.just("restart")),
+    ),
+    min_size=3,
+    max_size=12,
+)
+
+
+async def _until(check: object, what: str) -> None:
+    async with asyncio.timeout(10):
+        while not check():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+
+async def _scenario(ops: list[tuple[object, ...]], directory: Path) -> None:
+    url = f"sqlite://{directory}/vault.db"
+    owner, device = Identity.generate("owner"), Identity.generate("device")
+    runs: dict[str, int] = {}
+    statuses: list[Record] = []
+    requests: list[Record] = []
+
+    def handler(request: ActionRequest) -> dict[str, int]:
+        runs[request.request_id] = runs.get(request.request_id, 0) + 1
+        return {}
+
+    def new_thing() -> Thing:
+        thing = Thing(
+            garden_description(),
+            identity=device,
+            owner=owner.public,
+            store=url,
+            trust=directory / "thing.trust.db",
+        )
+        thing.on_action("OpenValve", handler)
+        return thing
+
+    async with await open_store(url) as store, ThingClient(Client(store, owner)) as mine:
+        thing = new_thing()
+        await thing.start()
+        try:
+            await thing.register()
+            await thing.publish()
+            expected = "published"
+            async with store.watch(ADDR.inbox.prefix) as inbox_feed:
+                for op in ops:
+                    kind = op[0]
+                    if kind == "status":
+                        expected = str(op[1])
+                        await set_status(mine.client, THING, expected)
+                        await _until(lambda t=thing, e=expected: t.status == e, "status followed")
+                    elif kind == "request":
+                        handle = await mine.request(THING, "OpenValve", timeout=30)
+                        change = await anext(inbox_feed)
+                        while change.value is None:
+                            change = await anext(inbox_feed)
+                        requests.append(Record(change.key, change.value, change.revision))
+                        await handle.wait(10)
+                        gone = False
+                        async with asyncio.timeout(10):  # until the thing purged it
+                            while not gone:
+                                gone = await store.get(change.key) is None
+                                await asyncio.sleep(0.01)
+                    elif kind == "replay_status" and statuses:
+                        record = statuses[int(op[1]) % len(statuses)]  # type: ignore[call-overload]
+                        await store.put(record.key, record.value)
+                    elif kind == "replay_request" and requests:
+                        record = requests[int(op[1]) % len(requests)]  # type: ignore[call-overload]
+                        refused = thing.refused_count
+                        await store.put(record.key, record.value)
+                        await _until(
+                            lambda t=thing, r=refused: t.refused_count > r, "replay refused"
+                        )
+                    elif kind == "restart":
+                        await thing.close()
+                        thing = new_thing()
+                        await thing.start()
+                        await thing.register()
+                    current = await store.get(STATUS_KEY)
+                    if current is not None:
+                        statuses.append(current)
+                    assert thing.status == expected, (thing.status, expected)
+                    assert all(n == 1 for n in runs.values()), runs
+        finally:
+            with contextlib.suppress(Exception):
+                await thing.close()
+
+
+def _run(ops: list[tuple[object, ...]]) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        asyncio.run(_scenario(ops, Path(directory)))
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps)
+def test_thing_status_and_requests_survive_a_store_attacker(ops: list[tuple[object, ...]]) -> None:
+    _run(ops)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps)
+def test_thing_status_and_requests_survive_a_store_attacker_long(
+    ops: list[tuple[object, ...]],
+) -> None:
+    _run(ops)
