@@ -957,9 +957,10 @@ class _NatsWatch(Watch):
             )
         finally:
             closing.cancel()
+            if not task.done():
+                task.cancel()
         if task in done:
             return task.result()
-        task.cancel()
         return None
 
     async def _back_off(self) -> None:
