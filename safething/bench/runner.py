@@ -84,6 +84,7 @@ GROUP_MODULES: tuple[GroupModule, ...] = (
     GroupModule("net", "safething.bench.net"),
     GroupModule("things", "safething.bench.things"),
     GroupModule("history", "safething.bench.history"),
+    GroupModule("stores", "safething.bench.stores"),
     GroupModule("gateway", "safething_gateway.bench.gateway"),
     GroupModule("firmware", "safething_gateway.bench.firmware"),
     GroupModule("console", "safething_gateway.bench.console"),

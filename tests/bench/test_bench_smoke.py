@@ -75,6 +75,15 @@ HISTORY_EXPECTED = {
     ),
 }
 EXPECTED |= HISTORY_EXPECTED
+STORES_EXPECTED = {
+    *(
+        f"stores_notify_latency_{store}_{p}_ms"
+        for store in ("sqlite", "nats", "nats_r3")
+        for p in ("p50", "p99", "max")
+    ),
+    *(f"stores_signed_writes_{store}" for store in ("sqlite", "nats", "nats_r3")),
+}
+EXPECTED |= STORES_EXPECTED
 TRANSPORTS = ("mqtt", "coap", "http")
 GATEWAY_LATENCIES = tuple(
     base
@@ -150,6 +159,8 @@ def test_every_metric_is_present_and_positive(
             if m["name"] in THINGS_EXPECTED
             else "history"
             if m["name"] in HISTORY_EXPECTED
+            else "stores"
+            if m["name"] in STORES_EXPECTED
             else "gateway."
             if m["name"] in GATEWAY_EXPECTED
             else "firmware."
