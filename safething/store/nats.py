@@ -210,7 +210,9 @@ def _stream_config(name: str, subject: str, replicas: int) -> dict[str, Any]:
         "num_replicas": replicas,
         "allow_rollup_hdrs": True,
         "deny_delete": True,
-        "allow_direct": False,  # every read goes to the stream leader: no stale reads
+        # Point reads go to the leader (STREAM.MSG.GET); direct gets, which any replica
+        # answers, serve scans, checked against the leader's last sequence.
+        "allow_direct": True,
         "allow_atomic": True,
         "duplicate_window": 120_000_000_000,
     }
@@ -653,13 +655,20 @@ class NatsStore(Store):
         """key -> (value, size, revision) of the live records under ``prefix``; the
         value is ``None`` with ``headers_only`` (only the size travels).
 
-        The scan is a consumer delivering the last message of every subject. In a
-        cluster that consumer may sit on a replica that has not applied the latest
-        writes yet, so the scan also asks for the subject of the stream's last
-        message (read from the leader) and starts over until that message is among
-        what it got: then the replica has applied every write acknowledged before."""
+        First one batched direct get (up to 1,000 records; any replica answers it,
+        and in a cluster its answer counts only if that replica has applied the
+        leader's last sequence). Otherwise a consumer delivering the last message of
+        every subject; in a cluster that consumer may sit on a replica that has not
+        applied the latest writes yet, so the scan also asks for the subject of the
+        stream's last message (read from the leader) and starts over until that
+        message is among what it got: then the replica has applied every write
+        acknowledged before."""
         stream = stream or self._stream
         while True:
+            floor = await self._last_sequence(stream) if self._options.replicas > 1 else 0
+            quick = await self._scan_direct(prefix, stream, floor)
+            if quick is not None:
+                return quick
             barrier = None
             if self._options.replicas > 1:
                 barrier = await self._barrier(stream)
@@ -667,6 +676,52 @@ class NatsStore(Store):
             if found is not None:
                 return found
             await asyncio.sleep(0.02)
+
+    async def _scan_direct(
+        self, prefix: str, stream: str, floor: int
+    ) -> dict[str, tuple[bytes | None, int, int]] | None:
+        """One batched direct get of the last message of every subject under ``prefix``
+        (nats-server >= 2.11), answered by any replica: the result, or ``None`` when
+        it cannot be trusted or is incomplete (a replica behind ``floor``, more than one
+        batch, no answer), and the caller scans with a consumer instead."""
+        subject_prefix = self._prefix if stream == self._stream else self._chunk_prefix
+        wanted = subject_prefix + (prefix + ">" if prefix else ">")
+        inbox = self._nc.new_inbox()
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def receive(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        found: dict[str, tuple[bytes | None, int, int]] = {}
+        sub = await self._nc.subscribe(inbox, cb=receive)
+        try:
+            request = json.dumps({"multi_last": [wanted], "batch": _MAX_BATCH}).encode()
+            await self._nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, reply=inbox)
+            async with asyncio.timeout(_REQUEST_S):
+                while True:
+                    msg = await queue.get()
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status == "404":
+                        return {} if self._options.replicas == 1 else None
+                    if status == "204":  # end of batch
+                        upto = int(headers.get("Nats-UpTo-Sequence", "0"))
+                        complete = headers.get("Nats-Num-Pending", "0") == "0"
+                        return found if complete and upto >= floor else None
+                    if status is not None:
+                        return None
+                    subject = headers.get("Nats-Subject", "")
+                    if not subject.startswith(subject_prefix + prefix):
+                        return None
+                    key = subject[len(subject_prefix) :]
+                    if _is_delete(headers) or (stream == self._stream and not _KEY_RE.match(key)):
+                        continue
+                    found[key] = (msg.data, len(msg.data), int(headers["Nats-Sequence"]))
+        except (TimeoutError, nats.errors.Error, KeyError, ValueError):
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _barrier(self, stream: str) -> tuple[str, int] | None:
         """The subject and sequence of the stream's last message (from its leader)."""
