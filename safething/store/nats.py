@@ -40,7 +40,7 @@ Quotas (exact among writers that pass one)
     Each quota prefix has a guard record ``/quota.<prefix>`` (outside the
     key space: ``/`` is not a key character; scans and watches never show
     it). A write with a quota reads the guard's revision, counts the prefix
-    (a headers-only scan) and then sends the guard and the write as one
+    (a scan: see ``_scan``) and then sends the guard and the write as one
     atomic batch, the guard expected at the revision it read. Two writers
     racing for the last slot cannot both succeed: the second batch finds the
     guard moved and starts over, now counting the first write. A write under
