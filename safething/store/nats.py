@@ -958,7 +958,8 @@ class _NatsWatch(Watch):
                     await self._back_off()
                     continue
                 if self._sub is None:
-                    await self._subscribe()
+                    # a request in flight when the store closes may never be answered
+                    await self._until_closed(self._subscribe())
                     continue
                 msg = await self._until_closed(self._queue.get(), timeout=_STALL_S)
             except (StoreError, _APIError, nats.errors.Error, OSError) as e:

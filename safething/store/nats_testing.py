@@ -253,18 +253,35 @@ async def nats_cluster(directory: Path, size: int = 3) -> AsyncIterator[NatsClus
 
 
 async def _wait_for_meta_leader(cluster: NatsCluster) -> None:
+    """Wait until the cluster can place a stream on every node (a meta leader that
+    knows all peers): create and delete a probe stream with one replica per node."""
+    import json
+
     import nats
 
     client = await nats.connect(servers=[n.url for n in cluster.nodes])
+    config = {
+        "name": "safething-probe",
+        "subjects": ["safething.probe"],
+        "num_replicas": len(cluster.nodes),
+        "storage": "memory",
+    }
     try:
-        async with asyncio.timeout(_START_TIMEOUT_S):
+        async with asyncio.timeout(_START_TIMEOUT_S * 2):
             while True:
                 try:
-                    info = await client.jetstream().account_info()
+                    reply = await client.request(
+                        "$JS.API.STREAM.CREATE.safething-probe",
+                        json.dumps(config).encode(),
+                        timeout=5,
+                    )
+                    if "error" not in json.loads(reply.data):
+                        await client.request(
+                            "$JS.API.STREAM.DELETE.safething-probe", b"", timeout=5
+                        )
+                        return
                 except Exception:  # no meta leader yet: JetStream not ready
-                    await asyncio.sleep(0.1)
-                    continue
-                if info is not None:
-                    return
+                    pass
+                await asyncio.sleep(0.2)
     finally:
         await client.close()
