@@ -88,7 +88,7 @@ def test_st2_is_aes_ctr_then_hmac_with_keys_per_direction(uplink: bool, counter:
     assert mac(SECRET, DEVICE, CHANNEL, counter, sealed, uplink=uplink) == tag  # ST2 default
 
 
-@pytest.mark.parametrize("counter", [-1, 2**64])
+@pytest.mark.parametrize("counter", [-1, 2**64, 2**65])
 def test_st2_counters_fit_the_nonce(counter: int) -> None:
     with pytest.raises(ValueError, match="an ST2 counter is 0 to 2"):
         frame(SECRET, DEVICE, CHANNEL, counter, BODY, version=2, uplink=True)
@@ -108,6 +108,9 @@ def test_frame_and_counter_limits() -> None:
     for counter in (b"1" * 20, b"x1", b"-1", b"1.5", b""):
         with pytest.raises(BadMessageError, match="the counter must be a decimal number"):
             parse_frame(b"ST2 " + counter + b" " + b"a" * 64 + b"\n")
+    for head in (b"ST2 1 " + b"a" * 64, b"ST2 1 " + b"a" * 64 + b" extra\n", b"ST9 1 a\n"):
+        with pytest.raises(BadMessageError, match="not a SAFEthing device message"):
+            parse_frame(head)  # no header line, a field too many, an unknown version
     for tag in (b"a" * 63, b"a" * 65, b"A" * 64, b"g" * 64):
         with pytest.raises(BadMessageError, match="64 lowercase hex digits"):
             parse_frame(b"ST2 1 " + tag + b"\n")

@@ -91,6 +91,7 @@ def test_the_downlink_queue_holds_its_limit(tmp_path: Path) -> None:
             smaller.enqueue("sensor-01", "desired", b"{}")
         counters = [d.counter for d in smaller.pending("sensor-01")]
         assert counters == [1, 2, 3]
+        assert smaller.ack("sensor-01", 1) is True  # one downlink acknowledged
         assert smaller.ack("sensor-01", 2) is True  # the device has 1 and 2
         assert [d.counter for d in smaller.pending("sensor-01")] == [3]
         assert smaller.ack("sensor-01", 2) is False  # nothing more to drop
@@ -136,6 +137,8 @@ def test_records_say_what_they_are(tmp_path: Path) -> None:
             registry.get("sensor-01")
         assert registry.get("sensor-01", allow_revoked=True).revoked is True
         assert registry.get("valve-001").revoked is False
+        assert registry.get("valve-001").meta == {}  # no meta: an empty one, not null
+        assert registry.add("meta-0001", "http", meta={"room": "attic"}).meta == {"room": "attic"}
         # the gateway reads from its worker thread as well as from the event loop's
         seen: list[str] = []
         reader = threading.Thread(target=lambda: seen.append(registry.get("valve-001").transport))
