@@ -25,6 +25,7 @@ from safething_gateway.protocol import (
     TooLargeError,
     UnknownChannelError,
     UnknownDeviceError,
+    check_channel,
     decode_body,
     empty_frame,
     encode_body,
@@ -169,3 +170,11 @@ def test_bodies_in_json_and_cbor() -> None:
         decode_body(b"\xff\xff", "cbor")
     with pytest.raises(PayloadError, match="body is not valid JSON"):
         decode_body(cbor2.dumps(value), "json")
+
+
+def test_channels_built_at_run_time_are_known() -> None:
+    """Bridges cut channels out of topics and paths: equal strings, not the same object."""
+    for channel in ("reading", "birth", "event/VeryDryAlarm", "result/r-1"):
+        built = "".join(list(channel))
+        assert check_channel(built) == channel
+    assert check_channel("".join(["des", "ired"]), uplink=False) == "desired"
