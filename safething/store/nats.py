@@ -278,6 +278,8 @@ class NatsStore(Store):
         self._chunk_bucket = f"{options.bucket}-chunks"
         self._chunk_stream = f"KV_{self._chunk_bucket}"
         self._chunk_prefix = f"$KV.{self._chunk_bucket}."
+        self._request_s = min(_REQUEST_S, options.timeout)
+        """How long one attempt waits for an answer (never beyond ``timeout``)."""
         self._watches: set[_NatsWatch] = set()
         self._starting: set[_NatsWatch] = set()
         """Watches without ``since`` still learning where "now" is (see :meth:`watch`)."""
@@ -335,7 +337,9 @@ class NatsStore(Store):
         delay = 0.05
         while True:
             try:
-                reply = await self._nc.request(f"$JS.API.{subject}", payload, timeout=_REQUEST_S)
+                reply = await self._nc.request(
+                    f"$JS.API.{subject}", payload, timeout=self._request_s
+                )
                 answer: dict[str, Any] = json.loads(reply.data)
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
                 if time.monotonic() + delay > deadline:
@@ -406,7 +410,7 @@ class NatsStore(Store):
             self._check_open()
             try:
                 reply = await self._nc.request(
-                    subject, payload, timeout=_REQUEST_S, headers=headers
+                    subject, payload, timeout=self._request_s, headers=headers
                 )
                 answer = json.loads(reply.data)
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
