@@ -114,6 +114,8 @@ class NatsServer:
     routes: list[int] = field(default_factory=list)
     extra_config: str = ""
     """Appended to the configuration file (accounts, leaf nodes, TLS...)."""
+    domain: str | None = None
+    """JetStream domain (a leaf-node site and its hub each have their own)."""
     process: asyncio.subprocess.Process | None = None
 
     @property
@@ -134,7 +136,9 @@ class NatsServer:
             f"server_name: {self.name}",
             f"listen: 127.0.0.1:{self.port}",
             f"max_payload: {MAX_PAYLOAD}",
-            f'jetstream {{ store_dir: "{store}" }}',
+            f'jetstream {{ store_dir: "{store}"'
+            + (f", domain: {self.domain}" if self.domain else "")
+            + " }",
         ]
         if self.cluster_port is not None:
             routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes)
