@@ -709,7 +709,7 @@ class Gateway(AsyncResource):
                     "args": request.args,
                     "deadline": request.deadline,
                 }
-                await self.send(
+                await self._send_once(
                     device_id, f"action/{request.request_id}", body, expires=request.deadline
                 )
                 if self.liveness.online(device_id) is False:  # say so, not a silent wait
@@ -809,6 +809,25 @@ class Gateway(AsyncResource):
         )
         bridge = self.bridge_for(device_id)
         if bridge is not None and bridge.can_push(device_id):
+            await self._push(bridge, record, downlink)
+        return downlink
+
+    async def _send_once(
+        self, device_id: str, channel: str, body: Any, *, expires: float
+    ) -> Downlink | None:
+        """Queue a downlink the device must get at most once (an action request): after a
+        gateway restart the resumed request finds it queued already, or acknowledged by
+        the device (None: nothing is sent again, the result is awaited)."""
+        record = self.registry.get(device_id)
+        downlink = await self.registry.call(
+            self.registry.enqueue_once,
+            device_id,
+            channel,
+            encode_body(body, "json"),
+            expires=expires,
+        )
+        bridge = self.bridge_for(device_id)
+        if downlink is not None and bridge is not None and bridge.can_push(device_id):
             await self._push(bridge, record, downlink)
         return downlink
 

@@ -100,6 +100,13 @@ CREATE TABLE IF NOT EXISTS downlinks (
     expires REAL,
     PRIMARY KEY (device_id, counter)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS forwarded (
+    device_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    counter INTEGER NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (device_id, channel)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS uplinks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     device_id TEXT NOT NULL,
@@ -436,6 +443,22 @@ class Registry:
     ) -> Downlink:
         """Take the next gateway counter and queue a message for the device, durably;
         :class:`DownlinkQueueFullError` when it already has :attr:`max_pending` waiting."""
+        downlink = self._enqueue(device_id, channel, body, expires=expires, once=False)
+        assert downlink is not None
+        return downlink
+
+    def enqueue_once(
+        self, device_id: str, channel: str, body: bytes, *, expires: float
+    ) -> Downlink | None:
+        """Like :meth:`enqueue`, for a message the device must get at most once until
+        ``expires`` (an action request): queued again it is the same downlink (same counter,
+        which the device refuses as seen), and None once the device has acknowledged it
+        (a request resumed after a gateway restart waits for its result, never re-sent)."""
+        return self._enqueue(device_id, channel, body, expires=expires, once=True)
+
+    def _enqueue(
+        self, device_id: str, channel: str, body: bytes, *, expires: float | None, once: bool
+    ) -> Downlink | None:
         now = time.time()
         with self._writing() as db, db:
             db.execute("BEGIN IMMEDIATE")
@@ -443,6 +466,18 @@ class Registry:
                 "DELETE FROM downlinks WHERE device_id = ? AND expires IS NOT NULL AND expires < ?",
                 (device_id, now),
             )
+            if once:
+                db.execute("DELETE FROM forwarded WHERE expires < ?", (now,))
+                seen = db.execute(
+                    "SELECT counter FROM forwarded WHERE device_id = ? AND channel = ?",
+                    (device_id, channel),
+                ).fetchone()
+                if seen is not None:
+                    row = db.execute(
+                        "SELECT * FROM downlinks WHERE device_id = ? AND counter = ?",
+                        (device_id, seen[0]),
+                    ).fetchone()
+                    return Downlink(*row) if row is not None else None
             waiting = db.execute(
                 "SELECT COUNT(*) FROM downlinks WHERE device_id = ?", (device_id,)
             ).fetchone()[0]
@@ -463,6 +498,11 @@ class Registry:
                 "INSERT INTO downlinks VALUES (?, ?, ?, ?, ?, ?)",
                 (device_id, row[0], channel, body, now, expires),
             )
+            if once:
+                db.execute(
+                    "INSERT INTO forwarded VALUES (?, ?, ?, ?)",
+                    (device_id, channel, row[0], expires),
+                )
         return Downlink(device_id, row[0], channel, body, now, expires)
 
     def pending(self, device_id: str) -> list[Downlink]:

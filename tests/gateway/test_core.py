@@ -253,3 +253,49 @@ def test_names_with_a_trailing_newline_are_refused() -> None:
         check_device_id("sensor-01\n")
     with pytest.raises(UnknownChannelError):
         check_channel("event/Alarm\n")
+
+
+async def test_an_action_the_device_has_is_not_sent_again_after_a_gateway_restart(
+    tmp_path: Path,
+) -> None:
+    """The gateway dies after the device took an action and before its result: the resumed
+    request waits for that result and never hands the device the action a second time
+    (a device would run it again: the new downlink has a new counter)."""
+    owner = Identity.generate("owner")
+    async with await open_store("memory://") as store:
+        registry = Registry(tmp_path / "gateway.db")
+        device = Device("sensor-01", registry.add("sensor-01", "http").secret)
+        requester = ThingClient(Client(store, owner))
+        try:
+            async with Gateway(store=store, registry=registry, owner=owner) as gateway:
+                await gateway.start()
+                birth = device.message("birth", {"description": SENSOR})
+                await gateway.handle("sensor-01", "birth", birth)
+                handle = await requester.request("sensor-01", "OpenValve", psi=40)
+                async with asyncio.timeout(10):
+                    while not (
+                        down := await gateway.handle(
+                            "sensor-01", "poll", device.message("poll", {})
+                        )
+                    ):
+                        await asyncio.sleep(0.02)
+                assert down[0].channel == f"action/{handle.request_id}"
+                ack = device.message("ack", {"down": down[0].counter})
+                await gateway.handle("sensor-01", "ack", ack)  # the device runs it now
+            registry.close()
+            registry = Registry(tmp_path / "gateway.db")  # the gateway restarts
+            async with Gateway(store=store, registry=registry, owner=owner) as gateway:
+                await gateway.start()
+                key = ("sensor-01", handle.request_id)
+                async with asyncio.timeout(10):
+                    while key not in gateway._waiting:  # the request was resumed
+                        await asyncio.sleep(0.02)
+                again = await gateway.handle("sensor-01", "poll", device.message("poll", {}))
+                assert [d.channel for d in again] == []
+                rid = handle.request_id
+                result = device.message(f"result/{rid}", {"state": "done", "result": None})
+                await gateway.handle("sensor-01", f"result/{rid}", result)
+                assert (await handle.wait(10)).state == "done"
+        finally:
+            await requester.close()
+            registry.close()
