@@ -109,9 +109,14 @@ def test_frame_and_counter_limits() -> None:
     for counter in (b"1" * 20, b"x1", b"-1", b"1.5", b""):
         with pytest.raises(BadMessageError, match="the counter must be a decimal number"):
             parse_frame(b"ST2 " + counter + b" " + b"a" * 64 + b"\n")
-    for head in (b"ST2 1 " + b"a" * 64, b"ST2 1 " + b"a" * 64 + b" extra\n", b"ST9 1 a\n"):
+    for head in (
+        b"ST2 1 " + b"a" * 64,
+        b"ST2 1 " + b"a" * 64 + b" extra\n",
+        b"ST2 1\n",
+        b"ST9 1 a\n",
+    ):
         with pytest.raises(BadMessageError, match="not a SAFEthing device message"):
-            parse_frame(head)  # no header line, a field too many, an unknown version
+            parse_frame(head)  # no header line, a field too many or too few, an unknown version
     for tag in (b"a" * 63, b"a" * 65, b"A" * 64, b"g" * 64):
         with pytest.raises(BadMessageError, match="64 lowercase hex digits"):
             parse_frame(b"ST2 1 " + tag + b"\n")

@@ -125,7 +125,9 @@ def test_records_say_what_they_are(tmp_path: Path) -> None:
     registry = Registry(tmp_path / "private" / "gateway.db")
     try:
         assert _mode(tmp_path / "private") == 0o700  # the directory it made is private too
-        assert registry.add("sensor-01", "http").linked is True
+        first = registry.add("sensor-01", "http")
+        assert first.linked is True
+        assert len(first.secret) == 32  # the link secret a new device gets (docs/protocol.md)
         assert registry.add("valve-001", "mqtt").linked is True
         assert registry.add("adopted-01", "adopted").linked is False  # its adapter acts
         with pytest.raises(ValueError, match="'sensor-01' is already provisioned"):
