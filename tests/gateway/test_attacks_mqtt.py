@@ -351,7 +351,10 @@ async def test_a_backlog_after_sigkill_is_not_refused_by_the_rate_limiter() -> N
             history = await reader.history(link.device_id, "n")
             assert [r.value for r in history] == list(range(1, total + 1))
             await until(lambda: child.last.get("in", 0) >= total - 40)
-            assert child.last["rejected"] == 0
+            # A reading handled (journaled) when the SIGKILL hit, but not yet acknowledged,
+            # is redelivered by the broker and refused as a replay: a duplicate, not a loss
+            # (the history above holds every reading once, in order). Nothing else refused.
+            assert child.last["rejected"] == child.last["replayed"]
             assert child.rate_limited == 0
         finally:
             await sender.close()

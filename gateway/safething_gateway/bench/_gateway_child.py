@@ -109,6 +109,13 @@ def _state(gateway: Gateway, event: str, **extra: Any) -> dict[str, Any]:
                 if name == _REJECTED and ("reason", "rate_limited") in labels
             )
         ),
+        "replayed": int(
+            sum(
+                v
+                for (name, labels), v in counters.items()
+                if name == _REJECTED and ("reason", "replay") in labels
+            )
+        ),
         "things": len(gateway.things),
         "rss_kb": rss,
         "hwm_kb": hwm,
