@@ -344,20 +344,7 @@ class Registry:
     def accept_counter(self, device_id: str, counter: int) -> None:
         """Record ``counter`` as the device's newest; ``ReplayError`` unless it is newer."""
         with self._writing() as db:
-            cur = db.execute(
-                "UPDATE devices SET rx_counter = ?, last_seen = ? WHERE id = ? AND rx_counter < ?",
-                (counter, time.time(), device_id, counter),
-            )
-            if cur.rowcount == 0:
-                row = db.execute(
-                    "SELECT rx_counter FROM devices WHERE id = ?", (device_id,)
-                ).fetchone()
-                if row is None:
-                    raise UnknownDeviceError(f"unknown device {device_id!r}")
-                raise ReplayError(
-                    f"counter {counter} of {device_id!r} is not above the last accepted "
-                    f"({row[0]}): replayed or old message"
-                )
+            _spend_counter(db, device_id, counter, time.time())
 
     def accept(
         self,
@@ -376,20 +363,7 @@ class Registry:
         now = time.time()
         with self._writing() as db, db:
             db.execute("BEGIN IMMEDIATE")
-            cur = db.execute(
-                "UPDATE devices SET rx_counter = ?, last_seen = ? WHERE id = ? AND rx_counter < ?",
-                (counter, now, device_id, counter),
-            )
-            if cur.rowcount == 0:
-                row = db.execute(
-                    "SELECT rx_counter FROM devices WHERE id = ?", (device_id,)
-                ).fetchone()
-                if row is None:
-                    raise UnknownDeviceError(f"unknown device {device_id!r}")
-                raise ReplayError(
-                    f"counter {counter} of {device_id!r} is not above the last accepted "
-                    f"({row[0]}): replayed or old message"
-                )
+            _spend_counter(db, device_id, counter, now)
             if description is not None:
                 db.execute(
                     "UPDATE devices SET description = ? WHERE id = ?",
@@ -561,6 +535,23 @@ class Registry:
     def buffer_depth(self) -> int:
         with self._reading() as db:
             return int(db.execute("SELECT COUNT(*) FROM uplinks").fetchone()[0])
+
+
+def _spend_counter(db: sqlite3.Connection, device_id: str, counter: int, now: float) -> None:
+    """Record ``counter`` as the device's newest (and when it was seen); ``ReplayError``
+    unless it is above the last accepted, ``UnknownDeviceError`` for no such device."""
+    cur = db.execute(
+        "UPDATE devices SET rx_counter = ?, last_seen = ? WHERE id = ? AND rx_counter < ?",
+        (counter, now, device_id, counter),
+    )
+    if cur.rowcount == 0:
+        row = db.execute("SELECT rx_counter FROM devices WHERE id = ?", (device_id,)).fetchone()
+        if row is None:
+            raise UnknownDeviceError(f"unknown device {device_id!r}")
+        raise ReplayError(
+            f"counter {counter} of {device_id!r} is not above the last accepted "
+            f"({row[0]}): replayed or old message"
+        )
 
 
 @functools.lru_cache(maxsize=4096)
