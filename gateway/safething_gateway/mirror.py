@@ -29,11 +29,12 @@ import asyncio
 import contextlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from safething.errors import NoSuchDataError, SafeThingError
 from safething.net import Client
+from safething.resource import Tasks
 from safething.things import AccessType, ThingClient, ThingDescription
 from safething.things.discovery import list_things
 from safething_gateway.adoption.client import MqttAdapter
@@ -48,7 +49,8 @@ log = logging.getLogger("safething.gateway.mirror")
 @dataclass(eq=False)
 class _Mirrored:
     description: ThingDescription
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tasks: Tasks
+    """The thing's followers (availability, each attribute and topic)."""
 
 
 class JsonMirror(MqttAdapter):
@@ -120,7 +122,7 @@ class JsonMirror(MqttAdapter):
 
     async def _stop(self) -> None:
         for entry in self._mirrored.values():
-            await _cancel(entry.tasks)
+            await entry.tasks.cancel_all()
         self._mirrored.clear()
 
     async def _rescan_job(self) -> None:
@@ -138,7 +140,7 @@ class JsonMirror(MqttAdapter):
         assert things is not None
         found = {s.id for s in await list_things(things.client) if s.status != "disabled"}
         for thing_id in [t for t in self._mirrored if t not in found]:
-            await _cancel(self._mirrored.pop(thing_id).tasks)
+            await self._mirrored.pop(thing_id).tasks.cancel_all()
         for thing_id in found:
             try:
                 description = await things.describe(thing_id)
@@ -149,15 +151,13 @@ class JsonMirror(MqttAdapter):
             if current is not None and current.description == description:
                 continue
             if current is not None:
-                await _cancel(current.tasks)
-            entry = self._mirrored[thing_id] = _Mirrored(description)
+                await current.tasks.cancel_all()
+            tasks = Tasks(f"{self.name}:{thing_id}:")
+            entry = self._mirrored[thing_id] = _Mirrored(description, tasks)
             self._follow(thing_id, entry)
 
     def _follow(self, thing_id: str, entry: _Mirrored) -> None:
-        loop = asyncio.get_running_loop()
-
-        def spawn(coro: Any, what: str) -> None:
-            entry.tasks.append(loop.create_task(coro, name=f"{self.name}:{thing_id}:{what}"))
+        spawn = entry.tasks.spawn
 
         spawn(self._follow_availability(thing_id), "availability")
         for attr in entry.description.attributes:
@@ -235,12 +235,3 @@ class JsonMirror(MqttAdapter):
             await self.publish(topic, text, retain=retain)
         except SafeThingError as e:
             log.info("%s: %s not published: %s", self.name, topic, e)
-
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-    tasks.clear()
