@@ -38,11 +38,12 @@ import contextlib
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from safething.errors import NoSuchDataError, SafeThingError
 from safething.net import Client
+from safething.resource import Tasks
 from safething.things import AccessType, Attribute, ThingClient, ThingDescription, ValueType
 from safething_gateway.adoption.client import MqttAdapter
 from safething_gateway.adoption.ha_discovery import PUBLISHER_ORIGIN
@@ -61,7 +62,8 @@ class _Published:
     thing_id: str
     description: ThingDescription
     config_topic: str
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tasks: Tasks
+    """The thing's followers (one per attribute shown in Home Assistant)."""
 
 
 class HomeAssistantPublisher(MqttAdapter):
@@ -87,7 +89,7 @@ class HomeAssistantPublisher(MqttAdapter):
         """Seconds between looks at the gateway's things (new, changed or gone)."""
         self._entries: dict[str, _Published] = {}
         self._things: ThingClient | None = None
-        self._presses: set[asyncio.Task[None]] = set()
+        self._presses = Tasks(f"{self.name}:press:")
 
     @property
     def status_topic(self) -> str:
@@ -139,9 +141,8 @@ class HomeAssistantPublisher(MqttAdapter):
 
     async def _stop_tasks(self) -> None:
         for entry in self._entries.values():
-            await _cancel(entry.tasks)
-            entry.tasks.clear()
-        await _cancel(list(self._presses))
+            await entry.tasks.cancel_all()
+        await self._presses.cancel_all()
 
     async def _rescan_job(self) -> None:
         try:
@@ -168,7 +169,7 @@ class HomeAssistantPublisher(MqttAdapter):
         wanted = self._wanted()
         for thing_id in [t for t in self._entries if t not in wanted]:
             entry = self._entries.pop(thing_id)
-            await _cancel(entry.tasks)
+            await entry.tasks.cancel_all()
             await self.publish(entry.config_topic, b"", retain=True)
             log.info("%s: removed %s from Home Assistant", self.name, thing_id)
         for thing_id, description in wanted.items():
@@ -178,8 +179,9 @@ class HomeAssistantPublisher(MqttAdapter):
                     await self._publish_config(current)
                 continue
             if current is not None:
-                await _cancel(current.tasks)
-            entry = _Published(thing_id, description, self.config_topic(thing_id))
+                await current.tasks.cancel_all()
+            tasks = Tasks(f"{self.name}:{thing_id}:")
+            entry = _Published(thing_id, description, self.config_topic(thing_id), tasks)
             self._entries[thing_id] = entry
             await self._publish_config(entry)
             self._follow(entry)
@@ -270,25 +272,16 @@ class HomeAssistantPublisher(MqttAdapter):
     # --- states -----------------------------------------------------------------------
 
     def _follow(self, entry: _Published) -> None:
-        loop = asyncio.get_running_loop()
         for attr in entry.description.attributes:
             if self._attribute_component(entry.thing_id, attr) is None:
                 continue
             topic = self.state_topic(entry.thing_id, attr.name)
-            if not attr.dynamic:
-                entry.tasks.append(
-                    loop.create_task(
-                        self._publish_state(topic, attr.value),
-                        name=f"{self.name}:{entry.thing_id}:{attr.name}",
-                    )
+            if attr.dynamic:
+                entry.tasks.spawn(
+                    self._follow_attribute(entry.thing_id, attr.name, topic), attr.name
                 )
-                continue
-            entry.tasks.append(
-                loop.create_task(
-                    self._follow_attribute(entry.thing_id, attr.name, topic),
-                    name=f"{self.name}:{entry.thing_id}:{attr.name}",
-                )
-            )
+            else:
+                entry.tasks.spawn(self._publish_state(topic, attr.value), attr.name)
 
     async def _follow_attribute(self, thing_id: str, attribute: str, topic: str) -> None:
         things = self._things
@@ -354,9 +347,7 @@ class HomeAssistantPublisher(MqttAdapter):
                     "%s: %s.%s from Home Assistant failed: %s", self.name, thing_id, action, e
                 )
 
-        task = asyncio.get_running_loop().create_task(run(), name=f"{self.name}:press:{action}")
-        self._presses.add(task)
-        task.add_done_callback(self._presses.discard)
+        self._presses.spawn(run(), action)
 
     async def _set(self, entry: _Published, attribute: str, text: str) -> None:
         things = self._things
@@ -407,11 +398,3 @@ def _parse(attr: Attribute, text: str) -> Any:
     if kind is ValueType.NUMBER:
         return float(text)
     return text
-
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
