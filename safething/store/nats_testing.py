@@ -38,6 +38,7 @@ __all__ = [
     "NatsCluster",
     "NatsServer",
     "free_port",
+    "free_ports",
     "nats_cluster",
     "nats_server",
     "server_binary",
@@ -60,10 +61,19 @@ def unique_bucket() -> str:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different TCP ports on 127.0.0.1 that nothing listens on right now (all
+    bound at once: ports taken one by one may come back the same once released)."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+        return ports
 
 
 def server_binary() -> Path:
@@ -237,11 +247,13 @@ async def nats_server(directory: Path, *, extra_config: str = "") -> AsyncIterat
 async def nats_cluster(directory: Path, size: int = 3) -> AsyncIterator[NatsCluster]:
     """``size`` routed JetStream nodes (``n1``...), each with its own storage under
     ``directory``; waits until the cluster has a JetStream meta leader."""
-    cluster_ports = [free_port() for _ in range(size)]
+    ports = free_ports(2 * size)  # a client and a route port per node, all different
+    client_ports, cluster_ports = ports[:size], ports[size:]
     nodes = [
         NatsServer(
             directory,
             name=f"n{i + 1}",
+            port=client_ports[i],
             cluster_port=cluster_ports[i],
             routes=[p for j, p in enumerate(cluster_ports) if j != i],
         )
