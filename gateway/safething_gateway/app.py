@@ -163,6 +163,7 @@ class GatewayApp(AsyncResource):
         from dataclasses import replace
 
         from safething_gateway.console import Console, ConsoleSettings
+        from safething_gateway.device_admin import DeviceAdmin
         from safething_gateway.provisioning import DeviceEndpoints
 
         c = self.config.console
@@ -180,6 +181,7 @@ class GatewayApp(AsyncResource):
                 tls_key=c.tls_key,
             ),
             gateway=self.gateway,
+            admin=DeviceAdmin.from_config(self.config, self.gateway.registry),
             endpoints=replace(DeviceEndpoints.from_config(self.config), mqtt_port=mqtt_port),
         )
         await self.console.start()

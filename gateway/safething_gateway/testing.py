@@ -31,6 +31,7 @@ from safething.net import Identity
 from safething.store import Store, open_store
 from safething_gateway.broker import Mosquitto, broker_user, free_port, mosquitto
 from safething_gateway.core import Bridge, Gateway
+from safething_gateway.device_admin import DeviceAdmin
 from safething_gateway.mosquitto import MosquittoAuth
 from safething_gateway.registry import DeviceRecord, Registry
 
@@ -120,13 +121,17 @@ class GatewaySite:
     ) -> tuple[DeviceRecord, str | None]:
         """What ``safething provision`` does: a registry entry and, for MQTT on a broker
         with logins, a broker login (returned) that works once this returns."""
-        record = self.registry.add(device_id or unique_id("dev"), transport)
-        password = None
-        if transport == "mqtt" and self.auth is not None:
-            password = self.auth.add_device(record.device_id)
-            self.broker.reload()
-            await self.login_works(record.device_id, password, True)
-        return record, password
+        done = self.admin.provision(device_id or unique_id("dev"), transport)
+        password = done.mqtt_login.get("password")
+        if password is not None:
+            await self.login_works(done.record.device_id, password, True)
+        return done.record, password
+
+    @property
+    def admin(self) -> DeviceAdmin:
+        """Provisions and revokes devices on this site (registry and broker login), as
+        ``safething provision`` and the console do."""
+        return DeviceAdmin(self.registry, auth=self.auth, reload=self.broker.reload)
 
     async def login_works(self, user: str | None, password: str | None, expected: bool) -> None:
         """Wait until the broker answers this login as ``expected`` (it re-reads its

@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="owner binding and audit log (default: <user data dir>/safething/console)",
     )
     c.add_argument("--registry", type=Path, default=None, help="a gateway registry to show")
+    c.add_argument(
+        "--config",
+        metavar="TOML",
+        default=None,
+        help="a gateway's config: its registry, broker logins (password_file, acl_file, "
+        "reload_command) and device endpoints, so Provision and Revoke manage broker logins",
+    )
     c.add_argument("--tls-cert", default="", help="PEM certificate (HTTPS)")
     c.add_argument("--tls-key", default="", help="PEM private key")
     c.set_defaults(func=cmd_console)
@@ -58,12 +65,17 @@ def cmd_console(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
-    asyncio.run(_run(Console, settings, owner, args.store, args.registry))
+    asyncio.run(_run(Console, settings, owner, args.store, args.registry, args.config))
     return 0
 
 
 async def _run(
-    console_cls: Any, settings: Any, owner: Any, url: str | None, registry: Path | None
+    console_cls: Any,
+    settings: Any,
+    owner: Any,
+    url: str | None,
+    registry: Path | None,
+    config_path: str | None,
 ) -> None:
     from safething.store import open_store
 
@@ -72,15 +84,32 @@ async def _run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
-    reg = None
-    if registry is not None:
+    reg = admin = endpoints = None
+    if config_path is not None:
+        from safething_gateway.config import load_config
+        from safething_gateway.device_admin import DeviceAdmin
+        from safething_gateway.provisioning import DeviceEndpoints
+        from safething_gateway.registry import Registry
+
+        config = load_config(config_path)
+        reg = Registry(registry or config.gateway.registry_path)
+        admin = DeviceAdmin.from_config(config, reg)
+        endpoints = DeviceEndpoints.from_config(config)
+    elif registry is not None:
         from safething_gateway.registry import Registry
 
         reg = Registry(registry)
     try:
         async with (
             await open_store(url) as store,
-            console_cls(store=store, owner=owner, settings=settings, registry=reg) as console,
+            console_cls(
+                store=store,
+                owner=owner,
+                settings=settings,
+                registry=reg,
+                admin=admin,
+                endpoints=endpoints,
+            ) as console,
         ):
             await console.serve()
             for line in console.announce():

@@ -11,8 +11,6 @@ import asyncio
 import json
 import os
 import secrets
-import shlex
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -238,24 +236,10 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _reload_broker(command: str) -> None:
-    """Ask the broker to re-read its files; on failure say what to run (nothing is undone)."""
-    if not command:
-        out("reload the broker so the change takes effect (e.g. sudo systemctl reload mosquitto)")
-        return
-    try:
-        result = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=30)
-        failed = result.stderr.strip() or f"exit code {result.returncode}"
-        ok = result.returncode == 0
-    except OSError as e:
-        ok, failed = False, str(e)
-    if not ok:
-        out(f"warning: '{command}' failed ({failed}); run it yourself so the change takes effect")
-
-
 def cmd_provision(args: argparse.Namespace) -> int:
     _need_gateway()
     from safething_gateway.config import load_config
+    from safething_gateway.device_admin import DeviceAdmin
     from safething_gateway.registry import Registry
 
     config = load_config(args.config)
@@ -263,29 +247,22 @@ def cmd_provision(args: argparse.Namespace) -> int:
     wifi = _wifi(args.wifi_ssid, args.wifi_password)
     registry = Registry(config.gateway.registry_path)
     try:
-        secret = secrets.token_bytes(32)
-        extra: dict[str, Any] = {}
-        if args.transport == "mqtt" and config.mqtt.password_file and config.mqtt.acl_file:
-            extra = {
-                "username": args.device_id,
-                "password": _auth(config).add_device(args.device_id),
-            }
-        record = registry.add(
+        done = DeviceAdmin.from_config(config, registry).provision(
             args.device_id,
             args.transport,
-            secret=secret,
-            meta={"provisioned": time.time()},
+            secret=secrets.token_bytes(32),
             protocol=int(args.link[2:]),
         )
     finally:
         registry.close()
+    record = done.record
     doc = _device_config(
         config,
         args.device_id,
         args.transport,
         record.secret,
         host,
-        extra,
+        done.mqtt_login,
         wifi,
         record.protocol,
     )
@@ -299,8 +276,8 @@ def cmd_provision(args: argparse.Namespace) -> int:
     out(f"device config written to {target} (mode 0600): copy it to the device as config.json")
     if record.protocol == 1:
         out("warning: ST1 sends bodies in clear; the broker and the LAN can read them")
-    if extra:
-        _reload_broker(config.mqtt.reload_command)
+    for note in done.notes:
+        out(note)
     if not args.no_qr:
         import segno
 
@@ -311,17 +288,21 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 
 def _auth(config: Any) -> Any:
-    if not (config.mqtt.password_file and config.mqtt.acl_file):
-        raise ValueError("set [mqtt] password_file and acl_file in the gateway config first")
-    from safething_gateway.mosquitto import MosquittoAuth
+    from safething_gateway.device_admin import broker_auth
 
-    group = config.mqtt.files_group or None
-    return MosquittoAuth(
-        Path(config.mqtt.password_file),
-        Path(config.mqtt.acl_file),
-        mode=0o640 if group else 0o600,
-        group=group,
-    )
+    auth = broker_auth(config)
+    if auth is None:
+        raise ValueError("set [mqtt] password_file and acl_file in the gateway config first")
+    return auth
+
+
+def _reload_broker(config: Any) -> None:
+    from safething_gateway.device_admin import BrokerReloadError, reload_command
+
+    try:
+        reload_command(config.mqtt.reload_command)()
+    except BrokerReloadError as e:
+        out(str(e))
 
 
 def cmd_broker_login(args: argparse.Namespace) -> int:
@@ -353,7 +334,7 @@ def cmd_broker_login(args: argparse.Namespace) -> int:
             discovery_prefix=prefix,
             mirror_prefix=config.mirror.prefix,
         )
-    _reload_broker(config.mqtt.reload_command)
+    _reload_broker(config)
     if args.role == "gateway":
         more = [
             f"{username}-{role}"
@@ -441,18 +422,16 @@ def cmd_device_list(args: argparse.Namespace) -> int:
 def cmd_device_revoke(args: argparse.Namespace) -> int:
     _need_gateway()
     from safething_gateway.config import load_config
+    from safething_gateway.device_admin import DeviceAdmin
     from safething_gateway.registry import Registry
 
     config = load_config(args.config)
     registry = Registry(_existing_registry(config))
     try:
-        record = registry.get(args.device_id, allow_revoked=True)
-        registry.revoke(args.device_id)
+        notes = DeviceAdmin.from_config(config, registry).revoke(args.device_id)
     finally:
         registry.close()
     out(f"revoked {args.device_id}: the gateway refuses it from now on")
-    if record.transport == "mqtt" and config.mqtt.password_file and config.mqtt.acl_file:
-        _auth(config).remove_device(args.device_id)
-        _reload_broker(config.mqtt.reload_command)
-        out("its broker login and ACL were removed")
+    for note in notes:
+        out(note)
     return 0

@@ -194,7 +194,7 @@ def test_provision_a_device_decode_its_qr_code_then_revoke_it(
 
     page.goto(site.url + "/provision")
     page.fill("input[name=device_id]", "bed-two-01")
-    page.select_option("select[name=transport]", "http")
+    page.select_option("select[name=transport]", "mqtt")
     page.fill("input[name=wifi_ssid]", "garden-wifi")
     page.click("main form button[type=submit]")
     qr = page.locator("#qr svg")
@@ -204,12 +204,17 @@ def test_provision_a_device_decode_its_qr_code_then_revoke_it(
     found = zxingcpp.read_barcodes(image)
     assert len(found) == 1
     doc = json.loads(found[0].text)
-    assert site.registry is not None
+    assert site.registry is not None and site.site is not None
     record = site.registry.get("bed-two-01")
-    assert doc["device_id"] == "bed-two-01" and doc["transport"] == "http"
+    assert doc["device_id"] == "bed-two-01" and doc["transport"] == "mqtt"
     assert doc["secret"] == record.secret.hex()
     assert doc["wifi"]["ssid"] == "garden-wifi"
-    assert doc["http"]["url"].startswith("http://127.0.0.1:")
+    mqtt = doc["mqtt"]
+    assert (mqtt["host"], mqtt["port"]) == ("127.0.0.1", site.site.broker.port)
+    # the broker (real Mosquitto with logins) takes the login the page showed, no other
+    assert mqtt["username"] == "bed-two-01"
+    site.call(site.site.login_works("bed-two-01", mqtt["password"], True))
+    site.call(site.site.login_works("bed-two-01", "not-" + mqtt["password"], False))
 
     page.goto(site.url + "/devices")
     device = page.locator("li.device[data-device='bed-two-01']")
@@ -217,7 +222,11 @@ def test_provision_a_device_decode_its_qr_code_then_revoke_it(
     page.screenshot(path=shots / "console-devices.png", full_page=True)
     device.locator("button", has_text="Revoke").click()
     page.wait_for_selector("[data-device-state='bed-two-01']:text('revoked')")
+    assert "its broker login and ACL were removed" in page.inner_text("main")
     assert site.registry.get("bed-two-01", allow_revoked=True).revoked
+    # revoked: the broker refuses the login from now on
+    site.call(site.site.login_works("bed-two-01", mqtt["password"], False))
+    assert site.site.auth is not None and "bed-two-01" not in site.site.auth.users()
 
 
 @pytest.fixture

@@ -83,8 +83,15 @@ def create_app(console: Console) -> Any:
 
     def page(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         session = getattr(request.state, "session", None)
+        notices: list[str] = []
+        if session is not None and not name.startswith("_"):  # a whole page, not a fragment
+            notices, session.notices = session.notices, []
         html = _env.get_template(name).render(
-            session=session, path=request.url.path, owner=console.owner.public_sign_key.hex(), **ctx
+            session=session,
+            path=request.url.path,
+            owner=console.owner.public_sign_key.hex(),
+            notices=notices,
+            **ctx,
         )
         return HTMLResponse(html, status_code=status)
 
@@ -421,24 +428,23 @@ def create_app(console: Console) -> Any:
     async def revoke(request: Request, device_id: str) -> Response:
         session = session_of(request)
         try:
-            data.revoke(device_id)
+            notes = await data.revoke(device_id)
         except (SafeThingError, ValueError) as e:
             return page(request, "error.html", 404, message=str(e))
-        console.audit.append(actor(request, session), "revoke", device_id)
+        console.audit.append(actor(request, session), "revoke", device_id, "; ".join(notes))
+        session.notices = [f"revoked {device_id}: the gateway refuses it from now on", *notes]
         return RedirectResponse("/devices", status_code=303)
 
     @app.get("/provision")
     async def provision_page(request: Request) -> Response:
         session_of(request)
-        return page(
-            request, "provision.html", doc=None, error="", gateway=data.registry is not None
-        )
+        return page(request, "provision.html", doc=None, error="", gateway=data.admin is not None)
 
     @app.post("/provision")
     async def provision(request: Request) -> Response:
         session = session_of(request)
         f = await form(request)
-        if data.registry is None:
+        if data.admin is None:
             return page(
                 request,
                 "provision.html",
@@ -452,15 +458,15 @@ def create_app(console: Console) -> Any:
         try:
             if transport not in ("mqtt", "coap", "http"):
                 raise ValueError("choose mqtt, coap or http")
-            record = data.registry.add(
-                device_id, transport, meta={"provisioned": time.time(), "by": "console"}
-            )
+            done = await data.provision(device_id, transport)
+            record = done.record
             doc = device_config(
                 console.endpoints,
                 device_id,
                 transport,
                 record.secret,
                 wifi={"ssid": f.get("wifi_ssid", ""), "password": f.get("wifi_password", "")},
+                mqtt_login=done.mqtt_login,
                 console_tls=console.tls_fingerprint,
                 protocol=record.protocol,
             )
@@ -474,6 +480,7 @@ def create_app(console: Console) -> Any:
             text=json.dumps(doc, indent=2),
             qr=qr_svg(doc),
             key=record.identity.public_sign_key.hex(),
+            notes=done.notes,
             gateway=True,
             error="",
         )

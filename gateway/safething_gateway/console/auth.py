@@ -88,6 +88,8 @@ class Session:
     agent: str
     created: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
+    notices: list[str] = field(default_factory=list)
+    """Said once on the next page (what a command did, what is left to do)."""
 
     @property
     def short(self) -> str:

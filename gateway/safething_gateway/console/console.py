@@ -84,6 +84,7 @@ class Console(AsyncResource):
         settings: ConsoleSettings,
         registry: Any = None,
         gateway: Any = None,
+        admin: Any = None,
         endpoints: DeviceEndpoints | None = None,
     ) -> None:
         self.settings = settings
@@ -93,7 +94,7 @@ class Console(AsyncResource):
         self.sessions = Sessions(idle_s=settings.session_idle_s, max_s=settings.session_max_s)
         self.backoff = Backoff()
         self.audit = AuditLog(settings.state_dir / "audit.db", owner)
-        self.data = ConsoleData(store, owner, registry=registry, gateway=gateway)
+        self.data = ConsoleData(store, owner, registry=registry, gateway=gateway, admin=admin)
         self.hub = Hub(self.data)
         self.endpoints = endpoints or DeviceEndpoints()
         self.tls_fingerprint = _cert_fingerprint(settings.tls_cert) if settings.tls else ""

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safething.errors import (
     AccessDeniedError,
@@ -32,6 +32,9 @@ from safething.things.availability import LIVE, availability_of
 from safething.things.client import ThingView
 from safething.things.description import ThingDescription
 from safething.things.values import decode_payload, loads
+
+if TYPE_CHECKING:  # the gateway extra: imported only when a registry is given
+    from safething_gateway.device_admin import DeviceAdmin, Provisioned
 
 __all__ = [
     "RANGES",
@@ -218,11 +221,20 @@ class ConsoleData:
         *,
         registry: Any = None,
         gateway: Any = None,
+        admin: DeviceAdmin | None = None,
     ) -> None:
         self.store = store
         self.owner = owner
-        self.registry = registry if registry is not None else getattr(gateway, "registry", None)
+        if registry is None:
+            registry = admin.registry if admin is not None else getattr(gateway, "registry", None)
+        self.registry = registry
         self.gateway = gateway
+        if admin is None and registry is not None:
+            from safething_gateway.device_admin import DeviceAdmin
+
+            admin = DeviceAdmin(registry)
+        self.admin = admin
+        """Provisions and revokes this gateway's devices (registry entry and broker login)."""
         self.reader = ThingClient(Client(store, owner))
         """Reads as the owner, so Owner and Group values can be decrypted."""
         self.index = ThingIndex()
@@ -442,10 +454,22 @@ class ConsoleData:
     def device_map(self) -> dict[str, DeviceRow]:
         return {d.id: d for d in self.devices()}
 
-    def revoke(self, device_id: str) -> None:
-        if self.registry is None:
+    def _admin(self) -> DeviceAdmin:
+        if self.admin is None:
             raise NoSuchDataError("this console runs without a gateway: no devices")
-        self.registry.revoke(device_id)
+        return self.admin
+
+    async def provision(self, device_id: str, transport: str) -> Provisioned:
+        """A new device with its broker login (MQTT); off the event loop (SQLite, files,
+        the broker's reload)."""
+        admin = self._admin()
+        return await asyncio.to_thread(
+            admin.provision, device_id, transport, meta={"by": "console"}
+        )
+
+    async def revoke(self, device_id: str) -> tuple[str, ...]:
+        """Refuse the device from now on and remove its broker login; off the event loop."""
+        return await asyncio.to_thread(self._admin().revoke, device_id)
 
 
 def _series(points: list[tuple[float, float | None]], every: float) -> dict[str, list[Any]]:

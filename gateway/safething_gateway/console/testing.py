@@ -1,5 +1,6 @@
 """A console with real parts for tests and benchmarks: the gateway test site
-(:func:`safething_gateway.testing.open_site`: a SQLite store, a registry, a broker)
+(:func:`safething_gateway.testing.open_site`: a SQLite store, a registry, a broker with
+logins, so a device provisioned in the console logs in with what the page shows)
 with a gateway on its HTTP bridge, the demo's gardening device, on free loopback ports.
 
 It runs in its own thread and event loop so a synchronous browser driver
@@ -62,6 +63,8 @@ class ConsoleSite:
             target=self.loop.run_forever, name="console-site", daemon=True
         )
         self.store: Store | None = None
+        self.site: Any = None
+        """The :class:`~safething_gateway.testing.GatewaySite`: its broker has logins."""
         self.registry: Any = None
         """The gateway's :class:`~safething_gateway.registry.Registry`."""
         self.gateway: Any = None
@@ -110,7 +113,8 @@ class ConsoleSite:
         # the gateway extra: imported when a site starts, so the console extra alone imports
         from safething_gateway.testing import open_site
 
-        site = await self._stack.enter_async_context(open_site(self.root, logins=False))
+        site = await self._stack.enter_async_context(open_site(self.root))
+        self.site = site
         self.store, self.registry, self.owner = site.store, site.registry, site.owner
         self.gateway = await self._stack.enter_async_context(site.gateway("http"))
         http = site.bridges["http"]
@@ -121,6 +125,7 @@ class ConsoleSite:
             owner=self.owner,
             settings=ConsoleSettings(self.root / "console", port=0),
             gateway=self.gateway,
+            admin=site.admin,
             endpoints=DeviceEndpoints(
                 mqtt_port=site.broker.port, http_url=f"http://127.0.0.1:{getattr(http, 'port', 0)}"
             ),
