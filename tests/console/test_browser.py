@@ -169,6 +169,66 @@ def test_a_dynamic_attribute_changes_live_and_its_chart_gains_a_point(
     page.screenshot(path=shots / "console-thing.png", full_page=True)
 
 
+def test_desired_against_reported_and_subscriptions_of_and_to_a_thing(
+    page: Any, site: ConsoleSite
+) -> None:
+    """A window whose opening the owner sets (sealed for the thing: Owner access), and
+    which subscribes to the garden's moisture."""
+    import asyncio
+
+    window_id = "greenhouse-window-01"
+    desc = ThingDescription(
+        window_id,
+        title="Greenhouse window",
+        attributes=[
+            Attribute("opening", "number", unit="%", dynamic=True, writable=True, access="owner")
+        ],
+    )
+    window = Thing(desc, identity=Identity.generate(window_id), owner=site.owner, store=site.store)
+    release: list[asyncio.Event] = []
+
+    async def start() -> None:
+        release.append(asyncio.Event())
+        window.on_desired("opening", lambda value: release[0].wait())  # held until released
+        await window.start()
+        await window.register()
+        await window.publish()
+        await window.set("opening", 10.0)
+        await window.subscribe(
+            site.garden_id, attribute="moisture", filter="gt:70", callback=lambda note: None
+        )
+
+    site.call(start())
+    try:
+        assert site.console is not None
+        index = site.console.data.index
+        site.call(index.wait_for(lambda i: bool(i.subscriptions_of(window_id))))
+        page.goto(f"{site.url}/things/{window_id}")
+        page.wait_for_selector("body[data-stream='open']")
+        state = page.locator(f"[data-desired-state='{window_id}|opening']")
+        expect(state).to_have_text("none")
+        page.fill("form.desired input[name=value]", "55")
+        page.click("form.desired button[type=submit]")
+        expect(state).to_have_text("pending")  # in the inbox; the thing has not applied it
+        # sealed for the thing, yet shown: the console knows what it asked for
+        expect(page.locator(f"[data-desired='{window_id}|opening']")).to_have_text("55")
+        expect(page.locator(f"[data-value='{window_id}|opening']")).to_have_text("10")
+        site.loop.call_soon_threadsafe(release[0].set)
+        expect(state).to_have_text("applied")
+        expect(page.locator(f"[data-value='{window_id}|opening']")).to_have_text("55")
+        of = page.inner_text("#subscriptions-of")
+        assert site.garden_id in of and "moisture" in of and "gt:70" in of
+        page.goto(f"{site.url}/things/{site.garden_id}")
+        to = page.locator("#subscriptions-to")
+        assert window_id in to.inner_text() and "gt:70" in to.inner_text()
+        to.get_by_role("link", name=window_id).click()
+        page.wait_for_url(f"**/things/{window_id}")
+        # a fresh page reads the state back: applied
+        expect(page.locator(f"[data-desired-state='{window_id}|opening']")).to_have_text("applied")
+    finally:
+        site.call(window.close())
+
+
 def test_request_open_valve_with_a_parameter_and_follow_it_to_done(
     page: Any, site: ConsoleSite
 ) -> None:

@@ -284,6 +284,11 @@ def create_app(console: Console) -> Any:
             return page(request, "error.html", 409, message=f"refused tampered data: {e}")
         d = view.description
         values = {a.name: await data.value(view, a.name) for a in d.attributes if a.dynamic}
+        desired = {
+            a.name: await data.desired(view, values[a.name])
+            for a in d.attributes
+            if a.dynamic and a.writable
+        }
         events = {t.name: await data.events(view, t.name) for t in d.topics}
         return page(
             request,
@@ -291,9 +296,10 @@ def create_app(console: Console) -> Any:
             view=view,
             d=d,
             values=values,
+            desired=desired,
             events=events,
-            subscriptions=await data.subscriptions(view),
-            subscribers=data.subscribers(thing_id),
+            subscriptions=data.index.subscriptions_of(thing_id),
+            subscribers=data.index.subscriptions_to(thing_id),
             members=await data.members(session.identity, thing_id),
             is_owner=view.owner.sign_key == session.identity.public_sign_key,
             device=data.device_map().get(thing_id),
@@ -386,7 +392,8 @@ def create_app(console: Console) -> Any:
             view = await things.view(thing_id, refresh=True)
             attr = view.description.attribute(attribute)
             value = _convert(attr, f.get("value", ""))
-            await things.set_desired(thing_id, attribute, value)
+            await data.set_desired(session.identity, things, thing_id, attribute, value)
+            await console.hub.desired_changed(thing_id, attribute)
         except (SafeThingError, ValueError, TypeError) as e:
             return HTMLResponse(f"<span class='bad'>{escape(str(e))}</span>", status_code=400)
         console.audit.append(

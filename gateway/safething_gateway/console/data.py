@@ -12,7 +12,6 @@ a sorted list rather than 10,000 verified reads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -31,6 +30,7 @@ from safething.things import Availability, ThingClient, ThingOwner, layout, set_
 from safething.things.availability import LIVE, availability_of
 from safething.things.client import ThingView
 from safething.things.description import ThingDescription
+from safething.things.filters import Filter
 from safething.things.values import decode_payload, loads
 
 if TYPE_CHECKING:  # the gateway extra: imported only when a registry is given
@@ -40,7 +40,9 @@ __all__ = [
     "RANGES",
     "AttributeValue",
     "ConsoleData",
+    "DesiredValue",
     "DeviceRow",
+    "Subscription",
     "ThingIndex",
     "ThingRow",
     "fingerprint",
@@ -116,6 +118,42 @@ class AttributeValue:
     error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class DesiredValue:
+    """The last desired value of a writable attribute, against the reported one."""
+
+    name: str
+    state: str
+    """``pending`` (in the thing's inbox, not applied yet), ``applied``, ``not applied``
+    (the thing refused or replaced it), or ``""``: none known."""
+    value: Any = None
+    known: bool = False
+    """False when the value is sealed for the thing and this console did not send it."""
+    t: float = 0.0
+    signer: str = ""
+    """Hex sign key of whoever asked for it (verified)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    value: Any
+    t: float
+    """Unix time just before it was written."""
+    signer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A stored subscription: ``subscriber`` follows ``kind`` ``name`` of ``thing``."""
+
+    subscriber: str
+    sid: str
+    thing: str
+    kind: str
+    name: str
+    filter: str
+
+
 class ThingIndex:
     """Every thing in the store, verified once, kept current by the change feed."""
 
@@ -123,6 +161,8 @@ class ThingIndex:
         self.rows: dict[str, ThingRow] = {}
         self.by_name: dict[str, str] = {}
         """XorName hex of the thing MD -> thing id."""
+        self.subs: dict[str, dict[str, Subscription]] = {}
+        """Subscriber thing id -> its stored subscriptions by id (its ``sub/`` entries)."""
         self.loaded = False
         self.version = 0
         """Bumped on every change (pages that cache a sorted list compare it)."""
@@ -151,6 +191,17 @@ class ThingIndex:
         self.rows[row.id] = row
         self.by_name[name_hex] = row.id
         self._bump()
+
+    def subscriptions_of(self, thing_id: str) -> list[Subscription]:
+        """The subscriptions ``thing_id`` keeps."""
+        return sorted(self.subs.get(thing_id, {}).values(), key=lambda s: (s.thing, s.sid))
+
+    def subscriptions_to(self, thing_id: str) -> list[Subscription]:
+        """The subscriptions other things keep to ``thing_id``."""
+        return sorted(
+            (s for subs in self.subs.values() for s in subs.values() if s.thing == thing_id),
+            key=lambda s: (s.subscriber, s.sid),
+        )
 
     def ordered(self) -> list[ThingRow]:
         if self._sorted is None:
@@ -239,6 +290,8 @@ class ConsoleData:
         """Reads as the owner, so Owner and Group values can be decrypted."""
         self.index = ThingIndex()
         self._clients: dict[str, ThingClient] = {}
+        self._sent: dict[tuple[str, str], _Sent] = {}
+        """The last desired value this console sent, per (thing, attribute)."""
 
     async def close(self) -> None:
         for client in self._clients.values():
@@ -282,7 +335,49 @@ class ConsoleData:
             log.warning("skipping MD %s: not a valid thing: %s", name_hex[:16], e)
             return None
         self.index.put(row, name_hex)
+        if row.id not in self.index.subs:
+            self.index.subs[row.id] = await self._read_subscriptions(row.id)
         return self.index.rows[row.id]
+
+    async def _read_subscriptions(self, thing_id: str) -> dict[str, Subscription]:
+        """Its ``sub/`` entries: the MD's records scanned for their keys (nothing verified
+        there), then a verified read of each one found."""
+        md = self.reader.client.md(layout.ThingAddresses.of(thing_id).thing.name, TAG_THING)
+        found: dict[str, Subscription] = {}
+        for sid in await _keys_under(self.store, md.address, b"sub/"):
+            sub = await self.read_subscription(thing_id, sid)
+            if sub is not None:
+                found[sid] = sub
+        return found
+
+    async def read_subscription(self, thing_id: str, sid: str) -> Subscription | None:
+        """Subscription ``sid`` of ``thing_id`` (verified), None if gone or not one."""
+        md = self.reader.client.md(layout.ThingAddresses.of(thing_id).thing.name, TAG_THING)
+        try:
+            doc = loads(await md.get_value(f"sub/{sid}"), "subscription")
+            return Subscription(
+                thing_id,
+                sid,
+                str(doc["thing"]),
+                str(doc.get("kind", "")),
+                str(doc.get("name", "")),
+                str(Filter.from_dict(doc["filter"])) if doc.get("filter") else "any",
+            )
+        except (SafeThingError, ValueError, KeyError, TypeError) as e:
+            if not isinstance(e, NoSuchEntryError):
+                log.warning("thing %s: unreadable subscription %s: %s", thing_id, sid, e)
+            return None
+
+    async def subscription_changed(self, thing_id: str, sid: str, deleted: bool) -> None:
+        """The change feed saw ``sub/<sid>`` of ``thing_id`` written or purged. A known
+        subscription that only moved its position (each delivery) is not read again."""
+        subs = self.index.subs.setdefault(thing_id, {})
+        if deleted:
+            subs.pop(sid, None)
+        elif sid not in subs:
+            sub = await self.read_subscription(thing_id, sid)
+            if sub is not None:
+                subs[sid] = sub
 
     async def _read_row(self, name_hex: str) -> ThingRow:
         client = self.reader.client
@@ -350,29 +445,54 @@ class ConsoleData:
             for n in notes[-limit:]
         ][::-1]
 
-    async def subscriptions(self, view: ThingView) -> list[dict[str, Any]]:
-        """The subscriptions this thing keeps (its ``sub/`` entries)."""
-        result = []
-        with contextlib.suppress(SafeThingError):
-            for key, entry in (await view.md.entries()).items():
-                if not key.startswith(b"sub/") or entry.value is None:
-                    continue
-                with contextlib.suppress(SafeThingError):
-                    doc = loads(entry.value, "subscription")
-                    if isinstance(doc, dict):
-                        result.append(
-                            {
-                                "thing": str(doc.get("thing", "")),
-                                "kind": str(doc.get("kind", "")),
-                                "name": str(doc.get("name", "")),
-                                "filter": str(doc.get("filter", "")),
-                            }
-                        )
-        return result
+    async def desired(self, view: ThingView, reported: AttributeValue) -> DesiredValue:
+        """The newest desired value of writable attribute ``reported.name``: still in the
+        thing's inbox, else the last one this console sent; ``applied`` once the thing
+        reports that value after it was asked for."""
+        name = reported.name
+        sent = self._sent.get((view.thing_id, name))
+        found = await self._pending_desired(view, name)
+        if found is None:
+            if sent is None:
+                return DesiredValue(name, "")
+            value, known, t, signer, state = sent.value, True, sent.t, sent.signer, "not applied"
+        else:
+            t, doc, signer = found
+            state = "pending"
+            mine = sent is not None and sent.signer == signer and t >= sent.t
+            if "v" in doc:
+                value, known = doc["v"], True
+            else:  # sealed for the thing: known only if this console sent it
+                value, known = (sent.value if sent is not None and mine else None), mine
+        if known and reported.t >= t and reported.value == value:
+            state = "applied"
+        return DesiredValue(name, state, value, known, t, signer)
 
-    def subscribers(self, thing_id: str) -> list[str]:
-        """Things known to subscribe to ``thing_id`` (not tracked yet: empty)."""
-        return []
+    async def _pending_desired(
+        self, view: ThingView, name: str
+    ) -> tuple[float, dict[str, Any], str] | None:
+        """The newest ``d/<name>/`` entry in the inbox (verified): time, record, signer."""
+        inbox = view.inbox
+        prefix = f"d/{name}/".encode()
+        for rest in reversed(await _keys_under(self.store, inbox.address, prefix)):
+            try:  # entry keys carry the time: newest last
+                entry = await inbox.get(prefix + rest.encode())
+                doc = loads(entry.value or b"", "desired value")
+                return float(doc["t"]), doc, entry.signer.hex()
+            except NoSuchEntryError:
+                continue  # applied meanwhile
+            except (SafeThingError, ValueError, KeyError, TypeError) as e:
+                log.warning("thing %s: unreadable desired value: %s", view.thing_id, e)
+        return None
+
+    async def set_desired(
+        self, identity: Identity, things: ThingClient, thing_id: str, name: str, value: Any
+    ) -> None:
+        """Ask for ``value`` (signed by ``identity``); remembered to show it beside the
+        reported value, even when it is sealed for the thing."""
+        sent = _Sent(value, time.time(), identity.public_sign_key.hex())
+        await things.set_desired(thing_id, name, value)
+        self._sent[(thing_id, name)] = sent
 
     async def members(self, identity: Identity, thing_id: str) -> list[str]:
         try:
@@ -470,6 +590,18 @@ class ConsoleData:
     async def revoke(self, device_id: str) -> tuple[str, ...]:
         """Refuse the device from now on and remove its broker login; off the event loop."""
         return await asyncio.to_thread(self._admin().revoke, device_id)
+
+
+async def _keys_under(store: Store, address: Any, prefix: bytes) -> list[str]:
+    """The rest of each entry key of a public MD that starts with ``prefix``, in order
+    (store keys only: an entry's content is verified when it is read)."""
+    base = address.entry_prefix
+    start = base + prefix.hex()
+    return sorted(
+        bytes.fromhex(r.key[len(base) :])[len(prefix) :].decode(errors="replace")
+        for r in await store.scan(base)
+        if r.key.startswith(start)
+    )
 
 
 def _series(points: list[tuple[float, float | None]], every: float) -> dict[str, list[Any]]:

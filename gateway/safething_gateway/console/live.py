@@ -111,9 +111,15 @@ class Hub:
             return
         for attr in view.description.attributes:
             if attr.dynamic:
-                listener.send(
-                    _sse("value", self._value_doc(thing_id, await self.data.value(view, attr.name)))
-                )
+                value = await self.data.value(view, attr.name)
+                listener.send(_sse("value", self._value_doc(thing_id, value)))
+                if attr.writable:
+                    listener.send(
+                        _sse(
+                            "desired",
+                            self._desired_doc(view, value, await self.data.desired(view, value)),
+                        )
+                    )
         row = self.data.index.rows.get(thing_id)
         if row is not None:
             listener.send(_sse("status", self._status_doc(row)))
@@ -143,11 +149,11 @@ class Hub:
             self.publish("things", "things", {"count": len(self.data.index.rows)})
             async for change in watch:
                 try:
-                    await self._changed(change.key)
+                    await self._changed(change.key, change.deleted)
                 except (SafeThingError, ValueError, KeyError, TypeError) as e:
                     log.debug("console: ignoring change %s: %s", change.key, e)
 
-    async def _changed(self, store_key: str) -> None:
+    async def _changed(self, store_key: str, deleted: bool = False) -> None:
         parts = store_key.split(".", 4)
         if len(parts) < 4:
             return
@@ -167,6 +173,9 @@ class Hub:
                 self.publish("things", "things", {"thing": row.id})
             self.publish(f"thing:{row.id}", "status", self._status_doc(row))
             return
+        if key.startswith("sub/"):
+            await self.data.subscription_changed(thing_id, key[4:], deleted)
+            return
         listen = f"thing:{thing_id}"
         if not self.watching(listen):
             return
@@ -174,12 +183,37 @@ class Hub:
             view = await self.data.view(thing_id)
             value = await self.data.value(view, key[2:])
             self.publish(listen, "value", self._value_doc(thing_id, value))
+            if view.description.attribute(value.name).writable:
+                await self._desired(view, value)
         elif key.startswith("e/"):
             topic = key[2:].rsplit("/", 1)[0]
             view = await self.data.view(thing_id)
             events = await self.data.events(view, topic, limit=1)
             if events:
                 self.publish(listen, "event", {"thing": thing_id, "topic": topic, **events[0]})
+
+    async def desired_changed(self, thing_id: str, name: str) -> None:
+        """A desired value was asked for: tell the tabs showing the thing."""
+        if self.watching(f"thing:{thing_id}"):
+            view = await self.data.view(thing_id)
+            await self._desired(view, await self.data.value(view, name))
+
+    async def _desired(self, view: Any, reported: Any) -> None:
+        desired = await self.data.desired(view, reported)
+        self.publish(
+            f"thing:{view.thing_id}", "desired", self._desired_doc(view, reported, desired)
+        )
+
+    @staticmethod
+    def _desired_doc(view: Any, reported: Any, d: Any) -> dict[str, Any]:
+        return {
+            "thing": view.thing_id,
+            "name": d.name,
+            "state": d.state or "none",
+            "value": d.value,
+            "known": d.known,
+            "t": d.t,
+        }
 
     async def _watch_devices(self) -> None:
         """The registry has no change feed: compare a snapshot while a devices tab is open."""

@@ -40,6 +40,17 @@
     }
   }
 
+  function onDesired(m) {
+    var id = m.thing + "|" + m.name;
+    each(sel("data-desired", id), function (el) {
+      el.textContent = m.state !== "none" && !m.known ? "sealed for the thing" : show(m.value);
+    });
+    each(sel("data-desired-state", id), function (el) {
+      el.textContent = m.state; el.className = "badge " + m.state.replace(" ", "-");
+    });
+    each(sel("data-desired-time", id), function (el) { el.textContent = when(m.t); });
+  }
+
   function onEvent(m) {
     each(sel("data-events", m.thing + "|" + m.topic), function (ul) {
       var empty = ul.querySelector(".empty"); if (empty) empty.remove();
@@ -91,6 +102,7 @@
       reopened = true;
     });
     on("value", onValue);
+    on("desired", onDesired);
     on("event", onEvent);
     on("action", onAction);
     on("status", onStatus);
