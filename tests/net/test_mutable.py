@@ -16,6 +16,7 @@ from safething.errors import (
 from safething.net import (
     ANYONE,
     MAX_ENTRIES,
+    MAX_MD_BYTES,
     TAG_THING,
     Action,
     Client,
@@ -23,6 +24,7 @@ from safething.net import (
     MDAddress,
     XorName,
 )
+from safething.net.records import EntryRecord
 from safething.store import Store
 
 NAME = XorName.of("thing-0001")
@@ -144,6 +146,23 @@ async def test_limits_before_anything_is_written(client: Client) -> None:
     assert set(await big.entries()) == {b"a"}
 
 
+async def test_one_record_may_fill_an_md_exactly(client: Client, alice: Identity) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    sample = EntryRecord.create(
+        md.address,
+        signer=alice.sign_key,
+        stored_key=b"k",
+        sealed_key=None,
+        stored_value=b"x" * 100_000,
+        version=0,
+    )
+    fits = MAX_MD_BYTES - (len(sample.to_bytes()) - 100_000)  # the record is then the limit
+    with pytest.raises(LimitExceededError, match="ImmutableData"):
+        await md.insert("k", b"x" * (fits + 1))
+    await md.insert("k", b"x" * fits)
+    assert await md.usage() == (1, MAX_MD_BYTES)
+
+
 async def test_reserved_type_tags_and_bad_input(client: Client) -> None:
     with pytest.raises(ReservedTypeTagError, match="reserved"):
         await client.create_md(NAME, 10_000)
@@ -181,6 +200,23 @@ async def test_versioned_update_conflicts(client: Client) -> None:
     await md.update("a", "2", version=0)
     with pytest.raises(ConflictError):
         await md.update("a", "3", version=0)
+    # "must not exist yet" names version -1 in the error, the version found as current
+    with pytest.raises(ConflictError) as info:
+        await md.put_many({"a": "4"}, versions={"a": None})
+    assert (info.value.expected, info.value.current) == (-1, 1)
+    with pytest.raises(ConflictError) as info:
+        await md.put_many({"new": "4"}, versions={"new": 0})
+    assert (info.value.expected, info.value.current) == (0, -1)
+
+
+async def test_versions_compare_by_value_beyond_small_integers(client: Client) -> None:
+    """Versions above 256 are separate int objects in CPython: compared by value."""
+    md = await client.create_md(NAME, TAG_THING)
+    client.trust.set_entry_version(md.address.entry_key(b"a"), 299)
+    assert (await md.insert("a", "1")).version == 300  # past the version last verified
+    read = (await md.get("a")).version
+    assert (await md.update("a", "2", version=int(str(read)))).version == 301
+    assert (await md.put_many({"a": "3"}, versions={"a": int("301")}))[0].version == 302
 
 
 async def test_watch_yields_verified_changes(store: Store, client: Client) -> None:
@@ -198,3 +234,17 @@ async def test_watch_yields_verified_changes(store: Store, client: Client) -> No
                     break
     assert seen[-1] == (b"b", b"x")
     assert (b"a", b"2") in seen
+
+
+async def test_watch_skips_a_forged_change_and_goes_on(store: Store, client: Client) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    reader_client = Client(store)
+    reader = reader_client.md(NAME, TAG_THING)
+    async with reader.watch() as changes:
+        # the store writes a record of its own under an entry's key, then the owner writes
+        await store.put(md.address.entry_key(b"forged"), b"not a signed entry record")
+        await md.insert("a", "1")
+        async with asyncio.timeout(5):
+            first = await anext(changes)
+    assert (first.key, first.value) == (b"a", b"1")
+    assert reader_client.tampered_count == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from safething.errors import RolledBackError, StoreError
 from safething.net import TAG_THING, Client, Identity, XorName
-from safething.net.trust import HeaderState, TrustState
+from safething.net.trust import _SCHEMA, HeaderState, TrustState
 from safething.store import open_store
 
 
@@ -74,3 +75,48 @@ async def test_a_restarted_reader_refuses_what_it_had_seen_newer(tmp_path: Path)
             await restarted.md(XorName.of("x"), TAG_THING).get("k")
         assert restarted.tampered_count == 1
         restarted.trust.close()
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_forgotten_entry_is_unseen_at_once(tmp_path: Path, durable: bool) -> None:
+    """A purged entry's key may be reused: the next write of it is version 0 again."""
+    state = TrustState.open(tmp_path / "me.trust.db") if durable else TrustState()
+    state.set_entry_version("md.e.1", 4)
+    state.forget_entry("md.e.1")
+    assert state.entry_version("md.e.1") == -1
+    state.set_entry_version("md.e.1", 0)
+    assert state.entry_version("md.e.1") == 0
+    state.close()
+
+
+async def test_a_purged_key_is_written_again_from_version_0(tmp_path: Path) -> None:
+    owner = Identity.generate()
+    async with await open_store("memory://") as store:
+        md = await Client(store, owner).create_md(XorName.of("x"), TAG_THING)
+        await md.put("k", "v0")
+        await md.put("k", "v1")
+        await md.purge("k")
+        assert (await md.put("k", "again")).version == 0
+
+
+def test_a_file_damaged_while_open_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "me.trust.db"
+    state = TrustState.open(path)
+    other = sqlite3.connect(path)
+    other.execute("DROP TABLE entries")
+    other.execute("DROP TABLE headers")
+    other.close()
+    with pytest.raises(StoreError, match="cannot read the trust state file"):
+        state.preload("md.x.")
+    with pytest.raises(StoreError, match="cannot read the trust state file"):
+        state.entry_version("md.y.1")
+    with pytest.raises(StoreError, match="cannot write the trust state file"):
+        state.set_header("md.h", HeaderState(frozenset({b"a" * 32}), 0, b"raw"))
+    other = sqlite3.connect(path)  # the tables back: the state is written again
+    other.executescript(_SCHEMA)
+    other.close()
+    state.set_header("md.h", HeaderState(frozenset({b"a" * 32}), 1, b"raw"))
+    state.close()
+    again = TrustState.open(path)
+    assert again.header("md.h") == HeaderState(frozenset({b"a" * 32}), 1, b"raw")
+    again.close()
