@@ -189,32 +189,31 @@ async def test_request_prints_every_state(
     garden: Thing, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await garden.publish()
-    # a requester shows the states it observes; a state replaced within milliseconds can
-    # be skipped on a loaded machine, so the handler holds until 'running' was printed
+    # A requester shows the states it observes; a state replaced within milliseconds can
+    # be skipped on a loaded machine, so the handler holds until 'running' was printed.
+    # The requester is its own process, read through a pipe: reading capsys while a
+    # thread prints into it loses lines (its read and truncate are two steps).
     VALVE_GATES[40.0] = gate = asyncio.Event()
     try:
-        run = asyncio.create_task(
-            asyncio.to_thread(main, ["thing", "request", "garden-01", "OpenValve", "psi=40"])
-        )
-        out = err = ""
-        async with asyncio.timeout(20):
-            while "running 50%" not in out and not run.done():
-                captured = capsys.readouterr()
-                out, err = out + captured.out, err + captured.err
-                await asyncio.sleep(0.02)
-        gate.set()
-        code = await run
+        proc = await _spawn("request", "garden-01", "OpenValve", "psi=40")
+        assert proc.stdout is not None
+        lines: list[str] = []
+        async with asyncio.timeout(30):
+            while not lines or " OpenValve  running 50%: opening" not in lines[-1]:
+                line = (await proc.stdout.readline()).decode()
+                assert line, lines  # it ended before 'running 50%'
+                lines.append(line.rstrip("\n"))
+            gate.set()
+            rest, err = await proc.communicate()
     finally:
         del VALVE_GATES[40.0]
-    captured = capsys.readouterr()
-    out, err = out + captured.out, err + captured.err
-    assert (code, err) == (0, "")
-    lines = out.splitlines()
+    lines += rest.decode().splitlines()
+    assert (proc.returncode, err.decode()) == (0, "")
     assert " OpenValve  requested  (request " in lines[0]
-    assert any(" OpenValve  running 50%: opening" in line for line in lines)
     assert lines[-1].endswith('OpenValve  done  result: {"psi": 40.0}')
 
     code, out, _ = await cli(capsys, "thing", "request", "garden-01", "OpenValve", "--json")
+    assert code == 0
     states = [json.loads(line) for line in out.splitlines()]
     assert states[0]["state"] == "requested"
     assert states[-1]["state"] == "done"
@@ -289,21 +288,24 @@ def test_parse_arg() -> None:
     assert parse_arg(Schema(ValueType.NUMBER), "wet") == "wet"  # the type check names it
 
 
-async def _watch(*argv: str) -> tuple[asyncio.subprocess.Process, list[str]]:
-    """Start ``safething thing watch garden-01 ARGV``; returns it once it is watching, with
-    the lines it wrote on stderr before."""
-    proc = await asyncio.create_subprocess_exec(
+async def _spawn(*argv: str) -> asyncio.subprocess.Process:
+    """``safething thing ARGV`` in its own process, its output on pipes."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "safething",
         "thing",
-        "watch",
-        "garden-01",
         *argv,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=os.environ.copy(),
     )
+
+
+async def _watch(*argv: str) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """Start ``safething thing watch garden-01 ARGV``; returns it once it is watching, with
+    the lines it wrote on stderr before."""
+    proc = await _spawn("watch", "garden-01", *argv)
     assert proc.stderr is not None
     before: list[str] = []
     async with asyncio.timeout(20):
@@ -349,10 +351,13 @@ async def test_watch_json_with_filter_and_access(
 ) -> None:
     as_stranger(env, monkeypatch)
     proc, _ = await _watch("--attribute", "moisture", "--filter", "gt:50", "--json")
-    for value in (12.0, 60.0, 30.0, 70.0):
-        await garden.set("moisture", value)
-        await asyncio.sleep(0.2)  # an attribute keeps its latest value: let each be seen
-    notes = [json.loads(line) for line in await _lines(proc, 2)]
+    notes = []
+    for low, high in ((12.0, 60.0), (30.0, 70.0)):
+        await garden.set("moisture", low)  # filtered out
+        await garden.set("moisture", high)
+        # An attribute keeps only its latest value (a watcher that reads late sees that
+        # one): the next pair is set once this pair's line was printed, not after a sleep.
+        notes += [json.loads(line) for line in await _lines(proc, 1)]
     assert [(n["name"], n["value"], n["seq"]) for n in notes] == [
         ("moisture", 60.0, 3),
         ("moisture", 70.0, 5),
