@@ -85,6 +85,17 @@ GATEWAY_CORE = [
     "tests/gateway/test_registry.py",
     "tests/gateway/test_store_outage.py",
 ]
+# The gateway's refusal paths: tests that send what an attacker or a broken device sends.
+# The fastest and those that kill most come first (-x stops at the first failure).
+GATEWAY_REFUSALS = [
+    "tests/gateway/test_core.py",
+    "tests/gateway/test_link_versions.py",
+    "tests/gateway/test_store_outage.py",
+    "tests/gateway/test_attacks_http.py",
+]
+MQTT_REFUSALS = ["tests/gateway/test_mqtt.py", "tests/gateway/test_attacks_mqtt.py"]
+COAP_REFUSALS = ["tests/gateway/test_attacks_coap.py", "tests/gateway/test_coap.py"]
+HTTP_REFUSALS = ["tests/gateway/test_http.py", "tests/gateway/test_attacks_http.py"]
 TARGETS: dict[str, list[str]] = {
     "safething/net/records.py": NET,
     "safething/net/mutable.py": MUTABLE,
@@ -98,11 +109,15 @@ TARGETS: dict[str, list[str]] = {
     "safething/things/thing.py": THINGS,
     "gateway/safething_gateway/protocol.py": GATEWAY_CORE,
     "gateway/safething_gateway/registry.py": GATEWAY_CORE,
-    "gateway/safething_gateway/core.py": GATEWAY_CORE,
+    "gateway/safething_gateway/core.py": GATEWAY_REFUSALS,
+    "gateway/safething_gateway/bridges/mqtt.py": MQTT_REFUSALS,
+    "gateway/safething_gateway/bridges/coap.py": COAP_REFUSALS,
+    "gateway/safething_gateway/bridges/http.py": HTTP_REFUSALS,
 }
 
-# module -> the only functions (qualified names) whose mutants are run, for modules too
-# large to run whole on this machine; the others are marked "outside" and not counted.
+# module -> the only functions, classes (qualified names) and module constants whose
+# mutants are run, for modules too large to run whole on this machine; the others are
+# marked "outside" and not counted.
 ONLY: dict[str, tuple[str, ...]] = {
     # what a reader trusts and its writing to the file; not: where the file is, the
     # connection sharing, when writes are scheduled, the cache size
@@ -142,6 +157,72 @@ ONLY: dict[str, tuple[str, ...]] = {
         "MutableData._current",
         "MutableData.purge",
         "EntryWatch.__anext__",
+    ),
+    # The gateway's refusal and validation paths (authentication, MAC, replay, rate and
+    # size limits, unknown devices, malformed bodies) and the constants they use; not: the
+    # lifecycle, dispatching accepted messages, downlinks, metrics, API metadata.
+    "gateway/safething_gateway/core.py": (
+        "MAX_COUNTER",
+        "EARLY_RESULT_TTL",
+        "EARLY_PER_DEVICE",
+        "EARLY_TOTAL",
+        "_EARLY_UPDATES",
+        "_RESULT_STATES",
+        "_UNKNOWN_SECRET",
+        "Gateway._handle",
+        "Gateway._open",
+        "Gateway._sealed_reason",
+        "Gateway._rate_limit",
+        "Gateway._refund",
+        "Gateway._birth_description",
+        "Gateway._result",
+        "Gateway._forget_early",
+        "_field",
+        "_is_data",
+        "_check_link_fields",
+    ),
+    "gateway/safething_gateway/bridges/mqtt.py": (
+        "_QUEUE_LIMIT",
+        "Topics",
+        "MqttBridge._received",
+        "MqttBridge._process",
+        "MqttBridge._handle",
+        "MqttBridge._report",
+    ),
+    "gateway/safething_gateway/bridges/coap.py": (
+        "_frame_bytes",
+        "decode_downlinks",
+        "_code",
+        "_diagnostic",
+        "coap_reply",
+        "_error_reply",
+        "_Root",
+        "_Block1Assemblies",
+        "_DeviceResources",
+        "_route",
+        "_check_size",
+        "_body_format",
+        "_reply_format",
+        "CoapBridge._reject",
+        "CoapBridge._known_device",
+        "CoapBridge._handle",
+        "CoapBridge._poll",
+    ),
+    "gateway/safething_gateway/bridges/http.py": (
+        "_FORMATS",
+        "UnsupportedFormatError",
+        "problem_response",
+        "reply_response",
+        "_rate",
+        "_HTTP_REASONS",
+        "_install_error_handlers",
+        "_GuardedRoute",
+        "_format_of",
+        "_read_limited",
+        "create_app.rejected",
+        "create_app.device_message",
+        "create_app.down_stream",
+        "_guarded_protocol",
     ),
 }
 
@@ -207,21 +288,30 @@ def _spans(module: Path, *, logging: bool) -> list[tuple[tuple[int, int], tuple[
 def _functions(
     module: Path, names: tuple[str, ...]
 ) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """Where the functions named (qualified: ``Class.method``) are."""
+    """Where the functions and classes named (qualified: ``Class.method``, ``f.inner``)
+    and the module constants named are. A definition's decorators are not part of it
+    (those of the HTTP routes are API metadata)."""
     found: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
 
     def visit(node: ast.AST, prefix: str) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                 name = prefix + child.name
-                first = min([child.lineno, *(d.lineno for d in child.decorator_list)])
-                found[name] = ((first, 0), (child.end_lineno or child.lineno, 10**6))
+                found[name] = ((child.lineno, 0), (child.end_lineno or child.lineno, 10**6))
                 visit(child, name + ".")
+            elif not prefix and isinstance(child, ast.Assign | ast.AnnAssign):
+                targets = child.targets if isinstance(child, ast.Assign) else [child.target]
+                for target in targets:
+                    if isinstance(target, ast.Name):
+                        found[target.id] = (
+                            (child.lineno, 0),
+                            (child.end_lineno or child.lineno, 10**6),
+                        )
 
     visit(ast.parse(module.read_text()), "")
     missing = [n for n in names if n not in found]
     if missing:
-        sys.exit(f"{module}: no function {', '.join(missing)} (see ONLY in {__file__})")
+        sys.exit(f"{module}: nothing named {', '.join(missing)} (see ONLY in {__file__})")
     return [found[n] for n in names]
 
 
@@ -399,11 +489,19 @@ def _run(
         _skip_annotations(session, work / module)
         if module in ONLY:
             _skip_outside(session, work / module, ONLY[module])
+    began = time.monotonic()
     baseline = subprocess.run(
         [*PYTEST.split(), *tests], cwd=work, env=env, capture_output=True, text=True
     )
     if baseline.returncode != 0:
         sys.exit(f"{module}: its tests fail without any mutant:\n{baseline.stdout[-3000:]}")
+    # A mutant whose tests time out counts as killed: never let a slow (loaded) machine
+    # decide that, only a mutant that makes the tests hang (3x what they take unmutated).
+    took = time.monotonic() - began
+    if timeout < 3 * took:
+        timeout = 3 * took
+        config.write_text(_config(module, tests, timeout))
+        print(f"{module}: its tests take {took:.0f} s unmutated: timeout {timeout:.0f} s")
     subprocess.run([bin_dir / "cosmic-ray", "exec", config, session], cwd=work, env=env, check=True)
     line = _report(module, (time.monotonic() - started) / 60)
     print(line, flush=True)
