@@ -42,7 +42,9 @@ __all__ = [
     "Availability",
     "AvailabilityWatch",
     "availability_of",
+    "heartbeat_deadline",
     "live_record",
+    "parse_live",
 ]
 
 LIVE = b"live"
@@ -95,7 +97,7 @@ def live_record(*, online: bool, since: float, heartbeat: float | None, reason: 
     return dumps(doc)
 
 
-def _deadline(doc: dict[str, Any]) -> float | None:
+def heartbeat_deadline(doc: dict[str, Any]) -> float | None:
     """When a silent ``online`` record stops counting (None: it does not expire)."""
     hb = doc.get("hb")
     if doc.get("s") != "online" or not isinstance(hb, int | float):
@@ -103,7 +105,8 @@ def _deadline(doc: dict[str, Any]) -> float | None:
     return float(doc["t"]) + MISSED_HEARTBEATS * float(hb) + _GRACE_S
 
 
-def _parse(view: ThingView, value: bytes, signer: Any) -> dict[str, Any]:
+def parse_live(view: ThingView, value: bytes, signer: Any) -> dict[str, Any]:
+    """The verified ``live`` record: its signer must be the thing or its owner."""
     if signer not in (view.thing.sign_key, view.owner.sign_key):
         raise TamperedDataError(
             f"availability of {view.thing_id} is signed by neither the thing nor its owner"
@@ -124,11 +127,11 @@ def availability_of(
     """What a ``live`` entry says, with a silent thing's heartbeat deadline applied."""
     if value is None:
         return Availability(view.thing_id, None)
-    doc = _parse(view, value, signer)
+    doc = parse_live(view, value, signer)
     t = float(doc["t"])
     since = float(doc.get("since", t))
     reason = str(doc.get("why", ""))
-    deadline = _deadline(doc)
+    deadline = heartbeat_deadline(doc)
     current = time.time() if now is None else now
     if doc["s"] == "online" and deadline is not None and current > deadline:
         return Availability(view.thing_id, False, t, deadline, "no heartbeat")
@@ -180,8 +183,8 @@ class AvailabilityWatch(AsyncResource):
     async def _take(self, value: bytes | None, signer: Any) -> None:
         assert self._view is not None
         now = availability_of(self._view, value, signer)
-        doc = _parse(self._view, value, signer) if value is not None else {}
-        self._doc_deadline = _deadline(doc) if now.online else None
+        doc = parse_live(self._view, value, signer) if value is not None else {}
+        self._doc_deadline = heartbeat_deadline(doc) if now.online else None
         self._emit(now)
 
     def _emit(self, now: Availability) -> None:

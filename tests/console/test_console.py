@@ -322,3 +322,62 @@ def test_owner_disables_publishes_and_manages_the_group(tmp_path: Path) -> None:
             assert member.public_sign_key.hex() not in site.call(members())
         actions = [e.action for e in site.console.audit.entries() if e.ok]
         assert actions[-4:] == ["disable", "publish", "add-member", "remove-member"]
+
+
+def test_a_silent_thing_turns_offline_in_the_list_at_its_heartbeat_deadline() -> None:
+    """Nothing is written when a thing dies: the list must not keep saying online."""
+    from safething_gateway.console.data import ThingIndex, ThingRow
+
+    index = ThingIndex()
+    now = time.time()
+    args = ("Fan", "published", "ab" * 32, "cd" * 32, (), (), ())
+    index.put(ThingRow("fan-01", *args, online=True, online_until=now - 1), "00")
+    index.put(ThingRow("fan-02", *args, online=True, online_until=now + 60), "01")
+    index.put(ThingRow("fan-03", *args, online=True), "02")  # no heartbeat: no deadline
+    offline, _ = index.query(online="offline")
+    online, _ = index.query(online="online")
+    assert [r.id for r in offline] == ["fan-01"]
+    assert [r.id for r in online] == ["fan-02", "fan-03"]
+    row = index.get("fan-02", now + 61)
+    assert row is not None and row.online is False
+    assert index.deadlines == {"fan-01": now - 1, "fan-02": now + 60}
+
+
+def test_the_devices_page_follows_the_things_availability(tmp_path: Path) -> None:
+    """The gateway calls a silent device offline in its thing (signed), not in the
+    registry's column: the devices page shows what the thing says."""
+    from safething_gateway.console.testing import ConsoleSite
+    from safething_gateway.demo import device_description
+    from safething_gateway.device_clients.base import DeviceLink
+    from safething_gateway.device_clients.http import HttpDevice
+    from safething_gateway.testing import wait_until
+
+    with ConsoleSite(tmp_path, with_garden=False) as site:
+        assert site.console is not None and site.gateway is not None and site.site is not None
+        data = site.console.data
+        done = site.site.admin.provision("bed-three-01", "http")
+        link = DeviceLink("bed-three-01", done.record.secret, device_description("bed-three-01"))
+        http_url = site.console.endpoints.http_url
+
+        def state() -> str:
+            return next(d.state for d in data.devices() if d.id == "bed-three-01")
+
+        async def run() -> None:
+            async with HttpDevice(link, http_url) as device:
+                await device.start()
+                await device.reading({"moisture": 40.0})
+                await wait_until(lambda: state() == "online")
+                # the gateway's sweep finds it silent
+                await site.gateway.liveness.mark("bed-three-01", False, "inactive")
+                await wait_until(lambda: state() == "offline")
+                assert site.registry.get("bed-three-01").online, "the registry still says online"
+
+        site.call(run())
+        with httpx.Client(base_url=site.url, headers={"origin": site.url}) as http:
+            http.post(
+                "/setup",
+                data={"code": site.setup_code, "password": "pw-12345678", "confirm": "pw-12345678"},
+            )
+            assert http.post("/login", data={"password": "pw-12345678"}).status_code == 303
+            page = http.get("/devices").text
+            assert 'data-device-state="bed-three-01">offline<' in page

@@ -303,7 +303,7 @@ def create_app(console: Console) -> Any:
             members=await data.members(session.identity, thing_id),
             is_owner=view.owner.sign_key == session.identity.public_sign_key,
             device=data.device_map().get(thing_id),
-            row=data.index.rows.get(thing_id),
+            row=data.index.get(thing_id),
             ranges=list(RANGES),
             input_of=_input_of,
         )

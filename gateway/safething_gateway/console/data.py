@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from safething.errors import (
@@ -27,7 +27,12 @@ from safething.errors import (
 from safething.net import TAG_THING, Client, Identity, PublicIdentity, PublicSignKey, XorName
 from safething.store import Store
 from safething.things import Availability, ThingClient, ThingOwner, layout, set_status
-from safething.things.availability import LIVE, availability_of
+from safething.things.availability import (
+    LIVE,
+    availability_of,
+    heartbeat_deadline,
+    parse_live,
+)
 from safething.things.client import ThingView
 from safething.things.description import ThingDescription
 from safething.things.filters import Filter
@@ -82,6 +87,14 @@ class ThingRow:
     """When it (or its gateway) last vouched for it."""
     registered: float = field(default_factory=time.time)
     """When the console first saw it (for "new")."""
+    online_until: float | None = None
+    """When a silent ``online`` record stops counting (its heartbeat deadline)."""
+
+    def at(self, now: float) -> ThingRow:
+        """This row as it stands at ``now``: offline once its heartbeat deadline passed."""
+        if self.online and self.online_until is not None and now > self.online_until:
+            return replace(self, online=False)
+        return self
 
     def matches(self, text: str) -> bool:
         needle = text.casefold()
@@ -161,6 +174,8 @@ class ThingIndex:
         self.rows: dict[str, ThingRow] = {}
         self.by_name: dict[str, str] = {}
         """XorName hex of the thing MD -> thing id."""
+        self.deadlines: dict[str, float] = {}
+        """Thing id -> heartbeat deadline of each thing whose record says online."""
         self.subs: dict[str, dict[str, Subscription]] = {}
         """Subscriber thing id -> its stored subscriptions by id (its ``sub/`` entries)."""
         self.loaded = False
@@ -190,7 +205,16 @@ class ThingIndex:
             row = ThingRow(**{**_fields(row), "registered": old.registered})
         self.rows[row.id] = row
         self.by_name[name_hex] = row.id
+        if row.online and row.online_until is not None:
+            self.deadlines[row.id] = row.online_until
+        else:
+            self.deadlines.pop(row.id, None)
         self._bump()
+
+    def get(self, thing_id: str, now: float | None = None) -> ThingRow | None:
+        """The row of ``thing_id`` as it stands now (see :meth:`ThingRow.at`)."""
+        row = self.rows.get(thing_id)
+        return None if row is None else row.at(time.time() if now is None else now)
 
     def subscriptions_of(self, thing_id: str) -> list[Subscription]:
         """The subscriptions ``thing_id`` keeps."""
@@ -225,7 +249,9 @@ class ThingIndex:
         skip = set(exclude) if exclude is not None else None
         needle = has.casefold()
         found = []
-        for row in self.ordered():
+        now = time.time()
+        for stored in self.ordered():
+            row = stored.at(now)
             if status and row.status != status:
                 continue
             if online and {True: "online", False: "offline", None: "unknown"}[row.online] != online:
@@ -246,7 +272,7 @@ def _fields(row: ThingRow) -> dict[str, Any]:
     return {name: getattr(row, name) for name in ThingRow.__slots__}
 
 
-def _row(view: ThingView, live: Availability) -> ThingRow:
+def _row(view: ThingView, live: Availability, online_until: float | None) -> ThingRow:
     d = view.description
     return ThingRow(
         d.id,
@@ -259,6 +285,7 @@ def _row(view: ThingView, live: Availability) -> ThingRow:
         tuple(a.name for a in d.actions),
         live.online,
         live.last_seen,
+        online_until=online_until,
     )
 
 
@@ -403,15 +430,18 @@ class ConsoleData:
             client.md(addresses.inbox.name, addresses.inbox.tag),
             client.md(addresses.outbox.name, addresses.outbox.tag),
         )
+        until = None
         try:
             entry = await md.get(LIVE)
             live = availability_of(view, entry.value, entry.signer)
+            if entry.value is not None:
+                until = heartbeat_deadline(parse_live(view, entry.value, entry.signer))
         except NoSuchEntryError:
             live = Availability(thing_id, None)
         except (SafeThingError, ValueError, KeyError, TypeError) as e:
             log.warning("thing %s: unreadable availability: %s", thing_id, e)
             live = Availability(thing_id, None)
-        return _row(view, live)
+        return _row(view, live, until)
 
     # --- one thing -------------------------------------------------------------------
 
@@ -559,17 +589,25 @@ class ConsoleData:
         if self.registry is None:
             return []
         rejected: dict[str, dict[str, int]] = getattr(self.gateway, "rejected_by_device", {}) or {}
-        return [
-            DeviceRow(
-                r.device_id,
-                r.transport,
-                "revoked" if r.revoked else ("online" if r.online else "offline"),
-                r.last_seen,
-                dict(rejected.get(r.device_id, {})),
-                r.description is not None,
+        now = time.time()
+        found = []
+        for r in self.registry.devices():
+            # online/offline as its thing's availability says (what the gateway signed,
+            # a silent thing offline after its deadline), else as the registry last noted
+            row = self.index.get(r.device_id, now)
+            online = row.online if row is not None and row.online is not None else r.online
+            seen = [t for t in (r.last_seen, row.last_seen if row else None) if t]
+            found.append(
+                DeviceRow(
+                    r.device_id,
+                    r.transport,
+                    "revoked" if r.revoked else ("online" if online else "offline"),
+                    max(seen) if seen else None,
+                    dict(rejected.get(r.device_id, {})),
+                    r.description is not None,
+                )
             )
-            for r in self.registry.devices()
-        ]
+        return found
 
     def device_map(self) -> dict[str, DeviceRow]:
         return {d.id: d for d in self.devices()}

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +73,7 @@ class Hub:
     async def start(self) -> None:
         self._tasks.spawn(self._index_then_watch(), "watch-things")
         self._tasks.spawn(self._watch_devices(), "watch-devices")
+        self._tasks.spawn(self._watch_deadlines(), "watch-deadlines")
 
     async def close(self) -> None:
         await self._tasks.cancel_all()
@@ -120,7 +122,7 @@ class Hub:
                             self._desired_doc(view, value, await self.data.desired(view, value)),
                         )
                     )
-        row = self.data.index.rows.get(thing_id)
+        row = self.data.index.get(thing_id)
         if row is not None:
             listener.send(_sse("status", self._status_doc(row)))
 
@@ -171,7 +173,7 @@ class Hub:
                 return
             if before is None or _shown(before) != _shown(row):  # not for each heartbeat
                 self.publish("things", "things", {"thing": row.id})
-            self.publish(f"thing:{row.id}", "status", self._status_doc(row))
+            self.publish(f"thing:{row.id}", "status", self._status_doc(row.at(time.time())))
             return
         if key.startswith("sub/"):
             await self.data.subscription_changed(thing_id, key[4:], deleted)
@@ -214,6 +216,20 @@ class Hub:
             "known": d.known,
             "t": d.t,
         }
+
+    async def _watch_deadlines(self) -> None:
+        """A thing that stops without a word is offline once its heartbeat deadline
+        passes, with nothing written: say so to the tabs when it does."""
+        while True:
+            await asyncio.sleep(DEVICES_EVERY_S)
+            now = time.time()
+            index = self.data.index
+            for thing_id, until in list(index.deadlines.items()):
+                row = index.rows.get(thing_id)
+                if until < now and row is not None:
+                    del index.deadlines[thing_id]
+                    self.publish("things", "things", {"thing": thing_id})
+                    self.publish(f"thing:{thing_id}", "status", self._status_doc(row.at(now)))
 
     async def _watch_devices(self) -> None:
         """The registry has no change feed: compare a snapshot while a devices tab is open."""
