@@ -44,6 +44,7 @@ import cbor2
 
 from safething.errors import (
     AccessDeniedError,
+    ConflictError,
     LimitExceededError,
     MalformedRecordError,
     NoSuchDataError,
@@ -82,6 +83,7 @@ _SEGMENT_DOMAIN = "safething/history-segment"
 _FETCH_CONCURRENCY = 32
 _MAX_PENDING = 2000  # values kept in memory while archiving fails
 _MAX_ROWS_PER_ENTRY = 4000  # ~ 300 KB; a writer that fast should use a longer ring
+_INDEX_RETRIES = 8  # compare-and-set attempts at an index entry others write too
 
 
 def day_of(t: float) -> int:
@@ -262,6 +264,19 @@ class _Stream:
     ring_prefix: str
     pending: list[tuple[int, float, Any]] = field(default_factory=list)
     archived: int = 0  # last archived sequence number
+    index: _Index | None = None  # the index entry this archivist wrote last
+    expired_day: int | None = None  # the day whose expired index entries were purged
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """An index entry as the archivist last wrote it: rewritten with a compare-and-set on
+    ``version``, so a change by anyone else (the owner, a second process of the thing)
+    is read back instead of overwritten."""
+
+    key: bytes
+    version: int
+    rows: tuple[SegmentRow, ...]
 
 
 class Archive:
@@ -379,22 +394,44 @@ class Archive:
         await put_chunk(thing.client.store, chunk)
         md = self._md()
         key = index_key(stream.kind, stream.name, day_of(row.t1))
-        try:
-            rows = decode_index(await md.get_value(key), "index")
-        except NoSuchEntryError:
-            rows = []
-        if len(rows) >= _MAX_ROWS_PER_ENTRY:
-            raise LimitExceededError(
-                f"thing {thing.id!r}: {stream.name} archived {len(rows)} segments today; "
-                "give it a longer history ring",
-                limit=_MAX_ROWS_PER_ENTRY,
-                actual=len(rows) + 1,
-            )
-        rows.append(row)
-        await md.put(key, encode_index(rows))
+        for _ in range(_INDEX_RETRIES):
+            known = stream.index
+            version: int | None = None
+            rows: tuple[SegmentRow, ...] = ()
+            if known is not None and known.key == key:
+                version, rows = known.version, known.rows
+            else:
+                try:
+                    entry = await md.get(key, include_deleted=True)
+                except NoSuchEntryError:
+                    pass
+                else:
+                    version = entry.version
+                    if not entry.deleted:
+                        rows = tuple(decode_index(entry.value or b"", "index"))
+            if len(rows) >= _MAX_ROWS_PER_ENTRY:
+                raise LimitExceededError(
+                    f"thing {thing.id!r}: {stream.name} archived {len(rows)} segments today; "
+                    "give it a longer history ring",
+                    limit=_MAX_ROWS_PER_ENTRY,
+                    actual=len(rows) + 1,
+                )
+            rows = (*rows, row)
+            try:
+                (written,) = await md.put_many({key: encode_index(rows)}, versions={key: version})
+            except ConflictError:
+                stream.index = None  # someone else wrote it: read it again
+                continue
+            stream.index = _Index(key, written.version, rows)
+            break
+        else:
+            raise ConflictError(key.decode(), expected=-1, current=-1)
         stream.archived = row.last
         stream.pending = [p for p in stream.pending if p[0] > row.last]
-        await self._expire(md, stream, row.t1)
+        today = day_of(row.t1)
+        if stream.expired_day != today:  # index entries expire by the day
+            await self._expire(md, stream, row.t1)
+            stream.expired_day = today
 
     async def _expire(self, md: MutableData, stream: _Stream, now: float) -> None:
         oldest = day_of(now - self.retention_days * DAY_S)

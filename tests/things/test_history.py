@@ -17,6 +17,7 @@ from safething.store import Store, open_store
 from safething.things import Thing, ThingClient
 from safething.things.history import (
     DAY_S,
+    SegmentRow,
     decode_index,
     downsample,
     encode_index,
@@ -273,3 +274,27 @@ async def test_a_failing_archive_does_not_fail_the_write(store: Store, owner: Id
         assert (await ThingClient(Client(store)).read("garden-01", "moisture")).value == 9.0
         [stream] = [s for s in t._archive._streams.values() if s.name == "moisture"]
         assert [p[2] for p in stream.pending] == [float(i) for i in range(10)]
+
+
+async def test_an_index_entry_changed_by_the_owner_is_read_back_not_overwritten(
+    store: Store, owner: Identity
+) -> None:
+    """The archivist remembers the index entry it wrote and rewrites it with a
+    compare-and-set: rows the owner added in between are kept."""
+    async with Thing(
+        garden_description(history=4), identity=Identity.generate(), owner=owner, store=store
+    ) as t:
+        await t.register()
+        for i in range(4):
+            await t.set("moisture", float(i))
+        name, tag = _history_address("garden-01")
+        as_owner = Client(store, owner).md(name, tag)
+        [key] = [k for k in await as_owner.keys() if k.startswith(b"a/moisture/")]
+        (first,) = decode_index(await as_owner.get_value(key), "test")
+        added = SegmentRow(1000, 1001, first.t0, first.t0, 2, first.address)
+        await as_owner.put(key, encode_index([first, added]))
+        for i in range(4, 8):
+            await t.set("moisture", float(i))
+        rows = decode_index(await as_owner.get_value(key), "test")
+        assert rows[:2] == [first, added] and len(rows) == 3
+        assert (rows[2].first, rows[2].last) == (5, 8)
