@@ -25,8 +25,9 @@ def resolve(future: asyncio.Future[None]) -> None:
 class FeedWatch(Watch):
     """Delivers changes under ``prefix`` after revision ``after``, in order."""
 
-    def _interval_s(self) -> float:
-        """Seconds to wait for a wake-up before re-reading anyway."""
+    def _interval_s(self) -> float | None:
+        """Seconds to wait for a wake-up before re-reading anyway; None: no timer of its
+        own (the backend runs one safety net for all its watches)."""
         return self._interval
 
     def __init__(self, prefix: str, after: int, *, interval: float) -> None:
@@ -65,11 +66,13 @@ class FeedWatch(Watch):
     async def _wait(self) -> None:
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(self._interval_s(), resolve, waiter)
+        interval = self._interval_s()
+        timer = None if interval is None else loop.call_later(interval, resolve, waiter)
         try:
             await waiter
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
             self._waiter = None
 
     def wake(self) -> None:

@@ -59,8 +59,12 @@ Change feed across processes
       is unlinked. A full socket buffer already holds a wake-up, so
       ``EAGAIN`` is ignored. Long paths are reached through
       ``/proc/self/fd/<dirfd>/``;
-    * a safety-net timer: a waiting watch re-reads the log every second, in
-      case a datagram was lost or the file was written by something else.
+    * a safety-net timer, one per store object with watches: every second it
+      reads the keys changed since its last look (one indexed query) and wakes
+      the watches whose prefix covers one, in case a datagram was lost or the
+      file was written by something else. (Not a timer per watch: a gateway
+      holds thousands of watches, and each re-reading the log every second was
+      most of an idle gateway's CPU.)
 
     ``watch(prefix, since=n)`` starts its cursor at ``n`` instead of the
     current revision, so replay and live changes come from the same query,
@@ -200,6 +204,10 @@ _FETCH_LIMIT = 512
 
 _SAFETY_NET_S = 1.0
 """A waiting watch re-reads the change log at least this often."""
+
+_NET_KEYS = 8192
+"""Most changed keys the safety net reads at once; beyond that it wakes every watch."""
+_NET_CHANGES = "SELECT seq, key FROM changes WHERE seq > ? ORDER BY seq LIMIT ?"
 
 _FALLBACK_POLL_S = 0.05
 """Re-read interval when no notification socket could be bound."""
@@ -789,6 +797,9 @@ class SQLiteStore(Store):
         self._watches = WatchSet()
         self._listener: _Listener | None = None
         self._poll_s = _SAFETY_NET_S
+        self._net: asyncio.TimerHandle | None = None
+        self._net_seen = 0
+        """The safety net has looked at the changes up to this revision."""
         self._closed = False
         self._closing: asyncio.Future[None] | None = None
 
@@ -899,7 +910,30 @@ class SQLiteStore(Store):
                 self._writer.skip_socket = self._listener.name
         watch = _SQLiteWatch(self, prefix, since)
         self._watches.add(watch)
+        if self._net is None:
+            self._net_seen = since  # a watch reads what came before itself
+            self._net = self._loop.call_later(self._poll_s, self._safety_net)
         return watch
+
+    def _safety_net(self) -> None:
+        """Wake the watches whose prefix covers a change committed since the last look
+        (a doorbell datagram may be lost); again in a second while any watch is open."""
+        self._net = None
+        if self._closed or not self._watches:
+            return
+        try:
+            rows = self._read_conn().execute(_NET_CHANGES, (self._net_seen, _NET_KEYS)).fetchall()
+        except sqlite3.Error as e:
+            log.warning("watch safety net: cannot read the change log of %s: %s", self.path, e)
+            self._watches.wake_all()  # each watch reads and meets the error itself
+        else:
+            if rows:
+                self._net_seen = rows[-1][0]
+                if len(rows) < _NET_KEYS:
+                    self._watches.wake_for(key for _, key in rows)
+                else:  # a burst: the rest is for the next look; everyone looks now
+                    self._watches.wake_all()
+        self._net = self._loop.call_later(self._poll_s, self._safety_net)
 
     def _feed(self, prefix: str, after: int) -> tuple[list[Change], int]:
         """Changes under ``prefix`` above revision ``after`` (a bounded batch), and
@@ -940,6 +974,9 @@ class SQLiteStore(Store):
 
     def _watch_closed(self, watch: _SQLiteWatch) -> None:
         self._watches.discard(watch)
+        if not self._watches and self._net is not None:
+            self._net.cancel()
+            self._net = None
         if not self._watches and self._listener is not None:
             self._writer.skip_socket = None
             self._listener.close()
@@ -1067,8 +1104,11 @@ class _SQLiteWatch(FeedWatch):
         super().__init__(prefix, after, interval=store._poll_s)
         self._store = store
 
-    def _interval_s(self) -> float:
-        return self._store._poll_s  # shortened when no doorbell socket can be bound
+    def _interval_s(self) -> float | None:
+        # The store's safety net covers every watch; without a doorbell socket each
+        # watch polls on its own.
+        poll_s = self._store._poll_s
+        return poll_s if poll_s == _FALLBACK_POLL_S else None
 
     def _fetch(self, prefix: str, after: int) -> tuple[list[Change], int]:
         return self._store._feed(prefix, after)

@@ -310,6 +310,46 @@ async def test_safety_net_finds_changes_nobody_announced(tmp_path: Path) -> None
         assert change == Change("quiet.x", b"\x01", seq)
 
 
+async def test_idle_watches_share_one_safety_net(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway holds thousands of watches. While nothing changes none of them re-reads
+    the log (the store's one safety net looks for all of them); a change nobody
+    announced wakes only the watch it is for."""
+    import safething.store.sqlite
+
+    monkeypatch.setattr(safething.store.sqlite, "_SAFETY_NET_S", 0.02)
+    path = tmp_path / "vault.db"
+    async with await open_store(url_for(path)) as store:
+        assert isinstance(store, safething.store.sqlite.SQLiteStore)
+        watches = [store.watch(f"w{i}.") for i in range(100)]
+        waiting = [
+            asyncio.create_task(w.__anext__(), name=f"waiting-watcher-{i}")
+            for i, w in enumerate(watches)
+        ]
+        await asyncio.sleep(0.05)  # every watch has read the log once and waits
+        feeds: list[str] = []
+        feed = store._feed
+
+        def counted(prefix: str, after: int) -> tuple[list[Change], int]:
+            feeds.append(prefix)
+            return feed(prefix, after)
+
+        monkeypatch.setattr(store, "_feed", counted)
+        await asyncio.sleep(0.3)  # about 15 looks of the safety net
+        assert feeds == []
+        seq = write_without_wake_up(path, "w7.x")
+        async with asyncio.timeout(TIMEOUT):
+            change = await waiting[7]
+        assert change == Change("w7.x", b"\x01", seq)
+        assert set(feeds) == {"w7."}
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        for w in watches:
+            await w.close()
+
+
 async def test_watch_on_a_long_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import safething.store.sqlite
 
