@@ -28,6 +28,20 @@ fetched when it polls; the device acknowledges them by counter.
 
 Nothing acknowledged is lost: if the store is unreachable, verified
 readings are buffered in the registry and replayed in order later.
+
+**Custodial things on demand.** A gateway with 10,000 devices cannot afford a
+running thing per device (each has its own tasks and store watches, and
+restoring one reads and verifies its MDs: about 12 ms). :meth:`Gateway.start`
+restores none of the devices that speak the device link: a device's thing is
+restored (the same :meth:`Thing.register`, every check of a first start) when
+the device's first message since the start has passed every check of the
+link, or when something is written into the thing's inbox (an action request,
+a desired value). One store watch on every inbox (tag 27418) notices the
+latter for all devices; inboxes holding entries when the gateway starts are
+restored at once, in the background. Adopted devices' things are restored at
+start, as their adapters expect, and so are the things of births that a crash
+or a store outage cut short (the registry marks a birth registered once its
+thing is in the store).
 """
 
 from __future__ import annotations
@@ -45,7 +59,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from safething.errors import LimitExceededError, SafeThingError, StoreError, ThingError
-from safething.net import Identity
+from safething.net import Identity, XorName
 from safething.resource import AsyncResource
 from safething.store import Store
 from safething.things import (
@@ -57,6 +71,7 @@ from safething.things import (
     ThingDescription,
     UnknownFieldError,
     ValueTypeError,
+    layout,
 )
 from safething_gateway.liveness import DEFAULT_OFFLINE_AFTER_S, Liveness
 from safething_gateway.metrics import Metrics
@@ -76,7 +91,7 @@ from safething_gateway.protocol import (
     frame,
     parse_frame,
 )
-from safething_gateway.registry import DeviceRecord, Downlink, Registry
+from safething_gateway.registry import LINKED_TRANSPORTS, DeviceRecord, Downlink, Registry
 
 __all__ = [
     "EARLY_PER_DEVICE",
@@ -221,6 +236,14 @@ class Gateway(AsyncResource):
         """Devices whose birth was accepted while the store was unreachable."""
         self._flush_task: asyncio.Task[None] | None = None
         self._liveness_task: asyncio.Task[None] | None = None
+        self._inbox_task: asyncio.Task[None] | None = None
+        self._dormant: dict[str, str] = {}
+        """Inbox MD name (hex) -> device id of every born device whose thing is restored
+        on demand (see the module docstring); it stays here once restored."""
+        self._restoring: dict[str, asyncio.Lock] = {}
+        self._unregistered: set[str] = set()
+        """Devices whose latest birth is not known to be in the store (a crash or an
+        outage came between): restored in the background at start, then marked."""
         self._started = False
         self._describe_metrics()
 
@@ -233,16 +256,23 @@ class Gateway(AsyncResource):
         self._started = True
         self._buffering = self.registry.buffer_depth() > 0
         self._unborn.clear()
-        for record in self.registry.devices():
-            if record.description and not record.revoked:
-                try:
-                    await self._thing_for(record, record.description)
-                except StoreError as e:
-                    log.warning("device %s: its thing waits for the store: %s", record.device_id, e)
-                    self._unborn.add(record.device_id)
-                    self._buffering = True
-                except (SafeThingError, ValueError) as e:
-                    log.warning("device %s: cannot restore its thing: %s", record.device_id, e)
+        self._dormant.clear()
+        for device_id, (transport, registered) in self.registry.born().items():
+            if transport in LINKED_TRANSPORTS:
+                self._dormant[_inbox_name(device_id)] = device_id
+                if registered:
+                    continue  # restored on demand
+            if not registered:  # a birth cut short (rare): its thing is registered now
+                self._unregistered.add(device_id)
+            # and an adopted device's thing now: its adapter expects it
+            record = self.registry.find(device_id)
+            if record is not None:
+                await self._restore(record)
+        # Opened before the bridges start: no inbox write from now on is missed.
+        inboxes = self.store.watch(_INBOX_PREFIX)
+        self._inbox_task = asyncio.get_running_loop().create_task(
+            self._follow_inboxes(inboxes), name="gateway:inboxes"
+        )
         for bridge in self.bridges:
             await bridge.start(self)
         self._flush_task = asyncio.get_running_loop().create_task(
@@ -257,12 +287,12 @@ class Gateway(AsyncResource):
 
     async def close(self) -> None:
         """Stop bridges, things and tasks; nothing half-written (each write is atomic)."""
-        for task in (self._flush_task, self._liveness_task):
+        for task in (self._flush_task, self._liveness_task, self._inbox_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._flush_task = self._liveness_task = None
+        self._flush_task = self._liveness_task = self._inbox_task = None
         for bridge in reversed(self.bridges):
             try:
                 await bridge.close()
@@ -275,6 +305,16 @@ class Gateway(AsyncResource):
 
     def endpoints(self) -> list[str]:
         return [e for b in self.bridges for e in b.endpoints()]
+
+    def descriptions(self) -> dict[str, ThingDescription]:
+        """The description of every custodial thing: running, or restored on demand."""
+        found = {thing_id: thing.description for thing_id, thing in list(self.things.items())}
+        for device_id in list(self._dormant.values()):
+            if device_id not in found:
+                record = self.registry.find(device_id)
+                if record is not None and record.description and not record.revoked:
+                    found[device_id] = ThingDescription.from_dict(record.description)
+        return found
 
     async def health(self, *, timeout: float = 5.0) -> Health:
         """Whether the device registry and the data store answer (the store within
@@ -396,6 +436,8 @@ class Gateway(AsyncResource):
             except ReplayError:
                 self._refund(device_id)
                 raise
+        if channel != "birth":
+            await self._ensure_thing(record)
         try:
             result = await self._dispatch(
                 record, channel, body, plain, content_format, uplink=uplink
@@ -570,8 +612,75 @@ class Gateway(AsyncResource):
             self._unborn.add(record.device_id)
             self._buffering = True
         registry = self.registry
-        await registry.call(registry.set_description, record.device_id, description)
+        await registry.call(
+            registry.set_description,
+            record.device_id,
+            description,
+            registered=record.device_id not in self._unborn,
+        )
         await registry.call(registry.set_online, record.device_id, True)
+
+    async def _restore(self, record: DeviceRecord) -> None:
+        """Bring up the thing of a device born before; a store that does not answer
+        leaves it for :meth:`flush` (its readings are journaled meanwhile)."""
+        if not record.description or record.revoked:
+            return
+        try:
+            await self._thing_for(record, record.description)
+        except StoreError as e:
+            log.warning("device %s: its thing waits for the store: %s", record.device_id, e)
+            self._unborn.add(record.device_id)
+            self._buffering = True
+        except (SafeThingError, ValueError) as e:
+            log.warning("device %s: cannot restore its thing: %s", record.device_id, e)
+        else:
+            await self._registered(record.device_id)
+
+    async def _registered(self, device_id: str) -> None:
+        """The device's thing is in the store: say so in the registry, if it did not know."""
+        if device_id in self._unregistered:
+            await self.registry.call(self.registry.mark_registered, device_id)
+            self._unregistered.discard(device_id)
+
+    async def _ensure_thing(self, record: DeviceRecord) -> None:
+        """Restore the device's thing if it was born and is not running (see the module
+        docstring); one restore at a time per device, the others wait for it."""
+        device_id = record.device_id
+        if device_id in self.things or not record.description or device_id in self._unborn:
+            return
+        lock = self._restoring.setdefault(device_id, asyncio.Lock())
+        try:
+            async with lock:
+                if device_id not in self.things and device_id not in self._unborn:
+                    await self._restore(record)
+        finally:
+            if not lock.locked() and self._restoring.get(device_id) is lock:
+                del self._restoring[device_id]
+
+    async def _follow_inboxes(self, inboxes: Any) -> None:
+        """One watch on every thing's inbox: a write into the inbox of a device whose thing
+        is not running restores it (the thing then serves its inbox itself). Inboxes
+        that hold entries already are restored first."""
+        async with inboxes:
+            with contextlib.suppress(StoreError):  # not now: their next write restores them
+                names = {k[len(_INBOX_PREFIX) :].split(".", 1)[0] for k in await self._inbox_keys()}
+                for name in sorted(names):
+                    await self._wake(name)
+            async for change in inboxes:
+                await self._wake(change.key[len(_INBOX_PREFIX) :].split(".", 1)[0])
+
+    async def _inbox_keys(self) -> list[str]:
+        """Store keys of every inbox entry (not headers) of a device with a dormant thing."""
+        keys = await self.store.keys(_INBOX_PREFIX)
+        return [k for k in keys if not k.endswith(".h")]
+
+    async def _wake(self, name: str) -> None:
+        device_id = self._dormant.get(name)
+        if device_id is None or device_id in self.things:
+            return
+        record = self.registry.find(device_id)
+        if record is not None:
+            await self._ensure_thing(record)
 
     async def custodial_thing(self, record: DeviceRecord, description: ThingDescription) -> Thing:
         """The device's custodial thing, started, registered and published; the running
@@ -662,6 +771,8 @@ class Gateway(AsyncResource):
                     await self._thing_for(record, record.description)
                 except ProtocolError as e:
                     log.warning("dropping the kept birth of %s: %s", device_id, e)
+                else:
+                    await self._registered(device_id)
             self._unborn.discard(device_id)
         done = 0
         if self._written:
@@ -676,6 +787,9 @@ class Gateway(AsyncResource):
             for item in batch:
                 record = self.registry.find(item.device_id)
                 if record is not None and not record.revoked:
+                    await self._ensure_thing(record)
+                    if record.device_id in self._unborn:
+                        raise StoreError(f"the thing of {record.device_id} waits for the store")
                     try:
                         body = decode_body(item.body, item.content_format)
                         await self._data(record, item.channel, body)
@@ -888,6 +1002,15 @@ class Gateway(AsyncResource):
             "Provisioned devices",
             lambda: {(): float(len(self.registry.devices()))},
         )
+
+
+_INBOX_PREFIX = f"md.{layout.TAG_INBOX}."
+"""Store-key prefix of every thing's inbox MD (what :meth:`Gateway._follow_inboxes` watches)."""
+
+
+def _inbox_name(thing_id: str) -> str:
+    """The hex name of a thing's inbox MD (:class:`~safething.things.layout.ThingAddresses`)."""
+    return XorName.of(thing_id + "/inbox").hex()
 
 
 def _field(body: Any, name: str, kind: type) -> Any:

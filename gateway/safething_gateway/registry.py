@@ -89,7 +89,8 @@ CREATE TABLE IF NOT EXISTS devices (
     online INTEGER NOT NULL DEFAULT 0,
     last_seen REAL,
     meta TEXT NOT NULL DEFAULT '{}',
-    protocol INTEGER NOT NULL DEFAULT 1
+    protocol INTEGER NOT NULL DEFAULT 1,
+    registered INTEGER NOT NULL DEFAULT 1
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS downlinks (
     device_id TEXT NOT NULL,
@@ -225,6 +226,10 @@ class Registry:
                 self._db.execute(
                     "ALTER TABLE devices ADD COLUMN protocol INTEGER NOT NULL DEFAULT 1"
                 )
+            if "registered" not in columns:  # before things were restored on demand
+                self._db.execute(
+                    "ALTER TABLE devices ADD COLUMN registered INTEGER NOT NULL DEFAULT 1"
+                )
             self._rdb = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._rdb.execute(f"PRAGMA busy_timeout={int(read_timeout * 1000)}")
         except sqlite3.OperationalError as e:
@@ -331,6 +336,25 @@ class Registry:
             rows = db.execute("SELECT * FROM devices ORDER BY id").fetchall()
         return [_record(r) for r in rows]
 
+    def born(self) -> dict[str, tuple[str, bool]]:
+        """Device id -> (transport, registered) of every device that was born (it has a
+        description) and is not revoked; ``registered`` is False while the thing of its
+        latest birth is not known to be in the store (:meth:`accept` with a description,
+        :meth:`mark_registered`). One query, no keys derived (a gateway's start-up)."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT id, transport, registered FROM devices"
+                " WHERE description IS NOT NULL AND description != '' AND revoked = 0"
+            ).fetchall()
+        return {device_id: (transport, bool(done)) for device_id, transport, done in rows}
+
+    def mark_registered(self, device_id: str) -> None:
+        """The thing of the device's latest birth is in the store."""
+        with self._writing() as db:
+            db.execute(
+                "UPDATE devices SET registered = 1 WHERE id = ? AND registered = 0", (device_id,)
+            )
+
     def revoke(self, device_id: str) -> None:
         with self._writing() as db, db:
             db.execute("BEGIN IMMEDIATE")
@@ -366,7 +390,7 @@ class Registry:
             _spend_counter(db, device_id, counter, now)
             if description is not None:
                 db.execute(
-                    "UPDATE devices SET description = ? WHERE id = ?",
+                    "UPDATE devices SET description = ?, registered = 0 WHERE id = ?",
                     (json.dumps(description), device_id),
                 )
             if journal is None:
@@ -399,11 +423,15 @@ class Registry:
                 (int(online), time.time(), device_id),
             )
 
-    def set_description(self, device_id: str, description: dict[str, Any]) -> None:
+    def set_description(
+        self, device_id: str, description: dict[str, Any], *, registered: bool = True
+    ) -> None:
+        """The device's description; ``registered``: its thing is in the store (else
+        :meth:`mark_registered` says so later)."""
         with self._writing() as db:
             db.execute(
-                "UPDATE devices SET description = ? WHERE id = ?",
-                (json.dumps(description), device_id),
+                "UPDATE devices SET description = ?, registered = ? WHERE id = ?",
+                (json.dumps(description), int(registered), device_id),
             )
 
     def set_meta(self, device_id: str, meta: dict[str, Any]) -> None:
@@ -576,7 +604,7 @@ def _record(row: tuple[Any, ...]) -> DeviceRecord:
         last_seen,
         meta,
         protocol,
-    ) = row
+    ) = row[:14]  # then ``registered``: see born()
     identity = _identity(bytes(keys), device_id)
     return DeviceRecord(
         device_id,

@@ -327,6 +327,9 @@ class Archive:
         md = self._md()
         keys = await md.keys()
         thing_md = self._thing._md("thing")
+        # Which ring slots are stored at all (one key scan; absent slots cost no reads:
+        # a new thing's rings are empty). A slot present is read and verified as before.
+        stored = set(await thing_md.client.store.keys(thing_md.address.entry_prefix))
         for pointer, (kind, name, level, size) in levels.items():
             prefix = index_prefix(kind, name)
             days = sorted(int(k[len(prefix) :]) for k in keys if _is_day_key(k, prefix))
@@ -337,8 +340,11 @@ class Archive:
             ring_prefix = "ah/" + name + "/" if kind == "a" else "e/" + name + "/"
             stream = _Stream(kind, name, level, size, ring_prefix, archived=archived)
             for slot in range(size):
+                key = f"{ring_prefix}{slot}".encode()
+                if thing_md.address.entry_key(key) not in stored:
+                    continue
                 try:
-                    entry = await thing_md.get(f"{ring_prefix}{slot}")
+                    entry = await thing_md.get(key)
                 except NoSuchEntryError:
                     continue
                 try:

@@ -156,11 +156,11 @@ class HomeAssistantPublisher(MqttAdapter):
     def _wanted(self) -> dict[str, ThingDescription]:
         gateway = self.gateway
         wanted: dict[str, ThingDescription] = {}
-        for thing_id, thing in list(gateway.things.items()):
+        for thing_id, description in gateway.descriptions().items():
             record = gateway.registry.find(thing_id)
             if record is not None and record.meta.get("source") == "homeassistant":
                 continue  # adopted from Home Assistant: it knows the device already
-            wanted[thing_id] = thing.description
+            wanted[thing_id] = description
         return wanted
 
     async def sync(self, *, republish: bool = False) -> None:

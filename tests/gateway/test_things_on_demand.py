@@ -1,0 +1,117 @@
+"""Custodial things restored on demand after a gateway restart (safething_gateway.core).
+
+A restarted gateway brings up no device's thing until the device's first message or a
+write into the thing's inbox. These tests show that such a thing, woken by the inbox
+alone, serves a request that waited while the gateway was down, and still refuses what
+an attacker holding the store writes into the inbox of a thing that is not running: a
+genuine request replayed after it was done, and a forged one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+from safething.net import Client, Identity
+from safething.net.records import EntryRecord
+from safething.store import Store, open_store
+from safething.things import ThingClient
+from safething.things.layout import ThingAddresses
+from safething_gateway.core import Gateway
+from safething_gateway.registry import Registry
+
+from .conftest import SENSOR, Device
+
+
+async def _until(check: Callable[[], bool], what: str) -> None:
+    try:
+        async with asyncio.timeout(20):
+            while not check():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"not within 20 s: {what}") from None
+
+
+async def _gone(store: Store, key: str) -> None:
+    async with asyncio.timeout(20):
+        while await store.get(key) is not None:
+            await asyncio.sleep(0.02)
+
+
+async def test_a_thing_woken_by_its_inbox_refuses_a_replayed_and_a_forged_request(
+    tmp_path: Path,
+) -> None:
+    owner = Identity.generate("owner")
+    inbox = ThingAddresses.of("sensor-01").inbox
+    async with await open_store(f"sqlite:///{tmp_path}/vault.db") as store:
+        registry = Registry(tmp_path / "gateway.db")
+        device = Device("sensor-01", registry.add("sensor-01", "http").secret)
+        requester = ThingClient(Client(store, owner))
+
+        def gateway() -> Gateway:
+            return Gateway(store=store, registry=registry, owner=owner)
+
+        try:
+            async with gateway() as gw:
+                await gw.start()
+                birth = device.message("birth", {"description": SENSOR})
+                await gw.handle("sensor-01", "birth", birth)
+
+            # The gateway is down: a request waits in the inbox; the attacker keeps its bytes.
+            handle = await requester.request("sensor-01", "OpenValve", psi=40)
+            key = inbox.entry_key(f"r/{handle.request_id}".encode())
+            genuine = await store.get(key)
+            assert genuine is not None and genuine.value is not None
+
+            async with gateway() as gw:
+                await gw.start()
+                # No message from the device: the waiting request wakes its thing.
+                await _until(lambda: "sensor-01" in gw.things, "the inbox restores the thing")
+                async with asyncio.timeout(20):
+                    while not (
+                        down := await gw.handle("sensor-01", "poll", device.message("poll", {}))
+                    ):
+                        await asyncio.sleep(0.02)
+                assert down[0].channel == f"action/{handle.request_id}"
+                await gw.handle(
+                    "sensor-01", "ack", device.message("ack", {"down": down[0].counter})
+                )
+                result = device.message(f"result/{handle.request_id}", {"state": "done"})
+                await gw.handle("sensor-01", f"result/{handle.request_id}", result)
+                assert (await handle.wait(20)).state == "done"
+                await _gone(store, key)  # the thing purges a finished request
+
+            # Restarted again: the thing is not running until something wakes it.
+            async with gateway() as gw:
+                await gw.start()
+                await asyncio.sleep(0.2)  # the start-up scan found every inbox empty
+                assert "sensor-01" not in gw.things
+
+                # A forged request (the owner's bytes under a new id) wakes it: refused.
+                record = EntryRecord.from_bytes(genuine.value, inbox, None)
+                forged_key = b"r/f0rged0000000001"
+                forged = dataclasses.replace(record, stored_key=forged_key)
+                await store.put(inbox.entry_key(forged_key), forged.to_bytes())
+                await _until(lambda: "sensor-01" in gw.things, "a forged request wakes the thing")
+                thing = gw.things["sensor-01"]
+                await _until(lambda: thing.client.tampered_count >= 1, "the forgery is counted")
+                await store.delete(inbox.entry_key(forged_key))
+
+            async with gateway() as gw:
+                await gw.start()
+                await asyncio.sleep(0.2)
+                assert "sensor-01" not in gw.things
+                # The genuine request, done before, written back: a replay, refused.
+                await store.put(key, genuine.value)
+                await _until(lambda: "sensor-01" in gw.things, "a replayed request wakes the thing")
+                thing = gw.things["sensor-01"]
+                await _until(lambda: thing.refused_count >= 1, "the replay is refused")
+                # The device is never handed either again; the request stays done.
+                assert await gw.handle("sensor-01", "poll", device.message("poll", {})) == []
+                await asyncio.sleep(0.2)
+                assert handle.state == "done"  # it follows the outbox: nothing written again
+        finally:
+            await requester.close()
+            registry.close()
