@@ -86,6 +86,7 @@ GROUP_MODULES: tuple[GroupModule, ...] = (
     GroupModule("history", "safething.bench.history"),
     GroupModule("stores", "safething.bench.stores"),
     GroupModule("gateway", "safething_gateway.bench.gateway"),
+    GroupModule("gateway.scale", "safething_gateway.bench.scale"),
     GroupModule("firmware", "safething_gateway.bench.firmware"),
     GroupModule("console", "safething_gateway.bench.console"),
 )

@@ -95,7 +95,10 @@ GATEWAY_LATENCIES = tuple(
 GATEWAY_EXPECTED = {
     "gateway_sustained_readings_per_s",
     "gateway_peak_rss_mb",
+    "gateway_births_per_s",
     "gateway_startup_s",
+    "gateway_idle_cpu_pct",
+    "gateway_idle_rss_mb",
     *(f"gateway_{t}_vs_raw_latency_ratio" for t in TRANSPORTS),
     *(f"{base}_{p}_ms" for base in GATEWAY_LATENCIES for p in ("p50", "p99", "max")),
 }
@@ -262,7 +265,13 @@ def test_print_json_writes_one_object_per_line(
 def test_only_filters_by_prefix_and_refuses_unknown_groups() -> None:
     names = group_names()
     known = {"net.write", "net.read", "net.watch.inprocess", "net.watch.xproc", "things"}
-    known |= {"gateway.latency", "gateway.load", "firmware.size", "firmware.latency"}
+    known |= {
+        "gateway.latency",
+        "gateway.load",
+        "gateway.scale",
+        "firmware.size",
+        "firmware.latency",
+    }
     known |= {"firmware.link"}
     assert known <= set(names)
     with pytest.raises(ValueError, match="selects no benchmark group"):
@@ -316,12 +325,37 @@ def test_gateway_load_is_counted_in_the_store_and_the_rss_target_reported(
     assert rss["meets_target"] is (value < 150.0)
     params = rss["params"]
     assert isinstance(params, dict) and params["things"] == 100
-    startup = by_name["gateway_startup_s"]["params"]
-    assert isinstance(startup, dict) and startup["things"] == 100
+    assert params["restart_things"] <= 100
     for t in TRANSPORTS:
         latency = by_name[f"gateway_{t}_device_to_subscriber_latency_p50_ms"]
         assert latency["samples"] == 20
         assert by_name[f"raw_{t}_latency_p50_ms"]["samples"] == 20
+
+
+@needs_mosquitto
+def test_gateway_scale_reports_its_targets(
+    quick_run: tuple[list[dict[str, object]], Path],
+) -> None:
+    metrics, _ = quick_run
+    by_name = {m["name"]: m for m in metrics}
+    for name, op, target in (
+        ("gateway_births_per_s", ">=", 1000.0),
+        ("gateway_startup_s", "<=", 2.0),
+        ("gateway_idle_cpu_pct", "<=", 2.0),
+        ("gateway_idle_rss_mb", "<=", 150.0),
+    ):
+        m = by_name[name]
+        assert m["target"] == {"op": op, "value": target}
+        value = m["value"]
+        assert isinstance(value, float)
+        assert m["meets_target"] is (value >= target if op == ">=" else value <= target)
+        params = m["params"]
+        assert isinstance(params, dict) and params["devices"] == 200  # a full run: 10,000
+    births = by_name["gateway_births_per_s"]["params"]
+    assert isinstance(births, dict) and births["things"] == 200
+    startup = by_name["gateway_startup_s"]["params"]
+    assert isinstance(startup, dict)
+    assert startup["first_readings"] == 20 and startup["things_after_first_readings"] >= 20
 
 
 @pytest.mark.skipif(not HAVE_NODE, reason="node and npm are not installed")

@@ -16,6 +16,9 @@ writes one JSON object per line to stdout:
     device that was born before): ``startup_s``, ``things``.
 ``{"event": "report", ...}``
     every ``--report-ms`` milliseconds while it runs.
+``{"event": "report", "asked": true, ...}``
+    at once when stdin says ``report`` (a parent that measures an idle
+    gateway gives a long ``--report-ms`` and asks instead).
 ``{"event": "closed", ...}``
     after the gateway has closed (``things`` is then 0), when stdin says
     ``stop`` or is closed.
@@ -135,8 +138,9 @@ async def _report(gateway: Gateway, period_s: float) -> None:
         _say(_state(gateway, "report"))
 
 
-async def _until_stop() -> None:
-    """Until stdin says ``stop`` or is closed (the parent went away)."""
+async def _until_stop(gateway: Gateway) -> None:
+    """Until stdin says ``stop`` or is closed (the parent went away); a line ``report``
+    is answered with a report at once."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(
@@ -147,6 +151,8 @@ async def _until_stop() -> None:
             line = await reader.readline()
             if not line or line.strip() == b"stop":
                 return
+            if line.strip() == b"report":
+                _say(_state(gateway, "report", asked=True))
     finally:
         transport.close()
 
@@ -172,7 +178,7 @@ async def _run(args: argparse.Namespace) -> None:
                 async with background(
                     _report(gateway, args.report_ms / 1000), "bench-gateway:report"
                 ):
-                    await _until_stop()
+                    await _until_stop(gateway)
             _say(_state(gateway, "closed"))
     finally:
         registry.close()
