@@ -105,10 +105,13 @@ class ActionRequest:
     ``resume=True`` handler again."""
     _thing: Thing = field(repr=False)
     _reported: bool = field(default=False, repr=False)
+    _accepted: bool = field(default=False, repr=False)
+    _accepting: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     async def progress(self, percent: float | None = None, message: str = "") -> None:
         """Report progress (0..100) and/or a message; the requester sees state *running*."""
         self._reported = True
+        await self._thing._accept(self)
         await self._thing._write_state(
             self.request_id, ActionState.RUNNING, progress=percent, message=message
         )
@@ -1010,7 +1013,8 @@ class Thing(AsyncResource):
         request = ActionRequest(rid, name, clean, entry.signer, deadline, self, resumed=resumed)
         self._mark_processed(rid, deadline)  # at most once, even across a crash
         self._requesters[rid] = entry.signer
-        await self._write_state(rid, ActionState.ACCEPTED)
+        if name in self._resumable:  # a restart finds it *accepted* and hands it over again
+            await self._accept(request)
         self._running[rid] = self._tasks.spawn(self._run(request, handler, enc), f"action-{rid}")
 
     async def _run(
@@ -1024,7 +1028,9 @@ class Thing(AsyncResource):
             if inspect.isawaitable(result):
                 work = asyncio.ensure_future(result)
                 await asyncio.sleep(0)  # a handler with nothing to wait for ends here
-                # still at work and silent so far: say so (never over its own progress)
+                # still at work: accepted, and running unless it reported progress itself
+                if not work.done():
+                    await self._accept(request)
                 if not work.done() and not request._reported:
                     await self._write_state(rid, ActionState.RUNNING)
                 result = await work
@@ -1052,6 +1058,15 @@ class Thing(AsyncResource):
         finally:
             self._running.pop(rid, None)
             self._requesters.pop(rid, None)
+
+    async def _accept(self, request: ActionRequest) -> None:
+        """Write *accepted* once, before any other state but a final one of a handler that
+        returned at once (a watcher may see only a request's latest state anyway): one
+        commit fewer between a request and the result of a quick handler."""
+        async with request._accepting:
+            if not request._accepted:
+                await self._write_state(request.request_id, ActionState.ACCEPTED)
+                request._accepted = True
 
     async def _write_state(
         self,
