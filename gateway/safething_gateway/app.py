@@ -179,6 +179,8 @@ class GatewayApp(AsyncResource):
                 session_max_s=c.session_max_s,
                 tls_cert=c.tls_cert,
                 tls_key=c.tls_key,
+                self_signed=c.self_signed_flag,
+                require_login=c.require_login,
             ),
             gateway=self.gateway,
             admin=DeviceAdmin.from_config(self.config, self.gateway.registry),

@@ -46,13 +46,15 @@
 
     [console]
     enabled = false            # the web console in the gateway process
-    bind = "127.0.0.1"         # beyond loopback: set tls_cert/tls_key too
+    bind = "127.0.0.1"         # beyond loopback: login (setup code first) and HTTPS
     port = 8088
     state_dir = ""             # "" = <user data dir>/safething/console (owner binding, audit log)
     session_idle_s = 1800.0
     session_max_s = 43200.0
     tls_cert = ""              # PEM; its SHA-256 goes into provisioning QR codes
     tls_key = ""
+    self_signed = "auto"       # no tls_cert: make one (auto: when bind is beyond loopback)
+    require_login = false      # log in on loopback too (beyond loopback: always)
 
     [mirror]                   # plain-JSON copy of verified public readings (read-only)
     enabled = false
@@ -184,6 +186,19 @@ class ConsoleConfig:
     session_max_s: float = 43200.0
     tls_cert: str = ""
     tls_key: str = ""
+    self_signed: str = "auto"
+    require_login: bool = False
+
+    def __post_init__(self) -> None:
+        self.self_signed_flag  # noqa: B018 (a wrong word is an error at load)
+
+    @property
+    def self_signed_flag(self) -> bool | None:
+        """``auto`` (beyond loopback), ``true`` or ``false``."""
+        value = str(self.self_signed).lower()
+        if value not in ("auto", "true", "false"):
+            raise ValueError("[console] self_signed is auto, true or false")
+        return None if value == "auto" else value == "true"
 
     @property
     def state_path(self) -> Path:

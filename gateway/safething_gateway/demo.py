@@ -266,7 +266,8 @@ class GatewayDemo:
         await self._start_controller(suffix)
 
     async def _start_web(self) -> None:
-        """The console on 127.0.0.1:8088 (or a free port), with its address and setup code."""
+        """The console on 127.0.0.1:8088 (or a free port): its address is printed (no login
+        on loopback, so no setup code; one listening beyond loopback prints its code)."""
         try:
             from safething_gateway.console import Console, ConsoleSettings
         except ImportError:

@@ -46,6 +46,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     c.add_argument("--tls-cert", default="", help="PEM certificate (HTTPS)")
     c.add_argument("--tls-key", default="", help="PEM private key")
+    c.add_argument(
+        "--self-signed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="HTTPS with a certificate the console makes and keeps in its state directory "
+        "(default: when listening beyond loopback)",
+    )
+    c.add_argument(
+        "--login",
+        action="store_true",
+        help="log in on loopback too (beyond loopback login is always required)",
+    )
     c.set_defaults(func=cmd_console)
 
 
@@ -64,6 +76,8 @@ def cmd_console(args: argparse.Namespace) -> int:
         port=args.port,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        self_signed=args.self_signed,
+        require_login=args.login,
     )
     asyncio.run(_run(Console, settings, owner, args.store, args.registry, args.config))
     return 0

@@ -160,30 +160,55 @@ state_dir = "{tmp_path}/console"
         env={**os.environ, "SAFETHING_IDENTITY": str(tmp_path / "owner.json")},
     )
     try:
-        address, code = _lines(proc, 2)
+        address, no_login = _lines(proc, 2)
         url = address.split("console: ", 1)[1].rstrip("/")
         assert url.startswith("http://127.0.0.1:")
+        # on loopback by default: no login, no setup code printed, the owner's pages at once
+        assert no_login.startswith("console: no login on loopback")
         first = httpx.get(url + "/things")
-        assert first.status_code == 303 and first.headers["location"] == "/setup"
+        assert first.status_code == 200 and 'id="things-rows"' in first.text
         assert "default-src 'self'" in first.headers["content-security-policy"]
-        setup = httpx.post(
-            url + "/setup",
-            data={
-                "code": code.rsplit(": ", 1)[1],
-                "password": "pw-12345678",
-                "confirm": "pw-12345678",
-            },
-            headers={"origin": url},
-        )
-        assert setup.status_code == 303 and setup.headers["location"] == "/login"
+        # a page of another site whose name points at 127.0.0.1 (DNS rebinding) gets nothing
+        rebound = httpx.get(url + "/things", headers={"host": "attacker.example:8088"})
+        assert rebound.status_code == 421 and "things-rows" not in rebound.text
+        # and a cross-site form is refused as always
+        forged = httpx.post(url + "/provision", headers={"origin": "http://attacker.example"})
+        assert forged.status_code == 403
     finally:
-        _stop(proc)
-    stored = json.loads((tmp_path / "console" / "owner.identity.json").read_text())
-    assert stored["secret"]["kdf"] == "argon2id"
+        err = _stop(proc)
+    assert "setup code" not in err
+    assert not (tmp_path / "console" / "owner.identity.json").exists()
+
+
+def _console(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
+    """``safething console`` alone on a SQLite store, on a free loopback port."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "safething",
+            "console",
+            "--store",
+            f"sqlite://{tmp_path}/v.db",
+            "--identity",
+            str(tmp_path / "owner.json"),
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "console"),
+            "--registry",
+            str(tmp_path / "gateway.db"),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_safething_console_alone_with_tls(tmp_path: Path) -> None:
-    """``safething console --store URL``; under TLS the cookie is ``__Host-`` and Secure."""
+    """``safething console --store URL --login`` with the owner's certificate: the owner
+    is bound with the setup code; under TLS the cookie is ``__Host-`` and Secure."""
     if not Path("/usr/bin/openssl").exists():
         pytest.skip("openssl is not installed")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -210,36 +235,15 @@ def test_safething_console_alone_with_tls(tmp_path: Path) -> None:
         capture_output=True,
     )
     Identity.generate("owner").save(tmp_path / "owner.json")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "safething",
-            "console",
-            "--store",
-            f"sqlite://{tmp_path}/v.db",
-            "--identity",
-            str(tmp_path / "owner.json"),
-            "--port",
-            "0",
-            "--state-dir",
-            str(tmp_path / "console"),
-            "--tls-cert",
-            str(cert),
-            "--tls-key",
-            str(key),
-            "--registry",
-            str(tmp_path / "gateway.db"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _console(tmp_path, "--tls-cert", str(cert), "--tls-key", str(key), "--login")
     try:
-        address, code = _lines(proc, 2)
+        address, code, printed = _lines(proc, 3)
         url = address.split("console: ", 1)[1].rstrip("/")
         assert url.startswith("https://")
+        der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+        assert printed.replace(":", "").lower().endswith(hashlib.sha256(der).hexdigest())
         with httpx.Client(base_url=url, verify=False, headers={"origin": url}) as http:
+            assert http.get("/things").headers["location"] == "/setup"
             http.post(
                 "/setup",
                 data={
@@ -259,10 +263,49 @@ def test_safething_console_alone_with_tls(tmp_path: Path) -> None:
             doc = json.loads(
                 html.unescape(page.text.split('id="config-json">')[1].split("</pre>")[0])
             )
-            der = ssl.PEM_cert_to_DER_cert(cert.read_text())
             assert doc["console_tls_sha256"] == hashlib.sha256(der).hexdigest()
     finally:
         _stop(proc)
+
+
+def test_a_self_signed_certificate_is_made_once_and_its_fingerprint_printed(
+    tmp_path: Path,
+) -> None:
+    Identity.generate("owner").save(tmp_path / "owner.json")
+    seen = []
+    for _ in range(2):  # the second start keeps the first certificate
+        proc = _console(tmp_path, "--self-signed", "--login")
+        try:
+            address, _code, printed = _lines(proc, 3)
+            url = address.split("console: ", 1)[1].rstrip("/")
+            assert url.startswith("https://127.0.0.1:")
+            assert "self-signed" in printed
+            port = int(url.rsplit(":", 1)[1])
+            served = ssl.get_server_certificate(("127.0.0.1", port))
+            fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(served)).hexdigest()
+            assert (
+                printed.rsplit(": ", 1)[1]
+                == ":".join(fingerprint[i : i + 2] for i in range(0, 64, 2)).upper()
+            )
+            seen.append(fingerprint)
+        finally:
+            _stop(proc)
+    assert seen[0] == seen[1]
+    key = tmp_path / "console" / "console-key.pem"
+    assert key.stat().st_mode & 0o077 == 0, "the certificate's key is readable by others"
+
+
+def test_beyond_loopback_login_and_tls_are_on_by_default(tmp_path: Path) -> None:
+    from safething_gateway.console.console import ConsoleSettings
+
+    lan = ConsoleSettings(tmp_path, bind="0.0.0.0")
+    assert lan.login_required and lan.makes_certificate
+    assert ConsoleSettings(tmp_path, bind="192.168.1.20", require_login=False).login_required
+    here = ConsoleSettings(tmp_path, bind="127.0.0.1")
+    assert not here.login_required and not here.makes_certificate
+    assert ConsoleSettings(tmp_path, bind="::1").loopback
+    own = ConsoleSettings(tmp_path, bind="0.0.0.0", tls_cert="c.pem", tls_key="k.pem")
+    assert not own.makes_certificate
 
 
 def test_chart_series_keeps_gaps_empty() -> None:
@@ -381,3 +424,26 @@ def test_the_devices_page_follows_the_things_availability(tmp_path: Path) -> Non
             assert http.post("/login", data={"password": "pw-12345678"}).status_code == 303
             page = http.get("/devices").text
             assert 'data-device-state="bed-three-01">offline<' in page
+
+
+def test_on_loopback_without_login_commands_are_the_owners_and_audited(tmp_path: Path) -> None:
+    from safething.net import Client
+    from safething.things import ThingClient
+    from safething_gateway.console.testing import ConsoleSite
+
+    with ConsoleSite(tmp_path, login=False) as site:
+        assert site.store is not None and site.console is not None
+        assert site.console.binding.setup_code is None, "nothing to bind on loopback"
+        url, garden = site.url, site.garden_id
+        with httpx.Client(base_url=url, headers={"origin": url}) as http:
+            assert http.get("/setup").headers["location"] == "/things"
+            assert http.post(f"/things/{garden}/disable").status_code == 303
+
+        async def status() -> str:
+            async with ThingClient(Client(site.store)) as things:
+                return await things.status(garden)
+
+        assert site.call(status()) == "disabled"  # signed by the owner's key: accepted
+        last = list(site.console.audit.entries())[-1]
+        assert last.action == "disable" and last.ok
+        assert last.actor.startswith("owner (no login, loopback) from 127.0.0.1")

@@ -138,6 +138,7 @@ async def console_group(ctx: BenchContext) -> list[Metric]:
                     "0",
                     "--state-dir",
                     str(ctx.workdir / "console"),
+                    "--login",
                 ],
                 log,
                 stdin=asyncio.subprocess.DEVNULL,

@@ -90,12 +90,24 @@ def create_app(console: Console) -> Any:
             session=session,
             path=request.url.path,
             owner=console.owner.public_sign_key.hex(),
+            login=console.settings.login_required,
             notices=notices,
             **ctx,
         )
         return HTMLResponse(html, status_code=status)
 
+    # on loopback without login (the default there): every request acts as the owner
+    # through the process's own identity; see docs/security.md#the-web-console
+    local = (
+        None
+        if console.settings.login_required
+        else Session("loopback", console.owner, "loopback", "no login on loopback")
+    )
+
     def session_of(request: Request) -> Session:
+        if local is not None:
+            request.state.session = local
+            return local
         session = console.sessions.get(request.cookies.get(console.cookie_name))
         if session is None:
             raise _Redirect("/login" if console.binding.bound else "/setup")
@@ -110,6 +122,8 @@ def create_app(console: Console) -> Any:
 
     def actor(request: Request, session: Session | None = None) -> str:
         where = request.client.host if request.client else "?"
+        if session is local:
+            return f"owner (no login, loopback) from {where}"
         return f"owner (session {session.short}) from {where}" if session else f"from {where}"
 
     @app.exception_handler(_Redirect)
@@ -127,6 +141,8 @@ def create_app(console: Console) -> Any:
 
     @app.get("/setup")
     async def setup_page(request: Request) -> Response:
+        if local is not None:
+            return RedirectResponse("/things", status_code=303)
         if console.binding.bound:
             return RedirectResponse("/login", status_code=303)
         return page(request, "setup.html", error="")
@@ -153,6 +169,8 @@ def create_app(console: Console) -> Any:
 
     @app.get("/login")
     async def login_page(request: Request) -> Response:
+        if local is not None:
+            return RedirectResponse("/things", status_code=303)
         if not console.binding.bound:
             return RedirectResponse("/setup", status_code=303)
         return page(request, "login.html", error="")
@@ -188,7 +206,7 @@ def create_app(console: Console) -> Any:
             session.id,
             httponly=True,
             samesite="strict",
-            secure=console.settings.tls,
+            secure=console.tls,
             path="/",
         )
         return response
@@ -528,7 +546,7 @@ def create_app(console: Console) -> Any:
             headers={"x-accel-buffering": "no"},
         )
 
-    return Guard(app)
+    return Guard(app, loopback_only=console.settings.loopback)
 
 
 def _input_of(attr_or_param: Any) -> dict[str, Any]:

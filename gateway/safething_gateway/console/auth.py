@@ -45,10 +45,13 @@ class SlowDownError(SafeThingError):
 class OwnerBinding:
     """The owner identity the console logs in with, and the setup code until it is bound."""
 
-    def __init__(self, state_dir: Path, owner: Identity) -> None:
+    def __init__(self, state_dir: Path, owner: Identity, *, needed: bool = True) -> None:
         self.path = state_dir / "owner.identity.json"
         self.owner = owner
-        self.setup_code: str | None = None if self.bound else secrets.token_urlsafe(9)
+        self.setup_code: str | None = None
+        """Until the owner is bound, when login is needed (none is made otherwise)."""
+        if needed and not self.bound:
+            self.setup_code = secrets.token_urlsafe(9)
 
     @property
     def bound(self) -> bool:

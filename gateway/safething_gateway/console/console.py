@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import logging
 import socket
 import ssl
@@ -26,13 +27,12 @@ from safething_gateway.console.audit import AuditLog
 from safething_gateway.console.auth import Backoff, OwnerBinding, Sessions
 from safething_gateway.console.data import ConsoleData
 from safething_gateway.console.live import Hub
+from safething_gateway.console.tls import self_signed_certificate
 from safething_gateway.provisioning import DeviceEndpoints
 
-__all__ = ["Console", "ConsoleSettings"]
+__all__ = ["Console", "ConsoleSettings", "is_loopback"]
 
 log = logging.getLogger("safething.console")
-
-LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,13 @@ class ConsoleSettings:
     """PEM certificate (self-signed is fine: its fingerprint goes into provisioning QR codes)."""
     tls_key: str = ""
     """Its PEM private key."""
+    self_signed: bool | None = None
+    """Without ``tls_cert``: serve HTTPS with a self-signed certificate made on first
+    start and kept in ``state_dir`` (its SHA-256 printed at start and put into
+    provisioning QR codes). None: when listening beyond loopback."""
+    require_login: bool = False
+    """Log in on loopback too. Beyond loopback login is always required (the owner is
+    bound with the printed setup code first)."""
     page_size: int = 50
     """Things per page."""
 
@@ -65,12 +72,29 @@ class ConsoleSettings:
             raise ValueError("console page_size must be 1..500")
 
     @property
-    def tls(self) -> bool:
-        return bool(self.tls_cert)
+    def loopback(self) -> bool:
+        """Listening on this machine only (127.0.0.0/8, ::1, localhost)."""
+        return is_loopback(self.bind)
 
     @property
-    def loopback(self) -> bool:
-        return self.bind in LOOPBACK
+    def login_required(self) -> bool:
+        return self.require_login or not self.loopback
+
+    @property
+    def makes_certificate(self) -> bool:
+        """Whether the console serves HTTPS with a certificate it made itself."""
+        if self.tls_cert:
+            return False
+        return self.self_signed if self.self_signed is not None else not self.loopback
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Console(AsyncResource):
@@ -90,25 +114,33 @@ class Console(AsyncResource):
         self.settings = settings
         settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.owner = owner
-        self.binding = OwnerBinding(settings.state_dir, owner)
+        self.binding = OwnerBinding(settings.state_dir, owner, needed=settings.login_required)
         self.sessions = Sessions(idle_s=settings.session_idle_s, max_s=settings.session_max_s)
         self.backoff = Backoff()
         self.audit = AuditLog(settings.state_dir / "audit.db", owner)
         self.data = ConsoleData(store, owner, registry=registry, gateway=gateway, admin=admin)
         self.hub = Hub(self.data)
         self.endpoints = endpoints or DeviceEndpoints()
-        self.tls_fingerprint = _cert_fingerprint(settings.tls_cert) if settings.tls else ""
+        self.tls_cert, self.tls_key = settings.tls_cert, settings.tls_key
+        if settings.makes_certificate:
+            self.tls_cert, self.tls_key = self_signed_certificate(settings.state_dir, settings.bind)
+        self.tls_fingerprint = _cert_fingerprint(self.tls_cert) if self.tls_cert else ""
+        """SHA-256 of the certificate (DER, hex); "" without TLS."""
         self.port = settings.port
         self._server: Any = None
         self._serving: asyncio.Task[None] | None = None
 
     @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    @property
     def cookie_name(self) -> str:
-        return "__Host-st-session" if self.settings.tls else "st-session"
+        return "__Host-st-session" if self.tls else "st-session"
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.settings.tls else "http"
+        scheme = "https" if self.tls else "http"
         host = self.settings.bind if ":" not in self.settings.bind else f"[{self.settings.bind}]"
         return f"{scheme}://{host}:{self.port}/"
 
@@ -133,8 +165,8 @@ class Console(AsyncResource):
             log_level="warning",
             access_log=False,
             lifespan="off",
-            ssl_certfile=s.tls_cert or None,
-            ssl_keyfile=s.tls_key or None,
+            ssl_certfile=self.tls_cert or None,
+            ssl_keyfile=self.tls_key or None,
             timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
@@ -165,8 +197,13 @@ class Console(AsyncResource):
             lines.append(
                 f"console setup code (one use, binds the owner): {self.binding.setup_code}"
             )
-        if not self.settings.loopback and not self.settings.tls:
+        if self.tls:
+            made = " (self-signed, made by the console)" if self.settings.makes_certificate else ""
+            lines.append(f"console certificate SHA-256{made}: {colon_hex(self.tls_fingerprint)}")
+        elif not self.settings.loopback:
             lines.append("console: listening beyond loopback without TLS; set tls_cert/tls_key")
+        if not self.settings.login_required:
+            lines.append("console: no login on loopback (every local user can open it)")
         return lines
 
     async def close(self) -> None:
@@ -181,6 +218,11 @@ class Console(AsyncResource):
         await self.hub.close()
         await self.data.close()
         self.audit.close()
+
+
+def colon_hex(hex_digest: str) -> str:
+    """``ab:cd:...``, as browsers show a certificate's fingerprint."""
+    return ":".join(hex_digest[i : i + 2] for i in range(0, len(hex_digest), 2)).upper()
 
 
 def _cert_fingerprint(path: str) -> str:

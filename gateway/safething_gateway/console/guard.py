@@ -9,13 +9,18 @@
   an ``Origin`` equal to the console's own. A request with neither is
   refused too. This stops cross-site request forgery from another site, and
   from another port of this host (which SameSite cookies alone do not).
+* A console listening on loopback answers only requests addressed to a
+  loopback name (``Host`` 127.x.y.z, localhost, [::1]): a web page whose own
+  name an attacker re-points at 127.0.0.1 (DNS rebinding) is same-origin with
+  itself, so only the name it uses gives it away (421, nothing served).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-__all__ = ["CSP", "Guard", "same_origin"]
+__all__ = ["CSP", "Guard", "loopback_host", "same_origin"]
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -30,6 +35,7 @@ _HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_LOOPBACK_HOST = re.compile(r"(127(\.[0-9]{1,3}){3}|localhost|\[::1\])(:[0-9]{1,5})?")
 
 
 def same_origin(scope: dict[str, Any]) -> tuple[bool, str]:
@@ -45,11 +51,21 @@ def same_origin(scope: dict[str, Any]) -> tuple[bool, str]:
     return origin == own, f"Origin {origin!r} is not {own!r}"
 
 
-class Guard:
-    """ASGI middleware: security headers out, cross-origin state changes refused."""
+def loopback_host(scope: dict[str, Any]) -> bool:
+    """Whether the request's ``Host`` names this machine's loopback."""
+    for k, v in scope["headers"]:
+        if k.lower() == b"host":
+            return _LOOPBACK_HOST.fullmatch(v.decode("latin-1").strip().lower()) is not None
+    return False
 
-    def __init__(self, app: Any) -> None:
+
+class Guard:
+    """ASGI middleware: security headers out, cross-origin state changes refused, and
+    on a loopback console any request addressed to another name."""
+
+    def __init__(self, app: Any, *, loopback_only: bool = False) -> None:
         self.app = app
+        self.loopback_only = loopback_only
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -65,17 +81,22 @@ class Guard:
                 message = {**message, "headers": headers}
             await send(message)
 
+        async def refuse(status: int, text: str) -> None:
+            await send_with_headers(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
+            await send({"type": "http.response.body", "body": f"{text}\n".encode()})
+
+        if self.loopback_only and not loopback_host(scope):
+            await refuse(421, "this console answers requests to 127.0.0.1 or localhost only")
+            return
         if scope["method"] not in SAFE_METHODS:
             ok, why = same_origin(scope)
             if not ok:
-                body = f"cross-site request refused ({why})\n".encode()
-                await send_with_headers(
-                    {
-                        "type": "http.response.start",
-                        "status": 403,
-                        "headers": [(b"content-type", b"text/plain; charset=utf-8")],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await refuse(403, f"cross-site request refused ({why})")
                 return
         await self.app(scope, receive, send_with_headers)

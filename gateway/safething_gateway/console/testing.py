@@ -52,9 +52,11 @@ def launch_chromium(playwright: Any) -> Any:
 class ConsoleSite:
     """Store, registry, gateway (HTTP bridge), gardening device and console, all real."""
 
-    def __init__(self, root: Path, *, with_garden: bool = True) -> None:
+    def __init__(self, root: Path, *, with_garden: bool = True, login: bool = True) -> None:
         self.root = root
         self.with_garden = with_garden
+        self.login = login
+        """Log in on loopback too (the owner is bound with the setup code first)."""
         self.owner = Identity.generate("owner")
         """Replaced by the gateway site's owner once started."""
         self._stack = contextlib.AsyncExitStack()
@@ -123,7 +125,7 @@ class ConsoleSite:
         self.console = Console(
             store=self.store,
             owner=self.owner,
-            settings=ConsoleSettings(self.root / "console", port=0),
+            settings=ConsoleSettings(self.root / "console", port=0, require_login=self.login),
             gateway=self.gateway,
             admin=site.admin,
             endpoints=DeviceEndpoints(
