@@ -61,7 +61,7 @@ from typing import Any
 from safething.errors import LimitExceededError, SafeThingError, StoreError, ThingError
 from safething.net import Identity, XorName
 from safething.resource import AsyncResource
-from safething.store import Store
+from safething.store import Store, Watch
 from safething.things import (
     AccessType,
     ActionRequest,
@@ -657,17 +657,27 @@ class Gateway(AsyncResource):
             if not lock.locked() and self._restoring.get(device_id) is lock:
                 del self._restoring[device_id]
 
-    async def _follow_inboxes(self, inboxes: Any) -> None:
+    async def _follow_inboxes(self, inboxes: Watch) -> None:
         """One watch on every thing's inbox: a write into the inbox of a device whose thing
         is not running restores it (the thing then serves its inbox itself). Inboxes
-        that hold entries already are restored first."""
-        async with inboxes:
-            with contextlib.suppress(StoreError):  # not now: their next write restores them
-                names = {k[len(_INBOX_PREFIX) :].split(".", 1)[0] for k in await self._inbox_keys()}
-                for name in sorted(names):
-                    await self._wake(name)
-            async for change in inboxes:
-                await self._wake(change.key[len(_INBOX_PREFIX) :].split(".", 1)[0])
+        that hold entries already are restored first, and again after the watch failed
+        (a store outage): it is opened anew a second later."""
+        watch: Watch | None = inboxes
+        while True:
+            try:
+                if watch is None:
+                    watch = self.store.watch(_INBOX_PREFIX)
+                async with watch:
+                    keys = await self._inbox_keys()
+                    for name in sorted({k[len(_INBOX_PREFIX) :].split(".", 1)[0] for k in keys}):
+                        await self._wake(name)
+                    async for change in watch:
+                        await self._wake(change.key[len(_INBOX_PREFIX) :].split(".", 1)[0])
+                return  # the store was closed
+            except Exception as e:
+                log.warning("the watch on the inboxes failed (%s); opened again in 1 s", e)
+            watch = None
+            await asyncio.sleep(1.0)
 
     async def _inbox_keys(self) -> list[str]:
         """Store keys of every inbox entry (not headers) of a device with a dormant thing."""

@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from safething.errors import StoreError
 from safething.net import Client, Identity
 from safething.net.records import EntryRecord
 from safething.store import Store, open_store
@@ -112,6 +113,46 @@ async def test_a_thing_woken_by_its_inbox_refuses_a_replayed_and_a_forged_reques
                 assert await gw.handle("sensor-01", "poll", device.message("poll", {})) == []
                 await asyncio.sleep(0.2)
                 assert handle.state == "done"  # it follows the outbox: nothing written again
+        finally:
+            await requester.close()
+            registry.close()
+
+
+async def test_the_inbox_watch_is_opened_again_after_a_failure(tmp_path: Path) -> None:
+    """The store fails while the gateway looks at the inboxes: a second later it looks
+    again, and a request that waited while the gateway was down is still served."""
+    owner = Identity.generate("owner")
+    async with await open_store(f"sqlite:///{tmp_path}/vault.db") as store:
+        registry = Registry(tmp_path / "gateway.db")
+        device = Device("sensor-01", registry.add("sensor-01", "http").secret)
+        requester = ThingClient(Client(store, owner))
+        try:
+            async with Gateway(store=store, registry=registry, owner=owner) as gw:
+                await gw.start()
+                await gw.handle(
+                    "sensor-01", "birth", device.message("birth", {"description": SENSOR})
+                )
+            handle = await requester.request("sensor-01", "OpenValve", psi=40)
+            async with Gateway(store=store, registry=registry, owner=owner) as gw:
+                failures: list[str] = []
+                scan = gw._inbox_keys
+
+                async def failing_once() -> list[str]:
+                    if not failures:
+                        failures.append("scan")
+                        raise StoreError("the store went away")
+                    return await scan()
+
+                gw._inbox_keys = failing_once  # type: ignore[method-assign]
+                await gw.start()
+                await _until(lambda: "sensor-01" in gw.things, "the inbox restores the thing")
+                assert failures == ["scan"]
+                async with asyncio.timeout(20):
+                    while not (
+                        down := await gw.handle("sensor-01", "poll", device.message("poll", {}))
+                    ):
+                        await asyncio.sleep(0.02)
+                assert down[0].channel == f"action/{handle.request_id}"
         finally:
             await requester.close()
             registry.close()
