@@ -429,6 +429,9 @@ def test_downlink_list_encodings() -> None:
     assert base64.b64decode(listed[2][1]) == sealed  # ST2 (binary): base64
     with pytest.raises(BadMessageError):
         decode_downlinks(b'[["desired", "not base64!"]]', JSON)
+    for odd in (b'[["desired"]]', b'[["desired", "eA==", "more"]]', b'[[7, "eA=="]]'):
+        with pytest.raises(BadMessageError, match=r"array of \[channel, frame\] pairs"):
+            decode_downlinks(odd, JSON)
     assert cbor2.loads(encode_downlinks([], CBOR)) == []
 
 

@@ -265,8 +265,10 @@ async def test_rejections_are_problem_documents(
     assert "wait" in r.json()["detail"]
     r = await http.get("/no/such/route")
     assert (r.status_code, reason(r)) == (404, "not_found")
+    assert r.json()["detail"] == "no such resource: GET /no/such/route"
     r = await http.get(f"{url}/reading")
     assert (r.status_code, reason(r)) == (405, "method_not_allowed")
+    assert r.json()["detail"] == f"GET is not allowed on {url}/reading"
     r = await http.get(f"{url}/down/stream", params={"c": "99", "m": "0" * 64})
     assert (r.status_code, reason(r)) == (401, "bad_mac")
 
