@@ -1,0 +1,151 @@
+"""The gateway core's bounds, driven as a bridge drives it: results for request ids it is
+not waiting for, and each device's token bucket (refill, burst, the backlog credit after
+a restart). Time is moved by rewinding the stamps the gateway keeps, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from safething.net import Identity
+from safething.store import open_store
+from safething_gateway import core
+from safething_gateway.core import Gateway
+from safething_gateway.protocol import PayloadError, RateLimitedError
+from safething_gateway.registry import Registry
+
+from .conftest import SENSOR, Device
+
+
+def _provision(gateway: Gateway, device_id: str) -> Device:
+    return Device(device_id, gateway.registry.add(device_id, "http").secret)
+
+
+async def _result(gateway: Gateway, device: Device, request_id: str, **body: object) -> None:
+    channel = f"result/{request_id}"
+    await gateway.handle(device.device_id, channel, device.message(channel, body))
+
+
+async def _polls_accepted(gateway: Gateway, device: Device, most: int = 50) -> int:
+    """Polls the device gets through before the first refusal (its bucket's content)."""
+    for accepted in range(most):
+        try:
+            await gateway.handle(device.device_id, "poll", device.message("poll", {}))
+        except RateLimitedError:
+            return accepted
+    raise AssertionError(f"{most} polls and none refused")
+
+
+async def test_results_for_unknown_request_ids_are_bounded_per_device(gateway: Gateway) -> None:
+    """A device floods results for request ids nobody sent: the gateway keeps at most
+    EARLY_PER_DEVICE ids (the rest refused) and, per id, the newest updates only."""
+    gateway.rate, gateway.burst = 1e6, 10**6
+    device = _provision(gateway, "flood-01")
+    for i in range(core.EARLY_PER_DEVICE):
+        await _result(gateway, device, f"fake-{i}", state="running")
+    for i in range(5):
+        with pytest.raises(PayloadError) as refused:
+            await _result(gateway, device, f"more-{i}", state="running")
+        assert "are held already" in str(refused.value.__cause__)  # sealed: in the log
+    assert len(gateway._early) == core.EARLY_PER_DEVICE
+    assert gateway._early_count == {"flood-01": core.EARLY_PER_DEVICE}
+    for n in range(30):  # many updates for one id: only the newest are kept
+        await _result(gateway, device, "fake-0", state="running", progress=n)
+    updates = gateway._early[("flood-01", "fake-0")][1]
+    assert [u.get("progress") for u in updates] == list(range(30 - core._EARLY_UPDATES, 30))
+    with pytest.raises(PayloadError, match="a result is"):  # not a state a device reports
+        await _result(gateway, device, "fake-1", state="requested")
+
+
+async def test_results_for_unknown_request_ids_are_bounded_in_total(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many devices, each at its own cap: the total stays at EARLY_TOTAL, oldest out."""
+    monkeypatch.setattr(core, "EARLY_TOTAL", 40)
+    gateway.rate, gateway.burst = 1e6, 10**6
+    devices = [_provision(gateway, f"flood-{n:02d}") for n in range(6)]
+    for device in devices:
+        for i in range(core.EARLY_PER_DEVICE):
+            await _result(gateway, device, f"r{i}", state="done")
+    assert len(gateway._early) == 40
+    assert sum(gateway._early_count.values()) == 40
+    assert ("flood-05", f"r{core.EARLY_PER_DEVICE - 1}") in gateway._early  # newest kept
+    assert ("flood-00", "r0") not in gateway._early  # oldest gone
+    assert "flood-00" not in gateway._early_count  # all of its results went: not counted
+
+
+async def test_early_results_expire_and_free_their_devices_place(gateway: Gateway) -> None:
+    gateway.rate, gateway.burst = 1e6, 10**6
+    device = _provision(gateway, "sensor-01")
+    for i in range(3):
+        await _result(gateway, device, f"r{i}", state="running")
+    # r0 is older than the TTL, r1 a little younger: the next result drops only r0
+    for rid, age in (("r0", core.EARLY_RESULT_TTL + 5), ("r1", core.EARLY_RESULT_TTL - 5)):
+        stamp, updates = gateway._early[("sensor-01", rid)]
+        gateway._early[("sensor-01", rid)] = (stamp - age, updates)
+    await _result(gateway, device, "r3", state="running")
+    assert sorted(rid for _, rid in gateway._early) == ["r1", "r2", "r3"]
+    assert gateway._early_count == {"sensor-01": 3}
+    for i in range(4, 4 + core.EARLY_PER_DEVICE - 3):  # the freed place can be used again
+        await _result(gateway, device, f"r{i}", state="running")
+    with pytest.raises(PayloadError):
+        await _result(gateway, device, "one-more", state="running")
+
+
+async def test_a_bucket_refills_at_the_rate_up_to_the_burst(gateway: Gateway) -> None:
+    gateway.rate, gateway.burst = 2.0, 3
+    device = _provision(gateway, "sensor-01")
+    assert await _polls_accepted(gateway, device) == 3
+    bucket = gateway._buckets["sensor-01"]
+    bucket.stamp -= 1.0  # a second later: 2 tokens more
+    assert await _polls_accepted(gateway, device) == 2
+    bucket.stamp -= 100.0  # long after: never more than the burst
+    assert await _polls_accepted(gateway, device) == 3
+
+
+async def test_a_restarted_gateway_credits_what_a_device_may_have_sent_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first message since the gateway started may be a backlog the broker kept: the
+    bucket holds burst + rate x the time since the device was last seen, at most backlog."""
+    owner = Identity.generate("owner")
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        async with await open_store("memory://") as store:
+            seen = _provision_in(registry, "sensor-01")
+            async with Gateway(
+                store=store, registry=registry, owner=owner, rate=0.01, burst=3, backlog=5
+            ) as gateway:
+                await gateway.start()
+                await gateway.handle(
+                    "sensor-01", "birth", seen.message("birth", {"description": SENSOR})
+                )
+            never = _provision_in(registry, "sensor-02")
+            # the gateway restarts 100 s later: sensor-01 may have sent 100 x 0.01 = 1 more
+            later = time.time() + 100
+            monkeypatch.setattr(
+                core, "time", SimpleNamespace(time=lambda: later, monotonic=time.monotonic)
+            )
+            async with Gateway(
+                store=store, registry=registry, owner=owner, rate=0.01, burst=3, backlog=5
+            ) as gateway:
+                await gateway.start()
+                assert await _polls_accepted(gateway, seen) == 3 + 1
+                assert await _polls_accepted(gateway, never) == 3  # never seen: no credit
+            # 10,000 s: 100 more, but at most the backlog
+            later = time.time() + 10_000
+            async with Gateway(
+                store=store, registry=registry, owner=owner, rate=0.01, burst=3, backlog=5
+            ) as gateway:
+                await gateway.start()
+                assert await _polls_accepted(gateway, seen) == 3 + 5
+    finally:
+        registry.close()
+
+
+def _provision_in(registry: Registry, device_id: str) -> Device:
+    return Device(device_id, registry.add(device_id, "http").secret)
