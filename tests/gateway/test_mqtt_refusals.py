@@ -1,0 +1,202 @@
+"""The MQTT bridge's refusal paths, without a broker: messages handed to the bridge as paho
+hands them over (a real gateway behind it), what goes back on the error topic and what
+is acknowledged. The broker-backed tests are in test_mqtt.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from safething_gateway.bridges import mqtt as bridge_module
+from safething_gateway.bridges.mqtt import MqttBridge, Topics, _Acks, _Received
+from safething_gateway.core import Gateway
+from safething_gateway.registry import RegistryBusyError
+
+from .conftest import SENSOR, Device, tamper
+
+
+class _Connection:
+    """Stands in for the broker connection: what the bridge publishes and acknowledges."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, Any]]] = []
+        self.acks: list[int] = []
+
+    def publish(self, topic: str, body: bytes, qos: int = 0) -> None:
+        self.published.append((topic, json.loads(body)))
+
+    def ack(self, message: mqtt.MQTTMessage, generation: int) -> None:
+        self.acks.append(message.mid)
+
+
+@pytest.fixture
+async def bridge(gateway: Gateway) -> MqttBridge:
+    b = MqttBridge("127.0.0.1", 1)  # never started: no connection is made
+    connection = _Connection()
+    b.connection = connection  # type: ignore[assignment]
+    b._acks = _Acks(connection)  # type: ignore[arg-type]
+    b._gateway = gateway
+    return b
+
+
+@pytest.fixture
+async def device(gateway: Gateway) -> Device:
+    device = Device("sensor-01", gateway.registry.add("sensor-01", "mqtt").secret)
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    return device
+
+
+_mids = iter(range(1, 10**6))
+
+
+def _message(
+    topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, dup: bool = False
+) -> mqtt.MQTTMessage:
+    message = mqtt.MQTTMessage(next(_mids), topic.encode())
+    message.payload, message.qos, message.retain, message.dup = payload, qos, retain, dup
+    return message
+
+
+async def _deliver(bridge: MqttBridge, message: mqtt.MQTTMessage) -> None:
+    """As the bridge's worker does for a message the broker handed over."""
+    route = bridge.topics.parse(message.topic)
+    item = _Received(message, 1, route)
+    bridge._acks.expect(item)
+    bridge._backlog += 1
+    await bridge._process(route[0] if route else "", item)
+
+
+def _errors(bridge: MqttBridge) -> list[tuple[str, dict[str, Any]]]:
+    return bridge.connection.published  # type: ignore[attr-defined, no-any-return]
+
+
+def test_topic_prefixes_and_parsing() -> None:
+    for bad in ("", "st/v1/", "/st", "st//v1", "st/+", "st/#", "st/v+1", "st/v#"):
+        with pytest.raises(ValueError, match="bad MQTT topic prefix"):
+            Topics(bad)
+    topics = Topics("site/st")
+    assert topics.parse("site/st/dev-1/up/reading") == ("dev-1", "up", "reading")
+    assert topics.parse("site/st/dev-1/up/event/Dry") == ("dev-1", "up", "event/Dry")
+    assert topics.parse("site/st/dev-1/down/desired") == ("dev-1", "down", "desired")
+    assert topics.parse("site/st/dev-1/err") == ("dev-1", "err", "")
+    for other in (
+        "site/stx/dev-1/up/reading",  # not under the prefix
+        "other/dev-1/up/reading",
+        "site/st//up/reading",  # no device id
+        "site/st/dev-1/up",  # no channel
+        "site/st/dev-1/up/",
+        "site/st/dev-1/sideways/reading",
+        "site/st/dev-1",
+    ):
+        assert topics.parse(other) is None, other
+
+
+async def test_a_retained_message_is_not_handled(
+    bridge: MqttBridge, device: Device, gateway: Gateway
+) -> None:
+    """A retained uplink (anyone who can publish there can leave one for the gateway's
+    next subscription) is ignored: not handled, its counter not spent, no error sent."""
+    reading = device.message("reading", {"moisture": 7})
+    topic = bridge.topics.up("sensor-01", "reading")
+    await _deliver(bridge, _message(topic, reading, retain=True))
+    assert gateway.registry.get("sensor-01").rx_counter == device.counter - 1
+    assert _errors(bridge) == []
+    await _deliver(bridge, _message(topic, reading))  # the same, not retained: served
+    assert gateway.registry.get("sensor-01").rx_counter == device.counter
+
+
+async def test_what_is_not_an_uplink_is_ignored(
+    bridge: MqttBridge, device: Device, gateway: Gateway
+) -> None:
+    reading = device.message("reading", {"moisture": 7})
+    for topic in (
+        bridge.topics.down("sensor-01", "reading"),
+        bridge.topics.err("sensor-01"),
+        "elsewhere/sensor-01/up/reading",
+    ):
+        await _deliver(bridge, _message(topic, reading))
+    assert gateway.registry.get("sensor-01").rx_counter == device.counter - 1
+    assert _errors(bridge) == []
+    assert len(bridge.connection.acks) == 3  # type: ignore[attr-defined]  # none redelivered
+
+
+async def test_refusals_go_to_the_devices_error_topic(bridge: MqttBridge, device: Device) -> None:
+    topic = bridge.topics.up("sensor-01", "reading")
+    forged = tamper(device.message("reading", {"moisture": 1}))
+    await _deliver(bridge, _message(topic, forged))
+    await _deliver(bridge, _message(topic, b"moisture=12"))
+    (where, problem), (_, malformed) = _errors(bridge)
+    assert where == "st/v1/sensor-01/err"
+    assert (problem["status"], problem["channel"], problem["counter"]) == (
+        401,
+        "reading",
+        device.counter,
+    )
+    assert problem["type"].endswith("/bad_mac")
+    assert malformed["type"].endswith("/bad_message")
+    assert "counter" not in malformed  # no frame header to take it from
+    assert bridge.errors_sent == 2
+
+
+async def test_a_replay_is_reported_unless_the_broker_marked_it_a_redelivery(
+    bridge: MqttBridge, device: Device
+) -> None:
+    topic = bridge.topics.up("sensor-01", "reading")
+    reading = device.message("reading", {"moisture": 7})
+    await _deliver(bridge, _message(topic, reading))
+    # the broker sends again what was handled before a reconnect (DUP set): no error
+    await _deliver(bridge, _message(topic, reading, dup=True))
+    assert _errors(bridge) == []
+    # a DUP flag does not hide anything else: a forged message is still reported
+    await _deliver(bridge, _message(topic, tamper(device.message("reading", {})), dup=True))
+    assert [p["type"].rsplit("/", 1)[1] for _, p in _errors(bridge)] == ["bad_mac"]
+    await _deliver(bridge, _message(topic, reading))  # the same replayed by anyone else
+    assert [p["type"].rsplit("/", 1)[1] for _, p in _errors(bridge)] == ["bad_mac", "replay"]
+
+
+async def test_qos0_floods_are_dropped_beyond_the_queue_limit(
+    bridge: MqttBridge, device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QoS 0 messages not yet handled are bounded (QoS 1 is bounded by the broker's
+    in-flight window, and is never dropped: the broker would not send it again)."""
+    monkeypatch.setattr(bridge_module, "_QUEUE_LIMIT", 3)
+    topic = bridge.topics.up("sensor-01", "reading")
+    bridge._backlog = 2
+    bridge._received(_message(topic, b"x", qos=0), 1)  # the third: kept
+    assert bridge._backlog == 3 and bridge._dropped == 0
+    bridge._received(_message(topic, b"x", qos=0), 1)  # the fourth: dropped
+    assert bridge._backlog == 3 and bridge._dropped == 1
+    bridge._received(_message(topic, b"x", qos=1), 1)  # QoS 1: kept
+    assert bridge._backlog == 4 and bridge._dropped == 1
+    assert [len(lane) for lane in bridge._lanes.values()] == [2]
+    bridge._closing = True  # closing: nothing taken (the broker keeps it)
+    bridge._received(_message(topic, b"x", qos=1), 1)
+    assert bridge._backlog == 4
+
+
+async def test_a_busy_registry_holds_the_message_until_it_answers(
+    bridge: MqttBridge, device: Device, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker acknowledged the message to its device: a busy registry must not lose
+    it. It is tried again, and acknowledged only once handled."""
+    real = gateway.handle
+    calls = 0
+
+    async def busy_twice(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise RegistryBusyError("database is locked")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(gateway, "handle", busy_twice)
+    reading = device.message("reading", {"moisture": 9})
+    message = _message(bridge.topics.up("sensor-01", "reading"), reading)
+    await _deliver(bridge, message)
+    assert calls == 3
+    assert gateway.registry.get("sensor-01").rx_counter == device.counter
+    assert bridge.connection.acks == [message.mid]  # type: ignore[attr-defined]
+    assert _errors(bridge) == [] and bridge._backlog == 0
