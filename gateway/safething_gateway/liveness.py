@@ -33,6 +33,8 @@ log = logging.getLogger("safething_gateway.liveness")
 
 DEFAULT_OFFLINE_AFTER_S = 600.0
 """Silence after which a device is called offline."""
+_CLOSE_AT_ONCE = 64
+"""Devices whose "gateway stopped" is written concurrently when the gateway closes."""
 
 
 class Liveness:
@@ -98,7 +100,9 @@ class Liveness:
                 log.exception("availability sweep failed")
 
     async def close(self) -> None:
-        """The gateway stops: its devices are unreachable from now on."""
-        for device_id, online in list(self._online.items()):
-            if online:
-                await self.mark(device_id, False, "gateway stopped")
+        """The gateway stops: its devices are unreachable from now on (written for
+        :data:`_CLOSE_AT_ONCE` devices at a time, so the store commits them together)."""
+        online = [device_id for device_id, on in self._online.items() if on]
+        for start in range(0, len(online), _CLOSE_AT_ONCE):
+            batch = online[start : start + _CLOSE_AT_ONCE]
+            await asyncio.gather(*(self.mark(d, False, "gateway stopped") for d in batch))

@@ -577,9 +577,11 @@ async def latency_group(ctx: BenchContext) -> list[Metric]:
 class _GatewayChild:
     """``python -m safething_gateway.bench._gateway_child`` and what it reports (JSON lines)."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path, *, stop_timeout: float = 60.0) -> None:
         self.args = args
         self.log_path = log_path
+        self.stop_timeout = stop_timeout
+        """Seconds a clean stop may take (the gateway closes every thing it runs)."""
         self.reports: list[dict[str, Any]] = []
         """Every line the child wrote, in order."""
         self.ready: dict[str, Any] = {}
@@ -656,7 +658,7 @@ class _GatewayChild:
         self._proc.stdin.write(b"stop\n")
         await self._proc.stdin.drain()
         self._proc.stdin.close()
-        await self.wait(lambda r: r["event"] == "closed", "a clean stop", 60)
+        await self.wait(lambda r: r["event"] == "closed", "a clean stop", self.stop_timeout)
         async with asyncio.timeout(30):
             await self._proc.wait()
         if self._proc.returncode != 0:

@@ -146,7 +146,9 @@ async def scale_group(ctx: BenchContext) -> list[Metric]:
         generator = _LoadGenerator(broker.port, links, sizes.connections)
         await generator.start()
         try:
-            first = _AskedChild(args, ctx.workdir / "gateway-births.log")
+            # A clean stop writes "offline" into every thing the gateway runs.
+            stop_timeout = 60 + 0.05 * n
+            first = _AskedChild(args, ctx.workdir / "gateway-births.log", stop_timeout=stop_timeout)
             async with first.running(startup_timeout=60) as child:
                 assert isinstance(child, _AskedChild)
                 started = time.monotonic()
@@ -158,7 +160,9 @@ async def scale_group(ctx: BenchContext) -> list[Metric]:
                     raise child.failed(f"{born['rejected']} of {n} births were refused")
                 births_s = born["t"] - started
                 after_births = await child.idle(sizes)
-            restart = _AskedChild(args, ctx.workdir / "gateway-restart.log")
+            restart = _AskedChild(
+                args, ctx.workdir / "gateway-restart.log", stop_timeout=stop_timeout
+            )
             async with restart.running(startup_timeout=60 + 0.5 * n) as child:
                 assert isinstance(child, _AskedChild)
                 idle = await child.idle(sizes)
