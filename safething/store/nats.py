@@ -34,17 +34,39 @@ Writes
     the server; a conditional one answers "wrong last sequence", and the
     subject's last message is read back: if it carries our id, it was ours.
     ``commit(..., atomic=True)`` sends one atomic batch (ADR-50): every
-    expectation holds or nothing is stored.
+    expectation holds or nothing is stored (see "Quotas").
 
-Quotas (exact among writers that pass one)
-    Each quota prefix has a guard record ``/quota.<prefix>`` (outside the
-    key space: ``/`` is not a key character; scans and watches never show
-    it). A write with a quota reads the guard's revision, counts the prefix
-    (a scan: see ``_scan``) and then sends the guard and the write as one
-    atomic batch, the guard expected at the revision it read. Two writers
-    racing for the last slot cannot both succeed: the second batch finds the
-    guard moved and starts over, now counting the first write. A write under
-    the prefix that passes no quota does not take the guard.
+Quotas (exact, whoever writes under the prefix)
+    A write with a quota (its key under the quota's prefix) reads the last
+    message under the prefix (``last_by_subj`` on ``$KV.<bucket>.<prefix>>``,
+    deletes included), then scans the prefix's records (see ``_scan``), and
+    publishes expecting that last message still to be the last under the
+    prefix (``Nats-Expected-Last-Subject-Sequence`` with
+    ``Nats-Expected-Last-Subject-Sequence-Subject``, nats-server >= 2.11). Any
+    record written under the prefix in between, by a writer with a quota or
+    without, refuses the write, which counts again: two writers racing for the
+    last slot cannot both get it, and a writer passing no quota cannot make a
+    count stale. The expectation on the prefix stands in for the key's own
+    compare-and-set (one expectation per message; the key is under the
+    prefix, so it is covered). A store object remembers what its own last
+    write under a prefix left (every record's revision and size, the write's
+    sequence; up to 20,000 records in all, least recently used prefixes
+    dropped first) and writes on that without reading: if anything else
+    landed under the prefix since, the expectation refuses the write and it
+    counts again. A thing writing its own records thus pays one round trip
+    per write. A refusal decided on memory (a conflict, the quota) is decided
+    again on a fresh count. A write with a quota whose key lies outside the
+    prefix changes nothing the quota counts and is an ordinary write.
+
+    ``commit(..., atomic=True)`` does the same in one atomic batch (ADR-50):
+    the first message under each quota prefix carries that prefix's
+    expectation, the rest of the batch under it follows (a prefix inside
+    another quota prefix of the batch is covered by the outer one and counted
+    from its records); writes outside every quota prefix carry their own
+    compare-and-set. A batch of one message is sent as a plain publish. On
+    nats-server 2.12.8 with file storage an atomic batch took 4-8 ms on
+    loopback against 0.4 ms for a plain publish (strace shows the server creating
+    and removing files for each batch): a ``thing.set()``, one batch of two writes, pays it.
 
 Watches
     A watch is a JetStream push consumer that this module supervises itself
@@ -77,6 +99,7 @@ import re
 import secrets
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -124,7 +147,8 @@ _MAX_BATCH = 1000
 _HEARTBEAT_S = 1.0
 _STALL_S = 5.0
 _REQUEST_S = 5.0
-_GUARD = "/quota."
+_COUNTED_KEYS = 20_000
+"""Most records of quota prefixes a store object remembers (see "Quotas" above)."""
 
 
 @dataclass(frozen=True)
@@ -249,6 +273,43 @@ class _Message:
     """``None``: a delete."""
     expect: int | None
     """``Nats-Expected-Last-Subject-Sequence``, if any."""
+    expect_subject: str | None = None
+    """``Nats-Expected-Last-Subject-Sequence-Subject``: the expectation is on the last
+    message of these subjects (a wildcard) instead of the message's own subject."""
+
+
+@dataclass
+class _Counted:
+    """The records under a quota prefix as of one message."""
+
+    last: int
+    """Sequence of the last message under the prefix (deletes included; 0: none)."""
+    size: int
+    """Their bytes."""
+    keys: dict[str, tuple[int, int]]
+    """Key -> (revision, length) of every live record under the prefix."""
+    remembered: bool
+    """Taken from what this store object remembered (not read now)."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    messages: list[_Message]
+    mapping: list[int]
+    """Per write: the index of its message, -1 for a delete of nothing."""
+    covered: dict[str, _Counted]
+    """Records under each covering quota prefix, as counted or remembered."""
+
+
+def _headers(message: _Message, headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` with the message's expectations and delete marker."""
+    if message.expect is not None:
+        headers["Nats-Expected-Last-Subject-Sequence"] = str(message.expect)
+    if message.expect_subject is not None:
+        headers["Nats-Expected-Last-Subject-Sequence-Subject"] = message.expect_subject
+    if message.value is None:
+        headers["KV-Operation"] = "DEL"
+    return headers
 
 
 @dataclass(frozen=True)
@@ -285,6 +346,10 @@ class NatsStore(Store):
         """Watches without ``since`` still learning where "now" is (see :meth:`watch`)."""
         self._seen = 0
         """Highest revision this object has seen acknowledged or reported."""
+        self._counted: OrderedDict[str, _Counted] = OrderedDict()
+        """Quota prefixes as this object's last write under each left them (LRU)."""
+        self._counted_keys = 0
+        """Records in ``_counted``."""
         self._closed = False
 
     @classmethod
@@ -424,7 +489,8 @@ class NatsStore(Store):
             error = answer.get("error")
             if not error:
                 seq = int(answer["seq"])
-                self._saw(seq, seq)
+                if subject.startswith(self._prefix):  # a chunk's sequence is another stream's
+                    self._saw(seq, seq)
                 return seq
             code = int(error.get("err_code", 0))
             if error.get("code") == 503 and time.monotonic() + delay < deadline:
@@ -483,14 +549,12 @@ class NatsStore(Store):
         return results
 
     async def _write(self, write: Write) -> int:
+        quota = write.quota
+        if quota is not None and write.key.startswith(quota.prefix):
+            return self._one(await self._commit_atomic([write]))  # one message: no batch
+        # without a quota, or outside its prefix (nothing the quota counts changes)
         subject = self._prefix + write.key
         while True:
-            if write.quota is not None:
-                result = await self._guarded([write])
-                if result is not None:
-                    (revision,) = result
-                    return revision
-                continue  # the guard moved: count again
             current = None
             if write.expect is not None or write.value is None:
                 current = await self._last(self._stream, subject)
@@ -513,94 +577,154 @@ class NatsStore(Store):
                     raise StoreError(f"write to {write.key!r} refused: {e}") from None
                 # Someone wrote in between: decide again on the new state.
 
-    async def _guarded(self, writes: list[Write]) -> list[int] | None:
-        """Check and send ``writes`` with their quotas' guards in one atomic batch:
-        their revisions, or ``None`` when a guard or key moved meanwhile (call again)."""
-        plan = await self._plan(writes)
-        if isinstance(plan, _Refusal):
-            raise plan.error
-        try:
-            return await self._send_batch(*plan)
-        except _APIError as e:
-            if e.code == _WRONG_LAST_SEQUENCE:
-                return None
-            raise StoreError(f"batch refused: {e}") from None
+    async def _count(self, prefix: str) -> _Counted:
+        """The records under ``prefix`` as of the last message under it (deletes included)."""
+        last = (await self._last(self._stream, self._under(prefix))).seq
+        # Scanned after ``last`` was read: if anything lands under the prefix meanwhile,
+        # a write expecting ``last`` is refused and counts again.
+        found = await self._scan(prefix, headers_only=True)
+        return _Counted(
+            last,
+            sum(n for _v, n, _s in found.values()),
+            {key: (seq, n) for key, (_v, n, seq) in found.items()},
+            remembered=False,
+        )
 
-    async def _plan(self, writes: list[Write]) -> tuple[list[_Message], list[int]] | _Refusal:
+    def _remember(self, prefix: str, counted: _Counted) -> None:
+        self._forget(prefix)
+        counted.remembered = True
+        self._counted[prefix] = counted
+        self._counted_keys += len(counted.keys)
+        while self._counted_keys > _COUNTED_KEYS and len(self._counted) > 1:
+            self._forget(next(iter(self._counted)))
+
+    def _forget(self, prefix: str) -> _Counted | None:
+        counted = self._counted.pop(prefix, None)
+        if counted is not None:
+            self._counted_keys -= len(counted.keys)
+        return counted
+
+    def _under(self, prefix: str) -> str:
+        """The subjects of the records under ``prefix``."""
+        return self._prefix + prefix + ">"
+
+    async def _plan(self, writes: list[Write]) -> _Plan | _Refusal | None:
         """Decide ``writes`` in order on the current state: the messages to send and,
         for each write, the index of its message (-1: a delete of nothing, revision
-        0); or the first refusal."""
-        state: dict[str, _Last] = {}
+        0); or the first refusal; or ``None`` when a decision rested on remembered
+        counts that found no message to check them (plan again, counting)."""
+        quoted = {w.quota.prefix for w in writes if w.quota and w.key.startswith(w.quota.prefix)}
+        # One expectation per message: a prefix inside another quota prefix of the batch
+        # is covered by the outer one's expectation and counted from the outer's records.
+        covering = sorted(p for p in quoted if not any(p != q and p.startswith(q) for q in quoted))
+
+        def cover(key: str) -> str | None:
+            return next((p for p in covering if key.startswith(p)), None)
+
+        async def counted(prefix: str) -> _Counted:
+            return self._forget(prefix) or await self._count(prefix)
+
+        outside = list(dict.fromkeys(w.key for w in writes if cover(w.key) is None))
+        found, lasts = await asyncio.gather(
+            asyncio.gather(*(counted(p) for p in covering)),
+            asyncio.gather(*(self._last(self._stream, self._prefix + k) for k in outside)),
+        )
+        covered = dict(zip(covering, found, strict=True))
+        # key -> (live revision or 0, length or -1, the subject's last sequence)
+        state: dict[str, tuple[int, int, int]] = {}
+        for key, last in zip(outside, lasts, strict=True):
+            if last.value is not None:
+                state[key] = (last.seq, len(last.value), last.seq)
+            else:
+                state[key] = (0, -1, last.seq)
         usage: dict[str, list[int]] = {}
-        guards: dict[str, int] = {}
-        for write in writes:
-            if write.quota is not None and write.quota.prefix not in guards:
-                guard = self._prefix + _GUARD + write.quota.prefix[:-1]
-                guards[write.quota.prefix] = (await self._last(self._stream, guard)).seq
-        for prefix in guards:
-            counted = await self._usage(prefix)
-            usage[prefix] = [counted[0], counted[1]]
-        messages = [
-            _Message(self._prefix + _GUARD + prefix[:-1], b"", seq)
-            for prefix, seq in guards.items()
-        ]
+        for prefix in quoted:
+            records = covered[cover(prefix) or prefix].keys
+            under = [n for k, (_s, n) in records.items() if k.startswith(prefix)]
+            usage[prefix] = [len(under), sum(under)]
+        messages: list[_Message] = []
         mapping: list[int] = []
         seen: set[str] = set()
         for index, write in enumerate(writes):
-            subject = self._prefix + write.key
+            outer = cover(write.key)
             if write.key not in state:
-                state[write.key] = await self._last(self._stream, subject)
-            current = state[write.key]
-            live = current.seq if current.value is not None else 0
+                assert outer is not None
+                seq, length = covered[outer].keys.get(write.key, (0, -1))
+                state[write.key] = (seq, length, seq)
+            live, old_len, last_seq = state[write.key]
+            refusal: ConflictError | LimitExceededError | None = None
             if write.expect is not None and write.expect != live:
-                return _Refusal(
-                    index, ConflictError(write.key, expected=write.expect, current=live)
-                )
-            if write.value is None and current.value is None:
+                refusal = ConflictError(write.key, expected=write.expect, current=live)
+            new_len = len(write.value) if write.value is not None else -1
+            quota = write.quota
+            if refusal is None and quota is not None and write.key.startswith(quota.prefix):
+                after = list(usage[quota.prefix])
+                add_effect(after, old_len, new_len)
+                try:
+                    enforce(quota, usage[quota.prefix], after)
+                except LimitExceededError as e:
+                    refusal = e
+            if refusal is not None:
+                if any(c.remembered for c in covered.values()):
+                    return None  # refuse on what the store holds now, not on memory
+                return _Refusal(index, refusal)
+            if write.value is None and old_len < 0:
                 mapping.append(-1)
                 continue
-            old_len = len(current.value) if current.value is not None else -1
-            new_len = len(write.value) if write.value is not None else -1
-            if write.quota is not None:
-                counts = usage[write.quota.prefix]
-                after = list(counts)
-                if write.key.startswith(write.quota.prefix):
-                    add_effect(after, old_len, new_len)
-                try:
-                    enforce(write.quota, counts, after)
-                except LimitExceededError as e:
-                    return _Refusal(index, e)
             for prefix, counts in usage.items():
                 if write.key.startswith(prefix):
                     add_effect(counts, old_len, new_len)
-            # The first message on a subject carries the compare-and-set; later ones
-            # of the same batch follow it (their revisions are not known yet).
-            expect = None if subject in seen else current.seq
+            subject = self._prefix + write.key
+            if outer is not None:
+                # the first message under a covering prefix expects nothing to have
+                # landed under it since it was counted; the rest of the batch follows
+                first = outer not in seen
+                seen.add(outer)
+                message = _Message(
+                    subject,
+                    write.value,
+                    covered[outer].last if first else None,
+                    self._under(outer) if first else None,
+                )
+            else:
+                # the first message on a subject carries the compare-and-set
+                message = _Message(subject, write.value, None if subject in seen else last_seq)
             seen.add(subject)
             mapping.append(len(messages))
-            messages.append(_Message(subject, write.value, expect))
-            state[write.key] = _Last(-1, write.value, None)
-        return messages, mapping
+            messages.append(message)
+            state[write.key] = (-1, new_len, -1) if write.value is not None else (0, -1, -1)
+        if any(c.remembered and p not in seen for p, c in covered.items()):
+            return None  # a no-op decided on memory, with nothing to check it
+        return _Plan(messages, mapping, covered)
 
     async def _send_batch(self, messages: list[_Message], mapping: list[int]) -> list[int]:
-        """Send one atomic batch; the revision of each write (0 for a no-op)."""
+        """Send the messages as one atomic batch (one message: a plain publish, as
+        atomic and cheaper); the revision of each write (0 for a no-op)."""
         if not messages:
             return [0 for _ in mapping]
         if len(messages) > _MAX_BATCH:
             raise StoreError(f"an atomic batch holds at most {_MAX_BATCH} writes")
+        if len(messages) == 1:
+            (message,) = messages
+            seq = await self._publish(
+                message.subject,
+                message.value or b"",
+                _headers(message, {"Nats-Msg-Id": secrets.token_hex(12)}),
+                conditional=message.expect is not None,
+            )
+            return [0 if m < 0 else seq for m in mapping]
         batch_id = secrets.token_hex(12)
         last = len(messages) - 1
         headers: dict[str, str] = {}
         for i, message in enumerate(messages):
-            headers = {
-                "Nats-Batch-Id": batch_id,
-                "Nats-Batch-Sequence": str(i + 1),
-                "Nats-Msg-Id": f"{batch_id}-{i}",
-            }
-            if message.expect is not None:
-                headers["Nats-Expected-Last-Subject-Sequence"] = str(message.expect)
-            if message.value is None:
-                headers["KV-Operation"] = "DEL"
+            headers = _headers(
+                message,
+                {
+                    "Nats-Batch-Id": batch_id,
+                    "Nats-Batch-Sequence": str(i + 1),
+                    "Nats-Msg-Id": f"{batch_id}-{i}",
+                },
+            )
             self._check_size(message.subject, message.value or b"", headers)
             if i < last:
                 try:
@@ -628,17 +752,31 @@ class NatsStore(Store):
     async def _commit_atomic(self, writes: list[Write]) -> list[int | Exception]:
         while True:
             plan = await self._plan(writes)
+            if plan is None:
+                continue  # remembered counts are dropped: this time it counts
             if isinstance(plan, _Refusal):
                 return [
                     plan.error if i == plan.index else AbortedWriteError(w.key)
                     for i, w in enumerate(writes)
                 ]
             try:
-                return list(await self._send_batch(*plan))
+                revisions = await self._send_batch(plan.messages, plan.mapping)
             except _APIError as e:
                 if e.code != _WRONG_LAST_SEQUENCE:
                     raise StoreError(f"atomic batch refused: {e}") from None
-                # something moved meanwhile: decide again
+                continue  # something moved meanwhile: decide again, counting
+            for prefix, counted in plan.covered.items():
+                for write, revision in zip(writes, revisions, strict=True):
+                    if not write.key.startswith(prefix) or revision == 0:
+                        continue
+                    if write.value is None:
+                        counted.keys.pop(write.key, None)
+                    else:
+                        counted.keys[write.key] = (revision, len(write.value))
+                    counted.last = max(counted.last, revision)
+                counted.size = sum(n for _s, n in counted.keys.values())
+                self._remember(prefix, counted)
+            return list(revisions)
 
     async def scan(self, prefix: str) -> list[Record]:
         check_prefix(prefix)
@@ -672,7 +810,7 @@ class NatsStore(Store):
             floor = await self._last_sequence(stream) if self._options.replicas > 1 else 0
             quick = await self._scan_direct(prefix, stream, floor)
             if quick is not None:
-                return quick
+                return quick[0]
             barrier = None
             if self._options.replicas > 1:
                 barrier = await self._barrier(stream)
@@ -683,11 +821,12 @@ class NatsStore(Store):
 
     async def _scan_direct(
         self, prefix: str, stream: str, floor: int
-    ) -> dict[str, tuple[bytes | None, int, int]] | None:
+    ) -> tuple[dict[str, tuple[bytes | None, int, int]], int] | None:
         """One batched direct get of the last message of every subject under ``prefix``
-        (nats-server >= 2.11), answered by any replica: the result, or ``None`` when
-        it cannot be trusted or is incomplete (a replica behind ``floor``, more than one
-        batch, no answer), and the caller scans with a consumer instead."""
+        (nats-server >= 2.11), answered by any replica: the result and the stream
+        sequence it reflects (0: unknown), or ``None`` when it cannot be trusted or is
+        incomplete (a replica behind ``floor``, more than one batch, no answer), and
+        the caller scans with a consumer instead."""
         subject_prefix = self._prefix if stream == self._stream else self._chunk_prefix
         wanted = subject_prefix + (prefix + ">" if prefix else ">")
         inbox = self._nc.new_inbox()
@@ -707,11 +846,11 @@ class NatsStore(Store):
                     headers = msg.headers or {}
                     status = headers.get("Status")
                     if status == "404":
-                        return {} if self._options.replicas == 1 else None
+                        return ({}, 0) if self._options.replicas == 1 else None
                     if status == "204":  # end of batch
                         upto = int(headers.get("Nats-UpTo-Sequence", "0"))
                         complete = headers.get("Nats-Num-Pending", "0") == "0"
-                        return found if complete and upto >= floor else None
+                        return (found, upto) if complete and upto >= floor else None
                     if status is not None:
                         return None
                     subject = headers.get("Nats-Subject", "")
