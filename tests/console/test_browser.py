@@ -170,7 +170,7 @@ def test_a_dynamic_attribute_changes_live_and_its_chart_gains_a_point(
 
 
 def test_desired_against_reported_and_subscriptions_of_and_to_a_thing(
-    page: Any, site: ConsoleSite
+    page: Any, site: ConsoleSite, shots: Path
 ) -> None:
     """A window whose opening the owner sets (sealed for the thing: Owner access), and
     which subscribes to the garden's moisture."""
@@ -225,6 +225,7 @@ def test_desired_against_reported_and_subscriptions_of_and_to_a_thing(
         page.wait_for_url(f"**/things/{window_id}")
         # a fresh page reads the state back: applied
         expect(page.locator(f"[data-desired-state='{window_id}|opening']")).to_have_text("applied")
+        page.screenshot(path=shots / "console-thing-writable.png", full_page=True)
     finally:
         site.call(window.close())
 
