@@ -100,6 +100,7 @@ __all__ = [
     "EARLY_RESULT_TTL",
     "EARLY_TOTAL",
     "MAX_COUNTER",
+    "RESTORE_RETRY_S",
     "Bridge",
     "DeviceActionError",
     "Gateway",
@@ -126,6 +127,8 @@ _RESULT_STATES = (
     ActionState.REJECTED,
 )
 """The states a device may report for an action (docs/protocol.md)."""
+RESTORE_RETRY_S = 30.0
+"""A thing that could not be restored on demand is tried again after this many seconds."""
 _UNKNOWN_SECRET = secrets.token_bytes(32)
 """An unknown device's frame is checked against this, so it costs what a wrong MAC costs."""
 
@@ -243,6 +246,8 @@ class Gateway(AsyncResource):
         """Inbox MD name (hex) -> device id of every born device whose thing is restored
         on demand (see the module docstring); it stays here once restored."""
         self._restoring: dict[str, asyncio.Lock] = {}
+        self._failed: dict[str, float] = {}
+        """Devices whose thing could not be restored, and when (monotonic)."""
         self._unregistered: set[str] = set()
         """Devices whose latest birth is not known to be in the store (a crash or an
         outage came between): restored in the background at start, then marked."""
@@ -637,7 +642,9 @@ class Gateway(AsyncResource):
             self._buffering = True
         except (SafeThingError, ValueError) as e:
             log.warning("device %s: cannot restore its thing: %s", record.device_id, e)
+            self._failed[record.device_id] = time.monotonic()
         else:
+            self._failed.pop(record.device_id, None)
             await self._registered(record.device_id)
 
     async def _registered(self, device_id: str) -> None:
@@ -652,6 +659,9 @@ class Gateway(AsyncResource):
         device_id = record.device_id
         if device_id in self.things or not record.description or device_id in self._unborn:
             return
+        failed = self._failed.get(device_id)
+        if failed is not None and time.monotonic() - failed < RESTORE_RETRY_S:
+            return  # refused a moment ago (logged): not again for every message or request
         lock = self._restoring.setdefault(device_id, asyncio.Lock())
         try:
             async with lock:

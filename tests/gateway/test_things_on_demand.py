@@ -13,15 +13,19 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from safething.errors import StoreError
+import pytest
+
+from safething.errors import StoreError, ThingError
 from safething.net import Client, Identity
 from safething.net.records import EntryRecord
 from safething.store import Store, open_store
-from safething.things import ThingClient
+from safething.things import Thing, ThingClient
 from safething.things.layout import ThingAddresses
-from safething_gateway.core import Gateway
-from safething_gateway.registry import Registry
+from safething_gateway.core import RESTORE_RETRY_S, Gateway
+from safething_gateway.protocol import PayloadError
+from safething_gateway.registry import DeviceRecord, Registry
 
 from .conftest import SENSOR, Device
 
@@ -155,4 +159,43 @@ async def test_the_inbox_watch_is_opened_again_after_a_failure(tmp_path: Path) -
                 assert down[0].channel == f"action/{handle.request_id}"
         finally:
             await requester.close()
+            registry.close()
+
+
+async def test_a_thing_that_cannot_be_restored_is_not_tried_for_every_message(
+    tmp_path: Path,
+) -> None:
+    """Restoring costs a dozen verified reads: one that failed (logged) is tried again
+    only after RESTORE_RETRY_S, not for every message or inbox write."""
+    owner = Identity.generate("owner")
+    async with await open_store(f"sqlite:///{tmp_path}/vault.db") as store:
+        registry = Registry(tmp_path / "gateway.db")
+        device = Device("sensor-01", registry.add("sensor-01", "http").secret)
+        try:
+            async with Gateway(store=store, registry=registry, owner=owner) as gw:
+                await gw.start()
+                await gw.handle(
+                    "sensor-01", "birth", device.message("birth", {"description": SENSOR})
+                )
+            async with Gateway(store=store, registry=registry, owner=owner) as gw:
+                attempts: list[str] = []
+
+                async def refused(record: DeviceRecord, doc: dict[str, Any]) -> Thing:
+                    attempts.append(record.device_id)
+                    raise ThingError("the thing's MDs are unreadable")
+
+                gw._thing_for = refused  # type: ignore[method-assign]
+                await gw.start()
+                for moisture in (1, 2, 3):
+                    reading = device.message("reading", {"moisture": moisture})
+                    with pytest.raises(PayloadError):
+                        await gw.handle("sensor-01", "reading", reading)
+                assert attempts == ["sensor-01"]
+                gw._failed["sensor-01"] -= RESTORE_RETRY_S  # as if that long ago
+                with pytest.raises(PayloadError):
+                    await gw.handle(
+                        "sensor-01", "reading", device.message("reading", {"moisture": 4})
+                    )
+                assert attempts == ["sensor-01", "sensor-01"]
+        finally:
             registry.close()
