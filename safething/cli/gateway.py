@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from safething.cli import tokens
 from safething.cli.common import out
 from safething.errors import SafeThingError
+from safething.files import write_private
 
 __all__ = ["register"]
 
@@ -227,15 +227,6 @@ def _wifi(ssid: str | None, password: str) -> dict[str, str]:
     return {"ssid": ssid, "password": password}
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".device-", dir=path.parent)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def cmd_provision(args: argparse.Namespace) -> int:
     _need_gateway()
     from safething_gateway.config import load_config
@@ -268,7 +259,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
     )
     text = json.dumps(doc, indent=2) + "\n"
     target = args.out or Path(f"{args.device_id}.json")
-    _write_private(target, text)
+    write_private(target, text)
     out(
         f"provisioned {args.device_id} ({args.transport}); thing key "
         f"{record.identity.public_sign_key.hex()[:16]}..."

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import socket
-import tempfile
 from pathlib import Path
+
+from safething.files import write_private
 
 __all__ = ["CERT_FILE", "KEY_FILE", "self_signed_certificate"]
 
@@ -42,8 +42,8 @@ def self_signed_certificate(state_dir: Path, bind: str) -> tuple[str, str]:
         except ValueError:
             pass  # unreadable: make a new one
     cert_pem, key_pem = _make(bind)
-    _write_private(key_path, key_pem)
-    _write_private(cert_path, cert_pem)
+    write_private(key_path, key_pem)
+    write_private(cert_path, cert_pem)
     return str(cert_path), str(key_path)
 
 
@@ -97,18 +97,3 @@ def _make(bind: str) -> tuple[bytes, bytes]:
         serialization.NoEncryption(),
     )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomically, mode 0600 from the start (the key is never readable by others)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tls-", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
