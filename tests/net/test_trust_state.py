@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from safething.errors import RolledBackError, StoreError
+from safething.errors import RolledBackError, StoreError, TamperedDataError
 from safething.net import TAG_THING, Client, Identity, XorName
 from safething.net.trust import _SCHEMA, HeaderState, TrustState
 from safething.store import open_store
@@ -120,3 +120,40 @@ def test_a_file_damaged_while_open_is_a_clear_error(tmp_path: Path) -> None:
     again = TrustState.open(path)
     assert again.header("md.h") == HeaderState(frozenset({b"a" * 32}), 1, b"raw")
     again.close()
+
+
+async def test_marks_not_written_yet_outlive_a_preload(tmp_path: Path) -> None:
+    """A prefix read from the file never replaces marks newer than the file's."""
+    state = TrustState.open(tmp_path / "me.trust.db")
+    state.set_entry_version("md.x.e.1", 2)
+    state.set_entry_version("md.x.e.2", 3)
+    state.sync()
+    state.set_entry_version("md.x.e.1", 5)  # written within 50 ms, not yet
+    state.forget_entry("md.x.e.2")  # purged: its key may be reused
+    state.preload("md.x.")
+    assert state.entry_version("md.x.e.1") == 5
+    assert state.entry_version("md.x.e.2") == -1
+    state.close()
+
+
+def test_expired_request_ids_are_dropped_when_pruned(tmp_path: Path) -> None:
+    state = TrustState.open(tmp_path / "me.trust.db")
+    state.mark_processed("thing", "old", time.time() - 1)  # the first write prunes
+    state.mark_processed("thing", "new", time.time() + 60)
+    assert not state.processed("thing", "old")
+    assert state.processed("thing", "new")
+    state.close()
+
+
+async def test_a_pin_of_other_owners_than_the_trusted_ones_is_refused(tmp_path: Path) -> None:
+    owner, other = Identity.generate(), Identity.generate()
+    async with await open_store("memory://") as store:
+        await Client(store, owner).create_md(XorName.of("x"), TAG_THING)
+        reader = Client(store)
+        pinned = reader.md(XorName.of("x"), TAG_THING, owners=(owner.public_sign_key,))
+        await pinned.header()  # trusted now
+        reader.md(XorName.of("x"), TAG_THING, owners=(owner.public_sign_key,))
+        with pytest.raises(TamperedDataError, match="not the ones given"):
+            reader.md(XorName.of("x"), TAG_THING, owners=(other.public_sign_key,))
+        with pytest.raises(TamperedDataError, match="do not include"):
+            reader.md(XorName.of("x"), TAG_THING, owner=other.public_sign_key)
