@@ -248,3 +248,54 @@ async def test_watch_skips_a_forged_change_and_goes_on(store: Store, client: Cli
             first = await anext(changes)
     assert (first.key, first.value) == (b"a", b"1")
     assert reader_client.tampered_count == 1
+
+
+async def test_an_atomic_batch_that_lost_a_race_is_decided_again(
+    store: Store, client: Client, alice: Identity
+) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    await md.put_many({"a": "1", "b": "1"})
+    await Client(store, alice).md(NAME, TAG_THING).put("a", "2")  # another writer, meanwhile
+    written = await md.put_many({"a": "3", "b": "3"}, atomic=True)
+    assert [e.version for e in written] == [2, 1]
+    assert {k: e.value for k, e in (await md.entries()).items()} == {b"a": b"3", b"b": b"3"}
+    # a refusal other than a lost race is the caller's to see, and nothing is written
+    await md.insert("big", b"x" * 600_000)
+    with pytest.raises(LimitExceededError):
+        await md.put_many({"bigger": b"x" * 600_000, "c": "1"}, atomic=True)
+    assert set(await md.entries()) == {b"a", b"b", b"big"}
+
+
+async def test_a_writer_with_update_rights_writes_over_a_forged_entry(
+    store: Store, client: Client, alice: Identity, bob: Identity
+) -> None:
+    """The store put a record nobody entitled signed under an entry's key: a writer that
+    may only update (not insert) replaces it, past version 0 (an update)."""
+    md = await client.create_md(NAME, TAG_THING, permissions={bob.public_sign_key: "update"})
+    await md.insert("a", "1")
+    mallory = Identity.generate()
+    forged = EntryRecord.create(
+        md.address,
+        signer=mallory.sign_key,
+        stored_key=b"a",
+        sealed_key=None,
+        stored_value=b"mallory's",
+        version=7,
+    )
+    await store.put(md.address.entry_key(b"a"), forged.to_bytes())
+    bobs = Client(store, bob)
+    written = await bobs.md(NAME, TAG_THING).update("a", "bob's")
+    assert (written.version, written.value) == (1, b"bob's")
+    assert bobs.tampered_count == 1
+    assert (await Client(store).md(NAME, TAG_THING).get("a")).value == b"bob's"
+
+
+async def test_a_watch_of_some_keys_passes_over_the_others(store: Store, client: Client) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    reader = Client(store).md(NAME, TAG_THING)
+    async with reader.watch(prefixes=(b"door/",)) as changes:
+        await md.insert("window/1", "open")
+        await md.insert("door/1", "shut")
+        async with asyncio.timeout(5):
+            first = await anext(changes)
+    assert (first.key, first.value) == (b"door/1", b"shut")
