@@ -145,8 +145,6 @@ ONLY: dict[str, tuple[str, ...]] = {
         "TrustState.set_value",
         "TrustState.sync",
     ),
-    # verification of what is read, the checks before a write, header changes; not: the
-    # convenience wrappers (get, entries, modify, put...), repair_header, argument coercion
     # the header checks and the version marks; not: list_mds, create_md, the constructor
     "safething/net/client.py": (
         "Client.md",
@@ -159,12 +157,14 @@ ONLY: dict[str, tuple[str, ...]] = {
         "Client._header",
         "Client._check_version",
     ),
+    # verification of what is read (the protection: readers refuse what fails) and the
+    # header changes; not: the writer's own checks in _write (a courtesy: readers refuse
+    # what a writer may not write), the convenience wrappers, repair_header, coercion
     "safething/net/mutable.py": (
         "MutableData.set_permissions",
         "MutableData._signed_header",
         "MutableData._need_codec",
         "MutableData._open",
-        "MutableData._write",
         "MutableData._current",
         "MutableData.purge",
         "EntryWatch.__anext__",
