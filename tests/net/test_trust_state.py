@@ -89,6 +89,16 @@ def test_a_forgotten_entry_is_unseen_at_once(tmp_path: Path, durable: bool) -> N
     state.close()
 
 
+def test_a_forget_alone_is_written(tmp_path: Path) -> None:
+    state = TrustState.open(tmp_path / "me.trust.db")
+    state.set_entry_version("md.e.1", 4)
+    state.forget_entry("md.e.1")  # nothing else to write with it
+    state.close()
+    again = TrustState.open(tmp_path / "me.trust.db")
+    assert again.entry_version("md.e.1") == -1
+    again.close()
+
+
 async def test_a_purged_key_is_written_again_from_version_0(tmp_path: Path) -> None:
     owner = Identity.generate()
     async with await open_store("memory://") as store:
