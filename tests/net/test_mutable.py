@@ -12,6 +12,7 @@ from safething.errors import (
     NoSuchEntryError,
     PermissionDeniedError,
     ReservedTypeTagError,
+    TamperedDataError,
 )
 from safething.net import (
     ANYONE,
@@ -22,6 +23,7 @@ from safething.net import (
     Client,
     Identity,
     MDAddress,
+    SecretKey,
     XorName,
 )
 from safething.net.records import EntryRecord
@@ -299,3 +301,85 @@ async def test_a_watch_of_some_keys_passes_over_the_others(store: Store, client:
         async with asyncio.timeout(5):
             first = await anext(changes)
     assert (first.key, first.value) == (b"door/1", b"shut")
+
+
+async def test_owners_changing_permissions_at_once_both_land(
+    store: Store, alice: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bob, carol = Identity.generate(), Identity.generate()
+    md = await Client(store, alice).create_md(NAME, TAG_THING)
+    a, b = Client(store, alice).md(NAME, TAG_THING), Client(store, alice).md(NAME, TAG_THING)
+    update, raced = store.update, []
+
+    async def b_first(key: str, value: bytes, revision: int) -> int:
+        if not raced:  # b's change lands between a's read of the header and a's write
+            raced.append(key)
+            await b.set_permissions(carol.public_sign_key, "insert")
+        return await update(key, value, revision)
+
+    monkeypatch.setattr(store, "update", b_first)
+    await a.set_permissions(bob.public_sign_key, "insert")
+    header = await md.header()
+    assert (raced, header.version) == ([md.address.header_key], 2)
+    assert header.allows(bob.public_sign_key, Action.INSERT)
+    assert header.allows(carol.public_sign_key, Action.INSERT)
+
+
+async def test_a_private_entry_sealed_under_another_key_is_refused(
+    store: Store, client: Client, bob: Identity
+) -> None:
+    """A writer allowed to insert, but not holding the MD's key, writes ciphertext the
+    MD's key does not open: readers refuse it as tampered, never crash on it."""
+    md = await client.create_md(
+        NAME, TAG_THING, private=True, permissions={bob.public_sign_key: "insert"}
+    )
+    wrong = Client(store, bob).md(NAME, TAG_THING, secret=SecretKey.generate())
+    await wrong.insert("k", "sealed under another key")
+    reader = Client(store)
+    with pytest.raises(TamperedDataError, match="does not decrypt"):
+        await reader.md(NAME, TAG_THING, secret=md.secret).entries()
+    assert reader.tampered_count == 1
+
+
+async def test_a_watch_passes_over_header_changes_and_removals(
+    store: Store, client: Client, bob: Identity
+) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    await md.insert("gone", "1")
+    reader_client = Client(store)
+    reader = reader_client.md(NAME, TAG_THING)
+    gone = await reader.get("gone")  # the header is trusted
+    record = await store.get(md.address.entry_key(b"gone"))
+    assert record is not None and gone.value == b"1"
+    async with reader.watch(since=record.revision) as changes:
+        await md.set_permissions(bob.public_sign_key, "insert")  # a header change
+        await md.purge("gone")  # a removal
+        await md.insert("a", "1")
+        async with asyncio.timeout(5):
+            first = await anext(changes)
+    assert (first.key, first.value) == (b"a", b"1")
+    assert reader_client.tampered_count == 0
+
+
+async def test_a_watch_goes_on_while_the_store_hides_the_header(
+    store: Store, client: Client
+) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    await md.insert("a", "0")
+    entry = await store.get(md.address.entry_key(b"a"))
+    header = await store.get(md.address.header_key)
+    assert entry is not None and header is not None
+    reader = Client(store).md(NAME, TAG_THING)
+    async with reader.watch() as changes:
+        first_change = asyncio.create_task(anext(changes))
+        await store.delete(md.address.header_key)  # the store hides the MD's header...
+        seen = await store.put(entry.key, entry.value)  # ...while an entry changes
+        async with asyncio.timeout(5):
+            while changes.last_revision < seen:  # the watch has read that change
+                await asyncio.sleep(0.01)
+        assert not first_change.done()
+        await store.put(header.key, header.value)  # then puts it back
+        await md.insert("b", "1")
+        async with asyncio.timeout(5):
+            first = await first_change
+    assert (first.key, first.value) == (b"b", b"1")
