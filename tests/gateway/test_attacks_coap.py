@@ -17,6 +17,7 @@ from safething.net import Identity
 from safething.store import Store
 from safething_gateway.bridges.coap import JSON, CoapBridge
 from safething_gateway.core import Gateway
+from safething_gateway.protocol import MAX_MESSAGE_BYTES
 from safething_gateway.registry import Registry
 
 from .conftest import SENSOR, Device
@@ -125,3 +126,49 @@ async def test_a_finished_blockwise_message_leaves_nothing_behind(
         r = await client.request(message).response
     assert code(r) not in ("2.31", "4.08"), r.payload  # the whole message was answered
     assert held(bridge) == []
+
+
+async def test_a_block_past_the_size_limit_is_refused_at_once(
+    bridge: CoapBridge, client: Any
+) -> None:
+    """Block1 offsets count: a block that would carry the body past MAX_MESSAGE_BYTES is
+    refused (4.13) before anything is assembled, even a block of one byte."""
+    assert bridge.gateway is not None
+    bridge.gateway.registry.add("sensor-01", "coap")
+    first = MAX_MESSAGE_BYTES // 1024  # this block starts exactly at the limit
+    for number, data in ((first, b"x"), (first + 20, b"x" * 1024)):
+        r = await block(client, bridge, "sensor-01", "reading", number, data, True)
+        assert code(r) == "4.13", (number, r.payload)
+        assert r.opt.size1 == MAX_MESSAGE_BYTES
+    assert held(bridge) == []
+
+
+def _open_requests(bridge: CoapBridge) -> int:
+    """Requests the server still tracks (each a token manager's entry)."""
+    return sum(len(t.incoming_requests) for t in bridge._context.request_interfaces)
+
+
+async def test_refused_requests_leave_no_request_state_behind(
+    bridge: CoapBridge, client: Any
+) -> None:
+    """Each refusal is the request's last response: the server forgets the request, so
+    a flood of refused requests (each with its own token) holds no memory."""
+    assert bridge.gateway is not None
+    bridge.gateway.registry.add("sensor-01", "coap")
+    base = f"coap://127.0.0.1:{bridge.port}"
+    requests = [
+        aiocoap.Message(code=Code.GET, uri=f"{base}/no/such/path"),  # not found
+        aiocoap.Message(code=Code.POST, uri=f"{base}/st/v1/sensor-01"),  # no channel
+        aiocoap.Message(code=Code.POST, uri=f"{base}/st/v1/sensor-01/launch"),
+        aiocoap.Message(
+            code=Code.POST, uri=f"{base}/st/v1/sensor-01/reading", payload=b"x" * 20_000
+        ),
+        aiocoap.Message(code=Code.POST, uri=f"{base}/st/v1/sensor-01/reading", payload=b"x"),
+    ]
+    for message in requests:
+        async with asyncio.timeout(10):
+            r = await client.request(message, handle_blockwise=False).response
+        assert code(r).startswith("4."), r.payload
+    async with asyncio.timeout(10):
+        while _open_requests(bridge):  # the last reply may still be on its way out
+            await asyncio.sleep(0.01)
