@@ -79,9 +79,22 @@ async def test_a_replayed_frame_does_not_spend_the_victims_tokens(
     for _ in range(10):
         r = await http.post(url, content=captured)
         assert problem(r)[:2] == (409, "replay")
+        assert "retry-after" not in r.headers  # nothing to wait for: it is never served
     for value in (6, 7):
         r = await post(http, victim, "reading", {"moisture": value})
         assert r.status_code == 204, r.text
+
+
+async def test_a_rate_limited_device_is_told_how_long_to_wait(
+    served: tuple[Gateway, str], http: httpx.AsyncClient
+) -> None:
+    gateway = served[0]
+    gateway.rate, gateway.burst = 0.001, 1
+    device = Device("sensor-02", gateway.registry.add("sensor-02", "http").secret)
+    assert (await post(http, device, "poll", {})).status_code == 204
+    r = await post(http, device, "poll", {})
+    assert problem(r)[:2] == (429, "rate_limited")
+    assert r.headers["retry-after"] == "1000"  # one message per 1,000 s
 
 
 async def test_an_unknown_device_is_answered_like_a_wrong_mac(
@@ -270,3 +283,31 @@ async def test_a_connection_without_a_request_head_is_closed(
         async with asyncio.timeout(30):
             assert await reader.read() == b""  # closed by the server
         writer.close()
+
+
+async def test_past_max_connections_the_oldest_half_open_one_is_closed(
+    store: Store, registry: Registry
+) -> None:
+    """One connection more than max_connections closes the oldest half-open one, and
+    only it: the others still get their answer once their request head is complete."""
+    bridge = HttpBridge("127.0.0.1", 0, max_connections=3, header_timeout=60)
+    owner = Identity.generate("owner")
+    async with Gateway(store=store, registry=registry, owner=owner, bridges=[bridge]) as gw:
+        await gw.start()
+        connections = []
+        try:
+            for _ in range(4):
+                reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # half a head
+                await writer.drain()
+                connections.append((reader, writer))
+            async with asyncio.timeout(30):
+                assert await connections[0][0].read() == b""  # the oldest: closed
+            for reader, writer in connections[1:]:
+                writer.write(b"\r\n")  # the head is complete
+                await writer.drain()
+                async with asyncio.timeout(30):
+                    assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
+        finally:
+            for _, writer in connections:
+                writer.close()

@@ -202,10 +202,13 @@ async def test_last_will_counter_is_accepted_once(gateway: Gateway, device: Devi
     will = device.message("state", {"online": False})  # counter 1, kept by the broker
     await gateway.handle("sensor-01", "state", device.message("state", {"online": True, "will": 1}))
     await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
-    await gateway.handle("sensor-01", "state", will)  # the broker publishes it later
+    # the channel as a bridge has it: cut out of a topic at run time (an equal string,
+    # not the literal's object)
+    state = "".join(list("state"))
+    await gateway.handle("sensor-01", state, will)  # the broker publishes it later
     assert gateway.registry.get("sensor-01").online is False
     with pytest.raises(ReplayError):
-        await gateway.handle("sensor-01", "state", will)
+        await gateway.handle("sensor-01", state, will)
 
 
 async def test_availability_of_a_bridged_device(store: Store, registry: Registry) -> None:
