@@ -23,6 +23,7 @@ from safething.store import Store
 from safething_gateway import core
 from safething_gateway.bridges.http import HttpBridge
 from safething_gateway.core import Gateway
+from safething_gateway.protocol import MAX_MESSAGE_BYTES
 from safething_gateway.registry import DownlinkQueueFullError, Registry
 
 from .conftest import SENSOR, Device
@@ -311,3 +312,26 @@ async def test_past_max_connections_the_oldest_half_open_one_is_closed(
         finally:
             for _, writer in connections:
                 writer.close()
+
+
+async def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(
+    served: tuple[Gateway, str], victim: Device
+) -> None:
+    """Without a Content-Length the body is counted as it comes: the server answers 413
+    once it passes the limit, while the sender has not even finished (never read whole
+    into memory)."""
+    port = int(served[1].rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /st/v1/devices/sensor-01/reading HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"x" * 1000
+        for _ in range(3 * MAX_MESSAGE_BYTES // len(chunk)):  # and no last chunk
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        await writer.drain()
+        async with asyncio.timeout(30):
+            assert (await reader.readline()).startswith(b"HTTP/1.1 413 ")
+    finally:
+        writer.close()

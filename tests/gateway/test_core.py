@@ -209,6 +209,39 @@ async def test_last_will_counter_is_accepted_once(gateway: Gateway, device: Devi
     assert gateway.registry.get("sensor-01").online is False
     with pytest.raises(ReplayError):
         await gateway.handle("sensor-01", state, will)
+    things = ThingClient(Client(gateway.store))
+    assert (await things.availability("sensor-01")).reason == "last will"
+    await gateway.handle("sensor-01", "state", device.message("state", {"online": True}))
+    # a device that says it goes offline, with a fresh counter, is no last will
+    await gateway.handle("sensor-01", state, device.message("state", {"online": False}))
+    assert (await things.availability("sensor-01")).reason == "said offline"
+    old = device.message("state", {"online": False}, counter=device.counter - 1)
+    with pytest.raises(ReplayError):  # and an older one is refused like any replay
+        await gateway.handle("sensor-01", state, old)
+
+
+@pytest.mark.parametrize(
+    ("channel", "body"),
+    [
+        ("reading", {}),
+        ("reading", [1, 2]),
+        ("result/r-1", {"state": "requested"}),
+        ("result/r-1", ["done"]),
+        ("ack", {"down": "1"}),
+        ("state", {"will": 1}),
+    ],
+)
+async def test_bodies_the_link_cannot_use_spend_no_counter(
+    gateway: Gateway, device: Device, channel: str, body: object
+) -> None:
+    """The fields the link itself uses are checked before the counter is spent: the device
+    may send the same counter again with a good body."""
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    with pytest.raises(PayloadError):
+        await gateway.handle("sensor-01", channel, device.message(channel, body))
+    assert gateway.registry.get("sensor-01").rx_counter == device.counter - 1
+    good = device.message("reading", {"moisture": 3}, counter=device.counter)
+    await gateway.handle("sensor-01", "reading", good)
 
 
 async def test_availability_of_a_bridged_device(store: Store, registry: Registry) -> None:

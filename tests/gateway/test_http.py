@@ -225,7 +225,9 @@ async def test_rejections_are_problem_documents(
     sender = raw(device)
     url = "/st/v1/devices/sensor-01"
     good = sender.message("reading", {"moisture": 5})
-    assert (await http.post(f"{url}/reading", content=good)).status_code == 204
+    r = await http.post(f"{url}/reading?wait=30", content=good)
+    assert r.status_code == 204  # an uplink, answered at once: wait is for polls only
+    assert "st-more" not in r.headers
 
     r = await http.post(f"{url}/reading", content=good)
     assert (r.status_code, reason(r)) == (409, "replay")

@@ -200,3 +200,17 @@ async def test_a_busy_registry_holds_the_message_until_it_answers(
     assert gateway.registry.get("sensor-01").rx_counter == device.counter
     assert bridge.connection.acks == [message.mid]  # type: ignore[attr-defined]
     assert _errors(bridge) == [] and bridge._backlog == 0
+
+
+async def test_each_device_has_its_own_lane(bridge: MqttBridge, gateway: Gateway) -> None:
+    """Messages wait in one lane per device (handled in order, a device at a time), so
+    one device's flood or a slow message holds up no other device."""
+    for device_id in ("sensor-01", "sensor-02"):
+        for _ in range(2):
+            bridge._received(_message(bridge.topics.up(device_id, "reading"), b"x"), 1)
+    bridge._received(_message("elsewhere/x", b"x"), 1)  # not in the layout: a lane of its own
+    assert {key: len(lane) for key, lane in bridge._lanes.items()} == {
+        "sensor-01": 2,
+        "sensor-02": 2,
+        "": 1,
+    }
