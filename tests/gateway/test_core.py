@@ -210,11 +210,13 @@ async def test_last_will_counter_is_accepted_once(gateway: Gateway, device: Devi
     with pytest.raises(ReplayError):
         await gateway.handle("sensor-01", state, will)
     things = ThingClient(Client(gateway.store))
-    assert (await things.availability("sensor-01")).reason == "last will"
+    live = await things.availability("sensor-01")
+    assert (live.online, live.reason) == (False, "last will")
     await gateway.handle("sensor-01", "state", device.message("state", {"online": True}))
     # a device that says it goes offline, with a fresh counter, is no last will
     await gateway.handle("sensor-01", state, device.message("state", {"online": False}))
-    assert (await things.availability("sensor-01")).reason == "said offline"
+    live = await things.availability("sensor-01")
+    assert (live.online, live.reason) == (False, "said offline")
     old = device.message("state", {"online": False}, counter=device.counter - 1)
     with pytest.raises(ReplayError):  # and an older one is refused like any replay
         await gateway.handle("sensor-01", state, old)

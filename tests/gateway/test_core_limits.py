@@ -40,7 +40,7 @@ async def _polls_accepted(gateway: Gateway, device: Device, most: int = 50) -> i
     raise AssertionError(f"{most} polls and none refused")
 
 
-async def test_results_for_unknown_request_ids_are_bounded_per_device(gateway: Gateway) -> None:
+async def test_early_results_are_bounded_per_device(gateway: Gateway) -> None:
     """A device floods results for request ids nobody sent: the gateway keeps at most
     EARLY_PER_DEVICE ids (the rest refused) and, per id, the newest updates only."""
     gateway.rate, gateway.burst = 1e6, 10**6
@@ -61,7 +61,7 @@ async def test_results_for_unknown_request_ids_are_bounded_per_device(gateway: G
         await _result(gateway, device, "fake-1", state="requested")
 
 
-async def test_results_for_unknown_request_ids_are_bounded_in_total(
+async def test_early_results_are_bounded_in_total(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Many devices, each at its own cap: the total stays at EARLY_TOTAL, oldest out."""

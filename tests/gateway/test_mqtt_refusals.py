@@ -171,7 +171,9 @@ async def test_qos0_floods_are_dropped_beyond_the_queue_limit(
     assert bridge._backlog == 3 and bridge._dropped == 1
     bridge._received(_message(topic, b"x", qos=1), 1)  # QoS 1: kept
     assert bridge._backlog == 4 and bridge._dropped == 1
-    assert [len(lane) for lane in bridge._lanes.values()] == [2]
+    bridge._received(_message(topic, b"x", qos=0), 1)  # beyond the limit: dropped too
+    assert bridge._backlog == 4 and bridge._dropped == 2
+    assert [len(lane) for lane in bridge._lanes.values()] == [2]  # 3rd and 5th
     bridge._closing = True  # closing: nothing taken (the broker keeps it)
     bridge._received(_message(topic, b"x", qos=1), 1)
     assert bridge._backlog == 4
@@ -214,3 +216,21 @@ async def test_each_device_has_its_own_lane(bridge: MqttBridge, gateway: Gateway
         "sensor-02": 2,
         "": 1,
     }
+
+
+async def test_only_a_poll_is_answered_by_pushing_the_waiting_downlinks(
+    bridge: MqttBridge, device: Device, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delivered: list[str] = []
+
+    async def deliver(device_id: str) -> int:
+        delivered.append(device_id)
+        return 0
+
+    monkeypatch.setattr(gateway, "deliver", deliver)
+    reading = device.message("reading", {"moisture": 7})
+    await _deliver(bridge, _message(bridge.topics.up("sensor-01", "reading"), reading))
+    assert delivered == []
+    poll = device.message("poll", {})
+    await _deliver(bridge, _message(bridge.topics.up("sensor-01", "poll"), poll))
+    assert delivered == ["sensor-01"]
