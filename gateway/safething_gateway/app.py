@@ -128,6 +128,8 @@ class GatewayApp(AsyncResource):
         self.console: Any = None
         """The web console (``[console] enabled``), serving once :meth:`start` returns."""
         self._broker_dir: Any = None
+        self.leaf: Any = None
+        """The site's nats-server (``[leaf] enabled``), a :class:`NatsServer`."""
 
     async def __aenter__(self) -> GatewayApp:
         await self.start()
@@ -136,7 +138,10 @@ class GatewayApp(AsyncResource):
     async def start(self) -> None:
         cfg = self.config
         try:
-            self.store = await open_store(cfg.gateway.store or None)
+            store_url = cfg.gateway.store or None
+            if cfg.leaf.enabled:
+                store_url = store_url or await self._start_leaf()
+            self.store = await open_store(store_url)
             self.registry = Registry(cfg.gateway.registry_path)
             owner = _owner(cfg, self._identity)
             mqtt_port = cfg.mqtt.port
@@ -188,6 +193,30 @@ class GatewayApp(AsyncResource):
         )
         await self.console.start()
         await self.console.serve()
+
+    async def _start_leaf(self) -> str:
+        """Start the site's nats-server, a leaf node of the hub; its store URL."""
+        from safething.store.nats_server import NatsServer, free_port
+
+        leaf = self.config.leaf
+        server = NatsServer(
+            leaf.directory(self.config.gateway.registry_path),
+            name=f"leaf-{leaf.domain}",
+            host=leaf.listen,
+            port=leaf.port or free_port(),
+            domain=leaf.domain,
+            extra_config=f'leafnodes {{ remotes: [ {{ url: "{leaf.hub}" }} ] }}',
+        )
+        await server.start()
+        self.leaf = server
+        log.info(
+            "started the site's nats-server on %s:%d (JetStream domain %s, leaf of %s)",
+            leaf.listen,
+            server.port,
+            leaf.domain,
+            leaf.hub,
+        )
+        return leaf.store_url(server.url)
 
     def _start_broker(self, port: int) -> int:
         import tempfile
@@ -312,6 +341,9 @@ class GatewayApp(AsyncResource):
         if self.store is not None:
             await self.store.close()
             self.store = None
+        if self.leaf is not None:
+            await self.leaf.stop()
+            self.leaf = None
 
 
 async def serve(

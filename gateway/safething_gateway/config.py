@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -214,6 +215,46 @@ class MirrorConfig:
 
 
 @dataclass(frozen=True)
+class LeafConfig:
+    """``[leaf]``: the site's own nats-server, run by the gateway as a leaf node of a hub
+    (docs/scaling.md, "Several sites with a hub")."""
+
+    enabled: bool = False
+    hub: str = ""
+    """The hub's leaf-node listener: ``nats-leaf://hub-host:7422`` (``tls://`` for TLS)."""
+    domain: str = "site"
+    """This site's JetStream domain; every site its own. The hub reaches the site's
+    streams through ``$JS.<domain>.API``."""
+    listen: str = "127.0.0.1"
+    port: int = 4222
+    """Client port of the site's server (0: a free one)."""
+    store_dir: str = ""
+    """JetStream storage; "" = ``nats`` next to the registry."""
+    bucket: str = ""
+    """The store's bucket when ``[gateway] store`` is "": "" = the domain."""
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        if not self.hub.startswith(("nats-leaf://", "tls://")):
+            raise ConfigError("[leaf] hub is the hub's leaf-node URL: nats-leaf://host:7422")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.domain):
+            raise ConfigError("[leaf] domain uses only [A-Za-z0-9_-]")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("[leaf] port is 0 to 65535")
+
+    def directory(self, registry_path: Path) -> Path:
+        """Where the site's server keeps its configuration, log and JetStream data."""
+        return (
+            Path(self.store_dir).expanduser() if self.store_dir else registry_path.parent / "nats"
+        )
+
+    def store_url(self, server_url: str) -> str:
+        """The store URL on the site's server."""
+        return f"{server_url}?bucket={self.bucket or self.domain}"
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -223,6 +264,7 @@ class GatewayConfig:
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     mirror: MirrorConfig = field(default_factory=MirrorConfig)
+    leaf: LeafConfig = field(default_factory=LeafConfig)
     source: str = "defaults"
 
     def with_overrides(self, **sections: dict[str, Any]) -> GatewayConfig:
@@ -244,6 +286,7 @@ _SECTIONS = {
     "homeassistant": HomeAssistantConfig,
     "console": ConsoleConfig,
     "mirror": MirrorConfig,
+    "leaf": LeafConfig,
 }
 
 

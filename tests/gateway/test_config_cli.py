@@ -30,6 +30,8 @@ def test_defaults_and_file(tmp_path: Path) -> None:
         ('[http]\nport = "80"\n', "must be a int"),
         ("[gateway]\nrate_limit = 0\n", "rate_limit"),
         ("[http\n", "not valid TOML"),
+        ("[leaf]\nenabled = true\n", "leaf-node URL"),
+        ('[leaf]\nenabled = true\nhub = "nats-leaf://h:7422"\ndomain = "a.b"\n', "domain"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
