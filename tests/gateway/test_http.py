@@ -213,6 +213,13 @@ async def test_cbor_body(store: Store, device: HttpDevice, http: httpx.AsyncClie
     )
     assert r.status_code == 204, r.text
     assert (await ThingClient(Client(store)).read("sensor-01", "moisture")).value == 33.5
+    r = await http.post(  # media type parameters are not part of the format
+        "/st/v1/devices/sensor-01/reading",
+        content=sender.message("reading", b'{"moisture": 34.5}'),
+        headers={"Content-Type": "Application/JSON; charset=utf-8"},
+    )
+    assert r.status_code == 204, r.text
+    assert (await ThingClient(Client(store)).read("sensor-01", "moisture")).value == 34.5
 
 
 # --- refusals ------------------------------------------------------------------------
@@ -362,6 +369,9 @@ async def test_healthz_metrics_and_openapi(
     post = paths["/st/v1/devices/{device_id}/{channel}"]["post"]
     assert set(post["requestBody"]["content"]) == {"application/json", "application/cbor"}
     assert PROBLEM in post["responses"]["401"]["content"]
+    # a poll does not wait unless asked to (wait=0: answered at once when nothing waits)
+    (wait,) = (p for p in post["parameters"] if p["name"] == "wait")
+    assert (wait["schema"]["default"], wait["schema"]["minimum"]) == (0.0, 0)
 
     def broken(*args: Any) -> Any:
         raise sqlite3.OperationalError("disk I/O error")
