@@ -14,6 +14,7 @@ import pytest
 from aiocoap.numbers.codes import Code
 from aiocoap.util.linkformat import parse as parse_links
 
+from safething.errors import StoreError
 from safething.net import Client, Identity
 from safething.store import Store
 from safething.things import ThingClient
@@ -35,6 +36,7 @@ from safething_gateway.protocol import (
     parse_frame,
 )
 from safething_gateway.registry import Registry
+from safething_gateway.replies import STORE_RETRY_AFTER
 
 from .conftest import SENSOR, Device, tamper
 
@@ -359,6 +361,22 @@ async def test_rejections_carry_code_and_diagnostic(
         "revoked",
     )
     assert sum(v for (name, _), v in gateway.metrics.counters.items() if "rejected" in name) == 14
+
+
+async def test_a_store_outage_asks_the_device_to_retry_in_5_s(
+    bridge: CoapBridge, link: DeviceLink, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway = bridge.gateway
+    assert gateway is not None
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("no route to vault")
+
+    monkeypatch.setattr(gateway, "handle", unreachable)
+    response = await post(client, bridge, "reading", link.up("reading", {"moisture": 1}))
+    assert code(response) == "5.03"
+    assert response.payload.startswith(b"store_unavailable: ")
+    assert response.opt.max_age == STORE_RETRY_AFTER == 5
 
 
 async def test_a_registration_cannot_be_replayed(

@@ -182,11 +182,13 @@ def _diagnostic(code: Code | str, reason: str, detail: str, **options: Any) -> a
 
 def coap_reply(reply: Reply) -> aiocoap.Message:
     """The CoAP rendering of a :class:`Reply` (see :mod:`safething_gateway.replies`):
-    its code and a diagnostic payload; 4.13 with ``Size1``, a wait as ``Max-Age``."""
+    its code and a diagnostic payload; 4.13 with ``Size1``, a wait as ``Max-Age`` (4.29,
+    and 5.03, whose Max-Age says when to retry: RFC 7252 §5.9.3.4; without one a device
+    would wait the default 60 s)."""
     options: dict[str, Any] = {}
     if reply.reason == TooLargeError.reason:
         options["size1"] = MAX_MESSAGE_BYTES
-    if reply.retry_after is not None and reply.status == 429:
+    if reply.retry_after is not None:
         options["max_age"] = reply.retry_after
     return aiocoap.Message(code=_code(reply.coap), payload=reply.diagnostic(), **options)
 
