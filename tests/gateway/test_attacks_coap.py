@@ -149,7 +149,7 @@ def _open_requests(bridge: CoapBridge) -> int:
 
 
 async def test_refused_requests_leave_no_request_state_behind(
-    bridge: CoapBridge, client: Any
+    bridge: CoapBridge, client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each refusal is the request's last response: the server forgets the request, so
     a flood of refused requests (each with its own token) holds no memory."""
@@ -169,6 +169,39 @@ async def test_refused_requests_leave_no_request_state_behind(
         async with asyncio.timeout(10):
             r = await client.request(message, handle_blockwise=False).response
         assert code(r).startswith("4."), r.payload
+
+    async def bug(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(bridge, "_uplink", bug)  # a failure no refusal foresaw: 5.00
+    message = aiocoap.Message(code=Code.POST, uri=f"{base}/st/v1/sensor-01/reading")
+    async with asyncio.timeout(10):
+        r = await client.request(message, handle_blockwise=False).response
+    assert code(r) == "5.00"
     async with asyncio.timeout(10):
         while _open_requests(bridge):  # the last reply may still be on its way out
             await asyncio.sleep(0.01)
+    assert not bridge._tasks  # nor a reference to any request's task
+
+
+async def test_block1_state_expires_and_a_device_loses_its_oldest_first(
+    bridge: CoapBridge, client: Any
+) -> None:
+    assert bridge.gateway is not None
+    bridge.gateway.registry.add("sensor-01", "coap")
+
+    def channels() -> list[str]:
+        return [v[3].opt.uri_path[-1] for v in bridge.block1.parts.values()]
+
+    for topic in ("t0", "t1", "t2"):  # a third upload of one device: its oldest goes
+        r = await block(client, bridge, "sensor-01", f"event/{topic}", 0, b"x" * 1024, True)
+        assert code(r) == "2.31"
+    assert channels() == ["t1", "t2"]
+    # t1's last block came longer ago than the ttl, t2's not quite: t1 expires (with
+    # room for more uploads of the device, so that expiry, not its cap, removes it)
+    bridge.block1.per_device = 5
+    for key, (stamp, *rest) in list(bridge.block1.parts.items()):
+        age = bridge.block1.ttl + 1 if rest[2].opt.uri_path[-1] == "t1" else 1
+        bridge.block1.parts[key] = (stamp - age, *rest)
+    r = await block(client, bridge, "sensor-01", "reading", 0, b"x" * 1024, True)
+    assert channels() == ["t2", "reading"]
