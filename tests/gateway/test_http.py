@@ -23,7 +23,7 @@ from safething_gateway.bridges.http import HttpBridge, create_app
 from safething_gateway.core import Gateway
 from safething_gateway.device_clients.base import DeviceLink
 from safething_gateway.device_clients.http import HttpDevice
-from safething_gateway.protocol import ReplayError, frame, parse_frame
+from safething_gateway.protocol import MAX_MESSAGE_BYTES, ReplayError, frame, parse_frame
 from safething_gateway.registry import Registry
 from safething_gateway.testing import wait_until as until
 
@@ -261,6 +261,18 @@ async def test_rejections_are_problem_documents(
     )
     assert (r.status_code, reason(r)) == (415, "unsupported_format")
     r = await http.post(f"{url}/reading", content=b"x" * 20_000)
+    assert (r.status_code, reason(r)) == (413, "too_large")
+    # the limit itself is allowed (and then read as a frame: not one), one byte more not
+    r = await http.post(f"{url}/reading", content=b"x" * MAX_MESSAGE_BYTES)
+    assert (r.status_code, reason(r)) == (400, "bad_message")
+
+    async def exactly(size: int) -> AsyncIterator[bytes]:  # no Content-Length
+        yield b"x" * (size - 1)
+        yield b"x"
+
+    r = await http.post(f"{url}/reading", content=exactly(MAX_MESSAGE_BYTES))
+    assert (r.status_code, reason(r)) == (400, "bad_message")
+    r = await http.post(f"{url}/reading", content=exactly(MAX_MESSAGE_BYTES + 1))
     assert (r.status_code, reason(r)) == (413, "too_large")
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while read

@@ -26,6 +26,8 @@ class _Connection:
         self.acks: list[int] = []
 
     def publish(self, topic: str, body: bytes, qos: int = 0) -> None:
+        # QoS 0: a hint, never queued by the broker for a device that is away
+        assert qos == 0, "error reports are published with QoS 0"
         self.published.append((topic, json.loads(body)))
 
     def ack(self, message: mqtt.MQTTMessage, generation: int) -> None:
