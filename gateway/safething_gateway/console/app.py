@@ -126,6 +126,10 @@ def create_app(console: Console) -> Any:
             return f"owner (no login, loopback) from {where}"
         return f"owner (session {session.short}) from {where}" if session else f"from {where}"
 
+    async def record(actor: str, action: str, target: str = "", detail: str = "") -> None:
+        """An audit entry, signed and written off the event loop (SQLite)."""
+        await asyncio.to_thread(console.audit.append, actor, action, target, detail)
+
     @app.exception_handler(_Redirect)
     async def redirect(request: Request, exc: _Redirect) -> Response:
         if request.headers.get("hx-request"):
@@ -162,9 +166,9 @@ def create_app(console: Console) -> Any:
         except ValueError as e:
             if "setup code" in str(e):
                 console.backoff.failed(f"addr:{where}", "account:setup")
-                console.audit.append(actor(request), "setup-failed", detail=str(e))
+                await record(actor(request), "setup-failed", detail=str(e))
             return page(request, "setup.html", 400, error=str(e))
-        console.audit.append(actor(request), "bind-owner", console.owner.public_sign_key.hex())
+        await record(actor(request), "bind-owner", console.owner.public_sign_key.hex())
         return RedirectResponse("/login", status_code=303)
 
     @app.get("/login")
@@ -188,7 +192,7 @@ def create_app(console: Console) -> Any:
             identity = await asyncio.to_thread(console.binding.unlock, f.get("password", ""))
         except WrongPasswordError:
             wait = console.backoff.failed(*keys)
-            console.audit.append(
+            await record(
                 actor(request), "login-failed", detail=f"wrong password; next try in {wait:g} s"
             )
             return page(
@@ -199,7 +203,7 @@ def create_app(console: Console) -> Any:
             )
         console.backoff.succeeded(*keys)
         session = console.sessions.create(identity, where, request.headers.get("user-agent", ""))
-        console.audit.append(actor(request, session), "login")
+        await record(actor(request, session), "login")
         response = RedirectResponse("/things", status_code=303)
         response.set_cookie(
             console.cookie_name,
@@ -216,7 +220,7 @@ def create_app(console: Console) -> Any:
         session = session_of(request)
         console.sessions.end(session.id)
         await data.forget_client(session.id)
-        console.audit.append(actor(request, session), "logout")
+        await record(actor(request, session), "logout")
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(console.cookie_name, path="/")
         return response
@@ -230,7 +234,7 @@ def create_app(console: Console) -> Any:
     async def revoke_session(request: Request, short: str) -> Response:
         session = session_of(request)
         if console.sessions.revoke(short):
-            console.audit.append(actor(request, session), "revoke-session", short)
+            await record(actor(request, session), "revoke-session", short)
         return RedirectResponse("/sessions", status_code=303)
 
     # --- things -----------------------------------------------------------------------------
@@ -353,7 +357,7 @@ def create_app(console: Console) -> Any:
             old = await data.set_status(session.identity, thing_id, status)
         except SafeThingError as e:
             return page(request, "error.html", 403, message=str(e))
-        console.audit.append(
+        await record(
             actor(request, session),
             "publish" if status == "published" else "disable",
             thing_id,
@@ -384,12 +388,12 @@ def create_app(console: Console) -> Any:
                 request, "_request.html", 400, error=str(e), action=action_name, handle=None
             )
         who = actor(request, session)
-        console.audit.append(
+        await record(
             who, "request", thing_id, f"{action_name} {json.dumps(args)} id {handle.request_id}"
         )
 
-        def final(status: Any) -> None:
-            console.audit.append(
+        async def final(status: Any) -> None:
+            await record(
                 who,
                 "result",
                 thing_id,
@@ -414,7 +418,7 @@ def create_app(console: Console) -> Any:
             await console.hub.desired_changed(thing_id, attribute)
         except (SafeThingError, ValueError, TypeError) as e:
             return HTMLResponse(f"<span class='bad'>{escape(str(e))}</span>", status_code=400)
-        console.audit.append(
+        await record(
             actor(request, session), "set-desired", thing_id, f"{attribute} = {_show(value)}"
         )
         return HTMLResponse(f"<span class='ok'>desired {escape(_show(value))} sent (signed)</span>")
@@ -434,9 +438,7 @@ def create_app(console: Console) -> Any:
                 what = "add-member"
         except (SafeThingError, ValueError) as e:
             return page(request, "error.html", 400, message=str(e))
-        console.audit.append(
-            actor(request, session), what, thing_id, f.get("remove") or f.get("sign", "")
-        )
+        await record(actor(request, session), what, thing_id, f.get("remove") or f.get("sign", ""))
         return RedirectResponse(f"/things/{thing_id}", status_code=303)
 
     # --- devices and provisioning ------------------------------------------------------------
@@ -456,7 +458,7 @@ def create_app(console: Console) -> Any:
             notes = await data.revoke(device_id)
         except (SafeThingError, ValueError) as e:
             return page(request, "error.html", 404, message=str(e))
-        console.audit.append(actor(request, session), "revoke", device_id, "; ".join(notes))
+        await record(actor(request, session), "revoke", device_id, "; ".join(notes))
         session.notices = [f"revoked {device_id}: the gateway refuses it from now on", *notes]
         return RedirectResponse("/devices", status_code=303)
 
@@ -484,27 +486,27 @@ def create_app(console: Console) -> Any:
             if transport not in ("mqtt", "coap", "http"):
                 raise ValueError("choose mqtt, coap or http")
             done = await data.provision(device_id, transport)
-            record = done.record
+            device = done.record
             doc = device_config(
                 console.endpoints,
                 device_id,
                 transport,
-                record.secret,
+                device.secret,
                 wifi={"ssid": f.get("wifi_ssid", ""), "password": f.get("wifi_password", "")},
                 mqtt_login=done.mqtt_login,
                 console_tls=console.tls_fingerprint,
-                protocol=record.protocol,
+                protocol=device.protocol,
             )
         except (SafeThingError, ValueError) as e:
             return page(request, "provision.html", 400, doc=None, gateway=True, error=str(e))
-        console.audit.append(actor(request, session), "provision", device_id, transport)
+        await record(actor(request, session), "provision", device_id, transport)
         return page(
             request,
             "provision.html",
             doc=doc,
             text=json.dumps(doc, indent=2),
             qr=qr_svg(doc),
-            key=record.identity.public_sign_key.hex(),
+            key=device.identity.public_sign_key.hex(),
             notes=done.notes,
             gateway=True,
             error="",
@@ -515,7 +517,7 @@ def create_app(console: Console) -> Any:
     @app.get("/activity")
     async def activity(request: Request) -> Response:
         session_of(request)
-        entries = list(console.audit.entries())
+        entries = await asyncio.to_thread(lambda: list(console.audit.entries()))
         broken = [e for e in entries if not e.ok]
         return page(
             request,
@@ -529,7 +531,7 @@ def create_app(console: Console) -> Any:
     async def export(request: Request) -> Response:
         session_of(request)
         return Response(
-            "".join(console.audit.export()),
+            await asyncio.to_thread(lambda: "".join(console.audit.export())),
             media_type="application/x-ndjson",
             headers={"content-disposition": "attachment; filename=safething-audit.jsonl"},
         )

@@ -248,7 +248,8 @@ class Hub:
     # --- actions --------------------------------------------------------------------------
 
     def follow(self, handle: ActionHandle, on_final: Any = None) -> None:
-        """Send each state of a request to the tabs showing its thing."""
+        """Send each state of a request to the tabs showing its thing; ``await
+        on_final(status)`` with the final one."""
         self._tasks.spawn(self._follow(handle, on_final), f"follow-{handle.request_id}")
 
     async def _follow(self, handle: ActionHandle, on_final: Any) -> None:
@@ -270,7 +271,7 @@ class Hub:
                     },
                 )
                 if status.final and on_final is not None:
-                    on_final(status)
+                    await on_final(status)
         finally:
             waiter.cancel()
             with contextlib.suppress(asyncio.CancelledError, SafeThingError):
