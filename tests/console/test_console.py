@@ -196,8 +196,7 @@ def _console(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
             "0",
             "--state-dir",
             str(tmp_path / "console"),
-            "--registry",
-            str(tmp_path / "gateway.db"),
+            *([] if "--config" in extra else ["--registry", str(tmp_path / "gateway.db")]),
             *extra,
         ],
         stdout=subprocess.PIPE,
@@ -447,3 +446,34 @@ def test_on_loopback_without_login_commands_are_the_owners_and_audited(tmp_path:
         last = list(site.console.audit.entries())[-1]
         assert last.action == "disable" and last.ok
         assert last.actor.startswith("owner (no login, loopback) from 127.0.0.1")
+
+
+def test_safething_console_alone_provisions_with_the_gateways_broker_logins(
+    tmp_path: Path,
+) -> None:
+    """``safething console --config gateway.toml``: the gateway's registry and broker files,
+    so a device provisioned there gets its broker login as with ``safething provision``."""
+    passwd, acl = tmp_path / "mosquitto.passwd", tmp_path / "mosquitto.acl"
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\nregistry = "{tmp_path}/gw.db"\n'
+        f'[mqtt]\npassword_file = "{passwd}"\nacl_file = "{acl}"\nreload_command = "true"\n'
+    )
+    Identity.generate("owner").save(tmp_path / "owner.json")
+    proc = _console(tmp_path, "--config", str(config))
+    try:
+        address, _ = _lines(proc, 2)
+        url = address.split("console: ", 1)[1].rstrip("/")
+        with httpx.Client(base_url=url, headers={"origin": url}) as http:
+            page = http.post("/provision", data={"device_id": "pump-00001", "transport": "mqtt"})
+            doc = json.loads(
+                html.unescape(page.text.split('id="config-json">')[1].split("</pre>")[0])
+            )
+            assert doc["mqtt"]["username"] == "pump-00001" and doc["mqtt"]["password"]
+            assert "pump-00001:$7$" in passwd.read_text()
+            assert "topic write st/v1/pump-00001/up/#" in acl.read_text()
+            http.post("/devices/pump-00001/revoke")
+            assert "pump-00001" not in passwd.read_text()
+    finally:
+        _stop(proc)
+    assert (tmp_path / "gw.db").exists()
