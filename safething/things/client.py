@@ -354,13 +354,21 @@ class ThingClient(AsyncResource):
 
     async def events(self, thing_id: str, topic: str, *, after: int = 0) -> list[Notification]:
         """Kept events of ``topic`` with a sequence number above ``after``, oldest first."""
+        return await self._kept(thing_id, "event", topic, after)
+
+    async def _kept(self, thing_id: str, kind: str, name: str, after: int) -> list[Notification]:
+        """The ring of an event topic or a dynamic attribute: its values above ``after``."""
         view = await self.view(thing_id)
-        top = view.description.topic(topic)
+        if kind == "event":
+            size, prefix = view.description.topic(name).history, layout.event_prefix(name)
+        else:
+            size = view.description.attribute(name).history
+            prefix = layout.attr_history_prefix(name)
         result = []
-        for entry in await self._ring_entries(view, f"e/{topic}/", top.history):
-            seq, t, value = self._decode(view, entry.value or b"", f"event {topic!r}")
+        for entry in await self._ring_entries(view, prefix.decode(), size):
+            seq, t, value = self._decode(view, entry.value or b"", f"{kind} {name!r}")
             if seq > after:
-                result.append(Notification(thing_id, "event", topic, value, seq, t, entry.signer))
+                result.append(Notification(thing_id, kind, name, value, seq, t, entry.signer))
         return sorted(result, key=lambda n: n.seq)
 
     async def _ring_entries(self, view: ThingView, prefix: str, size: int) -> list[Entry]:
@@ -642,7 +650,8 @@ class Subscription(AsyncResource):
         self.last = after if after is not None else -1
         """Sequence number of the last notification delivered or filtered out."""
         self.lost = 0
-        """Events overwritten in the thing's history before this subscriber read them."""
+        """Events or attribute values overwritten in the thing's ring before this subscriber
+        read them."""
         self._after = after
         self._state = filter.new_state()
         self._pending: list[Notification] = []
@@ -663,7 +672,7 @@ class Subscription(AsyncResource):
             attr = view.description.attribute(self.name)
             if not attr.dynamic:
                 raise ValueError(f"attribute {self.name!r} is static: nothing to subscribe to")
-            prefix = layout.attr_key(self.name)
+            prefix = layout.attr_history_prefix(self.name)
         self._watch = view.md.watch(prefixes=(prefix,))
         if self._after is None:
             self.last = await self._current_seq()
@@ -684,24 +693,9 @@ class Subscription(AsyncResource):
             return 0
 
     async def _missed(self, after: int, upto: int | None) -> list[Notification]:
-        if self.kind == "event":
-            found = await self.things.events(self.thing_id, self.name, after=after)
-        else:
-            try:
-                r = await self.things.read(self.thing_id, self.name)
-                found = (
-                    [
-                        Notification(
-                            self.thing_id, "attribute", self.name, r.value, r.seq, r.timestamp
-                        )
-                    ]
-                    if r.seq > after
-                    else []
-                )
-            except NoSuchDataError:
-                found = []
+        found = await self.things._kept(self.thing_id, self.kind, self.name, after)
         found = [n for n in found if upto is None or n.seq < upto]
-        if self.kind == "event" and found:
+        if upto is not None or found:
             expected = (found[-1].seq - after) if upto is None else (upto - 1 - after)
             self.lost += max(0, expected - len(found))
         return found
@@ -724,16 +718,13 @@ class Subscription(AsyncResource):
             live = self._notification(entry)
             if live is None or live.seq <= self.last:
                 continue
-            if self.kind == "event" and live.seq > self.last + 1:
+            if live.seq > self.last + 1:
                 self._pending = await self._missed(self.last, live.seq)
             self._pending.append(live)
 
     def _notification(self, entry: Entry) -> Notification | None:
         assert self._view is not None
         if entry.value is None:
-            return None
-        key = entry.key.decode(errors="replace")
-        if self.kind == "attribute" and key != f"a/{self.name}":
             return None
         try:
             seq, t, value = self.things._decode(

@@ -43,6 +43,7 @@ __all__ = [
     "TAG_THING",
     "ThingAddresses",
     "attr_history_key",
+    "attr_history_prefix",
     "attr_key",
     "event_key",
     "event_pointer",
@@ -92,8 +93,13 @@ def attr_key(name: str) -> bytes:
     return f"a/{name}".encode()
 
 
+def attr_history_prefix(name: str) -> bytes:
+    """The history ring of attribute ``name`` (what an attribute subscription follows)."""
+    return f"ah/{name}/".encode()
+
+
 def attr_history_key(name: str, seq: int, size: int) -> bytes:
-    return f"ah/{name}/{seq % size}".encode()
+    return attr_history_prefix(name) + str(seq % size).encode()
 
 
 def event_pointer(topic: str) -> bytes:

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +15,8 @@ from safething.errors import (
     ThingError,
 )
 from safething.net import Client, Identity
-from safething.store import Store
+from safething.net.trust import TrustState
+from safething.store import Store, open_store
 from safething.things import (
     ActionRequest,
     Attribute,
@@ -158,6 +162,54 @@ async def test_subscription_is_pushed_and_filtered(garden: Thing, stranger: Thin
     assert [n.value for n in got] == [15.0, 10.0]
     assert [n.seq for n in got] == [2, 4]
     assert got[0].kind == "attribute"
+
+
+@contextlib.asynccontextmanager
+async def _garden_on_sqlite(path: Path) -> AsyncIterator[tuple[Thing, ThingClient]]:
+    """The garden and a reader on a SQLite store, whose change feed gives a key's latest
+    value only (the memory store's feed keeps every value)."""
+    async with (
+        await open_store(f"sqlite://{path}/things.db") as store,
+        Thing(
+            garden_description(),
+            identity=Identity.generate(),
+            owner=Identity.generate(),
+            store=store,
+            trust=TrustState(),
+        ) as garden,
+        ThingClient(Client(store, Identity.generate("reader"))) as reader,
+    ):
+        await garden.register()
+        yield garden, reader
+
+
+async def test_an_attribute_subscriber_gets_every_value_even_when_it_reads_late(
+    tmp_path: Path,
+) -> None:
+    """Values written faster than the subscriber reads are all delivered, in order: the
+    subscription follows the attribute's history ring, not only its latest value."""
+    async with (
+        _garden_on_sqlite(tmp_path) as (garden, reader),
+        reader.subscribe("garden-01", attribute="moisture") as sub,
+    ):
+        for v in range(6):  # the ring keeps 8: nothing is overwritten before it reads
+            await garden.set("moisture", float(v))
+        got = await collect(sub, 6)
+        assert sub.lost == 0
+    assert [n.value for n in got] == [float(v) for v in range(6)]
+    assert [n.seq for n in got] == list(range(1, 7))
+
+
+async def test_an_attribute_subscriber_counts_values_lost_to_the_ring(tmp_path: Path) -> None:
+    async with (
+        _garden_on_sqlite(tmp_path) as (garden, reader),
+        reader.subscribe("garden-01", attribute="moisture") as sub,
+    ):
+        for v in range(11):  # the ring keeps 8: values 1..3 are overwritten unread
+            await garden.set("moisture", float(v))
+        got = await collect(sub, 8)
+        assert sub.lost == 3
+    assert [n.seq for n in got] == list(range(4, 12))
 
 
 async def test_deadband_subscription(garden: Thing, stranger: ThingClient) -> None:
