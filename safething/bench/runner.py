@@ -87,6 +87,7 @@ GROUP_MODULES: tuple[GroupModule, ...] = (
     GroupModule("stores", "safething.bench.stores"),
     GroupModule("gateway", "safething_gateway.bench.gateway"),
     GroupModule("gateway.scale", "safething_gateway.bench.scale"),
+    GroupModule("gateway.nats", "safething_gateway.bench.nats_scale"),
     GroupModule("firmware", "safething_gateway.bench.firmware"),
     GroupModule("console", "safething_gateway.bench.console"),
 )

@@ -93,6 +93,9 @@ GATEWAY_LATENCIES = tuple(
     for base in (f"gateway_{t}_device_to_subscriber_latency", f"raw_{t}_latency")
 )
 GATEWAY_EXPECTED = {
+    "gateway_nats_readings_per_s",
+    "gateway_nats_births_per_s",
+    *(f"gateway_nats_device_to_subscriber_latency_{p}_ms" for p in ("p50", "p99", "max")),
     "gateway_sustained_readings_per_s",
     "gateway_peak_rss_mb",
     "gateway_births_per_s",
@@ -269,6 +272,7 @@ def test_only_filters_by_prefix_and_refuses_unknown_groups() -> None:
         "gateway.latency",
         "gateway.load",
         "gateway.scale",
+        "gateway.nats",
         "firmware.size",
         "firmware.latency",
     }

@@ -750,13 +750,13 @@ def _per_second(reports: Sequence[dict[str, Any]], start: float, base: int) -> l
     return counts
 
 
-def _provision(path: Path, count: int) -> list[DeviceLink]:
+def _provision(path: Path, count: int, prefix: str = "bench-load") -> list[DeviceLink]:
     """``count`` devices in a new registry, each with its own secret and thing keys."""
     registry = Registry(path)
     try:
         links = []
         for i in range(count):
-            device_id = f"bench-load-{i:05d}"
+            device_id = f"{prefix}-{i:05d}"
             record = registry.add(device_id, "mqtt")
             links.append(DeviceLink(device_id, record.secret, sensor_description(device_id)))
         return links
