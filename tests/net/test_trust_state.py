@@ -22,6 +22,7 @@ def test_marks_survive_a_reopen_and_only_go_up(tmp_path: Path) -> None:
     state.set_header("md.h", HeaderState(frozenset({b"a" * 32, b"b" * 32}), 3, b"raw"))
     state.set_entry_version("md.e.1", 5)
     state.set_entry_version("md.e.1", 2)  # never goes down
+    assert state.entry_version("md.e.1") == 5
     state.set_entry_version("md.e.2", 1)
     state.forget_entry("md.e.2")
     state.mark_processed("thing", "r1", time.time() + 60)
@@ -144,6 +145,22 @@ async def test_marks_not_written_yet_outlive_a_preload(tmp_path: Path) -> None:
     assert state.entry_version("md.x.e.1") == 5
     assert state.entry_version("md.x.e.2") == -1
     state.close()
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_processed_request_id_alone_is_kept(tmp_path: Path, durable: bool) -> None:
+    """What a thing ran is remembered (on file: across a restart), with nothing else."""
+    path = tmp_path / "me.trust.db"
+    state = TrustState.open(path) if durable else TrustState()
+    state.set_entry_version("md.e.1", 1)  # the first write also prunes
+    assert not state.processed("thing", "r1")
+    state.mark_processed("thing", "r1", time.time() + 60)
+    assert state.processed("thing", "r1")
+    state.close()
+    if durable:
+        again = TrustState.open(path)
+        assert again.processed("thing", "r1")
+        again.close()
 
 
 def test_expired_request_ids_are_dropped_when_pruned(tmp_path: Path) -> None:
