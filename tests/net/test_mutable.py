@@ -26,7 +26,7 @@ from safething.net import (
     SecretKey,
     XorName,
 )
-from safething.net.records import EntryRecord
+from safething.net.records import EntryRecord, PrivateCodec
 from safething.store import Store
 
 NAME = XorName.of("thing-0001")
@@ -382,4 +382,43 @@ async def test_a_watch_goes_on_while_the_store_hides_the_header(
         await md.insert("b", "1")
         async with asyncio.timeout(5):
             first = await first_change
+    assert (first.key, first.value) == (b"b", b"1")
+
+
+@pytest.mark.parametrize(("sealed", "stored"), [(b"door", b"window"), (b"window", b"door")])
+async def test_a_private_entry_whose_sealed_key_is_not_its_address_is_refused(
+    store: Store, client: Client, alice: Identity, sealed: bytes, stored: bytes
+) -> None:
+    """A writer holding the MD's key seals one key but stores the entry at another's
+    address (to shadow it): readers refuse it."""
+    md = await client.create_md(NAME, TAG_THING, private=True)
+    assert md.secret is not None
+    codec = PrivateCodec(md.secret)
+    record = EntryRecord.create(
+        md.address,
+        signer=alice.sign_key,
+        stored_key=codec.stored_key(stored),
+        sealed_key=codec.seal_key(sealed),
+        stored_value=codec.seal_value(b"open"),
+        version=0,
+    )
+    await store.put(md.address.entry_key(codec.stored_key(stored)), record.to_bytes())
+    reader = Client(store).md(NAME, TAG_THING, secret=md.secret)
+    with pytest.raises(TamperedDataError, match="sealed key does not match"):
+        await reader.entries()
+
+
+async def test_a_watch_passes_over_a_replayed_older_version(store: Store, client: Client) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    await md.insert("a", "old")
+    old = await store.get(md.address.entry_key(b"a"))
+    assert old is not None
+    await md.update("a", "new")
+    reader = Client(store).md(NAME, TAG_THING)
+    assert (await reader.get("a")).value == b"new"
+    async with reader.watch() as changes:
+        await store.put(old.key, old.value)  # the store replays the older version
+        await md.insert("b", "1")
+        async with asyncio.timeout(5):
+            first = await anext(changes)
     assert (first.key, first.value) == (b"b", b"1")

@@ -296,13 +296,18 @@ async def test_records_moved_between_addresses(sqlite_store: Store, db: Raw) -> 
         await Client(sqlite_store).md(NAME, TAG_THING).get("valve")
 
 
-async def test_entry_copied_under_another_key(sqlite_store: Store, db: Raw) -> None:
+@pytest.mark.parametrize(("source", "target"), [("valve", "moisture"), ("moisture", "valve")])
+async def test_entry_copied_under_another_key(
+    sqlite_store: Store, db: Raw, source: str, target: str
+) -> None:
     alice = Identity.generate()
     await setup_md(sqlite_store, alice)
     md = Client(sqlite_store).md(NAME, TAG_THING)
-    await db.put(md.address.entry_key(b"moisture"), await db.get(md.address.entry_key(b"valve")))
+    await db.put(
+        md.address.entry_key(target.encode()), await db.get(md.address.entry_key(source.encode()))
+    )
     with pytest.raises(TamperedDataError, match="another entry"):
-        await md.get("moisture")
+        await md.get(target)
     with pytest.raises(TamperedDataError, match="stored under another key"):
         await md.entries()
 
