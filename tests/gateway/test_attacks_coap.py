@@ -205,3 +205,17 @@ async def test_block1_state_expires_and_a_device_loses_its_oldest_first(
         bridge.block1.parts[key] = (stamp - age, *rest)
     r = await block(client, bridge, "sensor-01", "reading", 0, b"x" * 1024, True)
     assert channels() == ["t2", "reading"]
+
+
+async def test_blocks_out_of_order_are_an_incomplete_request(
+    bridge: CoapBridge, client: Any
+) -> None:
+    """A block that does not follow the ones kept is answered 4.08 (Request Entity
+    Incomplete), as RFC 7959 §2.9.2 asks, and its upload is dropped."""
+    assert bridge.gateway is not None
+    bridge.gateway.registry.add("sensor-01", "coap")
+    r = await block(client, bridge, "sensor-01", "reading", 0, b"x" * 1024, True)
+    assert code(r) == "2.31"
+    r = await block(client, bridge, "sensor-01", "reading", 2, b"x" * 1024, True)
+    assert code(r) == "4.08", r.payload
+    assert held(bridge) == []

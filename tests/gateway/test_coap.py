@@ -377,6 +377,7 @@ async def test_a_store_outage_asks_the_device_to_retry_in_5_s(
     assert code(response) == "5.03"
     assert response.payload.startswith(b"store_unavailable: ")
     assert response.opt.max_age == STORE_RETRY_AFTER == 5
+    assert response.opt.size1 is None  # only a 4.13 says the size limit
 
 
 async def test_a_registration_cannot_be_replayed(
@@ -447,6 +448,9 @@ def test_downlink_list_encodings() -> None:
     assert base64.b64decode(listed[2][1]) == sealed  # ST2 (binary): base64
     with pytest.raises(BadMessageError):
         decode_downlinks(b'[["desired", "not base64!"]]', JSON)
+    for cf, garbage in ((JSON, b"[nope"), (CBOR, b"\xff\xff"), (JSON, b'{"a": 1}')):
+        with pytest.raises(BadMessageError):
+            decode_downlinks(garbage, cf)
     for odd in (b'[["desired"]]', b'[["desired", "eA==", "more"]]', b'[[7, "eA=="]]'):
         with pytest.raises(BadMessageError, match=r"array of \[channel, frame\] pairs"):
             decode_downlinks(odd, JSON)

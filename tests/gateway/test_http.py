@@ -203,6 +203,24 @@ async def test_long_poll_times_out_and_follows_disconnects(
     await until(lambda: bridge.connected() == 0)
 
 
+async def test_a_long_poll_woken_by_a_downlink_counts_the_others_waiting(
+    gateway_: Gateway, bridge: HttpBridge, device: HttpDevice, http: httpx.AsyncClient
+) -> None:
+    await device.start()
+    sender = raw(device)
+    request = asyncio.create_task(
+        http.post("/st/v1/devices/sensor-01/poll?wait=30", content=sender.message("poll", b""))
+    )
+    await until(lambda: bridge.can_push("sensor-01"))  # held: nothing was waiting
+    gateway_.registry.enqueue("sensor-01", "desired", b'{"target": 1}')  # queued, not pushed
+    await gateway_.send("sensor-01", "desired", {"target": 2})  # pushed to the held poll
+    async with asyncio.timeout(30):
+        r = await request
+    assert (r.status_code, r.headers["ST-Channel"], r.headers["ST-More"]) == (200, "desired", "1")
+    body = parse_frame(r.content).open(device.link.secret, "sensor-01", "desired", uplink=False)
+    assert json.loads(body) == {"target": 2}
+
+
 async def test_cbor_body(store: Store, device: HttpDevice, http: httpx.AsyncClient) -> None:
     await device.start()
     sender = raw(device)
@@ -281,9 +299,10 @@ async def test_rejections_are_problem_documents(
 
     r = await http.post(f"{url}/reading", content=chunks())
     assert (r.status_code, reason(r)) == (413, "too_large")
-    r = await http.post(f"{url}/poll?wait=soon", content=sender.message("poll", b""))
-    assert (r.status_code, reason(r)) == (422, "invalid_request")
-    assert "wait" in r.json()["detail"]
+    for wait in ("soon", "-1"):
+        r = await http.post(f"{url}/poll?wait={wait}", content=sender.message("poll", b""))
+        assert (r.status_code, reason(r)) == (422, "invalid_request")
+        assert "wait" in r.json()["detail"]
     r = await http.get("/no/such/route")
     assert (r.status_code, reason(r)) == (404, "not_found")
     assert r.json()["detail"] == "no such resource: GET /no/such/route"

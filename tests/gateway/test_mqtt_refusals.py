@@ -236,3 +236,18 @@ async def test_only_a_poll_is_answered_by_pushing_the_waiting_downlinks(
     poll = device.message("poll", {})
     await _deliver(bridge, _message(bridge.topics.up("sensor-01", "poll"), poll))
     assert delivered == ["sensor-01"]
+
+
+async def test_an_unforeseen_failure_is_logged_and_the_message_acknowledged(
+    bridge: MqttBridge, device: Device, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither retried for ever nor fatal to the worker that handles it."""
+
+    async def broken(device_id: str) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gateway, "deliver", broken)
+    message = _message(bridge.topics.up("sensor-01", "poll"), device.message("poll", {}))
+    await _deliver(bridge, message)
+    assert bridge.connection.acks == [message.mid]  # type: ignore[attr-defined]
+    assert bridge._backlog == 0
