@@ -60,7 +60,7 @@ async def _measure(name: str, url: str, sizes: _Sizes) -> list[Metric]:
     owner = Identity.generate("bench-owner")
     async with await open_store(url) as store:
         notify_ms = await _notify(store, owner, sizes)
-        seconds, _received, _drain = await _update_rounds(store, owner, sizes)
+        seconds, _received, _drain, _lost = await _update_rounds(store, owner, sizes)
     params = latency_params(sizes, sizes.gap_s, clock="perf_counter", store_url=url)
     metrics = latency_metrics(
         f"stores_notify_latency_{name}",

@@ -20,7 +20,8 @@ Metrics:
 ``things_action_roundtrip_*``
     ``await (await client.request(...)).result()`` against a trivial handler.
 ``things_attribute_update_rate``
-    ``thing.set()`` one after the other, with a subscriber verifying every update.
+    ``thing.set()`` one after the other, with a subscriber verifying every update
+    (``params.received`` and ``params.lost_to_ring`` per round say it did).
 ``things_ed25519_sign_verify_rate``, ``things_attribute_update_vs_crypto_limit_ratio``
     the crypto limit (one ed25519 sign + verify, one core) measured just before the
     update rounds, and the update rate as a share of it.
@@ -295,16 +296,18 @@ async def _count(sub: Subscription, counter: _Counter, changed: asyncio.Event) -
 
 async def _update_rounds(
     store: Store, owner: Identity, sizes: _Sizes
-) -> tuple[list[float], list[int], list[float]]:
+) -> tuple[list[float], list[int], list[float], list[int]]:
     """``thing.set()`` awaited one by one with a subscriber consuming.
 
     Returns per round: the seconds the sets took, how many notifications the
-    subscriber received, and the ms from the last ``set()`` returning to the
-    subscriber having its notification.
+    subscriber received (each one verified), the ms from the last ``set()``
+    returning to the subscriber having its notification, and how many values
+    the subscriber lost to the ring (overwritten before it read them).
     """
     seconds: list[float] = []
     received: list[int] = []
     drain_ms: list[float] = []
+    lost: list[int] = []
     async with _bench_thing("bench-update", owner, store) as thing:
         await thing.register()
         async with (
@@ -317,7 +320,7 @@ async def _update_rounds(
                 _count(sub, counter, changed), "safething-bench-things-update-consumer"
             ) as consumer:
                 for _ in range(sizes.rounds):
-                    before = counter.received
+                    before, lost_before = counter.received, sub.lost
                     started = time.perf_counter()
                     last = 0
                     for i in range(sizes.updates):
@@ -333,7 +336,8 @@ async def _update_rounds(
                             await changed.wait()
                     drain_ms.append((time.perf_counter() - done) * 1000)
                     received.append(counter.received - before)
-    return seconds, received, drain_ms
+                    lost.append(sub.lost - lost_before)
+    return seconds, received, drain_ms, lost
 
 
 # --- the 2017 design: one signed JSON blob per thing, polled ---------------------------------
@@ -525,7 +529,9 @@ async def things_group(ctx: BenchContext) -> list[Metric]:
         xproc_ms = await _notify_xproc(store, url, owner, ctx.workdir, sizes)
         action_all_ms = await _action_roundtrips(store, owner, sizes)
         crypto = sign_verify_rate(ctx, "things_ed25519_sign_verify_rate")
-        update_s, update_received, update_drain_ms = await _update_rounds(store, owner, sizes)
+        update_s, update_received, update_drain_ms, update_lost = await _update_rounds(
+            store, owner, sizes
+        )
         original = _OriginalThing(store, Identity.generate("bench-original").sign_key)
         blob_bytes = await original.create("bench-original")
         blob_s = await _blob_update_rounds(original, sizes)
@@ -609,8 +615,11 @@ async def things_group(ctx: BenchContext) -> list[Metric]:
         params={
             "call": "await thing.set('moisture', value), one after the other",
             "subscribers": 1,
+            "subscriber": "ThingClient.subscribe(attribute='moisture'): every value from the "
+            "attribute's history ring, each entry verified (ed25519) before it is yielded",
             "sent": sizes.updates,
             "received": update_received,
+            "lost_to_ring": update_lost,
             "drain_ms": [round(ms, 2) for ms in update_drain_ms],
             "attributes": len(bench_description("bench-update").attributes),
             "store": STORE_SETTINGS,

@@ -308,6 +308,11 @@ def test_things_targets_and_quick_poll_period_are_reported(
     assert isinstance(updates, dict)
     assert updates["sent"] == updates["count"]
     assert isinstance(updates["received"], list) and all(r > 0 for r in updates["received"])
+    # every update verified by the subscriber, or counted as lost to the ring
+    assert isinstance(updates["lost_to_ring"], list)
+    assert [
+        r + lost for r, lost in zip(updates["received"], updates["lost_to_ring"], strict=True)
+    ] == [updates["sent"]] * updates["rounds"]
 
 
 @needs_mosquitto
