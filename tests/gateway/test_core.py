@@ -220,6 +220,11 @@ async def test_last_will_counter_is_accepted_once(gateway: Gateway, device: Devi
     old = device.message("state", {"online": False}, counter=device.counter - 1)
     with pytest.raises(ReplayError):  # and an older one is refused like any replay
         await gateway.handle("sensor-01", state, old)
+    # a device that announces its will's counter (9) and then sends a state saying online
+    # with that counter: an ordinary message (it spends the counter), not the will
+    await gateway.handle("sensor-01", state, device.message("state", {"online": True, "will": 9}))
+    await gateway.handle("sensor-01", state, device.message("state", {"online": True}, counter=9))
+    assert gateway.registry.get("sensor-01").rx_counter == 9
 
 
 @pytest.mark.parametrize(

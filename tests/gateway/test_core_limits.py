@@ -15,7 +15,7 @@ from safething.net import Identity
 from safething.store import open_store
 from safething_gateway import core
 from safething_gateway.core import Gateway
-from safething_gateway.protocol import PayloadError, RateLimitedError
+from safething_gateway.protocol import PayloadError, RateLimitedError, ReplayError
 from safething_gateway.registry import Registry
 
 from .conftest import SENSOR, Device
@@ -149,3 +149,23 @@ async def test_a_restarted_gateway_credits_what_a_device_may_have_sent_meanwhile
 
 def _provision_in(registry: Registry, device_id: str) -> Device:
     return Device(device_id, registry.add(device_id, "http").secret)
+
+
+async def test_a_counter_taken_meanwhile_gives_its_token_back(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two copies of one message handled at once both pass the counter check; the
+    registry then refuses the second as a replay: it must not cost the device a token
+    (nor give it one more)."""
+    gateway.rate, gateway.burst = 0.001, 3
+    device = _provision(gateway, "sensor-01")
+    accept = gateway.registry.accept
+
+    def taken(*args: object, **kwargs: object) -> int:
+        raise ReplayError("counter 1 of 'sensor-01' was taken meanwhile")
+
+    monkeypatch.setattr(gateway.registry, "accept", taken)
+    with pytest.raises(ReplayError):
+        await gateway.handle("sensor-01", "poll", device.message("poll", {}))
+    monkeypatch.setattr(gateway.registry, "accept", accept)
+    assert await _polls_accepted(gateway, device) == 3
