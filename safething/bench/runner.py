@@ -14,6 +14,10 @@ Adding groups: write a module that defines ``GROUPS: dict[str, GroupFunc]``
 (every group name starting with the module's prefix) and add one line to
 :data:`GROUP_MODULES`. Modules are imported only when ``only`` can select
 one of their groups, so a module may need optional dependencies.
+
+*Long* groups (a soak of minutes) are named in the module's ``LONG_GROUPS``
+(a set of names): they run only with ``long=True`` (``safething bench
+--long``) or when ``only`` names them in full, never in a default run.
 """
 
 from __future__ import annotations
@@ -199,7 +203,13 @@ def _may_select(prefix: str, only: Sequence[str] | None) -> bool:
 
 
 def _load_groups(only: Sequence[str] | None) -> dict[str, GroupFunc]:
+    return _load_modules(only)[0]
+
+
+def _load_modules(only: Sequence[str] | None) -> tuple[dict[str, GroupFunc], set[str]]:
+    """The groups the modules ``only`` can select define, and which of them are long."""
     groups: dict[str, GroupFunc] = {}
+    long_groups: set[str] = set()
     for entry in GROUP_MODULES:
         if not _may_select(entry.prefix, only):
             continue
@@ -215,12 +225,15 @@ def _load_groups(only: Sequence[str] | None) -> dict[str, GroupFunc]:
             if name in groups:
                 raise ValueError(f"metric group {name!r} is registered twice")
             groups[name] = func
-    return groups
+        long_groups.update(getattr(module, "LONG_GROUPS", ()))
+    return groups, long_groups
 
 
-def group_names() -> list[str]:
-    """Every registered group name, in run order (for ``--only`` help)."""
-    return list(_load_groups(None))
+def group_names(*, long: bool = False) -> list[str]:
+    """Every registered group name, in run order (for ``--only`` help); the long ones
+    only with ``long``."""
+    groups, long_groups = _load_modules(None)
+    return [name for name in groups if long or name not in long_groups]
 
 
 # --- running ----------------------------------------------------------------------
@@ -268,7 +281,11 @@ def _run_group(name: str, func: GroupFunc, *, quick: bool, workdir: Path | None)
 
 
 def run_benchmarks(
-    *, quick: bool = False, only: list[str] | None = None, workdir: Path | None = None
+    *,
+    quick: bool = False,
+    only: list[str] | None = None,
+    workdir: Path | None = None,
+    long: bool = False,
 ) -> list[dict[str, object]]:
     """Run the registered metric groups (those whose name starts with an entry
     of ``only``; every group when ``only`` is None or empty) and return their
@@ -276,18 +293,21 @@ def run_benchmarks(
 
     Each group runs on a new event loop in a new temporary directory under
     ``workdir`` (default: the system temporary directory), removed afterwards.
-    ``quick`` shrinks every size for a smoke run. Raises ``ValueError`` when
-    ``only`` selects no group. Call it from synchronous code (no running loop).
+    ``quick`` shrinks every size for a smoke run. A long group (a module's
+    ``LONG_GROUPS``) runs only with ``long`` or when ``only`` names it in full.
+    Raises ``ValueError`` when ``only`` selects no group. Call it from
+    synchronous code (no running loop).
     """
     if not only:
         only = None  # None or []: every group
     elif not all(isinstance(f, str) and f for f in only):
         raise ValueError(f"only lists group-name prefixes (non-empty strings), got {only!r}")
-    groups = _load_groups(only)
+    groups, long_groups = _load_modules(only)
     selected = [
         (name, func)
         for name, func in groups.items()
-        if only is None or any(name.startswith(f) for f in only)
+        if (only is None or any(name.startswith(f) for f in only))
+        and (long or name not in long_groups or name in (only or ()))
     ]
     if not selected:
         known = ", ".join(group_names())

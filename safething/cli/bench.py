@@ -17,13 +17,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--only", action="append", default=None, metavar="GROUP", help="run only these groups"
     )
+    p.add_argument(
+        "--long",
+        action="store_true",
+        help="also the long groups (the gateway soak: minutes); else only when --only names one",
+    )
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from safething.bench import print_json, run_benchmarks
 
-    metrics = run_benchmarks(quick=args.quick, only=args.only)
+    metrics = run_benchmarks(quick=args.quick, only=args.only, long=args.long)
     if not metrics:
         out("no benchmark matched")
         return 1

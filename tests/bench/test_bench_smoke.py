@@ -92,6 +92,7 @@ GATEWAY_LATENCIES = tuple(
     for t in TRANSPORTS
     for base in (f"gateway_{t}_device_to_subscriber_latency", f"raw_{t}_latency")
 )
+LOAD_LATENCY = "gateway_mqtt_under_load_device_to_subscriber_latency"
 GATEWAY_EXPECTED = {
     "gateway_nats_readings_per_s",
     "gateway_nats_births_per_s",
@@ -104,6 +105,16 @@ GATEWAY_EXPECTED = {
     "gateway_idle_rss_mb",
     *(f"gateway_{t}_vs_raw_latency_ratio" for t in TRANSPORTS),
     *(f"{base}_{p}_ms" for base in GATEWAY_LATENCIES for p in ("p50", "p99", "max")),
+    *(
+        name + suffix
+        for suffix in ("", "_10k")
+        for name in (
+            "raw_mqtt_relay_per_s",
+            "gateway_sustained_vs_raw_relay_ratio",
+            *(f"{LOAD_LATENCY}{suffix}_{p}_ms" for p in ("p50", "p99", "max")),
+        )
+    ),
+    "gateway_sustained_readings_per_s_10k",
 }
 FIRMWARE_LATENCY = "firmware_device_to_subscriber_latency"
 FIRMWARE_SIZE_EXPECTED = {"firmware_mpy_bytes"}
@@ -273,6 +284,7 @@ def test_only_filters_by_prefix_and_refuses_unknown_groups() -> None:
         "gateway.load",
         "gateway.scale",
         "gateway.nats",
+        "gateway.sustained10k",
         "firmware.size",
         "firmware.latency",
     }
@@ -323,8 +335,11 @@ def test_gateway_load_is_counted_in_the_store_and_the_rss_target_reported(
     by_name = {m["name"]: m for m in metrics}
     load = by_name["gateway_sustained_readings_per_s"]["params"]
     assert isinstance(load, dict)
-    # Every reading sent was handled and is in the store; nothing refused, nothing lost.
-    assert load["sent"] == load["handled"] == load["stored"] == load["count"] > 0
+    # Every reading sent was handled and is in the store; nothing refused, nothing lost
+    # (the store also holds the readings of the watched phase that follows the measured one).
+    stored_here = load["stored"] - load["watched_phase_sent"]
+    assert load["sent"] == load["handled"] == stored_here == load["count"] > 0
+    assert load["watched_phase_sent"] > 0
     assert load["rejected"] == 0 and load["lost"] == 0 and load["unexpected"] == 0
     assert load["devices"] == 100  # a quick run; a full one has 1,000
     rss = by_name["gateway_peak_rss_mb"]
@@ -339,6 +354,43 @@ def test_gateway_load_is_counted_in_the_store_and_the_rss_target_reported(
         latency = by_name[f"gateway_{t}_device_to_subscriber_latency_p50_ms"]
         assert latency["samples"] == 20
         assert by_name[f"raw_{t}_latency_p50_ms"]["samples"] == 20
+    assert by_name["gateway_mqtt_vs_raw_latency_ratio"]["target"] == {"op": "<=", "value": 3.0}
+    assert by_name["gateway_sustained_readings_per_s"]["target"] == {"op": ">=", "value": 5000.0}
+    tenk = by_name["gateway_sustained_readings_per_s_10k"]
+    assert tenk["target"] == {"op": ">=", "value": 3000.0}
+    assert isinstance(tenk["params"], dict) and tenk["params"]["devices"] == 300
+    for suffix in ("", "_10k"):
+        # the raw relay was measured in the same run, and the latency under load has one
+        # sample per watched reading that the subscriber got (none missing)
+        ratio = by_name[f"gateway_sustained_vs_raw_relay_ratio{suffix}"]
+        assert ratio["denominator"] == by_name[f"raw_mqtt_relay_per_s{suffix}"]
+        p99 = by_name[f"{LOAD_LATENCY}{suffix}_p99_ms"]
+        assert p99["target"] == {"op": "<=", "value": 50.0}
+        watched = p99["params"]
+        assert isinstance(watched, dict) and watched["missing"] == 0
+        assert p99["samples"] == watched["readings_watched"] > 0
+
+
+@needs_mosquitto
+def test_the_soak_is_long_run_only_when_asked_and_counts_every_reading(
+    quick_run: tuple[list[dict[str, object]], Path], tmp_path: Path
+) -> None:
+    metrics, _ = quick_run
+    assert not any(str(m["name"]).startswith("gateway_soak") for m in metrics)
+    assert "gateway.soak" not in group_names()
+    assert "gateway.soak" in group_names(long=True)
+    soak = run_benchmarks(quick=True, only=["gateway.soak"], workdir=tmp_path)
+    by_name = {m["name"]: m for m in soak}
+    rate = by_name["gateway_sustained_readings_per_s_soak"]
+    params = rate["params"]
+    assert isinstance(params, dict) and params["pace_per_s"] == 300
+    assert params["sent"] == params["stored"] == params["count"] > 0
+    assert params["lost"] == 0 and params["rejected"] == 0
+    growth = by_name["gateway_soak_rss_growth_mb"]
+    assert growth["target"] == {"op": "<=", "value": 10.0}
+    tenths = growth["params"]
+    assert isinstance(tenths, dict) and len(tenths["rss_mb_by_tenth"]) == 11
+    assert by_name[f"{LOAD_LATENCY}_soak_p99_ms"]["target"] == {"op": "<=", "value": 50.0}
 
 
 @needs_mosquitto
