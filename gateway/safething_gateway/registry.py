@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import json
 import logging
@@ -210,7 +211,12 @@ class Registry:
                 )
         finally:
             os.close(fd)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a group commit holds it around every call
+        self._batching = False
+        """True while the worker thread runs a group commit (see :meth:`call`)."""
+        self._queue_lock = threading.Lock()
+        self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any], Any]] = []
+        self._draining = False
         self._read_lock = threading.Lock()
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="safething-registry"
@@ -248,9 +254,87 @@ class Registry:
 
     async def call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Run ``fn(*args, **kwargs)`` (a method of this registry) on the registry's
-        worker thread, so the event loop never waits for the file's lock."""
+        worker thread, so the event loop never waits for the file's lock.
+
+        Calls made while the thread is busy are committed together (group commit): the
+        thread takes every call waiting, runs each in a savepoint of one transaction
+        (a call that raises is rolled back alone, its error goes to its caller) and
+        commits once. Each call returns only after that commit."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        future: asyncio.Future[_T] = loop.create_future()
+        with self._queue_lock:
+            self._queue.append((functools.partial(fn, *args, **kwargs), future, loop))
+            start = len(self._queue) == 1 and not self._draining
+            if start:
+                self._draining = True
+        if start:
+            try:
+                self._executor.submit(self._drain)
+            except RuntimeError:  # closed
+                with self._queue_lock:
+                    self._queue, self._draining = [], False
+                raise
+        return await future
+
+    def _drain(self) -> None:
+        """On the worker thread: commit what :meth:`call` queued, batch after batch."""
+        while True:
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._draining = False
+                    return
+            outcomes = self._commit_batch([fn for fn, _, _ in batch])
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = {}
+            for (_, future, loop), outcome in zip(batch, outcomes, strict=True):
+                by_loop.setdefault(loop, []).append((future, outcome))
+            for loop, settled in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed
+                    loop.call_soon_threadsafe(_settle, settled)
+
+    def _commit_batch(self, calls: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
+        """Every call in a savepoint of one ``BEGIN IMMEDIATE`` transaction; ``(ok, result
+        or exception)`` for each, in order."""
+        if len(calls) == 1:
+            return [_outcome(calls[0])]
+        db = self._db
+        with self._lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                return [(False, self._failed(e)) for _ in calls]
+            self._batching = True
+            outcomes: list[tuple[bool, Any]] = []
+            try:
+                for call in calls:
+                    db.execute("SAVEPOINT registry_call")
+                    outcome = _outcome(call)
+                    if not outcome[0]:
+                        db.execute("ROLLBACK TO registry_call")
+                    db.execute("RELEASE registry_call")
+                    outcomes.append(outcome)
+                db.execute("COMMIT")
+            except sqlite3.Error as e:  # the transaction itself failed: nothing was kept
+                if db.in_transaction:
+                    db.rollback()
+                return [(False, self._failed(e)) for _ in calls]
+            finally:
+                self._batching = False
+            return outcomes
+
+    def _failed(self, e: sqlite3.Error) -> StoreError:
+        error = self._lock_error(e)
+        error.__cause__ = e
+        return error
+
+    def _lock_error(self, e: sqlite3.Error) -> StoreError:
+        text = str(e)
+        if "locked" in text or "busy" in text:
+            return RegistryBusyError(
+                f"the device registry {self.path} stayed locked for more than "
+                f"{self.write_timeout:g} s ({text})"
+            )
+        return StoreError(f"the device registry {self.path} failed: {text}")
 
     @contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
@@ -259,15 +343,26 @@ class Registry:
             try:
                 yield self._db
             except sqlite3.OperationalError as e:
-                if self._db.in_transaction:
-                    self._db.rollback()
-                text = str(e)
-                if "locked" in text or "busy" in text:
-                    raise RegistryBusyError(
-                        f"the device registry {self.path} stayed locked for more than "
-                        f"{self.write_timeout:g} s ({text})"
-                    ) from e
-                raise StoreError(f"the device registry {self.path} failed: {text}") from e
+                if self._db.in_transaction and not self._batching:
+                    self._db.rollback()  # (in a group commit: its savepoint is rolled back)
+                raise self._lock_error(e) from e
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The write connection in a ``BEGIN IMMEDIATE`` transaction, committed at the end
+        and rolled back on an error; inside a group commit, the call's savepoint."""
+        with self._writing() as db:
+            if self._batching:
+                yield db
+                return
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.rollback()
+                raise
+            db.execute("COMMIT")
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -356,8 +451,7 @@ class Registry:
             )
 
     def revoke(self, device_id: str) -> None:
-        with self._writing() as db, db:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             cur = db.execute(
                 "UPDATE devices SET revoked = 1, online = 0 WHERE id = ?", (device_id,)
             )
@@ -385,8 +479,7 @@ class Registry:
         birth's ``description`` (its thing is registered from it after a crash).
         Returns the journal entry's id."""
         now = time.time()
-        with self._writing() as db, db:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             _spend_counter(db, device_id, counter, now)
             if description is not None:
                 db.execute(
@@ -462,8 +555,7 @@ class Registry:
         self, device_id: str, channel: str, body: bytes, *, expires: float | None, once: bool
     ) -> Downlink | None:
         now = time.time()
-        with self._writing() as db, db:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction() as db:
             db.execute(
                 "DELETE FROM downlinks WHERE device_id = ? AND expires IS NOT NULL AND expires < ?",
                 (device_id, now),
@@ -563,6 +655,24 @@ class Registry:
     def buffer_depth(self) -> int:
         with self._reading() as db:
             return int(db.execute("SELECT COUNT(*) FROM uplinks").fetchone()[0])
+
+
+def _outcome(call: Callable[[], Any]) -> tuple[bool, Any]:
+    try:
+        return True, call()
+    except BaseException as e:  # handed to the caller's future
+        return False, e
+
+
+def _settle(settled: list[tuple[asyncio.Future[Any], tuple[bool, Any]]]) -> None:
+    """On the caller's loop: each future gets its call's result or exception."""
+    for future, (ok, value) in settled:
+        if future.done():  # its caller was cancelled (the call was made all the same)
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def _spend_counter(db: sqlite3.Connection, device_id: str, counter: int, now: float) -> None:

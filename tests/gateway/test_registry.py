@@ -4,10 +4,12 @@ safething_gateway/registry.py that survived the gateway's tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,7 @@ from safething_gateway.registry import (
     MAX_PENDING_DOWNLINKS,
     DownlinkQueueFullError,
     Registry,
+    RegistryBusyError,
 )
 
 
@@ -148,4 +151,91 @@ def test_records_say_what_they_are(tmp_path: Path) -> None:
         reader.join()
         assert seen == ["mqtt"]
     finally:
+        registry.close()
+
+
+async def test_calls_waiting_together_commit_together_each_on_its_own(tmp_path: Path) -> None:
+    """Group commit: calls queued while the worker thread is busy run in one transaction,
+    each in its own savepoint. One that fails halfway (its counter spent, then its
+    description refused) leaves nothing behind and gets its own error; the others are
+    committed and answered."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        for i in range(4):
+            registry.add(f"sensor-0{i}", "mqtt")
+        batches: list[int] = []
+        commit_batch = registry._commit_batch
+
+        def counting(calls: list[Any]) -> list[tuple[bool, Any]]:
+            batches.append(len(calls))
+            return commit_batch(calls)
+
+        registry._commit_batch = counting  # type: ignore[method-assign]
+        busy, release = threading.Event(), threading.Event()
+
+        def hold() -> None:  # keeps the worker thread busy while the others queue
+            busy.set()
+            release.wait(10)
+
+        first = asyncio.ensure_future(registry.call(hold))
+        await asyncio.to_thread(busy.wait, 10)
+        calls = [
+            registry.call(registry.accept, "sensor-00", 5, journal=("reading", b'{"m":1}', "json")),
+            registry.call(registry.accept, "sensor-01", 7, description={"bad": object()}),
+            registry.call(registry.accept, "sensor-02", 3),
+            registry.call(registry.accept, "sensor-03", 0),  # not above 0: a replay
+        ]
+        waiting = [asyncio.ensure_future(c) for c in calls]
+        await asyncio.sleep(0.05)
+        release.set()
+        await first
+        journaled, bad, plain, replay = await asyncio.gather(*waiting, return_exceptions=True)
+        assert batches == [1, 4]  # hold(), then the four queued behind it in one commit
+        assert isinstance(journaled, int)
+        assert [u.id for u in registry.buffered()] == [journaled]
+        assert isinstance(bad, TypeError)
+        assert plain is None
+        assert isinstance(replay, ReplayError)
+        assert registry.get("sensor-00").rx_counter == 5
+        assert registry.get("sensor-01").rx_counter == 0  # rolled back with its call
+        assert registry.get("sensor-02").rx_counter == 3
+        assert registry.get("sensor-03").rx_counter == 0
+        # the next call after the batch is answered too (the worker thread was let go)
+        await registry.call(registry.accept, "sensor-01", 8)
+        assert registry.get("sensor-01").rx_counter == 8
+    finally:
+        registry.close()
+
+
+async def test_a_group_commit_that_cannot_lock_fails_every_call_as_busy(tmp_path: Path) -> None:
+    """Another process holds the write lock past write_timeout: every call of the batch
+    is told the registry is busy (the bridge keeps its message and tries again), and
+    nothing of theirs is written."""
+    path = tmp_path / "gateway.db"
+    registry = Registry(path, write_timeout=0.2)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        registry.add("sensor-01", "mqtt")
+        registry.add("sensor-02", "mqtt")
+        busy, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            busy.set()
+            release.wait(10)
+
+        first = asyncio.ensure_future(registry.call(hold))
+        await asyncio.to_thread(busy.wait, 10)
+        waiting = [
+            asyncio.ensure_future(registry.call(registry.accept, f"sensor-0{i}", 4)) for i in (1, 2)
+        ]
+        await asyncio.sleep(0.05)
+        other.execute("BEGIN IMMEDIATE")
+        release.set()
+        await first
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        other.execute("ROLLBACK")
+        assert all(isinstance(o, RegistryBusyError) for o in outcomes), outcomes
+        assert [registry.get(f"sensor-0{i}").rx_counter for i in (1, 2)] == [0, 0]
+    finally:
+        other.close()
         registry.close()
