@@ -105,6 +105,10 @@ class MqttConnection:
         self._answer = asyncio.Event()
         self._pubs: dict[int, asyncio.Future[bool]] = {}
         self._lock = threading.Lock()
+        self._posted: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        """Callbacks paho's thread handed over, in order, not yet run on the loop."""
+        self._post_lock = threading.Lock()
+        self._post_scheduled = False
         self._generation = 0
         self._subscribe_mid: int | None = None
         self._failing = False
@@ -227,11 +231,33 @@ class MqttConnection:
     # --- paho's thread -> event loop ------------------------------------------------------
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the event loop, after everything posted before it. What
+        paho hands over while the loop is busy runs in one go: one wake-up of the loop
+        for a burst of messages, not one each."""
         loop = self._loop
         if loop is None:
             return
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
-            loop.call_soon_threadsafe(fn, *args)
+        with self._post_lock:
+            self._posted.append((fn, args))
+            if self._post_scheduled:
+                return
+            self._post_scheduled = True
+        try:
+            loop.call_soon_threadsafe(self._run_posted)
+        except RuntimeError:  # the loop is closed: nobody is listening
+            with self._post_lock:
+                self._posted.clear()
+                self._post_scheduled = False
+
+    def _run_posted(self) -> None:
+        with self._post_lock:
+            posted, self._posted = self._posted, []
+            self._post_scheduled = False
+        for fn, args in posted:
+            try:
+                fn(*args)
+            except Exception:  # one callback's bug must not drop the ones after it
+                log.exception("%s: a callback from paho's thread failed", self.label)
 
     def _paho_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         if self._will is None:
