@@ -115,6 +115,8 @@ GATEWAY_EXPECTED = {
         )
     ),
     "gateway_sustained_readings_per_s_10k",
+    "gateway_ed25519_sign_verify_rate",
+    "gateway_sustained_vs_crypto_limit_ratio",
 }
 FIRMWARE_LATENCY = "firmware_device_to_subscriber_latency"
 FIRMWARE_SIZE_EXPECTED = {"firmware_mpy_bytes"}

@@ -71,6 +71,7 @@ from safething.bench.common import (
     with_p_target,
     with_target,
 )
+from safething.bench.crypto import sign_verify_rate
 from safething.bench.runner import (
     BenchContext,
     GroupFunc,
@@ -1116,10 +1117,12 @@ async def load_group(ctx: BenchContext) -> list[Metric]:
     """1,000 devices over MQTT against a gateway in its own process: rate, memory, start-up,
     latency under load, next to Mosquitto's raw relay rate."""
     sizes = _sizes(ctx)
+    crypto = sign_verify_rate(ctx, "gateway_ed25519_sign_verify_rate")  # before the load
     run, restart, stored, _ = await _sustained(ctx, sizes)
     m = _load_report(run, restart, stored, sizes)
     rate = with_target(m.rate, ">=", SUSTAINED_TARGET_PER_S)
-    return [rate, m.peak, *m.latency, m.relay, m.ratio]
+    crypto_ratio = ratio_metric("gateway_sustained_vs_crypto_limit_ratio", rate, crypto)
+    return [rate, m.peak, *m.latency, m.relay, m.ratio, crypto, crypto_ratio]
 
 
 async def load_10k_group(ctx: BenchContext) -> list[Metric]:
