@@ -214,6 +214,7 @@ class Registry:
         self._lock = threading.RLock()  # a group commit holds it around every call
         self._batching = False
         """True while the worker thread runs a group commit (see :meth:`call`)."""
+        self._batch_thread = 0
         self._queue_lock = threading.Lock()
         self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any], Any]] = []
         self._draining = False
@@ -303,7 +304,7 @@ class Registry:
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as e:
                 return [(False, self._failed(e)) for _ in calls]
-            self._batching = True
+            self._batching, self._batch_thread = True, threading.get_ident()
             outcomes: list[tuple[bool, Any]] = []
             try:
                 for call in calls:
@@ -366,6 +367,12 @@ class Registry:
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
+        if self._batching and threading.get_ident() == self._batch_thread:
+            # a call of a group commit reads what the calls before it wrote, not yet
+            # committed: on the write connection (whose lock this thread holds)
+            with self._writing() as db:
+                yield db
+            return
         with self._read_lock:
             try:
                 yield self._rdb

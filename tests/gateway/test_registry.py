@@ -17,6 +17,7 @@ from safething.errors import StoreError
 from safething_gateway.protocol import ReplayError, RevokedDeviceError, UnknownDeviceError
 from safething_gateway.registry import (
     MAX_PENDING_DOWNLINKS,
+    DeviceRecord,
     DownlinkQueueFullError,
     Registry,
     RegistryBusyError,
@@ -184,13 +185,19 @@ async def test_calls_waiting_together_commit_together_each_on_its_own(tmp_path: 
             registry.call(registry.accept, "sensor-01", 7, description={"bad": object()}),
             registry.call(registry.accept, "sensor-02", 3),
             registry.call(registry.accept, "sensor-03", 0),  # not above 0: a replay
+            # it reads back what it wrote, not committed yet (an adopter provisioning)
+            registry.call(registry.add, "adopted-01", "adopted"),
         ]
         waiting = [asyncio.ensure_future(c) for c in calls]
         await asyncio.sleep(0.05)
         release.set()
         await first
-        journaled, bad, plain, replay = await asyncio.gather(*waiting, return_exceptions=True)
-        assert batches == [1, 4]  # hold(), then the four queued behind it in one commit
+        journaled, bad, plain, replay, added = await asyncio.gather(
+            *waiting, return_exceptions=True
+        )
+        assert batches == [1, 5]  # hold(), then the five queued behind it in one commit
+        assert isinstance(added, DeviceRecord) and added.device_id == "adopted-01"
+        assert registry.get("adopted-01").transport == "adopted"
         assert isinstance(journaled, int)
         assert [u.id for u in registry.buffered()] == [journaled]
         assert isinstance(bad, TypeError)

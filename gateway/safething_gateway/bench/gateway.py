@@ -1259,7 +1259,7 @@ def _load_report(
             "seconds": round(run.relay[1], 3),
         },
     )
-    ratio = ratio_metric(f"gateway_sustained_vs_raw_relay_ratio{suffix}", rate, relay)
+    ratio = ratio_metric(f"gateway_sustained{suffix}_vs_raw_relay_ratio", rate, relay)
     missing = run.watched - len(run.latency_ms)
     latency = with_p_target(
         latency_metrics(
