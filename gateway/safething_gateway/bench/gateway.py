@@ -1064,7 +1064,7 @@ async def _sustained(
     with mosquitto() as broker:
         args = _child_args(ctx.workdir, url, broker.port, sizes)
         child = _GatewayChild(args, ctx.workdir / "gateway-child.log")
-        async with child.running(startup_timeout=60) as running:
+        async with child.running(startup_timeout=120) as running:
             generator = _LoadGenerator(broker.port, links, sizes.connections)
             await generator.start()
             try:
