@@ -169,6 +169,7 @@ async def test_refused_requests_leave_no_request_state_behind(
         async with asyncio.timeout(10):
             r = await client.request(message, handle_blockwise=False).response
         assert code(r).startswith("4."), r.payload
+        assert (r.opt.size1 is not None) == (code(r) == "4.13")  # only 4.13 says the limit
 
     async def bug(*args: Any) -> Any:
         raise RuntimeError("a bug")

@@ -167,20 +167,20 @@ async def test_poll_returns_one_downlink_at_a_time_with_st_more(
     gateway_: Gateway, device: HttpDevice, http: httpx.AsyncClient
 ) -> None:
     await device.start()
-    await gateway_.send("sensor-01", "desired", {"target": 1})
-    await gateway_.send("sensor-01", "desired", {"target": 2})
+    for target in (1, 2, 3):
+        await gateway_.send("sensor-01", "desired", {"target": target})
     sender = raw(device)
     r = await http.post("/st/v1/devices/sensor-01/poll", content=sender.message("poll", b""))
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/octet-stream"
     assert r.headers["ST-Channel"] == "desired"
-    assert r.headers["ST-More"] == "1"
+    assert r.headers["ST-More"] == "2"
     message = parse_frame(r.content)
     body = message.open(device.link.secret, "sensor-01", "desired", uplink=False)
     assert json.loads(body) == {"target": 1}
     device.link.up_counter = sender.counter
-    assert await device.poll() == ["desired", "desired"]  # the first again (not acked), then 2
-    assert device.link.desired == {"target": 2}
+    assert await device.poll() == ["desired"] * 3  # the first again (not acked), 2, 3
+    assert device.link.desired == {"target": 3}
     assert await device.poll() == []
     r = await http.post("/st/v1/devices/sensor-01/poll", content=raw(device).message("poll", b""))
     assert (r.status_code, r.headers["ST-More"], r.content) == (204, "0", b"")
@@ -214,9 +214,11 @@ async def test_a_long_poll_woken_by_a_downlink_counts_the_others_waiting(
     await until(lambda: bridge.can_push("sensor-01"))  # held: nothing was waiting
     gateway_.registry.enqueue("sensor-01", "desired", b'{"target": 1}')  # queued, not pushed
     await gateway_.send("sensor-01", "desired", {"target": 2})  # pushed to the held poll
+    # one more queued before the held poll resumes (nothing above let it run): counted too
+    gateway_.registry.enqueue("sensor-01", "desired", b'{"target": 3}')
     async with asyncio.timeout(30):
         r = await request
-    assert (r.status_code, r.headers["ST-Channel"], r.headers["ST-More"]) == (200, "desired", "1")
+    assert (r.status_code, r.headers["ST-Channel"], r.headers["ST-More"]) == (200, "desired", "2")
     body = parse_frame(r.content).open(device.link.secret, "sensor-01", "desired", uplink=False)
     assert json.loads(body) == {"target": 2}
 
@@ -253,6 +255,9 @@ async def test_rejections_are_problem_documents(
     r = await http.post(f"{url}/reading?wait=30", content=good)
     assert r.status_code == 204  # an uplink, answered at once: wait is for polls only
     assert "st-more" not in r.headers
+    alarm = sender.message("event/VeryDryAlarm", 5)
+    r = await http.post(f"{url}/event/VeryDryAlarm?wait=30", content=alarm)
+    assert r.status_code == 204 and "st-more" not in r.headers
 
     r = await http.post(f"{url}/reading", content=good)
     assert (r.status_code, reason(r)) == (409, "replay")
