@@ -450,6 +450,28 @@ class Registry:
             ).fetchall()
         return {device_id: (transport, bool(done)) for device_id, transport, done in rows}
 
+    def online(self, transport: str) -> int:
+        """How many devices of ``transport`` are believed online (not revoked)."""
+        with self._reading() as db:
+            ((count,),) = db.execute(
+                "SELECT count(*) FROM devices WHERE transport = ? AND online = 1 AND revoked = 0",
+                (transport,),
+            ).fetchall()
+        return int(count)
+
+    def waiting(self, transport: str) -> list[str]:
+        """Ids of the devices of ``transport`` believed online (not revoked) that have a
+        downlink queued: what a bridge pushes after it (re)connects. One query, no keys
+        derived (a gateway with 10,000 devices reconnects in milliseconds)."""
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT id FROM devices AS d WHERE transport = ? AND online = 1 AND revoked = 0"
+                " AND EXISTS (SELECT 1 FROM downlinks AS q WHERE q.device_id = d.id)"
+                " ORDER BY id",
+                (transport,),
+            ).fetchall()
+        return [device_id for (device_id,) in rows]
+
     def mark_registered(self, device_id: str) -> None:
         """The thing of the device's latest birth is in the store."""
         with self._writing() as db:

@@ -246,3 +246,30 @@ async def test_a_group_commit_that_cannot_lock_fails_every_call_as_busy(tmp_path
     finally:
         other.close()
         registry.close()
+
+
+def test_the_devices_a_bridge_delivers_to_after_it_connects(tmp_path: Path) -> None:
+    """Only devices of that transport, believed online, not revoked, with a downlink
+    queued; and the online count for the gauge, without deriving anyone's keys."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        for device_id, transport in (
+            ("waits-01", "mqtt"),
+            ("nothing-01", "mqtt"),
+            ("asleep-01", "mqtt"),
+            ("coap-01", "coap"),
+            ("revoked-01", "mqtt"),
+        ):
+            registry.add(device_id, transport)
+            if device_id != "asleep-01":
+                registry.set_online(device_id, True)
+            if device_id != "nothing-01":
+                registry.enqueue(device_id, "desired", b"{}")
+        registry.revoke("revoked-01")
+        assert registry.waiting("mqtt") == ["waits-01"]
+        assert registry.waiting("coap") == ["coap-01"]
+        assert registry.online("mqtt") == 2
+        registry.ack("waits-01", registry.pending("waits-01")[0].counter)
+        assert registry.waiting("mqtt") == []
+    finally:
+        registry.close()

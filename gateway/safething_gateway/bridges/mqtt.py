@@ -305,11 +305,7 @@ class MqttBridge(Bridge):
     def connected(self) -> int:
         if self._gateway is None:
             return 0
-        return sum(
-            1
-            for r in self._gateway.registry.devices()
-            if r.transport == self.name and r.online and not r.revoked
-        )
+        return self._gateway.registry.online(self.name)
 
     def endpoints(self) -> list[str]:
         return [self.connection.url]
@@ -323,8 +319,9 @@ class MqttBridge(Bridge):
     # store commits can be merged. A lane goes as soon as it is empty.
 
     def _connected(self, generation: int) -> None:
-        """After (re)connecting: push what waits for every device believed online, each
-        in its lane, before the messages of the new connection."""
+        """After (re)connecting: push what waits for every device believed online (those
+        with a downlink queued), each in its lane, before the messages of the new
+        connection."""
         if self._closing or self._gateway is None:
             return
         if self._down_since is not None:
@@ -332,13 +329,12 @@ class MqttBridge(Bridge):
             self._gateway.outage(time.monotonic() - self._down_since)
             self._down_since = None
         try:
-            records = self._gateway.registry.devices()
+            waiting = self._gateway.registry.waiting(self.name)
         except Exception:
             log.exception("mqtt bridge: cannot list the devices to deliver to")
             return
-        for record in records:
-            if record.transport == self.name and record.online and not record.revoked:
-                self._enqueue(record.device_id, _DELIVER)
+        for device_id in waiting:
+            self._enqueue(device_id, _DELIVER)
 
     def _disconnected(self) -> None:
         self._down_since = time.monotonic()
