@@ -199,3 +199,10 @@ async def test_a_thing_that_cannot_be_restored_is_not_tried_for_every_message(
                 assert attempts == ["sensor-01", "sensor-01"]
         finally:
             registry.close()
+
+
+def test_the_gateway_hashes_inbox_names_as_the_things_layout_does() -> None:
+    from safething_gateway.core import _inbox_name
+
+    for thing_id in ("sensor-01", "bench-load-09999", "pompe-été"):
+        assert _inbox_name(thing_id) == ThingAddresses.of(thing_id).inbox.name.hex()
