@@ -1067,7 +1067,7 @@ def _parsed(doc: dict[str, Any]) -> ThingDescription:
 
 def _inbox_name(thing_id: str) -> str:
     """The hex name of a thing's inbox MD (:class:`~safething.things.layout.ThingAddresses`:
-    ``XorName.of(thing_id + "/inbox")``, SHA3-256; hashed here directly, a third of the
+    ``XorName.of(thing_id + "/inbox")``, SHA3-256; hashed here directly, about half the
     cost, as start-up does it for every device)."""
     return hashlib.sha3_256((thing_id + "/inbox").encode()).hexdigest()
 
