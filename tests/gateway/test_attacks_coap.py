@@ -206,6 +206,13 @@ async def test_block1_state_expires_and_a_device_loses_its_oldest_first(
         bridge.block1.parts[key] = (stamp - age, *rest)
     r = await block(client, bridge, "sensor-01", "reading", 0, b"x" * 1024, True)
     assert channels() == ["t2", "reading"]
+    # another device's uploads count against its own cap only, never this one's
+    bridge.block1.per_device = 2
+    bridge.gateway.registry.add("sensor-00", "coap")
+    for topic in ("u0", "u1", "u2"):
+        r = await block(client, bridge, "sensor-00", f"event/{topic}", 0, b"y" * 1024, True)
+        assert code(r) == "2.31"
+    assert channels() == ["t2", "reading", "u1", "u2"]
 
 
 async def test_blocks_out_of_order_are_an_incomplete_request(

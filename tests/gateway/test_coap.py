@@ -104,7 +104,7 @@ def code(response: Any) -> str:
 
 
 async def test_birth_readings_events_reach_a_subscriber(
-    device: CoapDevice, store: Store, gateway: Gateway
+    device: CoapDevice, store: Store, gateway: Gateway, bridge: CoapBridge, client: Any
 ) -> None:
     await device.start()
     things = ThingClient(Client(store))
@@ -119,6 +119,17 @@ async def test_birth_readings_events_reach_a_subscriber(
     assert gateway.metrics.get("safething_gateway_messages_in_total", transport="coap") == 3
     assert gateway.registry.get(ID).online
     await things.close()
+    # an Observe option on a POST is no observation (RFC 7641: GET only): a plain uplink
+    response = await request(
+        client,
+        bridge,
+        Code.POST,
+        f"/st/v1/{ID}/ack",
+        device.link.up("ack", {"down": 0}),
+        content_format=JSON,
+        observe=0,
+    )
+    assert code(response) == "2.04", response.payload
 
 
 async def test_action_delivered_by_observe_and_answered(
@@ -448,7 +459,12 @@ def test_downlink_list_encodings() -> None:
     assert base64.b64decode(listed[2][1]) == sealed  # ST2 (binary): base64
     with pytest.raises(BadMessageError):
         decode_downlinks(b'[["desired", "not base64!"]]', JSON)
-    for cf, garbage in ((JSON, b"[nope"), (CBOR, b"\xff\xff"), (JSON, b'{"a": 1}')):
+    for cf, garbage in (
+        (JSON, b"[nope"),
+        (CBOR, b"\xff\xff"),
+        (JSON, b'{"a": 1}'),
+        (JSON, b'[["desired", "e!A=="]]'),  # base64 with a stray character: not skipped
+    ):
         with pytest.raises(BadMessageError):
             decode_downlinks(garbage, cf)
     for odd in (b'[["desired"]]', b'[["desired", "eA==", "more"]]', b'[[7, "eA=="]]'):

@@ -86,6 +86,7 @@ async def test_action_forwarded_and_answered_by_polling(
     assert (await handle.wait(5)).state == "done"
     assert any(s.progress == 50 for s in handle.history)
     assert gateway.registry.pending("sensor-01") == []
+    assert gateway.registry.buffer_depth() == 0  # only readings and events are journaled
     await things.close()
 
 
@@ -225,6 +226,7 @@ async def test_last_will_counter_is_accepted_once(gateway: Gateway, device: Devi
     await gateway.handle("sensor-01", state, device.message("state", {"online": True, "will": 9}))
     await gateway.handle("sensor-01", state, device.message("state", {"online": True}, counter=9))
     assert gateway.registry.get("sensor-01").rx_counter == 9
+    assert gateway.registry.buffer_depth() == 0  # a state is not journaled as data
 
 
 @pytest.mark.parametrize(
