@@ -187,6 +187,10 @@ class ThingIndex:
     def _bump(self) -> None:
         self.version += 1
         self._sorted = None
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake :meth:`wait_for` (something but the rows changed)."""
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -401,10 +405,12 @@ class ConsoleData:
         subs = self.index.subs.setdefault(thing_id, {})
         if deleted:
             subs.pop(sid, None)
+            self.index.notify()
         elif sid not in subs:
             sub = await self.read_subscription(thing_id, sid)
             if sub is not None:
                 subs[sid] = sub
+                self.index.notify()
 
     async def _read_row(self, name_hex: str) -> ThingRow:
         client = self.reader.client
