@@ -227,3 +227,28 @@ async def test_blocks_out_of_order_are_an_incomplete_request(
     r = await block(client, bridge, "sensor-01", "reading", 2, b"x" * 1024, True)
     assert code(r) == "4.08", r.payload
     assert held(bridge) == []
+
+
+async def test_a_request_in_progress_is_tracked_for_close(
+    bridge: CoapBridge, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() finishes or cancels what is being handled: each request's task is known."""
+    held_up, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(*args: Any) -> Any:
+        held_up.set()
+        await release.wait()
+        return aiocoap.Message(code=Code.CHANGED)
+
+    monkeypatch.setattr(bridge, "_uplink", slow)
+    message = aiocoap.Message(
+        code=Code.POST, uri=f"coap://127.0.0.1:{bridge.port}/st/v1/sensor-01/reading"
+    )
+    pending = asyncio.ensure_future(client.request(message).response)
+    async with asyncio.timeout(10):
+        await held_up.wait()
+    assert len(bridge._tasks) == 1
+    release.set()
+    async with asyncio.timeout(10):
+        assert code(await pending) == "2.04"
+    assert not bridge._tasks

@@ -120,16 +120,17 @@ async def test_birth_readings_events_reach_a_subscriber(
     assert gateway.registry.get(ID).online
     await things.close()
     # an Observe option on a POST is no observation (RFC 7641: GET only): a plain uplink
-    response = await request(
-        client,
-        bridge,
-        Code.POST,
-        f"/st/v1/{ID}/ack",
-        device.link.up("ack", {"down": 0}),
-        content_format=JSON,
-        observe=0,
-    )
-    assert code(response) == "2.04", response.payload
+    for channel, body in (("ack", {"down": 0}), ("reading", {"moisture": 13})):
+        response = await request(
+            client,
+            bridge,
+            Code.POST,
+            f"/st/v1/{ID}/{channel}",
+            device.link.up(channel, body),
+            content_format=JSON,
+            observe=0,
+        )
+        assert code(response) == "2.04", response.payload
 
 
 async def test_action_delivered_by_observe_and_answered(

@@ -229,6 +229,16 @@ async def test_last_will_counter_is_accepted_once(gateway: Gateway, device: Devi
     assert gateway.registry.buffer_depth() == 0  # a state is not journaled as data
 
 
+async def test_an_st1_devices_refusal_says_why(gateway: Gateway) -> None:
+    """ST1 bodies travel in clear, so may the reason a body is refused; an ST2 body's
+    reason stays in the gateway log (test_rejections)."""
+    device = Device("sensor-01", gateway.registry.add("sensor-01", "http", protocol=1).secret)
+    device.version = 1
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    with pytest.raises(PayloadError, match="moisture"):
+        await gateway.handle("sensor-01", "reading", device.message("reading", {"moisture": "wet"}))
+
+
 @pytest.mark.parametrize(
     ("channel", "body"),
     [

@@ -65,17 +65,19 @@ async def test_early_results_are_bounded_in_total(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Many devices, each at its own cap: the total stays at EARLY_TOTAL, oldest out."""
-    monkeypatch.setattr(core, "EARLY_TOTAL", 40)
+    total = 260  # smaller than 1,024 to keep the test short; not a small int CPython caches
+    monkeypatch.setattr(core, "EARLY_TOTAL", total)
     gateway.rate, gateway.burst = 1e6, 10**6
-    devices = [_provision(gateway, f"flood-{n:02d}") for n in range(6)]
+    devices = [_provision(gateway, f"flood-{n:02d}") for n in range(18)]  # 288 results
     for device in devices:
         for i in range(core.EARLY_PER_DEVICE):
             await _result(gateway, device, f"r{i}", state="done")
-    assert len(gateway._early) == 40
-    assert sum(gateway._early_count.values()) == 40
-    assert ("flood-05", f"r{core.EARLY_PER_DEVICE - 1}") in gateway._early  # newest kept
+    assert len(gateway._early) == total
+    assert sum(gateway._early_count.values()) == total
+    assert ("flood-17", f"r{core.EARLY_PER_DEVICE - 1}") in gateway._early  # newest kept
     assert ("flood-00", "r0") not in gateway._early  # oldest gone
     assert "flood-00" not in gateway._early_count  # all of its results went: not counted
+    assert gateway._early_count["flood-01"] == 16 - (288 - total - 16)  # the next, in part
 
 
 async def test_early_results_expire_and_free_their_devices_place(gateway: Gateway) -> None:
