@@ -128,6 +128,8 @@ _RESULT_STATES = (
     ActionState.REJECTED,
 )
 """The states a device may report for an action (docs/protocol.md)."""
+_FREEZE_EVERY = 256
+"""``gc.freeze()`` after this many things born or restored since the last one."""
 RESTORE_RETRY_S = 30.0
 """A thing that could not be restored on demand is tried again after this many seconds."""
 _UNKNOWN_SECRET = secrets.token_bytes(32)
@@ -247,6 +249,8 @@ class Gateway(AsyncResource):
         """Inbox MD name (hex) -> device id of every born device whose thing is restored
         on demand (see the module docstring); it stays here once restored."""
         self._restoring: dict[str, asyncio.Lock] = {}
+        self._unfrozen = 0
+        """Things brought up since the last ``gc.freeze()``."""
         self._failed: dict[str, float] = {}
         """Devices whose thing could not be restored, and when (monotonic)."""
         self._unregistered: set[str] = set()
@@ -752,6 +756,10 @@ class Gateway(AsyncResource):
                 raise PayloadError(f"description refused: {e}") from e
             raise
         self.things[record.device_id] = thing
+        self._unfrozen += 1
+        if self._unfrozen >= _FREEZE_EVERY:  # as at start: keep them out of full collections
+            self._unfrozen = 0
+            gc.freeze()
         self.liveness.forget(record.device_id)
         if record.online and record.last_seen is not None:
             await self.liveness.seen(record.device_id, record.last_seen)

@@ -206,3 +206,33 @@ def test_the_gateway_hashes_inbox_names_as_the_things_layout_does() -> None:
 
     for thing_id in ("sensor-01", "bench-load-09999", "pompe-été"):
         assert _inbox_name(thing_id) == ThingAddresses.of(thing_id).inbox.name.hex()
+
+
+async def test_things_brought_up_after_start_are_kept_out_of_full_collections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Things restored on demand (or born) after the start are frozen like those of
+    the start, a batch at a time, so full collections do not walk them."""
+    import gc
+
+    import safething_gateway.core
+
+    monkeypatch.setattr(safething_gateway.core, "_FREEZE_EVERY", 2)
+    owner = Identity.generate("owner")
+    async with await open_store(f"sqlite:///{tmp_path}/vault.db") as store:
+        registry = Registry(tmp_path / "gateway.db")
+        devices = [
+            Device(f"sensor-0{i}", registry.add(f"sensor-0{i}", "http").secret) for i in (1, 2)
+        ]
+        try:
+            async with Gateway(store=store, registry=registry, owner=owner) as gw:
+                await gw.start()
+                frozen = gc.get_freeze_count()
+                for device in devices:
+                    doc = {**SENSOR, "id": device.device_id}
+                    birth = device.message("birth", {"description": doc})
+                    await gw.handle(device.device_id, "birth", birth)
+                assert gc.get_freeze_count() > frozen
+                assert gw._unfrozen == 0
+        finally:
+            registry.close()
