@@ -146,7 +146,7 @@ class _GatewaySizes(Sampling):
     """Period of the gateway child's progress reports."""
     relay_s: float = 5.0
     """How long the raw Mosquitto relay rate is measured (before the gateway's load)."""
-    watched: int = 10
+    watched: int = 50
     """Devices of the load run whose readings a subscriber follows (latency under load)."""
     pace: float | None = None
     """Readings per second the generator aims at (None: as fast as the gateway takes them)."""
@@ -163,7 +163,7 @@ def _sizes(ctx: BenchContext) -> _GatewaySizes:
         connections=4,
         report_s=0.05,
         relay_s=ctx.size(5, 1),
-        watched=ctx.size(10, 4),
+        watched=ctx.size(50, 4),
     )
 
 
