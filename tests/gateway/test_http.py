@@ -214,6 +214,8 @@ async def test_a_long_poll_woken_by_a_downlink_counts_the_others_waiting(
     await until(lambda: bridge.can_push("sensor-01"))  # held: nothing was waiting
     gateway_.registry.enqueue("sensor-01", "desired", b'{"target": 1}')  # queued, not pushed
     await gateway_.send("sensor-01", "desired", {"target": 2})  # pushed to the held poll
+    # it takes one downlink only: a second push is not handed to a poll already answered
+    assert not bridge.can_push("sensor-01")
     # one more queued before the held poll resumes (nothing above let it run): counted too
     gateway_.registry.enqueue("sensor-01", "desired", b'{"target": 3}')
     async with asyncio.timeout(30):
