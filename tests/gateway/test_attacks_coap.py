@@ -141,6 +141,11 @@ async def test_a_block_past_the_size_limit_is_refused_at_once(
         assert code(r) == "4.13", (number, r.payload)
         assert r.opt.size1 == MAX_MESSAGE_BYTES
     assert held(bridge) == []
+    # an upload of exactly the limit is assembled (and then read as a frame: not one)
+    for number in range(first):
+        more = number < first - 1
+        r = await block(client, bridge, "sensor-01", "reading", number, b"x" * 1024, more)
+        assert code(r) == ("2.31" if more else "4.00"), (number, r.payload)
 
 
 def _open_requests(bridge: CoapBridge) -> int:
