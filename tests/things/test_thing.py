@@ -599,6 +599,9 @@ async def test_a_request_interrupted_by_shutdown_is_served_after_restart(
         handle = await stranger.request("garden-01", "CloseValve", timeout=30)
         async with asyncio.timeout(5):
             await started.wait()
+            # *accepted* is written once the handler is still at work after its first step
+            while handle.state not in ("accepted", "running"):
+                await asyncio.sleep(0.01)
     # the thing stopped mid-action: the request was not failed, it waits
     assert handle.state in ("accepted", "running")
     async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
