@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from safething.errors import RolledBackError, StoreError, TamperedDataError
-from safething.net import TAG_THING, Client, Identity, XorName
+from safething.net import TAG_THING, Client, Identity, MDHeader, XorName
 from safething.net.trust import _SCHEMA, HeaderState, TrustState
 from safething.store import open_store
 
@@ -184,3 +184,65 @@ async def test_a_pin_of_other_owners_than_the_trusted_ones_is_refused(tmp_path: 
             reader.md(XorName.of("x"), TAG_THING, owners=(other.public_sign_key,))
         with pytest.raises(TamperedDataError, match="do not include"):
             reader.md(XorName.of("x"), TAG_THING, owner=other.public_sign_key)
+
+
+async def test_a_first_header_naming_fewer_owners_than_pinned_is_refused() -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    async with await open_store("memory://") as store:
+        await Client(store, alice).create_md(XorName.of("x"), TAG_THING)  # alice alone
+        reader = Client(store).md(
+            XorName.of("x"), TAG_THING, owners=(alice.public_sign_key, bob.public_sign_key)
+        )
+        with pytest.raises(TamperedDataError, match="other owners than the pinned ones"):
+            await reader.header()
+
+
+async def test_a_refused_header_is_counted_once_and_the_trusted_one_kept(tmp_path: Path) -> None:
+    alice, mallory = Identity.generate(), Identity.generate()
+    async with await open_store(f"sqlite://{tmp_path}/vault.db") as store:  # new bytes per read
+        md = await Client(store, alice).create_md(XorName.of("x"), TAG_THING)
+        await md.insert("k", "v")
+        reader_client = Client(store)
+        reader = reader_client.md(XorName.of("x"), TAG_THING)
+        trusted = await reader.header()
+        forged = MDHeader.create(
+            md.address,
+            signer=mallory.sign_key,
+            owners=(mallory.public_sign_key,),
+            permissions=trusted.permissions,
+            version=trusted.version + 1,
+            private=False,
+        )
+        await store.put(md.address.header_key, forged.to_bytes())
+        for _ in range(3):
+            assert (await reader.get("k")).value == b"v"
+            assert (await reader.header()).to_bytes() == trusted.to_bytes()
+        assert reader_client.tampered_count == 1
+
+
+@pytest.mark.parametrize("first", [0, 1])
+async def test_a_second_header_at_a_high_version_is_refused(first: int) -> None:
+    """Versions above 256 are separate int objects; both orders of the two headers' bytes."""
+    alice, bob = Identity.generate(), Identity.generate()
+    async with await open_store("memory://") as store:
+        md = await Client(store, alice).create_md(XorName.of("x"), TAG_THING)
+        trusted = await md.header()
+        headers = [
+            MDHeader.create(
+                md.address,
+                signer=alice.sign_key,
+                owners=trusted.owners,
+                permissions=trusted.permissions.with_grant(bob.public_sign_key, actions),
+                version=int("300"),
+                private=False,
+            ).to_bytes()
+            for actions in ("insert", "update")
+        ]
+        if first:
+            headers.reverse()
+        reader = Client(store).md(XorName.of("x"), TAG_THING)
+        await store.put(md.address.header_key, headers[0])
+        assert (await reader.header()).version == 300
+        await store.put(md.address.header_key, headers[1])
+        assert (await reader.header()).to_bytes() == headers[0]  # the trusted one, kept
+        assert reader.client.tampered_count == 1
