@@ -383,10 +383,13 @@ class TrustState:
         return None if row is None else tuple(row)
 
     def close(self) -> None:
-        """Write what is pending and release the file. Idempotent."""
+        """Write what is pending and release the file (also when that write fails: the
+        error is raised after). Idempotent."""
         if self._closed:
             return
-        self.sync()
-        self._closed = True
-        if self._file is not None:
-            self._file.release()
+        try:
+            self.sync()
+        finally:
+            self._closed = True
+            if self._file is not None:
+                self._file.release()

@@ -246,3 +246,20 @@ async def test_a_second_header_at_a_high_version_is_refused(first: int) -> None:
         await store.put(md.address.header_key, headers[1])
         assert (await reader.header()).to_bytes() == headers[0]  # the trusted one, kept
         assert reader.client.tampered_count == 1
+
+
+async def test_a_state_whose_last_write_fails_still_releases_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "me.trust.db"
+    state = TrustState.open(path)
+    state.set_entry_version("md.e.1", 1)
+    state.sync()
+    other = sqlite3.connect(path)
+    other.execute("DROP TABLE entries")
+    other.close()
+    state.set_entry_version("md.e.1", 2)  # pending: written within 50 ms, or at close
+    with pytest.raises(StoreError, match="cannot write the trust state file"):
+        state.close()  # what was pending is lost, and said so
+    again = TrustState.open(path)  # a new connection: the tables made again
+    assert again.entry_version("md.e.1") == -1  # dropped with its table
+    again.set_header("md.h", HeaderState(frozenset({b"a" * 32}), 0, b"raw"))
+    again.close()
