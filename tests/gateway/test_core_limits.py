@@ -98,6 +98,12 @@ async def test_early_results_expire_and_free_their_devices_place(gateway: Gatewa
         await _result(gateway, device, "one-more", state="running")
 
 
+async def test_without_refill_a_device_gets_exactly_its_burst(gateway: Gateway) -> None:
+    gateway.rate, gateway.burst = 0.0, 3  # no refill: whole tokens, no rounding to help
+    device = _provision(gateway, "sensor-01")
+    assert await _polls_accepted(gateway, device) == 3
+
+
 async def test_a_bucket_refills_at_the_rate_up_to_the_burst(gateway: Gateway) -> None:
     gateway.rate, gateway.burst = 2.0, 3
     device = _provision(gateway, "sensor-01")
