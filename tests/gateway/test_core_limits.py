@@ -177,3 +177,20 @@ async def test_a_counter_taken_meanwhile_gives_its_token_back(
         await gateway.handle("sensor-01", "poll", device.message("poll", {}))
     monkeypatch.setattr(gateway.registry, "accept", accept)
     assert await _polls_accepted(gateway, device) == 3
+
+
+async def test_a_reading_is_journaled_with_its_counter(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reading is kept (journaled) in the same registry transaction that spends its
+    counter, so a crash between the two cannot lose it; never by a second write."""
+    device = _provision(gateway, "sensor-01")
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+
+    def second_write(*args: object, **kwargs: object) -> int:
+        raise AssertionError("journaled apart from its counter")
+
+    monkeypatch.setattr(gateway.registry, "buffer", second_write)
+    reading = "".join(list("reading"))  # as a bridge cuts it out of a topic: not the literal
+    await gateway.handle("sensor-01", reading, device.message("reading", {"moisture": 5}))
+    assert gateway.registry.buffer_depth() == 0  # written to the store, then dropped
