@@ -225,6 +225,27 @@ async def test_a_long_poll_woken_by_a_downlink_counts_the_others_waiting(
     assert json.loads(body) == {"target": 2}
 
 
+async def test_a_poll_waits_as_long_as_asked_even_under_a_second(
+    device: HttpDevice, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safething_gateway.bridges import http as http_module
+
+    waits: list[float] = []
+
+    async def no_downlink(request: Any, waiter: Any, timeout: float) -> None:
+        waits.append(timeout)  # instead of holding the request open that long
+
+    monkeypatch.setattr(http_module, "_wait_for_downlink", no_downlink)
+    await device.start()
+    sender = raw(device)
+    for wait in ("0.5", "90"):
+        r = await http.post(
+            f"/st/v1/devices/sensor-01/poll?wait={wait}", content=sender.message("poll", b"")
+        )
+        assert r.status_code == 204
+    assert waits == [0.5, http_module.MAX_WAIT]  # at most MAX_WAIT
+
+
 async def test_cbor_body(store: Store, device: HttpDevice, http: httpx.AsyncClient) -> None:
     await device.start()
     sender = raw(device)
