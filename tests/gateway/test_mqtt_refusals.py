@@ -232,6 +232,8 @@ async def test_only_a_poll_is_answered_by_pushing_the_waiting_downlinks(
     monkeypatch.setattr(gateway, "deliver", deliver)
     reading = device.message("reading", {"moisture": 7})
     await _deliver(bridge, _message(bridge.topics.up("sensor-01", "reading"), reading))
+    alarm = device.message("event/VeryDryAlarm", 3)  # a channel sorting before "poll"
+    await _deliver(bridge, _message(bridge.topics.up("sensor-01", "event/VeryDryAlarm"), alarm))
     assert delivered == []
     poll = device.message("poll", {})
     await _deliver(bridge, _message(bridge.topics.up("sensor-01", "poll"), poll))
