@@ -182,8 +182,13 @@ async def test_poll_returns_one_downlink_at_a_time_with_st_more(
     assert await device.poll() == ["desired"] * 3  # the first again (not acked), 2, 3
     assert device.link.desired == {"target": 3}
     assert await device.poll() == []
-    r = await http.post("/st/v1/devices/sensor-01/poll", content=raw(device).message("poll", b""))
+    sender = raw(device)
+    r = await http.post("/st/v1/devices/sensor-01/poll", content=sender.message("poll", b""))
     assert (r.status_code, r.headers["ST-More"], r.content) == (204, "0", b"")
+    for target in (4, 5):  # two waiting: one more after this one
+        await gateway_.send("sensor-01", "desired", {"target": target})
+    r = await http.post("/st/v1/devices/sensor-01/poll", content=sender.message("poll", b""))
+    assert (r.status_code, r.headers["ST-More"]) == (200, "1")
 
 
 async def test_long_poll_times_out_and_follows_disconnects(
