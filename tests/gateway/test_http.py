@@ -299,6 +299,7 @@ async def test_rejections_are_problem_documents(
     assert (r.status_code, reason(r)) == (404, "unknown_channel")
     r = await http.post(f"{url}/reading", content=b"moisture=12")
     assert (r.status_code, reason(r)) == (400, "bad_message")
+    assert "www-authenticate" not in r.headers  # only a 401 asks for credentials
     r = await http.post(f"{url}/reading", content=sender.message("reading", b"{nope"))
     assert (r.status_code, reason(r)) == (422, "bad_payload")
     assert "not valid JSON" in r.json()["detail"]
@@ -344,6 +345,11 @@ async def test_rejections_are_problem_documents(
     assert r.json()["detail"] == f"GET is not allowed on {url}/reading"
     r = await http.get(f"{url}/down/stream", params={"c": "99", "m": "0" * 64})
     assert (r.status_code, reason(r)) == (401, "bad_mac")
+    counted = {"reason": "bad_message", "transport": "http"}
+    before = gateway_.metrics.get("safething_gateway_rejected_total", **counted)
+    r = await http.get(f"{url}/down/stream", params={"c": "x", "m": "0" * 64})
+    assert (r.status_code, reason(r)) == (400, "bad_message")
+    assert gateway_.metrics.get("safething_gateway_rejected_total", **counted) == before + 1
 
     gateway_.registry.revoke("sensor-01")
     r = await http.post(f"{url}/reading", content=sender.message("reading", {"moisture": 5}))
