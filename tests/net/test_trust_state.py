@@ -263,3 +263,39 @@ async def test_a_state_whose_last_write_fails_still_releases_its_file(tmp_path: 
     assert again.entry_version("md.e.1") == -1  # dropped with its table
     again.set_header("md.h", HeaderState(frozenset({b"a" * 32}), 0, b"raw"))
     again.close()
+
+
+async def test_a_first_header_naming_more_owners_than_pinned_is_refused() -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    async with await open_store("memory://") as store:
+        await Client(store, alice).create_md(
+            XorName.of("x"), TAG_THING, owners=(bob.public_sign_key,)
+        )
+        reader = Client(store).md(XorName.of("x"), TAG_THING, owners=(alice.public_sign_key,))
+        with pytest.raises(TamperedDataError, match="other owners than the pinned ones"):
+            await reader.header()
+
+
+async def test_a_restarted_reader_keeps_the_trusted_header_over_a_forged_one(
+    tmp_path: Path,
+) -> None:
+    alice, mallory = Identity.generate(), Identity.generate()
+    async with await open_store("memory://") as store:
+        md = await Client(store, alice).create_md(XorName.of("x"), TAG_THING)
+        await md.insert("k", "v")
+        first = Client(store, trust=TrustState.open(tmp_path / "reader.trust.db"))
+        trusted = await first.md(XorName.of("x"), TAG_THING).header()
+        first.trust.close()
+        forged = MDHeader.create(
+            md.address,
+            signer=mallory.sign_key,
+            owners=(mallory.public_sign_key,),
+            permissions=trusted.permissions,
+            version=trusted.version + 1,
+            private=False,
+        )
+        await store.put(md.address.header_key, forged.to_bytes())  # while the reader is down
+        restarted = Client(store, trust=TrustState.open(tmp_path / "reader.trust.db"))
+        assert (await restarted.md(XorName.of("x"), TAG_THING).get("k")).value == b"v"
+        assert restarted.tampered_count == 1
+        restarted.trust.close()
