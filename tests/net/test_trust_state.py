@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from safething.errors import RolledBackError, StoreError, TamperedDataError
+from safething.errors import BadKeyError, RolledBackError, StoreError, TamperedDataError
 from safething.net import TAG_THING, Client, Identity, MDHeader, XorName
 from safething.net.trust import _SCHEMA, HeaderState, TrustState
 from safething.store import open_store
@@ -299,3 +299,10 @@ async def test_a_restarted_reader_keeps_the_trusted_header_over_a_forged_one(
         assert (await restarted.md(XorName.of("x"), TAG_THING).get("k")).value == b"v"
         assert restarted.tampered_count == 1
         restarted.trust.close()
+
+
+async def test_a_pin_of_something_else_than_sign_keys_is_a_clear_error() -> None:
+    alice = Identity.generate()
+    async with await open_store("memory://") as store:
+        with pytest.raises(BadKeyError, match="owners needs a PublicSignKey, got str"):
+            Client(store).md(XorName.of("x"), TAG_THING, owners=(alice.public_sign_key, "alice"))  # type: ignore[arg-type]
