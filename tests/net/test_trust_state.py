@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from safething.errors import BadKeyError, RolledBackError, StoreError, TamperedDataError
-from safething.net import TAG_THING, Client, Identity, MDHeader, XorName
+from safething.net import ANYONE, TAG_THING, Client, Identity, MDHeader, XorName
 from safething.net.trust import _SCHEMA, HeaderState, TrustState
 from safething.store import open_store
 
@@ -306,3 +306,40 @@ async def test_a_pin_of_something_else_than_sign_keys_is_a_clear_error() -> None
     async with await open_store("memory://") as store:
         with pytest.raises(BadKeyError, match="owners needs a PublicSignKey, got str"):
             Client(store).md(XorName.of("x"), TAG_THING, owners=(alice.public_sign_key, "alice"))  # type: ignore[arg-type]
+
+
+async def test_a_legitimate_header_after_a_refused_one_is_read_whatever_its_bytes() -> None:
+    """The refused header is remembered by its bytes (counted once), never by their order:
+    here the owner's next header sorts below the refused, forged one."""
+    alice = Identity.generate()
+    async with await open_store("memory://") as store:
+        md = await Client(store, alice).create_md(XorName.of("x"), TAG_THING)
+        trusted = await md.header()
+        legit = MDHeader.create(
+            md.address,
+            signer=alice.sign_key,
+            owners=trusted.owners,
+            permissions=trusted.permissions.with_grant(ANYONE, "read"),
+            version=trusted.version + 1,
+            private=False,
+        ).to_bytes()
+        while True:  # a forger whose header sorts above the owner's next one
+            mallory = Identity.generate()
+            forged = MDHeader.create(
+                md.address,
+                signer=mallory.sign_key,
+                owners=(mallory.public_sign_key,),
+                permissions=trusted.permissions,
+                version=trusted.version + 1,
+                private=False,
+            ).to_bytes()
+            if forged > legit:
+                break
+        reader_client = Client(store)
+        reader = reader_client.md(XorName.of("x"), TAG_THING)
+        await reader.header()
+        await store.put(md.address.header_key, forged)
+        assert (await reader.header()).version == trusted.version  # refused, the trusted kept
+        await store.put(md.address.header_key, legit)
+        assert (await reader.header()).to_bytes() == legit
+        assert reader_client.tampered_count == 1
