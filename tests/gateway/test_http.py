@@ -163,6 +163,26 @@ async def test_sse_wire_format(
     ]
 
 
+async def test_an_event_stream_goes_on_after_a_ping(
+    gateway_: Gateway, device: HttpDevice, http: httpx.AsyncClient
+) -> None:
+    await device.start()
+    auth = parse_frame(device.link.up("poll", b""))
+    params = {"c": str(auth.counter), "m": auth.mac}
+    seen: list[str] = []
+    async with (
+        asyncio.timeout(30),
+        http.stream("GET", "/st/v1/devices/sensor-01/down/stream", params=params) as r,
+    ):
+        async for line in r.aiter_lines():
+            seen.append(line)
+            if line == ": ping" and len(seen) < 10:  # a quiet interval passed (0.5 s)
+                await gateway_.send("sensor-01", "desired", {"target": 4})
+            if line.startswith("event:"):
+                break
+    assert ": ping" in seen and seen[-1] == "event: desired"
+
+
 async def test_poll_returns_one_downlink_at_a_time_with_st_more(
     gateway_: Gateway, device: HttpDevice, http: httpx.AsyncClient
 ) -> None:
@@ -289,6 +309,7 @@ async def test_rejections_are_problem_documents(
 
     r = await http.post(f"{url}/reading", content=good)
     assert (r.status_code, reason(r)) == (409, "replay")
+    assert "www-authenticate" not in r.headers
     forged = tamper(sender.message("reading", {"moisture": 1}))
     r = await http.post(f"{url}/reading", content=forged)
     assert (r.status_code, reason(r)) == (401, "bad_mac")
