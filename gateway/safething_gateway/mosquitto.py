@@ -55,13 +55,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import os
 import re
 import secrets
-import shutil
-import tempfile
 from pathlib import Path
 
+from safething.files import write_private
 from safething_gateway.bridges.mqtt import Topics
 from safething_gateway.protocol import check_device_id
 
@@ -283,18 +281,4 @@ class MosquittoAuth:
         self._write(self.acl_file, "\n".join(lines))
 
     def _write(self, path: Path, text: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            os.fchmod(fd, self.mode)
-            if self.owner is not None or self.group is not None:
-                shutil.chown(tmp, self.owner, self.group)  # type: ignore[arg-type]
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_private(path, text, mode=self.mode, owner=self.owner, group=self.group)

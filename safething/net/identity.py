@@ -14,11 +14,9 @@ with XSalsa20-Poly1305 under a key stretched from the password by argon2id.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -29,6 +27,7 @@ import nacl.secret
 import nacl.utils
 
 from safething.errors import IdentityError, WrongPasswordError
+from safething.files import write_private
 from safething.net.keys import (
     EncryptionKey,
     PublicEncryptionKey,
@@ -154,20 +153,7 @@ class Identity:
             "public_encryption_key": self.public_encryption_key.hex(),
             "secret": secret,
         }
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".identity-", dir=target.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f, indent=2)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_private(target, json.dumps(doc, indent=2) + "\n", dir_mode=0o700)
         return target
 
     @staticmethod
