@@ -184,6 +184,15 @@ async def value_is(
     await eventually(check)
 
 
+async def online_is(registry: Registry, thing_id: str, online: bool) -> None:
+    """The registry's online flag, set after the value that told it (so waited for)."""
+
+    async def check() -> None:
+        assert registry.get(thing_id).online is online
+
+    await eventually(check)
+
+
 # --- the template subset ----------------------------------------------------------------
 
 
@@ -462,7 +471,7 @@ async def test_homie_v4_device(
         await value_is(store, thing_id, "heating", True)
         await value_is(store, thing_id, "target", 20.5, owner)
         await value_is(store, thing_id, "state", "ready")
-        assert registry.get(thing_id).online
+        await online_is(registry, thing_id, True)
 
         await probe.subscribe("homie/thermostat-01/thermostat/+/set")
         async with ThingClient(Client(store, owner)) as things:
@@ -479,7 +488,7 @@ async def test_homie_v4_device(
         await probe.replay(scenario["live"], retain=True)
         await value_is(store, thing_id, "temperature", 20.1)
         await value_is(store, thing_id, "state", "lost")
-        assert not registry.get(thing_id).online
+        await online_is(registry, thing_id, False)
 
 
 async def test_homie_v5_device(
