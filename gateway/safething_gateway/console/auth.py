@@ -23,6 +23,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,16 +160,22 @@ class Backoff:
     """Failed attempts per key (an address, an account): exponential wait that expires."""
 
     def __init__(
-        self, *, first_s: float = 0.5, max_wait_s: float = 60.0, forget_s: float = 900.0
+        self,
+        *,
+        first_s: float = 0.5,
+        max_wait_s: float = 60.0,
+        forget_s: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.first_s = first_s
         self.max_wait_s = max_wait_s
         self.forget_s = forget_s
+        self._clock = clock
         self._failures: dict[str, _Failures] = {}
 
     def check(self, *keys: str) -> None:
         """``SlowDownError`` if any key must still wait."""
-        now = time.monotonic()
+        now = self._clock()
         wait = 0.0
         for key in keys:
             f = self._failures.get(key)
@@ -183,7 +190,7 @@ class Backoff:
 
     def failed(self, *keys: str) -> float:
         """Count a failure for each key; returns the wait now imposed."""
-        now = time.monotonic()
+        now = self._clock()
         if len(self._failures) > 10_000:  # bounded memory under a flood of addresses
             self._failures = {k: f for k, f in self._failures.items() if now - f.last < 60}
         wait = 0.0
