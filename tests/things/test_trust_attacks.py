@@ -35,7 +35,7 @@ from .conftest import garden_description
 
 THING = "garden-01"
 ADDR = ThingAddresses.of(THING)
-TIMEOUT = 10.0
+TIMEOUT = 30.0  # an upper bound on waiting for something that must happen; never reached when green
 
 
 async def until(check: Callable[[], Awaitable[bool] | bool], what: str) -> None:
