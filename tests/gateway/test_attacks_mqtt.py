@@ -329,10 +329,11 @@ async def test_a_backlog_after_sigkill_is_not_refused_by_the_rate_limiter() -> N
     with SIGKILL and comes back after the device sent 300 readings. The broker hands it
     the whole backlog at once: none is refused, none lost, their order kept."""
     total = 300
+    killed_after = 40
     async with child_site(1) as (child, [link], store, port):
         sender = MqttConnection("127.0.0.1", port, client_id=uid("sender"))
         await sender.start()
-        assert await sender.wait_connected(10)
+        assert await sender.wait_connected(30)
         topics = Topics()
         try:
             _, done = sender.publish(topics.up(link.device_id, "birth"), link.birth(), 1)
@@ -342,19 +343,27 @@ async def test_a_backlog_after_sigkill_is_not_refused_by_the_rate_limiter() -> N
                 data = link.up("reading", {"n": n})
                 _, done = sender.publish(topics.up(link.device_id, "reading"), data, 1)
                 assert await done  # the broker acknowledged it
-                if n == 40:
+                if n == killed_after:
                     await asyncio.to_thread(child.kill)
                 await asyncio.sleep(1 / 40)
             await asyncio.to_thread(child.start)
             reader = ThingClient(Client(store))
             await until(lambda: _value_is(reader, link.device_id, "n", total), timeout=60)
-            history = await reader.history(link.device_id, "n")
-            assert [r.value for r in history] == list(range(1, total + 1))
-            await until(lambda: child.last.get("in", 0) >= total - 40)
+            values = [r.value for r in await reader.history(link.device_id, "n")]
+            # Every reading, in order. Where the SIGKILL hit is up to the scheduler: one
+            # that hit between a reading's store write and the removal of its journal entry
+            # (a window of about a millisecond) writes that reading again at the next start
+            # (docs/security.md): then the reading being handled appears twice in a row.
+            once = [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
+            assert once == list(range(1, total + 1))
+            again = [v for i, v in enumerate(values) if i > 0 and v == values[i - 1]]
+            assert len(again) <= 1 and all(v <= killed_after for v in again), again
+            await until(lambda: child.last.get("in", 0) >= total - killed_after, timeout=30)
             # A reading handled (journaled) when the SIGKILL hit, but not yet acknowledged,
-            # is redelivered by the broker and refused as a replay: a duplicate, not a loss
-            # (the history above holds every reading once, in order). Nothing else refused.
-            assert child.last["rejected"] == child.last["replayed"]
+            # is redelivered by the broker and refused as a replay: not a loss. Nothing
+            # else is refused (one report: the counts of one moment).
+            last = child.last
+            assert last["rejected"] == last["replayed"], last
             assert child.rate_limited == 0
         finally:
             await sender.close()

@@ -121,9 +121,10 @@ async def site(store: Store, registry: Registry, tmp_path: Path) -> AsyncIterato
         )
 
 
-async def published(store: Store, thing_id: str) -> None:
+async def published(store: Store, thing_id: str, timeout: float = 30.0) -> None:
+    """Until the thing is published (``timeout`` only guards against a hang)."""
     things = ThingClient(Client(store))
-    await until(lambda: _status_is(things, thing_id, "published"))
+    await until(lambda: _status_is(things, thing_id, "published"), timeout=timeout)
 
 
 async def _status_is(things: ThingClient, thing_id: str, status: str) -> bool:
