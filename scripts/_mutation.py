@@ -5,17 +5,37 @@ Each module is mutated, one mutant at a time, in a private copy of the working t
 mutant. A mutant the tests do not notice "survives": either a test is missing or the
 mutant is harmless; docs/security.md lists the survivors and why each is harmless.
 
-    scripts/mutation                      every module below (slow: about an hour)
+    scripts/mutation                      every module below (slow: hours)
     scripts/mutation safething/net/keys.py gateway/safething_gateway/protocol.py
     scripts/mutation --list               the modules and the tests run against each
     scripts/mutation --again MODULE       only its survivors again, after adding tests
     scripts/mutation --resume MODULE      the mutants an interrupted run did not reach
+    scripts/mutation --whole MODULE       every mutant against the whole selection
+
+Tests chosen by coverage: before a module's mutants run, its test selection runs once,
+unmutated, under coverage.py with one dynamic context per test (``--trace``; Python
+processes the tests start are measured too, for the test that started them), which
+gives for each line of the module the tests that ran it. Cosmic Ray's test command is
+then ``--select``: it compares the mutated module with the kept original, finds the
+lines the mutant changes (of a multi-line statement: the whole statement; of a compound
+one: its header) and runs only the tests that ran them, in the selection's order, with
+``-x``. The whole selection runs instead when a changed line runs at import time
+(outside any function's body), ran outside any test, or cannot be mapped; a mutant
+whose lines no test of the selection ran is not run and survives, marked "not covered
+by any test of the selection". ``--whole`` runs every mutant against the whole
+selection instead, as before (slower; the two agree, see docs/security.md).
+
+A mutant whose tests time out counts as killed, so the bound must leave load out of it:
+three times what the tests chosen take unmutated (under coverage, slower than without):
+their own time, pytest's start-up, the slowest setup of each of their files and of the
+whole run (fixtures shared by a file or the session), and never below 30 s.
 
 Mutants inside annotations are not run (with ``from __future__ import annotations``
 Python never evaluates them). Survivors inside ``log.*()`` calls are marked "logging
 only". Sessions (SQLite, one per module) are kept in .mutation/ for ``cr-report`` and
-``cr-html``, with the module as it was mutated; each module's line of the summary is
-appended to .mutation/summary.txt and its survivors, with their diffs, written to
+``cr-html``, with the module as it was mutated and the coverage map
+(``<module>.trace.json``); each module's line of the summary is appended to
+.mutation/summary.txt and its survivors, with their diffs, written to
 .mutation/<module>.survivors.txt (``--report`` summarises the kept sessions again).
 """
 
@@ -23,16 +43,20 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import json
 import os
 import shlex
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / ".mutation"
@@ -237,6 +261,9 @@ ONLY: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# what the selector prints for a mutant whose lines no test of the selection runs
+UNCOVERED = "not covered by any test of the selection"
+
 # one hypothesis seed, so that a mutant is killed or not the same way every run
 PYTEST = "python -m pytest -x -q -p no:cacheprovider -p no:randomly --hypothesis-seed=0"
 
@@ -260,16 +287,245 @@ def _copy_tree(dest: Path) -> None:
         shutil.copy2(src, target)
 
 
-def _config(module: str, tests: list[str], timeout: float) -> str:
+def _config(module: str, test_command: str, timeout: float) -> str:
     return (
         "[cosmic-ray]\n"
         f"module-path = {json.dumps(module)}\n"
         f"timeout = {timeout}\n"
         "excluded-modules = []\n"
-        f"test-command = {json.dumps(PYTEST + ' ' + shlex.join(tests))}\n"
+        f"test-command = {json.dumps(test_command)}\n"
         "[cosmic-ray.distributor]\n"
         'name = "local"\n'
     )
+
+
+# --- Which tests run which line (coverage.py, one dynamic context per test) -------------
+
+# The test being run, for the subprocesses the tests start (see _SITECUSTOMIZE).
+_CONTEXT_VAR = "SAFETHING_MUTATION_TEST"
+# Put first on PYTHONPATH during the coverage run only: Python processes the tests start
+# (a gateway under test, a store attacker) are measured too, their lines counted for the
+# test that started them.
+_SITECUSTOMIZE = f"""\
+import os
+
+try:
+    import coverage
+except ImportError:
+    coverage = None
+if coverage is not None:
+    _cov = coverage.process_startup()
+    if _cov is not None and os.environ.get({_CONTEXT_VAR!r}):
+        _cov.switch_context(os.environ[{_CONTEXT_VAR!r}])
+"""
+
+
+def _trace(module: str, out: Path, tests: list[str]) -> int:
+    """Run ``tests`` on the unmutated tree (the current directory) under coverage.py and
+    write to ``out`` (JSON): for each line of ``module`` that ran, the tests that ran it
+    ("" for what ran outside any test: imports, collection); the tests in the order they
+    ran, how long each took, and the whole run's time. Run in a fresh interpreter."""
+    import coverage  # only here: the selector itself needs nothing beyond the stdlib
+    import pytest
+
+    class Contexts:
+        """Each test's lines recorded under its node id (its setup and teardown
+        included), and how long each test took."""
+
+        def __init__(self) -> None:
+            self.order: list[str] = []
+            self.took: dict[str, float] = {}
+            self.setup: dict[str, float] = {}
+
+        @pytest.hookimpl(wrapper=True)
+        def pytest_runtest_protocol(self, item: Any, nextitem: Any) -> Generator[None, Any, Any]:
+            self.order.append(item.nodeid)
+            cov.switch_context(item.nodeid)
+            os.environ[_CONTEXT_VAR] = item.nodeid
+            try:
+                return (yield)
+            finally:
+                os.environ.pop(_CONTEXT_VAR, None)
+                cov.switch_context("")
+
+        def pytest_runtest_logreport(self, report: Any) -> None:
+            self.took[report.nodeid] = self.took.get(report.nodeid, 0.0) + report.duration
+            if report.when == "setup":
+                self.setup[report.nodeid] = report.duration
+
+    target = str(Path(module).resolve())
+    data = out.with_suffix(".data")
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    rc = data / "coveragerc"
+    rc.write_text(
+        f"[run]\nparallel = True\ndata_file = {data / 'cov'}\ninclude = {target}\n"
+        "concurrency = thread\n"
+    )
+    site = data / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    os.environ["COVERAGE_PROCESS_START"] = str(rc)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
+    cov = coverage.Coverage(config_file=str(rc))
+    plugin = Contexts()
+    began = time.monotonic()
+    cov.start()
+    try:
+        code = pytest.main([*PYTEST.split()[3:], *tests], plugins=[plugin])
+    finally:
+        cov.stop()
+        cov.save()
+    took = time.monotonic() - began
+    combined = coverage.Coverage(config_file=str(rc))
+    combined.combine(strict=True)
+    measured = combined.get_data()
+    files = [f for f in measured.measured_files() if Path(f).resolve() == Path(target)]
+    lines: dict[int, list[str]] = {}
+    for name in files:
+        for line, contexts in measured.contexts_by_lineno(name).items():
+            lines[line] = sorted(set(lines.get(line, [])) | set(contexts))
+    out.write_text(
+        json.dumps(
+            {
+                "module": module,
+                "tests": tests,
+                "order": plugin.order,
+                "took": plugin.took,
+                "setup": plugin.setup,
+                "whole": took,
+                "startup": max(0.0, took - sum(plugin.took.values())),
+                "lines": {str(k): v for k, v in sorted(lines.items())},
+            }
+        )
+    )
+    shutil.rmtree(data, ignore_errors=True)
+    return int(code)
+
+
+def _changed_lines(original: list[str], mutated: list[str]) -> list[int]:
+    """The lines of ``original`` (numbered from 1) that ``mutated`` changes or removes,
+    and the two beside a pure insertion."""
+    changed: set[int] = set()
+    matcher = difflib.SequenceMatcher(a=original, b=mutated, autojunk=False)
+    for tag, i1, i2, _j1, _j2 in matcher.get_opcodes():
+        if tag in ("replace", "delete"):
+            changed.update(range(i1 + 1, i2 + 1))
+        elif tag == "insert":
+            changed.update({max(1, i1), i1 + 1})
+    return sorted(changed)
+
+
+def _statement_lines(tree: ast.Module, line: int) -> list[int] | None:
+    """The lines of the innermost statement inside a function's body that holds ``line``
+    (of a compound statement, or an ``except`` clause, its header only), or None when
+    ``line`` is outside every function's body (it runs at import time) or in no such
+    statement (a decorator, a signature)."""
+    best: ast.AST | None = None
+    in_function = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            body = node.body if isinstance(node.body, list) else [node.body]
+            if body[0].lineno <= line <= (node.end_lineno or node.lineno):
+                in_function = True
+        if not isinstance(node, ast.stmt | ast.ExceptHandler):
+            continue
+        if not node.lineno <= line <= (node.end_lineno or node.lineno):
+            continue
+        if best is None or (node.lineno, -(node.end_lineno or 0)) >= (
+            best.lineno,  # type: ignore[attr-defined]
+            -(best.end_lineno or 0),  # type: ignore[attr-defined]
+        ):
+            best = node
+    if not in_function or best is None:
+        return None
+    start = best.lineno  # type: ignore[attr-defined]
+    end = best.end_lineno or start  # type: ignore[attr-defined]
+    inner = getattr(best, "body", None)
+    if isinstance(inner, list) and inner and isinstance(inner[0], ast.AST):
+        first = min(
+            [inner[0].lineno] + [d.lineno for d in getattr(inner[0], "decorator_list", [])]  # type: ignore[attr-defined]
+        )
+        if first > line:  # in the header
+            end = first - 1
+    if isinstance(best, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return None  # a nested definition's signature or decorators: when it is made
+    return list(range(start, end + 1))
+
+
+def _choose(trace: dict[str, Any], source: str, changed: list[int]) -> tuple[list[str] | None, str]:
+    """The tests to run against a mutant that changes ``changed`` lines of ``source``:
+    None for the whole selection, [] for none (no test runs those lines), with why."""
+    tree = ast.parse(source)
+    executed: dict[str, list[str]] = trace["lines"]
+    chosen: set[str] = set()
+    for line in changed or [0]:
+        lines = _statement_lines(tree, line) if line else None
+        if lines is None:
+            return None, f"line {line} runs when the module is imported: the whole selection"
+        for each in lines:
+            contexts = executed.get(str(each), [])
+            if "" in contexts:
+                return None, f"line {each} ran outside any test: the whole selection"
+            chosen.update(contexts)
+    if not chosen:
+        return [], f"{UNCOVERED}: no test run"
+    order = [t for t in trace["order"] if t in chosen]
+    return order, f"{len(order)} of {len(trace['order'])} tests cover lines {changed}"
+
+
+def _bound(trace: dict[str, Any], tests: list[str] | None) -> float:
+    """At least three times what the tests chosen took unmutated (under coverage, so more
+    than they take without it): their own time, pytest's start-up and collection, and for
+    each file the slowest setup in it (module fixtures set up for its first test)."""
+    if tests is None:
+        return 3 * float(trace["whole"])
+    setups: dict[str, float] = {}
+    for test in trace["order"]:
+        name = test.split("::")[0]
+        setups[name] = max(setups.get(name, 0.0), trace["setup"].get(test, 0.0))
+    files = {t.split("::")[0] for t in tests}
+    estimate = (
+        float(trace["startup"])
+        + sum(float(trace["took"].get(t, 0.0)) for t in tests)
+        + sum(setups.get(f, 0.0) for f in files)
+        + max(setups.values(), default=0.0)  # session fixtures
+    )
+    return max(30.0, 3 * estimate)
+
+
+def _select(trace_path: Path, original: Path) -> int:
+    """Cosmic Ray's test command: run, against the mutant in the current directory, only
+    the tests that ran the lines it changes (``-x``, in the selection's order)."""
+    trace = json.loads(trace_path.read_text())
+    source = original.read_text()
+    mutated = Path(trace["module"]).read_text()
+    changed = _changed_lines(source.splitlines(), mutated.splitlines())
+    try:
+        tests, why = _choose(trace, source, changed)
+    except (SyntaxError, ValueError, KeyError) as exc:
+        tests, why = None, f"cannot map the change ({exc!r}): the whole selection"
+    print(why, flush=True)
+    if tests == []:
+        return 0
+    code = _bounded(tests if tests is not None else trace["tests"], _bound(trace, tests))
+    if code == 5 and tests is not None:  # pytest found none of them: never count a kill
+        print("none of the tests chosen was found: the whole selection", flush=True)
+        code = _bounded(trace["tests"], _bound(trace, None))
+    return code
+
+
+def _bounded(tests: list[str], bound: float) -> int:
+    """pytest on ``tests``; past ``bound`` seconds the run (and all it started) is killed
+    and counts as a failure: a mutant that makes the tests hang."""
+    proc = subprocess.Popen([*PYTEST.split(), *tests], start_new_session=True)
+    try:
+        return proc.wait(timeout=bound)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        print(f"timeout: the tests ran past {bound:.0f} s", flush=True)
+        return 1
 
 
 def _spans(module: Path, *, logging: bool) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -388,7 +644,7 @@ def _summary(
     try:
         rows = db.execute(
             "SELECT m.start_pos_row, m.start_pos_col, m.operator_name, "
-            "r.worker_outcome, r.test_outcome, r.diff "
+            "r.worker_outcome, r.test_outcome, r.diff, r.output "
             "FROM mutation_specs m LEFT JOIN work_results r USING (job_id) "
             "ORDER BY m.start_pos_row, m.start_pos_col"
         ).fetchall()
@@ -402,13 +658,14 @@ def _summary(
             "killed",
             "survived",
             "logging",
+            "uncovered",
             "pending",
             "error",
         ),
         0,
     )
     survivors = []
-    for row, col, operator, worker, test, diff in rows:
+    for row, col, operator, worker, test, diff, output in rows:
         worker, test = str(worker).lower(), str(test).lower()
         if _inside(row, col, annotations):
             counts["annotation"] += 1  # never evaluated: not a mutant of the behaviour
@@ -427,6 +684,9 @@ def _summary(
             if _inside(row, col, logging):
                 counts["logging"] += 1
                 tag = "  [logging only]"
+            if str(output).startswith(UNCOVERED):
+                counts["uncovered"] += 1
+                tag += f"  [{UNCOVERED}]"
             survivors.append(f"{source.name}:{row}:{col} {operator}{tag}\n{diff}")
         else:
             counts["error"] += 1  # Cosmic Ray itself failed on it: see the session
@@ -446,7 +706,8 @@ def _report(module: str, minutes: float | None = None) -> str:
     outside = f", {counts['outside']} outside the functions selected" if counts["outside"] else ""
     return (
         f"{module:40s} {counts['mutants']:4d} mutants {counts['killed']:4d} killed "
-        f"{counts['survived']:3d} survived ({counts['logging']} in logging) "
+        f"{counts['survived']:3d} survived ({counts['logging']} in logging, "
+        f"{counts['uncovered']} not covered by any test) "
         f"score {score:5.1f}%  [{counts['annotation']} in annotations not run"
         f"{outside}{pending}, {counts['error']} errors{took}]"
     )
@@ -461,12 +722,13 @@ def _run(
     *,
     again: bool = False,
     resume: bool = False,
+    whole: bool = False,
 ) -> None:
     name = module.replace("/", ".").removesuffix(".py")
     config = OUT / f"{name}.toml"
     session = OUT / f"{name}.sqlite"
     kept = OUT / f"{name}.py.mutated"
-    config.write_text(_config(module, tests, timeout))
+    config.write_text(_config(module, PYTEST, timeout))  # for init; set below
     bin_dir = Path(sys.executable).parent
     started = time.monotonic()
     if again or resume:
@@ -500,22 +762,33 @@ def _run(
         _skip_annotations(session, work / module)
         if module in ONLY:
             _skip_outside(session, work / module, ONLY[module])
-    began = time.monotonic()
-    baseline = subprocess.run(
-        [*PYTEST.split(), *tests], cwd=work, env=env, capture_output=True, text=True
+    # Which tests run which line, and how long they take, on the unmutated module (its
+    # tests must pass). A mutant whose tests time out counts as killed: never let a slow
+    # (loaded) machine decide that, only a mutant that makes its tests hang (3x what they
+    # take unmutated, measured under coverage, which only makes them slower).
+    trace = OUT / f"{name}.trace.json"
+    traced = subprocess.run(
+        [bin_dir / "python", "scripts/_mutation.py", "--trace", module, str(trace), *tests],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
     )
-    if baseline.returncode != 0:
+    if traced.returncode != 0:
         sys.exit(
             f"{module}: its tests fail without any mutant:\n"
-            f"{baseline.stdout[-3000:]}{baseline.stderr[-3000:]}"
+            f"{traced.stdout[-3000:]}{traced.stderr[-3000:]}"
         )
-    # A mutant whose tests time out counts as killed: never let a slow (loaded) machine
-    # decide that, only a mutant that makes the tests hang (3x what they take unmutated).
-    took = time.monotonic() - began
-    if timeout < 3 * took:
-        timeout = 3 * took
-        config.write_text(_config(module, tests, timeout))
-        print(f"{module}: its tests take {took:.0f} s unmutated: timeout {timeout:.0f} s")
+    took = float(json.loads(trace.read_text())["whole"])
+    if whole:
+        command = PYTEST + " " + shlex.join(tests)
+        timeout = max(timeout, 3 * took)
+    else:
+        command = f"python scripts/_mutation.py --select {shlex.quote(str(trace))} "
+        command += shlex.quote(str(kept))
+        timeout = max(timeout, 6 * took + 60)  # a backstop: the selector keeps the bound
+    config.write_text(_config(module, command, timeout))
+    print(f"{module}: its tests take {took:.0f} s unmutated (under coverage)", flush=True)
     subprocess.run([bin_dir / "cosmic-ray", "exec", config, session], cwd=work, env=env, check=True)
     line = _report(module, (time.monotonic() - started) / 60)
     print(line, flush=True)
@@ -524,6 +797,10 @@ def _run(
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--select"]:  # Cosmic Ray's test command (see _run)
+        sys.exit(_select(Path(sys.argv[2]), Path(sys.argv[3])))
+    if sys.argv[1:2] == ["--trace"]:  # the coverage run (see _run)
+        sys.exit(_trace(sys.argv[2], Path(sys.argv[3]), sys.argv[4:]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help="modules to mutate (default: all of them)")
     parser.add_argument("--list", action="store_true", help="show the modules and their tests")
@@ -540,6 +817,11 @@ def main() -> None:
         "--resume",
         action="store_true",
         help="run only the mutants of the kept sessions not run yet (an interrupted run)",
+    )
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help="run the whole test selection against every mutant (no choice by coverage)",
     )
     args = parser.parse_args()
     if args.list:
@@ -574,6 +856,7 @@ def main() -> None:
                 args.timeout,
                 again=args.again,
                 resume=args.resume,
+                whole=args.whole,
             )
     print(f"sessions in {OUT}; survivors with their diffs in {OUT}/*.survivors.txt")
 
