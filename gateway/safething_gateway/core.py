@@ -74,8 +74,8 @@ from safething.things import (
     ThingDescription,
     UnknownFieldError,
     ValueTypeError,
-    layout,
 )
+from safething.things.shared import INBOX_PREFIX, SharedWatches
 from safething_gateway.liveness import DEFAULT_OFFLINE_AFTER_S, Liveness
 from safething_gateway.metrics import Metrics
 from safething_gateway.protocol import (
@@ -245,6 +245,8 @@ class Gateway(AsyncResource):
         self._flush_task: asyncio.Task[None] | None = None
         self._liveness_task: asyncio.Task[None] | None = None
         self._inbox_task: asyncio.Task[None] | None = None
+        self._shared: SharedWatches | None = None
+        """The store watches every custodial thing shares (see the module docstring)."""
         self._dormant: dict[str, str] = {}
         """Inbox MD name (hex) -> device id of every born device whose thing is restored
         on demand (see the module docstring); it stays here once restored."""
@@ -269,6 +271,11 @@ class Gateway(AsyncResource):
         self._buffering = self.registry.buffer_depth() > 0
         self._unborn.clear()
         self._dormant.clear()
+        # Live before any thing starts: the things' inbox and status feeds come from it,
+        # and a write into a dormant thing's inbox from now on is not missed.
+        self._shared = SharedWatches(self.store)
+        await self._shared.start()
+        unclaimed = self._shared.inboxes.unclaimed()
         for device_id, (transport, registered) in self.registry.born().items():
             if transport in LINKED_TRANSPORTS:
                 self._dormant[_inbox_name(device_id)] = device_id
@@ -280,10 +287,8 @@ class Gateway(AsyncResource):
             record = self.registry.find(device_id)
             if record is not None:
                 await self._restore(record)
-        # Opened before the bridges start: no inbox write from now on is missed.
-        inboxes = self.store.watch(_INBOX_PREFIX)
         self._inbox_task = asyncio.get_running_loop().create_task(
-            self._follow_inboxes(inboxes), name="gateway:inboxes"
+            self._follow_inboxes(unclaimed), name="gateway:inboxes"
         )
         for bridge in self.bridges:
             await bridge.start(self)
@@ -314,6 +319,8 @@ class Gateway(AsyncResource):
         for thing in list(self.things.values()):
             await thing.close()
         self.things.clear()
+        if self._shared is not None:
+            await self._shared.close()
 
     def endpoints(self) -> list[str]:
         return [e for b in self.bridges for e in b.endpoints()]
@@ -676,27 +683,25 @@ class Gateway(AsyncResource):
             if not lock.locked() and self._restoring.get(device_id) is lock:
                 del self._restoring[device_id]
 
-    async def _follow_inboxes(self, inboxes: Watch) -> None:
-        """One watch on every thing's inbox: a write into the inbox of a device whose thing
-        is not running restores it (the thing then serves its inbox itself). Inboxes
-        that hold entries already are restored first, and again after the watch failed
-        (a store outage): it is opened anew a second later."""
-        watch: Watch | None = inboxes
-        while True:
-            try:
-                if watch is None:
-                    watch = self.store.watch(_INBOX_PREFIX)
-                async with watch:
+    async def _follow_inboxes(self, unclaimed: Watch) -> None:
+        """The writes into inboxes of things not running (the shared watch on every
+        inbox, :class:`SharedWatches`): one into the inbox of a device of this gateway
+        restores its thing, which then serves its inbox itself. Inboxes that hold
+        entries already are restored first (their listing is tried again every second
+        while the store does not answer). The shared watch resumes after a failure
+        where it stopped, so nothing written meanwhile is missed."""
+        async with unclaimed:
+            while True:
+                try:
                     keys = await self._inbox_keys()
-                    for name in sorted({k[len(_INBOX_PREFIX) :].split(".", 1)[0] for k in keys}):
-                        await self._wake(name)
-                    async for change in watch:
-                        await self._wake(change.key[len(_INBOX_PREFIX) :].split(".", 1)[0])
-                return  # the store was closed
-            except Exception as e:
-                log.warning("the watch on the inboxes failed (%s); opened again in 1 s", e)
-            watch = None
-            await asyncio.sleep(1.0)
+                    break
+                except Exception as e:
+                    log.warning("cannot list the inboxes (%s); trying again in 1 s", e)
+                    await asyncio.sleep(1.0)
+            for name in sorted({k[len(_INBOX_PREFIX) :].split(".", 1)[0] for k in keys}):
+                await self._wake(name)
+            async for change in unclaimed:
+                await self._wake(change.key[len(_INBOX_PREFIX) :].split(".", 1)[0])
 
     async def _inbox_keys(self) -> list[str]:
         """Store keys of every inbox entry (not headers) of a device with a dormant thing."""
@@ -707,9 +712,12 @@ class Gateway(AsyncResource):
         device_id = self._dormant.get(name)
         if device_id is None or device_id in self.things:
             return
-        record = self.registry.find(device_id)
-        if record is not None:
-            await self._ensure_thing(record)
+        try:
+            record = self.registry.find(device_id)
+            if record is not None:
+                await self._ensure_thing(record)
+        except Exception:  # the inboxes of the other devices must still be followed
+            log.exception("device %s: restoring its thing for its inbox failed", device_id)
 
     async def custodial_thing(self, record: DeviceRecord, description: ThingDescription) -> Thing:
         """The device's custodial thing, started, registered and published; the running
@@ -736,6 +744,7 @@ class Gateway(AsyncResource):
             store=self.store,
             heartbeat=None,
             trust=self.registry.path.with_name("trust.db"),  # local, beside the device keys
+            shared=self._shared,
         )
         await thing.start()
         try:
@@ -1037,7 +1046,7 @@ class Gateway(AsyncResource):
         )
 
 
-_INBOX_PREFIX = f"md.{layout.TAG_INBOX}."
+_INBOX_PREFIX = INBOX_PREFIX
 """Store-key prefix of every thing's inbox MD (what :meth:`Gateway._follow_inboxes` watches)."""
 
 

@@ -17,6 +17,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 from safething.resource import AsyncResource
 
@@ -30,6 +31,7 @@ __all__ = [
     "Watch",
     "Write",
     "check_key",
+    "check_pattern",
     "check_prefix",
 ]
 
@@ -57,6 +59,36 @@ def check_prefix(prefix: str) -> str:
         raise ValueError(f"invalid prefix {prefix!r}: a prefix ends with '.' (or is empty)")
     check_key(prefix[:-1])
     return prefix
+
+
+_PATTERN_RE = re.compile(r"^([A-Za-z0-9_=-]+|\*)(\.([A-Za-z0-9_=-]+|\*))*$")
+
+
+def check_pattern(pattern: str) -> str:
+    """Return ``pattern`` if it is a valid key pattern (see :meth:`Store.watch_pattern`)."""
+    if (
+        not isinstance(pattern, str)
+        or len(pattern) > MAX_KEY_LENGTH
+        or not _PATTERN_RE.match(pattern)
+    ):
+        raise ValueError(
+            f"invalid key pattern {pattern!r}: use tokens of [A-Za-z0-9_=-] or '*' "
+            f"separated by '.', at most {MAX_KEY_LENGTH} characters"
+        )
+    return pattern
+
+
+def pattern_prefix(pattern: str) -> str:
+    """The longest prefix (ending in ``.``, or ``""``) every key matching ``pattern`` has."""
+    tokens = pattern.split(".")[:-1]
+    literal = tokens[: tokens.index("*")] if "*" in tokens else tokens
+    return "".join(t + "." for t in literal)
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """A regular expression matching exactly the keys that match ``pattern``."""
+    tokens = ("[A-Za-z0-9_=-]+" if t == "*" else re.escape(t) for t in pattern.split("."))
+    return re.compile(r"\.".join(tokens) + r"\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +281,22 @@ class Store(AsyncResource, ABC):
         then continue live, without gaps or duplicates between the two.
         """
 
+    def watch_pattern(self, pattern: str, *, since: int | None = None) -> Watch:
+        """Feed of changes to the keys matching ``pattern``: tokens separated by ``.``,
+        ``*`` standing for any one token (``md.27417.*.e.737461747573``: the entry
+        ``status`` of every MD of tag 27417). Order, catch-up and ``since`` as in
+        :meth:`watch`; the feed delivers nothing else.
+
+        One such watch can stand in for thousands of narrow ones (a gateway's things,
+        :class:`~safething.store.fanout.WatchFanout`). This default watches the
+        pattern's literal prefix and drops the other keys as they come; a backend that
+        can filter where the data is (NATS, by subject) overrides it.
+        """
+        check_pattern(pattern)
+        return _PatternWatch(
+            self.watch(pattern_prefix(pattern), since=since), pattern_regex(pattern)
+        )
+
     # --- immutable chunks ------------------------------------------------------
 
     @abstractmethod
@@ -275,3 +323,27 @@ class Store(AsyncResource, ABC):
         if isinstance(result, Exception):
             raise result
         return result
+
+
+class _PatternWatch(Watch):
+    """The changes of a prefix watch whose key matches a pattern."""
+
+    def __init__(self, inner: Watch, regex: re.Pattern[str]) -> None:
+        self._inner = inner
+        self._match = regex.match
+
+    async def __aenter__(self) -> Self:
+        await self._inner.__aenter__()
+        return self
+
+    def __aiter__(self) -> AsyncIterator[Change]:
+        return self
+
+    async def __anext__(self) -> Change:
+        while True:
+            change = await self._inner.__anext__()
+            if self._match(change.key):
+                return change
+
+    async def close(self) -> None:
+        await self._inner.close()

@@ -72,7 +72,8 @@ Watches
     A watch is a JetStream push consumer that this module supervises itself
     (as nats.py's ordered consumer does, without relying on it): in memory,
     one replica, no acks, flow control, idle heartbeat every second,
-    filtered on ``$KV.<bucket>.<prefix>>``, delivering from sequence
+    filtered on ``$KV.<bucket>.<prefix>>`` (``watch_pattern``: on
+    ``$KV.<bucket>.<pattern>``, ``*`` a NATS wildcard), delivering from sequence
     ``since + 1``. It remembers the last stream sequence delivered; on a gap
     in the consumer sequence, a heartbeat that reports more than it
     delivered, five seconds of silence or an error it recreates the consumer
@@ -127,7 +128,10 @@ from safething.store.base import (
     Watch,
     Write,
     check_key,
+    check_pattern,
     check_prefix,
+    pattern_prefix,
+    pattern_regex,
 )
 from safething.store.quota import add_effect, enforce
 
@@ -987,6 +991,17 @@ class NatsStore(Store):
         self._watches.add(watch)
         return watch
 
+    def watch_pattern(self, pattern: str, *, since: int | None = None) -> Watch:
+        """As :meth:`watch`, on a consumer filtered on ``$KV.<bucket>.<pattern>`` (``*``
+        is a NATS wildcard token): the server sends only matching changes."""
+        check_pattern(pattern)
+        self._check_open()
+        if since is not None and since < 0:
+            raise ValueError("since must be None or a revision >= 0")
+        watch = _NatsWatch(self, pattern_prefix(pattern), since, pattern=pattern)
+        self._watches.add(watch)
+        return watch
+
     async def _last_sequence(self, stream: str | None = None) -> int:
         try:
             info = await self._api(f"STREAM.INFO.{stream or self._stream}")
@@ -1065,9 +1080,13 @@ def _status(msg: Msg) -> str | None:
 class _NatsWatch(Watch):
     """A supervised push consumer on ``$KV.<bucket>.<prefix>>`` (see the module doc)."""
 
-    def __init__(self, store: NatsStore, prefix: str, since: int | None) -> None:
+    def __init__(
+        self, store: NatsStore, prefix: str, since: int | None, *, pattern: str | None = None
+    ) -> None:
         self._store = store
         self._prefix = prefix
+        self._filter = store._prefix + (pattern or (prefix + ">" if prefix else ">"))
+        self._match = pattern_regex(pattern).match if pattern else None
         self._after: int | None = since if since is not None else store._seen
         """Last stream sequence delivered (or the start point)."""
         self._live_from: int | None = None
@@ -1160,6 +1179,8 @@ class _NatsWatch(Watch):
             key = msg.subject[len(store._prefix) :]
             if not _KEY_RE.match(key) or not key.startswith(self._prefix):
                 continue
+            if self._match is not None and not self._match(key):
+                continue
             if self._live_from is not None:
                 if seq <= self._live_from:
                     if seq not in self._own:
@@ -1205,7 +1226,7 @@ class _NatsWatch(Watch):
             "deliver_policy": "by_start_sequence",
             "opt_start_seq": self._after + 1,
             "ack_policy": "none",
-            "filter_subject": store._prefix + (self._prefix + ">" if self._prefix else ">"),
+            "filter_subject": self._filter,
             "deliver_subject": inbox,
             "flow_control": True,
             "idle_heartbeat": int(_HEARTBEAT_S * 1e9),

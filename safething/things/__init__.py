@@ -30,6 +30,7 @@ from safething.things.discovery import ThingSummary, list_things
 from safething.things.filters import Filter, FilterError, FilterKind, FilterState
 from safething.things.history import Bucket
 from safething.things.owner import ThingOwner
+from safething.things.shared import SharedWatches
 from safething.things.states import FINAL_STATES, ActionState
 from safething.things.thing import ActionRequest, StoredSubscription, Thing
 from safething.things.values import Notification, Reading
@@ -57,6 +58,7 @@ __all__ = [
     "Param",
     "Reading",
     "Schema",
+    "SharedWatches",
     "StoredSubscription",
     "Subscription",
     "Thing",

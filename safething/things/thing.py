@@ -53,6 +53,7 @@ from safething.net import (
     Action,
     Client,
     Entry,
+    EntryWatch,
     Identity,
     MutableData,
     PublicIdentity,
@@ -72,6 +73,7 @@ from safething.things.description import AccessType, ThingDescription
 from safething.things.filters import Filter
 from safething.things.history import Archive
 from safething.things.layout import ThingAddresses
+from safething.things.shared import SharedWatches
 from safething.things.states import ActionState
 from safething.things.values import Notification, dumps, encode_payload, loads
 
@@ -164,12 +166,18 @@ class Thing(AsyncResource):
         retention_days: float | None = None,
         heartbeat: float | None = DEFAULT_HEARTBEAT_S,
         trust: TrustState | str | os.PathLike[str] | None = None,
+        shared: SharedWatches | None = None,
     ) -> None:
         """``trust``: where the thing keeps what it verified (highest versions, its
         trusted status, processed request ids) across restarts: a
         :class:`TrustState`, a file path, or ``None`` for the default file of this
         identity in :func:`~safething.net.trust.default_trust_dir` (in memory only
-        for a ``memory://`` store, which does not outlive the process either)."""
+        for a ``memory://`` store, which does not outlive the process either).
+
+        ``shared``: started :class:`~safething.things.shared.SharedWatches` on the
+        same store, when this process runs many things (a gateway): the thing follows
+        its inbox and its status through them instead of two store watches of its
+        own."""
         if not isinstance(description, ThingDescription):
             raise TypeError("Thing needs a ThingDescription")
         if not isinstance(identity, Identity):
@@ -183,6 +191,7 @@ class Thing(AsyncResource):
         self.addresses = ThingAddresses.of(self.id)
         self.status = "unregistered"
         self._store_arg = store
+        self._shared = shared
         self._trust_arg = trust
         self._trust: TrustState | None = None
         self._own_trust = False
@@ -796,7 +805,14 @@ class Thing(AsyncResource):
 
     async def _follow_status(self) -> None:
         """The owner may publish or disable the thing (``safething thing publish``)."""
-        async with self._md("thing").watch(prefixes=(layout.STATUS,)) as feed:
+        md = self._md("thing")
+        shared = self._shared
+        watch = (
+            md.watch(prefixes=(layout.STATUS,))
+            if shared is None
+            else EntryWatch(md, shared.status(self.addresses), (layout.STATUS,))
+        )
+        async with watch as feed:
             async for entry in feed:
                 if entry.key != layout.STATUS or entry.value is None:
                     continue
@@ -815,7 +831,9 @@ class Thing(AsyncResource):
 
     async def _serve_inbox(self) -> None:
         inbox = self._md("inbox")
-        async with inbox.watch() as feed:
+        shared = self._shared
+        watch = inbox.watch() if shared is None else EntryWatch(inbox, shared.inbox(self.addresses))
+        async with watch as feed:
             feed_task = self._tasks.spawn(self._consume(feed), "inbox-feed")
             try:
                 while True:

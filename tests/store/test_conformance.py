@@ -476,6 +476,46 @@ async def test_watch_close_ends_a_pending_iteration(store: Store) -> None:
     await watch.close()  # idempotent
 
 
+async def test_watch_pattern_delivers_only_matching_keys(store: Store) -> None:
+    # what a gateway's things share: one entry of every MD of a tag
+    await store.put("p.old.s", b"before the call")
+    async with store.watch_pattern("p.*.s") as watch:
+        r1 = await store.put("p.a.s", b"1")
+        await store.put("p.a.t", b"other entry")
+        await store.put("p.a.s.x", b"deeper")
+        await store.put("q.a.s", b"other tag")
+        await store.put("p.s", b"shallower")
+        r2 = await store.delete("p.old.s")
+        r3 = await store.put("p.b.s", b"2")
+        changes = await take(watch, 3)
+        r4 = await store.put("p.c.s", b"3")
+        live = await take(watch, 1)
+    assert changes == [
+        Change("p.a.s", b"1", r1),
+        Change("p.old.s", None, r2),
+        Change("p.b.s", b"2", r3),
+    ]
+    assert live == [Change("p.c.s", b"3", r4)]
+
+
+async def test_watch_pattern_since_replays_then_goes_live(store: Store) -> None:
+    first = await store.put("ps.a.v", b"1")
+    r2 = await store.put("ps.b.v", b"2")
+    await store.put("ps.b.w", b"not matching")
+    async with store.watch_pattern("ps.*.v", since=first) as watch:
+        replayed = await take(watch, 1)
+        r3 = await store.put("ps.c.v", b"3")
+        live = await take(watch, 1)
+    assert replayed == [Change("ps.b.v", b"2", r2)]
+    assert live == [Change("ps.c.v", b"3", r3)]
+
+
+@pytest.mark.parametrize("pattern", ["", "p.>", "p..s", "p.*.", "p.a*.s", ".p"])
+async def test_watch_pattern_refuses_a_malformed_pattern(store: Store, pattern: str) -> None:
+    with pytest.raises(ValueError, match="pattern"):
+        store.watch_pattern(pattern)
+
+
 async def test_store_close_ends_a_pending_watch(store_url: str) -> None:
     store = await open_store(store_url)
     watch = store.watch("c.")

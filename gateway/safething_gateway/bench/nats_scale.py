@@ -23,8 +23,8 @@ metric says why.
    ``gateway_nats_device_to_subscriber_latency_*``: from sending a sampled
    device's reading to the subscriber having it, verified.
    ``params`` also hold the handled count per second (percentiles), and the number
-   of consumers on the stream (the watches: one per gateway for every inbox, one
-   per subscription).
+   of consumers on the stream (the watches: two per gateway, shared by its things,
+   for every inbox and every status entry; one per subscription).
 
 ``$SAFETHING_BENCH_NATS_DEVICES`` sets the number of devices (births on NATS are
 slow: a full run's 10,000 take the better part of an hour on a loaded 2-core host).
