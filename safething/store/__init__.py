@@ -1,6 +1,7 @@
 """Where bytes live: one small async interface, backends chosen by URL."""
 
 from safething.store.base import Change, Quota, Record, Store, StoreInfo, Watch, Write
+from safething.store.fanout import WatchFanout
 from safething.store.urls import ENV_VAR, default_store_url, open_store
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "Store",
     "StoreInfo",
     "Watch",
+    "WatchFanout",
     "Write",
     "default_store_url",
     "open_store",

@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import Self
 
 from safething.resource import AsyncResource
-from safething.store import Store, Watch
-from safething.store.fanout import WatchFanout
+from safething.store import Store, Watch, WatchFanout
 from safething.things import layout
 from safething.things.layout import ThingAddresses
 
