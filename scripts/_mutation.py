@@ -23,7 +23,10 @@ one: its header) and runs only the tests that ran them, in the selection's order
 (outside any function's body), ran outside any test, or cannot be mapped; a mutant
 whose lines no test of the selection ran is not run and survives, marked "not covered
 by any test of the selection". ``--whole`` runs every mutant against the whole
-selection instead, as before (slower; the two agree, see docs/security.md).
+selection instead, as before (slower; the two agree, see docs/security.md). The tests
+chosen run in a fork of a server process (``--serve``) that has imported pytest and the
+libraries the tests use, never the code under test, so each mutant's tests do not pay
+for those imports again.
 
 A mutant whose tests time out counts as killed, so the bound must leave load out of it:
 three times what the tests chosen take unmutated (under coverage, slower than without):
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import difflib
 import json
 import os
@@ -516,9 +520,17 @@ def _select(trace_path: Path, original: Path) -> int:
 
 
 def _bounded(tests: list[str], bound: float) -> int:
-    """pytest on ``tests``; past ``bound`` seconds the run (and all it started) is killed
-    and counts as a failure: a mutant that makes the tests hang."""
-    proc = subprocess.Popen([*PYTEST.split(), *tests], start_new_session=True)
+    """pytest on ``tests`` (forked by the fork server if there is one); past ``bound``
+    seconds the run (and all it started) is killed and counts as a failure: a mutant that
+    makes the tests hang."""
+    args = [*PYTEST.split()[3:], *tests]
+    server = os.environ.get(_SERVER_VAR)
+    if server:
+        try:
+            return _forked(Path(server), args, bound)
+        except (OSError, ValueError) as exc:  # never a kill: a new process instead
+            print(f"the fork server failed ({exc!r}): a new process", flush=True)
+    proc = subprocess.Popen([*PYTEST.split()[:3], *args], start_new_session=True)
     try:
         return proc.wait(timeout=bound)
     except subprocess.TimeoutExpired:
@@ -526,6 +538,124 @@ def _bounded(tests: list[str], bound: float) -> int:
         proc.wait()
         print(f"timeout: the tests ran past {bound:.0f} s", flush=True)
         return 1
+
+
+def _forked(server: Path, args: list[str], bound: float) -> int:
+    import socket
+    import struct
+
+    def read(conn: socket.socket) -> int:
+        data = b""
+        while len(data) < 4:
+            chunk = conn.recv(4 - len(data))
+            if not chunk:
+                raise ValueError("the fork server closed the connection")
+            data += chunk
+        return int(struct.unpack("!i", data)[0])
+
+    sys.stdout.flush()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(server))
+        socket.send_fds(conn, [json.dumps(args).encode()], [1, 2])
+        conn.shutdown(socket.SHUT_WR)
+        pid = read(conn)
+        conn.settimeout(bound)
+        try:
+            return read(conn)
+        except TimeoutError:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:  # not in its own session yet
+                os.kill(pid, signal.SIGKILL)
+            conn.settimeout(None)
+            read(conn)
+            print(f"timeout: the tests ran past {bound:.0f} s", flush=True)
+            return 1
+
+
+# --- A fork server: pytest and the libraries the tests use imported once --------------
+
+# Imported once by the server, never the modules under test (they are mutated): each
+# test run is a fork of it, so a mutant's tests start in a fraction of the time.
+_PRELOAD = (
+    "pytest",
+    "_pytest.python",
+    "hypothesis",
+    "pytest_asyncio",
+    "anyio",
+    "nacl.bindings",
+    "nacl.public",
+    "nacl.signing",
+    "cbor2",
+    "cryptography",
+    "fastapi",
+    "starlette.testclient",
+    "httpx",
+    "pydantic",
+    "uvicorn",
+    "aiocoap",
+    "paho.mqtt.client",
+    "nats",
+    "jsonschema",
+    "prometheus_client",
+)
+_SERVER_VAR = "SAFETHING_MUTATION_SERVER"
+
+
+def _serve(path: Path) -> None:
+    """Fork, for each request on the Unix socket ``path``, a child that runs pytest with
+    the arguments sent, its output on the file descriptors sent; answer the child's pid,
+    then its exit status. One request at a time (Cosmic Ray runs one mutant at a time)."""
+    import importlib
+    import socket
+    import struct
+    import warnings
+
+    import pytest
+
+    sys.dont_write_bytecode = True  # a mutant's module must never leave a stale .pyc
+    with warnings.catch_warnings():  # the tests' own warnings filters are theirs to set
+        warnings.simplefilter("ignore")
+        for name in _PRELOAD:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+    if any(m.startswith(("safething", "safething_gateway")) for m in sys.modules):
+        sys.exit("the fork server imported the code under test: see _PRELOAD")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    print("ready", flush=True)
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            request, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 2)
+            if len(fds) != 2:
+                continue
+            while chunk := conn.recv(1 << 16):
+                request += chunk
+            args = json.loads(request)
+            pid = os.fork()
+            if pid == 0:  # the child: pytest, in its own session, killed as a group
+                code = 3
+                try:
+                    server.close()
+                    conn.close()
+                    os.setsid()
+                    os.dup2(fds[0], 1)
+                    os.dup2(fds[1], 2)
+                    # pytest's plugins were imported before it could rewrite their
+                    # asserts (the tests' own modules are imported, and rewritten, here)
+                    quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+                    code = int(pytest.main([*quiet, *args]))
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            for fd in fds:
+                os.close(fd)
+            conn.sendall(struct.pack("!i", pid))
+            _, status = os.waitpid(pid, 0)
+            conn.sendall(struct.pack("!i", os.waitstatus_to_exitcode(status)))
 
 
 def _spans(module: Path, *, logging: bool) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -713,6 +843,30 @@ def _report(module: str, minutes: float | None = None) -> str:
     )
 
 
+@contextlib.contextmanager
+def _fork_server(work: Path, env: dict[str, str]) -> Generator[dict[str, str]]:
+    """The fork server (``--serve``) running in ``work``, and the environment that tells
+    the selector where it is."""
+    sock = work / ".mutation-server.sock"
+    sock.unlink(missing_ok=True)
+    server = subprocess.Popen(
+        [Path(sys.executable).parent / "python", "scripts/_mutation.py", "--serve", str(sock)],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != "ready":
+            sys.exit(f"the fork server did not start (exit {server.wait()})")
+        yield {**env, _SERVER_VAR: str(sock)}
+    finally:
+        server.terminate()
+        server.wait()
+        sock.unlink(missing_ok=True)
+
+
 def _run(
     module: str,
     tests: list[str],
@@ -789,7 +943,15 @@ def _run(
         timeout = max(timeout, 6 * took + 60)  # a backstop: the selector keeps the bound
     config.write_text(_config(module, command, timeout))
     print(f"{module}: its tests take {took:.0f} s unmutated (under coverage)", flush=True)
-    subprocess.run([bin_dir / "cosmic-ray", "exec", config, session], cwd=work, env=env, check=True)
+    if whole:
+        subprocess.run(
+            [bin_dir / "cosmic-ray", "exec", config, session], cwd=work, env=env, check=True
+        )
+    else:
+        with _fork_server(work, env) as served:
+            subprocess.run(
+                [bin_dir / "cosmic-ray", "exec", config, session], cwd=work, env=served, check=True
+            )
     line = _report(module, (time.monotonic() - started) / 60)
     print(line, flush=True)
     with (OUT / "summary.txt").open("a") as f:
@@ -799,6 +961,9 @@ def _run(
 def main() -> None:
     if sys.argv[1:2] == ["--select"]:  # Cosmic Ray's test command (see _run)
         sys.exit(_select(Path(sys.argv[2]), Path(sys.argv[3])))
+    if sys.argv[1:2] == ["--serve"]:  # the fork server (see _run)
+        _serve(Path(sys.argv[2]))
+        return
     if sys.argv[1:2] == ["--trace"]:  # the coverage run (see _run)
         sys.exit(_trace(sys.argv[2], Path(sys.argv[3]), sys.argv[4:]))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
