@@ -132,11 +132,14 @@ async def test_a_block_past_the_size_limit_is_refused_at_once(
     bridge: CoapBridge, client: Any
 ) -> None:
     """Block1 offsets count: a block that would carry the body past MAX_MESSAGE_BYTES is
-    refused (4.13) before anything is assembled, even a block of one byte."""
+    refused (4.13) before anything is assembled, even a block of one byte, and a full
+    block that skips ahead past the limit (its offset plus its length: whatever the
+    block number, odd or even)."""
     assert bridge.gateway is not None
     bridge.gateway.registry.add("sensor-01", "coap")
     first = MAX_MESSAGE_BYTES // 1024  # this block starts exactly at the limit
-    for number, data in ((first, b"x"), (first + 20, b"x" * 1024)):
+    full = b"x" * 1024
+    for number, data in ((first, b"x"), (first + 1, full), (first + 20, full)):
         r = await block(client, bridge, "sensor-01", "reading", number, data, True)
         assert code(r) == "4.13", (number, r.payload)
         assert r.opt.size1 == MAX_MESSAGE_BYTES
