@@ -4,6 +4,8 @@ is acknowledged. The broker-backed tests are in test_mqtt.py."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -14,6 +16,7 @@ from safething_gateway.bridges import mqtt as bridge_module
 from safething_gateway.bridges.mqtt import MqttBridge, Topics, _Acks, _Received
 from safething_gateway.core import Gateway
 from safething_gateway.registry import RegistryBusyError
+from safething_gateway.testing import wait_until as until
 
 from .conftest import SENSOR, Device, tamper
 
@@ -253,3 +256,33 @@ async def test_an_unforeseen_failure_is_logged_and_the_message_acknowledged(
     await _deliver(bridge, message)
     assert bridge.connection.acks == [message.mid]  # type: ignore[attr-defined]
     assert bridge._backlog == 0
+
+
+async def test_a_failed_delivery_after_a_reconnect_stops_no_worker(
+    bridge: MqttBridge, device: Device, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a (re)connection the bridge pushes what waits for each device believed online
+    (a marker in its lane). A push that fails (the registry or the store at fault) is
+    logged; the worker goes on with the device's messages behind it, so a failing
+    delivery cannot take the bridge's workers away one by one."""
+
+    async def broken(device_id: str) -> int:
+        raise RuntimeError("the registry went away")
+
+    monkeypatch.setattr(gateway, "deliver", broken)
+    bridge._enqueue("sensor-01", bridge_module._DELIVER)
+    reading = device.message("reading", {"moisture": 5})
+    bridge._received(_message(bridge.topics.up("sensor-01", "reading"), reading), 1)
+
+    def handled() -> bool:
+        return gateway.registry.get("sensor-01").rx_counter == device.counter
+
+    worker = asyncio.create_task(bridge._work())  # one worker: both items are its to do
+    try:
+        await until(lambda: worker.done() or handled(), timeout=30)
+        assert not worker.done() and handled()
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+    assert bridge._lanes == {} and bridge._backlog == 0
