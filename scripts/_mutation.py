@@ -130,6 +130,7 @@ MQTT_REFUSALS = [
     "tests/gateway/test_mqtt_refusals.py",
     "tests/gateway/test_mqtt.py::test_pubacks_go_out_in_arrival_order",
     "tests/gateway/test_mqtt.py::test_rejections_are_reported_on_the_err_topic",
+    "tests/gateway/test_mqtt.py::test_without_acl_the_gateway_refuses_another_devices_topic",
     "tests/gateway/test_mqtt.py::test_a_birth_during_a_store_outage_is_not_lost",
     "tests/gateway/test_attacks_mqtt.py::test_a_locked_registry_freezes_nothing_and_loses_nothing",
 ]
