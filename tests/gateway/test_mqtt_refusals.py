@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+from types import SimpleNamespace
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -286,3 +288,47 @@ async def test_a_failed_delivery_after_a_reconnect_stops_no_worker(
         with contextlib.suppress(asyncio.CancelledError):
             await worker
     assert bridge._lanes == {} and bridge._backlog == 0
+
+
+async def test_a_qos0_flood_is_logged_once_per_thousand_drops(
+    bridge: MqttBridge, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A publisher flooding QoS 0 past the queue limit does not flood the gateway's log
+    (the disk) in turn: one warning at the first drop, then one per thousand."""
+    monkeypatch.setattr(bridge_module, "_QUEUE_LIMIT", 1)
+    bridge._backlog = 1
+    topic = bridge.topics.up("sensor-01", "reading")
+    with caplog.at_level(logging.WARNING, logger="safething.gateway.mqtt"):
+        for _ in range(2_500):
+            bridge._received(_message(topic, b"x", qos=0), 1)
+    assert bridge._dropped == 2_500 and bridge._backlog == 1
+    warned = [r.args[0] for r in caplog.records if "dropped" in r.getMessage()]  # type: ignore[index]
+    assert warned == [1, 1_000, 2_000]
+
+
+async def test_a_busy_registry_is_tried_again_less_and_less_often(
+    bridge: MqttBridge, device: Device, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holding gateway.db's lock for long is not hammered: the message is
+    tried again after 0.05 s, then twice as long each time, at most every 2 s."""
+    real = gateway.handle
+    calls = 0
+
+    async def busy(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls <= 8:
+            raise RegistryBusyError("database is locked")
+        return await real(*args, **kwargs)
+
+    waits: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)  # the bridge's waits only, and none really waited
+
+    monkeypatch.setattr(gateway, "handle", busy)
+    monkeypatch.setattr(bridge_module, "asyncio", SimpleNamespace(sleep=sleep))
+    reading = device.message("reading", {"moisture": 9})
+    await _deliver(bridge, _message(bridge.topics.up("sensor-01", "reading"), reading))
+    assert gateway.registry.get("sensor-01").rx_counter == device.counter
+    assert waits == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0])
