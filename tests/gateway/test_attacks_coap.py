@@ -59,7 +59,7 @@ async def block(
         content_format=JSON,
     )
     message.opt.block1 = BlockOption.BlockwiseTuple(number, more, 6)  # 1024-byte blocks
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         return await client.request(message, handle_blockwise=False).response
 
 
@@ -122,7 +122,7 @@ async def test_a_finished_blockwise_message_leaves_nothing_behind(
         payload=device.message("birth", {"description": doc}),
         content_format=JSON,
     )
-    async with asyncio.timeout(20):
+    async with asyncio.timeout(30):
         r = await client.request(message).response
     assert code(r) not in ("2.31", "4.08"), r.payload  # the whole message was answered
     assert held(bridge) == []
@@ -174,7 +174,7 @@ async def test_refused_requests_leave_no_request_state_behind(
         aiocoap.Message(code=Code.POST, uri=f"{base}/st/v1/sensor-01/reading", payload=b"x"),
     ]
     for message in requests:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
             r = await client.request(message, handle_blockwise=False).response
         assert code(r).startswith("4."), r.payload
         assert (r.opt.size1 is not None) == (code(r) == "4.13")  # only 4.13 says the limit
@@ -184,10 +184,10 @@ async def test_refused_requests_leave_no_request_state_behind(
 
     monkeypatch.setattr(bridge, "_uplink", bug)  # a failure no refusal foresaw: 5.00
     message = aiocoap.Message(code=Code.POST, uri=f"{base}/st/v1/sensor-01/reading")
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         r = await client.request(message, handle_blockwise=False).response
     assert code(r) == "5.00"
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         while _open_requests(bridge):  # the last reply may still be on its way out
             await asyncio.sleep(0.01)
     assert not bridge._tasks  # nor a reference to any request's task
@@ -253,10 +253,10 @@ async def test_a_request_in_progress_is_tracked_for_close(
         code=Code.POST, uri=f"coap://127.0.0.1:{bridge.port}/st/v1/sensor-01/reading"
     )
     pending = asyncio.ensure_future(client.request(message).response)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         await held_up.wait()
     assert len(bridge._tasks) == 1
     release.set()
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         assert code(await pending) == "2.04"
     assert not bridge._tasks

@@ -84,7 +84,7 @@ async def request(
     message = aiocoap.Message(
         code=method, uri=f"coap://127.0.0.1:{bridge.port}{path}", payload=payload, **options
     )
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(30):
         return await client.request(message).response
 
 
@@ -112,7 +112,7 @@ async def test_birth_readings_events_reach_a_subscriber(
     async with things.subscribe(ID, topic="VeryDryAlarm") as sub:
         await device.reading({"moisture": 12})
         await device.event("VeryDryAlarm", 12)
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(30):
             note = await anext(aiter(sub))
     assert note.value == 12.0
     assert (await things.read(ID, "moisture")).value == 12.0
@@ -161,7 +161,7 @@ async def test_action_delivered_by_poll(
     await device.start()
     things = ThingClient(Client(store, Identity.generate()))
     handle = await things.request(ID, "OpenValve")
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(30):
         while not gateway.registry.pending(ID):  # the gateway's thing picks the request up
             await asyncio.sleep(0.01)
     assert await device.poll() == 1
@@ -189,10 +189,10 @@ async def test_observe_sends_what_is_pending_then_every_new_downlink(
     await device.observe()
     for value in range(2, 31):  # more than fits one notification: nothing may be lost
         await gateway.send(ID, "desired", {"target": value})
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(30):
         await done.wait()
     assert seen == [{"target": v} for v in range(1, 31)]
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(30):
         while gateway.registry.pending(ID):  # the last ack is on its way
             await asyncio.sleep(0.01)
 
@@ -232,12 +232,12 @@ async def test_a_newer_registration_and_close_end_observations(
         second = CoapDevice(link, "127.0.0.1", bridge.port)
         await second.start()
         await second.observe()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(30):
             while first.observing.is_set():
                 await asyncio.sleep(0.01)
         assert bridge.connected() == 1
         await bridge.close()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(30):
             while second.observing.is_set():
                 await asyncio.sleep(0.01)
         await second.close()
@@ -375,6 +375,17 @@ async def test_rejections_carry_code_and_diagnostic(
     assert sum(v for (name, _), v in gateway.metrics.counters.items() if "rejected" in name) == 14
 
 
+async def test_a_down_request_without_its_counter_or_its_mac_is_a_bad_message(
+    bridge: CoapBridge, link: DeviceLink, client: Any
+) -> None:
+    """A device that sends ``GET down`` with only one of ``c`` and ``m`` (or either empty)
+    is told what is missing (4.00), never a 5.00."""
+    for query in ("?c=99", f"?m={'0' * 64}", f"?c=&m={'0' * 64}", "?c=99&m="):
+        response = await request(client, bridge, Code.GET, f"/st/v1/{ID}/down{query}")
+        assert code(response) == "4.00", (query, response.payload)
+        assert response.payload.startswith(b"bad_message: down needs ?c=<counter>&m="), query
+
+
 async def test_a_store_outage_asks_the_device_to_retry_in_5_s(
     bridge: CoapBridge, link: DeviceLink, client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -482,7 +493,7 @@ async def test_a_vanished_observer_is_dropped_and_its_downlink_kept(
     await device.observe()
     await device.close()  # gone without a word, as a device that loses power
     await gateway.send(ID, "desired", {"target": 2})  # the notification is refused
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(30):
         while bridge.can_push(ID):
             await asyncio.sleep(0.01)
     assert [d.channel for d in gateway.registry.pending(ID)] == ["desired"]
