@@ -91,19 +91,32 @@ class Client(AsyncResource):
         self.tampered_count = 0
         """How many times this client refused data that failed verification."""
         self._pins: dict[str, _Pins] = {}
-        # store key -> (verified or self-written entry, store revision). Used only as the
+        # store key -> (verified or self-written entry, store revision, digest of the
+        # record's bytes, the header it was valid under). The revision is only the
         # compare-and-set expectation of the next write: if anyone else wrote since, the
-        # store refuses the write and the writer re-reads and re-verifies.
-        self._known: dict[str, tuple[Entry, int]] = {}
+        # store refuses the write and the writer re-reads and re-verifies. The digest
+        # and the header let a read of the very same bytes under the very same header
+        # skip the signature check (what was valid then is valid now).
+        self._known: dict[str, tuple[Entry, int, bytes, MDHeader | None]] = {}
 
     async def close(self) -> None:
         """Close the store this client uses."""
         await self.store.close()
 
-    def _remember(self, store_key: str, entry: Entry, revision: int) -> None:
+    def _remember(
+        self,
+        store_key: str,
+        entry: Entry,
+        revision: int,
+        digest: bytes = b"",
+        header: MDHeader | None = None,
+    ) -> None:
+        """Keep ``entry``, read or written at ``revision``; ``digest`` (of the record's
+        bytes) and ``header`` only when this client verified or signed those bytes and
+        ``header`` allowed them."""
         if len(self._known) >= _KNOWN_MAX:
             self._known.clear()
-        self._known[store_key] = (entry, revision)
+        self._known[store_key] = (entry, revision, digest, header)
 
     # --- MDs ----------------------------------------------------------------------
 
@@ -188,7 +201,7 @@ class Client(AsyncResource):
             await self.store.create(address.header_key, header.to_bytes())
         except ConflictError:
             raise EntryExistsError(f"an MD already exists at {address}") from None
-        self._accept_header(address, header, header.to_bytes())
+        self._accept_header(address, header, header.to_bytes(), signed_here=True)
         return _MutableData(self, address, secret if private else None)
 
     async def list_mds(self, tag: int | None = None) -> list[MDAddress]:
@@ -225,11 +238,17 @@ class Client(AsyncResource):
             self.on_tampered(error)
         return error
 
-    def _check_header(self, address: MDAddress, header: MDHeader, raw: bytes) -> None:
-        """Raise ``TamperedDataError`` unless ``header`` may follow the trusted one."""
+    def _check_header(
+        self, address: MDAddress, header: MDHeader, raw: bytes, *, signed_here: bool = False
+    ) -> None:
+        """Raise ``TamperedDataError`` unless ``header`` may follow the trusted one.
+
+        ``signed_here``: this client has just signed ``header`` itself (as an owner,
+        checked before signing), so its signature is not checked again."""
         where = str(address)
         pins = self._pin(address)
-        header.verify()  # signed by one of the owners it names
+        if not signed_here:
+            header.verify()  # signed by one of the owners it names
         owners = frozenset(o.value for o in header.owners)
         if pins.exact_owners is not None and owners != pins.exact_owners:
             raise TamperedDataError(
@@ -267,13 +286,16 @@ class Client(AsyncResource):
                 address=where,
             )
 
-    def _accept_header(self, address: MDAddress, header: MDHeader, raw: bytes) -> MDHeader:
-        """Verify ``header`` against signatures and what this client trusts; remember it."""
+    def _accept_header(
+        self, address: MDAddress, header: MDHeader, raw: bytes, *, signed_here: bool = False
+    ) -> MDHeader:
+        """Verify ``header`` against signatures and what this client trusts; remember it.
+        ``signed_here``: see :meth:`_check_header`."""
         pins = self._pin(address)
         if raw == pins.header_bytes and pins.header is not None:
             return pins.header
         try:
-            self._check_header(address, header, raw)
+            self._check_header(address, header, raw, signed_here=signed_here)
         except TamperedDataError as e:
             raise self._tampered(e) from None
         self.trust.set_header(

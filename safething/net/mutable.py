@@ -33,6 +33,7 @@ from safething.net.records import MDHeader as _MDHeader
 from safething.net.records import PrivateCodec as _PrivateCodec
 from safething.net.records import check_entry_key as _check_entry_key
 from safething.net.records import needed_action as _needed_action
+from safething.net.records import record_digest as _record_digest
 from safething.resource import AsyncResource
 from safething.store.base import Change, Quota, Record, Watch, Write
 
@@ -88,7 +89,7 @@ class MutableData:
                 await self.client.store.update(self.address.header_key, new.to_bytes(), revision)
             except ConflictError:
                 continue
-            return self.client._accept_header(self.address, new, new.to_bytes())
+            return self.client._accept_header(self.address, new, new.to_bytes(), signed_here=True)
         raise ConflictError(self.address.header_key, expected=0, current=0)
 
     async def repair_header(self, *, permissions: PermissionSet | None = None) -> bool:
@@ -136,7 +137,7 @@ class MutableData:
             await client.store.create(self.address.header_key, new.to_bytes())
         else:
             await client.store.update(self.address.header_key, new.to_bytes(), record.revision)
-        client._accept_header(self.address, new, new.to_bytes())
+        client._accept_header(self.address, new, new.to_bytes(), signed_here=True)
         pins.refused = b""
         log.warning("MD %s: wrote the trusted header again (version %d)", self.address, version + 1)
         return True
@@ -183,6 +184,15 @@ class MutableData:
         """
         client = self.client
         codec = self._need_codec(header)
+        digest = _record_digest(record.value)
+        known = client._known.get(record.key)
+        if known is not None and known[3] is header and known[2] == digest:
+            # The very bytes this client verified or signed under this very header.
+            entry = known[0]
+            if not client._check_version(self.address, record.key, entry.version, stale_ok=live):
+                return None
+            client._remember(record.key, entry, record.revision, digest, header)
+            return entry
         try:
             rec = _EntryRecord.from_bytes(record.value, self.address, expected)
             if self.address.entry_key(rec.stored_key) != record.key:
@@ -217,7 +227,7 @@ class MutableData:
         if not client._check_version(self.address, record.key, rec.version, stale_ok=live):
             return None
         entry = _Entry(key, value, rec.version, rec.signer)
-        client._remember(record.key, entry, record.revision)
+        client._remember(record.key, entry, record.revision, digest, header)
         return entry
 
     async def get(self, key: bytes | str, *, include_deleted: bool = False) -> _Entry:
@@ -365,6 +375,7 @@ class MutableData:
             current = await self._current(header, list(pending))
             writes: list[Write] = []
             planned: list[tuple[bytes, _Entry]] = []
+            digests: list[bytes] = []
             for key, value in pending.items():
                 stored = self._stored_key(key)
                 store_key = self.address.entry_key(stored)
@@ -423,6 +434,7 @@ class MutableData:
                     )
                 writes.append(Write(store_key, data, expect, quota))
                 planned.append((key, _Entry(key, value, version, me.public_sign_key)))
+                digests.append(_record_digest(data))
             results = await store.commit(writes, atomic=atomic)
             retry: dict[bytes, bytes | None] = {}
             if atomic and any(isinstance(r, Exception) for r in results):
@@ -436,7 +448,7 @@ class MutableData:
                 if not isinstance(refusal, ConflictError) or versions or expect_version is not None:
                     raise refusal
                 continue  # nothing was written: decide the whole batch again
-            for (key, entry), result in zip(planned, results, strict=True):
+            for (key, entry), digest, result in zip(planned, digests, results, strict=True):
                 store_key = self.address.entry_key(self._stored_key(key))
                 if isinstance(result, ConflictError):
                     client._known.pop(store_key, None)
@@ -462,7 +474,7 @@ class MutableData:
                     raise result
                 else:
                     client._check_version(self.address, store_key, entry.version)
-                    client._remember(store_key, entry, result)
+                    client._remember(store_key, entry, result, digest, header)
                     done[key] = entry
             if not retry:
                 return [done[k] for k in items]
@@ -480,7 +492,7 @@ class MutableData:
         for k in keys:
             store_key = self.address.entry_key(self._stored_key(k))
             if store_key in known:
-                result[k] = known[store_key]
+                result[k] = known[store_key][:2]
             else:
                 wanted[store_key] = k
         if not wanted:

@@ -112,6 +112,22 @@ async def test_revoked_writer_entries_are_refused(
         await fresh.get("b")
 
 
+async def test_an_entry_read_before_its_writer_was_revoked_is_refused_after(
+    store: Store, client: Client, bob: Identity
+) -> None:
+    """A reader keeps what it verified, to skip checking the same bytes again; that
+    holds only under the header it checked them with."""
+    md = await client.create_md(NAME, TAG_THING)
+    await md.set_permissions(bob.public_sign_key, "insert")
+    await Client(store, bob).md(NAME, TAG_THING).insert("b", "1")
+    reader = Client(store).md(NAME, TAG_THING)
+    assert await reader.get_value("b") == b"1"
+    await md.set_permissions(bob.public_sign_key, Action.NONE)
+    with pytest.raises(TamperedDataError, match="lacks insert permission"):
+        await reader.get("b")
+    assert await reader.entries(skip_tampered=True) == {}
+
+
 async def test_private_md_hides_keys_and_values(store: Store, client: Client) -> None:
     md = await client.create_md(NAME, TAG_THING, private=True)
     assert md.secret is not None
