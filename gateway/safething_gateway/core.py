@@ -756,9 +756,7 @@ class Gateway(AsyncResource):
                         thing.on_desired(
                             attr.name, self._desired_sender(record.device_id, attr.name)
                         )
-            await thing.register()
-            if thing.status == "registered":
-                await thing.publish()
+            await thing.register(publish=True)
         except BaseException as e:
             await thing.close()
             if isinstance(e, LimitExceededError | ThingError):

@@ -191,6 +191,33 @@ class ThingClient(AsyncResource):
         self._views[thing_id] = view
         return view
 
+    def own_view(
+        self,
+        thing_id: str,
+        description: ThingDescription,
+        status: str,
+        thing: PublicIdentity,
+        owner: PublicIdentity,
+        ring: KeyRing,
+    ) -> ThingView:
+        """The view of the thing this client acts as, from what that thing wrote or
+        verified itself (instead of reading it all back from the store)."""
+        addresses = ThingAddresses.of(thing_id)
+        view = ThingView(
+            thing_id,
+            addresses,
+            description,
+            status,
+            thing,
+            owner,
+            ring,
+            self.client.md(addresses.thing.name, addresses.thing.tag),
+            self.client.md(addresses.inbox.name, addresses.inbox.tag),
+            self.client.md(addresses.outbox.name, addresses.outbox.tag),
+        )
+        self._views[thing_id] = view
+        return view
+
     async def _ring(self, md: MutableData, authorities: tuple[Any, ...]) -> KeyRing | None:
         identity = self.client.identity
         if identity is None:

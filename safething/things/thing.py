@@ -144,6 +144,41 @@ class StoredSubscription:
         )
 
 
+def _status_record(status: str) -> bytes:
+    return dumps({"s": status, "t": time.time()})
+
+
+class _Batch:
+    """Entries of one MD to write in one commit, and what to do once they are written."""
+
+    def __init__(self) -> None:
+        self.items: dict[bytes | str, bytes] = {}
+        self.versions: dict[bytes | str, int | None] = {}
+        self.after: list[Callable[[], None]] = []
+
+    def put(
+        self,
+        key: bytes | str,
+        data: bytes,
+        then: Callable[[], None] | None = None,
+        *,
+        new: bool = False,
+    ) -> None:
+        """``data`` under ``key``; ``new``: only if no entry is there (as ``insert``)."""
+        self.items[key] = data
+        if new:
+            self.versions[key] = None
+        if then is not None:
+            self.after.append(then)
+
+    async def commit(self, md: MutableData) -> None:
+        if not self.items:
+            return
+        await md.put_many(self.items, versions=self.versions, atomic=True)
+        for then in self.after:
+            then()
+
+
 class Thing(AsyncResource):
     """A thing with its own identity, in a store given as a URL or a :class:`Store`.
 
@@ -324,11 +359,16 @@ class Thing(AsyncResource):
         used += sum(1 + t.history for t in d.topics)
         return used
 
-    async def register(self) -> None:
+    async def register(self, *, publish: bool = False) -> None:
         """Create or update the thing's MDs and description; keeps history and subscriptions.
 
-        A new thing starts *registered*; a registered or published thing keeps
-        its status across restarts. Starts serving the inbox.
+        A new thing starts *registered* (*published* with ``publish=True``); a
+        registered or published thing keeps its status across restarts, and a
+        registered one is published with ``publish=True``. Starts serving the inbox.
+
+        The entries of the thing's MD that need writing (its key list, level keys,
+        description, a new thing's status) are signed one by one and committed
+        together.
         """
         client = self.client
         budget = self._budget()
@@ -365,19 +405,22 @@ class Thing(AsyncResource):
             # A header the store swapped in (refused, counted) is replaced by the trusted one.
             await self._md(which).repair_header(permissions=PermissionSet(perms))
         md = self._md("thing")
+        batch = _Batch()
         await self._put_if_changed(
             md,
             layout.KEYS,
             {"thing": self.identity.public.to_dict(), "owner": self.owner.to_dict()},
+            batch,
         )
-        await self._ensure_level_keys(md)
-        await self._put_if_changed(md, layout.DESC, self.description.to_dict())
+        await self._ensure_level_keys(md, batch)
+        await self._put_if_changed(md, layout.DESC, self.description.to_dict(), batch)
         try:
             status = loads(await md.get_value(layout.STATUS), "status")
             self._trusted_status(str(status["s"]))
         except NoSuchEntryError:
             if self.trust.value(self._status_name()) is None:
-                await self._set_status("registered")
+                new = "published" if publish else "registered"
+                batch.put(layout.STATUS, _status_record(new), lambda: self._trusted_status(new))
             else:  # the store dropped it: write back what this thing trusts
                 await self._set_status(self.status_trusted())
         except TamperedDataError as e:
@@ -389,10 +432,16 @@ class Thing(AsyncResource):
                 "thing %s: refused the stored status (%s); keeping %r", self.id, e, trusted.decode()
             )
             await self._set_status(trusted.decode())  # and repair the store
+        await batch.commit(md)
+        if publish and self.status == "registered":
+            await self.publish()
         await self._restore_sequences(md)
         await self._archive.restore(self._streams())
         await self._trim_outbox()
-        await self.things.view(self.id, refresh=True)
+        # What this thing knows of itself: all of it written or verified just now.
+        self.things.own_view(
+            self.id, self.description, self.status, self.identity.public, self.owner, self._ring
+        )
         if self._inbox_task is None:
             self._inbox_task = self._tasks.spawn(self._serve_inbox(), "inbox")
             self._tasks.spawn(self._follow_status(), "status")
@@ -423,7 +472,9 @@ class Thing(AsyncResource):
             except SafeThingError as e:
                 log.warning("thing %s: heartbeat not written: %s", self.id, e)
 
-    async def _put_if_changed(self, md: MutableData, key: bytes, doc: Any) -> None:
+    async def _put_if_changed(
+        self, md: MutableData, key: bytes, doc: Any, batch: _Batch | None = None
+    ) -> None:
         data = dumps(doc)
         try:
             if await md.get_value(key) == data:
@@ -432,9 +483,12 @@ class Thing(AsyncResource):
             pass
         except TamperedDataError:
             pass  # refused and counted; the write below replaces it
-        await md.put(key, data)
+        if batch is not None:
+            batch.put(key, data)
+        else:
+            await md.put(key, data)
 
-    async def _ensure_level_keys(self, md: MutableData) -> None:
+    async def _ensure_level_keys(self, md: MutableData, batch: _Batch) -> None:
         readers = {
             "thing": [self.identity.public],
             "owner": [self.owner, self.identity.public],
@@ -449,9 +503,12 @@ class Thing(AsyncResource):
                 if trusted is None:
                     secret = SecretKey.generate()
                     record = make_key_record(0, secret, who)
-                    await md.insert(key, record)
-                    self._ring.add(level, 0, secret)
-                    self.trust.set_value(self._level_name(level), record)
+                    batch.put(
+                        key,
+                        record,
+                        functools.partial(self._new_level_key, level, secret, record),
+                        new=True,
+                    )
                     continue
                 record = trusted
                 await md.put(key, record)  # the store dropped it: put back the trusted one
@@ -467,6 +524,10 @@ class Thing(AsyncResource):
                 raise ThingError(
                     f"thing {self.id!r}: its {level} key is not sealed to this identity"
                 )
+
+    def _new_level_key(self, level: str, secret: SecretKey, record: bytes) -> None:
+        self._ring.add(level, 0, secret)
+        self.trust.set_value(self._level_name(level), record)
 
     def _level_name(self, level: str) -> str:
         return f"level/{self.id}/{level}"
@@ -540,7 +601,7 @@ class Thing(AsyncResource):
         return streams
 
     async def _set_status(self, status: str) -> None:
-        await self._md("thing").put(layout.STATUS, dumps({"s": status, "t": time.time()}))
+        await self._md("thing").put(layout.STATUS, _status_record(status))
         self._trusted_status(status)
 
     def _status_name(self) -> str:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from safething.errors import (
 )
 from safething.net import Client, Identity
 from safething.net.trust import TrustState
-from safething.store import Store, open_store
+from safething.store import Store, Write, open_store
 from safething.things import (
     ActionRequest,
     Attribute,
@@ -101,6 +101,37 @@ async def test_rerregister_keeps_history(store: Store, owner: Identity, device: 
         assert t.status == "published"
         assert await t.set("moisture", 11) == 2
         assert await t.notify("VeryDryAlarm", 2.0) == 2
+
+
+async def test_register_with_publish_writes_the_new_thing_in_one_commit(
+    store: Store, owner: Identity, device: Identity, stranger: ThingClient
+) -> None:
+    commits: list[int] = []
+    commit = store.commit
+
+    async def counted(writes: Sequence[Write], *, atomic: bool = False) -> list[int | Exception]:
+        commits.append(len(writes))
+        return await commit(writes, atomic=atomic)
+
+    store.commit = counted  # type: ignore[method-assign]
+    new = Thing(garden_description(), identity=device, owner=owner, store=store, heartbeat=None)
+    async with new as t:
+        await t.register(publish=True)
+        # Four MD headers, then the key list, three level keys, the description and
+        # the status in one commit: a reader never sees half a thing.
+        assert commits == [1, 1, 1, 1, 6]
+        assert t.status == "published"
+        assert await stranger.status("garden-01") == "published"
+        # The thing's own view (not read back from the store) opens its own data.
+        await t.set("secret_code", "1234")
+        assert (await t.things.read("garden-01", "secret_code")).value == "1234"
+        assert (await t.things.view("garden-01")).status == "published"
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        await t.register()
+        await t.disable()
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        await t.register(publish=True)  # publishes a registered thing, not a disabled one
+        assert t.status == "disabled"
 
 
 async def test_two_writers_lose_no_update(store: Store, owner: Identity, device: Identity) -> None:
