@@ -314,6 +314,68 @@ async def test_past_max_connections_the_oldest_half_open_one_is_closed(
                 writer.close()
 
 
+async def test_a_connection_that_sent_its_request_is_not_taken_for_half_open(
+    store: Store, registry: Registry
+) -> None:
+    """A client that completed a request and keeps its connection open (keep-alive) is
+    no slowloris: past max_connections the half-open connection is closed, not the
+    older one that already sent its request head, which still gets its next answer."""
+    bridge = HttpBridge("127.0.0.1", 0, max_connections=2, header_timeout=60)
+    owner = Identity.generate("owner")
+    async with Gateway(store=store, registry=registry, owner=owner, bridges=[bridge]) as gw:
+        await gw.start()
+        connections = []
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+            connections.append((reader, writer))
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # a whole request
+            await writer.drain()
+            async with asyncio.timeout(30):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 ")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.lower().split(b"\r\n")
+                    if line.startswith(b"content-length:")
+                )
+                await reader.readexactly(length)  # its body: the connection is idle now
+            for _ in range(2):  # a half-open one, then one past max_connections
+                reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # half a head
+                await writer.drain()
+                connections.append((reader, writer))
+            async with asyncio.timeout(30):
+                assert await connections[1][0].read() == b""  # the half-open one: closed
+            reader, writer = connections[0]
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the next request
+            await writer.drain()
+            async with asyncio.timeout(30):
+                assert (await reader.readline()).startswith(b"HTTP/1.1 200 ")
+        finally:
+            for _, writer in connections:
+                writer.close()
+
+
+async def test_a_declared_body_over_the_limit_is_refused_before_it_is_sent(
+    served: tuple[Gateway, str], victim: Device
+) -> None:
+    """A Content-Length over the limit is answered 413 at once: the client cannot hold
+    the connection by announcing a large body and sending it slowly, or never."""
+    port = int(served[1].rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST /st/v1/devices/sensor-01/reading HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (MAX_MESSAGE_BYTES + 1)
+        )  # and no body
+        await writer.drain()
+        async with asyncio.timeout(30):
+            assert (await reader.readline()).startswith(b"HTTP/1.1 413 ")
+    finally:
+        writer.close()
+
+
 async def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(
     served: tuple[Gateway, str], victim: Device
 ) -> None:

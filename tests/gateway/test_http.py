@@ -241,11 +241,13 @@ async def test_a_long_poll_woken_by_a_downlink_counts_the_others_waiting(
     await gateway_.send("sensor-01", "desired", {"target": 2})  # pushed to the held poll
     # it takes one downlink only: a second push is not handed to a poll already answered
     assert not bridge.can_push("sensor-01")
-    # one more queued before the held poll resumes (nothing above let it run): counted too
+    # two more queued before the held poll resumes (nothing above let it run): counted
+    # too, the older one and the newer ones alike
     gateway_.registry.enqueue("sensor-01", "desired", b'{"target": 3}')
+    gateway_.registry.enqueue("sensor-01", "desired", b'{"target": 4}')
     async with asyncio.timeout(30):
         r = await request
-    assert (r.status_code, r.headers["ST-Channel"], r.headers["ST-More"]) == (200, "desired", "2")
+    assert (r.status_code, r.headers["ST-Channel"], r.headers["ST-More"]) == (200, "desired", "3")
     body = parse_frame(r.content).open(device.link.secret, "sensor-01", "desired", uplink=False)
     assert json.loads(body) == {"target": 2}
 
