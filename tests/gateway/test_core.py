@@ -170,6 +170,31 @@ async def test_a_device_cannot_claim_another_things_id(gateway: Gateway, device:
     assert (await things.describe("sensor-02")).title == "Soil sensor 2"
 
 
+@pytest.mark.parametrize(
+    "description",
+    [
+        {k: v for k, v in SENSOR.items() if k != "id"},  # no id
+        {**SENSOR, "attributes": "moisture"},  # not an object of attributes
+        {**SENSOR, "id": 7},
+    ],
+)
+async def test_a_birth_whose_description_does_not_parse_is_refused_and_spends_nothing(
+    gateway: Gateway, device: Device, description: dict[str, object]
+) -> None:
+    """A broken device's birth: refused as a bad payload (the detail in the log, as the
+    body was sealed), no thing made, no counter spent: the same counter with a good
+    description is accepted."""
+    with pytest.raises(PayloadError) as refused:
+        await gateway.handle(
+            "sensor-01", "birth", device.message("birth", {"description": description})
+        )
+    assert "bad description" in str(refused.value.__cause__)
+    assert "sensor-01" not in gateway.things
+    good = device.message("birth", {"description": SENSOR}, counter=device.counter)
+    await gateway.handle("sensor-01", "birth", good)
+    assert await ThingClient(Client(gateway.store)).status("sensor-01") == "published"
+
+
 async def test_a_replay_after_the_registry_is_reopened_is_refused(tmp_path: Path) -> None:
     owner = Identity.generate("owner")
     async with await open_store("memory://") as store:

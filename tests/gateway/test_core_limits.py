@@ -98,6 +98,27 @@ async def test_early_results_expire_and_free_their_devices_place(gateway: Gatewa
         await _result(gateway, device, "one-more", state="running")
 
 
+async def test_the_bounds_on_early_results_are_the_documented_figures(gateway: Gateway) -> None:
+    """docs/security.md promises at most 16 such request ids per device, 8 updates each,
+    kept 300 s: the figures themselves, not only whatever the constants say."""
+    gateway.rate, gateway.burst = 1e6, 10**6
+    device = _provision(gateway, "flood-01")
+    for i in range(16):
+        await _result(gateway, device, f"r{i}", state="running")
+    with pytest.raises(PayloadError):
+        await _result(gateway, device, "r16", state="running")
+    # r0 is a little older than 300 s, r1 a little younger: the next result drops only r0
+    for rid, age in (("r0", 300.5), ("r1", 299.5)):
+        stamp, updates = gateway._early[("flood-01", rid)]
+        gateway._early[("flood-01", rid)] = (stamp - age, updates)
+    await _result(gateway, device, "r16", state="running")
+    assert ("flood-01", "r0") not in gateway._early
+    assert ("flood-01", "r1") in gateway._early
+    for n in range(10):
+        await _result(gateway, device, "r1", state="running", progress=n)
+    assert [u.get("progress") for u in gateway._early[("flood-01", "r1")][1]] == list(range(2, 10))
+
+
 async def test_without_refill_a_device_gets_exactly_its_burst(gateway: Gateway) -> None:
     gateway.rate, gateway.burst = 0.0, 3  # no refill: whole tokens, no rounding to help
     device = _provision(gateway, "sensor-01")
