@@ -844,6 +844,46 @@ def _report(module: str, minutes: float | None = None) -> str:
     )
 
 
+_OTHER_PART = "run by another part (--part)"
+
+
+def _skip_other_parts(session: Path, k: int, n: int) -> None:
+    """Leave to part ``k`` of ``n`` only its share of the mutants not run yet."""
+    db = sqlite3.connect(session)
+    try:
+        rows = db.execute(
+            "SELECT i.job_id FROM work_items i LEFT JOIN work_results r USING (job_id) "
+            "WHERE r.job_id IS NULL ORDER BY i.job_id"
+        ).fetchall()
+        others = [job for i, (job,) in enumerate(rows) if i % n != k - 1]
+        db.executemany(
+            "INSERT INTO work_results (worker_outcome, output, test_outcome, diff, job_id) "
+            "VALUES ('SKIPPED', ?, NULL, '', ?)",
+            [(_OTHER_PART, job) for job in others],
+        )
+        db.commit()
+    finally:
+        db.close()
+
+
+def _merge(part: Path, session: Path) -> None:
+    """Write the results of a part's copy of the session into the session."""
+    db = sqlite3.connect(session, timeout=300)
+    try:
+        db.execute("ATTACH DATABASE ? AS part", (str(part),))
+        with db:
+            db.execute(
+                "INSERT OR REPLACE INTO work_results "
+                "(worker_outcome, output, test_outcome, diff, job_id) "
+                "SELECT worker_outcome, output, test_outcome, diff, job_id "
+                "FROM part.work_results WHERE output IS NOT ?",
+                (_OTHER_PART,),
+            )
+        db.execute("DETACH DATABASE part")
+    finally:
+        db.close()
+
+
 @contextlib.contextmanager
 def _fork_server(work: Path, env: dict[str, str]) -> Generator[dict[str, str]]:
     """The fork server (``--serve``) running in ``work``, and the environment that tells
@@ -878,11 +918,21 @@ def _run(
     again: bool = False,
     resume: bool = False,
     whole: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> None:
     name = module.replace("/", ".").removesuffix(".py")
-    config = OUT / f"{name}.toml"
     session = OUT / f"{name}.sqlite"
     kept = OUT / f"{name}.py.mutated"
+    main_session = session
+    if part is not None:
+        # One of N processes that share the mutants left: each runs its own copy of the
+        # session, then writes what it ran into the kept session.
+        if not (again or resume):
+            sys.exit("--part needs --again or --resume (a kept session)")
+        name = f"{name}.part{part[0]}"
+        session = OUT / f"{name}.sqlite"
+        shutil.copy2(main_session, session)
+    config = OUT / f"{name}.toml"
     config.write_text(_config(module, PYTEST, timeout))  # for init; set below
     bin_dir = Path(sys.executable).parent
     started = time.monotonic()
@@ -908,6 +958,8 @@ def _run(
         db.close()
         if module in ONLY:
             _skip_outside(session, work / module, ONLY[module])
+        if part is not None:
+            _skip_other_parts(session, *part)
     else:
         session.unlink(missing_ok=True)
         shutil.copy2(work / module, kept)
@@ -953,6 +1005,8 @@ def _run(
             subprocess.run(
                 [bin_dir / "cosmic-ray", "exec", config, session], cwd=work, env=served, check=True
             )
+    if part is not None:
+        _merge(session, main_session)
     line = _report(module, (time.monotonic() - started) / 60)
     print(line, flush=True)
     with (OUT / "summary.txt").open("a") as f:
@@ -989,7 +1043,19 @@ def main() -> None:
         action="store_true",
         help="run the whole test selection against every mutant (no choice by coverage)",
     )
+    parser.add_argument(
+        "--part",
+        metavar="K/N",
+        help="with --resume or --again: run only the K-th of N shares of the mutants left "
+        "(N processes side by side, each K once)",
+    )
     args = parser.parse_args()
+    part = None
+    if args.part:
+        k, n = (int(x) for x in args.part.split("/"))
+        if not 1 <= k <= n:
+            sys.exit("--part K/N: K from 1 to N")
+        part = (k, n)
     if args.list:
         for module, tests in TARGETS.items():
             print(f"{module:45s} {shlex.join(tests)}")
@@ -1023,6 +1089,7 @@ def main() -> None:
                 again=args.again,
                 resume=args.resume,
                 whole=args.whole,
+                part=part,
             )
     print(f"sessions in {OUT}; survivors with their diffs in {OUT}/*.survivors.txt")
 
