@@ -288,6 +288,19 @@ async def test_bodies_the_link_cannot_use_spend_no_counter(
     await gateway.handle("sensor-01", "reading", good)
 
 
+async def test_counter_fields_go_up_to_2_63_minus_1(gateway: Gateway, device: Device) -> None:
+    """The counters a body names (an ack's downlink, the last will's) are those of the
+    link: 0 to 2^63-1, both ends included, and no further."""
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    await gateway.handle("sensor-01", "ack", device.message("ack", {"down": 2**63 - 1}))
+    will = {"online": True, "will": 2**63 - 1}
+    await gateway.handle("sensor-01", "state", device.message("state", will))
+    assert gateway.registry.get("sensor-01").will_counter == 2**63 - 1
+    for channel, body in (("ack", {"down": 2**63}), ("state", {"online": True, "will": 2**63})):
+        with pytest.raises(PayloadError):
+            await gateway.handle("sensor-01", channel, device.message(channel, body))
+
+
 async def test_availability_of_a_bridged_device(store: Store, registry: Registry) -> None:
     """Online on its messages, offline after a silence (CoAP/HTTP devices), and a request
     to it says so at once."""

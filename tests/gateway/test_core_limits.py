@@ -119,6 +119,22 @@ async def test_the_bounds_on_early_results_are_the_documented_figures(gateway: G
     assert [u.get("progress") for u in gateway._early[("flood-01", "r1")][1]] == list(range(2, 10))
 
 
+async def test_early_results_expire_by_their_age_shortly_after_boot(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's clock counts from the machine's boot: a gateway started with its Pi
+    keeps early results 300 s whatever the clock reads, not longer."""
+    now = [120.0]  # two minutes after boot
+    monkeypatch.setattr(core, "time", SimpleNamespace(time=time.time, monotonic=lambda: now[0]))
+    gateway.rate, gateway.burst = 1e6, 10**6
+    device = _provision(gateway, "sensor-01")
+    await _result(gateway, device, "r0", state="running")
+    now[0] = 600.0  # 480 s later
+    await _result(gateway, device, "r1", state="running")
+    assert sorted(rid for _, rid in gateway._early) == ["r1"]
+    assert gateway._early_count == {"sensor-01": 1}
+
+
 async def test_without_refill_a_device_gets_exactly_its_burst(gateway: Gateway) -> None:
     gateway.rate, gateway.burst = 0.0, 3  # no refill: whole tokens, no rounding to help
     device = _provision(gateway, "sensor-01")
