@@ -196,6 +196,7 @@ class GatewayApp(AsyncResource):
 
     async def _start_leaf(self) -> str:
         """Start the site's nats-server, a leaf node of the hub; its store URL."""
+        from safething.store.nats import site_write_mapping
         from safething.store.nats_server import NatsServer, free_port
 
         leaf = self.config.leaf
@@ -205,7 +206,8 @@ class GatewayApp(AsyncResource):
             host=leaf.listen,
             port=leaf.port or free_port(),
             domain=leaf.domain,
-            extra_config=f'leafnodes {{ remotes: [ {{ url: "{leaf.hub}" }} ] }}',
+            extra_config=f'leafnodes {{ remotes: [ {{ url: "{leaf.hub}" }} ] }}\n'
+            + site_write_mapping(leaf.domain),  # writes from the hub (hub -> site requests)
         )
         await server.start()
         self.leaf = server

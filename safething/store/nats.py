@@ -10,7 +10,9 @@ URL
     cluster), ``timeout`` (seconds a write keeps retrying through a leader
     election, default 30), ``creds`` (a ``.creds`` file: JWT and nkey),
     ``nkey`` (an nkey seed file), ``tls_ca``, ``tls_cert``, ``tls_key``
-    (PEM files). A password in the URL is visible in ``ps``; prefer
+    (PEM files), ``domain`` (use the streams of that JetStream domain: a leaf
+    site's, from its hub; writes then go out on :func:`site_write_prefix`
+    subjects, which the site's server maps back). A password in the URL is visible in ``ps``; prefer
     ``$SAFETHING_NATS_PASSWORD`` (used when the URL names a user but no
     password) or a creds file.
 
@@ -135,7 +137,13 @@ from safething.store.base import (
 )
 from safething.store.quota import add_effect, enforce
 
-__all__ = ["NatsStore", "parse_nats_url", "site_copy_config"]
+__all__ = [
+    "NatsStore",
+    "parse_nats_url",
+    "site_copy_config",
+    "site_write_mapping",
+    "site_write_prefix",
+]
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +179,8 @@ class NatsOptions:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    domain: str | None = None
+    """JetStream domain whose streams to use (a leaf site's, from its hub)."""
 
 
 def parse_nats_url(url: str) -> NatsOptions:
@@ -192,7 +202,17 @@ def parse_nats_url(url: str) -> NatsOptions:
         if not name or not port.isdigit():
             raise StoreURLError(f"nats URL {url!r}: write each server as host:port, not {host!r}")
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    known = {"bucket", "replicas", "timeout", "creds", "nkey", "tls_ca", "tls_cert", "tls_key"}
+    known = {
+        "bucket",
+        "replicas",
+        "timeout",
+        "creds",
+        "nkey",
+        "tls_ca",
+        "tls_cert",
+        "tls_key",
+        "domain",
+    }
     unknown = sorted(set(query) - known)
     if unknown:
         raise StoreURLError(f"nats URL {url!r}: unknown option(s) {', '.join(unknown)}")
@@ -206,6 +226,9 @@ def parse_nats_url(url: str) -> NatsOptions:
         raise StoreURLError(f"nats URL {url!r}: {e}") from None
     if not 1 <= replicas <= 5 or timeout <= 0:
         raise StoreURLError(f"nats URL {url!r}: replicas is 1 to 5, timeout above 0")
+    domain = query.get("domain") or None
+    if domain is not None and not _BUCKET_RE.match(domain):
+        raise StoreURLError(f"nats URL {url!r}: a domain name uses only [A-Za-z0-9_-]")
     if user and password is None:
         password = os.environ.get(PASSWORD_ENV) or None
     tls = parts.scheme == "tls" or any(k.startswith("tls_") for k in query)
@@ -223,7 +246,23 @@ def parse_nats_url(url: str) -> NatsOptions:
         tls_ca=query.get("tls_ca"),
         tls_cert=query.get("tls_cert"),
         tls_key=query.get("tls_key"),
+        domain=domain,
     )
+
+
+def site_write_prefix(domain: str) -> str:
+    """Where a client elsewhere (at the hub) publishes writes for the site of JetStream
+    domain ``domain``: ``safething-kv.<domain>.`` followed by what follows ``$KV.``.
+    Subjects under ``$KV.`` do not cross a leaf-node connection; these do, and the
+    site's server maps them back (:func:`site_write_mapping`), so that the site's
+    stream stores them and checks their compare-and-set as for any write."""
+    return f"safething-kv.{domain}."
+
+
+def site_write_mapping(domain: str) -> str:
+    """The ``mappings`` line of the site's server configuration that takes writes
+    published from elsewhere (:func:`site_write_prefix`) into its ``$KV.`` streams."""
+    return f'mappings = {{ "{site_write_prefix(domain)}>": "$KV.>" }}'
 
 
 def _stream_config(name: str, subject: str, replicas: int) -> dict[str, Any]:
@@ -367,6 +406,12 @@ class NatsStore(Store):
         self._chunk_bucket = f"{options.bucket}-chunks"
         self._chunk_stream = f"KV_{self._chunk_bucket}"
         self._chunk_prefix = f"$KV.{self._chunk_bucket}."
+        self._js = f"$JS.{options.domain}.API" if options.domain else "$JS.API"
+        """Prefix of the JetStream API of the streams' domain."""
+        self._writes_to = site_write_prefix(options.domain) if options.domain else None
+        """Where writes are published instead of ``$KV.``: another domain's server maps
+        them back (see :func:`site_write_prefix`); ``$KV.`` does not cross a leaf
+        connection."""
         self._request_s = min(_REQUEST_S, options.timeout)
         """How long one attempt waits for an answer (never beyond ``timeout``)."""
         self._watches: set[_NatsWatch] = set()
@@ -431,7 +476,7 @@ class NatsStore(Store):
         while True:
             try:
                 reply = await self._nc.request(
-                    f"$JS.API.{subject}", payload, timeout=self._request_s
+                    f"{self._js}.{subject}", payload, timeout=self._request_s
                 )
                 answer: dict[str, Any] = json.loads(reply.data)
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
@@ -488,6 +533,12 @@ class NatsStore(Store):
         value = None if _is_delete(headers) else data
         return _Last(int(message["seq"]), value, headers.get("Nats-Msg-Id"))
 
+    def _write_subject(self, subject: str) -> str:
+        """The subject to publish a write of ``subject`` (``$KV.<bucket>.<key>``) on."""
+        if self._writes_to is None:
+            return subject
+        return self._writes_to + subject[len("$KV.") :]
+
     async def _publish(
         self, subject: str, payload: bytes, headers: dict[str, str], *, conditional: bool
     ) -> int:
@@ -503,7 +554,7 @@ class NatsStore(Store):
             self._check_open()
             try:
                 reply = await self._nc.request(
-                    subject, payload, timeout=self._request_s, headers=headers
+                    self._write_subject(subject), payload, timeout=self._request_s, headers=headers
                 )
                 answer = json.loads(reply.data)
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
@@ -756,14 +807,19 @@ class NatsStore(Store):
             self._check_size(message.subject, message.value or b"", headers)
             if i < last:
                 try:
-                    await self._nc.publish(message.subject, message.value or b"", headers=headers)
+                    await self._nc.publish(
+                        self._write_subject(message.subject), message.value or b"", headers=headers
+                    )
                 except nats.errors.ConnectionClosedError:
                     raise StoreError(f"store {self.url}: the NATS connection is closed") from None
         headers["Nats-Batch-Commit"] = "1"
         final = messages[last]
         try:
             reply = await self._nc.request(
-                final.subject, final.value or b"", timeout=self._options.timeout, headers=headers
+                self._write_subject(final.subject),
+                final.value or b"",
+                timeout=self._options.timeout,
+                headers=headers,
             )
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
             raise StoreError(f"atomic batch not acknowledged, outcome unknown: {e!r}") from None
@@ -867,7 +923,7 @@ class NatsStore(Store):
         sub = await self._nc.subscribe(inbox, cb=receive)
         try:
             request = json.dumps({"multi_last": [wanted], "batch": _MAX_BATCH}).encode()
-            await self._nc.publish(f"$JS.API.DIRECT.GET.{stream}", request, reply=inbox)
+            await self._nc.publish(f"{self._js}.DIRECT.GET.{stream}", request, reply=inbox)
             async with asyncio.timeout(_REQUEST_S):
                 while True:
                     msg = await queue.get()
@@ -970,7 +1026,7 @@ class NatsStore(Store):
                 raise StoreError(f"scan of {prefix!r} did not complete") from None
             finally:
                 with contextlib.suppress(Exception):
-                    await self._nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"")
+                    await self._nc.publish(f"{self._js}.CONSUMER.DELETE.{stream}.{name}", b"")
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -1258,7 +1314,7 @@ class _NatsWatch(Watch):
         if consumer is not None and not self._store._closed:
             with contextlib.suppress(Exception):
                 await self._store._nc.publish(
-                    f"$JS.API.CONSUMER.DELETE.{self._store._stream}.{consumer}", b""
+                    f"{self._store._js}.CONSUMER.DELETE.{self._store._stream}.{consumer}", b""
                 )
 
     async def close(self) -> None:

@@ -71,7 +71,14 @@ port = 0
                 str(self.root / "gateway.toml"),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=err,
-                env={**os.environ, "PYTHONPATH": os.getcwd()},
+                # the tree under test first, then what the caller put on the path (a
+                # worktree's gateway/ before an installed copy of the package)
+                env={
+                    **os.environ,
+                    "PYTHONPATH": os.pathsep.join(
+                        p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p
+                    ),
+                },
             )
         assert self.process.stdout is not None
         async with asyncio.timeout(60):

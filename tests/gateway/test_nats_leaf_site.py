@@ -16,6 +16,7 @@ from typing import Any
 
 import nats
 
+from safething.errors import StoreError
 from safething.net import Client, Identity
 from safething.store import open_store
 from safething.store.nats import site_copy_config
@@ -137,5 +138,22 @@ port = {site_port}
                 async with at_the_hub:
                     reading = await at_the_hub.read(sensor_id, "moisture")
             assert reading.value == levels[-1]
+
+            # and from the hub, through the leaf connection, a request reaches the device
+            async with asyncio.timeout(60):
+                while True:
+                    try:
+                        site_from_hub = await open_store(
+                            f"{hub.url}?bucket=site1&domain=site1&timeout=10"
+                        )
+                        break
+                    except StoreError:
+                        await asyncio.sleep(0.2)
+            async with site_from_hub:
+                hub_controller = ThingClient(Client(site_from_hub, Identity.generate("hub")))
+                async with hub_controller:
+                    handle = await hub_controller.request(sensor_id, "OpenValve", psi=8, timeout=60)
+                    assert (await handle.wait(60)).state == "done"
+            assert ran == [("OpenValve", {"psi": 7.0}), ("OpenValve", {"psi": 8.0})]
     finally:
         await hub.stop()
