@@ -174,9 +174,13 @@ ONLY: dict[str, tuple[str, ...]] = {
         "TrustState.set_value",
         "TrustState.sync",
     ),
-    # the header checks and the version marks; not: list_mds, create_md, the constructor
+    # the header checks and the version marks, and what a reader keeps to skip the
+    # signature check of bytes it verified or signed (_remember: the digest and the
+    # header; the shortcut itself is in MutableData._open); not: list_mds, create_md,
+    # the constructor
     "safething/net/client.py": (
         "Client.md",
+        "Client._remember",
         "Client._writer",
         "Client._pin",
         "Client._tampered",
