@@ -38,7 +38,7 @@ from safething.net import (
     get_blob,
     put_blob,
 )
-from safething.net.records import EntryRecord
+from safething.net.records import EntryRecord, record_digest
 from safething.store import Store, open_store
 from safething.store.nats_testing import NatsServer, unique_bucket
 
@@ -228,6 +228,45 @@ async def test_replayed_older_version(sqlite_store: Store, db: Raw) -> None:
     assert (await wmd.update("valve", b"closed")).version == 2
     assert writer.tampered_count == tampered + 1
     assert (await reader.get("valve")).value == b"closed"
+
+
+async def test_a_forged_record_over_an_entry_already_verified_is_checked_in_full(
+    sqlite_store: Store, db: Raw
+) -> None:
+    """A client skips the signature check only for the very bytes it verified or
+    signed (same digest, same header): a record the attacker signs with its own key
+    over an entry its reader verified, and its writer signed, is refused by both,
+    never answered with what they knew. Two forged records, one whose digest sorts
+    above the known one and one below (an order test instead of equality would let
+    one of them through)."""
+    alice, mallory = Identity.generate(), Identity.generate()
+    writer = (await setup_md(sqlite_store, alice)).md(NAME, TAG_THING)
+    reader = Client(sqlite_store).md(NAME, TAG_THING, owner=alice.public_sign_key)
+    key = reader.address.entry_key(b"valve")
+    assert (await reader.get("valve")).value == b"closed"
+    known = record_digest(await db.get(key))
+    orders: set[bool] = set()
+    for i in range(64):
+        forged = EntryRecord.create(
+            reader.address,
+            signer=mallory.sign_key,
+            stored_key=b"valve",
+            sealed_key=None,
+            stored_value=b"open %d" % i,
+            version=1,
+        ).to_bytes()
+        above = record_digest(forged) > known
+        if above in orders:
+            continue
+        orders.add(above)
+        await db.put(key, forged)
+        for md in (reader, writer):
+            with pytest.raises(TamperedDataError, match="lacks update permission"):
+                await md.get("valve")
+            assert b"valve" not in await md.entries(skip_tampered=True)
+        if len(orders) == 2:
+            break
+    assert orders == {True, False}
 
 
 async def test_permission_set_not_signed_by_an_owner(sqlite_store: Store, db: Raw) -> None:
