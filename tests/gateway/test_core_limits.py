@@ -135,6 +135,22 @@ async def test_early_results_expire_by_their_age_shortly_after_boot(
     assert gateway._early_count == {"sensor-01": 1}
 
 
+async def test_a_replay_is_a_replay_even_when_the_bucket_is_empty(gateway: Gateway) -> None:
+    """An attacker replays a frame it captured while the device has used its tokens up:
+    the answer is a replay (409), before any token is asked for, and it spends none."""
+    gateway.rate, gateway.burst = 0.0, 3
+    device = _provision(gateway, "sensor-01")
+    captured = device.message("poll", {})
+    await gateway.handle("sensor-01", "poll", captured)
+    await gateway.handle("sensor-01", "poll", device.message("poll", {}))
+    for _ in range(3):
+        with pytest.raises(ReplayError):
+            await gateway.handle("sensor-01", "poll", captured)
+    assert await _polls_accepted(gateway, device) == 1  # the one token left, untouched
+    with pytest.raises(ReplayError):  # and with none left at all
+        await gateway.handle("sensor-01", "poll", captured)
+
+
 async def test_without_refill_a_device_gets_exactly_its_burst(gateway: Gateway) -> None:
     gateway.rate, gateway.burst = 0.0, 3  # no refill: whole tokens, no rounding to help
     device = _provision(gateway, "sensor-01")
