@@ -162,6 +162,33 @@ async def test_the_inbox_watch_is_opened_again_after_a_failure(tmp_path: Path) -
             registry.close()
 
 
+@pytest.mark.parametrize(
+    ("channel", "body"), [("ack", {"down": 1}), ("poll", {}), ("state", {"online": True})]
+)
+async def test_a_devices_first_message_of_any_kind_restores_its_thing(
+    tmp_path: Path, channel: str, body: dict[str, Any]
+) -> None:
+    """After a restart, the device's first message that passes the link's checks brings
+    its thing up, whatever its channel: an acknowledgement or a poll too."""
+    owner = Identity.generate("owner")
+    async with await open_store(f"sqlite:///{tmp_path}/vault.db") as store:
+        registry = Registry(tmp_path / "gateway.db")
+        device = Device("sensor-01", registry.add("sensor-01", "http").secret)
+        try:
+            async with Gateway(store=store, registry=registry, owner=owner) as gw:
+                await gw.start()
+                await gw.handle(
+                    "sensor-01", "birth", device.message("birth", {"description": SENSOR})
+                )
+            async with Gateway(store=store, registry=registry, owner=owner) as gw:
+                await gw.start()
+                assert "sensor-01" not in gw.things
+                await gw.handle("sensor-01", channel, device.message(channel, body))
+                assert "sensor-01" in gw.things
+        finally:
+            registry.close()
+
+
 async def test_a_thing_that_cannot_be_restored_is_not_tried_for_every_message(
     tmp_path: Path,
 ) -> None:
