@@ -262,6 +262,24 @@ async def test_last_will_counter_is_accepted_once(gateway: Gateway, device: Devi
     assert gateway.registry.buffer_depth() == 0  # a state is not journaled as data
 
 
+async def test_a_last_will_is_accepted_at_counters_past_256(
+    gateway: Gateway, device: Device
+) -> None:
+    """A device long in service: its counters are large numbers (not objects CPython
+    shares), and its last will still counts once."""
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    device.counter = 70_000
+    will = device.message("state", {"online": False})  # reserved for the broker
+    online = {"online": True, "will": device.counter}
+    await gateway.handle("sensor-01", "state", device.message("state", online))
+    await gateway.handle("sensor-01", "reading", device.message("reading", {"moisture": 5}))
+    state = "".join(list("state"))  # as a bridge cuts it out of a topic
+    await gateway.handle("sensor-01", state, will)  # the broker publishes it later
+    assert gateway.registry.get("sensor-01").online is False
+    with pytest.raises(ReplayError):
+        await gateway.handle("sensor-01", state, will)
+
+
 async def test_an_st1_devices_refusal_says_why(gateway: Gateway) -> None:
     """ST1 bodies travel in clear, so may the reason a body is refused; an ST2 body's
     reason stays in the gateway log (test_rejections)."""
