@@ -203,6 +203,18 @@ async def test_a_birth_whose_description_does_not_parse_is_refused_and_spends_no
     assert await ThingClient(Client(gateway.store)).status("sensor-01") == "published"
 
 
+async def test_no_device_claims_an_id_that_sorts_before_its_own(gateway: Gateway) -> None:
+    """The other direction of the squat above: sensor-09 claims sensor-01's id."""
+    squatter = Device("sensor-09", gateway.registry.add("sensor-09", "http").secret)
+    squat = {**SENSOR, "id": "sensor-01", "title": "not yours"}
+    with pytest.raises(PayloadError) as refused:
+        await gateway.handle(
+            "sensor-09", "birth", squatter.message("birth", {"description": squat})
+        )
+    assert "not the device id" in str(refused.value.__cause__)
+    assert "sensor-01" not in gateway.things
+
+
 async def test_a_replay_after_the_registry_is_reopened_is_refused(tmp_path: Path) -> None:
     owner = Identity.generate("owner")
     async with await open_store("memory://") as store:

@@ -151,6 +151,23 @@ async def test_a_replay_is_a_replay_even_when_the_bucket_is_empty(gateway: Gatew
         await gateway.handle("sensor-01", "poll", captured)
 
 
+async def test_a_device_with_one_early_result_left_is_still_counted(gateway: Gateway) -> None:
+    """When one of a device's two early results expires, the other still counts
+    against its 16: the device cannot hold one more than the bound."""
+    gateway.rate, gateway.burst = 1e6, 10**6
+    device = _provision(gateway, "sensor-01")
+    for rid in ("r0", "r1"):
+        await _result(gateway, device, rid, state="running")
+    stamp, updates = gateway._early[("sensor-01", "r0")]
+    gateway._early[("sensor-01", "r0")] = (stamp - core.EARLY_RESULT_TTL - 5, updates)
+    await _result(gateway, device, "r2", state="running")  # r0 goes: r1 and r2 held
+    assert gateway._early_count == {"sensor-01": 2}
+    for i in range(3, 3 + core.EARLY_PER_DEVICE - 2):
+        await _result(gateway, device, f"r{i}", state="running")
+    with pytest.raises(PayloadError):
+        await _result(gateway, device, "one-more", state="running")
+
+
 async def test_without_refill_a_device_gets_exactly_its_burst(gateway: Gateway) -> None:
     gateway.rate, gateway.burst = 0.0, 3  # no refill: whole tokens, no rounding to help
     device = _provision(gateway, "sensor-01")
