@@ -18,6 +18,7 @@ __all__ = [
     "ConflictError",
     "EntryExistsError",
     "FormatVersionError",
+    "GuardFailedError",
     "IdentityError",
     "LimitExceededError",
     "MalformedRecordError",
@@ -212,6 +213,19 @@ class AbortedWriteError(ConflictError):
     def __init__(self, key: str) -> None:
         SafeThingError.__init__(
             self, f"{key!r} not written: another write of the same atomic batch was refused"
+        )
+        self.key = key
+        self.expected = 0
+        self.current = 0
+
+
+class GuardFailedError(ConflictError):
+    """Nothing of a commit was written: the record its guard names no longer holds the
+    bytes the guard expects (someone wrote it since they were read)."""
+
+    def __init__(self, key: str) -> None:
+        SafeThingError.__init__(
+            self, f"nothing written: {key!r} changed since it was read (the commit's guard)"
         )
         self.key = key
         self.expected = 0

@@ -66,6 +66,9 @@ class _Pins:
     header: MDHeader | None = None
     refused: bytes = b""
     """The last store header refused (counted once, not again on every read)."""
+    seen: bytes | None = None
+    """The stored header as :meth:`Client._header` last read it (it decided on exactly
+    these bytes, accepted or refused); a writer's commit is guarded by them."""
 
 
 class Client(AsyncResource):
@@ -330,24 +333,50 @@ class Client(AsyncResource):
         if record is None:
             raise NoSuchDataError(f"no MutableData at {address}")
         pins = self._pin(address)
-        if pins.header is not None and pins.header_bytes == record.value:
-            return pins.header, record.revision  # the very bytes verified before
-        if record.value == pins.refused:
+        pins.seen = None
+        header = self._decide_header(address, pins, record.value)
+        pins.seen = record.value
+        return header, record.revision
+
+    def _write_header(self, address: MDAddress) -> tuple[MDHeader, bytes] | None:
+        """For a writer: the header :meth:`_header` would return if the store still held
+        the bytes it last read, and those bytes, or None (read the store). The writer's
+        commit is guarded by those bytes (``Guard``): if the store holds anything else
+        by then, nothing is written and the writer reads the header again (so a
+        rewritten header is checked, and refused or counted, before the next write)."""
+        pins = self._pin(address)
+        seen = pins.seen
+        if seen is None:
+            return None
+        if pins.header is not None and seen == pins.header_bytes:
+            return pins.header, seen
+        if seen == pins.refused:
             trusted = self._trusted_header(address)
             if trusted is not None:
-                return trusted, record.revision
+                return trusted, seen
+        return None
+
+    def _decide_header(self, address: MDAddress, pins: _Pins, raw: bytes) -> MDHeader:
+        """The header to use when the store holds ``raw``: it, once verified, or the
+        trusted one if it is refused (raises if there is none)."""
+        if pins.header is not None and pins.header_bytes == raw:
+            return pins.header  # the very bytes verified before
+        if raw == pins.refused:
+            trusted = self._trusted_header(address)
+            if trusted is not None:
+                return trusted
         try:
             try:
-                header = MDHeader.from_bytes(record.value, address)
+                header = MDHeader.from_bytes(raw, address)
             except TamperedDataError as e:
                 raise self._tampered(e) from None
-            return self._accept_header(address, header, record.value), record.revision
+            return self._accept_header(address, header, raw)
         except TamperedDataError:
-            pins.refused = record.value
+            pins.refused = raw
             trusted = self._trusted_header(address)
             if trusted is None:
                 raise
-            return trusted, record.revision
+            return trusted
 
     def _check_version(
         self, address: MDAddress, store_key: str, version: int, *, stale_ok: bool = False

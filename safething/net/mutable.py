@@ -16,6 +16,7 @@ from safething.errors import (
     AbortedWriteError,
     ConflictError,
     EntryExistsError,
+    GuardFailedError,
     LimitExceededError,
     NoSuchDataError,
     NoSuchEntryError,
@@ -35,7 +36,7 @@ from safething.net.records import check_entry_key as _check_entry_key
 from safething.net.records import needed_action as _needed_action
 from safething.net.records import record_digest as _record_digest
 from safething.resource import AsyncResource
-from safething.store.base import Change, Quota, Record, Watch, Write
+from safething.store.base import Change, Guard, Quota, Record, Watch, Write
 
 if TYPE_CHECKING:
     from safething.net.client import Client
@@ -370,12 +371,26 @@ class MutableData:
         pending = dict(items)
         done: dict[bytes, _Entry] = {}
         for _attempt in range(_MAX_RETRIES):
-            header, _ = await client._header(self.address)
-            codec = self._need_codec(header)
+            # The header this client last read from the store, if the store still holds
+            # it: the commit's guard checks that it does, else the header is read again.
+            kept = client._write_header(self.address)
+            if kept is None:
+                header, _ = await client._header(self.address)
+                seen = client._pin(self.address).seen
+            else:
+                header, seen = kept
+            try:
+                codec = self._need_codec(header)
+            except (PermissionDeniedError, TamperedDataError):
+                if kept is None:
+                    raise
+                client._pin(self.address).seen = None  # refuse only on the store's header
+                continue
             current = await self._current(header, list(pending))
             writes: list[Write] = []
             planned: list[tuple[bytes, _Entry]] = []
             digests: list[bytes] = []
+            recheck = False
             for key, value in pending.items():
                 stored = self._stored_key(key)
                 store_key = self.address.entry_key(stored)
@@ -410,6 +425,9 @@ class MutableData:
                     version, expect = entry.version + 1, revision
                 action = _needed_action(version, value is None)
                 if not header.allows(me.public_sign_key, action):
+                    if kept is not None:  # refuse only on the store's header (a new grant?)
+                        recheck = True
+                        break
                     raise PermissionDeniedError(
                         f"{me.public_sign_key.hex()[:16]}... may not "
                         f"{action.names()[0]} in MD {self.address}"
@@ -435,7 +453,16 @@ class MutableData:
                 writes.append(Write(store_key, data, expect, quota))
                 planned.append((key, _Entry(key, value, version, me.public_sign_key)))
                 digests.append(_record_digest(data))
-            results = await store.commit(writes, atomic=atomic)
+            if recheck:
+                client._pin(self.address).seen = None
+                continue
+            try:
+                results = await store.commit(
+                    writes, atomic=atomic, guard=Guard(self.address.header_key, seen)
+                )
+            except GuardFailedError:
+                client._pin(self.address).seen = None  # read it (and check it) again
+                continue
             retry: dict[bytes, bytes | None] = {}
             if atomic and any(isinstance(r, Exception) for r in results):
                 for key, _ in planned:

@@ -24,6 +24,7 @@ from safething.resource import AsyncResource
 __all__ = [
     "MAX_KEY_LENGTH",
     "Change",
+    "Guard",
     "Quota",
     "Record",
     "Store",
@@ -164,6 +165,33 @@ class Write:
 
 
 @dataclass(frozen=True, slots=True)
+class Guard:
+    """A condition on one record that a commit checks before it writes anything.
+
+    A writer that decided its writes on a record it read (an MD's header) names
+    that record and the exact bytes it read: if the record holds anything else
+    when the commit is applied (it was rewritten, deleted, or created), nothing of
+    the commit is written and it raises :class:`~safething.errors.GuardFailedError`;
+    the writer reads the record again and decides anew. Bytes, not a revision: a
+    store that rewrites a record in place, keeping its revision, fails it too.
+    """
+
+    key: str
+    """The record the writes were decided on."""
+    value: bytes | None
+    """The bytes it must still hold; ``None``: it must not exist."""
+
+    def __post_init__(self) -> None:
+        check_key(self.key)
+        if self.value is not None and not isinstance(self.value, bytes):
+            raise TypeError("a guard's value must be bytes or None")
+
+    def holds(self, record: Record | None) -> bool:
+        """True when ``record`` (the current one, or ``None``) is what the guard expects."""
+        return (None if record is None else record.value) == self.value
+
+
+@dataclass(frozen=True, slots=True)
 class StoreInfo:
     """What ``safething vault info`` shows."""
 
@@ -248,7 +276,7 @@ class Store(AsyncResource, ABC):
 
     @abstractmethod
     async def commit(
-        self, writes: Sequence[Write], *, atomic: bool = False
+        self, writes: Sequence[Write], *, atomic: bool = False, guard: Guard | None = None
     ) -> list[int | Exception]:
         """Apply several writes in one transaction, in order, each on its own terms.
 
@@ -258,6 +286,11 @@ class Store(AsyncResource, ABC):
         or nothing: if one write is refused, none is applied and the others
         report ``AbortedWriteError``. Everything accepted is durable when this
         returns. A delete of a missing key without condition yields 0.
+
+        With a ``guard`` nothing is written unless its record holds the bytes it
+        names (:class:`Guard`): else ``GuardFailedError`` is raised. The SQLite
+        and memory stores check it in the commit's transaction; a store that
+        cannot (NATS) reads the record just before it commits.
         """
 
     @abstractmethod

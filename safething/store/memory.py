@@ -19,9 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 
-from safething.errors import AbortedWriteError, ConflictError, LimitExceededError, StoreError
+from safething.errors import (
+    AbortedWriteError,
+    ConflictError,
+    GuardFailedError,
+    LimitExceededError,
+    StoreError,
+)
 from safething.store.base import (
     Change,
+    Guard,
     Quota,
     Record,
     Store,
@@ -77,12 +84,14 @@ class MemoryStore(Store):
         return self._records.get(key)
 
     async def commit(
-        self, writes: Sequence[Write], *, atomic: bool = False
+        self, writes: Sequence[Write], *, atomic: bool = False, guard: Guard | None = None
     ) -> list[int | Exception]:
         self._check_open()
         for write in writes:
             if not isinstance(write, Write):
                 raise TypeError(f"commit takes Write objects, not {type(write).__name__}")
+        if guard is not None and not guard.holds(self._records.get(guard.key)):
+            raise GuardFailedError(guard.key)
         usage: dict[str, list[int]] = {}
         results: list[int | Exception] = []
         undo: list[tuple[str, Record | None]] = []

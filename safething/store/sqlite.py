@@ -102,12 +102,14 @@ from typing import Any, TypeVar
 from safething.errors import (
     AbortedWriteError,
     ConflictError,
+    GuardFailedError,
     LimitExceededError,
     StoreError,
     StoreURLError,
 )
 from safething.store.base import (
     Change,
+    Guard,
     Quota,
     Record,
     Store,
@@ -445,7 +447,7 @@ class _Listener:
 class _Job:
     """A commit (``writes``) or a chunk (``chunk``) waiting for the writer."""
 
-    __slots__ = ("atomic", "chunk", "future", "writes")
+    __slots__ = ("atomic", "chunk", "future", "guard", "writes")
 
     def __init__(
         self,
@@ -453,11 +455,13 @@ class _Job:
         writes: Sequence[Write] = (),
         chunk: tuple[str, bytes] | None = None,
         atomic: bool = False,
+        guard: Guard | None = None,
     ) -> None:
         self.future = future
         self.writes = writes
         self.chunk = chunk
         self.atomic = atomic
+        self.guard = guard
 
 
 class _Writer:
@@ -643,6 +647,9 @@ class _Writer:
                     cur.execute(_INSERT_CHUNK, job.chunk)
                     outcomes.append(None)
                     continue
+                if job.guard is not None and not batch.holds(job.guard):
+                    outcomes.append(GuardFailedError(job.guard.key))
+                    continue
                 results: list[int | Exception] = []
                 mark = batch.mark() if job.atomic else None
                 for write in job.writes:
@@ -718,6 +725,14 @@ class _Batch:
         del self._changes[changes:]
         del self._effects[effects:]
         self._state, self._final, self._usage = state, final, usage
+
+    def holds(self, guard: Guard) -> bool:
+        """Whether ``guard`` holds: on what this batch wrote so far, else on the file."""
+        if guard.key in self._final:
+            value, _ = self._final[guard.key]
+            return value == guard.value
+        rows = self._cur.execute(_GET, (guard.key,)).fetchall()
+        return guard.holds(Record(guard.key, rows[0][0], rows[0][1]) if rows else None)
 
     def apply(self, write: Write) -> int:
         """Decide one write; its revision, 0 for a delete of nothing, or raise."""
@@ -839,7 +854,7 @@ class SQLiteStore(Store):
         return Record(key, value, revision)
 
     async def commit(
-        self, writes: Sequence[Write], *, atomic: bool = False
+        self, writes: Sequence[Write], *, atomic: bool = False, guard: Guard | None = None
     ) -> list[int | Exception]:
         writes = list(writes)
         for write in writes:
@@ -849,7 +864,7 @@ class SQLiteStore(Store):
         if not writes:
             return []
         future: asyncio.Future[list[int | Exception]] = self._loop.create_future()
-        self._writer.submit(_Job(future, writes=writes, atomic=atomic))
+        self._writer.submit(_Job(future, writes=writes, atomic=atomic, guard=guard))
         return await future
 
     def _committed(self, group: list[_Job], outcomes: list[Any], changed: bool) -> None:

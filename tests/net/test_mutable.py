@@ -445,3 +445,21 @@ async def test_a_watch_passes_over_a_replayed_older_version(store: Store, client
     # in a feed an older version is stale news (a watch resumed from an old revision
     # replays history), not counted as an attack; a read refuses it
     assert reader_client.tampered_count == 0
+
+
+async def test_a_writer_revoked_meanwhile_is_refused_on_its_next_write(
+    store: Store, client: Client, bob: Identity
+) -> None:
+    """A writer keeps the header it read between writes; the owner's change in between
+    (through another client) still stops its next write, before anything is stored."""
+    md = await client.create_md(NAME, TAG_THING)
+    await md.set_permissions(bob.public_sign_key, Action.INSERT | Action.UPDATE)
+    bobs = Client(store, bob).md(NAME, TAG_THING)
+    await bobs.put("b", "1")
+    await bobs.put("b", "2")
+    await md.set_permissions(bob.public_sign_key, Action.INSERT)
+    with pytest.raises(PermissionDeniedError, match="may not update"):
+        await bobs.put("b", "3")
+    await md.set_permissions(bob.public_sign_key, Action.INSERT | Action.UPDATE)
+    assert (await md.get("b")).value == b"2"  # nothing of the refused write was stored
+    assert (await bobs.put("b", "4")).version == 2

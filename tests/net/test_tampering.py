@@ -324,6 +324,41 @@ async def test_owner_substitution(sqlite_store: Store, db: Raw) -> None:
         await pinned.get("valve")
 
 
+async def test_header_rewritten_between_two_writes(sqlite_store: Store, db: Raw) -> None:
+    """A writer keeps the header it verified between writes (it does not read it back
+    every time): a header the store rewrites meanwhile is still read, refused and counted
+    at the very next write, before it is stored. On SQLite the attacker rewrites it in
+    place, keeping its revision, so only the bytes tell."""
+    alice, mallory = Identity.generate(), Identity.generate()
+    writer = await setup_md(sqlite_store, alice)
+    md = writer.md(NAME, TAG_THING)
+    await md.put("moisture", b"42")
+    fake = MDHeader.create(
+        md.address,
+        signer=mallory.sign_key,
+        owners=(mallory.public_sign_key,),
+        permissions=PermissionSet({ANYONE: Action.all()}),
+        version=9,
+        private=False,
+    )
+    if isinstance(db, RawSQLite):
+        db.db.execute(
+            "UPDATE records SET value = ? WHERE key = ?", (fake.to_bytes(), md.address.header_key)
+        )
+    else:
+        await db.put(md.address.header_key, fake.to_bytes())
+    before = writer.tampered_count
+    entry = await md.put("moisture", b"43")  # written under the header alice trusts
+    assert writer.tampered_count == before + 1
+    assert entry.signer == alice.public_sign_key
+    await md.put("moisture", b"44")  # the same refused header: counted once, not again
+    assert writer.tampered_count == before + 1
+    assert (await md.get("moisture")).value == b"44"
+    pinned = Client(sqlite_store).md(NAME, TAG_THING, owner=alice.public_sign_key)
+    with pytest.raises(TamperedDataError, match="owner substitution"):
+        await pinned.get("moisture")
+
+
 async def test_records_moved_between_addresses(sqlite_store: Store, db: Raw) -> None:
     alice = Identity.generate()
     client = await setup_md(sqlite_store, alice)
