@@ -66,9 +66,10 @@ class _Pins:
     header: MDHeader | None = None
     refused: bytes = b""
     """The last store header refused (counted once, not again on every read)."""
-    seen: bytes | None = None
-    """The stored header as :meth:`Client._header` last read it (it decided on exactly
-    these bytes, accepted or refused); a writer's commit is guarded by them."""
+    seen: tuple[bytes, int] | None = None
+    """The stored header and its revision as :meth:`Client._header` last read them (it
+    decided on exactly these bytes, accepted or refused); a writer's commit is guarded
+    by that revision."""
 
 
 class Client(AsyncResource):
@@ -335,25 +336,25 @@ class Client(AsyncResource):
         pins = self._pin(address)
         pins.seen = None
         header = self._decide_header(address, pins, record.value)
-        pins.seen = record.value
+        pins.seen = (record.value, record.revision)
         return header, record.revision
 
-    def _write_header(self, address: MDAddress) -> tuple[MDHeader, bytes] | None:
+    def _write_header(self, address: MDAddress) -> tuple[MDHeader, int] | None:
         """For a writer: the header :meth:`_header` would return if the store still held
-        the bytes it last read, and those bytes, or None (read the store). The writer's
-        commit is guarded by those bytes (``Guard``): if the store holds anything else
-        by then, nothing is written and the writer reads the header again (so a
+        what it last read, and that record's revision; or None (read the store). The
+        writer's commit is guarded by that revision (``Guard``): if the header was
+        written since, nothing is written and the writer reads the header again (so a
         rewritten header is checked, and refused or counted, before the next write)."""
         pins = self._pin(address)
-        seen = pins.seen
-        if seen is None:
+        if pins.seen is None:
             return None
-        if pins.header is not None and seen == pins.header_bytes:
-            return pins.header, seen
-        if seen == pins.refused:
+        raw, revision = pins.seen
+        if pins.header is not None and raw == pins.header_bytes:
+            return pins.header, revision
+        if raw == pins.refused:
             trusted = self._trusted_header(address)
             if trusted is not None:
-                return trusted, seen
+                return trusted, revision
         return None
 
     def _decide_header(self, address: MDAddress, pins: _Pins, raw: bytes) -> MDHeader:

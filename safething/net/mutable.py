@@ -375,8 +375,7 @@ class MutableData:
             # it: the commit's guard checks that it does, else the header is read again.
             kept = client._write_header(self.address)
             if kept is None:
-                header, _ = await client._header(self.address)
-                seen = client._pin(self.address).seen
+                header, seen = await client._header(self.address)
             else:
                 header, seen = kept
             try:

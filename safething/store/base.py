@@ -169,26 +169,28 @@ class Guard:
     """A condition on one record that a commit checks before it writes anything.
 
     A writer that decided its writes on a record it read (an MD's header) names
-    that record and the exact bytes it read: if the record holds anything else
+    that record and the revision it read: if the record is at any other revision
     when the commit is applied (it was rewritten, deleted, or created), nothing of
     the commit is written and it raises :class:`~safething.errors.GuardFailedError`;
-    the writer reads the record again and decides anew. Bytes, not a revision: a
-    store that rewrites a record in place, keeping its revision, fails it too.
+    the writer reads the record again and decides anew. (A store that rewrites a
+    record in place and keeps its revision passes the guard; a writer that guards
+    its writes by a header it verified then still writes under that header, and
+    the next read of the header checks the new bytes.)
     """
 
     key: str
     """The record the writes were decided on."""
-    value: bytes | None
-    """The bytes it must still hold; ``None``: it must not exist."""
+    revision: int
+    """The revision it must still be at; ``0``: it must not exist."""
 
     def __post_init__(self) -> None:
         check_key(self.key)
-        if self.value is not None and not isinstance(self.value, bytes):
-            raise TypeError("a guard's value must be bytes or None")
+        if self.revision < 0:
+            raise ValueError("a guard's revision must be 0 (absent) or positive")
 
     def holds(self, record: Record | None) -> bool:
         """True when ``record`` (the current one, or ``None``) is what the guard expects."""
-        return (None if record is None else record.value) == self.value
+        return (0 if record is None else record.revision) == self.revision
 
 
 @dataclass(frozen=True, slots=True)

@@ -640,7 +640,9 @@ class _Writer:
         cur = self._conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            batch = _Batch(cur, [w.key for job in group for w in job.writes])
+            keys = [w.key for job in group for w in job.writes]
+            keys += [job.guard.key for job in group if job.guard is not None]
+            batch = _Batch(cur, keys)
             outcomes: list[Any] = []
             for job in group:
                 if job.chunk is not None:
@@ -727,12 +729,9 @@ class _Batch:
         self._state, self._final, self._usage = state, final, usage
 
     def holds(self, guard: Guard) -> bool:
-        """Whether ``guard`` holds: on what this batch wrote so far, else on the file."""
-        if guard.key in self._final:
-            value, _ = self._final[guard.key]
-            return value == guard.value
-        rows = self._cur.execute(_GET, (guard.key,)).fetchall()
-        return guard.holds(Record(guard.key, rows[0][0], rows[0][1]) if rows else None)
+        """Whether ``guard`` holds (its key was read with the others, and this batch's
+        earlier writes count)."""
+        return self._state.get(guard.key, (0, -1))[0] == guard.revision
 
     def apply(self, write: Write) -> int:
         """Decide one write; its revision, 0 for a delete of nothing, or raise."""

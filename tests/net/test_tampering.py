@@ -327,8 +327,10 @@ async def test_owner_substitution(sqlite_store: Store, db: Raw) -> None:
 async def test_header_rewritten_between_two_writes(sqlite_store: Store, db: Raw) -> None:
     """A writer keeps the header it verified between writes (it does not read it back
     every time): a header the store rewrites meanwhile is still read, refused and counted
-    at the very next write, before it is stored. On SQLite the attacker rewrites it in
-    place, keeping its revision, so only the bytes tell."""
+    at the very next write, before it is stored; the write goes out under the header
+    the writer trusts. Rewritten in place, keeping its revision (SQLite), it is counted
+    at the next read instead, and the writes in between are those of the trusted
+    header all the same."""
     alice, mallory = Identity.generate(), Identity.generate()
     writer = await setup_md(sqlite_store, alice)
     md = writer.md(NAME, TAG_THING)
@@ -341,12 +343,7 @@ async def test_header_rewritten_between_two_writes(sqlite_store: Store, db: Raw)
         version=9,
         private=False,
     )
-    if isinstance(db, RawSQLite):
-        db.db.execute(
-            "UPDATE records SET value = ? WHERE key = ?", (fake.to_bytes(), md.address.header_key)
-        )
-    else:
-        await db.put(md.address.header_key, fake.to_bytes())
+    await db.put(md.address.header_key, fake.to_bytes())
     before = writer.tampered_count
     entry = await md.put("moisture", b"43")  # written under the header alice trusts
     assert writer.tampered_count == before + 1
@@ -357,6 +354,21 @@ async def test_header_rewritten_between_two_writes(sqlite_store: Store, db: Raw)
     pinned = Client(sqlite_store).md(NAME, TAG_THING, owner=alice.public_sign_key)
     with pytest.raises(TamperedDataError, match="owner substitution"):
         await pinned.get("moisture")
+    if isinstance(db, RawSQLite):
+        other = MDHeader.create(
+            md.address,
+            signer=mallory.sign_key,
+            owners=(mallory.public_sign_key,),
+            permissions=PermissionSet({ANYONE: Action.all()}),
+            version=10,
+            private=False,
+        )
+        db.db.execute(
+            "UPDATE records SET value = ? WHERE key = ?", (other.to_bytes(), md.address.header_key)
+        )
+        assert (await md.put("moisture", b"45")).signer == alice.public_sign_key
+        assert (await md.get("moisture")).value == b"45"  # the read checks the header
+        assert writer.tampered_count == before + 2
 
 
 async def test_records_moved_between_addresses(sqlite_store: Store, db: Raw) -> None:

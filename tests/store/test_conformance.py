@@ -684,21 +684,25 @@ async def test_a_guard_writes_nothing_unless_its_record_is_unchanged(store: Stor
     from safething.errors import GuardFailedError
     from safething.store import Guard
 
-    await store.put("g.h", b"header-1")
-    ok = await store.commit([Write("g.e", b"1", 0)], guard=Guard("g.h", b"header-1"))
+    first = await store.put("g.h", b"header-1")
+    ok = await store.commit([Write("g.e", b"1", 0)], guard=Guard("g.h", first))
     assert all(isinstance(r, int) for r in ok)
+    second = await store.put("g.h", b"header-2")  # rewritten since the writer read it
     before = await store.info()
-    await store.put("g.h", b"header-2")  # rewritten since the writer read it
-    for guard in (Guard("g.h", b"header-1"), Guard("g.h", None), Guard("g.none", b"x")):
+    for guard in (Guard("g.h", first), Guard("g.h", 0), Guard("g.none", second)):
         with pytest.raises(GuardFailedError) as info:
             await store.commit([Write("g.e", b"2", None), Write("g.f", b"3", 0)], guard=guard)
         assert info.value.key == guard.key
     assert (await store.get("g.e")).value == b"1"  # type: ignore[union-attr]
     assert await store.get("g.f") is None
-    assert (await store.info()).revision == before.revision + 1  # only the rewrite
-    ok = await store.commit([Write("g.f", b"3", 0)], guard=Guard("g.none", None), atomic=True)
+    assert (await store.info()).revision == before.revision
+    ok = await store.commit([Write("g.f", b"3", 0)], guard=Guard("g.none", 0), atomic=True)
+    assert all(isinstance(r, int) for r in ok)
+    ok = await store.commit([Write("g.f", b"4", None)], guard=Guard("g.h", second))
     assert all(isinstance(r, int) for r in ok)
     await store.delete("g.h")
     with pytest.raises(GuardFailedError):
-        await store.commit([Write("g.f", b"4", None)], guard=Guard("g.h", b"header-2"))
-    assert (await store.get("g.f")).value == b"3"  # type: ignore[union-attr]
+        await store.commit([Write("g.f", b"5", None)], guard=Guard("g.h", second))
+    assert (await store.get("g.f")).value == b"4"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="revision"):
+        Guard("g.h", -1)
