@@ -4,6 +4,12 @@ The backend supplies how to read the changes after a revision
 (:meth:`FeedWatch._fetch`), how long to wait before a safety-net re-check
 (``interval``) and what to release on close (:meth:`FeedWatch._release`);
 its commit path calls :meth:`FeedWatch.wake`.
+
+A watch reads only when something may be unread: at first, after a wake-up
+(a commit, a doorbell, the safety net, its timer), and after a batch that the
+backend did not mark as reaching the end of its log (``_caught_up``). A
+consumer that takes a batch of changes nobody wants (a thing's status follower
+sees its own readings go by) thus costs one read per commit, not two.
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ class FeedWatch(Watch):
         self._next = 0
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        self._unread = True
+        """Something may have been committed after the last read (or nothing was read)."""
+        self._caught_up = False
+        """Set by :meth:`_fetch`: its batch reached the last change in the log, so the
+        next read can wait for a wake-up. Left False, the watch reads again at once."""
 
     @abstractmethod
     def _fetch(self, prefix: str, after: int) -> tuple[list[Change], int]:
@@ -57,11 +68,15 @@ class FeedWatch(Watch):
                 change = self._pending[self._next]
                 self._next += 1
                 return change
+            if not self._unread:
+                await self._wait()
+                continue
+            self._unread = self._caught_up = False
             seen = self._after
             self._pending, self._after = self._fetch(self._prefix, self._after)
             self._next = 0
-            if not self._pending and self._after == seen:
-                await self._wait()
+            if (self._pending or self._after != seen) and not self._caught_up:
+                self._unread = True  # a bounded batch: there may be more
 
     async def _wait(self) -> None:
         loop = asyncio.get_running_loop()
@@ -74,9 +89,11 @@ class FeedWatch(Watch):
             if timer is not None:
                 timer.cancel()
             self._waiter = None
+            self._unread = True  # woken, or its timer ran out: read
 
     def wake(self) -> None:
         """Something was committed: re-read on the next iteration."""
+        self._unread = True
         if self._waiter is not None:
             resolve(self._waiter)
 

@@ -233,6 +233,10 @@ class MemoryStore(Store):
             index += 1
         return changes, first - 1 + index
 
+    def _at_end(self, position: int) -> bool:
+        """Whether a feed at ``position`` has read the last change."""
+        return position >= self._revision
+
     # --- immutable chunks ------------------------------------------------------
 
     async def put_chunk(self, address: str, data: bytes) -> None:
@@ -286,7 +290,9 @@ class _MemoryWatch(FeedWatch):
         self._store = store
 
     def _fetch(self, prefix: str, after: int) -> tuple[list[Change], int]:
-        return self._store._changes_after(prefix, after)
+        changes, after = self._store._changes_after(prefix, after)
+        self._caught_up = self._store._at_end(after)
+        return changes, after
 
     def _release(self) -> None:
         self._store._watches.discard(self)

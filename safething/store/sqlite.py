@@ -949,15 +949,16 @@ class SQLiteStore(Store):
                     self._watches.wake_all()
         self._net = self._loop.call_later(self._poll_s, self._safety_net)
 
-    def _feed(self, prefix: str, after: int) -> tuple[list[Change], int]:
-        """Changes under ``prefix`` above revision ``after`` (a bounded batch), and
-        the revision the caller has seen once it has taken them."""
+    def _feed(self, prefix: str, after: int) -> tuple[list[Change], int, bool]:
+        """Changes under ``prefix`` above revision ``after`` (a bounded batch), the
+        revision the caller has seen once it has taken them, and whether that is the
+        last change in the log (nothing more to read until a wake-up)."""
         conn = self._read_conn()
         low, high = _prefix_range(prefix)
         try:
             ((first, last),) = conn.execute(_LOG_BOUNDS).fetchall()
             if last is None or last <= after:
-                return [], after
+                return [], after, True
             changes: list[Change] = []
             if after + 1 < first:
                 # The log was trimmed past our cursor: the current value of each
@@ -980,8 +981,8 @@ class SQLiteStore(Store):
                 changes.append(Change(key, value, seq))
             # else: rewritten since; a later change in the log delivers it
         if len(rows) < _FETCH_LIMIT:
-            return changes, last
-        return changes, rows[-1][0]
+            return changes, last, True
+        return changes, rows[-1][0], False
 
     def _wake_watches(self) -> None:
         self._watches.wake_all()
@@ -1125,7 +1126,8 @@ class _SQLiteWatch(FeedWatch):
         return poll_s if poll_s == _FALLBACK_POLL_S else None
 
     def _fetch(self, prefix: str, after: int) -> tuple[list[Change], int]:
-        return self._store._feed(prefix, after)
+        changes, after, self._caught_up = self._store._feed(prefix, after)
+        return changes, after
 
     def _release(self) -> None:
         self._store._watch_closed(self)
