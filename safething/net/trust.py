@@ -20,9 +20,10 @@ object opened on one path in one process shares one connection.
 
 Writes are batched: a header, a processed id or a named value is written at
 the end of the event-loop step that made it, entry marks within 50 ms (one
-transaction for many reads), and everything at once by :meth:`sync`, which
-a thing calls before it acts on a request. A crash can forget only the
-entry marks of those last 50 ms.
+transaction for many reads, and for every state open on the same file: a
+gateway's thousand custodial things share one), and everything at once by
+:meth:`sync`, which a thing calls before it acts on a request. A crash can
+forget only the entry marks of those last 50 ms.
 
 When the file is lost (a fresh Pi, a wiped card), :attr:`created` is the
 time the new, empty state was made: a thing then rejects requests issued
@@ -95,6 +96,10 @@ class _File:
         self.path = path
         self.users = 0
         self.lock = threading.Lock()
+        self.waiting: dict[TrustState, None] = {}
+        """States whose entry marks wait for the next batch (in order, once each)."""
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_loop: asyncio.AbstractEventLoop | None = None
         existed = path.exists()
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -133,7 +138,93 @@ class _File:
             self.users -= 1
             if self.users == 0:
                 self._open.pop(self.path, None)
+                if self.timer is not None:
+                    self.timer.cancel()
+                    self.timer = None
                 self.db.close()
+
+    def later(self, state: TrustState, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """Write ``state``'s pending marks within ``delay`` seconds, in one transaction
+        with those of every other state of this file that waits then."""
+        self.waiting[state] = None
+        if self.timer is None or self.timer_loop is not loop:  # (a loop of an earlier run)
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = loop.call_later(delay, self.flush_waiting)
+            self.timer_loop = loop
+
+    def flush_waiting(self) -> None:
+        self.timer = None
+        states = [s for s in self.waiting if s._scheduled == "later" and not s._closed]
+        self.waiting.clear()
+        now = time.time()
+        batches = [(state, rows) for state in states if (rows := state._take(now))]
+        if not batches:
+            return
+        self.write([rows for _, rows in batches], now)
+        for state, rows in batches:
+            state._written(rows, now)
+
+    def write(self, batches: list[_Rows], now: float) -> None:
+        """Write the rows of several states in one transaction."""
+        try:
+            with self.lock:
+                db = self.db
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for rows in batches:
+                        rows.write(db, now)
+                    db.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot write the trust state file {self.path}: {e}") from e
+
+
+@dataclass(slots=True)
+class _Rows:
+    """What one state has to write."""
+
+    headers: list[tuple[str, bytes, int, bytes]]
+    entries: list[tuple[str, int]]
+    forgotten: list[tuple[str]]
+    processed: list[tuple[str, str, float]]
+    values: list[tuple[str, bytes]]
+    prune: bool
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.headers
+            or self.entries
+            or self.forgotten
+            or self.processed
+            or self.values
+            or self.prune
+        )
+
+    def write(self, db: sqlite3.Connection, now: float) -> None:
+        db.executemany(
+            "INSERT INTO headers (md, owners, version, raw) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (md) DO UPDATE SET owners = excluded.owners, "
+            "version = excluded.version, raw = excluded.raw "
+            "WHERE excluded.version >= headers.version",
+            self.headers,
+        )
+        db.executemany(
+            "INSERT INTO entries (key, version) VALUES (?, ?) ON CONFLICT (key) "
+            "DO UPDATE SET version = max(version, excluded.version)",
+            self.entries,
+        )
+        db.executemany("DELETE FROM entries WHERE key = ?", self.forgotten)
+        db.executemany(
+            "INSERT OR REPLACE INTO processed (scope, id, expires) VALUES (?, ?, ?)",
+            self.processed,
+        )
+        db.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", self.values)
+        if self.prune:
+            db.execute("DELETE FROM processed WHERE expires < ?", (now,))
 
 
 class TrustState:
@@ -299,14 +390,10 @@ class TrustState:
             return
         if delay:
             self._scheduled = "later"
-            loop.call_later(delay, self._flush_later)
+            self._file.later(self, loop, delay)
         else:
             self._scheduled = "soon"
             loop.call_soon(self.sync)
-
-    def _flush_later(self) -> None:
-        if self._scheduled == "later":
-            self.sync()
 
     def sync(self) -> None:
         """Write every pending change now (one transaction)."""
@@ -315,60 +402,38 @@ class TrustState:
         if file is None or self._closed:
             return
         now = time.time()
-        headers = [
-            (md, b"".join(sorted(h.owners)), h.version, h.raw)
-            for md in self._dirty_headers
-            if (h := self._headers.get(md)) is not None
-        ]
-        entries = [(k, self._entries[k]) for k in self._dirty_entries]
-        forgotten = [(k,) for k in self._forgotten if k not in self._dirty_entries]
-        processed = [(s, i, self._processed[(s, i)]) for s, i in self._dirty_processed]
-        values = [
-            ("v:" + n, v) for n in self._dirty_values if (v := self._values.get(n)) is not None
-        ]
-        prune = now - self._pruned > _PRUNE_EVERY_S
-        if not (headers or entries or forgotten or processed or values or prune):
+        rows = self._take(now)
+        if not rows:
             return
+        file.write([rows], now)
+        self._written(rows, now)
+
+    def _take(self, now: float) -> _Rows:
+        """The pending changes as rows to write; they are no longer pending."""
+        self._scheduled = ""
+        rows = _Rows(
+            headers=[
+                (md, b"".join(sorted(h.owners)), h.version, h.raw)
+                for md in self._dirty_headers
+                if (h := self._headers.get(md)) is not None
+            ],
+            entries=[(k, self._entries[k]) for k in self._dirty_entries],
+            forgotten=[(k,) for k in self._forgotten if k not in self._dirty_entries],
+            processed=[(s, i, self._processed[(s, i)]) for s, i in self._dirty_processed],
+            values=[
+                ("v:" + n, v) for n in self._dirty_values if (v := self._values.get(n)) is not None
+            ],
+            prune=now - self._pruned > _PRUNE_EVERY_S,
+        )
         self._dirty_headers.clear()
         self._dirty_entries.clear()
         self._dirty_processed.clear()
         self._dirty_values.clear()
         self._forgotten.clear()
-        try:
-            with file.lock:
-                db = file.db
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.executemany(
-                        "INSERT INTO headers (md, owners, version, raw) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (md) DO UPDATE SET owners = excluded.owners, "
-                        "version = excluded.version, raw = excluded.raw "
-                        "WHERE excluded.version >= headers.version",
-                        headers,
-                    )
-                    db.executemany(
-                        "INSERT INTO entries (key, version) VALUES (?, ?) ON CONFLICT (key) "
-                        "DO UPDATE SET version = max(version, excluded.version)",
-                        entries,
-                    )
-                    db.executemany("DELETE FROM entries WHERE key = ?", forgotten)
-                    db.executemany(
-                        "INSERT OR REPLACE INTO processed (scope, id, expires) VALUES (?, ?, ?)",
-                        processed,
-                    )
-                    db.executemany(
-                        "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", values
-                    )
-                    if prune:
-                        db.execute("DELETE FROM processed WHERE expires < ?", (now,))
-                    db.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot write the trust state file {file.path}: {e}") from e
-        if prune:
+        return rows
+
+    def _written(self, rows: _Rows, now: float) -> None:
+        if rows.prune:
             self._pruned = now
             for item in [k for k, exp in self._processed.items() if exp < now]:
                 del self._processed[item]

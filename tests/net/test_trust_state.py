@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import stat
 import time
@@ -343,3 +344,34 @@ async def test_a_legitimate_header_after_a_refused_one_is_read_whatever_its_byte
         await store.put(md.address.header_key, legit)
         assert (await reader.header()).to_bytes() == legit
         assert reader_client.tampered_count == 1
+
+
+async def test_the_marks_of_many_states_on_one_file_are_written_together(
+    tmp_path: Path,
+) -> None:
+    """A gateway's custodial things share one trust file: their entry marks of the
+    same 50 ms go out in one transaction, each state's own, and none is lost."""
+    path = tmp_path / "trust.db"
+    states = [TrustState.open(path) for _ in range(5)]
+    transactions: list[str] = []
+    file = states[0]._file
+    assert file is not None and all(s._file is file for s in states)
+    file.db.set_trace_callback(
+        lambda sql: transactions.append(sql) if sql.startswith("BEGIN") else None
+    )
+    for i, state in enumerate(states):
+        state.set_entry_version(f"md.t.{i}.e.1", i + 1)
+        state.set_entry_version(f"md.t.{i}.e.2", 7)
+    deadline = asyncio.get_running_loop().time() + 10
+    while transactions == [] and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert transactions == ["BEGIN IMMEDIATE"]
+    file.db.set_trace_callback(None)
+    for state in states:
+        state.close()
+    again = TrustState.open(path)
+    try:
+        assert [again.entry_version(f"md.t.{i}.e.1") for i in range(5)] == [1, 2, 3, 4, 5]
+        assert {again.entry_version(f"md.t.{i}.e.2") for i in range(5)} == {7}
+    finally:
+        again.close()
