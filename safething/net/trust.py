@@ -172,7 +172,7 @@ class _File:
                 db = self.db
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    for rows in batches:
+                    for rows in batches:  # in order: a later state's rows win
                         rows.write(db, now)
                     db.execute("COMMIT")
                 except BaseException:
@@ -205,24 +205,29 @@ class _Rows:
         )
 
     def write(self, db: sqlite3.Connection, now: float) -> None:
-        db.executemany(
-            "INSERT INTO headers (md, owners, version, raw) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (md) DO UPDATE SET owners = excluded.owners, "
-            "version = excluded.version, raw = excluded.raw "
-            "WHERE excluded.version >= headers.version",
-            self.headers,
-        )
-        db.executemany(
-            "INSERT INTO entries (key, version) VALUES (?, ?) ON CONFLICT (key) "
-            "DO UPDATE SET version = max(version, excluded.version)",
-            self.entries,
-        )
-        db.executemany("DELETE FROM entries WHERE key = ?", self.forgotten)
-        db.executemany(
-            "INSERT OR REPLACE INTO processed (scope, id, expires) VALUES (?, ?, ?)",
-            self.processed,
-        )
-        db.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", self.values)
+        """Write the rows (a statement only for the kinds there are)."""
+        for sql, rows in (
+            (
+                "INSERT INTO headers (md, owners, version, raw) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (md) DO UPDATE SET owners = excluded.owners, "
+                "version = excluded.version, raw = excluded.raw "
+                "WHERE excluded.version >= headers.version",
+                self.headers,
+            ),
+            (
+                "INSERT INTO entries (key, version) VALUES (?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET version = max(version, excluded.version)",
+                self.entries,
+            ),
+            ("DELETE FROM entries WHERE key = ?", self.forgotten),
+            (
+                "INSERT OR REPLACE INTO processed (scope, id, expires) VALUES (?, ?, ?)",
+                self.processed,
+            ),
+            ("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", self.values),
+        ):
+            if rows:
+                db.executemany(sql, rows)
         if self.prune:
             db.execute("DELETE FROM processed WHERE expires < ?", (now,))
 
