@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,9 +110,9 @@ async def test_register_with_publish_writes_the_new_thing_in_one_commit(
     commits: list[int] = []
     commit = store.commit
 
-    async def counted(writes: Sequence[Write], *, atomic: bool = False) -> list[int | Exception]:
+    async def counted(writes: Sequence[Write], **options: Any) -> list[int | Exception]:
         commits.append(len(writes))
-        return await commit(writes, atomic=atomic)
+        return await commit(writes, **options)
 
     store.commit = counted  # type: ignore[method-assign]
     new = Thing(garden_description(), identity=device, owner=owner, store=store, heartbeat=None)
