@@ -335,15 +335,18 @@ async def test_header_rewritten_between_two_writes(sqlite_store: Store, db: Raw)
     writer = await setup_md(sqlite_store, alice)
     md = writer.md(NAME, TAG_THING)
     await md.put("moisture", b"42")
-    fake = MDHeader.create(
-        md.address,
-        signer=mallory.sign_key,
-        owners=(mallory.public_sign_key,),
-        permissions=PermissionSet({ANYONE: Action.all()}),
-        version=9,
-        private=False,
-    )
-    await db.put(md.address.header_key, fake.to_bytes())
+
+    def mallorys(version: int) -> bytes:
+        return MDHeader.create(
+            md.address,
+            signer=mallory.sign_key,
+            owners=(mallory.public_sign_key,),
+            permissions=PermissionSet({ANYONE: Action.all()}),
+            version=version,
+            private=False,
+        ).to_bytes()
+
+    await db.put(md.address.header_key, mallorys(9))
     before = writer.tampered_count
     entry = await md.put("moisture", b"43")  # written under the header alice trusts
     assert writer.tampered_count == before + 1
@@ -355,16 +358,8 @@ async def test_header_rewritten_between_two_writes(sqlite_store: Store, db: Raw)
     with pytest.raises(TamperedDataError, match="owner substitution"):
         await pinned.get("moisture")
     if isinstance(db, RawSQLite):
-        other = MDHeader.create(
-            md.address,
-            signer=mallory.sign_key,
-            owners=(mallory.public_sign_key,),
-            permissions=PermissionSet({ANYONE: Action.all()}),
-            version=10,
-            private=False,
-        )
         db.db.execute(
-            "UPDATE records SET value = ? WHERE key = ?", (other.to_bytes(), md.address.header_key)
+            "UPDATE records SET value = ? WHERE key = ?", (mallorys(10), md.address.header_key)
         )
         assert (await md.put("moisture", b"45")).signer == alice.public_sign_key
         assert (await md.get("moisture")).value == b"45"  # the read checks the header
