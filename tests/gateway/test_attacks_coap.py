@@ -180,13 +180,15 @@ async def test_refused_requests_leave_no_request_state_behind(
         assert (r.opt.size1 is not None) == (code(r) == "4.13")  # only 4.13 says the limit
 
     async def bug(*args: Any) -> Any:
-        raise RuntimeError("a bug")
+        raise RuntimeError("a bug at /srv/secret/path")
 
     monkeypatch.setattr(bridge, "_uplink", bug)  # a failure no refusal foresaw: 5.00
     message = aiocoap.Message(code=Code.POST, uri=f"{base}/st/v1/sensor-01/reading")
     async with asyncio.timeout(30):
         r = await client.request(message, handle_blockwise=False).response
     assert code(r) == "5.00"
+    # the gateway's own 5.00 (not aiocoap's bare one): what failed is in its log only
+    assert r.payload == b"internal_error: the gateway failed to handle it; see its log"
     async with asyncio.timeout(30):
         while _open_requests(bridge):  # the last reply may still be on its way out
             await asyncio.sleep(0.01)
