@@ -20,7 +20,7 @@ refused, the client keeps using the header it trusts.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from safething.errors import (
@@ -44,7 +44,7 @@ from safething.net.records import (
 from safething.net.trust import HeaderState, TrustState
 from safething.net.xorname import XorName
 from safething.resource import AsyncResource
-from safething.store.base import Store
+from safething.store.base import Store, Write
 
 __all__ = ["Client"]
 
@@ -182,31 +182,68 @@ class Client(AsyncResource):
         A private MD gets a fresh ``secret`` unless one is given; read it back
         from ``md.secret`` and keep it: without it the data is unreadable.
         """
+        if private and secret is None:
+            secret = SecretKey.generate()
+        (md,) = await self._create_mds([(name, tag, permissions)], owners, private, secret)
+        if md is None:
+            raise EntryExistsError(f"an MD already exists at {MDAddress(XorName.parse(name), tag)}")
+        return md
+
+    async def create_mds(
+        self,
+        specs: Sequence[
+            tuple[XorName | str | bytes, int, PermissionSet | Mapping[Grantee, Action | str] | None]
+        ],
+        *,
+        owners: tuple[PublicSignKey, ...] | None = None,
+    ) -> list[_MutableData | None]:
+        """Create several public MDs, each ``(name, tag, permissions)``, owned by this
+        identity (and ``owners``), in one store commit; ``None`` for each address that
+        was taken (as :meth:`create_md` raises ``EntryExistsError``)."""
+        return await self._create_mds(specs, owners, False, None)
+
+    async def _create_mds(
+        self,
+        specs: Sequence[
+            tuple[XorName | str | bytes, int, PermissionSet | Mapping[Grantee, Action | str] | None]
+        ],
+        owners: tuple[PublicSignKey, ...] | None,
+        private: bool,
+        secret: SecretKey | None,
+    ) -> list[_MutableData | None]:
         me = self._writer()
-        address = MDAddress(XorName.parse(name), tag)
-        if isinstance(permissions, PermissionSet):
-            perms = permissions
-        else:
-            perms = PermissionSet({g: Action.parse(a) for g, a in (permissions or {}).items()})
         all_owners = tuple({me.public_sign_key, *(owners or ())})
         for o in all_owners:
             check_key_type(o, PublicSignKey, "owner")
-        if private and secret is None:
-            secret = SecretKey.generate()
-        header = MDHeader.create(
-            address,
-            signer=me.sign_key,
-            owners=all_owners,
-            permissions=perms,
-            version=0,
-            private=private,
+        headers: list[tuple[MDAddress, MDHeader, bytes]] = []
+        for name, tag, permissions in specs:
+            address = MDAddress(XorName.parse(name), tag)
+            if isinstance(permissions, PermissionSet):
+                perms = permissions
+            else:
+                perms = PermissionSet({g: Action.parse(a) for g, a in (permissions or {}).items()})
+            header = MDHeader.create(
+                address,
+                signer=me.sign_key,
+                owners=all_owners,
+                permissions=perms,
+                version=0,
+                private=private,
+            )
+            headers.append((address, header, header.to_bytes()))
+        results = await self.store.commit(
+            [Write(address.header_key, raw, 0) for address, _, raw in headers]
         )
-        try:
-            await self.store.create(address.header_key, header.to_bytes())
-        except ConflictError:
-            raise EntryExistsError(f"an MD already exists at {address}") from None
-        self._accept_header(address, header, header.to_bytes(), signed_here=True)
-        return _MutableData(self, address, secret if private else None)
+        created: list[_MutableData | None] = []
+        for (address, header, raw), result in zip(headers, results, strict=True):
+            if isinstance(result, ConflictError):
+                created.append(None)
+                continue
+            if isinstance(result, Exception):
+                raise result
+            self._accept_header(address, header, raw, signed_here=True)
+            created.append(_MutableData(self, address, secret if private else None))
+        return created
 
     async def list_mds(self, tag: int | None = None) -> list[MDAddress]:
         """Addresses of the MDs in the store (optionally of one type tag)."""

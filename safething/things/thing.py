@@ -38,7 +38,6 @@ from typing import Any, Self
 from safething.errors import (
     AccessDeniedError,
     ConflictError,
-    EntryExistsError,
     LimitExceededError,
     NoSuchDataError,
     NoSuchEntryError,
@@ -387,11 +386,13 @@ class Thing(AsyncResource):
             ("outbox", {ANYONE: Action.READ}),
             ("history", {ANYONE: Action.READ}),
         )
-        for which, perms in grants:
-            address = getattr(self.addresses, which)
-            try:
-                await client.create_md(address.name, address.tag, owners=owners, permissions=perms)
-            except EntryExistsError:
+        addresses = [getattr(self.addresses, which) for which, _ in grants]
+        created = await client.create_mds(
+            [(a.name, a.tag, perms) for a, (_, perms) in zip(addresses, grants, strict=True)],
+            owners=owners,
+        )
+        for address, made in zip(addresses, created, strict=True):
+            if made is None:  # the address was taken
                 record = await client.store.get(address.header_key)
                 taken = False
                 with contextlib.suppress(SafeThingError):  # unreadable: repaired below
@@ -401,7 +402,8 @@ class Thing(AsyncResource):
                 if taken:
                     raise ThingError(
                         f"thing id {self.id!r} is taken by another identity in this store"
-                    ) from None
+                    )
+        for which, perms in grants:
             # A header the store swapped in (refused, counted) is replaced by the trusted one.
             await self._md(which).repair_header(permissions=PermissionSet(perms))
         md = self._md("thing")
@@ -419,8 +421,12 @@ class Thing(AsyncResource):
             self._trusted_status(str(status["s"]))
         except NoSuchEntryError:
             if self.trust.value(self._status_name()) is None:
-                new = "published" if publish else "registered"
-                batch.put(layout.STATUS, _status_record(new), lambda: self._trusted_status(new))
+                first = "published" if publish else "registered"
+                batch.put(
+                    layout.STATUS,
+                    _status_record(first),
+                    functools.partial(self._trusted_status, first),
+                )
             else:  # the store dropped it: write back what this thing trusts
                 await self._set_status(self.status_trusted())
         except TamperedDataError as e:

@@ -54,6 +54,25 @@ async def test_insert_get_update_delete(client: Client, alice: Identity) -> None
     assert set(await md.entries()) == {b"moisture"}
 
 
+async def test_create_mds_in_one_commit(store: Store, client: Client, bob: Identity) -> None:
+    taken = XorName.of("taken")
+    await Client(store, bob).create_md(taken, TAG_THING)
+    first, second, third = await client.create_mds(
+        [
+            (NAME, TAG_THING, {ANYONE: "insert"}),
+            (taken, TAG_THING, None),
+            (NAME, TAG_THING + 1, None),
+        ]
+    )
+    assert second is None  # as create_md would raise EntryExistsError
+    assert first is not None and third is not None
+    assert (await first.header()).allows(bob.public_sign_key, Action.INSERT)
+    await first.insert("k", "v")
+    assert await Client(store).md(NAME, TAG_THING).get_value("k") == b"v"
+    with pytest.raises(PermissionDeniedError):
+        await client.md(taken, TAG_THING).insert("k", "v")
+
+
 async def test_put_many_and_entries(client: Client) -> None:
     md = await client.create_md(NAME, TAG_THING)
     items = {f"k{i}": f"v{i}" for i in range(100)}
