@@ -85,6 +85,21 @@ async def test_block1_state_is_bounded_per_device_and_in_all(
     assert len(held(bridge)) == 5
 
 
+async def test_block1_state_holds_256_uploads_in_all_by_default(
+    bridge: CoapBridge, client: Any
+) -> None:
+    """The bound in all at its documented default: a stranger who starts 257 uploads
+    under as many device ids (unknown ones: an id costs nothing) leaves 256 held, its
+    oldest gone."""
+    for n in range(257):
+        r = await block(client, bridge, f"stranger-{n:03d}", "reading", 0, b"z" * 1024, True)
+        assert code(r) == "2.31", (n, r.payload)
+    assert len(held(bridge)) == 256
+    assert {v[1] for v in bridge.block1.parts.values()} == {
+        f"stranger-{n:03d}" for n in range(1, 257)
+    }
+
+
 async def test_an_unknown_devices_blocks_are_not_kept_and_it_is_answered_like_a_wrong_mac(
     bridge: CoapBridge, client: Any
 ) -> None:
