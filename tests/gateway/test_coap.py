@@ -375,6 +375,18 @@ async def test_rejections_carry_code_and_diagnostic(
     assert sum(v for (name, _), v in gateway.metrics.counters.items() if "rejected" in name) == 14
 
 
+async def test_a_channel_takes_post_and_down_takes_get_only(
+    bridge: CoapBridge, link: DeviceLink, client: Any
+) -> None:
+    """Any other method, whether its code sorts below or above the one taken, is 4.05."""
+    for method in (Code.GET, Code.PUT, Code.DELETE, Code.FETCH, Code.PATCH, Code.iPATCH):
+        response = await request(client, bridge, method, f"/st/v1/{ID}/reading")
+        assert code(response) == "4.05", (method, response.payload)
+    for method in (Code.POST, Code.PUT, Code.DELETE, Code.FETCH, Code.PATCH, Code.iPATCH):
+        response = await request(client, bridge, method, f"/st/v1/{ID}/down")
+        assert code(response) == "4.05", (method, response.payload)
+
+
 async def test_a_down_request_without_its_counter_or_its_mac_is_a_bad_message(
     bridge: CoapBridge, link: DeviceLink, client: Any
 ) -> None:
