@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import aiocoap
@@ -15,6 +16,7 @@ from aiocoap.optiontypes import BlockOption
 
 from safething.net import Identity
 from safething.store import Store
+from safething_gateway.bridges import coap as coap_module
 from safething_gateway.bridges.coap import JSON, CoapBridge
 from safething_gateway.core import Gateway
 from safething_gateway.protocol import MAX_MESSAGE_BYTES
@@ -238,6 +240,29 @@ async def test_block1_state_expires_and_a_device_loses_its_oldest_first(
         r = await block(client, bridge, "sensor-00", f"event/{topic}", 0, b"y" * 1024, True)
         assert code(r) == "2.31"
     assert channels() == ["t2", "reading", "u1", "u2"]
+
+
+async def test_block1_uploads_expire_10_s_after_their_last_block(
+    bridge: CoapBridge, client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented expiry as a figure, on the bridge's own clock (moved by the test):
+    an upload whose last block came 10.5 s ago is gone, one of 9.5 s ago is kept."""
+    assert bridge.gateway is not None
+    clock = [1_000.0]
+    monkeypatch.setattr(coap_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    bridge.gateway.registry.add("sensor-01", "coap")
+    bridge.gateway.registry.add("sensor-02", "coap")
+    for topic in ("old", "young"):
+        r = await block(client, bridge, "sensor-01", f"event/{topic}", 0, b"x" * 1024, True)
+        assert code(r) == "2.31"
+        clock[0] += 1.0
+    clock[0] = 1_010.5  # "old" last heard of 10.5 s ago, "young" 9.5 s ago
+    r = await block(client, bridge, "sensor-02", "reading", 0, b"y" * 1024, True)
+    assert code(r) == "2.31"
+    assert [v[3].opt.uri_path[-1] for v in bridge.block1.parts.values()] == [
+        "young",
+        "reading",
+    ]
 
 
 async def test_blocks_out_of_order_are_an_incomplete_request(
