@@ -246,7 +246,7 @@ async def test_a_forged_record_over_an_entry_already_verified_is_checked_in_full
     assert (await reader.get("valve")).value == b"closed"
     known = record_digest(await db.get(key))
     orders: set[bool] = set()
-    for i in range(64):
+    for i in range(4096):  # known may sort near an end: with 64 tries 1 run in ~32 ran out
         forged = EntryRecord.create(
             reader.address,
             signer=mallory.sign_key,
