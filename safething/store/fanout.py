@@ -41,6 +41,7 @@ from typing import Self
 from safething.errors import StoreError
 from safething.resource import AsyncResource
 from safething.store.base import Change, Store, Watch, check_pattern, check_prefix
+from safething.store.feed import resolve
 
 __all__ = ["WatchFanout"]
 
@@ -237,8 +238,8 @@ class _Branch(Watch):
         self._wake()
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if self._waiter is not None:
+            resolve(self._waiter)
 
     def __aiter__(self) -> AsyncIterator[Change]:
         return self

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from safething.net import Identity
+from safething.store.nats_server import NatsServer, free_ports
 from safething_gateway.device_clients import DeviceLink
 from safething_gateway.registry import Registry
 
@@ -123,3 +124,29 @@ def link(device_id: str, secret: bytes, ran: list[tuple[str, dict[str, Any]]]) -
 
     device.on_action = run
     return device
+
+
+def hub_and_site(root: Path, transport: str) -> tuple[NatsServer, GatewayProcess, int]:
+    """A hub nats-server that takes leaf nodes (not started yet) and a gateway whose
+    ``[leaf]`` runs the site's server as a leaf of it (JetStream domain ``site1``, store
+    bucket ``site1``); and the port the site's server takes clients on."""
+    leaf_port, site_port = free_ports(2)
+    hub = NatsServer(
+        root / "hub",
+        name="hub",
+        domain="hub",
+        extra_config=f"leafnodes {{ listen: 127.0.0.1:{leaf_port} }}",
+    )
+    site = GatewayProcess(
+        root / "site",
+        "",  # the store is the leaf server's
+        transport,
+        extra=f"""
+[leaf]
+enabled = true
+hub = "nats-leaf://127.0.0.1:{leaf_port}"
+domain = "site1"
+port = {site_port}
+""",
+    )
+    return hub, site, site_port

@@ -10,9 +10,9 @@ import signal
 from pathlib import Path
 
 from safething.store import open_store
-from safething.store.nats_server import NatsServer, free_ports
+from safething.store.nats_server import NatsServer
 
-from .processes import GatewayProcess
+from .processes import hub_and_site
 
 
 def _running(pid: int) -> bool:
@@ -41,26 +41,8 @@ async def _leaf_pid(pid_path: Path, *, not_: int | None = None) -> int:
 
 
 async def test_a_killed_gateway_takes_its_leaf_server_along(tmp_path: Path) -> None:
-    leaf_port, site_port = free_ports(2)
-    hub = NatsServer(
-        tmp_path / "hub",
-        name="hub",
-        domain="hub",
-        extra_config=f"leafnodes {{ listen: 127.0.0.1:{leaf_port} }}",
-    )
+    hub, site, site_port = hub_and_site(tmp_path, "http")
     await hub.start()
-    site = GatewayProcess(
-        tmp_path / "site",
-        "",
-        "http",
-        extra=f"""
-[leaf]
-enabled = true
-hub = "nats-leaf://127.0.0.1:{leaf_port}"
-domain = "site1"
-port = {site_port}
-""",
-    )
     pid_path = site.root / "nats" / "leaf-site1.pid"
     site_url = f"nats://127.0.0.1:{site_port}?bucket=site1"
     try:
@@ -93,34 +75,10 @@ port = {site_port}
 
 
 async def test_a_server_left_on_the_sites_files_is_stopped_first(tmp_path: Path) -> None:
-    leaf_port, site_port = free_ports(2)
-    hub = NatsServer(
-        tmp_path / "hub",
-        name="hub",
-        domain="hub",
-        extra_config=f"leafnodes {{ listen: 127.0.0.1:{leaf_port} }}",
-    )
+    hub, site, site_port = hub_and_site(tmp_path, "http")
     await hub.start()
-    site = GatewayProcess(
-        tmp_path / "site",
-        "",
-        "http",
-        extra=f"""
-[leaf]
-enabled = true
-hub = "nats-leaf://127.0.0.1:{leaf_port}"
-domain = "site1"
-port = {site_port}
-""",
-    )
     # what a gateway killed before it could arrange for its server's end would leave
-    left = NatsServer(
-        site.root / "nats",
-        name="leaf-site1",
-        domain="site1",
-        port=site_port,
-        extra_config=f'leafnodes {{ remotes: [ {{ url: "nats-leaf://127.0.0.1:{leaf_port}" }} ] }}',
-    )
+    left = NatsServer(site.root / "nats", name="leaf-site1", domain="site1", port=site_port)
     await left.start()
     assert left.process is not None
     try:

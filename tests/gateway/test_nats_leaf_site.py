@@ -20,12 +20,11 @@ from safething.errors import StoreError
 from safething.net import Client, Identity
 from safething.store import open_store
 from safething.store.nats import site_copy_config
-from safething.store.nats_server import NatsServer, free_ports
 from safething.things import ThingClient
 from safething_gateway.device_clients.mqtt import MqttDevice
 from safething_gateway.testing import unique_id
 
-from .processes import GatewayProcess, link, running
+from .processes import hub_and_site, link, running
 
 
 async def stream_messages(url: str, stream: str) -> list[tuple[str, bytes]]:
@@ -50,26 +49,8 @@ async def stream_messages(url: str, stream: str) -> list[tuple[str, bytes]]:
 async def test_a_gateway_with_its_own_leaf_server_works_while_the_hub_is_down(
     tmp_path: Path,
 ) -> None:
-    leaf_port, site_port = free_ports(2)
-    hub = NatsServer(
-        tmp_path / "hub",
-        name="hub",
-        domain="hub",
-        extra_config=f"leafnodes {{ listen: 127.0.0.1:{leaf_port} }}",
-    )
+    hub, site, site_port = hub_and_site(tmp_path, "mqtt")
     await hub.start()
-    site = GatewayProcess(
-        tmp_path / "site",
-        "",  # the store is the leaf server's
-        "mqtt",
-        extra=f"""
-[leaf]
-enabled = true
-hub = "nats-leaf://127.0.0.1:{leaf_port}"
-domain = "site1"
-port = {site_port}
-""",
-    )
     sensor_id = unique_id("sensor")
     ran: list[tuple[str, dict[str, Any]]] = []
     sensor = link(sensor_id, site.provision(sensor_id), ran)

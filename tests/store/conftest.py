@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from safething.store import Store, open_store
-from safething.store.nats_testing import NatsCluster, NatsServer, unique_bucket
+from safething.store.nats import site_write_mapping
+from safething.store.nats_testing import NatsCluster, NatsServer, free_port, unique_bucket
 
 OpenPeer = Callable[[], Awaitable[Store]]
 
@@ -61,3 +62,26 @@ async def open_peer(store: Store, store_url: str) -> AsyncIterator[OpenPeer]:
     finally:
         for peer in peers:
             await peer.close()
+
+
+def hub_and_site(directory: Path) -> tuple[NatsServer, NatsServer]:
+    """A hub that takes leaf nodes and a site's server (JetStream domain ``site1``), a
+    leaf of it configured as a gateway's leaf server is (it maps writes from the hub
+    into its streams); neither started yet."""
+    leaf_port = free_port()
+    hub = NatsServer(
+        directory,
+        name="hub",
+        domain="hub",
+        extra_config=f"leafnodes {{ listen: 127.0.0.1:{leaf_port} }}",
+    )
+    site = NatsServer(
+        directory,
+        name="site1",
+        domain="site1",
+        extra_config=(
+            f'leafnodes {{ remotes: [ {{ url: "nats-leaf://127.0.0.1:{leaf_port}" }} ] }}\n'
+            + site_write_mapping("site1")
+        ),
+    )
+    return hub, site

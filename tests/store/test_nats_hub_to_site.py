@@ -13,9 +13,10 @@ import pytest
 from safething.errors import ConflictError, StoreError
 from safething.net import Client, Identity
 from safething.store import Change, open_store
-from safething.store.nats import site_write_mapping
-from safething.store.nats_testing import NatsServer, free_port, unique_bucket
+from safething.store.nats_testing import unique_bucket
 from safething.things import ActionRequest, Thing, ThingClient, ThingDescription
+
+from .conftest import hub_and_site
 
 VALVE = {
     "format": 1,
@@ -27,22 +28,7 @@ VALVE = {
 
 
 async def test_a_thing_at_the_hub_drives_a_thing_at_a_site(tmp_path: Path) -> None:
-    leaf_port = free_port()
-    hub = NatsServer(
-        tmp_path,
-        name="hub",
-        domain="hub",
-        extra_config=f"leafnodes {{ listen: 127.0.0.1:{leaf_port} }}",
-    )
-    site = NatsServer(
-        tmp_path,
-        name="site1",
-        domain="site1",
-        extra_config=(
-            f'leafnodes {{ remotes: [ {{ url: "nats-leaf://127.0.0.1:{leaf_port}" }} ] }}\n'
-            + site_write_mapping("site1")  # what a gateway's leaf server has
-        ),
-    )
+    hub, site = hub_and_site(tmp_path)
     await hub.start()
     await site.start()
     bucket = unique_bucket()

@@ -13,7 +13,9 @@ from pathlib import Path
 import nats
 
 from safething.store import Change, open_store
-from safething.store.nats_testing import NatsServer, free_port
+from safething.store.nats_testing import NatsServer
+
+from .conftest import hub_and_site
 
 
 async def hub_copy(hub: NatsServer, count: int) -> list[tuple[str, bytes]]:
@@ -39,19 +41,7 @@ async def hub_copy(hub: NatsServer, count: int) -> list[tuple[str, bytes]]:
 
 
 async def test_a_site_keeps_working_while_the_hub_is_down(tmp_path: Path) -> None:
-    leaf_port = free_port()
-    hub = NatsServer(
-        tmp_path,
-        name="hub",
-        domain="hub",
-        extra_config=f"leafnodes {{ listen: 127.0.0.1:{leaf_port} }}",
-    )
-    site = NatsServer(
-        tmp_path,
-        name="site1",
-        domain="site1",
-        extra_config=f'leafnodes {{ remotes: [ {{ url: "nats-leaf://127.0.0.1:{leaf_port}" }} ] }}',
-    )
+    hub, site = hub_and_site(tmp_path)
     await hub.start()
     await site.start()
     store = await open_store(f"{site.url}?bucket=s1")
