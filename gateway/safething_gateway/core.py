@@ -30,18 +30,19 @@ Nothing acknowledged is lost: if the store is unreachable, verified
 readings are buffered in the registry and replayed in order later.
 
 **Custodial things on demand.** A gateway with 10,000 devices cannot afford a
-running thing per device (each has its own tasks and store watches, and
-restoring one reads and verifies its MDs: about 12 ms). :meth:`Gateway.start`
+running thing per device (each has its own tasks, and restoring one reads and
+verifies its MDs: about 12 ms; the running things share two store watches, see
+:class:`~safething.things.shared.SharedWatches`). :meth:`Gateway.start`
 restores none of the devices that speak the device link: a device's thing is
 restored (the same :meth:`Thing.register`, every check of a first start) when
 the device's first message since the start has passed every check of the
 link, or when something is written into the thing's inbox (an action request,
-a desired value). One store watch on every inbox (tag 27418) notices the
-latter for all devices; inboxes holding entries when the gateway starts are
-restored at once, in the background. Adopted devices' things are restored at
-start, as their adapters expect, and so are the things of births that a crash
-or a store outage cut short (the registry marks a birth registered once its
-thing is in the store).
+a desired value). The shared store watch on every inbox (tag 27418) notices the
+latter for all devices (its changes that no running thing claims); inboxes
+holding entries when the gateway starts are restored at once, in the background.
+Adopted devices' things are restored at start, as their adapters expect, and so
+are the things of births that a crash or a store outage cut short (the registry
+marks a birth registered once its thing is in the store).
 """
 
 from __future__ import annotations
