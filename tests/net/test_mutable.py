@@ -26,6 +26,7 @@ from safething.net import (
     SecretKey,
     XorName,
 )
+from safething.net import client as client_module
 from safething.net.records import EntryRecord, PrivateCodec
 from safething.store import Store
 
@@ -145,6 +146,20 @@ async def test_an_entry_read_before_its_writer_was_revoked_is_refused_after(
     with pytest.raises(TamperedDataError, match="lacks insert permission"):
         await reader.get("b")
     assert await reader.entries(skip_tampered=True) == {}
+
+
+async def test_a_client_keeps_at_most_its_bound_of_known_entries(client: Client) -> None:
+    """What a client keeps of the entries it verified or wrote (the compare-and-set
+    expectation of its next write, the digest that spares a second signature check)
+    is bounded: up to ``_KNOWN_MAX`` store keys, never one more, whatever it reads."""
+    md = await client.create_md(NAME, TAG_THING)
+    entry = await md.insert("a", "1")
+    bound = client_module._KNOWN_MAX
+    for i in range(bound):
+        client._remember(f"{md.address.entry_prefix}{i:x}", entry, i)
+    assert len(client._known) == bound  # all kept up to the bound
+    client._remember(f"{md.address.entry_prefix}more", entry, 0)
+    assert 1 <= len(client._known) <= bound
 
 
 async def test_private_md_hides_keys_and_values(store: Store, client: Client) -> None:
