@@ -319,8 +319,9 @@ async def test_bodies_the_link_cannot_use_spend_no_counter(
     """The fields the link itself uses are checked before the counter is spent: the device
     may send the same counter again with a good body."""
     await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    cut = "".join(list(channel))  # as a bridge cuts it out of a path or a topic
     with pytest.raises(PayloadError):
-        await gateway.handle("sensor-01", channel, device.message(channel, body))
+        await gateway.handle("sensor-01", cut, device.message(channel, body))
     assert gateway.registry.get("sensor-01").rx_counter == device.counter - 1
     good = device.message("reading", {"moisture": 3}, counter=device.counter)
     await gateway.handle("sensor-01", "reading", good)

@@ -80,6 +80,21 @@ async def test_early_results_are_bounded_in_total(
     assert gateway._early_count["flood-01"] == 16 - (288 - total - 16)  # the next, in part
 
 
+async def test_at_most_1024_early_results_are_held_in_all(gateway: Gateway) -> None:
+    """The documented total, as a figure: 64 devices at their 16 fill it, the next result
+    pushes the oldest out."""
+    gateway.rate, gateway.burst = 1e6, 10**6
+    for n in range(64):  # straight into the core's bookkeeping: 1,024 messages take long
+        for i in range(16):
+            gateway._result(f"flood-{n:02d}", f"r{i}", {"state": "done"})
+    assert len(gateway._early) == 1024
+    late = _provision(gateway, "flood-64")
+    await _result(gateway, late, "r0", state="done")
+    assert len(gateway._early) == 1024
+    assert ("flood-00", "r0") not in gateway._early
+    assert ("flood-64", "r0") in gateway._early
+
+
 async def test_early_results_expire_and_free_their_devices_place(gateway: Gateway) -> None:
     gateway.rate, gateway.burst = 1e6, 10**6
     device = _provision(gateway, "sensor-01")
