@@ -192,14 +192,15 @@ async def test_a_birth_whose_description_does_not_parse_is_refused_and_spends_no
     """A broken device's birth: refused as a bad payload (the detail in the log, as the
     body was sealed), no thing made, no counter spent: the same counter with a good
     description is accepted."""
+    birth = "".join(list("birth"))  # as a bridge cuts it out of a path or a topic
     with pytest.raises(PayloadError) as refused:
         await gateway.handle(
-            "sensor-01", "birth", device.message("birth", {"description": description})
+            "sensor-01", birth, device.message("birth", {"description": description})
         )
     assert "bad description" in str(refused.value.__cause__)
     assert "sensor-01" not in gateway.things
     good = device.message("birth", {"description": SENSOR}, counter=device.counter)
-    await gateway.handle("sensor-01", "birth", good)
+    await gateway.handle("sensor-01", birth, good)
     assert await ThingClient(Client(gateway.store)).status("sensor-01") == "published"
 
 
