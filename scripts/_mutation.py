@@ -11,6 +11,8 @@ mutant is harmless; docs/security.md lists the survivors and why each is harmles
     scripts/mutation --again MODULE       only its survivors again, after adding tests
     scripts/mutation --resume MODULE      the mutants an interrupted run did not reach
     scripts/mutation --whole MODULE       every mutant against the whole selection
+    scripts/mutation --resume --part 1/2 MODULE   (and 2/2 beside it) the mutants left,
+                                          shared among processes side by side
 
 Tests chosen by coverage: before a module's mutants run, its test selection runs once,
 unmutated, under coverage.py with one dynamic context per test (``--trace``; Python
