@@ -157,13 +157,17 @@ async def test_a_replay_is_a_replay_even_when_the_bucket_is_empty(gateway: Gatew
     device = _provision(gateway, "sensor-01")
     captured = device.message("poll", {})
     await gateway.handle("sensor-01", "poll", captured)
-    await gateway.handle("sensor-01", "poll", device.message("poll", {}))
-    for _ in range(3):
+    last = device.message("poll", {})
+    await gateway.handle("sensor-01", "poll", last)
+    for replayed in (captured, last, captured):  # an older frame, the last one
         with pytest.raises(ReplayError):
-            await gateway.handle("sensor-01", "poll", captured)
-    assert await _polls_accepted(gateway, device) == 1  # the one token left, untouched
-    with pytest.raises(ReplayError):  # and with none left at all
-        await gateway.handle("sensor-01", "poll", captured)
+            await gateway.handle("sensor-01", "poll", replayed)
+    newest = device.message("poll", {})
+    await gateway.handle("sensor-01", "poll", newest)  # the one token left, untouched
+    assert await _polls_accepted(gateway, device) == 0
+    for replayed in (captured, newest):  # and with none left at all
+        with pytest.raises(ReplayError):
+            await gateway.handle("sensor-01", "poll", replayed)
 
 
 async def test_a_device_with_one_early_result_left_is_still_counted(gateway: Gateway) -> None:
@@ -241,6 +245,37 @@ async def test_a_restarted_gateway_credits_what_a_device_may_have_sent_meanwhile
             ) as gateway:
                 await gateway.start()
                 assert await _polls_accepted(gateway, seen) == 3 + 5
+    finally:
+        registry.close()
+
+
+async def test_a_clock_gone_back_gives_a_device_its_whole_burst(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Pi without a real-time clock may start with a clock behind the last-seen time
+    it wrote before (NTP sets it later): a device seen "in the future" gets no backlog
+    credit, and not less than its burst either."""
+    owner = Identity.generate("owner")
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        async with await open_store("memory://") as store:
+            seen = _provision_in(registry, "sensor-01")
+            async with Gateway(
+                store=store, registry=registry, owner=owner, rate=0.01, burst=3, backlog=5
+            ) as gateway:
+                await gateway.start()
+                await gateway.handle(
+                    "sensor-01", "birth", seen.message("birth", {"description": SENSOR})
+                )
+            earlier = time.time() - 100
+            monkeypatch.setattr(
+                core, "time", SimpleNamespace(time=lambda: earlier, monotonic=lambda: 1000.0)
+            )
+            async with Gateway(
+                store=store, registry=registry, owner=owner, rate=0.01, burst=3, backlog=5
+            ) as gateway:
+                await gateway.start()
+                assert await _polls_accepted(gateway, seen) == 3
     finally:
         registry.close()
 
