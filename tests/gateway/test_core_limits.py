@@ -209,6 +209,20 @@ async def test_a_bucket_refills_at_the_rate_up_to_the_burst(
     assert await _polls_accepted(gateway, device) == 3
 
 
+async def test_a_bucket_refills_by_the_time_passed_shortly_after_boot(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's clock counts from the machine's boot: ten seconds after boot, 11 s
+    more earn 11 s of tokens, whatever the clock reads."""
+    now = [10.0]
+    monkeypatch.setattr(core, "time", SimpleNamespace(time=time.time, monotonic=lambda: now[0]))
+    gateway.rate, gateway.burst = 0.2, 3
+    device = _provision(gateway, "sensor-01")
+    assert await _polls_accepted(gateway, device) == 3
+    now[0] = 21.0  # 11 s later: 2.2 tokens
+    assert await _polls_accepted(gateway, device) == 2
+
+
 async def test_a_restarted_gateway_credits_what_a_device_may_have_sent_meanwhile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
