@@ -186,26 +186,32 @@ async def test_qos0_floods_are_dropped_beyond_the_queue_limit(
     assert bridge._backlog == 4
 
 
+def _busy(gateway: Gateway, monkeypatch: pytest.MonkeyPatch, *, times: int) -> list[int]:
+    """Make the registry busy for the gateway's first ``times`` messages (as another
+    process holding gateway.db's lock would); the count of calls to ``handle``."""
+    real = gateway.handle
+    calls = [0]
+
+    async def handle(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] <= times:
+            raise RegistryBusyError("database is locked")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(gateway, "handle", handle)
+    return calls
+
+
 async def test_a_busy_registry_holds_the_message_until_it_answers(
     bridge: MqttBridge, device: Device, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The broker acknowledged the message to its device: a busy registry must not lose
     it. It is tried again, and acknowledged only once handled."""
-    real = gateway.handle
-    calls = 0
-
-    async def busy_twice(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls <= 2:
-            raise RegistryBusyError("database is locked")
-        return await real(*args, **kwargs)
-
-    monkeypatch.setattr(gateway, "handle", busy_twice)
+    calls = _busy(gateway, monkeypatch, times=2)
     reading = device.message("reading", {"moisture": 9})
     message = _message(bridge.topics.up("sensor-01", "reading"), reading)
     await _deliver(bridge, message)
-    assert calls == 3
+    assert calls == [3]
     assert gateway.registry.get("sensor-01").rx_counter == device.counter
     assert bridge.connection.acks == [message.mid]  # type: ignore[attr-defined]
     assert _errors(bridge) == [] and bridge._backlog == 0
@@ -311,22 +317,12 @@ async def test_a_busy_registry_is_tried_again_less_and_less_often(
 ) -> None:
     """Another process holding gateway.db's lock for long is not hammered: the message is
     tried again after 0.05 s, then twice as long each time, at most every 2 s."""
-    real = gateway.handle
-    calls = 0
-
-    async def busy(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls <= 8:
-            raise RegistryBusyError("database is locked")
-        return await real(*args, **kwargs)
-
+    _busy(gateway, monkeypatch, times=8)
     waits: list[float] = []
 
     async def sleep(delay: float) -> None:
         waits.append(delay)  # the bridge's waits only, and none really waited
 
-    monkeypatch.setattr(gateway, "handle", busy)
     monkeypatch.setattr(bridge_module, "asyncio", SimpleNamespace(sleep=sleep))
     reading = device.message("reading", {"moisture": 9})
     await _deliver(bridge, _message(bridge.topics.up("sensor-01", "reading"), reading))
