@@ -286,6 +286,14 @@ async def test_a_connection_without_a_request_head_is_closed(
         writer.close()
 
 
+async def _half_open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that sent half a request head, and no more (a slowloris)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    await writer.drain()
+    return reader, writer
+
+
 async def test_past_max_connections_the_oldest_half_open_one_is_closed(
     store: Store, registry: Registry
 ) -> None:
@@ -298,10 +306,7 @@ async def test_past_max_connections_the_oldest_half_open_one_is_closed(
         connections = []
         try:
             for _ in range(4):
-                reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
-                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # half a head
-                await writer.drain()
-                connections.append((reader, writer))
+                connections.append(await _half_open(bridge.port))
             async with asyncio.timeout(30):
                 assert await connections[0][0].read() == b""  # the oldest: closed
             for reader, writer in connections[1:]:
@@ -340,10 +345,7 @@ async def test_a_connection_that_sent_its_request_is_not_taken_for_half_open(
                 )
                 await reader.readexactly(length)  # its body: the connection is idle now
             for _ in range(2):  # a half-open one, then one past max_connections
-                reader, writer = await asyncio.open_connection("127.0.0.1", bridge.port)
-                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # half a head
-                await writer.drain()
-                connections.append((reader, writer))
+                connections.append(await _half_open(bridge.port))
             async with asyncio.timeout(30):
                 assert await connections[1][0].read() == b""  # the half-open one: closed
             reader, writer = connections[0]

@@ -162,6 +162,15 @@ async def test_the_inbox_watch_is_opened_again_after_a_failure(tmp_path: Path) -
             registry.close()
 
 
+async def _born(store: Store, registry: Registry, owner: Identity) -> Device:
+    """sensor-01, born under a gateway that then stops."""
+    device = Device("sensor-01", registry.add("sensor-01", "http").secret)
+    async with Gateway(store=store, registry=registry, owner=owner) as gw:
+        await gw.start()
+        await gw.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    return device
+
+
 @pytest.mark.parametrize(
     ("channel", "body"), [("ack", {"down": 1}), ("poll", {}), ("state", {"online": True})]
 )
@@ -173,13 +182,8 @@ async def test_a_devices_first_message_of_any_kind_restores_its_thing(
     owner = Identity.generate("owner")
     async with await open_store(f"sqlite:///{tmp_path}/vault.db") as store:
         registry = Registry(tmp_path / "gateway.db")
-        device = Device("sensor-01", registry.add("sensor-01", "http").secret)
         try:
-            async with Gateway(store=store, registry=registry, owner=owner) as gw:
-                await gw.start()
-                await gw.handle(
-                    "sensor-01", "birth", device.message("birth", {"description": SENSOR})
-                )
+            device = await _born(store, registry, owner)
             async with Gateway(store=store, registry=registry, owner=owner) as gw:
                 await gw.start()
                 assert "sensor-01" not in gw.things
@@ -197,13 +201,8 @@ async def test_a_thing_that_cannot_be_restored_is_not_tried_for_every_message(
     owner = Identity.generate("owner")
     async with await open_store(f"sqlite:///{tmp_path}/vault.db") as store:
         registry = Registry(tmp_path / "gateway.db")
-        device = Device("sensor-01", registry.add("sensor-01", "http").secret)
         try:
-            async with Gateway(store=store, registry=registry, owner=owner) as gw:
-                await gw.start()
-                await gw.handle(
-                    "sensor-01", "birth", device.message("birth", {"description": SENSOR})
-                )
+            device = await _born(store, registry, owner)
             async with Gateway(store=store, registry=registry, owner=owner) as gw:
                 attempts: list[str] = []
 
