@@ -106,6 +106,21 @@ THINGS = [
     "tests/things/test_forged_requests.py",
     "tests/things/test_store_attacker.py",
 ]
+# thing.py's request handling and access checks: every test of tests/things that drives
+# a Thing's requests, status or keys, fastest first (-x); the attacker tests that back the
+# request-handling protections in docs/security.md; SQLite only for the process holding
+# only the store (its NATS case runs the same thing code).
+THING = [
+    "tests/things/test_thing.py",
+    "tests/things/test_thing_authority.py",
+    "tests/things/test_forged_requests.py",
+    "tests/things/test_trust_attacks.py",
+    "tests/things/test_states.py",
+    "tests/things/test_trust_property_thing.py",
+    "tests/things/test_store_attacker.py",
+    "-k",
+    "not nats",
+]
 GATEWAY_CORE = [
     "tests/gateway/test_core.py",
     "tests/gateway/test_device_link.py",
@@ -148,7 +163,7 @@ TARGETS: dict[str, list[str]] = {
     "safething/net/immutable.py": NET,
     "safething/net/client.py": CLIENT,
     "safething/things/access.py": THINGS,
-    "safething/things/thing.py": THINGS,
+    "safething/things/thing.py": THING,
     "gateway/safething_gateway/protocol.py": GATEWAY_CORE,
     "gateway/safething_gateway/registry.py": GATEWAY_CORE,
     "gateway/safething_gateway/core.py": GATEWAY_REFUSALS,
@@ -211,6 +226,39 @@ ONLY: dict[str, tuple[str, ...]] = {
         "MutableData._current",
         "MutableData.purge",
         "EntryWatch.__anext__",
+    ),
+    # Request handling (who may request, at most once, issue time and expiry, who may
+    # cancel, processed marks before the handler, shutdown and resume), the access
+    # checks (the MDs pinned to the thing and its owner; level keys, status and the
+    # group's members only from them) and what the thing refuses or repairs from the
+    # store at registration; not: the lifecycle, data writes and sequence numbers,
+    # subscriptions, history, availability, the outbox's formatting and trimming.
+    "safething/things/thing.py": (
+        "Thing._md",
+        "Thing._authorities",
+        "Thing.register",
+        "Thing._put_if_changed",
+        "Thing._ensure_level_keys",
+        "Thing._level_record",
+        "Thing._refresh_group_key",
+        "Thing.status_trusted",
+        "Thing._trusted_status",
+        "Thing.action",
+        "Thing._follow_status",
+        "Thing._scan_inbox",
+        "Thing._on_inbox",
+        "Thing._allowed",
+        "Thing._members",
+        "Thing._check_lifetime",
+        "Thing._on_processed",
+        "Thing._mark_processed",
+        "Thing._on_request",
+        "Thing._take_request",
+        "Thing._run",
+        "Thing._accept",
+        "Thing._finish",
+        "Thing._on_cancel",
+        "Thing._on_desired",
     ),
     # The gateway's refusal and validation paths (authentication, MAC, replay, rate and
     # size limits, unknown devices, malformed bodies) and the constants they use; not: the
