@@ -28,6 +28,7 @@ from safething.store import Record, Store, open_store
 from safething.things import ActionRequest, Thing, ThingClient, ThingOwner
 from safething.things.access import make_key_record
 from safething.things.admin import set_status
+from safething.things.layout import MAX_REQUEST_LIFETIME_S as MAX_LIFETIME
 from safething.things.layout import ThingAddresses
 from safething.things.values import dumps, loads
 
@@ -290,6 +291,8 @@ async def test_replayed_command_runs_once(url: str, owner: Identity, device: Ide
         ),
         ({"a": "OpenValve", "args": {"psi": 1}, "t": None, "exp": None}, "no issue time"),
         ("far", "too far ahead"),
+        ("long", "too far ahead"),
+        ("future", "too far ahead"),
         ("old", "before this thing's trust state began"),
     ],
 )
@@ -306,6 +309,15 @@ async def test_requests_without_a_bounded_expiry_never_run(
         t.on_action("OpenValve", lambda request: ran.append(request.request_id) or {})
         await t.register()
         await t.publish()
+        issued = time.time()  # after the trust state began: only the lifetime is wrong
+        if doc == "long":  # valid 24 h and 60 s, expiring less than 24 h + skew from now
+            doc = {"a": "OpenValve", "t": issued, "exp": issued + MAX_LIFETIME + 60}
+        elif doc == "future":  # a lifetime of one minute, issued two days ahead
+            doc = {
+                "a": "OpenValve",
+                "t": issued + 2 * MAX_LIFETIME,
+                "exp": issued + 2 * MAX_LIFETIME + 60,
+            }
         mallory = Client(store, Identity.generate())
         inbox = mallory.md(ADDR.inbox.name, ADDR.inbox.tag)
         rid = secrets.token_hex(8)
@@ -322,6 +334,25 @@ async def test_requests_without_a_bounded_expiry_never_run(
         assert reason in state["m"]
         assert t.refused_count == 1
         assert ran == []
+
+
+async def test_a_request_valid_for_exactly_the_longest_lifetime_runs(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """The bound is 24 h inclusive: a request valid that long runs (and one a minute
+    longer is refused, above)."""
+    ran: list[str] = []
+    async with await open_store(url) as store, _thing(device, owner, url) as t:
+        t.on_action("OpenValve", lambda request: ran.append(request.request_id) or {})
+        await t.register()
+        await t.publish()
+        inbox = Client(store, Identity.generate()).md(ADDR.inbox.name, ADDR.inbox.tag)
+        rid = secrets.token_hex(8)
+        issued = time.time()
+        doc = {"a": "OpenValve", "t": issued, "exp": issued + MAX_LIFETIME}
+        await inbox.insert(f"r/{rid}", dumps(doc))
+        await until(lambda: ran == [rid], "the request ran")
+        assert t.refused_count == 0
 
 
 async def test_a_request_interrupted_by_shutdown_does_not_run_again(
