@@ -222,17 +222,23 @@ async def test_reader_pinned_to_the_owner_refuses_a_header_it_did_not_sign(
 # --- 2. replayed command -----------------------------------------------------------
 
 
-async def _captured_request(store: Store, things: ThingClient, action: str) -> tuple[str, bytes]:
-    """The owner asks; the attacker copies the inbox record before the thing purges it."""
+async def _captured_request(
+    store: Store, things: ThingClient, action: str, *, ends: str = "done"
+) -> tuple[str, bytes]:
+    """The owner asks; the attacker copies the inbox record before the thing purges it.
+    The request ends in the state ``ends`` (its result "ok" when done)."""
     captured: dict[str, bytes] = {}
     async with store.watch(ADDR.inbox.prefix) as feed:
-        handle = await things.request(THING, action)
+        handle = await things.request(THING, action, timeout=3600)
         async with asyncio.timeout(TIMEOUT):
             async for change in feed:
                 if change.value is not None:
                     captured[change.key] = change.value
                     break
-        assert await handle.result(TIMEOUT) == "ok"
+        if ends == "done":
+            assert await handle.result(TIMEOUT) == "ok"
+        else:
+            assert (await handle.wait(TIMEOUT)).state == ends
     ((key, value),) = captured.items()
     return key, value
 
@@ -278,6 +284,35 @@ async def test_replayed_command_runs_once(url: str, owner: Identity, device: Ide
             async with ThingClient(Client(store, owner)) as mine:
                 assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
             assert len(ran) == 2
+
+
+async def test_a_request_refused_while_disabled_never_runs_when_replayed_later(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """A request the thing refused is remembered as processed until it could expire,
+    like one it ran: replayed after the owner publishes the thing again and the thing
+    restarts, it is refused, not run."""
+    ran: list[str] = []
+
+    def close(request: ActionRequest) -> str:
+        ran.append(request.request_id)
+        return "ok"
+
+    async with await open_store(url) as store:
+        async with _thing(device, owner, url) as t, ThingClient(Client(store, owner)) as mine:
+            t.on_action("CloseValve", close)
+            await t.register()
+            await t.disable()
+            key, value = await _captured_request(store, mine, "CloseValve", ends="rejected")
+            await t.publish()
+        async with _thing(device, owner, url) as t:
+            t.on_action("CloseValve", close)
+            await t.register()
+            assert t.status == "published"
+            await store.put(key, value)  # the replay, within the request's hour
+            await until(lambda: t.refused_count == 1, "replay refused")
+            await until(lambda: _gone(store, key), "the replayed record purged")
+            assert ran == []
 
 
 @pytest.mark.parametrize(
