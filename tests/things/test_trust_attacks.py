@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from safething.errors import AccessDeniedError, ActionFailedError, TamperedDataError
-from safething.net import Client, Identity, MDAddress, MDHeader
+from safething.net import Client, Entry, Identity, MDAddress, MDHeader
 from safething.net.records import EntryRecord
 from safething.net.trust import TrustState
 from safething.store import Record, Store, open_store
@@ -284,6 +284,38 @@ async def test_replayed_command_runs_once(url: str, owner: Identity, device: Ide
             async with ThingClient(Client(store, owner)) as mine:
                 assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
             assert len(ran) == 2
+
+
+async def test_a_request_delivered_again_after_it_ran_and_was_purged_does_not_run(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """The inbox scan and the inbox feed (or a store repeating a change notification)
+    may hand the thing a request once more after it ran and its record was purged: it is
+    not run again, and, since nothing was stored again, not counted as an attack."""
+    ran: list[str] = []
+
+    def reboot(request: ActionRequest) -> str:
+        ran.append(request.request_id)
+        return "ok"
+
+    async with (
+        await open_store(url) as store,
+        _thing(device, owner, url) as t,
+        ThingClient(Client(store, owner)) as mine,
+    ):
+        t.on_action("Reboot", reboot)
+        await t.register()
+        await t.publish()
+        key, value = await _captured_request(store, mine, "Reboot")
+        await until(lambda: _gone(store, key), "the served request purged")
+        await until(lambda: not t._running, "the served request's task ended")
+        record = EntryRecord.from_bytes(value, ADDR.inbox, None)
+        again = Entry(record.stored_key, record.stored_value, record.version, record.signer)
+        await t._on_inbox(again)  # the late second delivery
+        assert not t._running  # nothing started
+        assert t.refused_count == 0
+        assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
+        assert len(ran) == 2
 
 
 async def test_a_request_refused_while_disabled_never_runs_when_replayed_later(
