@@ -102,6 +102,13 @@ async def test_rerregister_keeps_history(store: Store, owner: Identity, device: 
         assert t.status == "published"
         assert await t.set("moisture", 11) == 2
         assert await t.notify("VeryDryAlarm", 2.0) == 2
+    # registered again with a changed description: readers get the new one
+    async with Thing(
+        garden_description(history=16), identity=device, owner=owner, store=store
+    ) as t:
+        await t.register()
+        described = await ThingClient(Client(store)).describe("garden-01")
+        assert described.attribute("moisture").history == 16
 
 
 async def test_register_with_publish_writes_the_new_thing_in_one_commit(
