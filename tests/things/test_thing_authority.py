@@ -9,16 +9,18 @@ them as tampered; the thing goes on with what it and its owner wrote.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable
 
 import pytest
 
-from safething.errors import PermissionDeniedError, TamperedDataError
-from safething.net import Client, Identity
+from safething.errors import NoSuchEntryError, PermissionDeniedError, TamperedDataError
+from safething.net import Action, Client, Identity
 from safething.net.records import EntryRecord
 from safething.store import Store
 from safething.things import Thing, ThingClient, layout
-from safething.things.values import dumps
+from safething.things.values import dumps, loads
 
 
 async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -87,3 +89,56 @@ async def test_the_owner_can_and_the_thing_follows(
     await _until(lambda: garden.status == "disabled")
     async with ThingClient(Client(store)) as anyone:
         assert await anyone.status("garden-01") == "disabled"
+
+
+async def _final_state(store: Store, garden: Thing, rid: str) -> dict[str, object]:
+    """The outbox state the thing writes for ``rid``, once it is final."""
+    outbox = garden.addresses.outbox
+    reader = Client(store).md(outbox.name, outbox.tag)
+    async with asyncio.timeout(10):
+        while True:
+            with contextlib.suppress(NoSuchEntryError):
+                state = loads((await reader.get(f"r/{rid}")).value or b"", "state")
+                if state["s"] in ("done", "rejected", "failed"):
+                    return state
+            await asyncio.sleep(0.01)
+
+
+async def test_a_writer_the_owner_granted_by_mistake_cannot_set_the_status(
+    store: Store, garden: Thing, owner: Identity
+) -> None:
+    """Update rights on the thing's MD, granted by mistake, let a key write a status
+    that verifies; the thing still follows only its owner's status (and its own), and
+    goes on following the owner's."""
+    ran: list[str] = []
+    garden.on_action("CloseValve", lambda request: ran.append(request.request_id))
+    await garden.publish()
+    await _forge(store, garden, owner, layout.STATUS, dumps({"s": "disabled", "t": 1.0}))
+    await _until(lambda: garden.status == "disabled")
+    mallory = Identity.generate("mallory")
+    address = garden.addresses.thing
+    granted = Client(store, owner).md(address.name, address.tag)
+    await granted.set_permissions(mallory.public_sign_key, Action.UPDATE)
+    written = await (
+        Client(store, mallory)
+        .md(address.name, address.tag)
+        .put(layout.STATUS, dumps({"s": "published", "t": 2.0}))
+    )
+    # the thing verified it (its trust state holds that version) ...
+    status_key = address.entry_key(layout.STATUS)
+    await _until(lambda: garden.trust.entry_version(status_key) >= written.version)
+    # ... and stays disabled: a request sent afterwards is rejected, never run
+    inbox = garden.addresses.inbox
+    now = time.time()
+    rid = "0123456789abcdef"
+    await (
+        Client(store, Identity.generate())
+        .md(inbox.name, inbox.tag)
+        .insert(f"r/{rid}", dumps({"a": "CloseValve", "t": now, "exp": now + 60}))
+    )
+    state = await _final_state(store, garden, rid)
+    assert state["s"] == "rejected" and "disabled" in str(state["m"])
+    assert garden.status == "disabled" and ran == []
+    # the owner's next status is followed
+    await _forge(store, garden, owner, layout.STATUS, dumps({"s": "published", "t": 3.0}))
+    await _until(lambda: garden.status == "published")
