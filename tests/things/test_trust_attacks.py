@@ -548,6 +548,8 @@ async def test_only_the_requester_or_owner_cancels(
         second = await requester.request(THING, "CloseValve", timeout=30)
         await until(lambda: second.request_id in t._running, "running")
         assert (await second.cancel()).state == "cancelled"
+        # the request and its cancellation are both purged
+        await until(lambda: _inbox_empty(store), "request and cancellation purged")
         await requester.close()
 
 
