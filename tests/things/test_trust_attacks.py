@@ -403,11 +403,13 @@ async def test_requests_without_a_bounded_expiry_never_run(
         assert ran == []
 
 
+@pytest.mark.parametrize("ahead", [0.0, 60.0])
 async def test_a_request_valid_for_exactly_the_longest_lifetime_runs(
-    url: str, owner: Identity, device: Identity
+    url: str, owner: Identity, device: Identity, ahead: float
 ) -> None:
     """The bound is 24 h inclusive: a request valid that long runs (and one a minute
-    longer is refused, above)."""
+    longer is refused, above), also from a requester whose clock is a minute ahead of
+    the thing's (within the allowed skew)."""
     ran: list[str] = []
     async with await open_store(url) as store, _thing(device, owner, url) as t:
         t.on_action("OpenValve", lambda request: ran.append(request.request_id) or {})
@@ -415,7 +417,7 @@ async def test_a_request_valid_for_exactly_the_longest_lifetime_runs(
         await t.publish()
         inbox = Client(store, Identity.generate()).md(ADDR.inbox.name, ADDR.inbox.tag)
         rid = secrets.token_hex(8)
-        issued = time.time()
+        issued = time.time() + ahead
         doc = {"a": "OpenValve", "t": issued, "exp": issued + MAX_LIFETIME}
         await inbox.insert(f"r/{rid}", dumps(doc))
         await until(lambda: ran == [rid], "the request ran")
@@ -550,6 +552,31 @@ async def test_only_the_requester_or_owner_cancels(
         assert (await second.cancel()).state == "cancelled"
         # the request and its cancellation are both purged
         await until(lambda: _inbox_empty(store), "request and cancellation purged")
+        await requester.close()
+
+
+async def test_only_the_requester_or_owner_cancels_a_request_still_waiting(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """Requests wait in the inbox while the thing is not published: a stranger's
+    cancellation of one is refused (the requester is read from the inbox record), the
+    requester's ends it *cancelled*, never run."""
+    ran: list[str] = []
+    async with await open_store(url) as store, _thing(device, owner, url) as t:
+        t.on_action("CloseValve", lambda request: ran.append(request.request_id))
+        await t.register()  # registered, not published: requests wait
+        requester = ThingClient(Client(store, Identity.generate("requester")))
+        inbox = Client(store, Identity.generate("mallory")).md(ADDR.inbox.name, ADDR.inbox.tag)
+        first = await requester.request(THING, "CloseValve", timeout=60)
+        await inbox.insert(f"c/{first.request_id}", dumps({"t": time.time()}))
+        await until(lambda: t.refused_count == 1, "foreign cancellation refused")
+        cancel_key = ADDR.inbox.entry_key(f"c/{first.request_id}".encode())
+        await until(lambda: _gone(store, cancel_key), "foreign cancellation purged")
+        second = await requester.request(THING, "CloseValve", timeout=60)
+        assert (await second.cancel()).state == "cancelled"
+        await t.publish()
+        assert (await first.wait(TIMEOUT)).state == "done"
+        assert ran == [first.request_id]
         await requester.close()
 
 
