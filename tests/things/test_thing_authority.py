@@ -23,7 +23,7 @@ from safething.things import Thing, ThingClient, layout
 from safething.things.values import dumps, loads
 
 
-async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+async def _until(check: Callable[[], bool], timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():
             await asyncio.sleep(0.01)
@@ -95,7 +95,7 @@ async def _final_state(store: Store, garden: Thing, rid: str) -> dict[str, objec
     """The outbox state the thing writes for ``rid``, once it is final."""
     outbox = garden.addresses.outbox
     reader = Client(store).md(outbox.name, outbox.tag)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(30):
         while True:
             with contextlib.suppress(NoSuchEntryError):
                 state = loads((await reader.get(f"r/{rid}")).value or b"", "state")

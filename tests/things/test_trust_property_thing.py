@@ -43,8 +43,13 @@ steps = st.lists(
 )
 
 
+# an upper bound on waiting for what must happen; never reached when green (10 s ran out
+# once at load 20)
+TIMEOUT = 30.0
+
+
 async def _until(check: object, what: str) -> None:
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(TIMEOUT):
         while not check():  # type: ignore[operator]
             await asyncio.sleep(0.01)
 
@@ -91,9 +96,9 @@ async def _scenario(ops: list[tuple[object, ...]], directory: Path) -> None:
                         while change.value is None:
                             change = await anext(inbox_feed)
                         requests.append(Record(change.key, change.value, change.revision))
-                        await handle.wait(10)
+                        await handle.wait(TIMEOUT)
                         gone = False
-                        async with asyncio.timeout(10):  # until the thing purged it
+                        async with asyncio.timeout(TIMEOUT):  # until the thing purged it
                             while not gone:
                                 gone = await store.get(change.key) is None
                                 await asyncio.sleep(0.01)
