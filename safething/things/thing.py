@@ -74,7 +74,7 @@ from safething.things.history import Archive
 from safething.things.layout import ThingAddresses
 from safething.things.shared import SharedWatches
 from safething.things.states import ActionState
-from safething.things.values import Notification, dumps, encode_payload, loads
+from safething.things.values import Notification, dumps, encode_payload, loads, loads_map
 
 __all__ = ["ActionRequest", "StoredSubscription", "Thing"]
 
@@ -1005,10 +1005,10 @@ class Thing(AsyncResource):
         with contextlib.suppress(NoSuchEntryError, SafeThingError, KeyError, TypeError):
             outbox = await self._md("outbox").get(f"r/{rid}")
             if outbox.signer == self.identity.public_sign_key:
-                state = loads(outbox.value or b"", "state").get("s")
+                state = loads_map(outbox.value or b"", "state").get("s")
         if state in (ActionState.ACCEPTED, ActionState.RUNNING):
             with contextlib.suppress(SafeThingError, KeyError, TypeError):
-                if str(loads(entry.value or b"", "request").get("a")) in self._resumable:
+                if str(loads_map(entry.value or b"", "request").get("a")) in self._resumable:
                     return True
             await self._finish(
                 rid,
@@ -1046,7 +1046,7 @@ class Thing(AsyncResource):
             if not await self._on_processed(rid, entry):
                 return
             resumed = True
-        doc = loads(entry.value or b"", "request")
+        doc = loads_map(entry.value or b"", "request")
         name = str(doc.get("a"))
         now = time.time()
         try:
@@ -1241,7 +1241,7 @@ class Thing(AsyncResource):
                 raise ValueError(f"attribute {name!r} is not writable")
             if not await self._allowed(attr.access, entry.signer):
                 raise AccessDeniedError(f"not allowed to set attribute {name!r}")
-            doc = loads(entry.value or b"", "desired value")
+            doc = loads_map(entry.value or b"", "desired value")
             value = (
                 loads(self.identity.encryption_key.unseal(doc["x"]), "desired value")
                 if "x" in doc

@@ -30,6 +30,14 @@ def loads(data: bytes, what: str) -> Any:
         raise MalformedRecordError(f"malformed {what} record") from e
 
 
+def loads_map(data: bytes, what: str) -> dict[Any, Any]:
+    """A record that must be a CBOR map (anything else is malformed)."""
+    doc = loads(data, what)
+    if not isinstance(doc, dict):
+        raise MalformedRecordError(f"malformed {what} record (not a map)")
+    return doc
+
+
 def encode_payload(*, seq: int, t: float, value: Any, level: str | None, ring: KeyRing) -> bytes:
     """``{"n": seq, "t": t, "v": value}``, or ``"x"`` (sealed value) for protected levels."""
     if level is None:

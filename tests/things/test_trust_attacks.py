@@ -555,6 +555,25 @@ async def test_only_the_requester_or_owner_cancels(
         await requester.close()
 
 
+@pytest.mark.parametrize("key", ["r/0123456789abcdef", "d/target/0123456789abcdef"])
+@pytest.mark.parametrize("value", [[1, 2], "text", 7])
+async def test_an_inbox_record_that_is_not_a_map_is_dropped(
+    url: str, owner: Identity, device: Identity, key: str, value: object
+) -> None:
+    """Anyone may insert into a thing's inbox: a request or desired value that is CBOR
+    but not a map is dropped (purged), and the thing goes on serving. (A list once
+    ended the thing's inbox task: every later request timed out.)"""
+    async with await open_store(url) as store, _thing(device, owner, url) as t:
+        t.on_action("Reboot", lambda request: "ok")
+        await t.register()
+        await t.publish()
+        inbox = Client(store, Identity.generate("mallory")).md(ADDR.inbox.name, ADDR.inbox.tag)
+        await inbox.insert(key, dumps(value))
+        await until(lambda: _inbox_empty(store), "the record purged")
+        async with ThingClient(Client(store, owner)) as mine:
+            assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
+
+
 async def test_only_the_requester_or_owner_cancels_a_request_still_waiting(
     url: str, owner: Identity, device: Identity
 ) -> None:
