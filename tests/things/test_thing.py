@@ -511,6 +511,18 @@ async def test_group_access_and_removal(
         assert (await o.read("garden-01", "group_note")).value == "after"
 
 
+async def test_a_group_action_of_a_thing_without_a_group_is_rejected(
+    garden: Thing, stranger: ThingClient, owner_client: ThingClient
+) -> None:
+    """Before its owner adds a member there is no group MD: a stranger's Group action
+    ends *rejected* (not dropped without an answer); the owner's runs."""
+    garden.on_action("Water", lambda request: 1.0)
+    await garden.publish()
+    with pytest.raises(ActionFailedError, match="access denied"):
+        await (await stranger.request("garden-01", "Water", litres=1)).result(30)
+    assert await (await owner_client.request("garden-01", "Water", litres=1)).result(30) == 1.0
+
+
 async def test_a_store_only_attacker(store: Store, garden: Thing) -> None:
     """Holds the store and nothing else: sees ciphertext, cannot get a request run."""
     ran: list[str] = []

@@ -154,3 +154,16 @@ async def test_a_malformed_status_is_passed_over(
     await _forge(store, garden, owner, layout.STATUS, malformed)
     await _forge(store, garden, owner, layout.STATUS, dumps({"s": "disabled", "t": 1.0}))
     await _until(lambda: garden.status == "disabled")
+
+
+async def test_a_deleted_status_is_passed_over(
+    store: Store, garden: Thing, owner: Identity
+) -> None:
+    """The owner deletes the status record: the thing keeps its status and follows the
+    owner's next one."""
+    await garden.publish()
+    address = garden.addresses.thing
+    md = Client(store, owner).md(address.name, address.tag)
+    await md.delete(layout.STATUS)
+    await md.put(layout.STATUS, dumps({"s": "disabled", "t": 1.0}))
+    await _until(lambda: garden.status == "disabled")

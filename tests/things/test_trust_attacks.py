@@ -12,7 +12,9 @@ keep working.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,8 +30,8 @@ from safething.store import Record, Store, open_store
 from safething.things import ActionRequest, Thing, ThingClient, ThingOwner
 from safething.things.access import make_key_record
 from safething.things.admin import set_status
+from safething.things.layout import CLOCK_SKEW_S, ThingAddresses
 from safething.things.layout import MAX_REQUEST_LIFETIME_S as MAX_LIFETIME
-from safething.things.layout import ThingAddresses
 from safething.things.values import dumps, loads
 
 from .conftest import garden_description
@@ -450,6 +452,63 @@ async def test_a_request_interrupted_by_shutdown_does_not_run_again(
         assert status.state == "failed"
         assert "not run again" in status.message
         assert len(calls) == 1
+
+
+async def test_a_resumable_handler_gets_an_interrupted_request_again(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """With ``resume=True`` a request interrupted by a shutdown is handed to the handler
+    again after the restart, marked ``resumed`` (and only then)."""
+    seen: list[tuple[str, bool]] = []
+    started = asyncio.Event()
+
+    async def slow(request: ActionRequest) -> None:
+        seen.append((request.request_id, request.resumed))
+        started.set()
+        await asyncio.sleep(60)
+
+    async with await open_store(url) as store, ThingClient(Client(store, owner)) as mine:
+        async with _thing(device, owner, url) as t:
+            t.on_action("CloseValve", slow, resume=True)
+            await t.register()
+            await t.publish()
+            handle = await mine.request(THING, "CloseValve", timeout=60)
+            async with asyncio.timeout(TIMEOUT):
+                await started.wait()
+        async with _thing(device, owner, url) as t:
+            t.on_action(
+                "CloseValve",
+                lambda request: seen.append((request.request_id, request.resumed)),
+                resume=True,
+            )
+            await t.register()
+            assert (await handle.wait(TIMEOUT)).state == "done"
+    assert seen == [(handle.request_id, False), (handle.request_id, True)]
+
+
+async def test_a_processed_request_id_is_kept_until_its_expiry_and_the_skew(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """The thing's trust file keeps a request id it ran until the request's expiry plus
+    the allowed clock skew: a replay until then is refused, and the file does not grow
+    with ids that can no longer be replayed."""
+    async with (
+        await open_store(url) as store,
+        _thing(device, owner, url) as t,
+        ThingClient(Client(store, owner)) as mine,
+    ):
+        t.on_action("Reboot", lambda request: "ok")
+        await t.register()
+        await t.publish()
+        _, value = await _captured_request(store, mine, "Reboot")
+        record = EntryRecord.from_bytes(value, ADDR.inbox, None)
+        rid = record.stored_key.decode().removeprefix("r/")
+        expires = loads(record.stored_value or b"", "request")["exp"]
+        t.trust.sync()
+        assert t.trust.path is not None
+        with contextlib.closing(sqlite3.connect(t.trust.path)) as db:
+            (kept,) = db.execute("SELECT expires FROM processed WHERE id = ?", (rid,)).fetchone()
+        assert kept == pytest.approx(expires + CLOCK_SKEW_S)
 
 
 # --- 3. rollback across a restart --------------------------------------------------
