@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from safething.errors import AccessDeniedError, ActionFailedError, TamperedDataError
-from safething.net import Client, Entry, Identity, MDAddress, MDHeader
+from safething.net import Action, Client, Entry, Identity, MDAddress, MDHeader
 from safething.net.records import EntryRecord
 from safething.net.trust import TrustState
 from safething.store import Record, Store, open_store
@@ -484,6 +484,46 @@ async def test_a_resumable_handler_gets_an_interrupted_request_again(
             await t.register()
             assert (await handle.wait(TIMEOUT)).state == "done"
     assert seen == [(handle.request_id, False), (handle.request_id, True)]
+
+
+async def test_a_state_written_by_another_key_does_not_resume_a_request(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """Only the thing's own *accepted* state marks a request as interrupted: a key the
+    owner granted write access to the outbox by mistake writes one over a finished
+    request of a ``resume=True`` action and replays the request; it is refused as a
+    replay, not run again."""
+    ran: list[str] = []
+
+    def reboot(request: ActionRequest) -> str:
+        ran.append(request.request_id)
+        return "ok"
+
+    async with (
+        await open_store(url) as store,
+        _thing(device, owner, url) as t,
+        ThingClient(Client(store, owner)) as mine,
+    ):
+        t.on_action("Reboot", reboot, resume=True)
+        await t.register()
+        await t.publish()
+        key, value = await _captured_request(store, mine, "Reboot")
+        rid = EntryRecord.from_bytes(value, ADDR.inbox, None).stored_key.decode()[2:]
+        mallory = Identity.generate("mallory")
+        outbox = ADDR.outbox
+        await (
+            Client(store, owner)
+            .md(outbox.name, outbox.tag)
+            .set_permissions(mallory.public_sign_key, Action.UPDATE)
+        )
+        await (
+            Client(store, mallory)
+            .md(outbox.name, outbox.tag)
+            .put(f"r/{rid}", dumps({"s": "accepted", "t": time.time()}))
+        )
+        await store.put(key, value)  # the replay
+        await until(lambda: t.refused_count == 1, "replay refused")
+        assert ran == [rid]
 
 
 async def test_a_processed_request_id_is_kept_until_its_expiry_and_the_skew(
