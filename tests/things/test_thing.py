@@ -109,6 +109,10 @@ async def test_rerregister_keeps_history(store: Store, owner: Identity, device: 
         await t.register()
         described = await ThingClient(Client(store)).describe("garden-01")
         assert described.attribute("moisture").history == 16
+    async with Thing(garden_description(history=4), identity=device, owner=owner, store=store) as t:
+        await t.register()
+        described = await ThingClient(Client(store)).describe("garden-01")
+        assert described.attribute("moisture").history == 4
 
 
 async def test_register_with_publish_writes_the_new_thing_in_one_commit(
