@@ -616,6 +616,30 @@ async def test_rollback_of_group_membership_key_epoch_and_status(
             assert len(done) == 2
 
 
+async def test_a_member_entry_written_by_another_key_makes_no_member(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """Group members count only when the owner wrote them: a key the owner granted
+    inserts into the group MD by mistake adds itself; its Group action is rejected."""
+    ran: list[str] = []
+    async with await open_store(url) as store, _thing(device, owner, url) as t:
+        t.on_action("Water", lambda request: ran.append(request.request_id) or 1.0)
+        await t.register()
+        await t.publish()
+        owner_client = Client(store, owner)
+        await ThingOwner(owner_client, THING).add_member(Identity.generate("member").public)
+        mallory = Identity.generate("mallory")
+        group = ADDR.group
+        md = owner_client.md(group.name, group.tag)
+        await md.set_permissions(mallory.public_sign_key, Action.INSERT)
+        own = Client(store, mallory).md(group.name, group.tag)
+        await own.insert(f"m/{mallory.public_sign_key.hex()}", b"member")
+        async with ThingClient(Client(store, mallory)) as m:
+            with pytest.raises(ActionFailedError, match="access denied"):
+                await (await m.request(THING, "Water", litres=1)).result(TIMEOUT)
+        assert ran == []
+
+
 # --- 4. cancellations ----------------------------------------------------------------
 
 
