@@ -27,7 +27,7 @@ from safething.net import Action, Client, Entry, Identity, MDAddress, MDHeader
 from safething.net.records import EntryRecord
 from safething.net.trust import TrustState
 from safething.store import Record, Store, open_store
-from safething.things import ActionRequest, Thing, ThingClient, ThingOwner
+from safething.things import ActionRequest, ActionStatus, Thing, ThingClient, ThingOwner
 from safething.things.access import make_key_record
 from safething.things.admin import set_status
 from safething.things.layout import CLOCK_SKEW_S, ThingAddresses
@@ -245,6 +245,16 @@ async def _captured_request(
     return key, value
 
 
+def _recorder(ran: list[str]) -> Callable[[ActionRequest], str]:
+    """A handler that records the ids of the requests it runs."""
+
+    def handler(request: ActionRequest) -> str:
+        ran.append(request.request_id)
+        return "ok"
+
+    return handler
+
+
 async def test_replayed_command_runs_once(url: str, owner: Identity, device: Identity) -> None:
     ran: list[str] = []
 
@@ -295,17 +305,12 @@ async def test_a_request_delivered_again_after_it_ran_and_was_purged_does_not_ru
     may hand the thing a request once more after it ran and its record was purged: it is
     not run again, and, since nothing was stored again, not counted as an attack."""
     ran: list[str] = []
-
-    def reboot(request: ActionRequest) -> str:
-        ran.append(request.request_id)
-        return "ok"
-
     async with (
         await open_store(url) as store,
         _thing(device, owner, url) as t,
         ThingClient(Client(store, owner)) as mine,
     ):
-        t.on_action("Reboot", reboot)
+        t.on_action("Reboot", _recorder(ran))
         await t.register()
         await t.publish()
         key, value = await _captured_request(store, mine, "Reboot")
@@ -426,41 +431,14 @@ async def test_a_request_valid_for_exactly_the_longest_lifetime_runs(
         assert t.refused_count == 0
 
 
-async def test_a_request_interrupted_by_shutdown_does_not_run_again(
-    url: str, owner: Identity, device: Identity
-) -> None:
+async def _interrupted_and_restarted(
+    url: str, owner: Identity, device: Identity, *, resume: bool
+) -> tuple[str, ActionStatus, list[tuple[str, bool]]]:
+    """A request whose handler is still at work when the thing shuts down; the thing
+    comes back with the same handler registered. Returns the request's id, its final
+    state and each call of the handler (request id, ``resumed``)."""
     started = asyncio.Event()
-    calls: list[str] = []
-
-    async def slow(request: ActionRequest) -> None:
-        calls.append(request.request_id)
-        started.set()
-        await asyncio.sleep(60)
-
-    async with await open_store(url) as store, ThingClient(Client(store, owner)) as mine:
-        async with _thing(device, owner, url) as t:
-            t.on_action("CloseValve", slow)
-            await t.register()
-            await t.publish()
-            handle = await mine.request(THING, "CloseValve", timeout=60)
-            async with asyncio.timeout(TIMEOUT):
-                await started.wait()
-        async with _thing(device, owner, url) as t:
-            t.on_action("CloseValve", slow)
-            await t.register()
-            status = await handle.wait(TIMEOUT)
-        assert status.state == "failed"
-        assert "not run again" in status.message
-        assert len(calls) == 1
-
-
-async def test_a_resumable_handler_gets_an_interrupted_request_again(
-    url: str, owner: Identity, device: Identity
-) -> None:
-    """With ``resume=True`` a request interrupted by a shutdown is handed to the handler
-    again after the restart, marked ``resumed`` (and only then)."""
     seen: list[tuple[str, bool]] = []
-    started = asyncio.Event()
 
     async def slow(request: ActionRequest) -> None:
         seen.append((request.request_id, request.resumed))
@@ -469,7 +447,7 @@ async def test_a_resumable_handler_gets_an_interrupted_request_again(
 
     async with await open_store(url) as store, ThingClient(Client(store, owner)) as mine:
         async with _thing(device, owner, url) as t:
-            t.on_action("CloseValve", slow, resume=True)
+            t.on_action("CloseValve", slow, resume=resume)
             await t.register()
             await t.publish()
             handle = await mine.request(THING, "CloseValve", timeout=60)
@@ -479,11 +457,30 @@ async def test_a_resumable_handler_gets_an_interrupted_request_again(
             t.on_action(
                 "CloseValve",
                 lambda request: seen.append((request.request_id, request.resumed)),
-                resume=True,
+                resume=resume,
             )
             await t.register()
-            assert (await handle.wait(TIMEOUT)).state == "done"
-    assert seen == [(handle.request_id, False), (handle.request_id, True)]
+            status = await handle.wait(TIMEOUT)
+    return handle.request_id, status, seen
+
+
+async def test_a_request_interrupted_by_shutdown_does_not_run_again(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    rid, status, seen = await _interrupted_and_restarted(url, owner, device, resume=False)
+    assert status.state == "failed"
+    assert "not run again" in status.message
+    assert seen == [(rid, False)]
+
+
+async def test_a_resumable_handler_gets_an_interrupted_request_again(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """With ``resume=True`` a request interrupted by a shutdown is handed to the handler
+    again after the restart, marked ``resumed`` (and only then)."""
+    rid, status, seen = await _interrupted_and_restarted(url, owner, device, resume=True)
+    assert status.state == "done"
+    assert seen == [(rid, False), (rid, True)]
 
 
 async def test_a_state_written_by_another_key_does_not_resume_a_request(
@@ -494,17 +491,12 @@ async def test_a_state_written_by_another_key_does_not_resume_a_request(
     request of a ``resume=True`` action and replays the request; it is refused as a
     replay, not run again."""
     ran: list[str] = []
-
-    def reboot(request: ActionRequest) -> str:
-        ran.append(request.request_id)
-        return "ok"
-
     async with (
         await open_store(url) as store,
         _thing(device, owner, url) as t,
         ThingClient(Client(store, owner)) as mine,
     ):
-        t.on_action("Reboot", reboot, resume=True)
+        t.on_action("Reboot", _recorder(ran), resume=True)
         await t.register()
         await t.publish()
         key, value = await _captured_request(store, mine, "Reboot")
