@@ -343,6 +343,7 @@ async def test_a_request_refused_while_disabled_never_runs_when_replayed_later(
             await t.register()
             await t.disable()
             key, value = await _captured_request(store, mine, "CloseValve", ends="rejected")
+            await until(lambda: _gone(store, key), "the refused request purged")
             await t.publish()
         async with _thing(device, owner, url) as t:
             t.on_action("CloseValve", close)
@@ -513,6 +514,7 @@ async def test_a_state_written_by_another_key_does_not_resume_a_request(
             .md(outbox.name, outbox.tag)
             .put(f"r/{rid}", dumps({"s": "accepted", "t": time.time()}))
         )
+        await until(lambda: _gone(store, key), "the served request purged")
         await store.put(key, value)  # the replay
         await until(lambda: t.refused_count == 1, "replay refused")
         assert ran == [rid]
