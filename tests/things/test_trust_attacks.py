@@ -224,23 +224,17 @@ async def test_reader_pinned_to_the_owner_refuses_a_header_it_did_not_sign(
 # --- 2. replayed command -----------------------------------------------------------
 
 
-async def _captured_request(
-    store: Store, things: ThingClient, action: str, *, ends: str = "done"
-) -> tuple[str, bytes]:
-    """The owner asks; the attacker copies the inbox record before the thing purges it.
-    The request ends in the state ``ends`` (its result "ok" when done)."""
+async def _captured_request(store: Store, things: ThingClient, action: str) -> tuple[str, bytes]:
+    """The owner asks; the attacker copies the inbox record before the thing purges it."""
     captured: dict[str, bytes] = {}
     async with store.watch(ADDR.inbox.prefix) as feed:
-        handle = await things.request(THING, action, timeout=3600)
+        handle = await things.request(THING, action)
         async with asyncio.timeout(TIMEOUT):
             async for change in feed:
                 if change.value is not None:
                     captured[change.key] = change.value
                     break
-        if ends == "done":
-            assert await handle.result(TIMEOUT) == "ok"
-        else:
-            assert (await handle.wait(TIMEOUT)).state == ends
+        assert await handle.result(TIMEOUT) == "ok"
     ((key, value),) = captured.items()
     return key, value
 
@@ -338,13 +332,22 @@ async def test_a_request_refused_while_disabled_never_runs_when_replayed_later(
         return "ok"
 
     async with await open_store(url) as store:
-        async with _thing(device, owner, url) as t, ThingClient(Client(store, owner)) as mine:
-            t.on_action("CloseValve", close)
+        async with _thing(device, owner, url) as t:
             await t.register()
             await t.disable()
-            key, value = await _captured_request(store, mine, "CloseValve", ends="rejected")
-            await until(lambda: _gone(store, key), "the refused request purged")
-            await t.publish()
+        # while the thing is down the owner asks; the attacker copies the waiting record
+        async with ThingClient(Client(store, owner)) as mine:
+            handle = await mine.request(THING, "CloseValve", timeout=3600)
+            key = ADDR.inbox.entry_key(f"r/{handle.request_id}".encode())
+            stored = await store.get(key)
+            assert stored is not None
+            value = stored.value
+            async with _thing(device, owner, url) as t:
+                t.on_action("CloseValve", close)
+                await t.register()
+                assert (await handle.wait(TIMEOUT)).state == "rejected"
+                await until(lambda: _gone(store, key), "the refused request purged")
+                await t.publish()
         async with _thing(device, owner, url) as t:
             t.on_action("CloseValve", close)
             await t.register()
