@@ -144,12 +144,14 @@ async def test_a_writer_the_owner_granted_by_mistake_cannot_set_the_status(
     await _until(lambda: garden.status == "published")
 
 
-@pytest.mark.parametrize("malformed", [b"\xff", dumps(["disabled"]), dumps({"t": 1.0})])
+@pytest.mark.parametrize(
+    "malformed", [b"\xff", dumps(["disabled"]), dumps({"t": 1.0}), dumps({"s": "bogus", "t": 1.0})]
+)
 async def test_a_malformed_status_is_passed_over(
     store: Store, garden: Thing, owner: Identity, malformed: bytes
 ) -> None:
-    """A status record that verifies but is not a status (not CBOR, not a map, no "s")
-    is ignored; the thing goes on following the owner's next status."""
+    """A status record that verifies but is not a status (not CBOR, not a map, no "s",
+    an unknown one) is ignored; the thing goes on following the owner's next status."""
     await garden.publish()
     await _forge(store, garden, owner, layout.STATUS, malformed)
     await _forge(store, garden, owner, layout.STATUS, dumps({"s": "disabled", "t": 1.0}))

@@ -38,6 +38,7 @@ from .conftest import garden_description
 
 THING = "garden-01"
 ADDR = ThingAddresses.of(THING)
+STATUS_KEY = ADDR.thing.entry_key(b"status")
 TIMEOUT = 30.0  # an upper bound on waiting for something that must happen; never reached when green
 
 
@@ -635,6 +636,25 @@ async def test_a_member_entry_written_by_another_key_makes_no_member(
             with pytest.raises(ActionFailedError, match="access denied"):
                 await (await m.request(THING, "Water", litres=1)).result(TIMEOUT)
         assert ran == []
+
+
+async def test_a_status_the_store_drops_is_written_back_as_trusted(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """While a disabled thing is down the store drops its status record: after the
+    restart the thing is still disabled (not *registered* again) and writes that back."""
+    async with await open_store(url) as store:
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            await t.publish()
+            await t.disable()
+        await store.delete(STATUS_KEY)
+        assert await store.get(STATUS_KEY) is None
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            assert t.status == "disabled"
+        async with ThingClient(Client(store)) as anyone:
+            assert await anyone.status(THING) == "disabled"
 
 
 # --- 4. cancellations ----------------------------------------------------------------
