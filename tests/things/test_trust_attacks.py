@@ -348,6 +348,14 @@ async def test_a_request_refused_while_disabled_never_runs_when_replayed_later(
                 await t.register()
                 assert (await handle.wait(TIMEOUT)).state == "rejected"
                 await until(lambda: _gone(store, key), "the refused request purged")
+                # kept as long as any request can live, not for ever
+                t.trust.sync()
+                assert t.trust.path is not None
+                with contextlib.closing(sqlite3.connect(t.trust.path)) as db:
+                    (kept,) = db.execute(
+                        "SELECT expires FROM processed WHERE id = ?", (handle.request_id,)
+                    ).fetchone()
+                assert abs(kept - (time.time() + MAX_LIFETIME)) < 600
                 await t.publish()
         async with _thing(device, owner, url) as t:
             t.on_action("CloseValve", close)
