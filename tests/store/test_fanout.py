@@ -80,7 +80,7 @@ async def test_closing_the_fanout_ends_its_branches(store: Store) -> None:
         await fanout.watch("c.b.").__anext__()  # a branch of a closed fanout has ended
 
 
-@pytest.mark.slow  # hung or failed in 4 of about 14 runs on 2026-12-07 (load 15-20): cause not found
+@pytest.mark.slow  # hung or failed in 4 of about 14 runs on 2026-12-07 (load 15-20); cause unknown
 async def test_branches_miss_nothing_across_a_nats_server_restart(tmp_path: Path) -> None:
     async with asyncio.timeout(300):  # fail with a traceback, never hang the suite
         await _branches_across_a_restart(tmp_path)
