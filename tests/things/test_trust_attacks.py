@@ -22,7 +22,12 @@ from typing import Any
 
 import pytest
 
-from safething.errors import AccessDeniedError, ActionFailedError, TamperedDataError
+from safething.errors import (
+    AccessDeniedError,
+    ActionFailedError,
+    NoSuchEntryError,
+    TamperedDataError,
+)
 from safething.net import Action, Client, Entry, Identity, MDAddress, MDHeader
 from safething.net.records import EntryRecord
 from safething.net.trust import TrustState
@@ -663,6 +668,70 @@ async def test_a_status_the_store_drops_is_written_back_as_trusted(
             assert t.status == "disabled"
         async with ThingClient(Client(store)) as anyone:
             assert await anyone.status(THING) == "disabled"
+
+
+async def test_a_header_the_store_garbled_is_repaired_at_registration(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """Garbage in place of the thing MD's header is not "taken by another identity":
+    the thing registers, writes its trusted header back, and readers read it again."""
+    async with await open_store(url) as store:
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            await t.set("moisture", 40.0)
+        await store.put(ADDR.thing.header_key, b"garbage")
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            await t.set("moisture", 41.0)
+        async with ThingClient(Client(store)) as anyone:
+            assert (await anyone.read(THING, "moisture")).value == 41.0
+
+
+async def test_a_request_that_expired_while_the_thing_was_down_never_runs(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    ran: list[str] = []
+    async with await open_store(url) as store:
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            await t.publish()
+        inbox = Client(store, Identity.generate()).md(ADDR.inbox.name, ADDR.inbox.tag)
+        rid = secrets.token_hex(8)
+        issued = time.time()
+        await inbox.insert(f"r/{rid}", dumps({"a": "CloseValve", "t": issued, "exp": issued + 1}))
+        await until(lambda: time.time() > issued + 1.5, "the request expired")
+        async with _thing(device, owner, url) as t:
+            t.on_action("CloseValve", lambda request: ran.append(request.request_id))
+            await t.register()
+            outbox = Client(store).md(ADDR.outbox.name, ADDR.outbox.tag)
+            await until(lambda: _has(outbox, f"r/{rid}"), "a state written")
+            state = loads((await outbox.get(f"r/{rid}")).value or b"", "state")
+        assert state["s"] == "timed_out"
+        assert ran == []
+
+
+async def test_an_owner_action_result_is_not_in_clear_in_the_store(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    async with (
+        await open_store(url) as store,
+        _thing(device, owner, url) as t,
+        ThingClient(Client(store, owner)) as mine,
+    ):
+        t.on_action("Reboot", lambda request: "secret-result-4711")
+        await t.register()
+        await t.publish()
+        assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "secret-result-4711"
+        raw = b"".join(r.value for r in await store.scan(ADDR.outbox.prefix))
+        assert raw and b"secret-result-4711" not in raw
+
+
+async def _has(md: Any, key: str) -> bool:
+    try:
+        await md.get(key)
+    except NoSuchEntryError:
+        return False
+    return True
 
 
 # --- 4. cancellations ----------------------------------------------------------------
