@@ -726,6 +726,34 @@ async def test_an_owner_action_result_is_not_in_clear_in_the_store(
         assert raw and b"secret-result-4711" not in raw
 
 
+async def test_a_resumable_request_is_accepted_before_its_handler_starts(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """For ``resume=True`` handlers *accepted* is written before the handler runs, so
+    a thing killed inside the handler's first step finds it again after a restart."""
+    seen: list[object] = []
+    async with (
+        await open_store(url) as store,
+        _thing(device, owner, url) as t,
+        ThingClient(Client(store, owner)) as mine,
+    ):
+        outbox = Client(store).md(ADDR.outbox.name, ADDR.outbox.tag)
+
+        async def reboot(request: ActionRequest) -> str:
+            try:
+                entry = await outbox.get(f"r/{request.request_id}")
+                seen.append(loads(entry.value or b"", "state")["s"])
+            except NoSuchEntryError:
+                seen.append(None)
+            return "ok"
+
+        t.on_action("Reboot", reboot, resume=True)
+        await t.register()
+        await t.publish()
+        assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
+    assert seen == ["accepted"]
+
+
 async def _has(md: Any, key: str) -> bool:
     try:
         await md.get(key)
