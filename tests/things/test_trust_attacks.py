@@ -477,8 +477,11 @@ async def _interrupted_and_restarted(
                 lambda request: seen.append((request.request_id, request.resumed)),
                 resume=resume,
             )
+            t.on_action("Reboot", lambda request: "ok")
             await t.register()
             status = await handle.wait(TIMEOUT)
+            # one more request served: whatever the thing did with the first is done
+            assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
     return handle.request_id, status, seen
 
 
