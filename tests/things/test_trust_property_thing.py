@@ -61,8 +61,15 @@ async def _scenario(ops: list[tuple[object, ...]], directory: Path) -> None:
     statuses: list[Record] = []
     requests: list[Record] = []
 
-    def handler(request: ActionRequest) -> dict[str, int]:
+    # The thing purges a request from its inbox once it has run; the handler holds each
+    # run until the test has copied the request's record (to replay it later): without
+    # that, a thing quicker than the test's watch left it only the purge to read (the
+    # watch gives a key's value as it is when read).
+    release = asyncio.Event()
+
+    async def handler(request: ActionRequest) -> dict[str, int]:
         runs[request.request_id] = runs.get(request.request_id, 0) + 1
+        await release.wait()
         return {}
 
     def new_thing() -> Thing:
@@ -91,11 +98,17 @@ async def _scenario(ops: list[tuple[object, ...]], directory: Path) -> None:
                         await set_status(mine.client, THING, expected)
                         await _until(lambda t=thing, e=expected: t.status == e, "status followed")
                     elif kind == "request":
+                        release.clear()
+                        copied = {r.key for r in requests}  # replays of these may come first
                         handle = await mine.request(THING, "OpenValve", timeout=30)
-                        change = await anext(inbox_feed)
-                        while change.value is None:
+                        async with asyncio.timeout(TIMEOUT):
                             change = await anext(inbox_feed)
-                        requests.append(Record(change.key, change.value, change.revision))
+                            while change.key in copied:
+                                change = await anext(inbox_feed)
+                        # None: a thing that does not run it (disabled) purged it first
+                        if change.value is not None:
+                            requests.append(Record(change.key, change.value, change.revision))
+                        release.set()
                         await handle.wait(TIMEOUT)
                         gone = False
                         async with asyncio.timeout(TIMEOUT):  # until the thing purged it

@@ -20,8 +20,10 @@ servient.addCredentials({ [td.id]: { token } });
 const WoT = await servient.start();
 try {
     const thing = await WoT.consume(td);
-    say({ read: await (await thing.readProperty(property)).value() });
-    const first = await thing.readProperty(property).then((o) => o.value());
+    // the value printed is the one a change is observed against (a second read could
+    // differ from it, and a random walk could come back to the first one)
+    const first = await (await thing.readProperty(property)).value();
+    say({ read: first });
     const changed = new Promise((resolve, reject) => {
         thing
             .observeProperty(property, async (data) => {
