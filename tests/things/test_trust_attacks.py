@@ -324,6 +324,26 @@ async def test_replayed_command_runs_once(url: str, owner: Identity, device: Ide
             assert len(ran) == 2
 
 
+async def test_the_same_request_record_written_back_again_and_again_is_refused_each_time(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """A store-only attacker writes one request record the thing ran (and purged) back
+    three times, each after the thing purged the one before: each write is refused,
+    counted and purged (no mark or verified digest kept from the last write passes the
+    next one over), and the request ran once. (An attacker's write that lands between
+    the thing's count of a refusal and its purge is deleted by that purge unread: nothing
+    runs and nothing stays, but it is not counted.)"""
+    ran: list[str] = []
+    async with _serving(url, owner, device, _recorder(ran)) as (store, t, mine):
+        key, value = await _captured_request(store, mine, "Reboot")
+        await until(lambda: _gone(store, key), "the request purged once it ran")
+        for n in range(1, 4):
+            await store.put(key, value)
+            await until(lambda n=n: t.refused_count == n, f"replay {n} refused")
+            await until(lambda: _gone(store, key), f"replay {n} purged")
+        assert len(ran) == 1
+
+
 async def test_a_request_delivered_again_after_it_ran_and_was_purged_does_not_run(
     url: str, owner: Identity, device: Identity
 ) -> None:
