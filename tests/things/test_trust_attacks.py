@@ -822,6 +822,46 @@ async def test_only_the_requester_or_owner_cancels(
         await requester.close()
 
 
+async def test_a_cancellation_during_the_accepted_write_stops_the_handler(
+    url: str, owner: Identity, device: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The requester cancels at the very moment the thing writes *accepted* (the
+    handler's first step done, its task at work): the handler's task is cancelled too,
+    not left running behind a request that ends *cancelled*. The thing's own store
+    holds that write until the cancellation has reached the thing."""
+    started, stopped, held = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def slow(request: ActionRequest) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # only a cancellation ends it
+        finally:
+            stopped.set()
+
+    async with await open_store(url) as store, await open_store(url) as own:
+        real_commit = own.commit
+
+        async def commit(writes: Any, **kwargs: Any) -> list[int | Exception]:
+            outbox = any(w.key.startswith(ADDR.outbox.prefix) for w in writes)
+            if outbox and started.is_set() and not held.is_set():
+                held.set()  # the first state after the handler began: *accepted*
+                await asyncio.Event().wait()  # until the cancellation lands
+            return await real_commit(writes, **kwargs)
+
+        monkeypatch.setattr(own, "commit", commit)
+        async with Thing(garden_description(), identity=device, owner=owner.public, store=own) as t:
+            t.on_action("CloseValve", slow)
+            await t.register()
+            await t.publish()
+            requester = ThingClient(Client(store, Identity.generate("requester")))
+            handle = await requester.request(THING, "CloseValve", timeout=60)
+            await until(held.is_set, "the thing writes accepted")
+            assert (await handle.cancel()).state == "cancelled"
+            await until(stopped.is_set, "the handler's task cancelled")
+            await until(lambda: handle.request_id not in t._running, "the request ended")
+            await requester.close()
+
+
 @pytest.mark.parametrize("key", ["r/0123456789abcdef", "d/target/0123456789abcdef"])
 @pytest.mark.parametrize("value", [[1, 2], "text", 7])
 async def test_an_inbox_record_that_is_not_a_map_is_dropped(
