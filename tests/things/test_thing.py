@@ -16,6 +16,7 @@ from safething.errors import (
     ThingError,
 )
 from safething.net import Client, Identity
+from safething.net.records import EntryRecord
 from safething.net.trust import TrustState
 from safething.store import Store, Write, open_store
 from safething.things import (
@@ -28,8 +29,12 @@ from safething.things import (
     UnknownFieldError,
     ValueTypeError,
 )
+from safething.things.layout import ThingAddresses
+from safething.things.values import loads
 
 from .conftest import garden_description
+
+ADDR_OUTBOX = ThingAddresses.of("garden-01").outbox
 
 
 async def test_lifecycle(garden: Thing, stranger: ThingClient) -> None:
@@ -144,6 +149,50 @@ async def test_register_with_publish_writes_the_new_thing_in_one_commit(
     async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
         await t.register(publish=True)  # publishes a registered thing, not a disabled one
         assert t.status == "disabled"
+
+
+async def test_register_with_publish_publishes_a_thing_registered_before(
+    store: Store, owner: Identity, device: Identity, stranger: ThingClient
+) -> None:
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        await t.register()
+        assert t.status == "registered"
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        await t.register(publish=True)  # its status read back from the store: registered
+        assert t.status == "published"
+    assert await stranger.status("garden-01") == "published"
+
+
+async def test_a_slow_handler_is_accepted_then_running_then_done(
+    store: Store, garden: Thing, owner_client: ThingClient
+) -> None:
+    """Each state of a request still at work is written, in order: a watcher that
+    reads the outbox between two writes sees *accepted* before *running*."""
+    states: list[str] = []
+    commit = store.commit
+
+    async def recorded(writes: Sequence[Write], **options: Any) -> list[int | Exception]:
+        for w in writes:
+            if w.key.startswith(ADDR_OUTBOX.prefix) and w.value is not None:
+                record = EntryRecord.from_bytes(w.value, ADDR_OUTBOX, None)
+                states.append(str(loads(record.stored_value or b"", "state")["s"]))
+        return await commit(writes, **options)
+
+    store.commit = recorded  # type: ignore[method-assign]
+    release = asyncio.Event()
+
+    async def slow(request: ActionRequest) -> None:
+        await release.wait()
+
+    garden.on_action("CloseValve", slow)
+    await garden.publish()
+    handle = await owner_client.request("garden-01", "CloseValve", timeout=60)
+    async with asyncio.timeout(30):
+        while "running" not in states:
+            await asyncio.sleep(0.01)
+    release.set()
+    assert (await handle.wait(30)).state == "done"
+    assert states == ["accepted", "running", "done"]
 
 
 async def test_two_writers_lose_no_update(store: Store, owner: Identity, device: Identity) -> None:
