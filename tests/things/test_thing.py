@@ -163,11 +163,8 @@ async def test_register_with_publish_publishes_a_thing_registered_before(
     assert await stranger.status("garden-01") == "published"
 
 
-async def test_a_slow_handler_is_accepted_then_running_then_done(
-    store: Store, garden: Thing, owner_client: ThingClient
-) -> None:
-    """Each state of a request still at work is written, in order: a watcher that
-    reads the outbox between two writes sees *accepted* before *running*."""
+def _record_states(store: Store) -> list[str]:
+    """The states the thing writes to the outbox, in the order of its commits."""
     states: list[str] = []
     commit = store.commit
 
@@ -179,6 +176,15 @@ async def test_a_slow_handler_is_accepted_then_running_then_done(
         return await commit(writes, **options)
 
     store.commit = recorded  # type: ignore[method-assign]
+    return states
+
+
+async def test_a_slow_handler_is_accepted_then_running_then_done(
+    store: Store, garden: Thing, owner_client: ThingClient
+) -> None:
+    """Each state of a request still at work is written, in order: a watcher that
+    reads the outbox between two writes sees *accepted* before *running*."""
+    states = _record_states(store)
     release = asyncio.Event()
 
     async def slow(request: ActionRequest) -> None:
@@ -193,6 +199,25 @@ async def test_a_slow_handler_is_accepted_then_running_then_done(
     release.set()
     assert (await handle.wait(30)).state == "done"
     assert states == ["accepted", "running", "done"]
+
+
+async def test_progress_never_takes_a_request_back_to_accepted(
+    store: Store, garden: Thing, owner_client: ThingClient
+) -> None:
+    states = _record_states(store)
+
+    async def reporting(request: ActionRequest) -> None:
+        await asyncio.sleep(0)
+        for percent in (25, 50, 75):
+            await request.progress(percent)
+
+    garden.on_action("CloseValve", reporting)
+    await garden.publish()
+    handle = await owner_client.request("garden-01", "CloseValve", timeout=60)
+    assert (await handle.wait(30)).state == "done"
+    # accepted once, first; then running (one per report, and maybe the thing's own)
+    assert states[0] == "accepted" and states[-1] == "done"
+    assert set(states[1:-1]) == {"running"} and len(states) >= 5
 
 
 async def test_two_writers_lose_no_update(store: Store, owner: Identity, device: Identity) -> None:
