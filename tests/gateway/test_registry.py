@@ -249,6 +249,38 @@ async def test_a_group_commit_that_cannot_lock_fails_every_call_as_busy(tmp_path
         registry.close()
 
 
+async def test_a_caller_cancelled_in_a_group_commit_leaves_the_others_their_results(
+    tmp_path: Path,
+) -> None:
+    """A bridge task cancelled while its call waits in a batch (its call is made all
+    the same) does not leave the callers after it in that batch waiting for ever."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        for i in (1, 2, 3):
+            registry.add(f"sensor-0{i}", "mqtt")
+        busy, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            busy.set()
+            release.wait(10)
+
+        first = asyncio.ensure_future(registry.call(hold))
+        await asyncio.to_thread(busy.wait, 10)
+        waiting = [
+            asyncio.ensure_future(registry.call(registry.accept, f"sensor-0{i}", 4))
+            for i in (1, 2, 3)
+        ]
+        await asyncio.sleep(0)  # all three queued, behind hold()
+        waiting[0].cancel()
+        release.set()
+        await first
+        async with asyncio.timeout(30):  # an upper bound: never reached when green
+            await asyncio.gather(*waiting[1:])
+        assert [registry.get(f"sensor-0{i}").rx_counter for i in (1, 2, 3)] == [4, 4, 4]
+    finally:
+        registry.close()
+
+
 def test_the_devices_a_bridge_delivers_to_after_it_connects(tmp_path: Path) -> None:
     """Only devices of that transport, believed online, not revoked, with a downlink
     queued; and the online count for the gauge, without deriving anyone's keys."""
