@@ -155,6 +155,20 @@ def test_records_say_what_they_are(tmp_path: Path) -> None:
         registry.close()
 
 
+async def _hold_worker(registry: Registry) -> tuple[asyncio.Future[None], threading.Event]:
+    """The registry's worker thread kept busy (calls made now queue behind it) until
+    the event returned is set; the future is that call's."""
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        release.wait(10)
+
+    first = asyncio.ensure_future(registry.call(hold))
+    await asyncio.to_thread(busy.wait, 10)
+    return first, release
+
+
 async def test_calls_waiting_together_commit_together_each_on_its_own(tmp_path: Path) -> None:
     """Group commit: calls queued while the worker thread is busy run in one transaction,
     each in its own savepoint. One that fails halfway (its counter spent, then its
@@ -172,14 +186,7 @@ async def test_calls_waiting_together_commit_together_each_on_its_own(tmp_path: 
             return commit_batch(calls)
 
         registry._commit_batch = counting  # type: ignore[method-assign]
-        busy, release = threading.Event(), threading.Event()
-
-        def hold() -> None:  # keeps the worker thread busy while the others queue
-            busy.set()
-            release.wait(10)
-
-        first = asyncio.ensure_future(registry.call(hold))
-        await asyncio.to_thread(busy.wait, 10)
+        first, release = await _hold_worker(registry)
         calls = [
             registry.call(registry.accept, "sensor-00", 5, journal=("reading", b'{"m":1}', "json")),
             registry.call(registry.accept, "sensor-01", 7, description={"bad": object()}),
@@ -224,14 +231,7 @@ async def test_a_group_commit_that_cannot_lock_fails_every_call_as_busy(tmp_path
     try:
         registry.add("sensor-01", "mqtt")
         registry.add("sensor-02", "mqtt")
-        busy, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            busy.set()
-            release.wait(10)
-
-        first = asyncio.ensure_future(registry.call(hold))
-        await asyncio.to_thread(busy.wait, 10)
+        first, release = await _hold_worker(registry)
         waiting = [
             asyncio.ensure_future(registry.call(registry.accept, f"sensor-0{i}", 4)) for i in (1, 2)
         ]
@@ -258,14 +258,7 @@ async def test_a_caller_cancelled_in_a_group_commit_leaves_the_others_their_resu
     try:
         for i in (1, 2, 3):
             registry.add(f"sensor-0{i}", "mqtt")
-        busy, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            busy.set()
-            release.wait(10)
-
-        first = asyncio.ensure_future(registry.call(hold))
-        await asyncio.to_thread(busy.wait, 10)
+        first, release = await _hold_worker(registry)
         waiting = [
             asyncio.ensure_future(registry.call(registry.accept, f"sensor-0{i}", 4))
             for i in (1, 2, 3)
