@@ -244,6 +244,8 @@ class Thing(AsyncResource):
         self._cancel_requested: set[str] = set()
         self._requesters: dict[str, PublicSignKey] = {}
         self._handling: set[str] = set()
+        # requests delivered again while taken on or running: scanned for once they end
+        self._passed_over: set[str] = set()
         self._resumable: set[str] = set()
         self._subs: dict[str, StoredSubscription] = {}
         self._tasks = Tasks(f"{self.id}:")
@@ -937,14 +939,18 @@ class Thing(AsyncResource):
         except asyncio.CancelledError:
             raise
         except ReplayedRequestError as e:
-            self.refused_count += 1
-            self.client._tampered(e)
-            with contextlib.suppress(SafeThingError):
-                await self._md("inbox").purge(entry.key)
+            await self._refuse(entry, e)
         except (SafeThingError, ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
             log.warning("thing %s: dropping bad inbox entry %r: %s", self.id, entry.key, e)
             with contextlib.suppress(SafeThingError):
                 await self._md("inbox").purge(entry.key)
+
+    async def _refuse(self, entry: Entry, error: ReplayedRequestError) -> None:
+        """Count a refused inbox record and purge it."""
+        self.refused_count += 1
+        self.client._tampered(error)
+        with contextlib.suppress(SafeThingError):
+            await self._md("inbox").purge(entry.key)
 
     async def _allowed(self, access: AccessType, signer: PublicSignKey) -> bool:
         if signer == self.identity.public_sign_key:
@@ -1032,13 +1038,27 @@ class Thing(AsyncResource):
 
     async def _on_request(self, rid: str, entry: Entry) -> None:
         # The inbox scan and its feed may deliver one entry twice at once: one handles it.
+        # A delivery passed over here may be a replay written while the request was
+        # ending (after its purge, before it left ``_running``): the inbox is scanned
+        # again once it ends, so a record still there is refused and purged, not left.
         if rid in self._running or rid in self._handling:
+            self._passed_over.add(rid)
             return
         self._handling.add(rid)
         try:
             await self._take_request(rid, entry)
+        except ReplayedRequestError as e:
+            # refused and purged while still handled: a second delivery meanwhile (the
+            # inbox scan) is passed over, not counted as a second replay
+            await self._refuse(entry, e)
         finally:
             self._handling.discard(rid)
+            self._scan_if_passed_over(rid)
+
+    def _scan_if_passed_over(self, rid: str) -> None:
+        if rid in self._passed_over and rid not in self._running and rid not in self._handling:
+            self._passed_over.discard(rid)
+            self._rescan.set()
 
     async def _take_request(self, rid: str, entry: Entry) -> None:
         resumed = False
@@ -1143,6 +1163,7 @@ class Thing(AsyncResource):
         finally:
             self._running.pop(rid, None)
             self._requesters.pop(rid, None)
+            self._scan_if_passed_over(rid)
 
     async def _accept(self, request: ActionRequest) -> None:
         """Write *accepted* once, before any other state but a final one of a handler that

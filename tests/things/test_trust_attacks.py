@@ -334,8 +334,22 @@ async def test_the_same_request_record_written_back_again_and_again_is_refused_e
     the thing's count of a refusal and its purge is deleted by that purge unread: nothing
     runs and nothing stays, but it is not counted.)"""
     ran: list[str] = []
-    async with _serving(url, owner, device, _recorder(ran)) as (store, t, mine):
-        key, value = await _captured_request(store, mine, "Reboot")
+    release = asyncio.Event()
+
+    async def reboot(request: ActionRequest) -> str:
+        ran.append(request.request_id)
+        await release.wait()  # the record stays in the inbox until the attacker copied it
+        return "ok"
+
+    async with _serving(url, owner, device, reboot) as (store, t, mine):
+        handle = await mine.request(THING, "Reboot")
+        key = ADDR.inbox.entry_key(f"r/{handle.request_id}".encode())
+        await until(lambda: len(ran) == 1, "the request runs")
+        record = await store.get(key)
+        assert record is not None
+        value = record.value
+        release.set()
+        assert await handle.result(TIMEOUT) == "ok"
         await until(lambda: _gone(store, key), "the request purged once it ran")
         for n in range(1, 4):
             await store.put(key, value)
