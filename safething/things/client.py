@@ -176,20 +176,7 @@ class ThingClient(AsyncResource):
         except TamperedDataError as e:
             raise self.client._tampered(e) from None
         ring = await self._ring(md, authorities)
-        view = ThingView(
-            thing_id,
-            addresses,
-            description,
-            state,
-            thing,
-            owner,
-            ring,
-            md,
-            self.client.md(addresses.inbox.name, addresses.inbox.tag),
-            self.client.md(addresses.outbox.name, addresses.outbox.tag),
-        )
-        self._views[thing_id] = view
-        return view
+        return self._keep(thing_id, addresses, description, state, thing, owner, ring, md)
 
     def own_view(
         self,
@@ -203,6 +190,21 @@ class ThingClient(AsyncResource):
         """The view of the thing this client acts as, from what that thing wrote or
         verified itself (instead of reading it all back from the store)."""
         addresses = ThingAddresses.of(thing_id)
+        md = self.client.md(addresses.thing.name, addresses.thing.tag)
+        return self._keep(thing_id, addresses, description, status, thing, owner, ring, md)
+
+    def _keep(
+        self,
+        thing_id: str,
+        addresses: ThingAddresses,
+        description: ThingDescription,
+        status: str,
+        thing: PublicIdentity,
+        owner: PublicIdentity,
+        ring: KeyRing | None,
+        md: MutableData,
+    ) -> ThingView:
+        """A view of the thing with its inbox and outbox MDs, kept for later calls."""
         view = ThingView(
             thing_id,
             addresses,
@@ -211,7 +213,7 @@ class ThingClient(AsyncResource):
             thing,
             owner,
             ring,
-            self.client.md(addresses.thing.name, addresses.thing.tag),
+            md,
             self.client.md(addresses.inbox.name, addresses.inbox.tag),
             self.client.md(addresses.outbox.name, addresses.outbox.tag),
         )
