@@ -228,11 +228,13 @@ ONLY: dict[str, tuple[str, ...]] = {
         "EntryWatch.__anext__",
     ),
     # Request handling (who may request, at most once, issue time and expiry, who may
-    # cancel, processed marks before the handler, shutdown and resume), the access
-    # checks (the MDs pinned to the thing and its owner; level keys, status and the
-    # group's members only from them) and what the thing refuses or repairs from the
-    # store at registration; not: the lifecycle, data writes and sequence numbers,
-    # subscriptions, history, availability, the outbox's formatting and trimming.
+    # cancel, processed marks before the handler, shutdown and resume; since 6c33f46 the
+    # count and purge of a refused record, _refuse, and the rescan for a replay delivered
+    # while its request was ending, _scan_if_passed_over), the access checks (the MDs
+    # pinned to the thing and its owner; level keys, status and the group's members only
+    # from them) and what the thing refuses or repairs from the store at registration;
+    # not: the lifecycle, data writes and sequence numbers, subscriptions, history,
+    # availability, the outbox's formatting and trimming.
     "safething/things/thing.py": (
         "Thing._md",
         "Thing._authorities",
@@ -247,12 +249,14 @@ ONLY: dict[str, tuple[str, ...]] = {
         "Thing._follow_status",
         "Thing._scan_inbox",
         "Thing._on_inbox",
+        "Thing._refuse",
         "Thing._allowed",
         "Thing._members",
         "Thing._check_lifetime",
         "Thing._on_processed",
         "Thing._mark_processed",
         "Thing._on_request",
+        "Thing._scan_if_passed_over",
         "Thing._take_request",
         "Thing._run",
         "Thing._accept",
