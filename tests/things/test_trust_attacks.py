@@ -230,24 +230,27 @@ async def test_reader_pinned_to_the_owner_refuses_a_header_it_did_not_sign(
 # --- 2. replayed command -----------------------------------------------------------
 
 
-async def _captured_request(store: Store, things: ThingClient, action: str) -> tuple[str, bytes]:
-    """The owner asks; the attacker copies the inbox record before the thing purges it."""
-    captured: dict[str, bytes] = {}
-    async with store.watch(ADDR.inbox.prefix) as feed:
-        handle = await things.request(THING, action)
-        key = ADDR.inbox.entry_key(f"r/{handle.request_id}".encode())
-        stored = await store.get(key)  # at once; the watch may pass over a quick purge's pair
+async def _captured_request(
+    store: Store, things: ThingClient, action: str, release: asyncio.Event
+) -> tuple[str, bytes]:
+    """The owner asks; the attacker copies the inbox record, then ``release`` lets the
+    thing's handler (which waits for it, see ``_held_recorder``) end. The thing purges
+    the record once the handler ends: a handler that returned at once could have it
+    purged before the copy (the copy then never came and this waited its bound out)."""
+    handle = await things.request(THING, action)
+    key = ADDR.inbox.entry_key(f"r/{handle.request_id}".encode())
+    copied: list[bytes] = []
+
+    async def copy() -> bool:  # bounded: a store's replica may lag its own write
+        stored = await store.get(key)
         if stored is not None:
-            captured[key] = stored.value
-        else:
-            async with asyncio.timeout(TIMEOUT):
-                async for change in feed:
-                    if change.value is not None:
-                        captured[change.key] = change.value
-                        break
-        assert await handle.result(TIMEOUT) == "ok"
-    ((key, value),) = captured.items()
-    return key, value
+            copied.append(stored.value)
+        return stored is not None
+
+    await until(copy, "the attacker copied the request's record")
+    release.set()
+    assert await handle.result(TIMEOUT) == "ok"
+    return key, copied[0]
 
 
 @contextlib.asynccontextmanager
@@ -271,11 +274,13 @@ async def _serving(
         yield store, t, mine
 
 
-def _recorder(ran: list[str]) -> Callable[[ActionRequest], str]:
-    """A handler that records the ids of the requests it runs."""
+def _held_recorder(ran: list[str], release: asyncio.Event) -> Callable[[ActionRequest], Any]:
+    """A handler that records the ids of the requests it runs and ends once ``release``
+    is set (by ``_captured_request`` once it copied the request's record)."""
 
-    def handler(request: ActionRequest) -> str:
+    async def handler(request: ActionRequest) -> str:
         ran.append(request.request_id)
+        await release.wait()
         return "ok"
 
     return handler
@@ -283,10 +288,8 @@ def _recorder(ran: list[str]) -> Callable[[ActionRequest], str]:
 
 async def test_replayed_command_runs_once(url: str, owner: Identity, device: Identity) -> None:
     ran: list[str] = []
-
-    def reboot(request: ActionRequest) -> str:
-        ran.append(request.request_id)
-        return "ok"
+    release = asyncio.Event()
+    reboot = _held_recorder(ran, release)
 
     async with await open_store(url) as store:
         mallory = Attacker(store)
@@ -296,7 +299,7 @@ async def test_replayed_command_runs_once(url: str, owner: Identity, device: Ide
             t.on_action("CloseValve", lambda request: closed.append(request.request_id))
             await t.register()
             await t.publish()
-            key, value = await _captured_request(store, mine, "Reboot")
+            key, value = await _captured_request(store, mine, "Reboot", release)
             assert len(ran) == 1
             # 201 requests of its own (the old memory of processed ids held 200)
             async with ThingClient(Client(store, mallory.me)) as junk:
@@ -365,8 +368,9 @@ async def test_a_request_delivered_again_after_it_ran_and_was_purged_does_not_ru
     may hand the thing a request once more after it ran and its record was purged: it is
     not run again, and, since nothing was stored again, not counted as an attack."""
     ran: list[str] = []
-    async with _serving(url, owner, device, _recorder(ran)) as (store, t, mine):
-        key, value = await _captured_request(store, mine, "Reboot")
+    release = asyncio.Event()
+    async with _serving(url, owner, device, _held_recorder(ran, release)) as (store, t, mine):
+        key, value = await _captured_request(store, mine, "Reboot", release)
         await until(lambda: _gone(store, key), "the served request purged")
         await until(lambda: not t._running, "the served request's task ended")
         record = EntryRecord.from_bytes(value, ADDR.inbox, None)
@@ -565,8 +569,10 @@ async def test_a_state_written_by_another_key_does_not_resume_a_request(
     request of a ``resume=True`` action and replays the request; it is refused as a
     replay, not run again."""
     ran: list[str] = []
-    async with _serving(url, owner, device, _recorder(ran), resume=True) as (store, t, mine):
-        key, value = await _captured_request(store, mine, "Reboot")
+    release = asyncio.Event()
+    reboot = _held_recorder(ran, release)
+    async with _serving(url, owner, device, reboot, resume=True) as (store, t, mine):
+        key, value = await _captured_request(store, mine, "Reboot", release)
         rid = EntryRecord.from_bytes(value, ADDR.inbox, None).stored_key.decode()[2:]
         mallory = Identity.generate("mallory")
         outbox = ADDR.outbox
@@ -592,8 +598,9 @@ async def test_a_processed_request_id_is_kept_until_its_expiry_and_the_skew(
     """The thing's trust file keeps a request id it ran until the request's expiry plus
     the allowed clock skew: a replay until then is refused, and the file does not grow
     with ids that can no longer be replayed."""
-    async with _serving(url, owner, device, lambda request: "ok") as (store, t, mine):
-        _, value = await _captured_request(store, mine, "Reboot")
+    release = asyncio.Event()
+    async with _serving(url, owner, device, _held_recorder([], release)) as (store, t, mine):
+        _, value = await _captured_request(store, mine, "Reboot", release)
         record = EntryRecord.from_bytes(value, ADDR.inbox, None)
         rid = record.stored_key.decode().removeprefix("r/")
         expires = loads(record.stored_value or b"", "request")["exp"]
