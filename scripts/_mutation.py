@@ -1138,6 +1138,10 @@ def main() -> None:
     if unknown:
         sys.exit(f"not a mutation target: {', '.join(unknown)} (see --list)")
     OUT.mkdir(exist_ok=True)
+    # A stopped run (kill, a closed terminal) unwinds like Ctrl-C: the running mutant's
+    # processes are killed and the private copy of the tree is removed.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda signum, frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory(prefix="safething-mutation-") as tmp:
         work = Path(tmp)
         _copy_tree(work)
