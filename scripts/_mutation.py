@@ -130,6 +130,23 @@ GATEWAY_CORE = [
     "tests/gateway/test_registry.py",
     "tests/gateway/test_store_outage.py",
 ]
+# The registry: its own tests first (direct, no gateway), then the tests that revoke,
+# replay, journal, buffer and restore through a gateway (the core, its limits, the
+# crash and store-outage tests, things restored on demand), the file modes, the old
+# registries the link versions test opens, and revocation by the admin and the CLI.
+# No bridge tests: test_registry.py covers what the bridges ask of it (``waiting``).
+REGISTRY = [
+    "tests/gateway/test_registry.py",
+    "tests/gateway/test_core.py",
+    "tests/gateway/test_core_limits.py",
+    "tests/gateway/test_device_admin.py",
+    "tests/gateway/test_attacks_files.py",
+    "tests/gateway/test_store_outage.py",
+    "tests/gateway/test_attacks_crash.py",
+    "tests/gateway/test_things_on_demand.py",
+    "tests/gateway/test_link_versions.py",
+    "tests/gateway/test_config_cli.py",
+]
 # The gateway's refusal paths: tests that send what an attacker or a broken device sends,
 # the fastest and those that kill most first (-x stops at the first failure). Not the two
 # HTTP floods of results for unknown request ids (10 s each): test_core_limits.py checks
@@ -165,7 +182,7 @@ TARGETS: dict[str, list[str]] = {
     "safething/things/access.py": THINGS,
     "safething/things/thing.py": THING,
     "gateway/safething_gateway/protocol.py": GATEWAY_CORE,
-    "gateway/safething_gateway/registry.py": GATEWAY_CORE,
+    "gateway/safething_gateway/registry.py": REGISTRY,
     "gateway/safething_gateway/core.py": GATEWAY_REFUSALS,
     "gateway/safething_gateway/bridges/mqtt.py": MQTT_REFUSALS,
     "gateway/safething_gateway/bridges/coap.py": COAP_REFUSALS,
