@@ -299,3 +299,22 @@ def test_the_devices_a_bridge_delivers_to_after_it_connects(tmp_path: Path) -> N
         assert registry.waiting("mqtt") == []
     finally:
         registry.close()
+
+
+def test_the_announced_last_will_counter_is_taken_once(tmp_path: Path) -> None:
+    """The will's counter a device announced is taken once, and no other counter: the
+    gateway reads it before it takes it, so two deliveries of the will at once (the
+    broker's and a replay) both get this far, and only the first may count as the will."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        registry.add("sensor-01", "mqtt")
+        assert registry.use_will("sensor-01", 5) is False  # none announced
+        registry.set_will("sensor-01", 5)
+        assert registry.use_will("sensor-01", 6) is False  # not the announced counter
+        assert registry.get("sensor-01").will_counter == 5
+        assert registry.use_will("sensor-01", 5) is True
+        assert registry.get("sensor-01").will_counter is None
+        assert registry.use_will("sensor-01", 5) is False  # taken already
+        assert registry.use_will("nobody-01", 5) is False
+    finally:
+        registry.close()
