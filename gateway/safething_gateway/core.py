@@ -7,7 +7,10 @@ gateway checks, in this order, the frame (a counter below 2^63), the MAC
 device is revoked, the body's fields that the link itself uses, the counter
 (above the last accepted), and only then the device's rate, so a replayed
 or forged frame cannot spend the device's tokens, and a refused message does
-not spend its counter (the device may send it again). Then it decodes and
+not spend its counter (the device may send it again). The device's row comes
+from the registry's cache of recent rows (:meth:`Registry.cached`); the
+transaction that spends the counter checks again that the device is not revoked,
+so a device revoked by another process meanwhile is refused. Then it decodes and
 type-checks the body against the device's declared description and acts
 through the device's :class:`Thing` (whose keys it holds).
 
@@ -407,7 +410,9 @@ class Gateway(AsyncResource):
         message = data if isinstance(data, Frame) else parse_frame(data)
         if message.counter > MAX_COUNTER:
             raise BadMessageError(f"the counter must be below 2^63, got {message.counter}")
-        record = self.registry.find(device_id)
+        # A recently read row (its ``revoked`` may be out of date: the counter's
+        # transaction below refuses a device revoked meanwhile, by any process)
+        record = self.registry.cached(device_id)
         if record is None:
             # the same work and the same answer as a wrong MAC: ids cannot be listed
             with contextlib.suppress(BadMacError):
@@ -456,6 +461,7 @@ class Gateway(AsyncResource):
             except ReplayError:
                 self._refund(device_id)
                 raise
+            self.registry.counted(device_id, message.counter)
         if channel != "birth":
             await self._ensure_thing(record)
         try:

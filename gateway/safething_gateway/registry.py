@@ -17,6 +17,17 @@ device is told to retry, an MQTT message is kept unacknowledged and tried
 again). Reads use a second connection: in WAL mode they never wait for a
 writer, so they stay on the loop (microseconds).
 
+**The rows of the devices that speak.** :meth:`Registry.cached` answers the
+gateway's look-up of a device on every message from the rows it read recently
+(at most :data:`CACHED_DEVICES`; the one whose counter was accepted longest ago
+goes first): a row this
+registry changes is dropped from them once the change is committed, and the
+counter :meth:`Registry.counted` says was accepted is kept up to date. Another
+process (``safething device revoke``) can revoke a device meanwhile, so a cached
+row is never what refuses or admits a revoked device: the transaction that spends
+a message's counter (:meth:`Registry.accept`, :meth:`Registry.use_will`) spends it
+only for a device that is not revoked, else raises :class:`RevokedDeviceError`.
+
 **File mode.** The file is created with mode 0600, and an existing file
 with a looser mode is set to 0600 when it is opened (it holds every
 device's secret).
@@ -38,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -53,6 +64,7 @@ from safething_gateway.protocol import (
 )
 
 __all__ = [
+    "CACHED_DEVICES",
     "MAX_PENDING_DOWNLINKS",
     "BufferedUplink",
     "DeviceRecord",
@@ -70,6 +82,9 @@ _T = TypeVar("_T")
 MAX_PENDING_DOWNLINKS = 256
 """Downlinks queued for one device at most (action requests and desired values it has
 not acknowledged); the total is this times the provisioned devices."""
+
+CACHED_DEVICES = 4096
+"""Device rows :meth:`Registry.cached` keeps (about 4 KB each, with its description)."""
 
 LINKED_TRANSPORTS = ("mqtt", "coap", "http")
 """Transports of devices that speak the device link (docs/protocol.md) to the gateway."""
@@ -219,6 +234,13 @@ class Registry:
         self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any], Any]] = []
         self._draining = False
         self._read_lock = threading.Lock()
+        self._cache: dict[str, DeviceRecord] = {}
+        """Recently used device rows (see the module docstring), least recent first."""
+        self._cache_lock = threading.Lock()
+        self._generation = 0
+        """Bumped by every change of a device row: a row read before it is not cached."""
+        self._changed: list[str] = []
+        """Devices whose rows a group commit changed: dropped from the cache after it."""
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="safething-registry"
         )
@@ -321,6 +343,9 @@ class Registry:
                 return [(False, self._failed(e)) for _ in calls]
             finally:
                 self._batching = False
+                changed, self._changed = self._changed, []
+                for device_id in changed:
+                    self._forget(device_id)
             return outcomes
 
     def _failed(self, e: sqlite3.Error) -> StoreError:
@@ -433,6 +458,57 @@ class Registry:
             row = db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
         return None if row is None else _record(row)
 
+    def cached(self, device_id: str) -> DeviceRecord | None:
+        """:meth:`find`, from the rows read recently (the gateway's look-up on every
+        message). Its ``revoked`` may be out of date (another process revokes): the
+        counter's transaction decides (see the module docstring); its ``rx_counter`` is
+        the last one :meth:`counted`, or newer."""
+        cache = self._cache
+        record = cache.get(device_id)
+        if record is not None:
+            return record
+        generation = self._generation
+        record = self.find(device_id)
+        if record is not None:
+            with self._cache_lock:
+                if generation == self._generation:  # no row changed while it was read
+                    cache[device_id] = record
+                    if len(cache) > CACHED_DEVICES:
+                        del cache[next(iter(cache))]
+        return record
+
+    def counted(self, device_id: str, counter: int) -> None:
+        """``counter`` of the device was accepted (:meth:`accept` returned): the cached
+        row has it as its ``rx_counter``, so a replay is refused before it costs a write."""
+        with self._cache_lock:
+            record = self._cache.pop(device_id, None)
+            if record is not None:
+                if record.rx_counter < counter:
+                    record = replace(record, rx_counter=counter)
+                self._cache[device_id] = record  # the most recently used now
+
+    def _forget(self, device_id: str) -> None:
+        with self._cache_lock:
+            self._generation += 1
+            self._cache.pop(device_id, None)
+
+    def _spend_counter(
+        self, db: sqlite3.Connection, device_id: str, counter: int, now: float
+    ) -> None:
+        try:
+            _spend_counter(db, device_id, counter, now)
+        except RevokedDeviceError:
+            self._change(device_id)  # revoked by another process: no longer cached
+            raise
+
+    def _change(self, device_id: str) -> None:
+        """The device's row was changed: drop it from the cache once that is committed
+        (now, or after the group commit this call is part of)."""
+        if self._batching and threading.get_ident() == self._batch_thread:
+            self._changed.append(device_id)
+        else:
+            self._forget(device_id)
+
     def devices(self) -> list[DeviceRecord]:
         with self._reading() as db:
             rows = db.execute("SELECT * FROM devices ORDER BY id").fetchall()
@@ -478,6 +554,7 @@ class Registry:
             db.execute(
                 "UPDATE devices SET registered = 1 WHERE id = ? AND registered = 0", (device_id,)
             )
+        self._change(device_id)
 
     def revoke(self, device_id: str) -> None:
         with self._transaction() as db:
@@ -487,11 +564,13 @@ class Registry:
             if cur.rowcount == 0:
                 raise UnknownDeviceError(f"unknown device {device_id!r}")
             db.execute("DELETE FROM downlinks WHERE device_id = ?", (device_id,))
+        self._change(device_id)
 
     def accept_counter(self, device_id: str, counter: int) -> None:
-        """Record ``counter`` as the device's newest; ``ReplayError`` unless it is newer."""
+        """Record ``counter`` as the device's newest; ``ReplayError`` unless it is newer,
+        :class:`RevokedDeviceError` for a revoked device."""
         with self._writing() as db:
-            _spend_counter(db, device_id, counter, time.time())
+            self._spend_counter(db, device_id, counter, time.time())
 
     def accept(
         self,
@@ -506,15 +585,17 @@ class Registry:
         (``journal``: channel, body, content format) until the gateway has written it
         to the store (:meth:`unbuffer`; replayed by the gateway after a crash), or a
         birth's ``description`` (its thing is registered from it after a crash).
-        Returns the journal entry's id."""
+        Returns the journal entry's id. A revoked device's counter is not spent
+        (:class:`RevokedDeviceError`), whatever a cached row said."""
         now = time.time()
         with self._transaction() as db:
-            _spend_counter(db, device_id, counter, now)
+            self._spend_counter(db, device_id, counter, now)
             if description is not None:
                 db.execute(
                     "UPDATE devices SET description = ?, registered = 0 WHERE id = ?",
                     (json.dumps(description), device_id),
                 )
+                self._change(device_id)
             if journal is None:
                 return None
             channel, body, content_format = journal
@@ -528,15 +609,19 @@ class Registry:
     def set_will(self, device_id: str, counter: int | None) -> None:
         with self._writing() as db:
             db.execute("UPDATE devices SET will_counter = ? WHERE id = ?", (counter, device_id))
+        self._change(device_id)
 
     def use_will(self, device_id: str, counter: int) -> bool:
-        """Accept the announced last-will counter once (the broker sends the will later)."""
+        """Accept the announced last-will counter once (the broker sends the will later);
+        False for a revoked device (whose counter :meth:`accept` then refuses)."""
         with self._writing() as db:
             cur = db.execute(
-                "UPDATE devices SET will_counter = NULL WHERE id = ? AND will_counter = ?",
+                "UPDATE devices SET will_counter = NULL"
+                " WHERE id = ? AND will_counter = ? AND revoked = 0",
                 (device_id, counter),
             )
-            return cur.rowcount == 1
+        self._change(device_id)
+        return cur.rowcount == 1
 
     def set_online(self, device_id: str, online: bool) -> None:
         with self._writing() as db:
@@ -544,6 +629,7 @@ class Registry:
                 "UPDATE devices SET online = ?, last_seen = ? WHERE id = ?",
                 (int(online), time.time(), device_id),
             )
+        self._change(device_id)
 
     def set_description(
         self, device_id: str, description: dict[str, Any], *, registered: bool = True
@@ -555,10 +641,12 @@ class Registry:
                 "UPDATE devices SET description = ?, registered = ? WHERE id = ?",
                 (json.dumps(description), int(registered), device_id),
             )
+        self._change(device_id)
 
     def set_meta(self, device_id: str, meta: dict[str, Any]) -> None:
         with self._writing() as db:
             db.execute("UPDATE devices SET meta = ? WHERE id = ?", (json.dumps(meta), device_id))
+        self._change(device_id)
 
     # --- downlinks ---------------------------------------------------------------
 
@@ -706,15 +794,21 @@ def _settle(settled: list[tuple[asyncio.Future[Any], tuple[bool, Any]]]) -> None
 
 def _spend_counter(db: sqlite3.Connection, device_id: str, counter: int, now: float) -> None:
     """Record ``counter`` as the device's newest (and when it was seen); ``ReplayError``
-    unless it is above the last accepted, ``UnknownDeviceError`` for no such device."""
+    unless it is above the last accepted, ``RevokedDeviceError`` for a revoked device,
+    ``UnknownDeviceError`` for no such device."""
     cur = db.execute(
-        "UPDATE devices SET rx_counter = ?, last_seen = ? WHERE id = ? AND rx_counter < ?",
+        "UPDATE devices SET rx_counter = ?, last_seen = ?"
+        " WHERE id = ? AND rx_counter < ? AND revoked = 0",
         (counter, now, device_id, counter),
     )
     if cur.rowcount == 0:
-        row = db.execute("SELECT rx_counter FROM devices WHERE id = ?", (device_id,)).fetchone()
+        row = db.execute(
+            "SELECT rx_counter, revoked FROM devices WHERE id = ?", (device_id,)
+        ).fetchone()
         if row is None:
             raise UnknownDeviceError(f"unknown device {device_id!r}")
+        if row[1]:
+            raise RevokedDeviceError(f"device {device_id!r} is revoked")
         raise ReplayError(
             f"counter {counter} of {device_id!r} is not above the last accepted "
             f"({row[0]}): replayed or old message"

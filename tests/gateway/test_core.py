@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -161,6 +162,39 @@ async def test_revocation_drops_the_queued_downlinks(gateway: Gateway, device: D
     assert gateway.registry.queue_depth() == 0
     with pytest.raises(RevokedDeviceError):  # nor can it poll for them any more
         await gateway.handle("sensor-01", "poll", device.message("poll", {}))
+
+
+async def test_a_reading_racing_a_revocation_is_refused(
+    gateway: Gateway, device: Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway looks a device up in the registry's cache of recent rows; another
+    process (``safething device revoke``) revokes the device after that look-up and
+    before the counter is spent. The counter's transaction refuses it: nothing stored."""
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    await gateway.handle("sensor-01", "reading", device.message("reading", {"moisture": 1}))
+    assert gateway.registry.cached("sensor-01") is not None  # its row is cached, not revoked
+    cli = Registry(gateway.registry.path)  # the other process's registry on the same file
+    accept = gateway.registry.accept
+
+    def revoked_first(*args: Any, **kwargs: Any) -> int | None:
+        cli.revoke("sensor-01")
+        return accept(*args, **kwargs)
+
+    monkeypatch.setattr(gateway.registry, "accept", revoked_first)
+    try:
+        with pytest.raises(RevokedDeviceError):
+            await gateway.handle("sensor-01", "reading", device.message("reading", {"moisture": 2}))
+        assert cli.find("sensor-01").revoked  # type: ignore[union-attr]
+    finally:
+        cli.close()
+    things = ThingClient(Client(gateway.store))
+    reading = await things.read("sensor-01", "moisture")
+    assert (reading.seq, reading.value) == (1, 1.0)  # the second reading was not stored
+    assert gateway.registry.buffered() == []  # nor journaled for later
+    monkeypatch.undo()
+    with pytest.raises(RevokedDeviceError):  # and the next one is refused at once
+        await gateway.handle("sensor-01", "reading", device.message("reading", {"moisture": 3}))
+    assert gateway.registry.cached("sensor-01").revoked  # type: ignore[union-attr]
 
 
 async def test_a_device_cannot_claim_another_things_id(gateway: Gateway, device: Device) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from safething.errors import StoreError
+from safething_gateway import registry as registry_module
 from safething_gateway.protocol import ReplayError, RevokedDeviceError, UnknownDeviceError
 from safething_gateway.registry import (
     MAX_PENDING_DOWNLINKS,
@@ -316,5 +317,120 @@ def test_the_announced_last_will_counter_is_taken_once(tmp_path: Path) -> None:
         assert registry.get("sensor-01").will_counter is None
         assert registry.use_will("sensor-01", 5) is False  # taken already
         assert registry.use_will("nobody-01", 5) is False
+    finally:
+        registry.close()
+
+
+def test_a_revoked_device_spends_no_counter_whatever_was_cached(tmp_path: Path) -> None:
+    """The counter's transaction itself refuses a revoked device: ``accept`` raises
+    RevokedDeviceError (not a replay, nothing spent) and a pending last will is not used."""
+    registry = Registry(tmp_path / "gateway.db")
+    cli = Registry(tmp_path / "gateway.db")  # another process: ``safething device revoke``
+    try:
+        registry.add("sensor-01", "mqtt")
+        registry.set_will("sensor-01", 9)
+        assert registry.cached("sensor-01").revoked is False  # type: ignore[union-attr]
+        cli.revoke("sensor-01")
+        assert registry.cached("sensor-01").revoked is False  # type: ignore[union-attr]
+        assert registry.use_will("sensor-01", 9) is False
+        with pytest.raises(RevokedDeviceError, match="'sensor-01' is revoked"):
+            registry.accept("sensor-01", 5, journal=("reading", b"{}", "json"))
+        with pytest.raises(RevokedDeviceError):
+            registry.accept_counter("sensor-01", 6)
+        record = registry.get("sensor-01", allow_revoked=True)
+        assert (record.rx_counter, record.will_counter) == (0, 9)
+        assert registry.buffered() == []
+        # the refusal dropped the stale row: the next look-up reads the revocation
+        assert registry.cached("sensor-01").revoked is True  # type: ignore[union-attr]
+    finally:
+        cli.close()
+        registry.close()
+
+
+async def test_the_cached_row_follows_what_this_registry_commits(tmp_path: Path) -> None:
+    """A row this registry changes is read again (each change, alone or in a group
+    commit); an accepted counter is kept in the cached row; a row read while a change
+    was committed is not kept."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        registry.add("sensor-01", "mqtt")
+        registry.add("sensor-02", "mqtt")
+
+        def cached() -> DeviceRecord:
+            record = registry.cached("sensor-01")
+            assert record is not None
+            return record
+
+        assert cached() is cached()  # one read, then the same row
+        changes: list[tuple[Any, ...]] = [
+            (registry.set_description, "sensor-01", {"id": "sensor-01"}),
+            (registry.set_will, "sensor-01", 4),
+            (registry.use_will, "sensor-01", 4),
+            (registry.set_online, "sensor-01", True),
+            (registry.set_meta, "sensor-01", {"room": "attic"}),
+        ]
+        for change in changes:
+            before = cached()
+            change[0](*change[1:])
+            assert cached() is not before, change[0].__name__
+        assert cached().description == {"id": "sensor-01"}
+        assert cached().meta == {"room": "attic"}
+        assert cached().online and cached().will_counter is None
+        # in a group commit (calls queued behind a busy worker), read again once committed
+        before = cached()
+        first, release = await _hold_worker(registry)
+        waiting = [
+            asyncio.ensure_future(registry.call(registry.set_will, "sensor-01", 11)),
+            asyncio.ensure_future(registry.call(registry.accept, "sensor-02", 1)),
+            asyncio.ensure_future(
+                registry.call(registry.accept, "sensor-01", 2, description={"id": "x"})
+            ),
+        ]
+        await asyncio.sleep(0.05)
+        release.set()
+        await first
+        await asyncio.gather(*waiting)
+        assert cached() is not before
+        assert (cached().will_counter, cached().description) == (11, {"id": "x"})
+        # counted: the cached row has the counter (and never goes back)
+        registry.accept_counter("sensor-01", 7)
+        registry.counted("sensor-01", 7)
+        registry.counted("sensor-01", 3)
+        assert cached().rx_counter == 7
+        before = cached()
+        registry.mark_registered("sensor-01")
+        assert cached() is not before
+        # a change committed while the row is read: that row is not kept
+        find = registry.find
+
+        def changed_meanwhile(device_id: str) -> DeviceRecord | None:
+            record = find(device_id)
+            registry.set_meta(device_id, {"room": "cellar"})
+            return record
+
+        registry.revoke("sensor-02")
+        registry.find = changed_meanwhile  # type: ignore[method-assign]
+        assert registry.cached("sensor-02").meta == {}  # type: ignore[union-attr]
+        registry.find = find  # type: ignore[method-assign]
+        assert registry.cached("sensor-02").meta == {"room": "cellar"}  # type: ignore[union-attr]
+        assert registry.cached("sensor-02").revoked  # type: ignore[union-attr]
+    finally:
+        registry.close()
+
+
+def test_the_cache_keeps_the_rows_used_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_module, "CACHED_DEVICES", 2)
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        for i in range(3):
+            registry.add(f"sensor-0{i}", "mqtt")
+        a = registry.cached("sensor-00")
+        registry.cached("sensor-01")
+        registry.counted("sensor-00", 0)  # used again: sensor-01 is now the oldest
+        registry.cached("sensor-02")
+        assert list(registry._cache) == ["sensor-00", "sensor-02"]
+        assert registry.cached("sensor-00") is a
     finally:
         registry.close()
