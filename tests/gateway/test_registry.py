@@ -434,3 +434,55 @@ def test_the_cache_keeps_the_rows_used_last(
         assert registry.cached("sensor-00") is a
     finally:
         registry.close()
+
+
+async def test_calls_after_close_fail_at_once(tmp_path: Path) -> None:
+    """A write a bridge makes while the gateway closes the registry fails at once, the
+    second as the first: none waits for ever for a worker thread that is gone."""
+    registry = Registry(tmp_path / "gateway.db")
+    registry.add("sensor-01", "mqtt")
+    registry.close()
+    for _ in range(2):
+        async with asyncio.timeout(10):  # an upper bound: never reached when green
+            with pytest.raises(RuntimeError):
+                await registry.call(registry.accept_counter, "sensor-01", 1)
+
+
+async def test_a_read_during_a_group_commit_neither_waits_for_it_nor_sees_it(
+    tmp_path: Path,
+) -> None:
+    """While the worker thread runs a group commit (which may wait up to write_timeout for
+    another process's lock), a read from the event loop's thread goes on at once, on the
+    read connection: it sees what was committed, not the batch's writes so far."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        registry.add("sensor-01", "mqtt")
+        in_batch, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            in_batch.set()
+            release.wait(30)
+
+        first, release_first = await _hold_worker(registry)
+        batch = [
+            asyncio.ensure_future(registry.call(registry.accept_counter, "sensor-01", 4)),
+            asyncio.ensure_future(registry.call(hold)),
+        ]
+        await asyncio.sleep(0.05)  # both queued behind the first hold: one batch
+        release_first.set()
+        await first
+        try:
+            assert await asyncio.to_thread(in_batch.wait, 10)
+            read: list[int] = []
+            reader = threading.Thread(
+                target=lambda: read.append(registry.get("sensor-01").rx_counter), daemon=True
+            )
+            reader.start()
+            reader.join(10)  # at once, unless it waits for the batch (released below)
+            assert read == [0], "the read waited for the group commit, or saw its write"
+        finally:
+            release.set()
+        await asyncio.gather(*batch)
+        assert registry.get("sensor-01").rx_counter == 4
+    finally:
+        registry.close()
