@@ -29,11 +29,15 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_the_registry_and_its_side_files_are_private(tmp_path: Path) -> None:
+def test_the_registry_and_its_side_files_are_private(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "gateway.db"
     registry = Registry(path)
     registry.add("sensor-01", "http")
     assert _mode(path) == 0o600
+    Registry(path).close()  # opened again as it is: nothing to say
+    assert "readable by others" not in caplog.text
     # another process keeps the file open, so its -wal and -shm stay; someone (a backup
     # tool, a careless copy) opened all three up: the next start closes them again
     keeper = sqlite3.connect(path)
@@ -45,6 +49,7 @@ def test_the_registry_and_its_side_files_are_private(tmp_path: Path) -> None:
         f.chmod(0o644)
     again = Registry(path)
     try:
+        assert "had mode 0644, readable by others; set to 0600" in caplog.text
         assert _mode(path) == 0o600
         for f in sides:
             assert _mode(f) == 0o600, f
@@ -485,4 +490,39 @@ async def test_a_read_during_a_group_commit_neither_waits_for_it_nor_sees_it(
         await asyncio.gather(*batch)
         assert registry.get("sensor-01").rx_counter == 4
     finally:
+        registry.close()
+
+
+async def test_a_group_commit_whose_transaction_fails_leaves_the_file_unlocked(
+    tmp_path: Path,
+) -> None:
+    """The transaction of a group commit fails itself (here a call releases the batch's
+    savepoint, as an I/O error on the file would end it): every call of the batch gets
+    the error, nothing of theirs is kept, and the registry does not keep the
+    transaction open, holding the file's write lock (the CLI's ``device revoke`` would
+    wait for it) until its next write."""
+    path = tmp_path / "gateway.db"
+    registry = Registry(path)
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        registry.add("sensor-01", "mqtt")
+        first, release = await _hold_worker(registry)
+        waiting = [
+            asyncio.ensure_future(registry.call(registry.accept_counter, "sensor-01", 4)),
+            asyncio.ensure_future(
+                registry.call(lambda: registry._db.execute("RELEASE registry_call"))
+            ),
+        ]
+        await asyncio.sleep(0.05)  # both queued behind hold(): one batch
+        release.set()
+        await first
+        await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(w.exception(), StoreError) for w in waiting)
+        assert registry.get("sensor-01").rx_counter == 0
+        other.execute("BEGIN IMMEDIATE")  # the write lock is free (timeout=0: no wait)
+        other.execute("ROLLBACK")
+        await registry.call(registry.accept_counter, "sensor-01", 5)
+        assert registry.get("sensor-01").rx_counter == 5
+    finally:
+        other.close()
         registry.close()
