@@ -1129,6 +1129,11 @@ class Thing(AsyncResource):
         spec = self.description.action(request.action)
         work: asyncio.Future[Any] | None = None
         try:
+            if rid in self._cancel_requested:  # after this task was made (see _on_cancel)
+                await self._finish(
+                    rid, ActionState.CANCELLED, message="cancelled before it started"
+                )
+                return
             result = handler(request)
             if inspect.isawaitable(result):
                 work = asyncio.ensure_future(result)
@@ -1249,7 +1254,15 @@ class Thing(AsyncResource):
             )
         self._cancel_requested.add(rid)
         if task is not None:
-            task.cancel()
+            # A task cancelled before its first step never runs ``_run`` (nothing would
+            # write a final state or clear ``_running``): one not begun yet ends the
+            # request *cancelled* when it begins.
+            coro = task.get_coro()
+            if not (
+                inspect.iscoroutine(coro)
+                and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
+            ):
+                task.cancel()
             return
         await self._finish(rid, ActionState.CANCELLED, message="cancelled before it started")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import secrets
 import sqlite3
 import time
@@ -841,6 +842,42 @@ async def test_only_the_requester_or_owner_cancels(
         # the request and its cancellation are both purged
         await until(lambda: _inbox_empty(store), "request and cancellation purged")
         await requester.close()
+
+
+async def test_a_cancellation_before_the_requests_task_began_ends_it_cancelled(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """The inbox scan and the inbox feed may hand the thing a request and, at once, its
+    cancellation (both were in the inbox when the scan read it): the request's task is
+    made but has not begun when the cancellation comes. It ends *cancelled*, the handler
+    never runs, and the request leaves ``_running``; a task cancelled before its first
+    step never ran ``_run`` at all, so nothing wrote a final state (the requester timed
+    out) and the request stayed in ``_running`` for ever."""
+    ran: list[str] = []
+
+    def reboot(request: ActionRequest) -> str:
+        ran.append(request.request_id)
+        return "ok"
+
+    async with _serving(url, owner, device, reboot) as (store, t, mine):
+        rid = secrets.token_hex(8)
+        now = time.time()
+        signer = owner.public_sign_key
+        request = Entry(
+            f"r/{rid}".encode(), dumps({"a": "Reboot", "t": now, "exp": now + 30}), 0, signer
+        )
+        await t._on_inbox(request)  # taken on: its task made, not begun (no await since)
+        assert inspect.getcoroutinestate(t._running[rid].get_coro()) == inspect.CORO_CREATED
+        await t._on_inbox(Entry(f"c/{rid}".encode(), dumps({"t": now}), 0, signer))
+        await until(lambda: rid not in t._running, "the request ended")
+        outbox = Client(store).md(ADDR.outbox.name, ADDR.outbox.tag)
+        state = await outbox.get(f"r/{rid}")
+        assert state.signer == device.public_sign_key
+        assert loads(state.value or b"", "state")["s"] == "cancelled"
+        assert ran == []
+        # the owner's next request runs
+        assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
+        assert len(ran) == 1
 
 
 async def test_a_cancellation_during_the_accepted_write_stops_the_handler(
