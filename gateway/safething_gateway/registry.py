@@ -49,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -484,7 +484,7 @@ class Registry:
             record = self._cache.pop(device_id, None)
             if record is not None:
                 if record.rx_counter < counter:
-                    record = replace(record, rx_counter=counter)
+                    record = _with_counter(record, counter)
                 self._cache[device_id] = record  # the most recently used now
 
     def _forget(self, device_id: str) -> None:
@@ -813,6 +813,27 @@ def _spend_counter(db: sqlite3.Connection, device_id: str, counter: int, now: fl
             f"counter {counter} of {device_id!r} is not above the last accepted "
             f"({row[0]}): replayed or old message"
         )
+
+
+def _with_counter(r: DeviceRecord, counter: int) -> DeviceRecord:
+    """``r`` with ``rx_counter`` = ``counter`` (built directly: ``dataclasses.replace``
+    cost about 6 us, once per message)."""
+    return DeviceRecord(
+        r.device_id,
+        r.transport,
+        r.secret,
+        r.identity,
+        r.created,
+        r.revoked,
+        counter,
+        r.tx_counter,
+        r.will_counter,
+        r.description,
+        r.online,
+        r.last_seen,
+        r.meta,
+        r.protocol,
+    )
 
 
 @functools.lru_cache(maxsize=4096)
