@@ -8,7 +8,8 @@ Provisions ``--devices`` devices in a new registry beside a new SQLite store, se
 each one's ``birth`` through ``Gateway.handle``, then ``--readings`` readings (every
 device in order, the devices concurrently, as the MQTT bridge hands them over) and
 prints one JSON object: readings per second, CPU microseconds per reading of the
-process (every thread) and of the event loop's thread, and the load average. With
+process (every thread) and of the event loop's thread, the same for the births
+(``births_per_s``, ``cpu_us_per_birth``), and the load average. With
 ``--profile`` the readings (not the births) run under cProfile, the statistics go to
 FILE and the JSON also counts, per reading, the calls that cost the event loop most
 (SQLite statements, store reads, change-feed reads, trust-state writes, registry
@@ -83,7 +84,10 @@ async def _run(devices: int, readings: int, profile: Path | None) -> dict[str, A
                         async with births:
                             await gateway.handle(link.device_id, "birth", link.birth())
 
+                    born_wall, born_cpu = time.perf_counter(), time.process_time()
                     await asyncio.gather(*(birth(link) for link in links))
+                    born_wall = time.perf_counter() - born_wall
+                    born_cpu = time.process_time() - born_cpu
                     each = readings // devices
 
                     async def send(link: DeviceLink) -> None:
@@ -109,6 +113,8 @@ async def _run(devices: int, readings: int, profile: Path | None) -> dict[str, A
         "per_s": round(n / wall, 1),
         "cpu_us_per_reading": round(cpu / n * 1e6),
         "loop_cpu_us_per_reading": round(loop_cpu / n * 1e6),
+        "births_per_s": round(devices / born_wall, 1),
+        "cpu_us_per_birth": round(born_cpu / devices * 1e6),
         "load": round(os.getloadavg()[0], 2),
     }
     if profiler is not None and profile is not None:
