@@ -1118,8 +1118,6 @@ class Thing(AsyncResource):
         request = ActionRequest(rid, name, clean, entry.signer, deadline, self, resumed=resumed)
         self._mark_processed(rid, deadline)  # at most once, even across a crash
         self._requesters[rid] = entry.signer
-        if name in self._resumable:  # a restart finds it *accepted* and hands it over again
-            await self._accept(request)
         self._running[rid] = self._tasks.spawn(self._run(request, handler, enc), f"action-{rid}")
 
     async def _run(
@@ -1134,6 +1132,10 @@ class Thing(AsyncResource):
                     rid, ActionState.CANCELLED, message="cancelled before it started"
                 )
                 return
+            if request.action in self._resumable:
+                # a restart finds it *accepted* and hands it over again; in this task, so
+                # that a cancellation meanwhile stops it before the handler runs
+                await self._accept(request)
             result = handler(request)
             if inspect.isawaitable(result):
                 work = asyncio.ensure_future(result)

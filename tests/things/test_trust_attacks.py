@@ -798,6 +798,48 @@ async def test_a_resumable_request_is_accepted_before_its_handler_starts(
     assert seen == ["accepted"]
 
 
+async def test_a_cancellation_while_a_resumable_request_is_accepted_never_runs_it(
+    url: str, owner: Identity, device: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For ``resume=True`` handlers *accepted* is written before the handler runs. A
+    cancellation handed over while that write is under way (by the inbox scan: the feed
+    that delivered the request waits on the write) ends the request *cancelled*, and the
+    handler never runs. (The write was made before the request's task: the cancellation
+    found no task, ended the request, and the handler ran after it.) The thing's own
+    store holds the write until the cancellation has been handed over."""
+    ran: list[str] = []
+    armed, held, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    async with (
+        await open_store(url) as store,
+        await open_store(url) as own,
+        ThingClient(Client(store, owner)) as mine,
+    ):
+        real_commit = own.commit
+
+        async def commit(writes: Any, **kwargs: Any) -> list[int | Exception]:
+            outbox = any(w.key.startswith(ADDR.outbox.prefix) for w in writes)
+            if outbox and armed.is_set() and not held.is_set():
+                held.set()  # the first state written for the request: *accepted*
+                await release.wait()
+            return await real_commit(writes, **kwargs)
+
+        monkeypatch.setattr(own, "commit", commit)
+        async with Thing(garden_description(), identity=device, owner=owner.public, store=own) as t:
+            t.on_action("Reboot", lambda request: ran.append(request.request_id), resume=True)
+            await t.register()
+            await t.publish()
+            armed.set()
+            handle = await mine.request(THING, "Reboot")
+            rid = handle.request_id
+            await until(held.is_set, "the thing writes accepted")
+            cancel = Entry(f"c/{rid}".encode(), dumps({"t": time.time()}), 0, owner.public_sign_key)
+            await t._on_inbox(cancel)  # as the inbox scan hands it over
+            release.set()
+            assert (await handle.wait(TIMEOUT)).state == "cancelled"
+            await until(lambda: rid not in t._running and rid not in t._handling, "ended")
+            assert ran == []
+
+
 async def _has(md: Any, key: str) -> bool:
     try:
         await md.get(key)
