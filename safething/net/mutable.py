@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 
 from safething.errors import (
@@ -312,16 +312,26 @@ class MutableData:
         *,
         versions: Mapping[bytes | str, int | None] | None = None,
         atomic: bool = False,
+        assume_new: Collection[bytes | str] = (),
     ) -> list[_Entry]:
         """Insert or update many entries, signed one by one, committed in one batch.
 
         ``versions`` names, for some keys, the version you read (``None``: the
         key must not exist); any other raises ``ConflictError``. With
         ``atomic`` all entries are written or none is.
+
+        ``assume_new``: keys you expect not to exist (a history slot written for
+        the first time). One that this client holds no version of is not read
+        first: it is written as new, and if the store has it after all the store
+        refuses the write (compare-and-set), the key is read and verified, and the
+        batch is decided again, as if it had been read.
         """
         clean = {_check_entry_key(as_bytes(k, "key")): as_bytes(v) for k, v in items.items()}
         expected = {as_bytes(k, "key"): v for k, v in (versions or {}).items()}
-        return await self._write(clean, mode="put", versions=expected, atomic=atomic)
+        unread = {as_bytes(k, "key") for k in assume_new}
+        return await self._write(
+            clean, mode="put", versions=expected, atomic=atomic, assume_new=unread
+        )
 
     async def delete(self, key: bytes | str, *, version: int | None = None) -> _Entry:
         """Delete an entry (a signed tombstone at the next version)."""
@@ -362,9 +372,12 @@ class MutableData:
         expect_version: int | None = None,
         versions: Mapping[bytes, int | None] | None = None,
         atomic: bool = False,
+        assume_new: set[bytes] | None = None,
     ) -> list[_Entry]:
         client = self.client
         versions = versions or {}
+        # keys not read before they are written (see put_many), until one conflicts
+        unread = set() if assume_new is None else set(assume_new)
         me = client._writer()
         store = client.store
         quota = Quota(self.address.entry_prefix, _MAX_ENTRIES, _MAX_MD_BYTES)
@@ -385,7 +398,7 @@ class MutableData:
                     raise
                 client._pin(self.address).seen = None  # refuse only on the store's header
                 continue
-            current = await self._current(header, list(pending))
+            current = await self._current(header, list(pending), unread)
             writes: list[Write] = []
             planned: list[tuple[bytes, _Entry]] = []
             digests: list[bytes] = []
@@ -471,6 +484,10 @@ class MutableData:
                     for r in results
                     if isinstance(r, Exception) and not isinstance(r, AbortedWriteError)
                 )
+                blind = self._unread_key(refusal, unread)
+                if blind is not None:
+                    unread.discard(blind)  # it exists after all: read it, decide again
+                    continue
                 if not isinstance(refusal, ConflictError) or versions or expect_version is not None:
                     raise refusal
                 continue  # nothing was written: decide the whole batch again
@@ -478,6 +495,10 @@ class MutableData:
                 store_key = self.address.entry_key(self._stored_key(key))
                 if isinstance(result, ConflictError):
                     client._known.pop(store_key, None)
+                    if self._unread_key(result, unread) == key:
+                        unread.discard(key)  # it exists after all: read it, write again
+                        retry[key] = pending[key]
+                        continue
                     if expect_version is not None or key in versions:
                         raise ConflictError(
                             result.key, expected=result.expected, current=result.current
@@ -507,10 +528,20 @@ class MutableData:
             pending = retry
         raise ConflictError(self.address.entry_prefix, expected=0, current=0)
 
+    def _unread_key(self, refusal: Exception, unread: set[bytes]) -> bytes | None:
+        """The key of ``unread`` that ``refusal`` (a store's conflict) is about, if any."""
+        if not isinstance(refusal, ConflictError) or not unread:
+            return None
+        for key in unread:
+            if self.address.entry_key(self._stored_key(key)) == refusal.key:
+                return key
+        return None
+
     async def _current(
-        self, header: _MDHeader, keys: list[bytes]
+        self, header: _MDHeader, keys: list[bytes], unread: Collection[bytes] = ()
     ) -> dict[bytes, tuple[_Entry, int]]:
-        """Verified current entries (and their store revisions) for ``keys``."""
+        """Verified current entries (and their store revisions) for ``keys``; those of
+        ``unread`` that this client holds no version of are taken as absent."""
         store = self.client.store
         known = self.client._known
         result: dict[bytes, tuple[_Entry, int]] = {}
@@ -519,7 +550,7 @@ class MutableData:
             store_key = self.address.entry_key(self._stored_key(k))
             if store_key in known:
                 result[k] = known[store_key][:2]
-            else:
+            elif k not in unread:
                 wanted[store_key] = k
         if not wanted:
             return result

@@ -699,6 +699,7 @@ class Thing(AsyncResource):
                 t = time.time()
                 writes: dict[bytes | str, bytes | str] = {}
                 versions: dict[bytes | str, int | None] = {}
+                slots: list[bytes] = []
                 seqs: list[int] = []
                 for pointer, slot, value, level in items:
                     seq, version = self._seq.get(pointer, (0, None))
@@ -706,11 +707,18 @@ class Thing(AsyncResource):
                         seq=seq + 1, t=t, value=value, level=level, ring=self._ring
                     )
                     writes[pointer] = data
-                    writes[slot(seq + 1)] = data
+                    slots.append(slot(seq + 1))
+                    writes[slots[-1]] = data
                     versions[pointer] = version
                     seqs.append(seq + 1)
                 try:
-                    entries = await md.put_many(writes, versions=versions, atomic=True)
+                    # A slot this thing has not written or read since it started is new
+                    # (register() reads the stored ones): not read first (one store read
+                    # less per reading while a ring fills; the store refuses one that
+                    # exists after all, and it is read then).
+                    entries = await md.put_many(
+                        writes, versions=versions, atomic=True, assume_new=slots
+                    )
                 except ConflictError:
                     for pointer, _, _, _ in items:
                         try:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -316,6 +317,61 @@ async def test_an_atomic_batch_that_lost_a_race_is_decided_again(
     with pytest.raises(LimitExceededError):
         await md.put_many({"bigger": b"x" * 600_000, "c": "1"}, atomic=True)
     assert set(await md.entries()) == {b"a", b"b", b"big"}
+
+
+async def test_keys_assumed_new_are_not_read_unless_they_exist(
+    store: Store, client: Client, alice: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``assume_new``: a key the writer holds no version of is written as new without a
+    read; one that exists after all (another writer's, or a forged record) is refused by
+    the store's compare-and-set, then read, verified and written past, as if read first."""
+    md = await client.create_md(NAME, TAG_THING)
+    await md.put_many({"p": "0", "s1": "other", "s2": "other"})
+    mallory = Identity.generate()
+    forged = EntryRecord.create(
+        md.address,
+        signer=mallory.sign_key,
+        stored_key=b"s3",
+        sealed_key=None,
+        stored_value=b"mallory's",
+        version=7,
+    )
+    await store.put(md.address.entry_key(b"s3"), forged.to_bytes())
+    writer = Client(store, alice)  # the same identity, nothing read yet (a restart)
+    wmd = writer.md(NAME, TAG_THING)
+    reads: list[str] = []
+    get = store.get
+
+    async def counted(key: str) -> Any:
+        reads.append(key)
+        return await get(key)
+
+    monkeypatch.setattr(store, "get", counted)
+    (p, s0) = await wmd.put_many(
+        {"p": "1", "s0": "1"}, versions={"p": 0}, atomic=True, assume_new=["s0"]
+    )
+    assert (p.version, s0.version) == (1, 0)
+    assert md.address.entry_key(b"s0") not in reads  # not read: it was new
+    assert md.address.entry_key(b"p") in reads
+    # it exists (another writer's): refused by the store, read, written past it
+    (p, s1) = await wmd.put_many(
+        {"p": "2", "s1": "2"}, versions={"p": 1}, atomic=True, assume_new=["s1"]
+    )
+    assert (p.version, s1.version) == (2, 1)
+    assert md.address.entry_key(b"s1") in reads
+    (s2,) = await wmd.put_many({"s2": "3"}, assume_new=["s2"])  # not atomic: the same
+    assert s2.version == 1
+    # a forged record under the key: read, refused and counted, written past
+    (s3,) = await wmd.put_many({"s3": "4"}, atomic=True, assume_new=["s3"])
+    assert s3.version == 1 and writer.tampered_count == 1
+    reader = Client(store).md(NAME, TAG_THING)
+    assert {k: (e.version, e.value) for k, e in (await reader.entries()).items()} == {
+        b"p": (2, b"2"),
+        b"s0": (0, b"1"),
+        b"s1": (1, b"2"),
+        b"s2": (1, b"3"),
+        b"s3": (1, b"4"),
+    }
 
 
 async def test_a_writer_with_update_rights_writes_over_a_forged_entry(
