@@ -981,6 +981,25 @@ async def test_an_inbox_record_that_is_not_a_map_is_dropped(
             assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
 
 
+async def test_a_garbled_inbox_record_does_not_stop_the_inbox_scan(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """The attacker writes garbage under a key of the thing's inbox while the thing is
+    down (no valid record: it fails verification). The inbox scan at the next start
+    leaves it out, counted as tampered, and the thing serves the owner's requests. (A
+    scan that raised on it ended the thing's inbox task: every request timed out.)"""
+    async with await open_store(url) as store:
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            await t.publish()
+        await store.put(ADDR.inbox.entry_key(b"r/0123456789abcdef"), b"garbage")
+        async with _thing(device, owner, url) as t, ThingClient(Client(store, owner)) as mine:
+            t.on_action("Reboot", lambda request: "ok")
+            await t.register()
+            assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
+            assert t.client.tampered_count >= 1
+
+
 async def test_only_the_requester_or_owner_cancels_a_request_still_waiting(
     url: str, owner: Identity, device: Identity
 ) -> None:
