@@ -528,3 +528,47 @@ async def test_a_group_commit_whose_transaction_fails_leaves_the_file_unlocked(
     finally:
         other.close()
         registry.close()
+
+
+async def test_a_call_the_file_refuses_in_a_group_commit_fails_alone(tmp_path: Path) -> None:
+    """One call of a group commit meets an error of SQLite itself (here a statement on a
+    table that does not exist, standing in for an I/O error): that call gets a
+    StoreError and only its savepoint is rolled back; the calls before and after it
+    in the batch are committed."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        registry.add("sensor-01", "mqtt")
+        registry.add("sensor-02", "mqtt")
+
+        def refused() -> None:
+            with registry._writing() as db:
+                db.execute("UPDATE no_such_table SET x = 1")
+
+        first, release = await _hold_worker(registry)
+        waiting = [
+            asyncio.ensure_future(registry.call(registry.accept_counter, "sensor-01", 4)),
+            asyncio.ensure_future(registry.call(refused)),
+            asyncio.ensure_future(registry.call(registry.accept_counter, "sensor-02", 5)),
+        ]
+        await asyncio.sleep(0.05)  # all three queued behind hold(): one batch
+        release.set()
+        await first
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        assert outcomes[0] is None and outcomes[2] is None, outcomes
+        assert isinstance(outcomes[1], StoreError) and "no_such_table" in str(outcomes[1])
+        assert [registry.get(f"sensor-0{i}").rx_counter for i in (1, 2)] == [4, 5]
+    finally:
+        registry.close()
+
+
+def test_buffered_uplinks_are_named_by_their_ids(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        registry.add("sensor-01", "mqtt")
+        ids = [registry.buffer("sensor-01", "reading", b'{"m":%d}' % i, "json") for i in (1, 2)]
+        assert ids == [u.id for u in registry.buffered()] and 0 not in ids
+        registry.unbuffer(ids[:1])
+        assert [u.body for u in registry.buffered()] == [b'{"m":2}']
+        assert registry.buffer_depth() == 1
+    finally:
+        registry.close()
