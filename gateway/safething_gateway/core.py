@@ -435,9 +435,10 @@ class Gateway(AsyncResource):
                 f"({record.rx_counter}): replayed or old message"
             )
         description = None
+        born: ThingDescription | None = None
         if channel == "birth":
             try:
-                description = self._birth_description(record, body)
+                description, born = self._birth_description(record, body)
             except PayloadError as e:
                 raise self._sealed_reason(record, channel, e) from e
         self._rate_limit(record)
@@ -466,7 +467,7 @@ class Gateway(AsyncResource):
             await self._ensure_thing(record)
         try:
             result = await self._dispatch(
-                record, channel, body, plain, content_format, uplink=uplink
+                record, channel, body, plain, content_format, uplink=uplink, born=born
             )
         except PayloadError as e:
             raise self._sealed_reason(record, channel, e) from e
@@ -557,11 +558,15 @@ class Gateway(AsyncResource):
         content_format: str,
         *,
         uplink: int | None = None,
+        born: ThingDescription | None = None,
     ) -> list[OutboundDownlink]:
+        """``born``: a birth's description, checked by the caller before the counter."""
         device_id = record.device_id
         registry = self.registry
         if channel == "birth":
-            await self._birth(record, self._birth_description(record, body))
+            if born is None:
+                born = self._birth_description(record, body)[1]
+            await self._birth(record, born)
             await self.deliver(device_id)
         elif channel == "state":
             online = _field(body, "online", bool)
@@ -612,8 +617,11 @@ class Gateway(AsyncResource):
         self._written.clear()
 
     @staticmethod
-    def _birth_description(record: DeviceRecord, body: Any) -> dict[str, Any]:
-        """The checked description of a birth (before its counter is spent)."""
+    def _birth_description(
+        record: DeviceRecord, body: Any
+    ) -> tuple[dict[str, Any], ThingDescription]:
+        """The checked description of a birth (before its counter is spent), as a
+        document and parsed (handed on to the thing: parsed once per birth)."""
         doc = body.get("description") if isinstance(body, dict) else None
         if not isinstance(doc, dict):
             raise PayloadError("birth needs {'description': <thing description>}")
@@ -625,13 +633,14 @@ class Gateway(AsyncResource):
             raise PayloadError(
                 f"description id {desc.id!r} is not the device id {record.device_id!r}"
             )
-        checked = desc.to_dict()
-        _remember(checked, desc)
-        return checked
+        return desc.to_dict(), desc
 
-    async def _birth(self, record: DeviceRecord, description: dict[str, Any]) -> None:
+    async def _birth(self, record: DeviceRecord, desc: ThingDescription) -> None:
+        """The born device's thing (registered and published), then the registry: its
+        thing is in the store (unless the store did not answer) and it is online. The
+        description itself was kept with the birth's counter (:meth:`Registry.accept`)."""
         try:
-            await self._thing_for(record, description)
+            await self._thing_for(record, desc.to_dict(), desc)
         except StoreError as e:
             # Its counter is taken (and over MQTT the message acknowledged): the device
             # will not send it again, so keep the verified birth and register the thing
@@ -641,12 +650,8 @@ class Gateway(AsyncResource):
             self._buffering = True
         registry = self.registry
         await registry.call(
-            registry.set_description,
-            record.device_id,
-            description,
-            registered=record.device_id not in self._unborn,
+            registry.set_born, record.device_id, registered=record.device_id not in self._unborn
         )
-        await registry.call(registry.set_online, record.device_id, True)
 
     async def _restore(self, record: DeviceRecord) -> None:
         """Bring up the thing of a device born before; a store that does not answer
@@ -734,11 +739,15 @@ class Gateway(AsyncResource):
         writable attributes forwarded to it; any other (an adopted device) gets no
         handlers: its adapter installs its own on the returned thing.
         """
-        return await self._thing_for(record, description.to_dict())
+        return await self._thing_for(record, description.to_dict(), description)
 
-    async def _thing_for(self, record: DeviceRecord, doc: dict[str, Any]) -> Thing:
-        """The device's custodial thing, (re)registered if its description changed."""
-        desc = _parsed(doc)
+    async def _thing_for(
+        self, record: DeviceRecord, doc: dict[str, Any], desc: ThingDescription | None = None
+    ) -> Thing:
+        """The device's custodial thing, (re)registered if its description changed;
+        ``desc``: ``doc`` parsed already."""
+        if desc is None:
+            desc = _parsed(doc)
         current = self.things.get(record.device_id)
         if current is not None and current.description == desc:
             return current
@@ -1056,8 +1065,8 @@ _INBOX_PREFIX = INBOX_PREFIX
 
 
 _PARSED: OrderedDict[str, ThingDescription] = OrderedDict()
-"""The last descriptions parsed, by canonical JSON: a birth is checked before its counter
-is spent, again when it is handled, then given to its thing (each parse about 0.5 ms)."""
+"""The last descriptions parsed, by canonical JSON (each parse about 0.5 ms): a device that
+sends its birth again (a reboot) or whose thing is restored with the same description."""
 _PARSED_MAX = 64
 
 

@@ -643,6 +643,16 @@ class Registry:
             )
         self._change(device_id)
 
+    def set_born(self, device_id: str, *, registered: bool) -> None:
+        """The device was born (its description kept by :meth:`accept`) and is online;
+        ``registered``: its thing is in the store (else :meth:`mark_registered` later)."""
+        with self._writing() as db:
+            db.execute(
+                "UPDATE devices SET registered = ?, online = 1, last_seen = ? WHERE id = ?",
+                (int(registered), time.time(), device_id),
+            )
+        self._change(device_id)
+
     def set_meta(self, device_id: str, meta: dict[str, Any]) -> None:
         with self._writing() as db:
             db.execute("UPDATE devices SET meta = ? WHERE id = ?", (json.dumps(meta), device_id))

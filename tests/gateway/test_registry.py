@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import sqlite3
 import stat
 import threading
@@ -374,11 +375,13 @@ async def test_the_cached_row_follows_what_this_registry_commits(tmp_path: Path)
             (registry.use_will, "sensor-01", 4),
             (registry.set_online, "sensor-01", True),
             (registry.set_meta, "sensor-01", {"room": "attic"}),
+            (registry.set_online, "sensor-01", False),
+            (functools.partial(registry.set_born, registered=False), "sensor-01"),
         ]
         for change in changes:
             before = cached()
             change[0](*change[1:])
-            assert cached() is not before, change[0].__name__
+            assert cached() is not before, change
         assert cached().description == {"id": "sensor-01"}
         assert cached().meta == {"room": "attic"}
         assert cached().online and cached().will_counter is None
