@@ -337,7 +337,7 @@ class Archive:
             if days:
                 rows = decode_index(await md.get_value(index_key(kind, name, days[-1])), "index")
                 archived = max((r.last for r in rows), default=0)
-            ring_prefix = "ah/" + name + "/" if kind == "a" else "e/" + name + "/"
+            ring_prefix = _ring_prefix(kind, name)
             stream = _Stream(kind, name, level, size, ring_prefix, archived=archived)
             for slot in range(size):
                 key = f"{ring_prefix}{slot}".encode()
@@ -356,6 +356,12 @@ class Archive:
                     stream.pending.append((seq, t, value))
             stream.pending.sort(key=lambda p: p[0])
             self._streams[pointer] = stream
+
+    def restore_new(self, levels: dict[bytes, tuple[str, str, str | None, int]]) -> None:
+        """At the register of a thing whose MDs were created just now: nothing archived,
+        every ring empty (``levels`` as for :meth:`restore`)."""
+        for pointer, (kind, name, level, size) in levels.items():
+            self._streams[pointer] = _Stream(kind, name, level, size, _ring_prefix(kind, name))
 
     async def record(self, pointer: bytes, seq: int, t: float, value: Any) -> None:
         """A value was just written at ``seq``; archive the ring before it wraps."""
@@ -445,6 +451,11 @@ class Archive:
         for key in await md.keys():
             if _is_day_key(key, prefix) and int(key[len(prefix) :]) < oldest:
                 await md.purge(key)
+
+
+def _ring_prefix(kind: str, name: str) -> str:
+    """Where a stream's ring slots are in the thing's MD (``kind``: "a" or "e")."""
+    return "ah/" + name + "/" if kind == "a" else "e/" + name + "/"
 
 
 def _is_day_key(key: bytes, prefix: bytes) -> bool:

@@ -170,10 +170,17 @@ class _Batch:
         if then is not None:
             self.after.append(then)
 
-    async def commit(self, md: MutableData) -> None:
+    async def commit(self, md: MutableData, *, fresh: bool = False) -> None:
+        """``fresh``: the MD was created just now, so no entry is read first (one that
+        exists after all fails the commit with ``ConflictError``)."""
         if not self.items:
             return
-        await md.put_many(self.items, versions=self.versions, atomic=True)
+        await md.put_many(
+            self.items,
+            versions=self.versions,
+            atomic=True,
+            assume_new=self.items.keys() if fresh else (),
+        )
         for then in self.after:
             then()
 
@@ -369,7 +376,8 @@ class Thing(AsyncResource):
 
         The entries of the thing's MD that need writing (its key list, level keys,
         description, a new thing's status) are signed one by one and committed
-        together.
+        together. A thing whose four MDs this call created, and of which its trust
+        state knows nothing, reads nothing back (see :meth:`_register_new`).
         """
         client = self.client
         budget = self._budget()
@@ -393,6 +401,14 @@ class Thing(AsyncResource):
             [(a.name, a.tag, perms) for a, (_, perms) in zip(addresses, grants, strict=True)],
             owners=owners,
         )
+        if all(made is not None for made in created) and self._knows_nothing():
+            try:
+                await self._register_new(publish)
+            except ConflictError:  # something was written there meanwhile: the long way
+                log.warning("thing %s: its new MDs were written to meanwhile", self.id)
+            else:
+                await self._serve()
+                return
         for address, made in zip(addresses, created, strict=True):
             if made is None:  # the address was taken
                 record = await client.store.get(address.header_key)
@@ -446,6 +462,52 @@ class Thing(AsyncResource):
         await self._restore_sequences(md)
         await self._archive.restore(self._streams())
         await self._trim_outbox()
+        await self._serve()
+
+    def _knows_nothing(self) -> bool:
+        """This thing's trust state holds no status and no level key of it (a thing
+        whose store was wiped while its trust state was kept takes the long way)."""
+        trust = self.trust
+        return trust.value(self._status_name()) is None and all(
+            trust.value(self._level_name(level)) is None for level in ("thing", "owner", "group")
+        )
+
+    async def _register_new(self, publish: bool) -> None:
+        """:meth:`register` of a thing whose MDs were all created just now (their headers
+        signed by this client and trusted as signed): nothing to read back or repair, no
+        sequence, history or outbox to restore. Its entries are written as new in one
+        commit; if the store holds one after all, ``ConflictError`` and nothing written."""
+        md = self._md("thing")
+        batch = _Batch()
+        batch.put(
+            layout.KEYS,
+            dumps({"thing": self.identity.public.to_dict(), "owner": self.owner.to_dict()}),
+            new=True,
+        )
+        for level, who in self._level_readers().items():
+            secret = SecretKey.generate()
+            record = make_key_record(0, secret, who)
+            batch.put(
+                f"k/{level}",
+                record,
+                functools.partial(self._new_level_key, level, secret, record),
+                new=True,
+            )
+        batch.put(layout.DESC, dumps(self.description.to_dict()), new=True)
+        first = "published" if publish else "registered"
+        batch.put(
+            layout.STATUS,
+            _status_record(first),
+            functools.partial(self._trusted_status, first),
+            new=True,
+        )
+        await batch.commit(md, fresh=True)
+        for pointer in self._streams():
+            self._seq[pointer] = (0, None)
+        self._archive.restore_new(self._streams())
+
+    async def _serve(self) -> None:
+        """The end of :meth:`register`: its own view, then its tasks (once)."""
         # What this thing knows of itself: all of it written or verified just now.
         self.things.own_view(
             self.id, self.description, self.status, self.identity.public, self.owner, self._ring
@@ -496,13 +558,16 @@ class Thing(AsyncResource):
         else:
             await md.put(key, data)
 
-    async def _ensure_level_keys(self, md: MutableData, batch: _Batch) -> None:
-        readers = {
+    def _level_readers(self) -> dict[str, list[PublicIdentity]]:
+        """Who each level key is sealed to."""
+        return {
             "thing": [self.identity.public],
             "owner": [self.owner, self.identity.public],
             "group": [self.owner, self.identity.public],
         }
-        for level, who in readers.items():
+
+    async def _ensure_level_keys(self, md: MutableData, batch: _Batch) -> None:
+        for level, who in self._level_readers().items():
             key = f"k/{level}"
             trusted = self.trust.value(self._level_name(level))
             try:

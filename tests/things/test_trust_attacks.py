@@ -29,7 +29,7 @@ from safething.errors import (
     NoSuchEntryError,
     TamperedDataError,
 )
-from safething.net import Action, Client, Entry, Identity, MDAddress, MDHeader
+from safething.net import Action, Client, Entry, Identity, MDAddress, MDHeader, SecretKey
 from safething.net.records import EntryRecord
 from safething.net.trust import TrustState
 from safething.store import Record, Store, open_store
@@ -718,6 +718,65 @@ async def test_a_status_the_store_drops_is_written_back_as_trusted(
             assert t.status == "disabled"
         async with ThingClient(Client(store)) as anyone:
             assert await anyone.status(THING) == "disabled"
+
+
+async def test_a_store_wiped_while_the_thing_was_down_gets_back_what_the_thing_trusts(
+    tmp_path: Path, owner: Identity, device: Identity
+) -> None:
+    """The store loses everything (or is swapped for an empty one) while a disabled thing
+    is down; its trust state, kept beside its identity, does not. The thing creates its
+    MDs again and writes back what it trusts: still disabled, with its own level keys,
+    not a fresh status and fresh keys (a thing new to the store and to its trust state
+    takes a short way that reads nothing back; this one must not)."""
+    trust = tmp_path / "device.trust.db"
+    levels = ("thing", "owner", "group")
+
+    def thing(url: str) -> Thing:
+        return Thing(
+            garden_description(), identity=device, owner=owner.public, store=url, trust=trust
+        )
+
+    async with thing(f"sqlite://{tmp_path}/one.db") as t:
+        await t.register(publish=True)
+        await t.disable()
+        kept = {level: t.trust.value(f"level/{THING}/{level}") for level in levels}
+    assert all(kept.values())
+    wiped = f"sqlite://{tmp_path}/two.db"
+    async with thing(wiped) as t:
+        await t.register(publish=True)
+        assert t.status == "disabled"
+        assert {level: t.trust.value(f"level/{THING}/{level}") for level in levels} == kept
+    async with await open_store(wiped) as store:
+        assert await ThingClient(Client(store)).status(THING) == "disabled"
+        md = Client(store).md(ADDR.thing.name, ADDR.thing.tag)
+        for level, record in kept.items():
+            assert await md.get_value(f"k/{level}") == record
+
+
+async def test_a_new_thing_whose_mds_are_written_to_meanwhile_takes_the_long_way(
+    url: str, owner: Identity, device: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner writes the group key into a new thing's MD between its creation and the
+    thing's first commit (which writes its entries as new, reading nothing): that commit
+    is refused, nothing of it written, and the thing registers the long way, learning
+    the owner's key."""
+    secret = SecretKey.generate()
+    record = make_key_record(0, secret, [owner.public, device.public])
+    async with await open_store(url) as store, _thing(device, owner, url) as t:
+        create_mds = t.client.create_mds
+
+        async def and_the_owner_writes(*args: Any, **kwargs: Any) -> Any:
+            created = await create_mds(*args, **kwargs)
+            await Client(store, owner).md(ADDR.thing.name, ADDR.thing.tag).insert("k/group", record)
+            return created
+
+        monkeypatch.setattr(t.client, "create_mds", and_the_owner_writes)
+        await t.register(publish=True)
+        assert t.status == "published"
+        assert t.trust.value(f"level/{THING}/group") == record
+        md = Client(store).md(ADDR.thing.name, ADDR.thing.tag)
+        assert (await md.get("k/group")).version == 0  # the owner's, not overwritten
+        assert (await md.get("k/thing")).signer == device.public_sign_key
 
 
 async def test_a_header_the_store_garbled_is_repaired_at_registration(
