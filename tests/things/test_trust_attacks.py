@@ -1040,6 +1040,41 @@ async def test_an_inbox_record_that_is_not_a_map_is_dropped(
             assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
 
 
+async def test_a_request_for_an_action_the_thing_does_not_have_is_rejected(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """Anyone may insert a request into the inbox, also one naming an action the thing
+    does not describe: it ends *rejected* with the reason (the requester is told), is
+    purged, and the thing goes on serving."""
+    async with _serving(url, owner, device, lambda request: "ok") as (store, _, mine):
+        inbox = Client(store, Identity.generate("stranger")).md(ADDR.inbox.name, ADDR.inbox.tag)
+        outbox = Client(store).md(ADDR.outbox.name, ADDR.outbox.tag)
+        rid = secrets.token_hex(8)
+        now = time.time()
+        await inbox.insert(f"r/{rid}", dumps({"a": "SelfDestruct", "t": now, "exp": now + 60}))
+        await until(lambda: _has(outbox, f"r/{rid}"), "the request answered")
+        state = await outbox.get(f"r/{rid}")
+        assert state.signer == device.public_sign_key
+        doc = loads(state.value or b"", "state")
+        assert doc["s"] == "rejected"
+        assert "SelfDestruct" in doc["m"]
+        await until(lambda: _inbox_empty(store), "the request purged")
+        assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
+
+
+async def test_the_things_own_key_may_request_an_owner_action(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """A request signed by the thing's own key runs whatever the action's access (here
+    an Owner action). Its key is compared by value: a request's signer is decoded from
+    the record, never the thing's own key object."""
+    async with (
+        _serving(url, owner, device, lambda request: "ok") as (store, _, _),
+        ThingClient(Client(store, device)) as itself,
+    ):
+        assert await (await itself.request(THING, "Reboot")).result(TIMEOUT) == "ok"
+
+
 async def test_a_garbled_inbox_record_does_not_stop_the_inbox_scan(
     url: str, owner: Identity, device: Identity
 ) -> None:
