@@ -249,13 +249,16 @@ ONLY: dict[str, tuple[str, ...]] = {
     # count and purge of a refused record, _refuse, and the rescan for a replay delivered
     # while its request was ending, _scan_if_passed_over), the access checks (the MDs
     # pinned to the thing and its owner; level keys, status and the group's members only
-    # from them) and what the thing refuses or repairs from the store at registration;
+    # from them) and what the thing refuses or repairs from the store at registration
+    # (since 94885eb also the short way of a new thing, _knows_nothing, _register_new);
     # not: the lifecycle, data writes and sequence numbers, subscriptions, history,
     # availability, the outbox's formatting and trimming.
     "safething/things/thing.py": (
         "Thing._md",
         "Thing._authorities",
         "Thing.register",
+        "Thing._knows_nothing",
+        "Thing._register_new",
         "Thing._put_if_changed",
         "Thing._ensure_level_keys",
         "Thing._level_record",
