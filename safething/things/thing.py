@@ -82,7 +82,7 @@ log = logging.getLogger("safething.things")
 
 _OUTBOX_KEEP = 200
 _MAX_SUBSCRIPTIONS = 64
-_FIXED_ENTRIES = 6  # desc, keys, status, k/owner, k/group, k/thing
+_FIXED_ENTRIES = 7  # desc, keys, status, k/owner, k/group, k/thing, live
 
 Callback = Callable[[Notification], Awaitable[None] | None]
 

@@ -26,6 +26,7 @@ from safething.things import (
     Thing,
     ThingClient,
     ThingDescription,
+    Topic,
     UnknownFieldError,
     ValueTypeError,
 )
@@ -247,6 +248,55 @@ async def test_description_budget(store: Store, device: Identity) -> None:
     )
     async with Thing(big, identity=device, store=store) as t:
         with pytest.raises(LimitExceededError, match="shorten"):
+            await t.register()
+
+
+async def test_the_entry_budget_counts_every_entry_the_thing_writes(
+    store: Store, device: Identity
+) -> None:
+    """The budget checked at registration counts every entry the thing's MD can hold:
+    with its history rings full and its availability written, the MD holds the budget
+    less the subscriptions it has room for. (The availability record was not counted:
+    a thing at the bound could not write its last entry.)"""
+    from safething.things.thing import _MAX_SUBSCRIPTIONS
+
+    desc = ThingDescription(
+        "budget-thing",
+        attributes=[Attribute("level", "number", dynamic=True, history=3)],
+        topics=[Topic("Alarm", "number", history=2)],
+    )
+    async with Thing(desc, identity=device, store=store) as t:
+        await t.register(publish=True)
+        for i in range(5):
+            await t.set("level", float(i))
+            await t.notify("Alarm", float(i))
+        await t.set_availability(True)
+        entries = await t._md("thing").entries()
+        assert len(entries) == t._budget() - _MAX_SUBSCRIPTIONS
+
+
+@pytest.mark.parametrize("over", [0, 1])
+async def test_a_thing_at_the_entry_bound_registers_one_over_it_does_not(
+    store: Store, device: Identity, over: int
+) -> None:
+    """A description needing exactly the entries an MD holds registers; one more is
+    refused with the reason."""
+    from safething.net.records import MAX_ENTRIES
+
+    def ring(history: int) -> ThingDescription:  # a ring holds at most 500
+        rings = [("big", 500), ("more", history)]
+        return ThingDescription(
+            "budget-thing",
+            attributes=[Attribute(n, "number", dynamic=True, history=h) for n, h in rings],
+        )
+
+    one = Thing(ring(1), identity=device, store=store)._budget()
+    async with Thing(ring(1 + MAX_ENTRIES - one + over), identity=device, store=store) as t:
+        assert t._budget() == MAX_ENTRIES + over
+        if over:
+            with pytest.raises(LimitExceededError, match="shorten"):
+                await t.register()
+        else:
             await t.register()
 
 
