@@ -100,6 +100,10 @@ class _File:
         """States whose entry marks wait for the next batch (in order, once each)."""
         self.timer: asyncio.TimerHandle | None = None
         self.timer_loop: asyncio.AbstractEventLoop | None = None
+        self.soon_states: dict[TrustState, None] = {}
+        """States whose changes are written at the end of this event-loop step."""
+        self.soon_handle: asyncio.Handle | None = None
+        self.soon_loop: asyncio.AbstractEventLoop | None = None
         existed = path.exists()
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -141,6 +145,9 @@ class _File:
                 if self.timer is not None:
                     self.timer.cancel()
                     self.timer = None
+                if self.soon_handle is not None:
+                    self.soon_handle.cancel()
+                    self.soon_handle = None
                 self.db.close()
 
     def later(self, state: TrustState, loop: asyncio.AbstractEventLoop, delay: float) -> None:
@@ -152,6 +159,29 @@ class _File:
                 self.timer.cancel()
             self.timer = loop.call_later(delay, self.flush_waiting)
             self.timer_loop = loop
+
+    def soon(self, state: TrustState, loop: asyncio.AbstractEventLoop) -> None:
+        """Write ``state``'s pending changes at the end of this event-loop step, in one
+        transaction with those of every other state of this file that asks meanwhile
+        (a gateway's things born together)."""
+        self.soon_states[state] = None
+        if self.soon_handle is None or self.soon_loop is not loop:  # (an earlier run's)
+            if self.soon_handle is not None:
+                self.soon_handle.cancel()
+            self.soon_handle = loop.call_soon(self.flush_soon)
+            self.soon_loop = loop
+
+    def flush_soon(self) -> None:
+        self.soon_handle = None
+        states = [s for s in self.soon_states if s._scheduled == "soon" and not s._closed]
+        self.soon_states.clear()
+        now = time.time()
+        batches = [(state, rows) for state in states if (rows := state._take(now))]
+        if not batches:
+            return
+        self.write([rows for _, rows in batches], now)
+        for state, rows in batches:
+            state._written(rows, now)
 
     def flush_waiting(self) -> None:
         self.timer = None
@@ -398,7 +428,7 @@ class TrustState:
             self._file.later(self, loop, delay)
         else:
             self._scheduled = "soon"
-            loop.call_soon(self.sync)
+            self._file.soon(self, loop)
 
     def sync(self) -> None:
         """Write every pending change now (one transaction)."""

@@ -375,3 +375,39 @@ async def test_the_marks_of_many_states_on_one_file_are_written_together(
         assert {again.entry_version(f"md.t.{i}.e.2") for i in range(5)} == {7}
     finally:
         again.close()
+
+
+async def test_the_changes_of_many_states_in_one_step_are_written_together_at_its_end(
+    tmp_path: Path,
+) -> None:
+    """Headers and values are written at the end of the event-loop step that made them:
+    the states on one trust file (a gateway's things born together) in one transaction,
+    each its own rows, and nothing before the step ends."""
+    path = tmp_path / "trust.db"
+    states = [TrustState.open(path) for _ in range(5)]
+    transactions: list[str] = []
+    file = states[0]._file
+    assert file is not None and all(s._file is file for s in states)
+    file.db.set_trace_callback(
+        lambda sql: transactions.append(sql) if sql.startswith("BEGIN") else None
+    )
+    raw = b"\x01" * 32
+    for i, state in enumerate(states):
+        state.set_header(f"md.t.{i}.h", HeaderState(frozenset({raw}), i, b"header %d" % i))
+        state.set_value(f"status/{i}", b"published")
+    assert transactions == []  # not yet: at the end of this step
+    await asyncio.sleep(0)
+    assert transactions == ["BEGIN IMMEDIATE"]
+    states[2].set_value("status/2", b"disabled")  # a later step: its own transaction
+    await asyncio.sleep(0)
+    assert transactions == ["BEGIN IMMEDIATE"] * 2
+    file.db.set_trace_callback(None)
+    reader = sqlite3.connect(path)
+    try:  # written, before any state is closed
+        assert reader.execute("SELECT count(*) FROM headers").fetchone() == (5,)
+        values = dict(reader.execute("SELECT name, value FROM meta WHERE name LIKE 'v:%'"))
+        assert values["v:status/2"] == b"disabled" and values["v:status/4"] == b"published"
+    finally:
+        reader.close()
+    for state in states:
+        state.close()
