@@ -356,7 +356,7 @@ class Gateway(AsyncResource):
         return Health(devices)
 
     def bridge_for(self, device_id: str) -> Bridge | None:
-        record = self.registry.find(device_id)
+        record = self.registry.cached(device_id)  # (a device's transport never changes)
         if record is None:
             return None
         for bridge in self.bridges:
