@@ -588,6 +588,7 @@ class Registry:
         Returns the journal entry's id. A revoked device's counter is not spent
         (:class:`RevokedDeviceError`), whatever a cached row said."""
         now = time.time()
+        uplink = None
         with self._transaction() as db:
             self._spend_counter(db, device_id, counter, now)
             if description is not None:
@@ -595,16 +596,17 @@ class Registry:
                     "UPDATE devices SET description = ?, registered = 0 WHERE id = ?",
                     (json.dumps(description), device_id),
                 )
-                self._change(device_id)
-            if journal is None:
-                return None
-            channel, body, content_format = journal
-            cur = db.execute(
-                "INSERT INTO uplinks(device_id, channel, body, content_format, received) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (device_id, channel, body, content_format, now),
-            )
-            return cur.lastrowid
+            if journal is not None:
+                channel, body, content_format = journal
+                uplink = db.execute(
+                    "INSERT INTO uplinks(device_id, channel, body, content_format, received) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (device_id, channel, body, content_format, now),
+                ).lastrowid
+        if description is not None:
+            # once committed (a row read before the commit would be kept otherwise)
+            self._change(device_id)
+        return uplink
 
     def set_will(self, device_id: str, counter: int | None) -> None:
         with self._writing() as db:

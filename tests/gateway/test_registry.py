@@ -575,3 +575,94 @@ def test_buffered_uplinks_are_named_by_their_ids(tmp_path: Path) -> None:
         assert registry.buffer_depth() == 1
     finally:
         registry.close()
+
+
+def test_the_waits_are_the_documented_ones(tmp_path: Path) -> None:
+    """A write waits 2 s for another process's lock (then RegistryBusyError: 503, the
+    MQTT message kept), a read at most 0.2 s (WAL reads do not wait for writers)."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        assert registry.write_timeout == 2.0
+        assert registry._db.execute("PRAGMA busy_timeout").fetchone() == (2000,)
+        assert registry._rdb.execute("PRAGMA busy_timeout").fetchone() == (200,)
+    finally:
+        registry.close()
+    registry = Registry(tmp_path / "gateway.db", write_timeout=0.25, read_timeout=0.05)
+    try:
+        assert registry._db.execute("PRAGMA busy_timeout").fetchone() == (250,)
+        assert registry._rdb.execute("PRAGMA busy_timeout").fetchone() == (50,)
+    finally:
+        registry.close()
+
+
+def test_a_description_set_alone_is_registered_unless_said(tmp_path: Path) -> None:
+    """An adapter that sets an adopted device's description has registered its thing;
+    the gateway says when a birth's thing is not in the store yet."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        registry.add("plug-01", "adopted")
+        registry.add("sensor-01", "mqtt")
+        registry.set_description("plug-01", {"id": "plug-01"})
+        registry.set_description("sensor-01", {"id": "sensor-01"}, registered=False)
+        assert registry.born() == {"plug-01": ("adopted", True), "sensor-01": ("mqtt", False)}
+    finally:
+        registry.close()
+
+
+async def test_a_row_read_during_a_group_commit_is_not_kept_past_it(tmp_path: Path) -> None:
+    """The event loop looks a device up while a group commit that changes its row has
+    not committed yet: it gets the committed row (right then), and once the batch is
+    committed the next look-up reads the change, not that row."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        registry.add("sensor-01", "mqtt")
+        in_batch, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            in_batch.set()
+            release.wait(30)
+
+        first, release_first = await _hold_worker(registry)
+        batch = [
+            asyncio.ensure_future(registry.call(registry.set_meta, "sensor-01", {"room": "attic"})),
+            asyncio.ensure_future(registry.call(hold)),
+        ]
+        await asyncio.sleep(0.05)  # both queued behind the first hold: one batch
+        release_first.set()
+        await first
+        try:
+            assert await asyncio.to_thread(in_batch.wait, 10)
+            meanwhile = registry.cached("sensor-01")
+            assert meanwhile is not None and meanwhile.meta == {}  # not committed yet
+        finally:
+            release.set()
+        await asyncio.gather(*batch)
+        assert registry.cached("sensor-01").meta == {"room": "attic"}  # type: ignore[union-attr]
+    finally:
+        registry.close()
+
+
+def test_a_row_read_while_a_birth_commits_is_not_kept_past_it(tmp_path: Path) -> None:
+    """A birth's description is written in the transaction that spends its counter (one
+    call, no group commit); the event loop looks the device up while that transaction
+    has not committed yet (here: at the moment the registry drops the cached row). It
+    gets the row as committed then, and once the birth is committed the next look-up
+    reads the description, not that row."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        registry.add("sensor-01", "mqtt")
+        assert registry.cached("sensor-01").description is None  # type: ignore[union-attr]
+        forget = registry._forget
+
+        def looked_up_meanwhile(device_id: str) -> None:
+            forget(device_id)
+            registry.cached(device_id)  # the loop's look-up, at that instant
+
+        registry._forget = looked_up_meanwhile  # type: ignore[method-assign]
+        registry.accept("sensor-01", 1, description={"id": "sensor-01"})
+        registry._forget = forget  # type: ignore[method-assign]
+        record = registry.cached("sensor-01")
+        assert record is not None and record.description == {"id": "sensor-01"}
+        assert record.rx_counter == 1
+    finally:
+        registry.close()
