@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
 from safething.store.base import Change, Watch
 
@@ -36,8 +36,18 @@ class FeedWatch(Watch):
         own (the backend runs one safety net for all its watches)."""
         return self._interval
 
-    def __init__(self, prefix: str, after: int, *, interval: float) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        after: int,
+        *,
+        interval: float,
+        match: Callable[[str], object] | None = None,
+    ) -> None:
         self._prefix = prefix
+        self._match = match
+        """The keys under ``prefix`` whose commits wake this watch (None: all of them);
+        what it reads is the backend's to filter."""
         self._after = after
         self._interval = interval
         self._pending: list[Change] = []
@@ -112,11 +122,17 @@ class WatchSet:
 
     def __init__(self) -> None:
         self._by_prefix: dict[str, set[FeedWatch]] = {}
+        self._filtered: set[FeedWatch] = set()
+        """Watches woken only by the keys their ``_match`` takes (a key pattern)."""
 
     def add(self, watch: FeedWatch) -> None:
-        self._by_prefix.setdefault(watch._prefix, set()).add(watch)
+        if watch._match is not None:
+            self._filtered.add(watch)
+        else:
+            self._by_prefix.setdefault(watch._prefix, set()).add(watch)
 
     def discard(self, watch: FeedWatch) -> None:
+        self._filtered.discard(watch)
         group = self._by_prefix.get(watch._prefix)
         if group is not None:
             group.discard(watch)
@@ -126,19 +142,28 @@ class WatchSet:
     def __iter__(self) -> Iterator[FeedWatch]:
         for group in list(self._by_prefix.values()):
             yield from list(group)
+        yield from list(self._filtered)
 
     def __len__(self) -> int:
-        return sum(len(g) for g in self._by_prefix.values())
+        return sum(len(g) for g in self._by_prefix.values()) + len(self._filtered)
 
     def __bool__(self) -> bool:
-        return bool(self._by_prefix)
+        return bool(self._by_prefix) or bool(self._filtered)
 
     def wake_all(self) -> None:
         for watch in self:
             watch.wake()
 
     def wake_for(self, keys: Iterable[str]) -> None:
-        """Wake the watches whose prefix is ``""`` or a ``.``-prefix of one of ``keys``."""
+        """Wake the watches whose prefix is ``""`` or a ``.``-prefix of one of ``keys``
+        (a filtered watch: of one of ``keys`` it takes)."""
+        if self._filtered:
+            keys = list(keys)
+            for watch in list(self._filtered):
+                prefix, match = watch._prefix, watch._match
+                assert match is not None
+                if any(key.startswith(prefix) and match(key) for key in keys):
+                    watch.wake()
         by_prefix = self._by_prefix
         woken: set[str] = set()
         for key in keys:

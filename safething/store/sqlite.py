@@ -117,7 +117,10 @@ from safething.store.base import (
     Watch,
     Write,
     check_key,
+    check_pattern,
     check_prefix,
+    pattern_prefix,
+    pattern_regex,
 )
 from safething.store.feed import FeedWatch, WatchSet, resolve
 from safething.store.quota import add_effect, enforce
@@ -176,6 +179,11 @@ _FEED_BY_KEY = (  # the same, for narrow prefixes: walk the key index instead of
     "LEFT JOIN records AS r ON r.key = c.key "
     "WHERE c.seq > ? AND c.seq <= ? AND c.key >= ? AND c.key < ? ORDER BY c.seq LIMIT ?"
 )
+_GLOB = " AND c.key GLOB ? ORDER BY"
+"""A pattern watch's feed takes only the changes of keys matching its pattern (``*`` of a
+pattern is one token, of ``GLOB`` any text: the watch's regular expression is exact)."""
+_FEED_GLOB = _FEED.replace(" ORDER BY", _GLOB)
+_FEED_BY_KEY_GLOB = _FEED_BY_KEY.replace(" ORDER BY", _GLOB)
 _NARROW = 3
 """Prefixes with at least this many tokens (``md.<tag>.<name>.``) may use the key index."""
 _BEHIND = 512
@@ -896,6 +904,25 @@ class SQLiteStore(Store):
 
     def watch(self, prefix: str, *, since: int | None = None) -> Watch:
         check_prefix(prefix)
+        return self._watch(prefix, since)
+
+    def watch_pattern(self, pattern: str, *, since: int | None = None) -> Watch:
+        """As :meth:`Store.watch_pattern`, filtered where the change log is: a commit
+        wakes the watch only if it wrote a matching key, and the watch reads only the
+        matching changes (a gateway's things' statuses are not woken, nor read, by
+        every reading written under the same prefix)."""
+        check_pattern(pattern)
+        match = pattern_regex(pattern).match
+        return self._watch(pattern_prefix(pattern), since, glob=pattern, match=match)
+
+    def _watch(
+        self,
+        prefix: str,
+        since: int | None,
+        *,
+        glob: str | None = None,
+        match: Callable[[str], object] | None = None,
+    ) -> Watch:
         if since is not None and since < 0:
             raise ValueError("since must be None or a revision >= 0")
         conn = self._read_conn()
@@ -922,7 +949,7 @@ class SQLiteStore(Store):
                 self._poll_s = _FALLBACK_POLL_S
             else:
                 self._writer.skip_socket = self._listener.name
-        watch = _SQLiteWatch(self, prefix, since)
+        watch = _SQLiteWatch(self, prefix, since, glob=glob, match=match)
         self._watches.add(watch)
         if self._net is None:
             self._net_seen = since  # a watch reads what came before itself
@@ -949,10 +976,13 @@ class SQLiteStore(Store):
                     self._watches.wake_all()
         self._net = self._loop.call_later(self._poll_s, self._safety_net)
 
-    def _feed(self, prefix: str, after: int) -> tuple[list[Change], int, bool]:
-        """Changes under ``prefix`` above revision ``after`` (a bounded batch), the
-        revision the caller has seen once it has taken them, and whether that is the
-        last change in the log (nothing more to read until a wake-up)."""
+    def _feed(
+        self, prefix: str, after: int, glob: str | None = None
+    ) -> tuple[list[Change], int, bool]:
+        """Changes under ``prefix`` above revision ``after`` (a bounded batch; with
+        ``glob``, only those of keys it matches), the revision the caller has seen once
+        it has taken them, and whether that is the last change in the log (nothing more
+        to read until a wake-up)."""
         conn = self._read_conn()
         low, high = _prefix_range(prefix)
         try:
@@ -969,8 +999,12 @@ class SQLiteStore(Store):
                     changes.append(Change(key, value, revision))
                 after = first - 1
             narrow = prefix.count(".") >= _NARROW and last - after > _BEHIND
-            query = _FEED_BY_KEY if narrow else _FEED
-            rows = conn.execute(query, (after, last, low, high, _FETCH_LIMIT)).fetchall()
+            if glob is None:
+                query = _FEED_BY_KEY if narrow else _FEED
+                rows = conn.execute(query, (after, last, low, high, _FETCH_LIMIT)).fetchall()
+            else:
+                query = _FEED_BY_KEY_GLOB if narrow else _FEED_GLOB
+                rows = conn.execute(query, (after, last, low, high, glob, _FETCH_LIMIT)).fetchall()
         except sqlite3.Error as e:
             raise _store_error(e, self.path, "watch") from e
         for seq, key, deleted, revision, value in rows:
@@ -1115,9 +1149,18 @@ class SQLiteStore(Store):
 
 
 class _SQLiteWatch(FeedWatch):
-    def __init__(self, store: SQLiteStore, prefix: str, after: int) -> None:
-        super().__init__(prefix, after, interval=store._poll_s)
+    def __init__(
+        self,
+        store: SQLiteStore,
+        prefix: str,
+        after: int,
+        *,
+        glob: str | None = None,
+        match: Callable[[str], object] | None = None,
+    ) -> None:
+        super().__init__(prefix, after, interval=store._poll_s, match=match)
         self._store = store
+        self._glob = glob
 
     def _interval_s(self) -> float | None:
         # The store's safety net covers every watch; without a doorbell socket each
@@ -1126,7 +1169,10 @@ class _SQLiteWatch(FeedWatch):
         return poll_s if poll_s == _FALLBACK_POLL_S else None
 
     def _fetch(self, prefix: str, after: int) -> tuple[list[Change], int]:
-        changes, after, self._caught_up = self._store._feed(prefix, after)
+        changes, after, self._caught_up = self._store._feed(prefix, after, self._glob)
+        match = self._match
+        if match is not None:  # exactly the pattern (GLOB's ``*`` also spans dots)
+            changes = [c for c in changes if match(c.key)]
         return changes, after
 
     def _release(self) -> None:

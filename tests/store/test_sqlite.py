@@ -331,9 +331,11 @@ async def test_idle_watches_share_one_safety_net(
         feeds: list[str] = []
         feed = store._feed
 
-        def counted(prefix: str, after: int) -> tuple[list[Change], int]:
+        def counted(
+            prefix: str, after: int, glob: str | None = None
+        ) -> tuple[list[Change], int, bool]:
             feeds.append(prefix)
-            return feed(prefix, after)
+            return feed(prefix, after, glob)
 
         monkeypatch.setattr(store, "_feed", counted)
         await asyncio.sleep(0.3)  # about 15 looks of the safety net
@@ -348,6 +350,50 @@ async def test_idle_watches_share_one_safety_net(
         await asyncio.gather(*waiting, return_exceptions=True)
         for w in watches:
             await w.close()
+
+
+async def test_a_pattern_watch_is_not_woken_by_the_other_keys_under_its_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway's things share one watch of every status entry (``md.27417.*.e.<status>``)
+    while their readings go to the same MDs: a commit wakes that watch only if it wrote
+    a matching key, and its reads take only the matching changes from the log. It still
+    gets every matching change, in order, written here or by another process."""
+    path = tmp_path / "vault.db"
+    async with await open_store(url_for(path)) as store:
+        assert isinstance(store, SQLiteStore)
+        reads: list[list[str]] = []
+        feed = store._feed
+
+        def counted(
+            prefix: str, after: int, glob: str | None = None
+        ) -> tuple[list[Change], int, bool]:
+            changes, seen, last = feed(prefix, after, glob)
+            reads.append([c.key for c in changes])
+            return changes, seen, last
+
+        monkeypatch.setattr(store, "_feed", counted)
+        async with store.watch_pattern("p.*.s") as watch:
+            first = asyncio.create_task(watch.__anext__())
+            await asyncio.sleep(0.05)  # it has read the log once and waits
+            before = len(reads)
+            for i in range(40):
+                await store.put(f"p.{i}.t", b"a reading")
+                await store.put(f"p.{i}.s.x", b"deeper")
+            await asyncio.sleep(0.05)
+            assert len(reads) == before  # not woken by any of them
+            r1 = await store.put("p.a.s", b"1")
+            async with asyncio.timeout(TIMEOUT):
+                assert await first == Change("p.a.s", b"1", r1)
+            assert reads[-1] == ["p.a.s"]  # the 80 other changes were not read
+            seq = write_without_wake_up(path, "p.b.s")  # another process, no doorbell
+            async with asyncio.timeout(TIMEOUT):
+                assert await watch.__anext__() == Change("p.b.s", b"\x01", seq)
+            # GLOB's * spans dots; the pattern's does not
+            await store.put("p.c.d.s", b"two tokens")
+            r2 = await store.put("p.c.s", b"2")
+            async with asyncio.timeout(TIMEOUT):
+                assert await watch.__anext__() == Change("p.c.s", b"2", r2)
 
 
 async def test_watch_on_a_long_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
