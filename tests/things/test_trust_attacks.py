@@ -508,13 +508,20 @@ async def test_a_request_valid_for_exactly_the_longest_lifetime_runs(
 
 
 async def _interrupted_and_restarted(
-    url: str, owner: Identity, device: Identity, *, resume: bool
+    url: str, owner: Identity, device: Identity, *, resume: bool | None
 ) -> tuple[str, ActionStatus, list[tuple[str, bool]]]:
     """A request whose handler is still at work when the thing shuts down; the thing
-    comes back with the same handler registered. Returns the request's id, its final
+    comes back with the same handler registered (``resume=None``: with the
+    ``@thing.action`` decorator and its default). Returns the request's id, its final
     state and each call of the handler (request id, ``resumed``)."""
     started = asyncio.Event()
     seen: list[tuple[str, bool]] = []
+
+    def serve(t: Thing, handler: Callable[[ActionRequest], Any]) -> None:
+        if resume is None:
+            t.action("CloseValve")(handler)
+        else:
+            t.on_action("CloseValve", handler, resume=resume)
 
     async def slow(request: ActionRequest) -> None:
         seen.append((request.request_id, request.resumed))
@@ -523,18 +530,14 @@ async def _interrupted_and_restarted(
 
     async with await open_store(url) as store, ThingClient(Client(store, owner)) as mine:
         async with _thing(device, owner, url) as t:
-            t.on_action("CloseValve", slow, resume=resume)
+            serve(t, slow)
             await t.register()
             await t.publish()
             handle = await mine.request(THING, "CloseValve", timeout=60)
             async with asyncio.timeout(TIMEOUT):
                 await started.wait()
         async with _thing(device, owner, url) as t:
-            t.on_action(
-                "CloseValve",
-                lambda request: seen.append((request.request_id, request.resumed)),
-                resume=resume,
-            )
+            serve(t, lambda request: seen.append((request.request_id, request.resumed)))
             t.on_action("Reboot", lambda request: "ok")
             await t.register()
             status = await handle.wait(TIMEOUT)
@@ -543,10 +546,12 @@ async def _interrupted_and_restarted(
     return handle.request_id, status, seen
 
 
+@pytest.mark.parametrize("resume", [False, None], ids=["on_action", "decorator"])
 async def test_a_request_interrupted_by_shutdown_does_not_run_again(
-    url: str, owner: Identity, device: Identity
+    url: str, owner: Identity, device: Identity, resume: bool | None
 ) -> None:
-    rid, status, seen = await _interrupted_and_restarted(url, owner, device, resume=False)
+    """Also with the ``@thing.action`` decorator's default (not resumable)."""
+    rid, status, seen = await _interrupted_and_restarted(url, owner, device, resume=resume)
     assert status.state == "failed"
     assert "not run again" in status.message
     assert seen == [(rid, False)]
