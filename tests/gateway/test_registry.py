@@ -666,3 +666,29 @@ def test_a_row_read_while_a_birth_commits_is_not_kept_past_it(tmp_path: Path) ->
         assert record.rx_counter == 1
     finally:
         registry.close()
+
+
+async def test_a_change_made_alone_after_a_group_commit_is_read_at_once(tmp_path: Path) -> None:
+    """The worker thread that ran a group commit then runs a call alone: that call's
+    change is committed at once, so the cached row is dropped at once too (not kept
+    until the next group commit)."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        registry.add("sensor-01", "mqtt")
+        first, release = await _hold_worker(registry)
+        batch = [
+            asyncio.ensure_future(registry.call(registry.set_will, "sensor-01", i)) for i in (3, 4)
+        ]
+        await asyncio.sleep(0.05)  # both queued behind hold(): one batch
+        release.set()
+        await first
+        await asyncio.gather(*batch)
+        assert registry.cached("sensor-01").will_counter == 4  # type: ignore[union-attr]
+        await registry.call(registry.set_meta, "sensor-01", {"room": "attic"})  # alone
+        assert registry.cached("sensor-01").meta == {"room": "attic"}  # type: ignore[union-attr]
+    finally:
+        registry.close()
+
+
+def test_the_cache_holds_the_documented_number_of_rows() -> None:
+    assert registry_module.CACHED_DEVICES == 4096  # docs/benchmarks.md: about 4 KB each
