@@ -640,7 +640,8 @@ class Gateway(AsyncResource):
         thing is in the store (unless the store did not answer) and it is online. The
         description itself was kept with the birth's counter (:meth:`Registry.accept`)."""
         try:
-            await self._thing_for(record, desc.to_dict(), desc)
+            # online: the device has just spoken (its availability goes out with its thing)
+            await self._thing_for(record, desc.to_dict(), desc, online=True)
         except StoreError as e:
             # Its counter is taken (and over MQTT the message acknowledged): the device
             # will not send it again, so keep the verified birth and register the thing
@@ -742,10 +743,16 @@ class Gateway(AsyncResource):
         return await self._thing_for(record, description.to_dict(), description)
 
     async def _thing_for(
-        self, record: DeviceRecord, doc: dict[str, Any], desc: ThingDescription | None = None
+        self,
+        record: DeviceRecord,
+        doc: dict[str, Any],
+        desc: ThingDescription | None = None,
+        *,
+        online: bool = False,
     ) -> Thing:
         """The device's custodial thing, (re)registered if its description changed;
-        ``desc``: ``doc`` parsed already."""
+        ``desc``: ``doc`` parsed already; ``online``: the device has just spoken, so its
+        thing is registered as online (in the same commit when it is new)."""
         if desc is None:
             desc = _parsed(doc)
         current = self.things.get(record.device_id)
@@ -772,7 +779,7 @@ class Gateway(AsyncResource):
                         thing.on_desired(
                             attr.name, self._desired_sender(record.device_id, attr.name)
                         )
-            await thing.register(publish=True)
+            await thing.register(publish=True, online=online)
         except BaseException as e:
             await thing.close()
             if isinstance(e, LimitExceededError | ThingError):
@@ -784,7 +791,9 @@ class Gateway(AsyncResource):
             self._unfrozen = 0
             gc.freeze()
         self.liveness.forget(record.device_id)
-        if record.online and record.last_seen is not None:
+        if online:
+            self.liveness.written(record.device_id, True)
+        elif record.online and record.last_seen is not None:
             await self.liveness.seen(record.device_id, record.last_seen)
         return thing
 

@@ -74,6 +74,12 @@ class Liveness:
         self._online[device_id] = online
         log.info("device %s: %s %s", device_id, "online" if online else "offline", reason)
 
+    def written(self, device_id: str, online: bool) -> None:
+        """The device's thing has just written ``online`` itself (registered online, in
+        the commit of its registration): a message now, nothing more to write."""
+        self._seen[device_id] = time.time()
+        self._online[device_id] = online
+
     def forget(self, device_id: str) -> None:
         """Its thing was replaced: write the next state whatever it is."""
         self._online.pop(device_id, None)

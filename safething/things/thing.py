@@ -367,12 +367,15 @@ class Thing(AsyncResource):
         used += sum(1 + t.history for t in d.topics)
         return used
 
-    async def register(self, *, publish: bool = False) -> None:
+    async def register(self, *, publish: bool = False, online: bool = False) -> None:
         """Create or update the thing's MDs and description; keeps history and subscriptions.
 
         A new thing starts *registered* (*published* with ``publish=True``); a
         registered or published thing keeps its status across restarts, and a
         registered one is published with ``publish=True``. Starts serving the inbox.
+        ``online``: the thing is reachable now (a gateway's thing of a device that has
+        just spoken): its availability is written as :meth:`set_availability` writes
+        it, as a thing with a heartbeat does at its first registration.
 
         The entries of the thing's MD that need writing (its key list, level keys,
         description, a new thing's status) are signed one by one and committed
@@ -403,11 +406,11 @@ class Thing(AsyncResource):
         )
         if all(made is not None for made in created) and self._knows_nothing():
             try:
-                await self._register_new(publish)
+                await self._register_new(publish, online)
             except ConflictError:  # something was written there meanwhile: the long way
                 log.warning("thing %s: its new MDs were written to meanwhile", self.id)
             else:
-                await self._serve()
+                await self._serve(online)
                 return
         for address, made in zip(addresses, created, strict=True):
             if made is None:  # the address was taken
@@ -462,7 +465,7 @@ class Thing(AsyncResource):
         await self._restore_sequences(md)
         await self._archive.restore(self._streams())
         await self._trim_outbox()
-        await self._serve()
+        await self._serve(online)
 
     def _knows_nothing(self) -> bool:
         """This thing's trust state holds no status and no level key of it (a thing
@@ -472,11 +475,12 @@ class Thing(AsyncResource):
             trust.value(self._level_name(level)) is None for level in ("thing", "owner", "group")
         )
 
-    async def _register_new(self, publish: bool) -> None:
+    async def _register_new(self, publish: bool, online: bool) -> None:
         """:meth:`register` of a thing whose MDs were all created just now (their headers
         signed by this client and trusted as signed): nothing to read back or repair, no
-        sequence, history or outbox to restore. Its entries are written as new in one
-        commit; if the store holds one after all, ``ConflictError`` and nothing written."""
+        sequence, history or outbox to restore. Its entries (and its availability, when
+        it is to be written now) are written as new in one commit; if the store holds
+        one after all, ``ConflictError`` and nothing written."""
         md = self._md("thing")
         batch = _Batch()
         batch.put(
@@ -501,23 +505,36 @@ class Thing(AsyncResource):
             functools.partial(self._trusted_status, first),
             new=True,
         )
+        if (online or self._heartbeat is not None) and self._online_since is None:
+            since = time.time()
+            batch.put(
+                LIVE,
+                live_record(online=True, since=since, heartbeat=self._heartbeat),
+                functools.partial(setattr, self, "_online_since", since),
+                new=True,
+            )
         await batch.commit(md, fresh=True)
         for pointer in self._streams():
             self._seq[pointer] = (0, None)
         self._archive.restore_new(self._streams())
 
-    async def _serve(self) -> None:
-        """The end of :meth:`register`: its own view, then its tasks (once)."""
+    async def _serve(self, online: bool) -> None:
+        """The end of :meth:`register`: its own view, then its tasks (once), and its
+        availability if it is to be written and is not yet."""
         # What this thing knows of itself: all of it written or verified just now.
         self.things.own_view(
             self.id, self.description, self.status, self.identity.public, self.owner, self._ring
         )
-        if self._inbox_task is None:
+        first = self._inbox_task is None
+        if first:
             self._inbox_task = self._tasks.spawn(self._serve_inbox(), "inbox")
             self._tasks.spawn(self._follow_status(), "status")
-            if self._heartbeat is not None:
-                await self.set_availability(True)
-                self._tasks.spawn(self._beat(self._heartbeat), "heartbeat")
+        beat = first and self._heartbeat is not None
+        if (online or beat) and self._online_since is None:
+            await self.set_availability(True)
+        if beat:
+            assert self._heartbeat is not None
+            self._tasks.spawn(self._beat(self._heartbeat), "heartbeat")
 
     async def set_availability(self, online: bool, *, reason: str = "") -> None:
         """Say whether the thing is reachable (a running thing does this itself; a gateway

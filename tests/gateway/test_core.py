@@ -375,6 +375,27 @@ async def test_counter_fields_go_up_to_2_63_minus_1(gateway: Gateway, device: De
             await gateway.handle("sensor-01", channel, device.message(channel, body))
 
 
+async def test_a_birth_is_two_store_commits(
+    gateway: Gateway, device: Device, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new device's thing: its four MDs in one commit, then everything else (key list,
+    level keys, description, status *published*, availability *online*) in one more."""
+    commits: list[list[str]] = []
+    commit = store.commit
+
+    async def counted(writes: Any, **kwargs: Any) -> Any:
+        commits.append([w.key for w in writes])
+        return await commit(writes, **kwargs)
+
+    monkeypatch.setattr(store, "commit", counted)
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    assert len(commits) == 2
+    assert [len(keys) for keys in commits] == [4, 7]
+    things = ThingClient(Client(store, Identity.generate()))
+    assert await things.status("sensor-01") == "published"
+    assert (await things.availability("sensor-01")).online is True
+
+
 async def test_availability_of_a_bridged_device(store: Store, registry: Registry) -> None:
     """Online on its messages, offline after a silence (CoAP/HTTP devices), and a request
     to it says so at once."""
