@@ -196,6 +196,9 @@ async def test_limits_before_anything_is_written(client: Client) -> None:
     await big.insert("a", b"x" * 600_000)
     with pytest.raises(LimitExceededError, match="bytes"):
         await big.insert("b", b"x" * 600_000)
+    # an atomic batch of keys assumed new (not read first) is refused as over the limit
+    with pytest.raises(LimitExceededError, match="bytes"):
+        await big.put_many({"b": b"x" * 600_000, "c": b"y"}, atomic=True, assume_new=["b", "c"])
     assert set(await big.entries()) == {b"a"}
 
 
@@ -372,6 +375,34 @@ async def test_keys_assumed_new_are_not_read_unless_they_exist(
         b"s2": (1, b"3"),
         b"s3": (1, b"4"),
     }
+
+
+async def test_keys_assumed_new_that_all_exist_cost_one_round_more(
+    store: Store, client: Client, alice: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight keys assumed new that all exist: the store refuses each by its own key, and
+    the writer takes back exactly that key's assumption (not another of the batch's), so
+    one round of reads and writes follows the refused one, not one round per key. The
+    batch in the keys' order, then in reverse (a writer that took back the first or the
+    last key of the others instead would need a round per key)."""
+    md = await client.create_md(NAME, TAG_THING)
+    keys = [f"slot{i}" for i in range(8)]
+    await md.put_many(dict.fromkeys(keys, "old"))
+    commits = 0
+    commit = store.commit
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal commits
+        commits += 1
+        return await commit(*args, **kwargs)
+
+    monkeypatch.setattr(store, "commit", counted)
+    for version, order in enumerate((keys, keys[::-1]), start=1):
+        wmd = Client(store, alice).md(NAME, TAG_THING)  # nothing read yet (a restart)
+        commits = 0
+        written = await wmd.put_many(dict.fromkeys(order, "new"), assume_new=order)
+        assert [(e.version, e.value) for e in written] == [(version, b"new")] * 8
+        assert commits == 2
 
 
 async def test_a_writer_with_update_rights_writes_over_a_forged_entry(
