@@ -309,6 +309,24 @@ async def test_last_will_counter_is_accepted_once(gateway: Gateway, device: Devi
     assert gateway.registry.buffer_depth() == 0  # a state is not journaled as data
 
 
+async def test_the_wills_counter_is_no_last_will_on_another_channel(
+    gateway: Gateway, device: Device
+) -> None:
+    """A message at the will's counter saying offline on any channel but ``state`` is no
+    last will: past the last accepted counter it is refused as a replay, and the will
+    itself, published later by the broker, still counts once."""
+    will = device.message("state", {"online": False})  # counter 1, kept by the broker
+    await gateway.handle("sensor-01", "state", device.message("state", {"online": True, "will": 1}))
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    for channel in ("reading", "event/alarm"):
+        at_will = device.message(channel, {"online": False}, counter=1)
+        with pytest.raises(ReplayError, match="not above the last accepted"):
+            await gateway.handle("sensor-01", "".join(list(channel)), at_will)
+    assert gateway.registry.get("sensor-01").online is True
+    await gateway.handle("sensor-01", "".join(list("state")), will)
+    assert gateway.registry.get("sensor-01").online is False
+
+
 async def test_a_last_will_is_accepted_at_counters_past_256(
     gateway: Gateway, device: Device
 ) -> None:
