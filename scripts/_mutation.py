@@ -232,8 +232,9 @@ ONLY: dict[str, tuple[str, ...]] = {
         "Client._write_header",
         "Client._check_version",
     ),
-    # verification of what is read (the protection: readers refuse what fails) and the
-    # header changes; not: the writer's own checks in _write (a courtesy: readers refuse
+    # verification of what is read (the protection: readers refuse what fails), which
+    # keys a writer takes back as not new after the store refused them (_unread_key), and
+    # the header changes; not: the writer's own checks in _write (a courtesy: readers refuse
     # what a writer may not write), the convenience wrappers, repair_header, coercion
     "safething/net/mutable.py": (
         "MutableData.set_permissions",
@@ -241,6 +242,7 @@ ONLY: dict[str, tuple[str, ...]] = {
         "MutableData._need_codec",
         "MutableData._open",
         "MutableData._current",
+        "MutableData._unread_key",
         "MutableData.purge",
         "EntryWatch.__anext__",
     ),
