@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import re
 import signal
@@ -30,6 +31,9 @@ import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from safething.errors import StoreError
 
 __all__ = [
     "MAX_PAYLOAD",
@@ -174,6 +178,7 @@ class NatsServer:
         await self._stop_stale()
         self.config_path.write_text(self._config())
         log = self.log_path.open("ab")
+        log_from = log.tell()  # what this start logs (the log is appended to)
         try:
             self.process = await asyncio.create_subprocess_exec(
                 str(server_binary()),
@@ -186,14 +191,55 @@ class NatsServer:
             )
         finally:
             log.close()
-        async with asyncio.timeout(START_TIMEOUT_S):
-            while not await _accepts(self.connect_host, self.port):
-                if self.process.returncode is not None:
-                    raise RuntimeError(
-                        f"nats-server {self.name} exited ({self.process.returncode}):\n"
-                        + self.log_path.read_text()[-2000:]
-                    )
-                await asyncio.sleep(0.02)
+        answering: dict[str, Any] | None = None
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                while True:
+                    # Whoever answers on the port must be the server started here (its
+                    # ID as it logged it), not another one already listening there.
+                    answering = await _server_info(self.connect_host, self.port)
+                    ours = self._logged_id(log_from)
+                    if (
+                        ours is not None
+                        and answering is not None
+                        and answering["server_id"] == ours
+                    ):
+                        return
+                    if self.process.returncode is not None:
+                        raise self._not_started(answering)
+                    await asyncio.sleep(0.02)
+        except TimeoutError:
+            await self.stop()
+            raise self._not_started(answering) from None
+
+    def _logged_id(self, log_from: int) -> str | None:
+        """The server ID the process started here logged (None: not yet)."""
+        assert self.process is not None
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(log_from)
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+        found = re.search(rf"^\[{self.process.pid}\] .*\bID:\s+(N[A-Z0-9]+)\s*$", text, re.M)
+        return found.group(1) if found else None
+
+    def _not_started(self, answering: dict[str, Any] | None) -> StoreError:
+        assert self.process is not None
+        where = f"{self.connect_host}:{self.port}"
+        if answering is not None:
+            return StoreError(
+                f"nats-server {self.name} did not start: another server answers on {where} "
+                f"(server_id {answering.get('server_id')}, name "
+                f"{answering.get('server_name')!r}); stop it or choose another port"
+            )
+        state = (
+            f"exited ({self.process.returncode})"
+            if self.process.returncode is not None
+            else f"does not answer on {where} after {START_TIMEOUT_S:.0f} s"
+        )
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        return StoreError(f"nats-server {self.name} {state}:\n{tail}")
 
     async def _stop_stale(self) -> None:
         """Stop a server still running on this configuration (a parent gone without
@@ -269,14 +315,19 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
-async def _accepts(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError):
+async def _server_info(host: str, port: int) -> dict[str, Any] | None:
+    """The INFO a NATS server on ``host:port`` greets a client with (None: none)."""
+    with contextlib.suppress(OSError, TimeoutError, ValueError):
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            line = await asyncio.wait_for(reader.readline(), 2)
+            async with asyncio.timeout(2):
+                line = await reader.readline()
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-        return line.startswith(b"INFO")
-    return False
+        if line.startswith(b"INFO "):
+            info = json.loads(line[5:])
+            if isinstance(info, dict) and isinstance(info.get("server_id"), str):
+                return info
+    return None

@@ -9,6 +9,8 @@ import asyncio
 import signal
 from pathlib import Path
 
+import pytest
+
 from safething.store import open_store
 from safething.store.nats_server import NatsServer
 
@@ -90,4 +92,24 @@ async def test_a_server_left_on_the_sites_files_is_stopped_first(tmp_path: Path)
     finally:
         await site.stop()
         await left.stop()
+        await hub.stop()
+
+
+async def test_a_gateway_refuses_another_server_on_its_leaf_port(tmp_path: Path) -> None:
+    """Another nats-server (not on the site's files) already listens on the leaf port:
+    the gateway does not take it for its own site server; it stops with a clear error."""
+    hub, site, site_port = hub_and_site(tmp_path, "http")
+    foreign = NatsServer(tmp_path / "foreign", name="leaf-site1", domain="site1", port=site_port)
+    await foreign.start()
+    try:
+        with pytest.raises(AssertionError, match="did not start"):
+            await site.start()
+        assert site.process is not None
+        assert await asyncio.wait_for(site.process.wait(), 30) != 0
+        assert f"another server answers on 127.0.0.1:{site_port}" in site.log()
+        assert "Traceback" not in site.log()
+        assert foreign.process is not None and foreign.process.returncode is None
+    finally:
+        await site.stop()
+        await foreign.stop()
         await hub.stop()
