@@ -103,10 +103,10 @@ import secrets
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import nats
@@ -150,6 +150,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PASSWORD_ENV = "SAFETHING_NATS_PASSWORD"
+
+_T = TypeVar("_T")
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_=-]+(\.[A-Za-z0-9_=-]+)*$")
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -468,6 +470,41 @@ class NatsStore(Store):
             raise
         return store
 
+    # --- the NATS client -------------------------------------------------------
+    # Every call into nats-py goes through these three: nats-py can swallow the
+    # cancellation of the task calling it (its request waits with asyncio.wait_for,
+    # which on Python 3.11 returns the answer and drops a cancellation that lands as
+    # the answer comes in; its flush drops one outright). A task cancelled then would
+    # carry on as if nothing happened: a watch or a writer loop asked to stop would
+    # run for ever, and whoever awaits its end would wait for ever.
+
+    async def _nats_request(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+    ) -> Msg:
+        return await _keep_cancel(
+            self._nc.request(subject, payload, timeout=timeout, headers=headers)
+        )
+
+    async def _nats_publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        reply: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        await _keep_cancel(self._nc.publish(subject, payload, reply=reply, headers=headers))
+
+    async def _nats_subscribe(
+        self, subject: str, *, cb: Callable[[Msg], Awaitable[None]]
+    ) -> Subscription:
+        return await _keep_cancel(self._nc.subscribe(subject, cb=cb))
+
     # --- JetStream API ---------------------------------------------------------
 
     async def _api(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -477,7 +514,7 @@ class NatsStore(Store):
         delay = 0.05
         while True:
             try:
-                reply = await self._nc.request(
+                reply = await self._nats_request(
                     f"{self._js}.{subject}", payload, timeout=self._request_s
                 )
                 answer: dict[str, Any] = json.loads(reply.data)
@@ -555,7 +592,7 @@ class NatsStore(Store):
             attempt += 1
             self._check_open()
             try:
-                reply = await self._nc.request(
+                reply = await self._nats_request(
                     self._write_subject(subject), payload, timeout=self._request_s, headers=headers
                 )
                 answer = json.loads(reply.data)
@@ -813,7 +850,7 @@ class NatsStore(Store):
             self._check_size(message.subject, message.value or b"", headers)
             if i < last:
                 try:
-                    await self._nc.publish(
+                    await self._nats_publish(
                         self._write_subject(message.subject), message.value or b"", headers=headers
                     )
                 except nats.errors.ConnectionClosedError:
@@ -821,7 +858,7 @@ class NatsStore(Store):
         headers["Nats-Batch-Commit"] = "1"
         final = messages[last]
         try:
-            reply = await self._nc.request(
+            reply = await self._nats_request(
                 self._write_subject(final.subject),
                 final.value or b"",
                 timeout=self._options.timeout,
@@ -926,10 +963,10 @@ class NatsStore(Store):
             queue.put_nowait(msg)
 
         found: dict[str, tuple[bytes | None, int, int]] = {}
-        sub = await self._nc.subscribe(inbox, cb=receive)
+        sub = await self._nats_subscribe(inbox, cb=receive)
         try:
             request = json.dumps({"multi_last": [wanted], "batch": _MAX_BATCH}).encode()
-            await self._nc.publish(f"{self._js}.DIRECT.GET.{stream}", request, reply=inbox)
+            await self._nats_publish(f"{self._js}.DIRECT.GET.{stream}", request, reply=inbox)
             async with asyncio.timeout(_REQUEST_S):
                 while True:
                     msg = await queue.get()
@@ -983,7 +1020,7 @@ class NatsStore(Store):
         async def receive(msg: Msg) -> None:
             queue.put_nowait(msg)
 
-        sub = await self._nc.subscribe(inbox, cb=receive)
+        sub = await self._nats_subscribe(inbox, cb=receive)
         try:
             config = {
                 "deliver_policy": "last_per_subject",
@@ -1010,7 +1047,7 @@ class NatsStore(Store):
                         msg = await queue.get()
                         if _status(msg):
                             if msg.reply:
-                                await self._nc.publish(msg.reply, b"")
+                                await self._nats_publish(msg.reply, b"")
                             continue
                         delivered += 1
                         seq = msg.metadata.sequence.stream
@@ -1032,7 +1069,7 @@ class NatsStore(Store):
                 raise StoreError(f"scan of {prefix!r} did not complete") from None
             finally:
                 with contextlib.suppress(Exception):
-                    await self._nc.publish(f"{self._js}.CONSUMER.DELETE.{stream}.{name}", b"")
+                    await self._nats_publish(f"{self._js}.CONSUMER.DELETE.{stream}.{name}", b"")
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -1130,6 +1167,17 @@ class NatsStore(Store):
             raise StoreError(f"store {self.url} is closed")
 
 
+async def _keep_cancel(call: Awaitable[_T]) -> _T:
+    """``await call``; if the task was cancelled meanwhile and ``call`` swallowed the
+    cancellation (see ``NatsStore._nats_request``), raise it now."""
+    task = asyncio.current_task()
+    before = task.cancelling() if task is not None else 0
+    result = await call
+    if task is not None and task.cancelling() > before:
+        raise asyncio.CancelledError
+    return result
+
+
 def _status(msg: Msg) -> str | None:
     headers = msg.headers
     if headers and "Status" in headers:
@@ -1223,7 +1271,7 @@ class _NatsWatch(Watch):
             if status is not None:
                 if msg.reply:  # flow control: we have taken what came before it
                     with contextlib.suppress(Exception):
-                        await store._nc.publish(msg.reply, b"")
+                        await store._nats_publish(msg.reply, b"")
                 delivered = (msg.headers or {}).get("Nats-Last-Consumer")
                 if delivered is not None and int(delivered) != self._consumer_seq:
                     await self._reset()  # the server sent something we never got
@@ -1283,7 +1331,7 @@ class _NatsWatch(Watch):
         async def receive(msg: Msg) -> None:
             queue.put_nowait(msg)
 
-        sub = await store._nc.subscribe(inbox, cb=receive)
+        sub = await store._nats_subscribe(inbox, cb=receive)
         config = {
             "deliver_policy": "by_start_sequence",
             "opt_start_seq": self._after + 1,
@@ -1319,7 +1367,7 @@ class _NatsWatch(Watch):
                 await sub.unsubscribe()
         if consumer is not None and not self._store._closed:
             with contextlib.suppress(Exception):
-                await self._store._nc.publish(
+                await self._store._nats_publish(
                     f"{self._store._js}.CONSUMER.DELETE.{self._store._stream}.{consumer}", b""
                 )
 
