@@ -1217,10 +1217,20 @@ class _NatsWatch(Watch):
         )
         self.recreated = 0
         """How many times the consumer was recreated (a gap, a stall, an error)."""
+        self._start_reported = False
 
     async def __aenter__(self) -> Self:
-        with contextlib.suppress(StoreError):
+        try:
             await self._start  # the feed starts from here on, before the body runs
+        except StoreError as e:
+            if self._start_reported:
+                return self
+            self._start_reported = True
+            log.warning(
+                "watch on %r: the store does not answer (%s); the watch starts when it does",
+                self._prefix,
+                e,
+            )
         return self
 
     async def __aexit__(

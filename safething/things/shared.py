@@ -12,6 +12,7 @@ it would from a watch of its own.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Self
 
 from safething.resource import AsyncResource
@@ -49,13 +50,17 @@ class SharedWatches(AsyncResource):
         return self
 
     async def start(self) -> None:
-        """Open both watches; they are live when this returns."""
-        await self.inboxes.start()
-        try:
-            await self.statuses.start()
-        except BaseException:
+        """Open both watches; they are live when this returns. Both start at once: with
+        the store unreachable each waits up to the store's own timeout (a NATS URL's
+        ``timeout``), and one after the other a gateway would wait twice that."""
+        started = await asyncio.gather(
+            self.inboxes.start(), self.statuses.start(), return_exceptions=True
+        )
+        failed = next((r for r in started if isinstance(r, BaseException)), None)
+        if failed is not None:
+            await self.statuses.close()
             await self.inboxes.close()
-            raise
+            raise failed
 
     def inbox(self, addresses: ThingAddresses) -> Watch:
         """Changes of the thing's inbox MD from now on."""

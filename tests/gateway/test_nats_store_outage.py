@@ -5,7 +5,10 @@ answers again. Nothing acknowledged is lost."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
+
+import pytest
 
 from safething.net import Client, Identity
 from safething.store import open_store
@@ -44,6 +47,49 @@ async def test_readings_survive_a_nats_outage(tmp_path: Path) -> None:
         history = await ThingClient(Client(store)).history("sensor-01", "moisture")
         assert [r.value for r in history] == [float(v) for v in range(1, 7)]
         assert [r.seq for r in history] == list(range(1, 7))
+    finally:
+        await gateway.close()
+        registry.close()
+        await store.close()
+        await server.stop()
+
+
+async def test_a_gateway_starting_while_nats_is_down_waits_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store object was opened, then its only server died: the gateway's two shared
+    watches wait for it at the same time (up to the URL's timeout once, not once each),
+    say so, and follow the store once it is back."""
+    timeout = 5.0
+    server = NatsServer(tmp_path / "nats")
+    await server.start()
+    store = await open_store(f"{server.url}?bucket=startdown&timeout={timeout:g}")
+    registry = Registry(tmp_path / "gateway.db")
+    gateway = Gateway(store=store, registry=registry, owner=Identity.generate())
+    try:
+        await server.kill()
+        began = time.monotonic()
+        await gateway.start()
+        waited = time.monotonic() - began
+        assert timeout <= waited < 1.6 * timeout  # one after the other: twice the timeout
+        warned = [r.getMessage() for r in caplog.records if "does not answer" in r.getMessage()]
+        assert len(warned) == 2, warned  # each watch says so
+
+        await server.start()
+        record = registry.add("valve-01", "http")
+        valve = Device("valve-01", record.secret)
+        description = {**SENSOR, "id": "valve-01"}
+        async with asyncio.timeout(60):  # the birth is buffered until the store answers
+            await gateway.handle(
+                "valve-01", "birth", valve.message("birth", {"description": description})
+            )
+            while registry.buffer_depth() or "valve-01" not in gateway.things:
+                await asyncio.sleep(0.1)
+        controller = ThingClient(Client(store, Identity.generate("controller")))
+        await controller.request("valve-01", "OpenValve", psi=40)
+        async with asyncio.timeout(60):  # it reaches the thing through the shared watch
+            while not await gateway.handle("valve-01", "poll", valve.message("poll", {})):
+                await asyncio.sleep(0.05)
     finally:
         await gateway.close()
         registry.close()
