@@ -173,20 +173,17 @@ class _File:
 
     def flush_soon(self) -> None:
         self.soon_handle = None
-        states = [s for s in self.soon_states if s._scheduled == "soon" and not s._closed]
-        self.soon_states.clear()
-        now = time.time()
-        batches = [(state, rows) for state in states if (rows := state._take(now))]
-        if not batches:
-            return
-        self.write([rows for _, rows in batches], now)
-        for state, rows in batches:
-            state._written(rows, now)
+        self._flush(self.soon_states, "soon")
 
     def flush_waiting(self) -> None:
         self.timer = None
-        states = [s for s in self.waiting if s._scheduled == "later" and not s._closed]
-        self.waiting.clear()
+        self._flush(self.waiting, "later")
+
+    def _flush(self, asked: dict[TrustState, None], scheduled: str) -> None:
+        """Write in one transaction what the states in ``asked`` hold: those still open
+        and still waiting for this write (``scheduled``)."""
+        states = [s for s in asked if s._scheduled == scheduled and not s._closed]
+        asked.clear()
         now = time.time()
         batches = [(state, rows) for state in states if (rows := state._take(now))]
         if not batches:
