@@ -108,8 +108,9 @@ THINGS = [
 ]
 # thing.py's request handling and access checks: every test of tests/things that drives
 # a Thing's requests, status or keys, fastest first (-x); the attacker tests that back the
-# request-handling protections in docs/security.md; SQLite only for the process holding
-# only the store (its NATS case runs the same thing code).
+# request-handling protections in docs/security.md; the availability a thing announces
+# when it starts serving (register); SQLite only for the process holding only the store
+# (its NATS case runs the same thing code).
 THING = [
     "tests/things/test_thing.py",
     "tests/things/test_thing_authority.py",
@@ -118,6 +119,7 @@ THING = [
     "tests/things/test_states.py",
     "tests/things/test_trust_property_thing.py",
     "tests/things/test_store_attacker.py",
+    "tests/things/test_availability.py",
     "-k",
     "not nats",
 ]
