@@ -490,6 +490,13 @@ async def test_a_read_during_a_group_commit_neither_waits_for_it_nor_sees_it(
             reader.start()
             reader.join(10)  # at once, unless it waits for the batch (released below)
             assert read == [0], "the read waited for the group commit, or saw its write"
+            # and on the event loop's own thread (a thread started before the worker)
+            timer = threading.Timer(10, release.set)  # lets a read that waits go on
+            timer.start()
+            on_loop = registry.get("sensor-01").rx_counter
+            timer.cancel()
+            assert not release.is_set(), "the loop's read waited for the group commit"
+            assert on_loop == 0
         finally:
             release.set()
         await asyncio.gather(*batch)
@@ -692,3 +699,21 @@ async def test_a_change_made_alone_after_a_group_commit_is_read_at_once(tmp_path
 
 def test_the_cache_holds_the_documented_number_of_rows() -> None:
     assert registry_module.CACHED_DEVICES == 4096  # docs/benchmarks.md: about 4 KB each
+
+
+def test_a_call_that_fails_halfway_before_any_group_commit_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """A registry that has not run a group commit yet: a call that fails halfway (its
+    counter spent, then its description refused) is rolled back whole, so the counter
+    is not spent without the birth it belongs to."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        registry.add("sensor-01", "mqtt")
+        with pytest.raises(TypeError):
+            registry.accept("sensor-01", 7, description={"bad": object()})
+        assert registry.get("sensor-01").rx_counter == 0
+        registry.accept("sensor-01", 7, description={"id": "sensor-01"})
+        assert registry.get("sensor-01").description == {"id": "sensor-01"}
+    finally:
+        registry.close()
