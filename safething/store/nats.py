@@ -1085,7 +1085,10 @@ class NatsStore(Store):
         """Without ``since`` the feed starts from the stream's last sequence as the
         server reports it to the watch's first request (``async with`` waits for
         that answer); writes of this store object acknowledged after the call are
-        delivered even if they overtake that request."""
+        delivered even if they overtake that request. If that request fails (the store
+        does not answer), the feed starts after the last revision this store object had
+        seen at the call, once the store answers: a change another client committed
+        just before the call may then come too, none committed after it is missed."""
         check_prefix(prefix)
         self._check_open()
         if since is not None and since < 0:
@@ -1264,8 +1267,14 @@ class _NatsWatch(Watch):
                     await self._until_closed(asyncio.shield(self._start))
                     continue
                 if self._start.exception() is not None:
-                    self._start = asyncio.get_running_loop().create_task(self._begin(True))
-                    await self._back_off()
+                    # The store did not say where "now" was when the watch was made; it
+                    # is not asked again (a later "now" would pass over what others
+                    # wrote meanwhile): the watch delivers every change after the last
+                    # revision this store object had seen then. One committed just
+                    # before the call may come too; none after it is missed.
+                    self._start = asyncio.get_running_loop().create_task(self._begin(False))
+                    self._live_from, self._own = None, set()
+                    store._starting.discard(self)
                     continue
                 if self._sub is None:
                     # a request in flight when the store closes may never be answered

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from safething.errors import StoreError
 from safething.store import open_store
 from safething.store.nats_testing import NatsServer, nats_server
 
@@ -62,3 +63,36 @@ async def test_a_cancellation_landing_with_the_answer_is_not_lost(tmp_path: Path
                     await reading
         finally:
             await store.close()
+
+
+async def test_a_watch_made_while_the_server_is_down_misses_nothing_after(
+    tmp_path: Path,
+) -> None:
+    """A watch made (without ``since``) while its store's server is down cannot learn
+    where "now" is; once the server is back, a write by another client landing before
+    the watch is next read is still delivered: it came after the watch was made."""
+    server = NatsServer(tmp_path)
+    await server.start()
+    url = f"{server.url}?bucket=startdown&timeout=2"
+    other = await open_store(url)
+    before = await other.put("p.before", b"committed before the watch")
+    watcher = await open_store(url)  # it has seen the store up to p.before
+    try:
+        await server.kill()
+        async with watcher.watch("p.") as feed:  # waits the URL's timeout, then goes on
+            await server.start()
+            async with asyncio.timeout(60):  # the other client's connection is back
+                while True:
+                    try:
+                        after = await other.put("p.after", b"committed after the watch")
+                        break
+                    except StoreError:
+                        await asyncio.sleep(0.1)
+            async with asyncio.timeout(60):
+                change = await anext(aiter(feed))
+        assert (change.key, change.revision) == ("p.after", after)
+        assert after > before
+    finally:
+        await watcher.close()
+        await other.close()
+        await server.stop()
