@@ -12,7 +12,7 @@ import pytest
 
 from safething.errors import BadKeyError, RolledBackError, StoreError, TamperedDataError
 from safething.net import ANYONE, TAG_THING, Client, Identity, MDHeader, XorName
-from safething.net.trust import _SCHEMA, HeaderState, TrustState
+from safething.net.trust import _SCHEMA, HeaderState, TrustState, _File
 from safething.store import open_store
 
 
@@ -346,12 +346,9 @@ async def test_a_legitimate_header_after_a_refused_one_is_read_whatever_its_byte
         assert reader_client.tampered_count == 1
 
 
-async def test_the_marks_of_many_states_on_one_file_are_written_together(
-    tmp_path: Path,
-) -> None:
-    """A gateway's custodial things share one trust file: their entry marks of the
-    same 50 ms go out in one transaction, each state's own, and none is lost."""
-    path = tmp_path / "trust.db"
+def _five_states_on_one_file(path: Path) -> tuple[list[TrustState], _File, list[str]]:
+    """Five states on one trust file (as a gateway's things share it), the file, and the
+    list its transactions' BEGINs are added to as they start."""
     states = [TrustState.open(path) for _ in range(5)]
     transactions: list[str] = []
     file = states[0]._file
@@ -359,6 +356,16 @@ async def test_the_marks_of_many_states_on_one_file_are_written_together(
     file.db.set_trace_callback(
         lambda sql: transactions.append(sql) if sql.startswith("BEGIN") else None
     )
+    return states, file, transactions
+
+
+async def test_the_marks_of_many_states_on_one_file_are_written_together(
+    tmp_path: Path,
+) -> None:
+    """A gateway's custodial things share one trust file: their entry marks of the
+    same 50 ms go out in one transaction, each state's own, and none is lost."""
+    path = tmp_path / "trust.db"
+    states, file, transactions = _five_states_on_one_file(path)
     for i, state in enumerate(states):
         state.set_entry_version(f"md.t.{i}.e.1", i + 1)
         state.set_entry_version(f"md.t.{i}.e.2", 7)
@@ -384,13 +391,7 @@ async def test_the_changes_of_many_states_in_one_step_are_written_together_at_it
     the states on one trust file (a gateway's things born together) in one transaction,
     each its own rows, and nothing before the step ends."""
     path = tmp_path / "trust.db"
-    states = [TrustState.open(path) for _ in range(5)]
-    transactions: list[str] = []
-    file = states[0]._file
-    assert file is not None and all(s._file is file for s in states)
-    file.db.set_trace_callback(
-        lambda sql: transactions.append(sql) if sql.startswith("BEGIN") else None
-    )
+    states, file, transactions = _five_states_on_one_file(path)
     raw = b"\x01" * 32
     for i, state in enumerate(states):
         state.set_header(f"md.t.{i}.h", HeaderState(frozenset({raw}), i, b"header %d" % i))
