@@ -5,13 +5,15 @@ answers again. Nothing acknowledged is lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from safething.net import Client, Identity
-from safething.store import open_store
+from safething.store import Store, open_store
 from safething.store.nats_testing import NatsServer
 from safething.things import ThingClient
 from safething_gateway.core import Gateway
@@ -20,13 +22,27 @@ from safething_gateway.registry import Registry
 from .conftest import SENSOR, Device
 
 
-async def test_readings_survive_a_nats_outage(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _gateway_on_nats(
+    tmp_path: Path, bucket: str, timeout: float
+) -> AsyncIterator[tuple[NatsServer, Store, Registry, Gateway]]:
+    """A gateway (not started) on its own nats-server; all of it stopped at the end."""
     server = NatsServer(tmp_path / "nats")
     await server.start()
-    store = await open_store(f"{server.url}?bucket=outage&timeout=1")
+    store = await open_store(f"{server.url}?bucket={bucket}&timeout={timeout:g}")
     registry = Registry(tmp_path / "gateway.db")
     gateway = Gateway(store=store, registry=registry, owner=Identity.generate())
     try:
+        yield server, store, registry, gateway
+    finally:
+        await gateway.close()
+        registry.close()
+        await store.close()
+        await server.stop()
+
+
+async def test_readings_survive_a_nats_outage(tmp_path: Path) -> None:
+    async with _gateway_on_nats(tmp_path, "outage", 1) as (server, store, registry, gateway):
         await gateway.start()
         record = registry.add("sensor-01", "http")
         device = Device("sensor-01", record.secret)
@@ -47,11 +63,6 @@ async def test_readings_survive_a_nats_outage(tmp_path: Path) -> None:
         history = await ThingClient(Client(store)).history("sensor-01", "moisture")
         assert [r.value for r in history] == [float(v) for v in range(1, 7)]
         assert [r.seq for r in history] == list(range(1, 7))
-    finally:
-        await gateway.close()
-        registry.close()
-        await store.close()
-        await server.stop()
 
 
 async def test_a_gateway_starting_while_nats_is_down_waits_once(
@@ -61,12 +72,12 @@ async def test_a_gateway_starting_while_nats_is_down_waits_once(
     watches wait for it at the same time (up to the URL's timeout once, not once each),
     say so, and follow the store once it is back."""
     timeout = 5.0
-    server = NatsServer(tmp_path / "nats")
-    await server.start()
-    store = await open_store(f"{server.url}?bucket=startdown&timeout={timeout:g}")
-    registry = Registry(tmp_path / "gateway.db")
-    gateway = Gateway(store=store, registry=registry, owner=Identity.generate())
-    try:
+    async with _gateway_on_nats(tmp_path, "startdown", timeout) as (
+        server,
+        store,
+        registry,
+        gateway,
+    ):
         await server.kill()
         began = time.monotonic()
         await gateway.start()
@@ -90,8 +101,3 @@ async def test_a_gateway_starting_while_nats_is_down_waits_once(
         async with asyncio.timeout(60):  # it reaches the thing through the shared watch
             while not await gateway.handle("valve-01", "poll", valve.message("poll", {})):
                 await asyncio.sleep(0.05)
-    finally:
-        await gateway.close()
-        registry.close()
-        await store.close()
-        await server.stop()
