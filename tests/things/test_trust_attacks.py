@@ -26,6 +26,7 @@ import pytest
 from safething.errors import (
     AccessDeniedError,
     ActionFailedError,
+    ConflictError,
     NoSuchEntryError,
     TamperedDataError,
 )
@@ -902,6 +903,44 @@ async def test_a_cancellation_while_a_resumable_request_is_accepted_never_runs_i
             assert (await handle.wait(TIMEOUT)).state == "cancelled"
             await until(lambda: rid not in t._running and rid not in t._handling, "ended")
             assert ran == []
+
+
+async def test_a_level_key_record_written_while_the_thing_registers_is_not_replaced(
+    url: str, owner: Identity, device: Identity, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thing whose trust state holds no key of its own and which finds no ``k/thing``
+    record makes a key and writes its record only if none is there by then: one written
+    between its read and its commit (another process of the same thing registering at
+    once) is not replaced, and the registration fails instead of leaving two processes
+    of the thing with different keys."""
+    key = ADDR.thing.entry_key(b"k/thing")
+    armed, held = asyncio.Event(), asyncio.Event()
+    async with await open_store(url) as store, await open_store(url) as own:
+        async with _thing(device, owner, url) as t:
+            await t.register()
+        theirs = await store.get(key)
+        assert theirs is not None
+        await store.delete(key)
+        real_commit = own.commit
+
+        async def commit(writes: Any, **kwargs: Any) -> list[int | Exception]:
+            if armed.is_set() and not held.is_set() and any(w.key == key for w in writes):
+                held.set()
+                await store.put(key, theirs.value)  # the other process's record lands
+            return await real_commit(writes, **kwargs)
+
+        monkeypatch.setattr(own, "commit", commit)
+        fresh = TrustState.open(tmp_path / "fresh-trust.db")
+        armed.set()
+        async with Thing(
+            garden_description(), identity=device, owner=owner.public, store=own, trust=fresh
+        ) as again:
+            with pytest.raises(ConflictError):
+                await again.register()
+        assert held.is_set()
+        stored = await store.get(key)
+        assert stored is not None
+        assert stored.value == theirs.value
 
 
 async def _has(md: Any, key: str) -> bool:
