@@ -254,7 +254,9 @@ ONLY: dict[str, tuple[str, ...]] = {
     # while its request was ending, _scan_if_passed_over), the access checks (the MDs
     # pinned to the thing and its owner; level keys, status and the group's members only
     # from them) and what the thing refuses or repairs from the store at registration
-    # (since 94885eb also the short way of a new thing, _knows_nothing, _register_new);
+    # (since 94885eb also the short way of a new thing, _knows_nothing, _register_new,
+    # and the end of register split off as _serve; who each level key is sealed to,
+    # _level_readers);
     # not: the lifecycle, data writes and sequence numbers, subscriptions, history,
     # availability, the outbox's formatting and trimming.
     "safething/things/thing.py": (
@@ -263,7 +265,9 @@ ONLY: dict[str, tuple[str, ...]] = {
         "Thing.register",
         "Thing._knows_nothing",
         "Thing._register_new",
+        "Thing._serve",
         "Thing._put_if_changed",
+        "Thing._level_readers",
         "Thing._ensure_level_keys",
         "Thing._level_record",
         "Thing._refresh_group_key",

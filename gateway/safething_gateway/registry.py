@@ -666,7 +666,8 @@ class Registry:
         self, device_id: str, channel: str, body: bytes, *, expires: float | None = None
     ) -> Downlink:
         """Take the next gateway counter and queue a message for the device, durably;
-        :class:`DownlinkQueueFullError` when it already has :attr:`max_pending` waiting."""
+        :class:`DownlinkQueueFullError` when it already has :attr:`max_pending` waiting,
+        :class:`RevokedDeviceError` for a revoked device."""
         downlink = self._enqueue(device_id, channel, body, expires=expires, once=False)
         assert downlink is not None
         return downlink
@@ -711,11 +712,16 @@ class Registry:
                     limit=self.max_pending,
                     actual=waiting,
                 )
+            # A device revoked meanwhile (by another process, after the caller's look-up)
+            # gets nothing queued: revoking dropped its queue, nothing may refill it.
             row = db.execute(
-                "UPDATE devices SET tx_counter = tx_counter + 1 WHERE id = ? RETURNING tx_counter",
+                "UPDATE devices SET tx_counter = tx_counter + 1 WHERE id = ? AND revoked = 0"
+                " RETURNING tx_counter",
                 (device_id,),
             ).fetchone()
             if row is None:
+                if db.execute("SELECT 1 FROM devices WHERE id = ?", (device_id,)).fetchone():
+                    raise RevokedDeviceError(f"device {device_id!r} is revoked")
                 raise UnknownDeviceError(f"unknown device {device_id!r}")
             db.execute(
                 "INSERT INTO downlinks VALUES (?, ?, ?, ?, ?, ?)",

@@ -164,6 +164,36 @@ async def test_revocation_drops_the_queued_downlinks(gateway: Gateway, device: D
         await gateway.handle("sensor-01", "poll", device.message("poll", {}))
 
 
+@pytest.mark.parametrize("call", ["enqueue", "enqueue_once"])
+async def test_a_downlink_racing_a_revocation_is_not_queued(
+    gateway: Gateway, device: Device, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """Another process revokes the device after the gateway looked it up and before its
+    downlink (a desired value, or an action request) is queued: the queue's transaction
+    refuses it, so nothing waits for a revoked device."""
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
+    cli = Registry(gateway.registry.path)  # the other process's registry on the same file
+    queue = getattr(gateway.registry, call)
+
+    def revoked_first(*args: Any, **kwargs: Any) -> Any:
+        cli.revoke("sensor-01")
+        return queue(*args, **kwargs)
+
+    monkeypatch.setattr(gateway.registry, call, revoked_first)
+    send = (
+        gateway.send("sensor-01", "desired", {"target": 5})
+        if call == "enqueue"
+        else gateway._send_once("sensor-01", "action/OpenValve", {}, expires=time.time() + 60)
+    )
+    try:
+        with pytest.raises(RevokedDeviceError):
+            await send
+    finally:
+        cli.close()
+    assert gateway.registry.pending("sensor-01") == []
+    assert gateway.registry.queue_depth() == 0
+
+
 async def test_a_reading_racing_a_revocation_is_refused(
     gateway: Gateway, device: Device, monkeypatch: pytest.MonkeyPatch
 ) -> None:
