@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import queue
@@ -228,15 +229,22 @@ async def test_home_assistant_publishing_and_adoption_with_the_shipped_files(
                 assert await ha.expect("safething/garden-07/moisture") == b"41.5"
 
                 # adoption: a Tasmota plug with its own login; its state topics are read
-                for part, retain in (("retained", True), ("live", False)):
+                async def send(part: str, *, retain: bool) -> None:
                     for m in TASMOTA[part]:
                         payload = m["payload"]
                         text = payload if isinstance(payload, str) else json.dumps(payload)
                         await tasmota.publish(m["topic"], text, retain=retain)
+
+                await send("retained", retain=True)
                 assert app.store is not None
                 async with ThingClient(Client(app.store)) as things:
                     async with asyncio.timeout(120):  # a hang guard only
-                        while True:
+                        for tick in itertools.count():
+                            # Its telemetry is not retained: the gateway reads it once it
+                            # follows the topics the discovery names, so the plug sends it
+                            # again every second, as a plug does every TelePeriod.
+                            if tick % 20 == 0:
+                                await send("live", retain=False)
                             with contextlib.suppress(Exception):
                                 reading = await things.read("ha-A1B2C3", "am2301_temperature")
                                 if reading.value == 21.4:
