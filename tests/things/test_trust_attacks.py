@@ -759,13 +759,14 @@ async def test_a_store_wiped_while_the_thing_was_down_gets_back_what_the_thing_t
             assert await md.get_value(f"k/{level}") == record
 
 
+@pytest.mark.parametrize("publish", [True, False])
 async def test_a_new_thing_whose_mds_are_written_to_meanwhile_takes_the_long_way(
-    url: str, owner: Identity, device: Identity, monkeypatch: pytest.MonkeyPatch
+    url: str, owner: Identity, device: Identity, monkeypatch: pytest.MonkeyPatch, publish: bool
 ) -> None:
     """The owner writes the group key into a new thing's MD between its creation and the
     thing's first commit (which writes its entries as new, reading nothing): that commit
     is refused, nothing of it written, and the thing registers the long way, learning
-    the owner's key."""
+    the owner's key, published only if asked."""
     secret = SecretKey.generate()
     record = make_key_record(0, secret, [owner.public, device.public])
     async with await open_store(url) as store, _thing(device, owner, url) as t:
@@ -777,8 +778,8 @@ async def test_a_new_thing_whose_mds_are_written_to_meanwhile_takes_the_long_way
             return created
 
         monkeypatch.setattr(t.client, "create_mds", and_the_owner_writes)
-        await t.register(publish=True)
-        assert t.status == "published"
+        await t.register(publish=publish)
+        assert t.status == ("published" if publish else "registered")
         assert t.trust.value(f"level/{THING}/group") == record
         md = Client(store).md(ADDR.thing.name, ADDR.thing.tag)
         assert (await md.get("k/group")).version == 0  # the owner's, not overwritten
