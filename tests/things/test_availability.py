@@ -40,6 +40,21 @@ async def test_online_while_running_offline_when_stopped(
     assert (await stranger.availability("garden-01")).state == "offline"
 
 
+async def test_a_thing_registering_again_is_online_again(
+    store: Store, owner: Identity, stranger: ThingClient
+) -> None:
+    """A thing registered before (its MDs exist: it registers the long way, reading them
+    back) says again that it is online, after the "stopped" of its last run."""
+    device = Identity.generate()
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        await t.register()
+    assert (await stranger.availability("garden-01")).reason == "stopped"
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        await t.register()
+        live = await stranger.availability("garden-01")
+        assert (live.online, live.state) == (True, "online")
+
+
 async def test_request_to_an_offline_thing_says_so_at_once(
     store: Store, owner: Identity, device: Identity, stranger: ThingClient
 ) -> None:

@@ -786,6 +786,28 @@ async def test_a_new_thing_whose_mds_are_written_to_meanwhile_takes_the_long_way
         assert (await md.get("k/thing")).signer == device.public_sign_key
 
 
+async def test_a_new_things_status_set_by_the_owner_meanwhile_is_kept(
+    url: str, owner: Identity, device: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner disables a new thing between the creation of its MDs and its first
+    commit: that commit, which writes the thing's status as new, is refused, and the
+    thing registers the long way, keeping the owner's status (not overwriting it)."""
+    async with await open_store(url) as store, _thing(device, owner, url) as t:
+        create_mds = t.client.create_mds
+
+        async def and_the_owner_disables(*args: Any, **kwargs: Any) -> Any:
+            created = await create_mds(*args, **kwargs)
+            md = Client(store, owner).md(ADDR.thing.name, ADDR.thing.tag)
+            await md.insert("status", dumps({"s": "disabled", "t": time.time()}))
+            return created
+
+        monkeypatch.setattr(t.client, "create_mds", and_the_owner_disables)
+        await t.register(publish=True)
+        assert t.status == "disabled"
+        entry = await Client(store).md(ADDR.thing.name, ADDR.thing.tag).get("status")
+        assert (entry.version, entry.signer) == (0, owner.public_sign_key)
+
+
 async def test_a_header_the_store_garbled_is_repaired_at_registration(
     url: str, owner: Identity, device: Identity
 ) -> None:
