@@ -5,11 +5,13 @@ safething_gateway/registry.py that survived the gateway's tests)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import sqlite3
 import stat
 import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -458,6 +460,35 @@ async def test_calls_after_close_fail_at_once(tmp_path: Path) -> None:
                 await registry.call(registry.accept_counter, "sensor-01", 1)
 
 
+@contextlib.asynccontextmanager
+async def _mid_group_commit(
+    registry: Registry, fn: Callable[..., Any], *args: Any
+) -> AsyncIterator[threading.Event]:
+    """Inside: one group commit has run ``fn(*args)`` and is held open, not committed
+    (by a call queued after it that waits for the event yielded); at the end it is let
+    go, and committed."""
+    in_batch, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        in_batch.set()
+        release.wait(30)
+
+    first, release_first = await _hold_worker(registry)
+    batch = [
+        asyncio.ensure_future(registry.call(fn, *args)),
+        asyncio.ensure_future(registry.call(hold)),
+    ]
+    await asyncio.sleep(0.05)  # both queued behind the first hold: one batch
+    release_first.set()
+    await first
+    try:
+        assert await asyncio.to_thread(in_batch.wait, 10)
+        yield release
+    finally:
+        release.set()
+    await asyncio.gather(*batch)
+
+
 async def test_a_read_during_a_group_commit_neither_waits_for_it_nor_sees_it(
     tmp_path: Path,
 ) -> None:
@@ -467,22 +498,7 @@ async def test_a_read_during_a_group_commit_neither_waits_for_it_nor_sees_it(
     registry = Registry(tmp_path / "gateway.db")
     try:
         registry.add("sensor-01", "mqtt")
-        in_batch, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            in_batch.set()
-            release.wait(30)
-
-        first, release_first = await _hold_worker(registry)
-        batch = [
-            asyncio.ensure_future(registry.call(registry.accept_counter, "sensor-01", 4)),
-            asyncio.ensure_future(registry.call(hold)),
-        ]
-        await asyncio.sleep(0.05)  # both queued behind the first hold: one batch
-        release_first.set()
-        await first
-        try:
-            assert await asyncio.to_thread(in_batch.wait, 10)
+        async with _mid_group_commit(registry, registry.accept_counter, "sensor-01", 4) as release:
             read: list[int] = []
             reader = threading.Thread(
                 target=lambda: read.append(registry.get("sensor-01").rx_counter), daemon=True
@@ -497,9 +513,6 @@ async def test_a_read_during_a_group_commit_neither_waits_for_it_nor_sees_it(
             timer.cancel()
             assert not release.is_set(), "the loop's read waited for the group commit"
             assert on_loop == 0
-        finally:
-            release.set()
-        await asyncio.gather(*batch)
         assert registry.get("sensor-01").rx_counter == 4
     finally:
         registry.close()
@@ -623,27 +636,9 @@ async def test_a_row_read_during_a_group_commit_is_not_kept_past_it(tmp_path: Pa
     registry = Registry(tmp_path / "gateway.db")
     try:
         registry.add("sensor-01", "mqtt")
-        in_batch, release = threading.Event(), threading.Event()
-
-        def hold() -> None:
-            in_batch.set()
-            release.wait(30)
-
-        first, release_first = await _hold_worker(registry)
-        batch = [
-            asyncio.ensure_future(registry.call(registry.set_meta, "sensor-01", {"room": "attic"})),
-            asyncio.ensure_future(registry.call(hold)),
-        ]
-        await asyncio.sleep(0.05)  # both queued behind the first hold: one batch
-        release_first.set()
-        await first
-        try:
-            assert await asyncio.to_thread(in_batch.wait, 10)
+        async with _mid_group_commit(registry, registry.set_meta, "sensor-01", {"room": "attic"}):
             meanwhile = registry.cached("sensor-01")
             assert meanwhile is not None and meanwhile.meta == {}  # not committed yet
-        finally:
-            release.set()
-        await asyncio.gather(*batch)
         assert registry.cached("sensor-01").meta == {"room": "attic"}  # type: ignore[union-attr]
     finally:
         registry.close()
