@@ -564,8 +564,7 @@ class Gateway(AsyncResource):
         device_id = record.device_id
         registry = self.registry
         if channel == "birth":
-            if born is None:
-                born = self._birth_description(record, body)[1]
+            assert born is not None  # checked by _handle before the counter was spent
             await self._birth(record, born)
             await self.deliver(device_id)
         elif channel == "state":
@@ -641,7 +640,7 @@ class Gateway(AsyncResource):
         description itself was kept with the birth's counter (:meth:`Registry.accept`)."""
         try:
             # online: the device has just spoken (its availability goes out with its thing)
-            await self._thing_for(record, desc.to_dict(), desc, online=True)
+            await self._thing_for(record, desc, online=True)
         except StoreError as e:
             # Its counter is taken (and over MQTT the message acknowledged): the device
             # will not send it again, so keep the verified birth and register the thing
@@ -660,7 +659,7 @@ class Gateway(AsyncResource):
         if not record.description or record.revoked:
             return
         try:
-            await self._thing_for(record, record.description)
+            await self._thing_for(record, _parsed(record.description))
         except StoreError as e:
             log.warning("device %s: its thing waits for the store: %s", record.device_id, e)
             self._unborn.add(record.device_id)
@@ -740,21 +739,14 @@ class Gateway(AsyncResource):
         writable attributes forwarded to it; any other (an adopted device) gets no
         handlers: its adapter installs its own on the returned thing.
         """
-        return await self._thing_for(record, description.to_dict(), description)
+        return await self._thing_for(record, description)
 
     async def _thing_for(
-        self,
-        record: DeviceRecord,
-        doc: dict[str, Any],
-        desc: ThingDescription | None = None,
-        *,
-        online: bool = False,
+        self, record: DeviceRecord, desc: ThingDescription, *, online: bool = False
     ) -> Thing:
         """The device's custodial thing, (re)registered if its description changed;
-        ``desc``: ``doc`` parsed already; ``online``: the device has just spoken, so its
-        thing is registered as online (in the same commit when it is new)."""
-        if desc is None:
-            desc = _parsed(doc)
+        ``online``: the device has just spoken, so its thing is registered as online (in
+        the same commit when it is new)."""
         current = self.things.get(record.device_id)
         if current is not None and current.description == desc:
             return current
@@ -833,7 +825,7 @@ class Gateway(AsyncResource):
             record = self.registry.find(device_id)
             if record is not None and record.description and not record.revoked:
                 try:
-                    await self._thing_for(record, record.description)
+                    await self._thing_for(record, _parsed(record.description))
                 except ProtocolError as e:
                     log.warning("dropping the kept birth of %s: %s", device_id, e)
                 else:
