@@ -514,9 +514,7 @@ class Thing(AsyncResource):
                 new=True,
             )
         await batch.commit(md, fresh=True)
-        for pointer in self._streams():
-            self._seq[pointer] = (0, None)
-        self._archive.restore_new(self._streams())
+        self._archive.restore_new(self._streams())  # every ring empty; no sequence yet
 
     async def _serve(self, online: bool) -> None:
         """The end of :meth:`register`: its own view, then its tasks (once), and its
