@@ -40,6 +40,7 @@ from safething.net.records import (
     Entry,
     MDAddress,
     MDHeader,
+    VerifiedBatches,
 )
 from safething.net.trust import HeaderState, TrustState
 from safething.net.xorname import XorName
@@ -102,6 +103,9 @@ class Client(AsyncResource):
         # and the header let a read of the very same bytes under the very same header
         # skip the signature check (what was valid then is valid now).
         self._known: dict[str, tuple[Entry, int, bytes, MDHeader | None]] = {}
+        # Batch signatures this client checked: the other entries of a batch (a
+        # reading's sequence pointer and history slot) then cost no signature check.
+        self._batches = VerifiedBatches()
 
     async def close(self) -> None:
         """Close the store this client uses."""

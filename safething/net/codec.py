@@ -22,16 +22,22 @@ from safething.errors import FormatVersionError, MalformedRecordError
 __all__ = ["FORMAT", "decode_record", "encode_record", "field", "signing_bytes"]
 
 FORMAT = 1
-"""The record format this release writes (and the newest it reads)."""
+"""The record format this release writes (and the newest it reads) for every kind of
+record but one: an entry signed in a batch with others is format 2
+(:data:`safething.net.records.BATCH_FORMAT`), so that a release reading only format 1
+refuses it as unreadable ("upgrade") instead of as forged."""
 
 
-def encode_record(kind: str, fields: dict[str, Any]) -> bytes:
-    """CBOR of ``{"f": FORMAT, "t": kind, **fields}``."""
-    return bytes(cbor2.dumps({"f": FORMAT, "t": kind, **fields}))
+def encode_record(kind: str, fields: dict[str, Any], *, fmt: int = FORMAT) -> bytes:
+    """CBOR of ``{"f": fmt, "t": kind, **fields}``."""
+    return bytes(cbor2.dumps({"f": fmt, "t": kind, **fields}))
 
 
-def decode_record(data: bytes, kind: str, *, where: str = "") -> dict[str, Any]:
-    """Decode a record of ``kind``; raise a precise error for anything else."""
+def decode_record(
+    data: bytes, kind: str, *, where: str = "", newest: int = FORMAT
+) -> dict[str, Any]:
+    """Decode a record of ``kind`` in a format up to ``newest``; raise a precise error
+    for anything else (the caller reads ``doc["f"]`` when it knows several formats)."""
     try:
         doc = cbor2.loads(data)
     except Exception as e:  # cbor2 raises several unrelated types on garbage
@@ -43,9 +49,9 @@ def decode_record(data: bytes, kind: str, *, where: str = "") -> dict[str, Any]:
     fmt = doc.get("f")
     if not isinstance(fmt, int):
         raise MalformedRecordError(f"{where}: stored record has no format version", address=where)
-    if fmt > FORMAT or fmt < 1:
+    if fmt > newest or fmt < 1:
         raise FormatVersionError(
-            f"{where}: record format {fmt} is not readable by this release (reads 1..{FORMAT}); "
+            f"{where}: record format {fmt} is not readable by this release (reads 1..{newest}); "
             "upgrade safething",
             address=where,
         )

@@ -201,7 +201,7 @@ class MutableData:
                     f"MD {self.address}: an entry record was stored under another key",
                     address=str(self.address),
                 )
-            rec.verify(self.address, header)
+            rec.verify(self.address, header, verified=client._batches)
             if codec is None:
                 key, value = rec.stored_key, rec.stored_value
             else:

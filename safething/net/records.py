@@ -15,7 +15,10 @@ Validity, checked by every reader:
 * the header is signed by one of the owners it names, over (name, tag,
   owners, permissions, permission version, kind);
 * an entry's signature covers (name, tag, stored key, stored value,
-  version) and verifies under its signer;
+  version) and verifies under its signer; or, for an entry signed in a *batch*
+  with others of the same commit (format 2), the entry's leaf (a hash of those
+  same fields) is the one at the record's index in the list of leaves it
+  carries, and the signature covers that whole list;
 * the signer is an owner or holds, in the current permission set, Insert
   (version 0), Update (a later version with a value) or Delete (a tombstone);
 * versions only move forward: a reader remembers the highest version it
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -41,6 +45,8 @@ from safething.net.permissions import Action, PermissionSet
 from safething.net.xorname import XorName
 
 __all__ = [
+    "BATCH_FORMAT",
+    "MAX_BATCH",
     "MAX_ENTRIES",
     "MAX_ENTRY_KEY_BYTES",
     "MAX_MD_BYTES",
@@ -53,6 +59,8 @@ __all__ = [
     "MDAddress",
     "MDHeader",
     "PrivateCodec",
+    "VerifiedBatches",
+    "batches",
     "check_entry_key",
     "needed_action",
     "record_digest",
@@ -75,8 +83,16 @@ MAX_MD_BYTES = 1024 * 1024
 MAX_ENTRY_KEY_BYTES = 256
 """Longest entry key, in bytes."""
 
+MAX_BATCH = 16
+"""Most entries signed together (a batch record carries one 32-byte leaf per entry)."""
+BATCH_FORMAT = 2
+"""The record format of an entry signed in a batch (a lone entry stays format 1)."""
+
 _HEADER_DOMAIN = "safething/md-header/v1"
 _ENTRY_DOMAIN = "safething/md-entry/v1"
+_BATCH_DOMAIN = "safething/md-batch/v1"
+_LEAF_PERSON = b"safething/leaf"
+_LEAF_BYTES = 32
 
 
 def record_digest(data: bytes) -> bytes:
@@ -300,7 +316,15 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class EntryRecord:
-    """An entry as stored: what the signature covers, plus the sealed key of private MDs."""
+    """An entry as stored: what the signature covers, plus the sealed key of private MDs.
+
+    Signed alone (format 1), ``signature`` covers :meth:`signed_part`. Signed in a
+    batch with the other entries of one commit (format 2), it carries the leaf of
+    every entry of the batch (:meth:`leaf`, in the order they were signed) and its own
+    index among them, and ``signature`` covers that list (one signature for the whole
+    commit); a reader checks that the record's own leaf is the one at its index, so
+    the record is verified on its own, without the other entries.
+    """
 
     stored_key: bytes
     """The key in the store: the real key (public MD) or its keyed hash (private MD)."""
@@ -313,7 +337,32 @@ class EntryRecord:
     signer: PublicSignKey
     """Writer's public key."""
     signature: bytes
-    """Signature over :meth:`signed_part`."""
+    """Signature over :meth:`signed_part` (alone) or over the batch's leaves."""
+    batch: tuple[bytes, ...] = ()
+    """The leaves of the entries signed together, 2 to :data:`MAX_BATCH` distinct
+    32-byte digests; empty for an entry signed alone."""
+    index: int = 0
+    """This entry's place in ``batch`` (0 when signed alone)."""
+
+    def __post_init__(self) -> None:
+        batch, index = self.batch, self.index
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError("a batch index is an integer")
+        if not batch:
+            if index != 0:
+                raise ValueError("an entry signed alone has no batch index")
+            return
+        if not isinstance(batch, tuple):
+            raise TypeError("a batch is a tuple of leaves")
+        if not 2 <= len(batch) <= MAX_BATCH:
+            raise ValueError(f"a batch holds 2 to {MAX_BATCH} entries, not {len(batch)}")
+        if not 0 <= index < len(batch):
+            raise ValueError(f"batch index {index} is outside the batch of {len(batch)}")
+        for leaf in batch:
+            if not isinstance(leaf, bytes) or len(leaf) != _LEAF_BYTES:
+                raise ValueError(f"a batch leaf is {_LEAF_BYTES} bytes")
+        if len(set(batch)) != len(batch):
+            raise ValueError("a batch names one leaf twice")
 
     @staticmethod
     def signed_part(
@@ -323,6 +372,23 @@ class EntryRecord:
             _ENTRY_DOMAIN,
             [address.name.value, address.tag, stored_key, stored_value, version],
         )
+
+    @classmethod
+    def leaf(
+        cls, address: MDAddress, stored_key: bytes, stored_value: bytes | None, version: int
+    ) -> bytes:
+        """An entry's leaf in a batch: a 256-bit BLAKE2b hash (personalised, so it is
+        never any other hash of ours) of exactly what it would sign alone."""
+        return hashlib.blake2b(
+            cls.signed_part(address, stored_key, stored_value, version),
+            digest_size=_LEAF_BYTES,
+            person=_LEAF_PERSON,
+        ).digest()
+
+    @staticmethod
+    def batch_part(leaves: Sequence[bytes]) -> bytes:
+        """What a batch signature covers: its leaves, in order, under their own domain."""
+        return signing_bytes(_BATCH_DOMAIN, [list(leaves)])
 
     @classmethod
     def create(
@@ -338,11 +404,66 @@ class EntryRecord:
         sig = signer.sign(cls.signed_part(address, stored_key, stored_value, version))
         return cls(stored_key, sealed_key, stored_value, version, signer.public, sig)
 
-    def verify(self, address: MDAddress, header: MDHeader) -> None:
-        """Raise ``TamperedDataError`` unless this record is a valid write under ``header``."""
+    @classmethod
+    def create_batch(
+        cls,
+        address: MDAddress,
+        *,
+        signer: SigningKey,
+        entries: Sequence[tuple[bytes, bytes | None, bytes | None, int]],
+    ) -> list[EntryRecord]:
+        """Sign up to :data:`MAX_BATCH` entries, each ``(stored key, sealed key, stored
+        value, version)``, with one signature; one entry alone is signed as by
+        :meth:`create` (format 1). Split longer lists with :func:`batches`."""
+        if len(entries) == 1:
+            ((stored_key, sealed_key, stored_value, version),) = entries
+            return [
+                cls.create(
+                    address,
+                    signer=signer,
+                    stored_key=stored_key,
+                    sealed_key=sealed_key,
+                    stored_value=stored_value,
+                    version=version,
+                )
+            ]
+        leaves = tuple(cls.leaf(address, k, v, ver) for k, _, v, ver in entries)
+        if not 2 <= len(leaves) <= MAX_BATCH or len(set(leaves)) != len(leaves):
+            raise ValueError(f"a batch signs 1 to {MAX_BATCH} different entries")
+        sig = signer.sign(cls.batch_part(leaves))
+        public = signer.public
+        return [
+            cls(k, sealed, v, ver, public, sig, leaves, i)
+            for i, (k, sealed, v, ver) in enumerate(entries)
+        ]
+
+    def verify(
+        self, address: MDAddress, header: MDHeader, *, verified: VerifiedBatches | None = None
+    ) -> None:
+        """Raise ``TamperedDataError`` unless this record is a valid write under ``header``.
+
+        ``verified``: batch signatures already checked, so that the other entries of a
+        batch cost no signature check (their own leaf is checked all the same)."""
         where = str(address)
         message = self.signed_part(address, self.stored_key, self.stored_value, self.version)
-        if not self.signer.verify(message, self.signature):
+        if self.batch:
+            leaf = hashlib.blake2b(message, digest_size=_LEAF_BYTES, person=_LEAF_PERSON).digest()
+            if leaf != self.batch[self.index]:
+                raise TamperedDataError(
+                    f"MD {where}: forged entry (not the entry its batch signature covers) "
+                    f"at version {self.version}",
+                    address=where,
+                    key=self.stored_key,
+                )
+            message = self.batch_part(self.batch)
+            valid = (
+                verified.check(self.signer, message, self.signature)
+                if verified is not None
+                else self.signer.verify(message, self.signature)
+            )
+        else:
+            valid = self.signer.verify(message, self.signature)
+        if not valid:
             raise TamperedDataError(
                 f"MD {where}: forged entry (bad signature) at version {self.version}",
                 address=where,
@@ -368,13 +489,17 @@ class EntryRecord:
         }
         if self.sealed_key is not None:
             fields["sk"] = self.sealed_key
-        return encode_record("entry", fields)
+        if not self.batch:
+            return encode_record("entry", fields)
+        fields["bl"] = list(self.batch)
+        fields["bi"] = self.index
+        return encode_record("entry", fields, fmt=BATCH_FORMAT)
 
     @classmethod
     def from_bytes(cls, data: bytes, address: MDAddress, expected_key: bytes | None) -> Self:
         """Decode a stored entry; check it is the one asked for (not yet its signature)."""
         where = str(address)
-        doc = decode_record(data, "entry", where=f"MD {where}")
+        doc = decode_record(data, "entry", where=f"MD {where}", newest=BATCH_FORMAT)
         try:
             value = doc.get("v")
             if value is not None and not isinstance(value, bytes):
@@ -382,6 +507,15 @@ class EntryRecord:
             sealed = doc.get("sk")
             if sealed is not None and not isinstance(sealed, bytes):
                 raise ValueError("sealed key is not bytes")
+            if doc["f"] == BATCH_FORMAT:
+                leaves = field(doc, "bl", list, where=where)
+                if not 2 <= len(leaves) <= MAX_BATCH:  # before looking at each leaf
+                    raise ValueError(f"a batch holds 2 to {MAX_BATCH} entries, not {len(leaves)}")
+                batch, index = tuple(leaves), field(doc, "bi", int, where=where)
+            elif "bl" in doc or "bi" in doc:
+                raise ValueError("a format 1 entry is signed alone: it names no batch")
+            else:
+                batch, index = (), 0
             record = cls(
                 field(doc, "k", bytes, where=where),
                 sealed,
@@ -389,6 +523,8 @@ class EntryRecord:
                 field(doc, "ver", int, where=where),
                 PublicSignKey(field(doc, "by", bytes, where=where)),
                 field(doc, "sig", bytes, where=where),
+                batch,
+                index,
             )
         except (ValueError, TypeError) as e:
             if isinstance(e, MalformedRecordError):
@@ -403,6 +539,44 @@ class EntryRecord:
                 key=expected_key,
             )
         return record
+
+
+def batches(count: int) -> list[range]:
+    """Split ``count`` entries of one commit into batches of at most :data:`MAX_BATCH`,
+    as even as can be (17 entries: 9 and 8, not 16 and a lone one)."""
+    if count <= 0:
+        return []
+    parts = -(-count // MAX_BATCH)
+    size, extra = divmod(count, parts)
+    result, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        result.append(range(start, end))
+        start = end
+    return result
+
+
+class VerifiedBatches:
+    """Batch signatures a reader has checked: the other entries of a batch it has seen
+    cost a hash, not a signature check. Bounded (the oldest go first), since an attacker
+    can sign as many batches of its own as it likes; an entry still needs its own leaf
+    in the batch and its signer's permission, checked on every read."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._seen: dict[tuple[bytes, bytes, bytes], None] = {}
+
+    def check(self, signer: PublicSignKey, message: bytes, signature: bytes) -> bool:
+        """True when ``signature`` by ``signer`` covers ``message`` (checked, or known)."""
+        key = (signer.value, signature, record_digest(message))
+        if key in self._seen:
+            return True
+        if not signer.verify(message, signature):
+            return False
+        if len(self._seen) >= self._size:
+            del self._seen[next(iter(self._seen))]
+        self._seen[key] = None
+        return True
 
 
 def needed_action(version: int, tombstone: bool) -> Action:
