@@ -1,5 +1,4 @@
-"""The one MQTT client of the gateway: a paho-mqtt client on its own thread, reporting
-to the event loop.
+"""The one MQTT client of the gateway: a paho-mqtt client driven by the asyncio event loop.
 
 Every MQTT user in the gateway goes through :class:`MqttConnection` (the device bridge,
 the adoption adapters, the Home Assistant publisher, the reference device), so the
@@ -9,6 +8,15 @@ messages in flight (paho's 16-bit message ids must never wrap), nothing queued b
 while disconnected (``max_queued_messages_set(0)``: a publish either goes out or fails
 at once), reconnects with back-off, and subscriptions added or removed at run time,
 renewed on every connection.
+
+**No network thread.** paho's socket is registered with the event loop
+(``add_reader``; ``add_writer`` only while the kernel's send buffer is full), and paho
+reads, writes and keeps the connection alive (``loop_misc`` once a second) on the
+loop's thread. Its callbacks therefore run on the loop as paho reads each packet, and
+a PUBACK or a publish is written by the loop in the same turn, with what else was
+queued meanwhile: nothing wakes another thread or waits for the GIL. Only the TCP
+connect (name look-up, SYN) runs in a worker thread, so that a broker that does not
+answer cannot freeze the gateway.
 
 **One connection per broker login.** The shipped Mosquitto config binds a client id to
 its login (``use_username_as_clientid``), so two connections with the gateway's login
@@ -23,7 +31,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,16 +47,24 @@ Will = tuple[str, bytes] | tuple[str, bytes, bool]
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
+MISC_INTERVAL_S = 1.0
+"""How often paho's ``loop_misc`` runs (PINGREQ when due, a lost PINGRESP noticed)."""
+
+CLOSE_WRITE_S = 1.0
+"""How long :meth:`MqttConnection.close` waits for the kernel to take the DISCONNECT."""
+
 
 class MqttConnection:
-    """A paho-mqtt client on its own network thread, reporting to an asyncio loop.
+    """A paho-mqtt client driven by the asyncio loop it is started on.
 
-    paho's thread does sockets, keep-alive and reconnects with back-off; the
-    owner's callbacks (``on_connect(generation)``, ``on_disconnect()``,
-    ``on_message(message, generation)``) run on the event loop, in paho's order.
-    ``will`` runs on paho's thread before every connection attempt and returns the
-    last-will ``(topic, payload)`` to register for it. Used by the bridge and by
-    the reference device.
+    The loop reads and writes paho's socket, runs its keep-alive and reconnects with
+    back-off (``reconnect_delay``: the first wait after a lost connection or a failed
+    attempt is its minimum, each further one twice the last, up to its maximum; a
+    connection the broker accepted starts again from the minimum). The owner's
+    callbacks (``on_connect(generation)``, ``on_disconnect()``, ``on_message(message,
+    generation)``) run on the event loop, in paho's order. ``will`` runs on the loop
+    before every connection attempt and returns the last-will ``(topic, payload)`` to
+    register for it. Used by the bridge and by the reference device.
     """
 
     def __init__(
@@ -64,7 +79,7 @@ class MqttConnection:
         manual_ack: bool = False,
         max_inflight: int = 20,
         keepalive: int = 30,
-        reconnect_delay: tuple[int, int] = (1, 30),
+        reconnect_delay: tuple[float, float] = (1, 30),
         subscriptions: Sequence[tuple[str, int]] = (),
         on_connect: Callable[[int], None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
@@ -75,15 +90,17 @@ class MqttConnection:
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
+        if not 0 < reconnect_delay[0] <= reconnect_delay[1]:
+            raise ValueError("reconnect_delay must be (min, max) with 0 < min <= max")
         self.host = host
         self.port = port
         self.username = username
         self.label = label
         self.subscriptions = list(subscriptions)
         self.fail_on_disconnect = fail_on_disconnect
-        self._manual_ack = manual_ack
         """Resolve unacknowledged publishes as False when the connection drops (paho
         still sends them again after reconnecting)."""
+        self._manual_ack = manual_ack
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._on_message = on_message
@@ -93,26 +110,35 @@ class MqttConnection:
         self._ready_listeners: list[Callable[[], None]] = []
         self._subacks: dict[int, asyncio.Future[None]] = {}
         self.connected = False
-        """The event loop's view: CONNACK seen and no disconnect since."""
+        """CONNACK seen and no disconnect since."""
         self.connects = 0
         """Successful connections so far (1 + reconnects)."""
         self.last_error = ""
         """Why the last connection attempt failed or the connection dropped."""
         self.refused: str | None = None
         """The broker's reason when it refused the last login (CONNACK), else None."""
+        self.keepalive = keepalive
         self._loop: asyncio.AbstractEventLoop | None = None
         self._up = asyncio.Event()
         self._answer = asyncio.Event()
         self._pubs: dict[int, asyncio.Future[bool]] = {}
-        self._lock = threading.Lock()
-        self._posted: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
-        """Callbacks paho's thread handed over, in order, not yet run on the loop."""
-        self._post_lock = threading.Lock()
-        self._post_scheduled = False
         self._generation = 0
         self._subscribe_mid: int | None = None
         self._failing = False
         self._started = False
+        self._delays = reconnect_delay
+        self._delay: float | None = None
+        """The last wait before a reconnect; None after a connection the broker took."""
+        self._runner: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Future[MQTTErrorCode] | None = None
+        """paho's ``reconnect()`` (TCP connect, CONNECT queued) on a worker thread."""
+        self._sock: Any = None
+        """paho's socket while the loop watches it (reader on, keep-alive timer on)."""
+        self._dropped = asyncio.Event()
+        self._writing = False
+        """A writer is registered: the kernel's send buffer was full."""
+        self._flush_soon = False
+        self._misc: asyncio.TimerHandle | None = None
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -124,17 +150,16 @@ class MqttConnection:
             client.username_pw_set(username, password)
         client.max_inflight_messages_set(max_inflight)
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(*reconnect_delay)
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
-        client.on_connect_fail = self._paho_connect_fail
         client.on_message = self._paho_message
         client.on_publish = self._paho_publish
         client.on_subscribe = self._paho_subscribe
         client.on_socket_open = self._paho_socket_open
-        client.on_pre_connect = self._paho_pre_connect
+        client.on_socket_close = self._paho_socket_close
+        client.on_socket_register_write = self._paho_want_write
+        client.on_socket_unregister_write = self._paho_written
         self.client = client
-        self.keepalive = keepalive
 
     @property
     def url(self) -> str:
@@ -144,14 +169,16 @@ class MqttConnection:
     # --- lifecycle (event loop) ----------------------------------------------------------
 
     async def start(self) -> None:
-        """Start paho's network thread; it connects (and reconnects) in the background.
-        Can be called again after :meth:`close`."""
+        """Connect (and reconnect) in the background, on this event loop. Can be called
+        again after :meth:`close`."""
         if self._started:
             return
-        self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        self._loop = loop
         self._started = True
+        self._delay = None
         self.client.connect_async(self.host, self.port, self.keepalive)
-        self.client.loop_start()
+        self._runner = loop.create_task(self._run(), name=f"{self.label}: mqtt connection")
 
     async def wait_connected(
         self, timeout: float | None = None, *, until_refused: bool = False
@@ -171,13 +198,16 @@ class MqttConnection:
         return True
 
     async def close(self) -> None:
-        """Disconnect cleanly (the broker drops the last will) and stop the thread."""
+        """Disconnect cleanly (the broker drops the last will). When it returns no task,
+        timer or socket of this connection is left and no callback comes any more; a
+        connect under way (at most paho's connect timeout, 5 s) is waited for."""
         if not self._started:
             return
         self._started = False
-        self.client.disconnect()
-        await asyncio.to_thread(self.client.loop_stop)
-        self._set_down()
+        await self._stop_connecting()
+        if self.client.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            await self._write_out(CLOSE_WRITE_S)  # paho closes the socket once it is sent
+        self._cut()
         self._fail_pending()
 
     async def abort(self) -> None:
@@ -186,17 +216,34 @@ class MqttConnection:
         if not self._started:
             return
         self._started = False
+        await self._stop_connecting()
+        self._cut()
+        self._fail_pending()
 
-        def cut() -> None:
-            sock = self.client.socket()
+    async def _stop_connecting(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            # a blocking connect cannot be interrupted; its socket is closed below
+            await asyncio.wait([connecting])
+            if not connecting.cancelled():
+                connecting.exception()  # retrieved: the attempt no longer matters
+
+    def _cut(self) -> None:
+        """Close paho's socket, if still open, without a word to the broker."""
+        sock = self.client.socket()
+        if sock is not None:
             if isinstance(sock, socket.socket):
                 with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            self.client.loop_stop()
-
-        await asyncio.to_thread(cut)
-        self._set_down()
-        self._fail_pending()
+                    sock.shutdown(socket.SHUT_RDWR)  # the broker sees the drop at once
+            # paho's public way to close its socket (and forget the connection)
+            self.client.connect_async(self.host, self.port, self.keepalive)
+        self._detach()
+        self._loop_disconnected()
 
     # --- publishing and acknowledging (event loop) ------------------------------------
 
@@ -224,110 +271,58 @@ class MqttConnection:
         connection (its id may name another message now; the broker sends it again)."""
         if message.qos == 0 or not self._manual_ack:
             return
-        with self._lock:
-            if generation == self._generation and self.client.is_connected():
-                self.client.ack(message.mid, message.qos)
+        if generation == self._generation and self.client.is_connected():
+            self.client.ack(message.mid, message.qos)
 
-    # --- paho's thread -> event loop ------------------------------------------------------
+    # --- the connection, kept up by the loop -------------------------------------------
 
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` on the event loop, after everything posted before it. What
-        paho hands over while the loop is busy runs in one go: one wake-up of the loop
-        for a burst of messages, not one each."""
-        loop = self._loop
-        if loop is None:
-            return
-        with self._post_lock:
-            self._posted.append((fn, args))
-            if self._post_scheduled:
-                return
-            self._post_scheduled = True
+    async def _run(self) -> None:
+        """Connect, wait until the connection is gone, wait the back-off, again."""
+        while True:
+            self._dropped.clear()
+            if await self._connect_once():
+                await self._dropped.wait()
+            low, high = self._delays
+            self._delay = low if self._delay is None else min(self._delay * 2, high)
+            await asyncio.sleep(self._delay)
+
+    async def _connect_once(self) -> bool:
+        """One attempt: the last will, then paho's ``reconnect()`` (a blocking TCP
+        connect, then CONNECT queued) on a worker thread; True once the loop watches
+        the new socket (CONNACK or not)."""
+        self._prepare_will()
+        assert self._loop is not None
+        connecting = self._loop.run_in_executor(None, self.client.reconnect)
+        self._connecting = connecting
         try:
-            loop.call_soon_threadsafe(self._run_posted)
-        except RuntimeError:  # the loop is closed: nobody is listening
-            with self._post_lock:
-                self._posted.clear()
-                self._post_scheduled = False
+            await asyncio.shield(connecting)
+        except OSError as e:
+            self._unreachable(e)
+            return False
+        except Exception:
+            log.exception("%s: cannot connect to %s", self.label, self.url)
+            self.last_error = "connection failed"
+            return False
+        finally:
+            if self._connecting is connecting:
+                self._connecting = None
+        return self._attach()
 
-    def _run_posted(self) -> None:
-        with self._post_lock:
-            posted, self._posted = self._posted, []
-            self._post_scheduled = False
-        for fn, args in posted:
-            try:
-                fn(*args)
-            except Exception:  # one callback's bug must not drop the ones after it
-                log.exception("%s: a callback from paho's thread failed", self.label)
-
-    def _paho_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+    def _prepare_will(self) -> None:
         if self._will is None:
             return
         try:
             will = self._will()
             if will is None:
-                client.will_clear()
+                self.client.will_clear()
                 return
             retain = bool(will[2]) if len(will) == 3 else False
-            client.will_set(will[0], will[1], qos=1, retain=retain)
+            self.client.will_set(will[0], will[1], qos=1, retain=retain)
         except Exception:
             log.exception("%s: cannot prepare the last will", self.label)
 
-    def _paho_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        # Without TCP_NODELAY each QoS 1 exchange waits for Nagle + delayed ACK (~40 ms).
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def _paho_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Any,
-    ) -> None:
-        if reason.is_failure:
-            self.last_error = str(reason)
-            if not self._failing:
-                self._failing = True
-                log.error("%s", _refusal(self.label, self.url, self.username, reason))
-            self._post(self._loop_refused, str(reason))
-            return
-        with self._lock:
-            self._generation += 1
-            generation = self._generation
-        with self._lock:
-            wanted = list(self.subscriptions)
-        if wanted:
-            _, self._subscribe_mid = client.subscribe(wanted)
-        else:
-            self._subscribe_mid = None
-        if self._failing or self.connects:
-            log.info("%s: connected to %s again", self.label, self.url)
-        else:
-            log.info("%s: connected to %s", self.label, self.url)
-        self._failing = False
-        self._post(self._loop_connected, generation)
-
-    def _paho_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Any,
-    ) -> None:
-        if self._started and not self._failing:
-            self.last_error = str(reason)
-            log.warning(
-                "%s: lost the connection to %s (%s); reconnecting with back-off",
-                self.label,
-                self.url,
-                reason,
-            )
-        self._post(self._loop_disconnected)
-
-    def _paho_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self.last_error = "connection refused or unreachable"
+    def _unreachable(self, error: OSError) -> None:
+        self.last_error = f"connection refused or unreachable ({error})"
         if not self._failing:
             self._failing = True
             log.warning(
@@ -337,6 +332,163 @@ class MqttConnection:
                 self.url,
             )
 
+    def _attach(self) -> bool:
+        sock = self.client.socket()
+        loop = self._loop
+        if sock is None or loop is None:
+            return False
+        self._sock = sock
+        loop.add_reader(sock, self._readable)
+        self._misc = loop.call_later(MISC_INTERVAL_S, self._keep_alive)
+        if self.client.want_write():  # CONNECT, queued on the worker thread
+            self._schedule_flush()
+        return True
+
+    def _detach(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        loop = self._loop
+        assert loop is not None
+        loop.remove_reader(sock)
+        if self._writing:
+            self._writing = False
+            loop.remove_writer(sock)
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        self._dropped.set()
+
+    def _readable(self) -> None:
+        self._guarded(self.client.loop_read)
+
+    def _writable(self) -> None:
+        self._guarded(self.client.loop_write)
+
+    def _keep_alive(self) -> None:
+        self._misc = None
+        self._guarded(self.client.loop_misc)
+        if self._sock is not None and self._loop is not None:
+            self._misc = self._loop.call_later(MISC_INTERVAL_S, self._keep_alive)
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        if self._sock is None:
+            return
+        self._guarded(self.client.loop_write)
+        sock = self._sock
+        if sock is not None and self.client.want_write() and not self._writing:
+            assert self._loop is not None
+            self._writing = True  # the kernel took part: the rest when it can take more
+            self._loop.add_writer(sock, self._writable)
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_soon and self._loop is not None:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush)
+
+    def _guarded(self, step: Callable[[], MQTTErrorCode]) -> None:
+        """Run one of paho's network steps; a bug in it drops the connection (to be made
+        again) instead of leaving a socket the loop would call on forever."""
+        try:
+            step()
+        except Exception:
+            log.exception("%s: paho failed; dropping the connection", self.label)
+            sock = self._sock
+            self._detach()
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                self.client.connect_async(self.host, self.port, self.keepalive)
+                self._loop_disconnected()
+
+    async def _write_out(self, timeout: float) -> None:
+        """Write what paho has queued (the DISCONNECT), for ``timeout`` seconds at most."""
+        if self.client.socket() is not None:
+            with contextlib.suppress(OSError):
+                self.client.loop_write()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.client.socket() is not None and self.client.want_write():
+                    await asyncio.sleep(0.01)
+                    with contextlib.suppress(OSError):
+                        self.client.loop_write()
+
+    # --- paho's callbacks (the loop's thread; socket ones also the connect thread) -----
+
+    def _paho_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Without TCP_NODELAY each QoS 1 exchange waits for Nagle + delayed ACK (~40 ms).
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _paho_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if sock is self._sock:
+            self._detach()
+
+    def _paho_want_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Not yet watched (paho queued CONNECT on the connect thread): _attach flushes.
+        if self._sock is not None and sock is self._sock:
+            self._schedule_flush()
+
+    def _paho_written(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        if self._writing and sock is self._sock and self._loop is not None:
+            self._writing = False
+            self._loop.remove_writer(sock)
+
+    def _paho_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Any,
+    ) -> None:
+        try:
+            if reason.is_failure:
+                self.last_error = str(reason)
+                if not self._failing:
+                    self._failing = True
+                    log.error("%s", _refusal(self.label, self.url, self.username, reason))
+                self.refused = str(reason)
+                self._answer.set()
+                return
+            self._generation += 1
+            wanted = list(self.subscriptions)
+            if wanted:
+                _, self._subscribe_mid = client.subscribe(wanted)
+            else:
+                self._subscribe_mid = None
+            if self._failing or self.connects:
+                log.info("%s: connected to %s again", self.label, self.url)
+            else:
+                log.info("%s: connected to %s", self.label, self.url)
+            self._failing = False
+            self._delay = None
+            self._loop_connected(self._generation)
+        except Exception:  # paho would handle the CONNACK again
+            log.exception("%s: the connection callback failed", self.label)
+
+    def _paho_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Any,
+    ) -> None:
+        try:
+            if self._started and not self._failing:
+                self.last_error = str(reason)
+                log.warning(
+                    "%s: lost the connection to %s (%s); reconnecting with back-off",
+                    self.label,
+                    self.url,
+                    reason,
+                )
+            self._loop_disconnected()
+        except Exception:
+            log.exception("%s: the disconnection callback failed", self.label)
+
     def _paho_subscribe(
         self,
         client: mqtt.Client,
@@ -345,30 +497,37 @@ class MqttConnection:
         reasons: list[ReasonCode],
         properties: Any,
     ) -> None:
-        if mid == self._subscribe_mid:
-            self._post(self._loop_subscribed)
-        else:
-            self._post(self._loop_suback, mid)
-        for (topic, _), reason in zip(self.subscriptions, reasons, strict=False):
-            if reason.is_failure:
-                log.error(
-                    "%s: the broker refused the subscription to %s (%s): check the ACL of %r",
-                    self.label,
-                    topic,
-                    reason,
-                    self.username,
-                )
+        try:
+            if mid == self._subscribe_mid:
+                self._loop_subscribed()
+            else:
+                self._loop_suback(mid)
+            for (topic, _), reason in zip(self.subscriptions, reasons, strict=False):
+                if reason.is_failure:
+                    log.error(
+                        "%s: the broker refused the subscription to %s (%s): check the ACL of %r",
+                        self.label,
+                        topic,
+                        reason,
+                        self.username,
+                    )
+        except Exception:
+            log.exception("%s: the subscription callback failed", self.label)
 
     def _paho_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        generation = self._generation  # paho's thread is the only writer
-        self._post(self._loop_message, message, generation)
+        try:  # an exception into paho would have it handle the same packet again
+            self._loop_message(message, self._generation)
+        except Exception:
+            log.exception("%s: handling a message failed", self.label)
 
     def _paho_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any
     ) -> None:
-        self._post(self._loop_published, mid, not reason.is_failure)
+        future = self._pubs.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(not reason.is_failure)
 
-    # --- event loop side ---------------------------------------------------------------
+    # --- what the owner sees ---------------------------------------------------------
 
     def _loop_connected(self, generation: int) -> None:
         if not self._started:
@@ -438,9 +597,8 @@ class MqttConnection:
         new = [t for t in topics if t not in self._routes]
         for topic in topics:
             self._routes[topic] = handler
-        with self._lock:
-            known = {t for t, _ in self.subscriptions}
-            self.subscriptions += [(t, qos) for t in new if t not in known]
+        known = {t for t, _ in self.subscriptions}
+        self.subscriptions += [(t, qos) for t in new if t not in known]
         if new and self.connected and self._loop is not None:
             _, mid = self.client.subscribe([(t, qos) for t in new])
             granted: asyncio.Future[None] = self._loop.create_future()
@@ -454,8 +612,7 @@ class MqttConnection:
     def unroute(self, topics: Sequence[str]) -> None:
         """Unsubscribe from ``topics`` (given to :meth:`route`)."""
         gone = [t for t in topics if self._routes.pop(t, None) is not None]
-        with self._lock:
-            self.subscriptions = [(t, q) for t, q in self.subscriptions if t not in gone]
+        self.subscriptions = [(t, q) for t, q in self.subscriptions if t not in gone]
         if gone and self.connected:
             self.client.unsubscribe(gone)
 
@@ -479,11 +636,7 @@ class MqttConnection:
             sock = self.client.socket()
             if isinstance(sock, socket.socket):
                 with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def _loop_refused(self, reason: str) -> None:
-        self.refused = reason
-        self._answer.set()
+                    sock.shutdown(socket.SHUT_RDWR)  # the loop reads the end: reconnect
 
     def _loop_disconnected(self) -> None:
         was = self.connected
@@ -492,11 +645,6 @@ class MqttConnection:
             self._fail_pending()
         if was and self._on_disconnect is not None:
             self._on_disconnect()
-
-    def _loop_published(self, mid: int, ok: bool) -> None:
-        future = self._pubs.pop(mid, None)
-        if future is not None and not future.done():
-            future.set_result(ok)
 
     def _set_down(self) -> None:
         self.connected = False

@@ -9,7 +9,6 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -695,41 +694,3 @@ def test_pubacks_go_out_in_arrival_order() -> None:
     acks.handled(fresh)
     acks.handled(stale)
     assert connection.acks[4:] == [(6, 2)]
-
-
-async def test_a_burst_from_pahos_thread_wakes_the_loop_once_and_keeps_its_order(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """What paho's thread hands over while the loop is busy runs in one go, in the order
-    it came (a message, its PUBACK future...), and a callback that fails is logged without
-    dropping the ones after it."""
-    connection = MqttConnection("127.0.0.1", 1, client_id=uid("burst"), label="burst test")
-    loop = asyncio.get_running_loop()
-    connection._loop = loop  # what start() sets; no broker is needed to hand over
-    wakeups: list[object] = []
-    real = loop.call_soon_threadsafe
-
-    def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
-        wakeups.append(callback)
-        return real(callback, *args, **kwargs)
-
-    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
-    seen: list[int] = []
-
-    def fail(i: int) -> None:
-        raise RuntimeError(f"callback {i} has a bug")
-
-    def burst() -> None:  # paho's thread: the loop below is blocked meanwhile
-        for i in range(500):
-            connection._post(fail if i == 7 else seen.append, i)
-
-    try:
-        paho = threading.Thread(target=burst)
-        paho.start()
-        paho.join()  # the loop is busy (here: blocked) until the burst is handed over
-        await asyncio.sleep(0)
-    finally:
-        loop.call_soon_threadsafe = real  # type: ignore[method-assign]
-    assert seen == [i for i in range(500) if i != 7]
-    assert len(wakeups) == 1
-    assert "callback 7 has a bug" in caplog.text

@@ -38,9 +38,10 @@ can merge their commits.
 ``{"online": true, "will": <that counter>}``; the gateway accepts that one
 counter once, whenever the broker delivers the will.
 
-Threads: paho runs its own network thread (keep-alive, reconnects with
-back-off); every callback is handed to the event loop in the order paho saw
-it, and the bridge does all its work there.
+Threads: none of its own. The connection (:mod:`safething_gateway.mqtt_client`)
+drives paho from the event loop (reads, writes, keep-alive, reconnects with
+back-off), so paho's callbacks and the bridge's work, PUBACKs included, all run
+there, in the order paho read the packets.
 """
 
 from __future__ import annotations

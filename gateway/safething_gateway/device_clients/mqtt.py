@@ -24,7 +24,6 @@ import contextlib
 import functools
 import json
 import logging
-import threading
 from collections import deque
 from typing import Any
 
@@ -82,7 +81,6 @@ class MqttDevice(AsyncResource):
         self._resend: set[int] = set()
         self._announce: int | None = None
         self._will_counter: int | None = None
-        self._lock = threading.Lock()  # the link's counters; paho's thread reserves the will
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
@@ -239,13 +237,11 @@ class MqttDevice(AsyncResource):
                 channel, data = self._framed.popleft()
             elif self._announce is not None:
                 channel = "state"
-                with self._lock:
-                    data = self.link.up(channel, {"online": True, "will": self._announce})
+                data = self.link.up(channel, {"online": True, "will": self._announce})
                 self._announce = None
             elif self._outbox:
                 channel, body = self._outbox.popleft()
-                with self._lock:
-                    data = self.link.up(channel, body)
+                data = self.link.up(channel, body)
             else:
                 return
             mid, future = self.connection.publish(self.topics.up(self.device_id, channel), data, 1)
@@ -263,10 +259,9 @@ class MqttDevice(AsyncResource):
     # --- connection events -----------------------------------------------------
 
     def _reserve_will(self) -> tuple[str, bytes]:
-        """On paho's thread, before each connection attempt: a fresh last will."""
-        with self._lock:
-            data = self.link.up("state", {"online": False})
-            self._will_counter = self.link.up_counter
+        """Before each connection attempt (on the event loop): a fresh last will."""
+        data = self.link.up("state", {"online": False})
+        self._will_counter = self.link.up_counter
         return self.topics.up(self.device_id, "state"), data
 
     def _connected(self, generation: int) -> None:
@@ -287,8 +282,7 @@ class MqttDevice(AsyncResource):
             self._error(bytes(message.payload))
         elif kind == "down":
             try:
-                with self._lock:
-                    replies = self.link.handle_down(channel, bytes(message.payload))
+                replies = self.link.handle_down(channel, bytes(message.payload))
             except ProtocolError as e:
                 log.warning("device %s: refusing downlink %s: %s", self.device_id, channel, e)
                 return
