@@ -156,6 +156,8 @@ class GatewayApp(AsyncResource):
                 rate=cfg.gateway.rate_limit,
                 burst=cfg.gateway.burst,
                 offline_after=cfg.gateway.offline_after,
+                max_things=cfg.gateway.max_things,
+                close_after=cfg.gateway.close_after,
             )
             await self.gateway.start()
             if cfg.console.enabled:

@@ -10,6 +10,8 @@
     burst = 100
     log_format = "text"        # or "json"
     offline_after = 600.0      # seconds of silence before a device is called offline
+    max_things = 2000          # custodial things running at once, at most: the quiet longest close
+    close_after = 60.0         # seconds a thing must be quiet before it may be closed
     tokens = ""                # WoT HTTP tokens directory; "" = <registry dir>/http-tokens
 
     [mqtt]
@@ -112,12 +114,24 @@ class GatewaySection:
     burst: int = 100
     log_format: str = "text"
     offline_after: float = 600.0
+    max_things: int = 2000
+    close_after: float = 60.0
     tokens: str = ""
     secrets: str = ""
 
     def __post_init__(self) -> None:
         if not self.offline_after > 0:
             raise ConfigError("gateway.offline_after must be > 0 seconds")
+        if self.max_things < 1:
+            raise ConfigError(
+                f"gateway.max_things must be >= 1 (custodial things running at once), "
+                f"got {self.max_things}"
+            )
+        if not 0 < self.close_after < float("inf"):
+            raise ConfigError(
+                f"gateway.close_after must be > 0 seconds (a thing quiet that long may be "
+                f"closed), got {self.close_after}"
+            )
         if self.rate_limit <= 0 or self.burst < 1:
             raise ConfigError("gateway.rate_limit must be > 0 and gateway.burst >= 1")
         if self.log_format not in ("text", "json"):

@@ -46,6 +46,33 @@ holding entries when the gateway starts are restored at once, in the background.
 Adopted devices' things are restored at start, as their adapters expect, and so
 are the things of births that a crash or a store outage cut short (the registry
 marks a birth registered once its thing is in the store).
+
+**A bound on running things.** Once every device has spoken, every thing would
+run (about 55 KB each: 10,000 devices, 527 MB; docs/benchmarks.md). So at most
+``max_things`` custodial things of devices that speak the device link run at
+once: when more do, the gateway closes those quiet longest (an ordered dict of
+the running things, the one that spoke last moved to its end on every message:
+O(1) per message) and they are dormant again, restored on demand as above. A
+thing is closed only when it has been quiet for ``close_after`` seconds (a
+device speaking every few seconds is never closed and restored in a loop) and
+closing it cuts nothing short: no message of the device in hand, nothing in the
+thing's hands (:meth:`Thing.idle`: no request taken on or running, no inbox
+entry being acted on, no write, no subscription), not a birth whose thing is not
+known to be in the store, and not while readings are buffered for the store.
+Adopted devices' things are never closed (their adapters hold them). Closing
+takes the device's restore lock, so a message or an inbox write meanwhile
+restores the thing once the close is done; the thing's trust state is written
+before it closes (a restored thing refuses a rollback as a running one does),
+and its inbox is looked at once it has closed: a write the closing thing's
+branch of the shared watch took but did not serve brings it back at once.
+Nothing the world sees changes: the data stays in the store and the device's
+availability stays as written (the restored thing keeps its "online since";
+offline after its silence, or the gateway stopping, is written for a closed
+thing too, by a short-lived object of it that is not registered and serves
+nothing). A closed thing holds no reference cycle, so it is freed when its last
+reference goes, frozen or not (``gc.freeze()`` below); cycles among frozen
+objects are never collected, so after every :data:`_COLLECT_EVERY` things closed
+the gateway unfreezes, collects and freezes again.
 """
 
 from __future__ import annotations
@@ -61,8 +88,9 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from safething.errors import LimitExceededError, SafeThingError, StoreError, ThingError
@@ -101,6 +129,8 @@ from safething_gateway.protocol import (
 from safething_gateway.registry import LINKED_TRANSPORTS, DeviceRecord, Downlink, Registry
 
 __all__ = [
+    "DEFAULT_CLOSE_AFTER_S",
+    "DEFAULT_MAX_THINGS",
     "EARLY_PER_DEVICE",
     "EARLY_RESULT_TTL",
     "EARLY_TOTAL",
@@ -134,6 +164,14 @@ _RESULT_STATES = (
 """The states a device may report for an action (docs/protocol.md)."""
 _FREEZE_EVERY = 256
 """``gc.freeze()`` after this many things born or restored since the last one."""
+DEFAULT_MAX_THINGS = 2_000
+"""Custodial things of linked devices running at once, at most (about 110 MB of
+them; a Raspberry Pi 3 has 1 GB, a Pi Zero 2 W 512 MB; docs/gateway.md)."""
+DEFAULT_CLOSE_AFTER_S = 60.0
+"""Seconds a running custodial thing must have been quiet before it may be closed."""
+_COLLECT_EVERY = 4_096
+"""After this many things closed, frozen objects are collected once (a pause of about
+a second with 3,000 things in memory: docs/benchmarks.md)."""
 RESTORE_RETRY_S = 30.0
 """A thing that could not be restored on demand is tried again after this many seconds."""
 _UNKNOWN_SECRET = secrets.token_bytes(32)
@@ -198,6 +236,14 @@ class Bridge(AsyncResource, ABC):
         return []
 
 
+@dataclass(slots=True)
+class _DeviceLock:
+    """A device's restore lock and how many hold it or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 @dataclass
 class _Bucket:
     tokens: float
@@ -218,7 +264,22 @@ class Gateway(AsyncResource):
         burst: int = 100,
         backlog: int = 10_000,
         offline_after: float = DEFAULT_OFFLINE_AFTER_S,
+        max_things: int = DEFAULT_MAX_THINGS,
+        close_after: float = DEFAULT_CLOSE_AFTER_S,
     ) -> None:
+        """``max_things``: custodial things of linked devices running at once, at most
+        (the quiet longest are closed); ``close_after``: seconds a thing must have been
+        quiet before it may be closed (see the module docstring)."""
+        if isinstance(max_things, bool) or not isinstance(max_things, int) or max_things < 1:
+            raise ValueError(f"max_things must be a whole number >= 1, got {max_things!r}")
+        if (
+            isinstance(close_after, bool)
+            or not isinstance(close_after, int | float)
+            or not 0 < close_after < float("inf")
+        ):
+            raise ValueError(f"close_after must be a number of seconds > 0, got {close_after!r}")
+        self.max_things = max_things
+        self.close_after = float(close_after)
         self.store = store
         self.registry = registry
         self.owner = owner
@@ -232,7 +293,9 @@ class Gateway(AsyncResource):
         self.rejected_by_device: dict[str, dict[str, int]] = {}
         """Refused messages per provisioned device and reason, since start (the console)."""
         self.things: dict[str, Thing] = {}
-        self.liveness = Liveness(self.things, offline_after=offline_after)
+        self.liveness = Liveness(
+            self.things, offline_after=offline_after, closed=self._closed_availability
+        )
         """Availability of the devices, written into their things."""
         self._buckets: dict[str, _Bucket] = {}
         self._waiting: dict[tuple[str, str], asyncio.Queue[dict[str, Any]]] = {}
@@ -254,7 +317,7 @@ class Gateway(AsyncResource):
         self._dormant: dict[str, str] = {}
         """Inbox MD name (hex) -> device id of every born device whose thing is restored
         on demand (see the module docstring); it stays here once restored."""
-        self._restoring: dict[str, asyncio.Lock] = {}
+        self._restoring: dict[str, _DeviceLock] = {}
         self._unfrozen = 0
         """Things brought up since the last ``gc.freeze()``."""
         self._failed: dict[str, float] = {}
@@ -262,6 +325,18 @@ class Gateway(AsyncResource):
         self._unregistered: set[str] = set()
         """Devices whose latest birth is not known to be in the store (a crash or an
         outage came between): restored in the background at start, then marked."""
+        self._recent: OrderedDict[str, float] = OrderedDict()
+        """Running things of linked devices -> when last active (monotonic), the quiet
+        longest first: what the bound on running things closes."""
+        self._in_hand: dict[str, int] = {}
+        """Devices -> their messages being handled now (their thing is not closed)."""
+        self._quiet_closed: dict[str, float | None] = {}
+        """Devices whose thing was closed while quiet -> since when their availability
+        says online (None: offline), as their next thing keeps it."""
+        self._closed_since_collect = 0
+        """Things closed since the last collection of frozen objects."""
+        self._sweep_wanted = asyncio.Event()
+        self._sweep_task: asyncio.Task[None] | None = None
         self._started = False
         self._describe_metrics()
 
@@ -302,18 +377,21 @@ class Gateway(AsyncResource):
         self._liveness_task = asyncio.get_running_loop().create_task(
             self.liveness.run(), name="gateway:liveness"
         )
+        self._sweep_task = asyncio.get_running_loop().create_task(
+            self._sweep_loop(), name="gateway:close-quiet-things"
+        )
         # Thousands of long-lived things: keep full collections from walking them all
         # (60-170 ms pauses with 1,000 devices, docs/benchmarks.md).
         gc.freeze()
 
     async def close(self) -> None:
         """Stop bridges, things and tasks; nothing half-written (each write is atomic)."""
-        for task in (self._flush_task, self._liveness_task, self._inbox_task):
+        for task in (self._sweep_task, self._flush_task, self._liveness_task, self._inbox_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._flush_task = self._liveness_task = self._inbox_task = None
+        self._flush_task = self._liveness_task = self._inbox_task = self._sweep_task = None
         for bridge in reversed(self.bridges):
             try:
                 await bridge.close()
@@ -323,6 +401,7 @@ class Gateway(AsyncResource):
         for thing in list(self.things.values()):
             await thing.close()
         self.things.clear()
+        self._recent.clear()
         if self._shared is not None:
             await self._shared.close()
 
@@ -463,18 +542,30 @@ class Gateway(AsyncResource):
                 self._refund(device_id)
                 raise
             self.registry.counted(device_id, message.counter)
-        if channel != "birth":
-            await self._ensure_thing(record)
+        in_hand = self._in_hand
+        in_hand[device_id] = in_hand.get(device_id, 0) + 1  # its thing is not closed now
         try:
-            result = await self._dispatch(
-                record, channel, body, plain, content_format, uplink=uplink, born=born
-            )
-        except PayloadError as e:
-            raise self._sealed_reason(record, channel, e) from e
-        if channel == "state" and body.get("online") is False:
-            await self.liveness.mark(device_id, False, "last will" if will else "said offline")
-        else:
-            await self.liveness.seen(device_id)
+            if channel != "birth":
+                await self._ensure_thing(record)
+            try:
+                result = await self._dispatch(
+                    record, channel, body, plain, content_format, uplink=uplink, born=born
+                )
+            except PayloadError as e:
+                raise self._sealed_reason(record, channel, e) from e
+            if channel == "state" and body.get("online") is False:
+                await self.liveness.mark(device_id, False, "last will" if will else "said offline")
+            else:
+                await self.liveness.seen(device_id)
+        finally:
+            left = in_hand[device_id] - 1
+            if left:
+                in_hand[device_id] = left
+            else:
+                del in_hand[device_id]
+            if device_id in self._recent:  # it spoke: the quiet longest are first
+                self._recent[device_id] = time.monotonic()
+                self._recent.move_to_end(device_id)
         return result
 
     def _open(self, record: DeviceRecord, channel: str, message: Frame) -> bytes:
@@ -686,13 +777,25 @@ class Gateway(AsyncResource):
         failed = self._failed.get(device_id)
         if failed is not None and time.monotonic() - failed < RESTORE_RETRY_S:
             return  # refused a moment ago (logged): not again for every message or request
-        lock = self._restoring.setdefault(device_id, asyncio.Lock())
+        async with self._device_lock(device_id):
+            if device_id not in self.things and device_id not in self._unborn:
+                await self._restore(record)
+
+    @contextlib.asynccontextmanager
+    async def _device_lock(self, device_id: str) -> AsyncIterator[None]:
+        """The device's restore lock: one restore, close or availability write of its
+        thing at a time. Dropped when no one holds it or waits for it (dropped while one
+        waits, a newcomer would take a second lock and restore the thing twice)."""
+        held = self._restoring.get(device_id)
+        if held is None:
+            held = self._restoring[device_id] = _DeviceLock()
+        held.users += 1
         try:
-            async with lock:
-                if device_id not in self.things and device_id not in self._unborn:
-                    await self._restore(record)
+            async with held.lock:
+                yield
         finally:
-            if not lock.locked() and self._restoring.get(device_id) is lock:
+            held.users -= 1
+            if not held.users and self._restoring.get(device_id) is held:
                 del self._restoring[device_id]
 
     async def _follow_inboxes(self, unclaimed: Watch) -> None:
@@ -713,6 +816,8 @@ class Gateway(AsyncResource):
             for name in sorted({k[len(_INBOX_PREFIX) :].split(".", 1)[0] for k in keys}):
                 await self._wake(name)
             async for change in unclaimed:
+                if change.deleted:  # an entry purged (by a thing closed since): nothing to serve
+                    continue
                 await self._wake(change.key[len(_INBOX_PREFIX) :].split(".", 1)[0])
 
     async def _inbox_keys(self) -> list[str]:
@@ -730,6 +835,136 @@ class Gateway(AsyncResource):
                 await self._ensure_thing(record)
         except Exception:  # the inboxes of the other devices must still be followed
             log.exception("device %s: restoring its thing for its inbox failed", device_id)
+
+    # --- the bound on running things ---------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        """Close quiet things whenever more than :attr:`max_things` run: looked at when a
+        thing brought up goes over the bound, and every ``close_after / 2`` seconds (1 to
+        10) for those that were not quiet long enough then."""
+        period = min(10.0, max(1.0, self.close_after / 2))
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period):
+                    await self._sweep_wanted.wait()
+            self._sweep_wanted.clear()
+            try:
+                await self.close_quiet_things()
+            except Exception:
+                log.exception("closing quiet things failed")
+
+    async def close_quiet_things(self) -> int:
+        """Close the things quiet longest (for :data:`close_after` seconds at least, and
+        idle) while more than :attr:`max_things` run; returns how many were closed."""
+        if self._closed_since_collect >= _COLLECT_EVERY:
+            # A closed thing is freed when its last reference goes (it holds no cycle),
+            # but cycles among frozen objects are never collected: now and then, let
+            # those be (of things closed by earlier sweeps: the last steps of this one's
+            # tasks are referenced for a moment still), then keep the running things out
+            # of full collections again.
+            self._closed_since_collect = 0
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+            self._unfrozen = 0
+        if self._buffering or self._unborn:
+            return 0  # readings wait for the store: their things are needed
+        now = time.monotonic()
+        excess = len(self._recent) - self.max_things
+        if excess <= 0:
+            return 0
+        quiet = []  # the quiet longest first, up to the first one not quiet long enough
+        for device_id, last in self._recent.items():
+            if now - last < self.close_after:
+                break
+            quiet.append(device_id)
+        closed = 0
+        for device_id in quiet:
+            if closed >= excess:
+                break
+            if await self._close_quiet(device_id):
+                closed += 1
+        self._closed_since_collect += closed
+        return closed
+
+    def _closable(self, device_id: str, thing: Thing) -> bool:
+        last = self._recent.get(device_id)
+        return (
+            last is not None
+            and time.monotonic() - last >= self.close_after
+            and device_id not in self._in_hand
+            and device_id not in self._unregistered
+            and device_id not in self._unborn
+            and thing.idle()
+        )
+
+    async def _close_quiet(self, device_id: str) -> bool:
+        """Close the device's thing if it is still quiet and idle (under its restore lock:
+        a message or an inbox write meanwhile restores it once the close is done)."""
+        async with self._device_lock(device_id):
+            thing = self.things.get(device_id)
+            if thing is None or not self._closable(device_id, thing):
+                return False
+            try:
+                thing.trust.sync()  # what it verified outlives it (rollbacks refused)
+            except SafeThingError as e:
+                log.warning("device %s: its thing stays running: %s", device_id, e)
+                return False
+            del self.things[device_id]
+            del self._recent[device_id]
+            self._dormant[_inbox_name(device_id)] = device_id  # woken by its inbox
+            self._quiet_closed[device_id] = thing.online_since
+            try:
+                await thing.close()
+            except Exception:
+                log.exception("device %s: its thing did not close cleanly", device_id)
+            if await self._inbox_holds(device_id):
+                # written while it closed, taken by its branch of the shared watch
+                record = self.registry.find(device_id)
+                if record is not None:
+                    await self._restore(record)
+            return True
+
+    async def _inbox_holds(self, device_id: str) -> bool:
+        """Whether the device's inbox holds an entry (True when the store does not say)."""
+        prefix = f"{_INBOX_PREFIX}{_inbox_name(device_id)}."
+        try:
+            keys = await self.store.keys(prefix)
+        except StoreError as e:
+            log.warning("device %s: cannot look at its inbox (%s): restoring", device_id, e)
+            return True
+        return any(not k.endswith(".h") for k in keys)
+
+    async def _closed_availability(self, device_id: str, online: bool, reason: str) -> bool:
+        """Write the availability of a device whose thing was closed while quiet (for
+        :class:`Liveness`): through a short-lived object of its thing, started, not
+        registered, serving nothing. False for a device with no such thing."""
+        if device_id not in self._quiet_closed:
+            return False
+        async with self._device_lock(device_id):
+            running = self.things.get(device_id)
+            if running is not None:  # restored meanwhile
+                await running.set_availability(online, reason=reason)
+                return True
+            record = self.registry.find(device_id)
+            if device_id not in self._quiet_closed or record is None or not record.description:
+                return False
+            writer = Thing(
+                _parsed(record.description),
+                identity=record.identity,
+                owner=self.owner.public,
+                store=self.store,
+                heartbeat=None,
+                trust=self._trust_path(),
+                online_since=self._quiet_closed[device_id],
+            )
+            await writer.start()
+            try:
+                await writer.set_availability(online, reason=reason)
+                self._quiet_closed[device_id] = writer.online_since
+            finally:
+                await writer.close()
+            return True
 
     async def custodial_thing(self, record: DeviceRecord, description: ThingDescription) -> Thing:
         """The device's custodial thing, started, registered and published; the running
@@ -752,14 +987,18 @@ class Gateway(AsyncResource):
             return current
         if current is not None:
             await current.close()
+        device_id = record.device_id
+        closed_quiet = device_id in self._quiet_closed
         thing = Thing(
             desc,
             identity=record.identity,
             owner=self.owner.public,
             store=self.store,
             heartbeat=None,
-            trust=self.registry.path.with_name("trust.db"),  # local, beside the device keys
+            trust=self._trust_path(),
             shared=self._shared,
+            # its availability as written before it was closed (nothing written again)
+            online_since=self._quiet_closed.get(device_id),
         )
         await thing.start()
         try:
@@ -777,17 +1016,31 @@ class Gateway(AsyncResource):
             if isinstance(e, LimitExceededError | ThingError):
                 raise PayloadError(f"description refused: {e}") from e
             raise
-        self.things[record.device_id] = thing
+        self.things[device_id] = thing
+        if record.linked:  # adopted devices' things are never closed (their adapters)
+            self._recent[device_id] = time.monotonic()
+            self._recent.move_to_end(device_id)
+            if len(self._recent) > self.max_things:
+                self._sweep_wanted.set()
         self._unfrozen += 1
         if self._unfrozen >= _FREEZE_EVERY:  # as at start: keep them out of full collections
             self._unfrozen = 0
             gc.freeze()
-        self.liveness.forget(record.device_id)
+        if closed_quiet:  # what its availability says is what Liveness knows
+            self._quiet_closed.pop(device_id, None)
+            if online:
+                self.liveness.written(device_id, True)
+            return thing
+        self.liveness.forget(device_id)
         if online:
-            self.liveness.written(record.device_id, True)
+            self.liveness.written(device_id, True)
         elif record.online and record.last_seen is not None:
-            await self.liveness.seen(record.device_id, record.last_seen)
+            await self.liveness.seen(device_id, record.last_seen)
         return thing
+
+    def _trust_path(self) -> Path:
+        """The custodial things' trust state: local, beside the device keys."""
+        return self.registry.path.with_name("trust.db")
 
     async def _data(self, record: DeviceRecord, channel: str, body: Any) -> None:
         thing = self.things.get(record.device_id)

@@ -15,7 +15,10 @@ holds its key), so the gateway says for it (see
   availability topic, Homie's ``$state``, a withdrawn announcement.
 
 Only changes are written, so a device sending every second costs no extra
-store writes.
+store writes. A device whose thing the gateway closed while it was quiet (see
+:mod:`safething_gateway.core`) keeps the availability written last; a change
+(offline after its silence, or the gateway stopping) is written for it through
+``closed``, the gateway's writer for a thing that is not running.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from safething.errors import SafeThingError
 from safething.things import Thing
@@ -41,11 +45,19 @@ class Liveness:
     """Tracks which devices are online and writes the changes to their things."""
 
     def __init__(
-        self, things: dict[str, Thing], *, offline_after: float = DEFAULT_OFFLINE_AFTER_S
+        self,
+        things: dict[str, Thing],
+        *,
+        offline_after: float = DEFAULT_OFFLINE_AFTER_S,
+        closed: Callable[[str, bool, str], Awaitable[bool]] | None = None,
     ) -> None:
+        """``closed(device_id, online, reason)``: writes the availability of a device
+        whose thing is not running; False when it does not (the device has no thing
+        closed while quiet: nothing is written, as for a device not heard from)."""
         if not offline_after > 0:
             raise ValueError("offline_after must be a positive number of seconds")
         self._things = things
+        self._closed = closed
         self.offline_after = offline_after
         self._online: dict[str, bool] = {}
         self._seen: dict[str, float] = {}
@@ -64,10 +76,11 @@ class Liveness:
         if self._online.get(device_id) == online:
             return
         thing = self._things.get(device_id)
-        if thing is None:
-            return
         try:
-            await thing.set_availability(online, reason=reason)
+            if thing is not None:
+                await thing.set_availability(online, reason=reason)
+            elif self._closed is None or not await self._closed(device_id, online, reason):
+                return
         except SafeThingError as e:  # the store is away: try again on the next message
             log.warning("device %s: availability not written: %s", device_id, e)
             return

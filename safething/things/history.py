@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import weakref
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -287,7 +288,10 @@ class Archive:
         so many attributes and topics that their index entries would not fit one MD."""
         if retention_days is not None and not retention_days > 0:
             raise ValueError("retention_days must be positive")
-        self._thing = thing
+        # A weak reference: the thing holds its archivist, and without a cycle between
+        # them a closed thing is freed as soon as the last reference to it goes (no
+        # cyclic collection needed: a gateway closes and restores thousands of them).
+        self._thing_ref = weakref.ref(thing)
         self._explicit = retention_days is not None
         streams = max(1, self._stream_count())
         fit = max(1, MAX_ENTRIES // streams - 2)
@@ -295,6 +299,13 @@ class Archive:
             retention_days if retention_days is not None else min(DEFAULT_RETENTION_DAYS, fit)
         )
         self._streams: dict[bytes, _Stream] = {}
+
+    @property
+    def _thing(self) -> Thing:
+        thing = self._thing_ref()
+        if thing is None:  # (only a thing that is gone would call it)
+            raise ReferenceError("the thing of this archive is gone")
+        return thing
 
     def _stream_count(self) -> int:
         d = self._thing.description
@@ -382,6 +393,11 @@ class Archive:
                     log.error(
                         "thing %s: %d values of %s not archived", self._thing.id, lost, stream.name
                     )
+
+    def behind(self) -> bool:
+        """True when values wait in memory that archiving failed to write (as many as
+        the ring holds, or more: the ring may have overwritten some of them already)."""
+        return any(len(stream.pending) >= stream.size for stream in self._streams.values())
 
     async def flush_all(self) -> None:
         for stream in self._streams.values():

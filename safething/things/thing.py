@@ -208,6 +208,7 @@ class Thing(AsyncResource):
         heartbeat: float | None = DEFAULT_HEARTBEAT_S,
         trust: TrustState | str | os.PathLike[str] | None = None,
         shared: SharedWatches | None = None,
+        online_since: float | None = None,
     ) -> None:
         """``trust``: where the thing keeps what it verified (highest versions, its
         trusted status, processed request ids) across restarts: a
@@ -218,7 +219,12 @@ class Thing(AsyncResource):
         ``shared``: started :class:`~safething.things.shared.SharedWatches` on the
         same store, when this process runs many things (a gateway): the thing follows
         its inbox and its status through them instead of two store watches of its
-        own."""
+        own.
+
+        ``online_since``: the availability an earlier object of this thing wrote in
+        this process, online since then (a gateway that closed a quiet custodial thing
+        and now restores it): kept as it is, not written again, so that a reader sees
+        no change."""
         if not isinstance(description, ThingDescription):
             raise TypeError("Thing needs a ThingDescription")
         if not isinstance(identity, Identity):
@@ -264,7 +270,9 @@ class Thing(AsyncResource):
         if heartbeat is not None and not heartbeat > 0:
             raise ValueError("heartbeat must be a positive number of seconds (or None)")
         self._heartbeat = heartbeat
-        self._online_since: float | None = None
+        self._online_since: float | None = online_since
+        self._inbox_active = 0
+        """Inbox entries being acted on now (see :meth:`idle`)."""
 
     # --- lifecycle of the object ------------------------------------------------------
 
@@ -322,6 +330,32 @@ class Thing(AsyncResource):
                 self._trust.close()
             else:
                 self._trust.sync()
+
+    @property
+    def online_since(self) -> float | None:
+        """Since when this thing is online, as its availability says (None: offline, or
+        not written by this object)."""
+        return self._online_since
+
+    def idle(self) -> bool:
+        """True when closing this thing now cuts nothing short, so that a new object
+        of it, registered later, carries on exactly: no request taken on, running,
+        cancelled or passed over, no inbox entry being acted on (a desired value on its
+        way to its handler), no write in progress, no stored subscription it delivers,
+        no history its archive failed to write (values the ring no longer holds), and
+        a status under which the inbox holds nothing waiting (``registered``: requests
+        wait there for :meth:`publish`, which only a running thing would notice)."""
+        return (
+            self.status in ("published", "disabled")
+            and not self._running
+            and not self._handling
+            and not self._passed_over
+            and not self._cancel_requested
+            and not self._inbox_active
+            and not self._write_lock.locked()
+            and not any(sub.task is not None for sub in self._subs.values())
+            and not self._archive.behind()
+        )
 
     @property
     def client(self) -> Client:
@@ -1012,6 +1046,13 @@ class Thing(AsyncResource):
             await self._on_inbox(entry)
 
     async def _on_inbox(self, entry: Entry) -> None:
+        self._inbox_active += 1
+        try:
+            await self._act_on(entry)
+        finally:
+            self._inbox_active -= 1
+
+    async def _act_on(self, entry: Entry) -> None:
         try:
             key = entry.key.decode()
             if entry.value is None:
