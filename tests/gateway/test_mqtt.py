@@ -694,3 +694,51 @@ def test_pubacks_go_out_in_arrival_order() -> None:
     acks.handled(fresh)
     acks.handled(stale)
     assert connection.acks[4:] == [(6, 2)]
+
+
+async def test_a_device_whose_thing_was_closed_goes_on_over_mqtt(site: Site) -> None:
+    """The bound on running things (max_things), over a real Mosquitto: a device's thing
+    is closed while it is quiet; its next readings restore it, and a subscriber gets
+    every reading in order; an action requested while it is closed is pushed and run
+    once."""
+    async with site.gateway(max_things=1, close_after=0.05) as (gateway, _):
+        links = [await site.provision() for _ in range(2)]
+        for link, _password in links:
+            link.on_action = lambda action, args: None
+        (quiet, quiet_password), (busy, busy_password) = links
+        async with (
+            site.device(quiet, quiet_password) as first,
+            site.device(busy, busy_password) as second,
+        ):
+            for device, link in ((first, quiet), (second, busy)):
+                await device.start()
+                await published(site.store, link.device_id)
+            reader = ThingClient(Client(site.store))
+            async with reader.subscribe(quiet.device_id, attribute="moisture", after=0) as sub:
+                for value in (1, 2, 3):
+                    await first.reading({"moisture": value})
+                await first.flush(5)
+
+                async def closed() -> bool:
+                    await asyncio.sleep(0.2)
+                    await second.reading({"moisture": 50})  # the other one keeps speaking
+                    await second.flush(5)
+                    return quiet.device_id not in gateway.things
+
+                await until(closed, timeout=20)
+                requester = ThingClient(Client(site.store, Identity.generate()))
+                handle = await requester.request(quiet.device_id, "OpenValve", psi=40)
+                assert (await handle.wait(20)).state == "done"
+                assert quiet.actions_run == [handle.request_id]
+                for value in (4, 5, 6):
+                    await first.reading({"moisture": value})
+                await first.flush(5)
+                seen = []
+                async with asyncio.timeout(20):
+                    async for note in sub:
+                        seen.append((note.seq, note.value))
+                        if len(seen) == 6:
+                            break
+                assert seen == [(n, float(n)) for n in range(1, 7)]
+                await requester.close()
+            assert list(first.errors) == [] and list(second.errors) == []
