@@ -50,6 +50,9 @@ MessageHandler = Callable[[mqtt.MQTTMessage], None]
 MISC_INTERVAL_S = 1.0
 """How often paho's ``loop_misc`` runs (PINGREQ when due, a lost PINGRESP noticed)."""
 
+READ_BATCH = 64
+"""Packets read in one go when the socket holds more (then the loop's other work runs)."""
+
 CLOSE_WRITE_S = 1.0
 """How long :meth:`MqttConnection.close` waits for the kernel to take the DISCONNECT."""
 
@@ -360,7 +363,19 @@ class MqttConnection:
         self._dropped.set()
 
     def _readable(self) -> None:
-        self._guarded(self.client.loop_read)
+        """Read what the socket holds, up to :data:`READ_BATCH` packets: paho's
+        ``loop_read`` takes one packet when nothing of ours is in flight, and one packet
+        per turn of a busy loop would starve the bridge of messages."""
+        sock = self._sock
+        for _ in range(READ_BATCH):
+            self._guarded(self.client.loop_read)
+            if self._sock is not sock:
+                return  # closed meanwhile
+            try:
+                if not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                    return  # the end: the next turn's read sees it and closes
+            except OSError:  # BlockingIOError: nothing more for now
+                return
 
     def _writable(self) -> None:
         self._guarded(self.client.loop_write)

@@ -384,3 +384,56 @@ async def test_after_close_no_callback_task_timer_or_socket_is_left(broker: Mosq
         await until(lambda: got == ["loop/after"])
         await receiver.abort()  # no DISCONNECT: the socket is gone all the same
         assert receiver.client.socket() is None and own_tasks(receiver) == []
+
+
+@needs_mosquitto
+async def test_a_busy_loop_reads_what_the_socket_holds_in_one_go(broker: Mosquitto) -> None:
+    """paho's ``loop_read`` takes one packet when nothing of ours is in flight; a loop
+    whose turns are long (here 2 ms each) would then take one message per turn. The
+    reader takes what the socket holds instead: far fewer reads than messages."""
+    got: list[bytes] = []
+
+    def on_message(message: mqtt.MQTTMessage, generation: int) -> None:
+        got.append(bytes(message.payload))
+        receiver.ack(message, generation)
+
+    receiver = MqttConnection(
+        "127.0.0.1",
+        broker.port,
+        client_id=uid("rx"),
+        manual_ack=True,
+        subscriptions=[("loop/busy", 1)],
+        on_message=on_message,
+        label="busy",
+    )
+    reads = 0
+    readable = receiver._readable
+
+    def counted() -> None:
+        nonlocal reads
+        reads += 1
+        readable()
+
+    receiver._readable = counted  # type: ignore[method-assign]
+
+    async def busy() -> None:
+        while True:
+            time.sleep(0.002)  # noqa: ASYNC251 (a turn of the loop with work in it)
+            await asyncio.sleep(0)
+
+    async with (
+        connected(receiver),
+        connected(
+            MqttConnection("127.0.0.1", broker.port, client_id=uid("tx"), label="sender")
+        ) as sender,
+    ):
+        reads = 0
+        worker = asyncio.get_running_loop().create_task(busy())
+        try:
+            futures = [sender.publish("loop/busy", b"%d" % i, 1)[1] for i in range(300)]
+            assert all(await asyncio.gather(*futures))
+            await until(lambda: len(got) == 300)
+        finally:
+            worker.cancel()
+    assert got == [b"%d" % i for i in range(300)]
+    assert reads < 100, reads
