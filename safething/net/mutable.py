@@ -32,6 +32,7 @@ from safething.net.records import EntryRecord as _EntryRecord
 from safething.net.records import MDAddress as _MDAddress
 from safething.net.records import MDHeader as _MDHeader
 from safething.net.records import PrivateCodec as _PrivateCodec
+from safething.net.records import batches as _batches
 from safething.net.records import check_entry_key as _check_entry_key
 from safething.net.records import needed_action as _needed_action
 from safething.net.records import record_digest as _record_digest
@@ -314,7 +315,8 @@ class MutableData:
         atomic: bool = False,
         assume_new: Collection[bytes | str] = (),
     ) -> list[_Entry]:
-        """Insert or update many entries, signed one by one, committed in one batch.
+        """Insert or update many entries, signed together (one signature for up to
+        ``MAX_BATCH`` entries, see :mod:`safething.net.records`), committed in one batch.
 
         ``versions`` names, for some keys, the version you read (``None``: the
         key must not exist); any other raises ``ConflictError``. With
@@ -402,6 +404,8 @@ class MutableData:
             writes: list[Write] = []
             planned: list[tuple[bytes, _Entry]] = []
             digests: list[bytes] = []
+            signing: list[tuple[bytes, bytes | None, bytes | None, int]] = []
+            targets: list[tuple[str, int]] = []
             recheck = False
             for key, value in pending.items():
                 stored = self._stored_key(key)
@@ -445,29 +449,31 @@ class MutableData:
                         f"{action.names()[0]} in MD {self.address}"
                     )
                 stored_value = value if codec is None or value is None else codec.seal_value(value)
-                record = _EntryRecord.create(
-                    self.address,
-                    signer=me.sign_key,
-                    stored_key=stored,
-                    sealed_key=None if codec is None else codec.seal_key(key),
-                    stored_value=stored_value,
-                    version=version,
-                )
-                data = record.to_bytes()
-                if len(data) > _MAX_MD_BYTES:
-                    raise LimitExceededError(
-                        f"value of {len(value or b'')} bytes is too large for one MD "
-                        f"(limit {_MAX_MD_BYTES} bytes in total); store large data as "
-                        "ImmutableData (put_blob) and keep its address here",
-                        limit=_MAX_MD_BYTES,
-                        actual=len(data),
-                    )
-                writes.append(Write(store_key, data, expect, quota))
+                sealed = None if codec is None else codec.seal_key(key)
+                signing.append((stored, sealed, stored_value, version))
+                targets.append((store_key, expect))
                 planned.append((key, _Entry(key, value, version, me.public_sign_key)))
-                digests.append(_record_digest(data))
             if recheck:
                 client._pin(self.address).seen = None
                 continue
+            # One signature per batch of entries of this commit (see records.py).
+            for part in _batches(len(signing)):
+                records = _EntryRecord.create_batch(
+                    self.address, signer=me.sign_key, entries=signing[part.start : part.stop]
+                )
+                for i, record in zip(part, records, strict=True):
+                    data = record.to_bytes()
+                    if len(data) > _MAX_MD_BYTES:
+                        value = pending[planned[i][0]]
+                        raise LimitExceededError(
+                            f"value of {len(value or b'')} bytes is too large for one MD "
+                            f"(limit {_MAX_MD_BYTES} bytes in total); store large data as "
+                            "ImmutableData (put_blob) and keep its address here",
+                            limit=_MAX_MD_BYTES,
+                            actual=len(data),
+                        )
+                    writes.append(Write(targets[i][0], data, targets[i][1], quota))
+                    digests.append(_record_digest(data))
             try:
                 results = await store.commit(
                     writes, atomic=atomic, guard=Guard(self.address.header_key, seen)

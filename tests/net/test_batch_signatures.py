@@ -28,7 +28,7 @@ from safething.errors import (
 )
 from safething.net import ANYONE, TAG_THING, Client, Identity, MDAddress, XorName
 from safething.net.codec import decode_record
-from safething.net.keys import PublicSignKey
+from safething.net.keys import PublicSignKey, SigningKey
 from safething.net.records import (
     BATCH_FORMAT,
     MAX_BATCH,
@@ -400,3 +400,75 @@ async def test_a_malformed_batch_record_is_refused_and_the_others_served(store: 
     with pytest.raises(MalformedRecordError, match="batch index 7 is outside the batch of 2"):
         await reader.get("valve")
     assert set(await reader.entries(skip_tampered=True)) == {b"moisture"}
+
+
+# --- the writer ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def signatures(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every message signed from now on (the real signature is still made)."""
+    signed: list[bytes] = []
+    sign = SigningKey.sign
+
+    def counted(key: SigningKey, message: bytes) -> bytes:
+        signed.append(message)
+        return sign(key, message)
+
+    monkeypatch.setattr(SigningKey, "sign", counted)
+    return signed
+
+
+def _stored(raw: bytes) -> EntryRecord:
+    return EntryRecord.from_bytes(raw, ADDRESS, None)
+
+
+@pytest.mark.parametrize(("count", "sizes"), [(1, [1]), (2, [2]), (16, [16]), (33, [11, 11, 11])])
+async def test_put_many_signs_each_batch_once(
+    store: Store, signatures: list[bytes], count: int, sizes: list[int]
+) -> None:
+    md = await Client(store, OWNER).create_md(NAME, TAG_THING)
+    signatures.clear()
+    items = {b"k%02d" % i: b"v%d" % i for i in range(count)}
+    await md.put_many(items)
+    assert len(signatures) == len(sizes)
+    records = [_stored(r.value) for r in await store.scan(ADDRESS.entry_prefix)]
+    by_signature: dict[bytes, list[EntryRecord]] = {}
+    for record in records:
+        by_signature.setdefault(record.signature, []).append(record)
+    assert sorted(len(group) for group in by_signature.values()) == sorted(sizes)
+    for group in by_signature.values():
+        assert sorted(r.index for r in group) == list(range(len(group) if len(group) > 1 else 1))
+    reader = _reader(store)
+    assert {k: e.value for k, e in (await reader.entries()).items()} == items
+
+
+async def test_a_private_batch_is_read_with_the_secret_only(store: Store) -> None:
+    md = await Client(store, OWNER).create_md(NAME, TAG_THING, private=True)
+    await md.put_many({"a": "1", "b": "2", "c": "3"})
+    (raw,) = [r for r in await store.scan(ADDRESS.entry_prefix)][:1]
+    assert len(_stored(raw.value).batch) == 3
+    reader = Client(store).md(NAME, TAG_THING, secret=md.secret, owner=OWNER.public_sign_key)
+    assert {k: e.value for k, e in (await reader.entries()).items()} == {
+        b"a": b"1",
+        b"b": b"2",
+        b"c": b"3",
+    }
+
+
+async def test_an_entry_retried_after_a_conflict_is_signed_again(store: Store) -> None:
+    """Not atomic: "b" conflicts (another writer got there first), "a" lands; "b" is
+    decided again and signed alone, and every record verifies."""
+    owner = Client(store, OWNER)
+    md = await owner.create_md(NAME, TAG_THING)
+    await md.put("b", "0")
+    other = Client(store, OWNER).md(NAME, TAG_THING)
+    await other.put("b", "1")  # md's idea of "b" is now stale
+    assert [e.version for e in await md.put_many({"a": "x", "b": "2"})] == [0, 2]
+    b_record = await store.get(ADDRESS.entry_key(b"b"))
+    assert b_record is not None and _stored(b_record.value).batch == ()
+    entries = await _reader(store).entries()
+    assert {k: (e.value, e.version) for k, e in entries.items()} == {
+        b"a": (b"x", 0),
+        b"b": (b"2", 2),
+    }

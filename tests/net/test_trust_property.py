@@ -1,7 +1,8 @@
 """Issue 8, property: random legitimate writes interleaved with a store-only attacker.
 
 The attacker replays any record it ever saw, deletes records, writes headers
-and entries signed by its own key or by a removed writer, and rolls the whole
+and entries signed by its own key or by a removed writer, reuses the batch
+signature of entries written together for values of its own, and rolls the whole
 store back to an earlier snapshot; the reader restarts in between (its
 :class:`TrustState` file survives). Invariant, checked after every read:
 nothing returned was signed by a key the trusted owner did not authorise
@@ -14,6 +15,7 @@ CI runs a bounded number of examples; ``pytest -m slow`` runs many more.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -41,6 +43,10 @@ MALLORY = Identity.generate("mallory")
 
 ops = st.one_of(
     st.tuples(st.just("write"), st.sampled_from(["owner", "writer", "removed"]), st.integers(0, 2)),
+    st.tuples(
+        st.just("write_many"), st.sampled_from(["owner", "writer", "removed"]), st.integers(0, 2)
+    ),
+    st.tuples(st.just("forge_batch"), st.integers(0, 10_000), st.integers(0, 2)),
     st.tuples(st.just("remove_writer")),
     st.tuples(st.just("replay"), st.integers(0, 10_000)),
     st.tuples(st.just("delete"), st.integers(0, 2)),
@@ -102,6 +108,31 @@ async def _forged_entry(world: World, signer: Identity, index: int) -> None:
     await world.store.put(ADDRESS.entry_key(key), forged.to_bytes())
 
 
+FORGED = b"the attacker's value"
+
+
+async def _forged_batch_entry(world: World, pick: int, index: int) -> None:
+    """A record signed in a batch, its signature and leaves kept, made to say something
+    else: the attacker's value under another (or the same) key, at the next version."""
+    batched = []
+    for record in world.seen:
+        if record.key.startswith(ADDRESS.entry_prefix):
+            try:
+                decoded = EntryRecord.from_bytes(record.value, ADDRESS, None)
+            except SafeThingError:
+                continue
+            if decoded.batch:
+                batched.append(decoded)
+    if not batched:
+        return
+    genuine = batched[pick % len(batched)]
+    key = KEYS[index]
+    forged = dataclasses.replace(
+        genuine, stored_key=key, stored_value=FORGED, version=genuine.version + 1
+    )
+    await world.store.put(ADDRESS.entry_key(key), forged.to_bytes())
+
+
 async def _forged_header(world: World, signer: Identity) -> None:
     record = await world.store.get(ADDRESS.header_key)
     assert record is not None
@@ -140,6 +171,7 @@ async def _read(world: World) -> None:
         allowed.add(REMOVED.public_sign_key)
     for key, entry in entries.items():
         assert entry.signer in allowed, f"{key!r} signed by an unauthorised key"
+        assert entry.value != FORGED, f"{key!r}: the attacker's value under a batch signature"
         assert entry.version >= world.versions.get(key, -1), f"{key!r} version went back"
         world.versions[key] = entry.version
 
@@ -169,6 +201,14 @@ async def _scenario(steps: list[tuple[object, ...]], trust_path: Path) -> None:
                         continue
                     client = world.writers[who]
                     await client.md(NAME, TAG_THING).put(KEYS[index], f"{who}".encode())
+                elif kind == "write_many":
+                    who, index = str(step[1]), int(step[2])  # type: ignore[call-overload]
+                    if who == "removed" and world.removed:
+                        continue
+                    both = {KEYS[index]: f"{who}".encode(), KEYS[(index + 1) % 3]: b"too"}
+                    await world.writers[who].md(NAME, TAG_THING).put_many(both)
+                elif kind == "forge_batch":
+                    await _forged_batch_entry(world, int(step[1]), int(step[2]))  # type: ignore[call-overload]
                 elif kind == "remove_writer" and not world.removed:
                     await owner.md(NAME, TAG_THING).set_permissions(
                         REMOVED.public_sign_key, Action.NONE

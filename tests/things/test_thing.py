@@ -152,6 +152,43 @@ async def test_register_with_publish_writes_the_new_thing_in_one_commit(
         assert t.status == "disabled"
 
 
+async def test_a_reading_and_a_registration_are_signed_once_per_commit(
+    store: Store, owner: Identity, device: Identity, stranger: ThingClient
+) -> None:
+    """Issue 14: the entries of one commit share one signature (a reading's sequence
+    pointer and history slot; the six entries a new thing writes), read back verified."""
+    from safething.net.keys import SigningKey
+
+    signed: list[bytes] = []
+    sign = SigningKey.sign
+
+    def counted(key: SigningKey, message: bytes) -> bytes:
+        signed.append(message)
+        return sign(key, message)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SigningKey, "sign", counted)
+        new = Thing(garden_description(), identity=device, owner=owner, store=store, heartbeat=None)
+        async with new as t:
+            await t.register(publish=True)
+            entries = [m for m in signed if m.startswith(b"safething/md-")]
+            assert [m.split(b"\0")[0] for m in entries].count(b"safething/md-batch/v1") == 1
+            assert b"safething/md-entry/v1" not in [m.split(b"\0")[0] for m in entries]
+            signed.clear()
+            await t.set("moisture", 41)
+            assert len(signed) == 1 and signed[0].startswith(b"safething/md-batch/v1\0")
+    assert (await stranger.read("garden-01", "moisture")).value == 41.0
+    address = ThingAddresses.of("garden-01").thing
+    groups: dict[bytes, list[bytes]] = {}
+    for raw in await store.scan(address.entry_prefix):
+        record = EntryRecord.from_bytes(raw.value, address, None)
+        groups.setdefault(record.signature, []).append(record.stored_key)
+    assert sorted(sorted(g) for g in groups.values()) == [
+        [b"a/moisture", b"ah/moisture/1"],  # the reading's pointer and history slot
+        [b"desc", b"k/group", b"k/owner", b"k/thing", b"keys", b"status"],
+    ]
+
+
 async def test_register_with_publish_publishes_a_thing_registered_before(
     store: Store, owner: Identity, device: Identity, stranger: ThingClient
 ) -> None:
