@@ -22,6 +22,7 @@ import pytest
 
 from safething.errors import (
     FormatVersionError,
+    LimitExceededError,
     MalformedRecordError,
     RolledBackError,
     TamperedDataError,
@@ -32,6 +33,7 @@ from safething.net.keys import PublicSignKey, SigningKey
 from safething.net.records import (
     BATCH_FORMAT,
     MAX_BATCH,
+    MAX_MD_BYTES,
     EntryRecord,
     VerifiedBatches,
     batches,
@@ -122,14 +124,21 @@ def test_batches_split_a_commit_evenly_and_never_above_the_cap() -> None:
     assert batches(0) == []
     assert batches(1) == [range(0, 1)]
     assert batches(2) == [range(0, 2)]
-    assert batches(MAX_BATCH) == [range(0, MAX_BATCH)]
-    assert batches(MAX_BATCH + 1) == [range(0, 9), range(9, 17)]
+    # the cap is 8: a registration's six entries fit in one batch, a record grows by at
+    # most 8 x 32 bytes (docs/architecture.md); literal sizes, so a changed cap fails
+    assert MAX_BATCH == 8
+    assert batches(6) == [range(0, 6)]
+    assert batches(8) == [range(0, 8)]
+    assert batches(9) == [range(0, 5), range(5, 9)]
+    assert batches(17) == [range(0, 6), range(6, 12), range(12, 17)]
     for count in range(1, 100):
         parts = batches(count)
         assert [i for part in parts for i in part] == list(range(count))
         assert all(len(part) <= MAX_BATCH for part in parts)
+        assert len(parts) == -(-count // MAX_BATCH)  # no more batches than needed
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
-    with pytest.raises(ValueError, match="1 to 16 different entries"):
+    _signed(OWNER, {b"%d" % i: b"v" for i in range(MAX_BATCH)})
+    with pytest.raises(ValueError, match="1 to 8 different entries"):
         _signed(OWNER, {b"%d" % i: b"v" for i in range(MAX_BATCH + 1)})
 
 
@@ -154,10 +163,10 @@ LEAF = EntryRecord.leaf(ADDRESS, b"x", b"y", 0)
         ({"bi": True}, "'bi' is missing or invalid"),
         ({"bi": 2}, "batch index 2 is outside the batch of 2"),
         ({"bi": -1}, "batch index -1 is outside the batch of 2"),
-        ({"bl": [LEAF]}, "a batch holds 2 to 16 entries, not 1"),
-        ({"bl": []}, "a batch holds 2 to 16 entries, not 0"),
-        ({"bl": [LEAF] * 17}, "a batch holds 2 to 16 entries, not 17"),
-        ({"bl": [LEAF] * 1_000_000}, "a batch holds 2 to 16 entries, not 1000000"),
+        ({"bl": [LEAF]}, "a batch holds 2 to 8 entries, not 1"),
+        ({"bl": []}, "a batch holds 2 to 8 entries, not 0"),
+        ({"bl": [LEAF] * 9}, "a batch holds 2 to 8 entries, not 9"),
+        ({"bl": [LEAF] * 1_000_000}, "a batch holds 2 to 8 entries, not 1000000"),
         ({"bl": [LEAF, LEAF]}, "names one leaf twice"),
         ({"bl": [LEAF, LEAF[:31]]}, "a batch leaf is 32 bytes"),
         ({"bl": [LEAF, LEAF + b"\0"]}, "a batch leaf is 32 bytes"),
@@ -185,12 +194,12 @@ def test_a_lone_entry_naming_a_batch_is_malformed(changes: dict[str, Any]) -> No
     ("batch", "index", "error", "message"),
     [
         ((), 1, ValueError, "an entry signed alone has no batch index"),
-        ((LEAF,), 0, ValueError, "a batch holds 2 to 16 entries, not 1"),
+        ((LEAF,), 0, ValueError, "a batch holds 2 to 8 entries, not 1"),
         (
-            tuple(EntryRecord.leaf(ADDRESS, b"%d" % i, b"v", 0) for i in range(17)),
+            tuple(EntryRecord.leaf(ADDRESS, b"%d" % i, b"v", 0) for i in range(9)),
             0,
             ValueError,
-            "not 17",
+            "a batch holds 2 to 8 entries, not 9",
         ),
         ((LEAF, LEAF[::-1]), 2, ValueError, "batch index 2 is outside the batch of 2"),
         ((LEAF, LEAF[::-1]), True, TypeError, "a batch index is an integer"),
@@ -423,7 +432,9 @@ def _stored(raw: bytes) -> EntryRecord:
     return EntryRecord.from_bytes(raw, ADDRESS, None)
 
 
-@pytest.mark.parametrize(("count", "sizes"), [(1, [1]), (2, [2]), (16, [16]), (33, [11, 11, 11])])
+@pytest.mark.parametrize(
+    ("count", "sizes"), [(1, [1]), (2, [2]), (6, [6]), (8, [8]), (9, [5, 4]), (33, [7, 7, 7, 6, 6])]
+)
 async def test_put_many_signs_each_batch_once(
     store: Store, signatures: list[bytes], count: int, sizes: list[int]
 ) -> None:
@@ -472,3 +483,52 @@ async def test_an_entry_retried_after_a_conflict_is_signed_again(store: Store) -
         b"a": (b"x", 0),
         b"b": (b"2", 2),
     }
+
+
+async def _filled(store: Store, name: XorName, left: int) -> Any:
+    """An MD of the owner's whose one entry leaves exactly ``left`` bytes of the limit
+    (a record's size grows byte for byte with a value of this length)."""
+    md = await Client(store, OWNER).create_md(name, TAG_THING)
+    await md.insert("filler", b"f" * 900_000)
+    _, used = await md.usage()
+    await md.update("filler", b"f" * (900_000 + MAX_MD_BYTES - used - left))
+    assert await md.usage() == (1, MAX_MD_BYTES - left)
+    return md
+
+
+async def test_an_md_near_its_byte_limit_counts_a_batch_as_stored(store: Store) -> None:
+    """The byte limit counts records as stored, leaves included. Two entries whose
+    records signed alone would fit in what is left, but whose batch records do not:
+    an atomic put_many writes nothing; one that is not atomic writes the first, which
+    a reader verifies on its own (its batch's other record was never stored). The
+    same batch with one byte more left fills the MD exactly."""
+    items = {b"a": b"1" * 100, b"b": b"2" * 100}
+    size = sum(len(r.to_bytes()) for r in _signed(OWNER, items))  # the writer's, byte for byte
+    alone = sum(len(_signed(OWNER, {k: v})[0].to_bytes()) for k, v in items.items())
+    assert alone < size - 1
+    md = await _filled(store, NAME, size - 1)
+    with pytest.raises(LimitExceededError, match="1048577 bytes would exceed the limit"):
+        await md.put_many(items, atomic=True)
+    assert set(await _reader(store).entries()) == {b"filler"}
+    assert await md.usage() == (1, MAX_MD_BYTES - size + 1)
+
+    other = await _filled(store, XorName.of("batch-02"), size - 1)
+    with pytest.raises(LimitExceededError, match="nothing of entry b'b' was written"):
+        await other.put_many(items)
+    reader = Client(store).md(other.address.name, TAG_THING, owner=OWNER.public_sign_key)
+    assert {k: e.value for k, e in (await reader.entries()).items()} == {
+        b"filler": b"f" * len((await reader.get("filler")).value),
+        b"a": b"1" * 100,
+    }
+    stored = await store.get(other.address.entry_key(b"a"))
+    assert (
+        stored is not None
+        and len(EntryRecord.from_bytes(stored.value, other.address, b"a").batch) == 2
+    )
+
+    await md.update("filler", b"f" * (len((await md.get("filler")).value) - 1))
+    await md.put_many(items)
+    assert await md.usage() == (3, MAX_MD_BYTES)
+    assert {
+        k: e.value for k, e in (await _reader(store).entries()).items() if k != b"filler"
+    } == items
