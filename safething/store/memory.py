@@ -101,7 +101,7 @@ class MemoryStore(Store):
             try:
                 results.append(self._apply(write, usage))
             except (ConflictError, LimitExceededError) as e:
-                results.append(e)
+                results.append(e.with_traceback(None))  # an outcome: no frames held in a cycle
         if atomic and any(isinstance(r, Exception) for r in results):
             applied = sum(1 for r in results if isinstance(r, int) and r > 0)
             self._undo(undo, revision_before, applied)

@@ -671,7 +671,7 @@ class NatsStore(Store):
             try:
                 results.append(await self._write(write))
             except (ConflictError, LimitExceededError) as e:
-                results.append(e)
+                results.append(e.with_traceback(None))  # an outcome: no frames held in a cycle
         return results
 
     async def _write(self, write: Write) -> int:

@@ -666,7 +666,10 @@ class _Writer:
                     try:
                         results.append(batch.apply(write))
                     except (ConflictError, LimitExceededError) as e:
-                        results.append(e)
+                        # An outcome, not an error here (a thing's restore meets four, its
+                        # MDs existing): without its traceback, whose frames hold it, it
+                        # is freed without a cyclic collection.
+                        results.append(e.with_traceback(None))
                 if mark is not None and any(isinstance(r, Exception) for r in results):
                     batch.rewind(mark)
                     results = [

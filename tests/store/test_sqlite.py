@@ -448,3 +448,31 @@ async def test_watch_polls_when_no_socket_can_be_bound(
         async with asyncio.timeout(TIMEOUT):
             assert await waiting == Change("p.x", b"1", revision)
     assert "watches poll every" in caplog.text
+
+
+async def test_refused_writes_leave_no_cyclic_garbage(tmp_path: Path) -> None:
+    """A refused write (a key that exists, a quota) is an outcome of the commit, kept
+    without the traceback whose frames would hold it in a cycle: a gateway restoring a
+    thing meets four (its MDs exist), and cycles frozen by ``gc.freeze()`` are never
+    collected."""
+    import gc
+
+    from safething.store import Write
+
+    async with await open_store(f"sqlite:///{tmp_path}/s.db") as store:
+        await store.put("k.taken", b"1")
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(10):
+                outcomes = await store.commit([Write("k.taken", b"2", 0), Write("k.new", b"3")])
+                assert type(outcomes[0]).__name__ == "ConflictError"
+                del outcomes
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            left = [type(o).__name__ for o in gc.garbage]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert "ConflictError" not in left and "frame" not in left, left
