@@ -246,6 +246,10 @@ class Client(AsyncResource):
             if isinstance(result, Exception):
                 raise result
             self._accept_header(address, header, raw, signed_here=True)
+            # The store holds these very bytes at that revision (written just now), as if
+            # read back: a first write needs no read of the header; its commit is guarded
+            # by that revision (a header rewritten since is read again and checked then).
+            self._pin(address).seen = (raw, result)
             created.append(_MutableData(self, address, secret if private else None))
         return created
 
