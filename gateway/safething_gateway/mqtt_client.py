@@ -13,10 +13,10 @@ renewed on every connection.
 (``add_reader``; ``add_writer`` only while the kernel's send buffer is full), and paho
 reads, writes and keeps the connection alive (``loop_misc`` once a second) on the
 loop's thread. Its callbacks therefore run on the loop as paho reads each packet, and
-a PUBACK or a publish is written by the loop in the same turn, with what else was
-queued meanwhile: nothing wakes another thread or waits for the GIL. Only the TCP
-connect (name look-up, SYN) runs in a worker thread, so that a broker that does not
-answer cannot freeze the gateway.
+a PUBACK or a publish is written when it is made (one made in a callback, right after
+paho's read): nothing wakes another thread or waits for the GIL. Only the TCP connect
+(name look-up, SYN) runs in a worker thread, so that a broker that does not answer
+cannot freeze the gateway.
 
 **One connection per broker login.** The shipped Mosquitto config binds a client id to
 its login (``use_username_as_clientid``), so two connections with the gateway's login
@@ -140,7 +140,8 @@ class MqttConnection:
         self._dropped = asyncio.Event()
         self._writing = False
         """A writer is registered: the kernel's send buffer was full."""
-        self._flush_soon = False
+        self._in_step = False
+        """In one of paho's network steps (its callbacks run there)."""
         self._misc: asyncio.TimerHandle | None = None
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -343,8 +344,7 @@ class MqttConnection:
         self._sock = sock
         loop.add_reader(sock, self._readable)
         self._misc = loop.call_later(MISC_INTERVAL_S, self._keep_alive)
-        if self.client.want_write():  # CONNECT, queued on the worker thread
-            self._schedule_flush()
+        self._flush()  # CONNECT, queued on the worker thread
         return True
 
     def _detach(self) -> None:
@@ -363,48 +363,48 @@ class MqttConnection:
         self._dropped.set()
 
     def _readable(self) -> None:
-        """Read what the socket holds, up to :data:`READ_BATCH` packets: paho's
+        """Read what the socket holds, up to :data:`READ_BATCH` packets (paho's
         ``loop_read`` takes one packet when nothing of ours is in flight, and one packet
-        per turn of a busy loop would starve the bridge of messages."""
+        per turn of a busy loop would starve the bridge), then write what the callbacks
+        queued meanwhile (PUBACKs of routed messages, replies)."""
         sock = self._sock
         for _ in range(READ_BATCH):
-            self._guarded(self.client.loop_read)
+            self._step(self.client.loop_read)
             if self._sock is not sock:
                 return  # closed meanwhile
             try:
                 if not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-                    return  # the end: the next turn's read sees it and closes
+                    break  # the end: the next turn's read sees it and closes
             except OSError:  # BlockingIOError: nothing more for now
-                return
+                break
+        self._flush()
 
     def _writable(self) -> None:
-        self._guarded(self.client.loop_write)
+        self._step(self.client.loop_write)
 
     def _keep_alive(self) -> None:
         self._misc = None
-        self._guarded(self.client.loop_misc)
+        self._step(self.client.loop_misc)
+        self._flush()  # a PINGREQ
         if self._sock is not None and self._loop is not None:
             self._misc = self._loop.call_later(MISC_INTERVAL_S, self._keep_alive)
 
     def _flush(self) -> None:
-        self._flush_soon = False
-        if self._sock is None:
+        """Write what paho has queued, now; what the kernel cannot take yet is written
+        when the socket is writable again (a writer registered until then)."""
+        if self._sock is None or self._writing or not self.client.want_write():
             return
-        self._guarded(self.client.loop_write)
+        self._step(self.client.loop_write)
         sock = self._sock
         if sock is not None and self.client.want_write() and not self._writing:
             assert self._loop is not None
-            self._writing = True  # the kernel took part: the rest when it can take more
+            self._writing = True
             self._loop.add_writer(sock, self._writable)
 
-    def _schedule_flush(self) -> None:
-        if not self._flush_soon and self._loop is not None:
-            self._flush_soon = True
-            self._loop.call_soon(self._flush)
-
-    def _guarded(self, step: Callable[[], MQTTErrorCode]) -> None:
+    def _step(self, step: Callable[[], MQTTErrorCode]) -> None:
         """Run one of paho's network steps; a bug in it drops the connection (to be made
         again) instead of leaving a socket the loop would call on forever."""
+        self._in_step = True
         try:
             step()
         except Exception:
@@ -416,18 +416,18 @@ class MqttConnection:
                     sock.shutdown(socket.SHUT_RDWR)
                 self.client.connect_async(self.host, self.port, self.keepalive)
                 self._loop_disconnected()
+        finally:
+            self._in_step = False
 
     async def _write_out(self, timeout: float) -> None:
         """Write what paho has queued (the DISCONNECT), for ``timeout`` seconds at most."""
         if self.client.socket() is not None:
-            with contextlib.suppress(OSError):
-                self.client.loop_write()
+            self._step(self.client.loop_write)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 while self.client.socket() is not None and self.client.want_write():
                     await asyncio.sleep(0.01)
-                    with contextlib.suppress(OSError):
-                        self.client.loop_write()
+                    self._step(self.client.loop_write)
 
     # --- paho's callbacks (the loop's thread; socket ones also the connect thread) -----
 
@@ -441,9 +441,13 @@ class MqttConnection:
             self._detach()
 
     def _paho_want_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        # Not yet watched (paho queued CONNECT on the connect thread): _attach flushes.
-        if self._sock is not None and sock is self._sock:
-            self._schedule_flush()
+        # A publish, PUBACK or SUBSCRIBE queued by the owner's code is written at once,
+        # as paho's own loop would (no thread to wake). Queued inside one of paho's
+        # steps (a callback answering a message), it is written when the step is over:
+        # paho must not write from inside its callbacks. Queued on the connect thread
+        # (CONNECT, before the loop watches the socket), _attach writes it.
+        if not self._in_step and self._sock is not None and sock is self._sock:
+            self._flush()
 
     def _paho_written(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         if self._writing and sock is self._sock and self._loop is not None:
