@@ -1332,21 +1332,17 @@ def _key(doc: dict[str, Any]) -> str | None:
         return None
 
 
-def _remember(doc: dict[str, Any], desc: ThingDescription) -> None:
-    key = _key(doc)
-    if key is not None:
-        _PARSED[key] = desc
-        while len(_PARSED) > _PARSED_MAX:
-            _PARSED.popitem(last=False)
-
-
 def _parsed(doc: dict[str, Any]) -> ThingDescription:
-    """``ThingDescription.from_dict(doc)``, or the same description parsed a moment ago."""
+    """``ThingDescription.from_dict(doc)``, or the same description parsed a moment ago
+    (its canonical JSON made once: the key to look up and to keep it under)."""
     key = _key(doc)
     desc = None if key is None else _PARSED.get(key)
     if desc is None:
         desc = ThingDescription.from_dict(doc)
-        _remember(doc, desc)
+        if key is not None:
+            _PARSED[key] = desc
+            while len(_PARSED) > _PARSED_MAX:
+                _PARSED.popitem(last=False)
     return desc
 
 
