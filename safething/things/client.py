@@ -180,7 +180,7 @@ class ThingClient(AsyncResource):
 
     def own_view(
         self,
-        thing_id: str,
+        addresses: ThingAddresses,
         description: ThingDescription,
         status: str,
         thing: PublicIdentity,
@@ -188,10 +188,12 @@ class ThingClient(AsyncResource):
         ring: KeyRing,
     ) -> ThingView:
         """The view of the thing this client acts as, from what that thing wrote or
-        verified itself (instead of reading it all back from the store)."""
-        addresses = ThingAddresses.of(thing_id)
+        verified itself (instead of reading it all back from the store); ``addresses``:
+        the thing's own (not hashed again)."""
         md = self.client.md(addresses.thing.name, addresses.thing.tag)
-        return self._keep(thing_id, addresses, description, status, thing, owner, ring, md)
+        return self._keep(
+            addresses.thing_id, addresses, description, status, thing, owner, ring, md
+        )
 
     def _keep(
         self,

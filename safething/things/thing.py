@@ -555,7 +555,12 @@ class Thing(AsyncResource):
         availability if it is to be written and is not yet."""
         # What this thing knows of itself: all of it written or verified just now.
         self.things.own_view(
-            self.id, self.description, self.status, self.identity.public, self.owner, self._ring
+            self.addresses,
+            self.description,
+            self.status,
+            self.identity.public,
+            self.owner,
+            self._ring,
         )
         first = self._inbox_task is None
         if first:
