@@ -238,6 +238,11 @@ class Client(AsyncResource):
         results = await self.store.commit(
             [Write(address.header_key, raw, 0) for address, _, raw in headers]
         )
+        # What the trust state holds of the MDs created (each checked below), in two
+        # queries, not two for each MD.
+        made = [a for (a, _, _), r in zip(headers, results, strict=True) if isinstance(r, int)]
+        self.trust.preload_all([a.entry_prefix for a in made if a.header_key not in self._pins])
+        self.trust.load_headers([a.header_key for a in made])
         created: list[_MutableData | None] = []
         for (address, header, raw), result in zip(headers, results, strict=True):
             if isinstance(result, ConflictError):

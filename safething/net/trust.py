@@ -39,6 +39,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -64,6 +65,9 @@ _ENTRY_DELAY_S = 0.05
 """Entry marks are written at most this long after they changed (batched across reads)."""
 _CACHE_MAX = 200_000
 """Entry marks a durable state caches in memory before it drops the written ones."""
+_IN_CHUNK = 200
+"""MDs (or prefixes) read in one query by :meth:`TrustState.load_headers` and
+:meth:`TrustState.preload_all` (well under SQLite's limit of bound parameters)."""
 
 
 def default_trust_dir() -> Path:
@@ -259,6 +263,12 @@ class _Rows:
             db.execute("DELETE FROM processed WHERE expires < ?", (now,))
 
 
+def _header_state(row: Sequence[Any]) -> HeaderState:
+    """A ``headers`` row's (owners, version, raw) as a :class:`HeaderState`."""
+    owners = frozenset(row[0][i : i + 32] for i in range(0, len(row[0]), 32))
+    return HeaderState(owners, int(row[1]), bytes(row[2]))
+
+
 class TrustState:
     """A reader's verified high-water marks; in memory, or durable with :meth:`open`."""
 
@@ -308,10 +318,28 @@ class TrustState:
             if self._file is not None:
                 row = self._query("SELECT owners, version, raw FROM headers WHERE md = ?", (md,))
                 if row is not None:
-                    owners = frozenset(row[0][i : i + 32] for i in range(0, len(row[0]), 32))
-                    found = HeaderState(owners, int(row[1]), bytes(row[2]))
+                    found = _header_state(row)
             self._headers[md] = found
         return self._headers[md]
+
+    def load_headers(self, mds: Sequence[str]) -> None:
+        """Read the headers of several MDs not read yet in one query (what :meth:`header`
+        of each would read: a client that has just created them checks each)."""
+        wanted = [md for md in dict.fromkeys(mds) if md not in self._headers]
+        if self._file is None or not wanted:
+            return
+        found: dict[str, HeaderState] = {}
+        for i in range(0, len(wanted), _IN_CHUNK):
+            part = wanted[i : i + _IN_CHUNK]
+            rows = self._query_all(
+                "SELECT md, owners, version, raw FROM headers WHERE md IN "
+                f"({', '.join('?' * len(part))})",
+                tuple(part),
+            )
+            found.update((str(row[0]), _header_state(row[1:])) for row in rows)
+        for md in wanted:
+            if md not in self._headers:  # (set meanwhile: that one is newer)
+                self._headers[md] = found.get(md)
 
     def set_header(self, md: str, state: HeaderState) -> None:
         self._headers[md] = state
@@ -341,22 +369,26 @@ class TrustState:
     def preload(self, prefix: str) -> None:
         """Read the marks of every entry under ``prefix`` (ending in ``.``) in one query,
         so that lookups of entries never seen under it need none."""
-        if self._file is None or prefix in self._loaded:
+        self.preload_all([prefix])
+
+    def preload_all(self, prefixes: Sequence[str]) -> None:
+        """:meth:`preload` of several prefixes, in one query (the MDs a client has just
+        created)."""
+        wanted = [p for p in dict.fromkeys(prefixes) if p not in self._loaded]
+        if self._file is None or not wanted:
             return
         self._cache_room()
-        assert self._file is not None
-        try:
-            with self._file.lock:
-                rows = self._file.db.execute(
-                    "SELECT key, version FROM entries WHERE key >= ? AND key < ?",
-                    (prefix, prefix[:-1] + "/"),
-                ).fetchall()
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot read the trust state file {self._file.path}: {e}") from e
-        for key, version in rows:
-            if key not in self._dirty_entries and key not in self._forgotten:
-                self._entries[key] = int(version)
-        self._loaded.add(prefix)
+        for i in range(0, len(wanted), _IN_CHUNK):
+            part = wanted[i : i + _IN_CHUNK]
+            rows = self._query_all(
+                "SELECT key, version FROM entries WHERE "
+                + " OR ".join(["(key >= ? AND key < ?)"] * len(part)),
+                tuple(bound for p in part for bound in (p, p[:-1] + "/")),
+            )
+            for key, version in rows:
+                if key not in self._dirty_entries and key not in self._forgotten:
+                    self._entries[key] = int(version)
+            self._loaded.update(part)
 
     def set_entry_version(self, key: str, version: int) -> None:
         if version > self.entry_version(key):
@@ -469,6 +501,15 @@ class TrustState:
             self._pruned = now
             for item in [k for k, exp in self._processed.items() if exp < now]:
                 del self._processed[item]
+
+    def _query_all(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        assert self._file is not None
+        try:
+            with self._file.lock:
+                rows = self._file.db.execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the trust state file {self._file.path}: {e}") from e
+        return [tuple(row) for row in rows]
 
     def _query(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
         assert self._file is not None

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from safething.errors import TamperedDataError
+from safething.errors import RolledBackError, TamperedDataError
 from safething.net import ANYONE, TAG_THING, Action, Client, Identity, PermissionSet, XorName
 from safething.net.records import EntryRecord, MDHeader
+from safething.net.trust import TrustState
 from safething.store import Record, Store, open_store
 
 NAMES = [XorName.of(f"created-header-{i}") for i in range(2)]
@@ -83,3 +84,25 @@ async def test_a_header_rewritten_between_creation_and_first_write_is_caught(
     reader = Client(store).md(NAMES[0], TAG_THING, owner=alice.public_sign_key)
     with pytest.raises(TamperedDataError, match="owner substitution"):
         await reader.get("valve")  # a reader who pins Alice refuses Mallory's header
+
+
+async def test_mds_created_again_in_a_wiped_store_are_checked_against_the_trust_state(
+    tmp_path: Path,
+) -> None:
+    """Alice's MD went to permissions version 1; the store is swapped for an empty one
+    and Alice's client, with its trust state, creates her MDs again at version 0: that
+    is a rollback of a header her trust state holds, refused (the headers of the MDs
+    created are read from the trust state together, in one query)."""
+    alice = Identity.generate()
+    trust = tmp_path / "alice.trust.db"
+    async with await open_store(f"sqlite://{tmp_path}/one.db") as one:
+        client = Client(one, alice, trust=TrustState.open(trust))
+        md, _ = await client.create_mds([(n, TAG_THING, None) for n in NAMES])
+        assert md is not None
+        await md.set_permissions(ANYONE, Action.READ)
+        client.trust.close()
+    async with await open_store(f"sqlite://{tmp_path}/two.db") as two:
+        client = Client(two, alice, trust=TrustState.open(trust))
+        with pytest.raises(RolledBackError, match="went back from version 1 to 0"):
+            await client.create_mds([(n, TAG_THING, None) for n in NAMES])
+        client.trust.close()

@@ -412,3 +412,48 @@ async def test_the_changes_of_many_states_in_one_step_are_written_together_at_it
         reader.close()
     for state in states:
         state.close()
+
+
+def test_several_mds_read_at_once_give_what_one_by_one_gives(tmp_path: Path) -> None:
+    """``preload_all`` and ``load_headers`` (a client that has just created several MDs)
+    read in one query each what ``preload`` and ``header`` read one MD at a time: the
+    marks under each prefix and none beside them, each header, and no header where
+    there is none."""
+    path = tmp_path / "me.trust.db"
+    prefixes = ["md.1.aa.", "md.1.ab.", "md.2.aa."]
+    writer = TrustState.open(path)
+    for n, prefix in enumerate(prefixes):
+        writer.set_entry_version(prefix + "k", n + 3)
+    writer.set_entry_version("md.1.aa0.k", 9)  # beside the first prefix, not under it
+    writer.set_entry_version("md.1.a.k", 8)
+    owners = frozenset({b"o" * 32, b"p" * 32})
+    writer.set_header("md.1.aa.h", HeaderState(owners, 2, b"raw-aa"))
+    writer.set_header("md.2.aa.h", HeaderState(frozenset({b"q" * 32}), 0, b"raw-2"))
+    writer.close()
+
+    batched = TrustState.open(path)
+    statements: list[str] = []
+    assert batched._file is not None
+    batched._file.db.set_trace_callback(statements.append)
+    batched.preload_all(prefixes)
+    batched.load_headers(["md.1.aa.h", "md.1.ab.h", "md.2.aa.h"])
+    assert len(statements) == 2
+    seen = {
+        key: batched.entry_version(key) for key in [p + k for p in prefixes for k in ("k", "none")]
+    }
+    headers = {md: batched.header(md) for md in ("md.1.aa.h", "md.1.ab.h", "md.2.aa.h")}
+    assert len(statements) == 2  # all of it read by the two queries
+    beside = {key: batched.entry_version(key) for key in ("md.1.aa0.k", "md.1.a.k")}
+    batched._file.db.set_trace_callback(None)
+
+    one_by_one = TrustState.open(path)
+    for prefix in prefixes:
+        one_by_one.preload(prefix)
+    assert seen == {key: one_by_one.entry_version(key) for key in seen}
+    assert seen[prefixes[0] + "k"] == 3 and seen[prefixes[2] + "none"] == -1
+    assert headers == {md: one_by_one.header(md) for md in headers}
+    assert headers["md.1.aa.h"] == HeaderState(owners, 2, b"raw-aa")
+    assert headers["md.1.ab.h"] is None
+    assert beside == {"md.1.aa0.k": 9, "md.1.a.k": 8}
+    batched.close()
+    one_by_one.close()
