@@ -444,6 +444,37 @@ async def test_a_birth_is_two_store_commits(
     assert (await things.availability("sensor-01")).online is True
 
 
+async def test_each_journal_entry_is_dropped_once_with_many_readings_in_flight(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readings of many devices at once: every journal entry is dropped, and by one
+    call only (each call named every entry still waiting for its own call before)."""
+    devices = [
+        Device(f"sensor-{i:02d}", gateway.registry.add(f"sensor-{i:02d}", "http").secret)
+        for i in range(12)
+    ]
+    for d in devices:
+        message = d.message("birth", {"description": {**SENSOR, "id": d.device_id}})
+        await gateway.handle(d.device_id, "birth", message)
+    dropped: list[int] = []
+    unbuffer = gateway.registry.unbuffer
+
+    def counted(ids: list[int]) -> None:
+        dropped.extend(ids)
+        unbuffer(ids)
+
+    monkeypatch.setattr(gateway.registry, "unbuffer", counted)
+
+    async def send(d: Device) -> None:
+        for j in range(5):
+            message = d.message("reading", {"moisture": j})
+            await gateway.handle(d.device_id, "reading", message)
+
+    await asyncio.gather(*(send(d) for d in devices))
+    assert len(dropped) == len(set(dropped)) == 60
+    assert gateway.registry.buffer_depth() == 0
+
+
 async def test_availability_of_a_bridged_device(store: Store, registry: Registry) -> None:
     """Online on its messages, offline after a silence (CoAP/HTTP devices), and a request
     to it says so at once."""
