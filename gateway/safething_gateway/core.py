@@ -68,11 +68,11 @@ branch of the shared watch took but did not serve brings it back at once.
 Nothing the world sees changes: the data stays in the store and the device's
 availability stays as written (the restored thing keeps its "online since";
 offline after its silence, or the gateway stopping, is written for a closed
-thing too, by a short-lived object of it that is not registered and serves
-nothing). A closed thing holds no reference cycle, so it is freed when its last
-reference goes, frozen or not (``gc.freeze()`` below); cycles among frozen
-objects are never collected, so after every :data:`_COLLECT_EVERY` things closed
-the gateway unfreezes, collects and freezes again.
+thing too, with a client acting as it: no thing object). A closed thing holds
+no reference cycle, so it is freed when its last reference goes, frozen or not
+(``gc.freeze()`` below); cycles among frozen objects are never collected, so
+after every :data:`_COLLECT_EVERY` things closed the gateway unfreezes,
+collects and freezes again.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ from pathlib import Path
 from typing import Any
 
 from safething.errors import LimitExceededError, SafeThingError, StoreError, ThingError
-from safething.net import Identity
+from safething.net import Client, Identity
+from safething.net.trust import TrustState
 from safething.resource import AsyncResource
 from safething.store import Store, Watch
 from safething.things import (
@@ -107,6 +108,7 @@ from safething.things import (
     UnknownFieldError,
     ValueTypeError,
 )
+from safething.things.availability import write_availability
 from safething.things.shared import INBOX_PREFIX, SharedWatches
 from safething_gateway.liveness import DEFAULT_OFFLINE_AFTER_S, Liveness
 from safething_gateway.metrics import Metrics
@@ -337,6 +339,8 @@ class Gateway(AsyncResource):
         says online (None: offline), as their next thing keeps it."""
         self._closed_since_collect = 0
         """Things closed since the last collection of frozen objects."""
+        self._closed_trust: TrustState | None = None
+        """The trust state of the writes for things closed while quiet (availability)."""
         self._sweep_wanted = asyncio.Event()
         self._sweep_task: asyncio.Task[None] | None = None
         self._started = False
@@ -400,6 +404,9 @@ class Gateway(AsyncResource):
             except Exception:
                 log.exception("bridge %s did not close cleanly", bridge.name)
         await self.liveness.close()
+        if self._closed_trust is not None:
+            self._closed_trust.close()
+            self._closed_trust = None
         for thing in list(self.things.values()):
             await thing.close()
         self.things.clear()
@@ -948,8 +955,8 @@ class Gateway(AsyncResource):
 
     async def _closed_availability(self, device_id: str, online: bool, reason: str) -> bool:
         """Write the availability of a device whose thing was closed while quiet (for
-        :class:`Liveness`): through a short-lived object of its thing, started, not
-        registered, serving nothing. False for a device with no such thing."""
+        :class:`Liveness`), as its thing would, with a client acting as it (and one
+        trust state for all such writes). False for a device with no such thing."""
         if device_id not in self._quiet_closed:
             return False
         async with self._device_lock(device_id):
@@ -958,23 +965,17 @@ class Gateway(AsyncResource):
                 await running.set_availability(online, reason=reason)
                 return True
             record = self.registry.find(device_id)
-            if device_id not in self._quiet_closed or record is None or not record.description:
+            if device_id not in self._quiet_closed or record is None:
                 return False
-            writer = Thing(
-                _parsed(record.description),
-                identity=record.identity,
-                owner=self.owner.public,
-                store=self.store,
-                heartbeat=None,
-                trust=self._trust_path(),
-                online_since=self._quiet_closed[device_id],
+            if self._closed_trust is None:  # one for all such writes (batched file writes)
+                self._closed_trust = TrustState.open(self._trust_path())
+            kept = self._quiet_closed[device_id]
+            since = kept if online and kept is not None else time.time()
+            client = Client(self.store, record.identity, trust=self._closed_trust)
+            await write_availability(
+                client, device_id, self.owner.public, online=online, since=since, reason=reason
             )
-            await writer.start()
-            try:
-                await writer.set_availability(online, reason=reason)
-                self._quiet_closed[device_id] = writer.online_since
-            finally:
-                await writer.close()
+            self._quiet_closed[device_id] = since if online else None
             return True
 
     async def custodial_thing(self, record: DeviceRecord, description: ThingDescription) -> Thing:

@@ -28,8 +28,9 @@ from safething.errors import (
     SafeThingError,
     TamperedDataError,
 )
-from safething.net import EntryWatch, MutableData
+from safething.net import Client, EntryWatch, MutableData, PublicIdentity
 from safething.resource import AsyncResource
+from safething.things.layout import ThingAddresses
 from safething.things.values import dumps, loads
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ __all__ = [
     "heartbeat_deadline",
     "live_record",
     "parse_live",
+    "write_availability",
 ]
 
 LIVE = b"live"
@@ -95,6 +97,28 @@ def live_record(*, online: bool, since: float, heartbeat: float | None, reason: 
     if reason:
         doc["why"] = reason
     return dumps(doc)
+
+
+async def write_availability(
+    client: Client,
+    thing_id: str,
+    owner: PublicIdentity,
+    *,
+    online: bool,
+    since: float,
+    reason: str = "",
+) -> None:
+    """Write the ``live`` entry of ``thing_id`` as its thing does (with no heartbeat),
+    from ``client`` acting as the thing, without a :class:`Thing` object: a gateway
+    writing for a custodial thing it has closed (a description to parse, tasks and a
+    trust state of its own would cost several times the write). The thing MD is pinned
+    to the owners it must have, as the thing pins it."""
+    identity = client.identity
+    if identity is None:
+        raise ValueError("write_availability needs a client acting as the thing")
+    address = ThingAddresses.of(thing_id).thing
+    md = client.md(address.name, address.tag, owners=(identity.public_sign_key, owner.sign_key))
+    await md.put(LIVE, live_record(online=online, since=since, heartbeat=None, reason=reason))
 
 
 def heartbeat_deadline(doc: dict[str, Any]) -> float | None:

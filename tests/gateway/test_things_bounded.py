@@ -344,6 +344,16 @@ async def test_closing_a_thing_does_not_change_its_availability(site: Site) -> N
         await site.say(gw, device_id, "reading", {"moisture": 2})  # restored
         assert device_id in gw.things
         assert await site.requester.availability(device_id) == before  # nothing written
+        # closed again, then its birth again (a reboot): restored as it was, nothing written
+        await _quiet()
+        await site.say(gw, other, "reading", {"moisture": 3})
+        await _quiet()
+        assert await gw.close_quiet_things() == 1
+        assert device_id not in gw.things
+        doc = {**SENSOR, "id": device_id}
+        await site.say(gw, device_id, "birth", {"description": doc})
+        assert device_id in gw.things
+        assert await site.requester.availability(device_id) == before
 
 
 async def test_a_closed_things_device_goes_offline_after_its_silence_and_at_stop(
