@@ -82,6 +82,7 @@ TRUST = [
 ]
 MUTABLE = [
     "tests/net/test_mutable.py",
+    "tests/net/test_batch_signatures.py",
     "tests/net/test_tampering.py",
     "tests/net/test_raw_store_attacks.py",
     "tests/net/test_trust_state.py",

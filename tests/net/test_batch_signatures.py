@@ -139,6 +139,8 @@ def test_batches_split_a_commit_evenly_and_never_above_the_cap() -> None:
         assert max(map(len, parts)) - min(map(len, parts)) <= 1
     _signed(OWNER, {b"%d" % i: b"v" for i in range(MAX_BATCH)})
     with pytest.raises(ValueError, match="1 to 8 different entries"):
+        _signed(OWNER, {})
+    with pytest.raises(ValueError, match="1 to 8 different entries"):
         _signed(OWNER, {b"%d" % i: b"v" for i in range(MAX_BATCH + 1)})
 
 
@@ -194,6 +196,7 @@ def test_a_lone_entry_naming_a_batch_is_malformed(changes: dict[str, Any]) -> No
     ("batch", "index", "error", "message"),
     [
         ((), 1, ValueError, "an entry signed alone has no batch index"),
+        ((), -1, ValueError, "an entry signed alone has no batch index"),
         ((LEAF,), 0, ValueError, "a batch holds 2 to 8 entries, not 1"),
         (
             tuple(EntryRecord.leaf(ADDRESS, b"%d" % i, b"v", 0) for i in range(9)),

@@ -213,7 +213,7 @@ async def test_one_record_may_fill_an_md_exactly(client: Client, alice: Identity
         version=0,
     )
     fits = MAX_MD_BYTES - (len(sample.to_bytes()) - 100_000)  # the record is then the limit
-    with pytest.raises(LimitExceededError, match="ImmutableData"):
+    with pytest.raises(LimitExceededError, match=f"value of {fits + 1} bytes .* ImmutableData"):
         await md.insert("k", b"x" * (fits + 1))
     await md.insert("k", b"x" * fits)
     assert await md.usage() == (1, MAX_MD_BYTES)
@@ -263,6 +263,13 @@ async def test_versioned_update_conflicts(client: Client) -> None:
     with pytest.raises(ConflictError) as info:
         await md.put_many({"new": "4"}, versions={"new": 0})
     assert (info.value.expected, info.value.current) == (0, -1)
+    # a version above the current one is no version the caller read either
+    with pytest.raises(ConflictError) as info:
+        await md.update("a", "5", version=2)
+    assert (info.value.expected, info.value.current) == (2, 1)
+    with pytest.raises(ConflictError):
+        await md.delete("a", version=7)
+    assert (await md.get("a")).value == b"2"
 
 
 async def test_versions_compare_by_value_beyond_small_integers(client: Client) -> None:
@@ -273,6 +280,51 @@ async def test_versions_compare_by_value_beyond_small_integers(client: Client) -
     read = (await md.get("a")).version
     assert (await md.update("a", "2", version=int(str(read)))).version == 301
     assert (await md.put_many({"a": "3"}, versions={"a": int("301")}))[0].version == 302
+
+
+async def test_a_delete_that_lost_a_race_deletes_the_newer_version(
+    store: Store, client: Client, alice: Identity
+) -> None:
+    """The store refuses a delete whose entry another writer updated since this client
+    read it (compare-and-set): the delete is decided again and deletes the newer
+    version, as an update would be written past it; only ``insert`` says "exists"."""
+    md = await client.create_md(NAME, TAG_THING)
+    await md.put("a", "0")
+    await md.put("b", "0")
+    other = Client(store, alice).md(NAME, TAG_THING)
+    await other.put("a", "1")  # md's idea of "a" and "b" is now stale
+    await other.put("b", "1")
+    deleted = await md.delete("a")
+    assert deleted.deleted and deleted.version == 2
+    assert (await md.update("b", "2")).version == 2
+    entries = await Client(store).md(NAME, TAG_THING).entries(include_deleted=True)
+    assert {k: (e.version, e.value) for k, e in entries.items()} == {
+        b"a": (2, None),
+        b"b": (2, b"2"),
+    }
+
+
+async def test_a_write_through_the_wrong_kind_of_handle_is_refused_at_once(
+    store: Store, client: Client, alice: Identity
+) -> None:
+    """A private MD written without its secret, a public one with a secret: refused at
+    once, saying why, whether the header comes from the store (a client that read
+    nothing yet) or is the one this client keeps from a write through the right handle
+    (then checked again against the store's); nothing is written."""
+    private = await client.create_md(NAME, TAG_THING, private=True)
+    public = await client.create_md(XorName.of("public"), TAG_THING)
+    assert private.secret is not None
+    fresh = Client(store, alice)
+    for writer in (fresh, client):  # nothing kept, then the header kept
+        if writer is client:
+            await private.put("a", "1")
+            await public.put("a", "1")
+        with pytest.raises(PermissionDeniedError, match="private; open it with its secret"):
+            await writer.md(NAME, TAG_THING).put("b", "2")
+        with pytest.raises(TamperedDataError, match="opened as private but its header says"):
+            await writer.md(public.address.name, TAG_THING, secret=private.secret).put("b", "2")
+    assert set(await private.entries()) == {b"a"}
+    assert set(await public.entries()) == {b"a"}
 
 
 async def test_watch_yields_verified_changes(store: Store, client: Client) -> None:
@@ -377,8 +429,9 @@ async def test_keys_assumed_new_are_not_read_unless_they_exist(
     }
 
 
+@pytest.mark.parametrize("as_bytes", [False, True])
 async def test_keys_assumed_new_that_all_exist_cost_one_round_more(
-    store: Store, client: Client, alice: Identity, monkeypatch: pytest.MonkeyPatch
+    store: Store, client: Client, alice: Identity, monkeypatch: pytest.MonkeyPatch, as_bytes: bool
 ) -> None:
     """Eight keys assumed new that all exist: the store refuses each by its own key, and
     the writer takes back exactly that key's assumption (not another of the batch's), so
@@ -386,7 +439,8 @@ async def test_keys_assumed_new_that_all_exist_cost_one_round_more(
     batch in the keys' order, then in reverse (a writer that took back the first or the
     last key of the others instead would need a round per key)."""
     md = await client.create_md(NAME, TAG_THING)
-    keys = [f"slot{i}" for i in range(8)]
+    # bytes keys reach the writer as the very objects given (str keys are encoded anew)
+    keys: list[Any] = [b"slot%d" % i if as_bytes else f"slot{i}" for i in range(8)]
     await md.put_many(dict.fromkeys(keys, "old"))
     commits = 0
     commit = store.commit
