@@ -433,6 +433,24 @@ class TrustState:
             self._values[name] = found
         return self._values[name]
 
+    def load_values(self, names: Sequence[str]) -> None:
+        """Read several values not read yet in one query (what :meth:`value` of each
+        would read)."""
+        wanted = [n for n in dict.fromkeys(names) if n not in self._values]
+        if self._file is None or not wanted:
+            return
+        found: dict[str, bytes] = {}
+        for i in range(0, len(wanted), _IN_CHUNK):
+            part = wanted[i : i + _IN_CHUNK]
+            rows = self._query_all(
+                f"SELECT name, value FROM meta WHERE name IN ({', '.join('?' * len(part))})",
+                tuple("v:" + n for n in part),
+            )
+            found.update((str(row[0])[2:], bytes(row[1])) for row in rows)
+        for name in wanted:
+            if name not in self._values:
+                self._values[name] = found.get(name)
+
     def set_value(self, name: str, value: bytes) -> None:
         self._values[name] = value
         self._dirty_values.add(name)

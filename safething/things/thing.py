@@ -505,9 +505,9 @@ class Thing(AsyncResource):
         """This thing's trust state holds no status and no level key of it (a thing
         whose store was wiped while its trust state was kept takes the long way)."""
         trust = self.trust
-        return trust.value(self._status_name()) is None and all(
-            trust.value(self._level_name(level)) is None for level in ("thing", "owner", "group")
-        )
+        names = [self._status_name(), *(self._level_name(lv) for lv in ("thing", "owner", "group"))]
+        trust.load_values(names)  # one statement, not four
+        return all(trust.value(name) is None for name in names)
 
     async def _register_new(self, publish: bool, online: bool) -> None:
         """:meth:`register` of a thing whose MDs were all created just now (their headers

@@ -457,3 +457,33 @@ def test_several_mds_read_at_once_give_what_one_by_one_gives(tmp_path: Path) -> 
     assert beside == {"md.1.aa0.k": 9, "md.1.a.k": 8}
     batched.close()
     one_by_one.close()
+
+
+def test_several_values_read_at_once_give_what_one_by_one_gives(tmp_path: Path) -> None:
+    """``load_values`` (a new thing asking whether its trust state knows its status or
+    any level key) reads in one query what ``value`` reads one name at a time."""
+    path = tmp_path / "me.trust.db"
+    writer = TrustState.open(path)
+    writer.set_value("status/t", b"disabled")
+    writer.set_value("level/t/owner", b"sealed-owner-key")
+    writer.close()
+    names = ["status/t", "level/t/thing", "level/t/owner", "level/t/group"]
+
+    batched = TrustState.open(path)
+    statements: list[str] = []
+    assert batched._file is not None
+    batched._file.db.set_trace_callback(statements.append)
+    batched.load_values(names)
+    values = {name: batched.value(name) for name in names}
+    assert len(statements) == 1
+    batched._file.db.set_trace_callback(None)
+    one_by_one = TrustState.open(path)
+    assert values == {name: one_by_one.value(name) for name in names}
+    assert values == {
+        "status/t": b"disabled",
+        "level/t/thing": None,
+        "level/t/owner": b"sealed-owner-key",
+        "level/t/group": None,
+    }
+    batched.close()
+    one_by_one.close()
