@@ -778,6 +778,7 @@ class Gateway(AsyncResource):
             self._failed[record.device_id] = time.monotonic()
         else:
             self._failed.pop(record.device_id, None)
+            self.metrics.inc("safething_gateway_things_restored_total")
             await self._registered(record.device_id)
 
     async def _registered(self, device_id: str) -> None:
@@ -932,6 +933,7 @@ class Gateway(AsyncResource):
             del self._recent[device_id]
             self._dormant[_inbox_name(device_id)] = device_id  # woken by its inbox
             self._quiet_closed[device_id] = thing.online_since
+            self.metrics.inc("safething_gateway_things_closed_total")
             try:
                 await thing.close()
             except Exception:
@@ -1318,6 +1320,19 @@ class Gateway(AsyncResource):
                 (("queue", "downlink"),): float(self.registry.queue_depth()),
                 (("queue", "uplink_buffer"),): float(self.registry.buffer_depth()),
             },
+        )
+        m.describe(
+            "safething_gateway_things_closed_total",
+            "Custodial things closed while quiet (more than max_things were running)",
+        )
+        m.describe(
+            "safething_gateway_things_restored_total",
+            "Custodial things brought up from the store: on demand, or at start",
+        )
+        m.gauge(
+            "safething_gateway_things_running",
+            "Custodial things running now",
+            lambda: {(): float(len(self.things))},
         )
         m.gauge(
             "safething_gateway_devices",

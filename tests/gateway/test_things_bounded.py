@@ -114,12 +114,15 @@ async def test_at_most_max_things_run_and_the_quiet_longest_are_closed(site: Sit
         await _quiet()
         assert await gw.close_quiet_things() == 2
         assert sorted(gw.things) == ["sensor-00", "sensor-01", "sensor-04"]
+        assert gw.metrics.get("safething_gateway_things_closed_total") == 2
+        assert "safething_gateway_things_running 3.0" in gw.metrics.render()
         await _quiet()
         assert await gw.close_quiet_things() == 0  # at the bound: nothing more closed
         # Two more speak: they are restored, and the two quiet longest closed.
         for device_id in ("sensor-02", "sensor-03"):
             await site.say(gw, device_id, "reading", {"moisture": 20})
         assert len(gw.things) == 5
+        assert gw.metrics.get("safething_gateway_things_restored_total") == 2
         await _quiet()
         assert await gw.close_quiet_things() == 2
         assert sorted(gw.things) == ["sensor-01", "sensor-02", "sensor-03"]
