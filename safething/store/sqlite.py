@@ -93,7 +93,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -204,6 +204,10 @@ _OPTIONS_HELP = "synchronous=normal|full, busy_timeout=<milliseconds>"
 _GROUP_WRITES = 8192
 """The writer merges queued commits into one transaction up to about this many writes."""
 
+_USAGE_KEPT = 8192
+"""Most quota prefixes whose usage the writer keeps from one transaction to the next."""
+_DATA_VERSION = "PRAGMA data_version"
+
 _SMALL_SCAN = 256
 _SMALL_USAGE = 4096
 """A prefix with at most this many records is scanned or counted on the event
@@ -235,6 +239,15 @@ def _prefix_range(prefix: str) -> tuple[str, str]:
     if prefix == "":
         return "", "\x7f"
     return prefix, prefix[:-1] + "/"
+
+
+def _quota_prefixes(key: str) -> Iterator[str]:
+    """Every prefix a quota may name (``""`` or ending in ``.``) that ``key`` starts with."""
+    yield ""
+    i = key.find(".")
+    while i >= 0:
+        yield key[: i + 1]
+        i = key.find(".", i + 1)
 
 
 def _check_chunk_address(address: str) -> str:
@@ -499,6 +512,12 @@ class _Writer:
         self.skip_socket: str | None = None
         """Name of this store's own listening socket, woken directly instead."""
         self._conn: sqlite3.Connection | None = None
+        self._usage: dict[str, list[int]] = {}
+        """Quota prefix -> [records, bytes] under it as the last commit left them, kept
+        while no other connection writes the file (``PRAGMA data_version``): a commit
+        then counts a prefix without reading its records (one statement per thing per
+        commit, about a tenth of this thread's CPU per reading before)."""
+        self._data_version = -1
         self._thread = threading.Thread(
             target=self._run, name=f"safething-sqlite-writer:{path.name}", daemon=True
         )
@@ -648,9 +667,15 @@ class _Writer:
         cur = self._conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
+            # Read under the write lock: nobody else can commit until this transaction
+            # ends. Another connection (process) that committed since: counts anew.
+            ((version,),) = cur.execute(_DATA_VERSION).fetchall()
+            if version != self._data_version:
+                self._usage.clear()
+                self._data_version = version
             keys = [w.key for job in group for w in job.writes]
             keys += [job.guard.key for job in group if job.guard is not None]
-            batch = _Batch(cur, keys)
+            batch = _Batch(cur, keys, self._usage)
             outcomes: list[Any] = []
             for job in group:
                 if job.chunk is not None:
@@ -684,11 +709,13 @@ class _Writer:
                 self._since_trim = 0
             cur.execute("COMMIT")
         except BaseException:
+            self._usage.clear()  # whatever the file holds now, it is counted anew
             with contextlib.suppress(sqlite3.Error):
                 cur.execute("ROLLBACK")
             raise
         finally:
             cur.close()
+        batch.keep_usage(self._usage)
         return outcomes, changed > 0
 
 
@@ -702,8 +729,10 @@ class _Batch:
     throughout, so nobody else can change what the decisions rest on.
     """
 
-    def __init__(self, cur: sqlite3.Cursor, keys: list[str]) -> None:
+    def __init__(self, cur: sqlite3.Cursor, keys: list[str], kept: dict[str, list[int]]) -> None:
         self._cur = cur
+        self._kept = kept
+        """Usage of quota prefixes as the file holds it now (see ``_Writer._usage``)."""
         self._state: dict[str, tuple[int, int]] = {}
         """key -> (revision, value length); (0, -1) when absent."""
         unique = list(dict.fromkeys(keys))
@@ -770,7 +799,12 @@ class _Batch:
         counts = self._usage.get(quota.prefix)
         if counts is None:
             # As the file holds it (nothing is flushed yet), plus this batch so far.
-            counts = list(self._cur.execute(_USAGE, _prefix_range(quota.prefix)).fetchall()[0])
+            kept = self._kept.get(quota.prefix)
+            if kept is not None:
+                counts = list(kept)
+            else:
+                query = self._cur.execute(_USAGE, _prefix_range(quota.prefix))
+                counts = list(query.fetchall()[0])
             for other, before, after in self._effects:
                 if other.startswith(quota.prefix):
                     add_effect(counts, before, after)
@@ -779,6 +813,20 @@ class _Batch:
         if key.startswith(quota.prefix):
             add_effect(after_write, old_len, new_len)
         enforce(quota, counts, after_write)
+
+    def keep_usage(self, kept: dict[str, list[int]]) -> None:
+        """Once committed: leave in ``kept`` the usage of every prefix this batch counted,
+        and that of every prefix kept before with this batch's writes under it (whether
+        or not they named it in a quota)."""
+        if kept:
+            for key, old_len, new_len in self._effects:
+                for prefix in _quota_prefixes(key):
+                    counts = kept.get(prefix)
+                    if counts is not None and prefix not in self._usage:
+                        add_effect(counts, old_len, new_len)
+        if len(kept) + len(self._usage) > _USAGE_KEPT:
+            kept.clear()
+        kept.update(self._usage)
 
     def flush(self) -> int:
         """Write the accepted changes; how many there were."""

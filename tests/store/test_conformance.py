@@ -213,6 +213,22 @@ async def test_quota_count(store: Store) -> None:
     assert await store.usage("q.") == (2, 3)
 
 
+async def test_quota_counts_records_written_under_it_without_it(store: Store) -> None:
+    """Records written under a prefix by commits that named no quota (or another one)
+    count when a later commit names it (the SQLite writer keeps counts between its
+    transactions: they must follow every write)."""
+    quota = Quota("w.", max_count=3, max_bytes=1000)
+    await store.create("w.a", b"1", quota=quota)
+    await store.create("w.b", b"2")  # no quota
+    await store.create("w.r.c", b"3", quota=Quota("w.r.", max_count=5, max_bytes=1000))
+    with pytest.raises(LimitExceededError) as info:
+        await store.create("w.d", b"4", quota=quota)
+    assert (info.value.limit, info.value.actual) == (3, 4)
+    await store.delete("w.b")  # no quota: there is room again
+    await store.create("w.d", b"4", quota=quota)
+    assert await store.usage("w.") == (3, 3)
+
+
 async def test_quota_bytes(store: Store) -> None:
     quota = Quota("b.", max_count=100, max_bytes=10)
     revision = await store.create("b.a", b"1234", quota=quota)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from safething.errors import StoreError, StoreURLError
-from safething.store import Change, Record, open_store
+from safething.errors import LimitExceededError, StoreError, StoreURLError
+from safething.store import Change, Quota, Record, open_store
 from safething.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -282,6 +282,27 @@ async def test_sockets_of_dead_processes_are_removed(tmp_path: Path) -> None:
         assert sockets(stale.parent) == [stale]
         await store.put("a", b"1")
         assert sockets(stale.parent) == []
+
+
+async def test_a_quota_counts_what_another_connection_wrote_since(tmp_path: Path) -> None:
+    """The writer keeps each quota prefix's usage from one commit to the next only while
+    no other connection commits to the file: records another process wrote meanwhile
+    count (here a foreign writer's raw record, then one a second store committed)."""
+    path = tmp_path / "vault.db"
+    quota = Quota("q.", max_count=3, max_bytes=1000)
+    async with await open_store(url_for(path)) as store:
+        await store.create("q.a", b"1", quota=quota)
+        await store.create("q.b", b"2", quota=quota)  # usage kept: 2 records
+        write_without_wake_up(path, "q.c")
+        with pytest.raises(LimitExceededError) as info:
+            await store.create("q.d", b"4", quota=quota)
+        assert (info.value.limit, info.value.actual) == (3, 4)
+        await store.delete("q.c")
+        await store.create("q.d", b"4", quota=quota)  # usage kept: 3 records
+        async with await open_store(url_for(path)) as other:
+            await other.delete("q.a")
+        await store.create("q.e", b"5", quota=quota)  # the delete made room
+        assert await store.usage("q.") == (3, 3)
 
 
 def write_without_wake_up(path: Path, key: str) -> int:
