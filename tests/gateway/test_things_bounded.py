@@ -502,3 +502,99 @@ def test_the_settings_refuse_bad_values_with_a_clear_error(tmp_path: Path) -> No
     path.write_text("[gateway]\nmax_things = 500\nclose_after = 120\n")
     config = load_config(path)
     assert (config.gateway.max_things, config.gateway.close_after) == (500, 120.0)
+
+
+async def test_closing_racing_readings_requests_and_polls_loses_and_repeats_nothing(
+    site: Site,
+) -> None:
+    """Six devices speak at once, each some readings with an action request in the
+    middle, while a sweep closes every quiet thing it may (two may run, quiet 10 ms)
+    as fast as it can: every reading is stored once, in order, and every request is
+    handed to its device once and ends done."""
+    import random
+
+    rng = random.Random(14)
+    async with site.gateway(max_things=2, close_after=0.01) as gw:
+        await site.start(gw)
+        ids = await site.born(gw, 6)
+        closed = 0
+        stop = asyncio.Event()
+
+        async def sweep() -> None:
+            nonlocal closed
+            while not stop.is_set():
+                closed += await gw.close_quiet_things()
+                await asyncio.sleep(0.002)
+
+        async def device(device_id: str) -> None:
+            handle = None
+            handed: list[str] = []
+            for value in range(1, 16):
+                await site.say(gw, device_id, "reading", {"moisture": value})
+                await asyncio.sleep(rng.uniform(0, 0.03))
+                if value == 5:
+                    handle = await site.requester.request(device_id, "OpenValve", psi=value)
+                if handle is not None and handle.state not in ("done",):
+                    for down in await site.say(gw, device_id, "poll", {}):
+                        handed.append(down.channel)
+                        await _serve_action(site, gw, device_id, down)
+            assert handle is not None
+            async with asyncio.timeout(20):
+                while (await handle.wait(0.2)).state != "done":
+                    for down in await site.say(gw, device_id, "poll", {}):
+                        handed.append(down.channel)
+                        await _serve_action(site, gw, device_id, down)
+            assert handed == [f"action/{handle.request_id}"], (device_id, handed)
+
+        sweeper = asyncio.get_running_loop().create_task(sweep())
+        try:
+            await asyncio.gather(*(device(device_id) for device_id in ids))
+        finally:
+            stop.set()
+            await sweeper
+        assert closed >= 6  # the things were closed and restored many times
+        for device_id in ids:
+            history = await site.requester.history(device_id, attribute="moisture")
+            assert [(r.seq, r.value) for r in history] == [(n, n) for n in range(1, 16)]
+            assert site.registry.pending(device_id) == []
+
+
+async def test_a_thing_is_never_restored_twice_at_once(site: Site) -> None:
+    """The device's restore lock is kept while anyone waits for it: one who comes after
+    its holder has left, while another still waits, waits too (with the lock dropped at
+    that moment, it took a second lock and restored the thing a second time, leaving
+    one running that nobody would close)."""
+    async with site.gateway(max_things=1) as gw:
+        await site.start(gw)
+        device_id, other = await site.born(gw, 2)
+        await _quiet()
+        await site.say(gw, other, "reading", {"moisture": 1})
+        assert await gw.close_quiet_things() == 1
+        record = site.registry.find(device_id)
+        assert record is not None
+        restores = 0
+        restore = gw._restore
+
+        async def counted(record: Any) -> None:
+            nonlocal restores
+            restores += 1
+            await restore(record)
+
+        gw._restore = counted  # type: ignore[method-assign]
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            async with gw._device_lock(device_id):
+                await release.wait()
+
+        loop = asyncio.get_running_loop()
+        holder = loop.create_task(hold())
+        await asyncio.sleep(0)
+        first = loop.create_task(gw._ensure_thing(record))
+        await asyncio.sleep(0)  # waits for the lock
+        release.set()
+        await holder
+        second = loop.create_task(gw._ensure_thing(record))
+        await asyncio.gather(first, second)
+        assert restores == 1
+        assert device_id in gw.things and not gw._restoring
