@@ -607,6 +607,23 @@ class MutableData:
         watch = self.client.store.watch(self.address.prefix, since=since)
         return EntryWatch(self, watch, prefixes)
 
+    def watch_key(self, key: bytes, *, since: int | None = None) -> EntryWatch:
+        """Verified changes of the entry ``key``: :meth:`watch` with ``prefixes=(key,)``,
+        narrowed by the store where it can be.
+
+        On a public MD the store watches that entry's record alone (an exact-key
+        :meth:`~safething.store.Store.watch_pattern`), so writes to the MD's other
+        entries neither wake the watch nor make it read the store's change log (a
+        thing's status follower was woken by each of its attribute writes). A private
+        MD's stored keys are sealed, and an empty key is no pattern: there it is
+        :meth:`watch` itself, which also yields the entries whose key starts with
+        ``key``. Either way every entry yielded is verified as :meth:`watch` verifies it.
+        """
+        if self.secret is not None or not key:
+            return self.watch(since=since, prefixes=(key,))
+        pattern = self.address.entry_key(key)
+        return EntryWatch(self, self.client.store.watch_pattern(pattern, since=since), (key,))
+
 
 class EntryWatch(AsyncResource):
     """Async iterator of verified :class:`Entry` changes of one MD."""

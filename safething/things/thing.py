@@ -1004,7 +1004,7 @@ class Thing(AsyncResource):
         md = self._md("thing")
         shared = self._shared
         watch = (
-            md.watch(prefixes=(layout.STATUS,))
+            md.watch_key(layout.STATUS)
             if shared is None
             else EntryWatch(md, shared.status(self.addresses), (layout.STATUS,))
         )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +30,8 @@ from safething.net import (
 )
 from safething.net import client as client_module
 from safething.net.records import EntryRecord, PrivateCodec
-from safething.store import Store
+from safething.store import Store, open_store
+from safething.store.sqlite import SQLiteStore
 
 NAME = XorName.of("thing-0001")
 
@@ -492,6 +494,58 @@ async def test_a_watch_of_some_keys_passes_over_the_others(store: Store, client:
         async with asyncio.timeout(5):
             first = await anext(changes)
     assert (first.key, first.value) == (b"door/1", b"shut")
+
+
+async def test_a_watch_of_one_key_yields_only_that_entry_verified(
+    store: Store, client: Client
+) -> None:
+    md = await client.create_md(NAME, TAG_THING)
+    reader_client = Client(store)
+    reader = reader_client.md(NAME, TAG_THING)
+    async with reader.watch_key(b"status") as changes:
+        await md.insert("statusx", "not this one")
+        await md.insert("moisture", "4.2")
+        await md.insert("status", "published")
+        async with asyncio.timeout(5):
+            first = await anext(changes)
+        assert (first.key, first.value) == (b"status", b"published")
+        # the store writes a record of its own under the watched key: refused, not yielded
+        await store.put(md.address.entry_key(b"status"), b"not a signed entry record")
+        forged = asyncio.ensure_future(anext(changes))
+        async with asyncio.timeout(5):
+            while reader_client.tampered_count == 0:
+                await asyncio.sleep(0.01)
+        assert not forged.done()
+        forged.cancel()
+
+
+async def test_a_watch_of_one_key_reads_no_change_log_for_the_others(tmp_path: Path) -> None:
+    """On SQLite the store filters an exact key's watch where the change log is: writes
+    to the MD's other entries neither wake it nor make it read the log (a thing's
+    status follower read it once per attribute written)."""
+    async with await open_store(f"sqlite:///{tmp_path}/s.db") as sqlite:
+        assert isinstance(sqlite, SQLiteStore)
+        md = await Client(sqlite, Identity.generate()).create_md(NAME, TAG_THING)
+        reads: list[str] = []
+        feed = sqlite._feed
+
+        def counted(prefix: str, after: int, glob: str | None = None) -> Any:
+            reads.append(prefix)
+            return feed(prefix, after, glob)
+
+        sqlite._feed = counted  # type: ignore[method-assign]
+        async with md.watch_key(b"status") as changes:
+            waiting = asyncio.ensure_future(anext(changes))
+            await asyncio.sleep(0.05)
+            before = len(reads)  # the first read, of what came before the watch
+            for i in range(20):
+                await md.put("moisture", str(i))
+            await asyncio.sleep(0.05)
+            assert not waiting.done() and len(reads) == before
+            await md.insert("status", "published")
+            async with asyncio.timeout(5):
+                entry = await waiting
+        assert (entry.key, entry.value, len(reads)) == (b"status", b"published", before + 1)
 
 
 async def test_owners_changing_permissions_at_once_both_land(
