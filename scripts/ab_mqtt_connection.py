@@ -2,14 +2,18 @@
 received and acknowledged by hand (as the bridge does), in this process.
 
     .venv/bin/python scripts/ab_mqtt_connection.py [--messages 20000] [--inflight 100]
+        [--one-by-one 300]
 
 A sender ``MqttConnection`` publishes ``--messages`` 88-byte messages (a framed
 reading's size) with ``--inflight`` unacknowledged at most; a receiver with
 ``manual_ack`` acknowledges each on the event loop when it arrives. Prints one JSON
 object: messages per second, CPU microseconds per message of the process (every
 thread, both connections; Mosquitto is another process) and of the event loop's
-thread, the threads the process ran, and the load average. Run it with the checkout
-to measure first on ``PYTHONPATH``; alternate two checkouts on a shared machine.
+thread, the threads the process ran, and the load average. Then ``--one-by-one``
+messages one at a time (each sent 2 ms after the last arrived): the p50 and p99 from
+just before ``publish`` to the receiver's callback, the hop of an idle device. Run it
+with the checkout to measure first on ``PYTHONPATH``; alternate two checkouts on a
+shared machine.
 """
 
 from __future__ import annotations
@@ -27,16 +31,20 @@ from safething_gateway.broker import mosquitto
 from safething_gateway.mqtt_client import MqttConnection
 
 
-async def run(messages: int, inflight: int, port: int) -> dict[str, float | int]:
+async def run(messages: int, inflight: int, one_by_one: int, port: int) -> dict[str, float]:
     done = asyncio.Event()
     got = 0
+    arrived = asyncio.Event()
+    arrival = 0
 
     def on_message(message: mqtt.MQTTMessage, generation: int) -> None:
-        nonlocal got
+        nonlocal got, arrival
+        arrival = time.perf_counter_ns()
         receiver.ack(message, generation)
         got += 1
         if got == messages:
             done.set()
+        arrived.set()
 
     receiver = MqttConnection(
         "127.0.0.1",
@@ -67,24 +75,38 @@ async def run(messages: int, inflight: int, port: int) -> dict[str, float | int]
     cpu = time.process_time() - cpu
     loop_cpu = time.thread_time() - loop_cpu
     threads = max(threads, threading.active_count())
+    hops: list[float] = []
+    for i in range(one_by_one):
+        await asyncio.sleep(0.002)
+        arrived.clear()
+        sent = time.perf_counter_ns()
+        sender.publish(f"ab/{i % 100}", payload, 1)
+        await asyncio.wait_for(arrived.wait(), 10)
+        hops.append((arrival - sent) / 1e6)
+    hops.sort()
     for connection in (sender, receiver):
         await connection.close()
-    return {
+    out = {
         "messages_per_s": round(messages / wall, 1),
         "cpu_us_per_message": round(cpu / messages * 1e6, 1),
         "loop_cpu_us_per_message": round(loop_cpu / messages * 1e6, 1),
         "threads": threads,
     }
+    if hops:  # nearest rank
+        out["hop_p50_ms"] = round(hops[max(0, -(-len(hops) * 50 // 100) - 1)], 3)
+        out["hop_p99_ms"] = round(hops[max(0, -(-len(hops) * 99 // 100) - 1)], 3)
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--inflight", type=int, default=100)
+    parser.add_argument("--one-by-one", type=int, default=300)
     args = parser.parse_args()
     with mosquitto() as broker:
         out: dict[str, object] = {"module": MqttConnection.__module__}
-        out.update(asyncio.run(run(args.messages, args.inflight, broker.port)))
+        out.update(asyncio.run(run(args.messages, args.inflight, args.one_by_one, broker.port)))
     out["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out))
     return 0
