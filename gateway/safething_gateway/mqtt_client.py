@@ -301,15 +301,16 @@ class MqttConnection:
         try:
             await asyncio.shield(connecting)
         except OSError as e:
+            self._connecting = None
             self._unreachable(e)
             return False
         except Exception:
+            self._connecting = None
             log.exception("%s: cannot connect to %s", self.label, self.url)
             self.last_error = "connection failed"
             return False
-        finally:
-            if self._connecting is connecting:
-                self._connecting = None
+        # (cancelled: close() waits for the attempt and closes its socket)
+        self._connecting = None
         return self._attach()
 
     def _prepare_will(self) -> None:

@@ -437,3 +437,32 @@ async def test_a_busy_loop_reads_what_the_socket_holds_in_one_go(broker: Mosquit
             worker.cancel()
     assert got == [b"%d" % i for i in range(300)]
     assert reads < 100, reads
+
+
+async def test_close_during_a_connect_closes_the_socket_that_connect_makes() -> None:
+    """close() while the TCP connect hangs on a worker thread: the connect completes
+    meanwhile (the accept queue frees up), and its socket is closed before close()
+    returns, not left open by the thread afterwards."""
+    with socket.socket() as server, socket.socket() as filler:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        port = server.getsockname()[1]
+        filler.connect(("127.0.0.1", port))
+        connection = MqttConnection("127.0.0.1", port, client_id=uid("late"), label="late")
+        connection.client.connect_timeout = 5.0
+        await connection.start()
+        await asyncio.sleep(0.3)  # the SYN is unanswered: the connect hangs
+        closing = asyncio.get_running_loop().create_task(connection.close())
+        await asyncio.sleep(0.1)
+        server.accept()[0].close()  # room in the queue: the next SYN is answered
+        await closing
+        assert connection.client.socket() is None
+        server.settimeout(5)
+        late, _ = server.accept()  # the connection the worker thread made
+        with late:
+            late.settimeout(5)
+            while late.recv(64):  # its CONNECT, perhaps a DISCONNECT, then the end
+                pass
+        await asyncio.sleep(0.2)
+        assert connection.client.socket() is None
+    assert own_tasks(connection) == []
