@@ -152,11 +152,22 @@ def _start_spy(path: Path) -> subprocess.Popen[bytes]:
     return process
 
 
+WAITS = {
+    "EpollSelector.select (selectors.py)",
+    "_Writer._run (safething/store/sqlite.py)",
+    "_worker (concurrent/futures/thread.py)",
+    "Condition.wait (threading.py)",
+}
+"""Innermost frames of a thread waiting (the loop's epoll, the store writer's queue, the
+registry pool's idle worker): py-spy cannot tell idle threads here, so these samples are
+dropped."""
+
+
 def _spy_top(path: Path, thread_cpu: dict[str, int], n: int) -> dict[str, Any]:
     """py-spy's samples of each thread as microseconds of CPU per reading: each
-    function's share of the thread's samples times the thread's CPU per reading (the
-    thread's own clock). Own: the function was the innermost frame; cumulative: it
-    was anywhere in the stack."""
+    function's share of the thread's samples (waits dropped) times the thread's CPU per
+    reading (the thread's own clock). Own: the function was the innermost frame;
+    cumulative: it was anywhere in the stack."""
     own: dict[str, dict[str, int]] = {}
     cumulative: dict[str, dict[str, int]] = {}
     samples: dict[str, int] = {}
@@ -165,7 +176,7 @@ def _spy_top(path: Path, thread_cpu: dict[str, int], n: int) -> dict[str, Any]:
         frames = stack.split(";")
         thread = re.sub(r"^thread \(\d+\):? ?|(:.*|_\d+)$", "", frames[0]) or "MainThread"
         functions = [re.sub(r":\d+\)$", ")", f) for f in frames[1:]]
-        if not functions:
+        if not functions or functions[-1] in WAITS:
             continue
         samples[thread] = samples.get(thread, 0) + int(count)
         mine = own.setdefault(thread, {})
