@@ -241,6 +241,10 @@ def _prefix_range(prefix: str) -> tuple[str, str]:
     return prefix, prefix[:-1] + "/"
 
 
+_ABSENT = object()
+"""A key that was not in a table (see ``_Batch.rewind``)."""
+
+
 def _quota_prefixes(key: str) -> Iterator[str]:
     """Every prefix a quota may name (``""`` or ending in ``.``) that ``key`` starts with."""
     yield ""
@@ -701,6 +705,8 @@ class _Writer:
                         r if isinstance(r, Exception) else AbortedWriteError(w.key)
                         for r, w in zip(results, job.writes, strict=True)
                     ]
+                elif mark is not None:
+                    batch.settle()
                 outcomes.append(results)
             changed = batch.flush()
             self._since_trim += changed
@@ -749,24 +755,39 @@ class _Batch:
         self._final: dict[str, tuple[bytes | None, int]] = {}
         self._effects: list[tuple[str, int, int]] = []
         self._usage: dict[str, list[int]] = {}
+        self._undo: list[tuple[dict[str, Any], str, object]] | None = None
+        """While an all-or-nothing job runs: each value it changed, as it was before."""
 
-    def mark(self) -> tuple[Any, ...]:
-        """Where the batch stands, to rewind an all-or-nothing job that failed."""
-        return (
-            self.seq,
-            len(self._changes),
-            len(self._effects),
-            dict(self._state),
-            dict(self._final),
-            {k: list(v) for k, v in self._usage.items()},
-        )
+    def mark(self) -> tuple[int, int, int]:
+        """Where the batch stands, to rewind an all-or-nothing job that failed
+        (:meth:`rewind`) or to keep it (:meth:`settle`). From here each value the job
+        changes is logged, not the batch's state copied whole: a group of many readings,
+        each one all-or-nothing, copied the state of every key before it for each."""
+        self._undo = []
+        return self.seq, len(self._changes), len(self._effects)
 
-    def rewind(self, mark: tuple[Any, ...]) -> None:
-        seq, changes, effects, state, final, usage = mark
+    def settle(self) -> None:
+        """The job since :meth:`mark` keeps its writes."""
+        self._undo = None
+
+    def rewind(self, mark: tuple[int, int, int]) -> None:
+        seq, changes, effects = mark
         self.seq = seq
         del self._changes[changes:]
         del self._effects[effects:]
-        self._state, self._final, self._usage = state, final, usage
+        assert self._undo is not None
+        for table, key, old in reversed(self._undo):
+            if old is _ABSENT:
+                del table[key]
+            else:
+                table[key] = old
+        self._undo = None
+
+    def _set(self, table: dict[str, Any], key: str, value: object) -> None:
+        """``table[key] = value``, logged while an all-or-nothing job runs."""
+        if self._undo is not None:
+            self._undo.append((table, key, table.get(key, _ABSENT)))
+        table[key] = value
 
     def holds(self, guard: Guard) -> bool:
         """Whether ``guard`` holds (its key was read with the others, and this batch's
@@ -787,11 +808,14 @@ class _Batch:
             self._check_quota(write.quota, key, old_len, new_len)
         self.seq += 1
         self._changes.append((self.seq, key, value is None))
-        self._final[key] = (value, self.seq)
-        self._state[key] = (0, -1) if value is None else (self.seq, new_len)
+        self._set(self._final, key, (value, self.seq))
+        self._set(self._state, key, (0, -1) if value is None else (self.seq, new_len))
         self._effects.append((key, old_len, new_len))
+        undo = self._undo
         for prefix, counts in self._usage.items():
             if key.startswith(prefix):
+                if undo is not None:
+                    undo.append((self._usage, prefix, list(counts)))
                 add_effect(counts, old_len, new_len)
         return self.seq
 
@@ -808,7 +832,7 @@ class _Batch:
             for other, before, after in self._effects:
                 if other.startswith(quota.prefix):
                     add_effect(counts, before, after)
-            self._usage[quota.prefix] = counts
+            self._set(self._usage, quota.prefix, counts)
         after_write = list(counts)
         if key.startswith(quota.prefix):
             add_effect(after_write, old_len, new_len)
