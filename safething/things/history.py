@@ -133,8 +133,35 @@ class SegmentRow:
             raise MalformedRecordError(f"malformed history index row: {e}") from e
 
 
-def encode_index(rows: Sequence[SegmentRow]) -> bytes:
-    return encode_record("hindex", {"rows": [r.to_list() for r in rows]})
+def encode_index(rows: Sequence[SegmentRow], encoded: Sequence[bytes] | None = None) -> bytes:
+    """An index entry's value: ``encode_record("hindex", {"rows": [...]})``, built from
+    each row's own CBOR (``encoded``, from :func:`encode_row`, when the caller kept
+    them). The archivist appends one row to the day's entry per segment: re-encoding
+    the others each time grew with the day (about 100 us per segment at 190 rows,
+    2 ms at the 4,000 an entry holds). The bytes are the same either way."""
+    parts = [encode_row(r) for r in rows] if encoded is None else encoded
+    return _INDEX_HEAD + _array_head(len(parts)) + b"".join(parts)
+
+
+def encode_row(row: SegmentRow) -> bytes:
+    """One index row's CBOR, as it appears inside an index entry."""
+    return bytes(cbor2.dumps(row.to_list()))
+
+
+def _array_head(n: int) -> bytes:
+    """CBOR's head of an array of ``n`` items (major type 4, the shortest form)."""
+    if n < 24:
+        return bytes([0x80 | n])
+    if n < 0x100:
+        return bytes([0x98, n])
+    if n < 0x10000:
+        return b"\x99" + n.to_bytes(2, "big")
+    return b"\x9a" + n.to_bytes(4, "big")
+
+
+_INDEX_HEAD = encode_record("hindex", {"rows": []})[:-1]
+"""An index entry's CBOR up to the head of its rows' array (the empty array's head,
+``0x80``, is its last byte)."""
 
 
 def decode_index(data: bytes, where: str) -> list[SegmentRow]:
@@ -278,6 +305,8 @@ class _Index:
     key: bytes
     version: int
     rows: tuple[SegmentRow, ...]
+    encoded: tuple[bytes, ...]
+    """Each row's CBOR (:func:`encode_row`), so that the next row is appended to them."""
 
 
 class Archive:
@@ -426,8 +455,9 @@ class Archive:
             known = stream.index
             version: int | None = None
             rows: tuple[SegmentRow, ...] = ()
+            encoded: tuple[bytes, ...] | None = None
             if known is not None and known.key == key:
-                version, rows = known.version, known.rows
+                version, rows, encoded = known.version, known.rows, known.encoded
             else:
                 try:
                     entry = await md.get(key, include_deleted=True)
@@ -445,12 +475,17 @@ class Archive:
                     actual=len(rows) + 1,
                 )
             rows = (*rows, row)
+            if encoded is None:
+                encoded = tuple(encode_row(r) for r in rows)
+            else:
+                encoded = (*encoded, encode_row(row))
+            value = encode_index(rows, encoded)
             try:
-                (written,) = await md.put_many({key: encode_index(rows)}, versions={key: version})
+                (written,) = await md.put_many({key: value}, versions={key: version})
             except ConflictError:
                 stream.index = None  # someone else wrote it: read it again
                 continue
-            stream.index = _Index(key, written.version, rows)
+            stream.index = _Index(key, written.version, rows, encoded)
             break
         else:
             raise ConflictError(key.decode(), expected=-1, current=-1)

@@ -10,7 +10,7 @@ import cbor2
 import pytest
 
 from safething.errors import AccessDeniedError, LimitExceededError, TamperedDataError
-from safething.net import Action, Client, Identity
+from safething.net import Action, Client, Identity, XorName
 from safething.net.codec import encode_record
 from safething.net.immutable import put_chunk
 from safething.store import Store, open_store
@@ -21,6 +21,7 @@ from safething.things.history import (
     decode_index,
     downsample,
     encode_index,
+    encode_row,
     index_key,
     make_segment,
 )
@@ -298,3 +299,26 @@ async def test_an_index_entry_changed_by_the_owner_is_read_back_not_overwritten(
         rows = decode_index(await as_owner.get_value(key), "test")
         assert rows[:2] == [first, added] and len(rows) == 3
         assert (rows[2].first, rows[2].last) == (5, 8)
+
+
+@pytest.mark.parametrize("n", [0, 1, 23, 24, 255, 256, 300])
+def test_an_index_entry_built_from_kept_rows_is_the_record_encoded_whole(n: int) -> None:
+    """The archivist appends one row's CBOR to the ones it kept: the very bytes
+    ``encode_record`` makes of the whole list (readers and signatures see no change)."""
+    rows = [
+        SegmentRow(8 * i + 1, 8 * i + 8, 1.7e9 + i, 1.7e9 + i + 0.25, 8, XorName.of(str(i)))
+        for i in range(n)
+    ]
+    whole = encode_record("hindex", {"rows": [r.to_list() for r in rows]})
+    assert encode_index(rows) == whole
+    assert encode_index(rows, tuple(encode_row(r) for r in rows)) == whole
+    assert decode_index(whole, "index") == rows
+
+
+@pytest.mark.parametrize("n", [65_535, 65_536])
+def test_the_rows_array_head_is_cbors_own(n: int) -> None:
+    from safething.things.history import _array_head
+
+    assert _array_head(n) == bytes(cbor2.dumps([0] * n))[: len(_array_head(n))]
+    assert bytes(cbor2.dumps([0] * n)).endswith(b"\x00" * n)
+    assert len(bytes(cbor2.dumps([0] * n))) == len(_array_head(n)) + n
