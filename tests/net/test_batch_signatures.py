@@ -96,7 +96,7 @@ def test_a_batch_record_round_trips_and_a_lone_entry_keeps_format_1() -> None:
     one, two = _signed(OWNER, {b"a": b"1", b"b": b"2"})
     assert one.signature == two.signature and one.batch == two.batch
     assert (one.index, two.index) == (0, 1)
-    assert cbor2.loads(one.to_bytes())["f"] == BATCH_FORMAT
+    assert cbor2.loads(one.to_bytes())["f"] == BATCH_FORMAT == 2  # on the wire: fixed
     assert EntryRecord.from_bytes(one.to_bytes(), ADDRESS, b"a") == one
     assert one.batch[1] == EntryRecord.leaf(ADDRESS, b"b", b"2", 0)
     (alone,) = _signed(OWNER, {b"a": b"1"})
@@ -121,7 +121,7 @@ def test_a_release_reading_only_format_1_asks_for_an_upgrade() -> None:
 
 
 def test_batches_split_a_commit_evenly_and_never_above_the_cap() -> None:
-    assert batches(0) == []
+    assert batches(0) == [] and batches(-1) == []
     assert batches(1) == [range(0, 1)]
     assert batches(2) == [range(0, 2)]
     # the cap is 8: a registration's six entries fit in one batch, a record grows by at
@@ -140,6 +140,9 @@ def test_batches_split_a_commit_evenly_and_never_above_the_cap() -> None:
     _signed(OWNER, {b"%d" % i: b"v" for i in range(MAX_BATCH)})
     with pytest.raises(ValueError, match="1 to 8 different entries"):
         _signed(OWNER, {})
+    twice = (b"a", None, b"1", 0)
+    with pytest.raises(ValueError, match="1 to 8 different entries"):
+        EntryRecord.create_batch(ADDRESS, signer=OWNER.sign_key, entries=[twice, twice])
     with pytest.raises(ValueError, match="1 to 8 different entries"):
         _signed(OWNER, {b"%d" % i: b"v" for i in range(MAX_BATCH + 1)})
 
