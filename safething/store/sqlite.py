@@ -754,6 +754,10 @@ class _Batch:
         self._changes: list[tuple[int, str, bool]] = []
         self._final: dict[str, tuple[bytes | None, int]] = {}
         self._effects: list[tuple[str, int, int]] = []
+        self._touched: dict[str, list[tuple[int, int]]] = {}
+        """Each prefix a quota may name -> the (old, new) lengths of this batch's writes
+        under it: a quota counted for the first time adds them without looking at every
+        write before it (which made a group of many things' readings quadratic)."""
         self._usage: dict[str, list[int]] = {}
         self._undo: list[tuple[dict[str, Any], str, object]] | None = None
         """While an all-or-nothing job runs: each value it changed, as it was before."""
@@ -775,6 +779,10 @@ class _Batch:
         self.seq = seq
         del self._changes[changes:]
         del self._effects[effects:]
+        self._touched = {}
+        for key, old_len, new_len in self._effects:
+            for prefix in _quota_prefixes(key):
+                self._touched.setdefault(prefix, []).append((old_len, new_len))
         assert self._undo is not None
         for table, key, old in reversed(self._undo):
             if old is _ABSENT:
@@ -811,11 +819,17 @@ class _Batch:
         self._set(self._final, key, (value, self.seq))
         self._set(self._state, key, (0, -1) if value is None else (self.seq, new_len))
         self._effects.append((key, old_len, new_len))
-        undo = self._undo
-        for prefix, counts in self._usage.items():
-            if key.startswith(prefix):
+        undo, usage, touched = self._undo, self._usage, self._touched
+        for prefix in _quota_prefixes(key):
+            effects = touched.get(prefix)
+            if effects is None:
+                touched[prefix] = [(old_len, new_len)]
+            else:
+                effects.append((old_len, new_len))
+            counts = usage.get(prefix)
+            if counts is not None:
                 if undo is not None:
-                    undo.append((self._usage, prefix, list(counts)))
+                    undo.append((usage, prefix, list(counts)))
                 add_effect(counts, old_len, new_len)
         return self.seq
 
@@ -829,9 +843,8 @@ class _Batch:
             else:
                 query = self._cur.execute(_USAGE, _prefix_range(quota.prefix))
                 counts = list(query.fetchall()[0])
-            for other, before, after in self._effects:
-                if other.startswith(quota.prefix):
-                    add_effect(counts, before, after)
+            for before, after in self._touched.get(quota.prefix, ()):
+                add_effect(counts, before, after)
             self._set(self._usage, quota.prefix, counts)
         after_write = list(counts)
         if key.startswith(quota.prefix):
@@ -843,10 +856,10 @@ class _Batch:
         and that of every prefix kept before with this batch's writes under it (whether
         or not they named it in a quota)."""
         if kept:
-            for key, old_len, new_len in self._effects:
-                for prefix in _quota_prefixes(key):
-                    counts = kept.get(prefix)
-                    if counts is not None and prefix not in self._usage:
+            for prefix, effects in self._touched.items():
+                counts = kept.get(prefix)
+                if counts is not None and prefix not in self._usage:
+                    for old_len, new_len in effects:
                         add_effect(counts, old_len, new_len)
         if len(kept) + len(self._usage) > _USAGE_KEPT:
             kept.clear()

@@ -702,33 +702,37 @@ async def test_atomic_commits_made_together_see_only_what_the_others_kept(
     store: Store,
 ) -> None:
     """Commits made at once (SQLite decides them in one transaction): one that fails
-    after two of its writes leaves neither a record, nor a revision, nor a quota count
-    behind for the commits after it."""
+    after three of its writes leaves neither a record, nor a revision, nor a quota count
+    behind for the commits after it (also under a prefix whose quota only a later
+    commit names)."""
     from safething.errors import AbortedWriteError
 
     if not isinstance(store, SQLiteStore | MemoryStore):
         pytest.skip("NATS commits made at once in any order (the quota decides which wins)")
     quota = Quota("u.", max_count=3, max_bytes=1000)
     base = await store.put("u.a", b"1", quota=quota)
-    kept, undone, after, full = await asyncio.gather(
+    kept, undone, after, full, other = await asyncio.gather(
         store.commit([Write("u.b", b"2", 0, quota)], atomic=True),
         store.commit(
             [
                 Write("u.a", b"x", base, quota),
                 Write("u.c", b"3", 0, quota),
+                Write("v.x", b"3", 0),
                 Write("u.z", b"z", base + 999, quota),  # refused: the whole commit is
             ],
             atomic=True,
         ),
         store.commit([Write("u.a", b"y", base, quota), Write("u.d", b"4", 0, quota)], atomic=True),
         store.commit([Write("u.e", b"5", 0, quota)], atomic=True),
+        store.commit([Write("v.y", b"6", 0, Quota("v.", max_count=1, max_bytes=10))], atomic=True),
     )
-    assert all(isinstance(r, int) for r in kept + after)
-    assert [type(r) for r in undone] == [AbortedWriteError, AbortedWriteError, ConflictError]
+    assert all(isinstance(r, int) for r in kept + after + other)
+    assert [type(r) for r in undone] == [AbortedWriteError] * 3 + [ConflictError]
     assert [type(r) for r in full] == [LimitExceededError]
     assert await store.keys("u.") == ["u.a", "u.b", "u.d"]
     assert (await store.get("u.a")).value == b"y"  # type: ignore[union-attr]
     assert await store.usage("u.") == (3, 3)
+    assert await store.keys("v.") == ["v.y"]
 
 
 async def test_a_guard_writes_nothing_unless_its_record_is_unchanged(store: Store) -> None:
