@@ -52,6 +52,7 @@ import contextlib
 import difflib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -403,11 +404,27 @@ def _config(module: str, test_command: str, timeout: float) -> str:
 
 # The test being run, for the subprocesses the tests start (see _SITECUSTOMIZE).
 _CONTEXT_VAR = "SAFETHING_MUTATION_TEST"
-# Put first on PYTHONPATH during the coverage run only: Python processes the tests start
-# (a gateway under test, a store attacker) are measured too, their lines counted for the
-# test that started them.
+# Cosmic Ray's exception-replacement operator (core/ExceptionReplacer) puts this name in
+# an ``except`` clause in place of the class caught. Cosmic Ray never defines it in the
+# processes that run the tests: without it, any exception that reaches the handler turns
+# into a NameError and the mutant is killed whatever the tests check. Defined here as a
+# builtin exception that nothing raises, so the mutant behaves as Cosmic Ray means it to:
+# the handler no longer catches what it caught.
+_TESTING_EXCEPTION = "CosmicRayTestingException"
+# On PYTHONPATH (first) of every process that runs tests against a mutant: the fork
+# server (its children inherit the builtin), pytest started without it, and the Python
+# processes the tests start (a gateway under test, a store attacker). During the coverage
+# run it also measures those processes, their lines counted for the test that started
+# them.
 _SITECUSTOMIZE = f"""\
+import builtins
 import os
+
+if not hasattr(builtins, {_TESTING_EXCEPTION!r}):
+    class {_TESTING_EXCEPTION}(Exception):
+        \"\"\"What Cosmic Ray's exception-replacement mutants catch: never raised.\"\"\"
+
+    setattr(builtins, {_TESTING_EXCEPTION!r}, {_TESTING_EXCEPTION})
 
 try:
     import coverage
@@ -594,12 +611,29 @@ def _bound(trace: dict[str, Any], tests: list[str] | None) -> float:
     return max(30.0, 3 * estimate)
 
 
+# Cosmic Ray 8.7.0 mutates a dotted class (``except nacl.exceptions.CryptoError:``) by
+# renaming its first dot: ``naclCosmicRayTestingExceptionexceptions.CryptoError``, a name
+# never defined, so such a mutant too was killed by a NameError whatever the tests check.
+# The selector writes the mutant Cosmic Ray means (``except CosmicRayTestingException:``)
+# before running the tests (Cosmic Ray puts the original back after them).
+_MANGLED = re.compile(r"[\w.]*" + _TESTING_EXCEPTION + r"[\w.]*")
+
+
+def _intended(mutated: str) -> str:
+    """``mutated`` with every dotted name Cosmic Ray mangled replaced by the name."""
+    return _MANGLED.sub(_TESTING_EXCEPTION, mutated)
+
+
 def _select(trace_path: Path, original: Path) -> int:
     """Cosmic Ray's test command: run, against the mutant in the current directory, only
     the tests that ran the lines it changes (``-x``, in the selection's order)."""
     trace = json.loads(trace_path.read_text())
     source = original.read_text()
     mutated = Path(trace["module"]).read_text()
+    if _intended(mutated) != mutated:
+        mutated = _intended(mutated)
+        Path(trace["module"]).write_text(mutated)
+        print(f"a dotted name in an except clause: run as {_TESTING_EXCEPTION}", flush=True)
     changed = _changed_lines(source.splitlines(), mutated.splitlines())
     try:
         tests, why = _choose(trace, source, changed)
@@ -702,6 +736,7 @@ def _serve(path: Path) -> None:
     """Fork, for each request on the Unix socket ``path``, a child that runs pytest with
     the arguments sent, its output on the file descriptors sent; answer the child's pid,
     then its exit status. One request at a time (Cosmic Ray runs one mutant at a time)."""
+    import builtins
     import importlib
     import socket
     import struct
@@ -717,6 +752,8 @@ def _serve(path: Path) -> None:
                 importlib.import_module(name)
     if any(m.startswith(("safething", "safething_gateway")) for m in sys.modules):
         sys.exit("the fork server imported the code under test: see _PRELOAD")
+    if not hasattr(builtins, _TESTING_EXCEPTION):
+        sys.exit(f"no {_TESTING_EXCEPTION} in builtins: see _SITECUSTOMIZE, _environment")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen(1)
@@ -854,11 +891,36 @@ def _skip_outside(session: Path, module: Path, names: tuple[str, ...]) -> int:
     return len(skipped)
 
 
+_OTHER_OPERATOR = "another operator's mutant (--operator)"
+
+
+def _skip_other_operators(session: Path, operator: str) -> int:
+    """Mark the mutants of every operator but ``operator`` as not run."""
+    db = sqlite3.connect(session)
+    try:
+        rows = db.execute(
+            "SELECT m.job_id FROM mutation_specs m LEFT JOIN work_results r USING (job_id) "
+            "WHERE r.job_id IS NULL AND m.operator_name != ?",
+            (operator,),
+        )
+        skipped = [job for (job,) in rows.fetchall()]
+        db.executemany(
+            "INSERT INTO work_results (worker_outcome, output, test_outcome, diff, job_id) "
+            "VALUES ('SKIPPED', ?, NULL, '', ?)",
+            [(_OTHER_OPERATOR, job) for job in skipped],
+        )
+        db.commit()
+    finally:
+        db.close()
+    return len(skipped)
+
+
 def _summary(
-    session: Path, source: Path, only: tuple[str, ...] = ()
+    session: Path, source: Path, only: tuple[str, ...] = (), operator: str | None = None
 ) -> tuple[dict[str, int], list[str]]:
     """Counts by outcome, and each surviving mutant (place, operator, diff). ``source`` is
-    the module as it was mutated (kept beside the session)."""
+    the module as it was mutated (kept beside the session); with ``operator``, only its
+    mutants are counted (the others were not run: ``--operator``)."""
     annotations = (
         _spans(source, logging=False)
         if "from __future__ import annotations" in source.read_text()
@@ -881,6 +943,7 @@ def _summary(
             "mutants",
             "annotation",
             "outside",
+            "other",
             "killed",
             "survived",
             "logging",
@@ -891,8 +954,11 @@ def _summary(
         0,
     )
     survivors = []
-    for row, col, operator, worker, test, diff, output in rows:
+    for row, col, name, worker, test, diff, output in rows:
         worker, test = str(worker).lower(), str(test).lower()
+        if operator is not None and name != operator:
+            counts["other"] += 1  # another operator's: not run (--operator)
+            continue
         if _inside(row, col, annotations):
             counts["annotation"] += 1  # never evaluated: not a mutant of the behaviour
             continue
@@ -913,16 +979,23 @@ def _summary(
             if str(output).startswith(UNCOVERED):
                 counts["uncovered"] += 1
                 tag += f"  [{UNCOVERED}]"
-            survivors.append(f"{source.name}:{row}:{col} {operator}{tag}\n{diff}")
+            survivors.append(f"{source.name}:{row}:{col} {name}{tag}\n{diff}")
         else:
             counts["error"] += 1  # Cosmic Ray itself failed on it: see the session
     return counts, survivors
 
 
-def _report(module: str, minutes: float | None = None) -> str:
+def _session_name(module: str, operator: str | None = None) -> str:
+    """The name of a module's kept session (its own for ``--operator``: never the full
+    run's)."""
     name = module.replace("/", ".").removesuffix(".py")
+    return f"{name}.{operator.replace('/', '-')}" if operator else name
+
+
+def _report(module: str, minutes: float | None = None, operator: str | None = None) -> str:
+    name = _session_name(module, operator)
     counts, survivors = _summary(
-        OUT / f"{name}.sqlite", OUT / f"{name}.py.mutated", ONLY.get(module, ())
+        OUT / f"{name}.sqlite", OUT / f"{name}.py.mutated", ONLY.get(module, ()), operator
     )
     (OUT / f"{name}.survivors.txt").write_text("\n".join(survivors))
     done = counts["mutants"] - counts["pending"]
@@ -930,6 +1003,8 @@ def _report(module: str, minutes: float | None = None) -> str:
     took = f"; {minutes:.1f} min" if minutes is not None else ""
     pending = f", {counts['pending']} NOT RUN YET" if counts["pending"] else ""
     outside = f", {counts['outside']} outside the functions selected" if counts["outside"] else ""
+    if operator:
+        outside += f", only {operator}: {counts['other']} of other operators not run"
     return (
         f"{module:40s} {counts['mutants']:4d} mutants {counts['killed']:4d} killed "
         f"{counts['survived']:3d} survived ({counts['logging']} in logging, "
@@ -979,6 +1054,19 @@ def _merge(part: Path, session: Path) -> None:
         db.close()
 
 
+def _environment(work: Path) -> dict[str, str]:
+    """The environment of every process that runs tests against a mutant in ``work``: the
+    copy's code, not the editable install's (subprocesses of the tests too), and
+    _SITECUSTOMIZE first (``CosmicRayTestingException`` defined)."""
+    site = work / ".mutation-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), str(work), str(work / "gateway")])
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 @contextlib.contextmanager
 def _fork_server(work: Path, env: dict[str, str]) -> Generator[dict[str, str]]:
     """The fork server (``--serve``) running in ``work``, and the environment that tells
@@ -1014,8 +1102,9 @@ def _run(
     resume: bool = False,
     whole: bool = False,
     part: tuple[int, int] | None = None,
+    operator: str | None = None,
 ) -> None:
-    name = module.replace("/", ".").removesuffix(".py")
+    name = _session_name(module, operator)
     session = OUT / f"{name}.sqlite"
     kept = OUT / f"{name}.py.mutated"
     main_session = session
@@ -1064,6 +1153,8 @@ def _run(
         _skip_annotations(session, work / module)
         if module in ONLY:
             _skip_outside(session, work / module, ONLY[module])
+        if operator:
+            _skip_other_operators(session, operator)
     # Which tests run which line, and how long they take, on the unmutated module (its
     # tests must pass). A mutant whose tests time out counts as killed: never let a slow
     # (loaded) machine decide that, only a mutant that makes its tests hang (3x what they
@@ -1102,7 +1193,7 @@ def _run(
             )
     if part is not None:
         _merge(session, main_session)
-    line = _report(module, (time.monotonic() - started) / 60)
+    line = _report(module, (time.monotonic() - started) / 60, operator)
     print(line, flush=True)
     with (OUT / "summary.txt").open("a") as f:
         f.write(f"{time.strftime('%Y-%m-%d %H:%M')} {line}\n")
@@ -1139,6 +1230,12 @@ def main() -> None:
         help="run the whole test selection against every mutant (no choice by coverage)",
     )
     parser.add_argument(
+        "--operator",
+        metavar="NAME",
+        help="run only this Cosmic Ray operator's mutants (e.g. core/ExceptionReplacer), "
+        "in a session of their own",
+    )
+    parser.add_argument(
         "--part",
         metavar="K/N",
         help="with --resume or --again: run only the K-th of N shares of the mutants left "
@@ -1159,9 +1256,9 @@ def main() -> None:
         return
     if args.report:
         for module in args.modules or list(TARGETS):
-            name = module.replace("/", ".").removesuffix(".py")
+            name = _session_name(module, args.operator)
             if (OUT / f"{name}.sqlite").exists() and (OUT / f"{name}.py.mutated").exists():
-                print(_report(module))
+                print(_report(module, operator=args.operator))
         return
     unknown = [m for m in args.modules if m not in TARGETS]
     if unknown:
@@ -1174,10 +1271,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="safething-mutation-") as tmp:
         work = Path(tmp)
         _copy_tree(work)
-        env = dict(os.environ)
-        # the copy's code, not the editable install's (subprocesses of the tests too)
-        env["PYTHONPATH"] = os.pathsep.join([str(work), str(work / "gateway")])
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env = _environment(work)
         for module in args.modules or list(TARGETS):
             _run(
                 module,
@@ -1189,6 +1283,7 @@ def main() -> None:
                 resume=args.resume,
                 whole=args.whole,
                 part=part,
+                operator=args.operator,
             )
     print(f"sessions in {OUT}; survivors with their diffs in {OUT}/*.survivors.txt")
 
