@@ -333,6 +333,22 @@ async def test_owner_substitution(sqlite_store: Store, db: Raw) -> None:
         await pinned.get("valve")
 
 
+async def test_an_undecodable_header_over_a_trusted_one_is_counted(
+    sqlite_store: Store, db: Raw
+) -> None:
+    alice = Identity.generate()
+    await setup_md(sqlite_store, alice)
+    seen: list[TamperedDataError] = []
+    reader = Client(sqlite_store, on_tampered=seen.append).md(NAME, TAG_THING)
+    await reader.get("valve")  # first contact: alice's header is trusted
+    await db.put(reader.address.header_key, cbor2.dumps([1, 2, 3]))
+    # refused, counted and reported like any tampering; the reader carries on with the
+    # header it trusts
+    assert (await reader.get("valve")).signer == alice.public_sign_key
+    assert reader.client.tampered_count == 1
+    assert [type(e) for e in seen] == [MalformedRecordError]
+
+
 async def test_header_rewritten_between_two_writes(sqlite_store: Store, db: Raw) -> None:
     """A writer keeps the header it verified between writes (it does not read it back
     every time): a header the store rewrites meanwhile is still read, refused and counted
