@@ -112,6 +112,26 @@ class Probe:
             if mqtt.topic_matches_sub(topic, got):
                 return payload, retain
 
+    async def until(
+        self, topic: str, payload: bytes, *, timeout: float = 10.0
+    ) -> list[tuple[str, bytes, bool]]:
+        """Every message, up to and including the first on ``topic`` saying ``payload``.
+
+        What one client published before that message has arrived by then (the broker
+        keeps one queue per subscriber, in order). Reading the queue after :meth:`close`
+        instead loses what the network thread had not read yet: paho closes the socket
+        right after it writes the DISCONNECT, with what the broker already sent unread.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        seen: list[tuple[str, bytes, bool]] = []
+        while not seen or seen[-1][:2] != (topic, payload):
+            left = deadline - loop.time()
+            assert left > 0, f"no {payload!r} on {topic} within {timeout} s: {seen}"
+            with contextlib.suppress(queue.Empty):
+                seen.append(await asyncio.to_thread(self.messages.get, True, min(left, 0.5)))
+        return seen
+
     def drain(self) -> None:
         with contextlib.suppress(queue.Empty):
             while True:
