@@ -175,6 +175,9 @@ def test_bodies_in_json_and_cbor() -> None:
         decode_body(b"\xff\xff", "cbor")
     with pytest.raises(PayloadError, match="body is not valid JSON"):
         decode_body(cbor2.dumps(value), "json")
+    # a body that is not UTF-8: where, never the byte itself (the codec's text quotes it)
+    with pytest.raises(PayloadError, match=r"^body is not valid JSON: not UTF-8 at byte 1$"):
+        decode_body(b'"\xff"', "json")
 
 
 def test_channels_built_at_run_time_are_known() -> None:

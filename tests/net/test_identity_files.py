@@ -102,6 +102,18 @@ def test_missing_field_is_refused(tmp_path: Path, field: str) -> None:
         Identity.load(path)
 
 
+@pytest.mark.parametrize("keys", [None, "zz" * 64, 5], ids=["missing", "not-hex", "not-text"])
+def test_damaged_secret_keys_are_refused(tmp_path: Path, keys: Any) -> None:
+    path, doc = _saved(tmp_path)
+    if keys is None:
+        del doc["secret"]["keys"]
+    else:
+        doc["secret"]["keys"] = keys
+    _rewrite(path, doc)
+    with pytest.raises(IdentityError, match="not a valid identity file"):
+        Identity.load(path)
+
+
 def test_a_directory_is_not_an_identity(tmp_path: Path) -> None:
     with pytest.raises(IdentityError, match="cannot read"):
         Identity.load(tmp_path)
@@ -125,8 +137,14 @@ def test_read_public_says_whether_the_keys_are_encrypted(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     "doc",
-    [{"enc": "00" * 32}, {"sign": 5, "enc": 5}, {"sign": "zz", "enc": "zz"}],
-    ids=["missing", "not-text", "not-hex"],
+    [
+        {"enc": "00" * 32},
+        {"sign": 5, "enc": 5},
+        {"sign": "zz", "enc": "zz"},
+        # a name no text can hold (str() of an integer of more than 4300 digits)
+        {"sign": "00" * 32, "enc": "00" * 32, "name": 10**5000},
+    ],
+    ids=["missing", "not-text", "not-hex", "name-too-long"],
 )
 def test_malformed_public_identity(doc: dict[str, Any]) -> None:
     with pytest.raises(IdentityError, match="malformed public identity"):

@@ -112,6 +112,13 @@ def test_a_key_record_that_does_not_open() -> None:
     bad_prev = {**good, "prev": good["prev"][:-1] + bytes([good["prev"][-1] ^ 1])}
     with pytest.raises(MalformedRecordError, match="does not open"):
         _ring(OWNER).learn("owner", cbor2.dumps(bad_prev))
+    # previous keys that open but are no list of (epoch, key) pairs
+    key = SecretKey.generate()
+    for prev in (5, [[None, bytes(32)]]):
+        not_pairs = {**good, "to": {me: OWNER.public_encryption_key.seal(key.value)}}
+        not_pairs["prev"] = key.encrypt(cbor2.dumps(prev))
+        with pytest.raises(MalformedRecordError, match="owner key record does not open"):
+            _ring(OWNER).learn("owner", cbor2.dumps(not_pairs))
 
 
 def test_malformed_and_altered_values() -> None:
