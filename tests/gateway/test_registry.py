@@ -712,3 +712,154 @@ def test_a_call_that_fails_halfway_before_any_group_commit_leaves_nothing(
         assert registry.get("sensor-01").description == {"id": "sensor-01"}
     finally:
         registry.close()
+
+
+def _on_thread(registry: Registry, threads: list[int]) -> Callable[..., Any]:
+    """``registry.accept``, noting the thread it runs on."""
+
+    def accept(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return registry.accept(*args, **kwargs)
+
+    return accept
+
+
+async def test_call_now_runs_a_quiet_call_at_once_and_a_close_one_on_the_worker(
+    tmp_path: Path,
+) -> None:
+    """A call after a quiet spell runs on the loop's thread, committed before it returns
+    (another connection reads it); a refused one (a replay) leaves nothing, as on the
+    worker; a call right after another goes to the worker thread (group commit)."""
+    path = tmp_path / "gateway.db"
+    registry = Registry(path)
+    other = sqlite3.connect(path)
+    try:
+        registry.add("sensor-01", "mqtt")
+        threads: list[int] = []
+        accept = _on_thread(registry, threads)
+        await asyncio.sleep(registry_module.QUIET_S)
+        uplink = await registry.call_now(
+            accept, "sensor-01", 5, journal=("reading", b'{"m":1}', "json")
+        )
+        assert threads == [threading.get_ident()]
+        assert other.execute("SELECT rx_counter FROM devices").fetchall() == [(5,)]
+        assert [u.id for u in registry.buffered()] == [uplink]
+        await asyncio.sleep(registry_module.QUIET_S)
+        with pytest.raises(ReplayError):
+            await registry.call_now(accept, "sensor-01", 5, journal=("reading", b'{"m":2}', "json"))
+        assert threads[1] == threading.get_ident()
+        assert [u.id for u in registry.buffered()] == [uplink]  # the replay kept nothing
+        await registry.call_now(accept, "sensor-01", 6)  # at once after the last
+        assert threads[2] != threading.get_ident()
+        assert registry.get("sensor-01").rx_counter == 6
+    finally:
+        other.close()
+        registry.close()
+
+
+async def test_call_now_never_holds_the_loop_for_another_connections_lock(
+    tmp_path: Path,
+) -> None:
+    """Another connection holds the write lock (a backup, an sqlite3 shell): a quiet
+    call_now does not wait for it on the loop (the loop goes on at once), it waits on
+    the worker thread and is committed once the lock is let go."""
+    path = tmp_path / "gateway.db"
+    registry = Registry(path, write_timeout=5.0)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        registry.add("sensor-01", "mqtt")
+        threads: list[int] = []
+        await asyncio.sleep(registry_module.QUIET_S)
+        other.execute("BEGIN IMMEDIATE")
+        start = asyncio.get_running_loop().time()
+        call = asyncio.ensure_future(
+            registry.call_now(_on_thread(registry, threads), "sensor-01", 3)
+        )
+        await asyncio.sleep(0.05)
+        assert asyncio.get_running_loop().time() - start < 1.0, "the loop waited for the lock"
+        assert not call.done()
+        other.execute("COMMIT")
+        async with asyncio.timeout(10):
+            await call
+        assert threads and threading.get_ident() not in threads  # on the worker alone
+        assert registry.get("sensor-01").rx_counter == 3
+    finally:
+        other.close()
+        registry.close()
+
+
+async def test_a_call_queued_by_another_thread_during_call_now_is_run(tmp_path: Path) -> None:
+    """While a quiet call runs on the loop's thread, another thread's call is queued (the
+    worker is not started meanwhile): it is started once the quiet call is done."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        registry.add("sensor-01", "mqtt")
+        registry.add("sensor-02", "mqtt")
+        queued, done = threading.Event(), threading.Event()
+        results: list[Any] = []
+
+        def elsewhere() -> None:
+            async def run() -> None:
+                call = asyncio.ensure_future(registry.call(registry.accept, "sensor-02", 4))
+                await asyncio.sleep(0)
+                queued.set()
+                results.append(await asyncio.wait_for(call, 10))
+
+            asyncio.run(run())
+            done.set()
+
+        def accept_meanwhile(*args: Any) -> Any:
+            thread = threading.Thread(target=elsewhere, daemon=True)
+            thread.start()
+            assert queued.wait(10)
+            return registry.accept(*args)
+
+        await asyncio.sleep(registry_module.QUIET_S)
+        await registry.call_now(accept_meanwhile, "sensor-01", 3)
+        assert await asyncio.to_thread(done.wait, 15)
+        assert results == [None]
+        assert [registry.get(f"sensor-0{i}").rx_counter for i in (1, 2)] == [3, 4]
+    finally:
+        registry.close()
+
+
+async def test_call_now_leaves_the_wal_checkpoint_to_the_worker(tmp_path: Path) -> None:
+    """A commit on the loop does not copy the WAL into the file (a checkpoint, with an
+    fsync). With a checkpoint at every commit, the WAL holds only the last commit's
+    pages (the next writer starts it again); commits on the loop pile up in it instead,
+    until the worker's next commit checkpoints."""
+    path = tmp_path / "gateway.db"
+    registry = Registry(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        registry.add("sensor-01", "mqtt")
+        registry._db.execute("PRAGMA wal_autocheckpoint = 1")  # at every commit
+        registry._wal_pages = 1
+
+        def wal_pages() -> int:
+            """Pages in the WAL now (this checkpoints them: the next commit restarts it)."""
+            ((_, pages, _),) = other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            return int(pages)
+
+        await registry.call(registry.accept, "sensor-01", 1)
+        wal_pages()  # (what came before)
+        await registry.call(registry.accept, "sensor-01", 2)
+        one = wal_pages()  # one commit's pages
+        await registry.call(registry.accept, "sensor-01", 3)
+        await registry.call(registry.accept, "sensor-01", 4)
+        assert wal_pages() == one  # the control: each commit checkpointed
+        for counter in range(5, 9):
+            await asyncio.sleep(registry_module.QUIET_S)
+            threads: list[int] = []
+            await registry.call_now(_on_thread(registry, threads), "sensor-01", counter)
+            assert threads == [threading.get_ident()]
+        assert wal_pages() >= 4 * one, "a commit on the loop checkpointed"
+        await asyncio.sleep(registry_module.QUIET_S)
+        await registry.call_now(registry.accept, "sensor-01", 9)
+        await registry.call(registry.accept, "sensor-01", 10)  # on the worker: checkpoints
+        await registry.call(registry.accept, "sensor-01", 11)  # so this one restarts the WAL
+        assert wal_pages() == one, "the worker's commit did not checkpoint"
+        assert registry.get("sensor-01").rx_counter == 11
+    finally:
+        other.close()
+        registry.close()
