@@ -333,6 +333,10 @@ async def test_rejections_are_problem_documents(
     r = await http.post(f"{url}/reading", content=sender.message("reading", {"moisture": "wet"}))
     assert (r.status_code, reason(r)) == (422, "bad_payload")
     assert "wet" not in r.text  # the body is sealed (ST2), so is the reason
+    refusals = {
+        why: gateway_.metrics.get("safething_gateway_rejected_total", reason=why, transport="http")
+        for why in ("unsupported_format", "too_large")
+    }
     r = await http.post(
         f"{url}/reading",
         content=good,
@@ -360,6 +364,12 @@ async def test_rejections_are_problem_documents(
 
     r = await http.post(f"{url}/reading", content=chunks())
     assert (r.status_code, reason(r)) == (413, "too_large")
+    # refused by the bridge before the gateway saw them, and counted all the same
+    assert {
+        why: gateway_.metrics.get("safething_gateway_rejected_total", reason=why, transport="http")
+        - before
+        for why, before in refusals.items()
+    } == {"unsupported_format": 1, "too_large": 3}
     for wait in ("soon", "-1"):
         r = await http.post(f"{url}/poll?wait={wait}", content=sender.message("poll", b""))
         assert (r.status_code, reason(r)) == (422, "invalid_request")
