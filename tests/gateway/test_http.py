@@ -421,8 +421,33 @@ async def test_unexpected_errors_are_a_generic_500(
         raise StoreError("vault unreachable")
 
     monkeypatch.setattr(gateway_, "handle", store_down)
-    r = await http.post("/st/v1/devices/sensor-01/reading", content=b"ST1 1 x\n")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        r = await http.post("/st/v1/devices/sensor-01/reading", content=b"ST1 1 x\n")
     assert (r.status_code, reason(r)) == (503, "store_unavailable")
+    # an outage is answered, not an error of the server: no traceback anywhere in the log
+    assert [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR] == []
+
+
+async def test_a_client_that_leaves_while_sending_its_body_is_no_error(
+    bridge: HttpBridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody is left to answer: logged at debug, no traceback, the bridge serves on."""
+    url = httpx.URL(bridge.endpoints()[0])
+    host, port = url.host, url.port
+    assert port is not None
+    with caplog.at_level(logging.DEBUG, logger="safething.gateway.http"):
+        _reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            b"POST /st/v1/devices/sensor-01/reading HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b"x" * 100
+        )
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the route is reading the body
+        writer.close()
+        await writer.wait_closed()
+        await until(lambda: any("client left" in r.getMessage() for r in caplog.records))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 # --- operations ----------------------------------------------------------------------
