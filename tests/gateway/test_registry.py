@@ -863,3 +863,41 @@ async def test_call_now_leaves_the_wal_checkpoint_to_the_worker(tmp_path: Path) 
     finally:
         other.close()
         registry.close()
+
+
+def test_a_registry_locked_by_another_process_as_it_opens_is_busy_not_damaged(
+    tmp_path: Path,
+) -> None:
+    """Another process (an admin's sqlite3 shell, a second gateway) holds the file's lock
+    while the registry opens: busy (try again), never 'damaged'; it opens once the lock
+    is gone."""
+    path = tmp_path / "gateway.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(RegistryBusyError, match="locked"):
+            Registry(path, write_timeout=0.1)
+    finally:
+        other.close()
+    Registry(path).close()
+
+
+def test_a_read_of_a_registry_altered_under_it_is_a_store_error(tmp_path: Path) -> None:
+    """Another process renames the devices table away (a damaged or meddled-with file):
+    each read is a StoreError (a 503, the message kept), never sqlite3's own error; the
+    reads work again once the table is back."""
+    path = tmp_path / "gateway.db"
+    registry = Registry(path)
+    try:
+        registry.add("sensor-01", "mqtt")
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("ALTER TABLE devices RENAME TO elsewhere")
+            with pytest.raises(StoreError, match="no such table"):
+                registry.devices()
+            other.execute("ALTER TABLE elsewhere RENAME TO devices")
+        finally:
+            other.close()
+        assert [d.device_id for d in registry.devices()] == ["sensor-01"]
+    finally:
+        registry.close()
