@@ -570,6 +570,35 @@ async def test_bad_arguments_injected_past_the_client_are_rejected(
     assert "psi" in doc["m"]
 
 
+@pytest.mark.parametrize(
+    "sealed", [b"garbage", 5, None], ids=["does-not-unseal", "not-bytes", "not-cbor"]
+)
+async def test_sealed_arguments_that_do_not_open_are_rejected(
+    garden: Thing, stranger: ThingClient, sealed: Any
+) -> None:
+    """Arguments sealed to the thing (``x``) that it cannot open or read: the request is
+    answered *rejected* (its requester is not left waiting), whatever the failure."""
+    import time
+
+    from safething.things.values import dumps
+
+    garden.on_action("OpenValve", lambda request: {"ok": True})
+    await garden.publish()
+    view = await stranger.view("garden-01")
+    if sealed is None:  # opens, but holds no CBOR
+        sealed = garden.identity.public_encryption_key.seal(b"\xff\xff")
+    now = time.time()
+    request = {"a": "OpenValve", "x": sealed, "t": now, "exp": now + 30, "enc": b""}
+    await view.inbox.insert("r/handcrafted2", dumps(request))
+    async with asyncio.timeout(5):
+        while True:
+            with contextlib.suppress(NoSuchDataError):
+                doc = loads(await view.outbox.get_value("r/handcrafted2"), "state")
+                if doc["s"] == "rejected":
+                    break
+            await asyncio.sleep(0.01)
+
+
 async def test_action_timed_out_and_cancelled(garden: Thing, stranger: ThingClient) -> None:
     started = asyncio.Event()
 
