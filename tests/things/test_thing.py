@@ -622,6 +622,22 @@ async def test_action_timed_out_and_cancelled(garden: Thing, stranger: ThingClie
             await asyncio.sleep(0.01)
 
 
+async def test_a_handler_that_times_out_itself_ends_timed_out(
+    garden: Thing, stranger: ThingClient
+) -> None:
+    """The thing itself writes *timed out* (not *failed*) when its handler's own wait
+    runs out: the requester sees why, without a deadline of its own."""
+
+    @garden.action("CloseValve")
+    async def stuck(request: ActionRequest) -> None:
+        raise TimeoutError("the valve did not answer")
+
+    await garden.publish()
+    handle = await stranger.request("garden-01", "CloseValve")
+    status = await handle.wait()
+    assert (status.state, status.message) == ("timed_out", "the valve did not answer")
+
+
 async def test_requests_are_durable_while_the_thing_is_offline(
     store: Store, owner: Identity, device: Identity, stranger: ThingClient
 ) -> None:
