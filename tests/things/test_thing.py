@@ -667,6 +667,19 @@ async def test_registered_thing_holds_requests_until_published(
 # --- access types -----------------------------------------------------------------
 
 
+async def test_a_group_key_record_deleted_from_the_store_leaves_the_thing_writing(
+    store: Store, garden: Thing
+) -> None:
+    """The store deletes the thing's group key record (raw, no signature asked): the
+    thing keeps the group key it holds and its group-level writes go on (readers need
+    the record back to read them: the owner rewrites it)."""
+    await garden.set("group_note", "before")
+    await store.delete(garden._md("thing").address.entry_key(b"k/group"))
+    held = garden._ring.keys_of("group")
+    await garden.set("group_note", "after")  # no NoSuchEntryError out of the write
+    assert garden._ring.keys_of("group") == held  # the key it held, still in use
+
+
 async def test_owner_access(
     garden: Thing, stranger: ThingClient, owner_client: ThingClient
 ) -> None:
