@@ -538,10 +538,9 @@ class Gateway(AsyncResource):
             # crash from here on is kept: a reading until it is in the store, a birth's
             # description (over MQTT the broker redelivers an unacknowledged message,
             # but the gateway would refuse it then as a replay).
-            # (at once on the loop when the registry is quiet: an idle reading's latency)
             journal = (channel, plain, content_format) if _is_data(channel) else None
             try:
-                uplink = await self.registry.call_now(
+                uplink = await self.registry.call(
                     self.registry.accept,
                     device_id,
                     message.counter,

@@ -15,10 +15,7 @@ that need a write, never the event loop. A write waits at most
 :class:`RegistryBusyError` (a :class:`~safething.errors.StoreError`: the
 device is told to retry, an MQTT message is kept unacknowledged and tried
 again). Reads use a second connection: in WAL mode they never wait for a
-writer, so they stay on the loop (microseconds). The one exception is the counter
-of a message that comes after a quiet spell (:meth:`Registry.call_now`): it is spent
-on the loop, when the file's lock is free at once (otherwise on the worker), which
-spares an idle reading two thread hand-overs.
+writer, so they stay on the loop (microseconds).
 
 **The rows of the devices that speak.** :meth:`Registry.cached` answers the
 gateway's look-up of a device on every message from the rows it read recently
@@ -85,10 +82,6 @@ _T = TypeVar("_T")
 MAX_PENDING_DOWNLINKS = 256
 """Downlinks queued for one device at most (action requests and desired values it has
 not acknowledged); the total is this times the provisioned devices."""
-
-QUIET_S = 0.01
-""":meth:`Registry.call_now` runs a call on the caller's thread only when no call was
-made in this many seconds (about 100 such commits a second on the loop at most)."""
 
 CACHED_DEVICES = 4096
 """Device rows :meth:`Registry.cached` keeps (about 4 KB each, with its description)."""
@@ -240,8 +233,6 @@ class Registry:
         self._queue_lock = threading.Lock()
         self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any], Any]] = []
         self._draining = False
-        self._last_call = -QUIET_S
-        """When :meth:`call` or :meth:`call_now` was last called (``time.monotonic``)."""
         self._read_lock = threading.Lock()
         self._cache: dict[str, DeviceRecord] = {}
         """Recently used device rows (see the module docstring), least recent first."""
@@ -268,7 +259,6 @@ class Registry:
                 self._db.execute(
                     "ALTER TABLE devices ADD COLUMN registered INTEGER NOT NULL DEFAULT 1"
                 )
-            ((self._wal_pages,),) = self._db.execute("PRAGMA wal_autocheckpoint").fetchall()
             self._rdb = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._rdb.execute(f"PRAGMA busy_timeout={int(read_timeout * 1000)}")
         except sqlite3.OperationalError as e:
@@ -293,62 +283,21 @@ class Registry:
         thread takes every call waiting, runs each in a savepoint of one transaction
         (a call that raises is rolled back alone, its error goes to its caller) and
         commits once. Each call returns only after that commit."""
-        return await self._queue_call(functools.partial(fn, *args, **kwargs))
-
-    async def call_now(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """:meth:`call`, but run at once on the caller's thread (the event loop) when the
-        registry is quiet: no call queued or running, none made in the last
-        :data:`QUIET_S`, and the file's write lock free at the first try. Then the call
-        costs its transaction alone, not two thread hand-overs (each a wake-up that waits
-        for a CPU on a busy machine: the tail of an idle reading's latency,
-        docs/benchmarks.md). The loop never waits for the lock: when another connection
-        holds it, nothing has run and the call goes to the worker thread as
-        :meth:`call` does. Under load calls follow each other closely and all go to the
-        worker (group commit). The same transaction and commit either way."""
-        call = functools.partial(fn, *args, **kwargs)
-        now = time.monotonic()
-        with self._queue_lock:
-            quiet = not self._queue and not self._draining and now - self._last_call >= QUIET_S
-            self._last_call = now
-            if quiet:
-                self._draining = True  # the worker is not started meanwhile
-        if not quiet:
-            return await self._queue_call(call)
-        try:
-            outcome = self._commit_now(call)
-        finally:
-            with self._queue_lock:
-                self._draining = restart = bool(self._queue)  # queued by another thread
-            if restart:
-                self._start_drain()
-        if outcome is None:  # the lock is another connection's: wait on the worker
-            return await self._queue_call(call)
-        ok, value = outcome
-        if not ok:
-            raise value
-        result: _T = value
-        return result
-
-    async def _queue_call(self, call: Callable[[], _T]) -> _T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
         with self._queue_lock:
-            self._last_call = time.monotonic()
-            self._queue.append((call, future, loop))
+            self._queue.append((functools.partial(fn, *args, **kwargs), future, loop))
             start = len(self._queue) == 1 and not self._draining
             if start:
                 self._draining = True
         if start:
-            self._start_drain()
+            try:
+                self._executor.submit(self._drain)
+            except RuntimeError:  # closed
+                with self._queue_lock:
+                    self._queue, self._draining = [], False
+                raise
         return await future
-
-    def _start_drain(self) -> None:
-        try:
-            self._executor.submit(self._drain)
-        except RuntimeError:  # closed
-            with self._queue_lock:
-                self._queue, self._draining = [], False
-            raise
 
     def _drain(self) -> None:
         """On the worker thread: commit what :meth:`call` queued, batch after batch."""
@@ -371,59 +320,33 @@ class Registry:
         or exception)`` for each, in order."""
         if len(calls) == 1:
             return [_outcome(calls[0])]
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                return [(False, self._failed(e)) for _ in calls]
-            return self._run_batch(calls)
-
-    def _commit_now(self, call: Callable[[], Any]) -> tuple[bool, Any] | None:
-        """``call`` in a savepoint of a transaction begun without waiting for the file's
-        lock; ``None`` (nothing run) when another connection holds it. Its commit leaves
-        the WAL's checkpoint (copying it into the file, with an fsync) to the worker's
-        next commit: not on the loop."""
         db = self._db
         with self._lock:
-            db.execute("PRAGMA busy_timeout = 0")
             try:
                 db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:
-                return None
-            finally:
-                db.execute(f"PRAGMA busy_timeout = {int(self.write_timeout * 1000)}")
-            db.execute("PRAGMA wal_autocheckpoint = 0")
+            except sqlite3.OperationalError as e:
+                return [(False, self._failed(e)) for _ in calls]
+            self._batching, self._batch_thread = True, threading.get_ident()
+            outcomes: list[tuple[bool, Any]] = []
             try:
-                (outcome,) = self._run_batch([call])
+                for call in calls:
+                    db.execute("SAVEPOINT registry_call")
+                    outcome = _outcome(call)
+                    if not outcome[0]:
+                        db.execute("ROLLBACK TO registry_call")
+                    db.execute("RELEASE registry_call")
+                    outcomes.append(outcome)
+                db.execute("COMMIT")
+            except sqlite3.Error as e:  # the transaction itself failed: nothing was kept
+                if db.in_transaction:
+                    db.rollback()
+                return [(False, self._failed(e)) for _ in calls]
             finally:
-                db.execute(f"PRAGMA wal_autocheckpoint = {self._wal_pages}")
-            return outcome
-
-    def _run_batch(self, calls: list[Callable[[], Any]]) -> list[tuple[bool, Any]]:
-        """Under ``_lock``, in the transaction just begun: each call in a savepoint, then
-        the commit."""
-        db = self._db
-        self._batching, self._batch_thread = True, threading.get_ident()
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            for call in calls:
-                db.execute("SAVEPOINT registry_call")
-                outcome = _outcome(call)
-                if not outcome[0]:
-                    db.execute("ROLLBACK TO registry_call")
-                db.execute("RELEASE registry_call")
-                outcomes.append(outcome)
-            db.execute("COMMIT")
-        except sqlite3.Error as e:  # the transaction itself failed: nothing was kept
-            if db.in_transaction:
-                db.rollback()
-            return [(False, self._failed(e)) for _ in calls]
-        finally:
-            self._batching = False
-            changed, self._changed = self._changed, []
-            for device_id in changed:
-                self._forget(device_id)
-        return outcomes
+                self._batching = False
+                changed, self._changed = self._changed, []
+                for device_id in changed:
+                    self._forget(device_id)
+            return outcomes
 
     def _failed(self, e: sqlite3.Error) -> StoreError:
         error = self._lock_error(e)
