@@ -201,10 +201,11 @@ async def test_a_refusing_broker_is_retried_with_doubling_back_off_and_no_blocki
     )
     with Lag() as lag:
         await connection.start()
-        assert not await connection.wait_connected(1.3)
+        # five attempts take 1.1 s of back-off; a loaded machine adds its own waits
+        await until(lambda: len(attempts) >= 5, timeout=10.0)
+        assert not connection.connected
         await connection.close()
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
-    assert len(gaps) >= 4, gaps
     for gap, wanted in zip(gaps, [0.1, 0.2, 0.4, 0.4, 0.4], strict=False):
         assert wanted - 0.005 <= gap <= wanted + 0.25, gaps
     assert "refused" in connection.last_error
