@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _thread_profiles import PROFILES, profile_threads, thread_cpu, top_items
+
 from safething.net import Identity
 from safething.store import open_store
 from safething_gateway.bench.gateway import sensor_description
@@ -42,57 +44,10 @@ from safething_gateway.core import Gateway
 from safething_gateway.device_clients.base import DeviceLink
 from safething_gateway.registry import Registry
 
-_TICK = os.sysconf("SC_CLK_TCK")
-_PROFILES: dict[str, cProfile.Profile] = {}
-_PROFILES_LOCK = threading.Lock()
-
-
-def _thread_cpu() -> dict[int, float]:
-    """CPU seconds (user + system) of every thread of this process, by native id."""
-    out: dict[int, float] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / _TICK
-    return out
-
-
-def _profile_threads() -> None:
-    """Make every thread started from now on run under its own CPU-clock profile."""
-    run = threading.Thread.run
-
-    def profiled(self: threading.Thread) -> None:
-        profiler = cProfile.Profile(timer=time.thread_time)
-        with _PROFILES_LOCK:
-            _PROFILES[_label(self.name, self.native_id or 0)] = profiler
-        profiler.enable()
-        try:
-            run(self)
-        finally:
-            profiler.disable()
-
-    threading.Thread.run = profiled  # type: ignore[method-assign]
-
 
 def _label(name: str, tid: int) -> str:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
     return f"{name}-{tid}"
-
-
-def _top(stats: pstats.Stats, births: int, n: int) -> dict[str, list[list[Any]]]:
-    rows = []
-    for (file, line, name), row in stats.stats.items():  # type: ignore[attr-defined]
-        where = f"{Path(file).parent.name}/{Path(file).name}:{line}" if line else "~"
-        rows.append((f"{where}({name})", row[1], row[2], row[3]))
-    own = sorted(rows, key=lambda r: -r[2])[:n]
-    cum = sorted(rows, key=lambda r: -r[3])[:n]
-    return {
-        "own": [[f, round(c / births, 2), round(t / births * 1e6, 1)] for f, c, t, _ in own],
-        "cumulative": [[f, round(c / births, 2), round(t / births * 1e6, 1)] for f, c, _, t in cum],
-    }
 
 
 async def _run(
@@ -126,7 +81,7 @@ async def _run(
                     loop_profiler = None
                     if profile is not None:
                         loop_profiler = cProfile.Profile(timer=time.thread_time)
-                    before = _thread_cpu()
+                    before = thread_cpu()
                     wall, cpu = time.perf_counter(), time.process_time()
                     if loop_profiler is not None:
                         loop_profiler.enable()
@@ -134,7 +89,7 @@ async def _run(
                     if loop_profiler is not None:
                         loop_profiler.disable()
                     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-                    after = _thread_cpu()
+                    after = thread_cpu()
                     names.update({t.native_id: t.name for t in threading.enumerate()})
         finally:
             registry.close()
@@ -164,14 +119,14 @@ def _profiles(
     """Write every thread's statistics to ``profile`` and their tops into ``out``."""
     profile.mkdir(parents=True, exist_ok=True)
     tops = {}
-    for label, profiler in [("event-loop", loop_profiler), *sorted(_PROFILES.items())]:
+    for label, profiler in [("event-loop", loop_profiler), *sorted(PROFILES.items())]:
         path = profile / f"{label}.prof"
         profiler.dump_stats(path)
         stats = pstats.Stats(str(path))
         if stats.total_tt * 1e6 / devices >= 1:  # type: ignore[attr-defined]
             tops[label] = {
                 "cpu_us_per_birth": round(stats.total_tt / devices * 1e6),  # type: ignore[attr-defined]
-                **_top(stats, devices, top),
+                **top_items(stats, devices, top),
             }
     out["profile"] = tops
 
@@ -183,7 +138,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     if args.profile is not None:
-        _profile_threads()
+        profile_threads(_label)
     out, loop_profiler = asyncio.run(_run(args.devices, args.profile))
     if loop_profiler is not None and args.profile is not None:
         _profiles(out, loop_profiler, args.profile, args.devices, args.top)

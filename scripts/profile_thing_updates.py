@@ -42,61 +42,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _thread_profiles import PROFILES, profile_threads, thread_cpu, top_items
+
 from safething.bench import crypto
 from safething.bench import things as bench_things
 from safething.net import Identity, SigningKey
 from safething.store import open_store
 
-_TICK = os.sysconf("SC_CLK_TCK")
-_PROFILES: dict[str, cProfile.Profile] = {}
-_PROFILES_LOCK = threading.Lock()
-
-
-def _thread_cpu() -> dict[int, float]:
-    """CPU seconds (user + system) of every thread of this process, by native id."""
-    out: dict[int, float] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / _TICK
-    return out
-
 
 def _thread_name(name: str) -> str:
     return re.sub(r"_\d+$|:.*$|-\d+.*$", "", name)
-
-
-def _profile_threads() -> None:
-    """Make every thread started from now on run under its own CPU-clock profile."""
-    run = threading.Thread.run
-
-    def profiled(self: threading.Thread) -> None:
-        profiler = cProfile.Profile(timer=time.thread_time)
-        with _PROFILES_LOCK:
-            _PROFILES[f"{_thread_name(self.name)}-{self.native_id}"] = profiler
-        profiler.enable()
-        try:
-            run(self)
-        finally:
-            profiler.disable()
-
-    threading.Thread.run = profiled  # type: ignore[method-assign]
-
-
-def _top(stats: pstats.Stats, n_ops: int, n: int) -> dict[str, list[list[Any]]]:
-    rows = []
-    for (file, line, name), row in stats.stats.items():  # type: ignore[attr-defined]
-        where = f"{Path(file).parent.name}/{Path(file).name}:{line}" if line else "~"
-        rows.append((f"{where}({name})", row[1], row[2], row[3]))
-    own = sorted(rows, key=lambda r: -r[2])[:n]
-    cum = sorted(rows, key=lambda r: -r[3])[:n]
-    return {
-        "own": [[f, round(c / n_ops, 2), round(t / n_ops * 1e6, 1)] for f, c, t, _ in own],
-        "cumulative": [[f, round(c / n_ops, 2), round(t / n_ops * 1e6, 1)] for f, c, _, t in cum],
-    }
 
 
 def _crypto_limit(pairs: int = 5_000) -> dict[str, float]:
@@ -175,7 +130,7 @@ async def _run(
             spy = _start_spy(spy_file) if spy_file is not None else None
             loop_profiler = cProfile.Profile(timer=time.thread_time) if profile else None
             loop_tid = threading.get_native_id()
-            before = _thread_cpu()
+            before = thread_cpu()
             wall, cpu = time.perf_counter(), time.process_time()
             if loop_profiler is not None:
                 loop_profiler.enable()
@@ -183,7 +138,7 @@ async def _run(
             if loop_profiler is not None:
                 loop_profiler.disable()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            after = _thread_cpu()
+            after = thread_cpu()
             names = {t.native_id: t.name for t in threading.enumerate()}
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
@@ -229,7 +184,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     if args.profile is not None:
-        _profile_threads()
+        profile_threads(lambda name, tid: f"{_thread_name(name)}-{tid}")
     out, loop_profiler, thread_cpu = asyncio.run(
         _run(args.updates, args.rounds, args.profile is not None, args.spy)
     )
@@ -239,14 +194,14 @@ def main() -> int:
     if loop_profiler is not None and args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
         tops = {}
-        for label, profiler in [("event-loop", loop_profiler), *sorted(_PROFILES.items())]:
+        for label, profiler in [("event-loop", loop_profiler), *sorted(PROFILES.items())]:
             path = args.profile / f"{label}.prof"
             profiler.dump_stats(path)
             stats = pstats.Stats(str(path))
             if stats.total_tt * 1e6 / n >= 1:  # type: ignore[attr-defined]
                 tops[label] = {
                     "cpu_us_per_set": round(stats.total_tt / n * 1e6),  # type: ignore[attr-defined]
-                    **_top(stats, n, args.top),
+                    **top_items(stats, n, args.top),
                 }
         out["profile"] = tops
     print(json.dumps(out, indent=1))
