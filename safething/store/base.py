@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Self
 
@@ -50,6 +50,14 @@ def check_key(key: str) -> str:
             f"at most {MAX_KEY_LENGTH} characters"
         )
     return key
+
+
+def key_prefixes(key: str) -> Iterator[str]:
+    """Every prefix of ``key`` that ends in ``.``: ``"a.b.c"`` -> ``"a."``, ``"a.b."``."""
+    end = key.find(".")
+    while end != -1:
+        yield key[: end + 1]
+        end = key.find(".", end + 1)
 
 
 def check_prefix(prefix: str) -> str:

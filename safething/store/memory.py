@@ -17,7 +17,7 @@ proportional to the prefix, not to the whole store.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 
 from safething.errors import (
     AbortedWriteError,
@@ -37,6 +37,7 @@ from safething.store.base import (
     Write,
     check_key,
     check_prefix,
+    key_prefixes,
 )
 from safething.store.feed import FeedWatch, WatchSet
 from safething.store.quota import add_effect, enforce
@@ -118,7 +119,7 @@ class MemoryStore(Store):
             now = self._records.get(key)
             if old is None and now is not None:
                 del self._records[key]
-                for prefix in _prefixes(key):
+                for prefix in key_prefixes(key):
                     keys = self._index.get(prefix)
                     if keys is not None:
                         keys.discard(key)
@@ -127,7 +128,7 @@ class MemoryStore(Store):
             elif old is not None:
                 self._records[key] = old
                 if now is None:
-                    for prefix in _prefixes(key):
+                    for prefix in key_prefixes(key):
                         self._index.setdefault(prefix, set()).add(key)
         self._revision = revision
         if applied:  # each applied write appended one change; trims only cut the front
@@ -148,7 +149,7 @@ class MemoryStore(Store):
         revision = self._revision
         if write.value is None:
             del self._records[write.key]
-            for prefix in _prefixes(write.key):
+            for prefix in key_prefixes(write.key):
                 keys = self._index[prefix]
                 keys.discard(write.key)
                 if not keys:
@@ -156,7 +157,7 @@ class MemoryStore(Store):
         else:
             self._records[write.key] = Record(write.key, write.value, revision)
             if old is None:
-                for prefix in _prefixes(write.key):
+                for prefix in key_prefixes(write.key):
                     self._index.setdefault(prefix, set()).add(write.key)
         for prefix, counts in usage.items():
             if write.key.startswith(prefix):
@@ -274,14 +275,6 @@ class MemoryStore(Store):
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"store {self.url} is closed")
-
-
-def _prefixes(key: str) -> Iterator[str]:
-    """``"a.b.c"`` -> ``"a."``, ``"a.b."``."""
-    end = key.find(".")
-    while end != -1:
-        yield key[: end + 1]
-        end = key.find(".", end + 1)
 
 
 class _MemoryWatch(FeedWatch):

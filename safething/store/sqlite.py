@@ -119,6 +119,7 @@ from safething.store.base import (
     check_key,
     check_pattern,
     check_prefix,
+    key_prefixes,
     pattern_prefix,
     pattern_regex,
 )
@@ -248,10 +249,7 @@ _ABSENT = object()
 def _quota_prefixes(key: str) -> Iterator[str]:
     """Every prefix a quota may name (``""`` or ending in ``.``) that ``key`` starts with."""
     yield ""
-    i = key.find(".")
-    while i >= 0:
-        yield key[: i + 1]
-        i = key.find(".", i + 1)
+    yield from key_prefixes(key)
 
 
 def _check_chunk_address(address: str) -> str:
