@@ -363,6 +363,73 @@ async def test_the_same_request_record_written_back_again_and_again_is_refused_e
         assert len(ran) == 1
 
 
+async def test_a_replay_delivered_again_while_its_refusal_is_purged_is_counted_once(
+    url: str, owner: Identity, device: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One replayed record handed to the thing twice at once: the inbox feed delivers the
+    attacker's write, and an inbox scan (here asked for by a handler registered again;
+    a store repeating a change notification does the same) delivers it once more while
+    the thing is still refusing the first delivery, its purge not yet in the store (a
+    slow commit, held here). The second delivery is passed over, not refused and counted
+    as a second attack; the scan after the refusal finds the record purged. The request
+    ran once, before the thing restarted; the replay comes after the restart."""
+    ran: list[str] = []
+    release = asyncio.Event()
+    reboot = _held_recorder(ran, release)
+    async with _serving(url, owner, device, reboot) as (store, _, mine):
+        key, value = await _captured_request(store, mine, "Reboot", release)
+        await until(lambda: _gone(store, key), "the served request purged")
+    async with _serving(url, owner, device, reboot) as (store, t, mine):
+        await until(lambda: _inbox_empty(store), "nothing waiting in the inbox")
+        purging = asyncio.Event()  # the thing's purge of the replayed record has begun
+        purge_goes = asyncio.Event()
+        thing_store = t.client.store
+        delete = thing_store.delete
+
+        async def held_delete(k: str, revision: int | None = None) -> int:
+            if k == key and not purging.is_set():
+                purging.set()  # the first purge of the record waits; any other goes through
+                await purge_goes.wait()
+            return await delete(k, revision)
+
+        started: list[int] = []
+        ended: list[int] = []
+        on_inbox = t._on_inbox
+
+        async def counted_delivery(entry: Entry) -> None:
+            ours = ADDR.inbox.entry_key(entry.key) == key
+            if ours:
+                started.append(1)
+            try:
+                await on_inbox(entry)
+            finally:
+                if ours:
+                    ended.append(1)
+
+        monkeypatch.setattr(thing_store, "delete", held_delete)
+        monkeypatch.setattr(t, "_on_inbox", counted_delivery)
+        refused, tampered = t.refused_count, t.client.tampered_count
+        await store.put(key, value)  # the replay, through the raw store
+        async with asyncio.timeout(TIMEOUT):
+            await purging.wait()  # refused and counted; its purge held
+        assert t.refused_count == refused + 1
+        t.on_action("Reboot", reboot)  # registering a handler rescans the inbox
+        # a second delivery of the record (the scan's, or the first scan after publish()
+        # racing the feed) arrived while the purge was held and was dealt with
+        await until(
+            lambda: len(started) >= 2 and len(ended) == len(started) - 1, "a second delivery"
+        )
+        purge_goes.set()
+        await until(lambda: _gone(store, key), "the replayed record purged")
+        await until(lambda: len(ended) == len(started) and t.idle(), "the refusal ended")
+        assert t.refused_count == refused + 1  # one write, one refusal
+        assert t.client.tampered_count == tampered + 1
+        assert len(ran) == 1
+        # and the owner's next request runs
+        assert await (await mine.request(THING, "Reboot")).result(TIMEOUT) == "ok"
+        assert len(ran) == 2
+
+
 async def test_a_request_delivered_again_after_it_ran_and_was_purged_does_not_run(
     url: str, owner: Identity, device: Identity
 ) -> None:
