@@ -347,13 +347,17 @@ async def feed(things: ThingClient, device_id: str, attribute: str) -> AsyncIter
 
 
 class _Admin:
-    """A subscriber on ``#`` with a login whose ACL reads every topic."""
+    """A subscriber on ``#`` with a login whose ACL reads every topic (and writes one topic
+    of its own, :meth:`marker_topic`, for :meth:`caught_up`)."""
 
     def __init__(self, port: int, user: str, password: str) -> None:
         import paho.mqtt.client as mqtt
 
         self._got: list[tuple[str, bytes]] = []
         self.subscribed = asyncio.Event()
+        self._marker_topic = self.marker_topic(user)
+        self._marker = b""
+        self._marked = asyncio.Event()
         loop = asyncio.get_running_loop()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=user)
         self.client.username_pw_set(user, password)
@@ -361,22 +365,51 @@ class _Admin:
         self.client.on_subscribe = lambda c, u, m, rc, p: loop.call_soon_threadsafe(
             self.subscribed.set
         )
-        self.client.on_message = lambda c, u, m: self._got.append((m.topic, bytes(m.payload)))
+
+        def message(c: Any, u: Any, m: Any) -> None:
+            payload = bytes(m.payload)
+            self._got.append((m.topic, payload))
+            if self._marker and payload == self._marker:
+                loop.call_soon_threadsafe(self._marked.set)
+
+        self.client.on_message = message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
-    def seen(self) -> list[tuple[str, bytes]]:
-        return list(self._got)
+    @staticmethod
+    def marker_topic(user: str) -> str:
+        return f"capture/{user}/marker"
+
+    async def caught_up(self, timeout: float = 10.0) -> list[tuple[str, bytes]]:
+        """Every message the broker took before this call, and none read later.
+
+        The admin publishes a marker and reads up to it: Mosquitto delivers to one
+        subscriber in the order it took the messages, so all of them come before it.
+        What was read before that may lack the tail its network thread had not read yet
+        (a thread behind on a loaded machine): too few messages, or messages looked for
+        as absent that were never looked at."""
+        self._marked.clear()
+        self._marker = f"marker-{os.urandom(8).hex()}".encode()
+        self.client.publish(self._marker_topic, self._marker, qos=1)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._marked.wait()
+        except TimeoutError:
+            raise AssertionError(f"the admin's marker not back within {timeout:g} s") from None
+        got = list(self._got)
+        return got[: got.index((self._marker_topic, self._marker))]
 
     def close(self) -> None:
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 async def _broker_admin(site: Site) -> _Admin:
     assert site.auth is not None
     user = uid("admin")
-    password = site.auth._add(user, "admin", ["topic read #"])
+    password = site.auth._add(
+        user, "admin", ["topic read #", f"topic write {_Admin.marker_topic(user)}"]
+    )
     site.broker.reload()
     await site.login_works(user, password, True)
     admin = _Admin(site.broker.port, user, password)
@@ -410,8 +443,12 @@ async def test_provisioned_garden_device_readings_reach_a_subscriber(site: Site)
         assert (await things.read(device_id, "valve")).value == "closed"
         assert site.rejected(gateway, born) == {}
         # on the broker: sealed ST2 messages, no attribute name, description or value
-        up = [p for t, p in wire.seen() if t.startswith(f"st/v1/{device_id}/up/")]
-        wire.close()
+        # all the broker took until now (the five readings among it), not what was read
+        try:
+            seen = await wire.caught_up()
+        finally:
+            wire.close()
+        up = [p for t, p in seen if t.startswith(f"st/v1/{device_id}/up/")]
         assert len(up) >= 7  # state, birth, five readings at least
         assert all(p.startswith(b"ST2 ") for p in up), up[:3]
         for text in (b"moisture", b"description", b"valve", b"online"):
