@@ -1,22 +1,32 @@
-"""The one MQTT client of the gateway: a paho-mqtt client driven by the asyncio event loop.
+"""The one MQTT client of the gateway: MQTT 3.1.1 spoken by the asyncio event loop itself.
 
 Every MQTT user in the gateway goes through :class:`MqttConnection` (the device bridge,
 the adoption adapters, the Home Assistant publisher, the reference device), so the
 lessons learnt once hold everywhere: ``TCP_NODELAY`` on the socket (without it each
 QoS 1 exchange waits ~40 ms for Nagle and delayed ACKs), a cap on unacknowledged QoS 1
-messages in flight (paho's 16-bit message ids must never wrap), nothing queued by paho
-while disconnected (``max_queued_messages_set(0)``: a publish either goes out or fails
-at once), reconnects with back-off, and subscriptions added or removed at run time,
-renewed on every connection.
+messages in flight (16-bit packet ids must never wrap), reconnects with back-off, and
+subscriptions added or removed at run time, renewed on every connection.
 
-**No network thread.** paho's socket is registered with the event loop
-(``add_reader``; ``add_writer`` only while the kernel's send buffer is full), and paho
-reads, writes and keeps the connection alive (``loop_misc`` once a second) on the
-loop's thread. Its callbacks therefore run on the loop as paho reads each packet, and
-what a turn of the loop queues (PUBACKs, publishes) is written at the start of the
-next, together (what callbacks queue, right after paho's read): nothing wakes another
-thread or waits for the GIL. Only the TCP connect (name look-up, SYN) runs in a worker
-thread, so that a broker that does not answer cannot freeze the gateway.
+**Own protocol code, no network thread.** The packets are written and read by
+:mod:`safething_gateway.mqtt_codec` (only what the gateway uses: QoS 0 and 1, no TLS);
+the socket is registered with the event loop (``add_reader``; ``add_writer`` only while
+the kernel's send buffer is full), and the loop reads, writes and keeps the connection
+alive (a timer once a second) on its own thread. The owner's callbacks therefore run on
+the loop as each packet is read, and what a turn of the loop queues (PUBACKs, publishes)
+is written at the start of the next, together (what callbacks queue, right after the
+read): one ``send`` for all. paho-mqtt did this job until issue 14; its packet parsing,
+callbacks and locks cost three times what this module does per message
+(docs/benchmarks.md, "The MQTT connection without paho").
+
+**Bad input from the broker.** A packet that breaks MQTT 3.1.1, one this client never
+asked for (QoS 2) or one longer than ``max_packet`` is logged and the connection dropped
+(then made again with back-off); nothing of it reaches the owner, and the bytes kept of
+an incomplete packet never exceed ``max_packet``.
+
+**Outgoing QoS 1 messages** stay with the connection until the broker acknowledges them:
+at most ``max_inflight`` are sent and unacknowledged at a time (the rest wait, in order),
+and after a reconnect those not acknowledged are sent again (``dup`` set on the ones sent
+before), as paho did. A QoS 0 message published while disconnected fails at once.
 
 **One connection per broker login.** The shipped Mosquitto config binds a client id to
 its login (``use_username_as_clientid``), so two connections with the gateway's login
@@ -29,45 +39,103 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.reasoncodes import ReasonCode
+from safething_gateway import mqtt_codec as codec
+from safething_gateway.mqtt_codec import MalformedPacketError, Message
 
-__all__ = ["MqttConnection", "Will"]
+__all__ = ["Message", "MessageLike", "MqttConnection", "Will", "topic_matches"]
 
 log = logging.getLogger("safething.gateway.mqtt")
 
 Will = tuple[str, bytes] | tuple[str, bytes, bool]
 """A last will: ``(topic, payload)`` or ``(topic, payload, retain)``; sent with QoS 1."""
 
-MessageHandler = Callable[[mqtt.MQTTMessage], None]
+
+class MessageLike(Protocol):
+    """What the owner reads of a received message (:class:`Message`, or a test's stand-in)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def qos(self) -> int: ...
+    @property
+    def mid(self) -> int: ...
+
+
+MessageHandler = Callable[[Message], None]
 
 MISC_INTERVAL_S = 1.0
-"""How often paho's ``loop_misc`` runs (PINGREQ when due, a lost PINGRESP noticed)."""
+"""How often the keep-alive is checked (PINGREQ when due, a lost PINGRESP noticed)."""
 
-READ_BATCH = 64
-"""Packets read in one go when the socket holds more (then the loop's other work runs)."""
+RECV_SIZE = 64 * 1024
+"""Bytes read from the socket in one go (then the loop's other work runs)."""
+
+MAX_PACKET = 1024 * 1024
+"""The longest packet accepted from the broker by default (the shipped Mosquitto
+forwards at most 64 KiB of payload)."""
+
+CONNECT_TIMEOUT_S = 5.0
+"""How long one TCP connect may take (name look-up and handshake)."""
 
 CLOSE_WRITE_S = 1.0
 """How long :meth:`MqttConnection.close` waits for the kernel to take the DISCONNECT."""
 
 
-class MqttConnection:
-    """A paho-mqtt client driven by the asyncio loop it is started on.
+class _Link:
+    """The TCP side of a connection: its socket, how long a connect may take, and the one
+    place bytes are handed to the kernel."""
 
-    The loop reads and writes paho's socket, runs its keep-alive and reconnects with
+    def __init__(self) -> None:
+        self.connect_timeout = CONNECT_TIMEOUT_S
+        """Seconds one TCP connect may take."""
+        self.sock: socket.socket | None = None
+
+    def socket(self) -> socket.socket | None:
+        """The connected socket, None between connections."""
+        return self.sock
+
+    def _sock_send(self, data: bytes | memoryview) -> int:
+        sock = self.sock
+        assert sock is not None
+        return sock.send(data)
+
+
+class _Out:
+    """A QoS 1 message published and not acknowledged yet."""
+
+    __slots__ = ("dup", "mid", "payload", "retain", "sent", "topic")
+
+    def __init__(self, mid: int, topic: bytes, payload: bytes, retain: bool) -> None:
+        self.mid = mid
+        self.topic = topic
+        self.payload = payload
+        self.retain = retain
+        self.dup = False
+        self.sent = False
+
+
+class MqttConnection:
+    """An MQTT 3.1.1 client driven by the asyncio loop it is started on.
+
+    The loop reads and writes the socket, runs the keep-alive and reconnects with
     back-off (``reconnect_delay``: the first wait after a lost connection or a failed
     attempt is its minimum, each further one twice the last, up to its maximum; a
     connection the broker accepted starts again from the minimum). The owner's
     callbacks (``on_connect(generation)``, ``on_disconnect()``, ``on_message(message,
-    generation)``) run on the event loop, in paho's order. ``will`` runs on the loop
-    before every connection attempt and returns the last-will ``(topic, payload)`` to
-    register for it. Used by the bridge and by the reference device.
+    generation)``) run on the event loop, in the order the packets came. ``will`` runs on
+    the loop before every connection attempt and returns the last-will ``(topic,
+    payload)`` to register for it. ``manual_ack``: a QoS 1 message is acknowledged only
+    when the owner calls :meth:`ack` (else right after ``on_message`` returns).
+    Used by the bridge and by the reference device.
     """
 
     def __init__(
@@ -86,32 +154,44 @@ class MqttConnection:
         subscriptions: Sequence[tuple[str, int]] = (),
         on_connect: Callable[[int], None] | None = None,
         on_disconnect: Callable[[], None] | None = None,
-        on_message: Callable[[mqtt.MQTTMessage, int], None] | None = None,
+        on_message: Callable[[Message, int], None] | None = None,
         will: Callable[[], Will | None] | None = None,
         fail_on_disconnect: bool = False,
         label: str = "mqtt",
+        max_packet: int = MAX_PACKET,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
+        if max_inflight > 0xFFFF // 2:
+            raise ValueError("max_inflight must stay well below 65535 packet ids")
         if not 0 < reconnect_delay[0] <= reconnect_delay[1]:
             raise ValueError("reconnect_delay must be (min, max) with 0 < min <= max")
+        if not 0 <= keepalive <= 0xFFFF:
+            raise ValueError("keepalive must be 0 to 65535 seconds")
         self.host = host
         self.port = port
+        self.client_id = client_id
         self.username = username
+        self._password = password
+        self.clean_session = clean_session
         self.label = label
         self.subscriptions = list(subscriptions)
         self.fail_on_disconnect = fail_on_disconnect
-        """Resolve unacknowledged publishes as False when the connection drops (paho
-        still sends them again after reconnecting)."""
+        """Resolve unacknowledged publishes as False when the connection drops (they are
+        still sent again after reconnecting)."""
+        self.max_inflight = max_inflight
         self._manual_ack = manual_ack
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._on_message = on_message
         self._will = will
+        self._will_now: tuple[str, bytes, bool] | None = None
         self._routes: dict[str, MessageHandler] = {}
         """Topic filter -> who gets its messages (instead of ``on_message``)."""
         self._ready_listeners: list[Callable[[], None]] = []
-        self._subacks: dict[int, asyncio.Future[None]] = {}
+        self._subacks: dict[int, tuple[asyncio.Future[None], list[str]]] = {}
+        """SUBSCRIBE packet id -> (done when granted, its topic filters)."""
+        self._unsubacks: set[int] = set()
         self.connected = False
         """CONNACK seen and no disconnect since."""
         self.connects = 0
@@ -121,11 +201,23 @@ class MqttConnection:
         self.refused: str | None = None
         """The broker's reason when it refused the last login (CONNACK), else None."""
         self.keepalive = keepalive
+        self.client = _Link()
+        """The TCP link: ``socket()``, ``connect_timeout``."""
+        self._reader = codec.PacketReader(max_packet)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._up = asyncio.Event()
         self._answer = asyncio.Event()
         self._pubs: dict[int, asyncio.Future[bool]] = {}
+        """Packet id -> the publisher's future (QoS 1)."""
+        self._out: dict[int, _Out] = {}
+        """QoS 1 messages not acknowledged, in the order they were published."""
+        self._waiting: deque[_Out] = deque()
+        """Those of them not sent yet (the in-flight window was full, or no connection)."""
+        self._inflight = 0
+        self._last_mid = 0
         self._generation = 0
+        self._session = False
+        """The broker accepted this socket's CONNECT (and it is still open)."""
         self._subscribe_mid: int | None = None
         self._failing = False
         self._started = False
@@ -133,37 +225,25 @@ class MqttConnection:
         self._delay: float | None = None
         """The last wait before a reconnect; None after a connection the broker took."""
         self._runner: asyncio.Task[None] | None = None
-        self._connecting: asyncio.Future[MQTTErrorCode] | None = None
-        """paho's ``reconnect()`` (TCP connect, CONNECT queued) on a worker thread."""
-        self._sock: Any = None
-        """paho's socket while the loop watches it (reader on, keep-alive timer on)."""
+        self._connecting: asyncio.Task[socket.socket] | None = None
+        """The TCP connect under way (its own task: close() waits for it)."""
+        self._sock: socket.socket | None = None
+        """The socket while the loop watches it (reader on, keep-alive timer on)."""
         self._dropped = asyncio.Event()
+        self._chunks: list[bytes] = []
+        """Packets queued, written together at the next flush."""
+        self._written: list[asyncio.Future[bool]] = []
+        """QoS 0 publishers waiting for their message to reach the kernel."""
         self._writing = False
         """A writer is registered: the kernel's send buffer was full."""
         self._flush_soon: asyncio.Handle | None = None
         """A write scheduled for the loop's next turn."""
         self._misc: asyncio.TimerHandle | None = None
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=MQTTProtocolVersion.MQTTv311,
-            clean_session=clean_session,
-            manual_ack=manual_ack,
-        )
-        if username is not None:
-            client.username_pw_set(username, password)
-        client.max_inflight_messages_set(max_inflight)
-        client.max_queued_messages_set(0)
-        client.on_connect = self._paho_connect
-        client.on_disconnect = self._paho_disconnect
-        client.on_message = self._paho_message
-        client.on_publish = self._paho_publish
-        client.on_subscribe = self._paho_subscribe
-        client.on_socket_open = self._paho_socket_open
-        client.on_socket_close = self._paho_socket_close
-        client.on_socket_register_write = self._paho_want_write
-        client.on_socket_unregister_write = self._paho_written
-        self.client = client
+        self._drained: asyncio.Event | None = None
+        """Set once the kernel took all that was queued (while close() waits for it)."""
+        self._last_in = 0.0
+        self._last_out = 0.0
+        self._ping_at = 0.0
 
     @property
     def url(self) -> str:
@@ -181,7 +261,6 @@ class MqttConnection:
         self._loop = loop
         self._started = True
         self._delay = None
-        self.client.connect_async(self.host, self.port, self.keepalive)
         self._runner = loop.create_task(self._run(), name=f"{self.label}: mqtt connection")
 
     async def wait_connected(
@@ -204,13 +283,14 @@ class MqttConnection:
     async def close(self) -> None:
         """Disconnect cleanly (the broker drops the last will). When it returns no task,
         timer or socket of this connection is left and no callback comes any more; a
-        connect under way (at most paho's connect timeout, 5 s) is waited for."""
+        connect under way (at most :attr:`_Link.connect_timeout`, 5 s) is waited for."""
         if not self._started:
             return
         self._started = False
         await self._stop_connecting()
-        if self.client.disconnect() == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            await self._write_out(CLOSE_WRITE_S)  # paho closes the socket once it is sent
+        if self._session:
+            self._send(codec.DISCONNECT_PACKET)
+            await self._write_out(CLOSE_WRITE_S)
         self._cut()
         self._fail_pending()
 
@@ -232,51 +312,77 @@ class MqttConnection:
                 await runner
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
-            # a blocking connect cannot be interrupted; its socket is closed below
+            # a TCP connect under way is let finish (or time out); its socket is closed
             await asyncio.wait([connecting])
-            if not connecting.cancelled():
-                connecting.exception()  # retrieved: the attempt no longer matters
+            if not connecting.cancelled() and connecting.exception() is None:
+                _close_socket(connecting.result())
 
     def _cut(self) -> None:
-        """Close paho's socket, if still open, without a word to the broker."""
-        sock = self.client.socket()
-        if sock is not None:
-            if isinstance(sock, socket.socket):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)  # the broker sees the drop at once
-            # paho's public way to close its socket (and forget the connection)
-            self.client.connect_async(self.host, self.port, self.keepalive)
-        self._detach()
-        self._loop_disconnected()
+        """Close the socket, if still open, without a word to the broker."""
+        self._drop(None)
 
     # --- publishing and acknowledging (event loop) ------------------------------------
 
     def publish(
         self, topic: str, payload: bytes, qos: int, *, retain: bool = False
     ) -> tuple[int, asyncio.Future[bool]]:
-        """Hand a message to paho; the future becomes True when it is delivered to the
-        broker (PUBACK for QoS 1, written to the socket for QoS 0)."""
-        assert self._loop is not None, "start() first"
-        future: asyncio.Future[bool] = self._loop.create_future()
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            log.warning(
-                "%s: cannot publish to %s: %s", self.label, topic, mqtt.error_string(info.rc)
-            )
-            future.set_result(False)
-        elif info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and qos == 0:
-            future.set_result(False)  # paho keeps only QoS > 0 messages for later
+        """Send a message; the future becomes True when it is delivered to the broker
+        (PUBACK for QoS 1, handed to the kernel for QoS 0), False if it cannot be (QoS 0
+        without a connection; QoS 1 when the connection drops, with
+        ``fail_on_disconnect``). ``ValueError`` for a topic with wildcards, an empty one
+        or a QoS other than 0 and 1."""
+        loop = self._loop
+        assert loop is not None, "start() first"
+        if not topic or "+" in topic or "#" in topic:
+            raise ValueError(f"cannot publish to the topic {topic!r}")
+        future: asyncio.Future[bool] = loop.create_future()
+        topic_bytes = topic.encode()
+        if qos == 1:
+            mid = self._next_mid()
+            out = _Out(mid, topic_bytes, bytes(payload), retain)
+            self._out[mid] = out
+            self._pubs[mid] = future
+            if self._session and self._inflight < self.max_inflight:
+                self._send_out(out)
+            else:
+                self._waiting.append(out)
+            return mid, future
+        if qos != 0:
+            raise ValueError(f"QoS {qos}: this client publishes with QoS 0 or 1")
+        if self._session:
+            self._send(codec.publish(topic_bytes, payload, 0, retain, False, 0))
+            self._written.append(future)
         else:
-            self._pubs[info.mid] = future
-        return info.mid, future
+            future.set_result(False)
+        return 0, future
 
-    def ack(self, message: mqtt.MQTTMessage, generation: int) -> None:
+    def ack(self, message: MessageLike, generation: int) -> None:
         """PUBACK a message received with ``manual_ack``, unless it came on an earlier
         connection (its id may name another message now; the broker sends it again)."""
         if message.qos == 0 or not self._manual_ack:
             return
-        if generation == self._generation and self.client.is_connected():
-            self.client.ack(message.mid, message.qos)
+        if generation == self._generation and self._session:
+            self._send(codec.puback(message.mid))
+
+    def _next_mid(self) -> int:
+        mid = self._last_mid
+        while True:
+            mid = mid + 1 if mid < 0xFFFF else 1
+            if mid not in self._out and mid not in self._subacks and mid not in self._unsubacks:
+                self._last_mid = mid
+                return mid
+
+    def _send_out(self, out: _Out) -> None:
+        self._inflight += 1
+        self._send(codec.publish(out.topic, out.payload, 1, out.retain, out.dup, out.mid))
+        out.sent = True
+
+    def _send_waiting(self) -> None:
+        waiting = self._waiting
+        while waiting and self._inflight < self.max_inflight:
+            out = waiting.popleft()
+            if self._out.get(out.mid) is out:
+                self._send_out(out)
 
     # --- the connection, kept up by the loop -------------------------------------------
 
@@ -291,15 +397,17 @@ class MqttConnection:
             await asyncio.sleep(self._delay)
 
     async def _connect_once(self) -> bool:
-        """One attempt: the last will, then paho's ``reconnect()`` (a blocking TCP
-        connect, then CONNECT queued) on a worker thread; True once the loop watches
-        the new socket (CONNACK or not)."""
+        """One attempt: the last will, the TCP connect (its own task, bounded by
+        ``connect_timeout``), CONNECT written; True once the loop watches the new socket
+        (CONNACK or not)."""
         self._prepare_will()
         assert self._loop is not None
-        connecting = self._loop.run_in_executor(None, self.client.reconnect)
+        connecting = self._loop.create_task(
+            self._open(), name=f"{self.label}: mqtt connect to {self.url}"
+        )
         self._connecting = connecting
         try:
-            await asyncio.shield(connecting)
+            sock = await asyncio.shield(connecting)
         except OSError as e:
             self._connecting = None
             self._unreachable(e)
@@ -311,18 +419,54 @@ class MqttConnection:
             return False
         # (cancelled: close() waits for the attempt and closes its socket)
         self._connecting = None
-        return self._attach()
+        return self._attach(sock)
+
+    async def _open(self) -> socket.socket:
+        """A TCP connection to the broker, non-blocking, with ``TCP_NODELAY``."""
+        loop = asyncio.get_running_loop()
+        timeout = self.client.connect_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                addresses: list[tuple[int, Any]]
+                try:
+                    version = ipaddress.ip_address(self.host).version
+                    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+                    addresses = [(family, (self.host, self.port))]
+                except ValueError:  # a name: looked up on the loop's executor
+                    infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+                    addresses = [(info[0], info[4]) for info in infos]
+                error: OSError | None = None
+                for kind, address in addresses:
+                    sock = socket.socket(kind, socket.SOCK_STREAM)
+                    try:
+                        sock.setblocking(False)
+                        # Without TCP_NODELAY each QoS 1 exchange waits for Nagle + delayed
+                        # ACK (~40 ms).
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                        await loop.sock_connect(sock, address)
+                    except OSError as e:
+                        sock.close()
+                        error = e
+                        continue
+                    except BaseException:
+                        sock.close()
+                        raise
+                    return sock
+                raise error or OSError(f"no address for {self.host}")
+        except TimeoutError:
+            raise TimeoutError("timed out") from None
 
     def _prepare_will(self) -> None:
         if self._will is None:
+            self._will_now = None
             return
         try:
             will = self._will()
             if will is None:
-                self.client.will_clear()
+                self._will_now = None
                 return
             retain = bool(will[2]) if len(will) == 3 else False
-            self.client.will_set(will[0], will[1], qos=1, retain=retain)
+            self._will_now = (will[0], bytes(will[1]), retain)
         except Exception:
             log.exception("%s: cannot prepare the last will", self.label)
 
@@ -337,21 +481,42 @@ class MqttConnection:
                 self.url,
             )
 
-    def _attach(self) -> bool:
-        sock = self.client.socket()
+    def _attach(self, sock: socket.socket) -> bool:
         loop = self._loop
-        if sock is None or loop is None:
+        if loop is None:
+            _close_socket(sock)
             return False
-        self._sock = sock
+        try:
+            packet = codec.connect(
+                self.client_id,
+                keepalive=self.keepalive,
+                clean_session=self.clean_session,
+                username=self.username,
+                password=self._password,
+                will=self._will_now,
+            )
+        except ValueError as e:
+            _close_socket(sock)
+            self.last_error = f"cannot send CONNECT: {e}"
+            log.error("%s: %s", self.label, self.last_error)
+            return False
+        self._sock = self.client.sock = sock
+        self._reader.clear()
+        self._chunks.clear()
+        self._last_in = self._last_out = time.monotonic()
+        self._ping_at = 0.0
         loop.add_reader(sock, self._readable)
         self._misc = loop.call_later(MISC_INTERVAL_S, self._keep_alive)
-        self._flush()  # CONNECT, queued on the worker thread
+        self._send(packet)
+        self._flush()
         return True
 
-    def _detach(self) -> None:
+    def _drop(self, reason: str | None) -> None:
+        """Close the socket, if open: ``reason`` why (None: closed by us, said nothing)."""
         sock, self._sock = self._sock, None
         if sock is None:
             return
+        self.client.sock = None
         loop = self._loop
         assert loop is not None
         loop.remove_reader(sock)
@@ -364,194 +529,254 @@ class MqttConnection:
         if self._flush_soon is not None:
             self._flush_soon.cancel()
             self._flush_soon = None
+        _close_socket(sock)
+        if self._drained is not None:
+            self._drained.set()
+        self._session = False
+        self._chunks.clear()
+        self._reader.clear()
+        written, self._written = self._written, []
+        for future in written:
+            if not future.done():
+                future.set_result(False)
+        # unacknowledged QoS 1 messages are sent again after the next CONNACK
+        self._inflight = 0
+        self._waiting = deque(self._out.values())
+        for granted, _ in self._subacks.values():
+            if not granted.done():
+                granted.set_result(None)  # not granted on this connection: renewed on the next
+        self._subacks.clear()
+        self._unsubacks.clear()
         self._dropped.set()
+        if reason is not None and self._started and not self._failing:
+            self.last_error = reason
+            log.warning(
+                "%s: lost the connection to %s (%s); reconnecting with back-off",
+                self.label,
+                self.url,
+                reason,
+            )
+        self._loop_disconnected()
 
     def _readable(self) -> None:
-        """Read what the socket holds, up to :data:`READ_BATCH` packets (paho's
-        ``loop_read`` takes one packet when nothing of ours is in flight, and one packet
-        per turn of a busy loop would starve the bridge), then write what the callbacks
-        queued meanwhile (PUBACKs of routed messages, replies)."""
+        """Read what the socket holds (up to :data:`RECV_SIZE` bytes), handle every
+        packet it completes, then write what the callbacks queued meanwhile (PUBACKs of
+        routed messages, replies)."""
         sock = self._sock
-        for _ in range(READ_BATCH):
-            self._step(self.client.loop_read)
-            if self._sock is not sock:
-                return  # closed meanwhile
-            try:
-                if not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-                    break  # the end: the next turn's read sees it and closes
-            except OSError:  # BlockingIOError: nothing more for now
-                break
+        if sock is None:
+            return
+        try:
+            data = sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self._drop(f"connection lost: {e}")
+            return
+        if not data:
+            self._drop("the broker closed the connection")
+            return
+        self._last_in = time.monotonic()
+        try:
+            for first, body in self._reader.feed(data):
+                self._packet(first, body)
+                if self._sock is not sock:
+                    return  # closed meanwhile
+        except MalformedPacketError as e:
+            log.warning("%s: a malformed packet from %s: %s", self.label, self.url, e)
+            self._drop(f"malformed packet: {e}")
+            return
+        except Exception:
+            log.exception("%s: reading from %s failed; dropping it", self.label, self.url)
+            self._drop("a failure reading the connection")
+            return
         self._flush()
 
-    def _writable(self) -> None:
-        self._step(self.client.loop_write)
+    def _packet(self, first: int, body: bytes) -> None:
+        if first >> 4 == codec.PUBLISH and self._session:
+            message = codec.decode_publish(first, body)
+            try:  # an exception into the reader would drop the connection
+                self._loop_message(message, self._generation)
+            except Exception:
+                log.exception("%s: handling a message failed", self.label)
+            if message.qos and not self._manual_ack and self._session:
+                self._send(codec.puback(message.mid))
+            return
+        kind = codec.check_flags(first)
+        if kind == codec.PUBACK and self._session:
+            self._acknowledged(codec.decode_mid("PUBACK", body))
+        elif kind == codec.CONNACK and not self._session:
+            self._connack(*codec.decode_connack(body))
+        elif kind == codec.SUBACK and self._session:
+            self._suback(*codec.decode_suback(body))
+        elif kind == codec.UNSUBACK and self._session:
+            self._unsubacks.discard(codec.decode_mid("UNSUBACK", body))
+        elif kind == codec.PINGRESP and self._session:
+            self._ping_at = 0.0
+        else:
+            raise MalformedPacketError(f"packet type {kind} out of turn")
+
+    def _acknowledged(self, mid: int) -> None:
+        out = self._out.get(mid)
+        if out is None or not out.sent:
+            log.debug("%s: a PUBACK for packet id %d, which is not in flight", self.label, mid)
+            return
+        del self._out[mid]
+        self._inflight -= 1
+        future = self._pubs.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(True)
+        if self._waiting:
+            self._send_waiting()
+
+    def _connack(self, session_present: bool, code: int) -> None:
+        if code:
+            reason = codec.CONNACK_REFUSALS.get(code, f"refused with code {code}")
+            self.last_error = reason
+            if not self._failing:
+                self._failing = True
+                log.error("%s", _refusal(self.label, self.url, self.username, reason))
+            self.refused = reason
+            self._answer.set()
+            return  # the broker closes the connection
+        self._session = True
+        self._generation += 1
+        wanted = list(self.subscriptions)
+        if wanted:
+            self._subscribe_mid = self._next_mid()
+            self._subacks[self._subscribe_mid] = (self._loop_future(), [t for t, _ in wanted])
+            self._send(codec.subscribe(self._subscribe_mid, wanted))
+        else:
+            self._subscribe_mid = None
+        if self._failing or self.connects:
+            log.info("%s: connected to %s again", self.label, self.url)
+        else:
+            log.info("%s: connected to %s", self.label, self.url)
+        self._failing = False
+        self._delay = None
+        try:
+            self._loop_connected(self._generation)
+        except Exception:
+            log.exception("%s: the connection callback failed", self.label)
+        # what was not acknowledged on the last connection, then what waited for this one
+        for out in self._out.values():
+            if out.sent:
+                out.dup = True
+                out.sent = False
+        self._inflight = 0
+        self._waiting = deque(self._out.values())
+        self._send_waiting()
+
+    def _suback(self, mid: int, codes: list[int]) -> None:
+        asked = self._subacks.pop(mid, None)
+        if asked is None:
+            log.debug("%s: a SUBACK for packet id %d, which was not asked", self.label, mid)
+            return
+        granted, topics = asked
+        if not granted.done():
+            granted.set_result(None)
+        try:
+            if mid == self._subscribe_mid:
+                self._loop_subscribed()
+            for topic, code in zip(topics, codes, strict=False):
+                if code == 0x80:
+                    log.error(
+                        "%s: the broker refused the subscription to %s: check the ACL of %r",
+                        self.label,
+                        topic,
+                        self.username,
+                    )
+        except Exception:
+            log.exception("%s: the subscription callback failed", self.label)
+
+    def _loop_future(self) -> asyncio.Future[None]:
+        assert self._loop is not None
+        return self._loop.create_future()
 
     def _keep_alive(self) -> None:
+        """Once a second: a PINGREQ when nothing went out or came in for ``keepalive``
+        seconds; the connection dropped when the broker has said nothing for
+        ``keepalive`` seconds since (or sent no CONNACK in that time)."""
         self._misc = None
-        self._step(self.client.loop_misc)
-        self._flush()  # a PINGREQ
-        if self._sock is not None and self._loop is not None:
-            self._misc = self._loop.call_later(MISC_INTERVAL_S, self._keep_alive)
+        if self._sock is None or self._loop is None:
+            return
+        keepalive = self.keepalive
+        now = time.monotonic()
+        if keepalive and (now - self._last_out >= keepalive or now - self._last_in >= keepalive):
+            if self._session and (not self._ping_at or now - self._last_in < keepalive):
+                if not self._ping_at or now - self._ping_at >= keepalive:
+                    self._send(codec.PINGREQ_PACKET)
+                    self._ping_at = now
+                    self._flush()
+                self._last_in = self._last_out = now
+            else:
+                self._drop("keep-alive timeout: the broker did not answer")
+                return
+        self._misc = self._loop.call_later(MISC_INTERVAL_S, self._keep_alive)
+
+    def _send(self, packet: bytes) -> None:
+        """Queue a packet; written at the start of the loop's next turn with what else this
+        turn queues (one ``send`` for all: written one by one they cost 8 to 15 % more
+        CPU per message), or at the end of the read under way."""
+        self._chunks.append(packet)
+        if self._flush_soon is None and self._sock is not None:
+            assert self._loop is not None
+            self._flush_soon = self._loop.call_soon(self._flush_now)
 
     def _flush_now(self) -> None:
         self._flush_soon = None
         self._flush()
 
     def _flush(self) -> None:
-        """Write what paho has queued, now; what the kernel cannot take yet is written
-        when the socket is writable again (a writer registered until then)."""
-        if self._sock is None or self._writing or not self.client.want_write():
+        """Write what is queued, now; what the kernel cannot take yet is written when the
+        socket is writable again (a writer registered until then)."""
+        if self._writing or not self._chunks or self._sock is None:
             return
-        self._step(self.client.loop_write)
-        sock = self._sock
-        if sock is not None and self.client.want_write() and not self._writing:
-            assert self._loop is not None
-            self._writing = True
-            self._loop.add_writer(sock, self._writable)
+        self._write()
 
-    def _step(self, step: Callable[[], MQTTErrorCode]) -> None:
-        """Run one of paho's network steps; a bug in it drops the connection (to be made
-        again) instead of leaving a socket the loop would call on forever."""
+    def _writable(self) -> None:
+        self._write()
+
+    def _write(self) -> None:
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            step()
-        except Exception:
-            log.exception("%s: paho failed; dropping the connection", self.label)
-            sock = self._sock
-            self._detach()
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                self.client.connect_async(self.host, self.port, self.keepalive)
-                self._loop_disconnected()
-
-    async def _write_out(self, timeout: float) -> None:
-        """Write what paho has queued (the DISCONNECT), for ``timeout`` seconds at most."""
-        if self.client.socket() is not None:
-            self._step(self.client.loop_write)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while self.client.socket() is not None and self.client.want_write():
-                    await asyncio.sleep(0.01)
-                    self._step(self.client.loop_write)
-
-    # --- paho's callbacks (the loop's thread; socket ones also the connect thread) -----
-
-    def _paho_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        # Without TCP_NODELAY each QoS 1 exchange waits for Nagle + delayed ACK (~40 ms).
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def _paho_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        if sock is self._sock:
-            self._detach()
-
-    def _paho_want_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        # A publish, PUBACK or SUBSCRIBE queued by the owner's code is written at the
-        # start of the loop's next turn, with whatever else this turn queues (one
-        # loop_write for all: written one by one they cost the connection 8 to 15 %
-        # more CPU per message). Queued inside paho's read (a callback answering a
-        # message), _readable writes it when the read is over; queued on the connect
-        # thread (CONNECT, before the loop watches the socket), _attach writes it.
-        if self._sock is not None and sock is self._sock and self._flush_soon is None:
-            assert self._loop is not None
-            self._flush_soon = self._loop.call_soon(self._flush_now)
-
-    def _paho_written(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        if self._writing and sock is self._sock and self._loop is not None:
+            sent = self.client._sock_send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            self._drop(f"connection lost: {e}")
+            return
+        self._last_out = time.monotonic()
+        sock = self._sock
+        assert sock is not None and self._loop is not None
+        if sent < len(data):
+            self._chunks = [data[sent:]]
+            if not self._writing:
+                self._writing = True
+                self._loop.add_writer(sock, self._writable)
+            return
+        chunks.clear()
+        if self._writing:
             self._writing = False
             self._loop.remove_writer(sock)
+            if self._drained is not None:
+                self._drained.set()
+        if self._written:
+            written, self._written = self._written, []
+            for future in written:
+                if not future.done():
+                    future.set_result(True)
 
-    def _paho_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.ConnectFlags,
-        reason: ReasonCode,
-        properties: Any,
-    ) -> None:
-        try:
-            if reason.is_failure:
-                self.last_error = str(reason)
-                if not self._failing:
-                    self._failing = True
-                    log.error("%s", _refusal(self.label, self.url, self.username, reason))
-                self.refused = str(reason)
-                self._answer.set()
-                return
-            self._generation += 1
-            wanted = list(self.subscriptions)
-            if wanted:
-                _, self._subscribe_mid = client.subscribe(wanted)
-            else:
-                self._subscribe_mid = None
-            if self._failing or self.connects:
-                log.info("%s: connected to %s again", self.label, self.url)
-            else:
-                log.info("%s: connected to %s", self.label, self.url)
-            self._failing = False
-            self._delay = None
-            self._loop_connected(self._generation)
-        except Exception:  # paho would handle the CONNACK again
-            log.exception("%s: the connection callback failed", self.label)
-
-    def _paho_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        flags: mqtt.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Any,
-    ) -> None:
-        try:
-            if self._started and not self._failing:
-                self.last_error = str(reason)
-                log.warning(
-                    "%s: lost the connection to %s (%s); reconnecting with back-off",
-                    self.label,
-                    self.url,
-                    reason,
-                )
-            self._loop_disconnected()
-        except Exception:
-            log.exception("%s: the disconnection callback failed", self.label)
-
-    def _paho_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,
-        mid: int,
-        reasons: list[ReasonCode],
-        properties: Any,
-    ) -> None:
-        try:
-            if mid == self._subscribe_mid:
-                self._loop_subscribed()
-            else:
-                self._loop_suback(mid)
-            for (topic, _), reason in zip(self.subscriptions, reasons, strict=False):
-                if reason.is_failure:
-                    log.error(
-                        "%s: the broker refused the subscription to %s (%s): check the ACL of %r",
-                        self.label,
-                        topic,
-                        reason,
-                        self.username,
-                    )
-        except Exception:
-            log.exception("%s: the subscription callback failed", self.label)
-
-    def _paho_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        try:  # an exception into paho would have it handle the same packet again
-            self._loop_message(message, self._generation)
-        except Exception:
-            log.exception("%s: handling a message failed", self.label)
-
-    def _paho_publish(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any
-    ) -> None:
-        future = self._pubs.pop(mid, None)
-        if future is not None and not future.done():
-            future.set_result(not reason.is_failure)
+    async def _write_out(self, timeout: float) -> None:
+        """Write what is queued (the DISCONNECT), for ``timeout`` seconds at most."""
+        self._flush()
+        if self._sock is None or not self._chunks:
+            return
+        drained = self._drained = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await drained.wait()
+        self._drained = None
 
     # --- what the owner sees ---------------------------------------------------------
 
@@ -575,11 +800,6 @@ class MqttConnection:
             self._answer.set()
             self._tell_ready()
 
-    def _loop_suback(self, mid: int) -> None:
-        granted = self._subacks.pop(mid, None)
-        if granted is not None and not granted.done():
-            granted.set_result(None)
-
     def _tell_ready(self) -> None:
         for listener in list(self._ready_listeners):
             try:
@@ -587,8 +807,8 @@ class MqttConnection:
             except Exception:
                 log.exception("%s: a connection listener failed", self.label)
 
-    def _loop_message(self, message: mqtt.MQTTMessage, generation: int) -> None:
-        handler = self._route_of(message)
+    def _loop_message(self, message: Message, generation: int) -> None:
+        handler = self._route_of(message) if self._routes else None
         if handler is not None:
             try:
                 handler(message)
@@ -600,15 +820,13 @@ class MqttConnection:
         elif self._manual_ack:
             self.ack(message, generation)
 
-    def _route_of(self, message: mqtt.MQTTMessage) -> MessageHandler | None:
-        if not self._routes:
-            return None
+    def _route_of(self, message: Message) -> MessageHandler | None:
         try:
             topic = message.topic
         except UnicodeDecodeError:
             return None
         for pattern, handler in self._routes.items():
-            if mqtt.topic_matches_sub(pattern, topic):
+            if topic_matches(pattern, topic):
                 return handler
         return None
 
@@ -625,13 +843,11 @@ class MqttConnection:
             self._routes[topic] = handler
         known = {t for t, _ in self.subscriptions}
         self.subscriptions += [(t, qos) for t in new if t not in known]
-        if new and self.connected and self._loop is not None:
-            _, mid = self.client.subscribe([(t, qos) for t in new])
-            granted: asyncio.Future[None] = self._loop.create_future()
-            if mid is None:
-                granted.set_result(None)  # not sent (the connection just dropped)
-            else:
-                self._subacks[mid] = granted
+        if new and self.connected and self._session:
+            mid = self._next_mid()
+            granted = self._loop_future()
+            self._subacks[mid] = (granted, new)
+            self._send(codec.subscribe(mid, [(t, qos) for t in new]))
             return granted
         return None
 
@@ -639,8 +855,10 @@ class MqttConnection:
         """Unsubscribe from ``topics`` (given to :meth:`route`)."""
         gone = [t for t in topics if self._routes.pop(t, None) is not None]
         self.subscriptions = [(t, q) for t, q in self.subscriptions if t not in gone]
-        if gone and self.connected:
-            self.client.unsubscribe(gone)
+        if gone and self.connected and self._session:
+            mid = self._next_mid()
+            self._unsubacks.add(mid)
+            self._send(codec.unsubscribe(mid, gone))
 
     def on_ready(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` on the event loop after each connection, once the broker
@@ -658,11 +876,9 @@ class MqttConnection:
         with ``now`` (the connection is dropped and made again: a persistent session
         keeps what the broker holds)."""
         self._will = will
-        if now and self._started and self.connected:
-            sock = self.client.socket()
-            if isinstance(sock, socket.socket):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)  # the loop reads the end: reconnect
+        if now and self._started and self.connected and self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # the loop reads the end: reconnect
 
     def _loop_disconnected(self) -> None:
         was = self.connected
@@ -670,7 +886,10 @@ class MqttConnection:
         if self.fail_on_disconnect:
             self._fail_pending()
         if was and self._on_disconnect is not None:
-            self._on_disconnect()
+            try:
+                self._on_disconnect()
+            except Exception:
+                log.exception("%s: the disconnection callback failed", self.label)
 
     def _set_down(self) -> None:
         self.connected = False
@@ -683,8 +902,30 @@ class MqttConnection:
                 future.set_result(False)
 
 
-def _refusal(label: str, url: str, username: str | None, reason: ReasonCode) -> str:
-    text = str(reason)
+def topic_matches(pattern: str, topic: str) -> bool:
+    """Whether ``topic`` matches the subscription filter ``pattern`` (``+`` one level,
+    ``#`` the rest; topics starting with ``$`` only match filters that name them)."""
+    if topic.startswith("$") and not pattern.startswith("$"):
+        return False
+    if "+" not in pattern and "#" not in pattern:
+        return pattern == topic
+    wanted = pattern.split("/")
+    levels = topic.split("/")
+    for i, level in enumerate(wanted):
+        if level == "#":
+            return True
+        if i >= len(levels) or (level != "+" and level != levels[i]):
+            return False
+    return len(levels) == len(wanted)
+
+
+def _close_socket(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # the broker sees the drop at once
+    sock.close()
+
+
+def _refusal(label: str, url: str, username: str | None, text: str) -> str:
     if text in ("Not authorized", "Bad user name or password"):
         who = f"the login {username!r}" if username else "an anonymous login"
         return (

@@ -2,7 +2,7 @@
 
 An adapter is a gateway bridge that talks to an MQTT broker through the gateway's one
 MQTT client module (:mod:`safething_gateway.mqtt_client`): TCP_NODELAY, the in-flight
-cap, no paho queue while disconnected, reconnects, subscriptions changed at run time.
+cap, no QoS 0 queue while disconnected, reconnects, subscriptions changed at run time.
 When the gateway's device bridge talks to the same broker with the same login, the
 adapter rides on its connection (the broker binds a client id to its login, so a second
 connection would throw the first off); otherwise it opens its own. Messages reach one
@@ -23,11 +23,9 @@ from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from safething.errors import SafeThingError
 from safething_gateway.core import Bridge, Gateway
-from safething_gateway.mqtt_client import MqttConnection, Will
+from safething_gateway.mqtt_client import Message, MqttConnection, Will
 
 __all__ = ["BrokerUnavailableError", "Job", "MqttAdapter"]
 
@@ -281,7 +279,7 @@ class MqttAdapter(Bridge):
 
     # --- from the connection (event loop) -------------------------------------------
 
-    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, message: Message) -> None:
         try:
             topic = message.topic
         except UnicodeDecodeError:

@@ -22,7 +22,7 @@ while the gateway is away; it acknowledges each message (PUBACK) only after
 before it (PUBACKs go out in arrival order, MQTT 3.1.1 §4.6). Downlinks are
 published with QoS 1 and count as delivered to the broker when the PUBACK
 arrives; at most
-``max_inflight`` wait for one at a time (paho's 16-bit message ids must never
+``max_inflight`` wait for one at a time (16-bit packet ids must never
 wrap under load). The device acknowledges downlinks end to end with its
 ``ack`` channel; the registry keeps them until then and the bridge pushes
 them again whenever the device announces itself online.
@@ -39,9 +39,9 @@ can merge their commits.
 counter once, whenever the broker delivers the will.
 
 Threads: none of its own. The connection (:mod:`safething_gateway.mqtt_client`)
-drives paho from the event loop (reads, writes, keep-alive, reconnects with
-back-off), so paho's callbacks and the bridge's work, PUBACKs included, all run
-there, in the order paho read the packets.
+speaks MQTT from the event loop (reads, writes, keep-alive, reconnects with
+back-off), so its callbacks and the bridge's work, PUBACKs included, all run
+there, in the order the packets were read.
 """
 
 from __future__ import annotations
@@ -55,10 +55,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from safething_gateway.core import Bridge, Gateway
-from safething_gateway.mqtt_client import MqttConnection
+from safething_gateway.mqtt_client import Message, MqttConnection
 from safething_gateway.protocol import ProtocolError, ReplayError, parse_frame
 from safething_gateway.registry import RegistryBusyError
 from safething_gateway.replies import reply_for
@@ -124,7 +122,7 @@ class Topics:
 class _Received:
     """A message from the broker: waiting for its device's turn, then for its PUBACK."""
 
-    message: mqtt.MQTTMessage
+    message: Message
     generation: int
     """The connection it came on (:meth:`MqttConnection.ack`)."""
     route: tuple[str, str, str] | None
@@ -340,7 +338,7 @@ class MqttBridge(Bridge):
     def _disconnected(self) -> None:
         self._down_since = time.monotonic()
 
-    def _received(self, message: mqtt.MQTTMessage, generation: int) -> None:
+    def _received(self, message: Message, generation: int) -> None:
         if self._closing:
             return  # not acknowledged: the broker keeps it for the next session
         if message.qos == 0 and self._backlog >= _QUEUE_LIMIT:

@@ -9,7 +9,7 @@ What a firmware has to get right, in one readable place:
   dropped first when it is full); acknowledgements and results, which
   :meth:`DeviceLink.handle_down` frames at once, go before them.
 * **QoS 1, and nothing new before the old is acknowledged.** After a
-  reconnect paho sends again what had no PUBACK; the device waits until
+  reconnect the connection sends again what had no PUBACK; the device waits until
   those are acknowledged before it sends anything framed later.
 * **Last will.** Before each connection attempt the device reserves a counter
   for a framed ``state`` ``{"online": false}`` and registers it as its will;
@@ -27,11 +27,10 @@ import logging
 from collections import deque
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from safething.resource import AsyncResource
 from safething_gateway.bridges.mqtt import MqttConnection, Topics
 from safething_gateway.device_clients.base import DeviceLink
+from safething_gateway.mqtt_client import Message
 from safething_gateway.protocol import ProtocolError
 
 __all__ = ["MqttDevice"]
@@ -231,7 +230,7 @@ class MqttDevice(AsyncResource):
 
     def _pump(self) -> None:
         if not self.connection.connected or self._resend:
-            return  # what paho sends again after a reconnect goes first
+            return  # what is sent again after a reconnect goes first
         while len(self._inflight) < self.max_inflight:
             if self._framed:
                 channel, data = self._framed.popleft()
@@ -273,7 +272,7 @@ class MqttDevice(AsyncResource):
     def _disconnected(self) -> None:
         self._progress.set()
 
-    def _received(self, message: mqtt.MQTTMessage, generation: int) -> None:
+    def _received(self, message: Message, generation: int) -> None:
         parsed = self.topics.parse(message.topic)
         if parsed is None or parsed[0] != self.device_id:
             return
