@@ -83,6 +83,10 @@ MAX_PACKET = 1024 * 1024
 """The longest packet accepted from the broker by default (the shipped Mosquitto
 forwards at most 64 KiB of payload)."""
 
+MAX_UNACKNOWLEDGED = 60_000
+"""QoS 1 messages kept for the broker at most (sent or waiting for a connection): each
+holds one of the 65,535 packet ids."""
+
 CONNECT_TIMEOUT_S = 5.0
 """How long one TCP connect may take (name look-up and handshake)."""
 
@@ -338,6 +342,15 @@ class MqttConnection:
         future: asyncio.Future[bool] = loop.create_future()
         topic_bytes = topic.encode()
         if qos == 1:
+            if len(self._out) >= MAX_UNACKNOWLEDGED:
+                log.warning(
+                    "%s: %d messages wait for the broker already; not publishing to %s",
+                    self.label,
+                    len(self._out),
+                    topic,
+                )
+                future.set_result(False)
+                return 0, future
             mid = self._next_mid()
             out = _Out(mid, topic_bytes, bytes(payload), retain)
             self._out[mid] = out
