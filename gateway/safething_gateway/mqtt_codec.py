@@ -199,7 +199,9 @@ class PacketReader:
             raise ValueError(f"max_packet must be 2 to {MAX_REMAINING_LENGTH} bytes")
         self.max_packet = max_packet
         """The longest body accepted; a longer one is refused as soon as its header is read."""
-        self._rest = b""
+        self._rest = bytearray()
+        """The start of a packet not complete yet, appended to in place: a packet that
+        arrives a byte at a time costs its length once, not its length squared."""
 
     @property
     def buffered(self) -> int:
@@ -207,45 +209,57 @@ class PacketReader:
         return len(self._rest)
 
     def clear(self) -> None:
-        self._rest = b""
+        self._rest = bytearray()
 
     def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
         """The packets ``data`` completes, in order, then the start of the next one kept;
         a malformed length raises when the packets before it have been taken. To be
         iterated to the end (or :meth:`clear` called)."""
-        if self._rest:
-            data = self._rest + data
-            self._rest = b""
+        rest = self._rest
+        if rest:
+            rest += data
+            yield from self._cut(rest, kept=True)
+        else:
+            yield from self._cut(data, kept=False)
+
+    def _cut(self, data: bytes | bytearray, *, kept: bool) -> Iterator[tuple[int, bytes]]:
+        """``kept``: ``data`` is :attr:`_rest` itself (what is used is cut off its front)."""
         pos, end, limit = 0, len(data), self.max_packet
-        while end - pos >= 2:
-            length = data[pos + 1]
-            head = pos + 2
-            if length & 0x80:
-                length &= 0x7F
-                shift, complete = 7, False
-                while head < end:
-                    byte = data[head]
-                    head += 1
-                    length |= (byte & 0x7F) << shift
-                    if not byte & 0x80:
-                        complete = True
-                        break
-                    if shift == 21:
-                        raise MalformedPacketError("a remaining length longer than four bytes")
-                    shift += 7
-                if not complete:
-                    break  # the length field is not complete yet
-            if length > limit:
-                raise MalformedPacketError(
-                    f"a packet of {length} bytes, more than the {limit} accepted"
-                )
-            stop = head + length
-            if stop > end:
-                break
-            yield data[pos], data[head:stop]
-            pos = stop
-        if pos < end:
-            self._rest = data[pos:]
+        try:
+            while end - pos >= 2:
+                length = data[pos + 1]
+                head = pos + 2
+                if length & 0x80:
+                    length &= 0x7F
+                    shift, complete = 7, False
+                    while head < end:
+                        byte = data[head]
+                        head += 1
+                        length |= (byte & 0x7F) << shift
+                        if not byte & 0x80:
+                            complete = True
+                            break
+                        if shift == 21:
+                            raise MalformedPacketError("a remaining length longer than four bytes")
+                        shift += 7
+                    if not complete:
+                        break  # the length field is not complete yet
+                if length > limit:
+                    raise MalformedPacketError(
+                        f"a packet of {length} bytes, more than the {limit} accepted"
+                    )
+                stop = head + length
+                if stop > end:
+                    break
+                yield data[pos], bytes(data[head:stop])
+                pos = stop
+        except BaseException:  # malformed, or not iterated to the end: nothing is kept
+            self._rest = bytearray()
+            raise
+        if kept:
+            del self._rest[:pos]
+        elif pos < end:
+            self._rest = bytearray(data[pos:])
 
 
 def check_flags(first: int) -> int:
