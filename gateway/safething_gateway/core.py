@@ -54,11 +54,18 @@ once: when more do, the gateway closes those quiet longest (an ordered dict of
 the running things, the one that spoke last moved to its end on every message:
 O(1) per message) and they are dormant again, restored on demand as above. A
 thing is closed only when it has been quiet for ``close_after`` seconds (a
-device speaking every few seconds is never closed and restored in a loop) and
-closing it cuts nothing short: no message of the device in hand, nothing in the
-thing's hands (:meth:`Thing.idle`: no request taken on or running, no inbox
-entry being acted on, no write, no subscription), not a birth whose thing is not
-known to be in the store, and not while readings are buffered for the store.
+device speaking every few seconds is never closed and restored in a loop), or
+when it has run since its device's birth and was not closed since: a birth
+storm (every device back after a power cut, each with its birth and a reading)
+would otherwise run every thing for ``close_after`` seconds, and the memory
+Python takes for them is not given back; such a thing costs at most one restore
+more (its device's next message), after which ``close_after`` protects it as any
+other, and the things running since their birth go the quiet longest first,
+after those quiet ``close_after`` seconds. Closing cuts nothing short: no
+message of the device in hand, nothing in the thing's hands (:meth:`Thing.idle`:
+no request taken on or running, no inbox entry being acted on, no write, no
+subscription), not a birth whose thing is not known to be in the store, and not
+while readings are buffered for the store.
 Adopted devices' things are never closed (their adapters hold them). Closing
 takes the device's restore lock, so a message or an inbox write meanwhile
 restores the thing once the close is done; the thing's trust state is written
@@ -332,6 +339,10 @@ class Gateway(AsyncResource):
         self._recent: OrderedDict[str, float] = OrderedDict()
         """Running things of linked devices -> when last active (monotonic), the quiet
         longest first: what the bound on running things closes."""
+        self._newborn: OrderedDict[str, None] = OrderedDict()
+        """Running things of linked devices brought up by their device's birth, not closed
+        since, the quiet longest first: over the bound they are closed before
+        ``close_after`` (see the module docstring)."""
         self._in_hand: dict[str, int] = {}
         """Devices -> their messages being handled now (their thing is not closed)."""
         self._quiet_closed: dict[str, float | None] = {}
@@ -411,6 +422,7 @@ class Gateway(AsyncResource):
             await thing.close()
         self.things.clear()
         self._recent.clear()
+        self._newborn.clear()
         if self._shared is not None:
             await self._shared.close()
 
@@ -575,6 +587,8 @@ class Gateway(AsyncResource):
             if device_id in self._recent:  # it spoke: the quiet longest are first
                 self._recent[device_id] = time.monotonic()
                 self._recent.move_to_end(device_id)
+                if device_id in self._newborn:
+                    self._newborn.move_to_end(device_id)
         return result
 
     def _open(self, record: DeviceRecord, channel: str, message: Frame) -> bytes:
@@ -757,6 +771,10 @@ class Gateway(AsyncResource):
             log.warning("store unreachable (%s): keeping the birth of %s", e, record.device_id)
             self._unborn.add(record.device_id)
             self._buffering = True
+        else:
+            if record.device_id in self._recent:  # a linked device's, and it said no more
+                self._newborn[record.device_id] = None
+                self._newborn.move_to_end(record.device_id)
         registry = self.registry
         await registry.call(
             registry.set_born, record.device_id, registered=record.device_id not in self._unborn
@@ -897,6 +915,9 @@ class Gateway(AsyncResource):
             if now - last < self.close_after:
                 break
             quiet.append(device_id)
+        # then things running since their birth, however recent (see the module docstring):
+        # each quieter than those above, so this is still the quiet longest first
+        quiet.extend(self._newborn)
         closed = 0
         for device_id in quiet:
             if closed >= excess:
@@ -910,7 +931,7 @@ class Gateway(AsyncResource):
         last = self._recent.get(device_id)
         return (
             last is not None
-            and time.monotonic() - last >= self.close_after
+            and (time.monotonic() - last >= self.close_after or device_id in self._newborn)
             and device_id not in self._in_hand
             and device_id not in self._unregistered
             and device_id not in self._unborn
@@ -931,6 +952,7 @@ class Gateway(AsyncResource):
                 return False
             del self.things[device_id]
             del self._recent[device_id]
+            self._newborn.pop(device_id, None)
             self._dormant[_inbox_name(device_id)] = device_id  # woken by its inbox
             self._quiet_closed[device_id] = thing.online_since
             self.metrics.inc("safething_gateway_things_closed_total")

@@ -94,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--client-id", default="safething-bench-gateway", help="MQTT client id")
     parser.add_argument("--report-ms", type=float, default=50.0, help="period of the reports")
     parser.add_argument("--profile", help="write cProfile statistics of the run to this file")
+    parser.add_argument(
+        "--max-things", type=int, help="Gateway(max_things=...); default: the gateway's"
+    )
+    parser.add_argument(
+        "--close-after",
+        type=float,
+        help="Gateway(close_after=...) in seconds; default: the gateway's",
+    )
     return parser
 
 
@@ -162,11 +170,17 @@ async def _run(args: argparse.Namespace) -> None:
     try:
         async with await open_store(args.store) as store:
             bridge = MqttBridge("127.0.0.1", args.mqtt_port, client_id=args.client_id)
+            bound: dict[str, Any] = {}
+            if args.max_things is not None:
+                bound["max_things"] = args.max_things
+            if args.close_after is not None:
+                bound["close_after"] = args.close_after
             gateway = Gateway(
                 store=store,
                 registry=registry,
                 owner=Identity.load(args.owner),
                 bridges=[bridge],
+                **bound,
             )
             async with gateway:
                 started = time.perf_counter()
@@ -189,6 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.report_ms <= 0:
         _parser().error("--report-ms must be positive")
+    if args.max_things is not None and args.max_things < 1:
+        _parser().error("--max-things must be at least 1")
+    if args.close_after is not None and not 0 < args.close_after < float("inf"):
+        _parser().error("--close-after must be a number of seconds > 0")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     profile = cProfile.Profile() if args.profile else None
     if profile is not None:
