@@ -13,7 +13,7 @@ import pytest
 
 from safething.net import Client, Identity
 from safething.store import Store, open_store
-from safething.things import ThingClient
+from safething.things import ThingClient, ThingDescription
 from safething_gateway import core
 from safething_gateway.core import Gateway
 from safething_gateway.protocol import (
@@ -421,6 +421,37 @@ async def test_counter_fields_go_up_to_2_63_minus_1(gateway: Gateway, device: De
     for channel, body in (("ack", {"down": 2**63}), ("state", {"online": True, "will": 2**63})):
         with pytest.raises(PayloadError):
             await gateway.handle("sensor-01", channel, device.message(channel, body))
+
+
+async def test_devices_of_one_model_share_their_description_parsed_once(
+    gateway: Gateway, device: Device
+) -> None:
+    """Devices of one model send one description but for their ids: parsed once, each
+    thing gets it with its own id (and a title that defaults to it, its own); an id the
+    description refuses is refused as before."""
+    model = {k: v for k, v in SENSOR.items() if k != "title"}
+    others = {
+        device_id: Device(device_id, gateway.registry.add(device_id, "http").secret)
+        for device_id in ("sensor-02", "sensor-03")
+    }
+    await gateway.handle("sensor-01", "birth", device.message("birth", {"description": model}))
+    mine = {**model, "id": "sensor-02"}
+    other = others["sensor-02"]
+    await gateway.handle("sensor-02", "birth", other.message("birth", {"description": mine}))
+    first, second = gateway.things["sensor-01"].description, gateway.things["sensor-02"].description
+    assert second.attributes is first.attributes and second.actions is first.actions
+    assert second == ThingDescription.from_dict(mine)
+    assert (second.id, second.title, first.title) == ("sensor-02", "sensor-02", "sensor-01")
+    things = ThingClient(Client(gateway.store))
+    assert (await things.describe("sensor-02")).title == "sensor-02"
+    # the model's parts, but an id no description may have: refused, nothing spent
+    third = others["sensor-03"]
+    bad = {**model, "id": "s3"}
+    with pytest.raises(PayloadError) as refused:
+        await gateway.handle("sensor-03", "birth", third.message("birth", {"description": bad}))
+    assert "bad description" in str(refused.value.__cause__)
+    assert "invalid thing id" in str(refused.value.__cause__)
+    assert "sensor-03" not in gateway.things
 
 
 async def test_a_birth_is_two_store_commits(
