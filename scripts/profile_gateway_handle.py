@@ -11,7 +11,10 @@ prints one JSON object: readings per second, CPU microseconds per reading of the
 process (every thread) and of the event loop's thread, the same for the births
 (``births_per_s``, ``cpu_us_per_birth``), the CPU per reading of each thread
 (``thread_cpu_us_per_reading``: the event loop, the store's writer, the registry's
-worker, read from each thread's own CPU clock), and the load average.
+worker, read from each thread's own CPU clock), the load average, and the sizes of
+the group commits made during the readings (``group_commits``: for the store's writer
+and the registry's worker, transactions, jobs, jobs per transaction, the group a job
+was in on average, and the jobs by the size of their group).
 
 With ``--profile`` the readings (not the births) run under cProfile timed by each
 thread's CPU clock (``time.thread_time``), not the wall clock: on a loaded machine a
@@ -97,6 +100,55 @@ def _top(stats: pstats.Stats, readings: int, n: int) -> dict[str, list[list[Any]
             for key, row in best
         ]
     return out
+
+
+class _GroupSizes:
+    """The size of each group commit made while :attr:`on` is set: the store writer's
+    (jobs per transaction) and the registry worker's (calls per transaction)."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.sizes: dict[str, list[int]] = {"writer": [], "registry": []}
+
+    def install(self) -> None:
+        writer_run = sqlite_store._Writer._run_group
+        registry_commit = Registry._commit_batch
+
+        def run_group(writer: Any, group: list[Any]) -> None:
+            if self.on:
+                self.sizes["writer"].append(len(group))
+            writer_run(writer, group)
+
+        def commit_batch(registry: Registry, calls: list[Any]) -> Any:
+            if self.on:
+                self.sizes["registry"].append(len(calls))
+            return registry_commit(registry, calls)
+
+        sqlite_store._Writer._run_group = run_group  # type: ignore[method-assign]
+        Registry._commit_batch = commit_batch  # type: ignore[method-assign]
+
+    def summary(self) -> dict[str, Any]:
+        """Per thread: transactions, jobs, the mean group, the mean group a job was in,
+        and how many jobs were in groups of 1, 2, 3-4, 5-8, ... (by the group's upper
+        bound)."""
+        out: dict[str, Any] = {}
+        for name, sizes in self.sizes.items():
+            jobs = sum(sizes)
+            bins: dict[str, int] = {}
+            for size in sizes:
+                upper = 1 << (size - 1).bit_length()
+                label = str(upper) if upper <= 2 else f"{upper // 2 + 1}-{upper}"
+                bins[label] = bins.get(label, 0) + size
+            out[name] = {
+                "transactions": len(sizes),
+                "jobs": jobs,
+                "mean": round(jobs / len(sizes), 2) if sizes else 0,
+                "mean_seen_by_a_job": round(sum(s * s for s in sizes) / jobs, 1) if jobs else 0,
+                "jobs_by_group_size": dict(
+                    sorted(bins.items(), key=lambda kv: int(kv[0].split("-")[-1]))
+                ),
+            }
+        return out
 
 
 class _ThreadProfiles:
@@ -198,6 +250,8 @@ async def _run(
     devices: int, readings: int, profile: Path | None, top: int, spy_file: Path | None
 ) -> dict[str, Any]:
     threads = _ThreadProfiles()
+    groups = _GroupSizes()
+    groups.install()
     if profile is not None:
         writer = sqlite_store._Writer
         writer._run_group = threads.wrap("writer", writer._run_group)  # type: ignore[method-assign]
@@ -251,6 +305,7 @@ async def _run(
                     clocks = _thread_clocks()
                     wall, cpu = time.perf_counter(), time.process_time()
                     loop_cpu = time.thread_time()
+                    groups.on = True
                     if profiler is not None:
                         threads.on = True
                         profiler.enable()
@@ -258,6 +313,7 @@ async def _run(
                     if profiler is not None:
                         profiler.disable()
                         threads.on = False
+                    groups.on = False
                     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                     loop_cpu = time.thread_time() - loop_cpu
                     thread_cpu = _thread_cpu(clocks, each * devices)
@@ -277,6 +333,7 @@ async def _run(
         "thread_cpu_us_per_reading": thread_cpu,
         "device_cpu_us_per_reading": round(device_cpu / n * 1e6),
         "load": round(os.getloadavg()[0], 2),
+        "group_commits": groups.summary(),
     }
     if spy_file is not None:
         out["spy"] = _spy_top(spy_file, thread_cpu, top)

@@ -233,6 +233,11 @@ class Registry:
         self._queue_lock = threading.Lock()
         self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any], Any]] = []
         self._draining = False
+        self._pending: dict[
+            asyncio.AbstractEventLoop, list[tuple[Callable[[], Any], asyncio.Future[Any], Any]]
+        ] = {}
+        """Calls made during this turn of each event loop, queued at its end (:meth:`call`)."""
+        self._closed = False
         self._read_lock = threading.Lock()
         self._cache: dict[str, DeviceRecord] = {}
         """Recently used device rows (see the module docstring), least recent first."""
@@ -271,6 +276,9 @@ class Registry:
                 side.chmod(0o600)
 
     def close(self) -> None:
+        self._closed = True
+        for loop in list(self._pending):  # calls made just before: run, not refused
+            self._hand_over(loop)
         self._executor.shutdown(wait=True)
         self._db.close()
         self._rdb.close()
@@ -282,22 +290,38 @@ class Registry:
         Calls made while the thread is busy are committed together (group commit): the
         thread takes every call waiting, runs each in a savepoint of one transaction
         (a call that raises is rolled back alone, its error goes to its caller) and
-        commits once. Each call returns only after that commit."""
+        commits once. Each call returns only after that commit. The calls made during
+        one turn of the event loop are queued together at its end, so they are one
+        group (the concurrent readings of a busy gateway make theirs in the same turns,
+        as the commits they waited for return together)."""
+        if self._closed:
+            raise RuntimeError(f"the device registry {self.path} is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        pending.append((functools.partial(fn, *args, **kwargs), future, loop))
+        return await future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On ``loop``, at the end of a turn: its calls to the worker thread."""
+        calls = self._pending.pop(loop, [])
+        if not calls:
+            return
         with self._queue_lock:
-            self._queue.append((functools.partial(fn, *args, **kwargs), future, loop))
-            start = len(self._queue) == 1 and not self._draining
+            self._queue += calls
+            start = not self._draining
             if start:
                 self._draining = True
         if start:
             try:
                 self._executor.submit(self._drain)
-            except RuntimeError:  # closed
+            except RuntimeError as e:  # closed meanwhile
                 with self._queue_lock:
-                    self._queue, self._draining = [], False
-                raise
-        return await future
+                    failed, self._queue, self._draining = self._queue, [], False
+                _settle([(future, (False, e)) for _, future, _ in failed])
 
     def _drain(self) -> None:
         """On the worker thread: commit what :meth:`call` queued, batch after batch."""

@@ -21,9 +21,10 @@ ASCII, ``'/'`` follows ``'.'``, so ``"a."`` ranges up to ``"a/"``.
 
 Threads and connections
     Writes go to one writer thread that owns the only writing connection,
-    so the event loop never waits for a lock. The thread takes every commit
-    waiting in its queue (group commit) and runs them in one
-    ``BEGIN IMMEDIATE`` transaction: it reads the current revision of every
+    so the event loop never waits for a lock. The commits made during one turn
+    of the event loop are handed to it together at the end of that turn, and
+    the thread takes every commit waiting in its queue (group commit) and runs
+    them in one ``BEGIN IMMEDIATE`` transaction: it reads the current revision of every
     key involved with a few ``IN`` queries, decides each write on its own
     in Python (compare-and-set, quota), then writes the accepted ones with
     ``executemany``. The lock is held throughout, so the decisions cannot
@@ -507,7 +508,10 @@ class _Writer:
         self._keep = change_log_size
         self._trim_every = max(1, change_log_size // 10)
         self._since_trim = self._trim_every  # trim once soon after opening
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._pending: list[_Job] = []
+        """Jobs submitted during this turn of the event loop, handed over at its end."""
+        self._pending_writes = 0
         self._ready: ThreadFuture[None] = ThreadFuture()
         self._stopped: asyncio.Future[None] = loop.create_future()
         self._doorbell = _Doorbell(Path(f"{path}.notify"))
@@ -529,10 +533,26 @@ class _Writer:
         await asyncio.wrap_future(self._ready)
 
     def submit(self, job: _Job) -> None:
-        self._queue.put(job)
+        """On the loop: queue ``job``. The jobs submitted during one turn of the loop go
+        to the writer thread together at the end of it, so they are one transaction
+        (the concurrent readings of a busy gateway are submitted in the same turns,
+        as the commits they waited for return together)."""
+        pending = self._pending
+        pending.append(job)
+        self._pending_writes += len(job.writes)
+        if len(pending) == 1:
+            self._loop.call_soon(self._hand_over)
+        elif self._pending_writes >= _GROUP_WRITES:
+            self._hand_over()  # a transaction's worth already
+
+    def _hand_over(self) -> None:
+        group, self._pending, self._pending_writes = self._pending, [], 0
+        if group:
+            self._queue.put(group)
 
     async def stop(self) -> None:
         if self._thread.is_alive():
+            self._hand_over()
             self._queue.put(None)
             await self._stopped
             self._thread.join()  # it has nothing left to do but return
@@ -551,11 +571,10 @@ class _Writer:
         try:
             stop = False
             while not stop:
-                job = self._queue.get()
-                if job is None:
+                group = self._queue.get()
+                if group is None:
                     break
-                group = [job]
-                size = len(job.writes)
+                size = sum(len(job.writes) for job in group)
                 while size < _GROUP_WRITES:
                     try:
                         more = self._queue.get_nowait()
@@ -564,8 +583,8 @@ class _Writer:
                     if more is None:
                         stop = True
                         break
-                    group.append(more)
-                    size += len(more.writes)
+                    group += more
+                    size += sum(len(job.writes) for job in more)
                 self._run_group(group)
         finally:
             self._conn.close()

@@ -11,6 +11,7 @@ import functools
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,49 @@ async def test_calls_waiting_together_commit_together_each_on_its_own(tmp_path: 
         await registry.call(registry.accept, "sensor-01", 8)
         assert registry.get("sensor-01").rx_counter == 8
     finally:
+        registry.close()
+
+
+async def test_calls_made_in_one_turn_of_the_loop_are_one_group_in_order(
+    tmp_path: Path,
+) -> None:
+    """Calls made during one turn of the event loop go to the worker thread together at
+    its end, even when the thread could have run between them (here each caller
+    releases the GIL first, as a read on the loop does): one group commit, run in the
+    order they were made (a device's counters, each above the one before), a replay
+    among them refused alone, each answered once committed (another connection reads
+    it then)."""
+    path = tmp_path / "gateway.db"
+    registry = Registry(path)
+    other = sqlite3.connect(path)
+    try:
+        registry.add("sensor-01", "mqtt")
+        batches: list[int] = []
+        commit_batch = registry._commit_batch
+
+        def counting(calls: list[Any]) -> list[tuple[bool, Any]]:
+            batches.append(len(calls))
+            return commit_batch(calls)
+
+        registry._commit_batch = counting  # type: ignore[method-assign]
+        counters = [1, 2, 3, 4, 2, 5, 6, 7]  # the fifth is a replay
+
+        async def spend(counter: int) -> int:
+            # the GIL is free meanwhile: the worker thread could take what waits
+            time.sleep(0.002)  # noqa: ASYNC251
+            await registry.call(registry.accept_counter, "sensor-01", counter)
+            (seen,) = other.execute(
+                "SELECT rx_counter FROM devices WHERE id = 'sensor-01'"
+            ).fetchone()
+            return int(seen)
+
+        outcomes = await asyncio.gather(*(spend(c) for c in counters), return_exceptions=True)
+        assert batches == [8]
+        assert isinstance(outcomes[4], ReplayError)
+        assert all(seen == 7 for i, seen in enumerate(outcomes) if i != 4)
+        assert registry.get("sensor-01").rx_counter == 7
+    finally:
+        other.close()
         registry.close()
 
 

@@ -2,8 +2,9 @@
 
 Modes:
   write URL N            put ``x.<i>`` = ``<i>:<time.time()>`` for i < N, one commit each
-  ack URL                write forever (single and batched commits); after each commit
-                         returns print ``<key> <revision>`` per accepted write, flushed
+  ack URL [WRITERS]      write forever (single and batched commits), WRITERS (1) tasks
+                         at once; after each commit returns print ``<key> <revision>``
+                         per accepted write, flushed
   incr URL KEY N         add 1 to the counter under KEY N times (read, update, retry)
   two URL TAG            open two store objects on URL (the second once the first has
                          committed), then write forever through both in turn; print
@@ -28,19 +29,24 @@ async def write(url: str, count: int) -> None:
             await store.put(f"x.{i}", f"{i}:{time.time()!r}".encode())
 
 
-async def ack(url: str) -> None:
+async def ack(url: str, writers: int) -> None:
     async with await open_store(url) as store:
-        i = 0
-        while True:
-            if i % 2:
-                key = f"ack.s{i}"
-                revision = await store.create(key, key.encode())
-                print(key, revision, flush=True)
-            else:
-                keys = [f"ack.b{i}.{j}" for j in range(10)]
-                results = await store.commit([Write(k, k.encode()) for k in keys])
-                print("\n".join(f"{k} {r}" for k, r in zip(keys, results, strict=True)), flush=True)
-            i += 1
+
+        async def writer(w: int) -> None:
+            i = 0
+            while True:
+                if i % 2:
+                    key = f"ack.{w}s{i}"
+                    revision = await store.create(key, key.encode())
+                    print(key, revision, flush=True)
+                else:
+                    keys = [f"ack.{w}b{i}.{j}" for j in range(10)]
+                    results = await store.commit([Write(k, k.encode()) for k in keys])
+                    lines = (f"{k} {r}" for k, r in zip(keys, results, strict=True))
+                    print("\n".join(lines), flush=True)
+                i += 1
+
+        await asyncio.gather(*(writer(w) for w in range(writers)))
 
 
 async def incr(url: str, key: str, count: int) -> None:
@@ -91,7 +97,7 @@ def main(argv: list[str]) -> None:
     if mode == "write":
         asyncio.run(write(url, int(rest[0])))
     elif mode == "ack":
-        asyncio.run(ack(url))
+        asyncio.run(ack(url, int(rest[0]) if rest else 1))
     elif mode == "incr":
         asyncio.run(incr(url, rest[0], int(rest[1])))
     elif mode == "two":

@@ -11,6 +11,7 @@ import stat
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,11 +88,16 @@ async def test_processes_racing_on_a_new_file_lose_no_update(tmp_path: Path) -> 
 # --- crashes ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("synchronous", ["normal", "full"])
-async def test_acknowledged_writes_survive_sigkill(tmp_path: Path, synchronous: str) -> None:
+@pytest.mark.parametrize(("synchronous", "writers"), [("normal", 1), ("full", 1), ("normal", 8)])
+async def test_acknowledged_writes_survive_sigkill(
+    tmp_path: Path, synchronous: str, writers: int
+) -> None:
+    """What a commit acknowledged survives a SIGKILL; with eight writers at once, the
+    commits made in a turn of the loop are one transaction, each acknowledged only
+    once that transaction is committed."""
     path = tmp_path / "vault.db"
     url = f"{url_for(path)}?synchronous={synchronous}"
-    child = await spawn("ack", url)
+    child = await spawn("ack", url, str(writers))
     assert child.stdout is not None
     acked: dict[str, int] = {}
     async with asyncio.timeout(TIMEOUT * 3):
@@ -497,3 +503,62 @@ async def test_refused_writes_leave_no_cyclic_garbage(tmp_path: Path) -> None:
             gc.garbage.clear()
             gc.enable()
         assert "ConflictError" not in left and "frame" not in left, left
+
+
+# --- group commit -----------------------------------------------------------------
+
+
+async def test_commits_made_in_one_turn_of_the_loop_are_one_transaction_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits made during one turn of the event loop go to the writer thread together
+    at its end, even when the thread could have run between them (here each caller
+    releases the GIL first, as a read on the loop does): one transaction, decided in
+    the order they were made, each answered only once committed (another store on the
+    file reads it then). One whose writes SQLite fails fails alone (StoreError); the
+    others of its group are committed."""
+    from safething.store import Write
+    from safething.store import sqlite as sqlite_store
+
+    apply = sqlite_store._Batch.apply
+
+    def failing(batch: sqlite_store._Batch, write: Write) -> int:
+        if write.key == "o.bad":
+            raise sqlite3.OperationalError("disk I/O error")  # as a failing disk would
+        return apply(batch, write)
+
+    monkeypatch.setattr(sqlite_store._Batch, "apply", failing)
+    url = url_for(tmp_path / "vault.db")
+    async with await open_store(url) as store, await open_store(url) as other:
+        assert isinstance(store, SQLiteStore)
+        groups: list[int] = []
+        run_group = store._writer._run_group
+
+        def counted(group: list[Any]) -> None:
+            groups.append(len(group))
+            run_group(group)
+
+        store._writer._run_group = counted  # type: ignore[method-assign]
+
+        async def write(i: int) -> list[int | Exception]:
+            # the GIL is free meanwhile: the writer thread could take what waits
+            time.sleep(0.002)  # noqa: ASYNC251
+            key = "o.bad" if i == 4 else f"o.{i}"
+            try:
+                done = await store.commit(
+                    [Write("o.last", str(i).encode(), None), Write(key, b"x")]
+                )
+            except StoreError as e:
+                return [e]
+            assert await other.get(key) is not None  # committed before it was answered
+            return done
+
+        outcomes = await asyncio.gather(*(write(i) for i in range(10)))
+        assert groups == [10]
+        assert isinstance(outcomes[4][0], StoreError) and "disk I/O error" in str(outcomes[4][0])
+        assert await other.get("o.bad") is None
+        kept = [o for i, o in enumerate(outcomes) if i != 4]
+        assert all(isinstance(r, int) for o in kept for r in o)
+        revisions = [o[0] for o in kept]
+        assert revisions == sorted(revisions) and len(set(revisions)) == 9  # in order
+        assert (await other.get("o.last")).value == b"9"  # type: ignore[union-attr]
