@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import pytest
@@ -18,6 +21,7 @@ from safething.things import Thing, ThingClient
 from safething.things.history import (
     DAY_S,
     SegmentRow,
+    append_row,
     decode_index,
     downsample,
     encode_index,
@@ -301,6 +305,46 @@ async def test_an_index_entry_changed_by_the_owner_is_read_back_not_overwritten(
         assert (rows[2].first, rows[2].last) == (5, 8)
 
 
+def _held(obj: Any, seen: set[int]) -> int:
+    """Bytes of ``obj`` and of what it holds (containers, dataclasses; each object once)."""
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, tuple | list | set | frozenset):
+        return size + sum(_held(o, seen) for o in obj)
+    if isinstance(obj, dict):
+        return size + sum(_held(k, seen) + _held(v, seen) for k, v in obj.items())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return size + sum(_held(getattr(obj, f.name), seen) for f in dataclasses.fields(obj))
+    return size
+
+
+async def test_the_archivist_holds_the_days_index_as_the_bytes_it_wrote(
+    store: Store, owner: Identity
+) -> None:
+    """What the archivist keeps of the day's index entry between segments grows by what
+    a segment adds to the stored entry, not by row objects as well: kept as rows, the
+    gateway soak's memory grew about 18 bytes a reading all day (issue 14)."""
+    async with Thing(
+        garden_description(history=4), identity=Identity.generate(), owner=owner, store=store
+    ) as t:
+        await t.register()
+        name, tag = _history_address("garden-01")
+        md = t.client.md(name, tag)
+        held, stored = [], []
+        for _ in range(2):
+            for i in range(400):  # a segment every 4 readings: 100 segments
+                await t.set("moisture", float(i % 100))
+            [key] = [k for k in await md.keys() if k.startswith(b"a/moisture/")]
+            stored.append(len(await md.get_value(key)))
+            held.append(_held(t._archive._streams, set()))
+        assert len(decode_index(await md.get_value(key), "test")) == 200
+    # 100 segments more: the entry grew by their rows' CBOR; what is held, by as much
+    # (and a few bytes of slack), not by a row object, its address and its CBOR besides
+    assert held[1] - held[0] <= stored[1] - stored[0] + 512
+
+
 @pytest.mark.parametrize("n", [0, 1, 23, 24, 255, 256, 300])
 def test_an_index_entry_built_from_kept_rows_is_the_record_encoded_whole(n: int) -> None:
     """The archivist appends one row's CBOR to the ones it kept: the very bytes
@@ -313,6 +357,8 @@ def test_an_index_entry_built_from_kept_rows_is_the_record_encoded_whole(n: int)
     assert encode_index(rows) == whole
     assert encode_index(rows, tuple(encode_row(r) for r in rows)) == whole
     assert decode_index(whole, "index") == rows
+    if rows:  # and one row appended to the bytes of the others
+        assert append_row(encode_index(rows[:-1]), n - 1, rows[-1]) == whole
 
 
 @pytest.mark.parametrize("n", [65_535, 65_536])
