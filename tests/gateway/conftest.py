@@ -1,7 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,37 @@ SENSOR = {
         {"name": "OpenValve", "params": [{"name": "psi", "type": "number", "default": 30}]}
     ],
 }
+
+
+async def until_done(
+    measure: Callable[[], Any],
+    done: Callable[[Any], bool],
+    what: str,
+    *,
+    stall: float = 10.0,
+    limit: float = 600.0,
+) -> Any:
+    """Poll ``measure()`` (sync or async: a count, a value that moves on) until
+    ``done(value)``; that value. Fails when the value stays the same for ``stall``
+    seconds, not when the whole wait is long: a slow machine's wait that moves on is not
+    cut short (a bound on the whole wait fails a slow run that would have ended well),
+    and one stuck fails with what it was waiting for. ``limit`` only guards against a
+    hang of a value that keeps changing without ever being done."""
+    loop = asyncio.get_running_loop()
+    last: Any = object()
+    since = start = loop.time()
+    while True:
+        assert loop.time() - start < limit, f"{what}: not done within {limit:g} s"
+        value = measure()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if done(value):
+            return value
+        if value != last:
+            last, since = value, loop.time()
+        elif loop.time() - since > stall:
+            raise AssertionError(f"{what}: stuck at {value!r} for {stall:g} s")
+        await asyncio.sleep(0.01)
 
 
 def tamper(message: bytes) -> bytes:

@@ -39,7 +39,7 @@ from safething_gateway.testing import (
 from safething_gateway.testing import unique_id as uid
 from safething_gateway.testing import wait_until as until
 
-from .conftest import SENSOR, tamper
+from .conftest import SENSOR, tamper, until_done
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
@@ -356,6 +356,13 @@ async def test_rejections_are_reported_on_the_err_topic(site: Site) -> None:
         await b.close()
 
 
+async def _value_of(things: ThingClient, thing_id: str, attribute: str) -> Any:
+    try:
+        return (await things.read(thing_id, attribute)).value
+    except Exception:
+        return None
+
+
 async def _value_is(things: ThingClient, thing_id: str, attribute: str, value: Any) -> bool:
     try:
         return (await things.read(thing_id, attribute)).value == value
@@ -406,15 +413,24 @@ async def test_broker_restart_during_a_stream_loses_no_reading(site: Site) -> No
                     await asyncio.sleep(0.004)
 
             producer = asyncio.create_task(stream())
-            await until(lambda: device.sent >= 60)
+            # waits that fail only when the stream stops moving, not when it is slow
+            await until_done(lambda: device.sent, lambda n: n >= 60, "readings sent")
             connects = bridge.connection.connects
             await asyncio.to_thread(site.broker.restart)
             # what the broker held for the gateway's session survived the restart
             assert (site.broker.workdir / "mosquitto.db").exists()
             await producer
+            # still, at most, for the longest back-off (30 s) of the device or the gateway
+            # while it reconnects
+            await until_done(lambda: device.sent, lambda n: n >= total, "all sent", stall=30)
             await device.flush(20)
             reader = ThingClient(Client(site.store))
-            await until(lambda: _value_is(reader, device_id, "n", total), timeout=20)
+            await until_done(
+                lambda: _value_of(reader, device_id, "n"),
+                lambda n: n == total,
+                "the stored n",
+                stall=30,
+            )
             history = await reader.history(device_id, "n")
             assert [r.value for r in history] == list(range(1, total + 1))
             assert [r.seq for r in history] == list(range(1, total + 1))

@@ -46,18 +46,39 @@ async def connected(connection: MqttConnection) -> AsyncIterator[MqttConnection]
         await connection.close()
 
 
+def _waited_for_a_cpu() -> float:
+    """Seconds this thread has spent runnable but not running, waiting for a CPU (Linux's
+    per-thread ``schedstat``; 0 where there is none)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class Lag:
-    """How late the event loop runs a 10 ms timer, at worst, while it is watched."""
+    """How late the event loop runs a 10 ms timer, at worst, while it is watched, less the
+    time its thread waited for a CPU meanwhile: a call that blocks the loop (a socket
+    call, a sleep, a long computation) counts in full; a machine too busy to run it at
+    once does not (a nice-0 busy loop per core made a 10 ms timer of a nice-19 test
+    0.3 to 0.45 s late, nearly all of it waiting for a CPU)."""
 
     def __init__(self) -> None:
         self.worst = 0.0
+        self.worst_wall = 0.0
+        """The worst lateness with the waits for a CPU counted too (shown, not asserted)."""
         self._task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"Lag(worst={self.worst:.3f} s, with the waits for a CPU {self.worst_wall:.3f} s)"
 
     async def _tick(self) -> None:
         while True:
-            before = time.monotonic()
+            before, waited = time.monotonic(), _waited_for_a_cpu()
             await asyncio.sleep(0.01)
-            self.worst = max(self.worst, time.monotonic() - before - 0.01)
+            late = time.monotonic() - before - 0.01
+            self.worst_wall = max(self.worst_wall, late)
+            self.worst = max(self.worst, late - (_waited_for_a_cpu() - waited))
 
     def __enter__(self) -> Lag:
         self._task = asyncio.get_running_loop().create_task(self._tick())
@@ -184,11 +205,12 @@ async def test_after_the_broker_restarts_it_reconnects_renews_subscriptions_and_
 async def test_a_refusing_broker_is_retried_with_doubling_back_off_and_no_blocking() -> None:
     """Nothing listens on the port: every attempt fails at once, the next one comes after
     the minimum delay, then twice the last, up to the maximum (no jitter), and the loop
-    stays free throughout."""
-    attempts: list[float] = []
+    stays free throughout. Each gap may be longer by the time the loop's thread waited for
+    a CPU meanwhile (a busy machine), never shorter."""
+    attempts: list[tuple[float, float]] = []  # when, and the loop's waits for a CPU by then
 
     def will() -> tuple[str, bytes]:
-        attempts.append(time.monotonic())
+        attempts.append((time.monotonic(), _waited_for_a_cpu()))
         return "loop/will", b"x"
 
     connection = MqttConnection(
@@ -205,11 +227,14 @@ async def test_a_refusing_broker_is_retried_with_doubling_back_off_and_no_blocki
         await until(lambda: len(attempts) >= 5, timeout=10.0)
         assert not connection.connected
         await connection.close()
-    gaps = [b - a for a, b in itertools.pairwise(attempts)]
-    for gap, wanted in zip(gaps, [0.1, 0.2, 0.4, 0.4, 0.4], strict=False):
-        assert wanted - 0.005 <= gap <= wanted + 0.25, gaps
+    gaps = [
+        (b - a, b_waited - a_waited)
+        for (a, a_waited), (b, b_waited) in itertools.pairwise(attempts)
+    ]
+    for (gap, waited), wanted in zip(gaps, [0.1, 0.2, 0.4, 0.4, 0.4], strict=False):
+        assert wanted - 0.005 <= gap <= wanted + 0.25 + waited, gaps
     assert "refused" in connection.last_error
-    assert lag.worst < 0.25
+    assert lag.worst < 0.25, lag
     assert own_tasks(connection) == []
 
 
@@ -265,11 +290,12 @@ async def test_a_host_that_does_not_answer_the_syn_does_not_freeze_the_loop() ->
         with Lag() as lag:
             await connection.start()
             assert not await connection.wait_connected(1.5)
-            assert "timed out" in connection.last_error
+            # the attempt ends when paho's connect times out (1 s; later on a busy machine)
+            await until(lambda: "timed out" in connection.last_error)
             started = time.monotonic()
             await connection.close()
             closing = time.monotonic() - started
-    assert lag.worst < 0.25, lag.worst
+    assert lag.worst < 0.25, lag
     assert closing < 1.5  # at most the attempt under way
     assert connection.client.socket() is None
     assert own_tasks(connection) == []
@@ -287,7 +313,7 @@ async def test_a_broker_that_accepts_but_never_answers_connect_does_not_block_th
             assert watched(connection, sock)  # waiting for CONNACK on the loop
             await connection.close()
         assert accepted[0].recv(64)[:1] == b"\x10"  # the CONNECT came
-    assert lag.worst < 0.25, lag.worst
+    assert lag.worst < 0.25, lag
     assert connection.client.socket() is None and not watched(connection, sock)
     assert own_tasks(connection) == []
 
