@@ -158,6 +158,7 @@ class GatewayApp(AsyncResource):
                 offline_after=cfg.gateway.offline_after,
                 max_things=cfg.gateway.max_things,
                 close_after=cfg.gateway.close_after,
+                close_births=cfg.gateway.close_births,
             )
             await self.gateway.start()
             if cfg.console.enabled:

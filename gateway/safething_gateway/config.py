@@ -12,6 +12,7 @@
     offline_after = 600.0      # seconds of silence before a device is called offline
     max_things = 2000          # custodial things running at once, at most: the quiet longest close
     close_after = 60.0         # seconds a thing must be quiet before it may be closed
+    close_births = false       # true: things quiet since their birth close over max_things at once
     tokens = ""                # WoT HTTP tokens directory; "" = <registry dir>/http-tokens
 
     [mqtt]
@@ -116,6 +117,7 @@ class GatewaySection:
     offline_after: float = 600.0
     max_things: int = 2000
     close_after: float = 60.0
+    close_births: bool = False
     tokens: str = ""
     secrets: str = ""
 

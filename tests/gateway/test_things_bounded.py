@@ -138,10 +138,26 @@ async def test_the_sweep_task_keeps_the_bound(site: Site) -> None:
 
 
 async def test_a_thing_not_quiet_long_enough_is_not_closed(site: Site) -> None:
-    """A thing restored by its device's message is kept ``close_after`` seconds at least,
-    over the bound or not (a device that speaks often is not restored in a loop); only
-    the things running since their birth are closed before."""
+    """By default every thing, just born or not, is kept ``close_after`` seconds at least,
+    over the bound or not: devices that speak again soon after their birth (a load right
+    after a birth storm) are not restored each once for nothing."""
     async with site.gateway(max_things=1, close_after=30.0) as gw:
+        await site.start(gw)
+        ids = await site.born(gw, 3)
+        assert await gw.close_quiet_things() == 0
+        await site.say(gw, ids[0], "reading", {"moisture": 10})
+        assert await gw.close_quiet_things() == 0
+        assert sorted(gw.things) == ids
+        assert gw.metrics.get("safething_gateway_things_closed_total") == 0
+
+
+async def test_with_close_births_only_things_running_since_their_birth_close_early(
+    site: Site,
+) -> None:
+    """With ``close_births``, a thing restored by its device's message is still kept
+    ``close_after`` seconds at least (a device that speaks often is not restored in a
+    loop); only the things running since their birth are closed before."""
+    async with site.gateway(max_things=1, close_after=30.0, close_births=True) as gw:
         await site.start(gw)
         ids = await site.born(gw, 3)
         assert await gw.close_quiet_things() == 2  # running since their birth
@@ -162,7 +178,7 @@ async def test_things_running_since_their_birth_are_closed_over_the_bound_at_onc
     bound within close_after, yet the bound holds, the quiet longest closed first. A
     device that spoke after its birth is quieter than one just born (its reading is the
     firmware's pattern: birth, then a reading at once)."""
-    async with site.gateway(max_things=2, close_after=30.0) as gw:
+    async with site.gateway(max_things=2, close_after=30.0, close_births=True) as gw:
         await site.start(gw)
         ids = await site.born(gw, 5)
         await site.say(gw, ids[0], "reading", {"moisture": 1})  # 0 spoke last
@@ -180,7 +196,7 @@ async def test_the_sweep_keeps_the_bound_through_a_birth_storm(site: Site) -> No
     """Ten devices come back one after the other, each with its birth and then a reading
     at once (the firmware's start), close_after far off: the sweep task keeps the running
     things at the bound, and every reading is stored."""
-    async with site.gateway(max_things=3, close_after=30.0) as gw:
+    async with site.gateway(max_things=3, close_after=30.0, close_births=True) as gw:
         await site.start(gw, sweeping=True)
         ids = []
         for _ in range(10):
@@ -297,10 +313,6 @@ async def test_a_thing_is_not_closed_while_a_message_of_its_device_is_in_hand(
     async with site.gateway(max_things=1) as gw:
         await site.start(gw)
         device_id, other = await site.born(gw, 2)
-        for closing in (device_id, other):  # closed once each and restored: not new
-            assert await gw.close_quiet_things() == 1
-            assert closing not in gw.things
-            await site.say(gw, closing, "reading", {"moisture": 1})
         await _quiet()
         await site.say(gw, other, "reading", {"moisture": 1})
         gw._in_hand[device_id] = 1  # as _handle holds it while it acts for the device

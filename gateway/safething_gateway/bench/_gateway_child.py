@@ -102,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="Gateway(close_after=...) in seconds; default: the gateway's",
     )
+    parser.add_argument(
+        "--close-births",
+        action="store_true",
+        help="Gateway(close_births=True): things quiet since their birth close over the bound",
+    )
     return parser
 
 
@@ -175,6 +180,8 @@ async def _run(args: argparse.Namespace) -> None:
                 bound["max_things"] = args.max_things
             if args.close_after is not None:
                 bound["close_after"] = args.close_after
+            if args.close_births:
+                bound["close_births"] = True
             gateway = Gateway(
                 store=store,
                 registry=registry,

@@ -1063,7 +1063,10 @@ async def _sustained(
     Identity.generate("bench-owner").save(ctx.workdir / "owner.identity")
     with mosquitto() as broker:
         args = _child_args(ctx.workdir, url, broker.port, sizes)
-        child = _GatewayChild(args, ctx.workdir / "gateway-child.log")
+        # a clean stop writes "offline" into every thing running: 10,000 after the births
+        child = _GatewayChild(
+            args, ctx.workdir / "gateway-child.log", stop_timeout=60 + 0.05 * sizes.devices
+        )
         async with child.running(startup_timeout=120) as running:
             generator = _LoadGenerator(broker.port, links, sizes.connections)
             await generator.start()

@@ -11,8 +11,9 @@ generator it uses.
    devices / the time from the first birth sent to the gateway's report that
    shows the last one handled (each birth creates, registers and publishes the
    device's custodial thing). The gateway runs with ``max_things`` (the
-   gateway's default, 2,000; 50 with ``--quick``) and ``close_after`` (its
-   default, 60 s): things running since their birth are closed over the bound.
+   gateway's default, 2,000; 50 with ``--quick``), ``close_after`` (its
+   default, 60 s) and ``close_births``: things running since their birth are
+   closed over the bound (a setting off by default: see ``Gateway``).
    Then the gateway idles for ``settle_s`` + ``idle_s`` (its CPU and resident
    set go into ``params``, the state after births) and stops.
 3. A new gateway process starts on the same registry and store.
@@ -88,6 +89,8 @@ class _ScaleSizes:
     """``Gateway(max_things=...)`` of the births' gateway and of the restarted one."""
     close_after: float = DEFAULT_CLOSE_AFTER_S
     """``Gateway(close_after=...)`` of both."""
+    close_births: bool = True
+    """``Gateway(close_births=...)`` of both: the bound holds through the births."""
     unbounded: bool = True
     """Births once more, on a copy of the new registry and a new store, with
     ``max_things`` = the devices (nothing is ever closed): what the bound costs and saves."""
@@ -104,8 +107,9 @@ def _sizes(ctx: BenchContext) -> _ScaleSizes:
     )
 
 
-def _bound_args(max_things: int, close_after: float) -> list[str]:
-    return ["--max-things", str(max_things), "--close-after", repr(close_after)]
+def _bound_args(max_things: int, close_after: float, close_births: bool) -> list[str]:
+    bound = ["--max-things", str(max_things), "--close-after", repr(close_after)]
+    return [*bound, "--close-births"] if close_births else bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,7 @@ class _Births:
 
     max_things: int
     close_after: float
+    close_births: bool
     seconds: float
     """First birth sent -> the report that shows the last one handled."""
     things: int
@@ -127,6 +132,7 @@ class _Births:
         return {
             "max_things": self.max_things,
             "close_after_s": self.close_after,
+            "close_births": self.close_births,
             "births_per_s": round(devices / self.seconds, 1),
             "births_s": round(self.seconds, 3),
             "things_at_last_birth": self.things,
@@ -182,6 +188,7 @@ async def _births(
     sizes: _ScaleSizes,
     max_things: int,
     close_after: float,
+    close_births: bool,
 ) -> _Births:
     """Every device's birth at once, then the idle time after them (``child`` running)."""
     n = sizes.devices
@@ -195,6 +202,7 @@ async def _births(
     return _Births(
         max_things=max_things,
         close_after=close_after,
+        close_births=close_births,
         seconds=born["t"] - started,
         things=born["things"],
         after=await child.idle(sizes),
@@ -234,7 +242,7 @@ async def scale_group(ctx: BenchContext) -> list[Metric]:
         report_s=3600.0,
     )
     with mosquitto() as broker:
-        bound = _bound_args(sizes.max_things, sizes.close_after)
+        bound = _bound_args(sizes.max_things, sizes.close_after, sizes.close_births)
         args = [*_child_args(ctx.workdir, url, broker.port, child_sizes), *bound]
         generator = _LoadGenerator(broker.port, links, sizes.connections)
         await generator.start()
@@ -244,7 +252,9 @@ async def scale_group(ctx: BenchContext) -> list[Metric]:
             first = _AskedChild(args, ctx.workdir / "gateway-births.log", stop_timeout=stop_timeout)
             async with first.running(startup_timeout=60) as child:
                 assert isinstance(child, _AskedChild)
-                births = await _births(child, generator, sizes, sizes.max_things, sizes.close_after)
+                births = await _births(
+                    child, generator, sizes, sizes.max_things, sizes.close_after, sizes.close_births
+                )
             restart = _AskedChild(
                 args, ctx.workdir / "gateway-restart.log", stop_timeout=stop_timeout
             )
@@ -270,14 +280,14 @@ async def scale_group(ctx: BenchContext) -> list[Metric]:
                 spare_url = sqlite_url(spare / "scale.db")
                 spare_args = [
                     *_child_args(spare, spare_url, broker.port, child_sizes),
-                    *_bound_args(n, sizes.close_after),
+                    *_bound_args(n, sizes.close_after, False),
                 ]
                 third = _AskedChild(
                     spare_args, ctx.workdir / "gateway-unbounded.log", stop_timeout=stop_timeout
                 )
                 async with third.running(startup_timeout=60) as child:
                     assert isinstance(child, _AskedChild)
-                    unbounded = await _births(child, generator, sizes, n, sizes.close_after)
+                    unbounded = await _births(child, generator, sizes, n, sizes.close_after, False)
         finally:
             await generator.close()
     return _report(sizes, births, unbounded, restart, idle, k, first_readings_s, first_readings)
