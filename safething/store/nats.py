@@ -1336,6 +1336,10 @@ class _NatsWatch(Watch):
             closing.cancel()
             if not task.done():
                 task.cancel()
+        if self._closed:
+            # close() cancels the start this may be waiting on: both come done in the
+            # same turn, and the cancelled one must end the iteration, not escape it
+            return None
         if task in done:
             return task.result()
         return None
