@@ -28,6 +28,13 @@ at most ``max_inflight`` are sent and unacknowledged at a time (the rest wait, i
 and after a reconnect those not acknowledged are sent again (``dup`` set on the ones sent
 before), as paho did. A QoS 0 message published while disconnected fails at once.
 
+**A broker that reads slowly or not at all.** What the kernel does not take waits in
+the connection, at most ``max_queued`` bytes (1 MiB) for QoS 0 messages: a QoS 0
+message over it is not queued (its future False, one warning until the queue empties
+again, counted in :attr:`MqttConnection.dropped`); QoS 1 messages and control packets
+always are (QoS 1 is bounded by the in-flight cap). The rest of a partial write is kept
+as a view into what was joined, so a backlog is copied once, not at every step.
+
 **One connection per broker login.** The shipped Mosquitto config binds a client id to
 its login (``use_username_as_clientid``), so two connections with the gateway's login
 would throw each other off. The adapters therefore share the device bridge's connection
@@ -86,6 +93,12 @@ forwards at most 64 KiB of payload)."""
 MAX_UNACKNOWLEDGED = 60_000
 """QoS 1 messages kept for the broker at most (sent or waiting for a connection): each
 holds one of the 65,535 packet ids."""
+
+MAX_QUEUED = 1024 * 1024
+"""Bytes waiting to be written (the kernel's send buffer full: a broker reading slowly or
+not at all) above which a QoS 0 message is not queued (its future False); QoS 1 messages
+(at most ``max_inflight`` written, the rest kept as messages) and control packets
+(PUBACK, PINGREQ, DISCONNECT, subscriptions) are always queued."""
 
 CONNECT_TIMEOUT_S = 5.0
 """How long one TCP connect may take (name look-up and handshake)."""
@@ -163,6 +176,7 @@ class MqttConnection:
         fail_on_disconnect: bool = False,
         label: str = "mqtt",
         max_packet: int = MAX_PACKET,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
@@ -170,6 +184,8 @@ class MqttConnection:
             raise ValueError("max_inflight must stay well below 65535 packet ids")
         if not 0 < reconnect_delay[0] <= reconnect_delay[1]:
             raise ValueError("reconnect_delay must be (min, max) with 0 < min <= max")
+        if max_queued < 1:
+            raise ValueError("max_queued must be at least 1 byte")
         if not 0 <= keepalive <= 0xFFFF:
             raise ValueError("keepalive must be 0 to 65535 seconds")
         self.host = host
@@ -184,6 +200,12 @@ class MqttConnection:
         """Resolve unacknowledged publishes as False when the connection drops (they are
         still sent again after reconnecting)."""
         self.max_inflight = max_inflight
+        self.max_queued = max_queued
+        """Bytes waiting to be written above which QoS 0 messages are dropped."""
+        self.dropped = 0
+        """QoS 0 messages not sent because :attr:`max_queued` bytes waited to be written."""
+        self._shedding = False
+        """QoS 0 messages are dropped since the queue last emptied (warned once)."""
         self._manual_ack = manual_ack
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
@@ -236,6 +258,12 @@ class MqttConnection:
         self._dropped = asyncio.Event()
         self._chunks: list[bytes] = []
         """Packets queued, written together at the next flush."""
+        self._rest: memoryview | None = None
+        """What the kernel did not take of the last write (written before ``_chunks``)."""
+        self._queued = 0
+        """Bytes of ``_rest`` and of the first ``_counted`` packets of ``_chunks`` (the
+        rest are counted when :attr:`queued` is read: nothing per packet on the hot path)."""
+        self._counted = 0
         self._written: list[asyncio.Future[bool]] = []
         """QoS 0 publishers waiting for their message to reach the kernel."""
         self._writing = False
@@ -248,6 +276,15 @@ class MqttConnection:
         self._last_in = 0.0
         self._last_out = 0.0
         self._ping_at = 0.0
+
+    @property
+    def queued(self) -> int:
+        """Bytes waiting to be written (the kernel's send buffer is full)."""
+        chunks = self._chunks
+        if self._counted < len(chunks):
+            self._queued += sum(map(len, chunks[self._counted :]))
+            self._counted = len(chunks)
+        return self._queued
 
     @property
     def url(self) -> str:
@@ -362,12 +399,31 @@ class MqttConnection:
             return mid, future
         if qos != 0:
             raise ValueError(f"QoS {qos}: this client publishes with QoS 0 or 1")
-        if self._session:
-            self._send(codec.publish(topic_bytes, payload, 0, retain, False, 0))
-            self._written.append(future)
-        else:
+        if not self._session:
             future.set_result(False)
+            return 0, future
+        packet = codec.publish(topic_bytes, payload, 0, retain, False, 0)
+        if self.queued + len(packet) > self.max_queued:
+            self._shed(topic)
+            future.set_result(False)
+        else:
+            self._send(packet)
+            self._written.append(future)
         return 0, future
+
+    def _shed(self, topic: str) -> None:
+        """A QoS 0 message not queued: the broker does not take what waits already."""
+        self.dropped += 1
+        if not self._shedding:
+            self._shedding = True
+            log.warning(
+                "%s: %d bytes wait for %s to read them; dropping QoS 0 messages (to %s "
+                "first) until it does",
+                self.label,
+                self._queued,
+                self.url,
+                topic,
+            )
 
     def ack(self, message: MessageLike, generation: int) -> None:
         """PUBACK a message received with ``manual_ack``, unless it came on an earlier
@@ -516,6 +572,9 @@ class MqttConnection:
         self._sock = self.client.sock = sock
         self._reader.clear()
         self._chunks.clear()
+        self._rest = None
+        self._queued = self._counted = 0
+        self._shedding = False
         self._last_in = self._last_out = time.monotonic()
         self._ping_at = 0.0
         loop.add_reader(sock, self._readable)
@@ -547,6 +606,9 @@ class MqttConnection:
             self._drained.set()
         self._session = False
         self._chunks.clear()
+        self._rest = None
+        self._queued = self._counted = 0
+        self._shedding = False
         self._reader.clear()
         written, self._written = self._written, []
         for future in written:
@@ -750,25 +812,54 @@ class MqttConnection:
         self._write()
 
     def _write(self) -> None:
+        """Hand the kernel what is queued: the rest of a partial write first (a view into
+        it, never copied again), then the packets queued since, joined once."""
         chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        try:
-            sent = self.client._sock_send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as e:
-            self._drop(f"connection lost: {e}")
-            return
-        self._last_out = time.monotonic()
-        sock = self._sock
-        assert sock is not None and self._loop is not None
-        if sent < len(data):
-            self._chunks = [data[sent:]]
-            if not self._writing:
-                self._writing = True
-                self._loop.add_writer(sock, self._writable)
-            return
-        chunks.clear()
+        while True:
+            data: bytes | memoryview
+            rest = self._rest
+            if rest is None:
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+            else:
+                data = rest
+            try:
+                sent = self.client._sock_send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as e:
+                self._drop(f"connection lost: {e}")
+                return
+            self._last_out = time.monotonic()
+            sock = self._sock
+            assert sock is not None and self._loop is not None
+            if sent < len(data):
+                if rest is None:  # all that was queued, joined
+                    self._queued = len(data) - sent
+                    self._counted = 0
+                else:
+                    self._queued -= sent
+                self._rest = memoryview(data)[sent:]
+                if not self._writing:
+                    self._writing = True
+                    self._loop.add_writer(sock, self._writable)
+                return
+            if rest is None:  # everything written
+                if self._counted:
+                    self._queued = self._counted = 0
+                break
+            self._rest = None
+            self._queued -= sent
+            if not chunks:
+                break
+        if self._shedding:
+            self._shedding = False
+            log.info(
+                "%s: %s reads again (%d QoS 0 messages dropped so far)",
+                self.label,
+                self.url,
+                self.dropped,
+            )
         if self._writing:
             self._writing = False
             self._loop.remove_writer(sock)
@@ -783,7 +874,7 @@ class MqttConnection:
     async def _write_out(self, timeout: float) -> None:
         """Write what is queued (the DISCONNECT), for ``timeout`` seconds at most."""
         self._flush()
-        if self._sock is None or not self._chunks:
+        if self._sock is None or not self._writing:
             return
         drained = self._drained = asyncio.Event()
         with contextlib.suppress(TimeoutError):

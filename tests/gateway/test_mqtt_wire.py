@@ -1,14 +1,18 @@
 """What MqttConnection puts on the wire, seen by a scripted broker (the codec cuts what
 the client sends): the in-flight cap, QoS 1 messages sent again with ``dup`` after a
-reconnect, PUBACKs only when the owner acknowledges and never across connections, and
-a broker that stops answering pings dropped. The real-Mosquitto tests are in
-test_mqtt_loop.py."""
+reconnect, PUBACKs only when the owner acknowledges and never across connections, a
+broker that stops answering pings dropped, and a broker that stops reading: the bytes
+waiting for it stay under a cap, and the backlog is written without being copied again.
+The real-Mosquitto tests are in test_mqtt_loop.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
+
+import pytest
 
 from safething_gateway import mqtt_codec as codec
 from safething_gateway.mqtt_client import Message, MqttConnection
@@ -42,13 +46,17 @@ class ScriptedBroker:
         self.sessions: list[Session] = []
         self.pingresp = True
         self.port = 0
+        self.reading = asyncio.Event()
+        """Cleared: the broker reads nothing more (the client's writes back up)."""
+        self.reading.set()
+        self.read_size = 65536
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = Session(writer)
         self.sessions.append(session)
         packets = codec.PacketReader(1 << 20)
         try:
-            while data := await reader.read(65536):
+            while (await self.reading.wait()) and (data := await reader.read(self.read_size)):
                 for first, body in packets.feed(data):
                     session.packets.append((first, body))
                     kind = first >> 4
@@ -192,5 +200,92 @@ async def test_a_broker_that_stops_answering_pings_is_dropped() -> None:
             await asyncio.wait_for(session.ended.wait(), 6)
             assert len(session.of(codec.PINGREQ)) >= 1
             assert downs == ["keep-alive timeout: the broker did not answer"]
+        finally:
+            await connection.close()
+
+
+def _payloads(session: Session) -> list[bytes]:
+    return [_publish(*p).payload for p in session.of(codec.PUBLISH)]
+
+
+async def test_qos0_messages_for_a_broker_that_stops_reading_stay_under_the_cap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "safething.gateway.mqtt")
+    cap = 64 * 1024
+    async with ScriptedBroker().running() as broker:
+        connection = MqttConnection(
+            "127.0.0.1", broker.port, client_id=uid("slow"), max_queued=cap, label="slow"
+        )
+        await connection.start()
+        try:
+            assert await connection.wait_connected(5)
+            session = broker.sessions[0]
+            broker.reading.clear()
+            body = b"x" * 1000
+            futures: list[asyncio.Future[bool]] = []
+            most = 0
+            for i in range(100_000):  # the kernel's buffers fill first (a few MB)
+                futures.append(connection.publish("e/slow", b"%06d" % i + body, 0)[1])
+                most = max(most, connection.queued)
+                if i % 50 == 0:
+                    await asyncio.sleep(0)  # the loop writes what it can
+                if connection.dropped >= 200:
+                    break
+            assert connection.dropped >= 200, "QoS 0 messages were queued without limit"
+            assert most <= cap
+            assert connection.connected
+            warnings = [r for r in caplog.records if "dropping QoS 0" in r.getMessage()]
+            assert len(warnings) == 1  # one per episode, not one per message
+            _, qos1 = connection.publish("e/slow", b"kept", 1)  # QoS 1 is always queued
+            broker.reading.set()
+            await asyncio.wait_for(asyncio.gather(*futures), 30)
+            kept = [i for i, f in enumerate(futures) if f.result()]
+            assert len(kept) == len(futures) - connection.dropped
+            await until(lambda: len(session.of(codec.PUBLISH)) == len(kept) + 1, timeout=30)
+            payloads = _payloads(session)
+            assert [int(p[:6]) for p in payloads[:-1]] == kept  # in order, none lost
+            assert payloads[-1] == b"kept"
+            session.send(codec.puback(_publish(*session.of(codec.PUBLISH)[-1]).mid))
+            assert await asyncio.wait_for(qos1, 5)
+            assert await asyncio.wait_for(connection.publish("e/slow", b"again", 0)[1], 5)
+            assert any("reads again" in r.getMessage() for r in caplog.records)
+            assert connection.queued == 0
+        finally:
+            await connection.close()
+
+
+async def test_a_backlog_is_written_without_copying_it_again_at_each_step() -> None:
+    async with ScriptedBroker().running() as broker:
+        connection = MqttConnection(
+            "127.0.0.1", broker.port, client_id=uid("copy"), max_queued=1 << 30, label="copy"
+        )
+        await connection.start()
+        copied = 0
+        send = connection.client._sock_send
+
+        def counting(data: bytes | memoryview) -> int:
+            nonlocal copied
+            if isinstance(data, bytes):  # a memoryview into what was copied before is free
+                copied += len(data)
+            return send(data)
+
+        connection.client._sock_send = counting  # type: ignore[method-assign]
+        try:
+            assert await connection.wait_connected(5)
+            session = broker.sessions[0]
+            broker.reading.clear()
+            broker.read_size = 16 * 1024
+            body = b"y" * 4000
+            futures = []
+            for i in range(4000):  # 16 MB, most of it waiting for the broker
+                futures.append(connection.publish("e/copy", b"%06d" % i + body, 0)[1])
+                if i % 100 == 0:
+                    await asyncio.sleep(0)
+            total = len(futures) * len(codec.publish(b"e/copy", b"0" * 4006, 0, False, False, 0))
+            broker.reading.set()
+            assert await asyncio.wait_for(asyncio.gather(*futures), 60) == [True] * len(futures)
+            await until(lambda: len(session.of(codec.PUBLISH)) == len(futures), timeout=30)
+            assert copied <= 1.25 * total, f"{copied} bytes copied to write {total}"
         finally:
             await connection.close()
