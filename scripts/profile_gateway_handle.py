@@ -2,13 +2,15 @@
 process, no broker, no bridge.
 
     .venv/bin/python scripts/profile_gateway_handle.py [--devices 200] [--readings 4000]
-        [--profile FILE] [--top 15]
+        [--inflight N] [--profile FILE] [--top 15]
 
 Provisions ``--devices`` devices in a new registry beside a new SQLite store, sends
 each one's ``birth`` through ``Gateway.handle``, then ``--readings`` readings (every
-device in order, the devices concurrently, as the MQTT bridge hands them over) and
-prints one JSON object: readings per second, CPU microseconds per reading of the
-process (every thread) and of the event loop's thread, the same for the births
+device in order, the devices concurrently, as the MQTT bridge hands them over; with
+``--inflight N`` the readings go out as the ``gateway.load`` benchmark sends them:
+device 0, 1, ..., 0, ..., at most N in hand at once) and prints one JSON object:
+readings per second, CPU microseconds per reading of the process (every thread) and
+of the event loop's thread, the same for the births
 (``births_per_s``, ``cpu_us_per_birth``), the CPU per reading of each thread
 (``thread_cpu_us_per_reading``: the event loop, the store's writer, the registry's
 worker, read from each thread's own CPU clock), the load average, and the sizes of
@@ -247,7 +249,12 @@ def _spy_top(path: Path, thread_cpu: dict[str, int], n: int) -> dict[str, Any]:
 
 
 async def _run(
-    devices: int, readings: int, profile: Path | None, top: int, spy_file: Path | None
+    devices: int,
+    readings: int,
+    profile: Path | None,
+    top: int,
+    spy_file: Path | None,
+    inflight: int | None = None,
 ) -> dict[str, Any]:
     threads = _ThreadProfiles()
     groups = _GroupSizes()
@@ -299,6 +306,19 @@ async def _run(
                         for data in frames[link.device_id]:
                             await gateway.handle(link.device_id, "reading", data)
 
+                    # the benchmark's order: every device's k-th reading, then the k+1-th
+                    ordered = iter(
+                        [
+                            (link.device_id, frames[link.device_id][k])
+                            for k in range(each)
+                            for link in links
+                        ]
+                    )
+
+                    async def worker() -> None:
+                        for device_id, data in ordered:
+                            await gateway.handle(device_id, "reading", data)
+
                     spy = _start_spy(spy_file) if spy_file is not None else None
 
                     profiler = cProfile.Profile(time.thread_time) if profile is not None else None
@@ -309,7 +329,10 @@ async def _run(
                     if profiler is not None:
                         threads.on = True
                         profiler.enable()
-                    await asyncio.gather(*(send(link) for link in links))
+                    if inflight is None:
+                        await asyncio.gather(*(send(link) for link in links))
+                    else:  # fewer than the devices: a device's readings stay in order
+                        await asyncio.gather(*(worker() for _ in range(min(inflight, devices))))
                     if profiler is not None:
                         profiler.disable()
                         threads.on = False
@@ -334,6 +357,8 @@ async def _run(
         "device_cpu_us_per_reading": round(device_cpu / n * 1e6),
         "load": round(os.getloadavg()[0], 2),
         "group_commits": groups.summary(),
+        "devices": devices,
+        "inflight": inflight,
     }
     if spy_file is not None:
         out["spy"] = _spy_top(spy_file, thread_cpu, top)
@@ -353,13 +378,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--readings", type=int, default=4000)
+    parser.add_argument(
+        "--inflight",
+        type=int,
+        help="readings in hand at most, sent in the benchmark's order (default: every "
+        "device's readings in turn, all devices at once)",
+    )
     parser.add_argument("--profile", type=Path, help="cProfile statistics of the readings")
     parser.add_argument("--top", type=int, default=15, help="items per thread with --profile")
     parser.add_argument(
         "--spy", type=Path, help="py-spy's samples of the readings (py-spy in the venv)"
     )
     args = parser.parse_args()
-    result = _run(args.devices, args.readings, args.profile, args.top, args.spy)
+    if args.inflight is not None and args.inflight < 1:
+        parser.error("--inflight must be at least 1")
+    result = _run(args.devices, args.readings, args.profile, args.top, args.spy, args.inflight)
     print(json.dumps(asyncio.run(result)))
     return 0
 
