@@ -46,6 +46,7 @@ from safething.errors import SafeThingError
 __all__ = [
     "CHANNELS_DOWN",
     "CHANNELS_UP",
+    "LINK_KEYS_CACHED",
     "MAGIC",
     "MAX_MESSAGE_BYTES",
     "VERSION",
@@ -71,6 +72,12 @@ __all__ = [
     "mac",
     "parse_frame",
 ]
+
+LINK_KEYS_CACHED = 16_384
+"""Device secrets whose link keys are kept (about 0.4 KB each): more than the 10,000
+devices a gateway is sized for, so that devices speaking in turn do not push each other
+out (four HKDF derivations per message otherwise; docs/benchmarks.md,
+``gateway.sustained10k``)."""
 
 VERSION = 2
 """The link version new devices are provisioned with (``ST2``: bodies encrypted)."""
@@ -168,7 +175,7 @@ def link_keys(secret: bytes) -> LinkKeys:
     return _link_keys(bytes(secret))
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=LINK_KEYS_CACHED)
 def _link_keys(secret: bytes) -> LinkKeys:
     def expand(label: bytes, length: int) -> bytes:
         return HKDFExpand(algorithm=hashes.SHA256(), length=length, info=label).derive(secret)

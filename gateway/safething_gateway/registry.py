@@ -83,8 +83,11 @@ MAX_PENDING_DOWNLINKS = 256
 """Downlinks queued for one device at most (action requests and desired values it has
 not acknowledged); the total is this times the provisioned devices."""
 
-CACHED_DEVICES = 4096
-"""Device rows :meth:`Registry.cached` keeps (about 4 KB each, with its description)."""
+CACHED_DEVICES = 16_384
+"""Device rows :meth:`Registry.cached` keeps (about 4 KB each, with its description):
+more than the 10,000 devices a gateway is sized for, so that devices speaking in turn
+do not push each other out (with 4,096 every reading of 10,000 devices read its row
+and derived its keys again: docs/benchmarks.md, ``gateway.sustained10k``)."""
 
 LINKED_TRANSPORTS = ("mqtt", "coap", "http")
 """Transports of devices that speak the device link (docs/protocol.md) to the gateway."""
@@ -878,7 +881,7 @@ def _with_counter(r: DeviceRecord, counter: int) -> DeviceRecord:
     )
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=CACHED_DEVICES)
 def _identity(keys: bytes, device_id: str) -> Identity:
     """Deriving public keys costs ~0.1 ms: done once per device, not per message."""
     return Identity(SigningKey(keys[:32]), EncryptionKey(keys[32:]), device_id)

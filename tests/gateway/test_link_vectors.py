@@ -164,6 +164,15 @@ def test_keys_and_frames_cannot_be_changed() -> None:
         assert str(key) not in repr(keys) and key.hex() not in repr(keys)
 
 
+def test_the_keys_of_ten_thousand_devices_speaking_in_turn_stay_derived() -> None:
+    """A gateway is sized for 10,000 devices: each speaking in turn, the second round
+    derives no device's keys again (four HKDF derivations per message otherwise)."""
+    secrets = [i.to_bytes(4, "big") + bytes(28) for i in range(10_000)]
+    first = [link_keys(secret) for secret in secrets]
+    again = [link_keys(secret) for secret in secrets]
+    assert all(a is b for a, b in zip(first, again, strict=True))
+
+
 def test_bodies_in_json_and_cbor() -> None:
     value = {"moisture": 12.5, "tags": ["a", "b"], "ok": True}
     for fmt in ("json", "cbor"):

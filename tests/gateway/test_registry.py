@@ -737,7 +737,37 @@ async def test_a_change_made_alone_after_a_group_commit_is_read_at_once(tmp_path
 
 
 def test_the_cache_holds_the_documented_number_of_rows() -> None:
-    assert registry_module.CACHED_DEVICES == 4096  # docs/benchmarks.md: about 4 KB each
+    assert registry_module.CACHED_DEVICES == 16_384  # docs/benchmarks.md: about 4 KB each
+
+
+def test_ten_thousand_devices_speaking_in_turn_stay_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway is sized for 10,000 devices: each speaking in turn, the second round
+    reads no device row again (with a cache smaller than that, every look-up did)."""
+    registry = Registry(tmp_path / "gateway.db")
+    try:
+        registry.add("sensor-00000", "mqtt")
+        others = [f"sensor-{i:05d}" for i in range(1, 10_000)]
+        with registry._writing() as db:  # copies of the first row: 10,000 adds are slow
+            db.executemany(
+                "INSERT INTO devices(id, transport, secret, keys, created, meta, protocol) "
+                "SELECT ?, transport, secret, keys, created, meta, protocol FROM devices "
+                "WHERE id = 'sensor-00000'",
+                [(device_id,) for device_id in others],
+            )
+        everyone = ["sensor-00000", *others]
+        first = [registry.cached(device_id) for device_id in everyone]
+        reads: list[str] = []
+        find = registry.find
+        monkeypatch.setattr(
+            registry, "find", lambda device_id: reads.append(device_id) or find(device_id)
+        )
+        again = [registry.cached(device_id) for device_id in everyone]
+        assert reads == []
+        assert all(a is b and a is not None for a, b in zip(first, again, strict=True))
+    finally:
+        registry.close()
 
 
 def test_a_call_that_fails_halfway_before_any_group_commit_leaves_nothing(
