@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from types import TracebackType
 from typing import Any, Self
 
-__all__ = ["AsyncResource", "Tasks"]
+__all__ = ["AsyncResource", "Tasks", "wait_ended"]
+
+
+async def wait_ended(tasks: Collection[asyncio.Future[Any]]) -> bool:
+    """Wait until every one of ``tasks`` has ended, even when the caller is cancelled
+    meanwhile; True if it was. A cleanup that waits for tasks it cancelled goes on to
+    its end and then raises :class:`asyncio.CancelledError` itself: swallowed (as
+    ``with suppress(CancelledError): await task`` does when the caller is the one
+    cancelled), the caller's owner would wait for it forever; raised at once, the
+    cleanup would stop halfway."""
+    pending = {task for task in tasks if not task.done()}
+    cancelled = False
+    while pending:
+        try:
+            _, pending = await asyncio.wait(pending)
+        except asyncio.CancelledError:
+            cancelled = True
+    return cancelled
 
 
 class AsyncResource:
@@ -56,14 +72,18 @@ class Tasks:
             self.log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     async def cancel_all(self) -> None:
-        """Cancel every task still running and wait until each has ended."""
+        """Cancel every task still running and wait until each has ended; a cancellation
+        of the caller meanwhile is raised once they all have (:func:`wait_ended`)."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
+        cancelled = await wait_ended(tasks)
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if not task.cancelled():
+                task.exception()  # taken: a failure was logged by _report, if at all
         self._tasks.clear()
+        if cancelled:  # the caller was cancelled meanwhile: passed on, now that all ended
+            raise asyncio.CancelledError
 
     def __len__(self) -> int:
         return len(self._tasks)

@@ -62,7 +62,7 @@ from safething.net import (
 from safething.net.permissions import Grantee, PermissionSet
 from safething.net.records import MDHeader
 from safething.net.trust import TrustState
-from safething.resource import AsyncResource, Tasks
+from safething.resource import AsyncResource, Tasks, wait_ended
 from safething.store import Store, open_store
 from safething.things import layout
 from safething.things.access import KeyRing, make_key_record
@@ -315,12 +315,21 @@ class Thing(AsyncResource):
         if self._heartbeat is not None and self._online_since is not None:
             with contextlib.suppress(SafeThingError):
                 await self.set_availability(False, reason="stopped")
-        for rid, task in list(self._running.items()):
+        running = list(self._running.values())
+        for task in running:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            self._running.pop(rid, None)
-        await self._tasks.cancel_all()
+        # a cancellation of the caller while the tasks end is passed on once this close
+        # is done: cut short, it would leave tasks running and the trust state unwritten;
+        # swallowed, the caller's owner (the gateway's sweep, stopping) waits forever
+        cancelled = await wait_ended(running)
+        for task in running:
+            if not task.cancelled():
+                task.exception()  # taken (a request's outcome was written by its runner)
+        self._running.clear()
+        try:
+            await self._tasks.cancel_all()
+        except asyncio.CancelledError:
+            cancelled = True
         if self._things is not None:
             await self._things.close()
         if self._own_store and self._store is not None:
@@ -330,6 +339,8 @@ class Thing(AsyncResource):
                 self._trust.close()
             else:
                 self._trust.sync()
+        if cancelled:
+            raise asyncio.CancelledError
 
     @property
     def online_since(self) -> float | None:

@@ -904,3 +904,29 @@ async def test_running_is_reported_for_a_handler_that_takes_time(
     assert (await handle.wait(5)).state == "done"
     quick = await stranger.request("garden-01", "OpenValve")
     assert await quick.result(5) == {"quick": True}  # done without a separate running write
+
+
+async def test_a_thing_closed_by_a_cancelled_caller_closes_completely() -> None:
+    """Its owner (the gateway's sweep, say) cancelled during the close: the close goes
+    on to its end (its tasks ended, its store closed), then the cancellation is raised
+    (tests/test_resource.py: swallowed, the gateway hung at stop)."""
+    thing = Thing(garden_description(), identity=Identity.generate(), store="memory://")
+    await thing.start()
+    ended: list[str] = []
+
+    async def slow_to_end() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.05)
+            ended.append("thing-task")
+
+    thing._tasks.spawn(slow_to_end(), "slow")
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(thing.close())
+    await asyncio.sleep(0.01)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert ended == ["thing-task"]
+    assert thing._own_store and thing._store._closed  # type: ignore[attr-defined]
