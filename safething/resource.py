@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Collection, Coroutine
 from types import TracebackType
@@ -25,6 +26,13 @@ async def wait_ended(tasks: Collection[asyncio.Future[Any]]) -> bool:
             _, pending = await asyncio.wait(pending)
         except asyncio.CancelledError:
             cancelled = True
+    for task in tasks:
+        # Each outcome taken, as ``await task`` takes it: a cancelled task keeps its
+        # CancelledError until then, whose traceback holds the task's own step frame,
+        # a cycle that keeps the task and all its coroutine referred to (a thing) alive
+        # until a collection; never, once frozen (the gateway's gc.freeze()).
+        with contextlib.suppress(BaseException):
+            task.result()
     return cancelled
 
 
@@ -77,10 +85,7 @@ class Tasks:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        cancelled = await wait_ended(tasks)
-        for task in tasks:
-            if not task.cancelled():
-                task.exception()  # taken: a failure was logged by _report, if at all
+        cancelled = await wait_ended(tasks)  # (a failure was logged by _report, if at all)
         self._tasks.clear()
         if cancelled:  # the caller was cancelled meanwhile: passed on, now that all ended
             raise asyncio.CancelledError

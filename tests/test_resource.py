@@ -6,6 +6,8 @@ Gateway.close cancelled it, carried on sweeping and the close waited for it fore
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -70,3 +72,24 @@ async def test_wait_ended_reports_the_callers_cancellation_and_still_waits() -> 
     assert await waiting is True
     assert ended == ["t"] and task.cancelled()
     assert await wait_ended([task]) is False  # nothing left to wait for, not cancelled
+
+
+async def test_tasks_ended_by_cancel_all_are_freed_without_a_collection() -> None:
+    """A cancelled task keeps its CancelledError until its outcome is taken, and that
+    error's traceback holds the task: a cycle, never collected once frozen (the gateway
+    freezes its things), which kept a closed thing alive."""
+
+    async def refers_to_its_task() -> None:
+        me = asyncio.current_task()  # as a thing's tasks refer to the thing that holds them
+        assert me is not None
+        await asyncio.sleep(3600)
+
+    tasks = Tasks()
+    task = weakref.ref(tasks.spawn(refers_to_its_task(), "sleeper"))
+    await asyncio.sleep(0)
+    gc.disable()  # freed by reference counts alone, or not at all
+    try:
+        await tasks.cancel_all()
+        assert task() is None
+    finally:
+        gc.enable()

@@ -321,10 +321,7 @@ class Thing(AsyncResource):
         # a cancellation of the caller while the tasks end is passed on once this close
         # is done: cut short, it would leave tasks running and the trust state unwritten;
         # swallowed, the caller's owner (the gateway's sweep, stopping) waits forever
-        cancelled = await wait_ended(running)
-        for task in running:
-            if not task.cancelled():
-                task.exception()  # taken (a request's outcome was written by its runner)
+        cancelled = await wait_ended(running)  # (a request's outcome is its runner's to write)
         self._running.clear()
         try:
             await self._tasks.cancel_all()
