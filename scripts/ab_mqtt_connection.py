@@ -31,11 +31,27 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
 from safething_gateway.broker import mosquitto
 from safething_gateway.mqtt_client import MqttConnection
+
+
+def _receiver(port: int, on_message: Callable[[mqtt.MQTTMessage, int], None]) -> MqttConnection:
+    """The measured receiving side: QoS 1 on ``ab/#``, acknowledged by hand, as the
+    gateway's bridge receives readings."""
+    return MqttConnection(
+        "127.0.0.1",
+        port,
+        client_id=f"ab-rx-{os.getpid()}",
+        clean_session=False,
+        manual_ack=True,
+        subscriptions=[("ab/#", 1)],
+        on_message=on_message,
+        label="ab receiver",
+    )
 
 
 async def run(messages: int, inflight: int, one_by_one: int, port: int) -> dict[str, float]:
@@ -53,16 +69,7 @@ async def run(messages: int, inflight: int, one_by_one: int, port: int) -> dict[
             done.set()
         arrived.set()
 
-    receiver = MqttConnection(
-        "127.0.0.1",
-        port,
-        client_id=f"ab-rx-{os.getpid()}",
-        clean_session=False,
-        manual_ack=True,
-        subscriptions=[("ab/#", 1)],
-        on_message=on_message,
-        label="ab receiver",
-    )
+    receiver = _receiver(port, on_message)
     sender = MqttConnection(
         "127.0.0.1", port, client_id=f"ab-tx-{os.getpid()}", max_inflight=inflight, label="ab tx"
     )
@@ -136,16 +143,7 @@ async def receive_only(messages: int, inflight: int, port: int) -> dict[str, flo
         if got == messages:
             done.set()
 
-    receiver = MqttConnection(
-        "127.0.0.1",
-        port,
-        client_id=f"ab-rx-{os.getpid()}",
-        clean_session=False,
-        manual_ack=True,
-        subscriptions=[("ab/#", 1)],
-        on_message=on_message,
-        label="ab receiver",
-    )
+    receiver = _receiver(port, on_message)
     await receiver.start()
     assert await receiver.wait_connected(10)
     sender = await asyncio.create_subprocess_exec(
