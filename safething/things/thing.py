@@ -315,20 +315,24 @@ class Thing(AsyncResource):
         if self._heartbeat is not None and self._online_since is not None:
             with contextlib.suppress(SafeThingError):
                 await self.set_availability(False, reason="stopped")
-        running = list(self._running.values())
-        for task in running:
+        running = list(self._running.items())
+        for _, task in running:
             task.cancel()
         # a cancellation of the caller while the tasks end is passed on once this close
         # is done: cut short, it would leave tasks running and the trust state unwritten;
         # swallowed, the caller's owner (the gateway's sweep, stopping) waits forever
-        cancelled = await wait_ended(running)  # (a request's outcome is its runner's to write)
-        self._running.clear()
+        cancelled = await wait_ended([task for _, task in running])  # outcomes: the runners'
+        for rid, _ in running:
+            self._running.pop(rid, None)
         try:
             await self._tasks.cancel_all()
         except asyncio.CancelledError:
             cancelled = True
         if self._things is not None:
-            await self._things.close()
+            try:  # it waits for the tasks it cancels too: the same
+                await self._things.close()
+            except asyncio.CancelledError:
+                cancelled = True
         if self._own_store and self._store is not None:
             await self._store.close()
         if self._trust is not None:
