@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from safething.errors import (
     AbortedWriteError,
@@ -639,6 +639,10 @@ class EntryWatch(AsyncResource):
         )
         self.last_revision = 0
         """Store revision of the last change seen; resume with ``watch(since=...)``."""
+
+    async def __aenter__(self) -> Self:
+        await self._watch.__aenter__()  # a watch that starts asynchronously has started
+        return self
 
     def __aiter__(self) -> AsyncIterator[_Entry]:
         return self

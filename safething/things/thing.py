@@ -143,8 +143,50 @@ class StoredSubscription:
         )
 
 
-def _status_record(status: str) -> bytes:
-    return dumps({"s": status, "t": time.time()})
+def _status_record(status: str, decided: float) -> bytes:
+    return dumps({"s": status, "t": decided})
+
+
+_STATUSES = ("registered", "published", "disabled")
+
+
+def _status_of(entry: Entry) -> _StatusMark:
+    """The status a stored status entry carries (one without a decision time counts as
+    decided at 0)."""
+    if entry.value is None:
+        raise ValueError("the status entry was deleted")
+    doc = loads(entry.value, "status")
+    if not isinstance(doc, dict):
+        raise ValueError(f"a status record holds {type(doc).__name__}, not an object")
+    return _StatusMark(str(doc["s"]), entry.version, float(doc.get("t", 0.0)))
+
+
+@dataclass(frozen=True, slots=True)
+class _StatusMark:
+    """The status a thing trusts, with the version of the record it came in and the
+    time of the decision that record carries (``t``, the deciding signer's clock).
+
+    Statuses are ordered by version, then by decision time: two records at one version
+    exist only when the store hid one writer's record from the other (each wrote past
+    the version it had verified), and the later decision wins on every reader, so a
+    store that serves the earlier one again rolls nothing back."""
+
+    status: str
+    version: int
+    decided: float
+
+    def to_bytes(self) -> bytes:
+        return dumps({"s": self.status, "v": self.version, "t": self.decided})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> _StatusMark:
+        if raw.decode("ascii", "replace") in _STATUSES:  # an earlier release's: the status alone
+            return cls(raw.decode(), -1, 0.0)
+        doc = loads(raw, "trusted status")
+        return cls(str(doc["s"]), int(doc["v"]), float(doc["t"]))
+
+    def follows(self, other: _StatusMark) -> bool:
+        return (self.version, self.decided) > (other.version, other.decided)
 
 
 class _Batch:
@@ -154,6 +196,8 @@ class _Batch:
         self.items: dict[bytes | str, bytes] = {}
         self.versions: dict[bytes | str, int | None] = {}
         self.after: list[Callable[[], None]] = []
+        self.written: dict[bytes, Entry] = {}
+        """The entries written, by key, once committed (``then`` callbacks may read it)."""
 
     def put(
         self,
@@ -175,12 +219,13 @@ class _Batch:
         exists after all fails the commit with ``ConflictError``)."""
         if not self.items:
             return
-        await md.put_many(
+        written = await md.put_many(
             self.items,
             versions=self.versions,
             atomic=True,
             assume_new=self.items.keys() if fresh else (),
         )
+        self.written.update((entry.key, entry) for entry in written)
         for then in self.after:
             then()
 
@@ -483,28 +528,33 @@ class Thing(AsyncResource):
         )
         await self._ensure_level_keys(md, batch)
         await self._put_if_changed(md, layout.DESC, self.description.to_dict(), batch)
+        trusted = self._status_mark()
         try:
-            status = loads(await md.get_value(layout.STATUS), "status")
-            self._trusted_status(str(status["s"]))
-        except NoSuchEntryError:
-            if self.trust.value(self._status_name()) is None:
-                first = "published" if publish else "registered"
-                batch.put(
-                    layout.STATUS,
-                    _status_record(first),
-                    functools.partial(self._trusted_status, first),
+            entry = await md.get(layout.STATUS)
+            stored = _status_of(entry)
+            if trusted is not None and not stored.follows(trusted) and stored != trusted:
+                raise self.client._tampered(
+                    TamperedDataError(
+                        f"thing {self.id}: a status record at version {entry.version} decided "
+                        f"before the one trusted at that version (replayed after a fork)",
+                        address=str(md.address),
+                    )
                 )
+            self._trust_status(stored)
+        except NoSuchEntryError:
+            if trusted is None:
+                first = "published" if publish else "registered"
+                self._put_first_status(batch, first)
             else:  # the store dropped it: write back what this thing trusts
-                await self._set_status(self.status_trusted())
+                await self._set_status(trusted.status, trusted.decided)
         except TamperedDataError as e:
             # An older or forged status: keep the one this thing verified last.
-            trusted = self.trust.value(self._status_name())
             if trusted is None:
                 raise
             log.warning(
-                "thing %s: refused the stored status (%s); keeping %r", self.id, e, trusted.decode()
+                "thing %s: refused the stored status (%s); keeping %r", self.id, e, trusted.status
             )
-            await self._set_status(trusted.decode())  # and repair the store
+            await self._set_status(trusted.status, trusted.decided)  # and repair the store
         await batch.commit(md)
         if publish and self.status == "registered":
             await self.publish()
@@ -544,13 +594,7 @@ class Thing(AsyncResource):
                 new=True,
             )
         batch.put(layout.DESC, dumps(self.description.to_dict()), new=True)
-        first = "published" if publish else "registered"
-        batch.put(
-            layout.STATUS,
-            _status_record(first),
-            functools.partial(self._trusted_status, first),
-            new=True,
-        )
+        self._put_first_status(batch, "published" if publish else "registered", new=True)
         if (online or self._heartbeat is not None) and self._online_since is None:
             since = time.time()
             batch.put(
@@ -739,23 +783,40 @@ class Thing(AsyncResource):
             streams[layout.event_pointer(t.name)] = ("e", t.name, level_of(t.access), t.history)
         return streams
 
-    async def _set_status(self, status: str) -> None:
-        await self._md("thing").put(layout.STATUS, _status_record(status))
-        self._trusted_status(status)
+    async def _set_status(self, status: str, decided: float | None = None) -> None:
+        """Write ``status`` (decided now, or at ``decided``: a trusted status put back
+        keeps the time it was decided, so that it never outranks a later decision)."""
+        when = time.time() if decided is None else decided
+        entry = await self._md("thing").put(layout.STATUS, _status_record(status, when))
+        self._trust_status(_StatusMark(status, entry.version, when))
+
+    def _put_first_status(self, batch: _Batch, status: str, *, new: bool = False) -> None:
+        decided = time.time()
+        entries = batch.written  # (not the batch: it holds this callback, and frozen
+        # cycles are never freed, see the gateway's gc.freeze)
+
+        def written() -> None:
+            self._trust_status(_StatusMark(status, entries[layout.STATUS].version, decided))
+
+        batch.put(layout.STATUS, _status_record(status, decided), written, new=new)
 
     def _status_name(self) -> str:
         return f"status/{self.id}"
 
+    def _status_mark(self) -> _StatusMark | None:
+        raw = self.trust.value(self._status_name())
+        return None if raw is None else _StatusMark.from_bytes(raw)
+
     def status_trusted(self) -> str:
         """The last status this thing verified or wrote ("registered" if none)."""
-        value = self.trust.value(self._status_name())
-        return "registered" if value is None else value.decode()
+        mark = self._status_mark()
+        return "registered" if mark is None else mark.status
 
-    def _trusted_status(self, status: str) -> None:
-        if status not in ("registered", "published", "disabled"):
-            raise ValueError(f"unknown status {status!r}")
-        self.trust.set_value(self._status_name(), status.encode())
-        self.status = status
+    def _trust_status(self, mark: _StatusMark) -> None:
+        if mark.status not in _STATUSES:
+            raise ValueError(f"unknown status {mark.status!r}")
+        self.trust.set_value(self._status_name(), mark.to_bytes())
+        self.status = mark.status
         self._rescan.set()
 
     async def publish(self) -> None:
@@ -1021,19 +1082,41 @@ class Thing(AsyncResource):
             else EntryWatch(md, shared.status(self.addresses), (layout.STATUS,))
         )
         async with watch as feed:
+            # The watch starts now: a status written since register() read it (the owner
+            # publishing a thing that has just started) is read once here.
+            try:
+                self._take_status(await md.get(layout.STATUS))
+            except SafeThingError as e:  # none, refused (counted), or no store: the watch
+                log.debug("thing %s: status not read again (%s)", self.id, e)
             async for entry in feed:
-                if entry.key != layout.STATUS or entry.value is None:
-                    continue
-                try:
-                    status = str(loads(entry.value, "status")["s"])
-                except (SafeThingError, KeyError, TypeError) as e:
-                    log.warning("thing %s: ignoring a malformed status: %s", self.id, e)
-                    continue
-                if entry.signer not in self._authorities():
-                    continue  # only the thing or its owner sets the status
-                if status in ("registered", "published", "disabled") and status != self.status:
-                    log.info("thing %s: status %s -> %s", self.id, self.status, status)
-                    self._trusted_status(status)
+                self._take_status(entry)
+
+    def _take_status(self, entry: Entry) -> None:
+        """Follow a status entry the owner (or this thing) signed, if it is newer than the
+        trusted one (see :class:`_StatusMark`); refuse one decided earlier at its version."""
+        if entry.key != layout.STATUS or entry.value is None:
+            return
+        try:
+            mark = _status_of(entry)
+        except (SafeThingError, KeyError, TypeError, ValueError) as e:
+            log.warning("thing %s: ignoring a malformed status: %s", self.id, e)
+            return
+        if entry.signer not in self._authorities() or mark.status not in _STATUSES:
+            return  # only the thing or its owner sets the status
+        trusted = self._status_mark()
+        if trusted is None or mark.follows(trusted):
+            if mark.status != self.status:
+                log.info("thing %s: status %s -> %s", self.id, self.status, mark.status)
+            self._trust_status(mark)
+        elif mark != trusted:
+            self.client._tampered(
+                TamperedDataError(
+                    f"thing {self.id}: a status record at version {mark.version} decided "
+                    f"before the one trusted (version {trusted.version}); keeping "
+                    f"{trusted.status!r}",
+                    address=str(self._md("thing").address),
+                )
+            )
 
     # --- serving the inbox ----------------------------------------------------------
 

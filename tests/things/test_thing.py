@@ -782,6 +782,53 @@ async def test_owner_changes_the_status_of_a_running_thing(
     assert (await (await stranger.request("garden-01", "CloseValve")).wait(5)).state == "rejected"
 
 
+@pytest.mark.parametrize("disabled", [False, True])
+async def test_a_status_the_owner_sets_as_the_thing_starts_is_followed(
+    store: Store, owner: Identity, device: Identity, disabled: bool
+) -> None:
+    """The owner's status written just after register() returned (before the thing's
+    status watch ran) is followed: it was missed until a restart on a memory store."""
+    from safething.things.values import dumps
+
+    async with Thing(garden_description(), identity=device, owner=owner, store=store) as t:
+        await t.register()
+        if disabled:
+            await t.disable()
+        md = Client(store, owner).md(t.addresses.thing.name, t.addresses.thing.tag)
+        await md.put("status", dumps({"s": "published", "t": 0.0}))
+        async with asyncio.timeout(5):
+            while t.status != "published":
+                await asyncio.sleep(0.01)
+
+
+async def test_a_status_trusted_by_an_earlier_release_is_kept_and_followed(
+    tmp_path: Path, store: Store, owner: Identity, device: Identity
+) -> None:
+    """An earlier release kept the trusted status alone (no version, no decision time):
+    a thing restarted on such a trust file keeps it and follows the owner's next one."""
+    from safething.things.values import dumps
+
+    path = tmp_path / "thing.trust.db"
+    garden = garden_description()
+    async with Thing(garden, identity=device, owner=owner, store=store, trust=path) as t:
+        await t.register()
+        await t.disable()
+    state = TrustState.open(path)
+    assert state.value("status/garden-01") not in (None, b"disabled")
+    state.set_value("status/garden-01", b"disabled")
+    state.sync()
+    state.close()
+    async with Thing(garden, identity=device, owner=owner, store=store, trust=path) as t:
+        await t.register()
+        assert t.status == t.status_trusted() == "disabled"
+        md = Client(store, owner).md(t.addresses.thing.name, t.addresses.thing.tag)
+        await md.put("status", dumps({"s": "published", "t": 0.0}))
+        async with asyncio.timeout(5):
+            while t.status != "published":
+                await asyncio.sleep(0.01)
+        assert t.status_trusted() == "published"
+
+
 async def test_desired_values_wait_for_a_sleepy_thing(
     store: Store, owner: Identity, device: Identity, stranger: ThingClient
 ) -> None:

@@ -750,6 +750,89 @@ async def test_rollback_of_group_membership_key_epoch_and_status(
             assert len(done) == 2
 
 
+async def test_a_status_at_a_forked_version_does_not_undo_the_owners_last_status(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """The store hides the thing's own write of its status from the owner, so that both
+    sign a status at one version; then it serves the thing's (older decision) again.
+
+    The owner disables the thing; while it is down the store serves the older
+    *published* record; the restarted thing refuses it and writes *disabled* back one
+    version up. The store hides that write from the owner too (the older record again),
+    so the owner's *published* lands at the same version. Served again, the thing's own
+    record must not disable the thing, running or restarted: at one version the later
+    decision wins."""
+    async with await open_store(url) as store:
+        mallory = Attacker(store)
+        owner_client = Client(store, owner)
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            await t.publish()
+            published_then = await store.get(STATUS_KEY)
+            await set_status(owner_client, THING, "disabled")
+            await until(lambda: t.status == "disabled", "thing disabled")
+        assert published_then is not None
+        await mallory.restore([published_then])
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            assert t.status == "disabled"
+            repaired = await store.get(STATUS_KEY)
+            assert repaired is not None and repaired.value != published_then.value
+            await mallory.restore([published_then])  # the owner never sees the repair
+            await set_status(owner_client, THING, "published")
+            await until(lambda: t.status == "published", "owner publishes again")
+            ours = await store.get(STATUS_KEY)
+            assert ours is not None
+            version = await mallory.version_of(ADDR.thing, b"status")
+            tampered = t.client.tampered_count
+            await mallory.restore([repaired])
+            assert await mallory.version_of(ADDR.thing, b"status") == version  # a fork
+            await until(
+                lambda: t.client.tampered_count > tampered or t.status != "published",
+                "the thing refuses it, or takes it",
+            )
+            assert t.status == "published"
+        async with _thing(device, owner, url) as t:  # the store still serves it
+            await t.register()
+            assert t.status == "published"
+        async with ThingClient(Client(store)) as anyone:  # and the store was repaired
+            assert await anyone.status(THING) == "published"
+
+
+async def test_a_status_the_store_held_back_still_wins_over_the_things_repair(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """The owner publishes a thing that is down and disabled; the store holds that back
+    and serves an older record, which the restarted thing refuses and repairs with its
+    trusted *disabled*, at the version of the owner's record. Served at last, the owner's
+    later decision wins: the repair kept the time *disabled* was decided, not its own."""
+    async with await open_store(url) as store:
+        mallory = Attacker(store)
+        owner_client = Client(store, owner)
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            await t.publish()
+            published_then = await store.get(STATUS_KEY)
+            await set_status(owner_client, THING, "disabled")
+            await until(lambda: t.status == "disabled", "thing disabled")
+        await set_status(owner_client, THING, "published")
+        held_back = await store.get(STATUS_KEY)
+        assert published_then is not None and held_back is not None
+        version = await mallory.version_of(ADDR.thing, b"status")
+        await mallory.restore([published_then])
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            assert t.status == "disabled"  # it never saw the owner's record
+            assert await mallory.version_of(ADDR.thing, b"status") == version  # a fork
+            tampered = t.client.tampered_count
+            await mallory.restore([held_back])
+            await until(
+                lambda: t.status == "published" or t.client.tampered_count > tampered,
+                "the thing takes it, or refuses it",
+            )
+            assert t.status == "published"
+
+
 async def test_a_member_entry_written_by_another_key_makes_no_member(
     url: str, owner: Identity, device: Identity
 ) -> None:
