@@ -1085,38 +1085,52 @@ class Thing(AsyncResource):
             # The watch starts now: a status written since register() read it (the owner
             # publishing a thing that has just started) is read once here.
             try:
-                self._take_status(await md.get(layout.STATUS))
+                refused = self._take_status(await md.get(layout.STATUS))
             except SafeThingError as e:  # none, refused (counted), or no store: the watch
                 log.debug("thing %s: status not read again (%s)", self.id, e)
-            async for entry in feed:
-                self._take_status(entry)
+                refused = None
+            while True:
+                if refused is not None:  # write back what this thing trusts
+                    try:
+                        await self._set_status(refused.status, refused.decided)
+                    except SafeThingError as e:
+                        log.warning("thing %s: could not write its status back: %s", self.id, e)
+                try:
+                    entry = await anext(feed)
+                except StopAsyncIteration:
+                    return
+                refused = self._take_status(entry)
 
-    def _take_status(self, entry: Entry) -> None:
+    def _take_status(self, entry: Entry) -> _StatusMark | None:
         """Follow a status entry the owner (or this thing) signed, if it is newer than the
-        trusted one (see :class:`_StatusMark`); refuse one decided earlier at its version."""
+        trusted one (see :class:`_StatusMark`); refuse one decided earlier at its version
+        and return the trusted status, to be written back."""
         if entry.key != layout.STATUS or entry.value is None:
-            return
+            return None
         try:
             mark = _status_of(entry)
         except (SafeThingError, KeyError, TypeError, ValueError) as e:
             log.warning("thing %s: ignoring a malformed status: %s", self.id, e)
-            return
+            return None
         if entry.signer not in self._authorities() or mark.status not in _STATUSES:
-            return  # only the thing or its owner sets the status
+            return None  # only the thing or its owner sets the status
         trusted = self._status_mark()
         if trusted is None or mark.follows(trusted):
             if mark.status != self.status:
                 log.info("thing %s: status %s -> %s", self.id, self.status, mark.status)
             self._trust_status(mark)
-        elif mark != trusted:
-            self.client._tampered(
-                TamperedDataError(
-                    f"thing {self.id}: a status record at version {mark.version} decided "
-                    f"before the one trusted (version {trusted.version}); keeping "
-                    f"{trusted.status!r}",
-                    address=str(self._md("thing").address),
-                )
+            return None
+        if mark == trusted:
+            return None
+        self.client._tampered(
+            TamperedDataError(
+                f"thing {self.id}: a status record at version {mark.version} decided "
+                f"before the one trusted (version {trusted.version}); keeping "
+                f"{trusted.status!r}",
+                address=str(self._md("thing").address),
             )
+        )
+        return trusted
 
     # --- serving the inbox ----------------------------------------------------------
 
