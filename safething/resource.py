@@ -9,7 +9,7 @@ from collections.abc import Collection, Coroutine
 from types import TracebackType
 from typing import Any, Self
 
-__all__ = ["AsyncResource", "Tasks", "wait_ended"]
+__all__ = ["AsyncResource", "Tasks", "cancel_and_wait", "wait_ended"]
 
 
 async def wait_ended(tasks: Collection[asyncio.Future[Any]]) -> bool:
@@ -33,6 +33,26 @@ async def wait_ended(tasks: Collection[asyncio.Future[Any]]) -> bool:
         # until a collection; never, once frozen (the gateway's gc.freeze()).
         with contextlib.suppress(BaseException):
             task.result()
+    return cancelled
+
+
+async def cancel_and_wait(
+    *tasks: asyncio.Future[Any] | None, log: logging.Logger | None = None
+) -> bool:
+    """Cancel each of ``tasks`` (``None`` passed over) and wait until each has ended;
+    True if the caller was cancelled meanwhile, which then raises
+    :class:`asyncio.CancelledError` itself once the rest of its cleanup is done
+    (:func:`wait_ended`). With ``log``, a task that had failed is logged there (its
+    exception is not raised: the cleanup goes on)."""
+    live = [task for task in tasks if task is not None]
+    for task in live:
+        task.cancel()
+    cancelled = await wait_ended(live)
+    for task in live if log is not None else ():
+        error = None if task.cancelled() else task.exception()
+        if error is not None and log is not None:
+            name = task.get_name() if isinstance(task, asyncio.Task) else repr(task)
+            log.error("task %s failed", name, exc_info=error)
     return cancelled
 
 
@@ -82,10 +102,7 @@ class Tasks:
     async def cancel_all(self) -> None:
         """Cancel every task still running and wait until each has ended; a cancellation
         of the caller meanwhile is raised once they all have (:func:`wait_ended`)."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        cancelled = await wait_ended(tasks)  # (a failure was logged by _report, if at all)
+        cancelled = await cancel_and_wait(*self._tasks)  # (a failure: logged by _report)
         self._tasks.clear()
         if cancelled:  # the caller was cancelled meanwhile: passed on, now that all ended
             raise asyncio.CancelledError

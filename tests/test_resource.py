@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import weakref
 
 import pytest
 
-from safething.resource import Tasks, wait_ended
+from safething.resource import Tasks, cancel_and_wait, wait_ended
 
 
 async def _slow_to_end(ended: list[str], name: str) -> None:
@@ -93,3 +94,20 @@ async def test_tasks_ended_by_cancel_all_are_freed_without_a_collection() -> Non
         assert task() is None
     finally:
         gc.enable()
+
+
+async def test_cancel_and_wait_logs_a_task_that_had_failed_and_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fails() -> None:
+        raise RuntimeError("broken")
+
+    failed = asyncio.create_task(fails(), name="failing")
+    ended: list[str] = []
+    slow = asyncio.create_task(_slow_to_end(ended, "slow"))
+    await asyncio.sleep(0)
+    log = logging.getLogger("test.resource")
+    with caplog.at_level(logging.ERROR, logger="test.resource"):
+        assert await cancel_and_wait(failed, None, slow, log=log) is False
+    assert ended == ["slow"] and slow.cancelled()
+    assert [r.getMessage() for r in caplog.records] == ["task failing failed"]

@@ -23,7 +23,7 @@ from typing import Any
 from safething.errors import IdentityError
 from safething.local_identity import default_identity_path, load_identity
 from safething.net import Identity
-from safething.resource import AsyncResource
+from safething.resource import AsyncResource, cancel_and_wait
 from safething.store import Store, open_store
 from safething_gateway import systemd
 from safething_gateway.broker import Mosquitto, free_port
@@ -381,9 +381,8 @@ async def serve(
             try:
                 await stop.wait()
             finally:
-                pinger.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pinger
+                if await cancel_and_wait(pinger, log=log):
+                    raise asyncio.CancelledError
             systemd.notify("STOPPING=1", "STATUS=stopping")
             log.info("stopping")
     finally:

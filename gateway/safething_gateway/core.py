@@ -108,7 +108,7 @@ from typing import Any
 from safething.errors import LimitExceededError, SafeThingError, StoreError, ThingError
 from safething.net import Client, Identity
 from safething.net.trust import TrustState
-from safething.resource import AsyncResource
+from safething.resource import AsyncResource, cancel_and_wait
 from safething.store import Store, Watch
 from safething.things import (
     AccessType,
@@ -411,29 +411,41 @@ class Gateway(AsyncResource):
         gc.freeze()
 
     async def close(self) -> None:
-        """Stop bridges, things and tasks; nothing half-written (each write is atomic)."""
-        for task in (self._sweep_task, self._flush_task, self._liveness_task, self._inbox_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """Stop bridges, things and tasks; nothing half-written (each write is atomic).
+
+        A cancellation of the caller meanwhile does not cut the close short (bridges
+        left open, things not closed): it is raised once everything is closed."""
+        cancelled = await cancel_and_wait(
+            self._sweep_task, self._flush_task, self._liveness_task, self._inbox_task, log=log
+        )
         self._flush_task = self._liveness_task = self._inbox_task = self._sweep_task = None
         for bridge in reversed(self.bridges):
             try:
                 await bridge.close()
+            except asyncio.CancelledError:
+                cancelled = True
             except Exception:
                 log.exception("bridge %s did not close cleanly", bridge.name)
-        await self.liveness.close()
+        steps: list[Any] = [self.liveness.close]
         if self._closed_trust is not None:
             self._closed_trust.close()
             self._closed_trust = None
-        for thing in list(self.things.values()):
-            await thing.close()
+        steps += [thing.close for thing in list(self.things.values())]
+        for step in steps:
+            try:
+                await step()
+            except asyncio.CancelledError:
+                cancelled = True
         self.things.clear()
         self._recent.clear()
         self._newborn.clear()
         if self._shared is not None:
-            await self._shared.close()
+            try:
+                await self._shared.close()
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
 
     def endpoints(self) -> list[str]:
         return [e for b in self.bridges for e in b.endpoints()]

@@ -32,14 +32,13 @@ Guarantees, as a watch of its own would give them:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Self
 
 from safething.errors import StoreError
-from safething.resource import AsyncResource
+from safething.resource import AsyncResource, cancel_and_wait
 from safething.store.base import Change, Store, Watch, check_pattern, check_prefix
 from safething.store.feed import resolve
 
@@ -208,12 +207,11 @@ class WatchFanout(AsyncResource):
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        cancelled = await cancel_and_wait(self._task, log=log)
         for branch in self._all():
             branch._end()
+        if cancelled:  # the caller's cancellation, passed on now that all has ended
+            raise asyncio.CancelledError
 
 
 class _Branch(Watch):

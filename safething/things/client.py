@@ -29,7 +29,7 @@ from safething.errors import (
     ThingOfflineError,
 )
 from safething.net import Client, Entry, EntryWatch, MutableData, PublicIdentity
-from safething.resource import AsyncResource, Tasks
+from safething.resource import AsyncResource, Tasks, cancel_and_wait
 from safething.things import layout
 from safething.things.access import KeyRing
 from safething.things.availability import Availability, AvailabilityWatch, read_availability
@@ -558,12 +558,12 @@ class ActionHandle:
         self._task = self.things._tasks.spawn(self._follow(), f"action-{self.request_id}")
 
     async def _stop(self) -> None:
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        task = self._task if self._task is not asyncio.current_task() else None
+        cancelled = await cancel_and_wait(task, log=log)
         if self._watch is not None:
             await self._watch.close()
+        if cancelled:  # the caller's cancellation, passed on now that all has ended
+            raise asyncio.CancelledError
 
     async def _follow(self) -> None:
         assert self._watch is not None

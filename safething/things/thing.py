@@ -62,7 +62,7 @@ from safething.net import (
 from safething.net.permissions import Grantee, PermissionSet
 from safething.net.records import MDHeader
 from safething.net.trust import TrustState
-from safething.resource import AsyncResource, Tasks, wait_ended
+from safething.resource import AsyncResource, Tasks, cancel_and_wait, wait_ended
 from safething.store import Store, open_store
 from safething.things import layout
 from safething.things.access import KeyRing, make_key_record
@@ -1054,13 +1054,12 @@ class Thing(AsyncResource):
 
     async def unsubscribe(self, sub: StoredSubscription) -> None:
         """Stop and forget a stored subscription."""
-        if sub.task is not None:
-            sub.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sub.task
+        cancelled = await cancel_and_wait(sub.task, log=log)
         self._subs.pop(sub.sid, None)
         with contextlib.suppress(NoSuchEntryError):
             await self._md("thing").purge(f"sub/{sub.sid}")
+        if cancelled:  # the caller's cancellation, passed on now that all has ended
+            raise asyncio.CancelledError
 
     async def stored_subscriptions(self) -> list[dict[str, Any]]:
         """The subscription records kept in this thing's MD."""
@@ -1146,9 +1145,8 @@ class Thing(AsyncResource):
                     await self._scan_inbox(inbox)
                     await self._rescan.wait()
             finally:
-                feed_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await feed_task
+                if await cancel_and_wait(feed_task, log=log):
+                    raise asyncio.CancelledError  # (cancelled while waiting for the feed)
 
     async def _consume(self, feed: Any) -> None:
         async for entry in feed:

@@ -661,3 +661,24 @@ async def test_a_thing_is_never_restored_twice_at_once(site: Site) -> None:
         await asyncio.gather(first, second)
         assert restores == 1
         assert device_id in gw.things and not gw._restoring
+
+
+async def test_a_close_cancelled_midway_closes_every_thing_then_passes_it_on(site: Site) -> None:
+    """Gateway.close cancelled by its caller (a stop with a time limit) at any point: it
+    used to swallow a cancellation that came while it waited for its own tasks, and to
+    stop with things left running when one came while it closed a thing."""
+    for turns in range(1, 17, 3):  # (at 0 the close has not begun: nothing to do)
+        async with site.gateway() as gw:
+            await site.start(gw)
+            await site.born(gw, 3)
+            things = list(gw.things.values())
+            tasks = [gw._flush_task, gw._liveness_task, gw._inbox_task]
+            closing = asyncio.create_task(gw.close())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            closing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await closing
+            assert gw.things == {}, turns
+            assert [len(thing._tasks) for thing in things] == [0, 0, 0], turns
+            assert all(task is None or task.done() for task in tasks), turns

@@ -14,7 +14,6 @@ once (:class:`BrokerUnavailableError`) when the broker is not connected.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import secrets
@@ -24,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from safething.errors import SafeThingError
+from safething.resource import cancel_and_wait
 from safething_gateway.core import Bridge, Gateway
 from safething_gateway.mqtt_client import Message, MqttConnection, Will
 
@@ -252,11 +252,8 @@ class MqttAdapter(Bridge):
         for handle in self._timers:
             handle.cancel()
         self._timers.clear()
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+        cancelled = await cancel_and_wait(self._worker, log=log)
+        self._worker = None
         if self._forget_listener is not None:
             self._forget_listener()
             self._forget_listener = None
@@ -266,6 +263,8 @@ class MqttAdapter(Bridge):
                 await connection.close()
             else:
                 connection.unroute(sorted(self._topics))
+        if cancelled:  # the caller's cancellation, passed on now that all has ended
+            raise asyncio.CancelledError
 
     async def _work(self) -> None:
         while True:
