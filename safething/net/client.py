@@ -161,11 +161,7 @@ class Client(AsyncResource):
                 for o in owners:
                     check_key_type(o, PublicSignKey, "owners")
                 pins.exact_owners = frozenset(o.value for o in owners)
-                if trusted is not None and trusted.owners != pins.exact_owners:
-                    raise TamperedDataError(
-                        f"MD {address}: the owners this client trusts are not the ones given",
-                        address=str(address),
-                    )
+                self._check_pinned_owners(address)
         if secret is not None:
             check_key_type(secret, SecretKey, "secret")
         return _MutableData(self, address, secret)
@@ -272,6 +268,20 @@ class Client(AsyncResource):
         return result
 
     # --- internals shared by handles ---------------------------------------------
+
+    def _check_pinned_owners(self, address: MDAddress) -> None:
+        """Raise ``TamperedDataError`` if the owners this client trusts for ``address``
+        are not the ones pinned with ``md(owners=...)`` (what :meth:`md` checks; a caller
+        that keeps the handle checks again each time it takes it)."""
+        pins = self._pins.get(address.header_key)
+        if pins is None or pins.exact_owners is None:
+            return
+        trusted = self.trust.header(address.header_key)
+        if trusted is not None and trusted.owners != pins.exact_owners:
+            raise TamperedDataError(
+                f"MD {address}: the owners this client trusts are not the ones given",
+                address=str(address),
+            )
 
     def _writer(self) -> Identity:
         if self.identity is None:

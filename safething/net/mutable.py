@@ -68,6 +68,9 @@ class MutableData:
         self.secret = secret
         """The private MD's key (``None`` for public MDs or when unknown)."""
         self._codec = _PrivateCodec(secret) if secret is not None else None
+        self._quota = Quota(address.entry_prefix, _MAX_ENTRIES, _MAX_MD_BYTES)
+        """The MD's limits, checked by the store with every write (one object per handle,
+        not one per write)."""
 
     def __repr__(self) -> str:
         return f"MutableData({self.address})"
@@ -382,7 +385,7 @@ class MutableData:
         unread = set() if assume_new is None else set(assume_new)
         me = client._writer()
         store = client.store
-        quota = Quota(self.address.entry_prefix, _MAX_ENTRIES, _MAX_MD_BYTES)
+        quota = self._quota
         pending = dict(items)
         done: dict[bytes, _Entry] = {}
         for _attempt in range(_MAX_RETRIES):
@@ -402,7 +405,7 @@ class MutableData:
                 continue
             current = await self._current(header, list(pending), unread)
             writes: list[Write] = []
-            planned: list[tuple[bytes, _Entry]] = []
+            planned: list[tuple[bytes, _Entry, str]] = []
             digests: list[bytes] = []
             signing: list[tuple[bytes, bytes | None, bytes | None, int]] = []
             targets: list[tuple[str, int]] = []
@@ -452,7 +455,7 @@ class MutableData:
                 sealed = None if codec is None else codec.seal_key(key)
                 signing.append((stored, sealed, stored_value, version))
                 targets.append((store_key, expect))
-                planned.append((key, _Entry(key, value, version, me.public_sign_key)))
+                planned.append((key, _Entry(key, value, version, me.public_sign_key), store_key))
             if recheck:
                 client._pin(self.address).seen = None
                 continue
@@ -483,8 +486,8 @@ class MutableData:
                 continue
             retry: dict[bytes, bytes | None] = {}
             if atomic and any(isinstance(r, Exception) for r in results):
-                for key, _ in planned:
-                    client._known.pop(self.address.entry_key(self._stored_key(key)), None)
+                for _, _, store_key in planned:
+                    client._known.pop(store_key, None)
                 refusal = next(
                     r
                     for r in results
@@ -497,8 +500,9 @@ class MutableData:
                 if not isinstance(refusal, ConflictError) or versions or expect_version is not None:
                     raise refusal
                 continue  # nothing was written: decide the whole batch again
-            for (key, entry), digest, result in zip(planned, digests, results, strict=True):
-                store_key = self.address.entry_key(self._stored_key(key))
+            for (key, entry, store_key), digest, result in zip(
+                planned, digests, results, strict=True
+            ):
                 if isinstance(result, ConflictError):
                     client._known.pop(store_key, None)
                     if self._unread_key(result, unread) == key:

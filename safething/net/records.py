@@ -119,6 +119,12 @@ def _entry_prefix(name: bytes, tag: int) -> str:
     return f"md.{tag}.{name.hex()}.e."
 
 
+@functools.lru_cache(maxsize=4096)
+def _header_key(name: bytes, tag: int) -> str:
+    # asked for about ten times per reading written and read (pins, guards, watches)
+    return f"md.{tag}.{name.hex()}.h"
+
+
 @dataclass(frozen=True, slots=True)
 class MDAddress:
     """Where an MD lives: its XorName and type tag."""
@@ -149,7 +155,7 @@ class MDAddress:
     @property
     def header_key(self) -> str:
         """Store key of the header record."""
-        return f"md.{self.tag}.{self.name.hex()}.h"
+        return _header_key(self.name.value, self.tag)
 
     @property
     def prefix(self) -> str:

@@ -13,6 +13,7 @@ whole store (like a NATS stream sequence); ``0`` means "no record".
 
 from __future__ import annotations
 
+import functools
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -42,9 +43,23 @@ MAX_KEY_LENGTH = 1024
 _KEY_RE = re.compile(r"^[A-Za-z0-9_=-]+(\.[A-Za-z0-9_=-]+)*$")
 
 
+def _valid_key(key: str) -> bool:
+    return len(key) <= MAX_KEY_LENGTH and _KEY_RE.match(key) is not None
+
+
+_valid_recent = functools.lru_cache(maxsize=4096)(_valid_key)
+"""The same keys are checked over and over (a reading's pointer, slot and header, in
+each ``Write``, ``Guard`` and ``get``): the answer for a plain ``str`` of a key's length
+is remembered (4,096 keys of at most 1,024 characters)."""
+
+
 def check_key(key: str) -> str:
     """Return ``key`` if it is a valid store key, else raise ``ValueError``."""
-    if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH or not _KEY_RE.match(key):
+    if type(key) is str and len(key) <= MAX_KEY_LENGTH:
+        valid = _valid_recent(key)
+    else:
+        valid = isinstance(key, str) and _valid_key(key)
+    if not valid:
         raise ValueError(
             f"invalid store key {key!r}: use tokens of [A-Za-z0-9_=-] separated by '.', "
             f"at most {MAX_KEY_LENGTH} characters"

@@ -122,30 +122,33 @@ class WatchSet:
 
     def __init__(self) -> None:
         self._by_prefix: dict[str, set[FeedWatch]] = {}
-        self._filtered: set[FeedWatch] = set()
-        """Watches woken only by the keys their ``_match`` takes (a key pattern)."""
+        self._filtered: dict[str, set[FeedWatch]] = {}
+        """Watches woken only by the keys their ``_match`` takes (a key pattern), by
+        prefix as well: a commit tests only those whose prefix covers a key it wrote
+        (each was tested against every written key, a regular expression per watch and
+        key: a thing's status follower, and every other thing's, on each reading)."""
 
     def add(self, watch: FeedWatch) -> None:
-        if watch._match is not None:
-            self._filtered.add(watch)
-        else:
-            self._by_prefix.setdefault(watch._prefix, set()).add(watch)
+        index = self._by_prefix if watch._match is None else self._filtered
+        index.setdefault(watch._prefix, set()).add(watch)
 
     def discard(self, watch: FeedWatch) -> None:
-        self._filtered.discard(watch)
-        group = self._by_prefix.get(watch._prefix)
-        if group is not None:
-            group.discard(watch)
-            if not group:
-                del self._by_prefix[watch._prefix]
+        for index in (self._by_prefix, self._filtered):
+            group = index.get(watch._prefix)
+            if group is not None:
+                group.discard(watch)
+                if not group:
+                    del index[watch._prefix]
 
     def __iter__(self) -> Iterator[FeedWatch]:
-        for group in list(self._by_prefix.values()):
-            yield from list(group)
-        yield from list(self._filtered)
+        for index in (self._by_prefix, self._filtered):
+            for group in list(index.values()):
+                yield from list(group)
 
     def __len__(self) -> int:
-        return sum(len(g) for g in self._by_prefix.values()) + len(self._filtered)
+        return sum(len(g) for g in self._by_prefix.values()) + sum(
+            len(g) for g in self._filtered.values()
+        )
 
     def __bool__(self) -> bool:
         return bool(self._by_prefix) or bool(self._filtered)
@@ -157,14 +160,7 @@ class WatchSet:
     def wake_for(self, keys: Iterable[str]) -> None:
         """Wake the watches whose prefix is ``""`` or a ``.``-prefix of one of ``keys``
         (a filtered watch: of one of ``keys`` it takes)."""
-        if self._filtered:
-            keys = list(keys)
-            for watch in list(self._filtered):
-                prefix, match = watch._prefix, watch._match
-                assert match is not None
-                if any(key.startswith(prefix) and match(key) for key in keys):
-                    watch.wake()
-        by_prefix = self._by_prefix
+        by_prefix, filtered = self._by_prefix, self._filtered
         woken: set[str] = set()
         for key in keys:
             end = 0
@@ -174,6 +170,13 @@ class WatchSet:
                     woken.add(prefix)
                     for watch in by_prefix[prefix]:
                         watch.wake()
+                matching = filtered.get(prefix)
+                if matching is not None:
+                    for watch in matching:
+                        match = watch._match
+                        assert match is not None
+                        if match(key):
+                            watch.wake()
                 end = key.find(".", end) + 1
                 if end == 0:
                     break

@@ -293,6 +293,8 @@ class Thing(AsyncResource):
         self._store: Store | None = None
         self._client: Client | None = None
         self._things: ThingClient | None = None
+        self._handles: dict[str, MutableData] = {}
+        """This thing's MD handles by name (see :meth:`_md`)."""
         self._ring = KeyRing(identity.encryption_key)
         self._seq: dict[bytes, tuple[int, int | None]] = {}
         self._handlers: dict[str, Callable[[ActionRequest], Any]] = {}
@@ -436,14 +438,25 @@ class Thing(AsyncResource):
 
     def _md(self, which: str) -> MutableData:
         """One of this thing's MDs, pinned to the owners it must have: the thing and its
-        owner (the group MD: the owner alone). No header in the store can change that."""
+        owner (the group MD: the owner alone). No header in the store can change that.
+
+        The handle is made once per client (every ``set()`` took a new one: the address
+        parsed and the owners pinned again, about a tenth of the writer's own work); the
+        owners the client trusts are checked against the pinned ones each time, as
+        :meth:`Client.md` checks them."""
+        client = self.client
+        md = self._handles.get(which)
+        if md is not None and md.client is client:
+            client._check_pinned_owners(md.address)
+            return md
         address = getattr(self.addresses, which)
         owners = (
             (self.owner.sign_key,)
             if which == "group"
             else (self.identity.public_sign_key, self.owner.sign_key)
         )
-        return self.client.md(address.name, address.tag, owners=owners)
+        md = self._handles[which] = client.md(address.name, address.tag, owners=owners)
+        return md
 
     def _authorities(self) -> tuple[PublicSignKey, PublicSignKey]:
         """Who may sign this thing's authority entries (level keys, keys, status)."""

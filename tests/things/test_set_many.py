@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-from safething.errors import SafeThingError
+from safething.errors import SafeThingError, TamperedDataError
+from safething.net import Identity
+from safething.net.trust import HeaderState
 from safething.store import Store
 from safething.things import Thing, ThingClient
 
@@ -68,3 +70,23 @@ async def test_a_concurrent_writer_is_not_overwritten(garden: Thing, store: Stor
         c = await garden.set_many({"moisture": 3, "valve": "open"})
     assert (a["moisture"], b["moisture"], c["moisture"]) == (1, 2, 3)
     assert (a["valve"], b["valve"], c["valve"]) == (1, 2, 3)
+
+
+async def test_a_kept_handle_still_refuses_a_trust_state_naming_other_owners(
+    garden: Thing, store: Store
+) -> None:
+    """The thing keeps its MD handle across writes; each write still checks that the
+    owners its client trusts are the pinned ones (thing and owner), as a new handle is
+    checked when it is made."""
+    await garden.set("moisture", 10)
+    md = garden._md("thing")
+    assert garden._md("thing") is md  # kept, not made again
+    trusted = garden.trust.header(md.address.header_key)
+    assert trusted is not None
+    stranger = Identity.generate("not-the-owner").public_sign_key.value
+    garden.trust.set_header(
+        md.address.header_key,
+        HeaderState(frozenset({stranger}), trusted.version, trusted.raw),
+    )
+    with pytest.raises(TamperedDataError, match="not the ones given"):
+        await garden.set("moisture", 11)
