@@ -276,6 +276,7 @@ ONLY: dict[str, tuple[str, ...]] = {
         "Thing._ensure_level_keys",
         "Thing._level_record",
         "Thing._refresh_group_key",
+        "Thing._older_epoch",
         "Thing.status_trusted",
         "Thing._status_mark",
         "Thing._trust_status",

@@ -26,7 +26,7 @@ import cbor2
 from safething.errors import AccessDeniedError, MalformedRecordError
 from safething.net import EncryptionKey, PublicIdentity, SecretKey
 
-__all__ = ["LEVELS", "KeyRing", "make_key_record"]
+__all__ = ["LEVELS", "KeyRing", "key_record_epoch", "make_key_record"]
 
 LEVELS = ("owner", "group", "thing")
 
@@ -41,6 +41,14 @@ def make_key_record(
     sealed = {r.encryption_key.value: r.encryption_key.seal(key.value) for r in readers}
     prev = [[e, k.value] for e, k in sorted((previous or {}).items())]
     return bytes(cbor2.dumps({"ep": epoch, "to": sealed, "prev": key.encrypt(cbor2.dumps(prev))}))
+
+
+def key_record_epoch(record: bytes) -> int:
+    """The epoch of a ``k/<level>`` record; ``MalformedRecordError`` if it has none."""
+    try:
+        return int(cbor2.loads(record)["ep"])
+    except Exception as e:
+        raise MalformedRecordError("malformed key record") from e
 
 
 class KeyRing:

@@ -65,7 +65,7 @@ from safething.net.trust import TrustState
 from safething.resource import AsyncResource, Tasks, cancel_and_wait, wait_ended
 from safething.store import Store, open_store
 from safething.things import layout
-from safething.things.access import KeyRing, make_key_record
+from safething.things.access import KeyRing, key_record_epoch, make_key_record
 from safething.things.availability import DEFAULT_HEARTBEAT_S, LIVE, live_record
 from safething.things.client import ActionHandle, Subscription, ThingClient, level_of
 from safething.things.description import AccessType, ThingDescription
@@ -715,6 +715,10 @@ class Thing(AsyncResource):
                 # this thing verified last, so nothing is encrypted under a key it chose.
                 record = trusted
                 await md.put(key, record)
+            else:
+                if trusted is not None and self._older_epoch(level, record, trusted):
+                    record = trusted  # (refused, counted) and put back, as above
+                    await md.put(key, record)
             self.trust.set_value(self._level_name(level), record)
             if not self._ring.learn(level, record):
                 raise ThingError(
@@ -755,8 +759,32 @@ class Thing(AsyncResource):
                 with contextlib.suppress(SafeThingError):
                     await self._md("thing").put("k/group", trusted)
             return
+        trusted = self.trust.value(self._level_name("group"))
+        if trusted is not None and self._older_epoch("group", record, trusted):
+            with contextlib.suppress(SafeThingError):  # (refused, counted) put back, as above
+                await self._md("thing").put("k/group", trusted)
+            return
         self._ring.learn("group", record)
         self.trust.set_value(self._level_name("group"), record)
+
+    def _older_epoch(self, level: str, record: bytes, trusted: bytes) -> bool:
+        """Whether a verified ``k/<level>`` record is of an older key epoch than the one
+        this thing trusts: counted as tampering. Both the thing and its owner sign these
+        records, each one version past the one it verified, so a store that hides one's
+        record from the other gets two at one version; the later epoch wins, else the
+        key of a removed member would come back (after a restart: the trusted record is
+        the one read then)."""
+        found, kept = key_record_epoch(record), key_record_epoch(trusted)
+        if found >= kept:
+            return False
+        self.client._tampered(
+            TamperedDataError(
+                f"thing {self.id!r}: {level} key record of epoch {found}, older than the "
+                f"epoch {kept} it trusts; keeping that one",
+                address=str(self.addresses.thing),
+            )
+        )
+        return True
 
     async def _restore_sequences(self, md: MutableData) -> None:
         pointers = [layout.attr_key(a.name) for a in self.description.attributes if a.dynamic]

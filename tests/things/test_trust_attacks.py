@@ -840,6 +840,58 @@ async def test_a_status_the_store_held_back_still_wins_over_the_things_repair(
             assert t.status == "published"
 
 
+@pytest.mark.parametrize("served_while_running", [True, False])
+async def test_a_group_key_record_at_a_forked_version_does_not_bring_back_a_removed_members_key(
+    url: str, owner: Identity, device: Identity, served_while_running: bool
+) -> None:
+    """The store makes the thing repair its group key record (an older one served) and
+    hides that repair from the owner, whose removal of a member then lands at the same
+    version; it serves the thing's repair (the removed member's key epoch) again, while
+    the thing runs and across its restart. The thing must never go back to that epoch:
+    Group data written after the removal stays unreadable to the removed member."""
+    member = Identity.generate("member")
+    k_group = ADDR.thing.entry_key(b"k/group")
+    async with await open_store(url) as store:
+        mallory = Attacker(store)
+        owner_client = Client(store, owner)
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            await t.publish()
+            first = await store.get(k_group)
+            await ThingOwner(owner_client, THING).add_member(member.public)
+            with_member = await store.get(k_group)
+            await t.set("group_note", "while a member")
+            assert first is not None and with_member is not None
+            await mallory.restore([first])  # older: the thing refuses it and repairs it
+            await t.set("group_note", "still a member")
+            repaired = await store.get(k_group)
+            assert repaired is not None and repaired.value != with_member.value
+            await mallory.restore([with_member])  # the owner never sees the repair
+            await ThingOwner(owner_client, THING).remove_member(member.public_sign_key)
+            removal = await store.get(k_group)
+            assert removal is not None
+            version = EntryRecord.from_bytes(removal.value, ADDR.thing, b"k/group").version
+            fork = EntryRecord.from_bytes(repaired.value, ADDR.thing, b"k/group").version
+            assert fork == version  # the thing's repair and the owner's removal
+            await t.set("group_note", "after removal 1")  # the thing learns the new epoch
+            if served_while_running:  # (the thing then writes the newer one back)
+                await mallory.restore([repaired])
+                await t.set("group_note", "after removal 2")
+        async with ThingClient(Client(store, member)) as m:
+            with pytest.raises((AccessDeniedError, TamperedDataError)):
+                await m.read(THING, "group_note")
+        for n in (3, 4):  # restarted twice: the first restart must not trust it either
+            await mallory.restore([repaired])
+            async with _thing(device, owner, url) as t:
+                await t.register()
+                await t.set("group_note", f"after removal {n}")
+            async with ThingClient(Client(store, member)) as m:
+                with pytest.raises((AccessDeniedError, TamperedDataError)):
+                    await m.read(THING, "group_note")
+            async with ThingClient(Client(store, owner)) as mine:
+                assert (await mine.read(THING, "group_note")).value == f"after removal {n}"
+
+
 async def test_a_member_entry_written_by_another_key_makes_no_member(
     url: str, owner: Identity, device: Identity
 ) -> None:
