@@ -750,6 +750,22 @@ async def test_rollback_of_group_membership_key_epoch_and_status(
             assert len(done) == 2
 
 
+async def _published_then_disabled(
+    store: Store, owner: Identity, owner_client: Client, device: Identity, url: str
+) -> Record:
+    """A thing registered and published, then disabled by its owner (with
+    ``owner_client``, which has seen that), and down: the store record of its
+    *published* status, kept by the attacker."""
+    async with _thing(device, owner, url) as t:
+        await t.register()
+        await t.publish()
+        published = await store.get(STATUS_KEY)
+        await set_status(owner_client, THING, "disabled")
+        await until(lambda: t.status == "disabled", "thing disabled")
+    assert published is not None
+    return published
+
+
 async def test_a_status_at_a_forked_version_does_not_undo_the_owners_last_status(
     url: str, owner: Identity, device: Identity
 ) -> None:
@@ -765,13 +781,7 @@ async def test_a_status_at_a_forked_version_does_not_undo_the_owners_last_status
     async with await open_store(url) as store:
         mallory = Attacker(store)
         owner_client = Client(store, owner)
-        async with _thing(device, owner, url) as t:
-            await t.register()
-            await t.publish()
-            published_then = await store.get(STATUS_KEY)
-            await set_status(owner_client, THING, "disabled")
-            await until(lambda: t.status == "disabled", "thing disabled")
-        assert published_then is not None
+        published_then = await _published_then_disabled(store, owner, owner_client, device, url)
         await mallory.restore([published_then])
         async with _thing(device, owner, url) as t:
             await t.register()
@@ -816,15 +826,10 @@ async def test_a_status_the_store_held_back_still_wins_over_the_things_repair(
     async with await open_store(url) as store:
         mallory = Attacker(store)
         owner_client = Client(store, owner)
-        async with _thing(device, owner, url) as t:
-            await t.register()
-            await t.publish()
-            published_then = await store.get(STATUS_KEY)
-            await set_status(owner_client, THING, "disabled")
-            await until(lambda: t.status == "disabled", "thing disabled")
+        published_then = await _published_then_disabled(store, owner, owner_client, device, url)
         await set_status(owner_client, THING, "published")
         held_back = await store.get(STATUS_KEY)
-        assert published_then is not None and held_back is not None
+        assert held_back is not None
         version = await mallory.version_of(ADDR.thing, b"status")
         await mallory.restore([published_then])
         async with _thing(device, owner, url) as t:
