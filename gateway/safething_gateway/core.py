@@ -245,6 +245,11 @@ class Bridge(AsyncResource, ABC):
         """Devices connected through this bridge now (for metrics)."""
         return 0
 
+    def dropped(self) -> dict[str, int]:
+        """Messages this bridge dropped rather than queue them without bound, so far, by
+        direction: ``in`` from devices, ``out`` to them (for metrics)."""
+        return {"in": 0, "out": 0}
+
     def endpoints(self) -> list[str]:
         """URLs a person can use, e.g. ``mqtt://127.0.0.1:1883``."""
         return []
@@ -1355,6 +1360,17 @@ class Gateway(AsyncResource):
             "safething_gateway_connected_devices",
             "Devices connected now, by transport",
             lambda: {(("transport", b.name),): float(b.connected()) for b in self.bridges},
+        )
+        m.gauge(
+            "safething_gateway_messages_dropped",
+            "QoS 0 messages dropped so far rather than queued without bound: in, from "
+            "devices the gateway could not keep up with; out, to a broker that did not "
+            "read them (problem reports)",
+            lambda: {
+                (("direction", direction), ("transport", b.name)): float(count)
+                for b in self.bridges
+                for direction, count in b.dropped().items()
+            },
         )
         m.gauge(
             "safething_gateway_queue_depth",

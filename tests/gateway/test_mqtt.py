@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import shutil
 import socket
 import sqlite3
@@ -368,6 +369,35 @@ async def _value_is(things: ThingClient, thing_id: str, attribute: str, value: A
         return (await things.read(thing_id, attribute)).value == value
     except Exception:
         return False
+
+
+async def test_qos0_uplinks_the_gateway_cannot_keep_up_with_are_dropped_and_shown(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """QoS 0 uplinks past the bridge's backlog limit are dropped (the broker does not
+    redeliver them anyway), counted and shown on /metrics; QoS 1 ones never are."""
+    import safething_gateway.bridges.mqtt as mqtt_bridge
+
+    monkeypatch.setattr(mqtt_bridge, "_QUEUE_LIMIT", 2)
+    async with site.gateway() as (gateway, bridge):
+        link, password = await site.provision()
+        device = site.device(link, password)
+        await device.start()
+        await published(site.store, link.device_id)
+        topic = Topics().up(link.device_id, "reading")
+        for _ in range(50):  # in one burst, faster than the store takes them
+            device.connection.publish(topic, b"not even a frame", 0)
+        await until(lambda: bridge.dropped()["in"] > 0)
+        shown = gateway.metrics.render()
+        found = re.search(
+            r'^safething_gateway_messages_dropped\{direction="in",transport="mqtt"\} (\S+)$',
+            shown,
+            re.MULTILINE,
+        )
+        assert found is not None, shown
+        assert 0 < float(found.group(1)) <= 50
+        assert 'safething_gateway_messages_dropped{direction="out",transport="mqtt"} 0.0' in shown
+        await device.close()
 
 
 async def test_without_acl_the_gateway_refuses_another_devices_topic(

@@ -306,6 +306,9 @@ class MqttBridge(Bridge):
             return 0
         return self._gateway.registry.online(self.name)
 
+    def dropped(self) -> dict[str, int]:
+        return {"in": self._dropped, "out": self.connection.dropped}
+
     def endpoints(self) -> list[str]:
         return [self.connection.url]
 
