@@ -151,14 +151,17 @@ _STATUSES = ("registered", "published", "disabled")
 
 
 def _status_of(entry: Entry) -> _StatusMark:
-    """The status a stored status entry carries (one without a decision time counts as
-    decided at 0)."""
+    """The status a stored status entry carries (one without a decision time, or with
+    one that is no number, counts as decided at 0)."""
     if entry.value is None:
         raise ValueError("the status entry was deleted")
     doc = loads(entry.value, "status")
     if not isinstance(doc, dict):
         raise ValueError(f"a status record holds {type(doc).__name__}, not an object")
-    return _StatusMark(str(doc["s"]), entry.version, float(doc.get("t", 0.0)))
+    decided = doc.get("t")
+    if not isinstance(decided, int | float) or decided != decided:  # (not NaN either)
+        decided = 0.0
+    return _StatusMark(str(doc["s"]), entry.version, float(decided))
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,20 @@ async def test_a_malformed_status_is_passed_over(
     await _until(lambda: garden.status == "disabled")
 
 
+@pytest.mark.parametrize("decided", ["soon", None, float("nan"), [1]])
+async def test_a_status_whose_decision_time_is_no_number_counts_as_decided_at_0(
+    store: Store, garden: Thing, owner: Identity, device: Identity, decided: object
+) -> None:
+    """The owner's status with a decision time that is no number is followed (decided at
+    0: at its version, any other decision is later), also by the thing restarted on it."""
+    await garden.publish()
+    await _forge(store, garden, owner, layout.STATUS, dumps({"s": "disabled", "t": decided}))
+    await _until(lambda: garden.status == "disabled")
+    async with Thing(garden.description, identity=device, owner=owner, store=store) as again:
+        await again.register()
+        assert again.status == "disabled"
+
+
 async def test_a_deleted_status_is_passed_over(
     store: Store, garden: Thing, owner: Identity
 ) -> None:
