@@ -801,6 +801,27 @@ async def test_a_status_the_owner_sets_as_the_thing_starts_is_followed(
                 await asyncio.sleep(0.01)
 
 
+async def test_a_thing_restarted_on_its_own_status_refuses_and_rewrites_nothing(
+    tmp_path: Path, store: Store, owner: Identity, device: Identity
+) -> None:
+    """The store holds exactly the status the thing trusts: no refusal counted, the
+    record not written again."""
+    path = tmp_path / "thing.trust.db"
+    garden = garden_description()
+    async with Thing(garden, identity=device, owner=owner, store=store, trust=path) as t:
+        await t.register()
+        await t.disable()
+    key = ThingAddresses.of("garden-01").thing.entry_key(b"status")
+    before = await store.get(key)
+    async with Thing(garden, identity=device, owner=owner, store=store, trust=path) as t:
+        await t.register()
+        assert t.status == "disabled"
+        await asyncio.sleep(0.05)  # (its status watch has read the status once more)
+        assert t.client.tampered_count == 0
+    after = await store.get(key)
+    assert before is not None and after is not None and after.revision == before.revision
+
+
 async def test_a_status_trusted_by_an_earlier_release_is_kept_and_followed(
     tmp_path: Path, store: Store, owner: Identity, device: Identity
 ) -> None:
