@@ -54,6 +54,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from safething.resource import cancel_and_wait, wait_ended
 from safething_gateway import mqtt_codec as codec
 from safething_gateway.mqtt_codec import MalformedPacketError, Message
 
@@ -328,12 +329,17 @@ class MqttConnection:
         if not self._started:
             return
         self._started = False
-        await self._stop_connecting()
+        cancelled = await self._stop_connecting()
         if self._session:
             self._send(codec.DISCONNECT_PACKET)
-            await self._write_out(CLOSE_WRITE_S)
+            try:
+                await self._write_out(CLOSE_WRITE_S)
+            except asyncio.CancelledError:
+                cancelled = True
         self._cut()
         self._fail_pending()
+        if cancelled:  # the caller's cancellation, passed on now that nothing is left open
+            raise asyncio.CancelledError
 
     async def abort(self) -> None:
         """Drop the TCP connection without DISCONNECT, as a power cut would: the broker
@@ -341,22 +347,24 @@ class MqttConnection:
         if not self._started:
             return
         self._started = False
-        await self._stop_connecting()
+        cancelled = await self._stop_connecting()
         self._cut()
         self._fail_pending()
+        if cancelled:
+            raise asyncio.CancelledError
 
-    async def _stop_connecting(self) -> None:
+    async def _stop_connecting(self) -> bool:
+        """Stop the connection's task and a TCP connect under way (let finish or time out,
+        its socket closed); True if the caller was cancelled meanwhile (it raises that
+        once the rest of its cleanup is done)."""
         runner, self._runner = self._runner, None
-        if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+        cancelled = await cancel_and_wait(runner, log=log)
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
-            # a TCP connect under way is let finish (or time out); its socket is closed
-            await asyncio.wait([connecting])
+            cancelled |= await wait_ended([connecting])
             if not connecting.cancelled() and connecting.exception() is None:
                 _close_socket(connecting.result())
+        return cancelled
 
     def _cut(self) -> None:
         """Close the socket, if still open, without a word to the broker."""

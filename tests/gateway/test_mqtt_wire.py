@@ -204,6 +204,35 @@ async def test_a_broker_that_stops_answering_pings_is_dropped() -> None:
             await connection.close()
 
 
+async def test_a_close_cancelled_while_its_disconnect_waits_still_closes_the_socket() -> None:
+    """The broker stops reading, so the DISCONNECT waits to be written; the close is
+    cancelled then (a stop with a time limit). It used to end at once with the socket
+    left open; now it closes the socket, then passes the cancellation on."""
+    async with ScriptedBroker().running() as broker:
+        connection = MqttConnection(
+            "127.0.0.1", broker.port, client_id=uid("stuck"), max_queued=1 << 20, label="stuck"
+        )
+        await connection.start()
+        assert await connection.wait_connected(5)
+        session = broker.sessions[0]
+        broker.reading.clear()
+        for i in range(100_000):  # until the kernel's buffers are full
+            connection.publish("e/stuck", b"x" * 1000, 0)
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+            if connection.dropped:
+                break
+        closing = asyncio.create_task(connection.close())
+        await asyncio.sleep(0.1)  # inside the close, the DISCONNECT waiting
+        assert not closing.done()
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert not connection.connected
+        broker.reading.set()  # the broker reads on, to the end of the stream
+        await asyncio.wait_for(session.ended.wait(), 10)
+
+
 def _payloads(session: Session) -> list[bytes]:
     return [_publish(*p).payload for p in session.of(codec.PUBLISH)]
 
