@@ -1320,11 +1320,17 @@ class Gateway(AsyncResource):
     async def deliver(self, device_id: str) -> int:
         """Push every queued downlink of a device that just came online."""
         bridge = self.bridge_for(device_id)
-        if bridge is None or not bridge.can_push(device_id):
+        if bridge is None:
+            return 0
+        # Most devices have nothing queued (every birth asks): one query, not the bridge's
+        # and the registry's look-ups of the row too. No await until the push: the same
+        # downlinks and the same checks as in the other order.
+        pending = self.registry.pending(device_id)
+        if not pending or not bridge.can_push(device_id):
             return 0
         record = self.registry.get(device_id)
         sent = 0
-        for downlink in self.registry.pending(device_id):
+        for downlink in pending:
             if not await self._push(bridge, record, downlink):
                 break
             sent += 1

@@ -252,6 +252,37 @@ async def test_provision_birth_readings_and_an_action(site: Site) -> None:
         assert gateway.metrics.get("safething_gateway_messages_in_total", transport="mqtt") >= 6
 
 
+async def test_a_device_with_nothing_queued_costs_the_bridge_no_look_up(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every birth (and every 'online') asks for the device's queued downlinks: with
+    none, the bridge is not asked whether it can push (a registry read of the row);
+    with one queued, it is, and the downlink goes out."""
+    async with site.gateway() as (gateway, bridge):
+        link, password = await site.provision()
+        device_id = link.device_id
+        asked: list[str] = []
+        can_push = bridge.can_push
+
+        def counted(device: str) -> bool:
+            asked.append(device)
+            return can_push(device)
+
+        monkeypatch.setattr(bridge, "can_push", counted)
+        async with site.device(link, password) as device:
+            await device.start()
+            await published(site.store, device_id)
+            await until(lambda: gateway.registry.get(device_id).online)
+            assert asked == []
+            assert await gateway.deliver(device_id) == 0
+            assert asked == []
+            gateway.registry.enqueue(device_id, "desired", b'{"moisture": 3}')
+            assert await gateway.deliver(device_id) == 1
+            assert asked[:1] == [device_id]
+            await until(lambda: link.desired == {"moisture": 3})
+            assert list(device.errors) == []
+
+
 async def test_last_will_marks_a_vanished_device_offline(site: Site) -> None:
     async with site.gateway() as (gateway, _):
         link, password = await site.provision()
