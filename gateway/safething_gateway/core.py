@@ -365,6 +365,7 @@ class Gateway(AsyncResource):
         self._closed_since_collect = 0
         """Things closed since the last collection of frozen objects."""
         self._closed_trust: TrustState | None = None
+        self._trust_file: Path | None = None
         """The trust state of the writes for things closed while quiet (availability)."""
         self._sweep_wanted = asyncio.Event()
         self._sweep_task: asyncio.Task[None] | None = None
@@ -1101,8 +1102,12 @@ class Gateway(AsyncResource):
         return thing
 
     def _trust_path(self) -> Path:
-        """The custodial things' trust state: local, beside the device keys."""
-        return self.registry.path.with_name("trust.db")
+        """The custodial things' trust state: local, beside the device keys (one
+        ``Path`` made once, not one per thing)."""
+        path = self._trust_file
+        if path is None:
+            path = self._trust_file = self.registry.path.with_name("trust.db")
+        return path
 
     async def _data(self, record: DeviceRecord, channel: str, body: Any) -> None:
         thing = self.things.get(record.device_id)

@@ -94,6 +94,8 @@ class _File:
     """One SQLite connection per trust file per process, shared by every TrustState."""
 
     _open: ClassVar[dict[Path, _File]] = {}
+    _resolved: ClassVar[dict[Path, Path]] = {}
+    """Absolute paths as given -> as opened (a gateway opens one file per thing)."""
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, path: Path) -> None:
@@ -133,7 +135,12 @@ class _File:
 
     @classmethod
     def acquire(cls, path: Path) -> _File:
-        path = Path(os.path.abspath(path.expanduser()))
+        given = path
+        path = cls._resolved.get(given) or Path(os.path.abspath(given.expanduser()))
+        if given.is_absolute():  # the same file whatever the working directory
+            if len(cls._resolved) >= 64:
+                cls._resolved.clear()
+            cls._resolved[given] = path
         with cls._guard:
             file = cls._open.get(path)
             if file is None:
@@ -296,7 +303,7 @@ class TrustState:
     def open(cls, path: str | os.PathLike[str]) -> TrustState:
         """The durable state in ``path`` (created with mode 0600 if missing)."""
         state = cls()
-        state._file = _File.acquire(Path(path))
+        state._file = _File.acquire(path if isinstance(path, Path) else Path(path))
         state.path = state._file.path
         state.created = state._file.created
         return state

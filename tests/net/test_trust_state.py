@@ -42,6 +42,30 @@ def test_marks_survive_a_reopen_and_only_go_up(tmp_path: Path) -> None:
     again.close()
 
 
+def test_a_relative_path_is_the_file_in_the_working_directory_of_each_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paths as given are remembered as opened (one per thing in a gateway), but only
+    absolute ones: a relative path names the file of the working directory it is
+    opened in."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    relative = Path("me.trust.db")
+    monkeypatch.chdir(tmp_path / "a")
+    first = TrustState.open(relative)
+    first.set_value("status/thing", b"published")
+    first.sync()
+    monkeypatch.chdir(tmp_path / "b")
+    second = TrustState.open(relative)
+    assert second.path == tmp_path / "b" / "me.trust.db" != first.path
+    assert second.value("status/thing") is None
+    absolute = TrustState.open(tmp_path / "a" / "me.trust.db")
+    assert absolute.path == first.path
+    assert absolute.value("status/thing") == b"published"
+    for state in (first, second, absolute):
+        state.close()
+
+
 def test_a_lost_file_is_a_fresh_state(tmp_path: Path) -> None:
     path = tmp_path / "me.trust.db"
     TrustState.open(path).close()
