@@ -609,7 +609,7 @@ class MutableData:
         to ``Client(on_tampered=...)``) and skipped, never yielded.
         """
         watch = self.client.store.watch(self.address.prefix, since=since)
-        return EntryWatch(self, watch, prefixes)
+        return EntryWatch(self, watch, prefixes, header_in_feed=True)
 
     def watch_key(self, key: bytes, *, since: int | None = None) -> EntryWatch:
         """Verified changes of the entry ``key``: :meth:`watch` with ``prefixes=(key,)``,
@@ -630,12 +630,28 @@ class MutableData:
 
 
 class EntryWatch(AsyncResource):
-    """Async iterator of verified :class:`Entry` changes of one MD."""
+    """Async iterator of verified :class:`Entry` changes of one MD.
 
-    def __init__(self, md: MutableData, watch: Watch, prefixes: tuple[bytes, ...] = ()) -> None:
+    Each entry is verified against the MD's header as the store holds it (or the trusted
+    one, if the stored one is refused). ``header_in_feed``: ``watch`` delivers the
+    changes of the header record too (a watch of the whole MD), so the header is read
+    once and again after each change of it, not for every entry; the store can delay a
+    header change either way."""
+
+    def __init__(
+        self,
+        md: MutableData,
+        watch: Watch,
+        prefixes: tuple[bytes, ...] = (),
+        *,
+        header_in_feed: bool = False,
+    ) -> None:
         self._md = md
         self._watch = watch
         self._prefixes = prefixes
+        self._header_in_feed = header_in_feed
+        self._header: _MDHeader | None = None
+        """The header read last, while no change of it came (``header_in_feed``)."""
         self._store_prefixes = (
             tuple(md.address.entry_prefix + p.hex() for p in prefixes)
             if prefixes and md.secret is None
@@ -657,14 +673,19 @@ class EntryWatch(AsyncResource):
             change: Change = await self._watch.__anext__()
             self.last_revision = change.revision
             if change.key == md.address.header_key:
-                continue  # the next entry read re-verifies the header
+                self._header = None  # the next entry read re-verifies the header
+                continue
             if self._store_prefixes and not change.key.startswith(self._store_prefixes):
                 continue
             if change.value is None:
                 log.debug("entry record %s of MD %s was removed", change.key, md.address)
                 continue
             try:
-                header, _ = await md.client._header(md.address)
+                header = self._header
+                if header is None:
+                    header, _ = await md.client._header(md.address)
+                    if self._header_in_feed:
+                        self._header = header
                 record = Record(change.key, change.value, change.revision)
                 entry = md._open(header, record, None, live=True)
             except (TamperedDataError, NoSuchDataError, PermissionDeniedError):

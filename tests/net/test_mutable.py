@@ -606,6 +606,39 @@ async def test_a_watch_passes_over_header_changes_and_removals(
     assert reader_client.tampered_count == 0
 
 
+async def test_a_watch_refuses_the_entries_of_a_writer_revoked_while_it_watches(
+    store: Store, client: Client, bob: Identity
+) -> None:
+    """A watch reads the header again after each change of it (and only then): an entry
+    the revoked writer signs after its revocation, written straight into the store, is
+    refused; the owner's next one is yielded."""
+    md = await client.create_md(NAME, TAG_THING)
+    await md.set_permissions(bob.public_sign_key, "insert")
+    bobs = Client(store, bob).md(NAME, TAG_THING)
+    reader_client = Client(store)
+    reader = reader_client.md(NAME, TAG_THING)
+    async with reader.watch() as changes:
+        await bobs.insert("b1", "1")
+        async with asyncio.timeout(5):
+            first = await anext(changes)
+        assert (first.key, first.value) == (b"b1", b"1")
+        await md.set_permissions(bob.public_sign_key, Action.NONE)
+        late = EntryRecord.create(
+            md.address,
+            signer=bob.sign_key,
+            stored_key=b"b2",
+            sealed_key=None,
+            stored_value=b"2",
+            version=0,
+        )
+        await store.put(md.address.entry_key(b"b2"), late.to_bytes())
+        await md.insert("a", "1")
+        async with asyncio.timeout(5):
+            second = await anext(changes)
+    assert (second.key, second.value) == (b"a", b"1")
+    assert reader_client.tampered_count == 1
+
+
 async def test_a_watch_goes_on_while_the_store_hides_the_header(
     store: Store, client: Client
 ) -> None:
