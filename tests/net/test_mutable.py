@@ -376,6 +376,21 @@ async def test_an_atomic_batch_that_lost_a_race_is_decided_again(
     assert set(await md.entries()) == {b"a", b"b", b"big"}
 
 
+async def _put_signed(
+    store: Store, address: MDAddress, signer: Identity, key: bytes, value: bytes, version: int
+) -> None:
+    """A public entry record signed by ``signer``, written straight into the store."""
+    record = EntryRecord.create(
+        address,
+        signer=signer.sign_key,
+        stored_key=key,
+        sealed_key=None,
+        stored_value=value,
+        version=version,
+    )
+    await store.put(address.entry_key(key), record.to_bytes())
+
+
 async def test_keys_assumed_new_are_not_read_unless_they_exist(
     store: Store, client: Client, alice: Identity, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -384,16 +399,7 @@ async def test_keys_assumed_new_are_not_read_unless_they_exist(
     the store's compare-and-set, then read, verified and written past, as if read first."""
     md = await client.create_md(NAME, TAG_THING)
     await md.put_many({"p": "0", "s1": "other", "s2": "other"})
-    mallory = Identity.generate()
-    forged = EntryRecord.create(
-        md.address,
-        signer=mallory.sign_key,
-        stored_key=b"s3",
-        sealed_key=None,
-        stored_value=b"mallory's",
-        version=7,
-    )
-    await store.put(md.address.entry_key(b"s3"), forged.to_bytes())
+    await _put_signed(store, md.address, Identity.generate(), b"s3", b"mallory's", 7)
     writer = Client(store, alice)  # the same identity, nothing read yet (a restart)
     wmd = writer.md(NAME, TAG_THING)
     reads: list[str] = []
@@ -623,15 +629,7 @@ async def test_a_watch_refuses_the_entries_of_a_writer_revoked_while_it_watches(
             first = await anext(changes)
         assert (first.key, first.value) == (b"b1", b"1")
         await md.set_permissions(bob.public_sign_key, Action.NONE)
-        late = EntryRecord.create(
-            md.address,
-            signer=bob.sign_key,
-            stored_key=b"b2",
-            sealed_key=None,
-            stored_value=b"2",
-            version=0,
-        )
-        await store.put(md.address.entry_key(b"b2"), late.to_bytes())
+        await _put_signed(store, md.address, bob, b"b2", b"2", 0)  # its key, revoked
         await md.insert("a", "1")
         async with asyncio.timeout(5):
             second = await anext(changes)
