@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -274,6 +275,39 @@ def test_a_request_queued_while_the_script_was_down_runs_after_a_restart(
 # --- the scripts as scripts -----------------------------------------------------------
 
 
+def _until_ready(process: subprocess.Popen[str], name: str, timeout: float = 60.0) -> None:
+    """Until the script prints its "Ctrl-C to stop" line. Not always its first: the
+    controller's subscriptions start before it, and an alarm of the device running beside
+    it can print first. A script that ends or stays silent fails with what it wrote."""
+    assert process.stdout is not None
+    lines: queue.Queue[str] = queue.Queue()
+    stdout = process.stdout
+
+    def read() -> None:
+        for line in stdout:
+            lines.put(line)
+            if "Ctrl-C to stop" in line:
+                return
+        lines.put("")  # the end of its output
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            line = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        seen.append(line)
+        if "Ctrl-C to stop" in line:
+            return
+        if not line:
+            break
+    process.kill()
+    _, stderr = process.communicate()
+    raise AssertionError((name, seen, stderr))
+
+
 def test_every_script_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     """``python <example>.py`` with GPIOZERO_PIN_FACTORY=mock, as systemd would run it."""
     identity = tmp_path / "identity.json"
@@ -308,9 +342,7 @@ def test_every_script_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            assert process.stdout is not None
-            line = process.stdout.readline()
-            assert "Ctrl-C to stop" in line, (name, line, process.stderr and process.stderr.read())
+            _until_ready(process, name)
         for process in started.values():
             process.send_signal(signal.SIGTERM)
         for name, process in started.items():
