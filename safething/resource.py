@@ -48,11 +48,12 @@ async def cancel_and_wait(
     for task in live:
         task.cancel()
     cancelled = await wait_ended(live)
-    for task in live if log is not None else ():
-        error = None if task.cancelled() else task.exception()
-        if error is not None and log is not None:
-            name = task.get_name() if isinstance(task, asyncio.Task) else repr(task)
-            log.error("task %s failed", name, exc_info=error)
+    if log is not None:
+        for task in live:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                name = task.get_name() if isinstance(task, asyncio.Task) else repr(task)
+                log.error("task %s failed", name, exc_info=error)
     return cancelled
 
 

@@ -100,7 +100,7 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -365,8 +365,9 @@ class Gateway(AsyncResource):
         self._closed_since_collect = 0
         """Things closed since the last collection of frozen objects."""
         self._closed_trust: TrustState | None = None
-        self._trust_file: Path | None = None
         """The trust state of the writes for things closed while quiet (availability)."""
+        self._trust_file: Path | None = None
+        """The custodial things' trust file (:meth:`_trust_path`), once made."""
         self._sweep_wanted = asyncio.Event()
         self._sweep_task: asyncio.Task[None] | None = None
         self._started = False
@@ -425,31 +426,30 @@ class Gateway(AsyncResource):
             self._sweep_task, self._flush_task, self._liveness_task, self._inbox_task, log=log
         )
         self._flush_task = self._liveness_task = self._inbox_task = self._sweep_task = None
+
+        async def finish(close: Callable[[], Awaitable[None]]) -> None:
+            nonlocal cancelled
+            try:
+                await close()
+            except asyncio.CancelledError:  # passed on at the end
+                cancelled = True
+
         for bridge in reversed(self.bridges):
             try:
-                await bridge.close()
-            except asyncio.CancelledError:
-                cancelled = True
+                await finish(bridge.close)
             except Exception:
                 log.exception("bridge %s did not close cleanly", bridge.name)
-        steps: list[Any] = [self.liveness.close]
+        await finish(self.liveness.close)  # (its last writes may use the closed things' trust)
         if self._closed_trust is not None:
             self._closed_trust.close()
             self._closed_trust = None
-        steps += [thing.close for thing in list(self.things.values())]
-        for step in steps:
-            try:
-                await step()
-            except asyncio.CancelledError:
-                cancelled = True
+        for thing in list(self.things.values()):
+            await finish(thing.close)
         self.things.clear()
         self._recent.clear()
         self._newborn.clear()
         if self._shared is not None:
-            try:
-                await self._shared.close()
-            except asyncio.CancelledError:
-                cancelled = True
+            await finish(self._shared.close)
         if cancelled:
             raise asyncio.CancelledError
 
