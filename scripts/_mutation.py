@@ -285,6 +285,8 @@ ONLY: dict[str, tuple[str, ...]] = {
         "Thing.action",
         "Thing._follow_status",
         "Thing._take_status",
+        "Thing._older_status",
+        "Thing._put_back",
         "Thing._scan_inbox",
         "Thing._on_inbox",
         "Thing._refuse",

@@ -546,16 +546,10 @@ class Thing(AsyncResource):
         await self._put_if_changed(md, layout.DESC, self.description.to_dict(), batch)
         trusted = self._status_mark()
         try:
-            entry = await md.get(layout.STATUS)
-            stored = _status_of(entry)
-            if trusted is not None and not stored.follows(trusted) and stored != trusted:
-                raise self.client._tampered(
-                    TamperedDataError(
-                        f"thing {self.id}: a status record at version {entry.version} decided "
-                        f"before the one trusted at that version (replayed after a fork)",
-                        address=str(md.address),
-                    )
-                )
+            stored = _status_of(await md.get(layout.STATUS))
+            refusal = self._older_status(stored, trusted)
+            if refusal is not None:
+                raise refusal
             self._trust_status(stored)
         except NoSuchEntryError:
             if trusted is None:
@@ -1128,21 +1122,20 @@ class Thing(AsyncResource):
             # The watch starts now: a status written since register() read it (the owner
             # publishing a thing that has just started) is read once here.
             try:
-                refused = self._take_status(await md.get(layout.STATUS))
+                await self._put_back(self._take_status(await md.get(layout.STATUS)))
             except SafeThingError as e:  # none, refused (counted), or no store: the watch
                 log.debug("thing %s: status not read again (%s)", self.id, e)
-                refused = None
-            while True:
-                if refused is not None:  # write back what this thing trusts
-                    try:
-                        await self._set_status(refused.status, refused.decided)
-                    except SafeThingError as e:
-                        log.warning("thing %s: could not write its status back: %s", self.id, e)
-                try:
-                    entry = await anext(feed)
-                except StopAsyncIteration:
-                    return
-                refused = self._take_status(entry)
+            async for entry in feed:
+                await self._put_back(self._take_status(entry))
+
+    async def _put_back(self, trusted: _StatusMark | None) -> None:
+        """Write back the status this thing trusts, after it refused another (if any)."""
+        if trusted is None:
+            return
+        try:
+            await self._set_status(trusted.status, trusted.decided)
+        except SafeThingError as e:
+            log.warning("thing %s: could not write its status back: %s", self.id, e)
 
     def _take_status(self, entry: Entry) -> _StatusMark | None:
         """Follow a status entry the owner (or this thing) signed, if it is newer than the
@@ -1158,22 +1151,29 @@ class Thing(AsyncResource):
         if entry.signer not in self._authorities() or mark.status not in _STATUSES:
             return None  # only the thing or its owner sets the status
         trusted = self._status_mark()
-        if trusted is None or mark.follows(trusted):
+        if self._older_status(mark, trusted) is not None:
+            return trusted
+        if mark != trusted:
             if mark.status != self.status:
                 log.info("thing %s: status %s -> %s", self.id, self.status, mark.status)
             self._trust_status(mark)
+        return None
+
+    def _older_status(
+        self, mark: _StatusMark, trusted: _StatusMark | None
+    ) -> TamperedDataError | None:
+        """The refusal, counted, of a verified status record that neither follows the
+        trusted one (see :class:`_StatusMark`) nor is it; ``None`` if it may be taken."""
+        if trusted is None or mark == trusted or mark.follows(trusted):
             return None
-        if mark == trusted:
-            return None
-        self.client._tampered(
+        return self.client._tampered(
             TamperedDataError(
                 f"thing {self.id}: a status record at version {mark.version} decided "
-                f"before the one trusted (version {trusted.version}); keeping "
-                f"{trusted.status!r}",
-                address=str(self._md("thing").address),
+                f"before the one trusted (version {trusted.version}, a store that forked "
+                f"the status); keeping {trusted.status!r}",
+                address=str(self.addresses.thing),
             )
         )
-        return trusted
 
     # --- serving the inbox ----------------------------------------------------------
 
