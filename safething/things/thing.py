@@ -544,27 +544,7 @@ class Thing(AsyncResource):
         )
         await self._ensure_level_keys(md, batch)
         await self._put_if_changed(md, layout.DESC, self.description.to_dict(), batch)
-        trusted = self._status_mark()
-        try:
-            stored = _status_of(await md.get(layout.STATUS))
-            refusal = self._older_status(stored, trusted)
-            if refusal is not None:
-                raise refusal
-            self._trust_status(stored)
-        except NoSuchEntryError:
-            if trusted is None:
-                first = "published" if publish else "registered"
-                self._put_first_status(batch, first)
-            else:  # the store dropped it: write back what this thing trusts
-                await self._set_status(trusted.status, trusted.decided)
-        except TamperedDataError as e:
-            # An older or forged status: keep the one this thing verified last.
-            if trusted is None:
-                raise
-            log.warning(
-                "thing %s: refused the stored status (%s); keeping %r", self.id, e, trusted.status
-            )
-            await self._set_status(trusted.status, trusted.decided)  # and repair the store
+        await self._restore_status(md, batch, "published" if publish else "registered")
         await batch.commit(md)
         if publish and self.status == "registered":
             await self.publish()
@@ -572,6 +552,33 @@ class Thing(AsyncResource):
         await self._archive.restore(self._streams())
         await self._trim_outbox()
         await self._serve(online)
+
+    async def _restore_status(self, md: MutableData, batch: _Batch, first: str) -> None:
+        """At registration: take the stored status if this thing may (see
+        :meth:`_status_from` and :class:`_StatusMark`); else write back the one it
+        trusts, or, trusting none, put ``first`` in ``batch``. A stored status that does
+        not verify, with none trusted, fails the registration."""
+        trusted = self._status_mark()
+        try:
+            entry: Entry | None = await md.get(layout.STATUS)
+        except NoSuchEntryError:
+            entry = None
+        except TamperedDataError as e:  # forged, or older than the one verified last
+            if trusted is None:
+                raise
+            log.warning("thing %s: refused the stored status: %s", self.id, e)
+            entry = None
+        stored = None if entry is None else self._status_from(entry)
+        if stored is not None:
+            refusal = self._older_status(stored, trusted)
+            if refusal is None:
+                self._trust_status(stored)
+                return
+            log.warning("thing %s: refused the stored status: %s", self.id, refusal)
+        if trusted is None:
+            self._put_first_status(batch, first)
+        else:  # dropped, refused or no status: keep the trusted one and repair the store
+            await self._set_status(trusted.status, trusted.decided)
 
     def _knows_nothing(self) -> bool:
         """This thing's trust state holds no status and no level key of it (a thing
@@ -1137,10 +1144,10 @@ class Thing(AsyncResource):
         except SafeThingError as e:
             log.warning("thing %s: could not write its status back: %s", self.id, e)
 
-    def _take_status(self, entry: Entry) -> _StatusMark | None:
-        """Follow a status entry the owner (or this thing) signed, if it is newer than the
-        trusted one (see :class:`_StatusMark`); refuse one decided earlier at its version
-        and return the trusted status, to be written back."""
+    def _status_from(self, entry: Entry) -> _StatusMark | None:
+        """The status a verified status entry carries, if it is one this thing may take:
+        a known status, signed by the thing or its owner (not by a key the owner granted
+        update rights on the MD); ``None``, logged, if not."""
         if entry.key != layout.STATUS or entry.value is None:
             return None
         try:
@@ -1148,8 +1155,21 @@ class Thing(AsyncResource):
         except (SafeThingError, KeyError, TypeError, ValueError) as e:
             log.warning("thing %s: ignoring a malformed status: %s", self.id, e)
             return None
-        if entry.signer not in self._authorities() or mark.status not in _STATUSES:
-            return None  # only the thing or its owner sets the status
+        if entry.signer not in self._authorities():
+            log.warning("thing %s: ignoring a status signed by neither it nor its owner", self.id)
+            return None
+        if mark.status not in _STATUSES:
+            log.warning("thing %s: ignoring an unknown status %r", self.id, mark.status)
+            return None
+        return mark
+
+    def _take_status(self, entry: Entry) -> _StatusMark | None:
+        """Follow a status entry the owner (or this thing) signed, if it is newer than the
+        trusted one (see :class:`_StatusMark`); refuse one decided earlier at its version
+        and return the trusted status, to be written back."""
+        mark = self._status_from(entry)
+        if mark is None:
+            return None
         trusted = self._status_mark()
         if self._older_status(mark, trusted) is not None:
             return trusted

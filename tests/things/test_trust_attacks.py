@@ -940,6 +940,71 @@ async def test_a_status_the_store_drops_is_written_back_as_trusted(
             assert await anyone.status(THING) == "disabled"
 
 
+async def test_a_status_by_a_writer_the_owner_granted_by_mistake_is_not_taken_at_a_restart(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """The owner grants a key update rights on the thing's MD by mistake; while the
+    disabled thing is down that key writes *published* (it verifies: the key may
+    write). The restarted thing keeps *disabled*, as the running thing does (see
+    test_thing_authority), and writes it back above the stray record."""
+    ran: list[str] = []
+    async with await open_store(url) as store:
+        owner_client = Client(store, owner)
+        async with _thing(device, owner, url) as t:
+            await t.register(publish=True)
+            await set_status(owner_client, THING, "disabled")
+            await until(lambda: t.status == "disabled", "thing disabled")
+        mistake = Identity.generate("mistake")
+        md = owner_client.md(ADDR.thing.name, ADDR.thing.tag)
+        await md.set_permissions(mistake.public_sign_key, Action.UPDATE)
+        stray = await (
+            Client(store, mistake)
+            .md(ADDR.thing.name, ADDR.thing.tag)
+            .put(b"status", dumps({"s": "published", "t": time.time()}))
+        )
+        async with _thing(device, owner, url) as t:
+            t.on_action("CloseValve", lambda request: ran.append(request.request_id))
+            await t.register()
+            assert t.status == "disabled"
+            back = await Client(store).md(ADDR.thing.name, ADDR.thing.tag).get(b"status")
+            assert back.version > stray.version and back.signer == device.public_sign_key
+            async with ThingClient(Client(store, Identity.generate())) as anyone:
+                assert await anyone.status(THING) == "disabled"
+                handle = await anyone.request(THING, "CloseValve")
+                with pytest.raises(ActionFailedError, match="disabled"):
+                    await handle.result(TIMEOUT)
+        assert ran == []
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [b"\xff", dumps(["published"]), dumps({"t": 1.0}), dumps({"s": "bogus", "t": 1.0}), None],
+    ids=["not-cbor", "not-a-map", "no-status", "unknown-status", "deleted"],
+)
+async def test_a_status_record_the_thing_cannot_take_does_not_stop_its_restart(
+    url: str, owner: Identity, device: Identity, stored: bytes | None
+) -> None:
+    """While the disabled thing is down its owner's key writes a status record that is
+    not one (or deletes it): the thing registers again, keeps *disabled* and writes it
+    back, as the running thing passes such a record over."""
+    async with await open_store(url) as store:
+        owner_client = Client(store, owner)
+        async with _thing(device, owner, url) as t:
+            await t.register(publish=True)
+            await set_status(owner_client, THING, "disabled")
+            await until(lambda: t.status == "disabled", "thing disabled")
+        md = owner_client.md(ADDR.thing.name, ADDR.thing.tag)
+        if stored is None:
+            await md.delete(b"status")
+        else:
+            await md.put(b"status", stored)
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            assert t.status == "disabled"
+        async with ThingClient(Client(store)) as anyone:
+            assert await anyone.status(THING) == "disabled"
+
+
 async def test_a_store_wiped_while_the_thing_was_down_gets_back_what_the_thing_trusts(
     tmp_path: Path, owner: Identity, device: Identity
 ) -> None:
