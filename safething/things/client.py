@@ -267,9 +267,21 @@ class ThingClient(AsyncResource):
         view.status = str(doc.get("s"))
         return view.status
 
-    def _decode(self, view: ThingView, data: bytes, what: str) -> tuple[int, float, Any]:
+    def decode(self, view: ThingView, entry: Entry, what: str) -> tuple[int, float, Any]:
+        """``(seq, t, value)`` of a reading or an event (``what``) read from the thing's
+        MD. Only the thing writes these: one signed by any other key that may write there
+        (one the owner granted update rights on the MD by mistake) is refused, counted.
+        ``AccessDeniedError`` for a value sealed to readers this identity is not."""
+        if entry.signer != view.thing.sign_key:
+            raise self.client._tampered(
+                TamperedDataError(
+                    f"{what} of thing {view.thing_id!r} signed by "
+                    f"{entry.signer.hex()[:16]}..., not by the thing",
+                    address=str(view.addresses.thing),
+                )
+            )
         try:
-            return decode_payload(data, view.ring, what)
+            return decode_payload(entry.value or b"", view.ring, what)
         except AccessDeniedError:
             raise AccessDeniedError(
                 f"{what} of thing {view.thing_id!r} is encrypted for other readers "
@@ -283,12 +295,12 @@ class ThingClient(AsyncResource):
         if not attr.dynamic:
             return Reading(thing_id, attribute, attr.value, 0, 0.0)
         try:
-            data = await view.md.get_value(layout.attr_key(attribute))
+            entry = await view.md.get(layout.attr_key(attribute))
         except NoSuchEntryError:
             raise NoSuchDataError(
                 f"attribute {attribute!r} of thing {thing_id!r} has no value yet"
             ) from None
-        seq, t, value = self._decode(view, data, f"attribute {attribute!r}")
+        seq, t, value = self.decode(view, entry, f"attribute {attribute!r}")
         return Reading(thing_id, attribute, value, seq, t)
 
     @overload
@@ -337,7 +349,7 @@ class ThingClient(AsyncResource):
         attr = view.description.attribute(attribute)
         recent = []
         for entry in await self._ring_entries(view, f"ah/{attribute}/", attr.history):
-            seq, t, value = self._decode(view, entry.value or b"", f"attribute {attribute!r}")
+            seq, t, value = self.decode(view, entry, f"attribute {attribute!r}")
             recent.append((seq, t, value))
         if since is None and until is None and every is None:
             return readings(thing_id, attribute, sorted(recent, key=lambda p: p[0]))
@@ -397,7 +409,7 @@ class ThingClient(AsyncResource):
             prefix = layout.attr_history_prefix(name)
         result = []
         for entry in await self._ring_entries(view, prefix.decode(), size):
-            seq, t, value = self._decode(view, entry.value or b"", f"{kind} {name!r}")
+            seq, t, value = self.decode(view, entry, f"{kind} {name!r}")
             if seq > after:
                 result.append(Notification(thing_id, kind, name, value, seq, t, entry.signer))
         return sorted(result, key=lambda n: n.seq)
@@ -758,9 +770,7 @@ class Subscription(AsyncResource):
         if entry.value is None:
             return None
         try:
-            seq, t, value = self.things._decode(
-                self._view, entry.value, f"{self.kind} {self.name!r}"
-            )
+            seq, t, value = self.things.decode(self._view, entry, f"{self.kind} {self.name!r}")
         except (MalformedRecordError, TamperedDataError) as e:
             log.warning("skipping a bad %s of %s: %s", self.kind, self.thing_id, e)
             return None

@@ -405,6 +405,11 @@ class Archive:
                     entry = await thing_md.get(key)
                 except NoSuchEntryError:
                     continue
+                if entry.signer != self._thing.identity.public_sign_key:
+                    log.warning(
+                        "thing %s: ring slot of %s not signed by the thing", self._thing.id, name
+                    )
+                    continue  # (never archived under the thing's signature)
                 try:
                     seq, t, value = decode_payload(entry.value or b"", self._thing._ring, "ring")
                 except SafeThingError as e:

@@ -794,23 +794,37 @@ class Thing(AsyncResource):
         pointers = [layout.attr_key(a.name) for a in self.description.attributes if a.dynamic]
         pointers += [layout.event_pointer(t.name) for t in self.description.topics]
         for pointer in pointers:
-            try:
-                entry = await md.get(pointer, include_deleted=True)
-                self._seq[pointer] = (int(loads(entry.value or b"", "pointer")["n"]), entry.version)
-            except NoSuchEntryError:
-                self._seq[pointer] = (0, None)
-            except TamperedDataError:
-                self._seq[pointer] = await self._recover_pointer(md, pointer, 0)
+            self._seq[pointer] = await self._read_pointer(md, pointer, 0)
+
+    async def _read_pointer(
+        self, md: MutableData, pointer: bytes, seq: int
+    ) -> tuple[int, int | None]:
+        """The sequence number and version of a stored sequence pointer, which only this
+        thing writes. One the store forged or rolled back, one signed by another key (a
+        writer the owner granted update rights on the MD by mistake) or one that is no
+        pointer: :meth:`_recover_pointer` from ``seq`` instead."""
+        try:
+            entry = await md.get(pointer, include_deleted=True)
+        except NoSuchEntryError:
+            return 0, None
+        except TamperedDataError:  # refused, counted: build on what this thing trusts
+            return await self._recover_pointer(md, pointer, seq)
+        if entry.signer == self.identity.public_sign_key:
+            with contextlib.suppress(SafeThingError, KeyError, TypeError, ValueError):
+                return int(loads(entry.value or b"", "pointer")["n"]), entry.version
+        log.warning("thing %s: %r is no sequence pointer of this thing", self.id, pointer)
+        return await self._recover_pointer(md, pointer, seq)
 
     async def _recover_pointer(
         self, md: MutableData, pointer: bytes, seq: int
     ) -> tuple[int, int | None]:
         """A sequence pointer the store forged or rolled back: the highest sequence number
-        in the verified history ring, and the version this thing verified last (the next
-        write goes past it and replaces the bad record)."""
+        in the verified history ring (its slots this thing signed), and the version this
+        thing verified last (the next write goes past it and replaces the bad record)."""
         ring = pointer + b"/" if pointer.startswith(b"e/") else b"ah/" + pointer[2:] + b"/"
+        me = self.identity.public_sign_key
         for key, entry in (await md.entries(skip_tampered=True)).items():
-            if key.startswith(ring) and entry.value is not None:
+            if key.startswith(ring) and entry.value is not None and entry.signer == me:
                 with contextlib.suppress(SafeThingError, KeyError, TypeError, ValueError):
                     seq = max(seq, int(loads(entry.value, "history slot")["n"]))
         version = self.trust.entry_version(md.address.entry_key(pointer))
@@ -958,17 +972,8 @@ class Thing(AsyncResource):
                     )
                 except ConflictError:
                     for pointer, _, _, _ in items:
-                        try:
-                            current = await md.get(pointer, include_deleted=True)
-                        except NoSuchEntryError:
-                            self._seq.pop(pointer, None)
-                            continue
-                        except TamperedDataError:  # refused, counted: build on what we trust
-                            seq, _ = self._seq.get(pointer, (0, None))
-                            self._seq[pointer] = await self._recover_pointer(md, pointer, seq)
-                            continue
-                        doc = loads(current.value or b"", "sequence pointer")
-                        self._seq[pointer] = (int(doc["n"]), current.version)
+                        seq, _ = self._seq.get(pointer, (0, None))
+                        self._seq[pointer] = await self._read_pointer(md, pointer, seq)
                     continue
                 written = {entry.key: entry.version for entry in entries}
                 for (pointer, _, value, _), seq in zip(items, seqs, strict=True):

@@ -482,3 +482,32 @@ def test_safething_console_alone_provisions_with_the_gateways_broker_logins(
     finally:
         _stop(proc)
     assert (tmp_path / "gw.db").exists()
+
+
+def test_a_reading_written_by_a_key_granted_by_mistake_is_shown_refused(tmp_path: Path) -> None:
+    """A key the owner granted write rights on a thing's MD by mistake writes a reading
+    and an event: the thing's page shows the reading refused, not as a verified value,
+    and no such event; it still loads."""
+    from safething.net import Action, Client
+    from safething.things import layout
+    from safething.things.layout import ThingAddresses
+    from safething.things.values import dumps
+    from safething_gateway.console.testing import ConsoleSite
+
+    with ConsoleSite(tmp_path, login=False) as site:
+        assert site.store is not None and site.console is not None
+        url, garden = site.url, site.garden_id
+        address = ThingAddresses.of(garden).thing
+        mistake = Identity.generate("mistake")
+        owner_md = Client(site.store, site.owner).md(address.name, address.tag)
+        rights = Action.UPDATE | Action.INSERT
+        site.call(owner_md.set_permissions(mistake.public_sign_key, rights))
+        forger = Client(site.store, mistake).md(address.name, address.tag)
+        forged = dumps({"n": 1000, "t": time.time(), "v": 1.5})
+        site.call(forger.put(layout.attr_key("moisture"), forged))
+        site.call(forger.put(layout.event_key("VeryDryAlarm", 1000, size=8), forged))
+        with httpx.Client(base_url=url, headers={"origin": url}) as http:
+            page = http.get(f"/things/{garden}")
+        assert page.status_code == 200
+        assert "refused: not signed by the thing" in page.text
+        assert mistake.public_sign_key.hex()[:8] not in page.text  # shown as no signer

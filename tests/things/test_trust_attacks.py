@@ -976,6 +976,57 @@ async def test_a_status_by_a_writer_the_owner_granted_by_mistake_is_not_taken_at
         assert ran == []
 
 
+async def test_a_writer_the_owner_granted_by_mistake_cannot_forge_a_reading(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """The owner grants a key write rights on the thing's MD by mistake. While the thing
+    is down, that key writes a reading as the thing would (the pointer and a ring slot,
+    sequence number far ahead): it verifies (the key may write), yet no reader takes it
+    for the thing's (read, ring, history; refused, counted), and the restarted thing
+    neither takes its sequence number nor archives it under its own signature. A
+    reading it writes while the thing runs is not notified to a subscriber."""
+    forged_value = 99.0
+    async with await open_store(url) as store:
+        async with _thing(device, owner, url) as t:
+            await t.register(publish=True)
+            for i in range(3):
+                await t.set("moisture", float(i))
+        mistake = Identity.generate("mistake")
+        owner_md = Client(store, owner).md(ADDR.thing.name, ADDR.thing.tag)
+        await owner_md.set_permissions(mistake.public_sign_key, Action.UPDATE | Action.INSERT)
+        forger = Client(store, mistake).md(ADDR.thing.name, ADDR.thing.tag)
+
+        async def forge(seq: int) -> None:
+            forged = dumps({"n": seq, "t": time.time(), "v": forged_value})
+            await forger.put(b"a/moisture", forged)
+            await forger.put(f"ah/moisture/{seq % 8}", forged)
+
+        await forge(1000)
+        async with ThingClient(Client(store)) as reader:
+            for read in (
+                reader.read(THING, "moisture"),
+                reader.history(THING, "moisture"),
+                reader.history(THING, "moisture", since=0),
+            ):
+                with pytest.raises(TamperedDataError, match="not by the thing"):
+                    await read
+            assert reader.client.tampered_count == 3
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            assert await t.set("moisture", 3.0) == 4  # not 1001
+            async with ThingClient(Client(store)) as reader:
+                async with reader.subscribe(THING, attribute="moisture") as sub:
+                    await forge(5)
+                    await t.set("moisture", 4.0)
+                    note = await asyncio.wait_for(anext(sub), TIMEOUT)
+                    assert (note.seq, note.value) == (5, 4.0)
+                    assert note.signer == device.public_sign_key
+                for i in range(5, 20):  # the ring wraps twice: archived
+                    await t.set("moisture", float(i))
+                everything = await reader.history(THING, "moisture", since=0)
+                assert [r.value for r in everything] == [float(i) for i in range(20)]
+
+
 @pytest.mark.parametrize(
     "stored",
     [b"\xff", dumps(["published"]), dumps({"t": 1.0}), dumps({"s": "bogus", "t": 1.0}), None],

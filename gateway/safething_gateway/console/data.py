@@ -23,6 +23,7 @@ from safething.errors import (
     NoSuchDataError,
     NoSuchEntryError,
     SafeThingError,
+    TamperedDataError,
 )
 from safething.net import TAG_THING, Client, Identity, PublicIdentity, PublicSignKey, XorName
 from safething.store import Store
@@ -36,7 +37,7 @@ from safething.things.availability import (
 from safething.things.client import ThingView
 from safething.things.description import ThingDescription
 from safething.things.filters import Filter
-from safething.things.values import decode_payload, loads
+from safething.things.values import loads
 
 if TYPE_CHECKING:  # the gateway extra: imported only when a registry is given
     from safething_gateway.device_admin import DeviceAdmin, Provisioned
@@ -460,16 +461,25 @@ class ConsoleData:
             entry = await view.md.get(layout.attr_key(name))
         except NoSuchEntryError:
             return AttributeValue(name, None, 0, 0.0, "", "no value yet")
+        except TamperedDataError as e:  # (counted) forged or rolled back by the store
+            return AttributeValue(name, None, 0, 0.0, "", f"refused: {e}")
         try:
-            seq, t, value = decode_payload(entry.value or b"", view.ring, f"attribute {name!r}")
+            seq, t, value = self.reader.decode(view, entry, f"attribute {name!r}")
         except AccessDeniedError:
             return AttributeValue(name, None, 0, 0.0, entry.signer.hex(), "encrypted for others")
+        except TamperedDataError:  # (counted) signed by another key than the thing's
+            return AttributeValue(
+                name, None, 0, 0.0, entry.signer.hex(), "refused: not signed by the thing"
+            )
         return AttributeValue(name, value, seq, t, entry.signer.hex())
 
     async def events(self, view: ThingView, topic: str, limit: int = 10) -> list[dict[str, Any]]:
         try:
             notes = await self.reader.events(view.thing_id, topic)
         except AccessDeniedError:
+            return []
+        except TamperedDataError as e:  # (counted) a kept event refused: none shown
+            log.warning("thing %s: events of %s refused: %s", view.thing_id, topic, e)
             return []
         return [
             {
