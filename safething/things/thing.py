@@ -1059,10 +1059,8 @@ class Thing(AsyncResource):
         if sid in self._subs and self._subs[sid].task is not None:
             raise ValueError(f"already subscribed to {kind} {name!r} of {thing_id!r}")
         md = self._md("thing")
-        stored: StoredSubscription
         try:
-            doc = loads(await md.get_value(f"sub/{sid}"), "subscription")
-            stored = StoredSubscription(sid, thing_id, kind, name, parsed, int(doc["last"]))
+            last = self._stopped_at(await md.get(f"sub/{sid}"))
         except NoSuchEntryError:
             if len(self._subs) >= _MAX_SUBSCRIPTIONS:
                 raise LimitExceededError(
@@ -1070,7 +1068,8 @@ class Thing(AsyncResource):
                     limit=_MAX_SUBSCRIPTIONS,
                     actual=len(self._subs) + 1,
                 ) from None
-            stored = StoredSubscription(sid, thing_id, kind, name, parsed, -1)
+            last = -1
+        stored = StoredSubscription(sid, thing_id, kind, name, parsed, last)
         stored.callback = callback
         stream = self.things.subscribe(
             thing_id,
@@ -1086,6 +1085,17 @@ class Thing(AsyncResource):
         self._subs[sid] = stored
         stored.task = self._tasks.spawn(self._deliver(stored, stream), f"sub-{sid}")
         return stored
+
+    def _stopped_at(self, entry: Entry) -> int:
+        """Where a stored subscription stopped: the ``last`` of a record this thing wrote.
+        One signed by another key (one the owner granted write rights on the thing's MD
+        by mistake), or no subscription record: -1, it goes on from now (rewritten then),
+        never delivering again what it delivered before."""
+        if entry.signer == self.identity.public_sign_key and entry.value is not None:
+            with contextlib.suppress(SafeThingError, KeyError, TypeError, ValueError):
+                return int(loads(entry.value, "subscription")["last"])
+        log.warning("thing %s: ignoring the stored record of subscription %s", self.id, entry.key)
+        return -1
 
     async def _deliver(self, stored: StoredSubscription, stream: Subscription) -> None:
         md = self._md("thing")
@@ -1112,13 +1122,15 @@ class Thing(AsyncResource):
             raise asyncio.CancelledError
 
     async def stored_subscriptions(self) -> list[dict[str, Any]]:
-        """The subscription records kept in this thing's MD."""
+        """The subscription records this thing kept in its MD (those it wrote)."""
         result = []
+        me = self.identity.public_sign_key
         for key, entry in (await self._md("thing").entries()).items():
-            if key.startswith(b"sub/") and entry.value is not None:
-                doc = loads(entry.value, "subscription")
-                doc["id"] = key[4:].decode()
-                result.append(doc)
+            if key.startswith(b"sub/") and entry.value is not None and entry.signer == me:
+                with contextlib.suppress(SafeThingError):
+                    doc = loads(entry.value, "subscription")
+                    if isinstance(doc, dict):
+                        result.append({**doc, "id": key[4:].decode()})
         return result
 
     async def _follow_status(self) -> None:

@@ -34,7 +34,14 @@ from safething.net import Action, Client, Entry, Identity, MDAddress, MDHeader, 
 from safething.net.records import EntryRecord
 from safething.net.trust import TrustState
 from safething.store import Record, Store, open_store
-from safething.things import ActionRequest, ActionStatus, Thing, ThingClient, ThingOwner
+from safething.things import (
+    ActionRequest,
+    ActionStatus,
+    Thing,
+    ThingClient,
+    ThingDescription,
+    ThingOwner,
+)
 from safething.things.access import make_key_record
 from safething.things.admin import set_status
 from safething.things.layout import CLOCK_SKEW_S, ThingAddresses
@@ -1025,6 +1032,50 @@ async def test_a_writer_the_owner_granted_by_mistake_cannot_forge_a_reading(
                     await t.set("moisture", float(i))
                 everything = await reader.history(THING, "moisture", since=0)
                 assert [r.value for r in everything] == [float(i) for i in range(20)]
+
+
+async def test_a_subscription_record_rewritten_by_a_key_granted_by_mistake_replays_nothing(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """A controller thing keeps a subscription to the garden's alarms. Its owner grants a
+    key write rights on the controller's MD by mistake; while the controller is down that
+    key rewrites the stored subscription to resume from the start. The restarted
+    controller does not get the alarms it handled before again: it goes on from now."""
+    received: list[float] = []
+    controller = Identity.generate("controller")
+    mistake = Identity.generate("mistake")
+    ctl_address = ThingAddresses.of("controller-01").thing
+
+    def ctl() -> Thing:
+        desc = ThingDescription("controller-01")
+        return Thing(desc, identity=controller, owner=owner.public, store=url)
+
+    async with await open_store(url) as store, _thing(device, owner, url) as garden:
+        await garden.register(publish=True)
+        async with ctl() as c:
+            await c.register()
+            sub = await c.subscribe(
+                THING, topic="VeryDryAlarm", callback=lambda n: received.append(n.value)
+            )
+            for i in range(3):
+                await garden.notify("VeryDryAlarm", float(i))
+            await until(lambda: len(received) == 3, "the alarms delivered")
+        md = Client(store, owner).md(ctl_address.name, ctl_address.tag)
+        await md.set_permissions(mistake.public_sign_key, Action.UPDATE)
+        doc = loads(await md.get_value(f"sub/{sub.sid}"), "subscription")
+        doc["last"] = 0
+        forger = Client(store, mistake).md(ctl_address.name, ctl_address.tag)
+        await forger.put(f"sub/{sub.sid}", dumps(doc))
+        async with ctl() as c:
+            await c.register()
+            assert await c.stored_subscriptions() == []  # (none it wrote itself)
+            await c.subscribe(
+                THING, topic="VeryDryAlarm", callback=lambda n: received.append(n.value)
+            )
+            await garden.notify("VeryDryAlarm", 3.0)
+            await until(lambda: len(received) >= 4, "the next alarm delivered")
+            assert [s["id"] for s in await c.stored_subscriptions()] == [sub.sid]
+        assert received == [0.0, 1.0, 2.0, 3.0]
 
 
 @pytest.mark.parametrize(
