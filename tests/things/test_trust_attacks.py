@@ -957,10 +957,7 @@ async def test_a_status_by_a_writer_the_owner_granted_by_mistake_is_not_taken_at
     ran: list[str] = []
     async with await open_store(url) as store:
         owner_client = Client(store, owner)
-        async with _thing(device, owner, url) as t:
-            await t.register(publish=True)
-            await set_status(owner_client, THING, "disabled")
-            await until(lambda: t.status == "disabled", "thing disabled")
+        await _published_then_disabled(store, owner, owner_client, device, url)
         mistake = Identity.generate("mistake")
         md = owner_client.md(ADDR.thing.name, ADDR.thing.tag)
         await md.set_permissions(mistake.public_sign_key, Action.UPDATE)
@@ -1091,10 +1088,7 @@ async def test_a_status_record_the_thing_cannot_take_does_not_stop_its_restart(
     back, as the running thing passes such a record over."""
     async with await open_store(url) as store:
         owner_client = Client(store, owner)
-        async with _thing(device, owner, url) as t:
-            await t.register(publish=True)
-            await set_status(owner_client, THING, "disabled")
-            await until(lambda: t.status == "disabled", "thing disabled")
+        await _published_then_disabled(store, owner, owner_client, device, url)
         md = owner_client.md(ADDR.thing.name, ADDR.thing.tag)
         if stored is None:
             await md.delete(b"status")
