@@ -27,7 +27,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from safething.resource import AsyncResource
+from safething.resource import AsyncResource, cancel_and_wait
 from safething_gateway.bridges.mqtt import MqttConnection, Topics
 from safething_gateway.device_clients.base import DeviceLink
 from safething_gateway.mqtt_client import Message
@@ -158,11 +158,9 @@ class MqttDevice(AsyncResource):
             await self.connection.abort()
         else:
             await self.connection.close()
-        if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
-            self._sender = None
+        sender, self._sender = self._sender, None
+        if await cancel_and_wait(sender, log=log):
+            raise asyncio.CancelledError  # (the caller's, passed on once the sender ended)
 
     # --- data --------------------------------------------------------------------
 
