@@ -1182,12 +1182,17 @@ class Thing(AsyncResource):
 
     def _take_status(self, entry: Entry) -> _StatusMark | None:
         """Follow a status entry the owner (or this thing) signed, if it is newer than the
-        trusted one (see :class:`_StatusMark`); refuse one decided earlier at its version
-        and return the trusted status, to be written back."""
-        mark = self._status_from(entry)
-        if mark is None:
+        trusted one (see :class:`_StatusMark`). Refuse one decided earlier at its version,
+        and pass over one it may not take (:meth:`_status_from`), a deletion too: each
+        returns the trusted status, to be written back over it for the other readers
+        (who refuse a status signed by neither the thing nor its owner, and find no
+        thing without a status)."""
+        if entry.key != layout.STATUS:
             return None
+        mark = self._status_from(entry)
         trusted = self._status_mark()
+        if mark is None:
+            return trusted
         if self._older_status(mark, trusted) is not None:
             return trusted
         if mark != trusted:

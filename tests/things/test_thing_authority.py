@@ -11,11 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from safething.errors import NoSuchEntryError, PermissionDeniedError, TamperedDataError
+from safething.errors import (
+    NoSuchEntryError,
+    PermissionDeniedError,
+    SafeThingError,
+    TamperedDataError,
+)
 from safething.net import Action, Client, Identity
 from safething.net.records import EntryRecord
 from safething.store import Store
@@ -26,6 +31,20 @@ from safething.things.values import dumps, loads
 async def _until(check: Callable[[], bool], timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while not check():
+            await asyncio.sleep(0.01)
+
+
+async def _status_or_none(reader: ThingClient) -> str | None:
+    """The status a new reader finds, None while it finds none it accepts."""
+    try:
+        return await reader.status("garden-01")
+    except (SafeThingError, ValueError):
+        return None
+
+
+async def _until_async(read: Callable[[], Awaitable[object]], expected: object) -> None:
+    async with asyncio.timeout(30):
+        while await read() != expected:
             await asyncio.sleep(0.01)
 
 
@@ -139,6 +158,11 @@ async def test_a_writer_the_owner_granted_by_mistake_cannot_set_the_status(
     state = await _final_state(store, garden, rid)
     assert state["s"] == "rejected" and "disabled" in str(state["m"])
     assert garden.status == "disabled" and ran == []
+    # the thing wrote its status back over the stray one: a new reader sees it again
+    back = await Client(store).md(address.name, address.tag).get(layout.STATUS)
+    assert back.version > written.version and back.signer == garden.identity.public_sign_key
+    async with ThingClient(Client(store, Identity.generate())) as anyone:
+        assert await anyone.status("garden-01") == "disabled"
     # the owner's next status is followed
     await _forge(store, garden, owner, layout.STATUS, dumps({"s": "published", "t": 3.0}))
     await _until(lambda: garden.status == "published")
@@ -154,6 +178,8 @@ async def test_a_malformed_status_is_passed_over(
     an unknown one) is ignored; the thing goes on following the owner's next status."""
     await garden.publish()
     await _forge(store, garden, owner, layout.STATUS, malformed)
+    async with ThingClient(Client(store)) as anyone:  # written back over it
+        await _until_async(lambda: _status_or_none(anyone), "published")
     await _forge(store, garden, owner, layout.STATUS, dumps({"s": "disabled", "t": 1.0}))
     await _until(lambda: garden.status == "disabled")
 
@@ -181,5 +207,7 @@ async def test_a_deleted_status_is_passed_over(
     address = garden.addresses.thing
     md = Client(store, owner).md(address.name, address.tag)
     await md.delete(layout.STATUS)
+    async with ThingClient(Client(store)) as anyone:  # written back over the deletion
+        await _until_async(lambda: _status_or_none(anyone), "published")
     await md.put(layout.STATUS, dumps({"s": "disabled", "t": 1.0}))
     await _until(lambda: garden.status == "disabled")
