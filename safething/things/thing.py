@@ -672,9 +672,13 @@ class Thing(AsyncResource):
     async def _put_if_changed(
         self, md: MutableData, key: bytes, doc: Any, batch: _Batch | None = None
     ) -> None:
+        """Write ``doc`` under ``key`` unless the stored record is that, signed by this
+        thing (readers take the key list only from the thing; another key the owner
+        granted write rights by mistake could have written the same bytes)."""
         data = dumps(doc)
         try:
-            if await md.get_value(key) == data:
+            entry = await md.get(key)
+            if entry.value == data and entry.signer == self.identity.public_sign_key:
                 return
         except NoSuchEntryError:
             pass

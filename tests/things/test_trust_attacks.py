@@ -980,6 +980,31 @@ async def test_a_status_by_a_writer_the_owner_granted_by_mistake_is_not_taken_at
         assert ran == []
 
 
+async def test_a_key_list_and_description_a_key_granted_by_mistake_rewrote_are_rewritten(
+    url: str, owner: Identity, device: Identity
+) -> None:
+    """While the thing is down, a key the owner granted update rights on its MD by
+    mistake writes its key list and description again, the same bytes signed by itself.
+    Readers refuse them (only the thing signs its key list; only the thing or its owner
+    its description); the restarted thing writes both again, and readers find it."""
+    async with await open_store(url) as store:
+        async with _thing(device, owner, url) as t:
+            await t.register(publish=True)
+        mistake = Identity.generate("mistake")
+        md = Client(store, owner).md(ADDR.thing.name, ADDR.thing.tag)
+        await md.set_permissions(mistake.public_sign_key, Action.UPDATE)
+        forger = Client(store, mistake).md(ADDR.thing.name, ADDR.thing.tag)
+        for key in (b"keys", b"desc"):
+            await forger.put(key, await md.get_value(key))
+        async with ThingClient(Client(store)) as reader:
+            with pytest.raises(TamperedDataError, match="signed by"):
+                await reader.status(THING)
+        async with _thing(device, owner, url) as t:
+            await t.register()
+        async with ThingClient(Client(store)) as reader:
+            assert await reader.status(THING) == "published"
+
+
 async def test_a_writer_the_owner_granted_by_mistake_cannot_forge_a_reading(
     url: str, owner: Identity, device: Identity
 ) -> None:
