@@ -10,7 +10,10 @@ unreachable. Every change is committed before the gateway acknowledges it.
 connection, serialised by a lock; the gateway runs them on the registry's
 own worker thread (:meth:`Registry.call`), so another process holding a
 lock on the file (a backup, an ``sqlite3`` shell) stalls only the messages
-that need a write, never the event loop. A write waits at most
+that need a write, never the event loop. (A turn's only ``accept`` or
+``unbuffer``, when the worker is idle, runs on the loop if the file's lock is
+free at once, without a checkpoint: an idle gateway's reading does not cross
+to the worker and back; see :meth:`Registry._call_here`.) A write waits at most
 ``write_timeout`` seconds for the file's lock, then fails with
 :class:`RegistryBusyError` (a :class:`~safething.errors.StoreError`: the
 device is told to retry, an MQTT message is kept unacknowledged and tried
@@ -236,6 +239,7 @@ class Registry:
         self._queue_lock = threading.Lock()
         self._queue: list[tuple[Callable[[], Any], asyncio.Future[Any], Any]] = []
         self._draining = False
+        self._idle_calls = 0
         self._pending: dict[
             asyncio.AbstractEventLoop, list[tuple[Callable[[], Any], asyncio.Future[Any], Any]]
         ] = {}
@@ -257,6 +261,7 @@ class Registry:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(f"PRAGMA busy_timeout={int(write_timeout * 1000)}")
+            ((self._autocheckpoint,),) = self._db.execute("PRAGMA wal_autocheckpoint").fetchall()
             self._db.executescript(_SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
             if "protocol" not in columns:  # a registry from before ST2: its devices speak ST1
@@ -308,10 +313,51 @@ class Registry:
         pending.append((functools.partial(fn, *args, **kwargs), future, loop))
         return await future
 
+    def _call_here(self, call: Callable[[], Any], future: asyncio.Future[Any]) -> bool:
+        """On the loop, for :meth:`_hand_over`: a turn's only call, run here and now if it
+        is one of :data:`_INLINE` and the worker is idle; False (nothing done) when the
+        connection is in use or another process holds the file's write lock, tried
+        without waiting (the loop never waits for it; the worker does). An idle
+        gateway's reading thus crosses to the worker and back no more (two thread
+        wake-ups with their GIL hand-overs, twice a reading), and every group of calls
+        is what it was. No checkpoint runs here (its fsyncs), only in the worker's
+        commits: one such call in :data:`_INLINE_EVERY` goes there."""
+        fn = getattr(call, "func", None)  # (a functools.partial)
+        if (
+            getattr(fn, "__name__", None) not in _INLINE
+            or getattr(fn, "__self__", None) is not self
+            or self._draining
+            or self._closed  # (close() hands over what is left, maybe from another thread)
+        ):
+            return False
+        self._idle_calls += 1
+        if self._idle_calls >= _INLINE_EVERY:
+            self._idle_calls = 0
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            db = self._db
+            db.execute("PRAGMA busy_timeout = 0")
+            db.execute("PRAGMA wal_autocheckpoint = 0")
+            try:
+                outcome = _outcome(call)
+            finally:
+                db.execute(f"PRAGMA busy_timeout = {int(self.write_timeout * 1000)}")
+                db.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
+        finally:
+            self._lock.release()
+        if not outcome[0] and isinstance(outcome[1], RegistryBusyError):
+            return False  # nothing written (see _INLINE): the worker runs it again
+        _settle([(future, outcome)])
+        return True
+
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """On ``loop``, at the end of a turn: its calls to the worker thread."""
         calls = self._pending.pop(loop, [])
         if not calls:
+            return
+        if len(calls) == 1 and self._call_here(calls[0][0], calls[0][1]):
             return
         with self._queue_lock:
             self._queue += calls
@@ -817,6 +863,16 @@ class Registry:
     def buffer_depth(self) -> int:
         with self._reading() as db:
             return int(db.execute("SELECT COUNT(*) FROM uplinks").fetchone()[0])
+
+
+_INLINE = frozenset({"accept", "unbuffer"})
+"""The calls :meth:`Registry.call` may run on the loop when the worker is idle: a lock
+error leaves nothing written (``accept``: one transaction; ``unbuffer``: deletes), so the
+worker can run them again."""
+
+_INLINE_EVERY = 32
+"""Of the calls an idle worker could leave to the loop, every this many goes to the
+worker all the same: only its commits checkpoint the WAL (see :meth:`Registry._call_here`)."""
 
 
 def _outcome(call: Callable[[], Any]) -> tuple[bool, Any]:

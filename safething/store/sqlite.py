@@ -24,7 +24,13 @@ Threads and connections
     so the event loop never waits for a lock. The commits made during one turn
     of the event loop are handed to it together at the end of that turn, and
     the thread takes every commit waiting in its queue (group commit) and runs
-    them in one ``BEGIN IMMEDIATE`` transaction: it reads the current revision of every
+    them in one ``BEGIN IMMEDIATE`` transaction. A turn's only commit, when the
+    thread is idle, is made on the loop itself on the same connection (an idle
+    gateway's reading: no crossing to the thread and back), only if the file's
+    write lock is free at once (else the thread waits for it) and never with a
+    checkpoint (one such commit in 32 goes to the thread, whose commits
+    checkpoint); its watches in this process are woken before its caller goes
+    on. A transaction reads the current revision of every
     key involved with a few ``IN`` queries, decides each write on its own
     in Python (compare-and-set, quota), then writes the accepted ones with
     ``executemany``. The lock is held throughout, so the decisions cannot
@@ -206,6 +212,15 @@ _OPTIONS_HELP = "synchronous=normal|full, busy_timeout=<milliseconds>"
 _GROUP_WRITES = 8192
 """The writer merges queued commits into one transaction up to about this many writes."""
 
+_INLINE_EVERY = 32
+"""Of the commits an idle writer could make on the event loop, every this many goes
+to the writer thread all the same: only its commits checkpoint the WAL (see
+:meth:`_Writer._commit_here`), so the WAL grows by at most this many commits beyond
+SQLite's checkpoint threshold."""
+
+_INLINE_WRITES = 64
+"""Most writes of a commit the loop makes itself (see :meth:`_Writer._commit_here`)."""
+
 _USAGE_KEPT = 8192
 """Most quota prefixes whose usage the writer keeps from one transaction to the next."""
 _DATA_VERSION = "PRAGMA data_version"
@@ -345,9 +360,16 @@ def _create_file(path: str | os.PathLike[str]) -> Path:
     return db
 
 
-def _connect(path: Path, busy_timeout_ms: int, *, query_only: bool) -> sqlite3.Connection:
+def _connect(
+    path: Path, busy_timeout_ms: int, *, query_only: bool, shared: bool = False
+) -> sqlite3.Connection:
+    """``shared``: used by more than one thread (never at once)."""
     conn = sqlite3.connect(
-        path, timeout=busy_timeout_ms / 1000, isolation_level=None, cached_statements=64
+        path,
+        timeout=busy_timeout_ms / 1000,
+        isolation_level=None,
+        cached_statements=64,
+        check_same_thread=not shared,
     )
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
@@ -497,7 +519,7 @@ class _Writer:
         synchronous: str,
         busy_timeout_ms: int,
         loop: asyncio.AbstractEventLoop,
-        on_committed: Callable[[list[_Job], list[Any], bool], None],
+        on_committed: Callable[..., None],
         change_log_size: int,
     ) -> None:
         self._path = path
@@ -524,6 +546,13 @@ class _Writer:
         then counts a prefix without reading its records (one statement per thing per
         commit, about a tenth of this thread's CPU per reading before)."""
         self._data_version = -1
+        self._in_thread = 0
+        """Groups handed to the thread and not answered yet (counted on the loop)."""
+        self._inline = synchronous == "NORMAL"
+        """Commits may run on the loop when the thread is idle (not when each commit
+        fsyncs: the loop would wait for the disk)."""
+        self._idle_commits = 0
+        self._autocheckpoint = 1000
         self._thread = threading.Thread(
             target=self._run, name=f"safething-sqlite-writer:{path.name}", daemon=True
         )
@@ -547,8 +576,57 @@ class _Writer:
 
     def _hand_over(self) -> None:
         group, self._pending, self._pending_writes = self._pending, [], 0
-        if group:
-            self._queue.put(group)
+        if not group or (len(group) == 1 and self._commit_here(group)):
+            return
+        self._in_thread += 1
+        self._queue.put(group)
+
+    def _answered(self, group: list[_Job], outcomes: list[Any], changed: bool) -> None:
+        """On the loop: the thread's answer for ``group``."""
+        self._in_thread -= 1
+        self._on_committed(group, outcomes, changed)
+
+    def _commit_here(self, group: list[_Job]) -> bool:
+        """On the loop, for :meth:`_hand_over`: a turn's only job, committed here and now
+        (answered as the thread would) if it is a small commit, the thread is idle and
+        the file's write lock is free; False (nothing done) otherwise. An idle
+        gateway's reading thus crosses to the thread and back no more (two wake-ups,
+        each with its GIL hand-over), and every group is what it was. The loop never
+        waits here: the lock is tried without a busy timeout (another process holding
+        it: the thread waits for it), and no checkpoint runs here (its fsyncs), only in
+        the thread's commits: one such job in :data:`_INLINE_EVERY` goes there."""
+        conn = self._conn
+        (job,) = group
+        if (
+            not self._inline
+            or self._in_thread
+            or conn is None
+            or job.chunk is not None
+            or len(job.writes) > _INLINE_WRITES
+        ):
+            return False
+        self._idle_commits += 1
+        if self._idle_commits >= _INLINE_EVERY:
+            self._idle_commits = 0
+            return False
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return False  # locked by another connection
+            try:
+                outcomes, changed = self._transaction(group, begun=True)
+            except Exception as e:
+                outcomes, changed = [self._failure(e)], False
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
+        if changed:
+            self._ring()
+        self._on_committed(group, outcomes, changed, here=True)
+        return True
 
     async def stop(self) -> None:
         if self._thread.is_alive():
@@ -593,7 +671,7 @@ class _Writer:
 
     def _open(self) -> sqlite3.Connection:
         try:
-            conn = _connect(self._path, self._busy_timeout_ms, query_only=False)
+            conn = _connect(self._path, self._busy_timeout_ms, query_only=False, shared=True)
         except sqlite3.Error as e:
             raise _store_error(e, self._path, "open") from e
         try:
@@ -620,6 +698,7 @@ class _Writer:
         if str(mode).lower() != "wal":
             raise StoreError(f"{self._path}: cannot switch to WAL mode (journal mode is {mode})")
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        ((self._autocheckpoint,),) = conn.execute("PRAGMA wal_autocheckpoint").fetchall()
         conn.execute("BEGIN IMMEDIATE")
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchall()[0]
@@ -672,21 +751,26 @@ class _Writer:
                     outcomes.append(outcome)
                     changed = changed or job_changed
         if changed:
-            try:
-                self._doorbell.ring(self.skip_socket)
-            except Exception:  # pragma: no cover - waking others is best effort
-                log.exception("could not notify other processes of a commit")
-        self._call_soon(self._on_committed, group, outcomes, changed)
+            self._ring()
+        self._call_soon(self._answered, group, outcomes, changed)
+
+    def _ring(self) -> None:
+        try:
+            self._doorbell.ring(self.skip_socket)
+        except Exception:  # pragma: no cover - waking others is best effort
+            log.exception("could not notify other processes of a commit")
 
     def _failure(self, e: Exception) -> Exception:
         if isinstance(e, sqlite3.Error):
             return _store_error(e, self._path, "commit")
         return e
 
-    def _transaction(self, group: list[_Job]) -> tuple[list[Any], bool]:
+    def _transaction(self, group: list[_Job], *, begun: bool = False) -> tuple[list[Any], bool]:
+        """``begun``: the caller has begun the transaction."""
         assert self._conn is not None
         cur = self._conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        if not begun:
+            cur.execute("BEGIN IMMEDIATE")
         try:
             # Read under the write lock: nobody else can commit until this transaction
             # ends. Another connection (process) that committed since: counts anew.
@@ -979,8 +1063,14 @@ class SQLiteStore(Store):
         self._writer.submit(_Job(future, writes=writes, atomic=atomic, guard=guard))
         return await future
 
-    def _committed(self, group: list[_Job], outcomes: list[Any], changed: bool) -> None:
-        """On the loop: hand results to the waiting callers, wake local watches."""
+    def _committed(
+        self, group: list[_Job], outcomes: list[Any], changed: bool, *, here: bool = False
+    ) -> None:
+        """On the loop: hand results to the waiting callers, wake local watches. ``here``:
+        a lone commit made on the loop, whose watches are woken first (a subscriber of
+        this process reads it before its writer's next steps)."""
+        if changed and here:
+            self._watches.wake_for(w.key for job in group for w in (job.writes or ()))
         for job, outcome in zip(group, outcomes, strict=True):
             if job.future.done():
                 continue
@@ -988,7 +1078,7 @@ class SQLiteStore(Store):
                 job.future.set_exception(outcome)
             else:
                 job.future.set_result(outcome)
-        if changed:
+        if changed and not here:
             self._watches.wake_for(w.key for job in group for w in (job.writes or ()))
 
     async def scan(self, prefix: str) -> list[Record]:

@@ -824,3 +824,46 @@ def test_a_read_of_a_registry_altered_under_it_is_a_store_error(tmp_path: Path) 
         assert [d.device_id for d in registry.devices()] == ["sensor-01"]
     finally:
         registry.close()
+
+
+async def test_a_lone_call_is_made_on_the_loop_and_never_waits_for_a_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reading's ``accept`` alone in its turn of the loop, with the worker idle, is made
+    on the loop (no crossing to the worker and back). Another process holding the
+    file's write lock does not make the loop wait (here 0.5 s; write_timeout 3 s): the
+    call goes to the worker, which waits for the lock, and is made once it is free."""
+    path = tmp_path / "gateway.db"
+    threads: list[int] = []
+    accept = Registry.accept
+
+    @functools.wraps(accept)
+    def where(registry: Registry, *args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return accept(registry, *args, **kwargs)
+
+    monkeypatch.setattr(Registry, "accept", where)
+    registry = Registry(path, write_timeout=3.0)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        registry.add("sensor-01", "mqtt")
+        await registry.call(registry.accept, "sensor-01", 1)
+        assert threads == [threading.get_ident()]
+        other.execute("BEGIN IMMEDIATE")
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, other.execute, "COMMIT")
+        started = loop.time()
+        made = asyncio.ensure_future(registry.call(registry.accept, "sensor-01", 2))
+        last, stall = loop.time(), 0.0
+        while not made.done():
+            await asyncio.sleep(0.005)
+            now = loop.time()
+            stall, last = max(stall, now - last), now
+        await made
+        assert loop.time() - started >= 0.45  # it did wait for the lock: on the worker
+        assert stall < 0.25, stall
+        assert threads[-1] != threading.get_ident()
+        assert registry.get("sensor-01").rx_counter == 2
+    finally:
+        other.close()
+        registry.close()
