@@ -547,7 +547,7 @@ class _Writer:
         commit, about a tenth of this thread's CPU per reading before)."""
         self._data_version = -1
         self._in_thread = 0
-        """Groups handed to the thread and not answered yet (counted on the loop)."""
+        """Jobs handed to the thread and not answered yet (counted on the loop)."""
         self._inline = synchronous == "NORMAL"
         """Commits may run on the loop when the thread is idle (not when each commit
         fsyncs: the loop would wait for the disk)."""
@@ -578,12 +578,13 @@ class _Writer:
         group, self._pending, self._pending_writes = self._pending, [], 0
         if not group or (len(group) == 1 and self._commit_here(group)):
             return
-        self._in_thread += 1
+        self._in_thread += len(group)
         self._queue.put(group)
 
     def _answered(self, group: list[_Job], outcomes: list[Any], changed: bool) -> None:
-        """On the loop: the thread's answer for ``group``."""
-        self._in_thread -= 1
+        """On the loop: the thread's answer for ``group`` (the groups it took from its
+        queue together, merged: hence jobs are counted, not groups)."""
+        self._in_thread -= len(group)
         self._on_committed(group, outcomes, changed)
 
     def _commit_here(self, group: list[_Job]) -> bool:

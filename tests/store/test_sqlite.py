@@ -613,6 +613,39 @@ async def test_a_lone_commit_is_made_on_the_loop_and_never_waits_for_a_lock(
             other.close()
 
 
+async def test_a_lone_commit_after_a_burst_is_made_on_the_loop_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a burst whose commits the writer thread took from its queue together (one
+    transaction for several turns' groups), a commit alone in its turn is made on the
+    loop again: the thread's answers are counted per job, not per group."""
+    from safething.store import sqlite as sqlite_store
+
+    threads: list[int] = []
+    transaction = sqlite_store._Writer._transaction
+
+    def where(writer: sqlite_store._Writer, *args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        time.sleep(0.002)  # (slow enough for the next turns' groups to queue up)
+        return transaction(writer, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_store._Writer, "_transaction", where)
+    async with await open_store(url_for(tmp_path / "vault.db")) as store:
+
+        # two commits in one turn (to the thread), then one a turn while it works
+        burst = [asyncio.ensure_future(store.put(f"b.{i}", b"x")) for i in range(2)]
+        for i in range(2, 40):
+            await asyncio.sleep(0)
+            burst.append(asyncio.ensure_future(store.put(f"b.{i}", b"x")))
+        await asyncio.gather(*burst)
+        assert threading.get_ident() not in threads
+        assert len(threads) < 39  # the thread merged some turns' groups
+        threads.clear()
+        for i in range(5):  # alone in their turns, with nothing left in the thread
+            await store.put("after", str(i).encode())
+        assert threading.get_ident() in threads
+
+
 async def test_lone_commits_leave_the_checkpoints_to_the_writer_thread(tmp_path: Path) -> None:
     """Commits made on the loop never checkpoint the WAL (its fsyncs would stall the
     loop); every 32nd lone commit goes to the writer thread, whose commit checkpoints
