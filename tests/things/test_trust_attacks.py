@@ -1005,6 +1005,46 @@ async def test_a_key_list_and_description_a_key_granted_by_mistake_rewrote_are_r
             assert await reader.status(THING) == "published"
 
 
+@pytest.mark.parametrize("forged", ["keys", "k/group"])
+async def test_a_key_granted_by_mistake_cannot_get_the_group_key_through_the_owner(
+    url: str, owner: Identity, device: Identity, forged: str
+) -> None:
+    """A key the owner granted update rights on the thing's MD by mistake writes a key
+    list naming itself as the thing, or a group key record of its own (a key it chose,
+    sealed to the owner). The owner's next change of the group (a member removed, one
+    added) must not seal the group key to it, nor adopt its key: refused, counted,
+    nothing written; a Group value written afterwards stays unreadable to it."""
+    member = Identity.generate("member")
+    mistake = Identity.generate("mistake")
+    async with await open_store(url) as store:
+        owner_client = Client(store, owner)
+        group = ThingOwner(owner_client, THING)
+        async with _thing(device, owner, url) as t:
+            await t.register(publish=True)
+            await group.add_member(member.public)
+            md = owner_client.md(ADDR.thing.name, ADDR.thing.tag)
+            await md.set_permissions(mistake.public_sign_key, Action.UPDATE)
+            forger = Client(store, mistake).md(ADDR.thing.name, ADDR.thing.tag)
+            if forged == "keys":
+                doc = loads(await md.get_value(b"keys"), "keys")
+                doc["thing"] = mistake.public.to_dict()
+                await forger.put(b"keys", dumps(doc))
+            else:
+                chosen = SecretKey.generate()
+                await forger.put(b"k/group", make_key_record(7, chosen, [owner.public]))
+            before = await store.get(ADDR.thing.entry_key(b"k/group"))
+            with pytest.raises(TamperedDataError):
+                await group.remove_member(member.public_sign_key)
+            with pytest.raises(TamperedDataError):
+                await group.add_member(Identity.generate("other").public)
+            assert owner_client.tampered_count >= 2
+            assert await store.get(ADDR.thing.entry_key(b"k/group")) == before
+            await t.set("group_note", "after the mistake")
+            async with ThingClient(Client(store, mistake)) as theirs:
+                with pytest.raises((AccessDeniedError, TamperedDataError)):
+                    await theirs.read(THING, "group_note")
+
+
 async def test_a_writer_the_owner_granted_by_mistake_cannot_forge_a_reading(
     url: str, owner: Identity, device: Identity
 ) -> None:
