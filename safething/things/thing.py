@@ -846,11 +846,20 @@ class Thing(AsyncResource):
             streams[layout.event_pointer(t.name)] = ("e", t.name, level_of(t.access), t.history)
         return streams
 
-    async def _set_status(self, status: str, decided: float | None = None) -> None:
+    async def _set_status(
+        self, status: str, decided: float | None = None, *, over: int | None = None
+    ) -> None:
         """Write ``status`` (decided now, or at ``decided``: a trusted status put back
-        keeps the time it was decided, so that it never outranks a later decision)."""
+        keeps the time it was decided, so that it never outranks a later decision).
+        ``over``: only over the record at that version (the one refused), else
+        ``ConflictError`` and nothing written."""
         when = time.time() if decided is None else decided
-        entry = await self._md("thing").put(layout.STATUS, _status_record(status, when))
+        record = _status_record(status, when)
+        md = self._md("thing")
+        if over is None:
+            entry = await md.put(layout.STATUS, record)
+        else:
+            (entry,) = await md.put_many({layout.STATUS: record}, versions={layout.STATUS: over})
         self._trust_status(_StatusMark(status, entry.version, when))
 
     def _put_first_status(self, batch: _Batch, status: str, *, new: bool = False) -> None:
@@ -1150,18 +1159,24 @@ class Thing(AsyncResource):
             # The watch starts now: a status written since register() read it (the owner
             # publishing a thing that has just started) is read once here.
             try:
-                await self._put_back(self._take_status(await md.get(layout.STATUS)))
+                entry = await md.get(layout.STATUS)
+                await self._put_back(self._take_status(entry), entry)
             except SafeThingError as e:  # none, refused (counted), or no store: the watch
                 log.debug("thing %s: status not read again (%s)", self.id, e)
             async for entry in feed:
-                await self._put_back(self._take_status(entry))
+                await self._put_back(self._take_status(entry), entry)
 
-    async def _put_back(self, trusted: _StatusMark | None) -> None:
-        """Write back the status this thing trusts, after it refused another (if any)."""
+    async def _put_back(self, trusted: _StatusMark | None, refused: Entry) -> None:
+        """Write back the status this thing trusts over the record it refused (if any),
+        and over that record only: a status written since (the owner's next decision,
+        landing while this one was refused) is the watch's next change, never
+        overwritten here with the older decision."""
         if trusted is None:
             return
         try:
-            await self._set_status(trusted.status, trusted.decided)
+            await self._set_status(trusted.status, trusted.decided, over=refused.version)
+        except ConflictError:
+            log.info("thing %s: its status changed again before it was written back", self.id)
         except SafeThingError as e:
             log.warning("thing %s: could not write its status back: %s", self.id, e)
 

@@ -852,6 +852,59 @@ async def test_a_status_the_store_held_back_still_wins_over_the_things_repair(
             assert t.status == "published"
 
 
+async def test_the_owners_status_landing_while_the_thing_writes_a_refused_one_back_is_kept(
+    url: str, owner: Identity, device: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store serves the running thing its own older status record at a forked
+    version; the thing refuses it and writes its trusted status back. The owner's next
+    decision lands in between (after the refusal, before the write-back's commit): the
+    write-back must leave it, and the thing follow it. (It did not: the write-back's
+    retry wrote the older decision one version above the owner's, which the thing then
+    never took; the slow property test timed out waiting for it.)"""
+    landed = asyncio.Event()
+    async with await open_store(url) as store, await open_store(url) as own:
+        mallory = Attacker(store)
+        owner_client = Client(store, owner)
+        async with Thing(garden_description(), identity=device, owner=owner.public, store=own) as t:
+            await t.register()
+            await set_status(owner_client, THING, "published")
+            await until(lambda: t.status == "published", "owner publishes")
+            owners = await store.get(STATUS_KEY)
+            await t.disable()
+            thing_disabled = await store.get(STATUS_KEY)
+            assert owners is not None and thing_disabled is not None
+            await mallory.restore([owners])  # the owner never sees the thing's disable
+            await set_status(owner_client, THING, "published")
+            await until(lambda: t.status == "published", "owner publishes at the same version")
+            version = await mallory.version_of(ADDR.thing, b"status")
+            fork = EntryRecord.from_bytes(thing_disabled.value, ADDR.thing, b"status").version
+            assert fork == version
+            real_commit = own.commit
+
+            async def commit(writes: Any, **kwargs: Any) -> list[int | Exception]:
+                if not landed.is_set() and any(w.key == STATUS_KEY for w in writes):
+                    landed.set()  # the thing is writing its status back: the owner first
+                    await set_status(owner_client, THING, "disabled")
+                return await real_commit(writes, **kwargs)
+
+            monkeypatch.setattr(own, "commit", commit)
+            await mallory.restore([thing_disabled])  # refused: decided before the owner's
+
+            async def settled() -> bool:
+                written_over = await mallory.version_of(ADDR.thing, b"status") > version + 1
+                return t.status == "disabled" or written_over
+
+            await until(landed.is_set, "the thing writes its status back")
+            await until(settled, "the thing follows the owner, or writes over it")
+            assert t.status == "disabled"
+            assert await mallory.version_of(ADDR.thing, b"status") == version + 1
+        async with ThingClient(Client(store)) as anyone:
+            assert await anyone.status(THING) == "disabled"
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            assert t.status == "disabled"
+
+
 @pytest.mark.parametrize("served_while_running", [True, False])
 async def test_a_group_key_record_at_a_forked_version_does_not_bring_back_a_removed_members_key(
     url: str, owner: Identity, device: Identity, served_while_running: bool

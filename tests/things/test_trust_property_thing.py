@@ -73,9 +73,12 @@ TIMEOUT = 30.0
 
 
 async def _until(check: object, what: str) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while not check():  # type: ignore[operator]
-            await asyncio.sleep(0.01)
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not check():  # type: ignore[operator]
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"not within {TIMEOUT:.0f} s: {what}") from None
 
 
 async def _scenario(ops: list[tuple[object, ...]], directory: Path, *, own: bool = False) -> None:
@@ -220,8 +223,24 @@ def test_thing_status_and_requests_survive_a_store_attacker_long(
     _run(ops)
 
 
+# A race found while chasing a timeout of the slow test: the thing refuses its own older
+# record at the version of the owner's (a fork) and writes the owner's status back; the
+# owner's next status, landing first, was overwritten one version up by that write-back's
+# retry, and the wait for it timed out (35 of 76 runs of this example alone, before).
+# test_trust_attacks: ..._landing_while_the_thing_writes_a_refused_one_back_is_kept.
+WRITTEN_BACK_OVER_THE_OWNER = [
+    ("status", "published"),
+    ("own_status", "disabled"),
+    ("replay_status", 0),
+    ("status", "published"),  # at the version of the thing's "disabled"
+    ("replay_status", 1),  # the thing's "disabled" again: refused, written back...
+    ("status", "disabled"),  # ...while the owner disables it
+]
+
+
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps_with_own)
+@example(WRITTEN_BACK_OVER_THE_OWNER)
 @example(
     [
         ("status", "published"),
