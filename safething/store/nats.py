@@ -92,6 +92,17 @@ Group commit
     version is that of the server the client is connected to: upgrade every node
     before relying on it.
 
+Guards
+    A commit's guard (a record that must still be at the revision its writer read,
+    an MD's header) is read just before the commit is sent. On the servers above an
+    atomic commit of several messages carries it instead, as the expectation of a
+    message that has none (``Nats-Expected-Last-Subject-Sequence-Subject`` naming
+    the guard's record): one round trip less, and checked where the batch is
+    stored. If such a batch is refused, the guard's record is read to tell a
+    guard that no longer holds (``GuardFailedError``) from another expectation. A
+    guard on an absent record is always read (a delete leaves a message on the
+    subject).
+
 Watches
     A watch is a JetStream push consumer that this module supervises itself
     (as nats.py's ordered consumer does, without relying on it): in memory,
@@ -126,7 +137,7 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -749,12 +760,12 @@ class NatsStore(Store):
         for write in writes:
             if not isinstance(write, Write):
                 raise TypeError(f"commit takes Write objects, not {type(write).__name__}")
-        # No conditional check of another subject in a JetStream batch: the guard's record
-        # is read just before (what a writer did itself before there were guards).
+        if atomic:
+            return await self._commit_atomic(list(writes), guard)
+        # The guard's record is read just before (what a writer did itself before there
+        # were guards).
         if guard is not None and not guard.holds(await self.get(guard.key)):
             raise GuardFailedError(guard.key)
-        if atomic:
-            return await self._commit_atomic(list(writes))
         results: list[int | Exception] = []
         for write in writes:
             try:
@@ -912,6 +923,29 @@ class NatsStore(Store):
             return None  # a no-op decided on memory, with nothing to check it
         return _Plan(messages, mapping, covered)
 
+    def _guarded(self, plan: _Plan, guard: Guard | None) -> list[_Message] | None:
+        """The plan's messages with the guard as the expectation of one that carries
+        none (the batch is stored only if the guard's record is still at that revision);
+        ``None`` when the guard is read first instead: no guard, no such message, a
+        guard on an absent record (a delete leaves a message on its subject), a plan
+        writing the guard's record, a server that mis-checks several expectations per
+        batch (see "Group commit" above)."""
+        if guard is None or guard.revision <= 0 or len(plan.messages) < 2:
+            return None
+        subject = self._prefix + guard.key
+        free = [
+            i for i, m in enumerate(plan.messages) if m.expect is None and m.expect_subject is None
+        ]
+        if not free or any(m.subject == subject for m in plan.messages):
+            return None
+        if not self._checks_several():
+            return None
+        messages = list(plan.messages)
+        messages[free[0]] = replace(
+            messages[free[0]], expect=guard.revision, expect_subject=subject
+        )
+        return messages
+
     async def _send_batch(self, messages: list[_Message], mapping: list[int]) -> list[int]:
         """Send the messages as one atomic batch (one message: a plain publish, as
         atomic and cheaper); the revision of each write (0 for a no-op)."""
@@ -961,6 +995,11 @@ class NatsStore(Store):
         empty prefix (see "Group commit" above)."""
         if any(m.expect_subject is not None and m.expect == 0 for m in messages):
             return False
+        return self._checks_several()
+
+    def _checks_several(self) -> bool:
+        """Whether the server checks several subject expectations in one batch right
+        (:func:`checks_batch_prefixes`), unless :attr:`group_commit` says."""
         if self.group_commit is not None:
             return self.group_commit
         version = self._nc.connected_server_version
@@ -1065,21 +1104,30 @@ class NatsStore(Store):
         self._saw(first, int(answer["seq"]))
         return first
 
-    async def _commit_atomic(self, writes: list[Write]) -> list[int | Exception]:
+    async def _commit_atomic(
+        self, writes: list[Write], guard: Guard | None = None
+    ) -> list[int | Exception]:
         while True:
             plan = await self._plan(writes)
             if plan is None:
                 continue  # remembered counts are dropped: this time it counts
+            messages = None if isinstance(plan, _Refusal) else self._guarded(plan, guard)
+            # otherwise the guard's record is read just before (what a writer did itself
+            # before there were guards)
+            if guard is not None and messages is None:
+                await self._check_guard(guard)
             if isinstance(plan, _Refusal):
                 return [
                     plan.error if i == plan.index else AbortedWriteError(w.key)
                     for i, w in enumerate(writes)
                 ]
             try:
-                revisions = await self._send_batch(plan.messages, plan.mapping)
+                revisions = await self._send_batch(messages or plan.messages, plan.mapping)
             except _APIError as e:
                 if e.code != _WRONG_LAST_SEQUENCE:
                     raise StoreError(f"atomic batch refused: {e}") from None
+                if guard is not None and messages is not None:
+                    await self._check_guard(guard)  # the guard, or another expectation?
                 continue  # something moved meanwhile: decide again, counting
             for prefix, counted in plan.covered.items():
                 for write, revision in zip(writes, revisions, strict=True):
@@ -1093,6 +1141,10 @@ class NatsStore(Store):
                 counted.size = sum(n for _s, n in counted.keys.values())
                 self._remember(prefix, counted)
             return list(revisions)
+
+    async def _check_guard(self, guard: Guard) -> None:
+        if not guard.holds(await self.get(guard.key)):
+            raise GuardFailedError(guard.key)
 
     async def scan(self, prefix: str) -> list[Record]:
         check_prefix(prefix)

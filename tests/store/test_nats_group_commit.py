@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from nats.aio.client import ServerVersion
 
-from safething.errors import ConflictError, LimitExceededError, StoreError
-from safething.store import Quota, Store, Write, open_store
+from safething.errors import ConflictError, GuardFailedError, LimitExceededError, StoreError
+from safething.store import Guard, Quota, Store, Write, open_store
 from safething.store import nats as nats_store
 from safething.store.nats import NatsStore, checks_batch_prefixes
 from safething.store.nats_testing import NatsServer, unique_bucket
@@ -216,3 +216,40 @@ async def test_commits_waiting_for_a_batch_end_when_the_store_closes(
     release.set()
     await asyncio.gather(*held_back, return_exceptions=True)
     await closing
+
+
+async def test_a_guard_travels_with_the_batch_instead_of_being_read_first(
+    pair: tuple[NatsStore, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = pair
+    header = await store.put("h.header", b"v1")
+    reads: list[str] = []
+    get = store.get
+
+    async def counted_get(key: str) -> Any:
+        reads.append(key)
+        return await get(key)
+
+    monkeypatch.setattr(store, "get", counted_get)
+    sent = _batches(store, monkeypatch)
+    revisions = await store.commit(
+        _reading("h.e.", 1), atomic=True, guard=Guard("h.header", header)
+    )
+    assert all(isinstance(r, int) and r > 0 for r in revisions), revisions
+    assert reads == [] and sent == [(2, True)]
+
+
+async def test_a_guard_rewritten_meanwhile_refuses_the_batch(
+    pair: tuple[NatsStore, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, other = pair
+    header = await store.put("h.header", b"v1")
+    await _primed(store, ["h.e."])
+    await other.put("h.header", b"v2")  # the header the writer decided on is gone
+    sent = _batches(store, monkeypatch)
+    async with asyncio.timeout(10):
+        with pytest.raises(GuardFailedError):
+            await store.commit(_reading("h.e.", 1), atomic=True, guard=Guard("h.header", header))
+    assert sent == [(2, False)]  # the guard went with the batch, which stored nothing
+    assert await other.get("h.e.s1") is None
+    assert (await other.get("h.e.p")).value == b"0"  # type: ignore[union-attr]
