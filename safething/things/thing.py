@@ -149,6 +149,10 @@ def _status_record(status: str, decided: float) -> bytes:
 
 _STATUSES = ("registered", "published", "disabled")
 
+_WRITE_BACK_TRIES = 8
+"""How often a thing reads a refused authority record again when another was written
+while it wrote the trusted one back (see :meth:`Thing._write_back`)."""
+
 
 def _status_of(entry: Entry) -> _StatusMark:
     """The status a stored status entry carries (one without a decision time, or with
@@ -556,29 +560,36 @@ class Thing(AsyncResource):
     async def _restore_status(self, md: MutableData, batch: _Batch, first: str) -> None:
         """At registration: take the stored status if this thing may (see
         :meth:`_status_from` and :class:`_StatusMark`); else write back the one it
-        trusts, or, trusting none, put ``first`` in ``batch``. A stored status that does
-        not verify, with none trusted, fails the registration."""
-        trusted = self._status_mark()
-        try:
-            entry: Entry | None = await md.get(layout.STATUS)
-        except NoSuchEntryError:
-            entry = None
-        except TamperedDataError as e:  # forged, or older than the one verified last
+        trusts over the record it refused (:meth:`_write_back`: a status written
+        meanwhile is decided on in turn), or, trusting none, put ``first`` in ``batch``.
+        A stored status that does not verify, with none trusted, fails the registration."""
+        for _ in range(_WRITE_BACK_TRIES):
+            trusted = self._status_mark()
+            over: int | None = None
+            try:
+                entry: Entry | None = await md.get(layout.STATUS, include_deleted=True)
+                assert entry is not None
+                over = entry.version
+            except NoSuchEntryError:
+                entry = None
+            except TamperedDataError as e:  # forged, or older than the one verified last
+                if trusted is None:
+                    raise
+                log.warning("thing %s: refused the stored status: %s", self.id, e)
+                entry, over = None, self._seen_version(md, layout.STATUS)
+            stored = None if entry is None else self._status_from(entry)
+            if stored is not None:
+                refusal = self._older_status(stored, trusted)
+                if refusal is None:
+                    self._trust_status(stored)
+                    return
+                log.warning("thing %s: refused the stored status: %s", self.id, refusal)
             if trusted is None:
-                raise
-            log.warning("thing %s: refused the stored status: %s", self.id, e)
-            entry = None
-        stored = None if entry is None else self._status_from(entry)
-        if stored is not None:
-            refusal = self._older_status(stored, trusted)
-            if refusal is None:
-                self._trust_status(stored)
+                self._put_first_status(batch, first)
                 return
-            log.warning("thing %s: refused the stored status: %s", self.id, refusal)
-        if trusted is None:
-            self._put_first_status(batch, first)
-        else:  # dropped, refused or no status: keep the trusted one and repair the store
-            await self._set_status(trusted.status, trusted.decided)
+            if await self._put_back_status(trusted, over):
+                return
+        log.warning("thing %s: its status kept changing; keeping the trusted one", self.id)
 
     def _knows_nothing(self) -> bool:
         """This thing's trust state holds no status and no level key of it (a thing
@@ -699,34 +710,17 @@ class Thing(AsyncResource):
 
     async def _ensure_level_keys(self, md: MutableData, batch: _Batch) -> None:
         for level, who in self._level_readers().items():
-            key = f"k/{level}"
-            trusted = self.trust.value(self._level_name(level))
-            try:
-                record = await self._level_record(md, level)
-            except NoSuchEntryError:
-                if trusted is None:
-                    secret = SecretKey.generate()
-                    record = make_key_record(0, secret, who)
-                    batch.put(
-                        key,
-                        record,
-                        functools.partial(self._new_level_key, level, secret, record),
-                        new=True,
-                    )
-                    continue
-                record = trusted
-                await md.put(key, record)  # the store dropped it: put back the trusted one
-            except TamperedDataError:
-                if trusted is None:
-                    raise
-                # Refused (counted): a forged or older record. Keep and restore the one
-                # this thing verified last, so nothing is encrypted under a key it chose.
-                record = trusted
-                await md.put(key, record)
-            else:
-                if trusted is not None and self._older_epoch(level, record, trusted):
-                    record = trusted  # (refused, counted) and put back, as above
-                    await md.put(key, record)
+            record = await self._take_level_record(md, level)
+            if record is None:  # none stored, none trusted: a new key
+                secret = SecretKey.generate()
+                record = make_key_record(0, secret, who)
+                batch.put(
+                    f"k/{level}",
+                    record,
+                    functools.partial(self._new_level_key, level, secret, record),
+                    new=True,
+                )
+                continue
             self.trust.set_value(self._level_name(level), record)
             if not self._ring.learn(level, record):
                 raise ThingError(
@@ -740,40 +734,84 @@ class Thing(AsyncResource):
     def _level_name(self, level: str) -> str:
         return f"level/{self.id}/{level}"
 
-    async def _level_record(self, md: MutableData, level: str) -> bytes:
-        """The verified ``k/<level>`` record; only the thing or its owner may sign one."""
-        entry = await md.get(f"k/{level}")
-        if entry.signer not in self._authorities():
-            raise self.client._tampered(
-                TamperedDataError(
-                    f"thing {self.id!r}: {level} key record signed by "
-                    f"{entry.signer.hex()[:16]}..., neither the thing nor its owner",
-                    address=str(self.addresses.thing),
-                )
-            )
-        return entry.value or b""
+    async def _take_level_record(self, md: MutableData, level: str) -> bytes | None:
+        """The ``k/<level>`` record this thing is to use: the stored one if it may take it
+        (verified, signed by the thing or its owner, of no older key epoch than the
+        trusted one, see :meth:`_older_epoch`); else the trusted one, written back over
+        the record refused (:meth:`_write_back`: a record written meanwhile, the owner's
+        next key, is decided on in turn, never overwritten with the older one). ``None``
+        when none is stored and none trusted; ``TamperedDataError`` (counted) for a
+        refused record when none is trusted."""
+        key = f"k/{level}"
+        trusted = self.trust.value(self._level_name(level))
+        for _ in range(_WRITE_BACK_TRIES):
+            trusted = self.trust.value(self._level_name(level))
+            over: int | None = None
+            record: bytes | None = None
+            try:
+                entry = await md.get(key, include_deleted=True)
+                over = entry.version
+                if entry.signer not in self._authorities():
+                    raise self.client._tampered(
+                        TamperedDataError(
+                            f"thing {self.id!r}: {level} key record signed by "
+                            f"{entry.signer.hex()[:16]}..., neither the thing nor its owner",
+                            address=str(self.addresses.thing),
+                        )
+                    )
+                record = entry.value
+            except NoSuchEntryError:
+                pass
+            except TamperedDataError as e:  # forged, rolled back, or signed by another key
+                if trusted is None:
+                    raise
+                log.warning("thing %s: keeping its %s key: %s", self.id, level, e)
+                if over is None:
+                    over = self._seen_version(md, key)
+            if record is not None and (
+                trusted is None or not self._older_epoch(level, record, trusted)
+            ):
+                return record
+            if trusted is None:
+                return None
+            if await self._write_back(md, key, trusted, over) is not None:
+                return trusted
+        log.warning("thing %s: its %s key record kept changing; keeping its own", self.id, level)
+        return trusted
 
     async def _refresh_group_key(self) -> None:
         """Follow the owner's changes of the group key (members added or removed); a
-        refused record leaves the key this thing trusts in use."""
+        refused record leaves the key this thing trusts in use (and is written over)."""
         try:
-            record = await self._level_record(self._md("thing"), "group")
-        except NoSuchEntryError:
-            return
-        except TamperedDataError as e:
+            record = await self._take_level_record(self._md("thing"), "group")
+        except SafeThingError as e:
             log.warning("thing %s: keeping its group key: %s", self.id, e)
-            trusted = self.trust.value(self._level_name("group"))
-            if trusted is not None:  # put the trusted record back for the other readers
-                with contextlib.suppress(SafeThingError):
-                    await self._md("thing").put("k/group", trusted)
             return
-        trusted = self.trust.value(self._level_name("group"))
-        if trusted is not None and self._older_epoch("group", record, trusted):
-            with contextlib.suppress(SafeThingError):  # (refused, counted) put back, as above
-                await self._md("thing").put("k/group", trusted)
-            return
-        self._ring.learn("group", record)
-        self.trust.set_value(self._level_name("group"), record)
+        if record is not None:
+            self._ring.learn("group", record)
+            self.trust.set_value(self._level_name("group"), record)
+
+    def _seen_version(self, md: MutableData, key: bytes | str) -> int:
+        """The version a write over a stored record that failed verification must find:
+        the one this thing verified last (what :meth:`MutableData.put_many` counts such
+        a record as)."""
+        raw = key.encode() if isinstance(key, str) else key
+        return max(self.trust.entry_version(md.address.entry_key(raw)), 0)
+
+    async def _write_back(
+        self, md: MutableData, key: bytes | str, value: bytes, over: int | None
+    ) -> Entry | None:
+        """Write ``value`` (what this thing trusts) back over the stored record it
+        refused, found at version ``over`` (``None``: none was there), and over that one
+        only; ``None``, nothing written, if another was written meanwhile (the owner's
+        next decision: the caller reads it and decides again; overwritten, the older
+        decision would win: a status the owner set, or a member's removal, lost)."""
+        try:
+            (entry,) = await md.put_many({key: value}, versions={key: over})
+        except ConflictError:
+            log.info("thing %s: %r changed before it was written back", self.id, key)
+            return None
+        return entry
 
     def _older_epoch(self, level: str, record: bytes, trusted: bytes) -> bool:
         """Whether a verified ``k/<level>`` record is of an older key epoch than the one
@@ -846,21 +884,22 @@ class Thing(AsyncResource):
             streams[layout.event_pointer(t.name)] = ("e", t.name, level_of(t.access), t.history)
         return streams
 
-    async def _set_status(
-        self, status: str, decided: float | None = None, *, over: int | None = None
-    ) -> None:
-        """Write ``status`` (decided now, or at ``decided``: a trusted status put back
-        keeps the time it was decided, so that it never outranks a later decision).
-        ``over``: only over the record at that version (the one refused), else
-        ``ConflictError`` and nothing written."""
-        when = time.time() if decided is None else decided
-        record = _status_record(status, when)
-        md = self._md("thing")
-        if over is None:
-            entry = await md.put(layout.STATUS, record)
-        else:
-            (entry,) = await md.put_many({layout.STATUS: record}, versions={layout.STATUS: over})
+    async def _set_status(self, status: str) -> None:
+        """Write ``status``, decided now."""
+        when = time.time()
+        entry = await self._md("thing").put(layout.STATUS, _status_record(status, when))
         self._trust_status(_StatusMark(status, entry.version, when))
+
+    async def _put_back_status(self, trusted: _StatusMark, over: int | None) -> bool:
+        """Write the trusted status back over the record refused at version ``over``
+        (see :meth:`_write_back`); it keeps the time it was decided, so that it never
+        outranks a later decision. False if another record was written meanwhile."""
+        record = _status_record(trusted.status, trusted.decided)
+        entry = await self._write_back(self._md("thing"), layout.STATUS, record, over)
+        if entry is None:
+            return False
+        self._trust_status(_StatusMark(trusted.status, entry.version, trusted.decided))
+        return True
 
     def _put_first_status(self, batch: _Batch, status: str, *, new: bool = False) -> None:
         decided = time.time()
@@ -1174,9 +1213,7 @@ class Thing(AsyncResource):
         if trusted is None:
             return
         try:
-            await self._set_status(trusted.status, trusted.decided, over=refused.version)
-        except ConflictError:
-            log.info("thing %s: its status changed again before it was written back", self.id)
+            await self._put_back_status(trusted, refused.version)
         except SafeThingError as e:
             log.warning("thing %s: could not write its status back: %s", self.id, e)
 

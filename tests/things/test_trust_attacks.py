@@ -905,6 +905,95 @@ async def test_the_owners_status_landing_while_the_thing_writes_a_refused_one_ba
             assert t.status == "disabled"
 
 
+async def test_the_owners_status_landing_while_the_thing_registers_is_kept(
+    url: str, owner: Identity, device: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store serves the restarting thing the *published* record from before its
+    owner disabled it; the thing refuses it and writes *disabled* back. The owner
+    publishes the thing again in between (after the refusal, before the write-back's
+    commit): the write-back must leave that, and the thing start published."""
+    landed = asyncio.Event()
+    async with await open_store(url) as store, await open_store(url) as own:
+        mallory = Attacker(store)
+        owner_client = Client(store, owner)
+        published_then = await _published_then_disabled(store, owner, owner_client, device, url)
+        newest = await store.get(STATUS_KEY)
+        assert newest is not None
+        await mallory.restore([published_then])
+        real_commit = own.commit
+
+        async def commit(writes: Any, **kwargs: Any) -> list[int | Exception]:
+            if not landed.is_set() and any(w.key == STATUS_KEY for w in writes):
+                landed.set()  # the thing writes its status back: the owner's decision first
+                await mallory.restore([newest])
+                await set_status(owner_client, THING, "published")
+            return await real_commit(writes, **kwargs)
+
+        monkeypatch.setattr(own, "commit", commit)
+        async with Thing(garden_description(), identity=device, owner=owner.public, store=own) as t:
+            await t.register()
+            assert landed.is_set()
+            assert t.status == "published"
+        async with ThingClient(Client(store)) as anyone:
+            assert await anyone.status(THING) == "published"
+
+
+@pytest.mark.parametrize("while_running", [True, False], ids=["running", "at-registration"])
+async def test_a_members_removal_landing_while_the_thing_writes_its_group_key_back_is_kept(
+    url: str,
+    owner: Identity,
+    device: Identity,
+    monkeypatch: pytest.MonkeyPatch,
+    while_running: bool,
+) -> None:
+    """The store serves the thing an older group key record (rolled back); the thing
+    refuses it and writes the record it trusts back. The owner's removal of a member (a
+    new key epoch) lands in between, after the refusal and before the write-back's
+    commit: the write-back must leave it, and the thing take the new epoch, so that the
+    removed member cannot read Group data written afterwards. (The write-back wrote the
+    older epoch one version above the owner's record; the thing kept encrypting under a
+    key the removed member holds.)"""
+    member, other = Identity.generate("member"), Identity.generate("other")
+    group_key = ADDR.thing.entry_key(b"k/group")
+    landed = asyncio.Event()
+    async with await open_store(url) as store, await open_store(url) as own:
+        mallory = Attacker(store)
+        group = ThingOwner(Client(store, owner), THING)
+        async with Thing(garden_description(), identity=device, owner=owner.public, store=own) as t:
+            await t.register(publish=True)
+            await group.add_member(member.public)
+            await group.add_member(other.public)
+            older = await store.get(group_key)
+            await group.remove_member(other.public_sign_key)  # epoch 1
+            await t.set("group_note", "learns epoch 1")
+        assert older is not None
+        real_commit = own.commit
+
+        async def commit(writes: Any, **kwargs: Any) -> list[int | Exception]:
+            if not landed.is_set() and any(w.key == group_key for w in writes):
+                landed.set()  # the thing writes its group key back: the owner's removal first
+                await mallory.restore(newest)  # (the owner is served the newest record)
+                await group.remove_member(member.public_sign_key)  # epoch 2
+            return await real_commit(writes, **kwargs)
+
+        newest = [r for r in await mallory.snapshot(ADDR.thing.entry_prefix) if r.key == group_key]
+        thing = Thing(garden_description(), identity=device, owner=owner.public, store=own)
+        async with thing as t:
+            if while_running:
+                await t.register()
+            await mallory.restore([older])  # the rolled-back record, epoch 0, served ...
+            monkeypatch.setattr(own, "commit", commit)
+            if not while_running:
+                await t.register()  # ... at the restart
+            await t.set("group_note", "after the removal")
+            assert landed.is_set()
+            async with ThingClient(Client(store, member)) as m:
+                with pytest.raises((AccessDeniedError, TamperedDataError)):
+                    await m.read(THING, "group_note")
+            async with ThingClient(Client(store, owner)) as mine:
+                assert (await mine.read(THING, "group_note")).value == "after the removal"
+
+
 @pytest.mark.parametrize("served_while_running", [True, False])
 async def test_a_group_key_record_at_a_forked_version_does_not_bring_back_a_removed_members_key(
     url: str, owner: Identity, device: Identity, served_while_running: bool
