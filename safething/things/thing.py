@@ -613,14 +613,7 @@ class Thing(AsyncResource):
             new=True,
         )
         for level, who in self._level_readers().items():
-            secret = SecretKey.generate()
-            record = make_key_record(0, secret, who)
-            batch.put(
-                f"k/{level}",
-                record,
-                functools.partial(self._new_level_key, level, secret, record),
-                new=True,
-            )
+            self._put_new_level_key(batch, level, who)
         batch.put(layout.DESC, dumps(self.description.to_dict()), new=True)
         self._put_first_status(batch, "published" if publish else "registered", new=True)
         if (online or self._heartbeat is not None) and self._online_since is None:
@@ -712,20 +705,25 @@ class Thing(AsyncResource):
         for level, who in self._level_readers().items():
             record = await self._take_level_record(md, level)
             if record is None:  # none stored, none trusted: a new key
-                secret = SecretKey.generate()
-                record = make_key_record(0, secret, who)
-                batch.put(
-                    f"k/{level}",
-                    record,
-                    functools.partial(self._new_level_key, level, secret, record),
-                    new=True,
-                )
+                self._put_new_level_key(batch, level, who)
                 continue
             self.trust.set_value(self._level_name(level), record)
             if not self._ring.learn(level, record):
                 raise ThingError(
                     f"thing {self.id!r}: its {level} key is not sealed to this identity"
                 )
+
+    def _put_new_level_key(self, batch: _Batch, level: str, who: list[PublicIdentity]) -> None:
+        """A new key of ``level`` (epoch 0) sealed to ``who``, written as new in ``batch``;
+        this thing holds and trusts it once the batch is committed."""
+        secret = SecretKey.generate()
+        record = make_key_record(0, secret, who)
+        batch.put(
+            f"k/{level}",
+            record,
+            functools.partial(self._new_level_key, level, secret, record),
+            new=True,
+        )
 
     def _new_level_key(self, level: str, secret: SecretKey, record: bytes) -> None:
         self._ring.add(level, 0, secret)
