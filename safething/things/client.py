@@ -28,7 +28,7 @@ from safething.errors import (
     TamperedDataError,
     ThingOfflineError,
 )
-from safething.net import Client, Entry, EntryWatch, MutableData, PublicIdentity
+from safething.net import Client, Entry, EntryWatch, MutableData, PublicIdentity, PublicSignKey
 from safething.resource import AsyncResource, Tasks, cancel_and_wait
 from safething.things import layout
 from safething.things.access import KeyRing
@@ -136,12 +136,6 @@ class ThingClient(AsyncResource):
                 status_entry = None
             desc_doc = loads(desc_entry.value or b"", "description")
             keys = loads(keys_entry.value or b"", "keys")
-            known = self._views.get(thing_id)
-            status = (
-                loads(status_entry.value or b"", "status")
-                if status_entry is not None
-                else {"s": known.status if known is not None else "unknown"}
-            )
         except NoSuchEntryError:
             raise NoSuchDataError(f"thing {thing_id!r} is not registered") from None
         except NoSuchDataError:
@@ -150,7 +144,6 @@ class ThingClient(AsyncResource):
             description = ThingDescription.from_dict(desc_doc)
             thing = PublicIdentity.from_dict(keys["thing"])
             owner = PublicIdentity.from_dict(keys["owner"])
-            state = str(status["s"])
         except (KeyError, TypeError, ValueError, SafeThingError) as e:
             raise MalformedRecordError(f"thing {thing_id!r}: malformed description: {e}") from e
         authorities = (thing.sign_key, owner.sign_key)
@@ -167,16 +160,42 @@ class ThingClient(AsyncResource):
                     f"thing {thing_id!r}: key list not signed by the thing it names",
                     address=str(addresses.thing),
                 )
-            for what, entry in (("description", desc_entry), ("status", status_entry)):
-                if entry is not None and entry.signer not in authorities:
-                    raise TamperedDataError(
-                        f"thing {thing_id!r}: {what} signed by neither the thing nor its owner",
-                        address=str(addresses.thing),
-                    )
+            if desc_entry.signer not in authorities:
+                raise TamperedDataError(
+                    f"thing {thing_id!r}: description signed by neither the thing nor its owner",
+                    address=str(addresses.thing),
+                )
         except TamperedDataError as e:
             raise self.client._tampered(e) from None
+        state = self._view_status(thing_id, status_entry, authorities)
         ring = await self._ring(md, authorities)
         return self._keep(thing_id, addresses, description, state, thing, owner, ring, md)
+
+    def _view_status(
+        self, thing_id: str, entry: Entry | None, authorities: tuple[PublicSignKey, ...]
+    ) -> str:
+        """The status a view shows: the stored one if the thing or its owner signed it and
+        it is one; else (refused and counted, or malformed) the one this client knew, or
+        ``unknown``. The thing decides with the status it trusts; a stray status record
+        (written by a key the owner granted update rights by mistake) must not keep its
+        owner from viewing the thing and setting its status again."""
+        known = self._views.get(thing_id)
+        fallback = known.status if known is not None else "unknown"
+        if entry is None:
+            return fallback
+        if entry.signer not in authorities:
+            self.client._tampered(
+                TamperedDataError(
+                    f"thing {thing_id!r}: status signed by neither the thing nor its owner",
+                    address=str(ThingAddresses.of(thing_id).thing),
+                )
+            )
+            return fallback
+        try:
+            doc = loads(entry.value or b"", "status")
+        except SafeThingError:
+            return fallback
+        return str(doc["s"]) if isinstance(doc, dict) and "s" in doc else fallback
 
     def own_view(
         self,
@@ -264,7 +283,9 @@ class ThingClient(AsyncResource):
                 )
             )
         doc = loads(entry.value or b"", "status")
-        view.status = str(doc.get("s"))
+        if not isinstance(doc, dict) or "s" not in doc:
+            raise MalformedRecordError(f"thing {thing_id!r}: malformed status record")
+        view.status = str(doc["s"])
         return view.status
 
     def decode(self, view: ThingView, entry: Entry, what: str) -> tuple[int, float, Any]:

@@ -28,6 +28,7 @@ from safething.errors import (
     ActionFailedError,
     ConflictError,
     NoSuchEntryError,
+    StoreError,
     TamperedDataError,
 )
 from safething.net import Action, Client, Entry, Identity, MDAddress, MDHeader, SecretKey
@@ -936,6 +937,60 @@ async def test_the_owners_status_landing_while_the_thing_registers_is_kept(
             assert t.status == "published"
         async with ThingClient(Client(store)) as anyone:
             assert await anyone.status(THING) == "published"
+
+
+@pytest.mark.parametrize("readings", [0, 3])
+async def test_a_deleted_sequence_pointer_does_not_reuse_a_sequence_number(
+    url: str, owner: Identity, device: Identity, readings: int
+) -> None:
+    """While the thing is down its owner's key deletes the attribute's sequence pointer
+    (a signed tombstone; or there was never a reading). The restarted thing numbers its
+    next reading after the last one in its ring (1 when there is none), never reusing a
+    number, and the reading is written."""
+    async with await open_store(url) as store:
+        async with _thing(device, owner, url) as t:
+            await t.register(publish=True)
+            for i in range(readings):
+                await t.set("moisture", float(i))
+        if readings:
+            await Client(store, owner).md(ADDR.thing.name, ADDR.thing.tag).delete(b"a/moisture")
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            assert await t.set("moisture", 50.0) == readings + 1
+        async with ThingClient(Client(store)) as reader:
+            latest = await reader.read(THING, "moisture")
+            assert (latest.seq, latest.value) == (readings + 1, 50.0)
+
+
+async def test_a_store_error_while_the_thing_writes_its_status_back_does_not_end_its_watch(
+    url: str, owner: Identity, device: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running thing refuses a status record a key granted by mistake wrote, and its
+    write-back fails with a store error: the thing keeps its status and goes on following
+    its owner's next one."""
+    failed = asyncio.Event()
+    async with await open_store(url) as store, await open_store(url) as own:
+        owner_client = Client(store, owner)
+        async with Thing(garden_description(), identity=device, owner=owner.public, store=own) as t:
+            await t.register(publish=True)
+            real_commit = own.commit
+
+            async def commit(writes: Any, **kwargs: Any) -> list[int | Exception]:
+                if not failed.is_set() and any(w.key == STATUS_KEY for w in writes):
+                    failed.set()
+                    raise StoreError("the store is gone (for this write)")
+                return await real_commit(writes, **kwargs)
+
+            monkeypatch.setattr(own, "commit", commit)
+            mistake = Identity.generate("mistake")
+            md = owner_client.md(ADDR.thing.name, ADDR.thing.tag)
+            await md.set_permissions(mistake.public_sign_key, Action.UPDATE)
+            stray = dumps({"s": "disabled", "t": time.time()})
+            await Client(store, mistake).md(ADDR.thing.name, ADDR.thing.tag).put(b"status", stray)
+            await until(failed.is_set, "the thing tries to write its status back")
+            assert t.status == "published"
+            await set_status(owner_client, THING, "disabled")
+            await until(lambda: t.status == "disabled", "the thing follows its owner")
 
 
 @pytest.mark.parametrize("while_running", [True, False], ids=["running", "at-registration"])
