@@ -631,7 +631,6 @@ async def test_a_lone_commit_after_a_burst_is_made_on_the_loop_again(
 
     monkeypatch.setattr(sqlite_store._Writer, "_transaction", where)
     async with await open_store(url_for(tmp_path / "vault.db")) as store:
-
         # two commits in one turn (to the thread), then one a turn while it works
         burst = [asyncio.ensure_future(store.put(f"b.{i}", b"x")) for i in range(2)]
         for i in range(2, 40):
