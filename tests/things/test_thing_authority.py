@@ -198,6 +198,31 @@ async def test_a_status_whose_decision_time_is_no_number_counts_as_decided_at_0(
         assert again.status == "disabled"
 
 
+async def test_a_later_decision_at_the_version_of_one_without_a_time_is_followed(
+    store: Store, garden: Thing, owner: Identity
+) -> None:
+    """The owner's status without a usable decision time (NaN) counts as decided at 0; a
+    record at that same version decided later (a fork the store made of two of the
+    owner's writes) is the later decision and is followed. (Were NaN kept as the decision
+    time, no record would compare as later than it, and the thing would refuse them all
+    at that version.)"""
+    await garden.publish()
+    await _forge(store, garden, owner, layout.STATUS, dumps({"s": "disabled", "t": float("nan")}))
+    await _until(lambda: garden.status == "disabled")
+    address = garden.addresses.thing
+    current = await Client(store).md(address.name, address.tag).get(layout.STATUS)
+    later = EntryRecord.create(
+        address,
+        signer=owner.sign_key,
+        stored_key=layout.STATUS,
+        sealed_key=None,
+        stored_value=dumps({"s": "published", "t": 2.0}),
+        version=current.version,
+    )
+    await store.put(address.entry_key(layout.STATUS), later.to_bytes())
+    await _until(lambda: garden.status == "published")
+
+
 async def test_a_deleted_status_is_passed_over(
     store: Store, garden: Thing, owner: Identity
 ) -> None:
