@@ -48,8 +48,11 @@ async def _until_async(read: Callable[[], Awaitable[object]], expected: object) 
             await asyncio.sleep(0.01)
 
 
-async def _forge(store: Store, garden: Thing, signer: Identity, key: bytes, value: bytes) -> None:
-    """Write ``key`` of the thing's MD at the next version, signed by ``signer``."""
+async def _forge(
+    store: Store, garden: Thing, signer: Identity, key: bytes, value: bytes, *, ahead: int = 1
+) -> None:
+    """Write ``key`` of the thing's MD at the next version (``ahead=0``: at the stored
+    one, a fork), signed by ``signer``."""
     address = garden.addresses.thing
     current = await Client(store).md(address.name, address.tag).get(key)
     record = EntryRecord.create(
@@ -58,7 +61,7 @@ async def _forge(store: Store, garden: Thing, signer: Identity, key: bytes, valu
         stored_key=key,
         sealed_key=None,
         stored_value=value,
-        version=current.version + 1,
+        version=current.version + ahead,
     )
     await store.put(address.entry_key(key), record.to_bytes())
 
@@ -209,17 +212,8 @@ async def test_a_later_decision_at_the_version_of_one_without_a_time_is_followed
     await garden.publish()
     await _forge(store, garden, owner, layout.STATUS, dumps({"s": "disabled", "t": float("nan")}))
     await _until(lambda: garden.status == "disabled")
-    address = garden.addresses.thing
-    current = await Client(store).md(address.name, address.tag).get(layout.STATUS)
-    later = EntryRecord.create(
-        address,
-        signer=owner.sign_key,
-        stored_key=layout.STATUS,
-        sealed_key=None,
-        stored_value=dumps({"s": "published", "t": 2.0}),
-        version=current.version,
-    )
-    await store.put(address.entry_key(layout.STATUS), later.to_bytes())
+    later = dumps({"s": "published", "t": 2.0})
+    await _forge(store, garden, owner, layout.STATUS, later, ahead=0)
     await _until(lambda: garden.status == "published")
 
 
