@@ -58,6 +58,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from safething.errors import LimitExceededError, StoreError
 from safething.net import EncryptionKey, Identity, SigningKey
+from safething.store.sqlite import without_waiting
 from safething_gateway.protocol import (
     VERSION,
     ReplayError,
@@ -337,14 +338,12 @@ class Registry:
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            db = self._db
-            db.execute("PRAGMA busy_timeout = 0")
-            db.execute("PRAGMA wal_autocheckpoint = 0")
-            try:
+            with without_waiting(
+                self._db,
+                busy_timeout_ms=int(self.write_timeout * 1000),
+                autocheckpoint=self._autocheckpoint,
+            ):
                 outcome = _outcome(call)
-            finally:
-                db.execute(f"PRAGMA busy_timeout = {int(self.write_timeout * 1000)}")
-                db.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
         finally:
             self._lock.release()
         if not outcome[0] and isinstance(outcome[1], RegistryBusyError):

@@ -381,6 +381,23 @@ def _connect(
     return conn
 
 
+@contextlib.contextmanager
+def without_waiting(
+    conn: sqlite3.Connection, *, busy_timeout_ms: int, autocheckpoint: int
+) -> Iterator[None]:
+    """For a transaction made on an event loop, which must never wait: the write lock
+    is tried once (busy timeout 0: a lock held by another connection raises at once)
+    and no automatic checkpoint runs (its fsyncs); the connection's ``busy_timeout_ms``
+    and ``autocheckpoint`` (pages) are set back afterwards."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
+
+
 # --- notification sockets ---------------------------------------------------------
 
 
@@ -610,9 +627,9 @@ class _Writer:
         if self._idle_commits >= _INLINE_EVERY:
             self._idle_commits = 0
             return False
-        conn.execute("PRAGMA busy_timeout = 0")
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
-        try:
+        with without_waiting(
+            conn, busy_timeout_ms=self._busy_timeout_ms, autocheckpoint=self._autocheckpoint
+        ):
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError:
@@ -621,9 +638,6 @@ class _Writer:
                 outcomes, changed = self._transaction(group, begun=True)
             except Exception as e:
                 outcomes, changed = [self._failure(e)], False
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
         if changed:
             self._ring()
         self._on_committed(group, outcomes, changed, here=True)
