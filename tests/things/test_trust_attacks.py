@@ -962,6 +962,33 @@ async def test_a_deleted_sequence_pointer_does_not_reuse_a_sequence_number(
             assert (latest.seq, latest.value) == (readings + 1, 50.0)
 
 
+@pytest.mark.parametrize("level", ["owner", "group"])
+async def test_a_deleted_level_key_record_is_written_back(
+    url: str, owner: Identity, device: Identity, level: str
+) -> None:
+    """While the thing is down, its owner's key deletes one of its level key records (a
+    signed tombstone). The restarted thing keeps the key it trusts and writes the record
+    back, so that the owner and the group's members still read what the thing writes at
+    that level (a record left deleted: nobody but the thing could read it)."""
+    member = Identity.generate("member")
+    attribute = {"owner": "secret_code", "group": "group_note"}[level]
+    async with await open_store(url) as store:
+        async with _thing(device, owner, url) as t:
+            await t.register(publish=True)
+            await ThingOwner(Client(store, owner), THING).add_member(member.public)
+            await t.set("group_note", "before")  # the thing takes the record naming the member
+        md = Client(store, owner).md(ADDR.thing.name, ADDR.thing.tag)
+        await md.delete(f"k/{level}".encode())
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            await t.set(attribute, "after the deletion")
+        assert (await md.get(f"k/{level}".encode())).value is not None
+        readers = [owner] if level == "owner" else [owner, member]
+        for who in readers:
+            async with ThingClient(Client(store, who)) as reader:
+                assert (await reader.read(THING, attribute)).value == "after the deletion"
+
+
 async def test_a_store_error_while_the_thing_writes_its_status_back_does_not_end_its_watch(
     url: str, owner: Identity, device: Identity, monkeypatch: pytest.MonkeyPatch
 ) -> None:
