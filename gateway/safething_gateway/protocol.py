@@ -28,17 +28,21 @@ direction and its meaning. See ``docs/protocol.md``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
+import importlib
 import json
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import cbor2
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from safething.errors import SafeThingError
@@ -94,6 +98,7 @@ CHANNELS_DOWN = ("action/", "desired", "error")
 
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{4,63}$")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}$")
+_TAG = re.compile(rb"[0-9a-f]{64}")
 
 
 # --- errors: each knows how every transport reports it ---------------------------------
@@ -209,12 +214,36 @@ class LinkKeys:
 
 
 def _ctr(key: bytes, counter: int, data: bytes) -> bytes:
-    """AES-128-CTR with the initial block ``counter (8 bytes BE) || 0 (8 bytes)``."""
+    """AES-128-CTR with the initial block ``counter (8 bytes BE) || 0 (8 bytes)``: block
+    ``i`` of the key stream is AES(key, ``counter || i``) (a message has at most
+    1,024 blocks, so ``i`` never carries into the counter's half), XORed with the data.
+
+    The blocks are made by a raw AES (ECB) context kept per key, which holds no state
+    between calls given whole blocks: the same key stream as a CTR context, whose
+    set-up (a new cipher object and key schedule, with the library's checks) cost more
+    than the encryption itself, on each side of every message."""
     if not data:
         return b""
-    iv = counter.to_bytes(8, "big") + bytes(8)
-    encryptor = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
-    return encryptor.update(data) + encryptor.finalize()
+    size = len(data)
+    first = counter << 64
+    blocks = b"".join([(first + i).to_bytes(16, "big") for i in range((size + 15) // 16)])
+    with _AES_LOCK:  # a context is used by one thread at a time
+        stream = _aes(key).update(blocks)
+    plain = int.from_bytes(data, "big") ^ int.from_bytes(stream[:size], "big")
+    return plain.to_bytes(size, "big")
+
+
+_AES_LOCK = threading.Lock()
+
+AES_CONTEXTS_CACHED = 1_024
+"""Link keys whose AES context :func:`_ctr` keeps (about 1 KB each): those of a
+thousand devices speaking in turn; beyond that a context is made per message, as
+before."""
+
+
+@functools.lru_cache(maxsize=AES_CONTEXTS_CACHED)
+def _aes(key: bytes) -> CipherContext:
+    return Cipher(algorithms.AES(key), modes.ECB()).encryptor()
 
 
 def mac(
@@ -231,7 +260,47 @@ def mac(
     magic = _MAGICS[version]
     message = b"\n".join((magic, device_id.encode(), channel.encode(), str(counter).encode(), body))
     key = secret if version == 1 else link_keys(secret).mac(uplink=uplink)
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    inner, outer = _hmac_states(key)
+    digest = inner.copy()
+    digest.update(message)
+    tag = outer.copy()
+    tag.update(digest.digest())
+    hexdigest: str = tag.hexdigest()
+    return hexdigest
+
+
+def _builtin_sha256() -> Callable[[bytes], Any]:
+    """CPython's own SHA-256 (``_sha2`` from 3.12, ``_sha256`` before), whose hash objects
+    are plain C structs: OpenSSL's (``hashlib``) go through its provider layers on each
+    copy and update; ``hashlib``'s on another Python."""
+    for name in ("_sha2", "_sha256"):
+        with contextlib.suppress(ImportError):
+            sha256: Callable[[bytes], Any] = importlib.import_module(name).sha256
+            return sha256
+    return hashlib.sha256  # pragma: no cover - another Python
+
+
+_sha256 = _builtin_sha256()
+
+
+MAC_KEYS_CACHED = 1_024
+"""MAC keys whose HMAC states :func:`mac` keeps (a few hundred bytes each)."""
+
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+@functools.lru_cache(maxsize=MAC_KEYS_CACHED)
+def _hmac_states(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) of ``key``: the inner and outer SHA-256 states after its
+    padded key block, so that a tag is two copies and two short updates. ``hmac.new``
+    made both states again for every message, through OpenSSL's HMAC: on the idle path,
+    where each call starts cold, about 60 us of a tag's 90 (a tag on the device and
+    one on the gateway per reading; docs/benchmarks.md, ``gateway.latency``)."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    block = key.ljust(64, b"\0")
+    return _sha256(block.translate(_IPAD)), _sha256(block.translate(_OPAD))
 
 
 def frame(
@@ -303,7 +372,7 @@ def parse_frame(data: bytes) -> Frame:
     counter_text, tag = parts[1], parts[2]
     if not counter_text.isdigit() or len(counter_text) > 19:
         raise BadMessageError("the counter must be a decimal number")
-    if len(tag) != 64 or not re.fullmatch(rb"[0-9a-f]{64}", tag):
+    if len(tag) != 64 or not _TAG.fullmatch(tag):
         raise BadMessageError("the MAC must be 64 lowercase hex digits")
     return Frame(int(counter_text), tag.decode(), body, version)
 
@@ -328,7 +397,11 @@ def decode_body(body: bytes, content_format: str) -> Any:
         raise PayloadError(f"body is not valid {content_format.upper()}: {e}") from e
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+"""``json.dumps(value, separators=(",", ":"))`` made a new encoder for every body."""
+
+
 def encode_body(value: Any, content_format: str = "json") -> bytes:
     if content_format == "cbor":
         return bytes(cbor2.dumps(value))
-    return json.dumps(value, separators=(",", ":")).encode()
+    return _COMPACT_JSON.encode(value).encode()

@@ -30,7 +30,8 @@ Threads and connections
     write lock is free at once (else the thread waits for it) and never with a
     checkpoint (one such commit in 32 goes to the thread, whose commits
     checkpoint); its watches in this process are woken before its caller goes
-    on. A transaction reads the current revision of every
+    on, and take its changes as committed when they follow their cursors (they read
+    the log after yielding them). A transaction reads the current revision of every
     key involved with a few ``IN`` queries, decides each write on its own
     in Python (compare-and-set, quota), then writes the accepted ones with
     ``executemany``. The lock is held throughout, so the decisions cannot
@@ -103,6 +104,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -163,7 +165,7 @@ _UPSERT_RECORD = (
 _DELETE_RECORD = "DELETE FROM records WHERE key = ?"
 _INSERT_CHUNK = "INSERT OR IGNORE INTO chunks (address, data) VALUES (?, ?)"
 _TRIM = "DELETE FROM changes WHERE seq <= ?"
-_STATE_SIZES = (1, 16, 128)
+_STATE_SIZES = (1, 4, 16, 128)
 _STATE_CHUNK = _STATE_SIZES[-1]
 _STATE_SQL = {
     n: f"SELECT key, rev, length(value) FROM records WHERE key IN ({', '.join('?' * n)})"
@@ -381,19 +383,19 @@ def _connect(
     return conn
 
 
-@contextlib.contextmanager
-def without_waiting(
-    conn: sqlite3.Connection, *, busy_timeout_ms: int, autocheckpoint: int
-) -> Iterator[None]:
-    """For a transaction made on an event loop, which must never wait: the write lock
-    is tried once (busy timeout 0: a lock held by another connection raises at once)
-    and no automatic checkpoint runs (its fsyncs); the connection's ``busy_timeout_ms``
-    and ``autocheckpoint`` (pages) are set back afterwards."""
-    conn.execute("PRAGMA busy_timeout = 0")
-    conn.execute("PRAGMA wal_autocheckpoint = 0")
-    try:
-        yield
-    finally:
+def set_waiting(
+    conn: sqlite3.Connection, *, here: bool, busy_timeout_ms: int, autocheckpoint: int
+) -> None:
+    """A write connection's lock wait and checkpoint settings for the transactions made
+    on an event loop (``here``), which must never wait: the write lock tried once (busy
+    timeout 0: a lock held by another connection raises at once) and no automatic
+    checkpoint (its fsyncs); else the connection's ``busy_timeout_ms`` and
+    ``autocheckpoint`` (pages). Callers change them only when the connection last served
+    the other side (see ``_Writer._settings``)."""
+    if here:
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+    else:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         conn.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
 
@@ -563,6 +565,9 @@ class _Writer:
         then counts a prefix without reading its records (one statement per thing per
         commit, about a tenth of this thread's CPU per reading before)."""
         self._data_version = -1
+        self._seq: int | None = None
+        """The last revision handed out, as the last commit left it, kept while no other
+        connection writes the file (like :attr:`_usage`): a commit reads it no more."""
         self._in_thread = 0
         """Jobs handed to the thread and not answered yet (counted on the loop)."""
         self._inline = synchronous == "NORMAL"
@@ -570,9 +575,20 @@ class _Writer:
         fsyncs: the loop would wait for the disk)."""
         self._idle_commits = 0
         self._autocheckpoint = 1000
+        self._here_settings = False
+        """The connection has the settings of a commit on the loop (see :meth:`_settings`)."""
+        self.handoff: _HandOff | None = None
+        """The last commit made on the loop, for this process's watches (see
+        :meth:`_SQLiteWatch._fetch`)."""
         self._thread = threading.Thread(
             target=self._run, name=f"safething-sqlite-writer:{path.name}", daemon=True
         )
+
+    @property
+    def last_seq(self) -> int | None:
+        """The last revision this store handed out, if no other connection has written
+        the file since its last commit (None: not known)."""
+        return self._seq
 
     async def start(self) -> None:
         self._thread.start()
@@ -627,21 +643,36 @@ class _Writer:
         if self._idle_commits >= _INLINE_EVERY:
             self._idle_commits = 0
             return False
-        with without_waiting(
-            conn, busy_timeout_ms=self._busy_timeout_ms, autocheckpoint=self._autocheckpoint
-        ):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:
-                return False  # locked by another connection
-            try:
-                outcomes, changed = self._transaction(group, begun=True)
-            except Exception as e:
-                outcomes, changed = [self._failure(e)], False
+        self._settings(conn, here=True)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False  # locked by another connection
+        try:
+            outcomes, changed = self._transaction(group, begun=True)
+        except Exception as e:
+            outcomes, changed = [self._failure(e)], False
         if changed:
             self._ring()
         self._on_committed(group, outcomes, changed, here=True)
         return True
+
+    def _settings(self, conn: sqlite3.Connection, *, here: bool) -> None:
+        """The connection's lock wait and checkpoint settings for a commit on the loop
+        (``here``: no busy timeout, no checkpoint) or on the thread (the configured
+        ones), changed only when the last commit was made on the other side: an idle
+        gateway's commits, all on the loop, run no ``PRAGMA`` (four a commit before,
+        about a tenth of its time), nor does a busy one's thread. Only the side that may
+        use the connection calls this (the loop only while the thread has no job)."""
+        if self._here_settings == here:
+            return
+        set_waiting(
+            conn,
+            here=here,
+            busy_timeout_ms=self._busy_timeout_ms,
+            autocheckpoint=self._autocheckpoint,
+        )
+        self._here_settings = here
 
     async def stop(self) -> None:
         if self._thread.is_alive():
@@ -680,6 +711,8 @@ class _Writer:
                     size += sum(len(job.writes) for job in more)
                 self._run_group(group)
         finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._settings(self._conn, here=False)  # its last checkpoint as configured
             self._conn.close()
             self._doorbell.close()
             self._call_soon(resolve, self._stopped)
@@ -751,6 +784,8 @@ class _Writer:
 
     def _run_group(self, group: list[_Job]) -> None:
         try:
+            assert self._conn is not None
+            self._settings(self._conn, here=False)
             outcomes, changed = self._transaction(group)
         except Exception as e:
             if len(group) == 1:
@@ -792,10 +827,11 @@ class _Writer:
             ((version,),) = cur.execute(_DATA_VERSION).fetchall()
             if version != self._data_version:
                 self._usage.clear()
+                self._seq = None
                 self._data_version = version
             keys = [w.key for job in group for w in job.writes]
             keys += [job.guard.key for job in group if job.guard is not None]
-            batch = _Batch(cur, keys, self._usage)
+            batch = _Batch(cur, keys, self._usage, self._seq)
             outcomes: list[Any] = []
             for job in group:
                 if job.chunk is not None:
@@ -832,13 +868,27 @@ class _Writer:
             cur.execute("COMMIT")
         except BaseException:
             self._usage.clear()  # whatever the file holds now, it is counted anew
+            self._seq = None
             with contextlib.suppress(sqlite3.Error):
                 cur.execute("ROLLBACK")
             raise
         finally:
             cur.close()
         batch.keep_usage(self._usage)
+        self._seq = batch.seq if keys else self._seq
+        if begun:
+            self.handoff = _HandOff(batch.start, batch.seq, batch.feed()) if changed else None
         return outcomes, changed > 0
+
+
+@dataclass(frozen=True, slots=True)
+class _HandOff:
+    """A commit made on the loop, as the change feed would read it: every change of the
+    log above ``start`` up to ``last`` (the commit's own, its revisions contiguous)."""
+
+    start: int
+    last: int
+    changes: list[Change]
 
 
 class _Batch:
@@ -851,7 +901,10 @@ class _Batch:
     throughout, so nobody else can change what the decisions rest on.
     """
 
-    def __init__(self, cur: sqlite3.Cursor, keys: list[str], kept: dict[str, list[int]]) -> None:
+    def __init__(
+        self, cur: sqlite3.Cursor, keys: list[str], kept: dict[str, list[int]], seq: int | None
+    ) -> None:
+        """``seq``: the last revision handed out, if the writer knows it (else read)."""
         self._cur = cur
         self._kept = kept
         """Usage of quota prefixes as the file holds it now (see ``_Writer._usage``)."""
@@ -864,8 +917,12 @@ class _Batch:
             part += part[-1:] * (size - len(part))
             for key, revision, length in cur.execute(_STATE_SQL[size], part).fetchall():
                 self._state[key] = (revision, length)
-        rows = cur.execute(_REVISION).fetchall() if unique else []
-        self.seq: int = rows[0][0] if rows else 0
+        if seq is None:
+            rows = cur.execute(_REVISION).fetchall() if unique else []
+            seq = rows[0][0] if rows else 0
+        self.start = seq
+        """The last revision handed out before this batch."""
+        self.seq: int = seq
         """The last revision handed out."""
         self._changes: list[tuple[int, str, bool]] = []
         self._final: dict[str, tuple[bytes | None, int]] = {}
@@ -980,6 +1037,16 @@ class _Batch:
         if len(kept) + len(self._usage) > _USAGE_KEPT:
             kept.clear()
         kept.update(self._usage)
+
+    def feed(self) -> list[Change]:
+        """This batch's changes as the change feed reads them right after its commit (a
+        change whose key the batch wrote again is left to the later one)."""
+        final = self._final
+        return [
+            Change(key, None if deleted else final[key][0], seq)
+            for seq, key, deleted in self._changes
+            if final[key][1] == seq
+        ]
 
     def flush(self) -> int:
         """Write the accepted changes; how many there were."""
@@ -1379,7 +1446,23 @@ class _SQLiteWatch(FeedWatch):
         return poll_s if poll_s == _FALLBACK_POLL_S else None
 
     def _fetch(self, prefix: str, after: int) -> tuple[list[Change], int]:
-        changes, after, self._caught_up = self._store._feed(prefix, after, self._glob)
+        store = self._store
+        handoff = store._writer.handoff
+        if (
+            handoff is not None
+            and handoff.start == after
+            and store._writer.last_seq == handoff.last
+        ):
+            # This process's last commit, made on the loop, is exactly what the log holds
+            # after this watch's cursor (its revisions follow the cursor's, no other commit
+            # of this store came after it): its changes are taken as they were committed,
+            # not read back (two queries, and the page reads of a new read transaction,
+            # between the commit and its subscriber). The log is still read next, after
+            # the caller has these: a commit of another process may have come since.
+            changes = [c for c in handoff.changes if c.key.startswith(prefix)]
+            after, self._caught_up = handoff.last, False
+        else:
+            changes, after, self._caught_up = store._feed(prefix, after, self._glob)
         match = self._match
         if match is not None:  # exactly the pattern (GLOB's ``*`` also spans dots)
             changes = [c for c in changes if match(c.key)]

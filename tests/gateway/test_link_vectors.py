@@ -195,3 +195,25 @@ def test_channels_built_at_run_time_are_known() -> None:
         built = "".join(list(channel))
         assert check_channel(built) == channel
     assert check_channel("".join(["des", "ired"]), uplink=False) == "desired"
+
+
+@pytest.mark.parametrize("length", [0, 1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 130])
+def test_the_tag_and_the_key_stream_agree_with_the_libraries(length: int) -> None:
+    """The tag (HMAC-SHA256 from kept hash states) and the ST2 body (AES-CTR from a kept
+    AES block context) are those of ``hmac`` and of a fresh CTR context, for keys of any
+    length (ST1 tags with the secret itself: shorter than, equal to, longer than a hash
+    block) and bodies of any length, leading zero bytes included."""
+    secret = bytes(range(256))[:length] or b"\x00"
+    body = (b"\x00" + bytes(range(1, 256)))[:length] * 2
+    fields = (b"ST1", DEVICE.encode(), CHANNEL.encode(), b"9", body)
+    expected = hmac.new(secret, b"\n".join(fields), hashlib.sha256).hexdigest()
+    assert mac(secret, DEVICE, CHANNEL, 9, body, version=1) == expected
+    enc = link_keys(SECRET).enc_up
+    for counter in (0, 1, 2**63 - 1, 2**64 - 1):
+        ctr = Cipher(algorithms.AES(enc), modes.CTR(counter.to_bytes(8, "big") + bytes(8)))
+        encryptor = ctr.encryptor()
+        sealed = encryptor.update(body) + encryptor.finalize()
+        framed = frame(SECRET, DEVICE, CHANNEL, counter, body, version=2, uplink=True)
+        assert framed.endswith(b"\n" + sealed)
+        if counter < 2**63:  # (a frame's counter has at most 19 digits)
+            assert parse_frame(framed).open(SECRET, DEVICE, CHANNEL, uplink=True) == body

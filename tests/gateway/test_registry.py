@@ -867,3 +867,35 @@ async def test_a_lone_call_is_made_on_the_loop_and_never_waits_for_a_lock(
     finally:
         other.close()
         registry.close()
+
+
+async def test_lone_calls_on_the_loop_change_the_lock_and_checkpoint_settings_once(
+    tmp_path: Path,
+) -> None:
+    """Calls made on the loop one after the other set the write connection's busy
+    timeout and checkpoint threshold for the loop once, not around each call (four
+    ``PRAGMA``s a call before); any other write sets the configured ones back first
+    (it waits for other processes' locks: test_a_lone_call_is_made_on_the_loop_...)."""
+    registry = Registry(tmp_path / "gateway.db", write_timeout=3.0)
+    statements: list[str] = []
+    try:
+        registry.add("sensor-01", "mqtt")
+        registry._db.set_trace_callback(statements.append)
+        for counter in range(1, 6):
+            uplink = await registry.call(
+                registry.accept, "sensor-01", counter, journal=("reading", b"{}", "json")
+            )
+            assert uplink is not None
+            await registry.call(registry.unbuffer, [uplink])
+        pragmas = [s for s in statements if s.startswith("PRAGMA")]
+        assert pragmas == ["PRAGMA busy_timeout = 0", "PRAGMA wal_autocheckpoint = 0"]
+        assert sum(s == "BEGIN IMMEDIATE" for s in statements) == 5  # all on the loop
+        statements.clear()
+        registry.set_online("sensor-01", True)  # a plain write, here on the loop's thread
+        assert statements[:2] == [
+            "PRAGMA busy_timeout = 3000",
+            f"PRAGMA wal_autocheckpoint = {registry._autocheckpoint}",
+        ]
+        assert registry.get("sensor-01").rx_counter == 5
+    finally:
+        registry.close()

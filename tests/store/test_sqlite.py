@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from safething.errors import LimitExceededError, StoreError, StoreURLError
-from safething.store import Change, Quota, Record, open_store
+from safething.store import Change, Quota, Record, Write, open_store
 from safething.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -682,3 +682,76 @@ async def test_a_lone_commit_wakes_the_watches_of_this_process_before_its_caller
         order.append("caller")
         await follower
         assert order == ["o.a", "caller"]
+
+
+async def test_lone_commits_on_the_loop_change_the_lock_and_checkpoint_settings_once(
+    tmp_path: Path,
+) -> None:
+    """Commits made on the loop one after the other set the connection's busy timeout and
+    checkpoint threshold for the loop once, not around each commit (four ``PRAGMA``s a
+    commit before); a commit of the writer thread sets the configured ones back (it
+    waits for other processes' locks: test_a_lone_commit_is_made_on_the_loop_...)."""
+    path = tmp_path / "vault.db"
+    statements: list[str] = []
+    async with await open_store(url_for(path)) as store:
+        assert isinstance(store, SQLiteStore)
+        conn = store._writer._conn
+        assert conn is not None
+        conn.set_trace_callback(statements.append)
+        for i in range(5):
+            await store.create(f"p.{i}", b"v")
+        pragmas = [s for s in statements if s.startswith("PRAGMA") and "data_version" not in s]
+        assert pragmas == ["PRAGMA busy_timeout = 0", "PRAGMA wal_autocheckpoint = 0"]
+        assert sum(s == "BEGIN IMMEDIATE" for s in statements) == 5  # all five on the loop
+        statements.clear()
+        await asyncio.gather(store.create("p.x", b"v"), store.create("p.y", b"v"))  # thread
+        assert "PRAGMA busy_timeout = 10000" in statements
+        assert "PRAGMA busy_timeout = 0" not in statements
+
+
+async def test_a_lone_commit_reaches_a_watch_of_this_process_without_reading_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch of this process woken by a commit made on the loop takes that commit's
+    changes as committed (only those under its prefix, the last write of a key once)
+    when they follow its cursor. The log is read after it has yielded them: a commit of
+    another connection made before the watch looked is not missed, even with no
+    wake-up from it (no doorbell here, and the safety net, a second, set to a minute)."""
+    from safething.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_SAFETY_NET_S", 60.0)
+    monkeypatch.setattr(sqlite_store._Doorbell, "ring", lambda self, skip: None)
+    path = tmp_path / "vault.db"
+    reads: list[int] = []
+    feed = SQLiteStore._feed
+
+    def counted(store: SQLiteStore, *args: Any) -> Any:
+        reads.append(args[1])
+        return feed(store, *args)
+
+    monkeypatch.setattr(SQLiteStore, "_feed", counted)
+    async with await open_store(url_for(path)) as store, store.watch("h.") as watch:
+        other = await open_store(url_for(path))
+        try:
+            await store.create("h.a", b"1")
+            first = await anext(watch)
+            assert (first.key, first.value) == ("h.a", b"1")
+            before = len(reads)
+            revisions = await store.commit(
+                [
+                    Write("h.b", b"2"),
+                    Write("z.c", b"3"),
+                    Write("h.b", b"4", expect=None),
+                    Write("h.d", None, expect=None),
+                ]
+            )
+            await other.create("h.e", b"5")  # another connection, after it
+            async with asyncio.timeout(TIMEOUT):
+                change = await anext(watch)
+                assert (change.key, change.value, change.revision) == ("h.b", b"4", revisions[2])
+                assert len(reads) == before  # taken from the commit, not read back
+                change = await anext(watch)  # then the log
+                assert (change.key, change.value) == ("h.e", b"5")
+            assert len(reads) > before
+        finally:
+            await other.close()
