@@ -133,7 +133,7 @@ from safething.store.base import (
     pattern_regex,
 )
 from safething.store.feed import FeedWatch, WatchSet, resolve
-from safething.store.quota import add_effect, enforce
+from safething.store.quota import enforce
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
@@ -262,6 +262,10 @@ def _prefix_range(prefix: str) -> tuple[str, str]:
 
 _ABSENT = object()
 """A key that was not in a table (see ``_Batch.rewind``)."""
+
+
+_NOTHING = (0, -1)
+"""A key's (revision, value length) in ``_Batch._state`` when it holds no record."""
 
 
 def _quota_prefixes(key: str) -> Iterator[str]:
@@ -843,6 +847,7 @@ class _Writer:
                     continue
                 results: list[int | Exception] = []
                 mark = batch.mark() if job.atomic else None
+                refused = False
                 for write in job.writes:
                     try:
                         results.append(batch.apply(write))
@@ -851,7 +856,8 @@ class _Writer:
                         # MDs existing): without its traceback, whose frames hold it, it
                         # is freed without a cyclic collection.
                         results.append(e.with_traceback(None))
-                if mark is not None and any(isinstance(r, Exception) for r in results):
+                        refused = True
+                if mark is not None and refused:
                     batch.rewind(mark)
                     results = [
                         r if isinstance(r, Exception) else AbortedWriteError(w.key)
@@ -927,10 +933,13 @@ class _Batch:
         self._changes: list[tuple[int, str, bool]] = []
         self._final: dict[str, tuple[bytes | None, int]] = {}
         self._effects: list[tuple[str, int, int]] = []
-        self._touched: dict[str, list[tuple[int, int]]] = {}
-        """Each prefix a quota may name -> the (old, new) lengths of this batch's writes
-        under it: a quota counted for the first time adds them without looking at every
-        write before it (which made a group of many things' readings quadratic)."""
+        """(key, count, bytes) of each write that changed the usage of the prefixes
+        above its key (see :meth:`apply`), to rebuild ``_touched`` on a rewind."""
+        self._touched: dict[str, list[int]] = {}
+        """Each prefix a quota may name -> ``[count, bytes]`` that this batch's writes
+        under it added, summed: a quota counted for the first time adds them without
+        looking at every write before it (which made a group of many things' readings
+        quadratic)."""
         self._usage: dict[str, list[int]] = {}
         self._undo: list[tuple[dict[str, Any], str, object]] | None = None
         """While an all-or-nothing job runs: each value it changed, as it was before."""
@@ -953,9 +962,11 @@ class _Batch:
         del self._changes[changes:]
         del self._effects[effects:]
         self._touched = {}
-        for key, old_len, new_len in self._effects:
+        for key, count, size in self._effects:
             for prefix in _quota_prefixes(key):
-                self._touched.setdefault(prefix, []).append((old_len, new_len))
+                summed = self._touched.setdefault(prefix, [0, 0])
+                summed[0] += count
+                summed[1] += size
         assert self._undo is not None
         for table, key, old in reversed(self._undo):
             if old is _ABSENT:
@@ -976,37 +987,66 @@ class _Batch:
         return self._state.get(guard.key, (0, -1))[0] == guard.revision
 
     def apply(self, write: Write) -> int:
-        """Decide one write; its revision, 0 for a delete of nothing, or raise."""
+        """Decide one write; its revision, 0 for a delete of nothing, or raise.
+
+        Run for every write of every commit on the writer thread, so written out by
+        hand (no generator for the prefixes, no helper calls, nothing counted for a
+        write that changes no prefix's usage, such as a pointer rewritten at the same
+        length): the arithmetic is :func:`~safething.store.quota.add_effect`'s, the
+        refusal :func:`~safething.store.quota.enforce`'s."""
         key = write.key
-        current, old_len = self._state.get(key, (0, -1))
+        state = self._state
+        known = state.get(key)
+        current, old_len = _NOTHING if known is None else known
         if write.expect is not None and write.expect != current:
             raise ConflictError(key, expected=write.expect, current=current)
         value = write.value
-        if value is None and current == 0:
-            return 0
-        new_len = -1 if value is None else len(value)
+        if value is None:
+            if current == 0:
+                return 0
+            new_len = -1
+        else:
+            new_len = len(value)
+        # What the write adds to [count, bytes] of every prefix above its key.
+        count = (new_len >= 0) - (old_len >= 0)
+        size = (new_len if new_len > 0 else 0) - (old_len if old_len > 0 else 0)
         if write.quota is not None:
-            self._check_quota(write.quota, key, old_len, new_len)
-        self.seq += 1
-        self._changes.append((self.seq, key, value is None))
-        self._set(self._final, key, (value, self.seq))
-        self._set(self._state, key, (0, -1) if value is None else (self.seq, new_len))
-        self._effects.append((key, old_len, new_len))
-        undo, usage, touched = self._undo, self._usage, self._touched
-        for prefix in _quota_prefixes(key):
-            effects = touched.get(prefix)
-            if effects is None:
-                touched[prefix] = [(old_len, new_len)]
+            self._check_quota(write.quota, key, count, size)
+        seq = self.seq = self.seq + 1
+        self._changes.append((seq, key, value is None))
+        final, undo = self._final, self._undo
+        if undo is not None:
+            undo.append((final, key, final.get(key, _ABSENT)))
+            undo.append((state, key, _ABSENT if known is None else known))
+        final[key] = (value, seq)
+        state[key] = _NOTHING if value is None else (seq, new_len)
+        if count == 0 and size == 0:
+            return seq
+        self._effects.append((key, count, size))
+        usage, touched = self._usage, self._touched
+        prefix = ""
+        end = 0
+        while True:
+            summed = touched.get(prefix)
+            if summed is None:
+                touched[prefix] = [count, size]
             else:
-                effects.append((old_len, new_len))
+                summed[0] += count
+                summed[1] += size
             counts = usage.get(prefix)
             if counts is not None:
                 if undo is not None:
                     undo.append((usage, prefix, list(counts)))
-                add_effect(counts, old_len, new_len)
-        return self.seq
+                counts[0] += count
+                counts[1] += size
+            end = key.find(".", end) + 1
+            if end == 0:
+                return seq
+            prefix = key[:end]
 
-    def _check_quota(self, quota: Quota, key: str, old_len: int, new_len: int) -> None:
+    def _check_quota(self, quota: Quota, key: str, count: int, size: int) -> None:
+        """Refuse a write that adds ``count`` records and ``size`` bytes under ``key``
+        if that breaks ``quota``; first count its prefix's usage if this batch has not."""
         counts = self._usage.get(quota.prefix)
         if counts is None:
             # As the file holds it (nothing is flushed yet), plus this batch so far.
@@ -1016,24 +1056,27 @@ class _Batch:
             else:
                 query = self._cur.execute(_USAGE, _prefix_range(quota.prefix))
                 counts = list(query.fetchall()[0])
-            for before, after in self._touched.get(quota.prefix, ()):
-                add_effect(counts, before, after)
+            summed = self._touched.get(quota.prefix)
+            if summed is not None:
+                counts[0] += summed[0]
+                counts[1] += summed[1]
             self._set(self._usage, quota.prefix, counts)
-        after_write = list(counts)
-        if key.startswith(quota.prefix):
-            add_effect(after_write, old_len, new_len)
-        enforce(quota, counts, after_write)
+        if not key.startswith(quota.prefix):
+            return  # nothing under it grows
+        after = counts[0] + count, counts[1] + size
+        if (after[0] > quota.max_count and count > 0) or (after[1] > quota.max_bytes and size > 0):
+            enforce(quota, counts, list(after))
 
     def keep_usage(self, kept: dict[str, list[int]]) -> None:
         """Once committed: leave in ``kept`` the usage of every prefix this batch counted,
         and that of every prefix kept before with this batch's writes under it (whether
         or not they named it in a quota)."""
         if kept:
-            for prefix, effects in self._touched.items():
+            for prefix, summed in self._touched.items():
                 counts = kept.get(prefix)
                 if counts is not None and prefix not in self._usage:
-                    for old_len, new_len in effects:
-                        add_effect(counts, old_len, new_len)
+                    counts[0] += summed[0]
+                    counts[1] += summed[1]
         if len(kept) + len(self._usage) > _USAGE_KEPT:
             kept.clear()
         kept.update(self._usage)

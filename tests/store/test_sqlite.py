@@ -565,6 +565,71 @@ async def test_commits_made_in_one_turn_of_the_loop_are_one_transaction_in_order
         assert (await other.get("o.last")).value == b"9"  # type: ignore[union-attr]
 
 
+def _outcome(result: int | Exception) -> object:
+    return result if isinstance(result, int) else type(result).__name__
+
+
+async def test_commits_grouped_in_one_transaction_are_decided_as_one_after_the_other(
+    tmp_path: Path,
+) -> None:
+    """The writer decides a transaction's jobs in Python, keeping each quota prefix's
+    usage as it goes (summed per prefix for the writes under it, rewound when an atomic
+    job is refused, kept for the next transaction). Random groups of commits made in one
+    turn of the loop (creates, rewrites, some at the same length, deletes, compare-and-
+    sets; atomic or not; quotas on nested prefixes, small enough to refuse) get the
+    outcomes, records and usage that the memory store gives the same commits one after
+    the other."""
+    import random
+
+    from safething.store import Write
+
+    rng = random.Random(14)
+    keys = [f"{a}.{b}.{c}" for a in "pq" for b in "xy" for c in "123"] + ["p.z", "q"]
+    quotas = [
+        Quota("p.", max_count=6, max_bytes=40),
+        Quota("p.x.", max_count=2, max_bytes=1000),
+        Quota("q.y.", max_count=3, max_bytes=9),
+        Quota("", max_count=12, max_bytes=70),
+    ]
+    prefixes = ["", "p.", "p.x.", "p.y.", "q.", "q.x.", "q.y."]
+    async with (
+        await open_store(url_for(tmp_path / "vault.db")) as store,
+        await open_store("memory://") as model,
+    ):
+        assert isinstance(store, SQLiteStore)
+        groups: list[int] = []
+        run_group = store._writer._run_group
+
+        def counted(group: list[Any]) -> None:
+            groups.append(len(group))
+            run_group(group)
+
+        store._writer._run_group = counted  # type: ignore[method-assign]
+        refused = 0
+        for _ in range(150):
+            jobs = []
+            for _ in range(rng.randint(1, 8)):
+                writes = []
+                for _ in range(rng.randint(1, 3)):
+                    key = rng.choice(keys)
+                    now = await model.get(key)
+                    revision = 0 if now is None else now.revision
+                    expect = rng.choice([None, None, 0, revision, revision, max(revision - 1, 0)])
+                    value = None if rng.random() < 0.2 else bytes(rng.choice([1, 3, 3, 8]))
+                    writes.append(Write(key, value, expect, rng.choice([None, *quotas])))
+                jobs.append((writes, rng.random() < 0.5))
+            got = await asyncio.gather(*(store.commit(w, atomic=a) for w, a in jobs))
+            want = [await model.commit(w, atomic=a) for w, a in jobs]
+            assert [[_outcome(r) for r in o] for o in got] == [
+                [_outcome(r) for r in o] for o in want
+            ]
+            refused += sum(isinstance(r, LimitExceededError) for o in want for r in o)
+            for prefix in prefixes:
+                assert await store.usage(prefix) == await model.usage(prefix), prefix
+        assert await store.scan("") == await model.scan("")
+        assert max(groups) >= 5 and refused >= 20  # groups, and quotas that refused
+
+
 async def _max_stall(until: asyncio.Future[Any]) -> float:
     """The longest the loop went without running this ticker, until ``until`` is done."""
     loop = asyncio.get_running_loop()
