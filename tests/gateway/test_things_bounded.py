@@ -536,6 +536,33 @@ async def test_the_sweep_collects_cycles_of_closed_frozen_things_now_and_then(
     gc.unfreeze()
 
 
+async def test_the_gateway_sets_the_collectors_thresholds_while_it_runs(site: Site) -> None:
+    """A running gateway's process collects its youngest generation after
+    ``gc_threshold[0]`` more objects, not Python's 700 (GC_THRESHOLD); they are put back
+    when it closes, unless something changed them meanwhile; ``None`` leaves them."""
+    from safething_gateway.core import GC_THRESHOLD
+
+    before = gc.get_threshold()
+    assert GC_THRESHOLD[0] > before[0]
+    try:
+        async with site.gateway() as gw:
+            await site.start(gw)
+            assert gc.get_threshold() == GC_THRESHOLD
+        assert gc.get_threshold() == before
+        async with site.gateway(gc_threshold=(1234, 5, 6)) as gw:
+            await site.start(gw)
+            assert gc.get_threshold() == (1234, 5, 6)
+            gc.set_threshold(4321, 5, 6)  # changed since: left so
+        assert gc.get_threshold() == (4321, 5, 6)
+        gc.set_threshold(*before)
+        async with site.gateway(gc_threshold=None) as gw:
+            await site.start(gw)
+            assert gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*before)
+    gc.unfreeze()
+
+
 def test_the_settings_refuse_bad_values_with_a_clear_error(tmp_path: Path) -> None:
     for kwargs, said in (
         ({"max_things": 0}, "max_things must be a whole number >= 1"),
