@@ -673,12 +673,10 @@ class Thing(AsyncResource):
             except SafeThingError as e:
                 log.warning("thing %s: heartbeat not written: %s", self.id, e)
 
-    async def _put_if_changed(
-        self, md: MutableData, key: bytes, doc: Any, batch: _Batch | None = None
-    ) -> None:
-        """Write ``doc`` under ``key`` unless the stored record is that, signed by this
-        thing (readers take the key list only from the thing; another key the owner
-        granted write rights by mistake could have written the same bytes)."""
+    async def _put_if_changed(self, md: MutableData, key: bytes, doc: Any, batch: _Batch) -> None:
+        """Put ``doc`` under ``key`` in ``batch`` unless the stored record is that, signed
+        by this thing (readers take the key list only from the thing; another key the
+        owner granted write rights by mistake could have written the same bytes)."""
         data = dumps(doc)
         try:
             entry = await md.get(key)
@@ -688,10 +686,7 @@ class Thing(AsyncResource):
             pass
         except TamperedDataError:
             pass  # refused and counted; the write below replaces it
-        if batch is not None:
-            batch.put(key, data)
-        else:
-            await md.put(key, data)
+        batch.put(key, data)
 
     def _level_readers(self) -> dict[str, list[PublicIdentity]]:
         """Who each level key is sealed to."""
