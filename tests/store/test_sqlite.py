@@ -532,14 +532,7 @@ async def test_commits_made_in_one_turn_of_the_loop_are_one_transaction_in_order
     url = url_for(tmp_path / "vault.db")
     async with await open_store(url) as store, await open_store(url) as other:
         assert isinstance(store, SQLiteStore)
-        groups: list[int] = []
-        run_group = store._writer._run_group
-
-        def counted(group: list[Any]) -> None:
-            groups.append(len(group))
-            run_group(group)
-
-        store._writer._run_group = counted  # type: ignore[method-assign]
+        groups = _count_groups(store)
 
         async def write(i: int) -> list[int | Exception]:
             # the GIL is free meanwhile: the writer thread could take what waits
@@ -563,6 +556,20 @@ async def test_commits_made_in_one_turn_of_the_loop_are_one_transaction_in_order
         revisions = [o[0] for o in kept]
         assert revisions == sorted(revisions) and len(set(revisions)) == 9  # in order
         assert (await other.get("o.last")).value == b"9"  # type: ignore[union-attr]
+
+
+def _count_groups(store: SQLiteStore) -> list[int]:
+    """The sizes of the groups of jobs the store's writer thread runs from now on, each
+    in one transaction, as a list that grows as it runs them."""
+    groups: list[int] = []
+    run_group = store._writer._run_group
+
+    def counted(group: list[Any]) -> None:
+        groups.append(len(group))
+        run_group(group)
+
+    store._writer._run_group = counted  # type: ignore[method-assign]
+    return groups
 
 
 def _outcome(result: int | Exception) -> object:
@@ -597,14 +604,7 @@ async def test_commits_grouped_in_one_transaction_are_decided_as_one_after_the_o
         await open_store("memory://") as model,
     ):
         assert isinstance(store, SQLiteStore)
-        groups: list[int] = []
-        run_group = store._writer._run_group
-
-        def counted(group: list[Any]) -> None:
-            groups.append(len(group))
-            run_group(group)
-
-        store._writer._run_group = counted  # type: ignore[method-assign]
+        groups = _count_groups(store)
         refused = 0
         for _ in range(150):
             jobs = []
