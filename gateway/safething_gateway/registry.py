@@ -58,7 +58,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from safething.errors import LimitExceededError, StoreError
 from safething.net import EncryptionKey, Identity, SigningKey
-from safething.store.sqlite import set_waiting
+from safething.store.sqlite import WaitSettings
 from safething_gateway.protocol import (
     VERSION,
     ReplayError,
@@ -246,8 +246,6 @@ class Registry:
         ] = {}
         """Calls made during this turn of each event loop, queued at its end (:meth:`call`)."""
         self._closed = False
-        self._here_settings = False
-        """The write connection has the settings of a call on the loop (:meth:`_settings`)."""
         self._inlining = False
         """A call runs on the loop (:meth:`_call_here`), with those settings."""
         self._read_lock = threading.Lock()
@@ -267,6 +265,13 @@ class Registry:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(f"PRAGMA busy_timeout={int(write_timeout * 1000)}")
             ((self._autocheckpoint,),) = self._db.execute("PRAGMA wal_autocheckpoint").fetchall()
+            self._waits = WaitSettings(
+                self._db,
+                busy_timeout_ms=int(write_timeout * 1000),
+                autocheckpoint=self._autocheckpoint,
+            )
+            """The write connection's settings for a call on the loop or any other write;
+            used with :attr:`_lock` held."""
             self._db.executescript(_SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(devices)")}
             if "protocol" not in columns:  # a registry from before ST2: its devices speak ST1
@@ -294,7 +299,7 @@ class Registry:
             self._hand_over(loop)
         self._executor.shutdown(wait=True)
         with self._lock, contextlib.suppress(sqlite3.Error):
-            self._settings(here=False)  # its last checkpoint as configured
+            self._waits.use(here=False)  # its last checkpoint as configured
         self._db.close()
         self._rdb.close()
 
@@ -344,7 +349,7 @@ class Registry:
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            self._settings(here=True)
+            self._waits.use(here=True)
             self._inlining = True
             try:
                 outcome = _outcome(call)
@@ -356,22 +361,6 @@ class Registry:
             return False  # nothing written (see _INLINE): the worker runs it again
         _settle([(future, outcome)])
         return True
-
-    def _settings(self, *, here: bool) -> None:
-        """With :attr:`_lock` held: the write connection's lock wait and checkpoint
-        settings for a call on the loop (``here``: no busy timeout, no checkpoint) or any
-        other write (``write_timeout``, the configured checkpoints), changed only when
-        the last write was of the other kind: an idle gateway's calls, all on the loop,
-        run no ``PRAGMA`` (four a call before, about a fifth of an ``accept``'s time)."""
-        if self._here_settings == here:
-            return
-        set_waiting(
-            self._db,
-            here=here,
-            busy_timeout_ms=int(self.write_timeout * 1000),
-            autocheckpoint=self._autocheckpoint,
-        )
-        self._here_settings = here
 
     def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """On ``loop``, at the end of a turn: its calls to the worker thread."""
@@ -417,7 +406,7 @@ class Registry:
         db = self._db
         with self._lock:
             try:
-                self._settings(here=False)
+                self._waits.use(here=False)
                 db.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as e:
                 return [(False, self._failed(e)) for _ in calls]
@@ -462,8 +451,8 @@ class Registry:
         """The write connection, serialised; SQLite's lock errors become StoreErrors."""
         with self._lock:
             try:
-                if self._here_settings and not self._inlining:
-                    self._settings(here=False)
+                if not self._inlining:
+                    self._waits.use(here=False)
                 yield self._db
             except sqlite3.OperationalError as e:
                 if self._db.in_transaction and not self._batching:

@@ -387,21 +387,34 @@ def _connect(
     return conn
 
 
-def set_waiting(
-    conn: sqlite3.Connection, *, here: bool, busy_timeout_ms: int, autocheckpoint: int
-) -> None:
-    """A write connection's lock wait and checkpoint settings for the transactions made
-    on an event loop (``here``), which must never wait: the write lock tried once (busy
-    timeout 0: a lock held by another connection raises at once) and no automatic
-    checkpoint (its fsyncs); else the connection's ``busy_timeout_ms`` and
-    ``autocheckpoint`` (pages). Callers change them only when the connection last served
-    the other side (see ``_Writer._settings``)."""
-    if here:
-        conn.execute("PRAGMA busy_timeout = 0")
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
-    else:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        conn.execute(f"PRAGMA wal_autocheckpoint = {int(autocheckpoint)}")
+class WaitSettings:
+    """A write connection's lock wait and checkpoint settings, set for the side that uses
+    it next: a transaction made on an event loop (``here``), which must never wait (the
+    write lock tried once: busy timeout 0, a lock held by another connection raises at
+    once; no automatic checkpoint, its fsyncs), or any other (``busy_timeout_ms``,
+    ``autocheckpoint`` pages). The statements run only when the side changes: an idle
+    gateway's commits and calls, all on the loop, run none (four a commit before, a
+    tenth of its time). Whoever owns the connection serialises the calls."""
+
+    def __init__(self, conn: sqlite3.Connection, *, busy_timeout_ms: int, autocheckpoint: int):
+        self._conn = conn
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._autocheckpoint = int(autocheckpoint)
+        self.here = False
+        """The connection has the settings of a transaction on the loop."""
+
+    def use(self, *, here: bool) -> None:
+        """The settings of a transaction on the loop (``here``) or of any other."""
+        if self.here == here:
+            return
+        conn = self._conn
+        if here:
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+        else:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
+        self.here = here
 
 
 # --- notification sockets ---------------------------------------------------------
@@ -579,8 +592,9 @@ class _Writer:
         fsyncs: the loop would wait for the disk)."""
         self._idle_commits = 0
         self._autocheckpoint = 1000
-        self._here_settings = False
-        """The connection has the settings of a commit on the loop (see :meth:`_settings`)."""
+        self._waits: WaitSettings | None = None
+        """The connection's settings for a commit on the loop or on the thread (the loop
+        uses it only while the thread has no job)."""
         self.handoff: _HandOff | None = None
         """The last commit made on the loop, for this process's watches (see
         :meth:`_SQLiteWatch._fetch`)."""
@@ -647,7 +661,8 @@ class _Writer:
         if self._idle_commits >= _INLINE_EVERY:
             self._idle_commits = 0
             return False
-        self._settings(conn, here=True)
+        assert self._waits is not None  # (made with the connection)
+        self._waits.use(here=True)
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError:
@@ -661,23 +676,6 @@ class _Writer:
         self._on_committed(group, outcomes, changed, here=True)
         return True
 
-    def _settings(self, conn: sqlite3.Connection, *, here: bool) -> None:
-        """The connection's lock wait and checkpoint settings for a commit on the loop
-        (``here``: no busy timeout, no checkpoint) or on the thread (the configured
-        ones), changed only when the last commit was made on the other side: an idle
-        gateway's commits, all on the loop, run no ``PRAGMA`` (four a commit before,
-        about a tenth of its time), nor does a busy one's thread. Only the side that may
-        use the connection calls this (the loop only while the thread has no job)."""
-        if self._here_settings == here:
-            return
-        set_waiting(
-            conn,
-            here=here,
-            busy_timeout_ms=self._busy_timeout_ms,
-            autocheckpoint=self._autocheckpoint,
-        )
-        self._here_settings = here
-
     async def stop(self) -> None:
         if self._thread.is_alive():
             self._hand_over()
@@ -690,6 +688,11 @@ class _Writer:
     def _run(self) -> None:
         try:
             self._conn = self._open()
+            self._waits = WaitSettings(
+                self._conn,
+                busy_timeout_ms=self._busy_timeout_ms,
+                autocheckpoint=self._autocheckpoint,
+            )
         except BaseException as e:
             self._doorbell.close()
             self._ready.set_exception(e)
@@ -716,7 +719,7 @@ class _Writer:
                 self._run_group(group)
         finally:
             with contextlib.suppress(sqlite3.Error):
-                self._settings(self._conn, here=False)  # its last checkpoint as configured
+                self._waits.use(here=False)  # its last checkpoint as configured
             self._conn.close()
             self._doorbell.close()
             self._call_soon(resolve, self._stopped)
@@ -788,8 +791,8 @@ class _Writer:
 
     def _run_group(self, group: list[_Job]) -> None:
         try:
-            assert self._conn is not None
-            self._settings(self._conn, here=False)
+            assert self._waits is not None
+            self._waits.use(here=False)
             outcomes, changed = self._transaction(group)
         except Exception as e:
             if len(group) == 1:
