@@ -42,8 +42,9 @@ from safething.things import (
     to_thing_description,
 )
 from safething.things.admin import remove_thing, set_status
-from safething.things.client import STATUSES, ThingView, level_of
+from safething.things.client import ThingView, level_of
 from safething.things.discovery import ThingSummary, list_things
+from safething.things.values import STATUSES
 
 __all__ = ["clock", "follow", "parse_arg", "register", "stop_on_interrupt"]
 

@@ -15,8 +15,8 @@ import time
 from safething.errors import PermissionDeniedError, TamperedDataError
 from safething.net import Client
 from safething.things import layout
-from safething.things.client import STATUSES, ThingClient
-from safething.things.values import dumps
+from safething.things.client import ThingClient
+from safething.things.values import STATUSES, status_record
 
 __all__ = ["remove_thing", "set_status"]
 
@@ -43,7 +43,7 @@ async def set_status(client: Client, thing_id: str, status: str) -> str:
         old = await things.status(thing_id)
     except TamperedDataError:  # refused and counted; the write below replaces it
         old = view.status
-    await view.md.put(layout.STATUS, dumps({"s": status, "t": time.time()}))
+    await view.md.put(layout.STATUS, status_record(status, time.time()))
     return old
 
 

@@ -26,12 +26,11 @@ from safething.errors import (
     MalformedRecordError,
     NoSuchEntryError,
     SafeThingError,
-    TamperedDataError,
 )
 from safething.net import Client, EntryWatch, MutableData, PublicIdentity
 from safething.resource import AsyncResource
 from safething.things.layout import ThingAddresses
-from safething.things.values import dumps, loads
+from safething.things.values import dumps, loads, unauthorised
 
 if TYPE_CHECKING:
     from safething.things.client import ThingClient, ThingView
@@ -131,10 +130,11 @@ def heartbeat_deadline(doc: dict[str, Any]) -> float | None:
 
 def parse_live(view: ThingView, value: bytes, signer: Any) -> dict[str, Any]:
     """The verified ``live`` record: its signer must be the thing or its owner."""
-    if signer not in (view.thing.sign_key, view.owner.sign_key):
-        raise TamperedDataError(
-            f"availability of {view.thing_id} is signed by neither the thing nor its owner"
-        )
+    refused = unauthorised(
+        signer, (view.thing.sign_key, view.owner.sign_key), f"availability of {view.thing_id}"
+    )
+    if refused is not None:
+        raise refused
     doc = loads(value, "availability")
     if (
         not isinstance(doc, dict)

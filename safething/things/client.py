@@ -45,7 +45,15 @@ from safething.things.history import (
 )
 from safething.things.layout import ThingAddresses
 from safething.things.states import FINAL_STATES, ActionState
-from safething.things.values import Notification, Reading, decode_payload, dumps, loads
+from safething.things.values import (
+    Notification,
+    Reading,
+    decode_payload,
+    dumps,
+    loads,
+    read_status,
+    unauthorised,
+)
 
 __all__ = [
     "FINAL_STATES",
@@ -58,8 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("safething.things")
-
-STATUSES = ("registered", "published", "disabled")
 
 
 def level_of(access: AccessType) -> str | None:
@@ -123,6 +129,16 @@ class ThingClient(AsyncResource):
         """Load (or reuse) what is needed to talk to ``thing_id``."""
         if not refresh and thing_id in self._views:
             return self._views[thing_id]
+        view = await self.read_view(thing_id)
+        self._views[thing_id] = view
+        return view
+
+    async def read_view(self, thing_id: str, *, level_keys: bool = True) -> ThingView:
+        """``thing_id`` as its MD shows it, each record checked: the MD owned by the thing
+        and the owner its key list names, that list signed by the thing, the description
+        and status by the thing or its owner (a refused status leaves the one this client
+        knew). ``level_keys=False``: without the level keys (``ring`` None; three reads
+        fewer, for a list of things). Not kept for later calls (:meth:`view` keeps it)."""
         addresses = ThingAddresses.of(thing_id)
         md = self.client.md(addresses.thing.name, addresses.thing.tag)
         try:
@@ -160,16 +176,19 @@ class ThingClient(AsyncResource):
                     f"thing {thing_id!r}: key list not signed by the thing it names",
                     address=str(addresses.thing),
                 )
-            if desc_entry.signer not in authorities:
-                raise TamperedDataError(
-                    f"thing {thing_id!r}: description signed by neither the thing nor its owner",
-                    address=str(addresses.thing),
-                )
+            refused = unauthorised(
+                desc_entry.signer,
+                authorities,
+                f"thing {thing_id!r}: description",
+                str(addresses.thing),
+            )
+            if refused is not None:
+                raise refused
         except TamperedDataError as e:
             raise self.client._tampered(e) from None
         state = self._view_status(thing_id, status_entry, authorities)
-        ring = await self._ring(md, authorities)
-        return self._keep(thing_id, addresses, description, state, thing, owner, ring, md)
+        ring = await self._ring(md, authorities) if level_keys else None
+        return self._new_view(thing_id, addresses, description, state, thing, owner, ring, md)
 
     def _view_status(
         self, thing_id: str, entry: Entry | None, authorities: tuple[PublicSignKey, ...]
@@ -183,19 +202,15 @@ class ThingClient(AsyncResource):
         fallback = known.status if known is not None else "unknown"
         if entry is None:
             return fallback
-        if entry.signer not in authorities:
-            self.client._tampered(
-                TamperedDataError(
-                    f"thing {thing_id!r}: status signed by neither the thing nor its owner",
-                    address=str(ThingAddresses.of(thing_id).thing),
-                )
-            )
+        address = str(ThingAddresses.of(thing_id).thing)
+        refused = unauthorised(entry.signer, authorities, f"thing {thing_id!r}: status", address)
+        if refused is not None:
+            self.client._tampered(refused)
             return fallback
         try:
-            doc = loads(entry.value or b"", "status")
-        except SafeThingError:
+            return read_status(entry.value)[0]
+        except MalformedRecordError:
             return fallback
-        return str(doc["s"]) if isinstance(doc, dict) and "s" in doc else fallback
 
     def own_view(
         self,
@@ -210,11 +225,13 @@ class ThingClient(AsyncResource):
         verified itself (instead of reading it all back from the store); ``addresses``:
         the thing's own (not hashed again)."""
         md = self.client.md(addresses.thing.name, addresses.thing.tag)
-        return self._keep(
+        view = self._new_view(
             addresses.thing_id, addresses, description, status, thing, owner, ring, md
         )
+        self._views[addresses.thing_id] = view
+        return view
 
-    def _keep(
+    def _new_view(
         self,
         thing_id: str,
         addresses: ThingAddresses,
@@ -225,8 +242,8 @@ class ThingClient(AsyncResource):
         ring: KeyRing | None,
         md: MutableData,
     ) -> ThingView:
-        """A view of the thing with its inbox and outbox MDs, kept for later calls."""
-        view = ThingView(
+        """A view of the thing with its inbox and outbox MDs."""
+        return ThingView(
             thing_id,
             addresses,
             description,
@@ -238,8 +255,6 @@ class ThingClient(AsyncResource):
             self.client.md(addresses.inbox.name, addresses.inbox.tag),
             self.client.md(addresses.outbox.name, addresses.outbox.tag),
         )
-        self._views[thing_id] = view
-        return view
 
     async def _ring(self, md: MutableData, authorities: tuple[Any, ...]) -> KeyRing | None:
         identity = self.client.identity
@@ -249,14 +264,10 @@ class ThingClient(AsyncResource):
         for level in ("owner", "group", "thing"):
             with contextlib.suppress(NoSuchEntryError):
                 entry = await md.get(f"k/{level}")
-                if entry.signer not in authorities:
-                    raise self.client._tampered(
-                        TamperedDataError(
-                            f"{level} key record of MD {md.address} signed by neither the "
-                            "thing nor its owner",
-                            address=str(md.address),
-                        )
-                    )
+                what = f"{level} key record of MD {md.address}"
+                refused = unauthorised(entry.signer, authorities, what, str(md.address))
+                if refused is not None:
+                    raise self.client._tampered(refused)
                 ring.learn(level, entry.value or b"")
         return ring
 
@@ -275,17 +286,18 @@ class ThingClient(AsyncResource):
     async def status(self, thing_id: str) -> str:
         view = await self.view(thing_id)
         entry = await view.md.get(layout.STATUS)
-        if entry.signer not in (view.thing.sign_key, view.owner.sign_key):
-            raise self.client._tampered(
-                TamperedDataError(
-                    f"thing {thing_id!r}: status signed by neither the thing nor its owner",
-                    address=str(view.addresses.thing),
-                )
-            )
-        doc = loads(entry.value or b"", "status")
-        if not isinstance(doc, dict) or "s" not in doc:
-            raise MalformedRecordError(f"thing {thing_id!r}: malformed status record")
-        view.status = str(doc["s"])
+        refused = unauthorised(
+            entry.signer,
+            (view.thing.sign_key, view.owner.sign_key),
+            f"thing {thing_id!r}: status",
+            str(view.addresses.thing),
+        )
+        if refused is not None:
+            raise self.client._tampered(refused)
+        try:
+            view.status = read_status(entry.value)[0]
+        except MalformedRecordError as e:
+            raise MalformedRecordError(f"thing {thing_id!r}: {e}") from None
         return view.status
 
     def decode(self, view: ThingView, entry: Entry, what: str) -> tuple[int, float, Any]:

@@ -19,11 +19,11 @@ from safething.errors import NoSuchDataError, NoSuchEntryError, SafeThingError
 from safething.net import TAG_THING, Client, MDAddress
 from safething.things import layout
 from safething.things.availability import Availability, read_availability
-from safething.things.client import STATUSES, ThingClient, ThingView
+from safething.things.client import ThingClient, ThingView
 from safething.things.layout import ThingAddresses
-from safething.things.values import loads
+from safething.things.values import STATUSES, loads
 
-__all__ = ["ThingSummary", "list_things", "summarize"]
+__all__ = ["ThingSummary", "list_things", "summarize", "thing_id_at"]
 
 log = logging.getLogger("safething.things")
 
@@ -107,8 +107,10 @@ def _statuses(status: str | Iterable[str] | None) -> frozenset[str] | None:
     return wanted
 
 
-async def _thing_id_at(client: Client, address: MDAddress) -> str:
-    """The id in the description stored in the MD at ``address`` (checked against it)."""
+async def thing_id_at(client: Client, address: MDAddress) -> str:
+    """The id in the description stored in the MD at ``address`` (checked against it:
+    ``ValueError`` if it names none or another thing's). Not yet who signed it:
+    :meth:`ThingClient.read_view` checks that."""
     doc = loads(await client.md(address.name, address.tag).get_value(layout.DESC), "description")
     thing_id = doc.get("id") if isinstance(doc, dict) else None
     if not isinstance(thing_id, str):
@@ -136,8 +138,8 @@ async def list_things(
     found: list[ThingSummary] = []
     for address in await client.list_mds(TAG_THING):
         try:
-            thing_id = await _thing_id_at(client, address)
-            view = await things.view(thing_id, refresh=True)
+            thing_id = await thing_id_at(client, address)
+            view = await things.read_view(thing_id, level_keys=False)
             try:
                 live = await read_availability(view)
             except SafeThingError as e:

@@ -58,7 +58,7 @@ from safething.net.codec import decode_record, encode_record, signing_bytes
 from safething.net.codec import field as record_field
 from safething.net.immutable import get_chunk, put_chunk
 from safething.things.access import KeyRing
-from safething.things.values import Notification, Reading, decode_payload
+from safething.things.values import Notification, Reading, decode_payload, unauthorised
 
 if TYPE_CHECKING:
     from safething.things.client import ThingView
@@ -558,11 +558,11 @@ async def _index_rows(
             entry = await md.get(key)
         except NoSuchEntryError:
             continue
-        if entry.signer not in allowed:
-            raise TamperedDataError(
-                f"history index {key.decode()} of {view.thing_id} is signed by "
-                f"{entry.signer.hex()[:16]}..., neither the thing nor its owner"
-            )
+        refused = unauthorised(
+            entry.signer, allowed, f"history index {key.decode()} of {view.thing_id}"
+        )
+        if refused is not None:
+            raise refused
         rows += decode_index(entry.value or b"", f"history index {key.decode()}")
     rows = [r for r in rows if r.t1 >= since and r.t0 <= until]
     return sorted(rows, key=lambda r: r.first)

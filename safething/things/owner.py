@@ -25,7 +25,7 @@ from safething.net import (
 )
 from safething.things.access import KeyRing, make_key_record
 from safething.things.layout import ThingAddresses
-from safething.things.values import loads
+from safething.things.values import loads, unauthorised
 
 __all__ = ["ThingOwner"]
 
@@ -103,14 +103,14 @@ class ThingOwner:
         this owner (else refused, counted: a key granted update rights by mistake could
         write one holding keys it chose, for this owner to sign on)."""
         entry = await self._thing_md().get("k/group")
-        if entry.signer not in (thing.sign_key, self.identity.public_sign_key):
-            raise self.client._tampered(
-                TamperedDataError(
-                    f"thing {self.thing_id!r}: group key record signed by "
-                    f"{entry.signer.hex()[:16]}..., neither the thing nor its owner",
-                    address=str(self.addresses.thing),
-                )
-            )
+        refused = unauthorised(
+            entry.signer,
+            (thing.sign_key, self.identity.public_sign_key),
+            f"thing {self.thing_id!r}: group key record",
+            str(self.addresses.thing),
+        )
+        if refused is not None:
+            raise self.client._tampered(refused)
         ring = KeyRing(self.identity.encryption_key)
         if not ring.learn("group", entry.value or b""):
             raise PermissionDeniedError("the group key is not sealed to this owner")

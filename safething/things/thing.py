@@ -74,7 +74,17 @@ from safething.things.history import Archive
 from safething.things.layout import ThingAddresses
 from safething.things.shared import SharedWatches
 from safething.things.states import ActionState
-from safething.things.values import Notification, dumps, encode_payload, loads, loads_map
+from safething.things.values import (
+    STATUSES,
+    Notification,
+    dumps,
+    encode_payload,
+    loads,
+    loads_map,
+    read_status,
+    status_record,
+    unauthorised,
+)
 
 __all__ = ["ActionRequest", "StoredSubscription", "Thing"]
 
@@ -143,29 +153,9 @@ class StoredSubscription:
         )
 
 
-def _status_record(status: str, decided: float) -> bytes:
-    return dumps({"s": status, "t": decided})
-
-
-_STATUSES = ("registered", "published", "disabled")
-
 _WRITE_BACK_TRIES = 8
 """How often a thing reads a refused authority record again when another was written
 while it wrote the trusted one back (see :meth:`Thing._write_back`)."""
-
-
-def _status_of(entry: Entry) -> _StatusMark:
-    """The status a stored status entry carries (one without a decision time, or with
-    one that is no number, counts as decided at 0)."""
-    if entry.value is None:
-        raise ValueError("the status entry was deleted")
-    doc = loads(entry.value, "status")
-    if not isinstance(doc, dict):
-        raise ValueError(f"a status record holds {type(doc).__name__}, not an object")
-    decided = doc.get("t")
-    if not isinstance(decided, int | float) or decided != decided:  # (not NaN either)
-        decided = 0.0
-    return _StatusMark(str(doc["s"]), entry.version, float(decided))
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +177,7 @@ class _StatusMark:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> _StatusMark:
-        if raw.decode("ascii", "replace") in _STATUSES:  # an earlier release's: the status alone
+        if raw.decode("ascii", "replace") in STATUSES:  # an earlier release's: the status alone
             return cls(raw.decode(), -1, 0.0)
         doc = loads(raw, "trusted status")
         return cls(str(doc["s"]), int(doc["v"]), float(doc["t"]))
@@ -744,14 +734,14 @@ class Thing(AsyncResource):
             try:
                 entry = await md.get(key, include_deleted=True)
                 over = entry.version
-                if entry.signer not in self._authorities():
-                    raise self.client._tampered(
-                        TamperedDataError(
-                            f"thing {self.id!r}: {level} key record signed by "
-                            f"{entry.signer.hex()[:16]}..., neither the thing nor its owner",
-                            address=str(self.addresses.thing),
-                        )
-                    )
+                refused = unauthorised(
+                    entry.signer,
+                    self._authorities(),
+                    f"thing {self.id!r}: {level} key record",
+                    str(self.addresses.thing),
+                )
+                if refused is not None:
+                    raise self.client._tampered(refused)
                 record = entry.value
             except NoSuchEntryError:
                 pass
@@ -880,14 +870,14 @@ class Thing(AsyncResource):
     async def _set_status(self, status: str) -> None:
         """Write ``status``, decided now."""
         when = time.time()
-        entry = await self._md("thing").put(layout.STATUS, _status_record(status, when))
+        entry = await self._md("thing").put(layout.STATUS, status_record(status, when))
         self._trust_status(_StatusMark(status, entry.version, when))
 
     async def _put_back_status(self, trusted: _StatusMark, over: int | None) -> bool:
         """Write the trusted status back over the record refused at version ``over``
         (see :meth:`_write_back`); it keeps the time it was decided, so that it never
         outranks a later decision. False if another record was written meanwhile."""
-        record = _status_record(trusted.status, trusted.decided)
+        record = status_record(trusted.status, trusted.decided)
         entry = await self._write_back(self._md("thing"), layout.STATUS, record, over)
         if entry is None:
             return False
@@ -902,7 +892,7 @@ class Thing(AsyncResource):
         def written() -> None:
             self._trust_status(_StatusMark(status, entries[layout.STATUS].version, decided))
 
-        batch.put(layout.STATUS, _status_record(status, decided), written, new=new)
+        batch.put(layout.STATUS, status_record(status, decided), written, new=new)
 
     def _status_name(self) -> str:
         return f"status/{self.id}"
@@ -917,7 +907,7 @@ class Thing(AsyncResource):
         return "registered" if mark is None else mark.status
 
     def _trust_status(self, mark: _StatusMark) -> None:
-        if mark.status not in _STATUSES:
+        if mark.status not in STATUSES:
             raise ValueError(f"unknown status {mark.status!r}")
         self.trust.set_value(self._status_name(), mark.to_bytes())
         self.status = mark.status
@@ -1217,14 +1207,15 @@ class Thing(AsyncResource):
         if entry.key != layout.STATUS or entry.value is None:
             return None
         try:
-            mark = _status_of(entry)
-        except (SafeThingError, KeyError, TypeError, ValueError) as e:
+            status, decided = read_status(entry.value)
+        except SafeThingError as e:
             log.warning("thing %s: ignoring a malformed status: %s", self.id, e)
             return None
+        mark = _StatusMark(status, entry.version, decided)
         if entry.signer not in self._authorities():
             log.warning("thing %s: ignoring a status signed by neither it nor its owner", self.id)
             return None
-        if mark.status not in _STATUSES:
+        if mark.status not in STATUSES:
             log.warning("thing %s: ignoring an unknown status %r", self.id, mark.status)
             return None
         return mark

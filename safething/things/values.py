@@ -1,4 +1,4 @@
-"""The records a thing writes: readings, events, action states, requests.
+"""The records a thing writes: readings, events, action states, requests, status.
 
 Each is a small CBOR map. Sequence number and time stay in clear (they
 order and deduplicate notifications); the payload is in clear for ``All``
@@ -7,16 +7,31 @@ access and sealed under the level key otherwise (see :mod:`.access`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import cbor2
 
-from safething.errors import MalformedRecordError
+from safething.errors import MalformedRecordError, TamperedDataError
 from safething.net import PublicSignKey
 from safething.things.access import KeyRing
 
-__all__ = ["Notification", "Reading", "decode_payload", "dumps", "encode_payload", "loads"]
+__all__ = [
+    "STATUSES",
+    "Notification",
+    "Reading",
+    "decode_payload",
+    "dumps",
+    "encode_payload",
+    "loads",
+    "read_status",
+    "status_record",
+    "unauthorised",
+]
+
+STATUSES = ("registered", "published", "disabled")
+"""What a thing's ``status`` record may say."""
 
 
 def dumps(doc: Any) -> bytes:
@@ -36,6 +51,50 @@ def loads_map(data: bytes, what: str) -> dict[Any, Any]:
     if not isinstance(doc, dict):
         raise MalformedRecordError(f"malformed {what} record (not a map)")
     return doc
+
+
+def status_record(status: str, decided: float) -> bytes:
+    """A thing's ``status`` record: ``{"s": status, "t": decided}``, the decision's time
+    by the clock of whoever signs it (the thing or its owner), in unix seconds."""
+    return dumps({"s": status, "t": decided})
+
+
+def read_status(value: bytes | None) -> tuple[str, float]:
+    """``(status, decided)`` of a ``status`` record. A record without a decision time, or
+    with one that is no number (NaN, or an integer too large for a float) counts as
+    decided at 0. ``MalformedRecordError`` for a deleted record, one that is no map or
+    one without a status; whether the status is one of :data:`STATUSES` is the
+    caller's to decide."""
+    if value is None:
+        raise MalformedRecordError("the status record was deleted")
+    doc = loads_map(value, "status")
+    if "s" not in doc:
+        raise MalformedRecordError("malformed status record (no status)")
+    t = doc.get("t")
+    try:
+        decided = float(t) if isinstance(t, int | float) else 0.0
+    except OverflowError:
+        decided = 0.0
+    return str(doc["s"]), (0.0 if decided != decided else decided)
+
+
+def unauthorised(
+    signer: PublicSignKey,
+    authorities: Iterable[PublicSignKey],
+    what: str,
+    address: str = "",
+) -> TamperedDataError | None:
+    """The refusal of a record (``what``) signed by neither the thing nor its owner
+    (``authorities``: their signing keys), ``None`` if one of them signed it. Only they
+    write a thing's description, status, key records and history index; another key
+    that may write its MD (one the owner granted update rights by mistake) may not.
+    Not counted: the caller counts it (``Client._tampered``) where it refuses it."""
+    if signer in authorities:
+        return None
+    return TamperedDataError(
+        f"{what} signed by {signer.hex()[:16]}..., neither the thing nor its owner",
+        address=address,
+    )
 
 
 def encode_payload(*, seq: int, t: float, value: Any, level: str | None, ring: KeyRing) -> bytes:

@@ -511,3 +511,39 @@ def test_a_reading_written_by_a_key_granted_by_mistake_is_shown_refused(tmp_path
         assert page.status_code == 200
         assert "refused: not signed by the thing" in page.text
         assert mistake.public_sign_key.hex()[:8] not in page.text  # shown as no signer
+
+
+def test_a_description_written_by_a_key_granted_by_mistake_is_not_listed(tmp_path: Path) -> None:
+    """A key the owner granted update rights on a thing's MD by mistake rewrites its
+    description (a title and an action of its choosing) and its status: the things list
+    reads the thing again as its change feed says, refuses both (counted), and keeps
+    showing what the thing and its owner signed; no forged title or action on any page."""
+    from safething.net import Action, Client
+    from safething.things import layout
+    from safething.things.layout import ThingAddresses
+    from safething.things.values import dumps
+    from safething_gateway.console.testing import ConsoleSite
+
+    with ConsoleSite(tmp_path, login=False) as site:
+        assert site.store is not None and site.console is not None
+        url, garden = site.url, site.garden_id
+        data = site.console.data
+        address = ThingAddresses.of(garden).thing
+        mistake = Identity.generate("mistake")
+        owner_md = Client(site.store, site.owner).md(address.name, address.tag)
+        site.call(owner_md.set_permissions(mistake.public_sign_key, Action.UPDATE))
+        forger = Client(site.store, mistake).md(address.name, address.tag)
+        doc = site.call(data.view(garden)).description.to_dict()
+        doc["title"] = "Forged garden"
+        doc["actions"] = [{**doc["actions"][0], "name": "OpenGate"}]
+        site.call(forger.put(layout.DESC, dumps(doc)))
+        site.call(forger.put(layout.STATUS, dumps({"s": "disabled", "t": time.time()})))
+        refused = data.reader.client.tampered_count
+        assert site.call(data.learn(address.name.hex())) is None  # as the change feed does
+        assert data.reader.client.tampered_count > refused
+        with httpx.Client(base_url=url, headers={"origin": url}) as http:
+            listed = http.get("/things")
+        assert listed.status_code == 200
+        assert garden in listed.text
+        assert "Forged garden" not in listed.text and "OpenGate" not in listed.text
+        assert data.index.rows[garden].status == "published"

@@ -1881,3 +1881,42 @@ async def _gone(store: Store, key: str) -> bool:
 async def _inbox_empty(store: Store) -> bool:
     count, _ = await store.usage(ADDR.inbox.entry_prefix)
     return count == 0
+
+
+@pytest.mark.parametrize("while_running", [True, False], ids=["running", "at-registration"])
+async def test_a_status_with_a_decision_time_too_large_for_a_float_is_passed_over(
+    url: str, owner: Identity, device: Identity, while_running: bool
+) -> None:
+    """A key the owner granted update rights on the thing's MD by mistake writes a status
+    record whose decision time is an integer too large to be a float (CBOR carries any
+    integer): the thing passes it over as a stray record (not a crash in its status
+    watch or at its registration), keeps its status, writes it back, and readers see it;
+    the owner's next status is followed."""
+    async with await open_store(url) as store:
+        owner_client = Client(store, owner)
+        mistake = Identity.generate("mistake")
+        md = owner_client.md(ADDR.thing.name, ADDR.thing.tag)
+        stray = dumps({"s": "disabled", "t": 10**400})
+        async with _thing(device, owner, url) as t:
+            await t.register(publish=True)
+            await md.set_permissions(mistake.public_sign_key, Action.UPDATE)
+            if while_running:
+                written = await (
+                    Client(store, mistake).md(ADDR.thing.name, ADDR.thing.tag).put(b"status", stray)
+                )
+
+                async def written_back() -> bool:
+                    back = await Client(store).md(ADDR.thing.name, ADDR.thing.tag).get(b"status")
+                    return back.version > written.version and back.signer == device.public_sign_key
+
+                await until(written_back, "the thing writes its status back over the stray one")
+                assert t.status == "published"
+        if not while_running:
+            await Client(store, mistake).md(ADDR.thing.name, ADDR.thing.tag).put(b"status", stray)
+        async with _thing(device, owner, url) as t:
+            await t.register()
+            assert t.status == "published"
+            async with ThingClient(Client(store)) as anyone:
+                assert await anyone.status(THING) == "published"
+            await set_status(owner_client, THING, "disabled")
+            await until(lambda: t.status == "disabled", "the thing follows its owner")

@@ -35,7 +35,7 @@ from safething.things.availability import (
     parse_live,
 )
 from safething.things.client import ThingView
-from safething.things.description import ThingDescription
+from safething.things.discovery import thing_id_at
 from safething.things.filters import Filter
 from safething.things.values import loads
 
@@ -357,8 +357,11 @@ class ConsoleData:
     async def learn(self, name_hex: str) -> ThingRow | None:
         """(Re)read the thing whose MD has this XorName; None if it is not a valid thing.
 
-        Four verified reads (description, keys, status, availability): what the list
-        shows, without the level keys a thing page needs."""
+        Its description for its id, then what :meth:`ThingClient.read_view` checks (the
+        MD's owners; the key list signed by the thing; description and status by the
+        thing or its owner: a key granted update rights by mistake plants neither) and
+        its availability: what the list shows, without the level keys a thing page
+        needs."""
         try:
             row = await self._read_row(name_hex)
         except (NoSuchEntryError, NoSuchDataError):
@@ -414,29 +417,9 @@ class ConsoleData:
                 self.index.notify()
 
     async def _read_row(self, name_hex: str) -> ThingRow:
-        client = self.reader.client
-        md = client.md(XorName.from_hex(name_hex), TAG_THING)
-        doc = loads(await md.get_value(layout.DESC), "description")
-        thing_id = doc.get("id") if isinstance(doc, dict) else None
-        if not isinstance(thing_id, str):
-            raise ValueError("its description has no id")
-        addresses = layout.ThingAddresses.of(thing_id)
-        if addresses.thing.name.hex() != name_hex:
-            raise ValueError("its description names another thing")
-        keys = loads(await md.get_value(layout.KEYS), "keys")
-        status = loads(await md.get_value(layout.STATUS), "status")
-        view = ThingView(
-            thing_id,
-            addresses,
-            ThingDescription.from_dict(doc),
-            str(status["s"]),
-            PublicIdentity.from_dict(keys["thing"]),
-            PublicIdentity.from_dict(keys["owner"]),
-            None,
-            md,
-            client.md(addresses.inbox.name, addresses.inbox.tag),
-            client.md(addresses.outbox.name, addresses.outbox.tag),
-        )
+        md = self.reader.client.md(XorName.from_hex(name_hex), TAG_THING)
+        thing_id = await thing_id_at(self.reader.client, md.address)
+        view = await self.reader.read_view(thing_id, level_keys=False)
         until = None
         try:
             entry = await md.get(LIVE)
