@@ -122,6 +122,7 @@ from safething.things import (
 )
 from safething.things.availability import write_availability
 from safething.things.shared import INBOX_PREFIX, SharedWatches
+from safething.things.values import finite
 from safething_gateway.liveness import DEFAULT_OFFLINE_AFTER_S, Liveness
 from safething_gateway.metrics import Metrics
 from safething_gateway.protocol import (
@@ -1244,10 +1245,7 @@ class Gateway(AsyncResource):
                 state = update.get("state")
                 if state == ActionState.RUNNING:
                     progress = update.get("progress")
-                    await request.progress(
-                        float(progress) if isinstance(progress, int | float) else None,
-                        str(update.get("message", "")),
-                    )
+                    await request.progress(finite(progress), str(update.get("message", "")))
                 elif state == ActionState.DONE:
                     return update.get("result")
                 elif state in (ActionState.FAILED, ActionState.REJECTED):

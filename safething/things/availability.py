@@ -30,7 +30,7 @@ from safething.errors import (
 from safething.net import Client, EntryWatch, MutableData, PublicIdentity
 from safething.resource import AsyncResource
 from safething.things.layout import ThingAddresses
-from safething.things.values import dumps, loads, unauthorised
+from safething.things.values import dumps, finite, loads, unauthorised
 
 if TYPE_CHECKING:
     from safething.things.client import ThingClient, ThingView
@@ -139,7 +139,8 @@ def parse_live(view: ThingView, value: bytes, signer: Any) -> dict[str, Any]:
     if (
         not isinstance(doc, dict)
         or doc.get("s") not in ("online", "offline")
-        or not isinstance(doc.get("t"), int | float)
+        or finite(doc.get("t")) is None
+        or any(k in doc and finite(doc[k]) is None for k in ("since", "hb"))
     ):
         raise MalformedRecordError(f"malformed availability record of {view.thing_id}")
     return doc

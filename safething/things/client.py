@@ -50,6 +50,7 @@ from safething.things.values import (
     Reading,
     decode_payload,
     dumps,
+    finite,
     loads,
     read_status,
     unauthorised,
@@ -640,7 +641,7 @@ class ActionHandle:
             doc.get("p"),
             str(doc.get("m", "")),
             result,
-            float(doc.get("t", 0.0)),
+            finite(doc.get("t")) or 0.0,
         )
 
     async def _set(self, status: ActionStatus) -> None:

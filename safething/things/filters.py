@@ -33,13 +33,13 @@ fire for every value that satisfies them, not only when it starts to.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from safething.errors import SafeThingError
+from safething.things.values import finite
 from safething.things.words import Word
 
 __all__ = ["Filter", "FilterError", "FilterKind", "FilterState"]
@@ -70,17 +70,6 @@ _COMPARISONS = (FilterKind.LT, FilterKind.LE, FilterKind.GT, FilterKind.GE)
 _NUMERIC = (*_COMPARISONS, FilterKind.BETWEEN, FilterKind.DEADBAND)
 
 
-def _finite(value: Any) -> float | None:
-    """``value`` as a float if it is a finite real number (not a bool), else ``None``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _equal(a: Any, b: Any) -> bool:
     """Equality that keeps booleans apart from numbers (``True != 1`` here)."""
     if isinstance(a, bool) != isinstance(b, bool):
@@ -100,7 +89,7 @@ def _parse_number(text: str, *, what: str, source: str) -> float:
     if not _NUMBER.fullmatch(text):
         raise FilterError(f"filter {source!r}: {what} must be a number, got {text!r}")
     number: float = int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else float(text)
-    if _finite(number) is None:
+    if finite(number) is None:
         raise FilterError(f"filter {source!r}: {what} must be a finite number")
     return number
 
@@ -112,7 +101,7 @@ def _parse_scalar(text: str) -> Any:
         value = json.loads(text)
     except ValueError:
         return text
-    if isinstance(value, str | bool) or _finite(value) is not None:
+    if isinstance(value, str | bool) or finite(value) is not None:
         return value
     return text
 
@@ -224,14 +213,14 @@ class Filter:
                 raise FilterError(f"filter {kind.value!r} takes no {name}")
             if used and not given:
                 raise FilterError(f"filter {kind.value!r} needs a {name}")
-        scalar = isinstance(self.value, str | bool) or _finite(self.value) is not None
+        scalar = isinstance(self.value, str | bool) or finite(self.value) is not None
         if kind in (FilterKind.EQ, FilterKind.NE) and not scalar:
             raise FilterError(
                 f"filter {kind.value!r} compares with a number, string or boolean, "
                 f"got {self.value!r}"
             )
         for name in ("value", "low", "high", "delta"):
-            if uses[name] and kind in _NUMERIC and _finite(getattr(self, name)) is None:
+            if uses[name] and kind in _NUMERIC and finite(getattr(self, name)) is None:
                 raise FilterError(
                     f"filter {kind.value!r}: {name} must be a finite number, "
                     f"got {getattr(self, name)!r}"
@@ -360,11 +349,11 @@ class Filter:
             return _equal(value, self.value)
         if kind is FilterKind.NE:
             return not _equal(value, self.value)
-        number = _finite(value)
+        number = finite(value)
         if number is None:
             return False
         if kind is FilterKind.DEADBAND:
-            last = _finite(state.last_notified) if state.notified else None
+            last = finite(state.last_notified) if state.notified else None
             assert self.delta is not None
             return last is None or abs(number - last) > self.delta
         if kind is FilterKind.BETWEEN:

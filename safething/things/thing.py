@@ -79,6 +79,7 @@ from safething.things.values import (
     Notification,
     dumps,
     encode_payload,
+    finite,
     loads,
     loads_map,
     read_status,
@@ -1346,9 +1347,9 @@ class Thing(AsyncResource):
     def _check_lifetime(self, rid: str, doc: dict[str, Any], now: float) -> float:
         """The request's expiry; ``ReplayedRequestError`` unless it is bounded and was
         issued after this thing's trust state began."""
-        issued, expires = doc.get("t"), doc.get("exp")
+        issued, expires = finite(doc.get("t")), finite(doc.get("exp"))
         where = str(self.addresses.inbox)
-        if not isinstance(issued, int | float) or not isinstance(expires, int | float):
+        if issued is None or expires is None:  # (or NaN, infinite, too large for a float)
             raise ReplayedRequestError(
                 f"thing {self.id!r}: request {rid} has no issue time or expiry; refused",
                 address=where,
@@ -1368,7 +1369,7 @@ class Thing(AsyncResource):
                 "state began (it may have run already); refused",
                 address=where,
             )
-        return float(expires)
+        return expires
 
     async def _on_processed(self, rid: str, entry: Entry) -> bool:
         """A request this thing already took on is in the inbox again: a replay, or one

@@ -7,6 +7,7 @@ access and sealed under the level key otherwise (see :mod:`.access`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "decode_payload",
     "dumps",
     "encode_payload",
+    "finite",
     "loads",
     "read_status",
     "status_record",
@@ -53,6 +55,20 @@ def loads_map(data: bytes, what: str) -> dict[Any, Any]:
     return doc
 
 
+def finite(value: Any) -> float | None:
+    """``value`` as a float if it is a finite real number (not a bool), else ``None``.
+    Records are CBOR, which carries integers of any size: ``float()`` of one too large
+    raises ``OverflowError``, and so does arithmetic mixing it with a float, so every
+    number read from a record that takes part in such arithmetic goes through here."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def status_record(status: str, decided: float) -> bytes:
     """A thing's ``status`` record: ``{"s": status, "t": decided}``, the decision's time
     by the clock of whoever signs it (the thing or its owner), in unix seconds."""
@@ -70,12 +86,10 @@ def read_status(value: bytes | None) -> tuple[str, float]:
     doc = loads_map(value, "status")
     if "s" not in doc:
         raise MalformedRecordError("malformed status record (no status)")
-    t = doc.get("t")
-    try:
-        decided = float(t) if isinstance(t, int | float) else 0.0
-    except OverflowError:
-        decided = 0.0
-    return str(doc["s"]), (0.0 if decided != decided else decided)
+    decided = doc.get("t")
+    if isinstance(decided, float) and math.isinf(decided):  # a decision at the end of time
+        return str(doc["s"]), decided
+    return str(doc["s"]), finite(decided) or 0.0
 
 
 def unauthorised(

@@ -547,3 +547,40 @@ def test_a_description_written_by_a_key_granted_by_mistake_is_not_listed(tmp_pat
         assert garden in listed.text
         assert "Forged garden" not in listed.text and "OpenGate" not in listed.text
         assert data.index.rows[garden].status == "published"
+
+
+def test_a_desired_value_with_a_time_no_float_holds_leaves_the_thing_page_working(
+    tmp_path: Path,
+) -> None:
+    """Anyone allowed to ask a thing for a value writes a desired value into its inbox
+    while it is down, with a time that is an integer too large for a float (CBOR carries
+    any integer): the thing's page still loads and shows the reported value; that
+    record is passed over."""
+    from safething.net import Client
+    from safething.things import Attribute, Thing, ThingDescription
+    from safething.things.layout import ThingAddresses
+    from safething.things.values import dumps
+    from safething_gateway.console.testing import ConsoleSite
+
+    with ConsoleSite(tmp_path, login=False, with_garden=False) as site:
+        assert site.store is not None and site.console is not None
+        url, lamp_id = site.url, "lamp-01"
+        desc = ThingDescription(
+            lamp_id, attributes=[Attribute("level", "number", dynamic=True, writable=True)]
+        )
+        lamp = Thing(desc, identity=Identity.generate(lamp_id), owner=site.owner, store=site.store)
+
+        async def register_then_stop() -> None:
+            async with lamp:
+                await lamp.register(publish=True)
+                await lamp.set("level", 40.0)
+
+        site.call(register_then_stop())
+        inbox = ThingAddresses.of(lamp_id).inbox
+        asker = Client(site.store, Identity.generate("asker")).md(inbox.name, inbox.tag)
+        site.call(asker.insert("d/level/0001", dumps({"t": 10**400, "v": 90.0})))
+        site.call(site.wait_indexed(lamp_id))
+        with httpx.Client(base_url=url, headers={"origin": url}) as http:
+            page = http.get(f"/things/{lamp_id}")
+        assert page.status_code == 200
+        assert "lamp-01" in page.text and "40" in page.text

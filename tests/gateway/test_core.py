@@ -57,9 +57,14 @@ async def test_birth_reading_event_reach_a_subscriber(
     assert gateway.metrics.get("safething_gateway_messages_in_total", transport="") == 3
 
 
+@pytest.mark.parametrize(
+    ("progress", "shown"), [(50, 50.0), (10**400, None)], ids=["progress", "no-float-holds-it"]
+)
 async def test_action_forwarded_and_answered_by_polling(
-    gateway: Gateway, device: Device, store: Store
+    gateway: Gateway, device: Device, store: Store, progress: int, shown: float | None
 ) -> None:
+    """A device polls for the request, runs it and reports; a progress no float holds
+    (JSON carries any integer) is shown as none, the action still ends done."""
     await gateway.handle("sensor-01", "birth", device.message("birth", {"description": SENSOR}))
     things = ThingClient(Client(store, __import__("safething").Identity.generate()))
     handle = await things.request("sensor-01", "OpenValve", psi=40)
@@ -80,7 +85,7 @@ async def test_action_forwarded_and_answered_by_polling(
     await gateway.handle(
         "sensor-01",
         f"result/{rid}",
-        device.message(f"result/{rid}", {"state": "running", "progress": 50}),
+        device.message(f"result/{rid}", {"state": "running", "progress": progress}),
     )
     await gateway.handle(
         "sensor-01",
@@ -88,7 +93,7 @@ async def test_action_forwarded_and_answered_by_polling(
         device.message(f"result/{rid}", {"state": "done", "result": None}),
     )
     assert (await handle.wait(5)).state == "done"
-    assert any(s.progress == 50 for s in handle.history)
+    assert [s.progress for s in handle.history if s.state == "running"][-1] == shown
     assert gateway.registry.pending("sensor-01") == []
     assert gateway.registry.buffer_depth() == 0  # only readings and events are journaled
     await things.close()

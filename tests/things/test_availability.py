@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from safething.errors import TamperedDataError, ThingOfflineError
+from safething.errors import MalformedRecordError, TamperedDataError, ThingOfflineError
 from safething.net import Action, Client, Identity
 from safething.store import Store, open_store
 from safething.things import ActionRequest, Availability, Thing, ThingClient
 from safething.things.availability import LIVE, live_record
 from safething.things.layout import ThingAddresses
+from safething.things.values import dumps
 
 from .conftest import garden_description
 
@@ -163,3 +164,17 @@ async def test_unknown_for_a_thing_that_never_said(
         assert (await stranger.availability("garden-01")).online is True
     with pytest.raises(ValueError, match="heartbeat"):
         Thing(garden_description(), identity=Identity.generate(), heartbeat=0)
+
+
+@pytest.mark.parametrize("field", ["t", "since", "hb"])
+async def test_an_availability_record_with_a_time_no_float_holds_is_malformed(
+    garden: Thing, store: Store, owner: Identity, stranger: ThingClient, field: str
+) -> None:
+    """The owner's key writes a ``live`` record with an integer too large for a float
+    (CBOR carries any integer) as its time, since or heartbeat: readers get
+    ``MalformedRecordError``, not an ``OverflowError`` from the arithmetic on it."""
+    address = ThingAddresses.of("garden-01").thing
+    doc = {"s": "online", "t": time.time(), "since": time.time(), "hb": 30.0, field: 10**400}
+    await Client(store, owner).md(address.name, address.tag).put(LIVE, dumps(doc))
+    with pytest.raises(MalformedRecordError, match="malformed availability record"):
+        await stranger.availability("garden-01")

@@ -516,6 +516,8 @@ async def test_a_request_refused_while_disabled_never_runs_when_replayed_later(
             "no issue time or expiry",
         ),
         ({"a": "OpenValve", "args": {"psi": 1}, "t": None, "exp": None}, "no issue time"),
+        ("huge-expiry", "no issue time or expiry"),
+        ("huge-issue", "no issue time or expiry"),
         ("far", "too far ahead"),
         ("long", "too far ahead"),
         ("future", "too far ahead"),
@@ -529,6 +531,10 @@ async def test_requests_without_a_bounded_expiry_never_run(
     now = time.time()
     if doc == "far":
         doc = {"a": "OpenValve", "args": {"psi": 1}, "t": now, "exp": now + 400 * 24 * 3600}
+    elif doc == "huge-expiry":  # CBOR carries any integer; no float holds this one
+        doc = {"a": "OpenValve", "args": {"psi": 1}, "t": now, "exp": 10**400}
+    elif doc == "huge-issue":
+        doc = {"a": "OpenValve", "args": {"psi": 1}, "t": -(10**400), "exp": now + 60}
     elif doc == "old":  # issued before the thing's trust state existed (a fresh Pi)
         doc = {"a": "OpenValve", "args": {"psi": 1}, "t": now - 3600, "exp": now + 3600}
     async with await open_store(url) as store, _thing(device, owner, url) as t:

@@ -37,7 +37,7 @@ from safething.things.availability import (
 from safething.things.client import ThingView
 from safething.things.discovery import thing_id_at
 from safething.things.filters import Filter
-from safething.things.values import loads
+from safething.things.values import finite, loads, loads_map
 
 if TYPE_CHECKING:  # the gateway extra: imported only when a registry is given
     from safething_gateway.device_admin import DeviceAdmin, Provisioned
@@ -506,8 +506,11 @@ class ConsoleData:
         for rest in reversed(await _keys_under(self.store, inbox.address, prefix)):
             try:  # entry keys carry the time: newest last
                 entry = await inbox.get(prefix + rest.encode())
-                doc = loads(entry.value or b"", "desired value")
-                return float(doc["t"]), doc, entry.signer.hex()
+                doc = loads_map(entry.value or b"", "desired value")
+                t = finite(doc.get("t"))
+                if t is None:
+                    raise ValueError("no time it was asked at")
+                return t, doc, entry.signer.hex()
             except NoSuchEntryError:
                 continue  # applied meanwhile
             except (SafeThingError, ValueError, KeyError, TypeError) as e:
