@@ -52,6 +52,7 @@ from safething.things.values import (
     dumps,
     finite,
     loads,
+    loads_map,
     read_status,
     unauthorised,
 )
@@ -512,7 +513,11 @@ class ThingClient(AsyncResource):
                 f"timeout must be positive and at most {layout.MAX_REQUEST_LIFETIME_S:g} s "
                 "(a request expires; the thing remembers what it ran until then)"
             )
-        live = await read_availability(view)
+        try:
+            live = await read_availability(view)
+        except TamperedDataError as e:  # whether it is online is unknown: asked all the same
+            log.warning("thing %s: availability refused: %s", thing_id, e)
+            live = Availability(thing_id, None)
         if live.online is False and not queue_if_offline:
             raise ThingOfflineError(
                 f"thing {thing_id!r} is offline ({_offline_text(live)}); request not sent",
@@ -631,7 +636,9 @@ class ActionHandle:
             await self._watch.close()
 
     def _parse(self, data: bytes) -> ActionStatus:
-        doc = loads(data, "action state")
+        doc = loads_map(data, "action state")
+        if "s" not in doc:
+            raise MalformedRecordError("malformed action state record (no state)")
         result = doc.get("r")
         if "x" in doc:
             identity = self.things.client._writer()
