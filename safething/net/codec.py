@@ -72,6 +72,23 @@ def field(doc: dict[str, Any], name: str, kind: type | tuple[type, ...], *, wher
     return value
 
 
+MAX_VERSION = 2**63 - 1
+"""The highest header or entry version: the largest integer SQLite stores (a reader's
+trust state keeps each version it verified). No MD or entry gets there by updates; a
+record beyond it is malformed, even when signed by a key allowed to write it."""
+
+
+def version_field(doc: dict[str, Any], name: str, *, where: str = "") -> int:
+    """``doc[name]``, a version: an integer from 0 to :data:`MAX_VERSION`, else
+    ``MalformedRecordError``."""
+    value: int = field(doc, name, int, where=where)
+    if not 0 <= value <= MAX_VERSION:
+        raise MalformedRecordError(
+            f"{where}: record field {name!r} is not a version from 0 to 2**63-1", address=where
+        )
+    return value
+
+
 def signing_bytes(domain: str, items: list[Any]) -> bytes:
     """The exact bytes a signature covers: ``domain`` tag, NUL, canonical CBOR of ``items``."""
     return domain.encode() + b"\x00" + bytes(cbor2.dumps(items, canonical=True))

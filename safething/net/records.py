@@ -39,7 +39,7 @@ from safething.errors import (
     ReservedTypeTagError,
     TamperedDataError,
 )
-from safething.net.codec import decode_record, encode_record, field, signing_bytes
+from safething.net.codec import decode_record, encode_record, field, signing_bytes, version_field
 from safething.net.keys import PublicSignKey, SecretKey, SigningKey
 from safething.net.permissions import Action, PermissionSet
 from safething.net.xorname import XorName
@@ -288,7 +288,7 @@ class MDHeader:
                 MDAddress(name, tag),
                 owners,
                 perms,
-                field(doc, "ver", int, where=where),
+                version_field(doc, "ver", where=where),
                 field(doc, "private", bool, where=where),
                 PublicSignKey(field(doc, "by", bytes, where=where)),
                 field(doc, "sig", bytes, where=where),
@@ -529,7 +529,7 @@ class EntryRecord:
                 field(doc, "k", bytes, where=where),
                 sealed,
                 value,
-                field(doc, "ver", int, where=where),
+                version_field(doc, "ver", where=where),
                 PublicSignKey(field(doc, "by", bytes, where=where)),
                 field(doc, "sig", bytes, where=where),
                 batch,
@@ -539,8 +539,6 @@ class EntryRecord:
             if isinstance(e, MalformedRecordError):
                 raise
             raise MalformedRecordError(f"MD {where}: malformed entry: {e}", address=where) from e
-        if record.version < 0:
-            raise MalformedRecordError(f"MD {where}: negative entry version", address=where)
         if expected_key is not None and record.stored_key != expected_key:
             raise TamperedDataError(
                 f"MD {where}: the store returned another entry than the one asked for",

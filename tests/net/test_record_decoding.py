@@ -81,6 +81,12 @@ def test_a_malformed_header_is_a_malformed_record(changes: dict[str, Any]) -> No
         MDHeader.from_bytes(_edited(_header().to_bytes(), **changes), ADDRESS)
 
 
+@pytest.mark.parametrize("version", [-1, 2**63, 10**400])
+def test_a_header_version_no_sqlite_integer_holds_is_a_malformed_record(version: int) -> None:
+    with pytest.raises(MalformedRecordError, match="not a version"):
+        MDHeader.from_bytes(_edited(_header().to_bytes(), ver=version), ADDRESS)
+
+
 def test_a_header_of_another_md_is_tampering() -> None:
     other = MDAddress(XorName.of("decode-02"), TAG_THING)
     with pytest.raises(TamperedDataError, match="header of another MD"):
@@ -104,7 +110,9 @@ def _entry(version: int = 0, value: bytes | None = b"v") -> EntryRecord:
         ({"v": 5}, "value is neither bytes nor null"),
         ({"sk": "text"}, "sealed key is not bytes"),
         ({"by": b"short"}, "malformed entry"),
-        ({"ver": -1}, "negative entry version"),
+        ({"ver": -1}, "not a version"),
+        ({"ver": 2**63}, "not a version"),  # no SQLite integer holds it (a trust state)
+        ({"ver": 10**400}, "not a version"),
     ],
 )
 def test_a_malformed_entry_is_a_malformed_record(changes: dict[str, Any], message: str) -> None:

@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from safething.errors import BadKeyError, RolledBackError, StoreError, TamperedDataError
+from safething.errors import (
+    BadKeyError,
+    MalformedRecordError,
+    RolledBackError,
+    StoreError,
+    TamperedDataError,
+)
 from safething.net import ANYONE, TAG_THING, Client, Identity, MDHeader, XorName
+from safething.net.records import EntryRecord
 from safething.net.trust import _SCHEMA, HeaderState, TrustState, _File
 from safething.store import open_store
 
@@ -100,6 +107,47 @@ async def test_a_restarted_reader_refuses_what_it_had_seen_newer(tmp_path: Path)
         with pytest.raises(RolledBackError, match="went back from version 1 to 0"):
             await restarted.md(XorName.of("x"), TAG_THING).get("k")
         assert restarted.tampered_count == 1
+        restarted.trust.close()
+
+
+async def test_a_version_no_sqlite_integer_holds_keeps_no_reader_from_remembering(
+    tmp_path: Path,
+) -> None:
+    """A key allowed to write an entry signs it at version 2**63 (its own signature: it
+    may write there). Had the reader taken it, its trust state could not store that
+    version, and every later write of the file failed with it: a reader that restarts
+    would then take a rolled-back record. It is refused as malformed, counted, and
+    what the reader verifies afterwards survives its restart."""
+    owner, writer = Identity.generate("owner"), Identity.generate("writer")
+    async with await open_store(f"sqlite://{tmp_path}/vault.db") as store:
+        md = await Client(store, owner).create_md(
+            XorName.of("x"), TAG_THING, permissions={writer.public_sign_key: "insert, update"}
+        )
+        await md.put("k", "v0")
+        await md.put("k", "v1")
+        old = await store.get(md.address.entry_key(b"k"))
+        assert old is not None
+        await md.put("k", "v2")
+        huge = EntryRecord.create(
+            md.address,
+            signer=writer.sign_key,
+            stored_key=b"big",
+            sealed_key=None,
+            stored_value=b"beyond",
+            version=2**63,
+        )
+        await store.put(md.address.entry_key(b"big"), huge.to_bytes())
+        reader = Client(store, trust=TrustState.open(tmp_path / "reader.trust.db"))
+        theirs = reader.md(XorName.of("x"), TAG_THING)
+        with pytest.raises(MalformedRecordError, match="not a version"):
+            await theirs.get("big")
+        assert reader.tampered_count == 1
+        assert (await theirs.get("k")).value == b"v2"
+        reader.trust.close()  # its last write: would fail with the huge version in it
+        await store.put(old.key, old.value)
+        restarted = Client(store, trust=TrustState.open(tmp_path / "reader.trust.db"))
+        with pytest.raises(RolledBackError, match="went back from version 2 to 1"):
+            await restarted.md(XorName.of("x"), TAG_THING).get("k")
         restarted.trust.close()
 
 
