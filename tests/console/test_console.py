@@ -584,3 +584,71 @@ def test_a_desired_value_with_a_time_no_float_holds_leaves_the_thing_page_workin
             page = http.get(f"/things/{lamp_id}")
         assert page.status_code == 200
         assert "lamp-01" in page.text and "40" in page.text
+
+
+def test_requests_of_any_shape_get_answers_not_server_errors(tmp_path: Path) -> None:
+    """The owner's own browser (or a script with its session) sends the console requests
+    of any shape: unknown things, attributes and actions, form fields with wrong types,
+    numbers no float holds, NaN, long and odd strings, odd query parameters. Each gets an
+    answer below 500, and the console goes on serving its pages. Seeded (3 x 100)."""
+    import random
+
+    from safething_gateway.console.testing import ConsoleSite
+
+    values = [
+        "",
+        "1",
+        "-1",
+        "1e400",
+        "-1e400",
+        "nan",
+        "inf",
+        "1" * 500,
+        "true",
+        "open",
+        "[1, 2]",
+        '{"a": 1}',
+        "\u202e\x00",
+        "x" * 5_000,
+        "../../etc/passwd",
+        "%00",
+        "garden-01",
+    ]
+    with ConsoleSite(tmp_path, login=False) as site:
+        url, garden = site.url, site.garden_id
+        names = [garden, "nobody", "", "x" * 300, "%2e%2e"]
+        parts = ["moisture", "valve", "OpenValve", "nothing", "x" * 300, "%00"]
+        with httpx.Client(base_url=url, headers={"origin": url}, timeout=30) as http:
+            for seed in (1, 2, 3):
+                rng = random.Random(seed)
+                for _ in range(100):
+                    thing, part = rng.choice(names), rng.choice(parts)
+                    form = {
+                        rng.choice(
+                            ["value", "psi", "remove", "add", "device_id", "transport", "x"]
+                        ): rng.choice(values)
+                        for _ in range(rng.randint(0, 3))
+                    }
+                    query = {rng.choice(["q", "status", "range", "keys"]): rng.choice(values)}
+                    method, path = rng.choice(
+                        [
+                            ("GET", "/things"),
+                            ("GET", f"/things/{thing}"),
+                            ("GET", f"/things/{thing}/history/{part}"),
+                            ("POST", f"/things/{thing}/actions/{part}"),
+                            ("POST", f"/things/{thing}/desired/{part}"),
+                            ("POST", f"/things/{thing}/members"),
+                            ("POST", f"/things/{thing}/publish"),
+                            ("POST", "/devices/nobody-01/revoke"),
+                            ("POST", "/provision"),
+                            ("GET", "/activity"),
+                            ("POST", f"/sessions/{part}/revoke"),
+                        ]
+                    )
+                    if method == "GET":
+                        answer = http.get(path, params=query)
+                    else:
+                        answer = http.post(path, data=form, params=query)
+                    assert answer.status_code < 500, (method, path, form, query, answer.text[:300])
+            assert http.get("/things").status_code == 200
+            assert http.get(f"/things/{garden}").status_code == 200
