@@ -165,3 +165,16 @@ async def test_a_logged_child_fails_with_the_end_of_its_log(tmp_path: Path) -> N
     assert str(error) == "test child: ended (exit status 3); its log: boom"
     missing = logged_child_error("test child", "never ran", None, tmp_path / "no.log", "its log")
     assert str(missing) == "test child: never ran (exit status None); its log: (empty)"
+
+
+def test_the_groups_docs_benchmarks_lists_are_the_groups_a_full_run_runs() -> None:
+    """docs/benchmarks.md names every group of a full run, in its order."""
+    import re
+    from pathlib import Path
+
+    from safething.bench.runner import group_names
+
+    text = (Path(__file__).parents[2] / "docs" / "benchmarks.md").read_text()
+    start = text.index("Groups, run in this order:")
+    listed = re.findall(r"`([a-z0-9_.]+)`", text[start : text.index("(`safething", start)])
+    assert listed == group_names()
