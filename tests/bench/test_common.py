@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from safething.bench.common import (
     with_p_target,
     with_target,
 )
-from safething.bench.runner import latency_metrics, metric
+from safething.bench.runner import group_names, latency_metrics, metric
 
 
 @pytest.mark.parametrize(
@@ -169,11 +170,6 @@ async def test_a_logged_child_fails_with_the_end_of_its_log(tmp_path: Path) -> N
 
 def test_the_groups_docs_benchmarks_lists_are_the_groups_a_full_run_runs() -> None:
     """docs/benchmarks.md names every group of a full run, in its order."""
-    import re
-    from pathlib import Path
-
-    from safething.bench.runner import group_names
-
     text = (Path(__file__).parents[2] / "docs" / "benchmarks.md").read_text()
     start = text.index("Groups, run in this order:")
     listed = re.findall(r"`([a-z0-9_.]+)`", text[start : text.index("(`safething", start)])
