@@ -1,4 +1,4 @@
-"""A store that corrupts what it serves, byte by byte or field by field.
+"""A store that corrupts what it serves, byte by byte or field by field (SQLite, NATS).
 
 Genuine headers and entries (single and batch-signed) are stored, then the store
 rewrites each record many ways: bits flipped, cut short, grown, replaced by random
@@ -25,6 +25,7 @@ from safething.net import TAG_THING, Client, Identity, XorName
 from safething.net.records import EntryRecord
 from safething.net.trust import TrustState
 from safething.store import Store, open_store
+from safething.store.nats_testing import NatsServer, unique_bucket
 
 KEYS = [b"alone", b"b0", b"b1", b"b2"]
 WRITTEN = b"the allowed writer's value"
@@ -108,14 +109,24 @@ async def _genuine(
     return name, {KEYS[0]: b"written alone", **{k: b"batch " + k for k in KEYS[1:]}}
 
 
+@pytest.fixture(params=["sqlite", "nats"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The SQLite file, or a bucket of a NATS server (what the store serves is what a
+    process holding its login published)."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/vault.db"
+    server: NatsServer = request.getfixturevalue("nats_single")
+    return f"{server.url}?bucket={unique_bucket()}"
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 async def test_a_reader_of_corrupted_records_gets_refusals_or_the_genuine_values(
-    tmp_path: Path, seed: int
+    url: str, tmp_path: Path, seed: int
 ) -> None:
     rng = random.Random(seed)
     owner, writer = Identity.generate("owner"), Identity.generate("writer")
     trust_path = tmp_path / "reader.trust.db"
-    async with await open_store(f"sqlite://{tmp_path}/vault.db") as store:
+    async with await open_store(url) as store:
         name, genuine = await _genuine(store, owner, writer)
         address = Client(store).md(name, TAG_THING).address
         records = {r.key: r.value for r in await store.scan("")}
