@@ -91,6 +91,7 @@ Durability
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -241,6 +242,10 @@ _SAFETY_NET_S = 1.0
 _NET_KEYS = 8192
 """Most changed keys the safety net reads at once; beyond that it wakes every watch."""
 _NET_CHANGES = "SELECT seq, key FROM changes WHERE seq > ? ORDER BY seq LIMIT ?"
+
+_OWN_RANGES = 4096
+"""Most commits of its own a store remembers for the safety net (one a group commit:
+seconds of a busy gateway); those beyond are read by the safety net as before."""
 
 _FALLBACK_POLL_S = 0.05
 """Re-read interval when no notification socket could be bound."""
@@ -598,6 +603,11 @@ class _Writer:
         self.handoff: _HandOff | None = None
         """The last commit made on the loop, for this process's watches (see
         :meth:`_SQLiteWatch._fetch`)."""
+        self.own: collections.deque[tuple[int, int]] = collections.deque()
+        """The revisions of this writer's commits, ``(after, last)`` each, oldest first
+        (appended by whichever side commits, taken by the safety net on the loop): the
+        commit itself woke this store's watches for them (:meth:`SQLiteStore._committed`),
+        so the safety net does not read them again. At most :data:`_OWN_RANGES`."""
         self._thread = threading.Thread(
             target=self._run, name=f"safething-sqlite-writer:{path.name}", daemon=True
         )
@@ -885,9 +895,26 @@ class _Writer:
             cur.close()
         batch.keep_usage(self._usage)
         self._seq = batch.seq if keys else self._seq
+        if changed and len(self.own) < _OWN_RANGES:
+            # revisions after batch.start up to batch.seq: this transaction's, under the lock
+            self.own.append((batch.start, batch.seq))
         if begun:
             self.handoff = _HandOff(batch.start, batch.seq, batch.feed()) if changed else None
         return outcomes, changed > 0
+
+
+def _not_own(rows: list[tuple[int, str]], own: Sequence[tuple[int, int]]) -> list[str]:
+    """The keys of the changes ``rows`` (``(revision, key)``, in order) outside the
+    revision ranges ``own`` (``(after, last)``, in order)."""
+    keys: list[str] = []
+    ranges = iter(own)
+    after, last = next(ranges, (-1, -1))
+    for seq, key in rows:
+        while seq > last and last >= 0:
+            after, last = next(ranges, (-1, -1))
+        if not after < seq <= last:
+            keys.append(key)
+    return keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -1281,12 +1308,22 @@ class SQLiteStore(Store):
 
     def _safety_net(self) -> None:
         """Wake the watches whose prefix covers a change committed since the last look
-        (a doorbell datagram may be lost); again in a second while any watch is open."""
+        (a doorbell datagram may be lost); again in a second while any watch is open.
+
+        The changes of this store's own commits are skipped: each commit woke the
+        watches for its keys itself. A busy gateway's safety net read and walked every
+        key it had written in the last second (two a reading), and woke every watch once
+        they were more than :data:`_NET_KEYS`."""
         self._net = None
         if self._closed or not self._watches:
             return
+        seen = self._net_seen
+        own = self._writer.own
+        while own and own[0][0] <= seen:  # ours from the last look on: nothing to read
+            seen = max(seen, own.popleft()[1])
+        self._net_seen = seen
         try:
-            rows = self._read_conn().execute(_NET_CHANGES, (self._net_seen, _NET_KEYS)).fetchall()
+            rows = self._read_conn().execute(_NET_CHANGES, (seen, _NET_KEYS)).fetchall()
         except sqlite3.Error as e:
             log.warning("watch safety net: cannot read the change log of %s: %s", self.path, e)
             self._watches.wake_all()  # each watch reads and meets the error itself
@@ -1294,7 +1331,9 @@ class SQLiteStore(Store):
             if rows:
                 self._net_seen = rows[-1][0]
                 if len(rows) < _NET_KEYS:
-                    self._watches.wake_for(key for _, key in rows)
+                    keys = _not_own(rows, own.copy())
+                    if keys:
+                        self._watches.wake_for(keys)
                 else:  # a burst: the rest is for the next look; everyone looks now
                     self._watches.wake_all()
         self._net = self._loop.call_later(self._poll_s, self._safety_net)

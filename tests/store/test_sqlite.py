@@ -11,6 +11,7 @@ import stat
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -336,6 +337,64 @@ async def test_safety_net_finds_changes_nobody_announced(tmp_path: Path) -> None
         async with asyncio.timeout(TIMEOUT):
             change = await waiting
         assert change == Change("quiet.x", b"\x01", seq)
+
+
+async def test_the_safety_net_reads_only_what_others_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each commit of a store wakes the store's watches itself; its safety net (for a
+    lost doorbell) wakes them only for the changes other connections committed, also
+    those committed between two of its own commits. A busy gateway's safety net read
+    and walked every key the gateway had written in the last second."""
+    import safething.store.sqlite
+
+    monkeypatch.setattr(safething.store.sqlite, "_SAFETY_NET_S", 3600.0)  # looks by hand
+    path = tmp_path / "vault.db"
+    async with await open_store(url_for(path)) as store, store.watch("w.") as watch:
+        assert isinstance(store, SQLiteStore)
+        woken: list[list[str]] = []
+        wake_for = store._watches.wake_for
+        looking = False
+
+        def recorded(keys: Iterable[str]) -> None:
+            keys = list(keys)
+            if looking:
+                woken.append(keys)
+            wake_for(keys)
+
+        monkeypatch.setattr(store._watches, "wake_for", recorded)
+
+        def look() -> list[list[str]]:
+            nonlocal looking
+            assert store._net is not None
+            store._net.cancel()
+            woken.clear()
+            looking = True
+            try:
+                store._safety_net()
+            finally:
+                looking = False
+            return list(woken)
+
+        for i in range(5):
+            await store.create(f"w.a{i}", b"1")  # a transaction each
+        foreign = write_without_wake_up(path, "w.foreign")
+        await asyncio.gather(*(store.create(f"w.b{i}", b"2") for i in range(5)))  # one
+        assert look() == [["w.foreign"]]
+        assert look() == []
+        await store.create("w.c", b"3")
+        later = write_without_wake_up(path, "w.later")
+        assert look() == [["w.later"]]
+        async with asyncio.timeout(TIMEOUT):
+            got = [await anext(watch) for _ in range(13)]
+        assert [c.key for c in got] == [
+            *(f"w.a{i}" for i in range(5)),
+            "w.foreign",
+            *(f"w.b{i}" for i in range(5)),
+            "w.c",
+            "w.later",
+        ]
+        assert (got[5].revision, got[12].revision) == (foreign, later)
 
 
 async def test_idle_watches_share_one_safety_net(
