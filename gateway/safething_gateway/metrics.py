@@ -10,6 +10,7 @@ computed when scraped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter
@@ -74,6 +75,9 @@ class Metrics:
         prometheus_client.PlatformCollector(registry=self.registry)
         prometheus_client.GCCollector(registry=self.registry)
         self._counters: dict[str, Counter] = {}
+        self._series: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+        """``(name, labels as given)`` -> the counter series :meth:`inc` counts in (a
+        series once made stays in its counter: this holds no more series than that)."""
         self._help = {name: help_text for name, (help_text, _) in _KNOWN.items()}
         self._gauges = _Gauges()
         self.registry.register(self._gauges)
@@ -96,8 +100,14 @@ class Metrics:
         return counter
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
-        counter = self._counter(name, self._help.get(name, name), sorted(labels))
-        (counter.labels(**labels) if labels else counter).inc(amount)
+        # Every gateway message counts here: the series is looked up once, not made
+        # again by prometheus_client's labels() (its checks, a lock) for each message.
+        key = (name, tuple(labels.items()))
+        series = self._series.get(key)
+        if series is None:
+            counter = self._counter(name, self._help.get(name, name), sorted(labels))
+            series = self._series[key] = counter.labels(**labels) if labels else counter
+        series.inc(amount)
 
     @property
     def counters(self) -> dict[tuple[str, Labels], float]:

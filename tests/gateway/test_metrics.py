@@ -50,3 +50,22 @@ def test_process_metrics_and_counting() -> None:
     }
     # two gateways in one process keep their own counts
     assert Metrics().get("safething_gateway_messages_in_total", transport="coap") == 0
+
+
+def test_each_series_counts_its_own_whatever_the_order_of_its_labels() -> None:
+    metrics = Metrics()
+    for _ in range(3):
+        metrics.inc("safething_gateway_rejected_total", reason="replay", transport="mqtt")
+    metrics.inc("safething_gateway_rejected_total", transport="mqtt", reason="replay")
+    metrics.inc("safething_gateway_rejected_total", reason="bad_mac", transport="mqtt")
+    metrics.inc("safething_gateway_rejected_total", 2, reason="replay", transport="coap")
+    metrics.inc("safething_gateway_messages_in_total", transport="mqtt")
+    metrics.inc("safething_gateway_things_restored_total")
+    metrics.inc("safething_gateway_things_restored_total")
+    assert metrics.counters == {
+        ("safething_gateway_rejected_total", (("reason", "replay"), ("transport", "mqtt"))): 4,
+        ("safething_gateway_rejected_total", (("reason", "bad_mac"), ("transport", "mqtt"))): 1,
+        ("safething_gateway_rejected_total", (("reason", "replay"), ("transport", "coap"))): 2,
+        ("safething_gateway_messages_in_total", (("transport", "mqtt"),)): 1,
+        ("safething_gateway_things_restored_total", ()): 2,
+    }
