@@ -127,18 +127,32 @@ class WatchSet:
         prefix as well: a commit tests only those whose prefix covers a key it wrote
         (each was tested against every written key, a regular expression per watch and
         key: a thing's status follower, and every other thing's, on each reading)."""
+        self._lengths: dict[int, int] = {}
+        """The lengths of the watches' prefixes -> how many watches have one that long:
+        a commit looks up a written key's prefixes of those lengths only (a gateway's
+        watches have a few: every MD address is as long as the others)."""
 
     def add(self, watch: FeedWatch) -> None:
         index = self._by_prefix if watch._match is None else self._filtered
-        index.setdefault(watch._prefix, set()).add(watch)
+        group = index.setdefault(watch._prefix, set())
+        if watch not in group:
+            group.add(watch)
+            size = len(watch._prefix)
+            self._lengths[size] = self._lengths.get(size, 0) + 1
 
     def discard(self, watch: FeedWatch) -> None:
         for index in (self._by_prefix, self._filtered):
             group = index.get(watch._prefix)
-            if group is not None:
+            if group is not None and watch in group:
                 group.discard(watch)
                 if not group:
                     del index[watch._prefix]
+                size = len(watch._prefix)
+                left = self._lengths[size] - 1
+                if left:
+                    self._lengths[size] = left
+                else:
+                    del self._lengths[size]
 
     def __iter__(self) -> Iterator[FeedWatch]:
         for index in (self._by_prefix, self._filtered):
@@ -161,10 +175,14 @@ class WatchSet:
         """Wake the watches whose prefix is ``""`` or a ``.``-prefix of one of ``keys``
         (a filtered watch: of one of ``keys`` it takes)."""
         by_prefix, filtered = self._by_prefix, self._filtered
+        # A key's prefixes only as long as a watch's: not each of its ``.``-prefixes
+        # (six in a thing's entry key, most of them nobody watches).
+        lengths = sorted(self._lengths)
         woken: set[str] = set()
         for key in keys:
-            end = 0
-            while True:
+            for end in lengths:
+                if end and key[end - 1 : end] != ".":
+                    continue  # (also: the key is shorter)
                 prefix = key[:end]
                 if prefix not in woken and prefix in by_prefix:
                     woken.add(prefix)
@@ -177,6 +195,3 @@ class WatchSet:
                         assert match is not None
                         if match(key):
                             watch.wake()
-                end = key.find(".", end) + 1
-                if end == 0:
-                    break

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 from safething.store.base import Change
@@ -52,3 +53,44 @@ def test_a_commit_wakes_the_watches_whose_prefix_or_pattern_covers_a_key() -> No
     assert [status.woken, statuses.woken] == [1, 2]
     assert len(watches) == 4
     assert set(watches) == {everything, md, other_md, anywhere}
+
+
+def _dot_prefixes(key: str) -> set[str]:
+    """``""`` and every prefix of ``key`` that ends with a ``.``."""
+    return {""} | {key[: i + 1] for i, c in enumerate(key) if c == "."}
+
+
+def test_wakes_as_a_walk_over_every_dot_prefix_of_each_key() -> None:
+    """The watches woken, and how often, are those of a walk over every ``.``-prefix of
+    each written key (what wake_for did before it looked only at the lengths of the
+    watches' prefixes), as watches come and go; prefixes not ending in ``.`` included."""
+    rng = random.Random(1404)
+    parts = ["md", "1", "ab", "e", "73", "a.b", ""]
+    prefixes = ["", "md.", "md.1.", "md.1.ab.", "md.1.ab.e.", "md", "md.1", "x.", "md.1.ab.e.73"]
+    patterns = [None, None, r"md\.[^.]+\.[^.]+\.e\.73", r"[^.]+\.s", r"md\..*"]
+    watches = WatchSet()
+    live: list[_Watch] = []
+    for _round in range(300):
+        if live and rng.random() < 0.3:
+            gone = live.pop(rng.randrange(len(live)))
+            watches.discard(gone)
+            watches.discard(gone)  # twice: no effect
+        else:
+            w = _Watch(rng.choice(prefixes), rng.choice(patterns))
+            watches.add(w)
+            watches.add(w)  # twice: no effect
+            live.append(w)
+        keys = [
+            ".".join(rng.choice(parts) for _ in range(rng.randint(1, 6)))
+            for _ in range(rng.randint(1, 5))
+        ]
+        before = {w: w.woken for w in live}
+        watches.wake_for(keys)
+        for w in live:
+            covered = [k for k in keys if w._prefix in _dot_prefixes(k)]
+            if w._match is None:
+                expected = 1 if covered else 0
+            else:
+                expected = sum(1 for k in covered if w._match(k))
+            assert w.woken - before[w] == expected, (w._prefix, keys)
+        assert len(watches) == len(live)
