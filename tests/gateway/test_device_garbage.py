@@ -19,49 +19,20 @@ from safething.things import ThingClient
 from safething_gateway.core import Gateway
 from safething_gateway.registry import Registry
 
+from ..hostile import scalar, value
 from .conftest import SENSOR, Device
 
 MESSAGES = 400
+_WORDS = ("running", "done", "moisture")
 _FIELDS = ("description", "moisture", "valve", "state", "progress", "result", "message", "down")
 
 
 def _scalar(rng: random.Random) -> Any:
-    return rng.choice(
-        [
-            None,
-            True,
-            0,
-            -1,
-            2**63,
-            2**64,
-            10**400,
-            -(10**400),
-            float("nan"),
-            float("inf"),
-            1e308,
-            12.5,
-            "",
-            "running",
-            "done",
-            "\u202e\x00" * rng.randint(1, 20),
-            "x" * rng.randint(100, 3_000),
-        ]
-    )
+    return scalar(rng, binary=False, words=_WORDS)
 
 
-def _value(rng: random.Random, depth: int = 0) -> Any:
-    roll = rng.random()
-    if depth >= 3 or roll < 0.5:
-        return _scalar(rng)
-    if roll < 0.65:
-        return [_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-    if roll < 0.7:
-        inner: Any = _scalar(rng)
-        for _ in range(rng.randint(20, 300)):
-            inner = [inner] if rng.random() < 0.5 else {"moisture": inner}
-        return inner
-    keys = [rng.choice(_FIELDS) if rng.random() < 0.8 else str(_scalar(rng))[:50] for _ in range(3)]
-    return {k: _value(rng, depth + 1) for k in keys}
+def _value(rng: random.Random) -> Any:
+    return value(rng, fields=_FIELDS, binary=False, words=_WORDS)
 
 
 def _body(rng: random.Random, channel: str) -> Any:

@@ -15,6 +15,8 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,12 @@ import pytest
 
 from safething.errors import EntryExistsError, LimitExceededError, SafeThingError
 from safething.net import Action, Client, Identity
-from safething.store import open_store
+from safething.store import Store, open_store
 from safething.things import Thing, ThingClient
 from safething.things.layout import ThingAddresses
 from safething.things.values import dumps
 
+from ..hostile import value
 from .conftest import garden_description
 
 THING = "garden-01"
@@ -35,52 +38,8 @@ _FIELDS = ("a", "args", "t", "exp", "x", "enc", "v", "p", "id", "s")
 _NAMES = ("OpenValve", "CloseValve", "Reboot", "Water", "SelfTest", "target", "moisture")
 
 
-def _scalar(rng: random.Random) -> Any:
-    return rng.choice(
-        [
-            None,
-            True,
-            False,
-            0,
-            -1,
-            2**63,
-            -(2**64),
-            10**400,
-            -(10**400),
-            float("nan"),
-            float("inf"),
-            float("-inf"),
-            1e308,
-            -0.0,
-            time.time(),
-            time.time() + 60,
-            "",
-            "now",
-            rng.choice(_NAMES),
-            "\u202e\x00" * rng.randint(1, 50),
-            "x" * rng.randint(1_000, 20_000),
-            b"",
-            rng.randbytes(rng.randint(1, 200)),
-        ]
-    )
-
-
-def _value(rng: random.Random, depth: int = 0) -> Any:
-    roll = rng.random()
-    if depth >= 3 or roll < 0.55:
-        return _scalar(rng)
-    if roll < 0.7:
-        return [_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
-    if roll < 0.75:  # nested deep, as a parser's recursion would meet it
-        inner: Any = _scalar(rng)
-        for _ in range(rng.randint(20, 200)):
-            inner = [inner] if rng.random() < 0.5 else {"a": inner}
-        return inner
-    keys = [rng.choice(_FIELDS) if rng.random() < 0.8 else _scalar(rng) for _ in range(4)]
-    return {
-        k if isinstance(k, str | int | bytes) or k is None else str(k): _value(rng, depth + 1)
-        for k in keys
-    }
+def _value(rng: random.Random) -> Any:
+    return value(rng, fields=_FIELDS, words=_NAMES)
 
 
 def _request_like(rng: random.Random) -> dict[str, Any]:
@@ -125,23 +84,49 @@ def _record(rng: random.Random) -> bytes:
     return dumps(_request_like(rng))
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
-async def test_a_thing_serves_requests_after_any_inbox_garbage(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, seed: int
-) -> None:
-    rng = random.Random(seed)
+@dataclass
+class _Garden:
+    """A running, published garden thing on a SQLite store, and the requests it ran."""
+
+    store: Store
+    thing: Thing
+    owner: Identity
+    ran: list[str] = field(default_factory=list)
+
+    async def serves_an_honest_request(self) -> None:
+        async with ThingClient(Client(self.store, Identity.generate("honest"))) as honest:
+            handle = await honest.request(THING, "OpenValve", psi=10)
+            status = await handle.wait(30)
+        assert status.state == "done", status
+        assert handle.request_id in self.ran
+
+
+@contextlib.asynccontextmanager
+async def _garden(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> AsyncIterator[_Garden]:
+    """The garden, running; at the end, no error logged (no task of it failed)."""
     url = f"sqlite://{tmp_path}/vault.db"
     owner, device = Identity.generate("owner"), Identity.generate("device")
-    ran: list[str] = []
-    inbox = ThingAddresses.of(THING).inbox
     caplog.set_level(logging.ERROR)
     async with (
         await open_store(url) as store,
         Thing(garden_description(), identity=device, owner=owner.public, store=url) as t,
     ):
-        t.on_action("OpenValve", lambda request: ran.append(request.request_id) or {})
+        garden = _Garden(store, t, owner)
+        t.on_action("OpenValve", lambda request: garden.ran.append(request.request_id) or {})
         await t.register(publish=True)
-        stranger = Client(store, Identity.generate("stranger")).md(inbox.name, inbox.tag)
+        yield garden
+    failed = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert failed == [], [r.getMessage() for r in failed]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+async def test_a_thing_serves_requests_after_any_inbox_garbage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, seed: int
+) -> None:
+    rng = random.Random(seed)
+    inbox = ThingAddresses.of(THING).inbox
+    async with _garden(tmp_path, caplog) as garden:
+        stranger = Client(garden.store, Identity.generate("stranger")).md(inbox.name, inbox.tag)
         inserted = 0
         for _ in range(RECORDS):
             try:
@@ -150,13 +135,7 @@ async def test_a_thing_serves_requests_after_any_inbox_garbage(
                 continue
             inserted += 1
         assert inserted > RECORDS // 2
-        async with ThingClient(Client(store, Identity.generate("honest"))) as honest:
-            handle = await honest.request(THING, "OpenValve", psi=10)
-            status = await handle.wait(30)
-        assert status.state == "done", status
-        assert handle.request_id in ran
-    failed = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert failed == [], [r.getMessage() for r in failed]
+        await garden.serves_an_honest_request()
 
 
 _THING_KEYS = (
@@ -202,23 +181,15 @@ async def test_records_of_any_shape_from_a_key_granted_by_mistake_give_readers_r
     call either answers or raises a SafeThingError (refused, malformed): no other
     exception. The thing goes on serving requests, and none of its tasks failed."""
     rng = random.Random(seed)
-    url = f"sqlite://{tmp_path}/vault.db"
-    owner, device = Identity.generate("owner"), Identity.generate("device")
     address = ThingAddresses.of(THING).thing
-    ran: list[str] = []
-    caplog.set_level(logging.ERROR)
-    async with (
-        await open_store(url) as store,
-        Thing(garden_description(), identity=device, owner=owner.public, store=url) as t,
-    ):
-        t.on_action("OpenValve", lambda request: ran.append(request.request_id) or {})
-        await t.register(publish=True)
+    async with _garden(tmp_path, caplog) as garden:
+        store, t = garden.store, garden.thing
         await t.set("moisture", 40.0)
         await t.notify("VeryDryAlarm", 3.0)
         mistake = Identity.generate("mistake")
         rights = Action.UPDATE | Action.INSERT
         await (
-            Client(store, owner)
+            Client(store, garden.owner)
             .md(address.name, address.tag)
             .set_permissions(mistake.public_sign_key, rights)
         )
@@ -231,10 +202,4 @@ async def test_records_of_any_shape_from_a_key_granted_by_mistake_give_readers_r
                     continue
                 await _read_everything(reader)
         await t.register()  # writes its description and key list again (see docs/security.md)
-        async with ThingClient(Client(store, Identity.generate("honest"))) as honest:
-            handle = await honest.request(THING, "OpenValve", psi=10)
-            status = await handle.wait(30)
-        assert status.state == "done", status
-        assert handle.request_id in ran
-    failed = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert failed == [], [r.getMessage() for r in failed]
+        await garden.serves_an_honest_request()
