@@ -8,7 +8,9 @@ touch PyNaCl.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -30,6 +32,42 @@ __all__ = [
 ]
 
 SIGNATURE_LEN = 64
+
+
+def _detached() -> tuple[Any, Any] | None:
+    """libsodium's ``crypto_sign_detached`` and ``crypto_sign_verify_detached`` from the
+    library PyNaCl has loaded (and initialised), or None where that library does not
+    export them (then the signed-message functions of ``nacl.bindings`` are used).
+
+    PyNaCl binds only the functions that build a signed message (signature + message)
+    and copy it: a signature made that way is sliced off a new buffer, and a check
+    first joins signature and message, then has ``crypto_sign_open`` copy the message
+    out of it (two cffi allocations). The detached functions compute the same ed25519
+    signatures and checks without those copies (``test_keys.py`` compares them with
+    PyNaCl's). Called through :class:`ctypes.PyDLL`: the GIL is kept for the ~50 us of
+    a call, as a loop thread should not queue for it after each signature."""
+    spec = importlib.util.find_spec("nacl._sodium")
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        lib = ctypes.PyDLL(spec.origin)
+        sign, verify = lib.crypto_sign_detached, lib.crypto_sign_verify_detached
+    except (OSError, AttributeError):
+        return None
+    sign.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_ulonglong,
+        ctypes.c_char_p,
+    ]
+    sign.restype = ctypes.c_int
+    verify.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulonglong, ctypes.c_char_p]
+    verify.restype = ctypes.c_int
+    return sign, verify
+
+
+_DETACHED = _detached()
 
 
 def _raw(value: Any, length: int, what: str) -> bytes:
@@ -77,8 +115,11 @@ class PublicSignKey:
         """True when ``signature`` is this key's signature of ``message``."""
         if len(signature) != SIGNATURE_LEN:
             return False
+        signature, data = bytes(signature), bytes(message)
+        if _DETACHED is not None:
+            return bool(_DETACHED[1](signature, data, len(data), self.value) == 0)
         try:
-            sodium.crypto_sign_open(signature + message, self.value)
+            sodium.crypto_sign_open(signature + data, self.value)
         except nacl.exceptions.BadSignatureError:
             return False
         return True
@@ -121,7 +162,13 @@ class SigningKey:
 
     def sign(self, message: bytes) -> bytes:
         """The 64-byte detached signature of ``message``."""
-        signed: bytes = sodium.crypto_sign(message, self._secret)
+        data = bytes(message)
+        if _DETACHED is not None:
+            signature = ctypes.create_string_buffer(SIGNATURE_LEN)
+            if _DETACHED[0](signature, None, data, len(data), self._secret):
+                raise nacl.exceptions.CryptoError("crypto_sign_detached failed")
+            return signature.raw
+        signed: bytes = sodium.crypto_sign(data, self._secret)
         return signed[:SIGNATURE_LEN]
 
     def __repr__(self) -> str:

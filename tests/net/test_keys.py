@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import os
+import random
 import stat
 from pathlib import Path
 
+import nacl.signing
 import pytest
 
+import safething.net.keys as keys_module
 from safething.errors import BadKeyError, IdentityError, WrongPasswordError
 from safething.net import (
     EncryptionKey,
@@ -60,6 +63,47 @@ def test_sign_and_verify() -> None:
     assert not SigningKey.generate().public.verify(b"hello", sig)
     assert not key.public.verify(b"hello", sig[:10])
     assert SigningKey(key.seed).public == key.public
+
+
+@pytest.mark.parametrize("detached", [True, False], ids=["detached", "signed-message"])
+def test_signatures_and_checks_are_pynacl_s(
+    monkeypatch: pytest.MonkeyPatch, detached: bool
+) -> None:
+    """Both ways of signing and checking (libsodium's detached functions, and PyNaCl's
+    signed-message bindings where those are not exported) agree with PyNaCl's own
+    ed25519: the same signatures, the same verdicts on altered messages, signatures and
+    keys."""
+    if detached:
+        assert keys_module._DETACHED is not None  # PyNaCl's libsodium exports them
+    else:
+        monkeypatch.setattr(keys_module, "_DETACHED", None)
+    rng = random.Random(14)
+    for length in (0, 1, 2, 31, 32, 33, 64, 100, 255, 1000, 4096):
+        seed = rng.randbytes(32)
+        message = rng.randbytes(length)
+        if length:
+            message = message[: length // 2] + b"\x00" + message[length // 2 + 1 :]
+        key = SigningKey(seed)
+        theirs = nacl.signing.SigningKey(seed)
+        signature = key.sign(message)
+        assert signature == theirs.sign(message).signature
+        assert key.sign(bytearray(message)) == signature
+        assert key.public.value == bytes(theirs.verify_key)
+        assert key.public.verify(message, signature)
+        assert key.public.verify(memoryview(message), bytearray(signature))
+        for i in (0, 31, 32, 63):  # R and S, each end
+            bad = bytearray(signature)
+            bad[i] ^= 1 << rng.randrange(8)
+            assert not key.public.verify(message, bytes(bad))
+        if length:
+            altered = bytearray(message)
+            altered[rng.randrange(length)] ^= 1 << rng.randrange(8)
+            assert not key.public.verify(bytes(altered), signature)
+        assert not key.public.verify(message + b"\x00", signature)
+        assert not SigningKey(rng.randbytes(32)).public.verify(message, signature)
+        assert not key.public.verify(message, signature[:63])
+        assert not key.public.verify(message, signature + b"\x00")
+        assert not key.public.verify(message, bytes(64))
 
 
 def test_wrong_key_types_are_refused() -> None:
