@@ -44,13 +44,14 @@ def _detached() -> tuple[Any, Any] | None:
     first joins signature and message, then has ``crypto_sign_open`` copy the message
     out of it (two cffi allocations). The detached functions compute the same ed25519
     signatures and checks without those copies (``test_keys.py`` compares them with
-    PyNaCl's). Called through :class:`ctypes.PyDLL`: the GIL is kept for the ~50 us of
-    a call, as a loop thread should not queue for it after each signature."""
+    PyNaCl's). Called through :class:`ctypes.CDLL`, which lets go of the GIL during a
+    call as PyNaCl's cffi calls do (another thread's Python runs meanwhile under load;
+    holding it, with :class:`ctypes.PyDLL`, measured no faster when idle)."""
     spec = importlib.util.find_spec("nacl._sodium")
     if spec is None or spec.origin is None:
         return None
     try:
-        lib = ctypes.PyDLL(spec.origin)
+        lib = ctypes.CDLL(spec.origin)
         sign, verify = lib.crypto_sign_detached, lib.crypto_sign_verify_detached
     except (OSError, AttributeError):
         return None
