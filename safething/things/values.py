@@ -8,7 +8,7 @@ access and sealed under the level key otherwise (see :mod:`.access`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +94,7 @@ def read_status(value: bytes | None) -> tuple[str, float]:
 
 def unauthorised(
     signer: PublicSignKey,
-    authorities: Iterable[PublicSignKey],
+    authorities: Collection[PublicSignKey],
     what: str,
     address: str = "",
 ) -> TamperedDataError | None:
