@@ -61,8 +61,10 @@ Change feed across processes
       ``AF_UNIX`` datagram socket ``<db>.notify/<pid>-<random>.sock``
       (directory mode 0700) and reads it with ``loop.add_reader``; after a
       commit, each writer sends one byte to every socket in that directory.
-      The writer caches the listing and re-reads it when the directory's
-      mtime changes (or changed too recently to trust a coarse clock); a
+      The writer holds the directory open, caches the listing and re-reads
+      it when the directory's mtime (``fstat``) changes (or changed too
+      recently to trust a coarse clock); it looks the path up again when the
+      directory was removed, a socket was gone, or a second passed; a
       socket nobody has bound any more (``ECONNREFUSED``: its process died)
       is unlinked. A full socket buffer already holds a wake-up, so
       ``EAGAIN`` is ignored. Long paths are reached through
@@ -255,6 +257,10 @@ _SETTLE_NS = 100_000_000
 
 _UNIX_PATH_MAX = 107
 
+_LOOK_NS = 1_000_000_000
+"""The doorbell looks up its directory's path again at least this often (in case the
+directory was renamed away and another made in its place)."""
+
 _T = TypeVar("_T")
 
 
@@ -436,36 +442,73 @@ def _socket_base(directory: Path) -> tuple[str, int | None]:
 
 
 class _Doorbell:
-    """Writer side: one byte to every listening socket in the notify directory."""
+    """Writer side: one byte to every listening socket in the notify directory.
+
+    The directory is held open and ``fstat``-ed at each ring (its mtime tells when a
+    listener came or went); its path is looked up again only when the directory was
+    removed (no links left), when a send found a socket gone, or ``_LOOK_NS`` after the
+    last look (a directory renamed away and made anew)."""
 
     def __init__(self, directory: Path) -> None:
         self._dir = directory
         self._names: list[str] = []
         self._mtime = -1
         self._settled = False
-        self._base: str | None = None
+        self._base = ""
         self._dirfd: int | None = None
+        self._ident = (0, 0)
+        self._looked = 0
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
 
-    def ring(self, skip: str | None) -> None:
+    def _look(self) -> bool:
+        """Find the directory by its path, opening it anew if it is another one;
+        False if there is none."""
+        self._looked = time.monotonic_ns()
         try:
-            mtime = os.stat(self._dir).st_mtime_ns
+            st = os.stat(self._dir)
         except OSError:
-            self._names = []
+            self._close_dir()
+            return False
+        if self._dirfd is not None and (st.st_dev, st.st_ino) == self._ident:
+            return True
+        self._close_dir()
+        try:
+            fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        st = os.fstat(fd)
+        self._dirfd, self._ident, self._mtime = fd, (st.st_dev, st.st_ino), -1
+        base = str(self._dir)
+        long = len(base) + 40 > _UNIX_PATH_MAX and os.path.isdir("/proc/self/fd")
+        self._base = f"/proc/self/fd/{fd}" if long else base
+        return True
+
+    def _close_dir(self) -> None:
+        self._names = []
+        if self._dirfd is not None:
+            os.close(self._dirfd)
+            self._dirfd = None
+
+    def ring(self, skip: str | None) -> None:
+        if (
+            self._dirfd is None or time.monotonic_ns() - self._looked > _LOOK_NS
+        ) and not self._look():
             return
+        assert self._dirfd is not None
+        st = os.fstat(self._dirfd)
+        if st.st_nlink == 0:  # removed: the path may name a new directory
+            if not self._look():
+                return
+            st = os.fstat(self._dirfd)
+        mtime = st.st_mtime_ns
         if mtime != self._mtime or not self._settled:
             self._mtime = mtime
             self._settled = time.time_ns() - mtime > _SETTLE_NS
             try:
-                self._names = [n for n in os.listdir(self._dir) if n.endswith(".sock")]
+                self._names = [n for n in os.listdir(self._dirfd) if n.endswith(".sock")]
             except OSError:
                 self._names = []
-        if self._base is None:
-            try:
-                self._base, self._dirfd = _socket_base(self._dir)
-            except OSError:
-                return
         for name in self._names:
             if name == skip:
                 continue
@@ -475,16 +518,16 @@ class _Doorbell:
                 pass  # its queue is full: it already has wake-ups waiting
             except OSError as e:
                 if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
-                    # Nobody is bound there any more: its process is gone.
+                    # Nobody is bound there any more: its process is gone (or the
+                    # directory was replaced: look at the path at the next ring).
                     with contextlib.suppress(OSError):
-                        os.unlink(self._dir / name)
+                        os.unlink(f"{self._base}/{name}")
                     self._settled = False
+                    self._looked = 0
 
     def close(self) -> None:
         self._sock.close()
-        if self._dirfd is not None:
-            os.close(self._dirfd)
-            self._dirfd = None
+        self._close_dir()
 
 
 class _Listener:

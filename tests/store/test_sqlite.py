@@ -504,6 +504,80 @@ async def test_watch_on_a_long_path(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert change == Change("l.x", b"1", revision)
 
 
+@pytest.mark.parametrize("long_path", [False, True])
+async def test_a_watcher_that_starts_later_is_rung_at_the_next_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, long_path: bool
+) -> None:
+    """The writer keeps its notify directory open and its listing cached: a watcher of
+    another store that starts after its first commits (also in a directory removed and
+    made anew meanwhile) is woken by the next commit, not by the safety net."""
+    import shutil
+
+    import safething.store.sqlite
+
+    monkeypatch.setattr(safething.store.sqlite, "_SAFETY_NET_S", 3600.0)
+    base = tmp_path / ("d" * 60) / ("e" * 60) if long_path else tmp_path
+    path = base / "vault.db"
+    notify = Path(f"{path}.notify")
+    async with await open_store(url_for(path)) as writer:
+        await writer.put("w.a", b"0")  # no directory yet
+        for round_ in range(3):
+            async with await open_store(url_for(path)) as peer, peer.watch("w.") as watch:
+                waiting = asyncio.create_task(watch.__anext__(), name="waiting-watcher")
+                await asyncio.sleep(0.05)
+                revision = await writer.put("w.a", b"%d" % round_)
+                async with asyncio.timeout(TIMEOUT):
+                    assert await waiting == Change("w.a", b"%d" % round_, revision)
+            await writer.put("w.b", b"between")  # rung while nobody listens
+            if round_ == 1:
+                shutil.rmtree(notify)
+
+
+@pytest.mark.parametrize("long_path", [False, True])
+def test_the_doorbell_finds_a_directory_renamed_away_and_made_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, long_path: bool
+) -> None:
+    """A listener in a new directory at the path is rung once the path is looked up
+    again (``_LOOK_NS`` after the last look; the old directory, renamed, still has
+    its living listener and its mtime)."""
+    import safething.store.sqlite as sqlite_store
+
+    base = tmp_path / ("d" * 60) / ("e" * 60) if long_path else tmp_path
+    base.mkdir(parents=True, exist_ok=True)
+    notify = base / "vault.db.notify"
+
+    def listener(directory: Path, name: str) -> socket.socket:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        where, dirfd = sqlite_store._socket_base(directory)  # /proc/self/fd/<fd> if long
+        sock.bind(f"{where}/{name}")
+        if dirfd is not None:
+            os.close(dirfd)
+        sock.setblocking(False)
+        return sock
+
+    def rung(sock: socket.socket) -> bool:
+        try:
+            return sock.recv(64) == b"!"
+        except BlockingIOError:
+            return False
+
+    doorbell = sqlite_store._Doorbell(notify)
+    first = listener(notify, "1-a.sock")
+    try:
+        doorbell.ring(None)
+        assert rung(first)
+        notify.rename(base / "moved")
+        second = listener(notify, "2-b.sock")
+        monkeypatch.setattr(sqlite_store, "_LOOK_NS", 0)
+        doorbell.ring(None)
+        assert rung(second)
+        second.close()
+    finally:
+        first.close()
+        doorbell.close()
+
+
 async def test_second_opening_sees_the_same_revisions(tmp_path: Path) -> None:
     url = url_for(tmp_path / "vault.db")
     async with await open_store(url) as first, await open_store(url) as second:
