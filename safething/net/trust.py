@@ -56,7 +56,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS headers (
     md TEXT PRIMARY KEY, owners BLOB NOT NULL, version INTEGER NOT NULL, raw BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS processed (
     scope TEXT NOT NULL, id TEXT NOT NULL, expires REAL NOT NULL, PRIMARY KEY (scope, id));
 """
@@ -121,6 +122,7 @@ class _File:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
             self.db.executescript(_SCHEMA)
+            _entries_without_rowid(self.db)
             self.db.execute(
                 "INSERT OR IGNORE INTO meta (name, value) VALUES ('created', ?)",
                 (repr(time.time()).encode(),),
@@ -210,6 +212,10 @@ class _File:
                 db = self.db
                 db.execute("BEGIN IMMEDIATE")
                 try:
+                    if len(batches) > 1 and not any(r.forgotten or r.prune for r in batches):
+                        # One statement of each kind for all the states (a gateway's
+                        # things): each kind's rows in order, so a later state's win.
+                        batches = [_Rows.joined(batches)]
                     for rows in batches:  # in order: a later state's rows win
                         rows.write(db, now)
                     db.execute("COMMIT")
@@ -219,6 +225,34 @@ class _File:
                     raise
         except sqlite3.Error as e:
             raise StoreError(f"cannot write the trust state file {self.path}: {e}") from e
+
+
+def _entries_without_rowid(db: sqlite3.Connection) -> None:
+    """Move the entry marks of a file made before they were kept ``WITHOUT ROWID``
+    (one B-tree a mark instead of a table and its index: half the pages a write
+    touches) into such a table, in one transaction."""
+
+    def old() -> bool:
+        row = db.execute("SELECT sql FROM sqlite_master WHERE name = 'entries'").fetchone()
+        return "WITHOUT ROWID" not in str(row[0]).upper()
+
+    if not old():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if old():  # (another process may have moved them meanwhile)
+            db.execute(
+                "CREATE TABLE entries_moved (key TEXT PRIMARY KEY, version INTEGER NOT NULL) "
+                "WITHOUT ROWID"
+            )
+            db.execute("INSERT INTO entries_moved (key, version) SELECT key, version FROM entries")
+            db.execute("DROP TABLE entries")
+            db.execute("ALTER TABLE entries_moved RENAME TO entries")
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
 
 
 @dataclass(slots=True)
@@ -240,6 +274,20 @@ class _Rows:
             or self.processed
             or self.values
             or self.prune
+        )
+
+    @classmethod
+    def joined(cls, batches: Sequence[_Rows]) -> _Rows:
+        """The rows of several states, each kind in their order (none forgotten nor
+        pruning: a forgotten mark must not move after a later state's mark of the same
+        key, nor a prune after a later state's processed ids)."""
+        return cls(
+            headers=[row for rows in batches for row in rows.headers],
+            entries=[row for rows in batches for row in rows.entries],
+            forgotten=[],
+            processed=[row for rows in batches for row in rows.processed],
+            values=[row for rows in batches for row in rows.values],
+            prune=False,
         )
 
     def write(self, db: sqlite3.Connection, now: float) -> None:

@@ -559,3 +559,100 @@ def test_several_values_read_at_once_give_what_one_by_one_gives(tmp_path: Path) 
     }
     batched.close()
     one_by_one.close()
+
+
+def test_a_file_made_before_marks_were_kept_without_rowid_is_moved_on_open(
+    tmp_path: Path,
+) -> None:
+    """A trust file whose ``entries`` is a rowid table (as every file made before was)
+    has its marks moved into the ``WITHOUT ROWID`` table on open, none lost."""
+    path = tmp_path / "old.trust.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript(
+        _SCHEMA.replace(") WITHOUT ROWID;", ");")
+        + "INSERT INTO meta VALUES ('created', '1700000000.5');"
+    )
+    assert "WITHOUT ROWID" not in old.execute("SELECT sql FROM sqlite_master").fetchall()[2][0]
+    old.executemany(
+        "INSERT INTO entries (key, version) VALUES (?, ?)",
+        [(f"md.e.{i}", i * 3) for i in range(500)],
+    )
+    old.execute("INSERT INTO headers VALUES ('md.h', ?, 4, x'ff')", (b"o" * 32,))
+    old.close()
+
+    state = TrustState.open(path)
+    assert state.created == 1700000000.5
+    assert [state.entry_version(f"md.e.{i}") for i in range(500)] == [i * 3 for i in range(500)]
+    assert state.header("md.h") == HeaderState(frozenset({b"o" * 32}), 4, b"\xff")
+    state.set_entry_version("md.e.1", 10)
+    state.set_entry_version("md.e.new", 2)
+    state.close()
+
+    check = sqlite3.connect(path)
+    try:
+        (sql,) = check.execute("SELECT sql FROM sqlite_master WHERE name = 'entries'").fetchone()
+        assert "WITHOUT ROWID" in sql
+        assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert check.execute("SELECT count(*) FROM entries").fetchone() == (501,)
+    finally:
+        check.close()
+    again = TrustState.open(path)  # (nothing left to move)
+    assert (again.entry_version("md.e.1"), again.entry_version("md.e.new")) == (10, 2)
+    assert again.entry_version("md.e.499") == 1497
+    again.close()
+
+
+def test_the_rows_of_many_states_written_together_are_those_written_one_by_one(
+    tmp_path: Path,
+) -> None:
+    """One transaction for several states' rows (one statement of each kind for all of
+    them) leaves the file as their writes one after the other: a later state's rows win,
+    a forgotten mark and a prune keep their place (random rounds)."""
+    import random
+
+    from safething.net.trust import _Rows
+
+    rng = random.Random(14)
+    keys = [f"md.e.{i}" for i in range(6)]
+    now = time.time()
+
+    def rows() -> _Rows:
+        return _Rows(
+            headers=[
+                ("md.h", b"o" * 32, rng.randrange(3), b"raw %d" % rng.randrange(3))
+                for _ in range(rng.randrange(2))
+            ],
+            entries=[(rng.choice(keys), rng.randrange(5)) for _ in range(rng.randrange(3))],
+            forgotten=[(rng.choice(keys),) for _ in range(rng.random() < 0.2)],
+            processed=[
+                ("s", f"r{rng.randrange(4)}", now + rng.choice((-5, 5)))
+                for _ in range(rng.randrange(2))
+            ],
+            values=[("v:x", b"%d" % rng.randrange(9)) for _ in range(rng.randrange(2))],
+            prune=rng.random() < 0.2,
+        )
+
+    def dump(file: _File) -> list[list[tuple[object, ...]]]:
+        return [
+            sorted(file.db.execute(f"SELECT * FROM {table}").fetchall())
+            for table in ("headers", "entries", "processed", "meta")
+        ]
+
+    joined_by_one = 0
+    for round_ in range(200):
+        together = _File(tmp_path / f"together{round_}.db")
+        one_by_one = _File(tmp_path / f"one{round_}.db")
+        for file in (together, one_by_one):
+            file.db.execute("DELETE FROM meta")
+        try:
+            for _ in range(3):
+                batches = [rows() for _ in range(rng.randrange(1, 5))]
+                joined_by_one += not any(r.forgotten or r.prune for r in batches)
+                together.write(batches, now)
+                for batch in batches:
+                    one_by_one.write([batch], now)
+            assert dump(together) == dump(one_by_one), round_
+        finally:
+            together.db.close()
+            one_by_one.db.close()
+    assert joined_by_one > 100  # the joined statements were tried
