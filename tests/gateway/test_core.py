@@ -447,6 +447,11 @@ async def test_devices_of_one_model_share_their_description_parsed_once(
     assert second.attributes is first.attributes and second.actions is first.actions
     assert second == ThingDescription.from_dict(mine)
     assert (second.id, second.title, first.title) == ("sensor-02", "sensor-02", "sensor-01")
+    # what the registry keeps is each one's own description, as a parse of it gives it
+    for device_id, sent in (("sensor-01", {**model, "id": "sensor-01"}), ("sensor-02", mine)):
+        kept = gateway.registry.get(device_id).description
+        assert kept == ThingDescription.from_dict(sent).to_dict()
+        assert list(kept or ()) == list(ThingDescription.from_dict(sent).to_dict())
     things = ThingClient(Client(gateway.store))
     assert (await things.describe("sensor-02")).title == "sensor-02"
     # the model's parts, but an id no description may have: refused, nothing spent
