@@ -188,12 +188,16 @@ class ThingClient(AsyncResource):
                 raise refused
         except TamperedDataError as e:
             raise self.client._tampered(e) from None
-        state = self._view_status(thing_id, status_entry, authorities)
+        state = self._view_status(thing_id, addresses, status_entry, authorities)
         ring = await self._ring(md, authorities) if level_keys else None
         return self._new_view(thing_id, addresses, description, state, thing, owner, ring, md)
 
     def _view_status(
-        self, thing_id: str, entry: Entry | None, authorities: tuple[PublicSignKey, ...]
+        self,
+        thing_id: str,
+        addresses: ThingAddresses,
+        entry: Entry | None,
+        authorities: tuple[PublicSignKey, ...],
     ) -> str:
         """The status a view shows: the stored one if the thing or its owner signed it and
         it is one; else (refused and counted, or malformed) the one this client knew, or
@@ -204,8 +208,9 @@ class ThingClient(AsyncResource):
         fallback = known.status if known is not None else "unknown"
         if entry is None:
             return fallback
-        address = str(ThingAddresses.of(thing_id).thing)
-        refused = unauthorised(entry.signer, authorities, f"thing {thing_id!r}: status", address)
+        refused = unauthorised(
+            entry.signer, authorities, f"thing {thing_id!r}: status", str(addresses.thing)
+        )
         if refused is not None:
             self.client._tampered(refused)
             return fallback
